@@ -1,0 +1,241 @@
+//! The audit record: one per request toolgate answers on its MCP endpoint.
+//!
+//! Built on the shard, moved through the shard's ring to the audit thread,
+//! encoded there. Fields hold references to snapshot strings (`Arc<str>`) so
+//! building a record copies no agent or upstream names.
+
+use std::sync::Arc;
+
+/// What toolgate decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Let through (or answered by toolgate itself).
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+impl Decision {
+    /// Wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with a result.
+    Success,
+    /// Answered with an error (refusal or upstream failure).
+    Failure,
+    /// The tool ran and reported an error in its result (`isError: true`).
+    ToolError,
+}
+
+impl Outcome {
+    /// Wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::ToolError => "tool_error",
+        }
+    }
+}
+
+/// Longest method name kept in a record; longer ones are cut (they are the
+/// caller's input and must not bloat the trail).
+pub const MAX_METHOD_LEN: usize = 128;
+/// Longest tool name kept in a record.
+pub const MAX_TOOL_LEN: usize = 256;
+
+/// One audit record.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// Start of the request, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// Shard that served the request.
+    pub shard: u16,
+    /// Per-shard sequence number, gap-free.
+    pub seq: u64,
+    /// The JSON-RPC id as JSON text, when readable.
+    pub request_id: Option<String>,
+    /// Authenticated agent id.
+    pub agent: Option<Arc<str>>,
+    /// End user the agent acts for, when known.
+    pub user: Option<Arc<str>>,
+    /// JSON-RPC method.
+    pub method: Option<String>,
+    /// Tool as the agent named it.
+    pub tool: Option<String>,
+    /// Upstream the tool routes to.
+    pub upstream: Option<Arc<str>>,
+    /// Allow or deny.
+    pub decision: Decision,
+    /// Why, snake_case.
+    pub reason: &'static str,
+    /// HTTP status returned to the agent.
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// JSON-RPC error code returned, if any.
+    pub error_code: Option<i64>,
+    /// Time from request head received to response written, microseconds.
+    pub latency_us: u64,
+    /// Client address.
+    pub client: Option<std::net::SocketAddr>,
+    /// Agent's MCP protocol version for this request.
+    pub protocol_version: Option<&'static str>,
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl AuditRecord {
+    /// Appends the record as one JSON line (with the trailing newline).
+    pub fn encode_json(&self, out: &mut Vec<u8>) {
+        use crate::jsonrpc::write_str;
+        use std::io::Write;
+        out.extend_from_slice(b"{\"time\":\"");
+        write_rfc3339_us(self.time_us, out);
+        let _ = write!(out, "\",\"shard\":{},\"seq\":{},\"request_id\":", self.shard, self.seq);
+        match &self.request_id {
+            Some(id) => out.extend_from_slice(id.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        let opt = |key: &str, v: Option<&str>, out: &mut Vec<u8>| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match v {
+                Some(s) => write_str(s, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        };
+        opt("agent", self.agent.as_deref(), out);
+        opt("user", self.user.as_deref(), out);
+        opt("method", self.method.as_deref(), out);
+        opt("tool", self.tool.as_deref(), out);
+        opt("upstream", self.upstream.as_deref(), out);
+        opt("decision", Some(self.decision.as_str()), out);
+        opt("reason", Some(self.reason), out);
+        let _ = write!(out, ",\"status\":{}", self.status);
+        opt("outcome", Some(self.outcome.as_str()), out);
+        match self.error_code {
+            Some(c) => {
+                let _ = write!(out, ",\"error_code\":{c}");
+            }
+            None => out.extend_from_slice(b",\"error_code\":null"),
+        }
+        let _ = write!(out, ",\"latency_us\":{}", self.latency_us);
+        let client = self.client.map(|c| c.to_string());
+        opt("client", client.as_deref(), out);
+        opt("protocol_version", self.protocol_version, out);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Writes `us` (microseconds since the epoch) as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub fn write_rfc3339_us(us: u64, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let secs = us / 1_000_000;
+    let frac = us % 1_000_000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        let mut out = Vec::new();
+        write_rfc3339_us(0, &mut out);
+        assert_eq!(out, b"1970-01-01T00:00:00.000000Z");
+        out.clear();
+        // 2026-11-25T01:27:50.123456Z
+        write_rfc3339_us(1_795_570_070_123_456, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "2026-11-25T01:27:50.123456Z");
+        out.clear();
+        // 2024-02-29T23:59:59Z, a leap day
+        write_rfc3339_us(1_709_251_199_000_000, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "2024-02-29T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn record_encodes_as_one_json_line() {
+        let r = AuditRecord {
+            time_us: 1_000_000,
+            shard: 1,
+            seq: 9,
+            request_id: Some("\"a\"".into()),
+            agent: Some(Arc::from("support-bot")),
+            user: None,
+            method: Some("tools/call".into()),
+            tool: Some("crm__lookup\"x".into()),
+            upstream: Some(Arc::from("crm")),
+            decision: Decision::Deny,
+            reason: "tool_not_attached",
+            status: 400,
+            outcome: Outcome::Failure,
+            error_code: Some(-32602),
+            latency_us: 12,
+            client: Some("127.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!())),
+            protocol_version: Some("2026-07-28"),
+        };
+        let mut out = Vec::new();
+        r.encode_json(&mut out);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["agent"], "support-bot");
+        assert_eq!(v["tool"], "crm__lookup\"x");
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["reason"], "tool_not_attached");
+        assert_eq!(v["request_id"], "a");
+        assert_eq!(v["error_code"], -32602);
+        assert_eq!(v["user"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

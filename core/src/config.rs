@@ -1,0 +1,497 @@
+//! The operator's configuration file, mirrored one to one.
+//!
+//! These structs are the low level of configuration: what the TOML says, with
+//! every default documented. `decision` compiles them into the immutable
+//! snapshot the shards serve from. Unknown keys are errors, and every error
+//! names its line so `toolgate check` can point at it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::toolname::ToolNamer;
+use crate::upstream_url::UpstreamUrl;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The agent-facing listener.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream MCP servers whose tools toolgate aggregates.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Agents allowed to call through toolgate, each with its attached tools.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// Where audit records go.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`: the agent-facing listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Number of shards (one pinned thread each). Default: available cores.
+    #[serde(default)]
+    pub shards: Option<Spanned<usize>>,
+    /// Largest accepted request head (request line + headers), bytes. Default 16384; larger → 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most headers accepted in one request. Default 64; more → 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Largest accepted request body, bytes. Default 1048576; larger → 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a complete request head once its first byte arrived, ms.
+    /// Default 10000; slower → 408 and the connection is closed.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time allowed to receive a request body, ms. Default 30000; slower → 408.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Keep-alive connections idle longer than this are closed, ms. Default 60000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most open agent connections per shard; further connections are closed at accept. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_shard: usize,
+}
+
+/// `[[upstreams]]`: one upstream MCP server reached over streamable HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in audit records and, by default, as the tool-name prefix.
+    pub name: Spanned<String>,
+    /// Endpoint URL, e.g. `http://127.0.0.1:9101/mcp`.
+    pub url: Spanned<String>,
+    /// Prefix of this upstream's tools as agents see them: `{prefix}__{tool}`.
+    /// Default: `name`. An empty prefix exposes bare tool names (one upstream at most).
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    /// Time allowed for one call to this upstream, connect to last byte, ms. Default 30000.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest upstream response accepted, bytes. Default 16777216.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per shard. Default 64.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+/// `[[agents]]`: one agent identity and its permission map entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Stable agent id, as it appears in audit records.
+    pub id: Spanned<String>,
+    /// Hex SHA-256 of the agent's API key (`toolgate key new` prints both).
+    pub api_key_sha256: Spanned<String>,
+    /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
+}
+
+/// `[audit]`: the append-only audit trail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the audit log, relative to the config file. Default `audit`.
+    #[serde(default = "default_audit_dir")]
+    pub dir: PathBuf,
+    /// Records each shard may have in flight to the audit thread. Default 65536;
+    /// when full, new calls are refused rather than forwarded unaudited.
+    #[serde(default = "default_ring_capacity")]
+    pub ring_capacity: usize,
+    /// Longest time a written record waits for fsync, ms. Default 10.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+}
+
+/// `[log]`: the gateway's own diagnostic log (never carries secrets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax; the `RUST_LOG` variable wins. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `pretty` or `json`. Default `pretty`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:8080".to_owned())
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_upstream_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_pool_size() -> usize {
+    64
+}
+fn default_audit_dir() -> PathBuf {
+    PathBuf::from("audit")
+}
+fn default_ring_capacity() -> usize {
+    65_536
+}
+fn default_fsync_interval_ms() -> u64 {
+    10
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_log_format() -> String {
+    "pretty".to_owned()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            shards: None,
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_body_bytes: default_max_body_bytes(),
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections_per_shard: default_max_connections(),
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_audit_dir(),
+            ring_capacity: default_ring_capacity(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_log_level(), format: default_log_format() }
+    }
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// What is wrong, lowercase, offending input in backticks.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The file the errors are in (for messages).
+    pub origin: String,
+    /// The errors, in file order where known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match e.line {
+                Some(l) => write!(f, "{}:{l}: {}", self.origin, e.message)?,
+                None => write!(f, "{}: {}", self.origin, e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that parsed and passed every check, with its derived parts.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The configuration as written.
+    pub config: Config,
+    /// `server.listen`, parsed.
+    pub listen: SocketAddr,
+    /// Parsed upstream URLs, index-aligned with `config.upstreams`.
+    pub upstream_urls: Vec<UpstreamUrl>,
+    /// `audit.dir` resolved against the config file's directory.
+    pub audit_dir: PathBuf,
+    /// How exposed tool names map to upstreams.
+    pub namer: ToolNamer,
+}
+
+/// Reads, parses and checks a configuration file.
+pub fn load(path: &Path) -> Result<ValidConfig, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        origin: origin.clone(),
+        errors: vec![ConfigError { line: None, message: format!("cannot read the file: {e}") }],
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse(&text, &origin, &base)
+}
+
+/// Parses and checks configuration text; `base` resolves relative paths.
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<ValidConfig, ConfigErrors> {
+    let fail = |errors| ConfigErrors { origin: origin.to_owned(), errors };
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start));
+        fail(vec![ConfigError { line, message: first_line(e.message()) }])
+    })?;
+    validate(config, text, base).map_err(fail)
+}
+
+fn first_line(m: &str) -> String {
+    m.lines().next().unwrap_or(m).trim().to_owned()
+}
+
+/// 1-based line of byte offset `at` in `text`.
+pub fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let at = |s: &std::ops::Range<usize>| if s.end == 0 { None } else { Some(line_of(text, s.start)) };
+    let mut err = |line: Option<usize>, message: String| errors.push(ConfigError { line, message });
+
+    let listen = match config.server.listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                at(&config.server.listen.span()),
+                format!("`{}` is not an address and port such as `127.0.0.1:8080`", config.server.listen.get_ref()),
+            );
+            None
+        }
+    };
+    if let Some(s) = &config.server.shards {
+        if *s.get_ref() == 0 || *s.get_ref() > 1024 {
+            err(at(&s.span()), format!("`shards = {}` must be between 1 and 1024", s.get_ref()));
+        }
+    }
+    if config.server.max_header_bytes < 1024 {
+        err(None, "`server.max_header_bytes` must be at least 1024".to_owned());
+    }
+    if config.server.max_headers == 0 {
+        err(None, "`server.max_headers` must be at least 1".to_owned());
+    }
+
+    let mut upstream_urls = Vec::new();
+    let mut namer = ToolNamer::default();
+    for u in &config.upstreams {
+        let name = u.name.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+            err(
+                at(&u.name.span()),
+                format!("upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"),
+            );
+        }
+        if config.upstreams.iter().filter(|o| o.name.get_ref() == name).count() > 1 {
+            err(at(&u.name.span()), format!("upstream name `{name}` is used more than once"));
+        }
+        match UpstreamUrl::parse(u.url.get_ref()) {
+            Ok(url) => upstream_urls.push(url),
+            Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
+        }
+        let (prefix, pspan) = match &u.prefix {
+            Some(p) => (p.get_ref().clone(), p.span()),
+            None => (name.clone(), u.name.span()),
+        };
+        if prefix.contains("__") {
+            err(at(&pspan), format!("prefix `{prefix}` must not contain `__`"));
+        }
+        if let Err(e) = namer.add(&prefix) {
+            err(at(&pspan), e);
+        }
+        if u.timeout_ms == 0 {
+            err(at(&u.name.span()), format!("upstream `{name}`: `timeout_ms` must be above 0"));
+        }
+    }
+
+    for a in &config.agents {
+        let id = a.id.get_ref();
+        if id.is_empty() {
+            err(at(&a.id.span()), "agent id must not be empty".to_owned());
+        }
+        if config.agents.iter().filter(|o| o.id.get_ref() == id).count() > 1 {
+            err(at(&a.id.span()), format!("agent id `{id}` is used more than once"));
+        }
+        let h = a.api_key_sha256.get_ref();
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            err(
+                at(&a.api_key_sha256.span()),
+                format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
+            );
+        } else if config.agents.iter().filter(|o| o.api_key_sha256.get_ref().eq_ignore_ascii_case(h)).count() > 1 {
+            err(at(&a.api_key_sha256.span()), format!("agent `{id}`: the same API key hash is given to another agent"));
+        }
+        for t in &a.tools {
+            if namer.route(t.get_ref()).is_none() {
+                err(
+                    at(&t.span()),
+                    format!(
+                        "agent `{id}`: tool `{}` names no configured upstream (expected `{{prefix}}__{{tool}}`)",
+                        t.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
+    if config.audit.ring_capacity < 16 {
+        err(None, "`audit.ring_capacity` must be at least 16".to_owned());
+    }
+    match config.log.format.as_str() {
+        "pretty" | "json" => {}
+        other => err(None, format!("`log.format = \"{other}\"` must be `pretty` or `json`")),
+    }
+
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    match listen {
+        Some(listen) if errors.is_empty() => {
+            let audit_dir = if config.audit.dir.is_absolute() {
+                config.audit.dir.clone()
+            } else {
+                base.join(&config.audit.dir)
+            };
+            Ok(ValidConfig { config, listen, upstream_urls, audit_dir, namer })
+        }
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+shards = 2
+
+[[upstreams]]
+name = "crm"
+url = "http://127.0.0.1:9101/mcp"
+
+[[agents]]
+id = "support-bot"
+api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+tools = ["crm__lookup_customer"]
+
+[audit]
+dir = "audit"
+"#;
+
+    #[test]
+    fn issue_contract_config_parses() {
+        let v = parse(GOOD, "t.toml", Path::new("/etc/toolgate")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(v.listen.port(), 8080);
+        assert_eq!(v.audit_dir, Path::new("/etc/toolgate/audit"));
+        assert_eq!(v.config.upstreams[0].timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line() {
+        let text = GOOD.replace("shards = 2", "shards = 2\nshard = 3");
+        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors);
+        let e = e.unwrap_or_default();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(5));
+        assert!(e[0].message.contains("shard"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn type_error_is_reported_with_its_line() {
+        let text = GOOD.replace("shards = 2", "shards = \"two\"");
+        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        assert_eq!(e[0].line, Some(4));
+    }
+
+    #[test]
+    fn tool_of_unknown_upstream_is_an_error_with_its_line() {
+        let text = GOOD.replace("crm__lookup_customer", "mail__send");
+        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(13));
+        assert!(e[0].message.contains("`mail__send`"));
+    }
+
+    #[test]
+    fn bad_hash_and_bad_url_are_both_reported() {
+        let text = GOOD.replace("9f86d0", "zz").replace("http://127.0.0.1:9101/mcp", "ftp://x");
+        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].line, Some(8));
+        assert_eq!(e[1].line, Some(12));
+    }
+
+    #[test]
+    fn two_empty_prefixes_are_refused() {
+        let text = r#"
+[[upstreams]]
+name = "a"
+url = "http://127.0.0.1:1/mcp"
+prefix = ""
+[[upstreams]]
+name = "b"
+url = "http://127.0.0.1:2/mcp"
+prefix = ""
+"#;
+        let e = parse(text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(9));
+    }
+}

@@ -1,0 +1,231 @@
+//! The one refusal type and its one mapping to the wire.
+//!
+//! Every way a request can fail to get a tool's answer is a [`RefusalKind`];
+//! [`Refusal::wire`] is the single exhaustive match that decides its HTTP
+//! status, JSON-RPC code and message, and [`RefusalKind::reason`] the
+//! machine-readable reason written to the audit record. No wildcard arms: a
+//! new kind must be placed on the wire deliberately.
+
+use std::borrow::Cow;
+
+use crate::audit::Decision;
+use crate::protocol::codes;
+
+/// Where the fault lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The agent's request.
+    Downstream,
+    /// toolgate itself (policy, audit pipeline, limits).
+    Gateway,
+    /// The upstream tool server.
+    Upstream,
+}
+
+/// Every reason a request is not answered by a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Unparseable HTTP.
+    MalformedHttp,
+    /// Request head over `server.max_header_bytes` or `server.max_headers`.
+    HeadersTooLarge,
+    /// Body over `server.max_body_bytes`.
+    BodyTooLarge,
+    /// Head or body not received in time.
+    RequestTimeout,
+    /// A path toolgate does not serve.
+    PathNotFound,
+    /// An HTTP method the path does not serve.
+    MethodNotAllowed,
+    /// `Content-Type` is not JSON.
+    UnsupportedMediaType,
+    /// `Accept` allows neither JSON nor SSE.
+    NotAcceptable,
+    /// Body is not JSON.
+    ParseError,
+    /// JSON that is not an acceptable JSON-RPC request.
+    InvalidRequest,
+    /// Method not served.
+    MethodNotFound,
+    /// Bad parameters.
+    InvalidParams,
+    /// Tool not attached to the agent (or not existing: indistinguishable on purpose).
+    UnknownTool,
+    /// Routing headers disagree with the body.
+    HeaderMismatch,
+    /// Protocol version not served.
+    UnsupportedProtocolVersion,
+    /// Handshake-era request without `Mcp-Session-Id`.
+    MissingSession,
+    /// `Mcp-Session-Id` not issued by this gateway, expired, or terminated.
+    SessionNotFound,
+    /// No `Authorization` header.
+    MissingCredential,
+    /// `Authorization` present but malformed or the key is unknown.
+    UnknownCredential,
+    /// The session belongs to another agent.
+    SessionIdentityMismatch,
+    /// The audit pipeline cannot take the record: fail closed.
+    AuditUnavailable,
+    /// Shard at its connection limit.
+    Overloaded,
+    /// Upstream refused or dropped the connection.
+    UpstreamUnavailable,
+    /// Upstream did not answer within its `timeout_ms`.
+    UpstreamTimeout,
+    /// Upstream answered something that is not an MCP response.
+    UpstreamBadResponse,
+}
+
+/// A refusal: its kind, where the fault lies, and an optional detail safe to
+/// show the agent (its own input, never internals).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What happened.
+    pub kind: RefusalKind,
+    /// Whose fault.
+    pub origin: Origin,
+    /// Extra words for the agent, appended to the message.
+    pub detail: Option<Cow<'static, str>>,
+}
+
+/// A refusal as it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wire {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// JSON-RPC error message.
+    pub message: Cow<'static, str>,
+}
+
+impl RefusalKind {
+    /// Where a kind's fault lies.
+    pub fn origin(self) -> Origin {
+        use RefusalKind::*;
+        match self {
+            MalformedHttp | HeadersTooLarge | BodyTooLarge | RequestTimeout | PathNotFound | MethodNotAllowed
+            | UnsupportedMediaType | NotAcceptable | ParseError | InvalidRequest | MethodNotFound | InvalidParams
+            | UnknownTool | HeaderMismatch | UnsupportedProtocolVersion | MissingSession | SessionNotFound
+            | MissingCredential | UnknownCredential | SessionIdentityMismatch => Origin::Downstream,
+            AuditUnavailable | Overloaded => Origin::Gateway,
+            UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
+        }
+    }
+
+    /// The snake_case reason recorded in the audit trail.
+    pub fn reason(self) -> &'static str {
+        use RefusalKind::*;
+        match self {
+            MalformedHttp => "malformed_http",
+            HeadersTooLarge => "headers_too_large",
+            BodyTooLarge => "body_too_large",
+            RequestTimeout => "request_timeout",
+            PathNotFound => "path_not_found",
+            MethodNotAllowed => "http_method_not_allowed",
+            UnsupportedMediaType => "unsupported_media_type",
+            NotAcceptable => "not_acceptable",
+            ParseError => "parse_error",
+            InvalidRequest => "invalid_request",
+            MethodNotFound => "method_not_found",
+            InvalidParams => "invalid_params",
+            UnknownTool => "tool_not_attached",
+            HeaderMismatch => "header_mismatch",
+            UnsupportedProtocolVersion => "unsupported_protocol_version",
+            MissingSession => "missing_session",
+            SessionNotFound => "session_not_found",
+            MissingCredential => "missing_api_key",
+            UnknownCredential => "unknown_api_key",
+            SessionIdentityMismatch => "session_identity_mismatch",
+            AuditUnavailable => "audit_unavailable",
+            Overloaded => "overloaded",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            UpstreamBadResponse => "upstream_bad_response",
+        }
+    }
+
+    /// The audit decision: upstream failures happened to allowed calls.
+    pub fn decision(self) -> Decision {
+        match self.origin() {
+            Origin::Upstream => Decision::Allow,
+            Origin::Downstream | Origin::Gateway => Decision::Deny,
+        }
+    }
+}
+
+impl Refusal {
+    /// A refusal of `kind` with no detail.
+    pub fn new(kind: RefusalKind) -> Self {
+        Self { kind, origin: kind.origin(), detail: None }
+    }
+
+    /// A refusal of `kind` with a detail for the agent.
+    pub fn with(kind: RefusalKind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self { kind, origin: kind.origin(), detail: Some(detail.into()) }
+    }
+
+    /// The HTTP status, JSON-RPC code and message.
+    pub fn wire(&self) -> Wire {
+        use RefusalKind::*;
+        let (status, code, message): (u16, i64, &'static str) = match self.kind {
+            MalformedHttp => (400, codes::INVALID_REQUEST, "malformed HTTP request"),
+            HeadersTooLarge => (431, codes::INVALID_REQUEST, "request headers too large"),
+            BodyTooLarge => (413, codes::INVALID_REQUEST, "request body too large"),
+            RequestTimeout => (408, codes::INVALID_REQUEST, "request not received in time"),
+            PathNotFound => (404, codes::INVALID_REQUEST, "not found: MCP is served at /mcp"),
+            MethodNotAllowed => (405, codes::INVALID_REQUEST, "HTTP method not allowed here"),
+            UnsupportedMediaType => (415, codes::INVALID_REQUEST, "Content-Type must be application/json"),
+            NotAcceptable => (406, codes::INVALID_REQUEST, "Accept must allow application/json or text/event-stream"),
+            ParseError => (400, codes::PARSE_ERROR, "Parse error"),
+            InvalidRequest => (400, codes::INVALID_REQUEST, "Invalid Request"),
+            MethodNotFound => (404, codes::METHOD_NOT_FOUND, "Method not found"),
+            InvalidParams => (400, codes::INVALID_PARAMS, "Invalid params"),
+            UnknownTool => (400, codes::INVALID_PARAMS, "Unknown tool"),
+            HeaderMismatch => (400, codes::HEADER_MISMATCH, "Header mismatch"),
+            UnsupportedProtocolVersion => (400, codes::UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version"),
+            MissingSession => (400, codes::INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required"),
+            SessionNotFound => (404, codes::INVALID_REQUEST, "Session not found"),
+            MissingCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: an API key is required"),
+            UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
+            SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
+            AuditUnavailable => (503, codes::SERVER_ERROR, "audit pipeline unavailable; call refused"),
+            Overloaded => (503, codes::SERVER_ERROR, "gateway overloaded; retry later"),
+            UpstreamUnavailable => (502, codes::INTERNAL_ERROR, "upstream unavailable"),
+            UpstreamTimeout => (504, codes::INTERNAL_ERROR, "upstream timed out"),
+            UpstreamBadResponse => (502, codes::INTERNAL_ERROR, "upstream sent an invalid response"),
+        };
+        let message = match &self.detail {
+            Some(d) => Cow::Owned(format!("{message}: {d}")),
+            None => Cow::Borrowed(message),
+        };
+        Wire { status, code, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unattached_tool_looks_like_a_missing_tool() {
+        let w = Refusal::with(RefusalKind::UnknownTool, "`crm__delete`").wire();
+        assert_eq!((w.status, w.code), (400, codes::INVALID_PARAMS));
+        assert_eq!(w.message, "Unknown tool: `crm__delete`");
+    }
+
+    #[test]
+    fn upstream_failures_are_allowed_calls_that_failed() {
+        assert_eq!(RefusalKind::UpstreamTimeout.decision(), Decision::Allow);
+        assert_eq!(RefusalKind::UnknownTool.decision(), Decision::Deny);
+        assert_eq!(Refusal::new(RefusalKind::UpstreamTimeout).wire().status, 504);
+    }
+
+    #[test]
+    fn session_of_another_agent_is_indistinguishable_from_unknown() {
+        let a = Refusal::new(RefusalKind::SessionIdentityMismatch).wire();
+        let b = Refusal::new(RefusalKind::SessionNotFound).wire();
+        assert_eq!(a, b);
+    }
+}

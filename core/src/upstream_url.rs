@@ -1,0 +1,94 @@
+//! Upstream endpoint URLs: `http://host[:port]/path`.
+//!
+//! Deliberately narrow: only what toolgate can dial. No userinfo (credentials
+//! belong in credential config, never in a URL that gets logged), no query
+//! or fragment.
+
+/// A parsed upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// Host as written (name, IPv4, or bracketed IPv6).
+    pub host: String,
+    /// TCP port (default 80).
+    pub port: u16,
+    /// Request target, starting with `/`.
+    pub path: String,
+    /// `Host` header value.
+    pub authority: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http://host[:port]/path`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = if let Some(r) = s.strip_prefix("http://") {
+            r
+        } else if s.starts_with("https://") {
+            return Err(format!("`{s}`: https upstreams are not supported yet; use `http://`"));
+        } else {
+            return Err(format!("`{s}` is not an `http://host:port/path` URL"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err(format!("`{s}`: credentials in the URL are not allowed"));
+        }
+        if path.contains(['?', '#']) || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!("`{s}`: the path must have no query, fragment, spaces or control characters"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+            (format!("[{h}]"), after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(format!("`{s}`: no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+            None => 80,
+        };
+        Ok(Self { host, port, path: path.to_owned(), authority: authority.to_owned() })
+    }
+
+    /// `host:port` for address resolution (IPv6 hosts keep their brackets).
+    pub fn dial_target(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_url_parses() {
+        let u = UpstreamUrl::parse("http://127.0.0.1:9101/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 9101, "/mcp"));
+        assert_eq!(u.dial_target(), "127.0.0.1:9101");
+    }
+
+    #[test]
+    fn default_port_and_path() {
+        let u = UpstreamUrl::parse("http://tools.internal").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((u.port, u.path.as_str()), (80, "/"));
+    }
+
+    #[test]
+    fn ipv6_host() {
+        let u = UpstreamUrl::parse("http://[::1]:9000/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(u.dial_target(), "[::1]:9000");
+    }
+
+    #[test]
+    fn refused_forms() {
+        for bad in ["https://x/mcp", "ftp://x", "http://u:p@x/mcp", "http://x:0/", "http://x:99999/", "http:///mcp", "http://x/a?b"] {
+            assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
