@@ -1,0 +1,185 @@
+//! An upstream's tool catalog, as fetched with `tools/list`.
+//!
+//! Each tool definition is re-rendered once, at catalog build, with the name
+//! agents see (`{prefix}__{tool}`); an agent's `tools/list` is then a
+//! concatenation of pre-rendered definitions. Arguments that a stateless-era
+//! upstream expects mirrored in `Mcp-Param-*` headers (the `x-mcp-header`
+//! schema annotation) are extracted here too.
+
+use std::collections::HashMap;
+
+use simd_json::prelude::*;
+use simd_json::tape::Value;
+use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+use toolgate_core::protocol::X_MCP_HEADER;
+use toolgate_core::toolname::ToolNamer;
+
+/// Why a `tools/list` result could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// Not JSON.
+    #[error("the tools/list result is not valid JSON")]
+    NotJson,
+    /// No `tools` array.
+    #[error("the tools/list result has no `tools` array")]
+    NoTools,
+}
+
+/// JSON type of an argument mirrored into a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// `"type": "string"`.
+    String,
+    /// `"type": "integer"`.
+    Integer,
+    /// `"type": "boolean"`.
+    Boolean,
+}
+
+/// An argument mirrored into an `Mcp-Param-*` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderParam {
+    /// Chain of `properties` keys from the schema root.
+    pub path: Vec<String>,
+    /// The header name, e.g. `Mcp-Param-Region`.
+    pub header: String,
+    /// Declared type.
+    pub ty: ParamType,
+}
+
+/// One tool of an upstream.
+#[derive(Debug, Clone)]
+pub struct ToolDef {
+    /// Name on the upstream.
+    pub name: String,
+    /// Name agents see, or `None` when shadowed by another upstream's prefix.
+    pub exposed: Option<String>,
+    /// The definition as agents see it (compact JSON object).
+    pub json: String,
+    /// Arguments mirrored into headers.
+    pub header_params: Vec<HeaderParam>,
+}
+
+/// The tools of one upstream.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Tools in upstream order.
+    pub tools: Vec<ToolDef>,
+    index: HashMap<String, usize>,
+    /// Tool names the upstream listed more than once (first kept).
+    pub duplicates: Vec<String>,
+}
+
+impl Catalog {
+    /// Builds the catalog of upstream `idx` from the `result` objects of its
+    /// `tools/list` pages.
+    pub fn from_pages(idx: usize, namer: &ToolNamer, pages: &[Vec<u8>]) -> Result<Self, CatalogError> {
+        let mut cat = Catalog::default();
+        let mut parser = JsonParser::new();
+        for page in pages {
+            let tape = parser.parse(page).map_err(|_| CatalogError::NotJson)?;
+            let tools = tape.as_value().get("tools").and_then(|t| t.as_array()).ok_or(CatalogError::NoTools)?;
+            for tool in tools.iter() {
+                let Some(name) = tool.get("name").and_then(|n| n.into_string()) else { continue };
+                if cat.index.contains_key(name) {
+                    cat.duplicates.push(name.to_owned());
+                    continue;
+                }
+                let exposed = namer.expose(idx, name);
+                let json = render(tool, exposed.as_deref().unwrap_or(name));
+                let mut header_params = Vec::new();
+                if let Some(schema) = tool.get("inputSchema") {
+                    collect_header_params(schema, &mut Vec::new(), &mut header_params);
+                }
+                cat.index.insert(name.to_owned(), cat.tools.len());
+                cat.tools.push(ToolDef { name: name.to_owned(), exposed, json, header_params });
+            }
+        }
+        Ok(cat)
+    }
+
+    /// The tool named `name` on the upstream.
+    pub fn get(&self, name: &str) -> Option<&ToolDef> {
+        self.index.get(name).map(|&i| &self.tools[i])
+    }
+}
+
+fn render(tool: Value<'_, '_>, exposed: &str) -> String {
+    let mut out = Vec::with_capacity(256);
+    out.push(b'{');
+    write_str("name", &mut out);
+    out.push(b':');
+    write_str(exposed, &mut out);
+    if let Some(obj) = tool.as_object() {
+        for (k, v) in obj.iter() {
+            if k == "name" {
+                continue;
+            }
+            out.push(b',');
+            write_str(k, &mut out);
+            out.push(b':');
+            write_value(v, &mut out);
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn collect_header_params(schema: Value<'_, '_>, path: &mut Vec<String>, out: &mut Vec<HeaderParam>) {
+    if path.len() > 16 {
+        return;
+    }
+    if !path.is_empty() {
+        if let Some(token) = schema.get(X_MCP_HEADER).and_then(|t| t.into_string()) {
+            let ty = match schema.get("type").and_then(|t| t.into_string()) {
+                Some("string") => Some(ParamType::String),
+                Some("integer") => Some(ParamType::Integer),
+                Some("boolean") => Some(ParamType::Boolean),
+                _ => None,
+            };
+            let valid_token = !token.is_empty()
+                && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if let (Some(ty), true) = (ty, valid_token) {
+                out.push(HeaderParam { path: path.clone(), header: format!("Mcp-Param-{token}"), ty });
+            }
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        for (k, sub) in props.iter() {
+            path.push(k.to_owned());
+            collect_header_params(sub, path, out);
+            path.pop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namer() -> ToolNamer {
+        let mut n = ToolNamer::default();
+        assert!(n.add("crm").is_ok());
+        n
+    }
+
+    #[test]
+    fn tools_are_renamed_and_indexed() {
+        let page = br#"{"tools":[{"name":"lookup","description":"d","inputSchema":{"type":"object","properties":{"region":{"type":"string","x-mcp-header":"Region"},"n":{"type":"object","properties":{"deep":{"type":"integer","x-mcp-header":"Deep"}}}}}},{"name":"lookup","description":"dup"}],"nextCursor":null}"#;
+        let cat = Catalog::from_pages(0, &namer(), &[page.to_vec()]).unwrap_or_default();
+        assert_eq!(cat.tools.len(), 1);
+        assert_eq!(cat.duplicates, vec!["lookup".to_owned()]);
+        let t = cat.get("lookup").map(|t| t.clone());
+        let t = t.unwrap_or_else(|| unreachable!());
+        assert_eq!(t.exposed.as_deref(), Some("crm__lookup"));
+        assert!(t.json.starts_with(r#"{"name":"crm__lookup","description":"d""#), "{}", t.json);
+        assert_eq!(t.header_params.len(), 2);
+        assert!(t.header_params.iter().any(|h| h.path == ["n", "deep"] && h.header == "Mcp-Param-Deep" && h.ty == ParamType::Integer));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert_eq!(Catalog::from_pages(0, &namer(), &[b"nope".to_vec()]).err(), Some(CatalogError::NotJson));
+        assert_eq!(Catalog::from_pages(0, &namer(), &[b"{}".to_vec()]).err(), Some(CatalogError::NoTools));
+    }
+}

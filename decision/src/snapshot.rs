@@ -1,0 +1,185 @@
+//! The immutable snapshot shards decide from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toolgate_core::config::ValidConfig;
+use toolgate_core::identity::{parse_key_hash, KeyHash};
+use toolgate_core::upstream_url::UpstreamUrl;
+
+use crate::catalog::{Catalog, ToolDef};
+
+/// An upstream as shards need it.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    /// Configured name.
+    pub name: Arc<str>,
+    /// Endpoint.
+    pub url: UpstreamUrl,
+    /// Per-call time limit.
+    pub timeout: Duration,
+    /// Largest response accepted.
+    pub max_response_bytes: usize,
+    /// Idle connections kept per shard.
+    pub pool_size: usize,
+}
+
+/// Where an attached tool goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    /// The tool's name on the upstream.
+    pub tool: Arc<str>,
+    /// The name the agent uses.
+    pub exposed: Arc<str>,
+}
+
+/// An agent and its permission map.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// Agent id.
+    pub id: Arc<str>,
+    /// Attached tools by exposed name.
+    pub tools: HashMap<Box<str>, Route>,
+    /// The agent's `tools/list` `tools` array, pre-rendered: attached tools
+    /// that exist in a fetched catalog, in configuration order.
+    pub tools_list: Arc<str>,
+}
+
+/// Everything a shard needs to decide a call, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Agents in configuration order.
+    pub agents: Vec<Agent>,
+    by_key: HashMap<KeyHash, usize>,
+    /// Upstreams in configuration order.
+    pub upstreams: Vec<UpstreamInfo>,
+    /// Fetched catalogs, index-aligned with `upstreams`; `None` until fetched.
+    pub catalogs: Vec<Option<Arc<Catalog>>>,
+}
+
+impl Snapshot {
+    /// Compiles configuration and catalogs (index-aligned with upstreams).
+    pub fn build(cfg: &ValidConfig, catalogs: &[Option<Arc<Catalog>>]) -> Self {
+        let upstreams: Vec<UpstreamInfo> = cfg
+            .config
+            .upstreams
+            .iter()
+            .zip(&cfg.upstream_urls)
+            .map(|(u, url)| UpstreamInfo {
+                name: Arc::from(u.name.get_ref().as_str()),
+                url: url.clone(),
+                timeout: Duration::from_millis(u.timeout_ms),
+                max_response_bytes: u.max_response_bytes,
+                pool_size: u.pool_size,
+            })
+            .collect();
+        let catalogs: Vec<Option<Arc<Catalog>>> =
+            (0..upstreams.len()).map(|i| catalogs.get(i).cloned().flatten()).collect();
+        let mut agents = Vec::with_capacity(cfg.config.agents.len());
+        let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
+        for a in &cfg.config.agents {
+            let mut tools = HashMap::new();
+            let mut list = String::from("[");
+            for t in &a.tools {
+                let exposed = t.get_ref().as_str();
+                let Some((upstream, tool)) = cfg.namer.route(exposed) else { continue };
+                if let Some(def) = catalogs[upstream].as_ref().and_then(|c| c.get(tool)) {
+                    if def.exposed.as_deref() != Some(exposed) {
+                        continue;
+                    }
+                    if !tools.contains_key(exposed) {
+                        if list.len() > 1 {
+                            list.push(',');
+                        }
+                        list.push_str(&def.json);
+                    }
+                }
+                tools.insert(
+                    Box::from(exposed),
+                    Route { upstream, tool: Arc::from(tool), exposed: Arc::from(exposed) },
+                );
+            }
+            list.push(']');
+            if let Some(h) = parse_key_hash(a.api_key_sha256.get_ref()) {
+                by_key.insert(h, agents.len());
+            }
+            agents.push(Agent { id: Arc::from(a.id.get_ref().as_str()), tools, tools_list: Arc::from(list) });
+        }
+        Snapshot { agents, by_key, upstreams, catalogs }
+    }
+
+    /// The agent holding the key with this digest.
+    pub fn agent_by_key(&self, hash: &KeyHash) -> Option<&Agent> {
+        self.by_key.get(hash).map(|&i| &self.agents[i])
+    }
+
+    /// The route of a tool the agent may call. `None` when the tool is not
+    /// attached, or when the upstream's catalog is known and lacks it.
+    pub fn route<'s>(&'s self, agent: &'s Agent, exposed: &str) -> Option<&'s Route> {
+        let route = agent.tools.get(exposed)?;
+        match &self.catalogs[route.upstream] {
+            Some(cat) => cat.get(&route.tool).filter(|d| d.exposed.as_deref() == Some(exposed)).map(|_| route),
+            None => Some(route),
+        }
+    }
+
+    /// The catalog definition of a routed tool, when fetched.
+    pub fn tool_def(&self, route: &Route) -> Option<&ToolDef> {
+        self.catalogs[route.upstream].as_ref()?.get(&route.tool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use toolgate_core::identity::key_hash;
+
+    fn cfg() -> ValidConfig {
+        let h = toolgate_core::identity::format_key(&[1u8; 32]);
+        let text = format!(
+            r#"
+[[upstreams]]
+name = "crm"
+url = "http://127.0.0.1:9101/mcp"
+[[upstreams]]
+name = "mail"
+url = "http://127.0.0.1:9102/mcp"
+[[agents]]
+id = "bot"
+api_key_sha256 = "{}"
+tools = ["crm__lookup", "mail__send", "crm__ghost"]
+"#,
+            h.1
+        );
+        toolgate_core::config::parse(&text, "t", Path::new(".")).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn permission_map_and_tools_list_follow_attachments() {
+        let cfg = cfg();
+        let crm = Catalog::from_pages(
+            0,
+            &cfg.namer,
+            &[br#"{"tools":[{"name":"lookup"},{"name":"delete"},{"name":"ghost2"}]}"#.to_vec()],
+        )
+        .unwrap_or_default();
+        let snap = Snapshot::build(&cfg, &[Some(Arc::new(crm)), None]);
+        let key = toolgate_core::identity::format_key(&[1u8; 32]).0;
+        let agent = snap.agent_by_key(&key_hash(key.as_bytes())).unwrap_or_else(|| unreachable!());
+        assert_eq!(&*agent.id, "bot");
+        assert_eq!(&*agent.tools_list, r#"[{"name":"crm__lookup"}]"#);
+        // attached and listed
+        assert_eq!(snap.route(agent, "crm__lookup").map(|r| &*r.tool), Some("lookup"));
+        // exists upstream but not attached
+        assert!(snap.route(agent, "crm__delete").is_none());
+        // attached but the fetched catalog lacks it
+        assert!(snap.route(agent, "crm__ghost").is_none());
+        // attached, catalog not fetched yet: routed, the upstream decides
+        assert_eq!(snap.route(agent, "mail__send").map(|r| r.upstream), Some(1));
+        assert!(snap.agent_by_key(&key_hash(b"other")).is_none());
+    }
+}
