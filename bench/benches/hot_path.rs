@@ -1,0 +1,173 @@
+//! Hot-path microbenchmarks: HTTP head parse, JSON-RPC view, permission
+//! lookup, audit record encode, audit ring push/pop.
+#![expect(
+    clippy::panic,
+    reason = "a benchmark with a broken fixture must stop, not measure nothing"
+)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_core::identity::{format_key, key_hash};
+use toolgate_core::jsonrpc::{JsonParser, RpcRequest, ToolCall};
+use toolgate_decision::{Catalog, Snapshot};
+use toolgate_ingress::http::head::{parse_head, Limits};
+use toolgate_sinks::{audit_ring, AuditProducer};
+
+fn call_body(arg_bytes: usize) -> Vec<u8> {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{{"name":"crm__lookup_customer","arguments":{{"customer_id":"c-42","note":"{}"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#,
+        "x".repeat(arg_bytes)
+    )
+    .into_bytes()
+}
+
+fn http_head(c: &mut Criterion) {
+    let req = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer tg_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: crm__lookup_customer\r\nContent-Length: 1024\r\n\r\n";
+    let limits = Limits {
+        max_header_bytes: 16384,
+        max_headers: 64,
+        max_body_bytes: 1 << 20,
+    };
+    let mut g = c.benchmark_group("http");
+    g.throughput(Throughput::Bytes(req.len() as u64));
+    g.bench_function("parse_head_mcp_call", |b| {
+        b.iter(|| {
+            parse_head(black_box(req), &limits)
+                .ok()
+                .flatten()
+                .map(|h| h.len)
+        })
+    });
+    g.finish();
+}
+
+fn jsonrpc_view(c: &mut Criterion) {
+    let mut g = c.benchmark_group("jsonrpc");
+    for size in [64usize, 1024, 16 * 1024] {
+        let body = call_body(size);
+        let mut parser = JsonParser::new();
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("view_tools_call_{size}b_args"), |b| {
+            b.iter(|| {
+                let tape = parser.parse(black_box(&body)).ok()?;
+                let rpc = RpcRequest::from_tape(&tape).ok()?;
+                ToolCall::from_request(&rpc).ok().map(|c| c.name.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn permission_lookup(c: &mut Criterion) {
+    // 1000 agents × 100 attached tools over 10 upstreams.
+    let mut text = String::new();
+    for u in 0..10 {
+        text.push_str(&format!(
+            "[[upstreams]]\nname = \"u{u}\"\nurl = \"http://127.0.0.1:{}/mcp\"\n",
+            9000 + u
+        ));
+    }
+    for a in 0..1000u32 {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&a.to_be_bytes());
+        let (_, hash) = format_key(&seed);
+        let tools: Vec<String> = (0..100)
+            .map(|t| format!("\"u{}__tool{}\"", t % 10, t))
+            .collect();
+        text.push_str(&format!(
+            "[[agents]]\nid = \"agent{a}\"\napi_key_sha256 = \"{hash}\"\ntools = [{}]\n",
+            tools.join(",")
+        ));
+    }
+    let cfg = toolgate_core::config::parse(&text, "bench", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let catalogs: Vec<_> = (0..10)
+        .map(|u| {
+            let page = format!(
+                r#"{{"tools":[{}]}}"#,
+                (0..100)
+                    .map(|t| format!(r#"{{"name":"tool{t}","inputSchema":{{"type":"object"}}}}"#))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Catalog::from_pages(u, &cfg.namer, &[page.into_bytes()])
+                .ok()
+                .map(Arc::new)
+        })
+        .collect();
+    let snap = Snapshot::build(&cfg, &catalogs);
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&777u32.to_be_bytes());
+    let key = format_key(&seed).0;
+    let mut g = c.benchmark_group("permission");
+    g.bench_function("identify_and_route_1k_agents_100_tools", |b| {
+        b.iter(|| {
+            let agent = snap.agent_by_key(&key_hash(black_box(key.as_bytes())))?;
+            snap.route(agent, black_box("u7__tool57"))
+                .map(|r| r.upstream)
+        })
+    });
+    g.bench_function("route_only_1k_agents_100_tools", |b| {
+        let agent = snap
+            .agent_by_key(&key_hash(key.as_bytes()))
+            .unwrap_or_else(|| panic!("agent"));
+        b.iter(|| {
+            snap.route(agent, black_box("u7__tool57"))
+                .map(|r| r.upstream)
+        })
+    });
+    g.finish();
+}
+
+fn record() -> AuditRecord {
+    AuditRecord {
+        time_us: 1_795_570_070_123_456,
+        shard: 1,
+        seq: 123_456,
+        request_id: Some("42".into()),
+        agent: Some(Arc::from("support-bot")),
+        user: None,
+        method: Some("tools/call".into()),
+        tool: Some("crm__lookup_customer".into()),
+        upstream: Some(Arc::from("crm")),
+        decision: Decision::Allow,
+        reason: "attached",
+        status: 200,
+        outcome: Outcome::Success,
+        error_code: None,
+        latency_us: 812,
+        client: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))),
+        protocol_version: Some("2026-07-28"),
+    }
+}
+
+fn audit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("audit");
+    let r = record();
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("encode_json_record", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&r).encode_json(&mut out);
+            out.len()
+        })
+    });
+    let (w, mut consumer) = audit_ring(1024);
+    let mut producer = AuditProducer::new(0, w);
+    g.bench_function("ring_admit_commit_pop", |b| {
+        b.iter(|| {
+            if let Ok(a) = producer.admit() {
+                producer.commit(a, record());
+            }
+            consumer.pop().ok().map(|r| r.seq)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, http_head, jsonrpc_view, permission_lookup, audit);
+criterion_main!(benches);

@@ -111,7 +111,11 @@ impl AuditRecord {
         use std::io::Write;
         out.extend_from_slice(b"{\"time\":\"");
         write_rfc3339_us(self.time_us, out);
-        let _ = write!(out, "\",\"shard\":{},\"seq\":{},\"request_id\":", self.shard, self.seq);
+        let _ = write!(
+            out,
+            "\",\"shard\":{},\"seq\":{},\"request_id\":",
+            self.shard, self.seq
+        );
         match &self.request_id {
             Some(id) => out.extend_from_slice(id.as_bytes()),
             None => out.extend_from_slice(b"null"),

@@ -90,6 +90,23 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per shard. Default 64.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// MCP era to speak: `auto` (default: probe `server/discover`, fall back
+    /// to the `initialize` handshake), `handshake`, or `stateless` (2026-07-28).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// Which MCP era toolgate speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Probe, then fall back.
+    #[default]
+    Auto,
+    /// `initialize` handshake and sessions (2024-11-05 … 2025-11-25).
+    Handshake,
+    /// Per-request envelope (2026-07-28).
+    Stateless,
 }
 
 /// `[[agents]]`: one agent identity and its permission map entry.
@@ -210,7 +227,10 @@ impl Default for AuditConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level(), format: default_log_format() }
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
     }
 }
 
@@ -276,7 +296,10 @@ pub fn load(path: &Path) -> Result<ValidConfig, ConfigErrors> {
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         origin: origin.clone(),
-        errors: vec![ConfigError { line: None, message: format!("cannot read the file: {e}") }],
+        errors: vec![ConfigError {
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        }],
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &origin, &base)
@@ -284,10 +307,16 @@ pub fn load(path: &Path) -> Result<ValidConfig, ConfigErrors> {
 
 /// Parses and checks configuration text; `base` resolves relative paths.
 pub fn parse(text: &str, origin: &str, base: &Path) -> Result<ValidConfig, ConfigErrors> {
-    let fail = |errors| ConfigErrors { origin: origin.to_owned(), errors };
+    let fail = |errors| ConfigErrors {
+        origin: origin.to_owned(),
+        errors,
+    };
     let config: Config = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start));
-        fail(vec![ConfigError { line, message: first_line(e.message()) }])
+        fail(vec![ConfigError {
+            line,
+            message: first_line(e.message()),
+        }])
     })?;
     validate(config, text, base).map_err(fail)
 }
@@ -298,12 +327,22 @@ fn first_line(m: &str) -> String {
 
 /// 1-based line of byte offset `at` in `text`.
 pub fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let at = |s: &std::ops::Range<usize>| if s.end == 0 { None } else { Some(line_of(text, s.start)) };
+    let at = |s: &std::ops::Range<usize>| {
+        if s.end == 0 {
+            None
+        } else {
+            Some(line_of(text, s.start))
+        }
+    };
     let mut err = |line: Option<usize>, message: String| errors.push(ConfigError { line, message });
 
     let listen = match config.server.listen.get_ref().parse::<SocketAddr>() {
@@ -311,18 +350,27 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         Err(_) => {
             err(
                 at(&config.server.listen.span()),
-                format!("`{}` is not an address and port such as `127.0.0.1:8080`", config.server.listen.get_ref()),
+                format!(
+                    "`{}` is not an address and port such as `127.0.0.1:8080`",
+                    config.server.listen.get_ref()
+                ),
             );
             None
         }
     };
     if let Some(s) = &config.server.shards {
         if *s.get_ref() == 0 || *s.get_ref() > 1024 {
-            err(at(&s.span()), format!("`shards = {}` must be between 1 and 1024", s.get_ref()));
+            err(
+                at(&s.span()),
+                format!("`shards = {}` must be between 1 and 1024", s.get_ref()),
+            );
         }
     }
     if config.server.max_header_bytes < 1024 {
-        err(None, "`server.max_header_bytes` must be at least 1024".to_owned());
+        err(
+            None,
+            "`server.max_header_bytes` must be at least 1024".to_owned(),
+        );
     }
     if config.server.max_headers == 0 {
         err(None, "`server.max_headers` must be at least 1".to_owned());
@@ -332,14 +380,29 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     let mut namer = ToolNamer::default();
     for u in &config.upstreams {
         let name = u.name.get_ref();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
             err(
                 at(&u.name.span()),
-                format!("upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"),
+                format!(
+                    "upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"
+                ),
             );
         }
-        if config.upstreams.iter().filter(|o| o.name.get_ref() == name).count() > 1 {
-            err(at(&u.name.span()), format!("upstream name `{name}` is used more than once"));
+        if config
+            .upstreams
+            .iter()
+            .filter(|o| o.name.get_ref() == name)
+            .count()
+            > 1
+        {
+            err(
+                at(&u.name.span()),
+                format!("upstream name `{name}` is used more than once"),
+            );
         }
         match UpstreamUrl::parse(u.url.get_ref()) {
             Ok(url) => upstream_urls.push(url),
@@ -350,13 +413,19 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             None => (name.clone(), u.name.span()),
         };
         if prefix.contains("__") {
-            err(at(&pspan), format!("prefix `{prefix}` must not contain `__`"));
+            err(
+                at(&pspan),
+                format!("prefix `{prefix}` must not contain `__`"),
+            );
         }
         if let Err(e) = namer.add(&prefix) {
             err(at(&pspan), e);
         }
         if u.timeout_ms == 0 {
-            err(at(&u.name.span()), format!("upstream `{name}`: `timeout_ms` must be above 0"));
+            err(
+                at(&u.name.span()),
+                format!("upstream `{name}`: `timeout_ms` must be above 0"),
+            );
         }
     }
 
@@ -365,8 +434,17 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         if id.is_empty() {
             err(at(&a.id.span()), "agent id must not be empty".to_owned());
         }
-        if config.agents.iter().filter(|o| o.id.get_ref() == id).count() > 1 {
-            err(at(&a.id.span()), format!("agent id `{id}` is used more than once"));
+        if config
+            .agents
+            .iter()
+            .filter(|o| o.id.get_ref() == id)
+            .count()
+            > 1
+        {
+            err(
+                at(&a.id.span()),
+                format!("agent id `{id}` is used more than once"),
+            );
         }
         let h = a.api_key_sha256.get_ref();
         if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -374,8 +452,17 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 at(&a.api_key_sha256.span()),
                 format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
             );
-        } else if config.agents.iter().filter(|o| o.api_key_sha256.get_ref().eq_ignore_ascii_case(h)).count() > 1 {
-            err(at(&a.api_key_sha256.span()), format!("agent `{id}`: the same API key hash is given to another agent"));
+        } else if config
+            .agents
+            .iter()
+            .filter(|o| o.api_key_sha256.get_ref().eq_ignore_ascii_case(h))
+            .count()
+            > 1
+        {
+            err(
+                at(&a.api_key_sha256.span()),
+                format!("agent `{id}`: the same API key hash is given to another agent"),
+            );
         }
         for t in &a.tools {
             if namer.route(t.get_ref()).is_none() {
@@ -395,7 +482,10 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     }
     match config.log.format.as_str() {
         "pretty" | "json" => {}
-        other => err(None, format!("`log.format = \"{other}\"` must be `pretty` or `json`")),
+        other => err(
+            None,
+            format!("`log.format = \"{other}\"` must be `pretty` or `json`"),
+        ),
     }
 
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -406,7 +496,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             } else {
                 base.join(&config.audit.dir)
             };
-            Ok(ValidConfig { config, listen, upstream_urls, audit_dir, namer })
+            Ok(ValidConfig {
+                config,
+                listen,
+                upstream_urls,
+                audit_dir,
+                namer,
+            })
         }
         _ => Err(errors),
     }
@@ -446,7 +542,9 @@ dir = "audit"
     #[test]
     fn unknown_key_is_reported_with_its_line() {
         let text = GOOD.replace("shards = 2", "shards = 2\nshard = 3");
-        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors);
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors);
         let e = e.unwrap_or_default();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(5));
@@ -456,14 +554,20 @@ dir = "audit"
     #[test]
     fn type_error_is_reported_with_its_line() {
         let text = GOOD.replace("shards = 2", "shards = \"two\"");
-        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
         assert_eq!(e[0].line, Some(4));
     }
 
     #[test]
     fn tool_of_unknown_upstream_is_an_error_with_its_line() {
         let text = GOOD.replace("crm__lookup_customer", "mail__send");
-        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(13));
         assert!(e[0].message.contains("`mail__send`"));
@@ -471,8 +575,13 @@ dir = "audit"
 
     #[test]
     fn bad_hash_and_bad_url_are_both_reported() {
-        let text = GOOD.replace("9f86d0", "zz").replace("http://127.0.0.1:9101/mcp", "ftp://x");
-        let e = parse(&text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        let text = GOOD
+            .replace("9f86d0", "zz")
+            .replace("http://127.0.0.1:9101/mcp", "ftp://x");
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].line, Some(8));
         assert_eq!(e[1].line, Some(12));
@@ -490,7 +599,10 @@ name = "b"
 url = "http://127.0.0.1:2/mcp"
 prefix = ""
 "#;
-        let e = parse(text, "t.toml", Path::new(".")).err().map(|e| e.errors).unwrap_or_default();
+        let e = parse(text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(9));
     }

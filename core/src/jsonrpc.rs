@@ -70,7 +70,10 @@ impl Default for JsonParser {
 impl JsonParser {
     /// A parser with empty buffers.
     pub fn new() -> Self {
-        Self { buffers: Buffers::with_max_depth(4096, MAX_DEPTH), scratch: Vec::new() }
+        Self {
+            buffers: Buffers::with_max_depth(4096, MAX_DEPTH),
+            scratch: Vec::new(),
+        }
     }
 
     /// Parses `body` into a tape over an internal copy (simd-json unescapes in
@@ -78,8 +81,8 @@ impl JsonParser {
     pub fn parse<'s>(&'s mut self, body: &[u8]) -> Result<Tape<'s>, ViewErrorKind> {
         self.scratch.clear();
         self.scratch.extend_from_slice(body);
-        let tape =
-            simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers).map_err(|_| ViewErrorKind::Parse)?;
+        let tape = simd_json::to_tape_with_buffers(&mut self.scratch, &mut self.buffers)
+            .map_err(|_| ViewErrorKind::Parse)?;
         if has_duplicate_keys(tape.as_value()) {
             return Err(ViewErrorKind::DuplicateKey);
         }
@@ -90,7 +93,11 @@ impl JsonParser {
 /// Whether any object in `v` repeats a key.
 pub fn has_duplicate_keys(v: Value<'_, '_>) -> bool {
     if let Some(obj) = v.as_object() {
-        let keys: Vec<&str> = if obj.len() > 16 { obj.keys().collect() } else { Vec::new() };
+        let keys: Vec<&str> = if obj.len() > 16 {
+            obj.keys().collect()
+        } else {
+            Vec::new()
+        };
         if obj.len() > 16 {
             let mut sorted = keys;
             sorted.sort_unstable();
@@ -130,14 +137,25 @@ impl<'t> RpcRequest<'t> {
     pub fn from_tape(tape: &'t Tape<'t>) -> Result<Self, ViewError<'t>> {
         let v = tape.as_value();
         if v.is_array() {
-            return Err(ViewError { kind: ViewErrorKind::Batch, id: None });
+            return Err(ViewError {
+                kind: ViewErrorKind::Batch,
+                id: None,
+            });
         }
-        let obj = v.as_object().ok_or(ViewError { kind: ViewErrorKind::NotJsonRpc, id: None })?;
+        let obj = v.as_object().ok_or(ViewError {
+            kind: ViewErrorKind::NotJsonRpc,
+            id: None,
+        })?;
         let raw_id = obj.get("id");
         let id = match raw_id {
             None => None,
             Some(i) if i.is_str() || i.is_i64() || i.is_u64() => Some(i),
-            Some(_) => return Err(ViewError { kind: ViewErrorKind::BadId, id: None }),
+            Some(_) => {
+                return Err(ViewError {
+                    kind: ViewErrorKind::BadId,
+                    id: None,
+                })
+            }
         };
         let fail = |kind| Err(ViewError { kind, id });
         if obj.get("jsonrpc").and_then(|j| j.into_string()) != Some("2.0") {
@@ -159,12 +177,16 @@ impl<'t> RpcRequest<'t> {
 
     /// `params._meta`, when it is an object.
     pub fn meta(&self) -> Option<Value<'t, 't>> {
-        self.params.and_then(|p| p.get("_meta")).filter(|m| m.is_object())
+        self.params
+            .and_then(|p| p.get("_meta"))
+            .filter(|m| m.is_object())
     }
 
     /// The stateless-era envelope's protocol version, when present as a string.
     pub fn envelope_version(&self) -> Option<&'t str> {
-        self.meta().and_then(|m| m.get(crate::protocol::META_PROTOCOL_VERSION)).and_then(|v| v.into_string())
+        self.meta()
+            .and_then(|m| m.get(crate::protocol::META_PROTOCOL_VERSION))
+            .and_then(|v| v.into_string())
     }
 
     /// Whether `params._meta` carries any stateless-era envelope key.
@@ -177,7 +199,9 @@ impl<'t> RpcRequest<'t> {
 
     /// A string-valued entry of `params`.
     pub fn param_str(&self, key: &str) -> Option<&'t str> {
-        self.params.and_then(|p| p.get(key)).and_then(|v| v.into_string())
+        self.params
+            .and_then(|p| p.get(key))
+            .and_then(|v| v.into_string())
     }
 
     /// Whether this is a notification (no id).
@@ -209,7 +233,10 @@ pub struct ToolCall<'t> {
 impl<'t> ToolCall<'t> {
     /// Reads `name` and `arguments` from a `tools/call` request.
     pub fn from_request(req: &RpcRequest<'t>) -> Result<Self, ToolCallError> {
-        let name = req.param_str("name").filter(|n| !n.is_empty()).ok_or(ToolCallError::MissingName)?;
+        let name = req
+            .param_str("name")
+            .filter(|n| !n.is_empty())
+            .ok_or(ToolCallError::MissingName)?;
         let arguments = match req.params.and_then(|p| p.get("arguments")) {
             None => None,
             Some(a) if a.as_null().is_some() => None,
@@ -280,7 +307,9 @@ mod tests {
     fn tools_call_is_viewed_in_place() {
         let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"crm__lookup","arguments":{"id":"c\"1"}}}"#;
         let mut p = JsonParser::new();
-        let tape = p.parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        let tape = p
+            .parse(body.as_bytes())
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
         assert_eq!(r.method, "tools/call");
         let c = ToolCall::from_request(&r).unwrap_or_else(|e| unreachable!("{e}"));
@@ -300,18 +329,39 @@ mod tests {
     #[test]
     fn arrays_are_batches() {
         assert_eq!(view("[]").err(), Some(ViewErrorKind::Batch));
-        assert_eq!(view(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).err(), Some(ViewErrorKind::Batch));
+        assert_eq!(
+            view(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).err(),
+            Some(ViewErrorKind::Batch)
+        );
     }
 
     #[test]
     fn non_jsonrpc_json_is_refused() {
         assert_eq!(view(r#"{"foo":1}"#).err(), Some(ViewErrorKind::NotJsonRpc));
-        assert_eq!(view(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).err(), Some(ViewErrorKind::NotJsonRpc));
-        assert_eq!(view(r#"{"jsonrpc":"2.0","id":1}"#).err(), Some(ViewErrorKind::BadMethod));
-        assert_eq!(view(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#).err(), Some(ViewErrorKind::BadId));
-        assert_eq!(view(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).err(), Some(ViewErrorKind::BadId));
-        assert_eq!(view(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).err(), Some(ViewErrorKind::BadParams));
-        assert_eq!(view(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).err(), Some(ViewErrorKind::IsResponse));
+        assert_eq!(
+            view(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).err(),
+            Some(ViewErrorKind::NotJsonRpc)
+        );
+        assert_eq!(
+            view(r#"{"jsonrpc":"2.0","id":1}"#).err(),
+            Some(ViewErrorKind::BadMethod)
+        );
+        assert_eq!(
+            view(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#).err(),
+            Some(ViewErrorKind::BadId)
+        );
+        assert_eq!(
+            view(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#).err(),
+            Some(ViewErrorKind::BadId)
+        );
+        assert_eq!(
+            view(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#).err(),
+            Some(ViewErrorKind::BadParams)
+        );
+        assert_eq!(
+            view(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).err(),
+            Some(ViewErrorKind::IsResponse)
+        );
     }
 
     #[test]
@@ -330,7 +380,11 @@ mod tests {
 
     #[test]
     fn too_deep_nesting_is_a_parse_error() {
-        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 10), "]".repeat(MAX_DEPTH + 10));
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_DEPTH + 10),
+            "]".repeat(MAX_DEPTH + 10)
+        );
         assert_eq!(view(&deep).err(), Some(ViewErrorKind::Parse));
     }
 
@@ -338,7 +392,9 @@ mod tests {
     fn envelope_is_read_from_meta() {
         let body = r#"{"jsonrpc":"2.0","id":"a","method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
         let mut p = JsonParser::new();
-        let tape = p.parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        let tape = p
+            .parse(body.as_bytes())
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
         assert_eq!(r.envelope_version(), Some("2026-07-28"));
         assert!(r.has_envelope());
@@ -348,13 +404,27 @@ mod tests {
     #[test]
     fn missing_or_bad_tool_name() {
         for (body, err) in [
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#, ToolCallError::MissingName),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, ToolCallError::MissingName),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#, ToolCallError::MissingName),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[]}}"#, ToolCallError::BadArguments),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+                ToolCallError::MissingName,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+                ToolCallError::MissingName,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#,
+                ToolCallError::MissingName,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":[]}}"#,
+                ToolCallError::BadArguments,
+            ),
         ] {
             let mut p = JsonParser::new();
-            let tape = p.parse(body.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+            let tape = p
+                .parse(body.as_bytes())
+                .unwrap_or_else(|e| unreachable!("{e}"));
             let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
             assert_eq!(ToolCall::from_request(&r).err(), Some(err), "{body}");
         }

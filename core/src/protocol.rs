@@ -74,7 +74,10 @@ pub mod codes {
 /// `=?base64?…?=` carries arbitrary UTF-8. `None` for a malformed sentinel, so a
 /// corrupt header never matches a body value by accident.
 pub fn decode_header_value(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let Some(payload) = raw.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) else {
+    let Some(payload) = raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    else {
         return Some(std::borrow::Cow::Borrowed(raw));
     };
     let bytes = base64_decode(payload)?;
@@ -98,7 +101,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64_encode(input: &[u8]) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -113,7 +120,7 @@ fn base64_encode(input: &[u8]) -> String {
 
 /// Strict, canonical standard base64: a value whose re-encoding differs is refused.
 fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    if input.len() % 4 != 0 {
+    if !input.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(input.len() / 4 * 3);
@@ -160,7 +167,10 @@ mod tests {
     #[test]
     fn plain_header_values_pass_verbatim() {
         assert_eq!(encode_header_value("lookup_customer"), "lookup_customer");
-        assert_eq!(decode_header_value("lookup_customer").as_deref(), Some("lookup_customer"));
+        assert_eq!(
+            decode_header_value("lookup_customer").as_deref(),
+            Some("lookup_customer")
+        );
     }
 
     #[test]

@@ -105,10 +105,26 @@ impl RefusalKind {
     pub fn origin(self) -> Origin {
         use RefusalKind::*;
         match self {
-            MalformedHttp | HeadersTooLarge | BodyTooLarge | RequestTimeout | PathNotFound | MethodNotAllowed
-            | UnsupportedMediaType | NotAcceptable | ParseError | InvalidRequest | MethodNotFound | InvalidParams
-            | UnknownTool | HeaderMismatch | UnsupportedProtocolVersion | MissingSession | SessionNotFound
-            | MissingCredential | UnknownCredential | SessionIdentityMismatch => Origin::Downstream,
+            MalformedHttp
+            | HeadersTooLarge
+            | BodyTooLarge
+            | RequestTimeout
+            | PathNotFound
+            | MethodNotAllowed
+            | UnsupportedMediaType
+            | NotAcceptable
+            | ParseError
+            | InvalidRequest
+            | MethodNotFound
+            | InvalidParams
+            | UnknownTool
+            | HeaderMismatch
+            | UnsupportedProtocolVersion
+            | MissingSession
+            | SessionNotFound
+            | MissingCredential
+            | UnknownCredential
+            | SessionIdentityMismatch => Origin::Downstream,
             AuditUnavailable | Overloaded => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
@@ -158,12 +174,20 @@ impl RefusalKind {
 impl Refusal {
     /// A refusal of `kind` with no detail.
     pub fn new(kind: RefusalKind) -> Self {
-        Self { kind, origin: kind.origin(), detail: None }
+        Self {
+            kind,
+            origin: kind.origin(),
+            detail: None,
+        }
     }
 
     /// A refusal of `kind` with a detail for the agent.
     pub fn with(kind: RefusalKind, detail: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, origin: kind.origin(), detail: Some(detail.into()) }
+        Self {
+            kind,
+            origin: kind.origin(),
+            detail: Some(detail.into()),
+        }
     }
 
     /// The HTTP status, JSON-RPC code and message.
@@ -174,33 +198,69 @@ impl Refusal {
             HeadersTooLarge => (431, codes::INVALID_REQUEST, "request headers too large"),
             BodyTooLarge => (413, codes::INVALID_REQUEST, "request body too large"),
             RequestTimeout => (408, codes::INVALID_REQUEST, "request not received in time"),
-            PathNotFound => (404, codes::INVALID_REQUEST, "not found: MCP is served at /mcp"),
+            PathNotFound => (
+                404,
+                codes::INVALID_REQUEST,
+                "not found: MCP is served at /mcp",
+            ),
             MethodNotAllowed => (405, codes::INVALID_REQUEST, "HTTP method not allowed here"),
-            UnsupportedMediaType => (415, codes::INVALID_REQUEST, "Content-Type must be application/json"),
-            NotAcceptable => (406, codes::INVALID_REQUEST, "Accept must allow application/json or text/event-stream"),
+            UnsupportedMediaType => (
+                415,
+                codes::INVALID_REQUEST,
+                "Content-Type must be application/json",
+            ),
+            NotAcceptable => (
+                406,
+                codes::INVALID_REQUEST,
+                "Accept must allow application/json or text/event-stream",
+            ),
             ParseError => (400, codes::PARSE_ERROR, "Parse error"),
             InvalidRequest => (400, codes::INVALID_REQUEST, "Invalid Request"),
             MethodNotFound => (404, codes::METHOD_NOT_FOUND, "Method not found"),
             InvalidParams => (400, codes::INVALID_PARAMS, "Invalid params"),
             UnknownTool => (400, codes::INVALID_PARAMS, "Unknown tool"),
             HeaderMismatch => (400, codes::HEADER_MISMATCH, "Header mismatch"),
-            UnsupportedProtocolVersion => (400, codes::UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version"),
-            MissingSession => (400, codes::INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required"),
+            UnsupportedProtocolVersion => (
+                400,
+                codes::UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+            ),
+            MissingSession => (
+                400,
+                codes::INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required",
+            ),
             SessionNotFound => (404, codes::INVALID_REQUEST, "Session not found"),
-            MissingCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: an API key is required"),
+            MissingCredential => (
+                401,
+                codes::UNAUTHENTICATED,
+                "Unauthorized: an API key is required",
+            ),
             UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
             SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
-            AuditUnavailable => (503, codes::SERVER_ERROR, "audit pipeline unavailable; call refused"),
+            AuditUnavailable => (
+                503,
+                codes::SERVER_ERROR,
+                "audit pipeline unavailable; call refused",
+            ),
             Overloaded => (503, codes::SERVER_ERROR, "gateway overloaded; retry later"),
             UpstreamUnavailable => (502, codes::INTERNAL_ERROR, "upstream unavailable"),
             UpstreamTimeout => (504, codes::INTERNAL_ERROR, "upstream timed out"),
-            UpstreamBadResponse => (502, codes::INTERNAL_ERROR, "upstream sent an invalid response"),
+            UpstreamBadResponse => (
+                502,
+                codes::INTERNAL_ERROR,
+                "upstream sent an invalid response",
+            ),
         };
         let message = match &self.detail {
             Some(d) => Cow::Owned(format!("{message}: {d}")),
             None => Cow::Borrowed(message),
         };
-        Wire { status, code, message }
+        Wire {
+            status,
+            code,
+            message,
+        }
     }
 }
 
@@ -219,7 +279,10 @@ mod tests {
     fn upstream_failures_are_allowed_calls_that_failed() {
         assert_eq!(RefusalKind::UpstreamTimeout.decision(), Decision::Allow);
         assert_eq!(RefusalKind::UnknownTool.decision(), Decision::Deny);
-        assert_eq!(Refusal::new(RefusalKind::UpstreamTimeout).wire().status, 504);
+        assert_eq!(
+            Refusal::new(RefusalKind::UpstreamTimeout).wire().status,
+            504
+        );
     }
 
     #[test]

@@ -41,14 +41,20 @@ impl ToolNamer {
                 }
             }
         }
-        self.bare.map(|i| (i, exposed)).filter(|(_, t)| !t.is_empty())
+        self.bare
+            .map(|i| (i, exposed))
+            .filter(|(_, t)| !t.is_empty())
     }
 
     /// The name agents see for `tool` of upstream `idx`, or `None` when that
     /// name would route to a different upstream (shadowed).
     pub fn expose(&self, idx: usize, tool: &str) -> Option<String> {
         let prefix = self.prefixes.get(idx)?;
-        let name = if prefix.is_empty() { tool.to_owned() } else { format!("{prefix}{SEPARATOR}{tool}") };
+        let name = if prefix.is_empty() {
+            tool.to_owned()
+        } else {
+            format!("{prefix}{SEPARATOR}{tool}")
+        };
         match self.route(&name) {
             Some((i, t)) if i == idx && t == tool => Some(name),
             _ => None,

@@ -23,7 +23,9 @@ impl UpstreamUrl {
         let rest = if let Some(r) = s.strip_prefix("http://") {
             r
         } else if s.starts_with("https://") {
-            return Err(format!("`{s}`: https upstreams are not supported yet; use `http://`"));
+            return Err(format!(
+                "`{s}`: https upstreams are not supported yet; use `http://`"
+            ));
         } else {
             return Err(format!("`{s}` is not an `http://host:port/path` URL"));
         };
@@ -35,10 +37,14 @@ impl UpstreamUrl {
             return Err(format!("`{s}`: credentials in the URL are not allowed"));
         }
         if path.contains(['?', '#']) || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(format!("`{s}`: the path must have no query, fragment, spaces or control characters"));
+            return Err(format!(
+                "`{s}`: the path must have no query, fragment, spaces or control characters"
+            ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
             (format!("[{h}]"), after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -50,10 +56,19 @@ impl UpstreamUrl {
             return Err(format!("`{s}`: no host"));
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
             None => 80,
         };
-        Ok(Self { host, port, path: path.to_owned(), authority: authority.to_owned() })
+        Ok(Self {
+            host,
+            port,
+            path: path.to_owned(),
+            authority: authority.to_owned(),
+        })
     }
 
     /// `host:port` for address resolution (IPv6 hosts keep their brackets).
@@ -68,8 +83,12 @@ mod tests {
 
     #[test]
     fn full_url_parses() {
-        let u = UpstreamUrl::parse("http://127.0.0.1:9101/mcp").unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 9101, "/mcp"));
+        let u =
+            UpstreamUrl::parse("http://127.0.0.1:9101/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 9101, "/mcp")
+        );
         assert_eq!(u.dial_target(), "127.0.0.1:9101");
     }
 
@@ -87,7 +106,15 @@ mod tests {
 
     #[test]
     fn refused_forms() {
-        for bad in ["https://x/mcp", "ftp://x", "http://u:p@x/mcp", "http://x:0/", "http://x:99999/", "http:///mcp", "http://x/a?b"] {
+        for bad in [
+            "https://x/mcp",
+            "ftp://x",
+            "http://u:p@x/mcp",
+            "http://x:0/",
+            "http://x:99999/",
+            "http:///mcp",
+            "http://x/a?b",
+        ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
         }
     }

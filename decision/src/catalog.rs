@@ -73,14 +73,24 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog of upstream `idx` from the `result` objects of its
     /// `tools/list` pages.
-    pub fn from_pages(idx: usize, namer: &ToolNamer, pages: &[Vec<u8>]) -> Result<Self, CatalogError> {
+    pub fn from_pages(
+        idx: usize,
+        namer: &ToolNamer,
+        pages: &[Vec<u8>],
+    ) -> Result<Self, CatalogError> {
         let mut cat = Catalog::default();
         let mut parser = JsonParser::new();
         for page in pages {
             let tape = parser.parse(page).map_err(|_| CatalogError::NotJson)?;
-            let tools = tape.as_value().get("tools").and_then(|t| t.as_array()).ok_or(CatalogError::NoTools)?;
+            let tools = tape
+                .as_value()
+                .get("tools")
+                .and_then(|t| t.as_array())
+                .ok_or(CatalogError::NoTools)?;
             for tool in tools.iter() {
-                let Some(name) = tool.get("name").and_then(|n| n.into_string()) else { continue };
+                let Some(name) = tool.get("name").and_then(|n| n.into_string()) else {
+                    continue;
+                };
                 if cat.index.contains_key(name) {
                     cat.duplicates.push(name.to_owned());
                     continue;
@@ -92,7 +102,12 @@ impl Catalog {
                     collect_header_params(schema, &mut Vec::new(), &mut header_params);
                 }
                 cat.index.insert(name.to_owned(), cat.tools.len());
-                cat.tools.push(ToolDef { name: name.to_owned(), exposed, json, header_params });
+                cat.tools.push(ToolDef {
+                    name: name.to_owned(),
+                    exposed,
+                    json,
+                    header_params,
+                });
             }
         }
         Ok(cat)
@@ -125,7 +140,11 @@ fn render(tool: Value<'_, '_>, exposed: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-fn collect_header_params(schema: Value<'_, '_>, path: &mut Vec<String>, out: &mut Vec<HeaderParam>) {
+fn collect_header_params(
+    schema: Value<'_, '_>,
+    path: &mut Vec<String>,
+    out: &mut Vec<HeaderParam>,
+) {
     if path.len() > 16 {
         return;
     }
@@ -138,9 +157,15 @@ fn collect_header_params(schema: Value<'_, '_>, path: &mut Vec<String>, out: &mu
                 _ => None,
             };
             let valid_token = !token.is_empty()
-                && token.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if let (Some(ty), true) = (ty, valid_token) {
-                out.push(HeaderParam { path: path.clone(), header: format!("Mcp-Param-{token}"), ty });
+                out.push(HeaderParam {
+                    path: path.clone(),
+                    header: format!("Mcp-Param-{token}"),
+                    ty,
+                });
             }
         }
     }
@@ -169,17 +194,30 @@ mod tests {
         let cat = Catalog::from_pages(0, &namer(), &[page.to_vec()]).unwrap_or_default();
         assert_eq!(cat.tools.len(), 1);
         assert_eq!(cat.duplicates, vec!["lookup".to_owned()]);
-        let t = cat.get("lookup").map(|t| t.clone());
+        let t = cat.get("lookup").cloned();
         let t = t.unwrap_or_else(|| unreachable!());
         assert_eq!(t.exposed.as_deref(), Some("crm__lookup"));
-        assert!(t.json.starts_with(r#"{"name":"crm__lookup","description":"d""#), "{}", t.json);
+        assert!(
+            t.json
+                .starts_with(r#"{"name":"crm__lookup","description":"d""#),
+            "{}",
+            t.json
+        );
         assert_eq!(t.header_params.len(), 2);
-        assert!(t.header_params.iter().any(|h| h.path == ["n", "deep"] && h.header == "Mcp-Param-Deep" && h.ty == ParamType::Integer));
+        assert!(t.header_params.iter().any(|h| h.path == ["n", "deep"]
+            && h.header == "Mcp-Param-Deep"
+            && h.ty == ParamType::Integer));
     }
 
     #[test]
     fn garbage_is_an_error() {
-        assert_eq!(Catalog::from_pages(0, &namer(), &[b"nope".to_vec()]).err(), Some(CatalogError::NotJson));
-        assert_eq!(Catalog::from_pages(0, &namer(), &[b"{}".to_vec()]).err(), Some(CatalogError::NoTools));
+        assert_eq!(
+            Catalog::from_pages(0, &namer(), &[b"nope".to_vec()]).err(),
+            Some(CatalogError::NotJson)
+        );
+        assert_eq!(
+            Catalog::from_pages(0, &namer(), &[b"{}".to_vec()]).err(),
+            Some(CatalogError::NoTools)
+        );
     }
 }

@@ -19,7 +19,10 @@ pub struct Published<T> {
 impl<T> Published<T> {
     /// Publishes `value` as generation 1.
     pub fn new(value: T) -> Arc<Self> {
-        Arc::new(Self { generation: AtomicU64::new(1), slot: Mutex::new(Arc::new(value)) })
+        Arc::new(Self {
+            generation: AtomicU64::new(1),
+            slot: Mutex::new(Arc::new(value)),
+        })
     }
 
     /// Replaces the value; returns the new generation.
@@ -50,11 +53,22 @@ impl<T> Published<T> {
     /// A per-shard reader.
     pub fn reader(self: &Arc<Self>) -> Reader<T> {
         let generation = self.generation();
-        Reader { source: Arc::clone(self), generation, current: Rc::new(self.load()) }
+        Reader {
+            source: Arc::clone(self),
+            generation,
+            current: Rc::new(self.load()),
+        }
     }
 }
 
 /// A shard's view of a [`Published`] value.
+///
+/// Holds `Rc<Arc<T>>` on purpose: per-request clones bump a shard-local
+/// count instead of the `Arc`'s shared one, which every shard would contend on.
+#[expect(
+    clippy::redundant_allocation,
+    reason = "shard-local refcount on the hot path"
+)]
 pub struct Reader<T> {
     source: Arc<Published<T>>,
     generation: u64,

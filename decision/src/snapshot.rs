@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toolgate_core::config::ValidConfig;
+use toolgate_core::config::{UpstreamProtocol, ValidConfig};
 use toolgate_core::identity::{parse_key_hash, KeyHash};
 use toolgate_core::upstream_url::UpstreamUrl;
 
@@ -23,6 +23,8 @@ pub struct UpstreamInfo {
     pub max_response_bytes: usize,
     /// Idle connections kept per shard.
     pub pool_size: usize,
+    /// MCP era to speak.
+    pub protocol: UpstreamProtocol,
 }
 
 /// Where an attached tool goes.
@@ -74,10 +76,12 @@ impl Snapshot {
                 timeout: Duration::from_millis(u.timeout_ms),
                 max_response_bytes: u.max_response_bytes,
                 pool_size: u.pool_size,
+                protocol: u.protocol,
             })
             .collect();
-        let catalogs: Vec<Option<Arc<Catalog>>> =
-            (0..upstreams.len()).map(|i| catalogs.get(i).cloned().flatten()).collect();
+        let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())
+            .map(|i| catalogs.get(i).cloned().flatten())
+            .collect();
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
         let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
         for a in &cfg.config.agents {
@@ -85,7 +89,9 @@ impl Snapshot {
             let mut list = String::from("[");
             for t in &a.tools {
                 let exposed = t.get_ref().as_str();
-                let Some((upstream, tool)) = cfg.namer.route(exposed) else { continue };
+                let Some((upstream, tool)) = cfg.namer.route(exposed) else {
+                    continue;
+                };
                 if let Some(def) = catalogs[upstream].as_ref().and_then(|c| c.get(tool)) {
                     if def.exposed.as_deref() != Some(exposed) {
                         continue;
@@ -99,16 +105,29 @@ impl Snapshot {
                 }
                 tools.insert(
                     Box::from(exposed),
-                    Route { upstream, tool: Arc::from(tool), exposed: Arc::from(exposed) },
+                    Route {
+                        upstream,
+                        tool: Arc::from(tool),
+                        exposed: Arc::from(exposed),
+                    },
                 );
             }
             list.push(']');
             if let Some(h) = parse_key_hash(a.api_key_sha256.get_ref()) {
                 by_key.insert(h, agents.len());
             }
-            agents.push(Agent { id: Arc::from(a.id.get_ref().as_str()), tools, tools_list: Arc::from(list) });
+            agents.push(Agent {
+                id: Arc::from(a.id.get_ref().as_str()),
+                tools,
+                tools_list: Arc::from(list),
+            });
         }
-        Snapshot { agents, by_key, upstreams, catalogs }
+        Snapshot {
+            agents,
+            by_key,
+            upstreams,
+            catalogs,
+        }
     }
 
     /// The agent holding the key with this digest.
@@ -121,7 +140,10 @@ impl Snapshot {
     pub fn route<'s>(&'s self, agent: &'s Agent, exposed: &str) -> Option<&'s Route> {
         let route = agent.tools.get(exposed)?;
         match &self.catalogs[route.upstream] {
-            Some(cat) => cat.get(&route.tool).filter(|d| d.exposed.as_deref() == Some(exposed)).map(|_| route),
+            Some(cat) => cat
+                .get(&route.tool)
+                .filter(|d| d.exposed.as_deref() == Some(exposed))
+                .map(|_| route),
             None => Some(route),
         }
     }
@@ -155,7 +177,8 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
 "#,
             h.1
         );
-        toolgate_core::config::parse(&text, "t", Path::new(".")).unwrap_or_else(|e| unreachable!("{e}"))
+        toolgate_core::config::parse(&text, "t", Path::new("."))
+            .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
     #[test]
@@ -169,11 +192,16 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
         .unwrap_or_default();
         let snap = Snapshot::build(&cfg, &[Some(Arc::new(crm)), None]);
         let key = toolgate_core::identity::format_key(&[1u8; 32]).0;
-        let agent = snap.agent_by_key(&key_hash(key.as_bytes())).unwrap_or_else(|| unreachable!());
+        let agent = snap
+            .agent_by_key(&key_hash(key.as_bytes()))
+            .unwrap_or_else(|| unreachable!());
         assert_eq!(&*agent.id, "bot");
         assert_eq!(&*agent.tools_list, r#"[{"name":"crm__lookup"}]"#);
         // attached and listed
-        assert_eq!(snap.route(agent, "crm__lookup").map(|r| &*r.tool), Some("lookup"));
+        assert_eq!(
+            snap.route(agent, "crm__lookup").map(|r| &*r.tool),
+            Some("lookup")
+        );
         // exists upstream but not attached
         assert!(snap.route(agent, "crm__delete").is_none());
         // attached but the fetched catalog lacks it

@@ -1,1 +1,21 @@
-//! x
+//! toolgate-ingress: the request path, from the agent's socket to the tool
+//! and back, and the `toolgate` binary around it.
+//!
+//! Shards ([`shard`]) accept connections and run the HTTP/1.1 server loop
+//! ([`http::server`]); each request on `/mcp` goes through the call driver
+//! ([`call`]): identity, the JSON-RPC view, the era's envelope, the
+//! permission map, forwarding through this shard's upstream client
+//! ([`mcp::upstream`]), and the audit record into the shard's ring. Tool
+//! catalogs are kept current off the request path ([`catalog_sync`]).
+//!
+//! Nothing here blocks a shard: all I/O is io_uring through glommio, and
+//! shared state is read through published snapshots, never under a lock.
+
+pub mod call;
+pub mod catalog_sync;
+pub mod demo;
+pub mod http;
+pub mod mcp;
+pub mod session;
+pub mod shard;
+pub mod shared;

@@ -15,5 +15,5 @@
 pub mod ring;
 pub mod writer;
 
-pub use ring::{audit_ring, Admission, AuditFull, AuditProducer};
+pub use ring::{audit_ring, Admission, AuditConsumer, AuditFull, AuditProducer, RingWriter};
 pub use writer::{AuditStats, AuditWriter, WriterConfig};

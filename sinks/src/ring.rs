@@ -37,20 +37,35 @@ pub struct AuditProducer {
 /// The consumer end, handed to the audit thread.
 pub type AuditConsumer = rtrb::Consumer<AuditRecord>;
 
-/// A ring of `capacity` records for `shard`.
-pub fn audit_ring(shard: u16, capacity: usize) -> (AuditProducer, AuditConsumer) {
-    let (producer, consumer) = rtrb::RingBuffer::new(capacity);
-    (AuditProducer { producer, reserved: Rc::new(Cell::new(0)), shard, next_seq: 0, lost: 0 }, consumer)
+/// The write end before it is bound to its shard thread (it can cross threads).
+pub type RingWriter = rtrb::Producer<AuditRecord>;
+
+/// A ring of `capacity` records.
+pub fn audit_ring(capacity: usize) -> (RingWriter, AuditConsumer) {
+    rtrb::RingBuffer::new(capacity)
 }
 
 impl AuditProducer {
+    /// Binds a ring's write end to `shard`, on the shard's own thread.
+    pub fn new(shard: u16, producer: RingWriter) -> Self {
+        Self {
+            producer,
+            reserved: Rc::new(Cell::new(0)),
+            shard,
+            next_seq: 0,
+            lost: 0,
+        }
+    }
+
     /// Reserves a slot for one record.
     pub fn admit(&mut self) -> Result<Admission, AuditFull> {
         // Slots only grow between our own pushes (the consumer frees them), so
         // a reservation made here is still valid at commit time.
         if self.producer.slots() > self.reserved.get() {
             self.reserved.set(self.reserved.get() + 1);
-            Ok(Admission { reserved: Rc::clone(&self.reserved) })
+            Ok(Admission {
+                reserved: Rc::clone(&self.reserved),
+            })
         } else {
             Err(AuditFull)
         }
@@ -66,7 +81,11 @@ impl AuditProducer {
         if pushed.is_err() {
             // Unreachable while reservations are honoured; counted, never silent.
             self.lost += 1;
-            tracing::error!(shard = self.shard, lost = self.lost, "audit record could not be queued");
+            tracing::error!(
+                shard = self.shard,
+                lost = self.lost,
+                "audit record could not be queued"
+            );
         }
     }
 
@@ -110,15 +129,24 @@ mod tests {
 
     #[test]
     fn full_ring_refuses_admission_and_reservations_count() {
-        let (mut p, mut c) = audit_ring(3, 2);
+        let (p, mut c) = audit_ring(2);
+        let mut p = AuditProducer::new(3, p);
         let a = p.admit();
         let b = p.admit();
         assert!(a.is_ok() && b.is_ok());
-        assert_eq!(p.admit().err(), Some(AuditFull), "two in flight fill a ring of two");
+        assert_eq!(
+            p.admit().err(),
+            Some(AuditFull),
+            "two in flight fill a ring of two"
+        );
         if let Ok(a) = a {
             p.commit(a, record());
         }
-        assert_eq!(p.admit().err(), Some(AuditFull), "the committed record still occupies its slot");
+        assert_eq!(
+            p.admit().err(),
+            Some(AuditFull),
+            "the committed record still occupies its slot"
+        );
         let r = c.pop().unwrap_or_else(|_| unreachable!());
         assert_eq!((r.shard, r.seq), (3, 0));
         let d = p.admit();
@@ -130,7 +158,8 @@ mod tests {
 
     #[test]
     fn sequence_numbers_are_gap_free() {
-        let (mut p, mut c) = audit_ring(0, 8);
+        let (p, mut c) = audit_ring(8);
+        let mut p = AuditProducer::new(0, p);
         for _ in 0..5 {
             let a = p.admit().unwrap_or_else(|_| unreachable!());
             p.commit(a, record());

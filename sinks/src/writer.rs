@@ -65,7 +65,10 @@ impl AuditWriter {
     /// Opens the log and starts draining `rings`.
     pub fn spawn(cfg: WriterConfig, rings: Vec<AuditConsumer>) -> Result<Self, WriterError> {
         let path = cfg.dir.join(LOG_FILE);
-        let file = open_log(&cfg.dir, &path).map_err(|source| WriterError::Open { path: path.clone(), source })?;
+        let file = open_log(&cfg.dir, &path).map_err(|source| WriterError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AuditStats::default());
         let thread = {
@@ -76,7 +79,12 @@ impl AuditWriter {
                 .spawn(move || run(file, rings, interval, &stop, &stats))
                 .map_err(WriterError::Spawn)?
         };
-        Ok(Self { stop, stats, thread: Some(thread), path })
+        Ok(Self {
+            stop,
+            stats,
+            thread: Some(thread),
+            path,
+        })
     }
 
     /// The thread's counters.
@@ -112,7 +120,13 @@ fn open_log(dir: &Path, path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn run(mut file: File, mut rings: Vec<AuditConsumer>, interval: Duration, stop: &AtomicBool, stats: &AuditStats) {
+fn run(
+    mut file: File,
+    mut rings: Vec<AuditConsumer>,
+    interval: Duration,
+    stop: &AtomicBool,
+    stats: &AuditStats,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut pending_records = 0u64;
     let mut unsynced = false;
@@ -138,7 +152,9 @@ fn run(mut file: File, mut rings: Vec<AuditConsumer>, interval: Duration, stop: 
             match file.write_all(&buf) {
                 Ok(()) => {
                     buf.clear();
-                    stats.records_written.fetch_add(pending_records, Ordering::Relaxed);
+                    stats
+                        .records_written
+                        .fetch_add(pending_records, Ordering::Relaxed);
                     pending_records = 0;
                     unsynced = true;
                     idle_since = None;
@@ -175,8 +191,14 @@ fn run(mut file: File, mut rings: Vec<AuditConsumer>, interval: Duration, stop: 
             // Short naps while traffic is recent keep record latency low;
             // longer ones when idle keep the thread off the cores.
             let since = *idle_since.get_or_insert_with(Instant::now);
-            let nap = if since.elapsed() < Duration::from_millis(50) { 200 } else { 2000 };
-            std::thread::sleep(Duration::from_micros(nap).min(interval.max(Duration::from_micros(200))));
+            let nap = if since.elapsed() < Duration::from_millis(50) {
+                200
+            } else {
+                2000
+            };
+            std::thread::sleep(
+                Duration::from_micros(nap).min(interval.max(Duration::from_micros(200))),
+            );
         }
     }
 }
@@ -184,7 +206,7 @@ fn run(mut file: File, mut rings: Vec<AuditConsumer>, interval: Duration, stop: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::audit_ring;
+    use crate::ring::{audit_ring, AuditProducer};
     use toolgate_core::audit::{AuditRecord, Decision, Outcome};
 
     fn record(tool: &str) -> AuditRecord {
@@ -213,9 +235,16 @@ mod tests {
     fn every_committed_record_reaches_the_log_in_shard_order() {
         let dir = std::env::temp_dir().join(format!("toolgate-audit-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (mut p0, c0) = audit_ring(0, 64);
-        let (mut p1, c1) = audit_ring(1, 64);
-        let w = AuditWriter::spawn(WriterConfig { dir: dir.clone(), fsync_interval: Duration::from_millis(5) }, vec![c0, c1]);
+        let (p0, c0) = audit_ring(64);
+        let (p1, c1) = audit_ring(64);
+        let (mut p0, mut p1) = (AuditProducer::new(0, p0), AuditProducer::new(1, p1));
+        let w = AuditWriter::spawn(
+            WriterConfig {
+                dir: dir.clone(),
+                fsync_interval: Duration::from_millis(5),
+            },
+            vec![c0, c1],
+        );
         let w = w.unwrap_or_else(|e| unreachable!("{e}"));
         for i in 0..500 {
             let p = if i % 2 == 0 { &mut p0 } else { &mut p1 };
@@ -232,11 +261,17 @@ mod tests {
         w.shutdown();
         assert_eq!(stats.records_written.load(Ordering::Relaxed), 500);
         let text = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_default()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect();
         assert_eq!(lines.len(), 500);
         for shard in 0..2u64 {
-            let seqs: Vec<u64> =
-                lines.iter().filter(|v| v["shard"] == shard).map(|v| v["seq"].as_u64().unwrap_or(u64::MAX)).collect();
+            let seqs: Vec<u64> = lines
+                .iter()
+                .filter(|v| v["shard"] == shard)
+                .map(|v| v["seq"].as_u64().unwrap_or(u64::MAX))
+                .collect();
             assert_eq!(seqs, (0..250).collect::<Vec<_>>());
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -245,20 +245,45 @@ class Gate:
     def url(self) -> str:
         return f"{self.base}/mcp"
 
-    def start(self, ready_timeout: float = READY_TIMEOUT_S) -> "Gate":
+    def spawn(self) -> "Gate":
+        """Start ``toolgate run -c <config>`` without waiting for readiness.
+
+        The working directory is deliberately not the config's directory, so
+        the audit dir must be resolved relative to the config file."""
         if not TOOLGATE_BIN.exists():
             raise FileNotFoundError(f"toolgate binary not found at {TOOLGATE_BIN} (build it or set TOOLGATE_BIN)")
+        elsewhere = self.workdir / "cwd"
+        elsewhere.mkdir(exist_ok=True)
         err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [str(TOOLGATE_BIN), "run", "-c", str(self.config_path)],
             stdout=err,
             stderr=err,
             stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
+            cwd=elsewhere,
         )
         err.close()
+        return self
+
+    def start(self, ready_timeout: float = READY_TIMEOUT_S) -> "Gate":
+        self.spawn()
         self.wait_ready(ready_timeout)
         return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=1.0) as http:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"toolgate exited with {self.proc.returncode}:\n{self.stderr_text()}")
+                try:
+                    if http.get(f"{self.base}/healthz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
+        raise TimeoutError(f"/healthz not 200 after {timeout}s:\n{self.stderr_text()}")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -336,7 +361,19 @@ class Gate:
         return lines[before:]
 
     def audit_len(self) -> int:
-        return len(self.read_audit())
+        """Number of audit lines once the file has stopped growing (lines of
+        earlier requests may still be on their way to the file)."""
+        deadline = time.monotonic() + AUDIT_TIMEOUT_S
+        count = len(self.read_audit())
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = len(self.read_audit())
+            if now != count:
+                count, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since >= AUDIT_SETTLE_S:
+                break
+        return count
 
 
 # --------------------------------------------------------------------------
@@ -762,6 +799,15 @@ class FlakyUpstream(_TCPServer):
 
     def close(self) -> None:
         super().close()
+
+
+class BlackHoleServer(_TCPServer):
+    """Accepts connections and reads requests but never answers."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.settimeout(60)
+        while not self.closed and conn.recv(65536):
+            pass
 
 
 class GarbageServer(_TCPServer):

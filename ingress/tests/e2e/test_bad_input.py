@@ -534,6 +534,17 @@ def test_chunked_request_body(gate, support):
     assert json.loads(reply["result"]["content"][0]["text"])["ticket_id"] == "T-3-6"
 
 
+def test_idle_connection_is_closed(make_gate):
+    g = make_gate(server={"idle_timeout_ms": 500})
+    agent = g.agents["support-bot"]
+    with RawConn(g.port) as conn:
+        conn.send(modern_bytes(g, agent.key, "tools/list", id=1))
+        assert conn.read_response().status == 200
+        started = time.monotonic()
+        assert conn.closed_by_peer(5.0), "idle keep-alive connection not closed"
+        assert time.monotonic() - started < 3.0
+
+
 # --------------------------------------------------------------------------
 # afterwards
 # --------------------------------------------------------------------------

@@ -20,16 +20,16 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from conftest import BILLING_TOOLS, SUPPORT_TOOLS, default_agents, upstream_cfgs
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
 from harness import (
     CARD_NUMBER,
-    HANDSHAKE_VERSION,
     HTTP_TIMEOUT_S,
     INVALID_PARAMS,
     MODERN_VERSION,
     SDK_MODES,
     UNAUTHORIZED,
     Agent,
-    UpstreamCfg,
     assert_jsonrpc_error,
     check_audit_line_shape,
     initialize_request,
@@ -195,9 +195,9 @@ def test_sdk_upstream_tool_error_is_passed_through(make_gate, mode):
         check_audit_line_shape(line)
         assert line["decision"] == "allow" and line["reason"] == "attached", line
         assert line["agent"] == "support-bot", line
-    assert [l["outcome"] for l in lines][-1] == "success"
-    for line in lines[:2]:
-        assert line["outcome"] in ("tool_error", "failure"), line
+    outcomes = Counter(l["outcome"] for l in lines)
+    assert outcomes["success"] == 1, lines
+    assert outcomes["tool_error"] + outcomes["failure"] == 2, lines
     assert gate.alive()
 
 
@@ -220,11 +220,10 @@ def test_missing_api_key_is_401_and_audited(make_gate):
         assert_jsonrpc_error(r, 401, UNAUTHORIZED, id="nokey-3")
 
     lines = gate.audit_lines(3)
-    for line, (rid, method) in zip(lines, [("nokey-1", "tools/list"), ("nokey-2", "initialize"),
-                                           ("nokey-3", "tools/call")]):
+    assert {l["request_id"]: l["method"] for l in lines} == {
+        "nokey-1": "tools/list", "nokey-2": "initialize", "nokey-3": "tools/call"}, lines
+    for line in lines:
         check_audit_line_shape(line)
-        assert line["request_id"] == rid, line
-        assert line["method"] == method, line
         assert line["agent"] is None, line
         assert line["decision"] == "deny", line
         assert line["reason"] == "missing_api_key", line
@@ -252,9 +251,9 @@ def test_unknown_api_key_is_401_and_audited(make_gate):
         assert r.headers.get("www-authenticate", "").lower().startswith("bearer"), r.headers
 
     lines = gate.audit_lines(2)
-    for line, rid in zip(lines, (77, 78)):
+    assert sorted(l["request_id"] for l in lines) == [77, 78], lines
+    for line in lines:
         check_audit_line_shape(line)
-        assert line["request_id"] == rid, line
         assert line["agent"] is None, line
         assert line["decision"] == "deny", line
         assert line["reason"] == "unknown_api_key", line
@@ -286,11 +285,11 @@ def test_raw_handshake_session_lifecycle(make_gate):
         assert r.status_code == 200, r.text
         init = parse_body(r)
         assert init["id"] == 1 and "result" in init, init
-        assert init["result"]["protocolVersion"] == HANDSHAKE_VERSION, init
+        assert init["result"]["protocolVersion"] in HANDSHAKE_PROTOCOL_VERSIONS, init
         assert "tools" in init["result"]["capabilities"], init
         session = r.headers.get("mcp-session-id")
         assert session, r.headers
-        hdrs = legacy_headers(support.key, session=session, version=HANDSHAKE_VERSION)
+        hdrs = legacy_headers(support.key, session=session, version=init["result"]["protocolVersion"])
 
         r = http.post(gate.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=hdrs)
         assert r.status_code == 202, r.text
@@ -333,10 +332,10 @@ def test_raw_handshake_session_lifecycle(make_gate):
         assert r.status_code == 404, r.text
 
     calls = gate.audit_lines(2, where=is_call)
-    assert [(l["request_id"], l["decision"], l["reason"], l["status"]) for l in calls] == [
-        ("call-4", "allow", "attached", 200),
-        (5, "deny", "tool_not_attached", 400),
-    ]
+    assert {l["request_id"]: (l["agent"], l["decision"], l["reason"], l["status"]) for l in calls} == {
+        "call-4": ("support-bot", "allow", "attached", 200),
+        5: ("support-bot", "deny", "tool_not_attached", 400),
+    }, calls
 
 
 def test_raw_modern_stateless_requests(make_gate):
@@ -374,11 +373,13 @@ def test_raw_modern_stateless_requests(make_gate):
         assert_jsonrpc_error(r, 400, INVALID_PARAMS, id=20, message_prefix="Unknown tool")
 
     calls = gate.audit_lines(3, where=is_call)
-    assert [(l["request_id"], l["agent"], l["tool"], l["decision"]) for l in calls] == [
-        (10, "billing-bot", "crm__delete_record", "allow"),
-        (11, "billing-bot", "tickets__close_ticket", "allow"),
-        (20, "billing-bot", "crm__lookup_customer", "deny"),
-    ]
+    assert {l["request_id"]: (l["agent"], l["tool"], l["decision"]) for l in calls} == {
+        10: ("billing-bot", "crm__delete_record", "allow"),
+        11: ("billing-bot", "tickets__close_ticket", "allow"),
+        20: ("billing-bot", "crm__lookup_customer", "deny"),
+    }, calls
+    assert {l["request_id"]: l["upstream"] for l in calls if l["decision"] == "allow"} == {
+        10: "crm", 11: "tickets"}, calls
 
 
 def test_prefix_configuration(make_gate, upstreams):
@@ -403,10 +404,10 @@ def test_prefix_configuration(make_gate, upstreams):
 
     anyio.run(scenario)
     calls = gate.audit_lines(4, where=is_call)
-    assert [(l["tool"], l["upstream"], l["decision"]) for l in calls[:2]] == [
-        ("people__lookup_customer", "crm", "allow"),
-        ("create_ticket", "tickets", "allow"),
-    ]
+    assert sorted((l["tool"], l["upstream"]) for l in calls if l["decision"] == "allow") == [
+        ("create_ticket", "tickets"),
+        ("people__lookup_customer", "crm"),
+    ], calls
 
 
 def test_concurrent_calls_across_shards(make_gate):

@@ -1,0 +1,770 @@
+//! The call driver: every request on `/mcp`, start to finish.
+//!
+//! Order of the phases, each refusing with a [`Refusal`]:
+//! 1. reserve an audit slot (the [`Admission`]); none free → 503, nothing else runs;
+//! 2. HTTP method and media types;
+//! 3. identify the agent by API key;
+//! 4. parse the JSON-RPC view and check the era's envelope (or session);
+//! 5. dispatch: toolgate answers `initialize`, `server/discover`, `ping` and
+//!    `tools/list` itself; `tools/call` is checked against the agent's
+//!    permission map and forwarded with the body rebuilt from the decided
+//!    view, so the upstream acts on exactly what was checked;
+//! 6. write the response, then commit the audit record into the reserved slot.
+//!
+//! Only [`Gateway::mcp`] writes responses for `/mcp`, and it commits the
+//! record on every path.
+
+pub mod envelope;
+pub mod params;
+pub mod wire;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use simd_json::prelude::*;
+use toolgate_core::audit::{
+    truncate, AuditRecord, Decision, Outcome, MAX_METHOD_LEN, MAX_TOOL_LEN,
+};
+use toolgate_core::identity::{bearer, key_hash, BearerError};
+use toolgate_core::jsonrpc::{
+    id_text, write_str, write_value, JsonParser, RpcRequest, ToolCall, ViewErrorKind,
+};
+use toolgate_core::protocol;
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::{Agent, Reader, Snapshot};
+use toolgate_sinks::{Admission, AuditProducer};
+
+use crate::http::head::Method;
+use crate::http::response::{self, Body};
+use crate::http::server::{Handler, Request};
+use crate::mcp::upstream::Upstream;
+use crate::shared::{Shared, Terminated, SESSION_MAX_AGE};
+use envelope::Era;
+
+/// What a request is answered with, short of a refusal.
+enum Answer {
+    /// A JSON-RPC message.
+    Message {
+        status: u16,
+        body: Vec<u8>,
+        session: Option<String>,
+        outcome: Outcome,
+        error_code: Option<i64>,
+    },
+    /// `202 Accepted`, no body (notifications).
+    Accepted,
+    /// `200 OK`, no body (session terminated).
+    Done,
+}
+
+/// A `tools/call` ready to go to its upstream.
+struct Forward {
+    upstream: usize,
+    params: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+enum Plan {
+    Answer(Answer),
+    Forward(Forward),
+}
+
+/// What the audit record needs from a request, gathered as it is served.
+struct CallCtx {
+    started: Instant,
+    time_us: u64,
+    peer: Option<SocketAddr>,
+    request_id: Option<String>,
+    agent: Option<Arc<str>>,
+    method: Option<String>,
+    tool: Option<String>,
+    upstream: Option<Arc<str>>,
+    version: Option<&'static str>,
+    requested_version: Option<String>,
+    sse: bool,
+    reason: &'static str,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// One shard's request handler.
+pub struct Gateway {
+    shard: u16,
+    shared: Arc<Shared>,
+    snapshot: RefCell<Reader<Snapshot>>,
+    terminated: RefCell<Reader<Terminated>>,
+    audit: RefCell<AuditProducer>,
+    parser: RefCell<JsonParser>,
+    upstreams: Vec<Rc<Upstream>>,
+    nonce_counter: Cell<u64>,
+}
+
+impl Gateway {
+    /// The handler of shard `shard`.
+    pub fn new(shard: u16, shared: Arc<Shared>, audit: AuditProducer) -> Self {
+        let snapshot = shared.snapshot.reader();
+        let upstreams = shared
+            .snapshot
+            .load()
+            .upstreams
+            .iter()
+            .map(|u| Rc::new(Upstream::new(u.clone())))
+            .collect();
+        let terminated = shared.terminated.reader();
+        Self {
+            shard,
+            snapshot: RefCell::new(snapshot),
+            terminated: RefCell::new(terminated),
+            audit: RefCell::new(audit),
+            parser: RefCell::new(JsonParser::new()),
+            upstreams,
+            nonce_counter: Cell::new(0),
+            shared,
+        }
+    }
+
+    /// This shard's client of upstream `idx`.
+    pub fn upstream(&self, idx: usize) -> Option<Rc<Upstream>> {
+        self.upstreams.get(idx).cloned()
+    }
+
+    fn record(
+        &self,
+        ctx: CallCtx,
+        decision: Decision,
+        status: u16,
+        outcome: Outcome,
+        error_code: Option<i64>,
+    ) -> AuditRecord {
+        AuditRecord {
+            time_us: ctx.time_us,
+            shard: self.shard,
+            seq: 0,
+            request_id: ctx.request_id,
+            agent: ctx.agent,
+            user: None,
+            method: ctx.method,
+            tool: ctx.tool,
+            upstream: ctx.upstream,
+            decision,
+            reason: ctx.reason,
+            status,
+            outcome,
+            error_code,
+            latency_us: ctx.started.elapsed().as_micros() as u64,
+            client: ctx.peer,
+            protocol_version: ctx.version,
+        }
+    }
+
+    /// Serves `/mcp`.
+    async fn mcp(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+        let admission: Admission = match self.audit.borrow_mut().admit() {
+            Ok(a) => a,
+            Err(_) => {
+                // Fail closed: with no place for the record, nothing runs.
+                let n = self.shared.audit_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    shard = self.shard,
+                    refused = n,
+                    "audit ring full: call refused"
+                );
+                let r = Refusal::new(RefusalKind::AuditUnavailable);
+                let mut body = Vec::new();
+                wire::refusal(None, &r, None, &mut body);
+                response::write(
+                    out,
+                    r.wire().status,
+                    &[("Retry-After", "1")],
+                    Body::Json(&body),
+                    true,
+                );
+                return true;
+            }
+        };
+        let accept = req.head.header(req.buf, "accept").unwrap_or(b"*/*");
+        let mut ctx = CallCtx {
+            started: req.started,
+            time_us: now_us(),
+            peer: req.peer,
+            request_id: None,
+            agent: None,
+            method: None,
+            tool: None,
+            upstream: None,
+            version: None,
+            requested_version: None,
+            sse: accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json"),
+            reason: "answered",
+        };
+        let snapshot = self.snapshot.borrow_mut().current();
+        let result = self.drive(&snapshot, req, &mut ctx).await;
+        let (decision, status, outcome, code) = match result {
+            Ok(Answer::Message {
+                status,
+                body,
+                session,
+                outcome,
+                error_code,
+            }) => {
+                let mut extra: Vec<(&str, &str)> = Vec::new();
+                if let Some(s) = &session {
+                    extra.push(("Mcp-Session-Id", s));
+                }
+                let body = if ctx.sse {
+                    Body::Sse(&body)
+                } else {
+                    Body::Json(&body)
+                };
+                response::write(out, status, &extra, body, true);
+                (Decision::Allow, status, outcome, error_code)
+            }
+            Ok(Answer::Accepted) => {
+                response::write(out, 202, &[], Body::Empty, true);
+                (Decision::Allow, 202, Outcome::Success, None)
+            }
+            Ok(Answer::Done) => {
+                response::write(out, 200, &[], Body::Empty, true);
+                (Decision::Allow, 200, Outcome::Success, None)
+            }
+            Err(r) => {
+                let w = r.wire();
+                let mut body = Vec::with_capacity(128);
+                wire::refusal(
+                    ctx.request_id.as_deref(),
+                    &r,
+                    ctx.requested_version.as_deref(),
+                    &mut body,
+                );
+                let extra: &[(&str, &str)] = match r.kind {
+                    RefusalKind::MissingCredential | RefusalKind::UnknownCredential => {
+                        &[("WWW-Authenticate", "Bearer realm=\"toolgate\"")]
+                    }
+                    RefusalKind::MethodNotAllowed => &[("Allow", "POST, DELETE")],
+                    _ => &[],
+                };
+                let body = if ctx.sse && w.status == 200 {
+                    Body::Sse(&body)
+                } else {
+                    Body::Json(&body)
+                };
+                response::write(out, w.status, extra, body, true);
+                ctx.reason = r.kind.reason();
+                (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
+            }
+        };
+        let record = self.record(ctx, decision, status, outcome, code);
+        self.audit.borrow_mut().commit(admission, record);
+        true
+    }
+
+    async fn drive(
+        &self,
+        snap: &Snapshot,
+        req: &Request<'_>,
+        ctx: &mut CallCtx,
+    ) -> Result<Answer, Refusal> {
+        match req.head.method {
+            Method::Post | Method::Delete => {}
+            Method::Get | Method::Other => return Err(Refusal::new(RefusalKind::MethodNotAllowed)),
+        }
+        let agent = identify(snap, req)?;
+        ctx.agent = Some(Arc::clone(&agent.id));
+        if req.head.method == Method::Delete {
+            ctx.reason = "session_terminated";
+            return self.end_session(agent, req);
+        }
+        let content_type = req.head.header(req.buf, "content-type").unwrap_or(b"");
+        if !media_is(content_type, b"application/json") {
+            return Err(Refusal::new(RefusalKind::UnsupportedMediaType));
+        }
+        let accept = req.head.header(req.buf, "accept").unwrap_or(b"*/*");
+        if !(accepts(accept, b"application/json") || accepts(accept, b"text/event-stream")) {
+            return Err(Refusal::new(RefusalKind::NotAcceptable));
+        }
+        let plan = self.plan(snap, agent, req, ctx)?;
+        let fwd = match plan {
+            Plan::Answer(a) => return Ok(a),
+            Plan::Forward(f) => f,
+        };
+        let upstream = self
+            .upstreams
+            .get(fwd.upstream)
+            .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
+        let reply = upstream.call("tools/call", &fwd.params, &fwd.headers).await;
+        let reply = reply.map_err(|e| {
+            tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
+            Refusal::new(e.refusal_kind())
+        })?;
+        self.translate(&reply.message, ctx)
+    }
+
+    /// The synchronous part: parse, check, and decide what to do.
+    fn plan(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        req: &Request<'_>,
+        ctx: &mut CallCtx,
+    ) -> Result<Plan, Refusal> {
+        let mut parser = self.parser.borrow_mut();
+        let tape = parser.parse(req.body).map_err(|k| match k {
+            ViewErrorKind::Parse => Refusal::new(RefusalKind::ParseError),
+            other => Refusal::with(RefusalKind::InvalidRequest, other.to_string()),
+        })?;
+        let rpc = RpcRequest::from_tape(&tape).map_err(|e| {
+            ctx.request_id = id_text(e.id);
+            Refusal::with(RefusalKind::InvalidRequest, e.kind.to_string())
+        })?;
+        ctx.request_id = id_text(rpc.id);
+        ctx.method = Some(truncate(rpc.method, MAX_METHOD_LEN).to_owned());
+
+        let era = envelope::era_of(&rpc, req.head, req.buf);
+        match era {
+            Era::Stateless => {
+                ctx.requested_version = rpc.envelope_version().map(|v| truncate(v, 64).to_owned());
+                ctx.version = Some(envelope::check_stateless(&rpc, req.head, req.buf)?);
+            }
+            Era::Handshake => {
+                ctx.version = envelope::check_handshake_version(req.head, req.buf)?;
+                if rpc.method != "initialize"
+                    && !rpc.is_notification()
+                    && rpc.method != "server/discover"
+                {
+                    self.check_session(agent, req)?;
+                }
+            }
+        }
+        if rpc.is_notification() {
+            return Ok(Plan::Answer(Answer::Accepted));
+        }
+        let stateless = era == Era::Stateless;
+        let id = ctx.request_id.as_deref();
+        let reply = |result: &[u8]| {
+            let mut body = Vec::with_capacity(result.len() + 64);
+            wire::result(id, result, &mut body);
+            body
+        };
+        let ok = |body: Vec<u8>| {
+            Ok(Plan::Answer(Answer::Message {
+                status: 200,
+                body,
+                session: None,
+                outcome: Outcome::Success,
+                error_code: None,
+            }))
+        };
+        match rpc.method {
+            "initialize" if !stateless => {
+                let asked = rpc
+                    .params
+                    .and_then(|p| p.get("protocolVersion"))
+                    .and_then(|v| v.into_string());
+                let version = protocol::HANDSHAKE_VERSIONS
+                    .iter()
+                    .find(|v| Some(**v) == asked)
+                    .copied()
+                    .unwrap_or(protocol::LATEST_HANDSHAKE_VERSION);
+                ctx.version = Some(version);
+                let result = format!(
+                    r#"{{"protocolVersion":"{version}","capabilities":{{"tools":{{"listChanged":false}}}},"serverInfo":{SERVER_INFO}}}"#
+                );
+                let session = self.new_session(agent);
+                Ok(Plan::Answer(Answer::Message {
+                    status: 200,
+                    body: reply(result.as_bytes()),
+                    session: Some(session),
+                    outcome: Outcome::Success,
+                    error_code: None,
+                }))
+            }
+            "server/discover" => {
+                let result = format!(
+                    r#"{{"supportedVersions":["{}"],"capabilities":{{"tools":{{"listChanged":false}}}},"resultType":"complete","ttlMs":0,"cacheScope":"private","_meta":{{"{}":{SERVER_INFO}}}}}"#,
+                    protocol::LATEST_MODERN_VERSION,
+                    protocol::META_SERVER_INFO
+                );
+                ok(reply(result.as_bytes()))
+            }
+            "ping" => ok(reply(if stateless {
+                br#"{"resultType":"complete"}"#
+            } else {
+                b"{}"
+            })),
+            "tools/list" => {
+                let mut result = Vec::with_capacity(agent.tools_list.len() + 48);
+                result.extend_from_slice(br#"{"tools":"#);
+                result.extend_from_slice(agent.tools_list.as_bytes());
+                if stateless {
+                    // Per-agent answer: never cacheable across callers.
+                    result.extend_from_slice(
+                        br#","resultType":"complete","ttlMs":0,"cacheScope":"private""#,
+                    );
+                }
+                result.push(b'}');
+                ok(reply(&result))
+            }
+            "tools/call" => {
+                let call = ToolCall::from_request(&rpc)
+                    .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
+                ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
+                let Some(route) = snap.route(agent, call.name) else {
+                    let mut shown = String::with_capacity(call.name.len() + 2);
+                    shown.push('`');
+                    shown.push_str(truncate(call.name, MAX_TOOL_LEN));
+                    shown.push('`');
+                    return Err(Refusal::with(RefusalKind::UnknownTool, shown));
+                };
+                ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+                let def = snap.tool_def(route);
+                let mut headers = Vec::new();
+                if let Some(def) = def {
+                    if stateless {
+                        params::check(def, call.arguments, req.head, req.buf)?;
+                    }
+                    headers = params::for_upstream(def, call.arguments);
+                }
+                headers.push((
+                    "Mcp-Name".to_owned(),
+                    protocol::encode_header_value(&route.tool).into_owned(),
+                ));
+                let mut body = Vec::with_capacity(req.body.len() + 32);
+                body.extend_from_slice(br#""name":"#);
+                write_str(&route.tool, &mut body);
+                body.extend_from_slice(br#","arguments":"#);
+                match call.arguments {
+                    Some(a) => write_value(a, &mut body),
+                    None => body.extend_from_slice(b"{}"),
+                }
+                ctx.reason = "attached";
+                Ok(Plan::Forward(Forward {
+                    upstream: route.upstream,
+                    params: body,
+                    headers,
+                }))
+            }
+            other => Err(Refusal::with(
+                RefusalKind::MethodNotFound,
+                format!("`{}`", truncate(other, MAX_METHOD_LEN)),
+            )),
+        }
+    }
+
+    /// Turns the upstream's reply into the agent's response.
+    fn translate(&self, message: &[u8], ctx: &mut CallCtx) -> Result<Answer, Refusal> {
+        let mut parser = self.parser.borrow_mut();
+        let bad = || Refusal::new(RefusalKind::UpstreamBadResponse);
+        let tape = parser.parse(message).map_err(|_| bad())?;
+        let msg = tape.as_value();
+        let id = ctx.request_id.as_deref();
+        let mut body = Vec::with_capacity(message.len() + 32);
+        if let Some(result) = msg.get("result").filter(|r| r.is_object()) {
+            let mut raw = Vec::with_capacity(message.len());
+            let stateless = ctx.version.is_some_and(protocol::is_modern);
+            rewrite_result(result, stateless, &mut raw);
+            wire::result(id, &raw, &mut body);
+            let is_error = result.get("isError").and_then(|e| e.as_bool()) == Some(true);
+            let outcome = if is_error {
+                Outcome::ToolError
+            } else {
+                Outcome::Success
+            };
+            return Ok(Answer::Message {
+                status: 200,
+                body,
+                session: None,
+                outcome,
+                error_code: None,
+            });
+        }
+        if let Some(error) = msg.get("error").filter(|e| e.is_object()) {
+            let code = error.get("code").and_then(|c| c.as_i64()).ok_or_else(bad)?;
+            let mut raw = Vec::new();
+            write_value(error, &mut raw);
+            wire::error_raw(id, &raw, &mut body);
+            ctx.reason = "upstream_error";
+            let status = wire::status_for_code(code);
+            return Ok(Answer::Message {
+                status,
+                body,
+                session: None,
+                outcome: Outcome::Failure,
+                error_code: Some(code),
+            });
+        }
+        Err(bad())
+    }
+
+    fn new_session(&self, agent: &Agent) -> String {
+        let mut nonce = [0u8; 16];
+        if getrandom::fill(&mut nonce).is_err() {
+            // Unique even without the OS generator: the tag is what makes it unforgeable.
+            let n = self.nonce_counter.get() + 1;
+            self.nonce_counter.set(n);
+            nonce[..8].copy_from_slice(&n.to_be_bytes());
+            nonce[8..10].copy_from_slice(&self.shard.to_be_bytes());
+            nonce[10..].copy_from_slice(&now_us().to_be_bytes()[2..]);
+        }
+        self.shared.session_key.issue(&agent.id, now_secs(), nonce)
+    }
+
+    fn check_session(
+        &self,
+        agent: &Agent,
+        req: &Request<'_>,
+    ) -> Result<crate::session::Nonce, Refusal> {
+        let Some(sid) = req.head.header(req.buf, protocol::HEADER_SESSION_ID) else {
+            return Err(Refusal::new(RefusalKind::MissingSession));
+        };
+        let nonce = self
+            .shared
+            .session_key
+            .verify(&agent.id, sid.trim_ascii(), now_secs(), SESSION_MAX_AGE)
+            .map_err(|_| Refusal::new(RefusalKind::SessionNotFound))?;
+        if self.terminated.borrow_mut().current().contains_key(&nonce) {
+            return Err(Refusal::new(RefusalKind::SessionNotFound));
+        }
+        Ok(nonce)
+    }
+
+    fn end_session(&self, agent: &Agent, req: &Request<'_>) -> Result<Answer, Refusal> {
+        let nonce = self.check_session(agent, req)?;
+        self.shared.terminate(nonce, now_secs());
+        Ok(Answer::Done)
+    }
+
+    fn health(&self, req: &Request<'_>, out: &mut Vec<u8>, ready: bool) {
+        let _ = req;
+        let (status, body): (u16, &[u8]) = if ready {
+            (200, br#"{"status":"ok"}"#)
+        } else {
+            (503, br#"{"status":"starting"}"#)
+        };
+        response::write(out, status, &[], Body::Json(body), true);
+    }
+}
+
+/// `serverInfo` toolgate presents to agents.
+const SERVER_INFO: &str = concat!(
+    r#"{"name":"toolgate","version":""#,
+    env!("CARGO_PKG_VERSION"),
+    r#""}"#
+);
+
+fn now_secs() -> u64 {
+    now_us() / 1_000_000
+}
+
+/// Writes an upstream's result for the agent: the upstream's own
+/// `serverInfo` is dropped from `_meta` (the agent talks to toolgate, and
+/// upstream identities are internal), and a stateless-era agent gets the
+/// `resultType` its era requires when a handshake-era upstream left it out.
+fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut first = true;
+    let mut has_type = false;
+    if let Some(obj) = result.as_object() {
+        for (k, v) in obj.iter() {
+            if k == "_meta" {
+                if let Some(meta) = v.as_object() {
+                    let kept: Vec<_> = meta
+                        .iter()
+                        .filter(|(mk, _)| *mk != protocol::META_SERVER_INFO)
+                        .collect();
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(br#""_meta":{"#);
+                    for (i, (mk, mv)) in kept.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_str(mk, out);
+                        out.push(b':');
+                        write_value(mv, out);
+                    }
+                    out.push(b'}');
+                    continue;
+                }
+            }
+            has_type |= k == "resultType";
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_str(k, out);
+            out.push(b':');
+            write_value(v, out);
+        }
+    }
+    if stateless && !has_type {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""resultType":"complete""#);
+    }
+    out.push(b'}');
+}
+
+fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<&'s Agent, Refusal> {
+    let token = bearer(req.head.header(req.buf, "authorization")).map_err(|e| match e {
+        BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
+        BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
+    })?;
+    snap.agent_by_key(&key_hash(token))
+        .ok_or(Refusal::new(RefusalKind::UnknownCredential))
+}
+
+/// Whether a media-type header value (type and parameters) is `media`.
+fn media_is(value: &[u8], media: &[u8]) -> bool {
+    value
+        .split(|&b| b == b';')
+        .next()
+        .is_some_and(|m| m.trim_ascii().eq_ignore_ascii_case(media))
+}
+
+/// Whether an `Accept` value allows `media` (exactly, by `type/*`, or `*/*`).
+fn accepts(accept: &[u8], media: &[u8]) -> bool {
+    let major = media.split(|&b| b == b'/').next().unwrap_or(b"");
+    accept.split(|&b| b == b',').any(|item| {
+        let m = item
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+        m.eq_ignore_ascii_case(media)
+            || m == b"*/*"
+            || (m.len() == major.len() + 2
+                && m.ends_with(b"/*")
+                && m[..major.len()].eq_ignore_ascii_case(major))
+    })
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+        let path = req.head.path(req.buf);
+        let path = path.split(|&b| b == b'?').next().unwrap_or(path);
+        match path {
+            b"/mcp" => self.mcp(req, out).await,
+            b"/healthz" => {
+                self.health(req, out, true);
+                true
+            }
+            b"/readyz" => {
+                self.health(req, out, self.shared.ready());
+                true
+            }
+            _ => {
+                let r = Refusal::new(RefusalKind::PathNotFound);
+                let mut body = Vec::new();
+                wire::refusal(None, &r, None, &mut body);
+                response::write(out, 404, &[], Body::Json(&body), true);
+                true
+            }
+        }
+    }
+
+    fn refuse(
+        &self,
+        refusal: &Refusal,
+        peer: Option<SocketAddr>,
+        started: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let w = refusal.wire();
+        let mut body = Vec::new();
+        wire::refusal(None, refusal, None, &mut body);
+        response::write(out, w.status, &[], Body::Json(&body), false);
+        // Requests refused before they could be read are audited too, when
+        // the ring has room: they are attempts on the gateway.
+        let admission = self.audit.borrow_mut().admit();
+        if let Ok(admission) = admission {
+            let ctx = CallCtx {
+                started,
+                time_us: now_us(),
+                peer,
+                request_id: None,
+                agent: None,
+                method: None,
+                tool: None,
+                upstream: None,
+                version: None,
+                requested_version: None,
+                sse: false,
+                reason: refusal.kind.reason(),
+            };
+            let record = self.record(
+                ctx,
+                Decision::Deny,
+                w.status,
+                Outcome::Failure,
+                Some(w.code),
+            );
+            self.audit.borrow_mut().commit(admission, record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(json: &str, stateless: bool) -> String {
+        let mut p = JsonParser::new();
+        let tape = p
+            .parse(json.as_bytes())
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut out = Vec::new();
+        rewrite_result(tape.as_value(), stateless, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn upstream_server_info_is_dropped_and_result_type_added_for_stateless_agents() {
+        let r =
+            r#"{"content":[],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"crm"},"x":1}}"#;
+        assert_eq!(
+            rewrite(r, true),
+            r#"{"content":[],"_meta":{"x":1},"resultType":"complete"}"#
+        );
+        let r = r#"{"_meta":{"io.modelcontextprotocol/serverInfo":{}},"resultType":"complete","isError":false}"#;
+        assert_eq!(
+            rewrite(r, false),
+            r#"{"resultType":"complete","isError":false}"#
+        );
+        assert_eq!(rewrite("{}", false), "{}");
+    }
+
+    #[test]
+    fn accept_matching() {
+        assert!(accepts(
+            b"application/json, text/event-stream",
+            b"text/event-stream"
+        ));
+        assert!(accepts(b"text/*;q=0.5", b"text/event-stream"));
+        assert!(accepts(b"*/*", b"application/json"));
+        assert!(!accepts(b"text/html", b"application/json"));
+    }
+
+    #[test]
+    fn media_type_ignores_parameters() {
+        assert!(media_is(
+            b"application/json; charset=utf-8",
+            b"application/json"
+        ));
+        assert!(!media_is(b"text/plain", b"application/json"));
+    }
+}

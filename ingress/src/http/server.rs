@@ -1,0 +1,272 @@
+//! The agent-facing HTTP/1.1 connection loop.
+//!
+//! One task per connection on its shard. Requests are served strictly one
+//! after another, so pipelined requests are answered in order; bytes past the
+//! current request stay in the buffer for the next. Every wait has a limit:
+//! idle keep-alive, head completion (a deadline, not a per-read timeout, so a
+//! client trickling one byte at a time is still cut off), body, and writes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use toolgate_core::refusal::{Refusal, RefusalKind};
+
+use super::chunked::{ChunkError, ChunkedDecoder};
+use super::head::{parse_head, BodyKind, Head, Limits};
+
+/// Connection-level limits and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnConfig {
+    /// Size limits.
+    pub limits: Limits,
+    /// Head must complete within this once its first byte arrived.
+    pub header_timeout: Duration,
+    /// Body must complete within this once the head is parsed.
+    pub body_timeout: Duration,
+    /// Keep-alive connections idle this long are closed; also the write limit.
+    pub idle_timeout: Duration,
+}
+
+/// One request as the gateway sees it.
+pub struct Request<'a> {
+    /// The parsed head.
+    pub head: &'a Head,
+    /// The buffer the head's offsets point into.
+    pub buf: &'a [u8],
+    /// The decoded body.
+    pub body: &'a [u8],
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// When the head was complete.
+    pub started: Instant,
+}
+
+/// What serves requests on a connection.
+pub trait Handler {
+    /// Serves one request, appending the whole response to `out`; returns
+    /// whether the connection may stay open.
+    fn handle(
+        &self,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = bool>;
+
+    /// Writes the response for a request refused before it could be read
+    /// (malformed HTTP, limits, timeouts).
+    fn refuse(
+        &self,
+        refusal: &Refusal,
+        peer: Option<SocketAddr>,
+        started: Instant,
+        out: &mut Vec<u8>,
+    );
+}
+
+/// Bytes requested per read.
+const READ_SIZE: usize = 16 * 1024;
+
+enum ReadOutcome {
+    Data,
+    Eof,
+    TimedOut,
+    Failed,
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> ReadOutcome {
+    if limit.is_zero() || stream.set_read_timeout(Some(limit)).is_err() {
+        return ReadOutcome::TimedOut;
+    }
+    let len = buf.len();
+    buf.resize(len + READ_SIZE, 0);
+    let r = stream.read(&mut buf[len..]).await;
+    match r {
+        Ok(0) => {
+            buf.truncate(len);
+            ReadOutcome::Eof
+        }
+        Ok(n) => {
+            buf.truncate(len + n);
+            ReadOutcome::Data
+        }
+        Err(e) => {
+            buf.truncate(len);
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                ReadOutcome::TimedOut
+            } else {
+                ReadOutcome::Failed
+            }
+        }
+    }
+}
+
+async fn send(stream: &mut TcpStream, out: &[u8], limit: Duration) -> bool {
+    if stream.set_write_timeout(Some(limit)).is_err() {
+        return false;
+    }
+    stream.write_all(out).await.is_ok() && stream.flush().await.is_ok()
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Serves requests on `stream` until it closes, errs, idles out or a
+/// response says close.
+pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: &H) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunked_body: Vec<u8> = Vec::new();
+    loop {
+        // The head.
+        let mut head_deadline: Option<Instant> =
+            (!buf.is_empty()).then(|| Instant::now() + cfg.header_timeout);
+        let head = loop {
+            if !buf.is_empty() {
+                match parse_head(&buf, &cfg.limits) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(refusal) => {
+                        out.clear();
+                        handler.refuse(&refusal, peer, Instant::now(), &mut out);
+                        let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                        return;
+                    }
+                }
+            }
+            let limit = match head_deadline {
+                Some(d) => remaining(d),
+                None => cfg.idle_timeout,
+            };
+            match read_more(&mut stream, &mut buf, limit).await {
+                ReadOutcome::Data => {
+                    head_deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
+                }
+                ReadOutcome::TimedOut if head_deadline.is_some() => {
+                    out.clear();
+                    handler.refuse(
+                        &Refusal::new(RefusalKind::RequestTimeout),
+                        peer,
+                        Instant::now(),
+                        &mut out,
+                    );
+                    let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                    return;
+                }
+                ReadOutcome::TimedOut | ReadOutcome::Eof | ReadOutcome::Failed => return,
+            }
+        };
+        let started = Instant::now();
+        let body_deadline = started + cfg.body_timeout;
+
+        // The body.
+        let (body_range, consumed) = match head.body {
+            BodyKind::None => (head.len..head.len, head.len),
+            BodyKind::Length(n) => {
+                if head.expect_continue
+                    && buf.len() < head.len + n
+                    && !send_continue(&mut stream, cfg).await
+                {
+                    return;
+                }
+                while buf.len() < head.len + n {
+                    match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
+                        ReadOutcome::Data => {}
+                        ReadOutcome::TimedOut => {
+                            out.clear();
+                            handler.refuse(
+                                &Refusal::new(RefusalKind::RequestTimeout),
+                                peer,
+                                started,
+                                &mut out,
+                            );
+                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                            return;
+                        }
+                        ReadOutcome::Eof | ReadOutcome::Failed => return,
+                    }
+                }
+                (head.len..head.len + n, head.len + n)
+            }
+            BodyKind::Chunked => {
+                if head.expect_continue
+                    && buf.len() == head.len
+                    && !send_continue(&mut stream, cfg).await
+                {
+                    return;
+                }
+                chunked_body.clear();
+                let mut dec = ChunkedDecoder::new(cfg.limits.max_body_bytes);
+                let mut pos = head.len;
+                loop {
+                    match dec.feed(&buf[pos..], &mut chunked_body) {
+                        Ok(used) => pos += used,
+                        Err(e) => {
+                            let kind = match e {
+                                ChunkError::TooLarge => RefusalKind::BodyTooLarge,
+                                ChunkError::Malformed => RefusalKind::MalformedHttp,
+                            };
+                            out.clear();
+                            handler.refuse(&Refusal::new(kind), peer, started, &mut out);
+                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                            return;
+                        }
+                    }
+                    if dec.is_done() {
+                        break;
+                    }
+                    match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
+                        ReadOutcome::Data => {}
+                        ReadOutcome::TimedOut => {
+                            out.clear();
+                            handler.refuse(
+                                &Refusal::new(RefusalKind::RequestTimeout),
+                                peer,
+                                started,
+                                &mut out,
+                            );
+                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                            return;
+                        }
+                        ReadOutcome::Eof | ReadOutcome::Failed => return,
+                    }
+                }
+                (0..0, pos)
+            }
+        };
+
+        out.clear();
+        let keep_alive = {
+            let body: &[u8] = if head.body == BodyKind::Chunked {
+                &chunked_body
+            } else {
+                &buf[body_range.clone()]
+            };
+            let req = Request {
+                head: &head,
+                buf: &buf,
+                body,
+                peer,
+                started,
+            };
+            handler.handle(&req, &mut out).await && head.keep_alive
+        };
+        if !send(&mut stream, &out, cfg.idle_timeout).await || !keep_alive {
+            return;
+        }
+        buf.drain(..consumed);
+        if buf.capacity() > 4 * READ_SIZE && buf.len() < READ_SIZE {
+            buf.shrink_to(READ_SIZE);
+        }
+        if chunked_body.capacity() > 4 * READ_SIZE {
+            chunked_body = Vec::new();
+        }
+    }
+}
+
+async fn send_continue(stream: &mut TcpStream, cfg: ConnConfig) -> bool {
+    send(stream, b"HTTP/1.1 100 Continue\r\n\r\n", cfg.idle_timeout).await
+}

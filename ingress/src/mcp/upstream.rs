@@ -1,0 +1,413 @@
+//! toolgate as an MCP client of one upstream, on one shard.
+//!
+//! The upstream's era is found on first use: in `auto` mode a
+//! `server/discover` probe at the stateless revision, falling back to the
+//! `initialize` handshake when the answer is not positive evidence of a
+//! stateless server (as the official SDK's client does). Handshake-era
+//! sessions are per shard; a session the upstream dropped (404) is
+//! re-established once, transparently. Only one task per shard runs the
+//! handshake; the others wait for it.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::sync::Semaphore;
+use simd_json::prelude::*;
+use toolgate_core::config::UpstreamProtocol;
+use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+use toolgate_core::protocol::{self, encode_header_value};
+use toolgate_core::refusal::RefusalKind;
+use toolgate_decision::UpstreamInfo;
+
+use super::sse;
+use crate::http::client::{ClientError, MediaType, Pool};
+
+/// Why an upstream call failed, as the agent will be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused or lost, or the upstream answered 5xx.
+    #[error("upstream unavailable")]
+    Unavailable,
+    /// No answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// An answer that is not an MCP response.
+    #[error("upstream sent an invalid response")]
+    BadResponse,
+}
+
+impl UpstreamError {
+    /// The refusal the agent sees.
+    pub fn refusal_kind(self) -> RefusalKind {
+        match self {
+            UpstreamError::Unavailable => RefusalKind::UpstreamUnavailable,
+            UpstreamError::Timeout => RefusalKind::UpstreamTimeout,
+            UpstreamError::BadResponse => RefusalKind::UpstreamBadResponse,
+        }
+    }
+}
+
+impl From<ClientError> for UpstreamError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect | ClientError::Io => UpstreamError::Unavailable,
+            ClientError::Timeout => UpstreamError::Timeout,
+            ClientError::BadResponse(_) | ClientError::TooLarge => UpstreamError::BadResponse,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Era {
+    Unknown,
+    Handshake {
+        session: Option<Rc<str>>,
+        version: &'static str,
+    },
+    Stateless,
+}
+
+/// One upstream as seen from one shard.
+pub struct Upstream {
+    info: UpstreamInfo,
+    mode: UpstreamProtocol,
+    pool: Pool,
+    era: RefCell<Era>,
+    next_id: Cell<u64>,
+    handshake: Semaphore,
+}
+
+/// A JSON-RPC response message from the upstream, as JSON text.
+pub struct Reply {
+    /// The message (`{"jsonrpc":"2.0","id":…,"result"|"error":…}`).
+    pub message: Vec<u8>,
+}
+
+/// `clientInfo` toolgate presents to upstreams.
+const CLIENT_INFO: &str = concat!(
+    r#"{"name":"toolgate","version":""#,
+    env!("CARGO_PKG_VERSION"),
+    r#""}"#
+);
+
+impl Upstream {
+    /// A client of `info` for the current shard.
+    pub fn new(info: UpstreamInfo) -> Self {
+        let pool = Pool::new(info.url.dial_target(), info.pool_size);
+        let mode = info.protocol;
+        Self {
+            info,
+            mode,
+            pool,
+            era: RefCell::new(Era::Unknown),
+            next_id: Cell::new(1),
+            handshake: Semaphore::new(1),
+        }
+    }
+
+    /// The upstream's configured name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    fn id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Builds one POST. `params` is the inside of the params object (may be empty).
+    fn request(
+        &self,
+        era: &Era,
+        id: Option<u64>,
+        method: &str,
+        params: &[u8],
+        headers: &[(String, String)],
+    ) -> Vec<u8> {
+        let mut body = Vec::with_capacity(params.len() + 256);
+        body.extend_from_slice(br#"{"jsonrpc":"2.0","#);
+        if let Some(id) = id {
+            let _ = write!(body, r#""id":{id},"#);
+        }
+        body.extend_from_slice(br#""method":"#);
+        write_str(method, &mut body);
+        let stateless = matches!(era, Era::Stateless);
+        if stateless || !params.is_empty() {
+            body.extend_from_slice(br#","params":{"#);
+            body.extend_from_slice(params);
+            if stateless {
+                if !params.is_empty() {
+                    body.push(b',');
+                }
+                let _ = write!(
+                    body,
+                    r#""_meta":{{"{}":"{}","{}":{},"{}":{{}}}}"#,
+                    protocol::META_PROTOCOL_VERSION,
+                    protocol::LATEST_MODERN_VERSION,
+                    protocol::META_CLIENT_INFO,
+                    CLIENT_INFO,
+                    protocol::META_CLIENT_CAPABILITIES
+                );
+            }
+            body.push(b'}');
+        }
+        body.push(b'}');
+
+        let url = &self.info.url;
+        let mut req = Vec::with_capacity(body.len() + 512);
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+            url.path,
+            url.authority,
+            body.len()
+        );
+        match era {
+            Era::Stateless => {
+                let _ = write!(
+                    req,
+                    "MCP-Protocol-Version: {}\r\nMcp-Method: {}\r\n",
+                    protocol::LATEST_MODERN_VERSION,
+                    encode_header_value(method)
+                );
+            }
+            Era::Handshake { session, version } => {
+                if method != "initialize" {
+                    let _ = write!(req, "MCP-Protocol-Version: {version}\r\n");
+                }
+                if let Some(s) = session {
+                    let _ = write!(req, "Mcp-Session-Id: {s}\r\n");
+                }
+            }
+            Era::Unknown => {}
+        }
+        for (k, v) in headers {
+            let _ = write!(req, "{k}: {v}\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(&body);
+        req
+    }
+
+    /// One exchange; the reply matching `id` (or `None` for notifications).
+    async fn exchange(
+        &self,
+        req: &[u8],
+        id: Option<u64>,
+    ) -> Result<(u16, Option<String>, Option<Reply>), UpstreamError> {
+        let resp = self
+            .pool
+            .exchange(req, self.info.max_response_bytes, self.info.timeout)
+            .await?;
+        let Some(id) = id else {
+            return Ok((resp.status, resp.session_id, None));
+        };
+        let message = match resp.media {
+            MediaType::Json => Some(resp.body),
+            MediaType::EventStream => {
+                let mut found = None;
+                let mut parser = JsonParser::new();
+                sse::find_event(&resp.body, |data| {
+                    if matches_id(&mut parser, data, id) {
+                        found = Some(data.to_vec());
+                        true
+                    } else {
+                        false
+                    }
+                });
+                found
+            }
+            MediaType::Other => None,
+        };
+        match message {
+            Some(m) if matches_id(&mut JsonParser::new(), &m, id) => {
+                Ok((resp.status, resp.session_id, Some(Reply { message: m })))
+            }
+            _ if resp.status == 404 => Ok((404, resp.session_id, None)),
+            _ if resp.status >= 500 => Err(UpstreamError::Unavailable),
+            _ => Err(UpstreamError::BadResponse),
+        }
+    }
+
+    /// Finds the era and, for the handshake era, opens a session.
+    async fn ensure_ready(&self) -> Result<Era, UpstreamError> {
+        let era = self.era.borrow().clone();
+        if !matches!(era, Era::Unknown) {
+            return Ok(era);
+        }
+        let _permit = self
+            .handshake
+            .acquire_permit(1)
+            .await
+            .map_err(|_| UpstreamError::Unavailable)?;
+        let era = self.era.borrow().clone();
+        if !matches!(era, Era::Unknown) {
+            return Ok(era);
+        }
+        let era = match self.mode {
+            UpstreamProtocol::Stateless => Era::Stateless,
+            UpstreamProtocol::Handshake => self.initialize().await?,
+            UpstreamProtocol::Auto => {
+                if self.probe_stateless().await? {
+                    Era::Stateless
+                } else {
+                    self.initialize().await?
+                }
+            }
+        };
+        *self.era.borrow_mut() = era.clone();
+        Ok(era)
+    }
+
+    async fn probe_stateless(&self) -> Result<bool, UpstreamError> {
+        let id = self.id();
+        let req = self.request(&Era::Stateless, Some(id), "server/discover", b"", &[]);
+        let reply = match self.exchange(&req, Some(id)).await {
+            Ok((_, _, Some(r))) => r,
+            Ok((_, _, None)) | Err(UpstreamError::BadResponse) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut parser = JsonParser::new();
+        let Ok(tape) = parser.parse(&reply.message) else {
+            return Ok(false);
+        };
+        let supported = tape
+            .as_value()
+            .get("result")
+            .and_then(|r| r.get("supportedVersions"))
+            .and_then(|s| s.as_array());
+        Ok(supported.is_some_and(|s| {
+            s.iter()
+                .any(|v| v.into_string().is_some_and(protocol::is_modern))
+        }))
+    }
+
+    async fn initialize(&self) -> Result<Era, UpstreamError> {
+        let id = self.id();
+        let params = format!(
+            r#""protocolVersion":"{}","capabilities":{{}},"clientInfo":{}"#,
+            protocol::LATEST_HANDSHAKE_VERSION,
+            CLIENT_INFO
+        );
+        let fresh = Era::Handshake {
+            session: None,
+            version: protocol::LATEST_HANDSHAKE_VERSION,
+        };
+        let req = self.request(&fresh, Some(id), "initialize", params.as_bytes(), &[]);
+        let (_, session, reply) = self.exchange(&req, Some(id)).await?;
+        let reply = reply.ok_or(UpstreamError::BadResponse)?;
+        let mut parser = JsonParser::new();
+        let tape = parser
+            .parse(&reply.message)
+            .map_err(|_| UpstreamError::BadResponse)?;
+        let offered = tape
+            .as_value()
+            .get("result")
+            .and_then(|r| r.get("protocolVersion"))
+            .and_then(|v| v.into_string());
+        let version = protocol::HANDSHAKE_VERSIONS
+            .iter()
+            .find(|v| Some(**v) == offered)
+            .copied()
+            .ok_or(UpstreamError::BadResponse)?;
+        let era = Era::Handshake {
+            session: session.map(Rc::from),
+            version,
+        };
+        let note = self.request(&era, None, "notifications/initialized", b"", &[]);
+        self.exchange(&note, None).await?;
+        tracing::debug!(upstream = %self.info.name, version, "upstream session established");
+        Ok(era)
+    }
+
+    /// Sends a request and returns the upstream's JSON-RPC reply.
+    /// `params` is the inside of the params object; `headers` are extra
+    /// routing headers for the stateless era (`Mcp-Name`, `Mcp-Param-*`).
+    pub async fn call(
+        &self,
+        method: &str,
+        params: &[u8],
+        headers: &[(String, String)],
+    ) -> Result<Reply, UpstreamError> {
+        for attempt in 0..2 {
+            let era = self.ensure_ready().await?;
+            let id = self.id();
+            let extra: &[(String, String)] = if matches!(era, Era::Stateless) {
+                headers
+            } else {
+                &[]
+            };
+            let req = self.request(&era, Some(id), method, params, extra);
+            match self.exchange(&req, Some(id)).await? {
+                (_, _, Some(reply)) => return Ok(reply),
+                (404, _, None)
+                    if attempt == 0
+                        && matches!(
+                            era,
+                            Era::Handshake {
+                                session: Some(_),
+                                ..
+                            }
+                        ) =>
+                {
+                    // The upstream forgot our session: open a new one and retry once.
+                    tracing::info!(upstream = %self.info.name, "upstream session expired; re-initializing");
+                    *self.era.borrow_mut() = Era::Unknown;
+                }
+                _ => return Err(UpstreamError::BadResponse),
+            }
+        }
+        Err(UpstreamError::BadResponse)
+    }
+
+    /// Fetches every page of `tools/list`; returns each page's `result` object.
+    pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
+        let mut pages = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let mut params = Vec::new();
+            if let Some(c) = &cursor {
+                params.extend_from_slice(br#""cursor":"#);
+                write_str(c, &mut params);
+            }
+            let reply = self.call("tools/list", &params, &[]).await?;
+            let mut parser = JsonParser::new();
+            let tape = parser
+                .parse(&reply.message)
+                .map_err(|_| UpstreamError::BadResponse)?;
+            let result = tape
+                .as_value()
+                .get("result")
+                .filter(|r| r.is_object())
+                .ok_or(UpstreamError::BadResponse)?;
+            let mut page = Vec::new();
+            write_value(result, &mut page);
+            pages.push(page);
+            cursor = result
+                .get("nextCursor")
+                .and_then(|c| c.into_string())
+                .map(str::to_owned);
+            if cursor.is_none() {
+                return Ok(pages);
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Deadline of one call to this upstream.
+    pub fn timeout(&self) -> Duration {
+        self.info.timeout
+    }
+}
+
+fn matches_id(parser: &mut JsonParser, message: &[u8], id: u64) -> bool {
+    let Ok(tape) = parser.parse(message) else {
+        return false;
+    };
+    let v = tape.as_value();
+    let is_reply = v.get("result").is_some() || v.get("error").is_some();
+    is_reply && v.get("id").and_then(|i| i.as_u64()) == Some(id)
+}

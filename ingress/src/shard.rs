@@ -1,0 +1,138 @@
+//! Shards: one glommio executor per core, each with its own listener
+//! (SO_REUSEPORT), connections, upstream pools and audit ring.
+//!
+//! Operational prerequisites: io_uring (Linux 5.8+) and enough locked memory
+//! for each executor's rings; toolgate asks glommio for a small I/O memory
+//! area so the common 8 MiB `ulimit -l` is enough.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use toolgate_sinks::{AuditProducer, RingWriter};
+
+use crate::call::Gateway;
+use crate::catalog_sync;
+use crate::http::server::serve;
+use crate::shared::Shared;
+
+/// Errors starting shards.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The listener could not be bound.
+    #[error("cannot listen on `{addr}`: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The executor could not start.
+    #[error("cannot start shard {0}: {1}")]
+    Executor(usize, String),
+}
+
+/// Running shards.
+pub struct Shards {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The address actually listened on (port 0 resolved).
+    pub addr: SocketAddr,
+}
+
+impl Shards {
+    /// Waits for all shards to end (they run until the process exits).
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts `writers.len()` shards serving `shared`.
+pub fn start(shared: Arc<Shared>, writers: Vec<RingWriter>) -> Result<Shards, ShardError> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pin = writers.len() <= cores;
+    let mut addr = shared.config.listen;
+    let mut handles = Vec::with_capacity(writers.len());
+    for (i, writer) in writers.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
+        let placement = if pin {
+            Placement::Fixed(i % cores)
+        } else {
+            Placement::Unbound
+        };
+        let shared = Arc::clone(&shared);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("toolgate-shard-{i}"))
+            .io_memory(2 << 20)
+            .spawn(move || async move { run(i, shared, writer, addr, tx).await })
+            .map_err(|e| ShardError::Executor(i, e.to_string()))?;
+        // Shard 0 binds first so that port 0 resolves once and every other
+        // shard joins the same port.
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(bound)) => addr = bound,
+            Ok(Err(reason)) => return Err(ShardError::Bind { addr, reason }),
+            Err(_) => return Err(ShardError::Executor(i, "did not start".into())),
+        }
+        handles.push(handle);
+    }
+    Ok(Shards { handles, addr })
+}
+
+async fn run(
+    i: usize,
+    shared: Arc<Shared>,
+    writer: RingWriter,
+    addr: SocketAddr,
+    bound: mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    let _ = bound.send(Ok(local));
+    let shard = u16::try_from(i).unwrap_or(u16::MAX);
+    let gateway = Rc::new(Gateway::new(
+        shard,
+        Arc::clone(&shared),
+        AuditProducer::new(shard, writer),
+    ));
+    if i == 0 {
+        glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
+    }
+    tracing::info!(shard = i, %local, "shard listening");
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    let max = shared.config.config.server.max_connections_per_shard;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = i, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= max {
+            // Over the limit: close at once rather than queue unbounded work.
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (gateway, open, cfg) = (Rc::clone(&gateway), Rc::clone(&open), shared.conn);
+        glommio::spawn_local(async move {
+            serve(stream, cfg, &*gateway).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
