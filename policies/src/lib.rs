@@ -1,1 +1,44 @@
-//! x
+//! toolgate-policies: configuration and policy data that ships with toolgate.
+//!
+//! Today: example configurations under `examples/`, each checked by the same
+//! code `toolgate check` runs. Cedar schemas and policy sets join them here.
+
+/// The example configuration shown in the README.
+pub const EXAMPLE_CONFIG: &str = include_str!("../examples/toolgate.toml");
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn every_example_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let r = toolgate_core::config::load(&path);
+                assert!(
+                    r.is_ok(),
+                    "{}: {}",
+                    path.display(),
+                    r.err().map(|e| e.to_string()).unwrap_or_default()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 1,
+            "no example configs found in {}",
+            dir.display()
+        );
+    }
+
+    #[test]
+    fn example_attaches_tools_to_both_agents() {
+        let cfg = toolgate_core::config::parse(super::EXAMPLE_CONFIG, "example", Path::new("."));
+        let cfg = cfg.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(cfg.config.agents.len(), 2);
+        assert!(cfg.config.agents.iter().all(|a| !a.tools.is_empty()));
+    }
+}
