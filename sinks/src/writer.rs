@@ -13,9 +13,11 @@ use crate::ring::AuditConsumer;
 /// Name of the log file inside the audit directory.
 pub const LOG_FILE: &str = "audit.jsonl";
 
-/// Most records taken from one ring before moving to the next, so one busy
-/// shard cannot starve the others.
-const BATCH_PER_RING: usize = 1024;
+/// Most records taken from one ring per batch. Large on purpose: a write can
+/// block while the log's last page is under writeback after a sync, and
+/// every record that arrived meanwhile must fit in the next batch, or the
+/// thread falls behind a steady load it could otherwise carry.
+const BATCH_PER_RING: usize = 32 * 1024;
 
 /// Settings of the audit thread.
 #[derive(Debug, Clone)]
