@@ -268,7 +268,7 @@ impl std::fmt::Display for ConfigErrors {
                 f.write_str("\n")?;
             }
             match e.line {
-                Some(l) => write!(f, "{}:{l}: {}", self.origin, e.message)?,
+                Some(l) => write!(f, "{}: line {l}: {}", self.origin, e.message)?,
                 None => write!(f, "{}: {}", self.origin, e.message)?,
             }
         }

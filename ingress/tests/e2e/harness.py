@@ -799,6 +799,7 @@ class FlakyUpstream(_TCPServer):
 
     def close(self) -> None:
         super().close()
+        self.client.close()
 
 
 class BlackHoleServer(_TCPServer):

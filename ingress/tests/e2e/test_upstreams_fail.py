@@ -218,7 +218,7 @@ def test_unreachable_upstreams_at_startup_do_not_block_readiness(make_gate, upst
             agents=[ops],
         )
         assert time.monotonic() - started < 15
-        with httpx.Client(timeout=30) as http:
+        with httpx.Client(timeout=FAILURE_DEADLINE_S + 5) as http:
             r = http.post(gate.url, json=modern_request("tools/list"), headers=modern_headers("tools/list",
                                                                                                 key=ops.key))
             assert r.status_code == 200, r.text
