@@ -90,6 +90,19 @@ pub struct AuditRecord {
     pub client: Option<std::net::SocketAddr>,
     /// Agent's MCP protocol version for this request.
     pub protocol_version: Option<&'static str>,
+    /// Policies that determined the decision (`@id` or `file.cedar#n`).
+    pub policies: Option<Arc<[Arc<str>]>>,
+    /// The judge's part, when the call was escalated.
+    pub judge: Option<JudgeRecord>,
+}
+
+/// What the judge said about an escalated call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JudgeRecord {
+    /// `allow`, `deny`, `timeout`, `unavailable` or `invalid`.
+    pub outcome: &'static str,
+    /// Time the judge took, microseconds.
+    pub latency_us: u64,
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -148,6 +161,28 @@ impl AuditRecord {
         let client = self.client.map(|c| c.to_string());
         opt("client", client.as_deref(), out);
         opt("protocol_version", self.protocol_version, out);
+        out.extend_from_slice(b",\"policies\":");
+        match &self.policies {
+            Some(ps) => {
+                out.push(b'[');
+                for (i, p) in ps.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_str(p, out);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        match &self.judge {
+            Some(j) => {
+                out.extend_from_slice(b",\"judge\":{\"outcome\":");
+                write_str(j.outcome, out);
+                let _ = write!(out, ",\"latency_us\":{}}}", j.latency_us);
+            }
+            None => out.extend_from_slice(b",\"judge\":null"),
+        }
         out.extend_from_slice(b"}\n");
     }
 }
@@ -222,6 +257,11 @@ mod tests {
             latency_us: 12,
             client: Some("127.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!())),
             protocol_version: Some("2026-07-28"),
+            policies: Some(Arc::from([Arc::from("p\"1")])),
+            judge: Some(JudgeRecord {
+                outcome: "allow",
+                latency_us: 5,
+            }),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
@@ -235,6 +275,8 @@ mod tests {
         assert_eq!(v["request_id"], "a");
         assert_eq!(v["error_code"], -32602);
         assert_eq!(v["user"], serde_json::Value::Null);
+        assert_eq!(v["policies"][0], "p\"1");
+        assert_eq!(v["judge"]["outcome"], "allow");
     }
 
     #[test]

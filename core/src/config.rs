@@ -27,6 +27,12 @@ pub struct Config {
     /// Agents allowed to call through toolgate, each with its attached tools.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
+    /// End users agents may act for, with their groups (for policies).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Cedar policies deciding calls beyond the permission map.
+    #[serde(default)]
+    pub policies: PoliciesConfig,
     /// Where audit records go.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -120,6 +126,51 @@ pub struct AgentConfig {
     /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
     #[serde(default)]
     pub tools: Vec<Spanned<String>>,
+    /// Groups the agent belongs to (`Toolgate::Group` in policies). Default none.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Whether the agent may name the end user it acts for in the
+    /// `Toolgate-On-Behalf-Of` header. Default false: the header is refused.
+    #[serde(default)]
+    pub act_for_users: bool,
+}
+
+/// `[[users]]`: an end user known to policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User id as agents name it.
+    pub id: Spanned<String>,
+    /// Groups the user belongs to (`Toolgate::Group` in policies).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `[policies]`: Cedar policy files and the judge for escalations.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Cedar files, or directories whose `*.cedar` files are all read, relative
+    /// to the config file. Default none: the permission map alone decides.
+    #[serde(default)]
+    pub files: Vec<Spanned<String>>,
+    /// Reload policies when a file changes (checked every second) and on SIGHUP. Default true.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Endpoint asked to decide calls a `@judge` policy escalates.
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
+}
+
+/// `[policies.judge]`: an approval service or reviewer for escalated calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// `http://host:port/path` receiving a JSON description of the call.
+    pub url: Spanned<String>,
+    /// Time allowed for the answer, ms; no answer in time is a deny. Default 2000.
+    #[serde(default = "default_judge_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// `[audit]`: the append-only audit trail.
@@ -191,6 +242,12 @@ fn default_ring_capacity() -> usize {
 }
 fn default_fsync_interval_ms() -> u64 {
     10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_judge_timeout_ms() -> u64 {
+    2_000
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -289,6 +346,12 @@ pub struct ValidConfig {
     pub audit_dir: PathBuf,
     /// How exposed tool names map to upstreams.
     pub namer: ToolNamer,
+    /// Cedar policy files, resolved and expanded, in order.
+    pub policy_files: Vec<PathBuf>,
+    /// The judge endpoint, parsed.
+    pub judge_url: Option<UpstreamUrl>,
+    /// The file this configuration was read from, when read from a file.
+    pub path: Option<PathBuf>,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -302,7 +365,9 @@ pub fn load(path: &Path) -> Result<ValidConfig, ConfigErrors> {
         }],
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    parse(&text, &origin, &base)
+    let mut v = parse(&text, &origin, &base)?;
+    v.path = Some(path.to_path_buf());
+    Ok(v)
 }
 
 /// Parses and checks configuration text; `base` resolves relative paths.
@@ -477,6 +542,67 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
     }
 
+    let mut policy_files = Vec::new();
+    for f in &config.policies.files {
+        let p = Path::new(f.get_ref());
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        };
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|x| x.extension().is_some_and(|e| e == "cedar"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                err(
+                    at(&f.span()),
+                    format!("policy directory `{}` has no `.cedar` files", f.get_ref()),
+                );
+            }
+            policy_files.extend(found);
+        } else if p.is_file() {
+            policy_files.push(p);
+        } else {
+            err(
+                at(&f.span()),
+                format!("policy file `{}` does not exist", f.get_ref()),
+            );
+        }
+    }
+    let judge_url = match &config.policies.judge {
+        Some(j) => match UpstreamUrl::parse(j.url.get_ref()) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                err(at(&j.url.span()), format!("judge: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    for u in &config.users {
+        if u.id.get_ref().is_empty() {
+            err(at(&u.id.span()), "user id must not be empty".to_owned());
+        }
+        if config
+            .users
+            .iter()
+            .filter(|o| o.id.get_ref() == u.id.get_ref())
+            .count()
+            > 1
+        {
+            err(
+                at(&u.id.span()),
+                format!("user id `{}` is used more than once", u.id.get_ref()),
+            );
+        }
+    }
+
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());
     }
@@ -502,6 +628,9 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 upstream_urls,
                 audit_dir,
                 namer,
+                policy_files,
+                judge_url,
+                path: None,
             })
         }
         _ => Err(errors),

@@ -64,6 +64,8 @@ pub mod codes {
     pub const SERVER_ERROR: i64 = -32000;
     /// Caller not authenticated.
     pub const UNAUTHENTICATED: i64 = -32001;
+    /// Refused by policy, or by the judge of an escalated call.
+    pub const FORBIDDEN: i64 = -32003;
     /// Routing headers disagree with the body (stateless era).
     pub const HEADER_MISMATCH: i64 = -32020;
     /// Requested protocol version not served.

@@ -65,6 +65,14 @@ pub enum RefusalKind {
     UnknownCredential,
     /// The session belongs to another agent.
     SessionIdentityMismatch,
+    /// The agent named an end user but is not allowed to act for users.
+    UserAssertionRefused,
+    /// Cedar policy denied the call.
+    PolicyDenied,
+    /// The judge of an escalated call said no.
+    JudgeDenied,
+    /// The judge of an escalated call did not answer usably in time: deny.
+    JudgeUnavailable,
     /// The audit pipeline cannot take the record: fail closed.
     AuditUnavailable,
     /// Shard at its connection limit.
@@ -124,8 +132,11 @@ impl RefusalKind {
             | SessionNotFound
             | MissingCredential
             | UnknownCredential
-            | SessionIdentityMismatch => Origin::Downstream,
-            AuditUnavailable | Overloaded => Origin::Gateway,
+            | SessionIdentityMismatch
+            | UserAssertionRefused => Origin::Downstream,
+            AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable => {
+                Origin::Gateway
+            }
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -154,6 +165,10 @@ impl RefusalKind {
             MissingCredential => "missing_api_key",
             UnknownCredential => "unknown_api_key",
             SessionIdentityMismatch => "session_identity_mismatch",
+            UserAssertionRefused => "user_assertion_refused",
+            PolicyDenied => "denied_by_policy",
+            JudgeDenied => "denied_by_judge",
+            JudgeUnavailable => "judge_unavailable",
             AuditUnavailable => "audit_unavailable",
             Overloaded => "overloaded",
             UpstreamUnavailable => "upstream_unavailable",
@@ -238,6 +253,14 @@ impl Refusal {
             ),
             UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
             SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
+            UserAssertionRefused => (
+                403,
+                codes::FORBIDDEN,
+                "this agent may not act on behalf of users",
+            ),
+            PolicyDenied => (403, codes::FORBIDDEN, "Denied by policy"),
+            JudgeDenied => (403, codes::FORBIDDEN, "Denied by reviewer"),
+            JudgeUnavailable => (403, codes::FORBIDDEN, "Denied: the reviewer did not answer"),
             AuditUnavailable => (
                 503,
                 codes::SERVER_ERROR,

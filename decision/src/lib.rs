@@ -11,6 +11,7 @@
 //! This crate does no I/O: ingress fetches catalogs and hands them here.
 
 pub mod catalog;
+pub mod policy;
 pub mod published;
 pub mod snapshot;
 

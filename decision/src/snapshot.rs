@@ -9,6 +9,7 @@ use toolgate_core::identity::{parse_key_hash, KeyHash};
 use toolgate_core::upstream_url::UpstreamUrl;
 
 use crate::catalog::{Catalog, ToolDef};
+use crate::policy::{Engine, PairDecision, PolicyBundle, Verdict};
 
 /// An upstream as shards need it.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct Route {
     pub tool: Arc<str>,
     /// The name the agent uses.
     pub exposed: Arc<str>,
+    /// What policy says about this agent calling this tool, as far as known
+    /// before the call.
+    pub decision: PairDecision,
 }
 
 /// An agent and its permission map.
@@ -60,6 +64,17 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamInfo>,
     /// Fetched catalogs, index-aligned with `upstreams`; `None` until fetched.
     pub catalogs: Vec<Option<Arc<Catalog>>>,
+    /// The policy engine, when policy files are configured.
+    pub engine: Option<Arc<Engine>>,
+    /// Agents that may name the user they act for, by agent index.
+    pub act_for_users: Vec<bool>,
+}
+
+/// With no policy files, the permission map alone decides.
+fn allow_all() -> PairDecision {
+    PairDecision::Fixed(Verdict::Allow {
+        policies: Arc::from([]),
+    })
 }
 
 impl Snapshot {
@@ -109,6 +124,7 @@ impl Snapshot {
                         upstream,
                         tool: Arc::from(tool),
                         exposed: Arc::from(exposed),
+                        decision: allow_all(),
                     },
                 );
             }
@@ -122,12 +138,90 @@ impl Snapshot {
                 tools_list: Arc::from(list),
             });
         }
+        let act_for_users = cfg.config.agents.iter().map(|a| a.act_for_users).collect();
         Snapshot {
             agents,
             by_key,
             upstreams,
             catalogs,
+            engine: None,
+            act_for_users,
         }
+    }
+
+    /// Compiles `bundle` into the snapshot: builds the entity store and
+    /// precompiles every (agent, attached tool) pair. An empty bundle leaves
+    /// the permission map as the only decision.
+    pub fn with_policies(mut self, cfg: &ValidConfig, bundle: Arc<PolicyBundle>) -> Self {
+        if bundle.is_empty() {
+            return self;
+        }
+        let agents: Vec<(String, Vec<String>)> = cfg
+            .config
+            .agents
+            .iter()
+            .map(|a| (a.id.get_ref().clone(), a.groups.clone()))
+            .collect();
+        let users: Vec<(String, Vec<String>)> = cfg
+            .config
+            .users
+            .iter()
+            .map(|u| (u.id.get_ref().clone(), u.groups.clone()))
+            .collect();
+        let tools: Vec<(String, String)> = self
+            .tool_names()
+            .into_iter()
+            .map(|(exposed, upstream)| (exposed, self.upstreams[upstream].name.to_string()))
+            .collect();
+        let engine = Arc::new(Engine::new(bundle, &agents, &users, &tools));
+        for agent in &mut self.agents {
+            for route in agent.tools.values_mut() {
+                let upstream = &self.upstreams[route.upstream].name;
+                route.decision = engine.precompile(&agent.id, &route.exposed, upstream);
+            }
+        }
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Every exposed tool name known from attachments or catalogs, with its upstream.
+    pub fn tool_names(&self) -> Vec<(String, usize)> {
+        let mut names: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
+        for a in &self.agents {
+            for r in a.tools.values() {
+                names.insert(r.exposed.to_string(), r.upstream);
+            }
+        }
+        for (i, c) in self.catalogs.iter().enumerate() {
+            for t in c.iter().flat_map(|c| c.tools.iter()) {
+                if let Some(e) = &t.exposed {
+                    names.insert(e.clone(), i);
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// The Cedar schema (JSON) for the known tools, `context.args` typed from
+    /// each tool's `inputSchema` where its catalog is fetched.
+    pub fn cedar_schema(&self) -> serde_json::Value {
+        let tools: Vec<(String, Option<serde_json::Value>)> = self
+            .tool_names()
+            .into_iter()
+            .map(|(exposed, upstream)| {
+                let input = self.catalogs[upstream].as_ref().and_then(|c| {
+                    let def = c
+                        .tools
+                        .iter()
+                        .find(|t| t.exposed.as_deref() == Some(exposed.as_str()))?;
+                    let v: serde_json::Value = serde_json::from_str(&def.json).ok()?;
+                    v.get("inputSchema").cloned()
+                });
+                (exposed, input)
+            })
+            .collect();
+        crate::policy::schema_json(&tools)
     }
 
     /// The agent holding the key with this digest.

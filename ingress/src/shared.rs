@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use toolgate_core::config::ValidConfig;
+use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
 use crate::http::head::Limits;
@@ -21,8 +22,11 @@ pub type Terminated = HashMap<Nonce, u64>;
 
 /// Everything the shards share.
 pub struct Shared {
-    /// The validated configuration.
+    /// The configuration the gateway started with (listener, shards, upstreams).
     pub config: ValidConfig,
+    /// The latest configuration and policies (agents, users, attachments and
+    /// policies reload at run time); written off the request path only.
+    current: Mutex<(ValidConfig, Arc<PolicyBundle>)>,
     /// The decision snapshot.
     pub snapshot: Arc<Published<Snapshot>>,
     /// Fetched catalogs, index-aligned with upstreams (written off the request path).
@@ -41,9 +45,12 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state for `config`, with session ids keyed by `session_key`.
-    pub fn new(config: ValidConfig, session_key: [u8; 32]) -> Arc<Self> {
+    pub fn new(config: ValidConfig, policies: PolicyBundle, session_key: [u8; 32]) -> Arc<Self> {
         let n = config.config.upstreams.len();
-        let snapshot = Published::new(Snapshot::build(&config, &vec![None; n]));
+        let policies = Arc::new(policies);
+        let snapshot = Published::new(
+            Snapshot::build(&config, &vec![None; n]).with_policies(&config, Arc::clone(&policies)),
+        );
         let s = &config.config.server;
         let conn = ConnConfig {
             limits: Limits {
@@ -56,6 +63,7 @@ impl Shared {
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         };
         Arc::new(Self {
+            current: Mutex::new((config.clone(), policies)),
             snapshot,
             catalogs: Mutex::new(vec![None; n]),
             attempted: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -74,14 +82,80 @@ impl Shared {
 
     /// Stores upstream `idx`'s catalog (or its failure) and publishes a new snapshot.
     pub fn set_catalog(&self, idx: usize, catalog: Option<Catalog>) {
-        {
+        let changed = catalog.is_some() || !self.attempted[idx].load(Ordering::Acquire);
+        if changed {
             let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = catalog {
                 cats[idx] = Some(Arc::new(c));
             }
-            self.snapshot.publish(Snapshot::build(&self.config, &cats));
+            self.publish(&cats);
         }
         self.attempted[idx].store(true, Ordering::Release);
+    }
+
+    /// Builds and publishes a snapshot from the current configuration,
+    /// policies and `catalogs`; logs policies that fail schema validation.
+    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) {
+        let (cfg, policies) = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            (cur.0.clone(), Arc::clone(&cur.1))
+        };
+        let snap = Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::clone(&policies));
+        if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
+            for e in policies.validate(snap.cedar_schema()) {
+                tracing::warn!(error = %e, "policy does not validate against the tools' schema");
+            }
+        }
+        let generation = self.snapshot.publish(snap);
+        tracing::debug!(generation, "snapshot published");
+    }
+
+    /// Re-reads the configuration file and policy files and publishes a new
+    /// snapshot. On any error the running snapshot stays and the errors are
+    /// returned. Listener, shard and upstream settings need a restart.
+    pub fn reload(&self) -> Result<u64, String> {
+        let path = self
+            .config
+            .path
+            .clone()
+            .ok_or("no configuration file to reload")?;
+        let cfg = toolgate_core::config::load(&path).map_err(|e| e.to_string())?;
+        let same_upstreams = cfg.upstream_urls == self.config.upstream_urls
+            && cfg
+                .config
+                .upstreams
+                .iter()
+                .map(|u| u.name.get_ref())
+                .eq(self
+                    .config
+                    .config
+                    .upstreams
+                    .iter()
+                    .map(|u| u.name.get_ref()));
+        if !same_upstreams {
+            return Err("upstreams changed: restart toolgate to apply upstream changes".into());
+        }
+        let policies = toolgate_decision::policy::load(&cfg.policy_files).map_err(|errs| {
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(self.snapshot.generation())
+    }
+
+    /// Files whose change triggers a reload: the configuration and its policies.
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.0
+            .path
+            .iter()
+            .cloned()
+            .chain(cur.0.policy_files.iter().cloned())
+            .collect()
     }
 
     /// Ends a session; prunes entries too old to verify anyway.

@@ -9,6 +9,45 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../examples/toolgate.toml");
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
+
+    #[test]
+    fn readme_policy_examples_pass_their_cases() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files)
+            .unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(bundle.names.len(), 7);
+        let snap =
+            toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
+        let text = std::fs::read_to_string(dir.join("policy-tests/readme-examples.toml"))
+            .unwrap_or_default();
+        let cases =
+            toolgate_decision::policy::cases::parse(&text).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(cases.cases.len() >= 10);
+        let results = toolgate_decision::policy::cases::run(&snap, &cases.cases);
+        let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn a_case_expecting_the_wrong_outcome_fails() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files)
+            .unwrap_or_else(|e| unreachable!("{e:?}"));
+        let snap =
+            toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
+        let cases = toolgate_decision::policy::cases::parse(
+            "[[case]]\nname = \"x\"\nagent = \"support-bot\"\ntool = \"ops__send_email\"\nargs = { to = \"eve@evil.test\" }\nexpect = \"allow\"\n",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let r = toolgate_decision::policy::cases::run(&snap, &cases.cases);
+        assert!(!r[0].passed());
+        assert_eq!(r[0].got, "deny");
+    }
 
     #[test]
     fn every_example_config_is_valid() {

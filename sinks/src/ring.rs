@@ -124,6 +124,8 @@ mod tests {
             latency_us: 0,
             client: None,
             protocol_version: None,
+            policies: None,
+            judge: None,
         }
     }
 

@@ -230,6 +230,8 @@ mod tests {
             latency_us: 3,
             client: None,
             protocol_version: None,
+            policies: None,
+            judge: None,
         }
     }
 

@@ -15,6 +15,7 @@
 //! record on every path.
 
 pub mod envelope;
+pub mod judge;
 pub mod params;
 pub mod wire;
 
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use simd_json::prelude::*;
+use toolgate_core::audit::JudgeRecord;
 use toolgate_core::audit::{
     truncate, AuditRecord, Decision, Outcome, MAX_METHOD_LEN, MAX_TOOL_LEN,
 };
@@ -35,7 +37,8 @@ use toolgate_core::jsonrpc::{
 };
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
-use toolgate_decision::{Agent, Reader, Snapshot};
+use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
+use toolgate_decision::{Agent, Reader, Route, Snapshot};
 use toolgate_sinks::{Admission, AuditProducer};
 
 use crate::http::head::Method;
@@ -66,7 +69,19 @@ struct Forward {
     upstream: usize,
     params: Vec<u8>,
     headers: Vec<(String, String)>,
+    /// Set when policy escalated the call: the judge must allow it first.
+    escalation: Option<Escalated>,
 }
+
+/// What the judge is shown.
+struct Escalated {
+    arguments: Vec<u8>,
+    policies: Arc<[Arc<str>]>,
+}
+
+/// Header through which an agent allowed to (`act_for_users`) names the
+/// end user it acts for.
+pub const ON_BEHALF_OF: &str = "toolgate-on-behalf-of";
 
 enum Plan {
     Answer(Answer),
@@ -87,6 +102,9 @@ struct CallCtx {
     requested_version: Option<String>,
     sse: bool,
     reason: &'static str,
+    user: Option<Arc<str>>,
+    policies: Option<Arc<[Arc<str>]>>,
+    judge: Option<JudgeRecord>,
 }
 
 fn now_us() -> u64 {
@@ -106,7 +124,12 @@ pub struct Gateway {
     parser: RefCell<JsonParser>,
     upstreams: Vec<Rc<Upstream>>,
     nonce_counter: Cell<u64>,
+    judge: Option<judge::Judge>,
+    decisions: RefCell<DecisionCache>,
 }
+
+/// Per-shard decision cache size.
+const DECISION_CACHE_ENTRIES: usize = 16 * 1024;
 
 impl Gateway {
     /// The handler of shard `shard`.
@@ -120,7 +143,20 @@ impl Gateway {
             .map(|u| Rc::new(Upstream::new(u.clone())))
             .collect();
         let terminated = shared.terminated.reader();
+        let judge = shared.config.judge_url.clone().map(|url| {
+            let ms = shared
+                .config
+                .config
+                .policies
+                .judge
+                .as_ref()
+                .map(|j| j.timeout_ms)
+                .unwrap_or(2000);
+            judge::Judge::new(url, std::time::Duration::from_millis(ms))
+        });
         Self {
+            judge,
+            decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
             shard,
             snapshot: RefCell::new(snapshot),
             terminated: RefCell::new(terminated),
@@ -151,7 +187,7 @@ impl Gateway {
             seq: 0,
             request_id: ctx.request_id,
             agent: ctx.agent,
-            user: None,
+            user: ctx.user,
             method: ctx.method,
             tool: ctx.tool,
             upstream: ctx.upstream,
@@ -163,6 +199,8 @@ impl Gateway {
             latency_us: ctx.started.elapsed().as_micros() as u64,
             client: ctx.peer,
             protocol_version: ctx.version,
+            policies: ctx.policies,
+            judge: ctx.judge,
         }
     }
 
@@ -205,6 +243,9 @@ impl Gateway {
             requested_version: None,
             sse: accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json"),
             reason: "answered",
+            user: None,
+            policies: None,
+            judge: None,
         };
         let snapshot = self.snapshot.borrow_mut().current();
         let result = self.drive(&snapshot, req, &mut ctx).await;
@@ -258,7 +299,10 @@ impl Gateway {
                     Body::Json(&body)
                 };
                 response::write(out, w.status, extra, body, true);
-                ctx.reason = r.kind.reason();
+                // A policy deny keeps the finer reason the engine gave.
+                if r.kind != RefusalKind::PolicyDenied {
+                    ctx.reason = r.kind.reason();
+                }
                 (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
             }
         };
@@ -300,6 +344,30 @@ impl Gateway {
             .upstreams
             .get(fwd.upstream)
             .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
+        if let Some(esc) = &fwd.escalation {
+            let Some(judge) = &self.judge else {
+                return Err(Refusal::new(RefusalKind::JudgeUnavailable));
+            };
+            let asked = judge::Escalation {
+                request_id: ctx.request_id.as_deref(),
+                agent: ctx.agent.as_deref().unwrap_or(""),
+                user: ctx.user.as_deref(),
+                tool: ctx.tool.as_deref().unwrap_or(""),
+                upstream: upstream.name(),
+                arguments: &esc.arguments,
+                policies: &esc.policies,
+            };
+            let (allowed, record) = judge.ask(&asked).await;
+            ctx.judge = Some(record);
+            if !allowed {
+                return Err(Refusal::new(if record.outcome == "deny" {
+                    RefusalKind::JudgeDenied
+                } else {
+                    RefusalKind::JudgeUnavailable
+                }));
+            }
+            ctx.reason = "allowed_by_judge";
+        }
         let reply = upstream.call("tools/call", &fwd.params, &fwd.headers).await;
         let reply = reply.map_err(|e| {
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
@@ -425,6 +493,31 @@ impl Gateway {
                     return Err(Refusal::with(RefusalKind::UnknownTool, shown));
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+                ctx.user = self.user_of(snap, agent, req)?;
+                let verdict = self.decide(snap, agent, route, ctx.user.as_deref(), call.arguments);
+                let escalation = match verdict {
+                    Verdict::Allow { policies } => {
+                        ctx.policies = (!policies.is_empty()).then_some(policies);
+                        None
+                    }
+                    Verdict::Deny { policies, reason } => {
+                        ctx.policies = (!policies.is_empty()).then_some(policies);
+                        ctx.reason = reason;
+                        return Err(Refusal::new(RefusalKind::PolicyDenied));
+                    }
+                    Verdict::Judge { policies } => {
+                        ctx.policies = Some(Arc::clone(&policies));
+                        let mut arguments = Vec::new();
+                        match call.arguments {
+                            Some(a) => write_value(a, &mut arguments),
+                            None => arguments.extend_from_slice(b"{}"),
+                        }
+                        Some(Escalated {
+                            arguments,
+                            policies,
+                        })
+                    }
+                };
                 let def = snap.tool_def(route);
                 let mut headers = Vec::new();
                 if let Some(def) = def {
@@ -445,11 +538,16 @@ impl Gateway {
                     Some(a) => write_value(a, &mut body),
                     None => body.extend_from_slice(b"{}"),
                 }
-                ctx.reason = "attached";
+                ctx.reason = if ctx.policies.is_some() {
+                    "allowed_by_policy"
+                } else {
+                    "attached"
+                };
                 Ok(Plan::Forward(Forward {
                     upstream: route.upstream,
                     params: body,
                     headers,
+                    escalation,
                 }))
             }
             other => Err(Refusal::with(
@@ -502,6 +600,79 @@ impl Gateway {
             });
         }
         Err(bad())
+    }
+
+    /// The end user the agent acts for, from `Toolgate-On-Behalf-Of`: only
+    /// agents configured with `act_for_users` may name one.
+    fn user_of(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        req: &Request<'_>,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let Some(raw) = req.head.header(req.buf, ON_BEHALF_OF) else {
+            return Ok(None);
+        };
+        let allowed = snap
+            .agents
+            .iter()
+            .position(|a| Arc::ptr_eq(&a.id, &agent.id))
+            .and_then(|i| snap.act_for_users.get(i));
+        if allowed != Some(&true) {
+            return Err(Refusal::new(RefusalKind::UserAssertionRefused));
+        }
+        let user = raw.trim_ascii();
+        if user.is_empty() || user.len() > 256 || !user.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(Refusal::with(
+                RefusalKind::InvalidRequest,
+                "`Toolgate-On-Behalf-Of` must be a user id",
+            ));
+        }
+        Ok(std::str::from_utf8(user).ok().map(Arc::from))
+    }
+
+    /// The policy verdict for a routed call: precompiled, cached, or evaluated.
+    fn decide(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        route: &Route,
+        user: Option<&str>,
+        args: Option<simd_json::tape::Value<'_, '_>>,
+    ) -> Verdict {
+        let slice = match &route.decision {
+            PairDecision::Fixed(v) => return v.clone(),
+            PairDecision::Evaluate(slice) => slice,
+        };
+        let Some(engine) = &snap.engine else {
+            return Verdict::Deny {
+                policies: Arc::from([]),
+                reason: "policy_error",
+            };
+        };
+        let facts = CallFacts {
+            agent: &agent.id,
+            user,
+            tool: &route.exposed,
+            upstream: &snap.upstreams[route.upstream].name,
+            args,
+        };
+        let mut args_bytes = Vec::new();
+        if let Some(a) = args {
+            write_value(a, &mut args_bytes);
+        }
+        let generation = self.snapshot.borrow().generation().to_le_bytes();
+        self.decisions.borrow_mut().get_or_insert(
+            &[
+                &generation,
+                agent.id.as_bytes(),
+                route.exposed.as_bytes(),
+                user.unwrap_or("").as_bytes(),
+                &[u8::from(user.is_some())],
+                &args_bytes,
+            ],
+            || engine.evaluate(slice, &facts),
+        )
     }
 
     fn new_session(&self, agent: &Agent) -> String {
@@ -705,6 +876,9 @@ impl Handler for Gateway {
                 requested_version: None,
                 sse: false,
                 reason: refusal.kind.reason(),
+                user: None,
+                policies: None,
+                judge: None,
             };
             let record = self.record(
                 ctx,

@@ -4,6 +4,7 @@ Usage: python upstream_server.py NAME PORT json|sse
 
 * ``crm``      -- customer records (lookup_customer, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
+* ``ops``      -- operations (send_email, refund), for the policy tests
 
 ``json`` makes the server answer POSTs with ``application/json`` bodies,
 ``sse`` with ``text/event-stream`` bodies, so toolgate's upstream client is
@@ -66,7 +67,23 @@ def build_tickets() -> MCPServer:
     return server
 
 
-BUILDERS = {"crm": build_crm, "tickets": build_tickets}
+def build_ops() -> MCPServer:
+    server = MCPServer("ops")
+
+    @server.tool()
+    def send_email(to: str, subject: str) -> str:
+        """Send an email."""
+        return f"sent {subject!r} to {to}"
+
+    @server.tool()
+    def refund(order_id: str, amount: int) -> dict:
+        """Refund an order."""
+        return {"order_id": order_id, "refunded": amount}
+
+    return server
+
+
+BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops}
 
 
 def main() -> None:

@@ -1,0 +1,68 @@
+//! A shard's cache of per-call decisions.
+//!
+//! Owned by one shard, never shared: no lock, no cross-core traffic. Keyed
+//! by the exact bytes the outcome depends on (snapshot generation, agent,
+//! tool, user, arguments), compared in full on a hit, so two calls can only
+//! share an entry if they are the same call. Bounded: when full it is
+//! cleared, which keeps the worst case simple and memory fixed.
+
+use std::collections::HashMap;
+
+use super::Verdict;
+
+/// Per-shard decision cache.
+pub struct DecisionCache {
+    map: HashMap<Vec<u8>, Verdict>,
+    capacity: usize,
+    key: Vec<u8>,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that evaluated.
+    pub misses: u64,
+}
+
+impl DecisionCache {
+    /// A cache of at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: HashMap::with_capacity(capacity.min(1024)),
+            capacity,
+            key: Vec::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Looks up the call described by `parts`, or computes and stores it.
+    /// Judge verdicts are never cached: each escalation asks the judge.
+    pub fn get_or_insert(&mut self, parts: &[&[u8]], compute: impl FnOnce() -> Verdict) -> Verdict {
+        self.key.clear();
+        for p in parts {
+            self.key.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            self.key.extend_from_slice(p);
+        }
+        if let Some(v) = self.map.get(self.key.as_slice()) {
+            self.hits += 1;
+            return v.clone();
+        }
+        self.misses += 1;
+        let v = compute();
+        if !matches!(v, Verdict::Judge { .. }) {
+            if self.map.len() >= self.capacity {
+                self.map.clear();
+            }
+            self.map.insert(self.key.clone(), v.clone());
+        }
+        v
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

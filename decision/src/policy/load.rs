@@ -1,0 +1,208 @@
+//! Reading Cedar policy files into one policy set, and validating it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+
+/// A problem in a policy file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}: line {l}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every policy of the configured files, with the names audit records use.
+#[derive(Debug)]
+pub struct PolicyBundle {
+    /// The policies, ids unique across files.
+    pub set: PolicySet,
+    /// Reported name per policy: its `@id` annotation, else `file.cedar#n`.
+    pub names: HashMap<PolicyId, Arc<str>>,
+    origin: HashMap<PolicyId, usize>,
+    files: Vec<(PathBuf, String)>,
+}
+
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut l| l.next()).map(|l| l.offset())
+}
+
+/// Reads and parses `files`; every problem of every file is reported.
+pub fn load(files: &[PathBuf]) -> Result<PolicyBundle, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut bundle = PolicyBundle {
+        set: PolicySet::new(),
+        names: HashMap::new(),
+        origin: HashMap::new(),
+        files: Vec::new(),
+    };
+    let mut seen_names: HashMap<Arc<str>, PathBuf> = HashMap::new();
+    for path in files {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(PolicyError {
+                    file: path.clone(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let stem = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parsed = match PolicySet::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                for d in e.iter() {
+                    let line = first_offset(d).map(|o| line_of(&text, o));
+                    errors.push(PolicyError {
+                        file: path.clone(),
+                        line,
+                        message: d.to_string(),
+                    });
+                }
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            errors.push(PolicyError {
+                file: path.clone(),
+                line: None,
+                message: "policy templates are not supported".into(),
+            });
+            continue;
+        }
+        let file_idx = bundle.files.len();
+        let mut policies: Vec<_> = parsed.policies().collect();
+        // The parser numbers policies `policy0`, `policy1`, … in source order.
+        policies.sort_by_key(|p| {
+            p.id()
+                .to_string()
+                .trim_start_matches("policy")
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        for (n, p) in policies.into_iter().enumerate() {
+            let id = PolicyId::new(format!("{stem}#{n}"));
+            let name: Arc<str> = Arc::from(
+                p.annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| id.to_string()),
+            );
+            let line = None;
+            if let Some(other) = seen_names.get(&name) {
+                errors.push(PolicyError {
+                    file: path.clone(),
+                    line,
+                    message: format!("policy id `{name}` is also used in {}", other.display()),
+                });
+                continue;
+            }
+            seen_names.insert(Arc::clone(&name), path.clone());
+            if let Err(e) = bundle.set.add(p.new_id(id.clone())) {
+                errors.push(PolicyError {
+                    file: path.clone(),
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            bundle.names.insert(id.clone(), name);
+            bundle.origin.insert(id, file_idx);
+        }
+        bundle.files.push((path.clone(), text));
+    }
+    if errors.is_empty() {
+        Ok(bundle)
+    } else {
+        Err(errors)
+    }
+}
+
+impl PolicyBundle {
+    /// An empty bundle (no policy files configured).
+    pub fn empty() -> Self {
+        Self {
+            set: PolicySet::new(),
+            names: HashMap::new(),
+            origin: HashMap::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether any policy is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Validates the policies against a Cedar schema (JSON form).
+    pub fn validate(&self, schema: serde_json::Value) -> Vec<PolicyError> {
+        let no_file = Path::new("<schema>").to_path_buf();
+        let schema = match Schema::from_json_value(schema) {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![PolicyError {
+                    file: no_file,
+                    line: None,
+                    message: format!("generated schema: {e}"),
+                }]
+            }
+        };
+        let result = Validator::new(schema).validate(&self.set, ValidationMode::Strict);
+        result
+            .validation_errors()
+            .map(|e| {
+                let id = e.policy_id();
+                let (file, text) = self
+                    .origin
+                    .get(id)
+                    .and_then(|&i| self.files.get(i))
+                    .map(|(f, t)| (f.clone(), t.as_str()))
+                    .unwrap_or((no_file.clone(), ""));
+                let line = first_offset(e).map(|o| line_of(text, o));
+                let name = self
+                    .names
+                    .get(id)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| id.to_string());
+                PolicyError {
+                    file,
+                    line,
+                    message: format!("policy `{name}`: {e}"),
+                }
+            })
+            .collect()
+    }
+
+    /// The files read, in order.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+}

@@ -1,0 +1,383 @@
+//! Cedar policies over the full call: agent, end user, tool and arguments.
+//!
+//! Model (namespace `Toolgate`): the principal is the `Agent`, the action is
+//! the tool's exposed name (`Action::"crm__lookup_customer"`), the resource
+//! the `Tool` (a member of its `Upstream`); `context.args` holds the call's
+//! arguments, `context.user` the end user (a `User` in its `Group`s) when
+//! known, `context.tool` and `context.upstream` the names.
+//!
+//! Outcomes: allow, deny, or judge — a call allowed by a permit carrying the
+//! `@judge` annotation is escalated to the configured judge, which has the
+//! final word. Any evaluation error is a deny: a forbid that failed to
+//! evaluate must never let a call through.
+//!
+//! Precompilation: for every (agent, attached tool) pair the policies whose
+//! scope can match are found once, at snapshot build. A pair whose outcome
+//! cannot depend on the call (no matching permit, an unconditional forbid,
+//! or an unconditional permit with no forbid or judge in sight) is decided
+//! there and then; only the rest evaluate Cedar per call, over just their
+//! slice of the policy set.
+
+mod args;
+mod cache;
+pub mod cases;
+mod load;
+mod schema;
+
+pub use cache::DecisionCache;
+pub use load::{load, PolicyBundle, PolicyError};
+pub use schema::schema_json;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityUid, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression,
+};
+use simd_json::tape::Value;
+
+/// Cedar namespace of toolgate's entity types and actions.
+pub const NAMESPACE: &str = "Toolgate";
+
+/// The outcome for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let through.
+    Allow {
+        /// Policies that determined it (empty when no policy set is loaded).
+        policies: Arc<[Arc<str>]>,
+    },
+    /// Refused.
+    Deny {
+        /// Policies that determined it (forbids), if any.
+        policies: Arc<[Arc<str>]>,
+        /// Why, snake_case.
+        reason: &'static str,
+    },
+    /// Allowed by a `@judge` permit: the judge decides.
+    Judge {
+        /// Policies that determined it.
+        policies: Arc<[Arc<str>]>,
+    },
+}
+
+/// What is known about a (agent, tool) pair before any call.
+#[derive(Debug, Clone)]
+pub enum PairDecision {
+    /// Decided at snapshot build.
+    Fixed(Verdict),
+    /// Depends on the user or the arguments: evaluate this slice per call.
+    Evaluate(Arc<Slice>),
+}
+
+/// The policies that can apply to one or more pairs.
+#[derive(Debug)]
+pub struct Slice {
+    set: PolicySet,
+    names: HashMap<PolicyId, Arc<str>>,
+    judged: Vec<PolicyId>,
+}
+
+/// The compiled policy engine of a snapshot.
+pub struct Engine {
+    bundle: Arc<PolicyBundle>,
+    entities: Entities,
+    agent_groups: HashMap<String, Vec<String>>,
+    slices: std::sync::Mutex<HashMap<Vec<PolicyId>, Arc<Slice>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policies", &self.bundle.names.len())
+            .finish()
+    }
+}
+
+fn uid(kind: &str, id: &str) -> Option<EntityUid> {
+    let ty = format!("{NAMESPACE}::{kind}").parse().ok()?;
+    let eid = id.parse().ok()?;
+    Some(EntityUid::from_type_name_and_id(ty, eid))
+}
+
+/// The facts about one call a policy may look at.
+pub struct CallFacts<'a, 't> {
+    /// Agent id.
+    pub agent: &'a str,
+    /// End user, when known.
+    pub user: Option<&'a str>,
+    /// Exposed tool name.
+    pub tool: &'a str,
+    /// Upstream name.
+    pub upstream: &'a str,
+    /// `params.arguments`.
+    pub args: Option<Value<'t, 't>>,
+}
+
+impl Engine {
+    /// Builds the engine: entity store from agents, users, groups, tools and upstreams.
+    pub fn new(
+        bundle: Arc<PolicyBundle>,
+        agents: &[(String, Vec<String>)],
+        users: &[(String, Vec<String>)],
+        tools: &[(String, String)],
+    ) -> Self {
+        let mut list = Vec::new();
+        let mut groups = std::collections::BTreeSet::new();
+        let mut member =
+            |kind: &str,
+             id: &str,
+             parents: &[String],
+             groups: &mut std::collections::BTreeSet<String>| {
+                let parents: std::collections::HashSet<EntityUid> = parents
+                    .iter()
+                    .filter_map(|g| {
+                        groups.insert(g.clone());
+                        uid("Group", g)
+                    })
+                    .collect();
+                if let Some(u) = uid(kind, id) {
+                    list.push(Entity::new_no_attrs(u, parents));
+                }
+            };
+        for (id, g) in agents {
+            member("Agent", id, g, &mut groups);
+        }
+        for (id, g) in users {
+            member("User", id, g, &mut groups);
+        }
+        let mut upstreams = std::collections::BTreeSet::new();
+        for (tool, upstream) in tools {
+            upstreams.insert(upstream.clone());
+            if let (Some(t), Some(u)) = (uid("Tool", tool), uid("Upstream", upstream)) {
+                list.push(Entity::new_no_attrs(t, [u].into_iter().collect()));
+            }
+        }
+        for g in &groups {
+            if let Some(u) = uid("Group", g) {
+                list.push(Entity::new_no_attrs(u, Default::default()));
+            }
+        }
+        for u in &upstreams {
+            if let Some(u) = uid("Upstream", u) {
+                list.push(Entity::new_no_attrs(u, Default::default()));
+            }
+        }
+        let entities = Entities::from_entities(list, None).unwrap_or_else(|_| Entities::empty());
+        let agent_groups = agents.iter().cloned().collect();
+        Self {
+            bundle,
+            entities,
+            agent_groups,
+            slices: Default::default(),
+        }
+    }
+
+    fn scope_matches(
+        &self,
+        policy: &cedar_policy::Policy,
+        agent: &str,
+        tool: &str,
+        upstream: &str,
+    ) -> bool {
+        let agent_uid = uid("Agent", agent);
+        let groups = self
+            .agent_groups
+            .get(agent)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let agent_in = |target: &EntityUid| {
+            Some(target) == agent_uid.as_ref()
+                || groups
+                    .iter()
+                    .any(|g| uid("Group", g).as_ref() == Some(target))
+        };
+        let agent_type =
+            |t: &cedar_policy::EntityTypeName| t.to_string() == format!("{NAMESPACE}::Agent");
+        let principal = match policy.principal_constraint() {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(u) => Some(&u) == agent_uid.as_ref(),
+            PrincipalConstraint::In(u) => agent_in(&u),
+            PrincipalConstraint::Is(t) => agent_type(&t),
+            PrincipalConstraint::IsIn(t, u) => agent_type(&t) && agent_in(&u),
+        };
+        let action_uid = uid("Action", tool);
+        let action = match policy.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(u) => Some(&u) == action_uid.as_ref(),
+            ActionConstraint::In(list) => list.iter().any(|u| Some(u) == action_uid.as_ref()),
+        };
+        let tool_uid = uid("Tool", tool);
+        let up_uid = uid("Upstream", upstream);
+        let tool_in = |u: &EntityUid| Some(u) == tool_uid.as_ref() || Some(u) == up_uid.as_ref();
+        let tool_type =
+            |t: &cedar_policy::EntityTypeName| t.to_string() == format!("{NAMESPACE}::Tool");
+        let resource = match policy.resource_constraint() {
+            ResourceConstraint::Any => true,
+            ResourceConstraint::Eq(u) => Some(&u) == tool_uid.as_ref(),
+            ResourceConstraint::In(u) => tool_in(&u),
+            ResourceConstraint::Is(t) => tool_type(&t),
+            ResourceConstraint::IsIn(t, u) => tool_type(&t) && tool_in(&u),
+        };
+        principal && action && resource
+    }
+
+    /// What can be known about `agent` calling `tool` (of `upstream`) before any call.
+    pub fn precompile(&self, agent: &str, tool: &str, upstream: &str) -> PairDecision {
+        let mut ids = Vec::new();
+        let (mut permits, mut forbids) = (Vec::new(), Vec::new());
+        for p in self.bundle.set.policies() {
+            if !self.scope_matches(p, agent, tool, upstream) {
+                continue;
+            }
+            ids.push(p.id().clone());
+            let conditional = p.has_non_scope_constraint();
+            let judged = p.annotation("judge").is_some();
+            match p.effect() {
+                Effect::Permit => permits.push((p.id().clone(), conditional, judged)),
+                Effect::Forbid => forbids.push((p.id().clone(), conditional)),
+            }
+        }
+        let name = |id: &PolicyId| {
+            self.bundle
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(id.to_string()))
+        };
+        if let Some((id, _)) = forbids.iter().find(|(_, c)| !c) {
+            return PairDecision::Fixed(Verdict::Deny {
+                policies: Arc::from([name(id)]),
+                reason: "forbidden_by_policy",
+            });
+        }
+        if permits.is_empty() {
+            return PairDecision::Fixed(Verdict::Deny {
+                policies: Arc::from([]),
+                reason: "no_permit",
+            });
+        }
+        if forbids.is_empty() && permits.iter().all(|(_, _, j)| !j) {
+            if let Some((id, _, _)) = permits.iter().find(|(_, c, _)| !c) {
+                return PairDecision::Fixed(Verdict::Allow {
+                    policies: Arc::from([name(id)]),
+                });
+            }
+        }
+        ids.sort_by_key(|i| i.to_string());
+        let mut slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
+        let slice = slices
+            .entry(ids.clone())
+            .or_insert_with(|| {
+                let mut set = PolicySet::new();
+                let mut names = HashMap::new();
+                let mut judged = Vec::new();
+                for id in &ids {
+                    if let Some(p) = self.bundle.set.policy(id) {
+                        let _ = set.add(p.clone());
+                        names.insert(id.clone(), name(id));
+                        if p.annotation("judge").is_some() {
+                            judged.push(id.clone());
+                        }
+                    }
+                }
+                Arc::new(Slice { set, names, judged })
+            })
+            .clone();
+        PairDecision::Evaluate(slice)
+    }
+
+    /// Evaluates one call against its pair's slice.
+    pub fn evaluate(&self, slice: &Slice, facts: &CallFacts<'_, '_>) -> Verdict {
+        let deny = |reason| Verdict::Deny {
+            policies: Arc::from([]),
+            reason,
+        };
+        let (Some(principal), Some(action), Some(resource)) = (
+            uid("Agent", facts.agent),
+            uid("Action", facts.tool),
+            uid("Tool", facts.tool),
+        ) else {
+            return deny("policy_error");
+        };
+        let args = match facts.args {
+            Some(a) => match args::to_cedar(a, 0) {
+                Ok(Some(r)) => r,
+                Ok(None) => RestrictedExpression::new_record(std::iter::empty())
+                    .unwrap_or_else(|_| RestrictedExpression::new_bool(false)),
+                Err(reason) => return deny(reason),
+            },
+            None => match RestrictedExpression::new_record(std::iter::empty()) {
+                Ok(r) => r,
+                Err(_) => return deny("policy_error"),
+            },
+        };
+        let mut pairs = vec![
+            ("args".to_owned(), args),
+            (
+                "tool".to_owned(),
+                RestrictedExpression::new_string(facts.tool.to_owned()),
+            ),
+            (
+                "upstream".to_owned(),
+                RestrictedExpression::new_string(facts.upstream.to_owned()),
+            ),
+        ];
+        if let Some(u) = facts.user.and_then(|u| uid("User", u)) {
+            pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
+        }
+        let Ok(context) = Context::from_pairs(pairs) else {
+            return deny("policy_error");
+        };
+        let Ok(request) = Request::new(principal, action, resource, context, None) else {
+            return deny("policy_error");
+        };
+        // The user entity must be in the store for `in Group` checks; known
+        // users are, unknown ones belong to no group.
+        let response = Authorizer::new().is_authorized(&request, &slice.set, &self.entities);
+        let named = |ids: &mut dyn Iterator<Item = &PolicyId>| -> Arc<[Arc<str>]> {
+            ids.map(|id| {
+                slice
+                    .names
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(id.to_string()))
+            })
+            .collect()
+        };
+        if response.diagnostics().errors().next().is_some() {
+            // A policy that could not be evaluated may have been a forbid.
+            return Verdict::Deny {
+                policies: named(&mut response.diagnostics().reason()),
+                reason: "policy_error",
+            };
+        }
+        let policies = named(&mut response.diagnostics().reason());
+        match response.decision() {
+            CedarDecision::Allow => {
+                if response
+                    .diagnostics()
+                    .reason()
+                    .any(|id| slice.judged.contains(id))
+                {
+                    Verdict::Judge { policies }
+                } else {
+                    Verdict::Allow { policies }
+                }
+            }
+            CedarDecision::Deny => {
+                let reason = if policies.is_empty() {
+                    "no_permit"
+                } else {
+                    "forbidden_by_policy"
+                };
+                Verdict::Deny { policies, reason }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

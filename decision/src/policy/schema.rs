@@ -1,0 +1,91 @@
+//! The Cedar schema toolgate validates policies against, generated from the
+//! configuration and the upstreams' tool catalogs.
+//!
+//! One action per exposed tool. Its `context.args` record is derived from
+//! the tool's MCP `inputSchema`: `string` → `String`, `integer` → `Long`,
+//! `boolean` → `Bool`, `array` → `Set`, `object` with `properties` →
+//! `Record` (required as the schema says). Arguments with no Cedar type
+//! (`number`, untyped, unions) are left out of the record, so a policy that
+//! reads them fails validation instead of failing at run time. A tool whose
+//! catalog is not known gets an empty `args` record.
+
+use serde_json::{json, Map, Value as Json};
+
+use super::NAMESPACE;
+
+fn cedar_type(schema: &Json, depth: usize) -> Option<Json> {
+    if depth > 16 {
+        return None;
+    }
+    match schema.get("type")?.as_str()? {
+        "string" => Some(json!({"type": "String"})),
+        "integer" => Some(json!({"type": "Long"})),
+        "boolean" => Some(json!({"type": "Boolean"})),
+        "array" => {
+            let element = cedar_type(schema.get("items")?, depth + 1)?;
+            Some(json!({"type": "Set", "element": element}))
+        }
+        "object" => Some(record(schema, depth + 1)),
+        _ => None,
+    }
+}
+
+fn record(schema: &Json, depth: usize) -> Json {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Json::as_array)
+        .map(|r| r.iter().filter_map(Json::as_str).collect())
+        .unwrap_or_default();
+    let mut attrs = Map::new();
+    if let Some(props) = schema.get("properties").and_then(Json::as_object) {
+        for (name, sub) in props {
+            if let Some(mut t) = cedar_type(sub, depth) {
+                if let Some(o) = t.as_object_mut() {
+                    o.insert(
+                        "required".into(),
+                        Json::Bool(required.contains(&name.as_str())),
+                    );
+                }
+                attrs.insert(name.clone(), t);
+            }
+        }
+    }
+    json!({"type": "Record", "attributes": attrs})
+}
+
+/// The schema, in Cedar's JSON schema format, for `tools`: (exposed name,
+/// the tool's MCP `inputSchema` when known).
+pub fn schema_json(tools: &[(String, Option<Json>)]) -> Json {
+    let mut actions = Map::new();
+    for (name, input) in tools {
+        let args = match input {
+            Some(s) => record(s, 0),
+            None => json!({"type": "Record", "attributes": {}}),
+        };
+        actions.insert(
+            name.clone(),
+            json!({
+                "appliesTo": {
+                    "principalTypes": ["Agent"],
+                    "resourceTypes": ["Tool"],
+                    "context": {"type": "Record", "attributes": {
+                        "args": args,
+                        "tool": {"type": "String"},
+                        "upstream": {"type": "String"},
+                        "user": {"type": "Entity", "name": "User", "required": false}
+                    }}
+                }
+            }),
+        );
+    }
+    json!({ NAMESPACE: {
+        "entityTypes": {
+            "Group": {},
+            "User": {"memberOfTypes": ["Group"]},
+            "Agent": {"memberOfTypes": ["Group"]},
+            "Upstream": {},
+            "Tool": {"memberOfTypes": ["Upstream"]}
+        },
+        "actions": actions
+    }})
+}
