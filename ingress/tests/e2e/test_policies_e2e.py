@@ -268,3 +268,35 @@ def test_reload_under_traffic_changes_decisions_without_failed_calls(gate):
     time.sleep(2.5)
     assert send_evil() == 200
     assert "reload refused" in gate.stderr_text()
+
+
+def test_policy_cli_validates_against_live_catalogs_and_runs_cases(gate):
+    from harness import TOOLGATE_BIN
+    import subprocess
+
+    def tg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(TOOLGATE_BIN), *args], capture_output=True, text=True, timeout=60)
+
+    ok = tg("policy", "validate", "-c", str(gate.config_path))
+    assert ok.returncode == 0, ok.stderr
+    assert "policies ok: 7 policies" in ok.stdout
+
+    # An argument the tool does not have fails validation, with file and line.
+    (gate.policy_dir / "mail.cedar").write_text(
+        '@id("mail-send")\npermit(principal, action == Toolgate::Action::"ops__send_email", resource)\n'
+        'when { context.args.cc == "x" };\n'
+    )
+    bad = tg("policy", "validate", "-c", str(gate.config_path))
+    assert bad.returncode != 0
+    assert "mail.cedar: line 3:" in bad.stderr and "args.cc" in bad.stderr, bad.stderr
+
+    # A syntax error is caught by `check`, with its line.
+    (gate.policy_dir / "mail.cedar").write_text("permit(principal, action, resource);\n\nforbid(principal action, resource);\n")
+    broken = tg("check", "-c", str(gate.config_path))
+    assert broken.returncode != 0
+    assert "mail.cedar: line 3:" in broken.stderr, broken.stderr
+
+    examples = REPO / "policies" / "examples"
+    cases = tg("policy", "test", "-c", str(examples / "policy-demo.toml"), str(examples / "policy-tests" / "readme-examples.toml"))
+    assert cases.returncode == 0, cases.stdout + cases.stderr
+    assert "10 passed, 0 failed" in cases.stdout
