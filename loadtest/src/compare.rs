@@ -1,0 +1,412 @@
+//! `compare`: the same workload side by side, in one run, against
+//! (a) the upstream directly, (b) toolgate with a typical configuration
+//! (permission map, a Cedar policy evaluated per call, audit log), and
+//! (d) nginx as a plain reverse proxy; plus toolgate with a reload under
+//! load, large results, and memory per idle connection.
+//!
+//! CPU layout (2+ cores): the proxy under test (one toolgate shard, or one
+//! nginx worker) gets CPU 1; the generator and the upstream share CPU 0, the
+//! same for every scenario, so the proxies are compared on equal footing.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::generate::{run, Era, Kind, Report, Workload};
+
+/// Options of a comparison.
+pub struct Options {
+    /// toolgate binary.
+    pub toolgate: PathBuf,
+    /// Seconds per scenario.
+    pub seconds: u64,
+    /// Connections per scenario.
+    pub connections: usize,
+    /// Argument size of calls.
+    pub arg_bytes: usize,
+    /// Idle connections for the memory scenario (0 skips it).
+    pub idle: usize,
+    /// Where to write the JSON results.
+    pub json: Option<PathBuf>,
+}
+
+struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn pinned(cpu: usize, program: &Path) -> Command {
+    if Path::new("/usr/bin/taskset").exists() {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let child = cmd
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { child, name })
+}
+
+fn wait_port(port: u16, proc: &mut Proc) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited with {status}", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not listen on {port}", proc.name)
+}
+
+fn wait_ready(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut resp = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("toolgate not ready on {port}")
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+const KEY: &str = "tg_loadtest_key";
+
+fn sha256_hex(s: &str) -> anyhow::Result<String> {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(s.as_bytes())?;
+            }
+            c.wait_with_output()
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
+fn workload(
+    label: &str,
+    port: u16,
+    key: Option<&str>,
+    tool: &str,
+    o: &Options,
+    seconds: u64,
+) -> Workload {
+    Workload {
+        label: label.to_owned(),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path: "/mcp".to_owned(),
+        key: key.map(str::to_owned),
+        era: Era::Stateless,
+        mix: vec![(tool.to_owned(), 100, Kind::Allowed)],
+        arg_bytes: o.arg_bytes,
+        connections: o.connections,
+        duration: Duration::from_secs(seconds),
+        rate: None,
+        cpu: Some(0),
+    }
+}
+
+/// Runs every scenario and prints the table.
+pub fn compare(o: Options) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if cores < 2 {
+        bail!("compare needs at least 2 CPUs (the proxy gets its own)");
+    }
+    let dir = std::env::temp_dir().join(format!("toolgate-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let me = std::env::current_exe()?;
+    let (up_port, big_port, tg_port, ngx_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
+
+    let mut up = spawn(
+        "upstream",
+        {
+            let mut c = pinned(0, &me);
+            c.args(["upstream", "--listen", &format!("127.0.0.1:{up_port}")]);
+            c
+        },
+        &dir.join("upstream.log"),
+    )?;
+    wait_port(up_port, &mut up)?;
+    let mut big = spawn(
+        "upstream-1MiB",
+        {
+            let mut c = pinned(0, &me);
+            c.args([
+                "upstream",
+                "--listen",
+                &format!("127.0.0.1:{big_port}"),
+                "--result-bytes",
+                "1048576",
+            ]);
+            c
+        },
+        &dir.join("upstream-big.log"),
+    )?;
+    wait_port(big_port, &mut big)?;
+
+    let policy = dir.join("policy.cedar");
+    let policy_text = "@id(\"echo-if-text\")\npermit(principal, action, resource) when { context.args has text };\n";
+    std::fs::write(&policy, policy_text)?;
+    let cfg = dir.join("toolgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{tg_port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
+             [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
+             [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
+             [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\"]\n\n\
+             [policies]\nfiles = [\"policy.cedar\"]\nwatch = false\n\n[audit]\ndir = \"audit\"\n\n[log]\nlevel = \"warn\"\n",
+            sha256_hex(KEY)?
+        ),
+    )?;
+    let mut tg = spawn(
+        "toolgate",
+        {
+            let mut c = pinned(1, &o.toolgate);
+            c.args(["run", "-c"]).arg(&cfg);
+            c
+        },
+        &dir.join("toolgate.log"),
+    )?;
+    wait_port(tg_port, &mut tg)?;
+    wait_ready(tg_port)?;
+
+    let nginx = which("nginx");
+    let mut ngx = None;
+    if let Some(bin) = &nginx {
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\nworker_cpu_affinity 10;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                 events {{ worker_connections 16384; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
+                 \n  upstream fast {{ server 127.0.0.1:{up_port}; keepalive 256; }}\n\
+                 \n  server {{\n    listen 127.0.0.1:{ngx_port} reuseport;\n    location / {{\n      proxy_pass http://fast;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+                d = dir.display()
+            ),
+        )?;
+        let mut p = spawn(
+            "nginx",
+            {
+                let mut c = pinned(1, bin);
+                c.arg("-c").arg(&conf).arg("-p").arg(&dir);
+                c
+            },
+            &dir.join("nginx.log"),
+        )?;
+        wait_port(ngx_port, &mut p)?;
+        ngx = Some(p);
+    }
+
+    let mut reports: Vec<Report> = Vec::new();
+    let secs = o.seconds;
+    println!("warming up…");
+    let _ = run(workload("warmup", tg_port, Some(KEY), "fast__echo", &o, 1))?;
+    reports.push(run(workload(
+        "(a) direct",
+        up_port,
+        None,
+        "echo",
+        &o,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate",
+        tg_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        secs,
+    ))?);
+    if ngx.is_some() {
+        reports.push(run(workload(
+            "(d) nginx",
+            ngx_port,
+            None,
+            "echo",
+            &o,
+            secs,
+        ))?);
+    }
+    // Reload under load: the policy file is rewritten and SIGHUP sent mid-run.
+    let tg_pid = tg.child.id();
+    let reloader = {
+        let policy = policy.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs / 2));
+            let _ = std::fs::write(
+                &policy,
+                policy_text.replace("echo-if-text", "echo-if-text-v2"),
+            );
+            let _ = Command::new("kill")
+                .args(["-HUP", &tg_pid.to_string()])
+                .status();
+        })
+    };
+    reports.push(run(workload(
+        "toolgate + reload",
+        tg_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        secs,
+    ))?);
+    let _ = reloader.join();
+    let large = Options {
+        arg_bytes: 64,
+        connections: 4,
+        ..o_clone(&o)
+    };
+    reports.push(run(workload(
+        "(a) direct 1MiB",
+        big_port,
+        None,
+        "echo",
+        &large,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate 1MiB",
+        tg_port,
+        Some(KEY),
+        "big__echo",
+        &large,
+        secs,
+    ))?);
+
+    println!("\n{}", Report::header());
+    for r in &reports {
+        println!("{}", r.row());
+    }
+    let rps = |label: &str| reports.iter().find(|r| r.label == label).map(Report::rps);
+    let p50 = |label: &str| {
+        reports
+            .iter()
+            .find(|r| r.label == label)
+            .map(|r| r.hist.value_at_quantile(0.5))
+    };
+    println!();
+    if let (Some(t), Some(d)) = (rps("(b) toolgate"), rps("(a) direct")) {
+        println!("toolgate / direct req/s: {:.2}", t / d);
+    }
+    if let (Some(t), Some(n)) = (rps("(b) toolgate"), rps("(d) nginx")) {
+        println!("toolgate / nginx req/s:  {:.2}", t / n);
+    }
+    if let (Some(t), Some(d)) = (p50("(b) toolgate"), p50("(a) direct")) {
+        println!(
+            "toolgate p50 added over direct: {} µs (closed loop, {} connections)",
+            t.saturating_sub(d),
+            o.connections
+        );
+    }
+    if nginx.is_none() {
+        println!("(nginx not installed: scenario (d) skipped; `apt-get install nginx`)");
+    }
+    let mut json = serde_json::json!({"connections": o.connections, "seconds": secs, "arg_bytes": o.arg_bytes,
+        "scenarios": reports.iter().map(Report::json).collect::<Vec<_>>()});
+
+    if o.idle > 0 {
+        let before = rss_kib(tg_pid).unwrap_or(0);
+        let mut idle = Vec::with_capacity(o.idle);
+        for _ in 0..o.idle {
+            match TcpStream::connect(("127.0.0.1", tg_port)) {
+                Ok(s) => idle.push(s),
+                Err(e) => {
+                    println!("idle connections: stopped at {} ({e})", idle.len());
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let after = rss_kib(tg_pid).unwrap_or(0);
+        let per = (after.saturating_sub(before) * 1024) / (idle.len().max(1) as u64);
+        println!(
+            "idle connections: {} held, toolgate RSS {} KiB -> {} KiB, {} bytes per connection",
+            idle.len(),
+            before,
+            after,
+            per
+        );
+        json["idle"] = serde_json::json!({"connections": idle.len(), "rss_before_kib": before, "rss_after_kib": after, "bytes_per_connection": per});
+    }
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&json)?)?;
+        println!("results written to {}", path.display());
+    }
+    drop(ngx);
+    drop(tg);
+    drop(big);
+    drop(up);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn o_clone(o: &Options) -> Options {
+    Options {
+        toolgate: o.toolgate.clone(),
+        seconds: o.seconds,
+        connections: o.connections,
+        arg_bytes: o.arg_bytes,
+        idle: o.idle,
+        json: None,
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}

@@ -1,0 +1,91 @@
+//! A fast MCP upstream (stateless era, also answering the handshake): one
+//! tool, `echo`, returning a fixed-size text, as JSON or as one SSE event.
+//! Built so the upstream is never what a load test measures.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::net::TcpListener;
+
+use crate::http::{read_message, write_all};
+
+fn json_id(body: &[u8]) -> &[u8] {
+    let key = b"\"id\":";
+    let Some(i) = body.windows(key.len()).position(|w| w == key) else {
+        return b"null";
+    };
+    let rest = &body[i + key.len()..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b',' || b == b'}')
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+fn has(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Serves until the process ends.
+pub async fn serve(listen: SocketAddr, result_bytes: usize, sse: bool) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| anyhow::anyhow!("binding {listen}: {e}"))?;
+    let text = "x".repeat(result_bytes);
+    let call = Rc::new(format!(
+        r#"{{"content":[{{"type":"text","text":"{text}"}}],"isError":false,"resultType":"complete"}}"#
+    ));
+    loop {
+        let Ok(mut conn) = listener.accept().await else {
+            continue;
+        };
+        let _ = conn.set_nodelay(true);
+        let call = Rc::clone(&call);
+        glommio::spawn_local(async move {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut out = Vec::with_capacity(call.len() + 512);
+            while let Ok(m) = read_message(&mut conn, &mut buf, true).await {
+                let body = &buf[m.head..m.end];
+                let id = String::from_utf8_lossy(json_id(body)).into_owned();
+                let json = if has(body, br#""method":"tools/call""#) {
+                    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{call}}}"#)
+                } else if has(body, br#""method":"tools/list""#) {
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"echo","description":"load test","inputSchema":{{"type":"object","properties":{{"text":{{"type":"string"}}}}}}}}],"resultType":"complete","ttlMs":0,"cacheScope":"private"}}}}"#
+                    )
+                } else if has(body, br#""method":"server/discover""#) {
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"supportedVersions":["2026-07-28"],"capabilities":{{"tools":{{}}}},"resultType":"complete","ttlMs":0,"cacheScope":"private"}}}}"#
+                    )
+                } else if has(body, br#""method":"initialize""#) {
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"fast","version":"1"}}}}}}"#
+                    )
+                } else if !has(body, br#""id":"#) {
+                    String::new()
+                } else {
+                    format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32601,"message":"Method not found"}}}}"#)
+                };
+                buf.drain(..m.end);
+                out.clear();
+                if json.is_empty() {
+                    out.extend_from_slice(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+                } else if sse {
+                    let ev = format!("event: message\ndata: {json}\n\n");
+                    out.extend_from_slice(
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n", ev.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(ev.as_bytes());
+                } else {
+                    out.extend_from_slice(
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", json.len()).as_bytes(),
+                    );
+                    out.extend_from_slice(json.as_bytes());
+                }
+                if write_all(&mut conn, &out).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+}
