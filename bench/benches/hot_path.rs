@@ -177,7 +177,10 @@ fn decision(c: &mut Criterion) {
     use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
     let mut text = String::new();
     for u in 0..10 {
-        text.push_str(&format!("[[upstreams]]\nname = \"u{u}\"\nurl = \"http://127.0.0.1:{}/mcp\"\n", 9000 + u));
+        text.push_str(&format!(
+            "[[upstreams]]\nname = \"u{u}\"\nurl = \"http://127.0.0.1:{}/mcp\"\n",
+            9000 + u
+        ));
     }
     let dir = std::env::temp_dir().join(format!("toolgate-bench-policies-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -195,29 +198,46 @@ fn decision(c: &mut Criterion) {
         }
     }
     let _ = std::fs::write(dir.join("bench.cedar"), policies);
-    text.push_str(&format!("[policies]\nfiles = [\"{}\"]\nwatch = false\n", dir.join("bench.cedar").display()));
+    text.push_str(&format!(
+        "[policies]\nfiles = [\"{}\"]\nwatch = false\n",
+        dir.join("bench.cedar").display()
+    ));
     for a in 0..1000u32 {
         let mut seed = [0u8; 32];
         seed[..4].copy_from_slice(&a.to_be_bytes());
         let (_, hash) = format_key(&seed);
-        let tools: Vec<String> = (0..100).map(|t| format!("\"u{}__tool{}\"", t % 10, t)).collect();
+        let tools: Vec<String> = (0..100)
+            .map(|t| format!("\"u{}__tool{}\"", t % 10, t))
+            .collect();
         text.push_str(&format!(
             "[[agents]]\nid = \"agent{a}\"\napi_key_sha256 = \"{hash}\"\ngroups = [\"g{}\"]\ntools = [{}]\n",
             a % 20,
             tools.join(",")
         ));
     }
-    let cfg = toolgate_core::config::parse(&text, "bench", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap_or_else(|e| panic!("{e:?}"));
+    let cfg = toolgate_core::config::parse(&text, "bench", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bundle =
+        toolgate_decision::policy::load(&cfg.policy_files).unwrap_or_else(|e| panic!("{e:?}"));
     let snap = Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
     let engine = snap.engine.clone().unwrap_or_else(|| panic!("engine"));
-    // agent0 is in g0; tool0 of u0 has an unconditional permit for g0 (policy 0),
-    // tool1 of u1 only conditional ones (policies 1, 21, …).
-    let agent = &snap.agents[0];
-    let fixed = agent.tools.get("u0__tool0").unwrap_or_else(|| panic!("route"));
-    assert!(matches!(fixed.decision, PairDecision::Fixed(Verdict::Allow { .. })));
-    let dynamic = agent.tools.get("u1__tool1").unwrap_or_else(|| panic!("route"));
-    let PairDecision::Evaluate(slice) = &dynamic.decision else { panic!("expected a pair needing evaluation") };
+    // agent0 is in g0, and u0__tool0 has an unconditional permit for g0
+    // (policy 0); agent1 is in g1, and u1__tool1 has a conditional one (policy 1).
+    let fixed = snap.agents[0]
+        .tools
+        .get("u0__tool0")
+        .unwrap_or_else(|| panic!("route"));
+    assert!(matches!(
+        fixed.decision,
+        PairDecision::Fixed(Verdict::Allow { .. })
+    ));
+    let dynamic = snap.agents[1]
+        .tools
+        .get("u1__tool1")
+        .unwrap_or_else(|| panic!("route"));
+    let PairDecision::Evaluate(slice) = &dynamic.decision else {
+        panic!("expected a pair needing evaluation")
+    };
     let args = br#"{"n":0,"to":"ada@example.com"}"#.to_vec();
     let mut parser = JsonParser::new();
     let mut g = c.benchmark_group("decision");
@@ -228,15 +248,32 @@ fn decision(c: &mut Criterion) {
         })
     });
     let mut cache = DecisionCache::new(16 * 1024);
-    let allow = Verdict::Allow { policies: Arc::from([]) };
-    let _ = cache.get_or_insert(&[b"1", b"agent0", b"u1__tool1", b"", &args], || allow.clone());
+    let allow = Verdict::Allow {
+        policies: Arc::from([]),
+    };
+    let _ = cache.get_or_insert(&[b"1", b"agent0", b"u1__tool1", b"", &args], || {
+        allow.clone()
+    });
     g.bench_function("decide_cache_hit_64b_args", |b| {
-        b.iter(|| cache.get_or_insert(&[b"1", b"agent0", b"u1__tool1", b"", black_box(&args)], || allow.clone()))
+        b.iter(|| {
+            cache.get_or_insert(
+                &[b"1", b"agent0", b"u1__tool1", b"", black_box(&args)],
+                || allow.clone(),
+            )
+        })
     });
     g.bench_function("decide_full_cedar_eval_arg_conditions", |b| {
         b.iter(|| {
-            let tape = parser.parse(black_box(&args)).unwrap_or_else(|_| panic!("json"));
-            let facts = CallFacts { agent: "agent0", user: None, tool: "u1__tool1", upstream: "u1", args: Some(tape.as_value()) };
+            let tape = parser
+                .parse(black_box(&args))
+                .unwrap_or_else(|_| panic!("json"));
+            let facts = CallFacts {
+                agent: "agent1",
+                user: None,
+                tool: "u1__tool1",
+                upstream: "u1",
+                args: Some(tape.as_value()),
+            };
             matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
         })
     });
@@ -244,5 +281,12 @@ fn decision(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, http_head, jsonrpc_view, permission_lookup, audit, decision);
+criterion_group!(
+    benches,
+    http_head,
+    jsonrpc_view,
+    permission_lookup,
+    audit,
+    decision
+);
 criterion_main!(benches);
