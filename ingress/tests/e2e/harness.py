@@ -199,8 +199,12 @@ class Gate:
         upstreams: Iterable[UpstreamCfg],
         agents: Iterable[Agent],
         server: dict[str, Any] | None = None,
+        audit: dict[str, Any] | None = None,
+        sinks: Iterable[dict[str, Any]] = (),
     ) -> None:
         self.workdir = workdir
+        self.audit_opts = dict(audit or {})
+        self.sinks = list(sinks)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.upstreams = list(upstreams)
@@ -232,7 +236,12 @@ class Gate:
                 f"api_key_sha256 = {toml_value(a.key_sha256)}",
                 f"tools = {toml_value(a.tools)}",
             ]
-        lines += ["", "[audit]", 'dir = "audit"', ""]
+        lines += ["", "[audit]", 'dir = "audit"']
+        for k, v in self.audit_opts.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        for sink in self.sinks:
+            lines += ["", "[[audit.sinks]]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()]
+        lines.append("")
         return "\n".join(lines)
 
     # ---- lifecycle --------------------------------------------------------
