@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_core::config::Durability;
 use toolgate_core::identity::{format_key, key_hash};
 use toolgate_core::jsonrpc::{JsonParser, RpcRequest, ToolCall};
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::http::head::{parse_head, Limits};
-use toolgate_sinks::{audit_ring, AuditProducer};
+use toolgate_sinks::{audit_ring, AuditHealth, AuditProducer};
 
 fn call_body(arg_bytes: usize) -> Vec<u8> {
     format!(
@@ -159,7 +160,8 @@ fn audit(c: &mut Criterion) {
         })
     });
     let (w, mut consumer) = audit_ring(1024);
-    let mut producer = AuditProducer::new(0, w);
+    let health = AuditHealth::new(1, Durability::Batch);
+    let mut producer = AuditProducer::new(0, w, health);
     g.bench_function("ring_admit_commit_pop", |b| {
         b.iter(|| {
             if let Ok(a) = producer.admit() {

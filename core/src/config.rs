@@ -187,6 +187,107 @@ pub struct AuditConfig {
     /// Longest time a written record waits for fsync, ms. Default 10.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
+    /// A log segment is sealed and the next one started once it holds this
+    /// many bytes. Default 67108864 (64 MiB); at least 1024.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// When a call's answer may leave: `batch` (default) once its record is
+    /// written to the log file (it then survives a toolgate crash, and is
+    /// fsynced within `fsync_interval_ms`), or `record` once its record is
+    /// fsynced (it then survives a power loss).
+    #[serde(default)]
+    pub durability: Durability,
+    /// Longest an answer waits for its record to reach the log, ms. Default
+    /// 5000. Past it the answer leaves anyway (the record stays queued) and a
+    /// warning is logged: a stuck disk must not hang agents forever, and new
+    /// calls are refused meanwhile.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// Environment variable holding the segment checkpoint key. At most one
+    /// of this and `checkpoint_key_file`; with neither, a random key is
+    /// generated at first start into `<dir>/checkpoint.key` (mode 0600).
+    #[serde(default)]
+    pub checkpoint_key_env: Option<Spanned<String>>,
+    /// File holding the segment checkpoint key, relative to the config file.
+    #[serde(default)]
+    pub checkpoint_key_file: Option<Spanned<PathBuf>>,
+    /// `[[audit.sinks]]`: where records are delivered from the log, each with
+    /// its own cursor. Default: none.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// How durable a record is before its call is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Written to the log file; fsynced in batches.
+    #[default]
+    Batch,
+    /// Fsynced.
+    Record,
+}
+
+/// `[[audit.sinks]]`: one delivery of the audit log to a remote collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique name; the sink's cursor is `<audit dir>/cursors/<name>`.
+    pub name: Spanned<String>,
+    /// What the sink speaks: `syslog` (RFC 5424).
+    pub kind: SinkKind,
+    /// `udp` (RFC 5426, one message per datagram) or `tcp` (RFC 6587
+    /// octet-counting framing).
+    pub transport: SinkTransport,
+    /// Collector address, e.g. `127.0.0.1:5514`.
+    pub address: Spanned<String>,
+    /// Syslog facility, 0–23. Default 13 (log audit).
+    #[serde(default = "default_facility")]
+    pub facility: u8,
+    /// APP-NAME of each message. Default `toolgate`.
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// HOSTNAME of each message. Default: this host's name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Most records read from the log and sent per batch. Default 256.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// How often the sink looks for new records when it has caught up, ms. Default 200.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// First wait before retrying after a failed delivery, ms; doubles per
+    /// failure up to `retry_max_ms`. Default 200.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest wait between retries, ms. Default 30000.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Longest a TCP connect or send may take, ms. Default 5000.
+    #[serde(default = "default_io_timeout_ms")]
+    pub io_timeout_ms: u64,
+    /// Largest message sent, bytes; longer messages have their free-form MSG
+    /// part cut (the structured data is kept whole). Default 8192.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+/// The format a sink delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// RFC 5424 syslog.
+    Syslog,
+}
+
+/// The transport a syslog sink uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkTransport {
+    /// One message per datagram (RFC 5426): loses messages the network drops.
+    Udp,
+    /// A stream with octet-counting framing (RFC 6587 §3.4.1).
+    Tcp,
 }
 
 /// `[log]`: the gateway's own diagnostic log (never carries secrets).
@@ -249,6 +350,36 @@ fn default_true() -> bool {
 fn default_judge_timeout_ms() -> u64 {
     2_000
 }
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_ack_timeout_ms() -> u64 {
+    5_000
+}
+fn default_facility() -> u8 {
+    13
+}
+fn default_app_name() -> String {
+    "toolgate".to_owned()
+}
+fn default_batch_records() -> usize {
+    256
+}
+fn default_poll_interval_ms() -> u64 {
+    200
+}
+fn default_retry_initial_ms() -> u64 {
+    200
+}
+fn default_retry_max_ms() -> u64 {
+    30_000
+}
+fn default_io_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_message_bytes() -> usize {
+    8192
+}
 fn default_log_level() -> String {
     "info".to_owned()
 }
@@ -278,6 +409,12 @@ impl Default for AuditConfig {
             dir: default_audit_dir(),
             ring_capacity: default_ring_capacity(),
             fsync_interval_ms: default_fsync_interval_ms(),
+            segment_bytes: default_segment_bytes(),
+            durability: Durability::default(),
+            ack_timeout_ms: default_ack_timeout_ms(),
+            checkpoint_key_env: None,
+            checkpoint_key_file: None,
+            sinks: Vec::new(),
         }
     }
 }
@@ -344,6 +481,10 @@ pub struct ValidConfig {
     pub upstream_urls: Vec<UpstreamUrl>,
     /// `audit.dir` resolved against the config file's directory.
     pub audit_dir: PathBuf,
+    /// `audit.checkpoint_key_file` resolved against the config file's directory.
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// `[[audit.sinks]]` addresses, parsed, index-aligned with `config.audit.sinks`.
+    pub sink_addrs: Vec<SocketAddr>,
     /// How exposed tool names map to upstreams.
     pub namer: ToolNamer,
     /// Cedar policy files, resolved and expanded, in order.
@@ -606,6 +747,67 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());
     }
+    if config.audit.segment_bytes < 1024 {
+        err(
+            None,
+            "`audit.segment_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    if let (Some(e), Some(_)) = (
+        &config.audit.checkpoint_key_env,
+        &config.audit.checkpoint_key_file,
+    ) {
+        err(
+            at(&e.span()),
+            "set at most one of `checkpoint_key_env` and `checkpoint_key_file`".to_owned(),
+        );
+    }
+    let mut sink_addrs = Vec::new();
+    for (i, s) in config.audit.sinks.iter().enumerate() {
+        let name = s.name.get_ref();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            || name.starts_with('.')
+        {
+            err(
+                at(&s.name.span()),
+                format!("sink name `{name}` must be letters, digits, `_`, `-` or `.`, not starting with `.`"),
+            );
+        }
+        if config.audit.sinks[..i]
+            .iter()
+            .any(|o| o.name.get_ref() == name)
+        {
+            err(
+                at(&s.name.span()),
+                format!("sink name `{name}` is used more than once"),
+            );
+        }
+        match s.address.get_ref().parse::<SocketAddr>() {
+            Ok(a) => sink_addrs.push(a),
+            Err(_) => err(
+                at(&s.address.span()),
+                format!(
+                    "sink `{name}`: `{}` is not an address and port such as `127.0.0.1:5514`",
+                    s.address.get_ref()
+                ),
+            ),
+        }
+        if s.facility > 23 {
+            err(
+                at(&s.name.span()),
+                format!("sink `{name}`: `facility = {}` must be 0 to 23", s.facility),
+            );
+        }
+        if s.batch_records == 0 || s.max_message_bytes < 480 {
+            err(
+                at(&s.name.span()),
+                format!("sink `{name}`: `batch_records` must be at least 1 and `max_message_bytes` at least 480"),
+            );
+        }
+    }
     match config.log.format.as_str() {
         "pretty" | "json" => {}
         other => err(
@@ -622,11 +824,21 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             } else {
                 base.join(&config.audit.dir)
             };
+            let checkpoint_key_file = config.audit.checkpoint_key_file.as_ref().map(|f| {
+                let f = f.get_ref();
+                if f.is_absolute() {
+                    f.clone()
+                } else {
+                    base.join(f)
+                }
+            });
             Ok(ValidConfig {
                 config,
                 listen,
                 upstream_urls,
                 audit_dir,
+                checkpoint_key_file,
+                sink_addrs,
                 namer,
                 policy_files,
                 judge_url,
@@ -714,6 +926,41 @@ dir = "audit"
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].line, Some(8));
         assert_eq!(e[1].line, Some(12));
+    }
+
+    #[test]
+    fn audit_sinks_parse_with_defaults() {
+        let text = format!(
+            "{GOOD}segment_bytes = 4096\ndurability = \"record\"\n\n[[audit.sinks]]\nname = \"siem\"\nkind = \"syslog\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:5514\"\n"
+        );
+        let v = parse(&text, "t.toml", Path::new(".")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(v.config.audit.durability, Durability::Record);
+        assert_eq!(v.config.audit.segment_bytes, 4096);
+        let s = &v.config.audit.sinks[0];
+        assert_eq!((s.facility, s.batch_records), (13, 256));
+        assert_eq!(s.transport, SinkTransport::Tcp);
+        assert_eq!(v.sink_addrs[0].port(), 5514);
+    }
+
+    #[test]
+    fn bad_sink_address_and_duplicate_name_are_reported_with_lines() {
+        let sink = "\n[[audit.sinks]]\nname = \"s\"\nkind = \"syslog\"\ntransport = \"udp\"\naddress = \"nowhere\"\n";
+        let text = format!("{GOOD}{sink}{}", sink.replace("nowhere", "127.0.0.1:1"));
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].line, Some(22));
+        assert!(e[0].message.contains("`nowhere`"));
+        assert!(e[1].message.contains("more than once"));
+    }
+
+    #[test]
+    fn unknown_sink_transport_is_an_error() {
+        let text = format!("{GOOD}\n[[audit.sinks]]\nname = \"s\"\nkind = \"syslog\"\ntransport = \"carrier-pigeon\"\naddress = \"127.0.0.1:1\"\n");
+        assert!(parse(&text, "t.toml", Path::new(".")).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Every other crate speaks these types: the operator's configuration as
 //! written ([`config`]), the zero-copy view of one MCP JSON-RPC request
 //! ([`jsonrpc`]), the MCP protocol constants ([`protocol`]), API-key identity
-//! ([`identity`]), the single refusal type and its mapping to the wire
+//! ([`identity`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
 //! ([`refusal`]) and the audit record ([`audit`]).
 //!
 //! This crate does no I/O: no sockets, no files, no clocks beyond what a
@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod identity;
 pub mod jsonrpc;
+pub mod mac;
 pub mod protocol;
 pub mod refusal;
 pub mod toolname;

@@ -175,7 +175,7 @@ fn serve(mut conn: TcpStream) {
 }
 
 /// The commands printed when the demo starts.
-pub fn instructions(gateway: SocketAddr, audit_file: &std::path::Path) -> String {
+pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String {
     let url = format!("http://{gateway}/mcp");
     let mut s = format!("\ntoolgate demo is running at {url}\n\n");
     for (id, key, tools) in AGENTS {
@@ -201,8 +201,8 @@ pub fn instructions(gateway: SocketAddr, audit_file: &std::path::Path) -> String
         "\nWith the official Python SDK (pip install mcp):\n  python3 -c \"import asyncio, httpx2; from mcp import Client; from mcp.client.streamable_http import streamable_http_client as h\nasync def main():\n    async with Client(h('{url}', http_client=httpx2.AsyncClient(headers={{'Authorization': 'Bearer {support}'}}))) as c:\n        print([t.name for t in (await c.list_tools()).tools])\n        print((await c.call_tool('crm__lookup_customer', {{'customer_id': 'c-42'}})).content[0].text)\nasyncio.run(main())\"\n"
     ));
     s.push_str(&format!(
-        "\nEvery call is recorded in {}\nPress Ctrl-C to stop.\n",
-        audit_file.display()
+        "\nEvery call is recorded in the audit log in {dir}:\n  toolgate audit tail -f {dir}\n  toolgate audit verify {dir}\nPress Ctrl-C to stop.\n",
+        dir = audit_dir.display()
     ));
     s
 }

@@ -7,11 +7,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use toolgate_core::config::{self, ValidConfig};
+use toolgate_core::config::{self, SinkKind, SinkTransport, ValidConfig};
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::{demo, shard, shared::Shared};
-use toolgate_sinks::{audit_ring, AuditWriter, WriterConfig};
+use toolgate_sinks::key::{load_key, KeySource, GENERATED_KEY_FILE};
+use toolgate_sinks::sink::{RunnerOptions, SinkRunner};
+use toolgate_sinks::syslog::{local_hostname, SyslogFormat};
+use toolgate_sinks::transport::{SyslogSink, Transport};
+use toolgate_sinks::{audit_ring, AuditHealth, AuditWriter, WriterConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -54,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The audit log: verify its chain, query it, follow it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +90,59 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Prove the log's hash chain and segment seals intact; report the first
+    /// broken or missing record. Exit status 1 if broken.
+    Verify {
+        /// The audit directory (`[audit] dir`).
+        dir: PathBuf,
+        /// File holding the checkpoint key. Default: `DIR/checkpoint.key` if present.
+        #[arg(long, value_name = "FILE", conflicts_with = "key_env")]
+        key_file: Option<PathBuf>,
+        /// Environment variable holding the checkpoint key.
+        #[arg(long, value_name = "VAR")]
+        key_env: Option<String>,
+    },
+    /// Print the records that match every given filter, oldest first.
+    Query {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this end user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this tool (as the agent named it).
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only `allow` or `deny`.
+        #[arg(long)]
+        decision: Option<String>,
+        /// Only records since a duration ago (`90s`, `30m`, `1h`, `2d`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print the records' JSON lines instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the last records; with -f, keep printing new ones.
+    Tail {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Keep following the log.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Print JSON lines instead of summaries.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Print a fresh API key and the SHA-256 to put in `api_key_sha256`.
     New,
@@ -101,6 +163,7 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { config, cases },
         } => policy_test(&config, &cases),
+        Command::Audit { command } => audit_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -290,20 +353,36 @@ fn run(
         writers.push(w);
         consumers.push(c);
     }
+    let a = &cfg.config.audit;
+    let key_source = match (&a.checkpoint_key_env, &cfg.checkpoint_key_file) {
+        (Some(var), _) => KeySource::Env(var.get_ref().clone()),
+        (None, Some(file)) => KeySource::File(file.clone()),
+        (None, None) => KeySource::Generated(cfg.audit_dir.clone()),
+    };
+    let key = load_key(&key_source).context("loading the audit checkpoint key")?;
+    if let Some(path) = &key.generated {
+        tracing::warn!(key = %path.display(), "generated a checkpoint key for audit segment seals; keep a copy apart from the log, or set `checkpoint_key_file`/`checkpoint_key_env`");
+    }
+    let health = AuditHealth::new(shards, a.durability);
     let audit = AuditWriter::spawn(
         WriterConfig {
             dir: cfg.audit_dir.clone(),
-            fsync_interval: Duration::from_millis(cfg.config.audit.fsync_interval_ms),
+            fsync_interval: Duration::from_millis(a.fsync_interval_ms),
+            segment_bytes: a.segment_bytes,
+            durability: a.durability,
+            key: key.bytes,
         },
         consumers,
+        Arc::clone(&health),
     )
     .context("starting the audit log")?;
-    let audit_path = audit.path().to_path_buf();
+    let audit_dir = audit.dir().to_path_buf();
+    let sinks = start_sinks(&cfg)?;
     let policies = load_policies(&cfg)?;
     let watch = cfg.config.policies.watch;
     let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?);
-    let running = shard::start(Arc::clone(&shared), writers).context("starting shards")?;
-    tracing::info!(addr = %running.addr, shards, audit = %audit_path.display(), "toolgate listening");
+    let running = shard::start(Arc::clone(&shared), writers, health).context("starting shards")?;
+    tracing::info!(addr = %running.addr, shards, audit = %audit_dir.display(), sinks = sinks.len(), "toolgate listening");
     if let Some(b) = banner {
         b(running.addr);
     }
@@ -327,6 +406,9 @@ fn run(
     // Let responses in flight finish, then drain every ring into the log.
     std::thread::sleep(Duration::from_millis(100));
     audit.shutdown();
+    for s in sinks {
+        s.shutdown();
+    }
     std::process::exit(0);
 }
 
@@ -373,6 +455,226 @@ fn watch_files(shared: Arc<Shared>) {
     }
 }
 
+/// Starts one delivery thread per `[[audit.sinks]]` entry.
+fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
+    let mut out = Vec::new();
+    for (s, addr) in cfg.config.audit.sinks.iter().zip(&cfg.sink_addrs) {
+        let name = s.name.get_ref();
+        let sink = match s.kind {
+            SinkKind::Syslog => {
+                let transport = match s.transport {
+                    SinkTransport::Udp => Transport::Udp,
+                    SinkTransport::Tcp => Transport::Tcp,
+                };
+                let format = SyslogFormat {
+                    facility: s.facility,
+                    app_name: s.app_name.clone(),
+                    hostname: s.hostname.clone().unwrap_or_else(local_hostname),
+                    max_message_bytes: s.max_message_bytes,
+                };
+                SyslogSink::new(
+                    format,
+                    transport,
+                    *addr,
+                    Duration::from_millis(s.io_timeout_ms),
+                )
+            }
+        };
+        let opts = RunnerOptions {
+            batch_records: s.batch_records,
+            poll_interval: Duration::from_millis(s.poll_interval_ms),
+            retry_initial: Duration::from_millis(s.retry_initial_ms),
+            retry_max: Duration::from_millis(s.retry_max_ms.max(s.retry_initial_ms)),
+        };
+        let runner = SinkRunner::spawn(name, &cfg.audit_dir, Box::new(sink), opts)
+            .with_context(|| format!("starting audit sink `{name}`"))?;
+        tracing::info!(sink = %name, address = %addr, "audit sink started");
+        out.push(runner);
+    }
+    Ok(out)
+}
+
+/// `toolgate audit …`.
+mod audit_cmd {
+    use std::io::Write;
+    use std::path::Path;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use anyhow::{bail, Context};
+    use toolgate_sinks::key::{load_key, KeySource};
+    use toolgate_sinks::query::{human_line, parse_since, Filter};
+    use toolgate_sinks::reader::{Entry, LogReader, Position};
+    use toolgate_sinks::verify::{verify, VerifyError};
+
+    use super::{AuditCommand, GENERATED_KEY_FILE};
+
+    pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+        match cmd {
+            AuditCommand::Verify {
+                dir,
+                key_file,
+                key_env,
+            } => verify_cmd(&dir, key_file, key_env),
+            AuditCommand::Query {
+                dir,
+                agent,
+                user,
+                tool,
+                decision,
+                since,
+                json,
+            } => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                let since_us = since.map(|s| parse_since(&s, now)).transpose()?;
+                let filter = Filter {
+                    agent,
+                    user,
+                    tool,
+                    since_us,
+                    ..Filter::default()
+                }
+                .with_decision(decision)?;
+                query_cmd(&dir, &filter, json)
+            }
+            AuditCommand::Tail {
+                dir,
+                follow,
+                lines,
+                json,
+            } => tail_cmd(&dir, follow, lines, json),
+        }
+    }
+
+    fn verify_cmd(
+        dir: &Path,
+        key_file: Option<std::path::PathBuf>,
+        key_env: Option<String>,
+    ) -> anyhow::Result<()> {
+        let source = match (key_env, key_file) {
+            (Some(v), _) => Some(KeySource::Env(v)),
+            (None, Some(f)) => Some(KeySource::File(f)),
+            (None, None) => {
+                let f = dir.join(GENERATED_KEY_FILE);
+                f.exists().then_some(KeySource::File(f))
+            }
+        };
+        let key = source
+            .map(|s| load_key(&s))
+            .transpose()
+            .context("loading the checkpoint key")?;
+        match verify(dir, key.as_ref().map(|k| k.bytes.as_slice())) {
+            Ok(v) => {
+                println!(
+                    "ok: {} records in {} segments, hash chain intact; {} seals verified with the key{}{}",
+                    v.records,
+                    v.segments,
+                    v.seals_checked,
+                    if v.seals_unchecked > 0 {
+                        format!(", {} seals not checked (no key given)", v.seals_unchecked)
+                    } else {
+                        String::new()
+                    },
+                    v.open_segment
+                        .map(|s| format!("; `{s}` is open (sealed when it rotates or toolgate restarts)"))
+                        .unwrap_or_default()
+                );
+                println!("head: {}", hex::encode(v.head));
+                Ok(())
+            }
+            Err(VerifyError::Broken(b)) => {
+                bail!("audit log broken: {b}")
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn print(out: &mut impl Write, e: &Entry, json: bool) -> std::io::Result<()> {
+        if json {
+            out.write_all(&e.line)?;
+            out.write_all(b"\n")
+        } else {
+            let v: serde_json::Value = serde_json::from_slice(&e.line).unwrap_or_default();
+            writeln!(out, "{}", human_line(&v))
+        }
+    }
+
+    fn query_cmd(dir: &Path, filter: &Filter, json: bool) -> anyhow::Result<()> {
+        if !dir.is_dir() {
+            bail!("`{}` is not a directory", dir.display());
+        }
+        let mut reader = LogReader::new(dir, Position::START);
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            reader.read(4096, &mut batch)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in &batch {
+                let v: serde_json::Value = serde_json::from_slice(&e.line).unwrap_or_default();
+                if filter.matches(&v) {
+                    print(&mut out, e, json)?;
+                }
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    fn tail_cmd(dir: &Path, follow: bool, lines: usize, json: bool) -> anyhow::Result<()> {
+        if !dir.is_dir() {
+            bail!("`{}` is not a directory", dir.display());
+        }
+        let mut reader = LogReader::new(dir, Position::START);
+        let mut last: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
+        let mut batch = Vec::new();
+        loop {
+            batch.clear();
+            reader.read(4096, &mut batch)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch.drain(..) {
+                if last.len() == lines {
+                    last.pop_front();
+                }
+                if lines > 0 {
+                    last.push_back(e);
+                }
+            }
+        }
+        let stdout = std::io::stdout();
+        {
+            let mut out = stdout.lock();
+            for e in &last {
+                print(&mut out, e, json)?;
+            }
+            out.flush()?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            batch.clear();
+            reader.read(4096, &mut batch)?;
+            if batch.is_empty() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            let mut out = stdout.lock();
+            for e in &batch {
+                print(&mut out, e, json)?;
+            }
+            out.flush()?;
+        }
+    }
+}
+
 fn demo_main(port: u16) -> anyhow::Result<()> {
     let upstream = demo::start_upstream().context("starting the demo upstream")?;
     let dir = std::env::temp_dir().join(format!("toolgate-demo-{}", std::process::id()));
@@ -382,7 +684,7 @@ fn demo_main(port: u16) -> anyhow::Result<()> {
     let path = dir.join("toolgate.toml");
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     let cfg = load(&path)?;
-    let audit_file = cfg.audit_dir.join(toolgate_sinks::writer::LOG_FILE);
+    let audit_file = cfg.audit_dir.clone();
     run(
         cfg,
         Some(Box::new(move |addr| {

@@ -8,7 +8,8 @@
 //! age limit, on restart (new key), or on DELETE, which records the nonce in
 //! a published set of terminated sessions.
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
+use toolgate_core::mac::{constant_time_eq, hmac_sha256};
 
 /// Bytes of the random nonce.
 const NONCE: usize = 16;
@@ -38,22 +39,13 @@ pub enum SessionError {
 }
 
 fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, k) in key.iter().enumerate() {
-        ipad[i] ^= k;
-        opad[i] ^= k;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    for p in parts {
-        inner.update((p.len() as u64).to_be_bytes());
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    // Each part is length-prefixed so that moving bytes between parts changes the tag.
+    hmac_sha256(key, |h| {
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+    })
 }
 
 impl SessionKey {
@@ -90,12 +82,7 @@ impl SessionKey {
         let (created, rest) = raw.split_at(8);
         let (nonce, tag) = rest.split_at(NONCE);
         let expected = hmac(&self.0, &[agent.as_bytes(), created, nonce]);
-        // Constant-time comparison of the tag.
-        let diff = expected[..TAG]
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        if !constant_time_eq(&expected[..TAG], tag) {
             return Err(SessionError::Unknown);
         }
         let mut c = [0u8; 8];

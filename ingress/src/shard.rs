@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use toolgate_sinks::{AuditProducer, RingWriter};
+use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 
 use crate::call::Gateway;
 use crate::catalog_sync;
@@ -52,8 +52,13 @@ impl Shards {
     }
 }
 
-/// Starts `writers.len()` shards serving `shared`.
-pub fn start(shared: Arc<Shared>, writers: Vec<RingWriter>) -> Result<Shards, ShardError> {
+/// Starts `writers.len()` shards serving `shared`; `health` is the audit
+/// thread's report on the log.
+pub fn start(
+    shared: Arc<Shared>,
+    writers: Vec<RingWriter>,
+    health: Arc<AuditHealth>,
+) -> Result<Shards, ShardError> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -68,10 +73,11 @@ pub fn start(shared: Arc<Shared>, writers: Vec<RingWriter>) -> Result<Shards, Sh
             Placement::Unbound
         };
         let shared = Arc::clone(&shared);
+        let health = Arc::clone(&health);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("toolgate-shard-{i}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { run(i, shared, writer, addr, tx).await })
+            .spawn(move || async move { run(i, shared, writer, health, addr, tx).await })
             .map_err(|e| ShardError::Executor(i, e.to_string()))?;
         // Shard 0 binds first so that port 0 resolves once and every other
         // shard joins the same port.
@@ -89,6 +95,7 @@ async fn run(
     i: usize,
     shared: Arc<Shared>,
     writer: RingWriter,
+    health: Arc<AuditHealth>,
     addr: SocketAddr,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -105,7 +112,7 @@ async fn run(
     let gateway = Rc::new(Gateway::new(
         shard,
         Arc::clone(&shared),
-        AuditProducer::new(shard, writer),
+        AuditProducer::new(shard, writer, health),
     ));
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();

@@ -1,19 +1,42 @@
-//! toolgate-sinks: the audit path, from shard to disk.
+//! toolgate-sinks: the audit path, from shard to disk to collectors.
 //!
 //! Each shard owns an [`AuditProducer`], the write end of a lock-free SPSC
 //! ring (rtrb). A request reserves a ring slot before anything else happens
 //! ([`AuditProducer::admit`]); only an [`Admission`] lets the request proceed,
 //! and every exit commits exactly one record into the reserved slot. A full
-//! ring therefore refuses the call up front: no call is forwarded unaudited
-//! and no record is dropped.
+//! ring, or a log that cannot be written ([`AuditHealth`]), refuses the call
+//! up front: no call is forwarded unaudited and no record is dropped.
 //!
-//! One audit thread ([`AuditWriter`]) drains all rings, encodes records as
-//! JSON lines and appends them to the log with batched `fdatasync`. If the
-//! log cannot be written, the thread keeps its batch and retries; rings then
-//! fill up and shards refuse new calls (fail closed) until the disk recovers.
+//! One audit thread ([`AuditWriter`]) drains all rings, chains each record
+//! to the previous one with SHA-256 ([`chain`]) and appends it to the open
+//! segment of the log ([`appender`], [`segment`]), with batched `fdatasync`.
+//! A call is answered only once its record is in the log
+//! ([`AuditProducer::recorded`]), so a crash cannot lose an answered call's
+//! record.
+//!
+//! Everything downstream reads the log files, never the rings: [`verify`]
+//! proves the chain and seals, [`query`] filters records, and each [`sink`]
+//! delivers records to a collector (syslog over UDP or TCP, [`syslog`],
+//! [`transport`]) from its own persisted [`cursor`]. A collector outage
+//! therefore never slows or refuses a call: the log is the buffer.
+//!
+//! Never here: decisions about calls, or any I/O on a shard's thread.
 
+pub mod appender;
+pub mod chain;
+pub mod cursor;
+pub mod health;
+pub mod key;
+pub mod query;
+pub mod reader;
 pub mod ring;
+pub mod segment;
+pub mod sink;
+pub mod syslog;
+pub mod transport;
+pub mod verify;
 pub mod writer;
 
-pub use ring::{audit_ring, Admission, AuditConsumer, AuditFull, AuditProducer, RingWriter};
+pub use health::AuditHealth;
+pub use ring::{audit_ring, Admission, AuditConsumer, AuditProducer, AuditUnavailable, RingWriter};
 pub use writer::{AuditStats, AuditWriter, WriterConfig};

@@ -2,13 +2,22 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use toolgate_core::audit::AuditRecord;
 
-/// The ring has no free slot: the request must be refused.
+use crate::health::AuditHealth;
+
+/// The audit pipeline cannot take a record: the request must be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the audit ring is full")]
-pub struct AuditFull;
+pub enum AuditUnavailable {
+    /// The ring has no free slot (the audit thread is behind).
+    #[error("the audit ring is full")]
+    RingFull,
+    /// The log's last write failed; nothing is admitted until one succeeds.
+    #[error("the audit log cannot be written")]
+    LogDown,
+}
 
 /// A reserved ring slot. Only [`AuditProducer::admit`] creates one, and only
 /// [`AuditProducer::commit`] consumes it, so a request that holds one is
@@ -32,6 +41,7 @@ pub struct AuditProducer {
     shard: u16,
     next_seq: u64,
     lost: u64,
+    health: Arc<AuditHealth>,
 }
 
 /// The consumer end, handed to the audit thread.
@@ -47,18 +57,22 @@ pub fn audit_ring(capacity: usize) -> (RingWriter, AuditConsumer) {
 
 impl AuditProducer {
     /// Binds a ring's write end to `shard`, on the shard's own thread.
-    pub fn new(shard: u16, producer: RingWriter) -> Self {
+    pub fn new(shard: u16, producer: RingWriter, health: Arc<AuditHealth>) -> Self {
         Self {
             producer,
             reserved: Rc::new(Cell::new(0)),
             shard,
             next_seq: 0,
             lost: 0,
+            health,
         }
     }
 
-    /// Reserves a slot for one record.
-    pub fn admit(&mut self) -> Result<Admission, AuditFull> {
+    /// Reserves a slot for one record; refuses while the log cannot be written.
+    pub fn admit(&mut self) -> Result<Admission, AuditUnavailable> {
+        if !self.health.log_ok() {
+            return Err(AuditUnavailable::LogDown);
+        }
         // Slots only grow between our own pushes (the consumer frees them), so
         // a reservation made here is still valid at commit time.
         if self.producer.slots() > self.reserved.get() {
@@ -67,17 +81,20 @@ impl AuditProducer {
                 reserved: Rc::clone(&self.reserved),
             })
         } else {
-            Err(AuditFull)
+            Err(AuditUnavailable::RingFull)
         }
     }
 
-    /// Writes the record into the reserved slot, stamping shard and sequence.
-    pub fn commit(&mut self, admission: Admission, mut record: AuditRecord) {
+    /// Writes the record into the reserved slot, stamping shard and sequence;
+    /// returns the sequence ([`Self::recorded`] tells when it is in the log).
+    pub fn commit(&mut self, admission: Admission, mut record: AuditRecord) -> u64 {
+        let seq = self.next_seq;
         record.shard = self.shard;
-        record.seq = self.next_seq;
+        record.seq = seq;
         self.next_seq += 1;
         let pushed = self.producer.push(record);
         drop(admission);
+        self.health.wake_writer();
         if pushed.is_err() {
             // Unreachable while reservations are honoured; counted, never silent.
             self.lost += 1;
@@ -87,6 +104,13 @@ impl AuditProducer {
                 "audit record could not be queued"
             );
         }
+        seq
+    }
+
+    /// Whether this shard's record `seq` has reached the log as durably as
+    /// configured.
+    pub fn recorded(&self, seq: u64) -> bool {
+        self.health.recorded(self.shard, seq)
     }
 
     /// Records in the ring not yet taken by the audit thread.
@@ -104,6 +128,12 @@ impl AuditProducer {
 mod tests {
     use super::*;
     use toolgate_core::audit::{Decision, Outcome};
+    use toolgate_core::config::Durability;
+
+    fn producer(shard: u16, w: RingWriter) -> (AuditProducer, Arc<AuditHealth>) {
+        let h = AuditHealth::new(usize::from(shard) + 1, Durability::Batch);
+        (AuditProducer::new(shard, w, Arc::clone(&h)), h)
+    }
 
     pub(crate) fn record() -> AuditRecord {
         AuditRecord {
@@ -132,13 +162,13 @@ mod tests {
     #[test]
     fn full_ring_refuses_admission_and_reservations_count() {
         let (p, mut c) = audit_ring(2);
-        let mut p = AuditProducer::new(3, p);
+        let (mut p, _h) = producer(3, p);
         let a = p.admit();
         let b = p.admit();
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(
             p.admit().err(),
-            Some(AuditFull),
+            Some(AuditUnavailable::RingFull),
             "two in flight fill a ring of two"
         );
         if let Ok(a) = a {
@@ -146,7 +176,7 @@ mod tests {
         }
         assert_eq!(
             p.admit().err(),
-            Some(AuditFull),
+            Some(AuditUnavailable::RingFull),
             "the committed record still occupies its slot"
         );
         let r = c.pop().unwrap_or_else(|_| unreachable!());
@@ -159,9 +189,19 @@ mod tests {
     }
 
     #[test]
+    fn log_down_refuses_admission_until_it_recovers() {
+        let (p, _c) = audit_ring(4);
+        let (mut p, h) = producer(0, p);
+        h.set_log_ok(false);
+        assert_eq!(p.admit().err(), Some(AuditUnavailable::LogDown));
+        h.set_log_ok(true);
+        assert!(p.admit().is_ok());
+    }
+
+    #[test]
     fn sequence_numbers_are_gap_free() {
         let (p, mut c) = audit_ring(8);
-        let mut p = AuditProducer::new(0, p);
+        let (mut p, _h) = producer(0, p);
         for _ in 0..5 {
             let a = p.admit().unwrap_or_else(|_| unreachable!());
             p.commit(a, record());

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use simd_json::prelude::*;
 use toolgate_core::audit::JudgeRecord;
@@ -208,14 +208,10 @@ impl Gateway {
     async fn mcp(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
         let admission: Admission = match self.audit.borrow_mut().admit() {
             Ok(a) => a,
-            Err(_) => {
+            Err(why) => {
                 // Fail closed: with no place for the record, nothing runs.
                 let n = self.shared.audit_refusals.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    shard = self.shard,
-                    refused = n,
-                    "audit ring full: call refused"
-                );
+                tracing::warn!(shard = self.shard, refused = n, "{why}: call refused");
                 let r = Refusal::new(RefusalKind::AuditUnavailable);
                 let mut body = Vec::new();
                 wire::refusal(None, &r, None, &mut body);
@@ -307,8 +303,35 @@ impl Gateway {
             }
         };
         let record = self.record(ctx, decision, status, outcome, code);
-        self.audit.borrow_mut().commit(admission, record);
+        let seq = self.audit.borrow_mut().commit(admission, record);
+        self.await_recorded(seq).await;
         true
+    }
+
+    /// Holds the answer until its record is in the log (written, or synced
+    /// with `durability = "record"`), so an answered call's record survives
+    /// a crash of toolgate. Bounded by `audit.ack_timeout_ms`: a stuck disk
+    /// delays answers, it does not hang them (and refuses new calls).
+    async fn await_recorded(&self, seq: u64) {
+        let limit = Duration::from_millis(self.shared.config.config.audit.ack_timeout_ms);
+        let started = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        loop {
+            let done = self.audit.borrow().recorded(seq);
+            if done {
+                return;
+            }
+            if started.elapsed() >= limit {
+                tracing::warn!(
+                    shard = self.shard,
+                    seq,
+                    "audit record not in the log in time; answering anyway (the record stays queued)"
+                );
+                return;
+            }
+            glommio::timer::sleep(nap).await;
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
     }
 
     async fn drive(

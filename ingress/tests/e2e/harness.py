@@ -199,15 +199,19 @@ class Gate:
         upstreams: Iterable[UpstreamCfg],
         agents: Iterable[Agent],
         server: dict[str, Any] | None = None,
+        audit: dict[str, Any] | None = None,
+        sinks: Iterable[dict[str, Any]] = (),
     ) -> None:
         self.workdir = workdir
+        self.audit_opts = dict(audit or {})
+        self.sinks = list(sinks)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.upstreams = list(upstreams)
         self.agents = {a.id: a for a in agents}
         self.server_opts = {"shards": 2, **(server or {})}
         self.config_path = self.workdir / "toolgate.toml"
-        self.audit_path = self.workdir / "audit" / "audit.jsonl"
+        self.audit_dir = self.workdir / "audit"
         self.stderr_path = self.workdir / "toolgate.stderr"
         self.proc: subprocess.Popen | None = None
         self.config_path.write_text(self.render_config())
@@ -232,7 +236,12 @@ class Gate:
                 f"api_key_sha256 = {toml_value(a.key_sha256)}",
                 f"tools = {toml_value(a.tools)}",
             ]
-        lines += ["", "[audit]", 'dir = "audit"', ""]
+        lines += ["", "[audit]", 'dir = "audit"']
+        for k, v in self.audit_opts.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        for sink in self.sinks:
+            lines += ["", "[[audit.sinks]]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()]
+        lines.append("")
         return "\n".join(lines)
 
     # ---- lifecycle --------------------------------------------------------
@@ -320,13 +329,9 @@ class Gate:
     # ---- audit ------------------------------------------------------------
 
     def read_audit(self) -> list[dict[str, Any]]:
-        """Complete lines currently in the audit file (a torn last line is ignored)."""
-        if not self.audit_path.exists():
-            return []
-        data = self.audit_path.read_bytes()
-        chunks = data.split(b"\n")
-        chunks.pop()  # empty after the final newline, or a line still being written
-        return [json.loads(raw) for raw in chunks if raw.strip()]
+        """Complete records currently in the audit log, every segment in order
+        (a line still being written is ignored)."""
+        return read_audit_dir(self.audit_dir)
 
     def audit_lines(
         self,
@@ -374,6 +379,27 @@ class Gate:
             elif time.monotonic() - stable_since >= AUDIT_SETTLE_S:
                 break
         return count
+
+
+def audit_segments(audit_dir: Path) -> list[Path]:
+    """The log's segment files in log order (their names sort that way)."""
+    if not audit_dir.is_dir():
+        return []
+    return sorted(audit_dir.glob("audit-" + "[0-9]" * 20 + ".jsonl"))
+
+
+def read_audit_dir(audit_dir: Path) -> list[dict[str, Any]]:
+    """Complete records of every segment of the log in ``audit_dir``, in order."""
+    out: list[dict[str, Any]] = []
+    for seg in audit_segments(audit_dir):
+        try:
+            data = seg.read_bytes()
+        except FileNotFoundError:
+            continue
+        chunks = data.split(b"\n")
+        chunks.pop()  # empty after the final newline, or a line still being written
+        out.extend(json.loads(raw) for raw in chunks if raw.strip())
+    return out
 
 
 # --------------------------------------------------------------------------

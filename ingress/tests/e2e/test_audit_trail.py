@@ -1,0 +1,338 @@
+"""The audit trail end to end: the hash-chained segment log, `toolgate audit
+verify|query|tail`, syslog sinks into a real rsyslog over UDP and TCP,
+tamper detection, crash safety under `kill -9`, and failing closed when the
+log cannot be written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import (
+    TOOLGATE_BIN,
+    Gate,
+    audit_segments,
+    check_audit_line_shape,
+    modern_headers,
+    modern_request,
+    read_audit_dir,
+)
+from syslog_collector import Rsyslog, rsyslogd_path
+
+CLI_TIMEOUT_S = 30
+
+
+def call(http: httpx.Client, gate: Gate, agent: str, tool: str, id: int) -> httpx.Response:
+    """One stateless-era tools/call as ``agent``."""
+    key = gate.agents[agent].key
+    args = {"customer_id": f"c-{id}"} if tool.endswith("lookup_customer") else {"record_id": f"r-{id}"}
+    body = modern_request("tools/call", {"name": tool, "arguments": args}, id=id)
+    return http.post(gate.url, json=body, headers=modern_headers("tools/call", tool, key))
+
+
+def traffic(gate: Gate, n: int, start_id: int = 1) -> list[httpx.Response]:
+    """``n`` calls alternating an allowed and a refused one."""
+    out = []
+    with httpx.Client(timeout=10.0) as http:
+        for i in range(start_id, start_id + n):
+            if i % 2:
+                out.append(call(http, gate, "support-bot", "crm__lookup_customer", i))
+            else:
+                out.append(call(http, gate, "billing-bot", "crm__lookup_customer", i))
+    return out
+
+
+def toolgate(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run([str(TOOLGATE_BIN), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def check_chain(records: list[dict]) -> None:
+    assert [r["log_seq"] for r in records] == list(range(1, len(records) + 1))
+    prev = "0" * 64
+    for r in records:
+        assert r["prev_hash"] == prev, r
+        prev = r["hash"]
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path):
+    if rsyslogd_path() is None:
+        pytest.fail("rsyslogd is not installed: scripts/test installs the Debian package `rsyslog`")
+    r = Rsyslog(tmp_path / "rsyslog").start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+# --------------------------------------------------------------------------
+# the log, verify, query, tail
+# --------------------------------------------------------------------------
+
+
+def test_records_are_chained_across_rotated_segments_and_verify(make_gate):
+    gate = make_gate(audit={"segment_bytes": 2048})
+    traffic(gate, 20)
+    records = gate.audit_lines(20, where=lambda l: l["method"] == "tools/call")
+    for r in records:
+        check_audit_line_shape(r)
+    gate.stop()
+    all_records = read_audit_dir(gate.audit_dir)
+    check_chain(all_records)
+    segments = audit_segments(gate.audit_dir)
+    assert len(segments) > 2, "2 KiB segments rotate under 20 calls"
+    for seg in segments:
+        assert seg.with_suffix(".seal").exists(), f"{seg.name} sealed at rotation or shutdown"
+    assert (gate.audit_dir / "checkpoint.key").stat().st_mode & 0o777 == 0o600
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stderr
+    assert f"ok: {len(all_records)} records in {len(segments)} segments" in res.stdout
+    assert f"{len(segments)} seals verified" in res.stdout
+
+
+def tampered_copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    seg = audit_segments(dst)[0]
+    lines = seg.read_text().splitlines()
+    edit(lines)
+    seg.write_text("\n".join(lines) + "\n")
+    return seg
+
+
+@pytest.mark.parametrize(
+    "case, edit, problem",
+    [
+        ("edit", lambda l: l.__setitem__(2, l[2].replace('"decision":"allow"', '"decision":"deny"')), "altered"),
+        ("delete", lambda l: l.pop(2), "record 3 is missing"),
+        ("reorder", lambda l: l.__setitem__(slice(2, 4), [l[3], l[2]]), "record 3 is missing or out of order"),
+    ],
+)
+def test_verify_points_at_the_tampered_line(make_gate, tmp_path, case, edit, problem):
+    gate = make_gate()
+    traffic(gate, 8)
+    gate.audit_lines(8, where=lambda l: l["method"] == "tools/call")
+    gate.stop()
+    assert toolgate("audit", "verify", str(gate.audit_dir)).returncode == 0
+    records = read_audit_dir(gate.audit_dir)
+    assert records[2]["decision"] == "allow", "the third record is an allowed call"
+    seg = tampered_copy(gate.audit_dir, tmp_path / f"tampered-{case}", edit)
+    res = toolgate("audit", "verify", str(seg.parent))
+    assert res.returncode == 1, res.stdout
+    assert f"{seg.name}` line 3 (record 3)" in res.stderr, res.stderr
+    assert problem in res.stderr, res.stderr
+
+
+def test_verify_without_the_key_rejects_a_forged_seal(make_gate, tmp_path):
+    gate = make_gate()
+    traffic(gate, 4)
+    gate.audit_lines(4, where=lambda l: l["method"] == "tools/call")
+    gate.stop()
+    dst = tmp_path / "forged"
+    shutil.copytree(gate.audit_dir, dst)
+    seal = audit_segments(dst)[0].with_suffix(".seal")
+    seal.write_text(seal.read_text().replace('"mac":"', '"mac":"00', 1)[:-3] + '"}\n')
+    res = toolgate("audit", "verify", str(dst))
+    assert res.returncode == 1
+    assert "seal" in res.stderr, res.stderr
+
+
+def test_query_filters_and_tail_follows(make_gate):
+    gate = make_gate()
+    traffic(gate, 10)
+    gate.audit_lines(10, where=lambda l: l["method"] == "tools/call")
+    d = str(gate.audit_dir)
+    res = toolgate("audit", "query", d, "--agent", "billing-bot", "--decision", "deny", "--since", "1h", "--json")
+    assert res.returncode == 0, res.stderr
+    denied = [json.loads(l) for l in res.stdout.splitlines()]
+    assert len(denied) == 5
+    assert all(r["agent"] == "billing-bot" and r["decision"] == "deny" for r in denied)
+    res = toolgate("audit", "query", d, "--tool", "crm__lookup_customer", "--since", "2999-01-01T00:00:00Z")
+    assert res.returncode == 0 and res.stdout == ""
+    res = toolgate("audit", "query", d, "--agent", "support-bot", "--decision", "allow")
+    assert len(res.stdout.splitlines()) == 5 and "agent=support-bot" in res.stdout
+    assert toolgate("audit", "query", d, "--since", "yesterday").returncode != 0
+    res = toolgate("audit", "tail", "-n", "2", "--json", d)
+    last_two = [json.loads(l) for l in res.stdout.splitlines()]
+    assert [r["log_seq"] for r in last_two] == [r["log_seq"] for r in gate.read_audit()[-2:]]
+
+    follower = subprocess.Popen([str(TOOLGATE_BIN), "audit", "tail", "-f", "-n", "0", "--json", d],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        traffic(gate, 1, start_id=1001)
+        got: list[str] = []
+
+        def read_one() -> None:
+            assert follower.stdout is not None
+            got.append(follower.stdout.readline())
+
+        t = threading.Thread(target=read_one, daemon=True)
+        t.start()
+        t.join(timeout=10)
+        assert got and json.loads(got[0])["request_id"] == 1001, got
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------
+# sinks into a real rsyslog
+# --------------------------------------------------------------------------
+
+
+def check_received(got, records: list[dict]) -> None:
+    by_seq = {r.record.get("log_seq"): r for r in got}
+    for rec in records:
+        r = by_seq.get(rec["log_seq"])
+        assert r is not None, f"record {rec['log_seq']} never reached rsyslog"
+        assert (r.version, r.app, r.msgid) == ("1", "toolgate", "audit"), r
+        assert r.sd.startswith("[toolgate@32473 lseq=\"%d\"" % rec["log_seq"]), r.sd
+        assert f'[meta sequenceId="{rec["log_seq"]}"]' in r.sd, r.sd
+        assert f'dec="{rec["decision"]}"' in r.sd, r.sd
+        assert r.record == rec
+
+
+def test_every_record_reaches_rsyslog_over_udp_and_tcp(make_gate, rsyslog):
+    sinks = [
+        {"name": "siem-udp", "kind": "syslog", "transport": "udp", "address": rsyslog.udp_address},
+        {"name": "siem-tcp", "kind": "syslog", "transport": "tcp", "address": rsyslog.tcp_address,
+         "batch_records": 7},
+    ]
+    gate = make_gate(sinks=sinks)
+    traffic(gate, 30)
+    gate.audit_lines(30, where=lambda l: l["method"] == "tools/call")
+    records = gate.read_audit()
+    want = {r["log_seq"] for r in records}
+    for which in ("udp", "tcp"):
+        got = rsyslog.wait_for_seqs(which, want, timeout=15)
+        check_received(got, records)
+    cursor = json.loads((gate.audit_dir / "cursors" / "siem-tcp").read_text())
+    assert cursor["next_seq"] == max(want) + 1
+
+
+def test_sink_outage_never_refuses_calls_and_catches_up(make_gate, tmp_path):
+    """The collector is down at first: calls go on, records wait in the log."""
+    collector = Rsyslog(tmp_path / "late-rsyslog")
+    gate = make_gate(sinks=[{"name": "late", "kind": "syslog", "transport": "tcp",
+                             "address": collector.tcp_address, "retry_initial_ms": 50, "retry_max_ms": 200}])
+    answers = traffic(gate, 10)
+    assert all(r.status_code in (200, 400) for r in answers)
+    assert [r.status_code for r in answers if r.status_code == 503] == []
+    collector.start()
+    try:
+        gate.audit_lines(10, where=lambda l: l["method"] == "tools/call")
+        records = gate.read_audit()
+        got = collector.wait_for_seqs("tcp", {r["log_seq"] for r in records}, timeout=15)
+        check_received(got, records)
+    finally:
+        collector.stop()
+
+
+# --------------------------------------------------------------------------
+# crash safety and failing closed
+# --------------------------------------------------------------------------
+
+
+def test_kill_9_mid_stream_loses_no_answered_call(make_gate, rsyslog):
+    sinks = [{"name": "siem", "kind": "syslog", "transport": "tcp", "address": rsyslog.tcp_address}]
+    gate = make_gate(audit={"segment_bytes": 8192}, sinks=sinks)
+    answered: list[int] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=5.0) as http:
+            i = 0
+            while not stop.is_set():
+                rid = worker * 1_000_000 + i
+                i += 1
+                try:
+                    r = call(http, gate, "support-bot", "crm__lookup_customer", rid)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200 and "result" in r.json():
+                    with lock:
+                        answered.append(rid)
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(answered) < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gate.proc is not None
+    gate.proc.send_signal(signal.SIGKILL)  # mid-stream: the clients are still sending
+    gate.proc.wait(timeout=10)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(answered) >= 150, f"only {len(answered)} calls answered before the kill"
+
+    gate.start()  # same config, same audit dir
+    after = traffic(gate, 4, start_id=9_000_001)
+    answered += [json.loads(r.content)["id"] for r in after if r.status_code == 200]
+    records = gate.audit_lines(len(answered), where=lambda l: l["method"] == "tools/call"
+                               and l["outcome"] == "success", exact=False)
+    logged = {r["request_id"] for r in records}
+    missing = [rid for rid in answered if rid not in logged]
+    assert missing == [], f"{len(missing)} answered calls have no record, e.g. {missing[:5]}"
+
+    all_records = gate.read_audit()
+    want = set(range(1, all_records[-1]["log_seq"] + 1))
+    got = rsyslog.wait_for_seqs("tcp", want, timeout=30)
+    seen = [r.record.get("log_seq") for r in got]
+    assert want <= set(seen), f"missing at the collector: {sorted(want - set(seen))[:10]}"
+    assert len(seen) >= len(want)
+    gate.stop()
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stderr
+    assert len(audit_segments(gate.audit_dir)) >= 2
+
+
+def test_unwritable_log_refuses_calls_until_it_recovers(make_gate):
+    gate = make_gate(audit={"segment_bytes": 1024})
+    traffic(gate, 2)
+    gate.audit_lines(2, where=lambda l: l["method"] == "tools/call")
+    moved = gate.audit_dir.with_name("audit.moved")
+    gate.audit_dir.rename(moved)
+    gate.audit_dir.write_text("not a directory: the next segment cannot be created\n")
+    statuses = []
+    refused = None
+    with httpx.Client(timeout=10.0) as http:
+        for i in range(100, 160):
+            r = call(http, gate, "support-bot", "crm__lookup_customer", i)
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                refused = r
+                break
+        assert refused is not None, f"never refused while the log was unwritable: {statuses}"
+        err = refused.json()["error"]
+        assert err["code"] == -32000 and "audit" in err["message"], err
+        assert "new calls are refused" in gate.stderr_text()
+        assert call(http, gate, "support-bot", "crm__lookup_customer", 200).status_code == 503
+
+        gate.audit_dir.unlink()
+        moved.rename(gate.audit_dir)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if call(http, gate, "support-bot", "crm__lookup_customer", 300).status_code == 200:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("calls not accepted again after the log recovered")
+    assert "audit log writable again" in gate.stderr_text()
+    answered = [i for i, s in zip(range(100, 160), statuses) if s == 200] + [300]
+    gate.stop()
+    logged = {r["request_id"] for r in read_audit_dir(gate.audit_dir)}
+    assert [i for i in answered if i not in logged] == []
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stderr

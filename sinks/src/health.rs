@@ -1,0 +1,106 @@
+//! What the audit thread tells the shards: whether the log can be written,
+//! and how far each shard's records have reached it.
+//!
+//! Shards read these atomics on the request path; only the audit thread
+//! writes them. No lock on either side.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+
+use toolgate_core::config::Durability;
+
+/// State shared between the audit thread and the shards' producers.
+#[derive(Debug)]
+pub struct AuditHealth {
+    log_ok: AtomicBool,
+    /// Per shard: every record with a shard `seq` below this is written.
+    written: Box<[AtomicU64]>,
+    /// Per shard: every record with a shard `seq` below this is fsynced.
+    synced: Box<[AtomicU64]>,
+    durability: Durability,
+    writer: OnceLock<Thread>,
+}
+
+impl AuditHealth {
+    /// State for `shards` rings, answering calls at `durability`.
+    pub fn new(shards: usize, durability: Durability) -> Arc<Self> {
+        let zeros = || (0..shards).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(Self {
+            log_ok: AtomicBool::new(true),
+            written: zeros(),
+            synced: zeros(),
+            durability,
+            writer: OnceLock::new(),
+        })
+    }
+
+    /// Whether the log accepted its last write. While false, new calls are
+    /// refused (fail closed).
+    pub fn log_ok(&self) -> bool {
+        self.log_ok.load(Ordering::Acquire)
+    }
+
+    /// Whether shard `shard`'s record `seq` is as durable as the configured
+    /// durability asks before its call is answered.
+    pub fn recorded(&self, shard: u16, seq: u64) -> bool {
+        let marks = match self.durability {
+            Durability::Batch => &self.written,
+            Durability::Record => &self.synced,
+        };
+        marks
+            .get(usize::from(shard))
+            .is_some_and(|m| m.load(Ordering::Acquire) > seq)
+    }
+
+    /// Wakes the audit thread (cheap when it is already awake).
+    pub(crate) fn wake_writer(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
+    }
+
+    pub(crate) fn set_writer(&self, t: Thread) {
+        let _ = self.writer.set(t);
+    }
+
+    pub(crate) fn set_log_ok(&self, ok: bool) -> bool {
+        self.log_ok.swap(ok, Ordering::AcqRel)
+    }
+
+    pub(crate) fn mark_written(&self, upto: &[u64]) {
+        for (m, &u) in self.written.iter().zip(upto) {
+            m.store(u, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn mark_synced(&self, upto: &[u64]) {
+        for (m, &u) in self.synced.iter().zip(upto) {
+            m.store(u, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_durability_waits_for_sync_not_write() {
+        let h = AuditHealth::new(2, Durability::Record);
+        h.mark_written(&[5, 0]);
+        assert!(!h.recorded(0, 4));
+        h.mark_synced(&[5, 0]);
+        assert!(h.recorded(0, 4));
+        assert!(!h.recorded(0, 5));
+        assert!(!h.recorded(1, 0));
+        assert!(!h.recorded(9, 0), "an unknown shard is never recorded");
+    }
+
+    #[test]
+    fn batch_durability_waits_for_write() {
+        let h = AuditHealth::new(1, Durability::Batch);
+        h.mark_written(&[1]);
+        assert!(h.recorded(0, 0));
+    }
+}
