@@ -107,6 +107,11 @@ impl AuditProducer {
         seq
     }
 
+    /// The audit thread's progress marks, for waiting outside the producer.
+    pub fn health(&self) -> Arc<AuditHealth> {
+        Arc::clone(&self.health)
+    }
+
     /// Whether this shard's record `seq` has reached the log as durably as
     /// configured.
     pub fn recorded(&self, seq: u64) -> bool {

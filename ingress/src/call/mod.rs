@@ -14,6 +14,7 @@
 //! Only [`Gateway::mcp`] writes responses for `/mcp`, and it commits the
 //! record on every path.
 
+pub mod ack;
 pub mod envelope;
 pub mod judge;
 pub mod params;
@@ -121,6 +122,7 @@ pub struct Gateway {
     snapshot: RefCell<Reader<Snapshot>>,
     terminated: RefCell<Reader<Terminated>>,
     audit: RefCell<AuditProducer>,
+    acks: Rc<ack::Acks>,
     parser: RefCell<JsonParser>,
     upstreams: Vec<Rc<Upstream>>,
     nonce_counter: Cell<u64>,
@@ -157,6 +159,7 @@ impl Gateway {
         Self {
             judge,
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
+            acks: Rc::new(ack::Acks::default()),
             shard,
             snapshot: RefCell::new(snapshot),
             terminated: RefCell::new(terminated),
@@ -314,23 +317,23 @@ impl Gateway {
     /// delays answers, it does not hang them (and refuses new calls).
     async fn await_recorded(&self, seq: u64) {
         let limit = Duration::from_millis(self.shared.config.config.audit.ack_timeout_ms);
-        let started = Instant::now();
-        let mut nap = Duration::from_micros(20);
-        loop {
-            let done = self.audit.borrow().recorded(seq);
-            if done {
-                return;
-            }
-            if started.elapsed() >= limit {
-                tracing::warn!(
-                    shard = self.shard,
-                    seq,
-                    "audit record not in the log in time; answering anyway (the record stays queued)"
-                );
-                return;
-            }
-            glommio::timer::sleep(nap).await;
-            nap = (nap * 2).min(Duration::from_millis(1));
+        let health = self.audit.borrow().health();
+        let shard = self.shard;
+        let recorded: Rc<dyn Fn(u64) -> bool> = Rc::new(move |s| health.recorded(shard, s));
+        if recorded(seq) {
+            return;
+        }
+        let waited = glommio::timer::timeout(limit, async {
+            self.acks.wait(seq, recorded).await;
+            Ok(())
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                shard = self.shard,
+                seq,
+                "audit record not in the log in time; answering anyway (the record stays queued)"
+            );
         }
     }
 
