@@ -142,6 +142,7 @@ fn record() -> AuditRecord {
         latency_us: 812,
         client: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))),
         protocol_version: Some("2026-07-28"),
+        redactions: Vec::new(),
     }
 }
 

@@ -124,6 +124,7 @@ mod tests {
             latency_us: 0,
             client: None,
             protocol_version: None,
+            redactions: Vec::new(),
         }
     }
 

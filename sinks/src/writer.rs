@@ -230,6 +230,7 @@ mod tests {
             latency_us: 3,
             client: None,
             protocol_version: None,
+            redactions: Vec::new(),
         }
     }
 

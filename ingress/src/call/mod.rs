@@ -9,12 +9,15 @@
 //!    `tools/list` itself; `tools/call` is checked against the agent's
 //!    permission map and forwarded with the body rebuilt from the decided
 //!    view, so the upstream acts on exactly what was checked;
-//! 6. write the response, then commit the audit record into the reserved slot.
+//! 6. filter the upstream's result through the output rules of the (agent,
+//!    tool) ([`filter`]): mask, drop, or refuse it;
+//! 7. write the response, then commit the audit record into the reserved slot.
 //!
 //! Only [`Gateway::mcp`] writes responses for `/mcp`, and it commits the
 //! record on every path.
 
 pub mod envelope;
+pub mod filter;
 pub mod params;
 pub mod wire;
 
@@ -27,7 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use simd_json::prelude::*;
 use toolgate_core::audit::{
-    truncate, AuditRecord, Decision, Outcome, MAX_METHOD_LEN, MAX_TOOL_LEN,
+    truncate, AuditRecord, Decision, Outcome, Redaction, MAX_METHOD_LEN, MAX_TOOL_LEN,
 };
 use toolgate_core::identity::{bearer, key_hash, BearerError};
 use toolgate_core::jsonrpc::{
@@ -35,7 +38,7 @@ use toolgate_core::jsonrpc::{
 };
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
-use toolgate_decision::{Agent, Reader, Snapshot};
+use toolgate_decision::{Agent, OutputFilter, Reader, Snapshot};
 use toolgate_sinks::{Admission, AuditProducer};
 
 use crate::http::head::Method;
@@ -66,6 +69,8 @@ struct Forward {
     upstream: usize,
     params: Vec<u8>,
     headers: Vec<(String, String)>,
+    /// Output rules for the result, when any apply.
+    filter: Option<Arc<OutputFilter>>,
 }
 
 enum Plan {
@@ -87,6 +92,7 @@ struct CallCtx {
     requested_version: Option<String>,
     sse: bool,
     reason: &'static str,
+    redactions: Vec<Redaction>,
 }
 
 fn now_us() -> u64 {
@@ -104,6 +110,8 @@ pub struct Gateway {
     terminated: RefCell<Reader<Terminated>>,
     audit: RefCell<AuditProducer>,
     parser: RefCell<JsonParser>,
+    /// Parses text content holding JSON while `parser` holds the result.
+    inner_parser: RefCell<JsonParser>,
     upstreams: Vec<Rc<Upstream>>,
     nonce_counter: Cell<u64>,
 }
@@ -126,6 +134,7 @@ impl Gateway {
             terminated: RefCell::new(terminated),
             audit: RefCell::new(audit),
             parser: RefCell::new(JsonParser::new()),
+            inner_parser: RefCell::new(JsonParser::new()),
             upstreams,
             nonce_counter: Cell::new(0),
             shared,
@@ -163,6 +172,7 @@ impl Gateway {
             latency_us: ctx.started.elapsed().as_micros() as u64,
             client: ctx.peer,
             protocol_version: ctx.version,
+            redactions: ctx.redactions,
         }
     }
 
@@ -205,6 +215,7 @@ impl Gateway {
             requested_version: None,
             sse: accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json"),
             reason: "answered",
+            redactions: Vec::new(),
         };
         let snapshot = self.snapshot.borrow_mut().current();
         let result = self.drive(&snapshot, req, &mut ctx).await;
@@ -305,7 +316,7 @@ impl Gateway {
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
             Refusal::new(e.refusal_kind())
         })?;
-        self.translate(&reply.message, ctx)
+        self.translate(&reply.message, ctx, fwd.filter.as_deref())
     }
 
     /// The synchronous part: parse, check, and decide what to do.
@@ -450,6 +461,7 @@ impl Gateway {
                     upstream: route.upstream,
                     params: body,
                     headers,
+                    filter: route.filter.clone(),
                 }))
             }
             other => Err(Refusal::with(
@@ -460,7 +472,16 @@ impl Gateway {
     }
 
     /// Turns the upstream's reply into the agent's response.
-    fn translate(&self, message: &[u8], ctx: &mut CallCtx) -> Result<Answer, Refusal> {
+    fn translate(
+        &self,
+        message: &[u8],
+        ctx: &mut CallCtx,
+        output: Option<&OutputFilter>,
+    ) -> Result<Answer, Refusal> {
+        if let Some(f) = output {
+            // Bounded memory: a result too large to filter is not forwarded unfiltered.
+            filter::check_size(f, message)?;
+        }
         let mut parser = self.parser.borrow_mut();
         let bad = || Refusal::new(RefusalKind::UpstreamBadResponse);
         let tape = parser.parse(message).map_err(|_| bad())?;
@@ -470,7 +491,23 @@ impl Gateway {
         if let Some(result) = msg.get("result").filter(|r| r.is_object()) {
             let mut raw = Vec::with_capacity(message.len());
             let stateless = ctx.version.is_some_and(protocol::is_modern);
-            rewrite_result(result, stateless, &mut raw);
+            match output {
+                Some(f) => {
+                    let mut inner = self.inner_parser.borrow_mut();
+                    filter::apply(
+                        f,
+                        message,
+                        result,
+                        stateless,
+                        &mut inner,
+                        &mut raw,
+                        &mut ctx.redactions,
+                    )?;
+                }
+                None => rewrite_result(result, stateless, &mut raw, &mut |_, v, out| {
+                    write_value(v, out)
+                }),
+            }
             wire::result(id, &raw, &mut body);
             let is_error = result.get("isError").and_then(|e| e.as_bool()) == Some(true);
             let outcome = if is_error {
@@ -568,7 +605,14 @@ fn now_secs() -> u64 {
 /// `serverInfo` is dropped from `_meta` (the agent talks to toolgate, and
 /// upstream identities are internal), and a stateless-era agent gets the
 /// `resultType` its era requires when a handshake-era upstream left it out.
-fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: &mut Vec<u8>) {
+/// Member values are written by `write` (given the member's key), which is
+/// where output rules apply.
+pub(crate) fn rewrite_result(
+    result: simd_json::tape::Value<'_, '_>,
+    stateless: bool,
+    out: &mut Vec<u8>,
+    write: &mut dyn FnMut(&str, simd_json::tape::Value<'_, '_>, &mut Vec<u8>),
+) {
     out.push(b'{');
     let mut first = true;
     let mut has_type = false;
@@ -594,7 +638,7 @@ fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: 
                         }
                         write_str(mk, out);
                         out.push(b':');
-                        write_value(mv, out);
+                        write(mk, mv, out);
                     }
                     out.push(b'}');
                     continue;
@@ -607,7 +651,7 @@ fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: 
             first = false;
             write_str(k, out);
             out.push(b':');
-            write_value(v, out);
+            write(k, v, out);
         }
     }
     if stateless && !has_type {
@@ -705,6 +749,7 @@ impl Handler for Gateway {
                 requested_version: None,
                 sse: false,
                 reason: refusal.kind.reason(),
+                redactions: Vec::new(),
             };
             let record = self.record(
                 ctx,
@@ -728,7 +773,9 @@ mod tests {
             .parse(json.as_bytes())
             .unwrap_or_else(|e| unreachable!("{e}"));
         let mut out = Vec::new();
-        rewrite_result(tape.as_value(), stateless, &mut out);
+        rewrite_result(tape.as_value(), stateless, &mut out, &mut |_, v, out| {
+            write_value(v, out)
+        });
         String::from_utf8(out).unwrap_or_default()
     }
 

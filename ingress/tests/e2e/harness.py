@@ -199,8 +199,10 @@ class Gate:
         upstreams: Iterable[UpstreamCfg],
         agents: Iterable[Agent],
         server: dict[str, Any] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.workdir = workdir
+        self.extra_toml = extra_toml
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.upstreams = list(upstreams)
@@ -233,6 +235,8 @@ class Gate:
                 f"tools = {toml_value(a.tools)}",
             ]
         lines += ["", "[audit]", 'dir = "audit"', ""]
+        if self.extra_toml:
+            lines += [self.extra_toml.strip(), ""]
         return "\n".join(lines)
 
     # ---- lifecycle --------------------------------------------------------
