@@ -62,6 +62,8 @@ const T_BACKSLASH: u8 = 128;
 pub struct Scanner {
     set: DetectorSet,
     trigger: [u8; 256],
+    /// `trigger` plus `\`, for raw JSON text.
+    trigger_json: [u8; 256],
 }
 
 impl Scanner {
@@ -92,7 +94,13 @@ impl Scanner {
         if on(Detector::PrivateKey) {
             trigger[usize::from(b'-')] |= T_DASH;
         }
-        Self { set, trigger }
+        let mut trigger_json = trigger;
+        trigger_json[usize::from(b'\\')] = T_BACKSLASH;
+        Self {
+            set,
+            trigger,
+            trigger_json,
+        }
     }
 
     /// The detectors scanned for.
@@ -128,18 +136,18 @@ impl Scanner {
 
     /// The single pass. `emit` returns whether to go on.
     fn run(&self, text: &[u8], raw_json: bool, emit: &mut dyn FnMut(Found) -> bool) {
-        let table = &self.trigger;
+        let table = if raw_json {
+            &self.trigger_json
+        } else {
+            &self.trigger
+        };
         let n = text.len();
         let mut i = 0;
         let mut floor = 0;
         let strict = !raw_json;
         while i < n {
+            // The hot loop: one table load per byte that starts no candidate.
             let t = table[usize::from(text[i])];
-            let t = if raw_json && text[i] == b'\\' {
-                T_BACKSLASH
-            } else {
-                t
-            };
             if t == 0 {
                 i += 1;
                 continue;
