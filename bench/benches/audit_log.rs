@@ -42,6 +42,7 @@ fn record() -> AuditRecord {
         protocol_version: Some("2026-07-28"),
         policies: None,
         judge: None,
+        redactions: Vec::new(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Hot-path microbenchmarks: HTTP head parse, JSON-RPC view, permission
-//! lookup, audit record encode, audit ring push/pop.
+//! lookup, audit record encode, audit ring push/pop, output-rule scanning.
 #![expect(
     clippy::panic,
     reason = "a benchmark with a broken fixture must stop, not measure nothing"
@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use simd_json::prelude::*;
 use toolgate_core::audit::{AuditRecord, Decision, Outcome};
 use toolgate_core::config::Durability;
 use toolgate_core::identity::{format_key, key_hash};
@@ -145,6 +146,7 @@ fn record() -> AuditRecord {
         protocol_version: Some("2026-07-28"),
         policies: None,
         judge: None,
+        redactions: Vec::new(),
     }
 }
 
@@ -283,12 +285,116 @@ fn decision(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A tool result of about `size` bytes: order rows as structuredContent and
+/// as JSON text; with `matches`, every eighth row carries an e-mail and a
+/// Luhn-valid card number.
+fn tool_result(size: usize, matches: bool) -> Vec<u8> {
+    let mut rows = Vec::new();
+    let mut len = 0;
+    let mut i = 0;
+    while len * 2 < size {
+        let row = if matches && i % 8 == 0 {
+            format!(
+                r#"{{"id":"r-{i:05}","name":"Widget {i}","status":"shipped","qty":{},"price":19.99,"date":"2024-01-02","note":"contact ada{i}@example.com, card 4111 1111 1111 1111"}}"#,
+                i % 7
+            )
+        } else {
+            format!(
+                r#"{{"id":"r-{i:05}","name":"Widget {i}","status":"shipped","qty":{},"price":19.99,"date":"2024-01-02","note":"left at the front door, customer happy"}}"#,
+                i % 7
+            )
+        };
+        len += row.len() + 1;
+        rows.push(row);
+        i += 1;
+    }
+    let structured = format!(r#"{{"rows":[{}]}}"#, rows.join(","));
+    let mut text = Vec::new();
+    toolgate_core::jsonrpc::write_str(&structured, &mut text);
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(
+        br#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"#,
+    );
+    out.extend_from_slice(&text);
+    out.extend_from_slice(br#"}],"structuredContent":"#);
+    out.extend_from_slice(structured.as_bytes());
+    out.extend_from_slice(br#","isError":false}}"#);
+    out
+}
+
+fn all_detectors_filter() -> toolgate_decision::OutputFilter {
+    let text = r#"
+[[upstreams]]
+name = "crm"
+url = "http://127.0.0.1:9101/mcp"
+[[output_rules]]
+name = "all"
+tools = ["crm__*"]
+detectors = ["card", "email", "phone", "iban", "secrets"]
+"#;
+    let cfg = toolgate_core::config::parse(text, "bench", Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rules: Vec<_> = cfg.output_rules.iter().collect();
+    toolgate_decision::OutputFilter::compile(&rules, 1 << 30)
+}
+
+/// Output rules with every detector on: the raw pre-scan that lets a clean
+/// result through untouched, the detector pass alone, and the whole walk
+/// (parse, scan, mask, re-encode) of results with matches.
+fn scan(c: &mut Criterion) {
+    use toolgate_core::output::Detector;
+    use toolgate_decision::filter::detect::{DetectorSet, Scanner};
+    let filter = all_detectors_filter();
+    let scanner = Scanner::new(DetectorSet::of(&Detector::ALL));
+    let mut g = c.benchmark_group("scan");
+    for (name, size) in [("1kib", 1024usize), ("64kib", 64 * 1024), ("1mib", 1 << 20)] {
+        let clean = tool_result(size, false);
+        assert!(!filter.needs_walk(&clean), "fixture must not match");
+        g.throughput(Throughput::Bytes(clean.len() as u64));
+        g.bench_function(format!("all_detectors_{name}_no_match"), |b| {
+            b.iter(|| filter.needs_walk(black_box(&clean)))
+        });
+        let dirty = tool_result(size, true);
+        assert!(filter.needs_walk(&dirty), "fixture must match");
+        g.throughput(Throughput::Bytes(dirty.len() as u64));
+        let mut found = Vec::new();
+        g.bench_function(format!("all_detectors_{name}_with_matches_scan"), |b| {
+            b.iter(|| {
+                found.clear();
+                scanner.scan(black_box(&dirty), &mut found);
+                found.len()
+            })
+        });
+        let mut outer = JsonParser::new();
+        let mut inner = JsonParser::new();
+        let mut out = Vec::with_capacity(dirty.len());
+        g.bench_function(format!("all_detectors_{name}_with_matches_filter"), |b| {
+            b.iter(|| {
+                let Ok(tape) = outer.parse(black_box(&dirty)) else {
+                    panic!("fixture parses");
+                };
+                let Some(result) = tape.as_value().get("result") else {
+                    panic!("fixture has a result");
+                };
+                out.clear();
+                let mut w = filter.walker(&mut inner);
+                for (k, v) in result.as_object().into_iter().flat_map(|o| o.iter()) {
+                    w.write_member(k, v, &mut out);
+                }
+                w.finish().redactions.len()
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     http_head,
     jsonrpc_view,
     permission_lookup,
     audit,
-    decision
+    decision,
+    scan
 );
 criterion_main!(benches);

@@ -53,6 +53,47 @@ pub const MAX_METHOD_LEN: usize = 128;
 /// Longest tool name kept in a record.
 pub const MAX_TOOL_LEN: usize = 256;
 
+/// What an output rule did to a result, counted (never the matched value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redaction {
+    /// The output rule's name.
+    pub rule: Arc<str>,
+    /// Which part of the rule fired.
+    pub kind: RedactionKind,
+    /// The detector, pattern, field path or condition, as configured.
+    pub target: Arc<str>,
+    /// How many times it fired on this result.
+    pub count: u32,
+}
+
+/// The part of an output rule a [`Redaction`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedactionKind {
+    /// A built-in detector masked substrings.
+    Detector,
+    /// An operator pattern masked substrings.
+    Pattern,
+    /// A field was dropped or masked.
+    Field,
+    /// Array elements were dropped by a `drop_where` condition.
+    DropWhere,
+    /// The result was refused by a `refuse_when` condition.
+    RefuseWhen,
+}
+
+impl RedactionKind {
+    /// Key of the target in the encoded record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedactionKind::Detector => "detector",
+            RedactionKind::Pattern => "pattern",
+            RedactionKind::Field => "field",
+            RedactionKind::DropWhere => "drop_where",
+            RedactionKind::RefuseWhen => "refuse_when",
+        }
+    }
+}
+
 /// One audit record.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
@@ -94,6 +135,8 @@ pub struct AuditRecord {
     pub policies: Option<Arc<[Arc<str>]>>,
     /// The judge's part, when the call was escalated.
     pub judge: Option<JudgeRecord>,
+    /// Output rules that fired on the result, with counts.
+    pub redactions: Vec<Redaction>,
 }
 
 /// What the judge said about an escalated call.
@@ -183,7 +226,20 @@ impl AuditRecord {
             }
             None => out.extend_from_slice(b",\"judge\":null"),
         }
-        out.extend_from_slice(b"}\n");
+        out.extend_from_slice(b",\"redactions\":[");
+        for (i, r) in self.redactions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"rule\":");
+            write_str(&r.rule, out);
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(r.kind.as_str().as_bytes());
+            out.extend_from_slice(b"\":");
+            write_str(&r.target, out);
+            let _ = write!(out, ",\"count\":{}}}", r.count);
+        }
+        out.extend_from_slice(b"]}\n");
     }
 }
 
@@ -262,6 +318,12 @@ mod tests {
                 outcome: "allow",
                 latency_us: 5,
             }),
+            redactions: vec![Redaction {
+                rule: Arc::from("pii"),
+                kind: RedactionKind::Detector,
+                target: Arc::from("card"),
+                count: 2,
+            }],
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
@@ -277,6 +339,10 @@ mod tests {
         assert_eq!(v["user"], serde_json::Value::Null);
         assert_eq!(v["policies"][0], "p\"1");
         assert_eq!(v["judge"]["outcome"], "allow");
+        assert_eq!(
+            v["redactions"],
+            serde_json::json!([{"rule": "pii", "detector": "card", "count": 2}])
+        );
     }
 
     #[test]

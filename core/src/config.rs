@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::output::{self, Condition, Detector, FieldPath, MaskStyle, OutputRule};
 use crate::toolname::ToolNamer;
 use crate::upstream_url::UpstreamUrl;
 
@@ -39,6 +40,83 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Limits of output filtering.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Output rules: what agents may not see of tool results.
+    #[serde(default)]
+    pub output_rules: Vec<OutputRuleConfig>,
+}
+
+/// `[output]`: limits of output filtering.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Largest upstream result an output rule is applied to, bytes. Default
+    /// 4194304; a larger result of a tool with output rules is refused rather
+    /// than forwarded unfiltered.
+    #[serde(default = "default_max_result_bytes")]
+    pub max_result_bytes: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            max_result_bytes: default_max_result_bytes(),
+        }
+    }
+}
+
+fn default_max_result_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+/// `[[output_rules]]`: one output rule, applied to the results of the tools
+/// (and agents) it names before they reach the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRuleConfig {
+    /// Rule name, unique; appears in audit records.
+    pub name: Spanned<String>,
+    /// Exposed tool names the rule covers; `*` matches any run of
+    /// characters (`crm__*` covers an upstream). Required, non-empty.
+    pub tools: Vec<Spanned<String>>,
+    /// Agent ids the rule applies to. Default: every agent.
+    #[serde(default)]
+    pub agents: Vec<Spanned<String>>,
+    /// Paths removed from structured results (`$.card`, `$.customers[*].ssn`). Default none.
+    #[serde(default)]
+    pub drop_fields: Vec<Spanned<String>>,
+    /// Paths whose value is replaced by a mask. Default none.
+    #[serde(default)]
+    pub mask_fields: Vec<Spanned<String>>,
+    /// Detectors whose matches are masked anywhere in the result: `card`,
+    /// `email`, `phone`, `iban`, `aws_key`, `github_token`, `slack_token`,
+    /// `private_key`, `jwt`, or `secrets` for the last five. Default none.
+    #[serde(default)]
+    pub detectors: Vec<Spanned<String>>,
+    /// Operator patterns masked anywhere in the result. Default none.
+    #[serde(default)]
+    pub patterns: Vec<PatternConfig>,
+    /// Mask style: `label` (default), `last4` or `hash`.
+    #[serde(default)]
+    pub style: Option<Spanned<String>>,
+    /// Conditions dropping array elements (`tier == "internal"`). Default none.
+    #[serde(default)]
+    pub drop_where: Vec<Spanned<String>>,
+    /// Conditions refusing the whole result (`detected(private_key)`). Default none.
+    #[serde(default)]
+    pub refuse_when: Vec<Spanned<String>>,
+}
+
+/// One operator pattern of an output rule: `{ name = "employee_id", regex = "EMP-[0-9]{6}" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    /// Name in mask labels and audit records.
+    pub name: Spanned<String>,
+    /// Regular expression, Rust `regex` syntax.
+    pub regex: Spanned<String>,
 }
 
 /// `[server]`: the agent-facing listener and its limits.
@@ -493,6 +571,8 @@ pub struct ValidConfig {
     pub judge_url: Option<UpstreamUrl>,
     /// The file this configuration was read from, when read from a file.
     pub path: Option<PathBuf>,
+    /// `output_rules`, parsed, in file order.
+    pub output_rules: Vec<OutputRule>,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -743,6 +823,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
     }
+    let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());
@@ -843,10 +924,216 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 policy_files,
                 judge_url,
                 path: None,
+                output_rules,
             })
         }
         _ => Err(errors),
     }
+}
+
+/// Largest compiled size of one operator pattern, bytes: keeps a pattern
+/// from costing the gateway unbounded memory.
+pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+fn validate_output_rules(
+    config: &Config,
+    namer: &ToolNamer,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Vec<OutputRule> {
+    if config.output.max_result_bytes < 1024 {
+        err(
+            None,
+            "`output.max_result_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    let mut rules = Vec::with_capacity(config.output_rules.len());
+    for r in &config.output_rules {
+        let name = r.name.get_ref();
+        let line = at(&r.name.span());
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            err(
+                line,
+                format!(
+                    "output rule name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"
+                ),
+            );
+        }
+        if config
+            .output_rules
+            .iter()
+            .filter(|o| o.name.get_ref() == name)
+            .count()
+            > 1
+        {
+            err(
+                line,
+                format!("output rule name `{name}` is used more than once"),
+            );
+        }
+        if r.tools.is_empty() {
+            err(
+                line,
+                format!("output rule `{name}`: `tools` must name at least one tool (globs such as `crm__*` allowed)"),
+            );
+        }
+        for t in &r.tools {
+            let t_ref = t.get_ref();
+            if !t_ref.contains('*') && namer.route(t_ref).is_none() {
+                err(
+                    at(&t.span()),
+                    format!("output rule `{name}`: tool `{t_ref}` names no configured upstream (expected `{{prefix}}__{{tool}}` or a glob)"),
+                );
+            }
+        }
+        for a in &r.agents {
+            if !config.agents.iter().any(|c| c.id.get_ref() == a.get_ref()) {
+                err(
+                    at(&a.span()),
+                    format!(
+                        "output rule `{name}`: agent `{}` is not configured",
+                        a.get_ref()
+                    ),
+                );
+            }
+        }
+        let paths = |list: &[Spanned<String>], err: &mut dyn FnMut(Option<usize>, String)| {
+            let mut out = Vec::new();
+            for p in list {
+                match FieldPath::parse(p.get_ref()) {
+                    Ok(fp) => out.push(fp),
+                    Err(e) => err(at(&p.span()), format!("output rule `{name}`: {e}")),
+                }
+            }
+            out
+        };
+        let drop_fields = paths(&r.drop_fields, err);
+        let mask_fields = paths(&r.mask_fields, err);
+        let mut detectors = Vec::new();
+        for d in &r.detectors {
+            match Detector::parse(d.get_ref()) {
+                Some(ds) => {
+                    for d in ds {
+                        if !detectors.contains(&d) {
+                            detectors.push(d);
+                        }
+                    }
+                }
+                None => err(
+                    at(&d.span()),
+                    format!(
+                        "output rule `{name}`: unknown detector `{}`; known: {}, secrets",
+                        d.get_ref(),
+                        Detector::ALL.map(|d| d.name()).join(", ")
+                    ),
+                ),
+            }
+        }
+        let mut patterns = Vec::new();
+        for p in &r.patterns {
+            let pname = p.name.get_ref();
+            if pname.is_empty()
+                || !pname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                err(
+                    at(&p.name.span()),
+                    format!("output rule `{name}`: pattern name `{pname}` must be letters, digits, `_` or `-`"),
+                );
+            } else if Detector::parse(pname).is_some() {
+                err(
+                    at(&p.name.span()),
+                    format!("output rule `{name}`: pattern name `{pname}` is a detector's name"),
+                );
+            }
+            match regex::RegexBuilder::new(p.regex.get_ref())
+                .size_limit(PATTERN_SIZE_LIMIT)
+                .build()
+            {
+                Ok(re) if re.is_match("") => err(
+                    at(&p.regex.span()),
+                    format!("output rule `{name}`: pattern `{pname}` matches the empty string"),
+                ),
+                Ok(_) => patterns.push(output::Pattern {
+                    name: pname.clone(),
+                    regex: p.regex.get_ref().clone(),
+                }),
+                Err(e) => err(
+                    at(&p.regex.span()),
+                    format!(
+                        "output rule `{name}`: pattern `{pname}` is not a valid regex: {}",
+                        e.to_string().lines().last().unwrap_or("").trim()
+                    ),
+                ),
+            }
+        }
+        let style = match &r.style {
+            None => MaskStyle::default(),
+            Some(s) => MaskStyle::parse(s.get_ref()).unwrap_or_else(|| {
+                err(
+                    at(&s.span()),
+                    format!(
+                        "output rule `{name}`: `style = \"{}\"` must be `label`, `last4` or `hash`",
+                        s.get_ref()
+                    ),
+                );
+                MaskStyle::default()
+            }),
+        };
+        let conditions = |list: &[Spanned<String>], err: &mut dyn FnMut(Option<usize>, String)| {
+            let mut out = Vec::new();
+            for c in list {
+                match Condition::parse(c.get_ref()) {
+                    Ok(Condition::Detected(d))
+                        if Detector::parse(&d).is_none_or(|v| v.len() != 1)
+                            && !patterns.iter().any(|p| p.name == d) =>
+                    {
+                        err(
+                            at(&c.span()),
+                            format!("output rule `{name}`: `detected({d})` names no detector and no pattern of this rule"),
+                        )
+                    }
+                    Ok(cond) => out.push((c.get_ref().trim().to_owned(), cond)),
+                    Err(e) => err(at(&c.span()), format!("output rule `{name}`: {e}")),
+                }
+            }
+            out
+        };
+        let drop_where = conditions(&r.drop_where, err);
+        let refuse_when = conditions(&r.refuse_when, err);
+        if drop_fields.is_empty()
+            && mask_fields.is_empty()
+            && detectors.is_empty()
+            && r.patterns.is_empty()
+            && drop_where.is_empty()
+            && refuse_when.is_empty()
+            && r.drop_where.is_empty()
+            && r.refuse_when.is_empty()
+        {
+            err(
+                line,
+                format!("output rule `{name}` does nothing: give it fields, detectors, patterns or conditions"),
+            );
+        }
+        rules.push(OutputRule {
+            name: name.clone(),
+            tools: r.tools.iter().map(|t| t.get_ref().clone()).collect(),
+            agents: r.agents.iter().map(|a| a.get_ref().clone()).collect(),
+            drop_fields,
+            mask_fields,
+            detectors,
+            patterns,
+            style,
+            drop_where,
+            refuse_when,
+        });
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -926,6 +1213,66 @@ dir = "audit"
         assert_eq!(e.len(), 2, "{e:?}");
         assert_eq!(e[0].line, Some(8));
         assert_eq!(e[1].line, Some(12));
+    }
+
+    const RULES: &str = r#"
+[[output_rules]]
+name = "pii"
+tools = ["crm__*"]
+agents = ["support-bot"]
+drop_fields = ["$.customers[*].ssn"]
+mask_fields = ["$.card"]
+detectors = ["card", "email", "secrets"]
+patterns = [{ name = "emp", regex = 'EMP-[0-9]{6}' }]
+style = "last4"
+drop_where = ['tier == "internal"']
+refuse_when = ["detected(private_key)", "detected(emp)"]
+"#;
+
+    #[test]
+    fn output_rules_parse_into_their_vocabulary() {
+        let text = format!("{GOOD}{RULES}");
+        let v = parse(&text, "t.toml", Path::new(".")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(v.config.output.max_result_bytes, 4 * 1024 * 1024);
+        let r = &v.output_rules[0];
+        assert_eq!(r.detectors.len(), 7);
+        assert_eq!(r.style, MaskStyle::Last4);
+        assert_eq!(r.drop_fields[0].text, "$.customers[*].ssn");
+        assert_eq!(r.refuse_when.len(), 2);
+    }
+
+    #[test]
+    fn bad_output_rules_are_reported_with_their_lines() {
+        let text = format!("{GOOD}{RULES}")
+            .replace("\"secrets\"]", "\"ssn\"]")
+            .replace("EMP-[0-9]{6}", "EMP-[0-9")
+            .replace("$.customers[*].ssn", "$.customers[x]")
+            .replace("\"last4\"", "\"stars\"")
+            .replace("detected(emp)", "detected(nope)")
+            .replace("agents = [\"support-bot\"]", "agents = [\"ghost\"]");
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        let lines: Vec<_> = e.iter().map(|e| e.line).collect();
+        assert_eq!(
+            lines,
+            vec![Some(21), Some(22), Some(24), Some(25), Some(26), Some(28)],
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("agent `ghost`"), "{}", e[0].message);
+        assert!(
+            e[2].message.contains("unknown detector `ssn`"),
+            "{}",
+            e[2].message
+        );
+        assert!(
+            e[3].message.contains("not a valid regex"),
+            "{}",
+            e[3].message
+        );
+        assert!(e[5].message.contains("detected(nope)"), "{}", e[5].message);
     }
 
     #[test]

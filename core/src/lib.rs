@@ -2,7 +2,7 @@
 //!
 //! Every other crate speaks these types: the operator's configuration as
 //! written ([`config`]), the zero-copy view of one MCP JSON-RPC request
-//! ([`jsonrpc`]), the MCP protocol constants ([`protocol`]), API-key identity
+//! ([`jsonrpc`]), the vocabulary of output rules ([`output`]), the MCP protocol constants ([`protocol`]), API-key identity
 //! ([`identity`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
 //! ([`refusal`]) and the audit record ([`audit`]).
 //!
@@ -14,6 +14,7 @@ pub mod config;
 pub mod identity;
 pub mod jsonrpc;
 pub mod mac;
+pub mod output;
 pub mod protocol;
 pub mod refusal;
 pub mod toolname;

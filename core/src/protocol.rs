@@ -70,6 +70,9 @@ pub mod codes {
     pub const HEADER_MISMATCH: i64 = -32020;
     /// Requested protocol version not served.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+    /// A tool's result was refused by an output rule (toolgate-defined, in
+    /// the implementation-defined server-error range).
+    pub const OUTPUT_REFUSED: i64 = -32040;
 }
 
 /// Decodes a routing-header value: plain visible ASCII is taken verbatim,

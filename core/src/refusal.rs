@@ -83,6 +83,10 @@ pub enum RefusalKind {
     UpstreamTimeout,
     /// Upstream answered something that is not an MCP response.
     UpstreamBadResponse,
+    /// An output rule's `refuse_when` condition held for the tool's result.
+    OutputRefused,
+    /// A result of a tool with output rules was over `output.max_result_bytes`.
+    OutputTooLarge,
 }
 
 /// A refusal: its kind, where the fault lies, and an optional detail safe to
@@ -134,9 +138,8 @@ impl RefusalKind {
             | UnknownCredential
             | SessionIdentityMismatch
             | UserAssertionRefused => Origin::Downstream,
-            AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable => {
-                Origin::Gateway
-            }
+            AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable
+            | OutputRefused | OutputTooLarge => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -174,6 +177,8 @@ impl RefusalKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamBadResponse => "upstream_bad_response",
+            OutputRefused => "output_refused",
+            OutputTooLarge => "output_too_large",
         }
     }
 
@@ -274,6 +279,16 @@ impl Refusal {
                 codes::INTERNAL_ERROR,
                 "upstream sent an invalid response",
             ),
+            OutputRefused => (
+                403,
+                codes::OUTPUT_REFUSED,
+                "tool result refused by output policy",
+            ),
+            OutputTooLarge => (
+                502,
+                codes::OUTPUT_REFUSED,
+                "tool result too large to filter; refused",
+            ),
         };
         let message = match &self.detail {
             Some(d) => Cow::Owned(format!("{message}: {d}")),
@@ -306,6 +321,15 @@ mod tests {
             Refusal::new(RefusalKind::UpstreamTimeout).wire().status,
             504
         );
+    }
+
+    #[test]
+    fn refused_output_is_a_gateway_denial_with_its_own_code() {
+        let w = Refusal::new(RefusalKind::OutputRefused).wire();
+        assert_eq!((w.status, w.code), (403, codes::OUTPUT_REFUSED));
+        assert_eq!(RefusalKind::OutputRefused.decision(), Decision::Deny);
+        assert_eq!(RefusalKind::OutputTooLarge.reason(), "output_too_large");
+        assert_eq!(Refusal::new(RefusalKind::OutputTooLarge).wire().status, 502);
     }
 
     #[test]

@@ -8,13 +8,20 @@
 //! atomic load, so nothing on the request path takes a lock or waits for a
 //! rebuild, and a call in flight keeps the snapshot it started with.
 //!
+//! Output rules compile here too: per (agent, tool), one [`OutputFilter`]
+//! holding the detectors, patterns, field paths and conditions of every rule
+//! that applies, hung on the route so the call driver finds it with the
+//! permission lookup.
+//!
 //! This crate does no I/O: ingress fetches catalogs and hands them here.
 
 pub mod catalog;
+pub mod filter;
 pub mod policy;
 pub mod published;
 pub mod snapshot;
 
 pub use catalog::{Catalog, CatalogError, ToolDef};
+pub use filter::OutputFilter;
 pub use published::{Published, Reader};
 pub use snapshot::{Agent, Route, Snapshot, UpstreamInfo};

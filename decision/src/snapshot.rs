@@ -9,7 +9,9 @@ use toolgate_core::identity::{parse_key_hash, KeyHash};
 use toolgate_core::upstream_url::UpstreamUrl;
 
 use crate::catalog::{Catalog, ToolDef};
+use crate::filter::OutputFilter;
 use crate::policy::{Engine, PairDecision, PolicyBundle, Verdict};
+use toolgate_core::output::glob_match;
 
 /// An upstream as shards need it.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct Route {
     /// What policy says about this agent calling this tool, as far as known
     /// before the call.
     pub decision: PairDecision,
+    /// The output rules applying to this agent's calls of this tool, if any.
+    pub filter: Option<Arc<OutputFilter>>,
 }
 
 /// An agent and its permission map.
@@ -97,6 +101,10 @@ impl Snapshot {
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())
             .map(|i| catalogs.get(i).cloned().flatten())
             .collect();
+        // Agents sharing the same set of rules on a tool share one filter.
+        let mut filters: HashMap<Vec<usize>, Arc<OutputFilter>> = HashMap::new();
+        let rules = &cfg.output_rules;
+        let max_result_bytes = cfg.config.output.max_result_bytes;
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
         let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
         for a in &cfg.config.agents {
@@ -118,6 +126,21 @@ impl Snapshot {
                         list.push_str(&def.json);
                     }
                 }
+                let applying: Vec<usize> = rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        (r.agents.is_empty() || r.agents.iter().any(|x| x == a.id.get_ref()))
+                            && r.tools.iter().any(|g| glob_match(g, exposed))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                let filter = (!applying.is_empty()).then(|| {
+                    Arc::clone(filters.entry(applying.clone()).or_insert_with(|| {
+                        let picked: Vec<_> = applying.iter().map(|&i| &rules[i]).collect();
+                        Arc::new(OutputFilter::compile(&picked, max_result_bytes))
+                    }))
+                });
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -125,6 +148,7 @@ impl Snapshot {
                         tool: Arc::from(tool),
                         exposed: Arc::from(exposed),
                         decision: allow_all(),
+                        filter,
                     },
                 );
             }

@@ -19,7 +19,7 @@ pub const AGENTS: [(&str, &str, &[&str]); 2] = [
     (
         "billing-bot",
         "tg_demo_billing_key",
-        &["crm__delete_record", "crm__echo"],
+        &["crm__lookup_customer", "crm__delete_record", "crm__echo"],
     ),
 ];
 
@@ -36,9 +36,25 @@ pub fn config(listen: SocketAddr, upstream: SocketAddr, audit_dir: &std::path::P
             tools.join(", ")
         ));
     }
-    s.push_str(&format!("[audit]\ndir = \"{}\"\n", audit_dir.display()));
+    s.push_str(&format!("[audit]\ndir = \"{}\"\n\n", audit_dir.display()));
+    s.push_str(OUTPUT_RULES);
     s
 }
+
+/// The demo's output rules: card numbers masked for every agent, e-mail
+/// addresses masked for billing-bot only.
+pub const OUTPUT_RULES: &str = r#"[[output_rules]]
+name = "cards"
+tools = ["crm__*"]
+detectors = ["card"]
+style = "last4"
+
+[[output_rules]]
+name = "billing-no-email"
+tools = ["crm__lookup_customer"]
+agents = ["billing-bot"]
+detectors = ["email"]
+"#;
 
 /// Starts the demo upstream on 127.0.0.1 (any free port); returns its address.
 pub fn start_upstream() -> std::io::Result<SocketAddr> {
@@ -195,7 +211,10 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
         "\nLook up a customer as support-bot (allowed):\n  curl -s {url} -H 'Authorization: Bearer {support}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__lookup_customer' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__lookup_customer\",\"arguments\":{{\"customer_id\":\"c-42\"}},{meta}}}}}'\n"
     ));
     s.push_str(&format!(
-        "\nThe same call as billing-bot (refused: not attached):\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__lookup_customer' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__lookup_customer\",\"arguments\":{{\"customer_id\":\"c-42\"}},{meta}}}}}'\n"
+        "\nThe same call as billing-bot (card masked for both agents, e-mail masked for billing-bot only):\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__lookup_customer' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__lookup_customer\",\"arguments\":{{\"customer_id\":\"c-42\"}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nDelete a record as support-bot (refused: not attached):\n  curl -s {url} -H 'Authorization: Bearer {support}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__delete_record' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__delete_record\",\"arguments\":{{\"record_id\":\"r-1\"}},{meta}}}}}'\n"
     ));
     s.push_str(&format!(
         "\nWith the official Python SDK (pip install mcp):\n  python3 -c \"import asyncio, httpx2; from mcp import Client; from mcp.client.streamable_http import streamable_http_client as h\nasync def main():\n    async with Client(h('{url}', http_client=httpx2.AsyncClient(headers={{'Authorization': 'Bearer {support}'}}))) as c:\n        print([t.name for t in (await c.list_tools()).tools])\n        print((await c.call_tool('crm__lookup_customer', {{'customer_id': 'c-42'}})).content[0].text)\nasyncio.run(main())\"\n"

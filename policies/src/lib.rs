@@ -80,4 +80,19 @@ mod tests {
         assert_eq!(cfg.config.agents.len(), 2);
         assert!(cfg.config.agents.iter().all(|a| !a.tools.is_empty()));
     }
+
+    #[test]
+    fn example_shows_every_output_rule_kind() {
+        let cfg = toolgate_core::config::parse(super::EXAMPLE_CONFIG, "example", Path::new("."));
+        let cfg = cfg.unwrap_or_else(|e| unreachable!("{e}"));
+        let r = &cfg.output_rules;
+        assert!(r.iter().any(|r| !r.detectors.is_empty()));
+        assert!(r
+            .iter()
+            .any(|r| !r.drop_fields.is_empty() && !r.mask_fields.is_empty()));
+        assert!(r.iter().any(|r| !r.patterns.is_empty()));
+        assert!(r.iter().any(|r| !r.drop_where.is_empty()));
+        assert!(r.iter().any(|r| !r.refuse_when.is_empty()));
+        assert!(r.iter().any(|r| !r.agents.is_empty()));
+    }
 }

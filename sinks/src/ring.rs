@@ -161,6 +161,7 @@ mod tests {
             protocol_version: None,
             policies: None,
             judge: None,
+            redactions: Vec::new(),
         }
     }
 

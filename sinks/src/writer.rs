@@ -312,6 +312,7 @@ pub(crate) mod tests_support {
             protocol_version: None,
             policies: None,
             judge: None,
+            redactions: Vec::new(),
         }
     }
 }

@@ -9,13 +9,16 @@
 //!    `tools/list` itself; `tools/call` is checked against the agent's
 //!    permission map and forwarded with the body rebuilt from the decided
 //!    view, so the upstream acts on exactly what was checked;
-//! 6. write the response, then commit the audit record into the reserved slot.
+//! 6. filter the upstream's result through the output rules of the (agent,
+//!    tool) ([`filter`]): mask, drop, or refuse it;
+//! 7. write the response, then commit the audit record into the reserved slot.
 //!
 //! Only [`Gateway::mcp`] writes responses for `/mcp`, and it commits the
 //! record on every path.
 
 pub mod ack;
 pub mod envelope;
+pub mod filter;
 pub mod judge;
 pub mod params;
 pub mod wire;
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use simd_json::prelude::*;
 use toolgate_core::audit::JudgeRecord;
 use toolgate_core::audit::{
-    truncate, AuditRecord, Decision, Outcome, MAX_METHOD_LEN, MAX_TOOL_LEN,
+    truncate, AuditRecord, Decision, Outcome, Redaction, MAX_METHOD_LEN, MAX_TOOL_LEN,
 };
 use toolgate_core::identity::{bearer, key_hash, BearerError};
 use toolgate_core::jsonrpc::{
@@ -39,7 +42,7 @@ use toolgate_core::jsonrpc::{
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
-use toolgate_decision::{Agent, Reader, Route, Snapshot};
+use toolgate_decision::{Agent, OutputFilter, Reader, Route, Snapshot};
 use toolgate_sinks::{Admission, AuditProducer};
 
 use crate::http::head::Method;
@@ -72,6 +75,8 @@ struct Forward {
     headers: Vec<(String, String)>,
     /// Set when policy escalated the call: the judge must allow it first.
     escalation: Option<Escalated>,
+    /// Output rules for the result, when any apply.
+    filter: Option<Arc<OutputFilter>>,
 }
 
 /// What the judge is shown.
@@ -106,6 +111,7 @@ struct CallCtx {
     user: Option<Arc<str>>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
+    redactions: Vec<Redaction>,
 }
 
 fn now_us() -> u64 {
@@ -124,6 +130,8 @@ pub struct Gateway {
     audit: RefCell<AuditProducer>,
     acks: Rc<ack::Acks>,
     parser: RefCell<JsonParser>,
+    /// Parses text content holding JSON while `parser` holds the result.
+    inner_parser: RefCell<JsonParser>,
     upstreams: Vec<Rc<Upstream>>,
     nonce_counter: Cell<u64>,
     judge: Option<judge::Judge>,
@@ -165,6 +173,7 @@ impl Gateway {
             terminated: RefCell::new(terminated),
             audit: RefCell::new(audit),
             parser: RefCell::new(JsonParser::new()),
+            inner_parser: RefCell::new(JsonParser::new()),
             upstreams,
             nonce_counter: Cell::new(0),
             shared,
@@ -204,6 +213,7 @@ impl Gateway {
             protocol_version: ctx.version,
             policies: ctx.policies,
             judge: ctx.judge,
+            redactions: ctx.redactions,
         }
     }
 
@@ -245,6 +255,7 @@ impl Gateway {
             user: None,
             policies: None,
             judge: None,
+            redactions: Vec::new(),
         };
         let snapshot = self.snapshot.borrow_mut().current();
         let result = self.drive(&snapshot, req, &mut ctx).await;
@@ -399,7 +410,7 @@ impl Gateway {
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
             Refusal::new(e.refusal_kind())
         })?;
-        self.translate(&reply.message, ctx)
+        self.translate(&reply.message, ctx, fwd.filter.as_deref())
     }
 
     /// The synchronous part: parse, check, and decide what to do.
@@ -574,6 +585,7 @@ impl Gateway {
                     params: body,
                     headers,
                     escalation,
+                    filter: route.filter.clone(),
                 }))
             }
             other => Err(Refusal::with(
@@ -584,7 +596,16 @@ impl Gateway {
     }
 
     /// Turns the upstream's reply into the agent's response.
-    fn translate(&self, message: &[u8], ctx: &mut CallCtx) -> Result<Answer, Refusal> {
+    fn translate(
+        &self,
+        message: &[u8],
+        ctx: &mut CallCtx,
+        output: Option<&OutputFilter>,
+    ) -> Result<Answer, Refusal> {
+        if let Some(f) = output {
+            // Bounded memory: a result too large to filter is not forwarded unfiltered.
+            filter::check_size(f, message)?;
+        }
         let mut parser = self.parser.borrow_mut();
         let bad = || Refusal::new(RefusalKind::UpstreamBadResponse);
         let tape = parser.parse(message).map_err(|_| bad())?;
@@ -594,7 +615,23 @@ impl Gateway {
         if let Some(result) = msg.get("result").filter(|r| r.is_object()) {
             let mut raw = Vec::with_capacity(message.len());
             let stateless = ctx.version.is_some_and(protocol::is_modern);
-            rewrite_result(result, stateless, &mut raw);
+            match output {
+                Some(f) => {
+                    let mut inner = self.inner_parser.borrow_mut();
+                    filter::apply(
+                        f,
+                        message,
+                        result,
+                        stateless,
+                        &mut inner,
+                        &mut raw,
+                        &mut ctx.redactions,
+                    )?;
+                }
+                None => rewrite_result(result, stateless, &mut raw, &mut |_, v, out| {
+                    write_value(v, out)
+                }),
+            }
             wire::result(id, &raw, &mut body);
             let is_error = result.get("isError").and_then(|e| e.as_bool()) == Some(true);
             let outcome = if is_error {
@@ -765,7 +802,14 @@ fn now_secs() -> u64 {
 /// `serverInfo` is dropped from `_meta` (the agent talks to toolgate, and
 /// upstream identities are internal), and a stateless-era agent gets the
 /// `resultType` its era requires when a handshake-era upstream left it out.
-fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: &mut Vec<u8>) {
+/// Member values are written by `write` (given the member's key), which is
+/// where output rules apply.
+pub(crate) fn rewrite_result(
+    result: simd_json::tape::Value<'_, '_>,
+    stateless: bool,
+    out: &mut Vec<u8>,
+    write: &mut dyn FnMut(&str, simd_json::tape::Value<'_, '_>, &mut Vec<u8>),
+) {
     out.push(b'{');
     let mut first = true;
     let mut has_type = false;
@@ -791,7 +835,7 @@ fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: 
                         }
                         write_str(mk, out);
                         out.push(b':');
-                        write_value(mv, out);
+                        write(mk, mv, out);
                     }
                     out.push(b'}');
                     continue;
@@ -804,7 +848,7 @@ fn rewrite_result(result: simd_json::tape::Value<'_, '_>, stateless: bool, out: 
             first = false;
             write_str(k, out);
             out.push(b':');
-            write_value(v, out);
+            write(k, v, out);
         }
     }
     if stateless && !has_type {
@@ -905,6 +949,7 @@ impl Handler for Gateway {
                 user: None,
                 policies: None,
                 judge: None,
+                redactions: Vec::new(),
             };
             let record = self.record(
                 ctx,
@@ -928,7 +973,9 @@ mod tests {
             .parse(json.as_bytes())
             .unwrap_or_else(|e| unreachable!("{e}"));
         let mut out = Vec::new();
-        rewrite_result(tape.as_value(), stateless, &mut out);
+        rewrite_result(tape.as_value(), stateless, &mut out, &mut |_, v, out| {
+            write_value(v, out)
+        });
         String::from_utf8(out).unwrap_or_default()
     }
 

@@ -69,17 +69,18 @@ def release_gate(gate: Gate) -> None:
 
 @pytest.fixture
 def make_gate(tmp_path: Path, upstreams: dict[str, UpstreamProc]):
-    """Factory: ``make_gate(upstreams=None, agents=None, server=None, start=True, audit=None, sinks=()) -> Gate``.
+    """Factory: ``make_gate(upstreams=None, agents=None, server=None, start=True, audit=None, sinks=(), extra_toml="") -> Gate``.
 
     Defaults to both SDK upstreams and the two default agents. Every gate is
     stopped at teardown.
     """
     gates: list[Gate] = []
 
-    def factory(upstream_list=None, agents=None, server=None, start=True, audit=None, sinks=()) -> Gate:
+    def factory(upstream_list=None, agents=None, server=None, start=True, audit=None, sinks=(), extra_toml="") -> Gate:
         workdir = tmp_path / f"gate{len(gates)}"
         gate = Gate(workdir, upstream_list if upstream_list is not None else upstream_cfgs(upstreams),
-                    agents if agents is not None else default_agents(), server, audit=audit, sinks=sinks)
+                    agents if agents is not None else default_agents(), server, audit=audit, sinks=sinks,
+                    extra_toml=extra_toml)
         gates.append(gate)
         ACTIVE_GATES.append(gate)
         if start:

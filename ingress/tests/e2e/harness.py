@@ -201,10 +201,12 @@ class Gate:
         server: dict[str, Any] | None = None,
         audit: dict[str, Any] | None = None,
         sinks: Iterable[dict[str, Any]] = (),
+        extra_toml: str = "",
     ) -> None:
         self.workdir = workdir
         self.audit_opts = dict(audit or {})
         self.sinks = list(sinks)
+        self.extra_toml = extra_toml
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.upstreams = list(upstreams)
@@ -242,6 +244,8 @@ class Gate:
         for sink in self.sinks:
             lines += ["", "[[audit.sinks]]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()]
         lines.append("")
+        if self.extra_toml:
+            lines += [self.extra_toml.strip(), ""]
         return "\n".join(lines)
 
     # ---- lifecycle --------------------------------------------------------

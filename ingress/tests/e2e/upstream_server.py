@@ -2,7 +2,7 @@
 
 Usage: python upstream_server.py NAME PORT json|sse
 
-* ``crm``      -- customer records (lookup_customer, delete_record)
+* ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 
@@ -22,6 +22,51 @@ from mcp.server.mcpserver import MCPServer
 
 CARD_NUMBER = "4111 1111 1111 1111"
 
+# An embedded private key (a made-up block: only its shape matters).
+PRIVATE_KEY = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    "MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n"
+    "KUpRKfFLfRYC9AIKjbJTWit+CqvjWYzvQwECAwEAAQJAIJLixBy2qpFoS4DSmoEm\n"
+    "-----END RSA PRIVATE KEY-----"
+)
+
+# Customer records for output rules: e-mails, Luhn-valid card numbers,
+# Luhn-invalid order numbers that look like cards, nested arrays, an internal
+# record and one whose notes embed a private key.
+CUSTOMERS = [
+    {
+        "id": "C-1",
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "card": CARD_NUMBER,
+        "ssn": "078-05-1120",
+        "tier": "gold",
+        "orders": [
+            {"order_no": "4111 1111 1111 1112", "items": [["widget", 2], ["gadget", 1]]},
+            {"order_no": "5555-5555-5555-4445", "items": []},
+        ],
+    },
+    {
+        "id": "C-2",
+        "name": "Bob Internal",
+        "email": "bob@example.org",
+        "card": "5555-5555-5555-4444",
+        "ssn": "219-09-9999",
+        "tier": "internal",
+        "orders": [],
+    },
+    {
+        "id": "C-3",
+        "name": "Eve Ops",
+        "email": "eve@example.net",
+        "card": "4000 0000 0000 0002",
+        "ssn": "123-45-6789",
+        "tier": "silver",
+        "notes": "deploy key follows " + PRIVATE_KEY,
+        "orders": [{"order_no": "4000 0000 0000 0003", "items": [["key", 1]]}],
+    },
+]
+
 
 def build_crm() -> MCPServer:
     server = MCPServer("crm")
@@ -35,6 +80,11 @@ def build_crm() -> MCPServer:
             "email": f"{customer_id}@example.com",
             "card": CARD_NUMBER,
         }
+
+    @server.tool()
+    def list_customers() -> dict:
+        """List every customer record."""
+        return {"customers": CUSTOMERS, "count": len(CUSTOMERS)}
 
     @server.tool()
     def delete_record(record_id: str) -> str:

@@ -1,0 +1,183 @@
+"""Output rules end to end: the SDK upstream returns customer records with
+e-mails, card numbers (Luhn-valid and not), nested arrays, an internal record
+and an embedded private key; the SDK client, through toolgate, checks exactly
+what it received, and the audit trail counts what fired without the values.
+The demo's customer lookup is checked for both demo agents.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+
+import anyio
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from conftest import upstream_cfgs
+from harness import (
+    audit_segments,
+    READY_TIMEOUT_S,
+    SDK_MODES,
+    TOOLGATE_BIN,
+    Agent,
+    free_port,
+    result_json,
+    sdk_client_cm,
+    stop_process,
+)
+from upstream_server import CUSTOMERS
+
+OUTPUT_REFUSED = -32040
+
+RULES = """
+[output]
+max_result_bytes = 65536
+
+[[output_rules]]
+name = "pii"
+tools = ["crm__*"]
+detectors = ["card", "email"]
+drop_fields = ["$.customers[*].ssn"]
+
+[[output_rules]]
+name = "no-internal"
+tools = ["crm__list_customers"]
+agents = ["support-bot"]
+drop_where = ['tier == "internal"', "detected(private_key)"]
+
+[[output_rules]]
+name = "no-keys"
+tools = ["crm__list_customers"]
+agents = ["billing-bot"]
+refuse_when = ["detected(private_key)"]
+"""
+
+
+def expected_for_support() -> dict:
+    """C-1 only (C-2 is internal, C-3 holds a key), card and e-mail masked,
+    ssn dropped, Luhn-invalid order numbers kept."""
+    c1 = copy.deepcopy(CUSTOMERS[0])
+    c1["card"] = "[REDACTED:card]"
+    c1["email"] = "[REDACTED:email]"
+    del c1["ssn"]
+    return {"customers": [c1], "count": 3}
+
+
+def text_json(result) -> object:
+    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
+    assert len(texts) == 1, result
+    return json.loads(texts[0])
+
+
+@pytest.mark.parametrize("mode", SDK_MODES)
+def test_sdk_agents_get_filtered_results(make_gate, upstreams, mode):
+    support = Agent("support-bot", ["crm__list_customers", "crm__lookup_customer"])
+    billing = Agent("billing-bot", ["crm__list_customers"])
+    gate = make_gate(agents=[support, billing], extra_toml=RULES)
+    roots = []
+
+    async def scenario():
+        with anyio.fail_after(60):
+            async with sdk_client_cm(gate.url, support.key, mode) as client:
+                r = await client.call_tool("crm__list_customers", {})
+                assert not r.is_error, r
+                # The SDK upstream sends the dict as JSON text, and as
+                # structuredContent when it declares an output schema.
+                assert r.structured_content in (None, expected_for_support())
+                assert text_json(r) == expected_for_support()
+                roots.append(1 if r.structured_content is None else 2)
+
+                r = await client.call_tool("crm__lookup_customer", {"customer_id": "C-7"})
+                assert result_json(r) == {
+                    "id": "C-7",
+                    "name": "Customer C-7",
+                    "email": "[REDACTED:email]",
+                    "card": "[REDACTED:card]",
+                }
+
+            async with sdk_client_cm(gate.url, billing.key, mode) as client:
+                with pytest.raises(MCPError) as info:
+                    await client.call_tool("crm__list_customers", {})
+                assert info.value.code == OUTPUT_REFUSED, info.value
+                assert info.value.message.startswith("tool result refused by output policy")
+                assert "PRIVATE" not in info.value.message
+
+    anyio.run(scenario)
+
+    calls = gate.audit_lines(3, where=lambda l: l["method"] == "tools/call")
+    listing = [l for l in calls if l["tool"] == "crm__list_customers"]
+    ok = next(l for l in listing if l["agent"] == "support-bot")
+    assert ok["decision"] == "allow" and ok["outcome"] == "success"
+    # Every root of the result counts: the JSON text and structuredContent.
+    n = roots[0]
+    assert ok["redactions"] == [
+        {"rule": "pii", "detector": "card", "count": n},
+        {"rule": "pii", "detector": "email", "count": n},
+        {"rule": "pii", "field": "$.customers[*].ssn", "count": n},
+        {"rule": "no-internal", "drop_where": 'tier == "internal"', "count": n},
+        {"rule": "no-internal", "drop_where": "detected(private_key)", "count": n},
+    ]
+    refused = next(l for l in listing if l["agent"] == "billing-bot")
+    assert (refused["decision"], refused["reason"], refused["status"], refused["error_code"]) == (
+        "deny", "output_refused", 403, OUTPUT_REFUSED)
+    assert {"rule": "no-keys", "refuse_when": "detected(private_key)", "count": 1} in refused["redactions"]
+    raw = "".join(seg.read_text() for seg in audit_segments(gate.audit_dir))
+    for secret in ("4111 1111 1111 1111", "ada@example.com", "BEGIN RSA", "078-05-1120"):
+        assert secret not in raw
+
+
+def test_results_over_the_limit_are_refused(make_gate, upstreams):
+    support = Agent("support-bot", ["crm__list_customers", "crm__delete_record"])
+    rules = RULES.replace("max_result_bytes = 65536", "max_result_bytes = 1024")
+    gate = make_gate(agents=[support], extra_toml=rules.replace('agents = ["billing-bot"]', "agents = []"))
+
+    async def scenario():
+        async with sdk_client_cm(gate.url, support.key, "2026-07-28") as client:
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("crm__list_customers", {})
+            assert info.value.code == OUTPUT_REFUSED
+            assert "too large" in info.value.message
+            # a small result of a filtered tool still passes
+            r = await client.call_tool("crm__delete_record", {"record_id": "R-1"})
+            assert result_json(r) == "deleted R-1"
+
+    anyio.run(scenario)
+    line = gate.audit_lines(1, where=lambda l: l["tool"] == "crm__list_customers")[0]
+    assert (line["reason"], line["status"]) == ("output_too_large", 502)
+
+
+def test_demo_masks_card_for_both_agents_and_email_for_billing_only(tmp_path):
+    port = free_port()
+    out = open(tmp_path / "demo.out", "wb")
+    proc = subprocess.Popen([str(TOOLGATE_BIN), "demo", "--port", str(port)], stdout=out, stderr=out,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    out.close()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=1.0) as http:
+            for _ in range(int(READY_TIMEOUT_S / 0.05)):
+                assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+                try:
+                    if http.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+
+        async def lookup(key: str) -> dict:
+            async with sdk_client_cm(f"{url}/mcp", key, "auto") as client:
+                r = await client.call_tool("crm__lookup_customer", {"customer_id": "c-42"})
+                assert not r.is_error, r
+                return result_json(r)
+
+        support = anyio.run(lookup, "tg_demo_support_key")
+        billing = anyio.run(lookup, "tg_demo_billing_key")
+        assert support == {"id": "c-42", "name": "Ada Lovelace", "email": "ada@example.com",
+                           "card": "[REDACTED:card:****1111]", "tier": "gold"}
+        assert billing == {**support, "email": "[REDACTED:email]"}
+    finally:
+        stop_process(proc)
