@@ -237,15 +237,22 @@ async fn round_trip(
             if n > max_body {
                 return Err(fail(ClientError::TooLarge, false));
             }
-            while conn.buf.len() < n {
-                match read_some(conn).await {
-                    Ok(0) => return Err(fail(ClientError::Io, false)),
-                    Ok(_) => {}
-                    Err(e) => return Err(fail(e, false)),
+            // What arrived with the head is copied once; the rest is read
+            // straight into the body, in reads as large as what is missing.
+            let have = conn.buf.len().min(n);
+            body.reserve_exact(n);
+            body.extend_from_slice(&conn.buf[..have]);
+            conn.buf.drain(..have);
+            if have < n {
+                body.resize(n, 0);
+                let mut filled = have;
+                while filled < n {
+                    match conn.stream.read(&mut body[filled..]).await {
+                        Ok(0) | Err(_) => return Err(fail(ClientError::Io, false)),
+                        Ok(k) => filled += k,
+                    }
                 }
             }
-            body.extend_from_slice(&conn.buf[..n]);
-            conn.buf.drain(..n);
         }
         Framing::Chunked => {
             let mut dec = ChunkedDecoder::new(max_body);
