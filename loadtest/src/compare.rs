@@ -304,6 +304,24 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         secs,
     ))?);
     let _ = reloader.join();
+    // Latency at a given load: open loop at half of toolgate's closed-loop
+    // throughput, the same rate against the upstream directly.
+    if let Some(t) = reports
+        .iter()
+        .find(|r| r.label == "(b) toolgate")
+        .map(Report::rps)
+    {
+        let rate = (t / 2.0).max(100.0);
+        let open =
+            |label: &str, port: u16, key: Option<&str>, tool: &str| -> anyhow::Result<Report> {
+                let mut w = workload(label, port, key, tool, &o, secs);
+                w.rate = Some(rate);
+                run(w)
+            };
+        reports.push(open("(a) direct @50%", up_port, None, "echo")?);
+        reports.push(open("(b) toolgate @50%", tg_port, Some(KEY), "fast__echo")?);
+        println!("open-loop rate for the @50% rows: {rate:.0} req/s");
+    }
     let large = Options {
         arg_bytes: 64,
         connections: 4,
@@ -349,6 +367,21 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
             "toolgate p50 added over direct: {} µs (closed loop, {} connections)",
             t.saturating_sub(d),
             o.connections
+        );
+    }
+    if let (Some(t), Some(d)) = (
+        reports
+            .iter()
+            .find(|r| r.label == "(b) toolgate @50%")
+            .map(|r| r.hist.value_at_quantile(0.99)),
+        reports
+            .iter()
+            .find(|r| r.label == "(a) direct @50%")
+            .map(|r| r.hist.value_at_quantile(0.99)),
+    ) {
+        println!(
+            "toolgate p99 added over direct at half of saturation: {} µs",
+            t.saturating_sub(d)
         );
     }
     if nginx.is_none() {
