@@ -114,6 +114,30 @@ struct CallCtx {
     redactions: Vec<Redaction>,
 }
 
+impl CallCtx {
+    /// A context for a request that started at `started`, nothing known yet.
+    fn new(started: Instant, peer: Option<SocketAddr>, sse: bool, reason: &'static str) -> Self {
+        Self {
+            started,
+            time_us: now_us(),
+            peer,
+            request_id: None,
+            agent: None,
+            method: None,
+            tool: None,
+            upstream: None,
+            version: None,
+            requested_version: None,
+            sse,
+            reason,
+            user: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+        }
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -239,24 +263,8 @@ impl Gateway {
             }
         };
         let accept = req.head.header(req.buf, "accept").unwrap_or(b"*/*");
-        let mut ctx = CallCtx {
-            started: req.started,
-            time_us: now_us(),
-            peer: req.peer,
-            request_id: None,
-            agent: None,
-            method: None,
-            tool: None,
-            upstream: None,
-            version: None,
-            requested_version: None,
-            sse: accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json"),
-            reason: "answered",
-            user: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-        };
+        let sse = accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json");
+        let mut ctx = CallCtx::new(req.started, req.peer, sse, "answered");
         let snapshot = self.snapshot.borrow_mut().current();
         let result = self.drive(&snapshot, req, &mut ctx).await;
         let (decision, status, outcome, code) = match result {
@@ -933,24 +941,7 @@ impl Handler for Gateway {
         // the ring has room: they are attempts on the gateway.
         let admission = self.audit.borrow_mut().admit();
         if let Ok(admission) = admission {
-            let ctx = CallCtx {
-                started,
-                time_us: now_us(),
-                peer,
-                request_id: None,
-                agent: None,
-                method: None,
-                tool: None,
-                upstream: None,
-                version: None,
-                requested_version: None,
-                sse: false,
-                reason: refusal.kind.reason(),
-                user: None,
-                policies: None,
-                judge: None,
-                redactions: Vec::new(),
-            };
+            let ctx = CallCtx::new(started, peer, false, refusal.kind.reason());
             let record = self.record(
                 ctx,
                 Decision::Deny,

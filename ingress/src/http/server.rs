@@ -130,9 +130,8 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     Ok(Some(h)) => break h,
                     Ok(None) => {}
                     Err(refusal) => {
-                        out.clear();
-                        handler.refuse(&refusal, peer, Instant::now(), &mut out);
-                        let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                        refuse_and_close(&mut stream, handler, &refusal, peer, Instant::now(), cfg)
+                            .await;
                         return;
                     }
                 }
@@ -146,14 +145,15 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     head_deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout);
                 }
                 ReadOutcome::TimedOut if head_deadline.is_some() => {
-                    out.clear();
-                    handler.refuse(
+                    refuse_and_close(
+                        &mut stream,
+                        handler,
                         &Refusal::new(RefusalKind::RequestTimeout),
                         peer,
                         Instant::now(),
-                        &mut out,
-                    );
-                    let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                        cfg,
+                    )
+                    .await;
                     return;
                 }
                 ReadOutcome::TimedOut | ReadOutcome::Eof | ReadOutcome::Failed => return,
@@ -176,14 +176,15 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
                         ReadOutcome::Data => {}
                         ReadOutcome::TimedOut => {
-                            out.clear();
-                            handler.refuse(
+                            refuse_and_close(
+                                &mut stream,
+                                handler,
                                 &Refusal::new(RefusalKind::RequestTimeout),
                                 peer,
                                 started,
-                                &mut out,
-                            );
-                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                                cfg,
+                            )
+                            .await;
                             return;
                         }
                         ReadOutcome::Eof | ReadOutcome::Failed => return,
@@ -209,9 +210,15 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                                 ChunkError::TooLarge => RefusalKind::BodyTooLarge,
                                 ChunkError::Malformed => RefusalKind::MalformedHttp,
                             };
-                            out.clear();
-                            handler.refuse(&Refusal::new(kind), peer, started, &mut out);
-                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                            refuse_and_close(
+                                &mut stream,
+                                handler,
+                                &Refusal::new(kind),
+                                peer,
+                                started,
+                                cfg,
+                            )
+                            .await;
                             return;
                         }
                     }
@@ -221,14 +228,15 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
                         ReadOutcome::Data => {}
                         ReadOutcome::TimedOut => {
-                            out.clear();
-                            handler.refuse(
+                            refuse_and_close(
+                                &mut stream,
+                                handler,
                                 &Refusal::new(RefusalKind::RequestTimeout),
                                 peer,
                                 started,
-                                &mut out,
-                            );
-                            let _ = send(&mut stream, &out, cfg.idle_timeout).await;
+                                cfg,
+                            )
+                            .await;
                             return;
                         }
                         ReadOutcome::Eof | ReadOutcome::Failed => return,
@@ -265,6 +273,20 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
             chunked_body = Vec::new();
         }
     }
+}
+
+/// Answers a request refused before it could be served; the caller closes.
+async fn refuse_and_close<H: Handler>(
+    stream: &mut TcpStream,
+    handler: &H,
+    refusal: &Refusal,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    cfg: ConnConfig,
+) {
+    let mut out = Vec::with_capacity(256);
+    handler.refuse(refusal, peer, started, &mut out);
+    let _ = send(stream, &out, cfg.idle_timeout).await;
 }
 
 async fn send_continue(stream: &mut TcpStream, cfg: ConnConfig) -> bool {
