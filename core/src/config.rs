@@ -40,6 +40,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The Prometheus metrics listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Limits of output filtering.
     #[serde(default)]
     pub output: OutputConfig,
@@ -458,6 +461,15 @@ fn default_io_timeout_ms() -> u64 {
 fn default_max_message_bytes() -> usize {
     8192
 }
+/// `[metrics]`: Prometheus metrics on a listener of their own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address serving `GET /metrics`, e.g. `127.0.0.1:9464`. Default: none (off).
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+}
+
 fn default_log_level() -> String {
     "info".to_owned()
 }
@@ -573,6 +585,8 @@ pub struct ValidConfig {
     pub path: Option<PathBuf>,
     /// `output_rules`, parsed, in file order.
     pub output_rules: Vec<OutputRule>,
+    /// `metrics.listen`, parsed.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -897,6 +911,22 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         ),
     }
 
+    let metrics_listen = match &config.metrics.listen {
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(
+                    at(&l.span()),
+                    format!(
+                        "`{}` is not an address and port such as `127.0.0.1:9464`",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     match listen {
         Some(listen) if errors.is_empty() => {
@@ -925,6 +955,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 judge_url,
                 path: None,
                 output_rules,
+                metrics_listen,
             })
         }
         _ => Err(errors),

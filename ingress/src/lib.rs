@@ -16,6 +16,7 @@ pub mod catalog_sync;
 pub mod demo;
 pub mod http;
 pub mod mcp;
+pub mod metrics;
 pub mod session;
 pub mod shard;
 pub mod shared;

@@ -381,6 +381,13 @@ fn run(
     let policies = load_policies(&cfg)?;
     let watch = cfg.config.policies.watch;
     let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?);
+    shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
+    shared.metrics.set_sinks(
+        sinks
+            .iter()
+            .map(|s| (s.name().to_owned(), s.stats()))
+            .collect(),
+    );
     let running = shard::start(Arc::clone(&shared), writers, health).context("starting shards")?;
     tracing::info!(addr = %running.addr, shards, audit = %audit_dir.display(), sinks = sinks.len(), "toolgate listening");
     if let Some(b) = banner {

@@ -116,6 +116,9 @@ async fn run(
     ));
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
+        if let Some(addr) = shared.config.metrics_listen {
+            serve_metrics(addr, Arc::clone(&shared));
+        }
     }
     tracing::info!(shard = i, %local, "shard listening");
     let open = Rc::new(std::cell::Cell::new(0usize));
@@ -135,11 +138,49 @@ async fn run(
             continue;
         }
         open.set(open.get() + 1);
+        let counters = Arc::clone(&shared.metrics);
+        if let Some(c) = counters.shards.get(i) {
+            c.connections
+                .store(open.get() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         let (gateway, open, cfg) = (Rc::clone(&gateway), Rc::clone(&open), shared.conn);
         glommio::spawn_local(async move {
             serve(stream, cfg, &*gateway).await;
             open.set(open.get() - 1);
+            if let Some(c) = counters.shards.get(i) {
+                c.connections
+                    .store(open.get() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         })
         .detach();
     }
+}
+
+/// Serves `GET /metrics` on its own listener, from shard 0.
+fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen for metrics");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics listening");
+    let snapshot = Arc::clone(&shared.snapshot);
+    let handler = Rc::new(crate::metrics::MetricsHandler {
+        metrics: Arc::clone(&shared.metrics),
+        generation: Box::new(move || snapshot.generation()),
+    });
+    let cfg = shared.conn;
+    glommio::spawn_local(async move {
+        loop {
+            let Ok(stream) = listener.accept().await else {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let handler = Rc::clone(&handler);
+            glommio::spawn_local(async move { serve(stream, cfg, &*handler).await }).detach();
+        }
+    })
+    .detach();
 }

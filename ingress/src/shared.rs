@@ -41,6 +41,21 @@ pub struct Shared {
     pub conn: ConnConfig,
     /// Requests refused because the audit ring was full.
     pub audit_refusals: AtomicU64,
+    /// Prometheus counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Shards the configuration asks for: `server.shards`, else one per core.
+pub fn shard_count(cfg: &ValidConfig) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    cfg.config
+        .server
+        .shards
+        .as_ref()
+        .map(|s| *s.get_ref())
+        .unwrap_or(cores)
 }
 
 impl Shared {
@@ -71,6 +86,7 @@ impl Shared {
             session_key: SessionKey::new(session_key),
             conn,
             audit_refusals: AtomicU64::new(0),
+            metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
             config,
         })
     }

@@ -48,6 +48,8 @@ pub struct AuditStats {
     pub write_errors: AtomicU64,
     /// `fdatasync` calls.
     pub syncs: AtomicU64,
+    /// `log_seq` the next written record will get (sinks' lag is measured against it).
+    pub next_log_seq: AtomicU64,
 }
 
 /// Errors starting the audit thread.
@@ -186,6 +188,9 @@ impl Drain<'_> {
                 self.stats
                     .records_written
                     .fetch_add(std::mem::take(&mut pending), Ordering::Relaxed);
+                self.stats
+                    .next_log_seq
+                    .store(self.log.next_seq(), Ordering::Relaxed);
                 self.health.mark_written(&upto);
                 unsynced = true;
                 idle_since = None;

@@ -204,6 +204,11 @@ impl Gateway {
         }
     }
 
+    /// This shard's metrics counters.
+    fn counters(&self) -> Option<&crate::metrics::ShardCounters> {
+        self.shared.metrics.shards.get(usize::from(self.shard))
+    }
+
     /// This shard's client of upstream `idx`.
     pub fn upstream(&self, idx: usize) -> Option<Rc<Upstream>> {
         self.upstreams.get(idx).cloned()
@@ -248,6 +253,9 @@ impl Gateway {
             Err(why) => {
                 // Fail closed: with no place for the record, nothing runs.
                 let n = self.shared.audit_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(c) = self.counters() {
+                    c.audit_refused.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(shard = self.shard, refused = n, "{why}: call refused");
                 let r = Refusal::new(RefusalKind::AuditUnavailable);
                 let mut body = Vec::new();
@@ -324,8 +332,27 @@ impl Gateway {
                 (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
             }
         };
+        if let Some(c) = self.counters() {
+            match decision {
+                Decision::Allow => c.allowed.fetch_add(1, Ordering::Relaxed),
+                Decision::Deny => c.denied.fetch_add(1, Ordering::Relaxed),
+            };
+            if matches!(
+                ctx.reason,
+                "upstream_unavailable" | "upstream_timeout" | "upstream_bad_response"
+            ) {
+                c.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            let cache = self.decisions.borrow();
+            c.cache_hits.store(cache.hits, Ordering::Relaxed);
+            c.cache_misses.store(cache.misses, Ordering::Relaxed);
+        }
         let record = self.record(ctx, decision, status, outcome, code);
         let seq = self.audit.borrow_mut().commit(admission, record);
+        if let Some(c) = self.counters() {
+            c.ring_occupancy
+                .store(self.audit.borrow().occupancy() as u64, Ordering::Relaxed);
+        }
         self.await_recorded(seq).await;
         true
     }

@@ -35,6 +35,8 @@ pub enum Body<'a> {
     Json(&'a [u8]),
     /// One SSE `message` event carrying this JSON.
     Sse(&'a [u8]),
+    /// Prometheus text exposition.
+    Text(&'a [u8]),
 }
 
 /// Appends a complete response to `out`.
@@ -58,6 +60,14 @@ pub fn write(
             let _ = write!(
                 out,
                 "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
+            out.extend_from_slice(b);
+        }
+        Body::Text(b) => {
+            let _ = write!(
+                out,
+                "Content-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
                 b.len()
             );
             out.extend_from_slice(b);

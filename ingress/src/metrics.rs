@@ -1,0 +1,270 @@
+//! Prometheus metrics: counters written without locks by the shards and the
+//! audit threads, rendered in the text exposition format on demand, served
+//! on their own listener (`[metrics] listen`) so the agent-facing port never
+//! exposes them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_sinks::sink::SinkStats;
+use toolgate_sinks::{AuditHealth, AuditStats};
+
+use crate::http::head::Method;
+use crate::http::response::{self, Body};
+use crate::http::server::{Handler, Request};
+
+/// One shard's counters, on cache lines of their own: only that shard
+/// writes them, so they never bounce between cores.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    /// Requests on `/mcp` answered with decision `allow`.
+    pub allowed: AtomicU64,
+    /// Requests on `/mcp` refused (decision `deny`).
+    pub denied: AtomicU64,
+    /// Allowed calls whose upstream failed (unavailable, timeout, bad response).
+    pub upstream_failures: AtomicU64,
+    /// Requests refused because the audit pipeline could not take their record.
+    pub audit_refused: AtomicU64,
+    /// Records in the shard's audit ring not yet taken by the audit thread.
+    pub ring_occupancy: AtomicU64,
+    /// Policy decisions answered from the shard's cache.
+    pub cache_hits: AtomicU64,
+    /// Policy decisions evaluated.
+    pub cache_misses: AtomicU64,
+    /// Open agent connections.
+    pub connections: AtomicU64,
+}
+
+/// Everything `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Per shard, by shard index.
+    pub shards: Vec<ShardCounters>,
+    audit: OnceLock<(Arc<AuditStats>, Arc<AuditHealth>)>,
+    sinks: OnceLock<Vec<(String, Arc<SinkStats>)>>,
+}
+
+impl Metrics {
+    /// Counters for `shards` shards.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| ShardCounters::default()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Attaches the audit thread's counters.
+    pub fn set_audit(&self, stats: Arc<AuditStats>, health: Arc<AuditHealth>) {
+        let _ = self.audit.set((stats, health));
+    }
+
+    /// Attaches the sinks' counters.
+    pub fn set_sinks(&self, sinks: Vec<(String, Arc<SinkStats>)>) {
+        let _ = self.sinks.set(sinks);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self, generation: u64) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_shard = |out: &mut String,
+                         name: &str,
+                         kind: &str,
+                         help: &str,
+                         f: &dyn Fn(&ShardCounters) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(s));
+            }
+        };
+        let _ = writeln!(
+            out,
+            "# HELP toolgate_requests_total Requests answered on /mcp, by decision."
+        );
+        let _ = writeln!(out, "# TYPE toolgate_requests_total counter");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "toolgate_requests_total{{shard=\"{i}\",decision=\"allow\"}} {}",
+                s.allowed.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "toolgate_requests_total{{shard=\"{i}\",decision=\"deny\"}} {}",
+                s.denied.load(Ordering::Relaxed)
+            );
+        }
+        per_shard(
+            &mut out,
+            "toolgate_upstream_failures_total",
+            "counter",
+            "Allowed calls whose upstream failed.",
+            &|s| s.upstream_failures.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_audit_refusals_total",
+            "counter",
+            "Calls refused because the audit pipeline could not take their record.",
+            &|s| s.audit_refused.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_audit_ring_occupancy",
+            "gauge",
+            "Records waiting in the shard's audit ring.",
+            &|s| s.ring_occupancy.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_decision_cache_hits_total",
+            "counter",
+            "Policy decisions answered from the shard's cache.",
+            &|s| s.cache_hits.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_decision_cache_misses_total",
+            "counter",
+            "Policy decisions evaluated by Cedar.",
+            &|s| s.cache_misses.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_connections_open",
+            "gauge",
+            "Open agent connections.",
+            &|s| s.connections.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP toolgate_snapshot_generation Generation of the published decision snapshot.\n# TYPE toolgate_snapshot_generation gauge\ntoolgate_snapshot_generation {generation}");
+        let mut head = 0;
+        if let Some((stats, health)) = self.audit.get() {
+            head = stats.next_log_seq.load(Ordering::Relaxed);
+            for (name, kind, help, v) in [
+                (
+                    "toolgate_audit_records_written_total",
+                    "counter",
+                    "Records appended to the audit log.",
+                    stats.records_written.load(Ordering::Relaxed),
+                ),
+                (
+                    "toolgate_audit_write_errors_total",
+                    "counter",
+                    "Failed audit log writes, syncs or seals.",
+                    stats.write_errors.load(Ordering::Relaxed),
+                ),
+                (
+                    "toolgate_audit_syncs_total",
+                    "counter",
+                    "fdatasync calls on the audit log.",
+                    stats.syncs.load(Ordering::Relaxed),
+                ),
+                (
+                    "toolgate_audit_log_ok",
+                    "gauge",
+                    "1 while the audit log accepts writes; 0 means calls are refused.",
+                    u64::from(health.log_ok()),
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        }
+        if let Some(sinks) = self.sinks.get() {
+            let _ = writeln!(out, "# HELP toolgate_sink_delivered_total Records delivered by each sink (resends included).\n# TYPE toolgate_sink_delivered_total counter");
+            for (n, s) in sinks {
+                let _ = writeln!(
+                    out,
+                    "toolgate_sink_delivered_total{{sink=\"{n}\"}} {}",
+                    s.delivered.load(Ordering::Relaxed)
+                );
+            }
+            let _ = writeln!(out, "# HELP toolgate_sink_failures_total Failed deliveries of each sink.\n# TYPE toolgate_sink_failures_total counter");
+            for (n, s) in sinks {
+                let _ = writeln!(
+                    out,
+                    "toolgate_sink_failures_total{{sink=\"{n}\"}} {}",
+                    s.failures.load(Ordering::Relaxed)
+                );
+            }
+            let _ = writeln!(out, "# HELP toolgate_sink_lag_records Records written to the log and not yet delivered by each sink.\n# TYPE toolgate_sink_lag_records gauge");
+            for (n, s) in sinks {
+                let lag = head.saturating_sub(s.next_seq.load(Ordering::Relaxed).max(1));
+                let _ = writeln!(out, "toolgate_sink_lag_records{{sink=\"{n}\"}} {lag}");
+            }
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on the metrics listener.
+pub struct MetricsHandler {
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// Reads the current snapshot generation.
+    pub generation: Box<dyn Fn() -> u64>,
+}
+
+impl Handler for MetricsHandler {
+    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+        let path = req.head.path(req.buf);
+        if req.head.method == Method::Get && (path == b"/metrics" || path.starts_with(b"/metrics?"))
+        {
+            let text = self.metrics.render((self.generation)());
+            response::write(out, 200, &[], Body::Text(text.as_bytes()), true);
+        } else {
+            response::write(
+                out,
+                404,
+                &[],
+                Body::Text(b"not found: metrics are at /metrics\n"),
+                true,
+            );
+        }
+        true
+    }
+
+    fn refuse(
+        &self,
+        refusal: &Refusal,
+        _peer: Option<SocketAddr>,
+        _started: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let status = refusal.wire().status;
+        let text: &[u8] = if refusal.kind == RefusalKind::RequestTimeout {
+            b"request timeout\n"
+        } else {
+            b"bad request\n"
+        };
+        response::write(out, status, &[], Body::Text(text), false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_shard_and_parses_as_name_value_lines() {
+        let m = Metrics::new(2);
+        m.shards[1].allowed.fetch_add(3, Ordering::Relaxed);
+        m.shards[0].denied.fetch_add(1, Ordering::Relaxed);
+        m.set_sinks(vec![("rsyslog".into(), Arc::new(SinkStats::default()))]);
+        let text = m.render(7);
+        assert!(text.contains("toolgate_requests_total{shard=\"1\",decision=\"allow\"} 3\n"));
+        assert!(text.contains("toolgate_requests_total{shard=\"0\",decision=\"deny\"} 1\n"));
+        assert!(text.contains("toolgate_snapshot_generation 7\n"));
+        assert!(text.contains("toolgate_sink_lag_records{sink=\"rsyslog\"} 0\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap_or(("", "x"));
+            assert!(!name.is_empty() && value.parse::<u64>().is_ok(), "{line}");
+        }
+    }
+}
