@@ -280,6 +280,30 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
             secs,
         ))?);
     }
+    // The handshake era (a session per connection) and a mix with refusals.
+    let mut hs = workload(
+        "(b) toolgate handshake",
+        tg_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        secs,
+    );
+    hs.era = Era::Handshake;
+    reports.push(run(hs)?);
+    let mut mixed = workload(
+        "(b) toolgate 10% denied",
+        tg_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        secs,
+    );
+    mixed.mix = vec![
+        ("fast__echo".into(), 90, Kind::Allowed),
+        ("fast__not_attached".into(), 10, Kind::Refused),
+    ];
+    reports.push(run(mixed)?);
     // Reload under load: the policy file is rewritten and SIGHUP sent mid-run.
     let tg_pid = tg.child.id();
     let reloader = {

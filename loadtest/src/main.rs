@@ -93,7 +93,7 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         arg_bytes: usize,
         /// Idle connections opened for the memory-per-connection figure (0 skips).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 10000)]
         idle: usize,
         /// Write the results as JSON here too.
         #[arg(long)]
