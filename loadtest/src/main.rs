@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, default_value = "target/release/toolgate")]
         toolgate: PathBuf,
         /// Seconds per scenario (1–120).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 6)]
         seconds: u64,
         /// Connections per scenario.
         #[arg(long, default_value_t = 32)]
