@@ -403,6 +403,16 @@ impl Gateway {
         if !media_is(content_type, b"application/json") {
             return Err(Refusal::new(RefusalKind::UnsupportedMediaType));
         }
+        // Policy is decided on the body as read: an encoded body would be
+        // decided on bytes that are not what the tool sees.
+        if let Some(enc) = req.head.header(req.buf, "content-encoding") {
+            if !enc.trim_ascii().eq_ignore_ascii_case(b"identity") {
+                return Err(Refusal::with(
+                    RefusalKind::UnsupportedMediaType,
+                    "request bodies must not be content-encoded",
+                ));
+            }
+        }
         let accept = req.head.header(req.buf, "accept").unwrap_or(b"*/*");
         if !(accepts(accept, b"application/json") || accepts(accept, b"text/event-stream")) {
             return Err(Refusal::new(RefusalKind::NotAcceptable));

@@ -303,6 +303,20 @@ def test_unknown_method_modern_is_404(gate, support, http):
         "m1", "tools/frobnicate", "deny", 404, METHOD_NOT_FOUND)
 
 
+def test_content_encoded_body_is_415(gate, support, http):
+    """Policy decides on the body as read: a gzip body is refused, not decoded or guessed at."""
+    import gzip
+
+    raw = json.dumps(modern_request("tools/call", {"name": "crm__lookup_customer", "arguments": {"customer_id": "C"}})).encode()
+    hdrs = {**modern_headers("tools/call", "crm__lookup_customer", support.key), "Content-Encoding": "gzip"}
+    before = gate.audit_len()
+    r = http.post(gate.url, content=gzip.compress(raw), headers=hdrs)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["code"] == -32600
+    line = single_new_audit_line(gate, before)
+    assert (line["decision"], line["status"], line["reason"]) == ("deny", 415, "unsupported_media_type")
+
+
 def test_unknown_method_handshake_is_404(gate, support, http):
     hdrs = legacy_session(http, gate, support.key)
     before = gate.audit_len()
