@@ -41,11 +41,18 @@ pub struct Shared {
     pub conn: ConnConfig,
     /// Requests refused because the audit ring was full.
     pub audit_refusals: AtomicU64,
+    /// Upstream credentials, index-aligned with `config.upstreams`.
+    pub credentials: crate::credential::Credentials,
 }
 
 impl Shared {
     /// Shared state for `config`, with session ids keyed by `session_key`.
-    pub fn new(config: ValidConfig, policies: PolicyBundle, session_key: [u8; 32]) -> Arc<Self> {
+    pub fn new(
+        config: ValidConfig,
+        policies: PolicyBundle,
+        session_key: [u8; 32],
+        credentials: crate::credential::Credentials,
+    ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
         let snapshot = Published::new(
@@ -71,6 +78,7 @@ impl Shared {
             session_key: SessionKey::new(session_key),
             conn,
             audit_refusals: AtomicU64::new(0),
+            credentials,
             config,
         })
     }
