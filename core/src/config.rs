@@ -650,6 +650,8 @@ pub struct ValidConfig {
     pub output_rules: Vec<OutputRule>,
     /// `[auth.jwt]` with its JWKS parsed, when configured.
     pub jwt: Option<std::sync::Arc<crate::jwt::Verifier>>,
+    /// `auth.jwt.jwks_file` resolved against the config file's directory.
+    pub jwks_file: Option<PathBuf>,
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
@@ -1000,6 +1002,11 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                     base.join(f)
                 }
             });
+            let jwks_file = config
+                .auth
+                .jwt
+                .as_ref()
+                .map(|j| base.join(j.jwks_file.get_ref()));
             Ok(ValidConfig {
                 config,
                 listen,
@@ -1013,6 +1020,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 path: None,
                 output_rules,
                 jwt,
+                jwks_file,
                 credential_files,
             })
         }
@@ -1529,5 +1537,40 @@ prefix = ""
             .unwrap_or_default();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(9));
+    }
+
+    fn errors_of(text: &str) -> Vec<ConfigError> {
+        parse(text, "t.toml", Path::new("/nonexistent"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_jwks_file_is_reported_with_its_line() {
+        let text = "[auth.jwt]\nissuer = \"https://idp\"\naudience = \"https://gate\"\njwks_file = \"jwks.json\"\n";
+        let e = errors_of(text);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(4));
+        assert!(e[0]
+            .message
+            .starts_with("cannot read the JWKS file `jwks.json`"));
+    }
+
+    #[test]
+    fn credential_needs_exactly_one_source_and_a_free_header() {
+        let up = "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[upstreams.credential]\n";
+        let e = errors_of(&format!("{up}env = \"A\"\nfile = \"b\"\n"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0]
+            .message
+            .contains("exactly one of `env`, `file` and `command`"));
+        let e = errors_of(&format!("{up}header = \"Host\"\nenv = \"A\"\n"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(5));
+        assert!(e[0].message.contains("`Host` is one toolgate sets itself"));
+        assert!(errors_of(&format!("{up}command = []\n"))[0]
+            .message
+            .contains("must name a program"));
     }
 }

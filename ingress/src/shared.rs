@@ -155,7 +155,8 @@ impl Shared {
         Ok(self.snapshot.generation())
     }
 
-    /// Files whose change triggers a reload: the configuration and its policies.
+    /// Files whose change triggers a reload: the configuration, its
+    /// policies and the JWKS (so rotated IdP keys take effect).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.0
@@ -163,6 +164,7 @@ impl Shared {
             .iter()
             .cloned()
             .chain(cur.0.policy_files.iter().cloned())
+            .chain(cur.0.jwks_file.iter().cloned())
             .collect()
     }
 
