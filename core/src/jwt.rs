@@ -83,8 +83,9 @@ pub struct TokenIdentity {
     pub agent: String,
     /// The end user the agent acts for, when the token names one.
     pub user: Option<String>,
-    /// The end user's groups from the groups claim.
-    pub groups: Vec<String>,
+    /// The end user's groups from the groups claim; `None` when no
+    /// `groups_claim` is configured (configured `[[users]]` groups apply).
+    pub groups: Option<Vec<String>>,
 }
 
 fn number(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, TokenError> {
@@ -151,14 +152,17 @@ pub fn check_claims(
             (agent, (sub != agent).then_some(sub))
         }
     };
-    let groups = match rules.groups_claim.as_deref().and_then(|g| claims.get(g)) {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|g| g.as_str().map(str::to_owned).ok_or(TokenError::Malformed))
-            .collect::<Result<_, _>>()?,
-        Some(Value::String(g)) => g.split_whitespace().map(str::to_owned).collect(),
-        Some(_) => return Err(TokenError::Malformed),
+    let groups = match rules.groups_claim.as_deref() {
+        None => None,
+        Some(g) => Some(match claims.get(g) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|g| g.as_str().map(str::to_owned).ok_or(TokenError::Malformed))
+                .collect::<Result<_, _>>()?,
+            Some(Value::String(g)) => g.split_whitespace().map(str::to_owned).collect(),
+            Some(_) => return Err(TokenError::Malformed),
+        }),
     };
     Ok(TokenIdentity {
         agent: agent.to_owned(),
@@ -386,7 +390,7 @@ mod tests {
             Ok(TokenIdentity {
                 agent: "bot".into(),
                 user: Some("alice".into()),
-                groups: vec!["admins".into()],
+                groups: Some(vec!["admins".into()]),
             })
         );
     }

@@ -110,6 +110,8 @@ struct CallCtx {
     sse: bool,
     reason: &'static str,
     user: Option<Arc<str>>,
+    /// The user's groups from the token, when its user is the call's.
+    groups: Option<Arc<[Arc<str>]>>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
@@ -258,6 +260,7 @@ impl Gateway {
             sse: accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json"),
             reason: "answered",
             user: None,
+            groups: None,
             policies: None,
             judge: None,
             redactions: Vec::new(),
@@ -367,9 +370,14 @@ impl Gateway {
             Method::Post | Method::Delete => {}
             Method::Get | Method::Other => return Err(Refusal::new(RefusalKind::MethodNotAllowed)),
         }
-        let Caller { agent, user } = identify(snap, req)?;
+        let Caller {
+            agent,
+            user,
+            groups,
+        } = identify(snap, req)?;
         ctx.agent = Some(Arc::clone(&agent.id));
         ctx.user = user;
+        ctx.groups = groups;
         if req.head.method == Method::Delete {
             ctx.reason = "session_terminated";
             return self.end_session(agent, req);
@@ -541,7 +549,15 @@ impl Gateway {
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
                 ctx.user = self.user_of(snap, agent, req, ctx.user.take())?;
-                let verdict = self.decide(snap, agent, route, ctx.user.as_deref(), call.arguments);
+                let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+                let verdict = self.decide(
+                    snap,
+                    agent,
+                    route,
+                    ctx.user.as_deref(),
+                    groups,
+                    call.arguments,
+                );
                 let escalation = match verdict {
                     Verdict::Allow { policies } => {
                         ctx.policies = (!policies.is_empty()).then_some(policies);
@@ -723,6 +739,7 @@ impl Gateway {
         agent: &Agent,
         route: &Route,
         user: Option<&str>,
+        groups: Option<&[Arc<str>]>,
         args: Option<simd_json::tape::Value<'_, '_>>,
     ) -> Verdict {
         let slice = match &route.decision {
@@ -738,6 +755,7 @@ impl Gateway {
         let facts = CallFacts {
             agent: &agent.id,
             user,
+            groups,
             tool: &route.exposed,
             upstream: &snap.upstreams[route.upstream].name,
             args,
@@ -745,6 +763,13 @@ impl Gateway {
         let mut args_bytes = Vec::new();
         if let Some(a) = args {
             write_value(a, &mut args_bytes);
+        }
+        // The token's groups decide too: two tokens of one user with
+        // different groups must not share a cached verdict.
+        let mut group_bytes = Vec::new();
+        for g in groups.unwrap_or(&[]) {
+            group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
+            group_bytes.extend_from_slice(g.as_bytes());
         }
         let generation = self.snapshot.borrow().generation().to_le_bytes();
         self.decisions.borrow_mut().get_or_insert(
@@ -754,6 +779,8 @@ impl Gateway {
                 route.exposed.as_bytes(),
                 user.unwrap_or("").as_bytes(),
                 &[u8::from(user.is_some())],
+                &group_bytes,
+                &[u8::from(groups.is_some())],
                 &args_bytes,
             ],
             || engine.evaluate(slice, &facts),
@@ -915,6 +942,7 @@ pub(crate) fn rewrite_result(
 struct Caller<'s> {
     agent: &'s Agent,
     user: Option<Arc<str>>,
+    groups: Option<Arc<[Arc<str>]>>,
 }
 
 /// Identifies the caller from `Authorization: Bearer`: a JWT when
@@ -934,15 +962,26 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
         let agent = snap
             .agent_by_id(&id.agent)
             .ok_or_else(|| refused(TokenError::UnknownAgent))?;
+        let has_user = id.user.is_some();
         return Ok(Caller {
             agent,
             user: id.user.map(Arc::from),
+            // Groups belong to the token's user: none without one, so they
+            // never attach to a user named by header instead.
+            groups: id
+                .groups
+                .filter(|_| has_user)
+                .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
         });
     }
     let agent = snap
         .agent_by_key(&key_hash(token))
         .ok_or(Refusal::new(RefusalKind::UnknownCredential))?;
-    Ok(Caller { agent, user: None })
+    Ok(Caller {
+        agent,
+        user: None,
+        groups: None,
+    })
 }
 
 /// Path of the RFC 9728 protected resource metadata.
@@ -1061,6 +1100,7 @@ impl Handler for Gateway {
                 sse: false,
                 reason: refusal.kind.reason(),
                 user: None,
+                groups: None,
                 policies: None,
                 judge: None,
                 redactions: Vec::new(),

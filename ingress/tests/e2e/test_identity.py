@@ -349,3 +349,38 @@ def test_rotated_jwks_is_picked_up_on_change(gate, idp):
             break
         time.sleep(0.2)
     assert status == 200
+
+
+def test_token_groups_reach_cedar(tmp_path, upstreams, idp):
+    work = tmp_path / "groups"
+    work.mkdir()
+    (work / "jwks.json").write_text(json.dumps(idp.jwks()))
+    (work / "admins.cedar").write_text(
+        '@id("delete-admins-only")\n'
+        'permit(principal, action == Toolgate::Action::"crm__delete_record", resource)\n'
+        'when { context has user && context.user in Toolgate::Group::"admins" };\n'
+    )
+    extra = f"""
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = "jwks.json"
+groups_claim = "groups"
+
+[policies]
+files = ["admins.cedar"]
+"""
+    g = start_gate(work, upstream_cfgs(upstreams), [Agent("billing-bot", ["crm__delete_record"])], extra_toml=extra)
+    try:
+        args = {"record_id": "R-1"}
+        admin = idp.token(agent="billing-bot", sub="carol", groups=["admins"])
+        plain = idp.token(agent="billing-bot", sub="carol", groups=["support"])
+        assert call(g, admin, "crm__delete_record", args).status_code == 200
+        before = g.audit_len()
+        assert call(g, plain, "crm__delete_record", args).status_code == 403
+        [rec] = g.audit_after(before)
+        assert (rec["user"], rec["reason"]) == ("carol", "no_permit")
+        # the same user with admin groups again: not a stale cached deny
+        assert call(g, admin, "crm__delete_record", args).status_code == 200
+    finally:
+        release_gate(g)
