@@ -274,6 +274,7 @@ fn decision(c: &mut Criterion) {
             let facts = CallFacts {
                 agent: "agent1",
                 user: None,
+                groups: None,
                 tool: "u1__tool1",
                 upstream: "u1",
                 args: Some(tape.as_value()),

@@ -49,6 +49,77 @@ pub struct Config {
     /// Output rules: what agents may not see of tool results.
     #[serde(default)]
     pub output_rules: Vec<OutputRuleConfig>,
+    /// How agents authenticate besides API keys.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: identity providers toolgate trusts besides API keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWT bearer tokens from the organisation's IdP. Default: none (API keys only).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: JWT bearer tokens signed by the IdP's keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`, and the authorization server advertised in the
+    /// protected resource metadata.
+    pub issuer: Spanned<String>,
+    /// toolgate's own resource URI (RFC 8707): tokens whose `aud` does not
+    /// contain it are refused.
+    pub audience: Spanned<String>,
+    /// The IdP's JWKS, relative to the config file; re-read on reload.
+    pub jwks_file: Spanned<String>,
+    /// Claim naming the agent (a configured `[[agents]] id`). Default `azp`;
+    /// `client_id` is tried when it is absent.
+    #[serde(default = "default_agent_claim")]
+    pub agent_claim: String,
+    /// Claim holding the end user's groups. Default none.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+fn default_agent_claim() -> String {
+    "azp".to_owned()
+}
+
+fn default_leeway_s() -> u64 {
+    30
+}
+
+/// `[upstreams.credential]`: a secret toolgate adds to every request it sends
+/// an upstream. Exactly one of `env`, `file` and `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Header carrying the secret. Default `Authorization`.
+    #[serde(default = "default_credential_header")]
+    pub header: Spanned<String>,
+    /// Text put before the secret, e.g. `Bearer `. Default empty.
+    #[serde(default)]
+    pub value_prefix: String,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+    /// File holding the secret (trimmed), relative to the config file;
+    /// re-read when it changes.
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    /// Command printing the secret on stdout (trimmed), run once at start.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+}
+
+fn default_credential_header() -> Spanned<String> {
+    Spanned::new(0..0, "Authorization".to_owned())
 }
 
 /// `[output]`: limits of output filtering.
@@ -181,6 +252,10 @@ pub struct UpstreamConfig {
     /// to the `initialize` handshake), `handshake`, or `stateless` (2026-07-28).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Credential toolgate injects into every request to this upstream.
+    /// Default none. The agent's own `Authorization` is never forwarded.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
 }
 
 /// Which MCP era toolgate speaks to an upstream.
@@ -587,6 +662,13 @@ pub struct ValidConfig {
     pub output_rules: Vec<OutputRule>,
     /// `metrics.listen`, parsed.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[auth.jwt]` with its JWKS parsed, when configured.
+    pub jwt: Option<std::sync::Arc<crate::jwt::Verifier>>,
+    /// `auth.jwt.jwks_file` resolved against the config file's directory.
+    pub jwks_file: Option<PathBuf>,
+    /// `credential.file` of each upstream resolved against the config
+    /// file's directory, index-aligned with `config.upstreams`.
+    pub credential_files: Vec<Option<PathBuf>>,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -677,6 +759,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     }
 
     let mut upstream_urls = Vec::new();
+    let mut credential_files = Vec::new();
     let mut namer = ToolNamer::default();
     for u in &config.upstreams {
         let name = u.name.get_ref();
@@ -727,6 +810,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 format!("upstream `{name}`: `timeout_ms` must be above 0"),
             );
         }
+        credential_files.push(validate_credential(u, base, &mut err, &at));
     }
 
     for a in &config.agents {
@@ -837,6 +921,11 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
     }
+    let jwt = config
+        .auth
+        .jwt
+        .as_ref()
+        .and_then(|j| validate_jwt(j, base, &mut err, &at));
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
@@ -943,6 +1032,11 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                     base.join(f)
                 }
             });
+            let jwks_file = config
+                .auth
+                .jwt
+                .as_ref()
+                .map(|j| base.join(j.jwks_file.get_ref()));
             Ok(ValidConfig {
                 config,
                 listen,
@@ -956,10 +1050,125 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 path: None,
                 output_rules,
                 metrics_listen,
+                jwt,
+                jwks_file,
+                credential_files,
             })
         }
         _ => Err(errors),
     }
+}
+
+/// Checks `[auth.jwt]` and parses its JWKS.
+fn validate_jwt(
+    j: &JwtConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<std::sync::Arc<crate::jwt::Verifier>> {
+    for (key, v) in [("issuer", &j.issuer), ("audience", &j.audience)] {
+        if v.get_ref().is_empty() {
+            err(at(&v.span()), format!("`auth.jwt.{key}` must not be empty"));
+        }
+    }
+    if j.agent_claim.is_empty() {
+        err(None, "`auth.jwt.agent_claim` must not be empty".to_owned());
+    }
+    let file = j.jwks_file.get_ref();
+    let path = base.join(file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            err(
+                at(&j.jwks_file.span()),
+                format!("cannot read the JWKS file `{file}`: {e}"),
+            );
+            return None;
+        }
+    };
+    let rules = crate::jwt::ClaimRules {
+        issuer: j.issuer.get_ref().clone(),
+        audience: j.audience.get_ref().clone(),
+        agent_claim: j.agent_claim.clone(),
+        groups_claim: j.groups_claim.clone(),
+        leeway_s: j.leeway_s,
+    };
+    match crate::jwt::Verifier::from_jwks(&text, rules) {
+        Ok(v) => Some(std::sync::Arc::new(v)),
+        Err(e) => {
+            err(at(&j.jwks_file.span()), format!("JWKS file `{file}` {e}"));
+            None
+        }
+    }
+}
+
+/// Headers toolgate writes itself: a credential may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "accept",
+    "transfer-encoding",
+    "connection",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+];
+
+/// Checks an upstream's `[upstreams.credential]`; returns its resolved file.
+fn validate_credential(
+    u: &UpstreamConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<PathBuf> {
+    let c = u.credential.as_ref()?;
+    let name = u.name.get_ref();
+    let header = c.header.get_ref();
+    let line = at(&c.header.span()).or(at(&u.name.span()));
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        err(
+            line,
+            format!("upstream `{name}`: credential header `{header}` is not a header name"),
+        );
+    } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+        err(
+            line,
+            format!("upstream `{name}`: credential header `{header}` is one toolgate sets itself"),
+        );
+    }
+    if c.value_prefix.bytes().any(|b| b.is_ascii_control()) {
+        err(
+            line,
+            format!(
+                "upstream `{name}`: credential `value_prefix` must not hold control characters"
+            ),
+        );
+    }
+    let sources =
+        c.env.is_some() as usize + c.file.is_some() as usize + c.command.is_some() as usize;
+    if sources != 1 {
+        err(
+            at(&u.name.span()),
+            format!(
+                "upstream `{name}`: credential needs exactly one of `env`, `file` and `command`"
+            ),
+        );
+    }
+    if let Some(cmd) = &c.command {
+        if cmd.get_ref().first().is_none_or(|p| p.is_empty()) {
+            err(
+                at(&cmd.span()),
+                format!("upstream `{name}`: credential `command` must name a program"),
+            );
+        }
+    }
+    c.file.as_ref().map(|f| base.join(f.get_ref()))
 }
 
 /// Largest compiled size of one operator pattern, bytes: keeps a pattern
@@ -1359,5 +1568,40 @@ prefix = ""
             .unwrap_or_default();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(9));
+    }
+
+    fn errors_of(text: &str) -> Vec<ConfigError> {
+        parse(text, "t.toml", Path::new("/nonexistent"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn missing_jwks_file_is_reported_with_its_line() {
+        let text = "[auth.jwt]\nissuer = \"https://idp\"\naudience = \"https://gate\"\njwks_file = \"jwks.json\"\n";
+        let e = errors_of(text);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(4));
+        assert!(e[0]
+            .message
+            .starts_with("cannot read the JWKS file `jwks.json`"));
+    }
+
+    #[test]
+    fn credential_needs_exactly_one_source_and_a_free_header() {
+        let up = "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[upstreams.credential]\n";
+        let e = errors_of(&format!("{up}env = \"A\"\nfile = \"b\"\n"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0]
+            .message
+            .contains("exactly one of `env`, `file` and `command`"));
+        let e = errors_of(&format!("{up}header = \"Host\"\nenv = \"A\"\n"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(5));
+        assert!(e[0].message.contains("`Host` is one toolgate sets itself"));
+        assert!(errors_of(&format!("{up}command = []\n"))[0]
+            .message
+            .contains("must name a program"));
     }
 }

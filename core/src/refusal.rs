@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use crate::audit::Decision;
+use crate::jwt::TokenError;
 use crate::protocol::codes;
 
 /// Where the fault lies.
@@ -63,6 +64,8 @@ pub enum RefusalKind {
     MissingCredential,
     /// `Authorization` present but malformed or the key is unknown.
     UnknownCredential,
+    /// A bearer JWT that did not verify, or names no configured agent.
+    InvalidToken(TokenError),
     /// The session belongs to another agent.
     SessionIdentityMismatch,
     /// The agent named an end user but is not allowed to act for users.
@@ -136,6 +139,7 @@ impl RefusalKind {
             | SessionNotFound
             | MissingCredential
             | UnknownCredential
+            | InvalidToken(_)
             | SessionIdentityMismatch
             | UserAssertionRefused => Origin::Downstream,
             AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable
@@ -167,6 +171,7 @@ impl RefusalKind {
             SessionNotFound => "session_not_found",
             MissingCredential => "missing_api_key",
             UnknownCredential => "unknown_api_key",
+            InvalidToken(e) => e.reason(),
             SessionIdentityMismatch => "session_identity_mismatch",
             UserAssertionRefused => "user_assertion_refused",
             PolicyDenied => "denied_by_policy",
@@ -257,6 +262,7 @@ impl Refusal {
                 "Unauthorized: an API key is required",
             ),
             UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
+            InvalidToken(e) => (401, codes::UNAUTHENTICATED, token_message(e)),
             SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
             UserAssertionRefused => (
                 403,
@@ -302,6 +308,22 @@ impl Refusal {
     }
 }
 
+/// The agent-facing message of a refused token.
+fn token_message(e: TokenError) -> &'static str {
+    match e {
+        TokenError::Malformed => "Unauthorized: token is malformed",
+        TokenError::AlgorithmRefused => "Unauthorized: token algorithm not accepted",
+        TokenError::UnknownKey => "Unauthorized: token signed by an unknown key",
+        TokenError::BadSignature => "Unauthorized: token signature does not verify",
+        TokenError::Expired => "Unauthorized: token expired",
+        TokenError::NotYetValid => "Unauthorized: token not yet valid",
+        TokenError::WrongIssuer => "Unauthorized: token from another issuer",
+        TokenError::WrongAudience => "Unauthorized: token meant for another audience",
+        TokenError::MissingClaim => "Unauthorized: token lacks the agent or subject claim",
+        TokenError::UnknownAgent => "Unauthorized: token names an unknown agent",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +352,17 @@ mod tests {
         assert_eq!(RefusalKind::OutputRefused.decision(), Decision::Deny);
         assert_eq!(RefusalKind::OutputTooLarge.reason(), "output_too_large");
         assert_eq!(Refusal::new(RefusalKind::OutputTooLarge).wire().status, 502);
+    }
+
+    #[test]
+    fn refused_tokens_are_401_with_their_own_reason() {
+        let r = Refusal::new(RefusalKind::InvalidToken(TokenError::Expired));
+        assert_eq!(
+            (r.wire().status, r.wire().code),
+            (401, codes::UNAUTHENTICATED)
+        );
+        assert_eq!(r.kind.reason(), "token_expired");
+        assert_eq!(r.kind.decision(), Decision::Deny);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct Snapshot {
     /// Agents in configuration order.
     pub agents: Vec<Agent>,
     by_key: HashMap<KeyHash, usize>,
+    by_id: HashMap<Arc<str>, usize>,
+    /// Verifier of bearer JWTs, when `[auth.jwt]` is configured: its keys
+    /// are parsed once here, so a request verifies without I/O or locks.
+    pub jwt: Option<Arc<toolgate_core::jwt::Verifier>>,
     /// Upstreams in configuration order.
     pub upstreams: Vec<UpstreamInfo>,
     /// Fetched catalogs, index-aligned with `upstreams`; `None` until fetched.
@@ -107,6 +111,7 @@ impl Snapshot {
         let max_result_bytes = cfg.config.output.max_result_bytes;
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
         let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
+        let mut by_id = HashMap::with_capacity(cfg.config.agents.len());
         for a in &cfg.config.agents {
             let mut tools = HashMap::new();
             let mut list = String::from("[");
@@ -156,8 +161,10 @@ impl Snapshot {
             if let Some(h) = parse_key_hash(a.api_key_sha256.get_ref()) {
                 by_key.insert(h, agents.len());
             }
+            let id: Arc<str> = Arc::from(a.id.get_ref().as_str());
+            by_id.insert(Arc::clone(&id), agents.len());
             agents.push(Agent {
-                id: Arc::from(a.id.get_ref().as_str()),
+                id,
                 tools,
                 tools_list: Arc::from(list),
             });
@@ -166,6 +173,8 @@ impl Snapshot {
         Snapshot {
             agents,
             by_key,
+            by_id,
+            jwt: cfg.jwt.clone(),
             upstreams,
             catalogs,
             engine: None,
@@ -251,6 +260,11 @@ impl Snapshot {
     /// The agent holding the key with this digest.
     pub fn agent_by_key(&self, hash: &KeyHash) -> Option<&Agent> {
         self.by_key.get(hash).map(|&i| &self.agents[i])
+    }
+
+    /// The agent with this configured id.
+    pub fn agent_by_id(&self, id: &str) -> Option<&Agent> {
+        self.by_id.get(id).map(|&i| &self.agents[i])
     }
 
     /// The route of a tool the agent may call. `None` when the tool is not

@@ -13,6 +13,7 @@
 
 pub mod call;
 pub mod catalog_sync;
+pub mod credential;
 pub mod demo;
 pub mod http;
 pub mod mcp;

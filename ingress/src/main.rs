@@ -184,6 +184,7 @@ fn load(path: &Path) -> anyhow::Result<ValidConfig> {
 fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     load_policies(&cfg)?;
+    toolgate_ingress::credential::load(&cfg)?;
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
         path.display(),
@@ -209,14 +210,28 @@ fn load_policies(cfg: &ValidConfig) -> anyhow::Result<PolicyBundle> {
 /// Fetches every upstream's catalog once (for validation), on a throwaway executor.
 fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
     let infos = Snapshot::build(cfg, &[]).upstreams;
+    // A credential that cannot be read leaves its upstream uncredentialed
+    // here: `check` reports it, and `run` refuses to start.
+    let creds: Vec<Option<toolgate_core::secret::Secret>> = cfg
+        .config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let file = cfg.credential_files.get(i).and_then(Option::as_deref);
+            let c = u.credential.as_ref()?;
+            toolgate_ingress::credential::read(u.name.get_ref(), c, file).ok()
+        })
+        .collect();
     let namer = cfg.namer.clone();
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
             let mut out = Vec::new();
-            for (idx, info) in infos.into_iter().enumerate() {
+            for (idx, (info, cred)) in infos.into_iter().zip(creds).enumerate() {
                 let name = info.name.clone();
-                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info);
+                let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
+                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {
@@ -380,7 +395,9 @@ fn run(
     let sinks = start_sinks(&cfg)?;
     let policies = load_policies(&cfg)?;
     let watch = cfg.config.policies.watch;
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?);
+    let credentials = toolgate_ingress::credential::load(&cfg)?;
+    toolgate_ingress::credential::watch(&cfg, &credentials);
+    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials);
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks

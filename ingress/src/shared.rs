@@ -43,6 +43,8 @@ pub struct Shared {
     pub audit_refusals: AtomicU64,
     /// Prometheus counters.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Upstream credentials, index-aligned with `config.upstreams`.
+    pub credentials: crate::credential::Credentials,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -60,7 +62,12 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
 
 impl Shared {
     /// Shared state for `config`, with session ids keyed by `session_key`.
-    pub fn new(config: ValidConfig, policies: PolicyBundle, session_key: [u8; 32]) -> Arc<Self> {
+    pub fn new(
+        config: ValidConfig,
+        policies: PolicyBundle,
+        session_key: [u8; 32],
+        credentials: crate::credential::Credentials,
+    ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
         let snapshot = Published::new(
@@ -87,6 +94,7 @@ impl Shared {
             conn,
             audit_refusals: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
+            credentials,
             config,
         })
     }
@@ -163,7 +171,8 @@ impl Shared {
         Ok(self.snapshot.generation())
     }
 
-    /// Files whose change triggers a reload: the configuration and its policies.
+    /// Files whose change triggers a reload: the configuration, its
+    /// policies and the JWKS (so rotated IdP keys take effect).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.0
@@ -171,6 +180,7 @@ impl Shared {
             .iter()
             .cloned()
             .chain(cur.0.policy_files.iter().cloned())
+            .chain(cur.0.jwks_file.iter().cloned())
             .collect()
     }
 

@@ -120,6 +120,7 @@ fn decide(snap: &Snapshot, c: &Case) -> (&'static str, String) {
             let facts = CallFacts {
                 agent: &agent.id,
                 user: c.user.as_deref(),
+                groups: None,
                 tool: &route.exposed,
                 upstream: &snap.upstreams[route.upstream].name,
                 args: Some(tape.as_value()),

@@ -108,6 +108,9 @@ pub struct CallFacts<'a, 't> {
     pub agent: &'a str,
     /// End user, when known.
     pub user: Option<&'a str>,
+    /// The end user's groups as the IdP's token gives them; they replace the
+    /// user's `[[users]]` groups. `None`: the configured groups apply.
+    pub groups: Option<&'a [Arc<str>]>,
     /// Exposed tool name.
     pub tool: &'a str,
     /// Upstream name.
@@ -336,7 +339,31 @@ impl Engine {
         };
         // The user entity must be in the store for `in Group` checks; known
         // users are, unknown ones belong to no group.
-        let response = Authorizer::new().is_authorized(&request, &slice.set, &self.entities);
+        // A token's groups are the user's for this call only: the store is
+        // copied with the user re-parented (rare: only slices that depend on
+        // the user reach here, and their verdicts are cached).
+        let scoped;
+        let entities = match (facts.user, facts.groups) {
+            (Some(u), Some(groups)) => {
+                let Some(user) = uid("User", u) else {
+                    return deny("policy_error");
+                };
+                let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
+                match self
+                    .entities
+                    .clone()
+                    .upsert_entities([Entity::new_no_attrs(user, parents)], None)
+                {
+                    Ok(e) => {
+                        scoped = e;
+                        &scoped
+                    }
+                    Err(_) => return deny("policy_error"),
+                }
+            }
+            _ => &self.entities,
+        };
+        let response = Authorizer::new().is_authorized(&request, &slice.set, entities);
         let named = |ids: &mut dyn Iterator<Item = &PolicyId>| -> Arc<[Arc<str>]> {
             ids.map(|id| {
                 slice

@@ -75,6 +75,7 @@ fn decide(e: &Engine, agent: &str, user: Option<&str>, tool: &str, args: &str) -
                 &CallFacts {
                     agent,
                     user,
+                    groups: None,
                     tool,
                     upstream,
                     args: Some(tape.as_value()),
@@ -294,4 +295,33 @@ fn cache_answers_the_same_call_and_never_caches_judge() {
     assert_eq!(c.len(), 2);
     let _ = c.get_or_insert(&[b"z"], allow);
     assert_eq!(c.len(), 1, "a full cache is cleared, not grown");
+}
+
+#[test]
+fn token_groups_replace_the_configured_ones_for_the_call() {
+    let e = engine();
+    let PairDecision::Evaluate(slice) = e.precompile("support-bot", "crm__delete_record", "crm")
+    else {
+        unreachable!("delete depends on the user")
+    };
+    let run = |user: &str, groups: &[&str]| {
+        let groups: Vec<Arc<str>> = groups.iter().map(|g| Arc::from(*g)).collect();
+        e.evaluate(
+            &slice,
+            &CallFacts {
+                agent: "support-bot",
+                user: Some(user),
+                groups: Some(&groups),
+                tool: "crm__delete_record",
+                upstream: "crm",
+                args: None,
+            },
+        )
+    };
+    // bob is no admin in the configuration, but his token says he is
+    assert!(is_allow(&run("bob", &["admins"])));
+    // an unknown user's token groups count too
+    assert!(is_allow(&run("carol", &["admins"])));
+    // alice's token does not make her an admin: the token wins
+    assert!(!is_allow(&run("alice", &["support"])));
 }

@@ -39,6 +39,7 @@ use toolgate_core::identity::{bearer, key_hash, BearerError};
 use toolgate_core::jsonrpc::{
     id_text, write_str, write_value, JsonParser, RpcRequest, ToolCall, ViewErrorKind,
 };
+use toolgate_core::jwt::{looks_like_jwt, TokenError};
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
@@ -109,6 +110,8 @@ struct CallCtx {
     sse: bool,
     reason: &'static str,
     user: Option<Arc<str>>,
+    /// The user's groups from the token, when its user is the call's.
+    groups: Option<Arc<[Arc<str>]>>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
@@ -131,6 +134,7 @@ impl CallCtx {
             sse,
             reason,
             user: None,
+            groups: None,
             policies: None,
             judge: None,
             redactions: Vec::new(),
@@ -174,7 +178,11 @@ impl Gateway {
             .load()
             .upstreams
             .iter()
-            .map(|u| Rc::new(Upstream::new(u.clone())))
+            .enumerate()
+            .map(|(i, u)| {
+                let credential = shared.credentials.get(i).and_then(Option::as_ref);
+                Rc::new(Upstream::new(u.clone(), credential.map(|c| c.reader())))
+            })
             .collect();
         let terminated = shared.terminated.reader();
         let judge = shared.config.judge_url.clone().map(|url| {
@@ -312,9 +320,13 @@ impl Gateway {
                     ctx.requested_version.as_deref(),
                     &mut body,
                 );
+                let auth;
                 let extra: &[(&str, &str)] = match r.kind {
-                    RefusalKind::MissingCredential | RefusalKind::UnknownCredential => {
-                        &[("WWW-Authenticate", "Bearer realm=\"toolgate\"")]
+                    RefusalKind::MissingCredential
+                    | RefusalKind::UnknownCredential
+                    | RefusalKind::InvalidToken(_) => {
+                        auth = challenge(&snapshot, req, self.shared.config.listen, r.kind);
+                        &[("WWW-Authenticate", auth.as_str())]
                     }
                     RefusalKind::MethodNotAllowed => &[("Allow", "POST, DELETE")],
                     _ => &[],
@@ -393,8 +405,14 @@ impl Gateway {
             Method::Post | Method::Delete => {}
             Method::Get | Method::Other => return Err(Refusal::new(RefusalKind::MethodNotAllowed)),
         }
-        let agent = identify(snap, req)?;
+        let Caller {
+            agent,
+            user,
+            groups,
+        } = identify(snap, req)?;
         ctx.agent = Some(Arc::clone(&agent.id));
+        ctx.user = user;
+        ctx.groups = groups;
         if req.head.method == Method::Delete {
             ctx.reason = "session_terminated";
             return self.end_session(agent, req);
@@ -575,8 +593,16 @@ impl Gateway {
                     return Err(Refusal::with(RefusalKind::UnknownTool, shown));
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
-                ctx.user = self.user_of(snap, agent, req)?;
-                let verdict = self.decide(snap, agent, route, ctx.user.as_deref(), call.arguments);
+                ctx.user = self.user_of(snap, agent, req, ctx.user.take())?;
+                let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+                let verdict = self.decide(
+                    snap,
+                    agent,
+                    route,
+                    ctx.user.as_deref(),
+                    groups,
+                    call.arguments,
+                );
                 let escalation = match verdict {
                     Verdict::Allow { policies } => {
                         ctx.policies = (!policies.is_empty()).then_some(policies);
@@ -710,17 +736,29 @@ impl Gateway {
         Err(bad())
     }
 
-    /// The end user the agent acts for, from `Toolgate-On-Behalf-Of`: only
-    /// agents configured with `act_for_users` may name one.
+    /// The end user the agent acts for: the one its bearer token names,
+    /// else `Toolgate-On-Behalf-Of`, which only agents configured with
+    /// `act_for_users` may send. A header naming someone other than the
+    /// token's user is refused: the IdP's word is not overridden.
     fn user_of(
         &self,
         snap: &Snapshot,
         agent: &Agent,
         req: &Request<'_>,
+        token_user: Option<Arc<str>>,
     ) -> Result<Option<Arc<str>>, Refusal> {
         let Some(raw) = req.head.header(req.buf, ON_BEHALF_OF) else {
-            return Ok(None);
+            return Ok(token_user);
         };
+        if let Some(u) = token_user {
+            if raw.trim_ascii() == u.as_bytes() {
+                return Ok(Some(u));
+            }
+            return Err(Refusal::with(
+                RefusalKind::UserAssertionRefused,
+                "`Toolgate-On-Behalf-Of` names someone other than the token's user",
+            ));
+        }
         let allowed = snap
             .agents
             .iter()
@@ -746,6 +784,7 @@ impl Gateway {
         agent: &Agent,
         route: &Route,
         user: Option<&str>,
+        groups: Option<&[Arc<str>]>,
         args: Option<simd_json::tape::Value<'_, '_>>,
     ) -> Verdict {
         let slice = match &route.decision {
@@ -761,6 +800,7 @@ impl Gateway {
         let facts = CallFacts {
             agent: &agent.id,
             user,
+            groups,
             tool: &route.exposed,
             upstream: &snap.upstreams[route.upstream].name,
             args,
@@ -768,6 +808,13 @@ impl Gateway {
         let mut args_bytes = Vec::new();
         if let Some(a) = args {
             write_value(a, &mut args_bytes);
+        }
+        // The token's groups decide too: two tokens of one user with
+        // different groups must not share a cached verdict.
+        let mut group_bytes = Vec::new();
+        for g in groups.unwrap_or(&[]) {
+            group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
+            group_bytes.extend_from_slice(g.as_bytes());
         }
         let generation = self.snapshot.borrow().generation().to_le_bytes();
         self.decisions.borrow_mut().get_or_insert(
@@ -777,6 +824,8 @@ impl Gateway {
                 route.exposed.as_bytes(),
                 user.unwrap_or("").as_bytes(),
                 &[u8::from(user.is_some())],
+                &group_bytes,
+                &[u8::from(groups.is_some())],
                 &args_bytes,
             ],
             || engine.evaluate(slice, &facts),
@@ -819,6 +868,35 @@ impl Gateway {
         let nonce = self.check_session(agent, req)?;
         self.shared.terminate(nonce, now_secs());
         Ok(Answer::Done)
+    }
+
+    /// RFC 9728 protected resource metadata: where agents get tokens for
+    /// toolgate. 404 when `[auth.jwt]` is not configured.
+    fn resource_metadata(&self, req: &Request<'_>, out: &mut Vec<u8>) {
+        if req.head.method != Method::Get {
+            let r = Refusal::new(RefusalKind::MethodNotAllowed);
+            let mut body = Vec::new();
+            wire::refusal(None, &r, None, &mut body);
+            response::write(out, 405, &[("Allow", "GET")], Body::Json(&body), true);
+            return;
+        }
+        let snapshot = self.snapshot.borrow_mut().current();
+        let Some(jwt) = snapshot.jwt.as_deref() else {
+            let r = Refusal::new(RefusalKind::PathNotFound);
+            let mut body = Vec::new();
+            wire::refusal(None, &r, None, &mut body);
+            response::write(out, 404, &[], Body::Json(&body), true);
+            return;
+        };
+        let rules = jwt.rules();
+        let body = serde_json::json!({
+            "resource": rules.audience,
+            "authorization_servers": [rules.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": [],
+        })
+        .to_string();
+        response::write(out, 200, &[], Body::Json(body.as_bytes()), true);
     }
 
     fn health(&self, req: &Request<'_>, out: &mut Vec<u8>, ready: bool) {
@@ -905,13 +983,84 @@ pub(crate) fn rewrite_result(
     out.push(b'}');
 }
 
-fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<&'s Agent, Refusal> {
+/// Who is calling: the agent, and the end user its token names.
+struct Caller<'s> {
+    agent: &'s Agent,
+    user: Option<Arc<str>>,
+    groups: Option<Arc<[Arc<str>]>>,
+}
+
+/// Identifies the caller from `Authorization: Bearer`: a JWT when
+/// `[auth.jwt]` is configured and the token has a JWT's shape, else an API
+/// key. Only the header is read: a token in the query string is never
+/// accepted.
+fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Refusal> {
     let token = bearer(req.head.header(req.buf, "authorization")).map_err(|e| match e {
         BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
         BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
     })?;
-    snap.agent_by_key(&key_hash(token))
-        .ok_or(Refusal::new(RefusalKind::UnknownCredential))
+    if let Some(verifier) = snap.jwt.as_deref().filter(|_| looks_like_jwt(token)) {
+        let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
+        let id = verifier
+            .verify(token, now_us() / 1_000_000)
+            .map_err(refused)?;
+        let agent = snap
+            .agent_by_id(&id.agent)
+            .ok_or_else(|| refused(TokenError::UnknownAgent))?;
+        let has_user = id.user.is_some();
+        return Ok(Caller {
+            agent,
+            user: id.user.map(Arc::from),
+            // Groups belong to the token's user: none without one, so they
+            // never attach to a user named by header instead.
+            groups: id
+                .groups
+                .filter(|_| has_user)
+                .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
+        });
+    }
+    let agent = snap
+        .agent_by_key(&key_hash(token))
+        .ok_or(Refusal::new(RefusalKind::UnknownCredential))?;
+    Ok(Caller {
+        agent,
+        user: None,
+        groups: None,
+    })
+}
+
+/// Path of the RFC 9728 protected resource metadata.
+pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The `WWW-Authenticate` challenge of a 401: with `[auth.jwt]` it points
+/// at the protected resource metadata (RFC 9728) on the host the agent
+/// used; `Host` values that are not a plain host and port fall back to the
+/// listen address.
+fn challenge(snap: &Snapshot, req: &Request<'_>, listen: SocketAddr, kind: RefusalKind) -> String {
+    let mut out = String::from("Bearer realm=\"toolgate\"");
+    if snap.jwt.is_none() {
+        return out;
+    }
+    let host = req
+        .head
+        .header(req.buf, "host")
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        })
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| listen.to_string());
+    out.push_str(", resource_metadata=\"http://");
+    out.push_str(&host);
+    out.push_str(RESOURCE_METADATA_PATH);
+    out.push('"');
+    if matches!(kind, RefusalKind::InvalidToken(_)) {
+        out.push_str(", error=\"invalid_token\"");
+    }
+    out
 }
 
 /// Whether a media-type header value (type and parameters) is `media`.
@@ -945,6 +1094,10 @@ impl Handler for Gateway {
         let path = path.split(|&b| b == b'?').next().unwrap_or(path);
         match path {
             b"/mcp" => self.mcp(req, out).await,
+            p if p == RESOURCE_METADATA_PATH.as_bytes() => {
+                self.resource_metadata(req, out);
+                true
+            }
             b"/healthz" => {
                 self.health(req, out, true);
                 true

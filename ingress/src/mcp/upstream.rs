@@ -19,7 +19,8 @@ use toolgate_core::config::UpstreamProtocol;
 use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_core::refusal::RefusalKind;
-use toolgate_decision::UpstreamInfo;
+use toolgate_core::secret::Secret;
+use toolgate_decision::{Reader, UpstreamInfo};
 
 use super::sse;
 use crate::http::client::{ClientError, MediaType, Pool};
@@ -77,6 +78,8 @@ pub struct Upstream {
     era: RefCell<Era>,
     next_id: Cell<u64>,
     handshake: Semaphore,
+    /// The header line toolgate injects into every request, if configured.
+    credential: Option<RefCell<Reader<Secret>>>,
 }
 
 /// A JSON-RPC response message from the upstream, as JSON text.
@@ -93,8 +96,9 @@ const CLIENT_INFO: &str = concat!(
 );
 
 impl Upstream {
-    /// A client of `info` for the current shard.
-    pub fn new(info: UpstreamInfo) -> Self {
+    /// A client of `info` for the current shard, injecting `credential`
+    /// (a complete header line) into every request.
+    pub fn new(info: UpstreamInfo, credential: Option<Reader<Secret>>) -> Self {
         let pool = Pool::new(info.url.dial_target(), info.pool_size);
         let mode = info.protocol;
         Self {
@@ -104,6 +108,7 @@ impl Upstream {
             era: RefCell::new(Era::Unknown),
             next_id: Cell::new(1),
             handshake: Semaphore::new(1),
+            credential: credential.map(RefCell::new),
         }
     }
 
@@ -186,6 +191,9 @@ impl Upstream {
         }
         for (k, v) in headers {
             let _ = write!(req, "{k}: {v}\r\n");
+        }
+        if let Some(c) = &self.credential {
+            req.extend_from_slice(c.borrow_mut().current().expose());
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(&body);

@@ -53,8 +53,9 @@ def upstream_cfgs(upstreams: dict[str, UpstreamProc], **overrides: dict[str, Any
     return [UpstreamCfg(name=n, url=u.url, **overrides.get(n, {})) for n, u in upstreams.items()]
 
 
-def start_gate(workdir: Path, upstream_list, agents, server: dict[str, Any] | None = None, start: bool = True) -> Gate:
-    gate = Gate(workdir, upstream_list, agents, server)
+def start_gate(workdir: Path, upstream_list, agents, server: dict[str, Any] | None = None, start: bool = True,
+               extra_toml: str = "") -> Gate:
+    gate = Gate(workdir, upstream_list, agents, server, extra_toml=extra_toml)
     ACTIVE_GATES.append(gate)
     if start:
         gate.start()

@@ -188,6 +188,8 @@ class UpstreamCfg:
     url: str
     prefix: str | None = None
     timeout_ms: int | None = None
+    # ``[upstreams.credential]`` keys (header, value_prefix, env/file/command).
+    credential: dict[str, Any] | None = None
 
 
 class Gate:
@@ -230,6 +232,9 @@ class Gate:
                 lines.append(f"prefix = {toml_value(up.prefix)}")
             if up.timeout_ms is not None:
                 lines.append(f"timeout_ms = {up.timeout_ms}")
+            if up.credential is not None:
+                lines.append("[upstreams.credential]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items()]
         for a in self.agents.values():
             lines += [
                 "",

@@ -5,6 +5,7 @@ Usage: python upstream_server.py NAME PORT json|sse
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
+* ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header
 
 ``json`` makes the server answer POSTs with ``application/json`` bodies,
 ``sse`` with ``text/event-stream`` bodies, so toolgate's upstream client is
@@ -18,7 +19,7 @@ import time
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 CARD_NUMBER = "4111 1111 1111 1111"
 
@@ -133,7 +134,19 @@ def build_ops() -> MCPServer:
     return server
 
 
-BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops}
+def build_vault() -> MCPServer:
+    server = MCPServer("vault")
+
+    @server.tool()
+    def whoami(ctx: Context) -> str:
+        """Echo the Authorization header this server received (for credential injection tests)."""
+        headers = ctx.headers or {}
+        return headers.get("authorization", "<none>")
+
+    return server
+
+
+BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops, "vault": build_vault}
 
 
 def main() -> None:

@@ -1,0 +1,253 @@
+//! Upstream credentials: read from the environment, a file or a command, and
+//! injected into every request toolgate sends that upstream.
+//!
+//! The agent never holds these secrets, and its own `Authorization` header is
+//! never forwarded. Each credential is published per upstream as the complete
+//! header line, so the request path copies bytes and takes no lock; a file
+//! credential is re-read by a watcher thread when the file changes. Secret
+//! values are wrapped in [`Secret`], whose `Debug` and `Display` print
+//! `<redacted>`: errors name the upstream and the source, never the value.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use toolgate_core::config::{CredentialConfig, ValidConfig};
+use toolgate_core::secret::Secret;
+use toolgate_decision::Published;
+
+/// Per upstream (index-aligned with the configuration), its published
+/// credential header line, if it has one.
+pub type Credentials = Vec<Option<Arc<Published<Secret>>>>;
+
+/// A credential that cannot be read. Names the source, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The environment variable is unset or not UTF-8.
+    #[error("upstream `{upstream}`: credential environment variable `{var}` is not set")]
+    EnvUnset {
+        /// Upstream name.
+        upstream: String,
+        /// Variable name.
+        var: String,
+    },
+    /// The file cannot be read.
+    #[error("upstream `{upstream}`: credential file `{file}` cannot be read: {why}")]
+    File {
+        /// Upstream name.
+        upstream: String,
+        /// File path.
+        file: String,
+        /// The I/O error.
+        why: std::io::Error,
+    },
+    /// The command could not run or failed.
+    #[error("upstream `{upstream}`: credential command `{program}` failed: {why}")]
+    Command {
+        /// Upstream name.
+        upstream: String,
+        /// The program run.
+        program: String,
+        /// What went wrong (exit status or spawn error, never its output).
+        why: String,
+    },
+    /// The secret is empty or would break the header.
+    #[error(
+        "upstream `{upstream}`: credential from {source_name} is empty or holds control characters"
+    )]
+    Unusable {
+        /// Upstream name.
+        upstream: String,
+        /// Where it came from, e.g. ``env `CRM_TOKEN` ``.
+        source_name: String,
+    },
+}
+
+/// Where a credential comes from, for messages.
+fn source_name(c: &CredentialConfig, file: Option<&Path>) -> String {
+    match (&c.env, file, &c.command) {
+        (Some(v), _, _) => format!("env `{}`", v.get_ref()),
+        (None, Some(f), _) => format!("file `{}`", f.display()),
+        (None, None, Some(cmd)) => format!(
+            "command `{}`",
+            cmd.get_ref().first().map(String::as_str).unwrap_or("")
+        ),
+        (None, None, None) => "nowhere".to_owned(),
+    }
+}
+
+/// Reads one credential and renders its header line (`Name: prefixvalue\r\n`).
+pub fn read(
+    upstream: &str,
+    c: &CredentialConfig,
+    file: Option<&Path>,
+) -> Result<Secret, CredentialError> {
+    let value: Vec<u8> = if let Some(var) = &c.env {
+        std::env::var(var.get_ref())
+            .map_err(|_| CredentialError::EnvUnset {
+                upstream: upstream.to_owned(),
+                var: var.get_ref().clone(),
+            })?
+            .into_bytes()
+    } else if let Some(f) = file {
+        std::fs::read(f).map_err(|why| CredentialError::File {
+            upstream: upstream.to_owned(),
+            file: f.display().to_string(),
+            why,
+        })?
+    } else if let Some(cmd) = &c.command {
+        run(upstream, cmd.get_ref())?
+    } else {
+        Vec::new()
+    };
+    let value = value.trim_ascii();
+    if value.is_empty() || value.iter().any(|b| b.is_ascii_control()) {
+        return Err(CredentialError::Unusable {
+            upstream: upstream.to_owned(),
+            source_name: source_name(c, file),
+        });
+    }
+    let header = c.header.get_ref();
+    let mut line = Vec::with_capacity(header.len() + c.value_prefix.len() + value.len() + 4);
+    line.extend_from_slice(header.as_bytes());
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(c.value_prefix.as_bytes());
+    line.extend_from_slice(value);
+    line.extend_from_slice(b"\r\n");
+    Ok(Secret::new(line))
+}
+
+/// Runs a credential command; its stdout is the secret. stderr is not
+/// captured into messages: it might echo the secret.
+fn run(upstream: &str, cmd: &[String]) -> Result<Vec<u8>, CredentialError> {
+    let program = cmd.first().cloned().unwrap_or_default();
+    let fail = |why: String| CredentialError::Command {
+        upstream: upstream.to_owned(),
+        program: program.clone(),
+        why,
+    };
+    let out = std::process::Command::new(&program)
+        .args(&cmd[1.min(cmd.len())..])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(out.status.to_string()));
+    }
+    Ok(out.stdout)
+}
+
+/// Reads every upstream's credential; the first that cannot be read stops
+/// the start.
+pub fn load(cfg: &ValidConfig) -> Result<Credentials, CredentialError> {
+    cfg.config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let Some(c) = &u.credential else {
+                return Ok(None);
+            };
+            let file = cfg.credential_files.get(i).and_then(Option::as_deref);
+            let secret = read(u.name.get_ref(), c, file)?;
+            Ok(Some(Published::new(secret)))
+        })
+        .collect()
+}
+
+/// Re-reads file credentials when their file changes (polled every second).
+/// A file that becomes unreadable or empty keeps the last good value, with a
+/// warning.
+pub fn watch(cfg: &ValidConfig, creds: &Credentials) {
+    let watched: Vec<(String, CredentialConfig, PathBuf, Arc<Published<Secret>>)> = cfg
+        .config
+        .upstreams
+        .iter()
+        .zip(&cfg.credential_files)
+        .zip(creds)
+        .filter_map(|((u, f), p)| {
+            Some((
+                u.name.get_ref().clone(),
+                u.credential.clone()?,
+                f.clone()?,
+                Arc::clone(p.as_ref()?),
+            ))
+        })
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let stamp = |f: &Path| -> Option<(SystemTime, u64)> {
+        let m = std::fs::metadata(f).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    let spawned = std::thread::Builder::new()
+        .name("toolgate-credentials".into())
+        .spawn(move || {
+            let mut last: Vec<_> = watched.iter().map(|w| stamp(&w.2)).collect();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                for (i, (name, c, file, published)) in watched.iter().enumerate() {
+                    let now = stamp(file);
+                    if now == last[i] {
+                        continue;
+                    }
+                    last[i] = now;
+                    match read(name, c, Some(file)) {
+                        Ok(secret) => {
+                            published.publish(secret);
+                            tracing::info!(upstream = %name, "credential file changed; new credential in use");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "keeping the previous credential");
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch credential files; restart to pick up changes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ValidConfig {
+        let text = format!(
+            "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/mcp\"\n[upstreams.credential]\nvalue_prefix = \"Bearer \"\n{extra}\n"
+        );
+        toolgate_core::config::parse(&text, "t", Path::new("."))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn missing_env_names_upstream_and_variable() {
+        let c = cfg("env = \"TOOLGATE_TEST_SURELY_UNSET\"");
+        let e = load(&c).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            "upstream `crm`: credential environment variable `TOOLGATE_TEST_SURELY_UNSET` is not set"
+        );
+    }
+
+    #[test]
+    fn command_output_becomes_the_header_line_and_never_prints() {
+        let c = cfg("command = [\"echo\", \" s3cret \"]");
+        let creds = load(&c).unwrap_or_else(|e| unreachable!("{e}"));
+        let p = creds[0].as_ref().map(|p| p.load());
+        let s = p.unwrap_or_else(|| unreachable!());
+        assert_eq!(s.expose(), b"Authorization: Bearer s3cret\r\n");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn failing_command_and_control_characters_are_refused() {
+        let c = cfg("command = [\"false\"]");
+        assert!(matches!(load(&c), Err(CredentialError::Command { .. })));
+        let c = cfg("command = [\"printf\", \"a\\nb\"]");
+        assert!(matches!(load(&c), Err(CredentialError::Unusable { .. })));
+    }
+}
