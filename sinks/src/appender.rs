@@ -151,6 +151,11 @@ impl Appender {
         }
     }
 
+    /// A second handle on the open segment, for syncing it from another thread.
+    pub fn sync_handle(&self) -> Option<std::io::Result<File>> {
+        self.file.as_ref().map(File::try_clone)
+    }
+
     /// Whether the open segment reached its size.
     pub fn full(&self) -> bool {
         self.file.is_some() && self.seg_len >= self.segment_bytes

@@ -91,6 +91,8 @@ impl AuditWriter {
                 .name("toolgate-audit".into())
                 .spawn(move || {
                     Drain {
+                        stats_arc: Arc::clone(&stats),
+                        health_arc: Arc::clone(&health),
                         log,
                         rings,
                         cfg,
@@ -144,6 +146,8 @@ impl Drop for AuditWriter {
 }
 
 struct Drain<'a> {
+    stats_arc: Arc<AuditStats>,
+    health_arc: Arc<AuditHealth>,
     log: Appender,
     rings: Vec<AuditConsumer>,
     cfg: WriterConfig,
@@ -155,6 +159,7 @@ struct Drain<'a> {
 
 impl Drain<'_> {
     fn run(mut self, stop: &AtomicBool) {
+        let syncer = Syncer::spawn(Arc::clone(&self.stats_arc), Arc::clone(&self.health_arc));
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut upto = vec![0u64; self.rings.len()];
         let mut pending = 0u64;
@@ -195,11 +200,25 @@ impl Drain<'_> {
                 unsynced = true;
                 idle_since = None;
             }
-            let due = self.cfg.durability == Durability::Record
-                || last_sync.elapsed() >= self.cfg.fsync_interval
-                || stopping
-                || self.log.full();
-            if unsynced && due {
+            // With batch durability, answers wait only for the write; the
+            // periodic sync runs on the syncer thread so that a slow
+            // fdatasync never holds up the next batch (and the answers
+            // waiting on it). Per-record durability, rotation and shutdown
+            // sync here, inline.
+            let inline = self.cfg.durability == Durability::Record || stopping || self.log.full();
+            if unsynced && !inline && last_sync.elapsed() >= self.cfg.fsync_interval {
+                if let Some(failure) = syncer.take_failure() {
+                    self.failed("sync", &failure);
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                } else if let Some(Ok(file)) = self.log.sync_handle() {
+                    if syncer.request(file, upto.clone()) {
+                        unsynced = false;
+                        last_sync = Instant::now();
+                    }
+                }
+            }
+            if unsynced && inline {
                 if let Err(e) = self.log.sync() {
                     self.failed("sync", &e);
                     if stopping && self.given_up(0) {
@@ -287,6 +306,65 @@ impl Drain<'_> {
             );
         }
         over
+    }
+}
+
+/// Runs the periodic `fdatasync` of batch durability off the audit thread.
+/// One sync at a time: a request while one runs is declined, and the writer
+/// asks again at its next turn.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<(std::fs::File, Vec<u64>)>,
+    busy: Arc<AtomicBool>,
+    failure: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl Syncer {
+    fn spawn(stats: Arc<AuditStats>, health: Arc<AuditHealth>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(std::fs::File, Vec<u64>)>(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let spawned = {
+            let (busy, failure) = (Arc::clone(&busy), Arc::clone(&failure));
+            std::thread::Builder::new()
+                .name("toolgate-audit-sync".into())
+                .spawn(move || {
+                    for (file, upto) in rx {
+                        match file.sync_data() {
+                            Ok(()) => {
+                                stats.syncs.fetch_add(1, Ordering::Relaxed);
+                                health.mark_synced(&upto);
+                            }
+                            Err(e) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                        }
+                        busy.store(false, Ordering::Release);
+                    }
+                })
+        };
+        if let Err(e) = spawned {
+            // Requests then fail to send and the writer keeps syncing inline.
+            tracing::warn!(error = %e, "no audit sync thread; syncing on the audit thread");
+        }
+        Self { tx, busy, failure }
+    }
+
+    /// Hands a sync to the thread; false if one is still running.
+    fn request(&self, file: std::fs::File, upto: Vec<u64>) -> bool {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if self.tx.try_send((file, upto)).is_err() {
+            self.busy.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// A sync failure the writer has not seen yet.
+    fn take_failure(&self) -> Option<std::io::Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
