@@ -56,6 +56,8 @@ pub struct Agent {
     /// The agent's `tools/list` `tools` array, pre-rendered: attached tools
     /// that exist in a fetched catalog, in configuration order.
     pub tools_list: Arc<str>,
+    /// Whether the agent may name the end user it acts for.
+    pub act_for_users: bool,
 }
 
 /// Everything a shard needs to decide a call, immutable once built.
@@ -74,8 +76,6 @@ pub struct Snapshot {
     pub catalogs: Vec<Option<Arc<Catalog>>>,
     /// The policy engine, when policy files are configured.
     pub engine: Option<Arc<Engine>>,
-    /// Agents that may name the user they act for, by agent index.
-    pub act_for_users: Vec<bool>,
 }
 
 /// With no policy files, the permission map alone decides.
@@ -167,9 +167,9 @@ impl Snapshot {
                 id,
                 tools,
                 tools_list: Arc::from(list),
+                act_for_users: a.act_for_users,
             });
         }
-        let act_for_users = cfg.config.agents.iter().map(|a| a.act_for_users).collect();
         Snapshot {
             agents,
             by_key,
@@ -178,7 +178,6 @@ impl Snapshot {
             upstreams,
             catalogs,
             engine: None,
-            act_for_users,
         }
     }
 

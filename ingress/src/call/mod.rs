@@ -593,7 +593,7 @@ impl Gateway {
                     return Err(Refusal::with(RefusalKind::UnknownTool, shown));
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
-                ctx.user = self.user_of(snap, agent, req, ctx.user.take())?;
+                ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
                 let verdict = self.decide(
                     snap,
@@ -742,7 +742,6 @@ impl Gateway {
     /// token's user is refused: the IdP's word is not overridden.
     fn user_of(
         &self,
-        snap: &Snapshot,
         agent: &Agent,
         req: &Request<'_>,
         token_user: Option<Arc<str>>,
@@ -759,12 +758,7 @@ impl Gateway {
                 "`Toolgate-On-Behalf-Of` names someone other than the token's user",
             ));
         }
-        let allowed = snap
-            .agents
-            .iter()
-            .position(|a| Arc::ptr_eq(&a.id, &agent.id))
-            .and_then(|i| snap.act_for_users.get(i));
-        if allowed != Some(&true) {
+        if !agent.act_for_users {
             return Err(Refusal::new(RefusalKind::UserAssertionRefused));
         }
         let user = raw.trim_ascii();
