@@ -173,21 +173,18 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     return;
                 }
                 while buf.len() < head.len + n {
-                    match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
-                        ReadOutcome::Data => {}
-                        ReadOutcome::TimedOut => {
-                            refuse_and_close(
-                                &mut stream,
-                                handler,
-                                &Refusal::new(RefusalKind::RequestTimeout),
-                                peer,
-                                started,
-                                cfg,
-                            )
-                            .await;
-                            return;
-                        }
-                        ReadOutcome::Eof | ReadOutcome::Failed => return,
+                    if !read_body(
+                        &mut stream,
+                        &mut buf,
+                        body_deadline,
+                        handler,
+                        peer,
+                        started,
+                        cfg,
+                    )
+                    .await
+                    {
+                        return;
                     }
                 }
                 (head.len..head.len + n, head.len + n)
@@ -225,21 +222,18 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                     if dec.is_done() {
                         break;
                     }
-                    match read_more(&mut stream, &mut buf, remaining(body_deadline)).await {
-                        ReadOutcome::Data => {}
-                        ReadOutcome::TimedOut => {
-                            refuse_and_close(
-                                &mut stream,
-                                handler,
-                                &Refusal::new(RefusalKind::RequestTimeout),
-                                peer,
-                                started,
-                                cfg,
-                            )
-                            .await;
-                            return;
-                        }
-                        ReadOutcome::Eof | ReadOutcome::Failed => return,
+                    if !read_body(
+                        &mut stream,
+                        &mut buf,
+                        body_deadline,
+                        handler,
+                        peer,
+                        started,
+                        cfg,
+                    )
+                    .await
+                    {
+                        return;
                     }
                 }
                 (0..0, pos)
@@ -272,6 +266,28 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
         if chunked_body.capacity() > 4 * READ_SIZE {
             chunked_body = Vec::new();
         }
+    }
+}
+
+/// Reads more of a body before `deadline`, answering 408 when it passes.
+/// False when the connection is done.
+async fn read_body<H: Handler>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    handler: &H,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    cfg: ConnConfig,
+) -> bool {
+    match read_more(stream, buf, remaining(deadline)).await {
+        ReadOutcome::Data => true,
+        ReadOutcome::TimedOut => {
+            let timeout = Refusal::new(RefusalKind::RequestTimeout);
+            refuse_and_close(stream, handler, &timeout, peer, started, cfg).await;
+            false
+        }
+        ReadOutcome::Eof | ReadOutcome::Failed => false,
     }
 }
 
