@@ -225,6 +225,48 @@ pub struct ServerConfig {
     /// Most open agent connections per shard; further connections are closed at accept. Default 10000.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_shard: usize,
+    /// `[server.tls]`: TLS on the agent listener. Default: plain HTTP (for a
+    /// listener behind a TLS-terminating load balancer, or loopback).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the agent listener's certificate, and optionally the CA
+/// that agents' client certificates must chain to (mTLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain, leaf first, relative to the config file.
+    pub cert_file: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the config file.
+    pub key_file: Spanned<String>,
+    /// PEM CA certificates that agents' client certificates must chain to.
+    /// Setting it turns on client-certificate verification. Default none.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<String>>,
+    /// With `client_ca_file`: `required` (default; a handshake without a
+    /// valid client certificate fails) or `optional` (a certificate, when
+    /// presented, must be valid; agents without one use a bearer token).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: Spanned<String>,
+}
+
+/// Whether agents must present a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Every handshake needs a valid client certificate.
+    #[default]
+    Required,
+    /// A presented certificate must be valid; none is also accepted.
+    Optional,
+}
+
+fn default_tls_min_version() -> Spanned<String> {
+    Spanned::new(0..0, "1.2".to_owned())
 }
 
 /// `[[upstreams]]`: one upstream MCP server reached over streamable HTTP.
@@ -256,6 +298,11 @@ pub struct UpstreamConfig {
     /// Default none. The agent's own `Authorization` is never forwarded.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// For an `https://` URL: PEM CA certificates the upstream's
+    /// certificate must chain to, relative to the config file. Default: the
+    /// system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// Which MCP era toolgate speaks to an upstream.
@@ -278,7 +325,14 @@ pub struct AgentConfig {
     /// Stable agent id, as it appears in audit records.
     pub id: Spanned<String>,
     /// Hex SHA-256 of the agent's API key (`toolgate key new` prints both).
-    pub api_key_sha256: Spanned<String>,
+    /// Optional for an agent that proves itself by client certificate or JWT.
+    #[serde(default)]
+    pub api_key_sha256: Option<Spanned<String>>,
+    /// Names that identify the agent by its TLS client certificate: a DNS
+    /// or URI subject alternative name (e.g. a SPIFFE id), or the subject
+    /// common name. Needs `server.tls.client_ca_file`. Default none.
+    #[serde(default)]
+    pub client_cert_names: Vec<Spanned<String>>,
     /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
     #[serde(default)]
     pub tools: Vec<Spanned<String>>,
@@ -322,11 +376,15 @@ pub struct PoliciesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeConfig {
-    /// `http://host:port/path` receiving a JSON description of the call.
+    /// `http[s]://host:port/path` receiving a JSON description of the call.
     pub url: Spanned<String>,
     /// Time allowed for the answer, ms; no answer in time is a deny. Default 2000.
     #[serde(default = "default_judge_timeout_ms")]
     pub timeout_ms: u64,
+    /// For an `https://` URL: PEM CA certificates the judge's certificate
+    /// must chain to. Default: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[audit]`: the append-only audit trail.
@@ -564,6 +622,7 @@ impl Default for ServerConfig {
             body_timeout_ms: default_body_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections_per_shard: default_max_connections(),
+            tls: None,
         }
     }
 }
@@ -669,6 +728,27 @@ pub struct ValidConfig {
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
+    /// `[server.tls]` files resolved against the config file's directory.
+    pub tls: Option<TlsFiles>,
+    /// `ca_file` of each upstream, resolved, index-aligned with `upstream_urls`.
+    pub upstream_ca_files: Vec<Option<PathBuf>>,
+    /// The judge's `ca_file`, resolved.
+    pub judge_ca_file: Option<PathBuf>,
+}
+
+/// The agent listener's TLS material, as resolved paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS), when configured.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (with `client_ca`).
+    pub client_auth: ClientAuth,
+    /// Whether TLS 1.2 is refused (1.3 only).
+    pub tls13_only: bool,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -759,6 +839,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     }
 
     let mut upstream_urls = Vec::new();
+    let mut upstream_ca_files = Vec::new();
     let mut credential_files = Vec::new();
     let mut namer = ToolNamer::default();
     for u in &config.upstreams {
@@ -788,7 +869,10 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
         match UpstreamUrl::parse(u.url.get_ref()) {
-            Ok(url) => upstream_urls.push(url),
+            Ok(url) => {
+                upstream_ca_files.push(ca_file(&u.ca_file, url.tls, base, &mut err, &at));
+                upstream_urls.push(url);
+            }
             Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
         }
         let (prefix, pspan) = match &u.prefix {
@@ -830,23 +914,63 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 format!("agent id `{id}` is used more than once"),
             );
         }
-        let h = a.api_key_sha256.get_ref();
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(key) = &a.api_key_sha256 {
+            let h = key.get_ref();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                err(
+                    at(&key.span()),
+                    format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
+                );
+            } else if config
+                .agents
+                .iter()
+                .filter_map(|o| o.api_key_sha256.as_ref())
+                .filter(|o| o.get_ref().eq_ignore_ascii_case(h))
+                .count()
+                > 1
+            {
+                err(
+                    at(&key.span()),
+                    format!("agent `{id}`: the same API key hash is given to another agent"),
+                );
+            }
+        } else if a.client_cert_names.is_empty() && config.auth.jwt.is_none() {
             err(
-                at(&a.api_key_sha256.span()),
-                format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
+                at(&a.id.span()),
+                format!("agent `{id}` has no way to prove itself: give it `api_key_sha256`, `client_cert_names` (with `server.tls.client_ca_file`), or configure `[auth.jwt]`"),
             );
-        } else if config
-            .agents
-            .iter()
-            .filter(|o| o.api_key_sha256.get_ref().eq_ignore_ascii_case(h))
-            .count()
-            > 1
-        {
-            err(
-                at(&a.api_key_sha256.span()),
-                format!("agent `{id}`: the same API key hash is given to another agent"),
-            );
+        }
+        let mtls = config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        for n in &a.client_cert_names {
+            if !mtls {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: `client_cert_names` needs `server.tls.client_ca_file` (client certificates are not verified otherwise)"),
+                );
+                break;
+            }
+            if n.get_ref().is_empty() {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: empty client certificate name"),
+                );
+            } else if config
+                .agents
+                .iter()
+                .flat_map(|o| &o.client_cert_names)
+                .filter(|o| o.get_ref() == n.get_ref())
+                .count()
+                > 1
+            {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: client certificate name `{}` is given to more than one agent", n.get_ref()),
+                );
+            }
         }
         for t in &a.tools {
             if namer.route(t.get_ref()).is_none() {
@@ -894,9 +1018,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
     }
+    let mut judge_ca_file = None;
     let judge_url = match &config.policies.judge {
         Some(j) => match UpstreamUrl::parse(j.url.get_ref()) {
-            Ok(u) => Some(u),
+            Ok(u) => {
+                judge_ca_file = ca_file(&j.ca_file, u.tls, base, &mut err, &at);
+                Some(u)
+            }
             Err(e) => {
                 err(at(&j.url.span()), format!("judge: {e}"));
                 None
@@ -1000,6 +1128,31 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         ),
     }
 
+    if let Some(t) = &config.server.tls {
+        if !matches!(t.min_version.get_ref().as_str(), "1.2" | "1.3") {
+            err(
+                at(&t.min_version.span()),
+                format!(
+                    "`min_version` must be \"1.2\" or \"1.3\", not `{}`",
+                    t.min_version.get_ref()
+                ),
+            );
+        }
+        let files = [
+            Some(&t.cert_file),
+            Some(&t.key_file),
+            t.client_ca_file.as_ref(),
+        ];
+        for f in files.into_iter().flatten() {
+            let path = base.join(f.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                err(
+                    at(&f.span()),
+                    format!("cannot read `{}`: {e}", path.display()),
+                );
+            }
+        }
+    }
     let metrics_listen = match &config.metrics.listen {
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -1037,6 +1190,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .jwt
                 .as_ref()
                 .map(|j| base.join(j.jwks_file.get_ref()));
+            let tls = config.server.tls.as_ref().map(|t| TlsFiles {
+                cert: base.join(t.cert_file.get_ref()),
+                key: base.join(t.key_file.get_ref()),
+                client_ca: t.client_ca_file.as_ref().map(|c| base.join(c.get_ref())),
+                client_auth: t.client_auth,
+                tls13_only: t.min_version.get_ref() == "1.3",
+            });
             Ok(ValidConfig {
                 config,
                 listen,
@@ -1053,10 +1213,40 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 jwt,
                 jwks_file,
                 credential_files,
+                tls,
+                upstream_ca_files,
+                judge_ca_file,
             })
         }
         _ => Err(errors),
     }
+}
+
+/// Checks a `ca_file` key (only for `https://`, must exist) and resolves it.
+fn ca_file(
+    f: &Option<Spanned<String>>,
+    tls: bool,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<PathBuf> {
+    let f = f.as_ref()?;
+    if !tls {
+        err(
+            at(&f.span()),
+            "`ca_file` is only used with an `https://` URL".to_owned(),
+        );
+        return None;
+    }
+    let path = base.join(f.get_ref());
+    if let Err(e) = std::fs::metadata(&path) {
+        err(
+            at(&f.span()),
+            format!("cannot read `{}`: {e}", path.display()),
+        );
+        return None;
+    }
+    Some(path)
 }
 
 /// Checks `[auth.jwt]` and parses its JWKS.

@@ -68,6 +68,9 @@ pub enum RefusalKind {
     InvalidToken(TokenError),
     /// The session belongs to another agent.
     SessionIdentityMismatch,
+    /// The bearer credential names another agent than the connection's
+    /// verified client certificate.
+    CertificateMismatch,
     /// The agent named an end user but is not allowed to act for users.
     UserAssertionRefused,
     /// Cedar policy denied the call.
@@ -141,6 +144,7 @@ impl RefusalKind {
             | UnknownCredential
             | InvalidToken(_)
             | SessionIdentityMismatch
+            | CertificateMismatch
             | UserAssertionRefused => Origin::Downstream,
             AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable
             | OutputRefused | OutputTooLarge => Origin::Gateway,
@@ -173,6 +177,7 @@ impl RefusalKind {
             UnknownCredential => "unknown_api_key",
             InvalidToken(e) => e.reason(),
             SessionIdentityMismatch => "session_identity_mismatch",
+            CertificateMismatch => "certificate_agent_mismatch",
             UserAssertionRefused => "user_assertion_refused",
             PolicyDenied => "denied_by_policy",
             JudgeDenied => "denied_by_judge",
@@ -264,6 +269,11 @@ impl Refusal {
             UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
             InvalidToken(e) => (401, codes::UNAUTHENTICATED, token_message(e)),
             SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
+            CertificateMismatch => (
+                403,
+                codes::FORBIDDEN,
+                "Forbidden: the credential names another agent than the client certificate",
+            ),
             UserAssertionRefused => (
                 403,
                 codes::FORBIDDEN,

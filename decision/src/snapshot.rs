@@ -66,6 +66,8 @@ pub struct Snapshot {
     /// Agents in configuration order.
     pub agents: Vec<Agent>,
     by_key: HashMap<KeyHash, usize>,
+    /// Client certificate name (SAN or CN) → agent index.
+    by_cert_name: HashMap<Box<str>, usize>,
     by_id: HashMap<Arc<str>, usize>,
     /// Verifier of bearer JWTs, when `[auth.jwt]` is configured: its keys
     /// are parsed once here, so a request verifies without I/O or locks.
@@ -112,6 +114,7 @@ impl Snapshot {
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
         let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
         let mut by_id = HashMap::with_capacity(cfg.config.agents.len());
+        let mut by_cert_name = HashMap::new();
         for a in &cfg.config.agents {
             let mut tools = HashMap::new();
             let mut list = String::from("[");
@@ -158,8 +161,15 @@ impl Snapshot {
                 );
             }
             list.push(']');
-            if let Some(h) = parse_key_hash(a.api_key_sha256.get_ref()) {
+            if let Some(h) = a
+                .api_key_sha256
+                .as_ref()
+                .and_then(|k| parse_key_hash(k.get_ref()))
+            {
                 by_key.insert(h, agents.len());
+            }
+            for n in &a.client_cert_names {
+                by_cert_name.insert(Box::from(n.get_ref().as_str()), agents.len());
             }
             let id: Arc<str> = Arc::from(a.id.get_ref().as_str());
             by_id.insert(Arc::clone(&id), agents.len());
@@ -174,6 +184,7 @@ impl Snapshot {
             agents,
             by_key,
             by_id,
+            by_cert_name,
             jwt: cfg.jwt.clone(),
             upstreams,
             catalogs,
@@ -261,7 +272,15 @@ impl Snapshot {
         self.by_key.get(hash).map(|&i| &self.agents[i])
     }
 
-    /// The agent with this configured id.
+    /// The agent one of these client certificate names (SANs, CN) identifies.
+    pub fn agent_by_cert<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Option<&Agent> {
+        names
+            .into_iter()
+            .find_map(|n| self.by_cert_name.get(n))
+            .map(|&i| &self.agents[i])
+    }
+
+    /// The agent with id `id`.
     pub fn agent_by_id(&self, id: &str) -> Option<&Agent> {
         self.by_id.get(id).map(|&i| &self.agents[i])
     }

@@ -1,8 +1,8 @@
 //! toolgate-ingress: the request path, from the agent's socket to the tool
 //! and back, and the `toolgate` binary around it.
 //!
-//! Shards ([`shard`]) accept connections and run the HTTP/1.1 server loop
-//! ([`http::server`]); each request on `/mcp` goes through the call driver
+//! Shards ([`shard`]) accept connections (TLS and mTLS through [`tls`]) and
+//! run the HTTP/1.1 server loop ([`http::server`]); each request on `/mcp` goes through the call driver
 //! ([`call`]): identity, the JSON-RPC view, the era's envelope, the
 //! permission map, forwarding through this shard's upstream client
 //! ([`mcp::upstream`]), and the audit record into the shard's ring. Tool
@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod session;
 pub mod shard;
 pub mod shared;
+pub mod tls;

@@ -185,6 +185,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     load_policies(&cfg)?;
     toolgate_ingress::credential::load(&cfg)?;
+    load_tls(&cfg)?;
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
         path.display(),
@@ -193,6 +194,11 @@ fn check(path: &Path) -> anyhow::Result<()> {
         cfg.listen
     );
     Ok(())
+}
+
+/// Every certificate, key and CA bundle the configuration names.
+fn load_tls(cfg: &ValidConfig) -> anyhow::Result<toolgate_ingress::tls::TlsSetup> {
+    toolgate_ingress::tls::TlsSetup::load(cfg).map_err(|e| anyhow::anyhow!("TLS: {e}"))
 }
 
 fn load_policies(cfg: &ValidConfig) -> anyhow::Result<PolicyBundle> {
@@ -224,6 +230,12 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         })
         .collect();
     let namer = cfg.namer.clone();
+    let tls = toolgate_ingress::tls::TlsSetup::load(cfg)
+        .map(|t| t.upstreams)
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {e}");
+            Vec::new()
+        });
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
@@ -231,7 +243,8 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
             for (idx, (info, cred)) in infos.into_iter().zip(creds).enumerate() {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
-                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred);
+                let tls = tls.get(idx).cloned().flatten();
+                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred, tls);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {
@@ -397,7 +410,8 @@ fn run(
     let watch = cfg.config.policies.watch;
     let credentials = toolgate_ingress::credential::load(&cfg)?;
     toolgate_ingress::credential::watch(&cfg, &credentials);
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials);
+    let tls = load_tls(&cfg)?;
+    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials, tls);
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_rustls::TlsAcceptor;
 use toolgate_core::config::ValidConfig;
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
@@ -45,6 +46,13 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream credentials, index-aligned with `config.upstreams`.
     pub credentials: crate::credential::Credentials,
+    /// The listener's TLS configuration, when `[server.tls]` is set; its
+    /// certificate, key and client CA are re-read on reload.
+    pub tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// TLS toward each `https://` upstream, index-aligned with `config.upstreams`.
+    pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
+    /// TLS toward an `https://` judge.
+    pub judge_tls: Option<crate::tls::ClientTls>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -67,6 +75,7 @@ impl Shared {
         policies: PolicyBundle,
         session_key: [u8; 32],
         credentials: crate::credential::Credentials,
+        tls: crate::tls::TlsSetup,
     ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
@@ -95,6 +104,9 @@ impl Shared {
             audit_refusals: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
             credentials,
+            tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
+            upstream_tls: tls.upstreams,
+            judge_tls: tls.judge,
             config,
         })
     }
@@ -165,6 +177,16 @@ impl Shared {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
+        let tls = match (&self.tls, &cfg.tls) {
+            (Some(_), Some(files)) => Some(
+                crate::tls::load_server_config(files).map_err(|e| format!("[server.tls]: {e}"))?,
+            ),
+            (None, None) => None,
+            _ => return Err("`[server.tls]` added or removed: restart toolgate to apply".into()),
+        };
+        if let (Some(published), Some(tls)) = (&self.tls, tls) {
+            published.publish(TlsAcceptor::from(tls));
+        }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&cats);
@@ -172,7 +194,8 @@ impl Shared {
     }
 
     /// Files whose change triggers a reload: the configuration, its
-    /// policies and the JWKS (so rotated IdP keys take effect).
+    /// policies, the JWKS (so rotated IdP keys take effect) and the
+    /// listener's TLS files (so renewed certificates do).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.0
@@ -181,6 +204,15 @@ impl Shared {
             .cloned()
             .chain(cur.0.policy_files.iter().cloned())
             .chain(cur.0.jwks_file.iter().cloned())
+            .chain(cur.0.tls.iter().flat_map(|t| {
+                [
+                    Some(t.cert.clone()),
+                    Some(t.key.clone()),
+                    t.client_ca.clone(),
+                ]
+                .into_iter()
+                .flatten()
+            }))
             .collect()
     }
 

@@ -181,7 +181,12 @@ impl Gateway {
             .enumerate()
             .map(|(i, u)| {
                 let credential = shared.credentials.get(i).and_then(Option::as_ref);
-                Rc::new(Upstream::new(u.clone(), credential.map(|c| c.reader())))
+                let tls = shared.upstream_tls.get(i).cloned().flatten();
+                Rc::new(Upstream::new(
+                    u.clone(),
+                    credential.map(|c| c.reader()),
+                    tls,
+                ))
             })
             .collect();
         let terminated = shared.terminated.reader();
@@ -194,7 +199,11 @@ impl Gateway {
                 .as_ref()
                 .map(|j| j.timeout_ms)
                 .unwrap_or(2000);
-            judge::Judge::new(url, std::time::Duration::from_millis(ms))
+            judge::Judge::new(
+                url,
+                std::time::Duration::from_millis(ms),
+                shared.judge_tls.clone(),
+            )
         });
         Self {
             judge,
@@ -984,12 +993,38 @@ struct Caller<'s> {
     groups: Option<Arc<[Arc<str>]>>,
 }
 
-/// Identifies the caller from `Authorization: Bearer`: a JWT when
+/// Identifies the caller: by the connection's verified client certificate
+/// (mTLS, `client_cert_names`) and/or `Authorization: Bearer` — a JWT when
 /// `[auth.jwt]` is configured and the token has a JWT's shape, else an API
 /// key. Only the header is read: a token in the query string is never
 /// accepted.
 fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Refusal> {
-    let token = bearer(req.head.header(req.buf, "authorization")).map_err(|e| match e {
+    let header = req.head.header(req.buf, "authorization");
+    let by_cert = req
+        .client_names
+        .and_then(|names| snap.agent_by_cert(names.iter().map(|n| &**n)));
+    let Some(cert_agent) = by_cert else {
+        return identify_bearer(snap, header);
+    };
+    if header.is_none() {
+        return Ok(Caller {
+            agent: cert_agent,
+            user: None,
+            groups: None,
+        });
+    }
+    // Both a certificate and a token: they must name the same agent, so a
+    // token lifted from one agent is useless on another agent's connection.
+    let caller = identify_bearer(snap, header)?;
+    if !std::ptr::eq(caller.agent, cert_agent) {
+        return Err(Refusal::new(RefusalKind::CertificateMismatch));
+    }
+    Ok(caller)
+}
+
+/// Identifies the caller from its bearer token alone.
+fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Caller<'s>, Refusal> {
+    let token = bearer(header).map_err(|e| match e {
         BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
         BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
     })?;
@@ -1047,7 +1082,11 @@ fn challenge(snap: &Snapshot, req: &Request<'_>, listen: SocketAddr, kind: Refus
         .and_then(|h| std::str::from_utf8(h).ok())
         .map(str::to_owned)
         .unwrap_or_else(|| listen.to_string());
-    out.push_str(", resource_metadata=\"http://");
+    out.push_str(if req.secure {
+        ", resource_metadata=\"https://"
+    } else {
+        ", resource_metadata=\"http://"
+    });
     out.push_str(&host);
     out.push_str(RESOURCE_METADATA_PATH);
     out.push('"');

@@ -96,10 +96,15 @@ const CLIENT_INFO: &str = concat!(
 );
 
 impl Upstream {
-    /// A client of `info` for the current shard, injecting `credential`
-    /// (a complete header line) into every request.
-    pub fn new(info: UpstreamInfo, credential: Option<Reader<Secret>>) -> Self {
-        let pool = Pool::new(info.url.dial_target(), info.pool_size);
+    /// A client of `info` for the current shard (over `tls` for an
+    /// `https://` upstream), injecting `credential` (a complete header
+    /// line) into every request.
+    pub fn new(
+        info: UpstreamInfo,
+        credential: Option<Reader<Secret>>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Self {
+        let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
         let mode = info.protocol;
         Self {
             info,
