@@ -61,6 +61,32 @@ pub struct AuthConfig {
     /// JWT bearer tokens from the organisation's IdP. Default: none (API keys only).
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Sub-tokens minted by `toolgate token mint`. Default: none accepted.
+    #[serde(default)]
+    pub subtokens: Option<SubtokensConfig>,
+}
+
+/// `[auth.subtokens]`: bearer tokens an operator mints for one agent,
+/// narrowed to a user, tools and an expiry, revocable at run time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtokensConfig {
+    /// Directory of the signing key (`signing.key`, generated 0600 at first
+    /// use), the ledger of minted tokens (`minted.jsonl`) and the revocation
+    /// list (`revoked`), relative to the config file. Default `subtokens`.
+    #[serde(default = "default_subtokens_dir")]
+    pub dir: PathBuf,
+    /// Longest lifetime `token mint` grants, seconds. Default 2592000 (30 days).
+    #[serde(default = "default_subtoken_max_ttl_s")]
+    pub max_ttl_s: u64,
+}
+
+fn default_subtokens_dir() -> PathBuf {
+    PathBuf::from("subtokens")
+}
+
+fn default_subtoken_max_ttl_s() -> u64 {
+    30 * 24 * 3600
 }
 
 /// `[auth.jwt]`: JWT bearer tokens signed by the IdP's keys.
@@ -734,6 +760,8 @@ pub struct ValidConfig {
     pub upstream_ca_files: Vec<Option<PathBuf>>,
     /// The judge's `ca_file`, resolved.
     pub judge_ca_file: Option<PathBuf>,
+    /// `auth.subtokens.dir` resolved against the config file's directory.
+    pub subtoken_dir: Option<PathBuf>,
 }
 
 /// The agent listener's TLS material, as resolved paths.
@@ -934,10 +962,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                     format!("agent `{id}`: the same API key hash is given to another agent"),
                 );
             }
-        } else if a.client_cert_names.is_empty() && config.auth.jwt.is_none() {
+        } else if a.client_cert_names.is_empty()
+            && config.auth.jwt.is_none()
+            && config.auth.subtokens.is_none()
+        {
             err(
                 at(&a.id.span()),
-                format!("agent `{id}` has no way to prove itself: give it `api_key_sha256`, `client_cert_names` (with `server.tls.client_ca_file`), or configure `[auth.jwt]`"),
+                format!("agent `{id}` has no way to prove itself: give it `api_key_sha256`, `client_cert_names` (with `server.tls.client_ca_file`), or configure `[auth.jwt]` or `[auth.subtokens]`"),
             );
         }
         let mtls = config
@@ -1190,6 +1221,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .jwt
                 .as_ref()
                 .map(|j| base.join(j.jwks_file.get_ref()));
+            let subtoken_dir = config.auth.subtokens.as_ref().map(|s| base.join(&s.dir));
             let tls = config.server.tls.as_ref().map(|t| TlsFiles {
                 cert: base.join(t.cert_file.get_ref()),
                 key: base.join(t.key_file.get_ref()),
@@ -1216,6 +1248,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 tls,
                 upstream_ca_files,
                 judge_ca_file,
+                subtoken_dir,
             })
         }
         _ => Err(errors),

@@ -41,6 +41,8 @@ pub enum TokenError {
     MissingClaim,
     /// The agent named by the token is not a configured `[[agents]] id`.
     UnknownAgent,
+    /// A sub-token whose id is on the revocation list.
+    Revoked,
 }
 
 impl TokenError {
@@ -57,6 +59,7 @@ impl TokenError {
             TokenError::WrongAudience => "token_wrong_audience",
             TokenError::MissingClaim => "token_missing_claim",
             TokenError::UnknownAgent => "token_unknown_agent",
+            TokenError::Revoked => "token_revoked",
         }
     }
 }

@@ -331,6 +331,7 @@ fn token_message(e: TokenError) -> &'static str {
         TokenError::WrongAudience => "Unauthorized: token meant for another audience",
         TokenError::MissingClaim => "Unauthorized: token lacks the agent or subject claim",
         TokenError::UnknownAgent => "Unauthorized: token names an unknown agent",
+        TokenError::Revoked => "Unauthorized: token revoked",
     }
 }
 

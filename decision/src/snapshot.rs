@@ -78,6 +78,10 @@ pub struct Snapshot {
     pub catalogs: Vec<Option<Arc<Catalog>>>,
     /// The policy engine, when policy files are configured.
     pub engine: Option<Arc<Engine>>,
+    /// Verifier of sub-tokens (key and revoked ids), when
+    /// `[auth.subtokens]` is configured; a revocation publishes a new
+    /// snapshot, so every shard refuses the token from its next request.
+    pub subtokens: Option<Arc<toolgate_core::subtoken::Verifier>>,
 }
 
 /// With no policy files, the permission map alone decides.
@@ -189,7 +193,14 @@ impl Snapshot {
             upstreams,
             catalogs,
             engine: None,
+            subtokens: None,
         }
+    }
+
+    /// Adds the sub-token verifier.
+    pub fn with_subtokens(mut self, v: Option<Arc<toolgate_core::subtoken::Verifier>>) -> Self {
+        self.subtokens = v;
+        self
     }
 
     /// Compiles `bundle` into the snapshot: builds the entity store and

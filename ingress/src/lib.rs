@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod session;
 pub mod shard;
 pub mod shared;
+pub mod subtokens;
 pub mod tls;

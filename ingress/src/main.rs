@@ -63,6 +63,49 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sub-tokens (`[auth.subtokens]`): mint, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for one agent, optionally narrowed to a user and tools;
+    /// prints the token on stdout and its id on stderr.
+    Mint {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// The agent the token acts as.
+        #[arg(long)]
+        agent: String,
+        /// Narrow the token to this end user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Narrow the token to this tool (repeatable; each must be attached to the agent).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
+        /// Lifetime: `90s`, `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// List minted tokens (claims only) with their state.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a token by its id (or the token itself); a running gateway
+    /// refuses it within a second, on every shard.
+    Revoke {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Token id, or the token.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +207,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Test { config, cases },
         } => policy_test(&config, &cases),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Token { command } => token_cmd(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,6 +223,122 @@ fn load(path: &Path) -> anyhow::Result<ValidConfig> {
         Ok(c) => Ok(c),
         Err(errors) => bail!("invalid configuration\n{errors}"),
     }
+}
+
+fn token_cmd(command: TokenCommand) -> anyhow::Result<()> {
+    use toolgate_core::subtoken::Claims;
+    use toolgate_ingress::subtokens;
+    let config = match &command {
+        TokenCommand::Mint { config, .. }
+        | TokenCommand::List { config }
+        | TokenCommand::Revoke { config, .. } => config.clone(),
+    };
+    let config = &config;
+    let cfg = load(config)?;
+    let (Some(dir), Some(st)) = (&cfg.subtoken_dir, &cfg.config.auth.subtokens) else {
+        bail!(
+            "{}: no `[auth.subtokens]` section: sub-tokens are off",
+            config.display()
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match command {
+        TokenCommand::Mint {
+            agent,
+            user,
+            tools,
+            ttl,
+            ..
+        } => {
+            let Some(a) = cfg.config.agents.iter().find(|a| *a.id.get_ref() == agent) else {
+                bail!("no agent `{agent}` in {}", config.display());
+            };
+            let ttl_s = toolgate_sinks::query::parse_duration_s(&ttl)
+                .filter(|s| *s > 0)
+                .with_context(|| {
+                    format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d")
+                })?;
+            if ttl_s > st.max_ttl_s {
+                bail!(
+                    "`--ttl {ttl}` is longer than `max_ttl_s` ({} s)",
+                    st.max_ttl_s
+                );
+            }
+            let mut narrowed: Vec<String> = Vec::new();
+            for t in tools {
+                if !a.tools.iter().any(|x| *x.get_ref() == t) {
+                    bail!("tool `{t}` is not attached to agent `{agent}`: a sub-token cannot widen its agent");
+                }
+                if !narrowed.contains(&t) {
+                    narrowed.push(t);
+                }
+            }
+            if let Some(u) = &user {
+                if u.is_empty() || u.len() > 256 || !u.bytes().all(|b| b.is_ascii_graphic()) {
+                    bail!("`--user` must be a user id (printable, no spaces)");
+                }
+            }
+            let claims = Claims {
+                jti: hex::encode(&random32()?[..16]),
+                agent,
+                user,
+                tools: (!narrowed.is_empty()).then_some(narrowed),
+                iat: now,
+                exp: now + ttl_s,
+            };
+            let token = subtokens::mint(dir, &claims)?;
+            println!("{token}");
+            eprintln!("id: {} (expires in {ttl_s} s)", claims.jti);
+        }
+        TokenCommand::List { .. } => {
+            let revoked = subtokens::revoked(dir)?;
+            for c in subtokens::minted(dir)? {
+                let state = if revoked.contains(&c.jti) {
+                    "revoked"
+                } else if c.exp <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}  {:8} agent={} user={} tools={} expires_in={}s",
+                    c.jti,
+                    state,
+                    c.agent,
+                    c.user.as_deref().unwrap_or("-"),
+                    c.tools.map(|t| t.join(",")).unwrap_or_else(|| "*".into()),
+                    c.exp.saturating_sub(now)
+                );
+            }
+        }
+        TokenCommand::Revoke { token, .. } => {
+            // Accept the token itself: its id is read from the verified payload.
+            let jti = if toolgate_core::subtoken::looks_like_subtoken(token.as_bytes()) {
+                let v = subtokens::verifier(dir)?;
+                match v.verify(token.as_bytes(), 0) {
+                    Ok(c) => c.jti,
+                    Err(toolgate_core::jwt::TokenError::Revoked) => {
+                        bail!("this token is already revoked")
+                    }
+                    Err(e) => bail!("not a token minted here: {}", e.reason()),
+                }
+            } else {
+                token
+            };
+            if jti.is_empty() || !jti.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("`{jti}` is not a token id");
+            }
+            if !subtokens::minted(dir)?.iter().any(|c| c.jti == jti) {
+                bail!("no minted token has id `{jti}` (see `toolgate token list`)");
+            }
+            subtokens::revoke(dir, &jti, now)?;
+            println!("revoked {jti}");
+        }
+    }
+    Ok(())
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {
@@ -411,7 +571,13 @@ fn run(
     let credentials = toolgate_ingress::credential::load(&cfg)?;
     toolgate_ingress::credential::watch(&cfg, &credentials);
     let tls = load_tls(&cfg)?;
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials, tls);
+    let subtokens = cfg
+        .subtoken_dir
+        .as_deref()
+        .map(toolgate_ingress::subtokens::verifier)
+        .transpose()
+        .context("[auth.subtokens]")?;
+    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials, tls, subtokens);
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks
@@ -424,6 +590,7 @@ fn run(
     if let Some(b) = banner {
         b(running.addr);
     }
+    watch_revocations(Arc::clone(&shared));
     if watch {
         watch_files(Arc::clone(&shared));
     }
@@ -461,6 +628,41 @@ fn reload(shared: &Shared, why: &str) {
             trigger = why,
             "reload refused, the running snapshot stays:\n{e}"
         ),
+    }
+}
+
+/// Publishes sub-token revocations as soon as the list changes: polled every
+/// 200 ms (size and mtime, one `stat`), always on when sub-tokens are
+/// configured, independent of `[policies] watch` and of configuration edits.
+fn watch_revocations(shared: Arc<Shared>) {
+    let Some(file) = shared.revocation_file() else {
+        return;
+    };
+    let stamp = move || {
+        std::fs::metadata(&file)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let spawned = std::thread::Builder::new()
+        .name("toolgate-revocations".into())
+        .spawn(move || {
+            let mut last = stamp();
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = stamp();
+                if now != last {
+                    match shared.reload_revocations() {
+                        Ok(generation) => {
+                            last = now;
+                            tracing::info!(generation, "sub-token revocations published");
+                        }
+                        Err(e) => tracing::error!("cannot read the sub-token revocation list (the previous one stays): {e}"),
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the sub-token revocation list; reload with SIGHUP");
     }
 }
 

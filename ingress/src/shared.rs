@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
 use toolgate_core::config::ValidConfig;
+use toolgate_core::subtoken::Verifier;
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
@@ -53,6 +54,8 @@ pub struct Shared {
     pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
     /// TLS toward an `https://` judge.
     pub judge_tls: Option<crate::tls::ClientTls>,
+    /// The sub-token verifier (key and revocations) that snapshots carry.
+    subtokens: Mutex<Option<Arc<Verifier>>>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -76,11 +79,14 @@ impl Shared {
         session_key: [u8; 32],
         credentials: crate::credential::Credentials,
         tls: crate::tls::TlsSetup,
+        subtokens: Option<Arc<Verifier>>,
     ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
         let snapshot = Published::new(
-            Snapshot::build(&config, &vec![None; n]).with_policies(&config, Arc::clone(&policies)),
+            Snapshot::build(&config, &vec![None; n])
+                .with_policies(&config, Arc::clone(&policies))
+                .with_subtokens(subtokens.clone()),
         );
         let s = &config.config.server;
         let conn = ConnConfig {
@@ -107,6 +113,7 @@ impl Shared {
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,
             judge_tls: tls.judge,
+            subtokens: Mutex::new(subtokens),
             config,
         })
     }
@@ -136,7 +143,14 @@ impl Shared {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
             (cur.0.clone(), Arc::clone(&cur.1))
         };
-        let snap = Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::clone(&policies));
+        let subtokens = self
+            .subtokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let snap = Snapshot::build(&cfg, catalogs)
+            .with_policies(&cfg, Arc::clone(&policies))
+            .with_subtokens(subtokens);
         if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
             for e in policies.validate(snap.cedar_schema()) {
                 tracing::warn!(error = %e, "policy does not validate against the tools' schema");
@@ -184,13 +198,48 @@ impl Shared {
             (None, None) => None,
             _ => return Err("`[server.tls]` added or removed: restart toolgate to apply".into()),
         };
+        let subtokens = cfg
+            .subtoken_dir
+            .as_deref()
+            .map(crate::subtokens::verifier)
+            .transpose()
+            .map_err(|e| format!("[auth.subtokens]: {e}"))?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
             published.publish(TlsAcceptor::from(tls));
         }
+        *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&cats);
         Ok(self.snapshot.generation())
+    }
+
+    /// Re-reads the sub-token revocation list alone and publishes it: a
+    /// revocation must not wait on (or be blocked by) a configuration edit.
+    /// Returns the new generation, or why the list could not be read (the
+    /// previous list stays in force).
+    pub fn reload_revocations(&self) -> Result<u64, String> {
+        let dir = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.subtoken_dir.clone()
+        };
+        let Some(dir) = dir else {
+            return Ok(self.snapshot.generation());
+        };
+        let verifier = crate::subtokens::verifier(&dir).map_err(|e| e.to_string())?;
+        *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(verifier);
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(self.snapshot.generation())
+    }
+
+    /// The sub-token revocation list, when sub-tokens are configured.
+    pub fn revocation_file(&self) -> Option<std::path::PathBuf> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.0
+            .subtoken_dir
+            .as_deref()
+            .map(crate::subtokens::revoked_path)
     }
 
     /// Files whose change triggers a reload: the configuration, its

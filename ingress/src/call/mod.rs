@@ -42,6 +42,7 @@ use toolgate_core::jsonrpc::{
 use toolgate_core::jwt::{looks_like_jwt, TokenError};
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_core::subtoken::looks_like_subtoken;
 use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
 use toolgate_decision::{Agent, OutputFilter, Reader, Route, Snapshot};
 use toolgate_sinks::{Admission, AuditProducer};
@@ -112,6 +113,8 @@ struct CallCtx {
     user: Option<Arc<str>>,
     /// The user's groups from the token, when its user is the call's.
     groups: Option<Arc<[Arc<str>]>>,
+    /// The tools a sub-token is narrowed to (within the agent's own).
+    scope: Option<Vec<String>>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
@@ -135,6 +138,7 @@ impl CallCtx {
             reason,
             user: None,
             groups: None,
+            scope: None,
             policies: None,
             judge: None,
             redactions: Vec::new(),
@@ -418,10 +422,12 @@ impl Gateway {
             agent,
             user,
             groups,
+            scope,
         } = identify(snap, req)?;
         ctx.agent = Some(Arc::clone(&agent.id));
         ctx.user = user;
         ctx.groups = groups;
+        ctx.scope = scope;
         if req.head.method == Method::Delete {
             ctx.reason = "session_terminated";
             return self.end_session(agent, req);
@@ -580,7 +586,26 @@ impl Gateway {
             "tools/list" => {
                 let mut result = Vec::with_capacity(agent.tools_list.len() + 48);
                 result.extend_from_slice(br#"{"tools":"#);
-                result.extend_from_slice(agent.tools_list.as_bytes());
+                match &ctx.scope {
+                    None => result.extend_from_slice(agent.tools_list.as_bytes()),
+                    // A narrowed token lists only its tools (that the agent has).
+                    Some(tools) => {
+                        result.push(b'[');
+                        let mut first = true;
+                        for def in tools
+                            .iter()
+                            .filter_map(|t| snap.route(agent, t))
+                            .filter_map(|r| snap.tool_def(r))
+                        {
+                            if !first {
+                                result.push(b',');
+                            }
+                            first = false;
+                            result.extend_from_slice(def.json.as_bytes());
+                        }
+                        result.push(b']');
+                    }
+                }
                 if stateless {
                     // Per-agent answer: never cacheable across callers.
                     result.extend_from_slice(
@@ -594,7 +619,11 @@ impl Gateway {
                 let call = ToolCall::from_request(&rpc)
                     .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
                 ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
-                let Some(route) = snap.route(agent, call.name) else {
+                let in_scope = ctx
+                    .scope
+                    .as_ref()
+                    .is_none_or(|tools| tools.iter().any(|t| t == call.name));
+                let Some(route) = snap.route(agent, call.name).filter(|_| in_scope) else {
                     let mut shown = String::with_capacity(call.name.len() + 2);
                     shown.push('`');
                     shown.push_str(truncate(call.name, MAX_TOOL_LEN));
@@ -991,6 +1020,8 @@ struct Caller<'s> {
     agent: &'s Agent,
     user: Option<Arc<str>>,
     groups: Option<Arc<[Arc<str>]>>,
+    /// A sub-token's tool narrowing.
+    scope: Option<Vec<String>>,
 }
 
 /// Identifies the caller: by the connection's verified client certificate
@@ -1011,6 +1042,7 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
             agent: cert_agent,
             user: None,
             groups: None,
+            scope: None,
         });
     }
     // Both a certificate and a token: they must name the same agent, so a
@@ -1028,6 +1060,25 @@ fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Call
         BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
         BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
     })?;
+    if let Some(verifier) = snap
+        .subtokens
+        .as_deref()
+        .filter(|_| looks_like_subtoken(token))
+    {
+        let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
+        let claims = verifier
+            .verify(token, now_us() / 1_000_000)
+            .map_err(refused)?;
+        let agent = snap
+            .agent_by_id(&claims.agent)
+            .ok_or_else(|| refused(TokenError::UnknownAgent))?;
+        return Ok(Caller {
+            agent,
+            user: claims.user.map(Arc::from),
+            groups: None,
+            scope: claims.tools,
+        });
+    }
     if let Some(verifier) = snap.jwt.as_deref().filter(|_| looks_like_jwt(token)) {
         let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
         let id = verifier
@@ -1046,6 +1097,7 @@ fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Call
                 .groups
                 .filter(|_| has_user)
                 .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
+            scope: None,
         });
     }
     let agent = snap
@@ -1055,6 +1107,7 @@ fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Call
         agent,
         user: None,
         groups: None,
+        scope: None,
     })
 }
 
