@@ -100,7 +100,25 @@ pub struct JwtConfig {
     /// contain it are refused.
     pub audience: Spanned<String>,
     /// The IdP's JWKS, relative to the config file; re-read on reload.
-    pub jwks_file: Spanned<String>,
+    /// Exactly one of this and `jwks_url`.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// The IdP's JWKS endpoint (`https://`, or `http://` on loopback only),
+    /// fetched off the request path at start, every `jwks_refresh_s`, and
+    /// when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<Spanned<String>>,
+    /// With `jwks_url`: PEM CA bundle for the IdP's certificate. Default:
+    /// the system's trusted roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<Spanned<String>>,
+    /// With `jwks_url`: how often the JWKS is fetched again, seconds. Default 300.
+    #[serde(default = "default_jwks_refresh_s")]
+    pub jwks_refresh_s: u64,
+    /// With `jwks_url`: the soonest a token with an unknown `kid` triggers
+    /// another fetch, seconds (so random `kid`s cannot flood the IdP). Default 10.
+    #[serde(default = "default_jwks_refetch_min_s")]
+    pub jwks_refetch_min_s: u64,
     /// Claim naming the agent (a configured `[[agents]] id`). Default `azp`;
     /// `client_id` is tried when it is absent.
     #[serde(default = "default_agent_claim")]
@@ -111,6 +129,14 @@ pub struct JwtConfig {
     /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,
+}
+
+fn default_jwks_refresh_s() -> u64 {
+    300
+}
+
+fn default_jwks_refetch_min_s() -> u64 {
+    10
 }
 
 fn default_agent_claim() -> String {
@@ -751,6 +777,10 @@ pub struct ValidConfig {
     pub jwt: Option<std::sync::Arc<crate::jwt::Verifier>>,
     /// `auth.jwt.jwks_file` resolved against the config file's directory.
     pub jwks_file: Option<PathBuf>,
+    /// `auth.jwt.jwks_url`, parsed.
+    pub jwks_url: Option<UpstreamUrl>,
+    /// `auth.jwt.jwks_ca_file`, resolved.
+    pub jwks_ca_file: Option<PathBuf>,
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
@@ -1085,6 +1115,32 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         .jwt
         .as_ref()
         .and_then(|j| validate_jwt(j, base, &mut err, &at));
+    let mut jwks_ca_file = None;
+    let jwks_url = match config
+        .auth
+        .jwt
+        .as_ref()
+        .and_then(|j| j.jwks_url.as_ref().map(|u| (j, u)))
+    {
+        Some((j, u)) => match UpstreamUrl::parse(u.get_ref()) {
+            Ok(url) if !url.tls && !is_loopback(url.server_name()) => {
+                err(
+                    at(&u.span()),
+                    "`jwks_url` must be https:// (plain http only to a loopback address): keys fetched in the clear could be replaced".to_owned(),
+                );
+                None
+            }
+            Ok(url) => {
+                jwks_ca_file = ca_file(&j.jwks_ca_file, url.tls, base, &mut err, &at);
+                Some(url)
+            }
+            Err(e) => {
+                err(at(&u.span()), format!("`jwks_url`: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
@@ -1220,7 +1276,8 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .auth
                 .jwt
                 .as_ref()
-                .map(|j| base.join(j.jwks_file.get_ref()));
+                .and_then(|j| j.jwks_file.as_ref())
+                .map(|f| base.join(f.get_ref()));
             let subtoken_dir = config.auth.subtokens.as_ref().map(|s| base.join(&s.dir));
             let tls = config.server.tls.as_ref().map(|t| TlsFiles {
                 cert: base.join(t.cert_file.get_ref()),
@@ -1244,6 +1301,8 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 metrics_listen,
                 jwt,
                 jwks_file,
+                jwks_url,
+                jwks_ca_file,
                 credential_files,
                 tls,
                 upstream_ca_files,
@@ -1253,6 +1312,14 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
         _ => Err(errors),
     }
+}
+
+/// Whether `host` (a name or an IP address, unbracketed) is this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Checks a `ca_file` key (only for `https://`, must exist) and resolves it.
@@ -1297,18 +1364,6 @@ fn validate_jwt(
     if j.agent_claim.is_empty() {
         err(None, "`auth.jwt.agent_claim` must not be empty".to_owned());
     }
-    let file = j.jwks_file.get_ref();
-    let path = base.join(file);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            err(
-                at(&j.jwks_file.span()),
-                format!("cannot read the JWKS file `{file}`: {e}"),
-            );
-            return None;
-        }
-    };
     let rules = crate::jwt::ClaimRules {
         issuer: j.issuer.get_ref().clone(),
         audience: j.audience.get_ref().clone(),
@@ -1316,10 +1371,41 @@ fn validate_jwt(
         groups_claim: j.groups_claim.clone(),
         leeway_s: j.leeway_s,
     };
+    let (file, text) = match (&j.jwks_file, &j.jwks_url) {
+        (Some(f), None) => {
+            let path = base.join(f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(t) => (f, t),
+                Err(e) => {
+                    err(
+                        at(&f.span()),
+                        format!("cannot read the JWKS file `{}`: {e}", f.get_ref()),
+                    );
+                    return None;
+                }
+            }
+        }
+        // Keys arrive from the URL once running; until then none verify.
+        (None, Some(_)) => {
+            return Some(std::sync::Arc::new(crate::jwt::Verifier::without_keys(
+                rules,
+            )));
+        }
+        _ => {
+            err(
+                at(&j.issuer.span()),
+                "`[auth.jwt]` needs exactly one of `jwks_file` and `jwks_url`".to_owned(),
+            );
+            return None;
+        }
+    };
+    if j.jwks_refresh_s == 0 {
+        err(None, "`auth.jwt.jwks_refresh_s` must be above 0".to_owned());
+    }
     match crate::jwt::Verifier::from_jwks(&text, rules) {
         Ok(v) => Some(std::sync::Arc::new(v)),
         Err(e) => {
-            err(at(&j.jwks_file.span()), format!("JWKS file `{file}` {e}"));
+            err(at(&file.span()), format!("JWKS `{}` {e}", file.get_ref()));
             None
         }
     }
@@ -1809,6 +1895,27 @@ prefix = ""
         assert!(e[0]
             .message
             .starts_with("cannot read the JWKS file `jwks.json`"));
+    }
+
+    #[test]
+    fn jwks_needs_exactly_one_source() {
+        let head = "[auth.jwt]\nissuer = \"https://idp\"\naudience = \"https://gate\"\n";
+        let e = errors_of(head);
+        assert!(e[0]
+            .message
+            .contains("exactly one of `jwks_file` and `jwks_url`"));
+        let e = errors_of(&format!(
+            "{head}jwks_file = \"j.json\"\njwks_url = \"https://idp/jwks\"\n"
+        ));
+        assert!(e[0]
+            .message
+            .contains("exactly one of `jwks_file` and `jwks_url`"));
+        let e = errors_of(&format!(
+            "{head}jwks_url = \"https://idp/jwks\"\njwks_ca_file = \"nope.pem\"\n"
+        ));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(5));
+        assert!(e[0].message.contains("nope.pem"));
     }
 
     #[test]

@@ -279,6 +279,16 @@ impl Verifier {
         Ok(Self { keys, only, rules })
     }
 
+    /// A verifier with no keys yet (every token is `UnknownKey`): the state
+    /// before a JWKS fetched from a URL arrives.
+    pub fn without_keys(rules: ClaimRules) -> Self {
+        Self {
+            keys: HashMap::new(),
+            only: None,
+            rules,
+        }
+    }
+
     /// The claim rules (issuer, audience, claim names).
     pub fn rules(&self) -> &ClaimRules {
         &self.rules

@@ -16,6 +16,7 @@ pub mod catalog_sync;
 pub mod credential;
 pub mod demo;
 pub mod http;
+pub mod jwks_sync;
 pub mod mcp;
 pub mod metrics;
 pub mod session;

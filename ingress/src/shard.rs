@@ -120,6 +120,7 @@ async fn run(
     ));
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
+        glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();
         if let Some(addr) = shared.config.metrics_listen {
             serve_metrics(addr, Arc::clone(&shared));
         }

@@ -56,6 +56,14 @@ pub struct Shared {
     pub judge_tls: Option<crate::tls::ClientTls>,
     /// The sub-token verifier (key and revocations) that snapshots carry.
     subtokens: Mutex<Option<Arc<Verifier>>>,
+    /// The JWKS last fetched from `auth.jwt.jwks_url`.
+    jwks: Mutex<Option<String>>,
+    /// A token named an unknown `kid`: fetch the JWKS again (rate-limited).
+    pub jwks_wanted: AtomicBool,
+    /// Whether a JWKS fetch has completed (either way), for readiness.
+    pub jwks_attempted: AtomicBool,
+    /// TLS toward an `https://` JWKS URL.
+    pub jwks_tls: Option<crate::tls::ClientTls>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -114,6 +122,10 @@ impl Shared {
             upstream_tls: tls.upstreams,
             judge_tls: tls.judge,
             subtokens: Mutex::new(subtokens),
+            jwks: Mutex::new(None),
+            jwks_wanted: AtomicBool::new(false),
+            jwks_attempted: AtomicBool::new(false),
+            jwks_tls: tls.jwks,
             config,
         })
     }
@@ -121,6 +133,38 @@ impl Shared {
     /// Whether every upstream's catalog fetch has completed at least once.
     pub fn ready(&self) -> bool {
         self.attempted.iter().all(|a| a.load(Ordering::Acquire))
+            && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
+    }
+
+    /// Asks the JWKS task for a fetch (a token named an unknown key).
+    pub fn want_jwks(&self) {
+        if self.config.jwks_url.is_some() {
+            self.jwks_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Installs a JWKS fetched from `auth.jwt.jwks_url` and publishes it;
+    /// returns whether it differed from the previous one. A JWKS that does
+    /// not parse is refused and the previous keys stay.
+    pub fn set_jwks(&self, text: String) -> Result<bool, String> {
+        let rules = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.jwt.as_ref().map(|v| v.rules().clone())
+        };
+        let Some(rules) = rules else {
+            return Err("`[auth.jwt]` is no longer configured".into());
+        };
+        toolgate_core::jwt::Verifier::from_jwks(&text, rules).map_err(|e| e.to_string())?;
+        {
+            let mut cur = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.as_deref() == Some(text.as_str()) {
+                return Ok(false);
+            }
+            *cur = Some(text);
+        }
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(true)
     }
 
     /// Stores upstream `idx`'s catalog (or its failure) and publishes a new snapshot.
@@ -148,9 +192,20 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let snap = Snapshot::build(&cfg, catalogs)
+        let mut snap = Snapshot::build(&cfg, catalogs)
             .with_policies(&cfg, Arc::clone(&policies))
             .with_subtokens(subtokens);
+        // Keys fetched from `jwks_url` replace the empty key set the
+        // configuration starts with, under the configuration's current rules.
+        if cfg.jwks_url.is_some() {
+            let fetched = self.jwks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let (Some(text), Some(v)) = (fetched, &cfg.jwt) {
+                match toolgate_core::jwt::Verifier::from_jwks(&text, v.rules().clone()) {
+                    Ok(v) => snap.jwt = Some(Arc::new(v)),
+                    Err(e) => tracing::warn!(error = %e, "fetched JWKS no longer parses"),
+                }
+            }
+        }
         if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
             for e in policies.validate(snap.cedar_schema()) {
                 tracing::warn!(error = %e, "policy does not validate against the tools' schema");

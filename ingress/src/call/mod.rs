@@ -423,7 +423,13 @@ impl Gateway {
             user,
             groups,
             scope,
-        } = identify(snap, req)?;
+        } = identify(snap, req).inspect_err(|r| {
+            if r.kind == RefusalKind::InvalidToken(TokenError::UnknownKey) {
+                // Perhaps the IdP rotated its keys: ask for a JWKS fetch
+                // (rate-limited off the request path); this call stays refused.
+                self.shared.want_jwks();
+            }
+        })?;
         ctx.agent = Some(Arc::clone(&agent.id));
         ctx.user = user;
         ctx.groups = groups;

@@ -27,6 +27,8 @@ pub struct TlsSetup {
     pub upstreams: Vec<Option<ClientTls>>,
     /// TLS to the judge, for an `https://` judge.
     pub judge: Option<ClientTls>,
+    /// TLS to the IdP, for an `https://` `auth.jwt.jwks_url`.
+    pub jwks: Option<ClientTls>,
 }
 
 impl TlsSetup {
@@ -59,10 +61,18 @@ impl TlsSetup {
             .transpose()
             .map_err(|e| format!("judge: {e}"))?
             .flatten();
+        let jwks = cfg
+            .jwks_url
+            .as_ref()
+            .map(|u| client_tls(u, cfg.jwks_ca_file.as_deref()))
+            .transpose()
+            .map_err(|e| format!("auth.jwt.jwks_url: {e}"))?
+            .flatten();
         Ok(Self {
             server,
             upstreams,
             judge,
+            jwks,
         })
     }
 }
