@@ -168,6 +168,39 @@ pub struct CredentialConfig {
     /// Command printing the secret on stdout (trimmed), run once at start.
     #[serde(default)]
     pub command: Option<Spanned<Vec<String>>>,
+    /// An OAuth 2.0 client-credentials grant: toolgate fetches the access
+    /// token, caches it and refreshes it before expiry, off the request path.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[upstreams.credential.oauth]`: where and how toolgate obtains an access
+/// token for the upstream (RFC 6749 §4.4), sent as `Bearer <token>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The authorization server's token endpoint (`https://`, or `http://`
+    /// on loopback only).
+    pub token_url: Spanned<String>,
+    /// The client id toolgate authenticates as.
+    pub client_id: String,
+    /// Environment variable holding the client secret. Exactly one of this
+    /// and `client_secret_file`.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// File holding the client secret, relative to the config file.
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// `scope` to request. Default none.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `resource` indicator (RFC 8707) to request, e.g. the upstream's URL.
+    /// Default none.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// PEM CA bundle for the token endpoint. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 fn default_credential_header() -> Spanned<String> {
@@ -792,6 +825,15 @@ pub struct ValidConfig {
     pub judge_ca_file: Option<PathBuf>,
     /// `auth.subtokens.dir` resolved against the config file's directory.
     pub subtoken_dir: Option<PathBuf>,
+    /// The directory relative paths in the configuration resolve against.
+    pub base: PathBuf,
+}
+
+impl ValidConfig {
+    /// The directory relative paths in the configuration resolve against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base
+    }
 }
 
 /// The agent listener's TLS material, as resolved paths.
@@ -1308,6 +1350,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 upstream_ca_files,
                 judge_ca_file,
                 subtoken_dir,
+                base: base.to_path_buf(),
             })
         }
         _ => Err(errors),
@@ -1459,15 +1502,47 @@ fn validate_credential(
             ),
         );
     }
-    let sources =
-        c.env.is_some() as usize + c.file.is_some() as usize + c.command.is_some() as usize;
+    let sources = c.env.is_some() as usize
+        + c.file.is_some() as usize
+        + c.command.is_some() as usize
+        + c.oauth.is_some() as usize;
     if sources != 1 {
         err(
             at(&u.name.span()),
             format!(
-                "upstream `{name}`: credential needs exactly one of `env`, `file` and `command`"
+                "upstream `{name}`: credential needs exactly one of `env`, `file`, `command` and `oauth`"
             ),
         );
+    }
+    if let Some(o) = &c.oauth {
+        if !c.value_prefix.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: an `oauth` credential is always sent as `Bearer <token>`; drop `value_prefix`"),
+            );
+        }
+        match UpstreamUrl::parse(o.token_url.get_ref()) {
+            Ok(url) if !url.tls && !is_loopback(url.server_name()) => err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `token_url` must be https:// (plain http only to a loopback address): the client secret would travel in the clear"),
+            ),
+            Ok(url) => {
+                ca_file(&o.ca_file, url.tls, base, err, at);
+            }
+            Err(e) => err(at(&o.token_url.span()), format!("upstream `{name}`: `token_url`: {e}")),
+        }
+        if o.client_id.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: `oauth.client_id` must not be empty"),
+            );
+        }
+        if o.client_secret_env.is_some() == o.client_secret_file.is_some() {
+            err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `oauth` needs exactly one of `client_secret_env` and `client_secret_file`"),
+            );
+        }
     }
     if let Some(cmd) = &c.command {
         if cmd.get_ref().first().is_none_or(|p| p.is_empty()) {
@@ -1925,7 +2000,7 @@ prefix = ""
         assert_eq!(e.len(), 1);
         assert!(e[0]
             .message
-            .contains("exactly one of `env`, `file` and `command`"));
+            .contains("exactly one of `env`, `file`, `command` and `oauth`"));
         let e = errors_of(&format!("{up}header = \"Host\"\nenv = \"A\"\n"));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(5));

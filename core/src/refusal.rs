@@ -89,6 +89,9 @@ pub enum RefusalKind {
     UpstreamTimeout,
     /// Upstream answered something that is not an MCP response.
     UpstreamBadResponse,
+    /// The upstream's credential could not be obtained (an OAuth token
+    /// endpoint failing past the token's expiry): nothing was sent.
+    UpstreamCredentialUnavailable,
     /// An output rule's `refuse_when` condition held for the tool's result.
     OutputRefused,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
@@ -146,8 +149,14 @@ impl RefusalKind {
             | SessionIdentityMismatch
             | CertificateMismatch
             | UserAssertionRefused => Origin::Downstream,
-            AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable
-            | OutputRefused | OutputTooLarge => Origin::Gateway,
+            AuditUnavailable
+            | Overloaded
+            | PolicyDenied
+            | JudgeDenied
+            | JudgeUnavailable
+            | OutputRefused
+            | OutputTooLarge
+            | UpstreamCredentialUnavailable => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -187,6 +196,7 @@ impl RefusalKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamBadResponse => "upstream_bad_response",
+            UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             OutputRefused => "output_refused",
             OutputTooLarge => "output_too_large",
         }
@@ -294,6 +304,11 @@ impl Refusal {
                 502,
                 codes::INTERNAL_ERROR,
                 "upstream sent an invalid response",
+            ),
+            UpstreamCredentialUnavailable => (
+                503,
+                codes::SERVER_ERROR,
+                "no credential for the upstream yet; retry later",
             ),
             OutputRefused => (
                 403,

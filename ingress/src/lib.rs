@@ -19,6 +19,7 @@ pub mod http;
 pub mod jwks_sync;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod session;
 pub mod shard;
 pub mod shared;

@@ -344,7 +344,8 @@ fn token_cmd(command: TokenCommand) -> anyhow::Result<()> {
 fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     load_policies(&cfg)?;
-    toolgate_ingress::credential::load(&cfg)?;
+    let creds = toolgate_ingress::credential::load(&cfg)?;
+    toolgate_ingress::oauth::clients(&cfg, &creds)?;
     load_tls(&cfg)?;
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
@@ -577,7 +578,16 @@ fn run(
         .map(toolgate_ingress::subtokens::verifier)
         .transpose()
         .context("[auth.subtokens]")?;
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials, tls, subtokens);
+    let oauth = toolgate_ingress::oauth::clients(&cfg, &credentials)?;
+    let shared: Arc<Shared> = Shared::new(
+        cfg,
+        policies,
+        random32()?,
+        credentials,
+        tls,
+        subtokens,
+        oauth,
+    );
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks

@@ -121,6 +121,8 @@ async fn run(
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();
+        let grants = std::mem::take(&mut *shared.oauth.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::oauth::spawn_all(grants, Arc::clone(&shared.oauth_pending));
         if let Some(addr) = shared.config.metrics_listen {
             serve_metrics(addr, Arc::clone(&shared));
         }

@@ -64,6 +64,10 @@ pub struct Shared {
     pub jwks_attempted: AtomicBool,
     /// TLS toward an `https://` JWKS URL.
     pub jwks_tls: Option<crate::tls::ClientTls>,
+    /// OAuth client-credentials grants, taken by shard 0 to run.
+    pub oauth: Mutex<Vec<crate::oauth::OAuthClient>>,
+    /// Grants not yet tried once (readiness).
+    pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -88,6 +92,7 @@ impl Shared {
         credentials: crate::credential::Credentials,
         tls: crate::tls::TlsSetup,
         subtokens: Option<Arc<Verifier>>,
+        oauth: Vec<crate::oauth::OAuthClient>,
     ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
@@ -126,6 +131,8 @@ impl Shared {
             jwks_wanted: AtomicBool::new(false),
             jwks_attempted: AtomicBool::new(false),
             jwks_tls: tls.jwks,
+            oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
+            oauth: Mutex::new(oauth),
             config,
         })
     }
@@ -134,6 +141,7 @@ impl Shared {
     pub fn ready(&self) -> bool {
         self.attempted.iter().all(|a| a.load(Ordering::Acquire))
             && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
+            && self.oauth_pending.load(Ordering::Acquire) == 0
     }
 
     /// Asks the JWKS task for a fetch (a token named an unknown key).

@@ -250,7 +250,10 @@ class Gate:
                 lines.append(f"ca_file = {toml_value(up.ca_file)}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]
+                for table, inner in ((k, v) for k, v in up.credential.items() if isinstance(v, dict)):
+                    lines.append(f"[upstreams.credential.{table}]")
+                    lines += [f"{k} = {toml_value(v)}" for k, v in inner.items()]
         for a in self.agents.values():
             lines += ["", "[[agents]]", f"id = {toml_value(a.id)}", f"tools = {toml_value(a.tools)}"]
             if not a.keyless:
