@@ -2,7 +2,9 @@
 //!
 //! Upstream credentials pass through configuration, logs and error paths; a
 //! type whose `Debug` and `Display` print `<redacted>` keeps a stray `{:?}`
-//! from leaking one. The bytes are reachable only through [`Secret::expose`].
+//! from leaking one. The bytes are reachable only through [`Secret::expose`],
+//! and are overwritten with zeros when the value is dropped, so a replaced
+//! credential does not linger in freed memory.
 
 /// Secret bytes: printed as `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -17,6 +19,12 @@ impl Secret {
     /// The secret bytes, for the one place that sends them.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
     }
 }
 

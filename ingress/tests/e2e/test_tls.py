@@ -316,3 +316,65 @@ def test_config_errors_name_the_line(tmp_path, pki):
     # A good TLS section passes.
     r = check(tmp_path, tls_toml(pki, "required") + base)
     assert r.returncode == 0, r.stderr
+
+
+def test_sdk_over_tls_with_a_jwt_user_reaches_cedar_audit_and_only_the_injected_credential_upstream(
+    tmp_path, pki, tls_vault
+):
+    """The whole identity path at once: TLS to the gateway, a JWT naming
+    agent and user, Cedar deciding on the user's groups, the audit record
+    naming both, and the upstream (over https) seeing only toolgate's own
+    credential."""
+    import json as _json
+
+    from test_identity import AUDIENCE, ISSUER, IdP
+
+    idp = IdP()
+    (tmp_path / "jwks.json").write_text(_json.dumps(idp.jwks()))
+    (tmp_path / "vault.token").write_text("injected-" + "c4n4ry" * 3 + "\n")
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "vault.cedar").write_text(
+        '@id("whoami-admins")\n'
+        'permit(principal == Toolgate::Agent::"support-bot", action == Toolgate::Action::"vault__whoami", resource)\n'
+        'when { context has user && context.user in Toolgate::Group::"admins" };\n'
+    )
+    ups = [UpstreamCfg(name="vault", url=tls_vault.url, ca_file=str(pki.ca_pem),
+                       credential={"value_prefix": "Bearer ", "file": "vault.token"})]
+    extra = tls_toml(pki, None) + f"""
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_file = "jwks.json"
+groups_claim = "groups"
+
+[policies]
+files = ["policies"]
+"""
+    g = start_gate(tmp_path, ups, [Agent("support-bot", ["vault__whoami"], keyless=True)], extra_toml=extra,
+                   tls_client={"verify": pki.ctx()})
+    try:
+        admin = idp.token("RS256", sub="alice", groups=["admins"])
+        plain = idp.token("ES256", sub="bob", groups=["support"])
+
+        async def run(token):
+            async with sdk_client_cm(g.url, token, "auto", verify=pki.ctx()) as client:
+                return await client.call_tool("vault__whoami", {})
+
+        before = g.audit_len()
+        res = asyncio.run(run(admin))
+        assert not res.is_error, res
+        echoed = res.content[0].text
+        assert echoed == "Bearer injected-" + "c4n4ry" * 3
+        assert admin not in echoed
+        rec = [r for r in g.audit_after(before, count=3) if r.get("tool") == "vault__whoami"][-1]
+        assert (rec["agent"], rec["user"], rec["decision"]) == ("support-bot", "alice", "allow")
+        assert rec["policies"] == ["whoami-admins"]
+
+        before = g.audit_len()
+        with pytest.raises(BaseException, match="Denied by policy|unhandled errors"):
+            asyncio.run(run(plain))
+        rec = [r for r in g.audit_after(before, count=2) if r.get("tool") == "vault__whoami"][-1]
+        assert (rec["agent"], rec["user"], rec["decision"]) == ("support-bot", "bob", "deny")
+        assert admin not in g.stderr_text() and plain not in g.stderr_text()
+    finally:
+        release_gate(g)
