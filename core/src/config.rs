@@ -266,6 +266,11 @@ pub struct OutputRuleConfig {
     /// Conditions refusing the whole result (`detected(private_key)`). Default none.
     #[serde(default)]
     pub refuse_when: Vec<Spanned<String>>,
+    /// What the rule filters: `"results"` (default: what tools return) and/or
+    /// `"arguments"` (what agents send: data-loss prevention on outgoing
+    /// calls; field paths are rooted at the arguments object).
+    #[serde(default)]
+    pub applies_to: Vec<Spanned<String>>,
 }
 
 /// One operator pattern of an output rule: `{ name = "employee_id", regex = "EMP-[0-9]{6}" }`.
@@ -1744,7 +1749,21 @@ fn validate_output_rules(
                 format!("output rule `{name}` does nothing: give it fields, detectors, patterns or conditions"),
             );
         }
+        let mut results = r.applies_to.is_empty();
+        let mut arguments = false;
+        for a in &r.applies_to {
+            match a.get_ref().as_str() {
+                "results" => results = true,
+                "arguments" => arguments = true,
+                other => err(
+                    at(&a.span()),
+                    format!("output rule `{name}`: `applies_to` takes \"results\" and \"arguments\", not `{other}`"),
+                ),
+            }
+        }
         rules.push(OutputRule {
+            results,
+            arguments,
             name: name.clone(),
             tools: r.tools.iter().map(|t| t.get_ref().clone()).collect(),
             agents: r.agents.iter().map(|a| a.get_ref().clone()).collect(),
@@ -1970,6 +1989,24 @@ prefix = ""
         assert!(e[0]
             .message
             .starts_with("cannot read the JWKS file `jwks.json`"));
+    }
+
+    #[test]
+    fn applies_to_takes_results_and_arguments() {
+        let rule = "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[[output_rules]]\nname = \"r\"\ntools = [\"crm__*\"]\ndetectors = [\"card\"]\n";
+        let e = errors_of(&format!("{rule}applies_to = [\"requests\"]\n"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(8));
+        assert!(e[0].message.contains("`applies_to`"));
+        let v = parse(
+            &format!("{rule}applies_to = [\"arguments\"]\n"),
+            "t",
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(v.output_rules[0].arguments && !v.output_rules[0].results);
+        let v = parse(rule, "t", Path::new(".")).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!v.output_rules[0].arguments && v.output_rules[0].results);
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub enum RefusalKind {
     UpstreamCredentialUnavailable,
     /// An output rule's `refuse_when` condition held for the tool's result.
     OutputRefused,
+    /// A rule applying to arguments refused the call before it left.
+    ArgumentsRefused,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
     OutputTooLarge,
 }
@@ -156,7 +158,8 @@ impl RefusalKind {
             | JudgeUnavailable
             | OutputRefused
             | OutputTooLarge
-            | UpstreamCredentialUnavailable => Origin::Gateway,
+            | UpstreamCredentialUnavailable
+            | ArgumentsRefused => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -198,6 +201,7 @@ impl RefusalKind {
             UpstreamBadResponse => "upstream_bad_response",
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             OutputRefused => "output_refused",
+            ArgumentsRefused => "arguments_refused",
             OutputTooLarge => "output_too_large",
         }
     }
@@ -314,6 +318,11 @@ impl Refusal {
                 403,
                 codes::OUTPUT_REFUSED,
                 "tool result refused by output policy",
+            ),
+            ArgumentsRefused => (
+                403,
+                codes::FORBIDDEN,
+                "call refused: its arguments hold data that must not leave",
             ),
             OutputTooLarge => (
                 502,

@@ -11,7 +11,7 @@ use toolgate_core::upstream_url::UpstreamUrl;
 use crate::catalog::{Catalog, ToolDef};
 use crate::filter::OutputFilter;
 use crate::policy::{Engine, PairDecision, PolicyBundle, Verdict};
-use toolgate_core::output::glob_match;
+use toolgate_core::output::{glob_match, OutputRule};
 
 /// An upstream as shards need it.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub struct Route {
     pub decision: PairDecision,
     /// The output rules applying to this agent's calls of this tool, if any.
     pub filter: Option<Arc<OutputFilter>>,
+    /// The rules applying to the arguments this agent sends this tool
+    /// (`applies_to = ["arguments"]`), if any.
+    pub args_filter: Option<Arc<OutputFilter>>,
 }
 
 /// An agent and its permission map.
@@ -112,7 +115,7 @@ impl Snapshot {
             .map(|i| catalogs.get(i).cloned().flatten())
             .collect();
         // Agents sharing the same set of rules on a tool share one filter.
-        let mut filters: HashMap<Vec<usize>, Arc<OutputFilter>> = HashMap::new();
+        let mut filters: HashMap<(u8, Vec<usize>), Arc<OutputFilter>> = HashMap::new();
         let rules = &cfg.output_rules;
         let max_result_bytes = cfg.config.output.max_result_bytes;
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
@@ -138,21 +141,31 @@ impl Snapshot {
                         list.push_str(&def.json);
                     }
                 }
-                let applying: Vec<usize> = rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        (r.agents.is_empty() || r.agents.iter().any(|x| x == a.id.get_ref()))
-                            && r.tools.iter().any(|g| glob_match(g, exposed))
+                let applying = |part: fn(&OutputRule) -> bool| -> Vec<usize> {
+                    rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| {
+                            part(r)
+                                && (r.agents.is_empty()
+                                    || r.agents.iter().any(|x| x == a.id.get_ref()))
+                                && r.tools.iter().any(|g| glob_match(g, exposed))
+                        })
+                        .map(|(i, _)| i)
+                        .collect()
+                };
+                let mut compiled = |picked: Vec<usize>, key: u8| {
+                    (!picked.is_empty()).then(|| {
+                        let rules_of = |p: &[usize]| -> Vec<&OutputRule> {
+                            p.iter().map(|&i| &rules[i]).collect()
+                        };
+                        Arc::clone(filters.entry((key, picked.clone())).or_insert_with(|| {
+                            Arc::new(OutputFilter::compile(&rules_of(&picked), max_result_bytes))
+                        }))
                     })
-                    .map(|(i, _)| i)
-                    .collect();
-                let filter = (!applying.is_empty()).then(|| {
-                    Arc::clone(filters.entry(applying.clone()).or_insert_with(|| {
-                        let picked: Vec<_> = applying.iter().map(|&i| &rules[i]).collect();
-                        Arc::new(OutputFilter::compile(&picked, max_result_bytes))
-                    }))
-                });
+                };
+                let filter = compiled(applying(|r| r.results), 0);
+                let args_filter = compiled(applying(|r| r.arguments), 1);
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -161,6 +174,7 @@ impl Snapshot {
                         exposed: Arc::from(exposed),
                         decision: allow_all(),
                         filter,
+                        args_filter,
                     },
                 );
             }

@@ -686,9 +686,18 @@ impl Gateway {
                 body.extend_from_slice(br#""name":"#);
                 write_str(&route.tool, &mut body);
                 body.extend_from_slice(br#","arguments":"#);
-                match call.arguments {
-                    Some(a) => write_value(a, &mut body),
-                    None => body.extend_from_slice(b"{}"),
+                match (call.arguments, &route.args_filter) {
+                    (Some(a), None) => write_value(a, &mut body),
+                    // Data-loss rules: policy and the judge decided on the
+                    // arguments as sent; the upstream gets them filtered.
+                    (Some(a), Some(f)) => filter::apply_arguments(
+                        f,
+                        a,
+                        &mut self.inner_parser.borrow_mut(),
+                        &mut body,
+                        &mut ctx.redactions,
+                    )?,
+                    (None, _) => body.extend_from_slice(b"{}"),
                 }
                 ctx.reason = if ctx.policies.is_some() {
                     "allowed_by_policy"
