@@ -266,9 +266,11 @@ pub struct OutputRuleConfig {
     /// Conditions refusing the whole result (`detected(private_key)`). Default none.
     #[serde(default)]
     pub refuse_when: Vec<Spanned<String>>,
-    /// What the rule filters: `"results"` (default: what tools return) and/or
+    /// What the rule filters: `"results"` (default: what tools return),
     /// `"arguments"` (what agents send: data-loss prevention on outgoing
-    /// calls; field paths are rooted at the arguments object).
+    /// calls; field paths are rooted at the arguments object) and/or
+    /// `"descriptions"` (tool definitions in `tools/list`, e.g. to hide
+    /// internal host names; paths rooted at the definition).
     #[serde(default)]
     pub applies_to: Vec<Spanned<String>>,
 }
@@ -1750,20 +1752,22 @@ fn validate_output_rules(
             );
         }
         let mut results = r.applies_to.is_empty();
-        let mut arguments = false;
+        let (mut arguments, mut descriptions) = (false, false);
         for a in &r.applies_to {
             match a.get_ref().as_str() {
                 "results" => results = true,
                 "arguments" => arguments = true,
+                "descriptions" => descriptions = true,
                 other => err(
                     at(&a.span()),
-                    format!("output rule `{name}`: `applies_to` takes \"results\" and \"arguments\", not `{other}`"),
+                    format!("output rule `{name}`: `applies_to` takes \"results\", \"arguments\" and \"descriptions\", not `{other}`"),
                 ),
             }
         }
         rules.push(OutputRule {
             results,
             arguments,
+            descriptions,
             name: name.clone(),
             tools: r.tools.iter().map(|t| t.get_ref().clone()).collect(),
             agents: r.agents.iter().map(|a| a.get_ref().clone()).collect(),

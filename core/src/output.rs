@@ -339,6 +339,8 @@ pub struct OutputRule {
     pub results: bool,
     /// Whether the rule filters the arguments of outgoing calls.
     pub arguments: bool,
+    /// Whether the rule filters tool definitions in `tools/list`.
+    pub descriptions: bool,
 }
 
 /// Whether `name` matches `glob`, where `*` matches any run of characters.

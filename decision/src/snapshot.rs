@@ -47,6 +47,10 @@ pub struct Route {
     /// The rules applying to the arguments this agent sends this tool
     /// (`applies_to = ["arguments"]`), if any.
     pub args_filter: Option<Arc<OutputFilter>>,
+    /// The tool's definition as this agent's `tools/list` shows it
+    /// (`applies_to = ["descriptions"]` rules applied); `None` while the
+    /// upstream's catalog is unknown.
+    pub listed: Option<Arc<str>>,
 }
 
 /// An agent and its permission map.
@@ -85,6 +89,33 @@ pub struct Snapshot {
     /// `[auth.subtokens]` is configured; a revocation publishes a new
     /// snapshot, so every shard refuses the token from its next request.
     pub subtokens: Option<Arc<toolgate_core::subtoken::Verifier>>,
+}
+
+/// A tool definition (JSON) with description rules applied: detectors and
+/// patterns mask matches in every string (descriptions, titles, schema
+/// texts), field paths act on the definition object. The tool's `name` is
+/// kept as it was: agents call tools by it. A definition that does not
+/// parse is shown as `{}` rather than unfiltered.
+fn filtered_definition(filter: &OutputFilter, json: &str) -> String {
+    let mut parser = toolgate_core::jsonrpc::JsonParser::new();
+    let mut inner = toolgate_core::jsonrpc::JsonParser::new();
+    let Ok(tape) = parser.parse(json.as_bytes()) else {
+        return "{}".to_owned();
+    };
+    let mut out = Vec::with_capacity(json.len());
+    let mut walker = filter.walker(&mut inner);
+    walker.write_arguments(tape.as_value(), &mut out);
+    drop(walker);
+    let (Ok(mut filtered), Ok(original)) = (
+        serde_json::from_slice::<serde_json::Value>(&out),
+        serde_json::from_str::<serde_json::Value>(json),
+    ) else {
+        return "{}".to_owned();
+    };
+    if let (Some(obj), Some(name)) = (filtered.as_object_mut(), original.get("name")) {
+        obj.insert("name".to_owned(), name.clone());
+    }
+    filtered.to_string()
 }
 
 /// With no policy files, the permission map alone decides.
@@ -130,16 +161,9 @@ impl Snapshot {
                 let Some((upstream, tool)) = cfg.namer.route(exposed) else {
                     continue;
                 };
-                if let Some(def) = catalogs[upstream].as_ref().and_then(|c| c.get(tool)) {
-                    if def.exposed.as_deref() != Some(exposed) {
-                        continue;
-                    }
-                    if !tools.contains_key(exposed) {
-                        if list.len() > 1 {
-                            list.push(',');
-                        }
-                        list.push_str(&def.json);
-                    }
+                let def = catalogs[upstream].as_ref().and_then(|c| c.get(tool));
+                if def.is_some_and(|d| d.exposed.as_deref() != Some(exposed)) {
+                    continue;
                 }
                 let applying = |part: fn(&OutputRule) -> bool| -> Vec<usize> {
                     rules
@@ -166,6 +190,19 @@ impl Snapshot {
                 };
                 let filter = compiled(applying(|r| r.results), 0);
                 let args_filter = compiled(applying(|r| r.arguments), 1);
+                // The definition as this agent sees it in `tools/list`,
+                // with description rules applied once, here.
+                let listed: Option<Arc<str>> =
+                    def.map(|d| match compiled(applying(|r| r.descriptions), 2) {
+                        Some(f) => Arc::from(filtered_definition(&f, &d.json)),
+                        None => Arc::from(d.json.as_str()),
+                    });
+                if let Some(l) = listed.as_deref().filter(|_| !tools.contains_key(exposed)) {
+                    if list.len() > 1 {
+                        list.push(',');
+                    }
+                    list.push_str(l);
+                }
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -175,6 +212,7 @@ impl Snapshot {
                         decision: allow_all(),
                         filter,
                         args_filter,
+                        listed,
                     },
                 );
             }

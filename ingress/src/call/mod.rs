@@ -601,13 +601,13 @@ impl Gateway {
                         for def in tools
                             .iter()
                             .filter_map(|t| snap.route(agent, t))
-                            .filter_map(|r| snap.tool_def(r))
+                            .filter_map(|r| r.listed.as_deref())
                         {
                             if !first {
                                 result.push(b',');
                             }
                             first = false;
-                            result.extend_from_slice(def.json.as_bytes());
+                            result.extend_from_slice(def.as_bytes());
                         }
                         result.push(b']');
                     }

@@ -93,3 +93,28 @@ def test_clean_arguments_and_other_tools_pass_unchanged(gate):
     assert a["title"] == "printer jam"
     # Rules name their tools: the lookup's arguments are not filtered.
     assert EMAIL in str(b)
+
+
+def test_description_rules_rewrite_tools_list_but_never_the_name(make_gate):
+    rules = """
+[[output_rules]]
+name = "hide-internals"
+tools = ["crm__*"]
+applies_to = ["descriptions"]
+patterns = [{ name = "internal", regex = 'customer record|lookup_customer' }]
+"""
+    gate = make_gate(agents=[Agent("support-bot", ["crm__lookup_customer", "tickets__create_ticket"])],
+                     extra_toml=rules)
+    agent = gate.agents["support-bot"]
+
+    async def scenario():
+        async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            res = await client.call_tool("crm__lookup_customer", {"customer_id": "C-1"})
+            return tools, res
+
+    tools, res = anyio.run(scenario)
+    assert set(tools) == {"crm__lookup_customer", "tickets__create_ticket"}
+    assert tools["crm__lookup_customer"].description == "Look up a [REDACTED:internal] by id."
+    assert tools["tickets__create_ticket"].description == "Open a ticket."
+    assert not res.is_error
