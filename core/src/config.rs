@@ -52,6 +52,43 @@ pub struct Config {
     /// How agents authenticate besides API keys.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Pinning of tool definitions against silent changes (rug pulls).
+    #[serde(default)]
+    pub tool_pins: Option<ToolPinsConfig>,
+}
+
+/// `[tool_pins]`: each tool definition's SHA-256 is pinned; a definition
+/// that changes behind the gateway's back is quarantined until an operator
+/// approves it (`toolgate tools approve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPinsConfig {
+    /// The pins file, relative to the config file. Default `tool-pins.json`.
+    #[serde(default = "default_pins_file")]
+    pub file: PathBuf,
+    /// Whether a tool seen for the first time is pinned as it is (trust on
+    /// first use). Default true; false keeps new tools quarantined too.
+    #[serde(default = "default_true")]
+    pub pin_new: bool,
+    /// What a changed definition does: `quarantine` (default: hidden from
+    /// `tools/list`, calls refused) or `warn` (logged, still served).
+    #[serde(default)]
+    pub on_change: PinAction,
+}
+
+/// What a changed tool definition does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinAction {
+    /// Hidden and refused until approved.
+    #[default]
+    Quarantine,
+    /// Logged loudly, still served.
+    Warn,
+}
+
+fn default_pins_file() -> PathBuf {
+    PathBuf::from("tool-pins.json")
 }
 
 /// `[auth]`: identity providers toolgate trusts besides API keys.
@@ -395,6 +432,15 @@ pub struct UpstreamConfig {
     /// system's trusted roots.
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
+    /// How often the upstream's tool catalog is fetched again, seconds
+    /// (changed definitions are caught by `[tool_pins]` at the next fetch).
+    /// Default 300.
+    #[serde(default = "default_catalog_refresh_s")]
+    pub catalog_refresh_s: u64,
+}
+
+fn default_catalog_refresh_s() -> u64 {
+    300
 }
 
 /// Which MCP era toolgate speaks to an upstream.
@@ -834,6 +880,8 @@ pub struct ValidConfig {
     pub subtoken_dir: Option<PathBuf>,
     /// The directory relative paths in the configuration resolve against.
     pub base: PathBuf,
+    /// `tool_pins.file`, resolved.
+    pub pins_file: Option<PathBuf>,
 }
 
 impl ValidConfig {
@@ -994,6 +1042,12 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
         if let Err(e) = namer.add(&prefix) {
             err(at(&pspan), e);
+        }
+        if u.catalog_refresh_s == 0 {
+            err(
+                at(&u.name.span()),
+                format!("upstream `{name}`: `catalog_refresh_s` must be above 0"),
+            );
         }
         if u.timeout_ms == 0 {
             err(
@@ -1328,6 +1382,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .and_then(|j| j.jwks_file.as_ref())
                 .map(|f| base.join(f.get_ref()));
             let subtoken_dir = config.auth.subtokens.as_ref().map(|s| base.join(&s.dir));
+            let pins_file = config.tool_pins.as_ref().map(|p| base.join(&p.file));
             let tls = config.server.tls.as_ref().map(|t| TlsFiles {
                 cert: base.join(t.cert_file.get_ref()),
                 key: base.join(t.key_file.get_ref()),
@@ -1358,6 +1413,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 judge_ca_file,
                 subtoken_dir,
                 base: base.to_path_buf(),
+                pins_file,
             })
         }
         _ => Err(errors),

@@ -96,6 +96,8 @@ pub enum RefusalKind {
     OutputRefused,
     /// A rule applying to arguments refused the call before it left.
     ArgumentsRefused,
+    /// The tool's definition changed since it was approved (tool pinning).
+    ToolQuarantined,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
     OutputTooLarge,
 }
@@ -159,7 +161,8 @@ impl RefusalKind {
             | OutputRefused
             | OutputTooLarge
             | UpstreamCredentialUnavailable
-            | ArgumentsRefused => Origin::Gateway,
+            | ArgumentsRefused
+            | ToolQuarantined => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -202,6 +205,7 @@ impl RefusalKind {
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
+            ToolQuarantined => "tool_quarantined",
             OutputTooLarge => "output_too_large",
         }
     }
@@ -323,6 +327,11 @@ impl Refusal {
                 403,
                 codes::FORBIDDEN,
                 "call refused: its arguments hold data that must not leave",
+            ),
+            ToolQuarantined => (
+                403,
+                codes::FORBIDDEN,
+                "tool held back: its definition changed since it was approved",
             ),
             OutputTooLarge => (
                 502,

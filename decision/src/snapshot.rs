@@ -51,6 +51,8 @@ pub struct Route {
     /// (`applies_to = ["descriptions"]` rules applied); `None` while the
     /// upstream's catalog is unknown.
     pub listed: Option<Arc<str>>,
+    /// The definition is held back by tool pinning: calls are refused.
+    pub quarantined: bool,
 }
 
 /// An agent and its permission map.
@@ -192,10 +194,13 @@ impl Snapshot {
                 let args_filter = compiled(applying(|r| r.arguments), 1);
                 // The definition as this agent sees it in `tools/list`,
                 // with description rules applied once, here.
+                let quarantined = def.is_some_and(|d| d.quarantined);
                 let listed: Option<Arc<str>> =
-                    def.map(|d| match compiled(applying(|r| r.descriptions), 2) {
-                        Some(f) => Arc::from(filtered_definition(&f, &d.json)),
-                        None => Arc::from(d.json.as_str()),
+                    def.filter(|d| !d.quarantined).map(|d| {
+                        match compiled(applying(|r| r.descriptions), 2) {
+                            Some(f) => Arc::from(filtered_definition(&f, &d.json)),
+                            None => Arc::from(d.json.as_str()),
+                        }
                     });
                 if let Some(l) = listed.as_deref().filter(|_| !tools.contains_key(exposed)) {
                     if list.len() > 1 {
@@ -213,6 +218,7 @@ impl Snapshot {
                         filter,
                         args_filter,
                         listed,
+                        quarantined,
                     },
                 );
             }

@@ -68,6 +68,34 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Tool definition pins (`[tool_pins]`): list, approve.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Fetch every upstream's tools now and show each one's pin state.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
+    /// Approve tools' current definitions (fetched now): pins their digests;
+    /// a running gateway serves them again within a second.
+    Approve {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Exposed tool names to approve.
+        #[arg(value_name = "TOOL", required_unless_present = "all")]
+        tools: Vec<String>,
+        /// Approve every tool that is new or changed.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +236,7 @@ fn main() -> ExitCode {
         } => policy_test(&config, &cases),
         Command::Audit { command } => audit_cmd::run(command),
         Command::Token { command } => token_cmd(command),
+        Command::Tools { command } => tools_cmd(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,6 +252,70 @@ fn load(path: &Path) -> anyhow::Result<ValidConfig> {
         Ok(c) => Ok(c),
         Err(errors) => bail!("invalid configuration\n{errors}"),
     }
+}
+
+fn tools_cmd(command: ToolsCommand) -> anyhow::Result<()> {
+    use toolgate_decision::pins::{PinStatus, Pins};
+    let (config, approve) = match &command {
+        ToolsCommand::List { config } => (config.clone(), None),
+        ToolsCommand::Approve { config, tools, all } => {
+            (config.clone(), Some((tools.clone(), *all)))
+        }
+    };
+    let cfg = load(&config)?;
+    let Some(path) = cfg.pins_file.clone() else {
+        bail!(
+            "{}: no `[tool_pins]` section: tool pinning is off",
+            config.display()
+        );
+    };
+    let mut pins = Pins::load(&path)?;
+    let catalogs = fetch_catalogs(&cfg);
+    let listed: Vec<(String, String)> = catalogs
+        .iter()
+        .flatten()
+        .flat_map(|c| c.tools.iter())
+        .filter_map(|t| Some((t.exposed.clone()?, t.sha256.clone())))
+        .collect();
+    let state = |s: PinStatus| match s {
+        PinStatus::Pinned => "pinned",
+        PinStatus::Changed => "CHANGED",
+        PinStatus::New => "new",
+    };
+    match approve {
+        None => {
+            for (name, digest) in &listed {
+                println!(
+                    "{:8} {name}  {}",
+                    state(pins.status(name, digest)),
+                    &digest[..16]
+                );
+            }
+        }
+        Some((names, all)) => {
+            let mut approved = 0;
+            for name in &names {
+                if !listed.iter().any(|(n, _)| n == name) {
+                    bail!("no upstream lists a tool `{name}` now (see `toolgate tools list`)");
+                }
+            }
+            for (name, digest) in &listed {
+                let status = pins.status(name, digest);
+                if status != PinStatus::Pinned && (all || names.contains(name)) {
+                    println!("approved {name} ({} → {})", state(status), &digest[..16]);
+                    pins.pin(name, digest);
+                    approved += 1;
+                }
+            }
+            pins.save(&path)?;
+            println!(
+                "{approved} tool(s) approved; {} pinned in {}",
+                pins.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn token_cmd(command: TokenCommand) -> anyhow::Result<()> {
@@ -579,6 +672,11 @@ fn run(
         .transpose()
         .context("[auth.subtokens]")?;
     let oauth = toolgate_ingress::oauth::clients(&cfg, &credentials)?;
+    let pins = cfg
+        .pins_file
+        .as_deref()
+        .map(toolgate_decision::pins::Pins::load)
+        .transpose()?;
     let shared: Arc<Shared> = Shared::new(
         cfg,
         policies,
@@ -587,6 +685,7 @@ fn run(
         tls,
         subtokens,
         oauth,
+        pins,
     );
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
@@ -600,7 +699,7 @@ fn run(
     if let Some(b) = banner {
         b(running.addr);
     }
-    watch_revocations(Arc::clone(&shared));
+    watch_control_files(Arc::clone(&shared));
     if watch {
         watch_files(Arc::clone(&shared));
     }
@@ -641,38 +740,54 @@ fn reload(shared: &Shared, why: &str) {
     }
 }
 
-/// Publishes sub-token revocations as soon as the list changes: polled every
-/// 200 ms (size and mtime, one `stat`), always on when sub-tokens are
-/// configured, independent of `[policies] watch` and of configuration edits.
-fn watch_revocations(shared: Arc<Shared>) {
-    let Some(file) = shared.revocation_file() else {
+/// Control files whose change is published at once, polled every 200 ms
+/// (size, mtime and inode: one `stat` each), always on, independent of
+/// `[policies] watch` and of configuration edits: the sub-token revocation
+/// list and the tool pins file. A revocation or an approval must not wait on
+/// (or be blocked by) an unrelated edit.
+fn watch_control_files(shared: Arc<Shared>) {
+    type Publish = fn(&Shared) -> Result<u64, String>;
+    let mut files: Vec<(PathBuf, Publish, &'static str)> = Vec::new();
+    if let Some(f) = shared.revocation_file() {
+        files.push((f, Shared::reload_revocations, "sub-token revocations"));
+    }
+    if let Some(f) = shared.config.pins_file.clone() {
+        files.push((f, Shared::reload_pins, "tool pins"));
+    }
+    if files.is_empty() {
         return;
-    };
-    let stamp = move || {
-        std::fs::metadata(&file)
+    }
+    let stamp = |f: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(f)
             .ok()
-            .map(|m| (m.len(), m.modified().ok()))
+            .map(|m| (m.len(), m.modified().ok(), m.ino()))
     };
     let spawned = std::thread::Builder::new()
-        .name("toolgate-revocations".into())
+        .name("toolgate-control".into())
         .spawn(move || {
-            let mut last = stamp();
+            let mut last: Vec<_> = files.iter().map(|(f, _, _)| stamp(f)).collect();
             loop {
                 std::thread::sleep(Duration::from_millis(200));
-                let now = stamp();
-                if now != last {
-                    match shared.reload_revocations() {
+                for (i, (file, publish, what)) in files.iter().enumerate() {
+                    let now = stamp(file);
+                    if now == last[i] {
+                        continue;
+                    }
+                    match publish(&shared) {
                         Ok(generation) => {
-                            last = now;
-                            tracing::info!(generation, "sub-token revocations published");
+                            last[i] = now;
+                            tracing::info!(generation, "{what} published");
                         }
-                        Err(e) => tracing::error!("cannot read the sub-token revocation list (the previous one stays): {e}"),
+                        Err(e) => {
+                            tracing::error!("cannot read the {what} (the previous ones stay): {e}")
+                        }
                     }
                 }
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot watch the sub-token revocation list; reload with SIGHUP");
+        tracing::warn!(error = %e, "cannot watch control files; reload with SIGHUP");
     }
 }
 

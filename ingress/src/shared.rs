@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
+use toolgate_core::config::PinAction;
 use toolgate_core::config::ValidConfig;
 use toolgate_core::subtoken::Verifier;
+use toolgate_decision::pins::{PinStatus, Pins};
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
@@ -68,6 +70,8 @@ pub struct Shared {
     pub oauth: Mutex<Vec<crate::oauth::OAuthClient>>,
     /// Grants not yet tried once (readiness).
     pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Approved tool definition digests, when `[tool_pins]` is configured.
+    pins: Mutex<Option<Pins>>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -93,6 +97,7 @@ impl Shared {
         tls: crate::tls::TlsSetup,
         subtokens: Option<Arc<Verifier>>,
         oauth: Vec<crate::oauth::OAuthClient>,
+        pins: Option<Pins>,
     ) -> Arc<Self> {
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
@@ -133,6 +138,7 @@ impl Shared {
             jwks_tls: tls.jwks,
             oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
             oauth: Mutex::new(oauth),
+            pins: Mutex::new(pins),
             config,
         })
     }
@@ -181,11 +187,82 @@ impl Shared {
         if changed {
             let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = catalog {
+                self.check_pins(&c);
                 cats[idx] = Some(Arc::new(c));
             }
             self.publish(&cats);
         }
         self.attempted[idx].store(true, Ordering::Release);
+    }
+
+    /// Compares a fetched catalog with the pins: pins tools seen for the
+    /// first time (with `pin_new`), and reports changed definitions.
+    fn check_pins(&self, cat: &Catalog) {
+        let pin_new = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.config.tool_pins.as_ref().map(|t| t.pin_new)
+        };
+        let Some(pin_new) = pin_new else { return };
+        let path = self.config.pins_file.clone();
+        let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pins) = guard.as_mut() else { return };
+        let mut added = 0;
+        for t in &cat.tools {
+            let Some(name) = t.exposed.as_deref() else {
+                continue;
+            };
+            match pins.status(name, &t.sha256) {
+                PinStatus::Pinned => {}
+                PinStatus::New if pin_new => {
+                    pins.pin(name, &t.sha256);
+                    added += 1;
+                }
+                PinStatus::New => {
+                    tracing::warn!(tool = name, sha256 = %t.sha256, "new tool held back until approved (`toolgate tools approve`)");
+                }
+                PinStatus::Changed => {
+                    tracing::error!(tool = name, pinned = pins.get(name).unwrap_or(""), now = %t.sha256, "tool definition changed since it was approved; review it and run `toolgate tools approve`");
+                }
+            }
+        }
+        if added > 0 {
+            if let Some(path) = path {
+                match pins.save(&path) {
+                    Ok(()) => {
+                        tracing::info!(tools = added, file = %path.display(), "pinned tools seen for the first time")
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot save tool pins"),
+                }
+            }
+        }
+    }
+
+    /// The catalogs as the snapshot sees them: with `[tool_pins]`, changed
+    /// (and, without `pin_new`, new) definitions quarantined.
+    fn pinned(
+        &self,
+        cfg: &ValidConfig,
+        catalogs: &[Option<Arc<Catalog>>],
+    ) -> Vec<Option<Arc<Catalog>>> {
+        let guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(pins), Some(t)) = (guard.as_ref(), cfg.config.tool_pins.as_ref()) else {
+            return catalogs.to_vec();
+        };
+        let (pin_new, quarantine) = (t.pin_new, t.on_change == PinAction::Quarantine);
+        catalogs
+            .iter()
+            .map(|c| {
+                c.as_ref().map(|c| {
+                    Arc::new(
+                        c.with_quarantine(|name, digest| match pins.status(name, digest) {
+                            PinStatus::Pinned => false,
+                            PinStatus::Changed => quarantine,
+                            PinStatus::New => !pin_new,
+                        }),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Builds and publishes a snapshot from the current configuration,
@@ -200,6 +277,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let catalogs = &self.pinned(&cfg, catalogs);
         let mut snap = Snapshot::build(&cfg, catalogs)
             .with_policies(&cfg, Arc::clone(&policies))
             .with_subtokens(subtokens);
@@ -267,10 +345,20 @@ impl Shared {
             .map(crate::subtokens::verifier)
             .transpose()
             .map_err(|e| format!("[auth.subtokens]: {e}"))?;
+        let pins = self
+            .config
+            .pins_file
+            .as_deref()
+            .map(Pins::load)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
             published.publish(TlsAcceptor::from(tls));
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
+        if let Some(p) = pins {
+            *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&cats);
@@ -291,6 +379,19 @@ impl Shared {
         };
         let verifier = crate::subtokens::verifier(&dir).map_err(|e| e.to_string())?;
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(verifier);
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(self.snapshot.generation())
+    }
+
+    /// Re-reads the tool pins file alone and publishes the snapshot with
+    /// quarantines decided again (an approval takes effect at once).
+    pub fn reload_pins(&self) -> Result<u64, String> {
+        let Some(path) = self.config.pins_file.as_deref() else {
+            return Ok(self.snapshot.generation());
+        };
+        let pins = Pins::load(path).map_err(|e| e.to_string())?;
+        *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(pins);
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&cats);
         Ok(self.snapshot.generation())

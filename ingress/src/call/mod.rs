@@ -637,6 +637,9 @@ impl Gateway {
                     return Err(Refusal::with(RefusalKind::UnknownTool, shown));
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+                if route.quarantined {
+                    return Err(Refusal::new(RefusalKind::ToolQuarantined));
+                }
                 ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
                 let verdict = self.decide(

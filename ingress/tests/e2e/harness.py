@@ -137,6 +137,8 @@ class UpstreamProc:
     log_path: Path | None = None
     # (certificate, key) PEM files: serve https instead of http.
     tls: tuple[Path, Path] | None = None
+    # Extra environment for the server process (e.g. TOOL_DESCRIPTION_SUFFIX).
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -149,6 +151,7 @@ class UpstreamProc:
         self.proc = subprocess.Popen(
             [sys.executable, str(UPSTREAM_SCRIPT), self.name, str(self.port), self.encoding]
             + ([str(self.tls[0]), str(self.tls[1])] if self.tls else []),
+            env={**os.environ, **(self.env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -14,6 +14,7 @@ exercised with both response encodings of the streamable HTTP transport.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -137,9 +138,9 @@ def build_ops() -> MCPServer:
 def build_vault() -> MCPServer:
     server = MCPServer("vault")
 
-    @server.tool()
+    @server.tool(description="Echo the Authorization header this server received (for credential injection tests)."
+                 + os.environ.get("TOOL_DESCRIPTION_SUFFIX", ""))
     def whoami(ctx: Context) -> str:
-        """Echo the Authorization header this server received (for credential injection tests)."""
         headers = ctx.headers or {}
         return headers.get("authorization", "<none>")
 
