@@ -677,16 +677,14 @@ fn run(
         .as_deref()
         .map(toolgate_decision::pins::Pins::load)
         .transpose()?;
-    let shared: Arc<Shared> = Shared::new(
-        cfg,
-        policies,
-        random32()?,
+    let loaded = toolgate_ingress::shared::Loaded {
         credentials,
         tls,
         subtokens,
         oauth,
         pins,
-    );
+    };
+    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, loaded);
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks

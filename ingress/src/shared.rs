@@ -87,18 +87,36 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
         .unwrap_or(cores)
 }
 
+/// What the configuration names beyond itself, read and checked at start:
+/// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
+pub struct Loaded {
+    /// Upstream credentials, index-aligned with `config.upstreams`.
+    pub credentials: crate::credential::Credentials,
+    /// Certificates, keys and CA bundles.
+    pub tls: crate::tls::TlsSetup,
+    /// The sub-token verifier, with `[auth.subtokens]`.
+    pub subtokens: Option<Arc<Verifier>>,
+    /// OAuth client-credentials grants for upstream credentials.
+    pub oauth: Vec<crate::oauth::OAuthClient>,
+    /// Approved tool definition digests, with `[tool_pins]`.
+    pub pins: Option<Pins>,
+}
+
 impl Shared {
     /// Shared state for `config`, with session ids keyed by `session_key`.
     pub fn new(
         config: ValidConfig,
         policies: PolicyBundle,
         session_key: [u8; 32],
-        credentials: crate::credential::Credentials,
-        tls: crate::tls::TlsSetup,
-        subtokens: Option<Arc<Verifier>>,
-        oauth: Vec<crate::oauth::OAuthClient>,
-        pins: Option<Pins>,
+        loaded: Loaded,
     ) -> Arc<Self> {
+        let Loaded {
+            credentials,
+            tls,
+            subtokens,
+            oauth,
+            pins,
+        } = loaded;
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
         let snapshot = Published::new(
