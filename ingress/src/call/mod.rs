@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod filter;
 pub mod judge;
 pub mod params;
+mod tokens;
 pub mod wire;
 
 use std::cell::{Cell, RefCell};
@@ -168,6 +169,8 @@ pub struct Gateway {
     nonce_counter: Cell<u64>,
     judge: Option<judge::Judge>,
     decisions: RefCell<DecisionCache>,
+    /// Verified bearer JWTs, so a token's signature is checked once.
+    tokens: tokens::TokenCache,
 }
 
 /// Per-shard decision cache size.
@@ -212,6 +215,7 @@ impl Gateway {
         Self {
             judge,
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
+            tokens: tokens::TokenCache::default(),
             acks: Rc::new(ack::Acks::default()),
             shard,
             snapshot: RefCell::new(snapshot),
@@ -423,7 +427,15 @@ impl Gateway {
             user,
             groups,
             scope,
-        } = identify(snap, req).inspect_err(|r| {
+        } = identify(
+            snap,
+            req,
+            &Tokens {
+                cache: &self.tokens,
+                generation: self.snapshot.borrow().generation(),
+            },
+        )
+        .inspect_err(|r| {
             if r.kind == RefusalKind::InvalidToken(TokenError::UnknownKey) {
                 // Perhaps the IdP rotated its keys: ask for a JWKS fetch
                 // (rate-limited off the request path); this call stays refused.
@@ -1047,13 +1059,24 @@ struct Caller<'s> {
 /// `[auth.jwt]` is configured and the token has a JWT's shape, else an API
 /// key. Only the header is read: a token in the query string is never
 /// accepted.
-fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Refusal> {
+/// The shard's verified-token cache and the snapshot generation it is
+/// valid for.
+struct Tokens<'c> {
+    cache: &'c tokens::TokenCache,
+    generation: u64,
+}
+
+fn identify<'s>(
+    snap: &'s Snapshot,
+    req: &Request<'_>,
+    tokens: &Tokens<'_>,
+) -> Result<Caller<'s>, Refusal> {
     let header = req.head.header(req.buf, "authorization");
     let by_cert = req
         .client_names
         .and_then(|names| snap.agent_by_cert(names.iter().map(|n| &**n)));
     let Some(cert_agent) = by_cert else {
-        return identify_bearer(snap, header);
+        return identify_bearer(snap, header, tokens);
     };
     if header.is_none() {
         return Ok(Caller {
@@ -1065,7 +1088,7 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
     }
     // Both a certificate and a token: they must name the same agent, so a
     // token lifted from one agent is useless on another agent's connection.
-    let caller = identify_bearer(snap, header)?;
+    let caller = identify_bearer(snap, header, tokens)?;
     if !std::ptr::eq(caller.agent, cert_agent) {
         return Err(Refusal::new(RefusalKind::CertificateMismatch));
     }
@@ -1073,7 +1096,11 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
 }
 
 /// Identifies the caller from its bearer token alone.
-fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Caller<'s>, Refusal> {
+fn identify_bearer<'s>(
+    snap: &'s Snapshot,
+    header: Option<&[u8]>,
+    tokens: &Tokens<'_>,
+) -> Result<Caller<'s>, Refusal> {
     let token = bearer(header).map_err(|e| match e {
         BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
         BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
@@ -1099,8 +1126,12 @@ fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Call
     }
     if let Some(verifier) = snap.jwt.as_deref().filter(|_| looks_like_jwt(token)) {
         let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
-        let id = verifier
-            .verify(token, now_us() / 1_000_000)
+        let now = now_us() / 1_000_000;
+        let id = tokens
+            .cache
+            .get_or_verify(tokens.generation, token, now, || {
+                verifier.verify(token, now)
+            })
             .map_err(refused)?;
         let agent = snap
             .agent_by_id(&id.agent)
@@ -1108,13 +1139,10 @@ fn identify_bearer<'s>(snap: &'s Snapshot, header: Option<&[u8]>) -> Result<Call
         let has_user = id.user.is_some();
         return Ok(Caller {
             agent,
-            user: id.user.map(Arc::from),
+            user: id.user,
             // Groups belong to the token's user: none without one, so they
             // never attach to a user named by header instead.
-            groups: id
-                .groups
-                .filter(|_| has_user)
-                .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
+            groups: id.groups.filter(|_| has_user),
             scope: None,
         });
     }
