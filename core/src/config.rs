@@ -481,6 +481,22 @@ pub struct AgentConfig {
     /// `Toolgate-On-Behalf-Of` header. Default false: the header is refused.
     #[serde(default)]
     pub act_for_users: bool,
+    /// Most `tools/call`s the agent may make, across all shards. Default:
+    /// no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A rate limit: a sustained rate and a burst allowance (GCRA, the
+/// token-bucket equivalent that needs one atomic per limit).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained calls per second.
+    pub calls_per_s: f64,
+    /// Calls allowed back to back above the rate. Default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `[[users]]`: an end user known to policies.
@@ -1133,6 +1149,14 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 err(
                     at(&n.span()),
                     format!("agent `{id}`: client certificate name `{}` is given to more than one agent", n.get_ref()),
+                );
+            }
+        }
+        if let Some(r) = &a.rate_limit {
+            if !(r.calls_per_s.is_finite() && r.calls_per_s > 0.0) || r.burst == Some(0) {
+                err(
+                    at(&a.id.span()),
+                    format!("agent `{id}`: `rate_limit` needs `calls_per_s` above 0 and `burst` of at least 1"),
                 );
             }
         }

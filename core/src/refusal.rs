@@ -98,6 +98,8 @@ pub enum RefusalKind {
     ArgumentsRefused,
     /// The tool's definition changed since it was approved (tool pinning).
     ToolQuarantined,
+    /// The agent is over its `rate_limit`.
+    RateLimited,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
     OutputTooLarge,
 }
@@ -162,7 +164,8 @@ impl RefusalKind {
             | OutputTooLarge
             | UpstreamCredentialUnavailable
             | ArgumentsRefused
-            | ToolQuarantined => Origin::Gateway,
+            | ToolQuarantined
+            | RateLimited => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -206,6 +209,7 @@ impl RefusalKind {
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
             ToolQuarantined => "tool_quarantined",
+            RateLimited => "rate_limited",
             OutputTooLarge => "output_too_large",
         }
     }
@@ -333,6 +337,7 @@ impl Refusal {
                 codes::FORBIDDEN,
                 "tool held back: its definition changed since it was approved",
             ),
+            RateLimited => (429, codes::SERVER_ERROR, "rate limit exceeded; retry later"),
             OutputTooLarge => (
                 502,
                 codes::OUTPUT_REFUSED,

@@ -20,6 +20,7 @@ pub mod jwks_sync;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
+pub mod ratelimit;
 pub mod session;
 pub mod shard;
 pub mod shared;

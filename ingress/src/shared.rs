@@ -72,6 +72,8 @@ pub struct Shared {
     pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Approved tool definition digests, when `[tool_pins]` is configured.
     pins: Mutex<Option<Pins>>,
+    /// Per-agent rate limits (`rate_limit`), by agent id.
+    pub rate_limits: Arc<Published<crate::ratelimit::Limits>>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -157,6 +159,7 @@ impl Shared {
             oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
             oauth: Mutex::new(oauth),
             pins: Mutex::new(pins),
+            rate_limits: Published::new(crate::ratelimit::build(&config, &HashMap::new())),
             config,
         })
     }
@@ -374,6 +377,8 @@ impl Shared {
             published.publish(TlsAcceptor::from(tls));
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
+        self.rate_limits
+            .update(|previous| crate::ratelimit::build(&cfg, previous));
         if let Some(p) = pins {
             *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
         }

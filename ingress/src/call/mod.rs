@@ -116,6 +116,8 @@ struct CallCtx {
     groups: Option<Arc<[Arc<str>]>>,
     /// The tools a sub-token is narrowed to (within the agent's own).
     scope: Option<Vec<String>>,
+    /// Seconds a rate-limited agent should wait (`Retry-After`).
+    retry_after_s: Option<u64>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
@@ -140,6 +142,7 @@ impl CallCtx {
             user: None,
             groups: None,
             scope: None,
+            retry_after_s: None,
             policies: None,
             judge: None,
             redactions: Vec::new(),
@@ -171,6 +174,8 @@ pub struct Gateway {
     decisions: RefCell<DecisionCache>,
     /// Verified bearer JWTs, so a token's signature is checked once.
     tokens: tokens::TokenCache,
+    /// Per-agent rate limits.
+    rate_limits: RefCell<Reader<crate::ratelimit::Limits>>,
 }
 
 /// Per-shard decision cache size.
@@ -216,6 +221,7 @@ impl Gateway {
             judge,
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
             tokens: tokens::TokenCache::default(),
+            rate_limits: RefCell::new(shared.rate_limits.reader()),
             acks: Rc::new(ack::Acks::default()),
             shard,
             snapshot: RefCell::new(snapshot),
@@ -338,7 +344,12 @@ impl Gateway {
                     &mut body,
                 );
                 let auth;
+                let retry;
                 let extra: &[(&str, &str)] = match r.kind {
+                    RefusalKind::RateLimited => {
+                        retry = ctx.retry_after_s.unwrap_or(1).to_string();
+                        &[("Retry-After", retry.as_str())]
+                    }
                     RefusalKind::MissingCredential
                     | RefusalKind::UnknownCredential
                     | RefusalKind::InvalidToken(_) => {
@@ -651,6 +662,14 @@ impl Gateway {
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
                 if route.quarantined {
                     return Err(Refusal::new(RefusalKind::ToolQuarantined));
+                }
+                // Before any policy work: an agent over its limit costs little.
+                let limits = self.rate_limits.borrow_mut().current();
+                if let Some(limit) = limits.get(&*agent.id) {
+                    if let Err(wait) = limit.check(crate::ratelimit::now_ns()) {
+                        ctx.retry_after_s = Some(wait.as_secs() + 1);
+                        return Err(Refusal::new(RefusalKind::RateLimited));
+                    }
                 }
                 ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
