@@ -618,16 +618,7 @@ fn run(
     banner: Option<Box<dyn FnOnce(std::net::SocketAddr)>>,
 ) -> anyhow::Result<()> {
     init_logging(&cfg);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let shards = cfg
-        .config
-        .server
-        .shards
-        .as_ref()
-        .map(|s| *s.get_ref())
-        .unwrap_or(cores);
+    let shards = toolgate_ingress::shared::shard_count(&cfg);
     let mut writers = Vec::with_capacity(shards);
     let mut consumers = Vec::with_capacity(shards);
     for _ in 0..shards {

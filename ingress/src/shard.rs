@@ -56,6 +56,38 @@ impl Shards {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask, e.g. as `taskset`
+/// or a cgroup cpuset left it), in order. Shards pin to these, never to
+/// CPU ids outside the mask.
+pub fn allowed_cpus() -> Vec<usize> {
+    let from_status = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(parse_cpu_list)
+        })
+        .filter(|c| !c.is_empty());
+    from_status.unwrap_or_else(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (0..n).collect()
+    })
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<usize>(), hi.trim().parse::<usize>()) {
+            out.extend(lo..=hi.min(lo + 4096));
+        }
+    }
+    out
+}
+
 /// Starts `writers.len()` shards serving `shared`; `health` is the audit
 /// thread's report on the log.
 pub fn start(
@@ -63,16 +95,14 @@ pub fn start(
     writers: Vec<RingWriter>,
     health: Arc<AuditHealth>,
 ) -> Result<Shards, ShardError> {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let pin = writers.len() <= cores;
+    let cpus = allowed_cpus();
+    let pin = writers.len() <= cpus.len();
     let mut addr = shared.config.listen;
     let mut handles = Vec::with_capacity(writers.len());
     for (i, writer) in writers.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
         let placement = if pin {
-            Placement::Fixed(i % cores)
+            Placement::Fixed(cpus[i % cpus.len()])
         } else {
             Placement::Unbound
         };
@@ -276,4 +306,17 @@ fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) {
         }
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("1\n"), vec![1]);
+        assert_eq!(parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("garbage"), Vec::<usize>::new());
+        assert!(!allowed_cpus().is_empty());
+    }
 }
