@@ -25,7 +25,7 @@ mod load;
 mod schema;
 
 pub use cache::DecisionCache;
-pub use load::{load, PolicyBundle, PolicyError};
+pub use load::{from_sources, load, read_sources, PolicyBundle, PolicyError};
 pub use schema::schema_json;
 
 use std::collections::HashMap;

@@ -251,6 +251,7 @@ impl Gateway {
             policies: ctx.policies,
             judge: ctx.judge,
             redactions: ctx.redactions,
+            admin: None,
         }
     }
 
