@@ -36,6 +36,9 @@ pub enum ShardError {
     Executor(usize, String),
 }
 
+/// How often an idle shard looks for a new snapshot.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(1);
+
 /// Running shards.
 pub struct Shards {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -114,6 +117,18 @@ async fn run(
         Arc::clone(&shared),
         AuditProducer::new(shard, writer, health),
     ));
+    // Picks up published snapshots even while no request arrives, so the
+    // admin API learns within a millisecond that this shard runs a change.
+    {
+        let gateway = Rc::clone(&gateway);
+        glommio::spawn_local(async move {
+            loop {
+                gateway.refresh_snapshot();
+                glommio::timer::sleep(SNAPSHOT_POLL).await;
+            }
+        })
+        .detach();
+    }
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         if let Some(addr) = shared.config.metrics_listen {

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use toolgate_control::State;
 use toolgate_core::config::ValidConfig;
-use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
 use crate::http::head::Limits;
@@ -24,9 +26,13 @@ pub type Terminated = HashMap<Nonce, u64>;
 pub struct Shared {
     /// The configuration the gateway started with (listener, shards, upstreams).
     pub config: ValidConfig,
-    /// The latest configuration and policies (agents, users, attachments and
-    /// policies reload at run time); written off the request path only.
-    current: Mutex<(ValidConfig, Arc<PolicyBundle>)>,
+    /// The latest configuration file, its policy texts, and the admin API's
+    /// control state laid over them (agents, users, attachments and policies
+    /// change at run time); written off the request path only.
+    current: Mutex<Sources>,
+    /// Per shard: the snapshot generation it runs (written by the shard when
+    /// it picks one up; read by the admin API).
+    pub seen: Box<[AtomicU64]>,
     /// The decision snapshot.
     pub snapshot: Arc<Published<Snapshot>>,
     /// Fetched catalogs, index-aligned with upstreams (written off the request path).
@@ -47,6 +53,32 @@ pub struct Shared {
     pub credentials: crate::credential::Credentials,
 }
 
+/// What a snapshot is compiled from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The configuration file as last (re)loaded.
+    pub file: ValidConfig,
+    /// Its policy files: (path, text), in order.
+    pub policies: Vec<(PathBuf, String)>,
+    /// The control state written through the admin API.
+    pub control: Arc<State>,
+}
+
+impl Sources {
+    /// The effective configuration and policies, compiled into a snapshot
+    /// over `catalogs`. Errors: why the policies do not parse.
+    pub fn compile(&self, catalogs: &[Option<Arc<Catalog>>]) -> Result<Snapshot, Vec<String>> {
+        let (cfg, skipped) = self.control.overlay(&self.file);
+        for why in skipped {
+            tracing::warn!("control state: {why}; the agent is left out");
+        }
+        let bundle =
+            toolgate_decision::policy::from_sources(&self.control.policy_sources(&self.policies))
+                .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        Ok(Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::new(bundle)))
+    }
+}
+
 /// Shards the configuration asks for: `server.shards`, else one per core.
 pub fn shard_count(cfg: &ValidConfig) -> usize {
     let cores = std::thread::available_parallelism()
@@ -61,18 +93,24 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
 }
 
 impl Shared {
-    /// Shared state for `config`, with session ids keyed by `session_key`.
+    /// Shared state for `config` (with its policy texts and the control
+    /// state), with session ids keyed by `session_key`. Errors: the policies
+    /// do not compile.
     pub fn new(
         config: ValidConfig,
-        policies: PolicyBundle,
+        policies: Vec<(PathBuf, String)>,
+        control: State,
         session_key: [u8; 32],
         credentials: crate::credential::Credentials,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, Vec<String>> {
         let n = config.config.upstreams.len();
-        let policies = Arc::new(policies);
-        let snapshot = Published::new(
-            Snapshot::build(&config, &vec![None; n]).with_policies(&config, Arc::clone(&policies)),
-        );
+        let sources = Sources {
+            file: config.clone(),
+            policies,
+            control: Arc::new(control),
+        };
+        let snapshot = Published::new(sources.compile(&vec![None; n])?);
+        let shards = shard_count(&config);
         let s = &config.config.server;
         let conn = ConnConfig {
             limits: Limits {
@@ -84,8 +122,9 @@ impl Shared {
             body_timeout: Duration::from_millis(s.body_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         };
-        Arc::new(Self {
-            current: Mutex::new((config.clone(), policies)),
+        Ok(Arc::new(Self {
+            current: Mutex::new(sources),
+            seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             snapshot,
             catalogs: Mutex::new(vec![None; n]),
             attempted: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -96,7 +135,7 @@ impl Shared {
             metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
             credentials,
             config,
-        })
+        }))
     }
 
     /// Whether every upstream's catalog fetch has completed at least once.
@@ -117,21 +156,60 @@ impl Shared {
         self.attempted[idx].store(true, Ordering::Release);
     }
 
-    /// Builds and publishes a snapshot from the current configuration,
-    /// policies and `catalogs`; logs policies that fail schema validation.
-    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) {
-        let (cfg, policies) = {
-            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            (cur.0.clone(), Arc::clone(&cur.1))
+    /// Builds and publishes a snapshot from the current sources and
+    /// `catalogs` (callers hold the catalogs lock, which orders every
+    /// publication); logs policies that fail schema validation. Returns the
+    /// new generation, or the current one when the sources do not compile
+    /// (the running snapshot stays).
+    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) -> u64 {
+        let sources = self.sources();
+        let snap = match sources.compile(catalogs) {
+            Ok(s) => s,
+            Err(errs) => {
+                tracing::error!(
+                    "policies do not compile, the running snapshot stays:\n{}",
+                    errs.join("\n")
+                );
+                return self.snapshot.generation();
+            }
         };
-        let snap = Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::clone(&policies));
-        if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
-            for e in policies.validate(snap.cedar_schema()) {
-                tracing::warn!(error = %e, "policy does not validate against the tools' schema");
+        if let Some(engine) = snap.engine.as_ref() {
+            if catalogs.iter().all(Option::is_some) {
+                for e in engine.bundle().validate(snap.cedar_schema()) {
+                    tracing::warn!(error = %e, "policy does not validate against the tools' schema");
+                }
             }
         }
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
+        generation
+    }
+
+    /// The sources the running snapshot is compiled from.
+    pub fn sources(&self) -> Sources {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The fetched catalogs, index-aligned with upstreams.
+    pub fn catalogs(&self) -> Vec<Option<Arc<Catalog>>> {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the control state and publishes the snapshot it makes;
+    /// returns the new generation.
+    pub fn set_control(&self, control: Arc<State>) -> u64 {
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .control = control;
+        self.publish(&cats)
     }
 
     /// Re-reads the configuration file and policy files and publishes a new
@@ -159,28 +237,36 @@ impl Shared {
         if !same_upstreams {
             return Err("upstreams changed: restart toolgate to apply upstream changes".into());
         }
-        let policies = toolgate_decision::policy::load(&cfg.policy_files).map_err(|errs| {
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
+        let (policies, errs) = toolgate_decision::policy::read_sources(&cfg.policy_files);
+        let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        if !errs.is_empty() {
+            return Err(errs.join("\n"));
+        }
+        let candidate = Sources {
+            file: cfg,
+            policies,
+            control: self.sources().control,
+        };
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&cats);
-        Ok(self.snapshot.generation())
+        candidate.compile(&cats).map_err(|e| e.join("\n"))?;
+        {
+            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.file = candidate.file;
+            cur.policies = candidate.policies;
+        }
+        Ok(self.publish(&cats))
     }
 
     /// Files whose change triggers a reload: the configuration, its
     /// policies and the JWKS (so rotated IdP keys take effect).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0
+        cur.file
             .path
             .iter()
             .cloned()
-            .chain(cur.0.policy_files.iter().cloned())
-            .chain(cur.0.jwks_file.iter().cloned())
+            .chain(cur.file.policy_files.iter().cloned())
+            .chain(cur.file.jwks_file.iter().cloned())
             .collect()
     }
 

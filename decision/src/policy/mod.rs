@@ -120,6 +120,11 @@ pub struct CallFacts<'a, 't> {
 }
 
 impl Engine {
+    /// The policies the engine evaluates.
+    pub fn bundle(&self) -> &PolicyBundle {
+        &self.bundle
+    }
+
     /// Builds the engine: entity store from agents, users, groups, tools and upstreams.
     pub fn new(
         bundle: Arc<PolicyBundle>,

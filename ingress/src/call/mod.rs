@@ -212,6 +212,22 @@ impl Gateway {
         }
     }
 
+    /// Picks up the newest snapshot if one was published, and acknowledges
+    /// the generation this shard now runs (read by the admin API, which
+    /// answers a change once every shard runs it). Called between requests.
+    pub fn refresh_snapshot(&self) {
+        let generation = {
+            let mut reader = self.snapshot.borrow_mut();
+            drop(reader.current());
+            reader.generation()
+        };
+        if let Some(seen) = self.shared.seen.get(usize::from(self.shard)) {
+            if seen.load(Ordering::Relaxed) != generation {
+                seen.store(generation, Ordering::Release);
+            }
+        }
+    }
+
     /// This shard's metrics counters.
     fn counters(&self) -> Option<&crate::metrics::ShardCounters> {
         self.shared.metrics.shards.get(usize::from(self.shard))
@@ -404,7 +420,9 @@ impl Gateway {
     ) -> Result<Answer, Refusal> {
         match req.head.method {
             Method::Post | Method::Delete => {}
-            Method::Get | Method::Other => return Err(Refusal::new(RefusalKind::MethodNotAllowed)),
+            Method::Get | Method::Put | Method::Other => {
+                return Err(Refusal::new(RefusalKind::MethodNotAllowed))
+            }
         }
         let Caller {
             agent,
