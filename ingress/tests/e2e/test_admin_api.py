@@ -438,3 +438,40 @@ def test_revoke_propagation_p99(admin_gate):
           f"p99 {pct(server_us, .99):.0f} us, max {max(server_us):.0f} us; whole PUT (validate, commit+fsync, "
           f"publish, audit, acks) p50 {pct(client_us, .5) / 1000:.2f} ms, p99 {pct(client_us, .99) / 1000:.2f} ms")
     assert pct(server_us, .99) < 50_000
+
+
+SCOPE_POLICY = """@id("attached-tools")
+permit(principal, action, resource) unless { action == Toolgate::Action::"crm__delete_record" };
+@id("delete-admins-only")
+permit(principal in Toolgate::Group::"support", action == Toolgate::Action::"crm__delete_record", resource)
+when { context has user && context.user in Toolgate::Group::"admins" };
+"""
+
+
+def test_scope_a_granted_tool_to_a_group_in_one_transaction(admin_gate):
+    """The README's example: grant, scope to `admins` with a policy and a
+    user, atomically; then revoke."""
+    gate, admin, agents = admin_gate()
+    bot = agents["support-bot"]
+
+    def as_user(user: str, tool: str = TOOL) -> int:
+        body = modern_request("tools/call", {"name": tool, "arguments": {"record_id": "R-1", "customer_id": "C-1"}})
+        headers = {**modern_headers("tools/call", tool, bot.key), "Toolgate-On-Behalf-Of": user}
+        return httpx.post(gate.url, json=body, headers=headers, timeout=10.0).status_code
+
+    tx = {"operations": [
+        {"op": "put", "kind": "agents", "id": "support-bot", "if_match": 0,
+         "spec": {"tools": ["crm__lookup_customer", TOOL], "groups": ["support"], "act_for_users": True}},
+        {"op": "put", "kind": "users", "id": "alice", "if_none_match": True, "spec": {"groups": ["admins"]}},
+        {"op": "put", "kind": "policies", "id": "scope", "if_none_match": True, "spec": {"text": SCOPE_POLICY}},
+    ]}
+    r = admin.http.post(f"{admin.base}/transaction", json=tx)
+    assert r.status_code == 200, r.text
+    assert as_user("alice") == 200
+    assert as_user("bob") == 403, "granted, but scoped to admins by policy"
+    assert as_user("bob", "crm__lookup_customer") == 200
+    v = admin.version("agents/support-bot")
+    r = admin.put("agents/support-bot", {"tools": ["crm__lookup_customer"], "groups": ["support"], "act_for_users": True}, v)
+    assert r.status_code == 200, r.text
+    assert as_user("alice") == 400, "revoked: not attached any more"
+    assert sorted(i["id"] for i in admin.get("policies").json()["items"]) == ["scope"]
