@@ -159,9 +159,9 @@ impl Shared {
     /// Builds and publishes a snapshot from the current sources and
     /// `catalogs` (callers hold the catalogs lock, which orders every
     /// publication); logs policies that fail schema validation. Returns the
-    /// new generation, or the current one when the sources do not compile
-    /// (the running snapshot stays).
-    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) -> u64 {
+    /// new generation, or `None` when the sources do not compile (the
+    /// running snapshot stays).
+    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) -> Option<u64> {
         let sources = self.sources();
         let snap = match sources.compile(catalogs) {
             Ok(s) => s,
@@ -170,7 +170,7 @@ impl Shared {
                     "policies do not compile, the running snapshot stays:\n{}",
                     errs.join("\n")
                 );
-                return self.snapshot.generation();
+                return None;
             }
         };
         if let Some(engine) = snap.engine.as_ref() {
@@ -182,7 +182,7 @@ impl Shared {
         }
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
-        generation
+        Some(generation)
     }
 
     /// The sources the running snapshot is compiled from.
@@ -202,8 +202,9 @@ impl Shared {
     }
 
     /// Replaces the control state and publishes the snapshot it makes;
-    /// returns the new generation.
-    pub fn set_control(&self, control: Arc<State>) -> u64 {
+    /// returns the new generation, or `None` when it does not compile with
+    /// the current file (the running snapshot then stays).
+    pub fn set_control(&self, control: Arc<State>) -> Option<u64> {
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.current
             .lock()
@@ -254,7 +255,8 @@ impl Shared {
             cur.file = candidate.file;
             cur.policies = candidate.policies;
         }
-        Ok(self.publish(&cats))
+        self.publish(&cats)
+            .ok_or_else(|| "the configuration does not compile with the control state".to_owned())
     }
 
     /// Files whose change triggers a reload: the configuration, its

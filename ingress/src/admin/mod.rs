@@ -652,7 +652,8 @@ impl AdminApi {
                 "the control state could not be written; nothing was applied",
             ));
         }
-        let generation = self.shared.set_control(Arc::clone(&next));
+        let published = self.shared.set_control(Arc::clone(&next));
+        let generation = published.unwrap_or(0);
         let mut last_seq = None;
         {
             let mut audit = self.audit.borrow_mut();
@@ -697,6 +698,19 @@ impl AdminApi {
                 };
                 last_seq = Some(audit.commit(admission, record));
             }
+        }
+        if published.is_none() {
+            // Only a configuration file reloaded between the check above and
+            // now can get here: the store holds the change, the running
+            // snapshot does not.
+            tracing::error!(
+                "committed control state does not compile with the reloaded configuration file"
+            );
+            return Err(ApiError::new(
+                500,
+                "publish_failed",
+                "the change is committed but does not compile with the configuration file reloaded meanwhile; the running snapshot stays (see the log)",
+            ));
         }
         tracing::info!(actor = %actor, changes = changes.len(), generation, "control state changed");
         // Wait for every shard to run the new generation and the records to
