@@ -21,6 +21,6 @@ pub mod model;
 pub mod state;
 pub mod store;
 
-pub use model::{AgentSpec, Kind, PolicySpec, Spec, SpecError, UserSpec};
+pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, UserSpec};
 pub use state::{Change, Entry, Op, OpError, Precondition, State};
 pub use store::{Backend, Store, StoreError};

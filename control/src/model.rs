@@ -72,11 +72,27 @@ pub struct AgentSpec {
     /// Whether the agent may name the end user it acts for.
     #[serde(default)]
     pub act_for_users: bool,
+    /// Attached tools usable only for some end users: tool → scope. A
+    /// scoped call must name its user (`act_for_users`, or a JWT's user).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub scopes: std::collections::BTreeMap<String, ScopeSpec>,
     /// Hex SHA-256 of the agent's API key: required for an agent the
     /// configuration file does not define, optional (the file's stays) for
     /// one it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_sha256: Option<String>,
+}
+
+/// The end users an attached tool may be called for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSpec {
+    /// User ids (each a `users/{id}` or a `[[users]]` entry).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `users/{id}`.
@@ -172,6 +188,20 @@ impl Spec {
             Spec::Agent(a) => {
                 check_list("tools", &a.tools)?;
                 check_list("groups", &a.groups)?;
+                for (tool, scope) in &a.scopes {
+                    if !a.tools.contains(tool) {
+                        return Err(SpecError::Value(format!(
+                            "`scopes` names `{tool}`, which `tools` does not attach"
+                        )));
+                    }
+                    check_list("scopes.users", &scope.users)?;
+                    check_list("scopes.groups", &scope.groups)?;
+                    if scope.users.is_empty() && scope.groups.is_empty() {
+                        return Err(SpecError::Value(format!(
+                            "the scope of `{tool}` needs `users` or `groups` (to detach it, remove it from `tools`)"
+                        )));
+                    }
+                }
                 if let Some(h) = &a.api_key_sha256 {
                     if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return Err(SpecError::Value(
@@ -284,6 +314,19 @@ mod tests {
             Err(SpecError::Value(_))
         ));
         assert!(Spec::parse(Kind::Policies, br#"{"text":"  "}"#).is_err());
+        let scoped = br#"{"tools":["a"],"scopes":{"a":{"groups":["admins"]}}}"#;
+        assert!(Spec::parse(Kind::Agents, scoped).is_ok());
+        for bad in [
+            &br#"{"tools":["a"],"scopes":{"b":{"groups":["admins"]}}}"#[..],
+            br#"{"tools":["a"],"scopes":{"a":{}}}"#,
+            br#"{"tools":["a"],"scopes":{"a":{"group":["x"]}}}"#,
+        ] {
+            assert!(
+                Spec::parse(Kind::Agents, bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert!(Spec::parse(Kind::Users, b"not json").is_err());
         assert!(Spec::parse(Kind::Users, br#"{"groups":["ops"]}"#).is_ok());
         assert!(check_id("bot-1@x.y").is_ok());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use toml::Spanned;
-use toolgate_core::config::{AgentConfig, UserConfig, ValidConfig};
+use toolgate_core::config::{AgentConfig, ToolScope, UserConfig, ValidConfig};
 
 use crate::model::{check_id, AgentSpec, Kind, Spec};
 
@@ -213,9 +213,21 @@ impl State {
             let Spec::Agent(a) = &e.spec else { continue };
             let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
             let tools = a.tools.iter().map(|t| spanned(t)).collect();
+            let scopes: Vec<(String, ToolScope)> = a
+                .scopes
+                .iter()
+                .map(|(t, s)| {
+                    let scope = ToolScope {
+                        users: s.users.clone(),
+                        groups: s.groups.clone(),
+                    };
+                    (t.clone(), scope)
+                })
+                .collect();
             match cfg.config.agents.iter_mut().find(|x| x.id.get_ref() == id) {
                 Some(x) => {
                     x.tools = tools;
+                    x.scopes = scopes;
                     x.groups = a.groups.clone();
                     x.act_for_users = a.act_for_users;
                     if let Some(h) = &a.api_key_sha256 {
@@ -229,6 +241,7 @@ impl State {
                         tools,
                         groups: a.groups.clone(),
                         act_for_users: a.act_for_users,
+                        scopes,
                     }),
                     None => skipped.push(format!(
                         "agent `{id}` has no `api_key_sha256` and the configuration file does not define it"
@@ -299,6 +312,7 @@ pub fn check_references(
                 Spec::Agent(AgentSpec {
                     tools,
                     api_key_sha256,
+                    scopes,
                     ..
                 }),
             ..
@@ -306,6 +320,16 @@ pub fn check_references(
         else {
             continue;
         };
+        for (tool, scope) in scopes {
+            for u in &scope.users {
+                if !effective.config.users.iter().any(|x| x.id.get_ref() == u) {
+                    problems.push(format!(
+                        "agent `{}`: the scope of `{tool}` names user `{u}`, who is neither in the store nor in `[[users]]`",
+                        c.id
+                    ));
+                }
+            }
+        }
         for t in tools {
             if effective.namer.route(t).is_none() {
                 problems.push(format!(
@@ -350,6 +374,7 @@ mod tests {
             groups: vec![],
             act_for_users: false,
             api_key_sha256: None,
+            scopes: Default::default(),
         })
     }
 

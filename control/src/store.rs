@@ -199,6 +199,7 @@ mod tests {
                         groups: vec!["g".into()],
                         act_for_users: true,
                         api_key_sha256: None,
+                        scopes: Default::default(),
                     })),
                 },
                 Op {

@@ -349,6 +349,20 @@ pub struct AgentConfig {
     /// `Toolgate-On-Behalf-Of` header. Default false: the header is refused.
     #[serde(default)]
     pub act_for_users: bool,
+    /// Attached tools usable only on behalf of some end users: (exposed
+    /// tool, scope). Not a file key: set through the admin API.
+    #[serde(skip)]
+    pub scopes: Vec<(String, ToolScope)>,
+}
+
+/// The end users an attached tool may be called for: any listed user, or
+/// any user in a listed group. A call naming no user is out of scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolScope {
+    /// User ids.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
 }
 
 /// `[[users]]`: an end user known to policies.

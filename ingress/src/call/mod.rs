@@ -90,6 +90,10 @@ struct Escalated {
 /// end user it acts for.
 pub const ON_BEHALF_OF: &str = "toolgate-on-behalf-of";
 
+/// Audit reason of a call of an attached tool whose scope does not cover
+/// the call's end user.
+const OUT_OF_SCOPE: &str = "tool_out_of_scope";
+
 enum Plan {
     Answer(Answer),
     Forward(Forward),
@@ -354,8 +358,9 @@ impl Gateway {
                     Body::Json(&body)
                 };
                 response::write(out, w.status, extra, body, true);
-                // A policy deny keeps the finer reason the engine gave.
-                if r.kind != RefusalKind::PolicyDenied {
+                // A policy deny keeps the finer reason the engine gave, an
+                // out-of-scope call its own.
+                if r.kind != RefusalKind::PolicyDenied && ctx.reason != OUT_OF_SCOPE {
                     ctx.reason = r.kind.reason();
                 }
                 (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
@@ -604,16 +609,27 @@ impl Gateway {
                 let call = ToolCall::from_request(&rpc)
                     .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
                 ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
-                let Some(route) = snap.route(agent, call.name) else {
+                let unknown = || {
                     let mut shown = String::with_capacity(call.name.len() + 2);
                     shown.push('`');
                     shown.push_str(truncate(call.name, MAX_TOOL_LEN));
                     shown.push('`');
-                    return Err(Refusal::with(RefusalKind::UnknownTool, shown));
+                    Refusal::with(RefusalKind::UnknownTool, shown)
+                };
+                let Some(route) = snap.route(agent, call.name) else {
+                    return Err(unknown());
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
                 ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+                if let Some(scope) = &route.scope {
+                    if !snap.in_scope(scope, ctx.user.as_deref(), groups) {
+                        // Answered like an unattached tool: a caller out of
+                        // scope learns nothing more; the audit record tells.
+                        ctx.reason = OUT_OF_SCOPE;
+                        return Err(unknown());
+                    }
+                }
                 let verdict = self.decide(
                     snap,
                     agent,

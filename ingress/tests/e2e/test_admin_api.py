@@ -475,3 +475,54 @@ def test_scope_a_granted_tool_to_a_group_in_one_transaction(admin_gate):
     assert r.status_code == 200, r.text
     assert as_user("alice") == 400, "revoked: not attached any more"
     assert sorted(i["id"] for i in admin.get("policies").json()["items"]) == ["scope"]
+
+
+def test_attachment_scoped_to_users_and_groups(admin_gate):
+    """A tool attached for some end users only: listed users and members of
+    listed groups may have it called for them; anyone else (or no user) is
+    answered as for an unattached tool, and the audit record says why."""
+    gate, admin, agents = admin_gate()
+    bot = agents["support-bot"]
+
+    def as_user(user: str | None) -> httpx.Response:
+        body = modern_request("tools/call", {"name": TOOL, "arguments": {"record_id": "R-1"}})
+        headers = modern_headers("tools/call", TOOL, bot.key)
+        if user:
+            headers["Toolgate-On-Behalf-Of"] = user
+        return httpx.post(gate.url, json=body, headers=headers, timeout=10.0)
+
+    spec = {"tools": ["crm__lookup_customer", TOOL], "act_for_users": True,
+            "scopes": {TOOL: {"users": ["alice"], "groups": ["admins"]}}}
+    e = err(admin.put("agents/support-bot", spec, 0), 422, "invalid_reference")
+    assert "user `alice`" in e["message"]
+    bad = {**spec, "scopes": {"crm__list_customers": {"users": ["alice"]}}}
+    e = err(admin.put("agents/support-bot", bad, 0), 422, "invalid_document")
+    assert "`tools` does not attach" in e["message"]
+    tx = {"operations": [
+        {"op": "put", "kind": "users", "id": "alice", "if_none_match": True, "spec": {"groups": []}},
+        {"op": "put", "kind": "users", "id": "carol", "if_none_match": True, "spec": {"groups": ["admins"]}},
+        {"op": "put", "kind": "agents", "id": "support-bot", "if_match": 0, "spec": spec},
+    ]}
+    r = admin.http.post(f"{admin.base}/transaction", json=tx)
+    assert r.status_code == 200, r.text
+    assert admin.get("agents/support-bot").json()["spec"]["scopes"] == spec["scopes"]
+    before = gate.audit_len()
+    assert as_user("alice").status_code == 200
+    assert as_user("carol").status_code == 200, "a member of a listed group"
+    out = as_user("bob")
+    assert out.status_code == 400 and out.json()["error"]["message"].startswith("Unknown tool")
+    assert as_user(None).status_code == 400, "a scoped tool needs an end user"
+    recs = [r for r in gate.audit_after(before, 4) if r.get("tool") == TOOL]
+    assert [(r["user"], r["decision"], r["reason"]) for r in recs] == [
+        ("alice", "allow", "attached"), ("carol", "allow", "attached"),
+        ("bob", "deny", "tool_out_of_scope"), (None, "deny", "tool_out_of_scope"),
+    ]
+    # Widening the scope at run time takes effect on the answer.
+    v = admin.version("agents/support-bot")
+    spec["scopes"][TOOL]["users"].append("bob")
+    tx = {"operations": [
+        {"op": "put", "kind": "users", "id": "bob", "if_none_match": True, "spec": {"groups": []}},
+        {"op": "put", "kind": "agents", "id": "support-bot", "if_match": v, "spec": spec},
+    ]}
+    assert admin.http.post(f"{admin.base}/transaction", json=tx).status_code == 200
+    assert as_user("bob").status_code == 200
