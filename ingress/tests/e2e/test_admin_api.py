@@ -179,8 +179,14 @@ def test_grant_then_revoke_while_sdk_client_calls(admin_gate, mode):
                 assert e.code == INVALID_PARAMS and e.message.startswith("Unknown tool"), e
                 calls.append((t0, time.monotonic(), False, e.message))
 
+    def settle(since: float, n: int = 5) -> None:
+        """Wait until `n` calls started after `since` have finished (bounded)."""
+        deadline = time.monotonic() + 20
+        while sum(1 for c in list(calls) if c[0] > since) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def control() -> None:
-        time.sleep(0.3)
+        settle(0.0)
         version = admin.version("agents/support-bot")
         assert version == 0, "only the configuration file defines it so far"
         marks["grant_sent"] = time.monotonic()
@@ -188,13 +194,13 @@ def test_grant_then_revoke_while_sdk_client_calls(admin_gate, mode):
         marks["grant_done"] = time.monotonic()
         assert r.status_code == 200, r.text
         assert r.json()["shards"] == {"total": 2, "pending": []}
-        time.sleep(0.3)
+        settle(marks["grant_done"])
         version = int(r.headers["etag"].strip('"'))
         marks["revoke_sent"] = time.monotonic()
         r = grant(admin, "support-bot", ["crm__lookup_customer"], version)
         marks["revoke_done"] = time.monotonic()
         assert r.status_code == 200, r.text
-        time.sleep(0.3)
+        settle(marks["revoke_done"])
 
     async def scenario() -> None:
         with anyio.fail_after(60):
