@@ -144,9 +144,11 @@ pub struct AuditRecord {
 /// One change of the control state made through the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminChange {
-    /// Name of the admin credential that made it.
-    pub actor: String,
-    /// `put` or `delete`.
+    /// Name of the admin credential that made it; `None` when the request
+    /// carried no valid admin credential (a refused request).
+    pub actor: Option<String>,
+    /// `put` or `delete` for a change; for a refused request its kind
+    /// (`put`, `delete`, `transaction`, `get`, `other`).
     pub op: &'static str,
     /// Resource kind: `agents`, `users` or `policies`.
     pub kind: String,
@@ -267,7 +269,10 @@ impl AuditRecord {
         out.push(b']');
         if let Some(a) = &self.admin {
             out.extend_from_slice(b",\"admin\":{\"actor\":");
-            write_str(&a.actor, out);
+            match &a.actor {
+                Some(actor) => write_str(actor, out),
+                None => out.extend_from_slice(b"null"),
+            }
             out.extend_from_slice(b",\"op\":");
             write_str(a.op, out);
             out.extend_from_slice(b",\"kind\":");
@@ -423,7 +428,7 @@ mod tests {
             judge: None,
             redactions: Vec::new(),
             admin: Some(Box::new(AdminChange {
-                actor: "ops".into(),
+                actor: Some("ops".into()),
                 op: "put",
                 kind: "agents".into(),
                 id: "bot\"1".into(),

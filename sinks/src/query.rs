@@ -152,13 +152,16 @@ pub fn human_line(v: &Value) -> String {
             other => other.to_string(),
         };
         return format!(
-            "{} #{} admin actor={} {} {}/{} version {} -> {} generation={} diff={}",
+            "{} #{} admin actor={} {} {}/{} {} ({}) status={} version {} -> {} generation={} diff={}",
             s("time"),
             s("log_seq"),
             f("actor"),
             f("op"),
             f("kind"),
             f("id"),
+            s("decision"),
+            s("reason"),
+            s("status"),
             f("old_version"),
             f("new_version"),
             f("generation"),
@@ -208,10 +211,10 @@ mod tests {
 
     #[test]
     fn admin_records_print_who_changed_what() {
-        let v: Value = serde_json::json!({"time":"t","log_seq":5,"admin":{"actor":"ops","op":"put","kind":"agents","id":"bot","old_version":null,"new_version":7,"generation":3,"diff":{"tools":{"added":["crm__x"]}}}});
+        let v: Value = serde_json::json!({"time":"t","log_seq":5,"decision":"allow","reason":"admin_change","status":200,"admin":{"actor":"ops","op":"put","kind":"agents","id":"bot","old_version":null,"new_version":7,"generation":3,"diff":{"tools":{"added":["crm__x"]}}}});
         assert_eq!(
             human_line(&v),
-            r#"t #5 admin actor=ops put agents/bot version - -> 7 generation=3 diff={"tools":{"added":["crm__x"]}}"#
+            r#"t #5 admin actor=ops put agents/bot allow (admin_change) status=200 version - -> 7 generation=3 diff={"tools":{"added":["crm__x"]}}"#
         );
     }
 

@@ -8,7 +8,8 @@
 //! version, never last-writer-wins. A write is checked in full (document
 //! shape, references, Cedar parse and validation), committed in one store
 //! transaction, compiled into a new snapshot, published, recorded in the
-//! audit log (one record per changed resource, from this API's own ring),
+//! audit log (one record per changed resource, from this API's own ring;
+//! refused writes and requests without a valid admin token get one too),
 //! and answered once every shard runs the new generation — or, past
 //! `publish_timeout_ms`, with 202 naming the shards that did not.
 //!
@@ -30,7 +31,7 @@ use serde_json::{json, Value};
 use toolgate_control::model::{check_id, diff};
 use toolgate_control::state::check_references;
 use toolgate_control::{Backend, Change, Kind, Op, OpError, Precondition, Spec, State};
-use toolgate_core::audit::{AdminChange, AuditRecord, Decision, Outcome};
+use toolgate_core::audit::{truncate, AdminChange, AuditRecord, Decision, Outcome};
 use toolgate_core::identity::{bearer, key_hash, parse_key_hash, KeyHash};
 use toolgate_core::refusal::Refusal;
 use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
@@ -420,8 +421,12 @@ impl AdminApi {
             .ok_or_else(|| ApiError::new(401, "unauthorized", "unknown admin token"))
     }
 
-    async fn route(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Result<(), ApiError> {
-        let actor = self.authenticate(req)?;
+    async fn route(
+        &self,
+        actor: &Arc<str>,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
         let path = req.head.path(req.buf);
         let path = path.split(|&b| b == b'?').next().unwrap_or(path);
         let path = std::str::from_utf8(path)
@@ -435,7 +440,7 @@ impl AdminApi {
         match (method, segs.as_slice()) {
             (Method::Post, ["transaction"]) => {
                 let ops = tx_ops(req.body)?;
-                self.write(&actor, ops, req, out, false).await
+                self.write(actor, ops, req, out, false).await
             }
             (_, ["transaction"]) => Err(ApiError::new(
                 405,
@@ -487,7 +492,7 @@ impl AdminApi {
                     pre,
                     spec: Some(spec),
                 }];
-                self.write(&actor, ops, req, out, true).await
+                self.write(actor, ops, req, out, true).await
             }
             (Method::Delete, [kind, id]) => {
                 let kind = parse_kind(kind)?;
@@ -498,7 +503,7 @@ impl AdminApi {
                     pre,
                     spec: None,
                 }];
-                self.write(&actor, ops, req, out, true).await
+                self.write(actor, ops, req, out, true).await
             }
             (_, [_] | [_, _]) => Err(ApiError::new(
                 405,
@@ -507,6 +512,64 @@ impl AdminApi {
             )),
             _ => Err(ApiError::new(404, "not_found", "no such endpoint")),
         }
+    }
+
+    /// Records a refused write, or a request without a valid admin
+    /// credential, in the audit log (best effort: with no ring slot free
+    /// the refusal is only logged; nothing was changed either way).
+    fn audit_refusal(&self, req: &Request<'_>, actor: Option<&str>, e: &ApiError) {
+        let path = String::from_utf8_lossy(req.head.path(req.buf));
+        let path = path.split('?').next().unwrap_or("");
+        let mut segs = path.strip_prefix("/v1/").unwrap_or("").split('/');
+        let (kind, id) = (segs.next().unwrap_or(""), segs.next().unwrap_or(""));
+        let op = match req.head.method {
+            Method::Put => "put",
+            Method::Delete => "delete",
+            Method::Post => "transaction",
+            Method::Get => "get",
+            Method::Other => "other",
+        };
+        let Ok(admission) = self.audit.borrow_mut().admit() else {
+            tracing::warn!(
+                code = e.code,
+                "refused admin request not audited: the audit ring is full or the log is down"
+            );
+            return;
+        };
+        let record = AuditRecord {
+            time_us: now_us(),
+            shard: 0,
+            seq: 0,
+            request_id: None,
+            agent: None,
+            user: None,
+            method: Some(format!("admin/{op}")),
+            tool: None,
+            upstream: None,
+            decision: Decision::Deny,
+            reason: e.code,
+            status: e.status,
+            outcome: Outcome::Failure,
+            error_code: None,
+            latency_us: req.started.elapsed().as_micros() as u64,
+            client: req.peer,
+            protocol_version: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            admin: Some(Box::new(AdminChange {
+                actor: actor.map(str::to_owned),
+                op,
+                kind: truncate(kind, 64).to_owned(),
+                id: truncate(id, 128).to_owned(),
+                old_version: None,
+                new_version: None,
+                digest: None,
+                diff: "{}".to_owned(),
+                generation: 0,
+            })),
+        };
+        self.audit.borrow_mut().commit(admission, record);
     }
 
     /// Checks everything a commit needs besides preconditions: references
@@ -681,7 +744,7 @@ impl AdminApi {
                     judge: None,
                     redactions: Vec::new(),
                     admin: Some(Box::new(AdminChange {
-                        actor: actor.to_string(),
+                        actor: Some(actor.to_string()),
                         op,
                         kind: c.kind.as_str().to_owned(),
                         id: c.id.clone(),
@@ -766,9 +829,19 @@ impl AdminApi {
 
 impl Handler for AdminApi {
     async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
-        if let Err(e) = self.route(req, out).await {
+        let (actor, result) = match self.authenticate(req) {
+            Ok(a) => {
+                let r = self.route(&a, req, out).await;
+                (Some(a), r)
+            }
+            Err(e) => (None, Err(e)),
+        };
+        if let Err(e) = result {
             out.clear();
             e.write(out);
+            if e.status == 401 || req.head.method != Method::Get {
+                self.audit_refusal(req, actor.as_deref(), &e);
+            }
         }
         true
     }

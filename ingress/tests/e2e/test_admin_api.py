@@ -397,8 +397,17 @@ def test_bad_input_is_refused_and_changes_nothing(admin_gate):
     err(admin.get("users/carol"), 404, "not_found")
     assert call(gate, bot).status_code == 400
     assert admin.get("users").json() == {"items": []}
-    # Nothing was changed, so nothing was audited.
-    assert not [r for r in gate.read_audit()[audit_before:] if "admin" in r]
+    # Nothing was changed; every refused write (and request without a valid
+    # admin token) is an audit record of its own, denied, with the error code.
+    time.sleep(0.3)
+    refused = [r for r in gate.read_audit()[audit_before:] if "admin" in r]
+    assert refused and all(r["decision"] == "deny" for r in refused)
+    seen = {(r["admin"]["actor"], r["admin"]["op"], r["reason"], r["status"]) for r in refused}
+    assert (None, "get", "unauthorized", 401) in seen
+    assert ("ops", "put", "precondition_required", 428) in seen
+    assert ("ops", "transaction", "version_conflict", 412) in seen
+    assert ("ops", "put", "invalid_policy", 422) in seen
+    assert not [r for r in refused if r["admin"]["op"] == "get" and r["status"] == 404], "failed reads are not audited"
     # And a good transaction applies all of its operations at once.
     tx["operations"][1]["spec"] = {"tools": [TOOL]}
     r = h.post(f"{base}/transaction", json=tx)
