@@ -43,6 +43,7 @@ fn record() -> AuditRecord {
         policies: None,
         judge: None,
         redactions: Vec::new(),
+        admin: None,
     }
 }
 

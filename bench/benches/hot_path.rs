@@ -147,6 +147,7 @@ fn record() -> AuditRecord {
         policies: None,
         judge: None,
         redactions: Vec::new(),
+        admin: None,
     }
 }
 

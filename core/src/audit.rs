@@ -137,6 +137,33 @@ pub struct AuditRecord {
     pub judge: Option<JudgeRecord>,
     /// Output rules that fired on the result, with counts.
     pub redactions: Vec<Redaction>,
+    /// Set on records of admin-API changes instead of tool calls.
+    pub admin: Option<Box<AdminChange>>,
+}
+
+/// One change of the control state made through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminChange {
+    /// Name of the admin credential that made it; `None` when the request
+    /// carried no valid admin credential (a refused request).
+    pub actor: Option<String>,
+    /// `put` or `delete` for a change; for a refused request its kind
+    /// (`put`, `delete`, `transaction`, `get`, `other`).
+    pub op: &'static str,
+    /// Resource kind: `agents`, `users` or `policies`.
+    pub kind: String,
+    /// Resource id.
+    pub id: String,
+    /// Version before the change; `None` when it did not exist in the store.
+    pub old_version: Option<u64>,
+    /// Version after the change; `None` when deleted.
+    pub new_version: Option<u64>,
+    /// SHA-256 (hex) of the new document; `None` when deleted.
+    pub digest: Option<String>,
+    /// A compact JSON diff of old and new document (an object).
+    pub diff: String,
+    /// Snapshot generation the change was published as.
+    pub generation: u64,
 }
 
 /// What the judge said about an escalated call.
@@ -239,7 +266,38 @@ impl AuditRecord {
             write_str(&r.target, out);
             let _ = write!(out, ",\"count\":{}}}", r.count);
         }
-        out.extend_from_slice(b"]}\n");
+        out.push(b']');
+        if let Some(a) = &self.admin {
+            out.extend_from_slice(b",\"admin\":{\"actor\":");
+            match &a.actor {
+                Some(actor) => write_str(actor, out),
+                None => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b",\"op\":");
+            write_str(a.op, out);
+            out.extend_from_slice(b",\"kind\":");
+            write_str(&a.kind, out);
+            out.extend_from_slice(b",\"id\":");
+            write_str(&a.id, out);
+            let num = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |n| n.to_string());
+            let _ = write!(
+                out,
+                ",\"old_version\":{},\"new_version\":{},\"generation\":{}",
+                num(a.old_version),
+                num(a.new_version),
+                a.generation
+            );
+            out.extend_from_slice(b",\"digest\":");
+            match &a.digest {
+                Some(d) => write_str(d, out),
+                None => out.extend_from_slice(b"null"),
+            }
+            // The diff is JSON this process produced (serde_json), never input bytes.
+            out.extend_from_slice(b",\"diff\":");
+            out.extend_from_slice(a.diff.as_bytes());
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}\n");
     }
 }
 
@@ -324,6 +382,7 @@ mod tests {
                 target: Arc::from("card"),
                 count: 2,
             }],
+            admin: None,
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
@@ -343,6 +402,53 @@ mod tests {
             v["redactions"],
             serde_json::json!([{"rule": "pii", "detector": "card", "count": 2}])
         );
+    }
+
+    #[test]
+    fn admin_change_encodes_inside_the_record() {
+        let r = AuditRecord {
+            time_us: 1,
+            shard: 2,
+            seq: 0,
+            request_id: None,
+            agent: None,
+            user: None,
+            method: Some("admin/put".into()),
+            tool: None,
+            upstream: None,
+            decision: Decision::Allow,
+            reason: "admin_change",
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_us: 0,
+            client: None,
+            protocol_version: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            admin: Some(Box::new(AdminChange {
+                actor: Some("ops".into()),
+                op: "put",
+                kind: "agents".into(),
+                id: "bot\"1".into(),
+                old_version: Some(3),
+                new_version: Some(4),
+                digest: Some("ab".into()),
+                diff: r#"{"tools":{"added":["crm__x"]}}"#.into(),
+                generation: 9,
+            })),
+        };
+        let mut out = Vec::new();
+        r.encode_json(&mut out);
+        assert!(out.ends_with(b"}}\n"));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(v["admin"]["actor"], "ops");
+        assert_eq!(v["admin"]["id"], "bot\"1");
+        assert_eq!(v["admin"]["old_version"], 3);
+        assert_eq!(v["admin"]["new_version"], 4);
+        assert_eq!(v["admin"]["diff"]["tools"]["added"][0], "crm__x");
+        assert_eq!(v["redactions"], serde_json::json!([]));
     }
 
     #[test]

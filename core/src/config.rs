@@ -55,6 +55,9 @@ pub struct Config {
     /// Pinning of tool definitions against silent changes (rug pulls).
     #[serde(default)]
     pub tool_pins: Option<ToolPinsConfig>,
+    /// The admin API: run-time control of agents, users and policies.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[tool_pins]`: each tool definition's SHA-256 is pinned; a definition
@@ -89,6 +92,63 @@ pub enum PinAction {
 
 fn default_pins_file() -> PathBuf {
     PathBuf::from("tool-pins.json")
+}
+
+/// `[admin]`: the admin API on a listener of its own, and the control state
+/// it writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin API, e.g. `127.0.0.1:9091`; loopback only (the
+    /// admin listener has no TLS yet). Default: none (off).
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    /// The control-state store, relative to the config file. Default
+    /// `state/control.redb`.
+    #[serde(default = "default_admin_state_file")]
+    pub state_file: Spanned<PathBuf>,
+    /// Largest admin request body, bytes; larger gets 413. Default 1048576.
+    #[serde(default = "default_admin_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Longest a write waits for every shard to run the new snapshot, ms;
+    /// then it answers 202 naming the shards that had not. Default 5000.
+    #[serde(default = "default_admin_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+    /// Admin credentials; at least one when `listen` is set.
+    #[serde(default)]
+    pub tokens: Vec<AdminTokenConfig>,
+}
+
+/// `[[admin.tokens]]`: one admin credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTokenConfig {
+    /// Who holds it; audit records of changes name it.
+    pub name: Spanned<String>,
+    /// Hex SHA-256 of the token (`toolgate key new` prints a token and its hash).
+    pub token_sha256: Spanned<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            state_file: default_admin_state_file(),
+            max_body_bytes: default_admin_max_body_bytes(),
+            publish_timeout_ms: default_admin_publish_timeout_ms(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+fn default_admin_state_file() -> Spanned<PathBuf> {
+    Spanned::new(0..0, PathBuf::from("state/control.redb"))
+}
+fn default_admin_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_admin_publish_timeout_ms() -> u64 {
+    5000
 }
 
 /// `[auth]`: identity providers toolgate trusts besides API keys.
@@ -485,6 +545,10 @@ pub struct AgentConfig {
     /// no limit.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Attached tools usable only on behalf of some end users: (exposed
+    /// tool, scope). Not a file key: set through the admin API.
+    #[serde(skip)]
+    pub scopes: Vec<(String, ToolScope)>,
 }
 
 /// A rate limit: a sustained rate and a burst allowance (GCRA, the
@@ -497,6 +561,16 @@ pub struct RateLimitConfig {
     /// Calls allowed back to back above the rate. Default: one second's worth.
     #[serde(default)]
     pub burst: Option<u32>,
+}
+
+/// The end users an attached tool may be called for: any listed user, or
+/// any user in a listed group. A call naming no user is out of scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolScope {
+    /// User ids.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
 }
 
 /// `[[users]]`: an end user known to policies.
@@ -886,6 +960,10 @@ pub struct ValidConfig {
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
+    /// `admin.listen`, parsed (always a loopback address).
+    pub admin_listen: Option<SocketAddr>,
+    /// `admin.state_file` resolved against the config file's directory.
+    pub admin_state_file: PathBuf,
     /// `[server.tls]` files resolved against the config file's directory.
     pub tls: Option<TlsFiles>,
     /// `ca_file` of each upstream, resolved, index-aligned with `upstream_urls`.
@@ -1383,6 +1461,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         },
         None => None,
     };
+    let admin_listen = validate_admin(&config.admin, &mut err, &at);
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     match listen {
         Some(listen) if errors.is_empty() => {
@@ -1399,6 +1478,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                     base.join(f)
                 }
             });
+            let config_admin_state_file = config.admin.state_file.get_ref().clone();
             let jwks_file = config
                 .auth
                 .jwt
@@ -1438,6 +1518,8 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 subtoken_dir,
                 base: base.to_path_buf(),
                 pins_file,
+                admin_listen,
+                admin_state_file: resolve(base, config_admin_state_file),
             })
         }
         _ => Err(errors),
@@ -1477,6 +1559,91 @@ fn ca_file(
         return None;
     }
     Some(path)
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+/// Checks `[admin]`: a loopback listener (no TLS on it yet), and
+/// well-formed, distinct credentials whenever it is on.
+fn validate_admin(
+    admin: &AdminConfig,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<SocketAddr> {
+    let listen = admin.listen.as_ref()?;
+    let addr = match listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            err(
+                at(&listen.span()),
+                format!(
+                    "`{}` is not an address and port such as `127.0.0.1:9091`",
+                    listen.get_ref()
+                ),
+            );
+            return None;
+        }
+    };
+    if !addr.ip().is_loopback() {
+        err(
+            at(&listen.span()),
+            format!(
+                "`admin.listen = \"{}\"` must be a loopback address such as `127.0.0.1:9091`: the admin listener has no TLS yet",
+                listen.get_ref()
+            ),
+        );
+    }
+    if admin.tokens.is_empty() {
+        err(
+            at(&listen.span()),
+            "`admin.listen` is set but no `[[admin.tokens]]` is configured: the admin API needs a credential".to_owned(),
+        );
+    }
+    if admin.max_body_bytes < 1024 {
+        err(
+            None,
+            "`admin.max_body_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    for (i, t) in admin.tokens.iter().enumerate() {
+        let name = t.name.get_ref();
+        if name.is_empty() {
+            err(
+                at(&t.name.span()),
+                "admin token name must not be empty".to_owned(),
+            );
+        }
+        if admin.tokens[..i].iter().any(|o| o.name.get_ref() == name) {
+            err(
+                at(&t.name.span()),
+                format!("admin token name `{name}` is used more than once"),
+            );
+        }
+        let h = t.token_sha256.get_ref();
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            err(
+                at(&t.token_sha256.span()),
+                format!("admin token `{name}`: `token_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
+            );
+        } else if admin.tokens[..i]
+            .iter()
+            .any(|o| o.token_sha256.get_ref().eq_ignore_ascii_case(h))
+        {
+            err(
+                at(&t.token_sha256.span()),
+                format!(
+                    "admin token `{name}`: the same token hash is given to another admin token"
+                ),
+            );
+        }
+    }
+    Some(addr)
 }
 
 /// Checks `[auth.jwt]` and parses its JWKS.
@@ -2129,5 +2296,25 @@ prefix = ""
         assert!(errors_of(&format!("{up}command = []\n"))[0]
             .message
             .contains("must name a program"));
+    }
+
+    #[test]
+    fn admin_listener_must_be_loopback_and_have_a_credential() {
+        let h = "ab".repeat(32);
+        let e = errors_of("[admin]\nlisten = \"0.0.0.0:9091\"\n[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"HASH\"\n".replace("HASH", &h).as_str());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(2));
+        assert!(e[0].message.contains("must be a loopback address"));
+        let e = errors_of("[admin]\nlisten = \"127.0.0.1:9091\"\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].message.contains("no `[[admin.tokens]]`"));
+        let ok = parse(
+            &format!("[admin]\nlisten = \"[::1]:9091\"\n[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{h}\"\n"),
+            "t.toml",
+            Path::new("/etc/tg"),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(ok.admin_listen.map(|a| a.port()), Some(9091));
+        assert_eq!(ok.admin_state_file, Path::new("/etc/tg/state/control.redb"));
     }
 }

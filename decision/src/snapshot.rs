@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toolgate_core::config::{UpstreamProtocol, ValidConfig};
+use toolgate_core::config::{ToolScope, UpstreamProtocol, ValidConfig};
 use toolgate_core::identity::{parse_key_hash, KeyHash};
 use toolgate_core::upstream_url::UpstreamUrl;
 
@@ -53,6 +53,8 @@ pub struct Route {
     pub listed: Option<Arc<str>>,
     /// The definition is held back by tool pinning: calls are refused.
     pub quarantined: bool,
+    /// The end users the tool may be called for; `None`: any call.
+    pub scope: Option<Arc<ToolScope>>,
 }
 
 /// An agent and its permission map.
@@ -91,6 +93,8 @@ pub struct Snapshot {
     /// `[auth.subtokens]` is configured; a revocation publishes a new
     /// snapshot, so every shard refuses the token from its next request.
     pub subtokens: Option<Arc<toolgate_core::subtoken::Verifier>>,
+    /// Configured users' groups (`[[users]]` and the control state).
+    user_groups: HashMap<Box<str>, Vec<String>>,
 }
 
 /// A tool definition (JSON) with description rules applied: detectors and
@@ -208,6 +212,11 @@ impl Snapshot {
                     }
                     list.push_str(l);
                 }
+                let scope = a
+                    .scopes
+                    .iter()
+                    .find(|(t, _)| t == exposed)
+                    .map(|(_, s)| Arc::new(s.clone()));
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -219,6 +228,7 @@ impl Snapshot {
                         args_filter,
                         listed,
                         quarantined,
+                        scope,
                     },
                 );
             }
@@ -252,6 +262,35 @@ impl Snapshot {
             catalogs,
             engine: None,
             subtokens: None,
+            user_groups: cfg
+                .config
+                .users
+                .iter()
+                .map(|u| (Box::from(u.id.get_ref().as_str()), u.groups.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether a call for `user` (with the token's `groups`, which replace
+    /// the configured ones when given) is within `scope`.
+    pub fn in_scope(
+        &self,
+        scope: &ToolScope,
+        user: Option<&str>,
+        groups: Option<&[Arc<str>]>,
+    ) -> bool {
+        let Some(user) = user else {
+            return false;
+        };
+        if scope.users.iter().any(|u| u == user) {
+            return true;
+        }
+        match groups {
+            Some(gs) => gs.iter().any(|g| scope.groups.iter().any(|s| **s == **g)),
+            None => self
+                .user_groups
+                .get(user)
+                .is_some_and(|gs| gs.iter().any(|g| scope.groups.contains(g))),
         }
     }
 
@@ -428,5 +467,46 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
         // attached, catalog not fetched yet: routed, the upstream decides
         assert_eq!(snap.route(agent, "mail__send").map(|r| r.upstream), Some(1));
         assert!(snap.agent_by_key(&key_hash(b"other")).is_none());
+    }
+
+    #[test]
+    fn scopes_admit_listed_users_and_group_members_only() {
+        let mut cfg = cfg();
+        cfg.config.agents[0].scopes = vec![(
+            "crm__lookup".into(),
+            ToolScope {
+                users: vec!["alice".into()],
+                groups: vec!["admins".into()],
+            },
+        )];
+        cfg.config.users.push(toolgate_core::config::UserConfig {
+            id: toml::Spanned::new(0..0, "carol".into()),
+            groups: vec!["admins".into()],
+        });
+        let snap = Snapshot::build(&cfg, &[None, None]);
+        let agent = snap.agent_by_id("bot").unwrap_or_else(|| unreachable!());
+        let scope = snap
+            .route(agent, "crm__lookup")
+            .and_then(|r| r.scope.clone())
+            .unwrap_or_else(|| unreachable!());
+        assert!(snap
+            .route(agent, "mail__send")
+            .is_some_and(|r| r.scope.is_none()));
+        assert!(snap.in_scope(&scope, Some("alice"), None));
+        assert!(
+            snap.in_scope(&scope, Some("carol"), None),
+            "configured group"
+        );
+        assert!(!snap.in_scope(&scope, Some("bob"), None));
+        assert!(
+            !snap.in_scope(&scope, None, None),
+            "no user, no scoped tool"
+        );
+        let token_groups: Vec<Arc<str>> = vec![Arc::from("admins")];
+        assert!(snap.in_scope(&scope, Some("bob"), Some(&token_groups)));
+        assert!(
+            !snap.in_scope(&scope, Some("carol"), Some(&[])),
+            "the token's groups replace the configured"
+        );
     }
 }

@@ -8,9 +8,14 @@
 //! ([`mcp::upstream`]), and the audit record into the shard's ring. Tool
 //! catalogs are kept current off the request path ([`catalog_sync`]).
 //!
+//! The admin API ([`admin`]) runs on an executor thread of its own: it
+//! writes the control state, publishes the snapshot it compiles to, and
+//! waits until every shard acknowledges the new generation.
+//!
 //! Nothing here blocks a shard: all I/O is io_uring through glommio, and
 //! shared state is read through published snapshots, never under a lock.
 
+pub mod admin;
 pub mod call;
 pub mod catalog_sync;
 pub mod credential;

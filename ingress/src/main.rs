@@ -73,6 +73,27 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
+    /// The admin API of a running gateway: read and change agents, users and policies.
+    Admin {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Make the live control state equal to a directory of resource files
+    /// (`agents/ID.json`, `users/ID.json`, `policies/NAME.cedar`): prints the
+    /// plan, then applies it in one transaction, refused if anything changed
+    /// since it was read.
+    Apply {
+        #[command(flatten)]
+        api: AdminApiArgs,
+        /// The directory.
+        #[arg(short = 'f', long = "file", value_name = "DIR")]
+        dir: PathBuf,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +154,69 @@ enum TokenCommand {
         config: PathBuf,
         /// Token id, or the token.
         token: String,
+    },
+}
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(clap::Args)]
+struct AdminApiArgs {
+    /// The admin API (`[admin] listen`).
+    #[arg(
+        long,
+        global = true,
+        env = "TOOLGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9091"
+    )]
+    url: String,
+    /// An admin token (its SHA-256 is in `[[admin.tokens]]`).
+    #[arg(
+        long,
+        global = true,
+        env = "TOOLGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print a resource (`agents/ID`) with its version, or every resource of a kind (`agents`).
+    Get {
+        /// `KIND` or `KIND/ID`; kinds: agents, users, policies.
+        target: String,
+    },
+    /// Write a resource from a JSON document (a Cedar file for a policy).
+    Apply {
+        /// `KIND/ID`.
+        target: String,
+        /// The document: JSON, or Cedar text for `policies/NAME`.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Version the write replaces (0: not in the store). Default: the version read just before.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Delete a resource from the store.
+    Delete {
+        /// `KIND/ID`.
+        target: String,
+        /// Version to delete. Default: the version read just before.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Attach a tool to an agent.
+    Grant {
+        /// Agent id.
+        agent: String,
+        /// Tool, by exposed name.
+        tool: String,
+    },
+    /// Detach a tool from an agent; answers once every shard refuses it.
+    Revoke {
+        /// Agent id.
+        agent: String,
+        /// Tool, by exposed name.
+        tool: String,
     },
 }
 
@@ -237,6 +321,8 @@ fn main() -> ExitCode {
         Command::Audit { command } => audit_cmd::run(command),
         Command::Token { command } => token_cmd(command),
         Command::Tools { command } => tools_cmd(command),
+        Command::Admin { api, command } => admin_cmd::run(&api, command),
+        Command::Apply { api, dir, dry_run } => admin_cmd::apply_dir(&api, &dir, dry_run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -619,9 +705,12 @@ fn run(
 ) -> anyhow::Result<()> {
     init_logging(&cfg);
     let shards = toolgate_ingress::shared::shard_count(&cfg);
-    let mut writers = Vec::with_capacity(shards);
-    let mut consumers = Vec::with_capacity(shards);
-    for _ in 0..shards {
+    // One audit ring per shard, and one for the admin API when it is on.
+    let admin_on = cfg.admin_listen.is_some();
+    let rings = shards + usize::from(admin_on);
+    let mut writers = Vec::with_capacity(rings);
+    let mut consumers = Vec::with_capacity(rings);
+    for _ in 0..rings {
         let (w, c) = audit_ring(cfg.config.audit.ring_capacity);
         writers.push(w);
         consumers.push(c);
@@ -636,7 +725,7 @@ fn run(
     if let Some(path) = &key.generated {
         tracing::warn!(key = %path.display(), "generated a checkpoint key for audit segment seals; keep a copy apart from the log, or set `checkpoint_key_file`/`checkpoint_key_env`");
     }
-    let health = AuditHealth::new(shards, a.durability);
+    let health = AuditHealth::new(rings, a.durability);
     let audit = AuditWriter::spawn(
         WriterConfig {
             dir: cfg.audit_dir.clone(),
@@ -651,7 +740,8 @@ fn run(
     .context("starting the audit log")?;
     let audit_dir = audit.dir().to_path_buf();
     let sinks = start_sinks(&cfg)?;
-    let policies = load_policies(&cfg)?;
+    load_policies(&cfg)?;
+    let (policies, _) = toolgate_decision::policy::read_sources(&cfg.policy_files);
     let watch = cfg.config.policies.watch;
     let credentials = toolgate_ingress::credential::load(&cfg)?;
     toolgate_ingress::credential::watch(&cfg, &credentials);
@@ -675,7 +765,24 @@ fn run(
         oauth,
         pins,
     };
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, loaded);
+    // The control state applies only with the admin API on: without it,
+    // the configuration file alone decides.
+    let (store, control) = if admin_on {
+        let store = toolgate_control::Store::open(&cfg.admin_state_file)?;
+        let state = toolgate_control::Backend::load(&store)?;
+        tracing::info!(file = %cfg.admin_state_file.display(), resources = state.entries.len(), revision = state.revision, "control state loaded");
+        (Some(store), state)
+    } else {
+        (None, toolgate_control::State::default())
+    };
+    let admin_writer = if admin_on { writers.pop() } else { None };
+    let shared: Arc<Shared> =
+        Shared::new(cfg, policies, control, random32()?, loaded).map_err(|e| {
+            anyhow::anyhow!(
+                "the control state's policies do not compile\n{}",
+                e.join("\n")
+            )
+        })?;
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks
@@ -683,7 +790,19 @@ fn run(
             .map(|s| (s.name().to_owned(), s.stats()))
             .collect(),
     );
-    let running = shard::start(Arc::clone(&shared), writers, health).context("starting shards")?;
+    let running = shard::start(Arc::clone(&shared), writers, Arc::clone(&health))
+        .context("starting shards")?;
+    if let (Some(store), Some(writer)) = (store, admin_writer) {
+        let ring = u16::try_from(shards).unwrap_or(u16::MAX);
+        let addr = toolgate_ingress::admin::start(
+            Arc::clone(&shared),
+            Box::new(store),
+            writer,
+            Arc::clone(&health),
+            ring,
+        )?;
+        tracing::info!(%addr, "admin API listening");
+    }
     tracing::info!(addr = %running.addr, shards, audit = %audit_dir.display(), sinks = sinks.len(), "toolgate listening");
     if let Some(b) = banner {
         b(running.addr);
@@ -1046,4 +1165,271 @@ fn demo_main(port: u16) -> anyhow::Result<()> {
             println!("(configuration written to {})", path.display());
         })),
     )
+}
+
+/// `toolgate admin …` and `toolgate apply`: clients of the admin API.
+mod admin_cmd {
+    use std::path::Path;
+
+    use anyhow::{bail, Context};
+    use serde_json::{json, Value};
+    use toolgate_ingress::admin::client::{Client, Reply};
+
+    use super::{AdminApiArgs, AdminCommand};
+
+    fn client(api: &AdminApiArgs) -> anyhow::Result<Client> {
+        Ok(Client::new(&api.url, api.token.clone())?)
+    }
+
+    /// The reply's body if 2xx; else its error, as the API put it.
+    fn ok(r: Reply) -> anyhow::Result<Value> {
+        if (200..300).contains(&r.status) {
+            return Ok(r.json());
+        }
+        let v = r.json();
+        let e = &v["error"];
+        let mut msg = format!(
+            "{} ({}): {}",
+            r.status,
+            e["code"].as_str().unwrap_or("error"),
+            e["message"].as_str().unwrap_or("")
+        );
+        if let Some(cur) = e.get("current_version") {
+            msg.push_str(&format!("\ncurrent version: {cur}"));
+        }
+        bail!(msg)
+    }
+
+    fn print(v: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+    }
+
+    fn split(target: &str) -> anyhow::Result<(&str, &str)> {
+        target
+            .split_once('/')
+            .filter(|(k, id)| !k.is_empty() && !id.is_empty())
+            .with_context(|| format!("`{target}` is not `KIND/ID`, such as `agents/support-bot`"))
+    }
+
+    /// The stored version of a resource: 0 when only the configuration file
+    /// defines it, `None` when it does not exist.
+    fn current(c: &Client, target: &str) -> anyhow::Result<Option<(u64, Value)>> {
+        let r = c.request("GET", &format!("/v1/{target}"), &[], None)?;
+        if r.status == 404 {
+            return Ok(None);
+        }
+        let v = ok(r)?;
+        Ok(Some((v["version"].as_u64().unwrap_or(0), v)))
+    }
+
+    fn write(
+        c: &Client,
+        method: &str,
+        target: &str,
+        version: Option<u64>,
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<Value> {
+        let (k, v) = match version {
+            Some(v) => ("If-Match", format!("\"{v}\"")),
+            None => ("If-None-Match", "*".to_owned()),
+        };
+        let r = c.request(method, &format!("/v1/{target}"), &[(k, &v)], body)?;
+        let status = r.status;
+        let v = ok(r)?;
+        if status == 202 {
+            eprintln!(
+                "warning: committed, but shards {} did not run it within the time limit",
+                v["shards"]["pending"]
+            );
+        }
+        Ok(v)
+    }
+
+    pub fn run(api: &AdminApiArgs, cmd: AdminCommand) -> anyhow::Result<()> {
+        let c = client(api)?;
+        match cmd {
+            AdminCommand::Get { target } => {
+                let r = c.request("GET", &format!("/v1/{target}"), &[], None)?;
+                print(&ok(r)?);
+            }
+            AdminCommand::Apply {
+                target,
+                file,
+                if_match,
+            } => {
+                let (kind, _) = split(&target)?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let body = document(kind, &text, &file)?;
+                let version = match if_match {
+                    Some(v) => Some(v),
+                    None => current(&c, &target)?.map(|(v, _)| v),
+                };
+                print(&write(
+                    &c,
+                    "PUT",
+                    &target,
+                    version,
+                    Some(body.to_string().as_bytes()),
+                )?);
+            }
+            AdminCommand::Delete { target, if_match } => {
+                split(&target)?;
+                let version = match if_match {
+                    Some(v) => v,
+                    None => current(&c, &target)?
+                        .map(|(v, _)| v)
+                        .with_context(|| format!("no `{target}`"))?,
+                };
+                print(&write(&c, "DELETE", &target, Some(version), None)?);
+            }
+            AdminCommand::Grant { agent, tool } => print(&attach(&c, &agent, &tool, true)?),
+            AdminCommand::Revoke { agent, tool } => print(&attach(&c, &agent, &tool, false)?),
+        }
+        Ok(())
+    }
+
+    /// Reads the agent, adds or removes `tool`, and writes it back under
+    /// the version read: a concurrent change makes this fail (412), never
+    /// get overwritten.
+    fn attach(c: &Client, agent: &str, tool: &str, grant: bool) -> anyhow::Result<Value> {
+        let target = format!("agents/{agent}");
+        let (version, item) =
+            current(c, &target)?.with_context(|| format!("no agent `{agent}`"))?;
+        let mut spec = item["spec"].clone();
+        let tools: Vec<Value> = spec["tools"].as_array().cloned().unwrap_or_default();
+        let has = tools.iter().any(|t| t == tool);
+        if has == grant {
+            bail!(
+                "agent `{agent}` {} `{tool}` already (version {version})",
+                if grant { "has" } else { "does not have" }
+            );
+        }
+        let tools: Vec<Value> = if grant {
+            tools.into_iter().chain([json!(tool)]).collect()
+        } else {
+            tools.into_iter().filter(|t| t != tool).collect()
+        };
+        spec["tools"] = Value::Array(tools);
+        write(
+            c,
+            "PUT",
+            &target,
+            Some(version),
+            Some(spec.to_string().as_bytes()),
+        )
+    }
+
+    /// A resource document from a file: Cedar text for policies (or JSON
+    /// `{"text":…}`), JSON otherwise.
+    fn document(kind: &str, text: &str, file: &Path) -> anyhow::Result<Value> {
+        if kind == "policies" && file.extension().is_some_and(|e| e == "cedar") {
+            return Ok(json!({ "text": text }));
+        }
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", file.display()))
+    }
+
+    /// `toolgate apply -f DIR`.
+    pub fn apply_dir(api: &AdminApiArgs, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
+        let c = client(api)?;
+        let mut ops = Vec::new();
+        let mut plan = Vec::new();
+        for kind in ["agents", "users", "policies"] {
+            let sub = dir.join(kind);
+            if !sub.is_dir() {
+                continue;
+            }
+            let mut files: Vec<_> = std::fs::read_dir(&sub)
+                .with_context(|| format!("reading {}", sub.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "json" || (kind == "policies" && e == "cedar"))
+                })
+                .collect();
+            files.sort();
+            for file in files {
+                let Some(id) = file.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let want = document(kind, &text, &file)?;
+                let target = format!("{kind}/{id}");
+                let (version, have) = match current(&c, &target)? {
+                    Some((v, item)) => (v, Some(item)),
+                    None => (0, None),
+                };
+                let same = have
+                    .as_ref()
+                    .is_some_and(|h| h["source"] == "store" && same_doc(&h["spec"], &want));
+                if same {
+                    plan.push(format!("  = {target} (version {version}, unchanged)"));
+                    continue;
+                }
+                plan.push(match &have {
+                    None => format!("  + {target} (create)"),
+                    Some(h) if h["source"] == "config" => {
+                        format!("  ~ {target} (replace the configuration file's)")
+                    }
+                    Some(_) => format!("  ~ {target} (update version {version})"),
+                });
+                ops.push(
+                    json!({"op": "put", "kind": kind, "id": id, "if_match": version, "spec": want}),
+                );
+            }
+        }
+        println!("plan:");
+        for line in &plan {
+            println!("{line}");
+        }
+        if ops.is_empty() {
+            println!("nothing to change");
+            return Ok(());
+        }
+        if dry_run {
+            println!("{} change(s) not applied (--dry-run)", ops.len());
+            return Ok(());
+        }
+        let body = json!({ "operations": ops }).to_string();
+        let r = c.request("POST", "/v1/transaction", &[], Some(body.as_bytes()))?;
+        if r.status == 412 {
+            let v = r.json();
+            bail!(
+                "refused: `{}/{}` changed since the plan was made (now version {}); nothing was applied, run again",
+                v["error"]["kind"].as_str().unwrap_or("?"),
+                v["error"]["id"].as_str().unwrap_or("?"),
+                v["error"]["current_version"]
+            );
+        }
+        let v = ok(r)?;
+        println!(
+            "applied {} change(s) as generation {}",
+            ops.len(),
+            v["generation"]
+        );
+        Ok(())
+    }
+
+    /// Whether two documents say the same, defaults filled in (a missing
+    /// list is empty, a missing flag false).
+    fn same_doc(have: &Value, want: &Value) -> bool {
+        let (Some(h), Some(w)) = (have.as_object(), want.as_object()) else {
+            return have == want;
+        };
+        let keys: std::collections::BTreeSet<&String> = h.keys().chain(w.keys()).collect();
+        keys.into_iter().all(|k| {
+            let dflt = |v: Option<&Value>| match v {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(a)) if a.is_empty() => None,
+                Some(Value::Bool(false)) => None,
+                Some(v) => Some(v.clone()),
+            };
+            dflt(h.get(k)) == dflt(w.get(k))
+        })
+    }
 }

@@ -40,6 +40,9 @@ pub enum ShardError {
     Executor(usize, String),
 }
 
+/// How often an idle shard looks for a new snapshot.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(1);
+
 /// Running shards.
 pub struct Shards {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -148,6 +151,18 @@ async fn run(
         Arc::clone(&shared),
         AuditProducer::new(shard, writer, health),
     ));
+    // Picks up published snapshots even while no request arrives, so the
+    // admin API learns within a millisecond that this shard runs a change.
+    {
+        let gateway = Rc::clone(&gateway);
+        glommio::spawn_local(async move {
+            loop {
+                gateway.refresh_snapshot();
+                glommio::timer::sleep(SNAPSHOT_POLL).await;
+            }
+        })
+        .detach();
+    }
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();

@@ -2,16 +2,16 @@
 //! here is locked on the request path.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
-use toolgate_core::config::PinAction;
-use toolgate_core::config::ValidConfig;
+use toolgate_control::State;
+use toolgate_core::config::{PinAction, ValidConfig};
 use toolgate_core::subtoken::Verifier;
 use toolgate_decision::pins::{PinStatus, Pins};
-use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
 use crate::http::head::Limits;
@@ -28,9 +28,13 @@ pub type Terminated = HashMap<Nonce, u64>;
 pub struct Shared {
     /// The configuration the gateway started with (listener, shards, upstreams).
     pub config: ValidConfig,
-    /// The latest configuration and policies (agents, users, attachments and
-    /// policies reload at run time); written off the request path only.
-    current: Mutex<(ValidConfig, Arc<PolicyBundle>)>,
+    /// The latest configuration file, its policy texts, and the admin API's
+    /// control state laid over them (agents, users, attachments and policies
+    /// change at run time); written off the request path only.
+    current: Mutex<Sources>,
+    /// Per shard: the snapshot generation it runs (written by the shard when
+    /// it picks one up; read by the admin API).
+    pub seen: Box<[AtomicU64]>,
     /// The decision snapshot.
     pub snapshot: Arc<Published<Snapshot>>,
     /// Fetched catalogs, index-aligned with upstreams (written off the request path).
@@ -89,6 +93,32 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
         .unwrap_or(cores)
 }
 
+/// What a snapshot is compiled from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The configuration file as last (re)loaded.
+    pub file: ValidConfig,
+    /// Its policy files: (path, text), in order.
+    pub policies: Vec<(PathBuf, String)>,
+    /// The control state written through the admin API.
+    pub control: Arc<State>,
+}
+
+impl Sources {
+    /// The effective configuration and policies, compiled into a snapshot
+    /// over `catalogs`. Errors: why the policies do not parse.
+    pub fn compile(&self, catalogs: &[Option<Arc<Catalog>>]) -> Result<Snapshot, Vec<String>> {
+        let (cfg, skipped) = self.control.overlay(&self.file);
+        for why in skipped {
+            tracing::warn!("control state: {why}; the agent is left out");
+        }
+        let bundle =
+            toolgate_decision::policy::from_sources(&self.control.policy_sources(&self.policies))
+                .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        Ok(Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::new(bundle)))
+    }
+}
+
 /// What the configuration names beyond itself, read and checked at start:
 /// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
 pub struct Loaded {
@@ -105,13 +135,16 @@ pub struct Loaded {
 }
 
 impl Shared {
-    /// Shared state for `config`, with session ids keyed by `session_key`.
+    /// Shared state for `config` (with its policy texts and the control
+    /// state) and what it loaded, with session ids keyed by `session_key`.
+    /// Errors: the policies do not compile.
     pub fn new(
         config: ValidConfig,
-        policies: PolicyBundle,
+        policies: Vec<(PathBuf, String)>,
+        control: State,
         session_key: [u8; 32],
         loaded: Loaded,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, Vec<String>> {
         let Loaded {
             credentials,
             tls,
@@ -120,12 +153,21 @@ impl Shared {
             pins,
         } = loaded;
         let n = config.config.upstreams.len();
-        let policies = Arc::new(policies);
+        let sources = Sources {
+            file: config.clone(),
+            policies,
+            control: Arc::new(control),
+        };
         let snapshot = Published::new(
-            Snapshot::build(&config, &vec![None; n])
-                .with_policies(&config, Arc::clone(&policies))
+            sources
+                .compile(&vec![None; n])?
                 .with_subtokens(subtokens.clone()),
         );
+        let rate_limits = Published::new(crate::ratelimit::build(
+            &sources.control.overlay(&config).0,
+            &HashMap::new(),
+        ));
+        let shards = shard_count(&config);
         let s = &config.config.server;
         let conn = ConnConfig {
             limits: Limits {
@@ -137,8 +179,9 @@ impl Shared {
             body_timeout: Duration::from_millis(s.body_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         };
-        Arc::new(Self {
-            current: Mutex::new((config.clone(), policies)),
+        Ok(Arc::new(Self {
+            current: Mutex::new(sources),
+            seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             snapshot,
             catalogs: Mutex::new(vec![None; n]),
             attempted: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -146,7 +189,7 @@ impl Shared {
             session_key: SessionKey::new(session_key),
             conn,
             audit_refusals: AtomicU64::new(0),
-            metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
+            metrics: Arc::new(crate::metrics::Metrics::new(shards)),
             credentials,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,
@@ -159,9 +202,9 @@ impl Shared {
             oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
             oauth: Mutex::new(oauth),
             pins: Mutex::new(pins),
-            rate_limits: Published::new(crate::ratelimit::build(&config, &HashMap::new())),
+            rate_limits,
             config,
-        })
+        }))
     }
 
     /// Whether every upstream's catalog fetch has completed at least once.
@@ -170,21 +213,19 @@ impl Shared {
             && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
             && self.oauth_pending.load(Ordering::Acquire) == 0
     }
-
     /// Asks the JWKS task for a fetch (a token named an unknown key).
     pub fn want_jwks(&self) {
         if self.config.jwks_url.is_some() {
             self.jwks_wanted.store(true, Ordering::Release);
         }
     }
-
     /// Installs a JWKS fetched from `auth.jwt.jwks_url` and publishes it;
     /// returns whether it differed from the previous one. A JWKS that does
     /// not parse is refused and the previous keys stay.
     pub fn set_jwks(&self, text: String) -> Result<bool, String> {
         let rules = {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            cur.0.jwt.as_ref().map(|v| v.rules().clone())
+            cur.file.jwt.as_ref().map(|v| v.rules().clone())
         };
         let Some(rules) = rules else {
             return Err("`[auth.jwt]` is no longer configured".into());
@@ -201,7 +242,6 @@ impl Shared {
         self.publish(&cats);
         Ok(true)
     }
-
     /// Stores upstream `idx`'s catalog (or its failure) and publishes a new snapshot.
     pub fn set_catalog(&self, idx: usize, catalog: Option<Catalog>) {
         let changed = catalog.is_some() || !self.attempted[idx].load(Ordering::Acquire);
@@ -215,13 +255,12 @@ impl Shared {
         }
         self.attempted[idx].store(true, Ordering::Release);
     }
-
     /// Compares a fetched catalog with the pins: pins tools seen for the
     /// first time (with `pin_new`), and reports changed definitions.
     fn check_pins(&self, cat: &Catalog) {
         let pin_new = {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            cur.0.config.tool_pins.as_ref().map(|t| t.pin_new)
+            cur.file.config.tool_pins.as_ref().map(|t| t.pin_new)
         };
         let Some(pin_new) = pin_new else { return };
         let path = self.config.pins_file.clone();
@@ -257,7 +296,6 @@ impl Shared {
             }
         }
     }
-
     /// The catalogs as the snapshot sees them: with `[tool_pins]`, changed
     /// (and, without `pin_new`, new) definitions quarantined.
     fn pinned(
@@ -285,46 +323,88 @@ impl Shared {
             })
             .collect()
     }
-
-    /// Builds and publishes a snapshot from the current configuration,
-    /// policies and `catalogs`; logs policies that fail schema validation.
-    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) {
-        let (cfg, policies) = {
-            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            (cur.0.clone(), Arc::clone(&cur.1))
+    /// Builds and publishes a snapshot from the current sources and
+    /// `catalogs` (callers hold the catalogs lock, which orders every
+    /// publication): tool pins decide quarantines, the sub-token verifier
+    /// and keys fetched from `jwks_url` are added, rate limits follow the
+    /// effective agents; logs policies that fail schema validation. Returns
+    /// the new generation, or `None` when the sources do not compile (the
+    /// running snapshot stays).
+    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) -> Option<u64> {
+        let sources = self.sources();
+        let catalogs = &self.pinned(&sources.file, catalogs);
+        let snap = match sources.compile(catalogs) {
+            Ok(s) => s,
+            Err(errs) => {
+                tracing::error!(
+                    "policies do not compile, the running snapshot stays:\n{}",
+                    errs.join("\n")
+                );
+                return None;
+            }
         };
         let subtokens = self
             .subtokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let catalogs = &self.pinned(&cfg, catalogs);
-        let mut snap = Snapshot::build(&cfg, catalogs)
-            .with_policies(&cfg, Arc::clone(&policies))
-            .with_subtokens(subtokens);
+        let mut snap = snap.with_subtokens(subtokens);
         // Keys fetched from `jwks_url` replace the empty key set the
         // configuration starts with, under the configuration's current rules.
-        if cfg.jwks_url.is_some() {
+        if sources.file.jwks_url.is_some() {
             let fetched = self.jwks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let (Some(text), Some(v)) = (fetched, &cfg.jwt) {
+            if let (Some(text), Some(v)) = (fetched, &sources.file.jwt) {
                 match toolgate_core::jwt::Verifier::from_jwks(&text, v.rules().clone()) {
                     Ok(v) => snap.jwt = Some(Arc::new(v)),
                     Err(e) => tracing::warn!(error = %e, "fetched JWKS no longer parses"),
                 }
             }
         }
-        if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
-            for e in policies.validate(snap.cedar_schema()) {
-                tracing::warn!(error = %e, "policy does not validate against the tools' schema");
+        if let Some(engine) = snap.engine.as_ref() {
+            if catalogs.iter().all(Option::is_some) {
+                for e in engine.bundle().validate(snap.cedar_schema()) {
+                    tracing::warn!(error = %e, "policy does not validate against the tools' schema");
+                }
             }
         }
+        let effective = sources.control.overlay(&sources.file).0;
+        self.rate_limits
+            .update(|previous| crate::ratelimit::build(&effective, previous));
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
+        Some(generation)
     }
 
-    /// Re-reads the configuration file and policy files and publishes a new
-    /// snapshot. On any error the running snapshot stays and the errors are
-    /// returned. Listener, shard and upstream settings need a restart.
+    /// The sources the running snapshot is compiled from.
+    pub fn sources(&self) -> Sources {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// The fetched catalogs, index-aligned with upstreams.
+    pub fn catalogs(&self) -> Vec<Option<Arc<Catalog>>> {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Replaces the control state and publishes the snapshot it makes;
+    /// returns the new generation, or `None` when it does not compile with
+    /// the current file (the running snapshot then stays).
+    pub fn set_control(&self, control: Arc<State>) -> Option<u64> {
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .control = control;
+        self.publish(&cats)
+    }
+    /// Re-reads the configuration file and policy files (and the TLS
+    /// files, the sub-token key and revocations, the tool pins) and
+    /// publishes a new snapshot. On any error the running snapshot stays and
+    /// the errors are returned. Listener, shard and upstream settings need a
+    /// restart.
     pub fn reload(&self) -> Result<u64, String> {
         let path = self
             .config
@@ -347,12 +427,11 @@ impl Shared {
         if !same_upstreams {
             return Err("upstreams changed: restart toolgate to apply upstream changes".into());
         }
-        let policies = toolgate_decision::policy::load(&cfg.policy_files).map_err(|errs| {
-            errs.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        let (policies, errs) = toolgate_decision::policy::read_sources(&cfg.policy_files);
+        let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        if !errs.is_empty() {
+            return Err(errs.join("\n"));
+        }
         let tls = match (&self.tls, &cfg.tls) {
             (Some(_), Some(files)) => Some(
                 crate::tls::load_server_config(files).map_err(|e| format!("[server.tls]: {e}"))?,
@@ -373,19 +452,27 @@ impl Shared {
             .map(Pins::load)
             .transpose()
             .map_err(|e| e.to_string())?;
+        let candidate = Sources {
+            file: cfg,
+            policies,
+            control: self.sources().control,
+        };
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        candidate.compile(&cats).map_err(|e| e.join("\n"))?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
             published.publish(TlsAcceptor::from(tls));
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
-        self.rate_limits
-            .update(|previous| crate::ratelimit::build(&cfg, previous));
         if let Some(p) = pins {
             *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
         }
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&cats);
-        Ok(self.snapshot.generation())
+        {
+            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.file = candidate.file;
+            cur.policies = candidate.policies;
+        }
+        self.publish(&cats)
+            .ok_or_else(|| "the configuration does not compile with the control state".to_owned())
     }
 
     /// Re-reads the sub-token revocation list alone and publishes it: a
@@ -395,7 +482,7 @@ impl Shared {
     pub fn reload_revocations(&self) -> Result<u64, String> {
         let dir = {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            cur.0.subtoken_dir.clone()
+            cur.file.subtoken_dir.clone()
         };
         let Some(dir) = dir else {
             return Ok(self.snapshot.generation());
@@ -406,7 +493,6 @@ impl Shared {
         self.publish(&cats);
         Ok(self.snapshot.generation())
     }
-
     /// Re-reads the tool pins file alone and publishes the snapshot with
     /// quarantines decided again (an approval takes effect at once).
     pub fn reload_pins(&self) -> Result<u64, String> {
@@ -419,28 +505,26 @@ impl Shared {
         self.publish(&cats);
         Ok(self.snapshot.generation())
     }
-
     /// The sub-token revocation list, when sub-tokens are configured.
     pub fn revocation_file(&self) -> Option<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0
+        cur.file
             .subtoken_dir
             .as_deref()
             .map(crate::subtokens::revoked_path)
     }
-
     /// Files whose change triggers a reload: the configuration, its
     /// policies, the JWKS (so rotated IdP keys take effect) and the
     /// listener's TLS files (so renewed certificates do).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.0
+        cur.file
             .path
             .iter()
             .cloned()
-            .chain(cur.0.policy_files.iter().cloned())
-            .chain(cur.0.jwks_file.iter().cloned())
-            .chain(cur.0.tls.iter().flat_map(|t| {
+            .chain(cur.file.policy_files.iter().cloned())
+            .chain(cur.file.jwks_file.iter().cloned())
+            .chain(cur.file.tls.iter().flat_map(|t| {
                 [
                     Some(t.cert.clone()),
                     Some(t.key.clone()),
@@ -451,7 +535,6 @@ impl Shared {
             }))
             .collect()
     }
-
     /// Ends a session; prunes entries too old to verify anyway.
     pub fn terminate(&self, nonce: Nonce, now: u64) {
         self.terminated.update(|t| {

@@ -149,6 +149,29 @@ pub fn human_line(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    if let Some(a) = v.get("admin").filter(|a| a.is_object()) {
+        let f = |k: &str| match &a[k] {
+            Value::Null => "-".to_owned(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return format!(
+            "{} #{} admin actor={} {} {}/{} {} ({}) status={} version {} -> {} generation={} diff={}",
+            s("time"),
+            s("log_seq"),
+            f("actor"),
+            f("op"),
+            f("kind"),
+            f("id"),
+            s("decision"),
+            s("reason"),
+            s("status"),
+            f("old_version"),
+            f("new_version"),
+            f("generation"),
+            a["diff"]
+        );
+    }
     format!(
         "{} #{} agent={} user={} {} tool={} {} ({}) status={}",
         s("time"),
@@ -188,6 +211,15 @@ mod tests {
         assert_eq!(parse_since("1h", now), Ok(now - 3_600_000_000));
         assert_eq!(parse_since("1970-01-01T00:00:01Z", now), Ok(1_000_000));
         assert!(parse_since("1y", now).is_err());
+    }
+
+    #[test]
+    fn admin_records_print_who_changed_what() {
+        let v: Value = serde_json::json!({"time":"t","log_seq":5,"decision":"allow","reason":"admin_change","status":200,"admin":{"actor":"ops","op":"put","kind":"agents","id":"bot","old_version":null,"new_version":7,"generation":3,"diff":{"tools":{"added":["crm__x"]}}}});
+        assert_eq!(
+            human_line(&v),
+            r#"t #5 admin actor=ops put agents/bot allow (admin_change) status=200 version - -> 7 generation=3 diff={"tools":{"added":["crm__x"]}}"#
+        );
     }
 
     #[test]

@@ -53,6 +53,33 @@ fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
 
 /// Reads and parses `files`; every problem of every file is reported.
 pub fn load(files: &[PathBuf]) -> Result<PolicyBundle, Vec<PolicyError>> {
+    let (sources, errors) = read_sources(files);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    from_sources(&sources)
+}
+
+/// Reads `files` into (path, text) pairs; unreadable files are errors.
+pub fn read_sources(files: &[PathBuf]) -> (Vec<(PathBuf, String)>, Vec<PolicyError>) {
+    let mut errors = Vec::new();
+    let mut sources = Vec::with_capacity(files.len());
+    for path in files {
+        match std::fs::read_to_string(path) {
+            Ok(t) => sources.push((path.clone(), t)),
+            Err(e) => errors.push(PolicyError {
+                file: path.clone(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (sources, errors)
+}
+
+/// Parses policy texts, each under the path its errors and unnamed policies
+/// (`file.cedar#n`) are reported with; every problem is reported.
+pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let mut bundle = PolicyBundle {
         set: PolicySet::new(),
@@ -61,18 +88,8 @@ pub fn load(files: &[PathBuf]) -> Result<PolicyBundle, Vec<PolicyError>> {
         files: Vec::new(),
     };
     let mut seen_names: HashMap<Arc<str>, PathBuf> = HashMap::new();
-    for path in files {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(PolicyError {
-                    file: path.clone(),
-                    line: None,
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
+    for (path, text) in sources {
+        let text = text.clone();
         let stem = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

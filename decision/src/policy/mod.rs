@@ -25,7 +25,7 @@ mod load;
 mod schema;
 
 pub use cache::DecisionCache;
-pub use load::{load, PolicyBundle, PolicyError};
+pub use load::{from_sources, load, read_sources, PolicyBundle, PolicyError};
 pub use schema::schema_json;
 
 use std::collections::HashMap;
@@ -120,6 +120,11 @@ pub struct CallFacts<'a, 't> {
 }
 
 impl Engine {
+    /// The policies the engine evaluates.
+    pub fn bundle(&self) -> &PolicyBundle {
+        &self.bundle
+    }
+
     /// Builds the engine: entity store from agents, users, groups, tools and upstreams.
     pub fn new(
         bundle: Arc<PolicyBundle>,

@@ -92,6 +92,10 @@ struct Escalated {
 /// end user it acts for.
 pub const ON_BEHALF_OF: &str = "toolgate-on-behalf-of";
 
+/// Audit reason of a call of an attached tool whose scope does not cover
+/// the call's end user.
+const OUT_OF_SCOPE: &str = "tool_out_of_scope";
+
 enum Plan {
     Answer(Answer),
     Forward(Forward),
@@ -235,6 +239,22 @@ impl Gateway {
         }
     }
 
+    /// Picks up the newest snapshot if one was published, and acknowledges
+    /// the generation this shard now runs (read by the admin API, which
+    /// answers a change once every shard runs it). Called between requests.
+    pub fn refresh_snapshot(&self) {
+        let generation = {
+            let mut reader = self.snapshot.borrow_mut();
+            drop(reader.current());
+            reader.generation()
+        };
+        if let Some(seen) = self.shared.seen.get(usize::from(self.shard)) {
+            if seen.load(Ordering::Relaxed) != generation {
+                seen.store(generation, Ordering::Release);
+            }
+        }
+    }
+
     /// This shard's metrics counters.
     fn counters(&self) -> Option<&crate::metrics::ShardCounters> {
         self.shared.metrics.shards.get(usize::from(self.shard))
@@ -274,6 +294,7 @@ impl Gateway {
             policies: ctx.policies,
             judge: ctx.judge,
             redactions: ctx.redactions,
+            admin: None,
         }
     }
 
@@ -365,8 +386,9 @@ impl Gateway {
                     Body::Json(&body)
                 };
                 response::write(out, w.status, extra, body, true);
-                // A policy deny keeps the finer reason the engine gave.
-                if r.kind != RefusalKind::PolicyDenied {
+                // A policy deny keeps the finer reason the engine gave, an
+                // out-of-scope call its own.
+                if r.kind != RefusalKind::PolicyDenied && ctx.reason != OUT_OF_SCOPE {
                     ctx.reason = r.kind.reason();
                 }
                 (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
@@ -431,7 +453,9 @@ impl Gateway {
     ) -> Result<Answer, Refusal> {
         match req.head.method {
             Method::Post | Method::Delete => {}
-            Method::Get | Method::Other => return Err(Refusal::new(RefusalKind::MethodNotAllowed)),
+            Method::Get | Method::Put | Method::Other => {
+                return Err(Refusal::new(RefusalKind::MethodNotAllowed))
+            }
         }
         let Caller {
             agent,
@@ -648,16 +672,20 @@ impl Gateway {
                 let call = ToolCall::from_request(&rpc)
                     .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
                 ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
+                let unknown = || {
+                    let mut shown = String::with_capacity(call.name.len() + 2);
+                    shown.push('`');
+                    shown.push_str(truncate(call.name, MAX_TOOL_LEN));
+                    shown.push('`');
+                    Refusal::with(RefusalKind::UnknownTool, shown)
+                };
+                // A sub-token narrowed to some tools sees the others as unattached.
                 let in_scope = ctx
                     .scope
                     .as_ref()
                     .is_none_or(|tools| tools.iter().any(|t| t == call.name));
                 let Some(route) = snap.route(agent, call.name).filter(|_| in_scope) else {
-                    let mut shown = String::with_capacity(call.name.len() + 2);
-                    shown.push('`');
-                    shown.push_str(truncate(call.name, MAX_TOOL_LEN));
-                    shown.push('`');
-                    return Err(Refusal::with(RefusalKind::UnknownTool, shown));
+                    return Err(unknown());
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
                 if route.quarantined {
@@ -673,6 +701,14 @@ impl Gateway {
                 }
                 ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+                if let Some(scope) = &route.scope {
+                    if !snap.in_scope(scope, ctx.user.as_deref(), groups) {
+                        // Answered like an unattached tool: a caller out of
+                        // scope learns nothing more; the audit record tells.
+                        ctx.reason = OUT_OF_SCOPE;
+                        return Err(unknown());
+                    }
+                }
                 let verdict = self.decide(
                     snap,
                     agent,

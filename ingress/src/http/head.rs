@@ -35,6 +35,8 @@ pub enum Method {
     Post,
     /// DELETE.
     Delete,
+    /// PUT (the admin API).
+    Put,
     /// Anything else.
     Other,
 }
@@ -100,6 +102,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Refusal> 
         Some("GET") => Method::Get,
         Some("POST") => Method::Post,
         Some("DELETE") => Method::Delete,
+        Some("PUT") => Method::Put,
         _ => Method::Other,
     };
     let path = range_in(buf, req.path.unwrap_or("").as_bytes());

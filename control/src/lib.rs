@@ -1,0 +1,26 @@
+//! toolgate-control: the run-time control state, and where it is kept.
+//!
+//! Operators change agents (attached tools, groups, `act_for_users`), users
+//! (groups) and Cedar policies at run time through the admin API. Those
+//! changes are *resources* ([`model`]) in a [`State`]: each with a version,
+//! a monotonic integer taken from one global revision counter, so a
+//! resource deleted and created again never reuses a version (no ABA for
+//! `If-Match`). A change is a list of operations, each guarded by a
+//! precondition, planned all-or-nothing against the state ([`State::plan`])
+//! and then committed in one transaction of a [`Backend`]; [`store::Store`]
+//! is the embedded one (a single redb file).
+//!
+//! The effective configuration is the configuration file overlaid with the
+//! state ([`State::overlay`]): a store resource replaces the file's resource
+//! of the same id, or adds one; it never hides one. Compiling that into a
+//! snapshot and publishing it is the decision crate's and ingress's job.
+//!
+//! Never here: HTTP, Cedar evaluation, or anything on a shard's thread.
+
+pub mod model;
+pub mod state;
+pub mod store;
+
+pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, UserSpec};
+pub use state::{Change, Entry, Op, OpError, Precondition, State};
+pub use store::{Backend, Store, StoreError};

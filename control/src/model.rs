@@ -1,0 +1,364 @@
+//! The resources of the control state and their documents.
+//!
+//! Documents are JSON objects with a closed set of fields: an unknown field
+//! is an error, so a typo never silently does nothing.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest resource id, bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Most tools attached to one agent, groups of one agent or user.
+pub const MAX_LIST_LEN: usize = 4096;
+/// Longest tool or group name, bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A kind of resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `agents/{id}`: attached tools, groups, `act_for_users`.
+    Agents,
+    /// `users/{id}`: groups.
+    Users,
+    /// `policies/{name}`: one Cedar policy text.
+    Policies,
+}
+
+impl Kind {
+    /// Every kind, in path order.
+    pub const ALL: [Kind; 3] = [Kind::Agents, Kind::Users, Kind::Policies];
+
+    /// The kind named `s` in a path (`agents`, `users`, `policies`).
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "agents" => Some(Kind::Agents),
+            "users" => Some(Kind::Users),
+            "policies" => Some(Kind::Policies),
+            _ => None,
+        }
+    }
+
+    /// Path form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Agents => "agents",
+            Kind::Users => "users",
+            Kind::Policies => "policies",
+        }
+    }
+}
+
+/// Why a document or id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Not JSON, or not the document's shape (unknown field, wrong type).
+    #[error("{0}")]
+    Invalid(String),
+    /// A field holds a value out of its bounds.
+    #[error("{0}")]
+    Value(String),
+}
+
+/// `agents/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Groups of the agent (`Toolgate::Group` in policies).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Whether the agent may name the end user it acts for.
+    #[serde(default)]
+    pub act_for_users: bool,
+    /// Attached tools usable only for some end users: tool → scope. A
+    /// scoped call must name its user (`act_for_users`, or a JWT's user).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub scopes: std::collections::BTreeMap<String, ScopeSpec>,
+    /// Hex SHA-256 of the agent's API key: required for an agent the
+    /// configuration file does not define, optional (the file's stays) for
+    /// one it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_sha256: Option<String>,
+}
+
+/// The end users an attached tool may be called for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSpec {
+    /// User ids (each a `users/{id}` or a `[[users]]` entry).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `users/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    /// Groups of the user.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `policies/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Cedar policy text (one or more policies).
+    pub text: String,
+}
+
+/// A resource's document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// An agent.
+    Agent(AgentSpec),
+    /// A user.
+    User(UserSpec),
+    /// A policy text.
+    Policy(PolicySpec),
+}
+
+/// Checks a resource id: 1 to 128 letters, digits, `_`, `-`, `.`, `@`, not
+/// starting with `.` (ids are path segments and file names).
+pub fn check_id(id: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Value(format!(
+            "`{}` is not a resource id: use 1 to {MAX_ID_LEN} letters, digits, `_`, `-`, `.` or `@`, not starting with `.`",
+            id.chars().take(MAX_ID_LEN).collect::<String>()
+        )))
+    }
+}
+
+fn check_list(field: &str, list: &[String]) -> Result<(), SpecError> {
+    if list.len() > MAX_LIST_LEN {
+        return Err(SpecError::Value(format!(
+            "`{field}` has {} entries; at most {MAX_LIST_LEN}",
+            list.len()
+        )));
+    }
+    for (i, v) in list.iter().enumerate() {
+        if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) {
+            return Err(SpecError::Value(format!(
+                "`{field}[{i}]` must be 1 to {MAX_NAME_LEN} bytes without control characters"
+            )));
+        }
+        if list[..i].contains(v) {
+            return Err(SpecError::Value(format!(
+                "`{field}` lists `{v}` more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Spec {
+    /// Parses and checks a document of `kind` from JSON.
+    pub fn parse(kind: Kind, json: &[u8]) -> Result<Spec, SpecError> {
+        let invalid = |e: serde_json::Error| SpecError::Invalid(e.to_string());
+        let spec = match kind {
+            Kind::Agents => Spec::Agent(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Users => Spec::User(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Policies => Spec::Policy(serde_json::from_slice(json).map_err(invalid)?),
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Parses a document of `kind` from a JSON value.
+    pub fn from_value(kind: Kind, v: serde_json::Value) -> Result<Spec, SpecError> {
+        let bytes = serde_json::to_vec(&v).map_err(|e| SpecError::Invalid(e.to_string()))?;
+        Spec::parse(kind, &bytes)
+    }
+
+    fn check(&self) -> Result<(), SpecError> {
+        match self {
+            Spec::Agent(a) => {
+                check_list("tools", &a.tools)?;
+                check_list("groups", &a.groups)?;
+                for (tool, scope) in &a.scopes {
+                    if !a.tools.contains(tool) {
+                        return Err(SpecError::Value(format!(
+                            "`scopes` names `{tool}`, which `tools` does not attach"
+                        )));
+                    }
+                    check_list("scopes.users", &scope.users)?;
+                    check_list("scopes.groups", &scope.groups)?;
+                    if scope.users.is_empty() && scope.groups.is_empty() {
+                        return Err(SpecError::Value(format!(
+                            "the scope of `{tool}` needs `users` or `groups` (to detach it, remove it from `tools`)"
+                        )));
+                    }
+                }
+                if let Some(h) = &a.api_key_sha256 {
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(SpecError::Value(
+                            "`api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"
+                                .into(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Spec::User(u) => check_list("groups", &u.groups),
+            Spec::Policy(p) => {
+                if p.text.trim().is_empty() {
+                    Err(SpecError::Value("`text` must hold a Cedar policy".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// The kind of resource this document describes.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Agent(_) => Kind::Agents,
+            Spec::User(_) => Kind::Users,
+            Spec::Policy(_) => Kind::Policies,
+        }
+    }
+
+    /// The document as JSON.
+    pub fn to_value(&self) -> serde_json::Value {
+        let v = match self {
+            Spec::Agent(a) => serde_json::to_value(a),
+            Spec::User(u) => serde_json::to_value(u),
+            Spec::Policy(p) => serde_json::to_value(p),
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// SHA-256 (hex) of the document's JSON bytes (fields in declaration order).
+    pub fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(&self.to_value()).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// A compact diff of two versions of a document, as a JSON object: per
+/// changed field, lists as `{"added":[…],"removed":[…]}`, policy texts as
+/// digests, other values as `{"old":…,"new":…}`. Key hashes show only that
+/// they changed.
+pub fn diff(old: Option<&Spec>, new: Option<&Spec>) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    if let (Some(Spec::Policy(_)), _) | (_, Some(Spec::Policy(_))) = (old, new) {
+        return json!({"text": {"old_digest": old.map(Spec::digest), "new_digest": new.map(Spec::digest)}});
+    }
+    let empty = Map::new();
+    let o = old.map(Spec::to_value).unwrap_or(Value::Null);
+    let n = new.map(Spec::to_value).unwrap_or(Value::Null);
+    let (o, n) = (
+        o.as_object().unwrap_or(&empty),
+        n.as_object().unwrap_or(&empty),
+    );
+    let mut out = Map::new();
+    let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    for k in keys {
+        let (a, b) = (o.get(k), n.get(k));
+        if a == b {
+            continue;
+        }
+        let list = |v: Option<&Value>| -> Option<Vec<Value>> {
+            match v {
+                None => Some(Vec::new()),
+                Some(Value::Array(x)) => Some(x.clone()),
+                _ => None,
+            }
+        };
+        if k == "api_key_sha256" {
+            out.insert(k.clone(), json!({"changed": true}));
+        } else if let (Some(la), Some(lb)) = (list(a), list(b)) {
+            let added: Vec<&Value> = lb.iter().filter(|x| !la.contains(x)).collect();
+            let removed: Vec<&Value> = la.iter().filter(|x| !lb.contains(x)).collect();
+            let mut d = Map::new();
+            if !added.is_empty() {
+                d.insert("added".into(), json!(added));
+            }
+            if !removed.is_empty() {
+                d.insert("removed".into(), json!(removed));
+            }
+            if !d.is_empty() {
+                out.insert(k.clone(), Value::Object(d));
+            }
+        } else {
+            out.insert(k.clone(), json!({"old": a, "new": b}));
+        }
+    }
+    Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let e = Spec::parse(Kind::Agents, br#"{"tools":[],"tool":["x"]}"#);
+        assert!(matches!(e, Err(SpecError::Invalid(m)) if m.contains("unknown field `tool`")));
+        assert!(matches!(
+            Spec::parse(Kind::Agents, br#"{"tools":["a","a"]}"#),
+            Err(SpecError::Value(_))
+        ));
+        assert!(Spec::parse(Kind::Policies, br#"{"text":"  "}"#).is_err());
+        let scoped = br#"{"tools":["a"],"scopes":{"a":{"groups":["admins"]}}}"#;
+        assert!(Spec::parse(Kind::Agents, scoped).is_ok());
+        for bad in [
+            &br#"{"tools":["a"],"scopes":{"b":{"groups":["admins"]}}}"#[..],
+            br#"{"tools":["a"],"scopes":{"a":{}}}"#,
+            br#"{"tools":["a"],"scopes":{"a":{"group":["x"]}}}"#,
+        ] {
+            assert!(
+                Spec::parse(Kind::Agents, bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(Spec::parse(Kind::Users, b"not json").is_err());
+        assert!(Spec::parse(Kind::Users, br#"{"groups":["ops"]}"#).is_ok());
+        assert!(check_id("bot-1@x.y").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn diff_names_what_changed() {
+        let a = Spec::parse(Kind::Agents, br#"{"tools":["t1","t2"]}"#)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let b = Spec::parse(
+            Kind::Agents,
+            br#"{"tools":["t2","t3"],"act_for_users":true}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            diff(Some(&a), Some(&b)),
+            serde_json::json!({"tools":{"added":["t3"],"removed":["t1"]},"act_for_users":{"old":false,"new":true}})
+        );
+        assert_eq!(
+            diff(None, Some(&a)),
+            serde_json::json!({"tools":{"added":["t1","t2"]},"act_for_users":{"old":null,"new":false}})
+        );
+        let p = Spec::Policy(PolicySpec {
+            text: "permit(principal, action, resource);".into(),
+        });
+        assert_eq!(
+            diff(Some(&p), None)["text"]["new_digest"],
+            serde_json::Value::Null
+        );
+        assert_eq!(p.digest().len(), 64);
+    }
+}

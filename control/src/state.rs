@@ -1,0 +1,523 @@
+//! The control state: resources with versions, planned changes, and the
+//! overlay onto the configuration file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use toml::Spanned;
+use toolgate_core::config::{AgentConfig, ToolScope, UserConfig, ValidConfig};
+
+use crate::model::{check_id, AgentSpec, Kind, Spec};
+
+/// Most operations in one transaction.
+pub const MAX_OPS: usize = 256;
+
+/// One stored resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Version: the revision of the transaction that last wrote it.
+    pub version: u64,
+    /// Its document.
+    pub spec: Spec,
+}
+
+/// Every resource of the store, and the revision of the last transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// Resources by (kind, id).
+    pub entries: BTreeMap<(Kind, String), Entry>,
+    /// Revision of the last committed transaction; versions come from it.
+    pub revision: u64,
+}
+
+/// What a write requires of the resource's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// `If-Match: "N"`: the stored version is N; N = 0 means "not in the
+    /// store" (a resource only the configuration file defines reads as 0).
+    IfMatch(u64),
+    /// `If-None-Match: *`: not in the store.
+    IfNoneMatch,
+}
+
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// Resource kind.
+    pub kind: Kind,
+    /// Resource id.
+    pub id: String,
+    /// Required current version.
+    pub pre: Precondition,
+    /// The new document, or `None` to delete.
+    pub spec: Option<Spec>,
+}
+
+/// One planned (or committed) change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Resource kind.
+    pub kind: Kind,
+    /// Resource id.
+    pub id: String,
+    /// The entry before, when stored.
+    pub old: Option<Entry>,
+    /// The entry after; `None` when deleted.
+    pub new: Option<Entry>,
+}
+
+/// Why a transaction cannot be applied; nothing of it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// A precondition does not hold.
+    #[error("`{kind}/{id}` is at version {current}, not {expected}")]
+    Stale {
+        /// Index of the operation.
+        op: usize,
+        /// Resource kind.
+        kind: &'static str,
+        /// Resource id.
+        id: String,
+        /// The version the operation required (0: absent).
+        expected: u64,
+        /// The version it has (0: absent).
+        current: u64,
+    },
+    /// The operation is malformed (bad id, the same resource twice, too many).
+    #[error("{0}")]
+    Invalid(String),
+    /// Deleting what is not in the store.
+    #[error("`{kind}/{id}` is not in the store{hint}")]
+    NotFound {
+        /// Resource kind.
+        kind: &'static str,
+        /// Resource id.
+        id: String,
+        /// Extra help.
+        hint: &'static str,
+    },
+}
+
+impl State {
+    /// The stored version of a resource; 0 when not stored.
+    pub fn version(&self, kind: Kind, id: &str) -> u64 {
+        self.get(kind, id).map_or(0, |e| e.version)
+    }
+
+    /// A stored resource.
+    pub fn get(&self, kind: Kind, id: &str) -> Option<&Entry> {
+        self.entries.get(&(kind, id.to_owned()))
+    }
+
+    /// Stored resources of a kind, by id.
+    pub fn list(&self, kind: Kind) -> impl Iterator<Item = (&str, &Entry)> {
+        self.entries
+            .range((kind, String::new())..)
+            .take_while(move |((k, _), _)| *k == kind)
+            .map(|((_, id), e)| (id.as_str(), e))
+    }
+
+    /// Checks every operation against the state and returns the changes,
+    /// each new entry at version `revision + 1`; all or nothing.
+    pub fn plan(&self, ops: &[Op]) -> Result<Vec<Change>, OpError> {
+        if ops.is_empty() {
+            return Err(OpError::Invalid(
+                "a transaction needs at least one operation".into(),
+            ));
+        }
+        if ops.len() > MAX_OPS {
+            return Err(OpError::Invalid(format!(
+                "a transaction holds at most {MAX_OPS} operations, not {}",
+                ops.len()
+            )));
+        }
+        let version = self.revision + 1;
+        let mut changes = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            check_id(&op.id).map_err(|e| OpError::Invalid(format!("operation {i}: {e}")))?;
+            if let Some(s) = &op.spec {
+                if s.kind() != op.kind {
+                    return Err(OpError::Invalid(format!(
+                        "operation {i}: document is not a {}",
+                        op.kind.as_str()
+                    )));
+                }
+            }
+            if ops[..i].iter().any(|o| o.kind == op.kind && o.id == op.id) {
+                return Err(OpError::Invalid(format!(
+                    "operation {i}: `{}/{}` appears twice in one transaction",
+                    op.kind.as_str(),
+                    op.id
+                )));
+            }
+            let old = self.get(op.kind, &op.id).cloned();
+            let current = old.as_ref().map_or(0, |e| e.version);
+            let expected = match op.pre {
+                Precondition::IfMatch(v) => v,
+                Precondition::IfNoneMatch => 0,
+            };
+            if current != expected {
+                return Err(OpError::Stale {
+                    op: i,
+                    kind: op.kind.as_str(),
+                    id: op.id.clone(),
+                    expected,
+                    current,
+                });
+            }
+            if op.spec.is_none() && old.is_none() {
+                return Err(OpError::NotFound {
+                    kind: op.kind.as_str(),
+                    id: op.id.clone(),
+                    hint: "",
+                });
+            }
+            changes.push(Change {
+                kind: op.kind,
+                id: op.id.clone(),
+                old,
+                new: op.spec.clone().map(|spec| Entry { version, spec }),
+            });
+        }
+        Ok(changes)
+    }
+
+    /// The state after `changes` (from [`State::plan`] on this state).
+    pub fn applied(&self, changes: &[Change]) -> State {
+        let mut next = self.clone();
+        for c in changes {
+            let key = (c.kind, c.id.clone());
+            match &c.new {
+                Some(e) => {
+                    next.revision = next.revision.max(e.version);
+                    next.entries.insert(key, e.clone());
+                }
+                None => {
+                    next.entries.remove(&key);
+                }
+            }
+        }
+        next.revision = next.revision.max(self.revision + 1);
+        next
+    }
+
+    /// The configuration file's agents and users with the store's laid over
+    /// them: a stored agent or user replaces the file's of the same id (an
+    /// agent keeps the file's API key unless it gives one), or is added.
+    /// Returns the effective configuration and, for stored agents that
+    /// cannot be used, why (they are left out).
+    pub fn overlay(&self, file: &ValidConfig) -> (ValidConfig, Vec<String>) {
+        let mut cfg = file.clone();
+        let mut skipped = Vec::new();
+        for (id, e) in self.list(Kind::Agents) {
+            let Spec::Agent(a) = &e.spec else { continue };
+            let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
+            let tools = a.tools.iter().map(|t| spanned(t)).collect();
+            let scopes: Vec<(String, ToolScope)> = a
+                .scopes
+                .iter()
+                .map(|(t, s)| {
+                    let scope = ToolScope {
+                        users: s.users.clone(),
+                        groups: s.groups.clone(),
+                    };
+                    (t.clone(), scope)
+                })
+                .collect();
+            match cfg.config.agents.iter_mut().find(|x| x.id.get_ref() == id) {
+                Some(x) => {
+                    x.tools = tools;
+                    x.scopes = scopes;
+                    x.groups = a.groups.clone();
+                    x.act_for_users = a.act_for_users;
+                    if let Some(h) = &a.api_key_sha256 {
+                        x.api_key_sha256 = Some(spanned(h));
+                    }
+                }
+                None => match &a.api_key_sha256 {
+                    Some(h) => cfg.config.agents.push(AgentConfig {
+                        id: spanned(id),
+                        api_key_sha256: Some(spanned(h)),
+                        client_cert_names: Vec::new(),
+                        rate_limit: None,
+                        tools,
+                        groups: a.groups.clone(),
+                        act_for_users: a.act_for_users,
+                        scopes,
+                    }),
+                    None => skipped.push(format!(
+                        "agent `{id}` has no `api_key_sha256` and the configuration file does not define it"
+                    )),
+                },
+            }
+        }
+        for (id, e) in self.list(Kind::Users) {
+            let Spec::User(u) = &e.spec else { continue };
+            match cfg.config.users.iter_mut().find(|x| x.id.get_ref() == id) {
+                Some(x) => x.groups = u.groups.clone(),
+                None => cfg.config.users.push(UserConfig {
+                    id: Spanned::new(0..0, id.to_owned()),
+                    groups: u.groups.clone(),
+                }),
+            }
+        }
+        (cfg, skipped)
+    }
+
+    /// The Cedar sources to compile: the configuration's policy files, where
+    /// a stored policy `NAME` replaces the file named `NAME.cedar` or is
+    /// added (under the path `admin:policies/NAME.cedar`).
+    pub fn policy_sources(&self, files: &[(PathBuf, String)]) -> Vec<(PathBuf, String)> {
+        let stored: Vec<(&str, &str)> = self
+            .list(Kind::Policies)
+            .filter_map(|(id, e)| match &e.spec {
+                Spec::Policy(p) => Some((id, p.text.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut out: Vec<(PathBuf, String)> = files
+            .iter()
+            .filter(|(path, _)| {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                !stored
+                    .iter()
+                    .any(|(id, _)| name.as_deref() == Some(&format!("{id}.cedar")))
+            })
+            .cloned()
+            .collect();
+        out.extend(
+            stored
+                .into_iter()
+                .map(|(id, text)| (policy_path(id), text.to_owned())),
+        );
+        out
+    }
+}
+
+/// The path a stored policy's errors and unnamed policies are reported with.
+pub fn policy_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("admin:policies/{name}.cedar"))
+}
+
+/// Checks what the configuration alone can tell about the agents `changes`
+/// write: every attached tool routes to a configured upstream, a new agent
+/// has a key, no key is shared. Returns one message per problem.
+pub fn check_references(
+    effective: &ValidConfig,
+    file: &ValidConfig,
+    changes: &[Change],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for c in changes {
+        let Some(Entry {
+            spec:
+                Spec::Agent(AgentSpec {
+                    tools,
+                    api_key_sha256,
+                    scopes,
+                    ..
+                }),
+            ..
+        }) = &c.new
+        else {
+            continue;
+        };
+        for (tool, scope) in scopes {
+            for u in &scope.users {
+                if !effective.config.users.iter().any(|x| x.id.get_ref() == u) {
+                    problems.push(format!(
+                        "agent `{}`: the scope of `{tool}` names user `{u}`, who is neither in the store nor in `[[users]]`",
+                        c.id
+                    ));
+                }
+            }
+        }
+        for t in tools {
+            if effective.namer.route(t).is_none() {
+                problems.push(format!(
+                    "agent `{}`: tool `{t}` names no configured upstream (expected `{{prefix}}__{{tool}}`)",
+                    c.id
+                ));
+            }
+        }
+        let in_file = file.config.agents.iter().any(|a| a.id.get_ref() == &c.id);
+        if api_key_sha256.is_none() && !in_file {
+            problems.push(format!(
+                "agent `{}`: `api_key_sha256` is required for an agent the configuration file does not define",
+                c.id
+            ));
+        }
+        if let Some(h) = api_key_sha256 {
+            let shared = effective
+                .config
+                .agents
+                .iter()
+                .filter(|a| {
+                    a.api_key_sha256
+                        .as_ref()
+                        .is_some_and(|k| k.get_ref().eq_ignore_ascii_case(h))
+                })
+                .count();
+            if shared > 1 {
+                problems.push(format!(
+                    "agent `{}`: the same API key hash is given to another agent",
+                    c.id
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PolicySpec, UserSpec};
+
+    fn agent(tools: &[&str]) -> Spec {
+        Spec::Agent(AgentSpec {
+            tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            groups: vec![],
+            act_for_users: false,
+            api_key_sha256: None,
+            scopes: Default::default(),
+        })
+    }
+
+    fn put(id: &str, pre: Precondition, spec: Spec) -> Op {
+        Op {
+            kind: spec.kind(),
+            id: id.into(),
+            pre,
+            spec: Some(spec),
+        }
+    }
+
+    #[test]
+    fn versions_grow_and_stale_writes_are_refused() {
+        let s = State::default();
+        let c = s
+            .plan(&[put("bot", Precondition::IfNoneMatch, agent(&["a"]))])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s1 = s.applied(&c);
+        assert_eq!(s1.version(Kind::Agents, "bot"), 1);
+        // Creating again: it exists now.
+        let again = s1.plan(&[put("bot", Precondition::IfNoneMatch, agent(&[]))]);
+        assert!(matches!(
+            again,
+            Err(OpError::Stale {
+                current: 1,
+                expected: 0,
+                ..
+            })
+        ));
+        // Two writers read version 1; the first wins, the second is stale.
+        let w1 = s1
+            .plan(&[put("bot", Precondition::IfMatch(1), agent(&["b"]))])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s2 = s1.applied(&w1);
+        let w2 = s2.plan(&[put("bot", Precondition::IfMatch(1), agent(&["c"]))]);
+        assert!(matches!(w2, Err(OpError::Stale { current: 2, .. })));
+        // Delete and re-create: the version never goes back.
+        let d = s2
+            .plan(&[Op {
+                kind: Kind::Agents,
+                id: "bot".into(),
+                pre: Precondition::IfMatch(2),
+                spec: None,
+            }])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s3 = s2.applied(&d);
+        assert_eq!(s3.version(Kind::Agents, "bot"), 0);
+        let r = s3
+            .plan(&[put("bot", Precondition::IfNoneMatch, agent(&[]))])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(s3.applied(&r).version(Kind::Agents, "bot"), 4);
+    }
+
+    #[test]
+    fn a_transaction_is_all_or_nothing() {
+        let s = State::default();
+        let ops = [
+            put("a", Precondition::IfNoneMatch, agent(&[])),
+            put("b", Precondition::IfMatch(7), agent(&[])),
+        ];
+        assert!(matches!(s.plan(&ops), Err(OpError::Stale { op: 1, .. })));
+        let dup = [
+            put("a", Precondition::IfNoneMatch, agent(&[])),
+            put("a", Precondition::IfNoneMatch, agent(&[])),
+        ];
+        assert!(matches!(s.plan(&dup), Err(OpError::Invalid(_))));
+        assert!(matches!(s.plan(&[]), Err(OpError::Invalid(_))));
+        let del = [Op {
+            kind: Kind::Users,
+            id: "nobody".into(),
+            pre: Precondition::IfMatch(0),
+            spec: None,
+        }];
+        assert!(matches!(s.plan(&del), Err(OpError::NotFound { .. })));
+    }
+
+    #[test]
+    fn overlay_replaces_or_adds_and_policies_replace_files_by_name() {
+        let h = "ab".repeat(32);
+        let file = toolgate_core::config::parse(
+            &format!(
+                "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[[agents]]\nid = \"bot\"\napi_key_sha256 = \"{h}\"\ntools = [\"crm__a\"]\n[[users]]\nid = \"alice\"\ngroups = [\"x\"]\n"
+            ),
+            "t",
+            std::path::Path::new("."),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut s = State::default();
+        let ops = [
+            put("bot", Precondition::IfMatch(0), agent(&["crm__b"])),
+            put("ghost", Precondition::IfNoneMatch, agent(&["crm__c"])),
+            put(
+                "alice",
+                Precondition::IfNoneMatch,
+                Spec::User(UserSpec {
+                    groups: vec!["admins".into()],
+                }),
+            ),
+            put(
+                "main",
+                Precondition::IfNoneMatch,
+                Spec::Policy(PolicySpec {
+                    text: "forbid(principal, action, resource);".into(),
+                }),
+            ),
+        ];
+        let c = s.plan(&ops).unwrap_or_else(|e| unreachable!("{e}"));
+        s = s.applied(&c);
+        let (eff, skipped) = s.overlay(&file);
+        assert_eq!(eff.config.agents.len(), 1, "ghost has no key: left out");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(eff.config.agents[0].tools[0].get_ref(), "crm__b");
+        assert_eq!(
+            eff.config.agents[0]
+                .api_key_sha256
+                .as_ref()
+                .map(|k| k.get_ref()),
+            Some(&h)
+        );
+        assert_eq!(eff.config.users[0].groups, vec!["admins".to_owned()]);
+        let problems = check_references(&eff, &file, &c);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("`api_key_sha256` is required"));
+        let files = vec![
+            (
+                PathBuf::from("p/main.cedar"),
+                "permit(principal, action, resource);".to_owned(),
+            ),
+            (PathBuf::from("p/other.cedar"), String::new()),
+        ];
+        let srcs = s.policy_sources(&files);
+        assert_eq!(
+            srcs.iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect::<Vec<_>>(),
+            vec!["p/other.cedar", "admin:policies/main.cedar"]
+        );
+    }
+}
