@@ -12,8 +12,10 @@ use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::{demo, shard, shared::Shared};
 use toolgate_sinks::key::{load_key, KeySource, GENERATED_KEY_FILE};
-use toolgate_sinks::sink::{RunnerOptions, SinkRunner};
+use toolgate_sinks::siem::HttpSink;
+use toolgate_sinks::sink::{RunnerOptions, Sink, SinkRunner};
 use toolgate_sinks::syslog::{local_hostname, SyslogFormat};
+use toolgate_sinks::tls::{client_config, server_name, TlsFiles};
 use toolgate_sinks::transport::{SyslogSink, Transport};
 use toolgate_sinks::{audit_ring, AuditHealth, AuditWriter, WriterConfig};
 
@@ -482,26 +484,51 @@ fn watch_files(shared: Arc<Shared>) {
 /// Starts one delivery thread per `[[audit.sinks]]` entry.
 fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
     let mut out = Vec::new();
-    for (s, addr) in cfg.config.audit.sinks.iter().zip(&cfg.sink_addrs) {
+    for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         let name = s.name.get_ref();
-        let sink = match s.kind {
+        let hostname = s.hostname.clone().unwrap_or_else(local_hostname);
+        let (sink, target): (Box<dyn Sink>, String) = match s.kind {
             SinkKind::Syslog => {
-                let transport = match s.transport {
-                    SinkTransport::Udp => Transport::Udp,
-                    SinkTransport::Tcp => Transport::Tcp,
+                let Some(addr) = t.address else {
+                    bail!("sink `{name}` has no address");
+                };
+                let transport = match s.transport.as_ref().map(|t| *t.get_ref()) {
+                    Some(SinkTransport::Udp) => Transport::Udp,
+                    Some(SinkTransport::Tcp) | None => Transport::Tcp,
+                    Some(SinkTransport::Tls) => {
+                        let config = client_config(&TlsFiles {
+                            ca_file: t.ca_file.clone(),
+                            cert_file: t.cert_file.clone(),
+                            key_file: t.key_file.clone(),
+                        })
+                        .with_context(|| format!("sink `{name}`"))?;
+                        let sni = server_name(&t.server_name)
+                            .with_context(|| format!("sink `{name}`"))?;
+                        Transport::Tls(config, sni)
+                    }
                 };
                 let format = SyslogFormat {
                     facility: s.facility,
                     app_name: s.app_name.clone(),
-                    hostname: s.hostname.clone().unwrap_or_else(local_hostname),
+                    hostname,
                     max_message_bytes: s.max_message_bytes,
                 };
-                SyslogSink::new(
+                let sink = SyslogSink::new(
                     format,
                     transport,
-                    *addr,
+                    addr,
                     Duration::from_millis(s.io_timeout_ms),
-                )
+                );
+                (Box::new(sink), addr.to_string())
+            }
+            SinkKind::SplunkHec | SinkKind::Elasticsearch | SinkKind::Webhook => {
+                let sink = HttpSink::from_config(s, t, hostname)?;
+                let url = s
+                    .url
+                    .as_ref()
+                    .map(|u| u.get_ref().clone())
+                    .unwrap_or_default();
+                (Box::new(sink), url)
             }
         };
         let opts = RunnerOptions {
@@ -510,9 +537,9 @@ fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
             retry_initial: Duration::from_millis(s.retry_initial_ms),
             retry_max: Duration::from_millis(s.retry_max_ms.max(s.retry_initial_ms)),
         };
-        let runner = SinkRunner::spawn(name, &cfg.audit_dir, Box::new(sink), opts)
+        let runner = SinkRunner::spawn(name, &cfg.audit_dir, sink, opts)
             .with_context(|| format!("starting audit sink `{name}`"))?;
-        tracing::info!(sink = %name, address = %addr, "audit sink started");
+        tracing::info!(sink = %name, target = %target, "audit sink started");
         out.push(runner);
     }
     Ok(out)

@@ -9,6 +9,11 @@
 //! outage the sink resumes at its cursor, resending at most the batch that
 //! was in flight (at-least-once). New kinds of sink (TLS syslog, Splunk HEC,
 //! Elasticsearch bulk, webhooks) implement [`Sink`] and reuse the runner.
+//!
+//! Retries wait with jittered exponential backoff, or as long as the
+//! collector's `Retry-After` asks. A collector that refuses records as they
+//! are ([`SinkError::rejected`]) is retried too (records are never skipped),
+//! with an error line per attempt and the `rejected` counter.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +26,49 @@ use crate::reader::{Entry, LogReader};
 
 /// A delivery that did not (wholly) happen; the runner retries the batch.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    /// What went wrong (never a secret).
+    pub message: String,
+    /// The collector asked to be left alone this long (HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// The collector refused records it will refuse again as they are (a
+    /// bad request, not an outage). Still retried: at-least-once means a
+    /// record is never skipped, so the runner logs these as errors and
+    /// counts them for the operator to act on.
+    pub rejected: bool,
+}
+
+impl SinkError {
+    /// A transient failure: retried with backoff.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry_after: None,
+            rejected: false,
+        }
+    }
+
+    /// A failure after which the collector asked for a pause.
+    pub fn retry_after(message: impl Into<String>, after: Option<Duration>) -> Self {
+        Self {
+            retry_after: after,
+            ..Self::new(message)
+        }
+    }
+
+    /// Records the collector refused as they are.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self {
+            rejected: true,
+            ..Self::new(message)
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured; a longer one is cut to this, so a
+/// confused collector cannot park a sink for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Something that delivers audit records somewhere.
 pub trait Sink: Send {
@@ -51,6 +97,9 @@ pub struct SinkStats {
     pub delivered: AtomicU64,
     /// Failed deliveries.
     pub failures: AtomicU64,
+    /// Failed deliveries where the collector refused records as they are
+    /// (e.g. HEC 400, Elasticsearch mapping errors): an operator must act.
+    pub rejected: AtomicU64,
     /// `log_seq` of the next record to deliver.
     pub next_seq: AtomicU64,
 }
@@ -211,6 +260,7 @@ impl Run {
     fn deliver(&mut self, batch: &[Entry]) -> bool {
         let mut wait = self.opts.retry_initial;
         let mut failing_since: Option<Instant> = None;
+        let mut jitter = Jitter::new();
         loop {
             match self.sink.deliver(batch) {
                 Ok(()) => {
@@ -221,19 +271,51 @@ impl Run {
                 }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if e.rejected {
+                        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        // Loud every time: this does not heal by waiting.
+                        tracing::error!(sink = %self.name, error = %e, from_seq = batch.first().map(|b| b.seq), "collector refuses audit records; retrying (records are never skipped): fix the collector or the sink's settings");
+                    }
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
                         tracing::warn!(sink = %self.name, error = %e, from_seq = batch.first().map(|b| b.seq), "sink delivery failed; retrying with backoff (records wait in the log)");
                     } else {
                         tracing::debug!(sink = %self.name, error = %e, "sink delivery failed again");
                     }
-                    if !self.pause(wait) {
+                    // Jittered ("equal jitter": half fixed, half random), so
+                    // many gateways do not hammer a recovering collector in
+                    // step; a Retry-After is honoured as given.
+                    let pause = match e.retry_after {
+                        Some(after) => after.min(MAX_RETRY_AFTER),
+                        None => wait / 2 + jitter.upto(wait / 2),
+                    };
+                    if !self.pause(pause) {
                         return false;
                     }
                     wait = (wait * 2).min(self.opts.retry_max);
                 }
             }
         }
+    }
+}
+
+/// A small xorshift generator for backoff jitter (not for secrets).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        Self(u64::from_le_bytes(seed) | 1)
+    }
+
+    /// A uniformly drawn duration in `0..=max`.
+    fn upto(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let ns = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Duration::from_nanos(if ns == 0 { 0 } else { self.0 % (ns + 1) })
     }
 }
 
@@ -253,7 +335,7 @@ mod tests {
     impl Sink for Memory {
         fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
             if self.down.load(Ordering::Relaxed) {
-                return Err(SinkError("collector down".into()));
+                return Err(SinkError::new("collector down"));
             }
             let mut g = self.got.lock().unwrap_or_else(|p| p.into_inner());
             g.extend(batch.iter().map(|e| e.seq));
