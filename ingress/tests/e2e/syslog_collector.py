@@ -46,8 +46,60 @@ class Received:
     record: dict[str, Any]
 
 
+def make_pki(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for ``localhost``/127.0.0.1 and a client
+    certificate, as PEM files in ``d``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key, path: Path) -> None:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("toolgate test CA")).issuer_name(name("toolgate test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": d / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(name(f"localhost" if who == "server" else "toolgate"))
+             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if who == "server":
+            b = b.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        out[f"{who}_cert"] = d / f"{who}.pem"
+        out[f"{who}_key"] = d / f"{who}.key"
+        out[f"{who}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(key, out[f"{who}_key"])
+    return out
+
+
 class Rsyslog:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: dict[str, Path] | None = None) -> None:
+        """With ``tls`` (from :func:`make_pki`), the TCP input speaks TLS
+        (RFC 5425, GnuTLS driver) and requires a client certificate from the CA."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.udp_port = free_udp_port()
@@ -61,10 +113,18 @@ class Rsyslog:
         work = workdir / "work"
         work.mkdir(exist_ok=True)
         fields = SEP.join(["%protocol-version%", "%app-name%", "%msgid%", "%structured-data%", "%msg%"])
+        glob = f'workDirectory="{work}" maxMessageSize="64k"'
+        imtcp = 'module(load="imtcp")'
+        if tls is not None:
+            glob += (f' defaultNetstreamDriverCAFile="{tls["ca"]}"'
+                     f' defaultNetstreamDriverCertFile="{tls["server_cert"]}"'
+                     f' defaultNetstreamDriverKeyFile="{tls["server_key"]}"')
+            imtcp = ('module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1"'
+                     ' streamDriver.authMode="x509/certvalid")')
         self.conf.write_text(
-            f'''global(workDirectory="{work}" maxMessageSize="64k")
+            f'''global({glob})
 module(load="imudp")
-module(load="imtcp")
+{imtcp}
 template(name="tg" type="string" string="{fields}\\n")
 ruleset(name="udp") {{ action(type="omfile" file="{self.udp_out}" template="tg") }}
 ruleset(name="tcp") {{ action(type="omfile" file="{self.tcp_out}" template="tg") }}

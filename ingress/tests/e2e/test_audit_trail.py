@@ -26,7 +26,7 @@ from harness import (
     modern_request,
     read_audit_dir,
 )
-from syslog_collector import Rsyslog, rsyslogd_path
+from syslog_collector import Rsyslog, make_pki, rsyslogd_path
 
 CLI_TIMEOUT_S = 30
 
@@ -217,6 +217,48 @@ def test_every_record_reaches_rsyslog_over_udp_and_tcp(make_gate, rsyslog):
         check_received(got, records)
     cursor = json.loads((gate.audit_dir / "cursors" / "siem-tcp").read_text())
     assert cursor["next_seq"] == max(want) + 1
+
+
+def test_every_record_reaches_rsyslog_over_tls_with_a_client_certificate(make_gate, tmp_path):
+    if rsyslogd_path() is None:
+        pytest.fail("rsyslogd is not installed: scripts/test installs `rsyslog` and `rsyslog-gnutls`")
+    pki = make_pki(tmp_path / "pki")
+    collector = Rsyslog(tmp_path / "tls-rsyslog", tls=pki).start()
+    try:
+        sink = {"name": "siem-tls", "kind": "syslog", "transport": "tls", "address": collector.tcp_address,
+                "ca_file": str(pki["ca"]), "server_name": "localhost", "cert_file": str(pki["client_cert"]),
+                "key_file": str(pki["client_key"]), "batch_records": 6, "retry_initial_ms": 50,
+                "retry_max_ms": 200}
+        gate = make_gate(sinks=[sink])
+        traffic(gate, 20)
+        gate.audit_lines(20, where=lambda l: l["method"] == "tools/call")
+        records = gate.read_audit()
+        got = collector.wait_for_seqs("tcp", {r["log_seq"] for r in records}, timeout=15)
+        check_received(got, records)
+        assert len(got) == len(records), "one message per record"
+    finally:
+        collector.stop()
+
+
+def test_tls_sink_refuses_a_collector_it_does_not_trust(make_gate, tmp_path):
+    """A certificate from another CA fails the handshake: the sink retries,
+    logs it, delivers nothing, and calls go on."""
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other-pki")
+    collector = Rsyslog(tmp_path / "tls-rsyslog", tls=pki).start()
+    try:
+        gate = make_gate(sinks=[{"name": "untrusted", "kind": "syslog", "transport": "tls",
+                                 "address": collector.tcp_address, "ca_file": str(other["ca"]),
+                                 "server_name": "localhost", "retry_initial_ms": 50, "retry_max_ms": 200}])
+        answers = traffic(gate, 4)
+        assert all(r.status_code in (200, 400) for r in answers)
+        deadline = time.monotonic() + 10
+        while "TLS handshake" not in gate.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "TLS handshake" in gate.stderr_text()
+        assert collector.received("tcp") == []
+    finally:
+        collector.stop()
 
 
 def test_sink_outage_never_refuses_calls_and_catches_up(make_gate, tmp_path):
