@@ -367,6 +367,15 @@ pub struct AuditConfig {
     /// File holding the segment checkpoint key, relative to the config file.
     #[serde(default)]
     pub checkpoint_key_file: Option<Spanned<PathBuf>>,
+    /// Remove sealed segments sealed more than this many days ago (never
+    /// one a sink has not delivered). Default: keep forever.
+    #[serde(default)]
+    pub retain_days: Option<u64>,
+    /// Remove the oldest sealed segments while the log is larger than this,
+    /// bytes (never one a sink has not delivered, never the newest sealed
+    /// one). Default: no limit.
+    #[serde(default)]
+    pub retain_bytes: Option<u64>,
     /// `[[audit.sinks]]`: where records are delivered from the log, each with
     /// its own cursor. Default: none.
     #[serde(default)]
@@ -748,6 +757,8 @@ impl Default for AuditConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             checkpoint_key_env: None,
             checkpoint_key_file: None,
+            retain_days: None,
+            retain_bytes: None,
             sinks: Vec::new(),
         }
     }
@@ -1105,6 +1116,12 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         err(
             None,
             "`audit.segment_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    if config.audit.retain_days == Some(0) || config.audit.retain_bytes == Some(0) {
+        err(
+            None,
+            "`audit.retain_days` and `audit.retain_bytes` must be above 0 (leave them out to keep everything)".to_owned(),
         );
     }
     if let (Some(e), Some(_)) = (

@@ -12,6 +12,7 @@ use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::{demo, shard, shared::Shared};
 use toolgate_sinks::key::{load_key, KeySource, GENERATED_KEY_FILE};
+use toolgate_sinks::retention::{Policy as RetentionPolicy, Retainer};
 use toolgate_sinks::siem::HttpSink;
 use toolgate_sinks::sink::{RunnerOptions, Sink, SinkRunner};
 use toolgate_sinks::syslog::{local_hostname, SyslogFormat};
@@ -387,7 +388,7 @@ fn run(
             fsync_interval: Duration::from_millis(a.fsync_interval_ms),
             segment_bytes: a.segment_bytes,
             durability: a.durability,
-            key: key.bytes,
+            key: key.bytes.clone(),
         },
         consumers,
         Arc::clone(&health),
@@ -395,6 +396,7 @@ fn run(
     .context("starting the audit log")?;
     let audit_dir = audit.dir().to_path_buf();
     let sinks = start_sinks(&cfg)?;
+    let retainer = start_retention(&cfg, key.bytes)?;
     let policies = load_policies(&cfg)?;
     let watch = cfg.config.policies.watch;
     let credentials = toolgate_ingress::credential::load(&cfg)?;
@@ -434,6 +436,9 @@ fn run(
     audit.shutdown();
     for s in sinks {
         s.shutdown();
+    }
+    if let Some(r) = retainer {
+        r.shutdown();
     }
     std::process::exit(0);
 }
@@ -479,6 +484,29 @@ fn watch_files(shared: Arc<Shared>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot watch policy files; reload with SIGHUP");
     }
+}
+
+/// Starts the retention thread when `retain_days` or `retain_bytes` is set.
+fn start_retention(cfg: &ValidConfig, key: Vec<u8>) -> anyhow::Result<Option<Retainer>> {
+    let a = &cfg.config.audit;
+    if a.retain_days.is_none() && a.retain_bytes.is_none() {
+        return Ok(None);
+    }
+    let policy = RetentionPolicy {
+        max_age: a
+            .retain_days
+            .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+        max_bytes: a.retain_bytes,
+    };
+    let sinks = a.sinks.iter().map(|s| s.name.get_ref().clone()).collect();
+    let r = Retainer::spawn(cfg.audit_dir.clone(), policy, sinks, key)
+        .context("starting audit retention")?;
+    tracing::info!(
+        retain_days = a.retain_days,
+        retain_bytes = a.retain_bytes,
+        "audit retention on"
+    );
+    Ok(Some(r))
 }
 
 /// Starts one delivery thread per `[[audit.sinks]]` entry.
@@ -632,6 +660,9 @@ mod audit_cmd {
                         .map(|s| format!("; `{s}` is open (sealed when it rotates or toolgate restarts)"))
                         .unwrap_or_default()
                 );
+                if let Some(n) = v.retained_through {
+                    println!("records 1..{n} were removed by retention; the kept log continues its anchor (`retained.seal`)");
+                }
                 println!("head: {}", hex::encode(v.head));
                 Ok(())
             }

@@ -21,6 +21,8 @@
 //! [`siem`] over [`http`], records mapped to OCSF by [`ocsf`]) from its own
 //! persisted [`cursor`]. A collector outage
 //! therefore never slows or refuses a call: the log is the buffer.
+//! [`retention`] removes old sealed segments once every sink is past them,
+//! leaving a MACed anchor so `verify` still proves the kept log.
 //!
 //! Never here: decisions about calls, or any I/O on a shard's thread.
 
@@ -33,6 +35,7 @@ pub mod key;
 pub mod ocsf;
 pub mod query;
 pub mod reader;
+pub mod retention;
 pub mod ring;
 pub mod segment;
 pub mod siem;
