@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use toolgate_core::config::{self, SinkKind, SinkTransport, ValidConfig};
+use toolgate_core::config::{self, SinkConfig, SinkKind, SinkTarget, SinkTransport, ValidConfig};
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::{demo, shard, shared::Shared};
@@ -188,6 +188,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     load_policies(&cfg)?;
     toolgate_ingress::credential::load(&cfg)?;
+    // Sink tokens and TLS files are read as at start (nothing is sent).
+    for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
+        build_sink(s, t)?;
+    }
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
         path.display(),
@@ -509,56 +513,63 @@ fn start_retention(cfg: &ValidConfig, key: Vec<u8>) -> anyhow::Result<Option<Ret
     Ok(Some(r))
 }
 
+/// Builds the sink of one `[[audit.sinks]]` entry (reading its token and
+/// TLS files); also names its target for the log.
+fn build_sink(s: &SinkConfig, t: &SinkTarget) -> anyhow::Result<(Box<dyn Sink>, String)> {
+    let name = s.name.get_ref();
+    let hostname = s.hostname.clone().unwrap_or_else(local_hostname);
+    Ok(match s.kind {
+        SinkKind::Syslog => {
+            let Some(addr) = t.address else {
+                bail!("sink `{name}` has no address");
+            };
+            let transport = match s.transport.as_ref().map(|t| *t.get_ref()) {
+                Some(SinkTransport::Udp) => Transport::Udp,
+                Some(SinkTransport::Tcp) | None => Transport::Tcp,
+                Some(SinkTransport::Tls) => {
+                    let config = client_config(&TlsFiles {
+                        ca_file: t.ca_file.clone(),
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                    })
+                    .with_context(|| format!("sink `{name}`"))?;
+                    let sni =
+                        server_name(&t.server_name).with_context(|| format!("sink `{name}`"))?;
+                    Transport::Tls(config, sni)
+                }
+            };
+            let format = SyslogFormat {
+                facility: s.facility,
+                app_name: s.app_name.clone(),
+                hostname,
+                max_message_bytes: s.max_message_bytes,
+            };
+            let sink = SyslogSink::new(
+                format,
+                transport,
+                addr,
+                Duration::from_millis(s.io_timeout_ms),
+            );
+            (Box::new(sink), addr.to_string())
+        }
+        SinkKind::SplunkHec | SinkKind::Elasticsearch | SinkKind::Webhook => {
+            let sink = HttpSink::from_config(s, t, hostname)?;
+            let url = s
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default();
+            (Box::new(sink), url)
+        }
+    })
+}
+
 /// Starts one delivery thread per `[[audit.sinks]]` entry.
 fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
     let mut out = Vec::new();
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         let name = s.name.get_ref();
-        let hostname = s.hostname.clone().unwrap_or_else(local_hostname);
-        let (sink, target): (Box<dyn Sink>, String) = match s.kind {
-            SinkKind::Syslog => {
-                let Some(addr) = t.address else {
-                    bail!("sink `{name}` has no address");
-                };
-                let transport = match s.transport.as_ref().map(|t| *t.get_ref()) {
-                    Some(SinkTransport::Udp) => Transport::Udp,
-                    Some(SinkTransport::Tcp) | None => Transport::Tcp,
-                    Some(SinkTransport::Tls) => {
-                        let config = client_config(&TlsFiles {
-                            ca_file: t.ca_file.clone(),
-                            cert_file: t.cert_file.clone(),
-                            key_file: t.key_file.clone(),
-                        })
-                        .with_context(|| format!("sink `{name}`"))?;
-                        let sni = server_name(&t.server_name)
-                            .with_context(|| format!("sink `{name}`"))?;
-                        Transport::Tls(config, sni)
-                    }
-                };
-                let format = SyslogFormat {
-                    facility: s.facility,
-                    app_name: s.app_name.clone(),
-                    hostname,
-                    max_message_bytes: s.max_message_bytes,
-                };
-                let sink = SyslogSink::new(
-                    format,
-                    transport,
-                    addr,
-                    Duration::from_millis(s.io_timeout_ms),
-                );
-                (Box::new(sink), addr.to_string())
-            }
-            SinkKind::SplunkHec | SinkKind::Elasticsearch | SinkKind::Webhook => {
-                let sink = HttpSink::from_config(s, t, hostname)?;
-                let url = s
-                    .url
-                    .as_ref()
-                    .map(|u| u.get_ref().clone())
-                    .unwrap_or_default();
-                (Box::new(sink), url)
-            }
-        };
+        let (sink, target) = build_sink(s, t)?;
         let opts = RunnerOptions {
             batch_records: s.batch_records,
             poll_interval: Duration::from_millis(s.poll_interval_ms),

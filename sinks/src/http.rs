@@ -201,8 +201,14 @@ fn read_response(conn: &mut Conn, until: Instant) -> Result<(Response, bool), Fa
             got: 0,
         },
     );
+    // Nothing read and the connection gone (not merely slow): the collector
+    // closed an idle kept-alive connection, worth one more try at once.
     let early = |r: &BufReader<Deadline<'_>>, e: std::io::Error| {
-        if r.get_ref().got == 0 {
+        let slow = matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        );
+        if r.get_ref().got == 0 && !slow {
             Failure::BeforeResponse(e)
         } else {
             Failure::During(e)

@@ -131,3 +131,22 @@ def test_elasticsearch_bulk_item_errors_and_webhook(make_gate, receivers):
     assert all(q.headers.get("X-Source") == "toolgate-e2e" for q in hook.requests)
     assert all(len(q.body) <= 2048 for q in hook.requests), "batch_bytes bounds each request"
     assert len(hook.requests) > 2 + 30 // 8
+
+
+def test_check_reads_sink_tokens_and_tls_files_without_printing_them(make_gate, tmp_path):
+    gate = make_gate(start=False, sinks=[{
+        "name": "splunk", "kind": "splunk_hec", "url": "https://127.0.0.1:1/services/collector/event",
+        "token": {"env": "TOOLGATE_E2E_HEC_TOKEN"}, "ca_file": str(tmp_path / "missing-ca.pem"),
+    }])
+
+    def check(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(gate.config_path)], capture_output=True,
+                              text=True, timeout=30, env={"PATH": "/usr/bin:/bin", **env})
+
+    res = check({})
+    assert res.returncode != 0
+    assert "sink `splunk`: token: environment variable `TOOLGATE_E2E_HEC_TOKEN` is not set" in res.stderr, res.stderr
+    res = check({"TOOLGATE_E2E_HEC_TOKEN": TOKEN})
+    assert res.returncode != 0
+    assert "sink `splunk`: ca_file `" in res.stderr and "missing-ca.pem" in res.stderr, res.stderr
+    assert TOKEN not in res.stderr + res.stdout
