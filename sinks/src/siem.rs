@@ -179,19 +179,13 @@ impl HttpSink {
     fn encode(&mut self, e: &Entry) {
         let out = &mut self.one;
         out.clear();
-        let v: Value = serde_json::from_slice(&e.line).unwrap_or(Value::Null);
+        let r = ocsf::Record::parse(&e.line);
         let doc = |out: &mut Vec<u8>, es: bool| match self.format {
-            SinkFormat::Ocsf => {
-                let mut o = ocsf::to_ocsf(&v);
-                if es {
-                    o["@timestamp"] = v["time"].clone();
-                }
-                let _ = serde_json::to_writer(&mut *out, &o);
-            }
+            SinkFormat::Ocsf => ocsf::write_ocsf(&r, es, out),
             SinkFormat::Toolgate => {
                 if es && e.line.first() == Some(&b'{') && e.line.len() > 2 {
                     out.extend_from_slice(b"{\"@timestamp\":");
-                    let _ = serde_json::to_writer(&mut *out, &v["time"]);
+                    let _ = serde_json::to_writer(&mut *out, &r.time);
                     out.push(b',');
                     out.extend_from_slice(&e.line[1..]);
                 } else {
@@ -201,7 +195,7 @@ impl HttpSink {
         };
         match self.api {
             Api::Hec => {
-                let ms = ocsf::time_ms(&v).unwrap_or(0);
+                let ms = r.time_ms().unwrap_or(0);
                 let _ = write!(out, "{{\"time\":{}.{:03},\"host\":", ms / 1000, ms % 1000);
                 let _ = serde_json::to_writer(&mut *out, &self.host);
                 out.extend_from_slice(b",\"source\":");
@@ -220,11 +214,14 @@ impl HttpSink {
                 out.extend_from_slice(b"{\"create\":{\"_index\":");
                 let _ = serde_json::to_writer(&mut *out, self.index.as_deref().unwrap_or(""));
                 out.extend_from_slice(b",\"_id\":");
-                let id = v["hash"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| e.seq.to_string());
-                let _ = serde_json::to_writer(&mut *out, &id);
+                match r.hash.as_deref() {
+                    Some(h) => {
+                        let _ = serde_json::to_writer(&mut *out, h);
+                    }
+                    None => {
+                        let _ = write!(out, "\"{}\"", e.seq);
+                    }
+                }
                 out.extend_from_slice(b"}}\n");
                 doc(out, true);
                 out.push(b'\n');
