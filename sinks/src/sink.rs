@@ -3,12 +3,15 @@
 //! A [`Sink`] only knows how to deliver a batch of records; the
 //! [`SinkRunner`] around it owns the loop: read the next batch from the log
 //! at the sink's cursor, deliver it (retrying with exponential backoff until
-//! it succeeds), then persist the cursor past it. Each sink runs on its own
+//! it succeeds), then persist the cursor past it (at once when idle, at most
+//! every [`CURSOR_SAVE_INTERVAL`] while catching up). Each sink runs on its own
 //! thread, so a slow or absent collector delays only itself: it never
 //! touches the rings, and calls never wait for it. After a restart or an
 //! outage the sink resumes at its cursor, resending at most the batch that
-//! was in flight (at-least-once). New kinds of sink (TLS syslog, Splunk HEC,
-//! Elasticsearch bulk, webhooks) implement [`Sink`] and reuse the runner.
+//! was in flight and, after a crash, what it delivered in the last
+//! [`CURSOR_SAVE_INTERVAL`] (at-least-once). Every kind of sink (syslog over
+//! UDP, TCP or TLS; Splunk HEC, Elasticsearch bulk, webhooks) implements
+//! [`Sink`] and reuses the runner.
 //!
 //! Retries wait with jittered exponential backoff, or as long as the
 //! collector's `Retry-After` asks. A collector that refuses records as they
@@ -22,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cursor;
-use crate::reader::{Entry, LogReader};
+use crate::reader::{Entry, LogReader, Position};
 
 /// A delivery that did not (wholly) happen; the runner retries the batch.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,9 @@ impl SinkError {
         }
     }
 }
+
+/// Longest a busy sink goes without saving its cursor.
+pub const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest `Retry-After` honoured; a longer one is cut to this, so a
 /// confused collector cannot park a sink for days.
@@ -221,7 +227,30 @@ impl Run {
     }
 
     fn run(mut self) {
+        let mut unsaved = None;
+        self.run_loop(&mut unsaved);
+        // Stopping: what was delivered is not sent again after a restart.
+        if let Some(pos) = unsaved {
+            if let Err(e) = cursor::save(&self.cursor, pos) {
+                tracing::warn!(sink = %self.name, error = %e, "cannot save the sink cursor at shutdown; the last records will be sent again");
+            }
+        }
+    }
+
+    /// Saves the cursor, retrying until it works; false if stopped first.
+    fn save(&self, pos: Position) -> bool {
+        while let Err(e) = cursor::save(&self.cursor, pos) {
+            tracing::warn!(sink = %self.name, error = %e, "cannot save the sink cursor");
+            if !self.pause(self.opts.retry_initial) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn run_loop(&mut self, unsaved: &mut Option<Position>) {
         let mut batch = Vec::with_capacity(self.opts.batch_records);
+        let mut last_save: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
             batch.clear();
             if let Err(e) = self.reader.read(self.opts.batch_records, &mut batch) {
@@ -232,6 +261,14 @@ impl Run {
                 continue;
             }
             let Some(last) = batch.last() else {
+                // Caught up: a good moment to save.
+                if let Some(pos) = unsaved.take() {
+                    if !self.save(pos) {
+                        *unsaved = Some(pos);
+                        return;
+                    }
+                    last_save = Some(Instant::now());
+                }
                 if !self.pause(self.opts.poll_interval) {
                     return;
                 }
@@ -245,13 +282,17 @@ impl Run {
                 .delivered
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.stats.next_seq.store(after.next_seq, Ordering::Relaxed);
-            // Saved after delivery: a crash in between resends this batch,
-            // never skips it.
-            while let Err(e) = cursor::save(&self.cursor, after) {
-                tracing::warn!(sink = %self.name, error = %e, "cannot save the sink cursor");
-                if !self.pause(self.opts.retry_initial) {
+            // Saved after delivery: a crash in between resends, never skips.
+            // A save costs two fsyncs, so a sink busy catching up saves at
+            // most every CURSOR_SAVE_INTERVAL (a crash then resends at most
+            // that much), and at once when it catches up or stops.
+            *unsaved = Some(after);
+            if last_save.is_none_or(|t| t.elapsed() >= CURSOR_SAVE_INTERVAL) {
+                if !self.save(after) {
                     return;
                 }
+                *unsaved = None;
+                last_save = Some(Instant::now());
             }
         }
     }
