@@ -44,6 +44,7 @@ class Receiver:
     stored: list[dict[str, Any]] = field(default_factory=list)  # documents / events accepted
     ids: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tls: dict[str, Any] | None = None  # from syslog_collector.make_pki: serve HTTPS
 
     def start(self) -> "Receiver":
         receiver = self
@@ -59,6 +60,12 @@ class Receiver:
 
         self.server = ThreadingHTTPServer((HOST, self.port), Handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.tls["server_cert"], self.tls["server_key"])
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -70,7 +77,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     def answer(self, h: BaseHTTPRequestHandler, req: Request, status: int, body: Any,
                headers: dict[str, str] | None = None) -> None:

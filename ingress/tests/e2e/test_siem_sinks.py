@@ -15,6 +15,7 @@ import pytest
 
 from harness import TOOLGATE_BIN, free_port
 from siem_receiver import Receiver
+from syslog_collector import make_pki
 from test_audit_trail import traffic
 
 TOKEN = "hec-token-5f0c1d2e-do-not-log"
@@ -150,3 +151,25 @@ def test_check_reads_sink_tokens_and_tls_files_without_printing_them(make_gate, 
     assert res.returncode != 0
     assert "sink `splunk`: ca_file `" in res.stderr and "missing-ca.pem" in res.stderr, res.stderr
     assert TOKEN not in res.stderr + res.stdout
+
+
+def test_hec_over_https_checks_the_collector_certificate(make_gate, receivers, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other-pki")
+    hec = receivers(tls=pki).start()
+    token_file = tmp_path / "hec.token"
+    token_file.write_text(TOKEN)
+    common = {"kind": "splunk_hec", "url": hec.url + "/services/collector/event",
+              "token": {"file": str(token_file)}, "server_name": "localhost",
+              "retry_initial_ms": 50, "retry_max_ms": 200}
+    gate = make_gate(sinks=[{"name": "trusted", "ca_file": str(pki["ca"]), **common},
+                            {"name": "untrusted", "ca_file": str(other["ca"]), **common}])
+    traffic(gate, 10)
+    gate.audit_lines(10, where=lambda l: l["method"] == "tools/call")
+    want = {r["log_seq"] for r in query_all(gate.audit_dir)}
+    got = hec.wait_for(want, lambda e: e["event"]["metadata"]["sequence"], timeout=15)
+    assert sorted(got) == sorted(want), "the trusted sink delivered everything, once; the other nothing"
+    assert all(q.headers.get("Authorization") == f"Splunk {TOKEN}" for q in hec.requests)
+    log = gate.stderr_text()
+    assert "invalid peer certificate" in log and "untrusted" in log, log[-2000:]
+    assert TOKEN not in log
