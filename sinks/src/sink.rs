@@ -108,6 +108,27 @@ pub struct SinkStats {
     pub rejected: AtomicU64,
     /// `log_seq` of the next record to deliver.
     pub next_seq: AtomicU64,
+    /// Time (µs since the epoch) of the oldest record read but not yet
+    /// delivered; 0 when none is waiting on the collector.
+    pub oldest_pending_us: AtomicU64,
+}
+
+impl SinkStats {
+    /// How long the oldest record the sink is working on has waited, µs
+    /// (0 when it is not held up).
+    pub fn lag_us(&self, now_us: u64) -> u64 {
+        match self.oldest_pending_us.load(Ordering::Relaxed) {
+            0 => 0,
+            t => now_us.saturating_sub(t),
+        }
+    }
+}
+
+/// The `time` of a log line (which starts with it), µs since the epoch.
+fn record_time_us(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"time\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    crate::query::parse_rfc3339_us(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
 /// A running sink.
@@ -275,9 +296,14 @@ impl Run {
                 continue;
             };
             let after = last.after;
+            let oldest = batch.first().and_then(|e| record_time_us(&e.line));
+            self.stats
+                .oldest_pending_us
+                .store(oldest.unwrap_or(0), Ordering::Relaxed);
             if !self.deliver(&batch) {
                 return;
             }
+            self.stats.oldest_pending_us.store(0, Ordering::Relaxed);
             self.stats
                 .delivered
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -407,6 +433,15 @@ mod tests {
     }
 
     #[test]
+    fn record_time_is_read_off_the_line() {
+        assert_eq!(
+            record_time_us(br#"{"time":"1970-01-01T00:00:01.000002Z","shard":0}"#),
+            Some(1_000_002)
+        );
+        assert_eq!(record_time_us(b"{}"), None);
+    }
+
+    #[test]
     fn sink_survives_an_outage_and_a_restart_without_loss() {
         let dir = std::env::temp_dir().join(format!("toolgate-sink-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -435,6 +470,9 @@ mod tests {
             "nothing while down"
         );
         assert!(r.stats().failures.load(Ordering::Relaxed) > 0);
+        let pending = r.stats().oldest_pending_us.load(Ordering::Relaxed);
+        assert!(pending > 0, "the held-up batch's age is known");
+        assert!(r.stats().lag_us(pending + 5) == 5);
         down.store(false, Ordering::Relaxed);
         assert_eq!(wait_for(&got, 10), (1..=10).collect::<Vec<_>>());
         r.shutdown();

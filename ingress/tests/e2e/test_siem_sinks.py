@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness import TOOLGATE_BIN, free_port
@@ -91,7 +93,8 @@ def test_elasticsearch_bulk_item_errors_and_webhook(make_gate, receivers):
     es_port = free_port()
     es = receivers(port=es_port, script=[("items", [201, 429, 409, 201, 503, 201, 201, 201, 201, 201]), "close"])
     hook = receivers(script=[("status", 503, {"Retry-After": "0"}), ("status", 500, {})]).start()
-    gate = make_gate(sinks=[
+    metrics_port = free_port()
+    gate = make_gate(extra_toml=f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n', sinks=[
         {"name": "es", "kind": "elasticsearch", "url": f"http://127.0.0.1:{es_port}", "index": "audit-e2e",
          "batch_records": 10, "retry_initial_ms": 50, "retry_max_ms": 200},
         {"name": "hook", "kind": "webhook", "url": hook.url + "/ingest", "format": "toolgate",
@@ -102,6 +105,12 @@ def test_elasticsearch_bulk_item_errors_and_webhook(make_gate, receivers):
     # is a full batch of 10.
     traffic(gate, 30)
     gate.audit_lines(30, where=lambda l: l["method"] == "tools/call")
+    time.sleep(1.0)
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    lag = {l.split(" ")[0]: float(l.split(" ")[1]) for l in metrics.splitlines() if l.startswith("toolgate_sink_lag")}
+    assert lag['toolgate_sink_lag_records{sink="es"}'] >= 30, lag
+    assert lag['toolgate_sink_lag_seconds{sink="es"}'] >= 1.0, lag
+    assert lag['toolgate_sink_lag_records{sink="hook"}'] == 0 and lag['toolgate_sink_lag_seconds{sink="hook"}'] == 0, lag
     es.start()
     records = query_all(gate.audit_dir)
     want = {r["log_seq"] for r in records}
