@@ -389,8 +389,68 @@ fn scan(c: &mut Criterion) {
     g.finish();
 }
 
+/// Bearer credentials as the shard checks them: API key digest lookup, JWT
+/// signature and claims with the key already parsed (RS256, ES256), and a
+/// sub-token's MAC, expiry and revocation check.
+fn identity(c: &mut Criterion) {
+    use toolgate_core::jwt::{ClaimRules, Verifier};
+    use toolgate_core::secret::Secret;
+    use toolgate_core::subtoken;
+
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("../fixtures/jwt.json"))
+        .unwrap_or_else(|e| panic!("fixture: {e}"));
+    let rules = ClaimRules {
+        issuer: "https://idp.example.com".into(),
+        audience: "https://toolgate.example.com/mcp".into(),
+        agent_claim: "azp".into(),
+        groups_claim: Some("groups".into()),
+        leeway_s: 30,
+    };
+    let verifier = Verifier::from_jwks(&fixture["jwks"].to_string(), rules)
+        .unwrap_or_else(|e| panic!("jwks: {e}"));
+    let now = fixture["now"].as_u64().unwrap_or_default();
+    let mut g = c.benchmark_group("identity");
+    for alg in ["rs256", "es256"] {
+        let token = fixture[alg]
+            .as_str()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        if verifier.verify(&token, now).is_err() {
+            panic!("{alg} fixture token does not verify");
+        }
+        g.bench_function(format!("jwt_verify_{alg}_cached_key"), |b| {
+            b.iter(|| verifier.verify(black_box(&token), now).is_ok())
+        });
+    }
+    let key = Secret::new(vec![7u8; 32]);
+    let claims = subtoken::Claims {
+        jti: "0123456789abcdef0123456789abcdef".into(),
+        agent: "agent0".into(),
+        user: Some("alice".into()),
+        tools: Some(vec!["crm__lookup_customer".into()]),
+        iat: now,
+        exp: now + 3600,
+    };
+    let token = subtoken::mint(&key, &claims);
+    let revoked = (0..1000).map(|i| format!("{i:032x}")).collect();
+    let st = subtoken::Verifier::new(key, revoked);
+    if st.verify(token.as_bytes(), now).is_err() {
+        panic!("sub-token fixture does not verify");
+    }
+    g.bench_function("subtoken_verify_1k_revoked", |b| {
+        b.iter(|| st.verify(black_box(token.as_bytes()), now).is_ok())
+    });
+    let (key_text, _) = format_key(&[9u8; 32]);
+    g.bench_function("api_key_digest", |b| {
+        b.iter(|| key_hash(black_box(key_text.as_bytes())))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    identity,
     http_head,
     jsonrpc_view,
     permission_lookup,

@@ -52,6 +52,43 @@ pub struct Config {
     /// How agents authenticate besides API keys.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Pinning of tool definitions against silent changes (rug pulls).
+    #[serde(default)]
+    pub tool_pins: Option<ToolPinsConfig>,
+}
+
+/// `[tool_pins]`: each tool definition's SHA-256 is pinned; a definition
+/// that changes behind the gateway's back is quarantined until an operator
+/// approves it (`toolgate tools approve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPinsConfig {
+    /// The pins file, relative to the config file. Default `tool-pins.json`.
+    #[serde(default = "default_pins_file")]
+    pub file: PathBuf,
+    /// Whether a tool seen for the first time is pinned as it is (trust on
+    /// first use). Default true; false keeps new tools quarantined too.
+    #[serde(default = "default_true")]
+    pub pin_new: bool,
+    /// What a changed definition does: `quarantine` (default: hidden from
+    /// `tools/list`, calls refused) or `warn` (logged, still served).
+    #[serde(default)]
+    pub on_change: PinAction,
+}
+
+/// What a changed tool definition does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinAction {
+    /// Hidden and refused until approved.
+    #[default]
+    Quarantine,
+    /// Logged loudly, still served.
+    Warn,
+}
+
+fn default_pins_file() -> PathBuf {
+    PathBuf::from("tool-pins.json")
 }
 
 /// `[auth]`: identity providers toolgate trusts besides API keys.
@@ -61,6 +98,32 @@ pub struct AuthConfig {
     /// JWT bearer tokens from the organisation's IdP. Default: none (API keys only).
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// Sub-tokens minted by `toolgate token mint`. Default: none accepted.
+    #[serde(default)]
+    pub subtokens: Option<SubtokensConfig>,
+}
+
+/// `[auth.subtokens]`: bearer tokens an operator mints for one agent,
+/// narrowed to a user, tools and an expiry, revocable at run time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtokensConfig {
+    /// Directory of the signing key (`signing.key`, generated 0600 at first
+    /// use), the ledger of minted tokens (`minted.jsonl`) and the revocation
+    /// list (`revoked`), relative to the config file. Default `subtokens`.
+    #[serde(default = "default_subtokens_dir")]
+    pub dir: PathBuf,
+    /// Longest lifetime `token mint` grants, seconds. Default 2592000 (30 days).
+    #[serde(default = "default_subtoken_max_ttl_s")]
+    pub max_ttl_s: u64,
+}
+
+fn default_subtokens_dir() -> PathBuf {
+    PathBuf::from("subtokens")
+}
+
+fn default_subtoken_max_ttl_s() -> u64 {
+    30 * 24 * 3600
 }
 
 /// `[auth.jwt]`: JWT bearer tokens signed by the IdP's keys.
@@ -74,7 +137,25 @@ pub struct JwtConfig {
     /// contain it are refused.
     pub audience: Spanned<String>,
     /// The IdP's JWKS, relative to the config file; re-read on reload.
-    pub jwks_file: Spanned<String>,
+    /// Exactly one of this and `jwks_url`.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// The IdP's JWKS endpoint (`https://`, or `http://` on loopback only),
+    /// fetched off the request path at start, every `jwks_refresh_s`, and
+    /// when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<Spanned<String>>,
+    /// With `jwks_url`: PEM CA bundle for the IdP's certificate. Default:
+    /// the system's trusted roots.
+    #[serde(default)]
+    pub jwks_ca_file: Option<Spanned<String>>,
+    /// With `jwks_url`: how often the JWKS is fetched again, seconds. Default 300.
+    #[serde(default = "default_jwks_refresh_s")]
+    pub jwks_refresh_s: u64,
+    /// With `jwks_url`: the soonest a token with an unknown `kid` triggers
+    /// another fetch, seconds (so random `kid`s cannot flood the IdP). Default 10.
+    #[serde(default = "default_jwks_refetch_min_s")]
+    pub jwks_refetch_min_s: u64,
     /// Claim naming the agent (a configured `[[agents]] id`). Default `azp`;
     /// `client_id` is tried when it is absent.
     #[serde(default = "default_agent_claim")]
@@ -85,6 +166,14 @@ pub struct JwtConfig {
     /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,
+}
+
+fn default_jwks_refresh_s() -> u64 {
+    300
+}
+
+fn default_jwks_refetch_min_s() -> u64 {
+    10
 }
 
 fn default_agent_claim() -> String {
@@ -116,6 +205,39 @@ pub struct CredentialConfig {
     /// Command printing the secret on stdout (trimmed), run once at start.
     #[serde(default)]
     pub command: Option<Spanned<Vec<String>>>,
+    /// An OAuth 2.0 client-credentials grant: toolgate fetches the access
+    /// token, caches it and refreshes it before expiry, off the request path.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[upstreams.credential.oauth]`: where and how toolgate obtains an access
+/// token for the upstream (RFC 6749 §4.4), sent as `Bearer <token>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The authorization server's token endpoint (`https://`, or `http://`
+    /// on loopback only).
+    pub token_url: Spanned<String>,
+    /// The client id toolgate authenticates as.
+    pub client_id: String,
+    /// Environment variable holding the client secret. Exactly one of this
+    /// and `client_secret_file`.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// File holding the client secret, relative to the config file.
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// `scope` to request. Default none.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `resource` indicator (RFC 8707) to request, e.g. the upstream's URL.
+    /// Default none.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// PEM CA bundle for the token endpoint. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 fn default_credential_header() -> Spanned<String> {
@@ -181,6 +303,13 @@ pub struct OutputRuleConfig {
     /// Conditions refusing the whole result (`detected(private_key)`). Default none.
     #[serde(default)]
     pub refuse_when: Vec<Spanned<String>>,
+    /// What the rule filters: `"results"` (default: what tools return),
+    /// `"arguments"` (what agents send: data-loss prevention on outgoing
+    /// calls; field paths are rooted at the arguments object) and/or
+    /// `"descriptions"` (tool definitions in `tools/list`, e.g. to hide
+    /// internal host names; paths rooted at the definition).
+    #[serde(default)]
+    pub applies_to: Vec<Spanned<String>>,
 }
 
 /// One operator pattern of an output rule: `{ name = "employee_id", regex = "EMP-[0-9]{6}" }`.
@@ -225,6 +354,48 @@ pub struct ServerConfig {
     /// Most open agent connections per shard; further connections are closed at accept. Default 10000.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_shard: usize,
+    /// `[server.tls]`: TLS on the agent listener. Default: plain HTTP (for a
+    /// listener behind a TLS-terminating load balancer, or loopback).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the agent listener's certificate, and optionally the CA
+/// that agents' client certificates must chain to (mTLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain, leaf first, relative to the config file.
+    pub cert_file: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the config file.
+    pub key_file: Spanned<String>,
+    /// PEM CA certificates that agents' client certificates must chain to.
+    /// Setting it turns on client-certificate verification. Default none.
+    #[serde(default)]
+    pub client_ca_file: Option<Spanned<String>>,
+    /// With `client_ca_file`: `required` (default; a handshake without a
+    /// valid client certificate fails) or `optional` (a certificate, when
+    /// presented, must be valid; agents without one use a bearer token).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: Spanned<String>,
+}
+
+/// Whether agents must present a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Every handshake needs a valid client certificate.
+    #[default]
+    Required,
+    /// A presented certificate must be valid; none is also accepted.
+    Optional,
+}
+
+fn default_tls_min_version() -> Spanned<String> {
+    Spanned::new(0..0, "1.2".to_owned())
 }
 
 /// `[[upstreams]]`: one upstream MCP server reached over streamable HTTP.
@@ -256,6 +427,20 @@ pub struct UpstreamConfig {
     /// Default none. The agent's own `Authorization` is never forwarded.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// For an `https://` URL: PEM CA certificates the upstream's
+    /// certificate must chain to, relative to the config file. Default: the
+    /// system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// How often the upstream's tool catalog is fetched again, seconds
+    /// (changed definitions are caught by `[tool_pins]` at the next fetch).
+    /// Default 300.
+    #[serde(default = "default_catalog_refresh_s")]
+    pub catalog_refresh_s: u64,
+}
+
+fn default_catalog_refresh_s() -> u64 {
+    300
 }
 
 /// Which MCP era toolgate speaks to an upstream.
@@ -278,7 +463,14 @@ pub struct AgentConfig {
     /// Stable agent id, as it appears in audit records.
     pub id: Spanned<String>,
     /// Hex SHA-256 of the agent's API key (`toolgate key new` prints both).
-    pub api_key_sha256: Spanned<String>,
+    /// Optional for an agent that proves itself by client certificate or JWT.
+    #[serde(default)]
+    pub api_key_sha256: Option<Spanned<String>>,
+    /// Names that identify the agent by its TLS client certificate: a DNS
+    /// or URI subject alternative name (e.g. a SPIFFE id), or the subject
+    /// common name. Needs `server.tls.client_ca_file`. Default none.
+    #[serde(default)]
+    pub client_cert_names: Vec<Spanned<String>>,
     /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
     #[serde(default)]
     pub tools: Vec<Spanned<String>>,
@@ -322,11 +514,15 @@ pub struct PoliciesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeConfig {
-    /// `http://host:port/path` receiving a JSON description of the call.
+    /// `http[s]://host:port/path` receiving a JSON description of the call.
     pub url: Spanned<String>,
     /// Time allowed for the answer, ms; no answer in time is a deny. Default 2000.
     #[serde(default = "default_judge_timeout_ms")]
     pub timeout_ms: u64,
+    /// For an `https://` URL: PEM CA certificates the judge's certificate
+    /// must chain to. Default: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[audit]`: the append-only audit trail.
@@ -587,34 +783,18 @@ pub struct SinkUrl {
 }
 
 impl SinkUrl {
-    /// Parses `http://…` or `https://…`.
+    /// Parses `http://…` or `https://…` (port 443 by default).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (https, rest) = match s.strip_prefix("https://") {
-            Some(r) => (true, r),
-            None => match s.strip_prefix("http://") {
-                Some(r) => (false, r),
-                None => return Err(format!("`{s}` is not an `http://` or `https://` URL")),
-            },
-        };
-        let mut url = UpstreamUrl::parse(&format!("http://{rest}"))
-            .map_err(|e| e.replacen("`http://", if https { "`https://" } else { "`http://" }, 1))?;
-        let authority = rest.split('/').next().unwrap_or("");
-        let explicit_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| !p.contains(']'));
-        if https && !explicit_port {
-            url.port = 443;
-        }
-        Ok(Self { https, url })
+        let url = UpstreamUrl::parse(s)?;
+        Ok(Self {
+            https: url.tls,
+            url,
+        })
     }
 
     /// Host without IPv6 brackets, for TLS names.
     pub fn bare_host(&self) -> String {
-        self.url
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned()
+        self.url.server_name().to_owned()
     }
 }
 
@@ -742,6 +922,7 @@ impl Default for ServerConfig {
             body_timeout_ms: default_body_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             max_connections_per_shard: default_max_connections(),
+            tls: None,
         }
     }
 }
@@ -847,9 +1028,47 @@ pub struct ValidConfig {
     pub jwt: Option<std::sync::Arc<crate::jwt::Verifier>>,
     /// `auth.jwt.jwks_file` resolved against the config file's directory.
     pub jwks_file: Option<PathBuf>,
+    /// `auth.jwt.jwks_url`, parsed.
+    pub jwks_url: Option<UpstreamUrl>,
+    /// `auth.jwt.jwks_ca_file`, resolved.
+    pub jwks_ca_file: Option<PathBuf>,
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
+    /// `[server.tls]` files resolved against the config file's directory.
+    pub tls: Option<TlsFiles>,
+    /// `ca_file` of each upstream, resolved, index-aligned with `upstream_urls`.
+    pub upstream_ca_files: Vec<Option<PathBuf>>,
+    /// The judge's `ca_file`, resolved.
+    pub judge_ca_file: Option<PathBuf>,
+    /// `auth.subtokens.dir` resolved against the config file's directory.
+    pub subtoken_dir: Option<PathBuf>,
+    /// The directory relative paths in the configuration resolve against.
+    pub base: PathBuf,
+    /// `tool_pins.file`, resolved.
+    pub pins_file: Option<PathBuf>,
+}
+
+impl ValidConfig {
+    /// The directory relative paths in the configuration resolve against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base
+    }
+}
+
+/// The agent listener's TLS material, as resolved paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS), when configured.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (with `client_ca`).
+    pub client_auth: ClientAuth,
+    /// Whether TLS 1.2 is refused (1.3 only).
+    pub tls13_only: bool,
 }
 
 /// Reads, parses and checks a configuration file.
@@ -940,6 +1159,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     }
 
     let mut upstream_urls = Vec::new();
+    let mut upstream_ca_files = Vec::new();
     let mut credential_files = Vec::new();
     let mut namer = ToolNamer::default();
     for u in &config.upstreams {
@@ -969,7 +1189,10 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
         match UpstreamUrl::parse(u.url.get_ref()) {
-            Ok(url) => upstream_urls.push(url),
+            Ok(url) => {
+                upstream_ca_files.push(ca_file(&u.ca_file, url.tls, base, &mut err, &at));
+                upstream_urls.push(url);
+            }
             Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
         }
         let (prefix, pspan) = match &u.prefix {
@@ -984,6 +1207,12 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
         if let Err(e) = namer.add(&prefix) {
             err(at(&pspan), e);
+        }
+        if u.catalog_refresh_s == 0 {
+            err(
+                at(&u.name.span()),
+                format!("upstream `{name}`: `catalog_refresh_s` must be above 0"),
+            );
         }
         if u.timeout_ms == 0 {
             err(
@@ -1011,23 +1240,66 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 format!("agent id `{id}` is used more than once"),
             );
         }
-        let h = a.api_key_sha256.get_ref();
-        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            err(
-                at(&a.api_key_sha256.span()),
-                format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
-            );
-        } else if config
-            .agents
-            .iter()
-            .filter(|o| o.api_key_sha256.get_ref().eq_ignore_ascii_case(h))
-            .count()
-            > 1
+        if let Some(key) = &a.api_key_sha256 {
+            let h = key.get_ref();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                err(
+                    at(&key.span()),
+                    format!("agent `{id}`: `api_key_sha256` must be 64 hex digits (`toolgate key new` prints one)"),
+                );
+            } else if config
+                .agents
+                .iter()
+                .filter_map(|o| o.api_key_sha256.as_ref())
+                .filter(|o| o.get_ref().eq_ignore_ascii_case(h))
+                .count()
+                > 1
+            {
+                err(
+                    at(&key.span()),
+                    format!("agent `{id}`: the same API key hash is given to another agent"),
+                );
+            }
+        } else if a.client_cert_names.is_empty()
+            && config.auth.jwt.is_none()
+            && config.auth.subtokens.is_none()
         {
             err(
-                at(&a.api_key_sha256.span()),
-                format!("agent `{id}`: the same API key hash is given to another agent"),
+                at(&a.id.span()),
+                format!("agent `{id}` has no way to prove itself: give it `api_key_sha256`, `client_cert_names` (with `server.tls.client_ca_file`), or configure `[auth.jwt]` or `[auth.subtokens]`"),
             );
+        }
+        let mtls = config
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        for n in &a.client_cert_names {
+            if !mtls {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: `client_cert_names` needs `server.tls.client_ca_file` (client certificates are not verified otherwise)"),
+                );
+                break;
+            }
+            if n.get_ref().is_empty() {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: empty client certificate name"),
+                );
+            } else if config
+                .agents
+                .iter()
+                .flat_map(|o| &o.client_cert_names)
+                .filter(|o| o.get_ref() == n.get_ref())
+                .count()
+                > 1
+            {
+                err(
+                    at(&n.span()),
+                    format!("agent `{id}`: client certificate name `{}` is given to more than one agent", n.get_ref()),
+                );
+            }
         }
         for t in &a.tools {
             if namer.route(t.get_ref()).is_none() {
@@ -1075,9 +1347,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             );
         }
     }
+    let mut judge_ca_file = None;
     let judge_url = match &config.policies.judge {
         Some(j) => match UpstreamUrl::parse(j.url.get_ref()) {
-            Ok(u) => Some(u),
+            Ok(u) => {
+                judge_ca_file = ca_file(&j.ca_file, u.tls, base, &mut err, &at);
+                Some(u)
+            }
             Err(e) => {
                 err(at(&j.url.span()), format!("judge: {e}"));
                 None
@@ -1107,6 +1383,32 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         .jwt
         .as_ref()
         .and_then(|j| validate_jwt(j, base, &mut err, &at));
+    let mut jwks_ca_file = None;
+    let jwks_url = match config
+        .auth
+        .jwt
+        .as_ref()
+        .and_then(|j| j.jwks_url.as_ref().map(|u| (j, u)))
+    {
+        Some((j, u)) => match UpstreamUrl::parse(u.get_ref()) {
+            Ok(url) if !url.tls && !is_loopback(url.server_name()) => {
+                err(
+                    at(&u.span()),
+                    "`jwks_url` must be https:// (plain http only to a loopback address): keys fetched in the clear could be replaced".to_owned(),
+                );
+                None
+            }
+            Ok(url) => {
+                jwks_ca_file = ca_file(&j.jwks_ca_file, url.tls, base, &mut err, &at);
+                Some(url)
+            }
+            Err(e) => {
+                err(at(&u.span()), format!("`jwks_url`: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
@@ -1166,6 +1468,31 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         ),
     }
 
+    if let Some(t) = &config.server.tls {
+        if !matches!(t.min_version.get_ref().as_str(), "1.2" | "1.3") {
+            err(
+                at(&t.min_version.span()),
+                format!(
+                    "`min_version` must be \"1.2\" or \"1.3\", not `{}`",
+                    t.min_version.get_ref()
+                ),
+            );
+        }
+        let files = [
+            Some(&t.cert_file),
+            Some(&t.key_file),
+            t.client_ca_file.as_ref(),
+        ];
+        for f in files.into_iter().flatten() {
+            let path = base.join(f.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                err(
+                    at(&f.span()),
+                    format!("cannot read `{}`: {e}", path.display()),
+                );
+            }
+        }
+    }
     let metrics_listen = match &config.metrics.listen {
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -1202,7 +1529,17 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .auth
                 .jwt
                 .as_ref()
-                .map(|j| base.join(j.jwks_file.get_ref()));
+                .and_then(|j| j.jwks_file.as_ref())
+                .map(|f| base.join(f.get_ref()));
+            let subtoken_dir = config.auth.subtokens.as_ref().map(|s| base.join(&s.dir));
+            let pins_file = config.tool_pins.as_ref().map(|p| base.join(&p.file));
+            let tls = config.server.tls.as_ref().map(|t| TlsFiles {
+                cert: base.join(t.cert_file.get_ref()),
+                key: base.join(t.key_file.get_ref()),
+                client_ca: t.client_ca_file.as_ref().map(|c| base.join(c.get_ref())),
+                client_auth: t.client_auth,
+                tls13_only: t.min_version.get_ref() == "1.3",
+            });
             Ok(ValidConfig {
                 config,
                 listen,
@@ -1218,7 +1555,15 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 metrics_listen,
                 jwt,
                 jwks_file,
+                jwks_url,
+                jwks_ca_file,
                 credential_files,
+                tls,
+                upstream_ca_files,
+                judge_ca_file,
+                subtoken_dir,
+                base: base.to_path_buf(),
+                pins_file,
             })
         }
         _ => Err(errors),
@@ -1406,6 +1751,41 @@ fn validate_sink(
     t
 }
 
+/// Whether `host` (a name or an IP address, unbracketed) is this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks a `ca_file` key (only for `https://`, must exist) and resolves it.
+fn ca_file(
+    f: &Option<Spanned<String>>,
+    tls: bool,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<PathBuf> {
+    let f = f.as_ref()?;
+    if !tls {
+        err(
+            at(&f.span()),
+            "`ca_file` is only used with an `https://` URL".to_owned(),
+        );
+        return None;
+    }
+    let path = base.join(f.get_ref());
+    if let Err(e) = std::fs::metadata(&path) {
+        err(
+            at(&f.span()),
+            format!("cannot read `{}`: {e}", path.display()),
+        );
+        return None;
+    }
+    Some(path)
+}
+
 /// Checks `[auth.jwt]` and parses its JWKS.
 fn validate_jwt(
     j: &JwtConfig,
@@ -1421,18 +1801,6 @@ fn validate_jwt(
     if j.agent_claim.is_empty() {
         err(None, "`auth.jwt.agent_claim` must not be empty".to_owned());
     }
-    let file = j.jwks_file.get_ref();
-    let path = base.join(file);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            err(
-                at(&j.jwks_file.span()),
-                format!("cannot read the JWKS file `{file}`: {e}"),
-            );
-            return None;
-        }
-    };
     let rules = crate::jwt::ClaimRules {
         issuer: j.issuer.get_ref().clone(),
         audience: j.audience.get_ref().clone(),
@@ -1440,10 +1808,41 @@ fn validate_jwt(
         groups_claim: j.groups_claim.clone(),
         leeway_s: j.leeway_s,
     };
+    let (file, text) = match (&j.jwks_file, &j.jwks_url) {
+        (Some(f), None) => {
+            let path = base.join(f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(t) => (f, t),
+                Err(e) => {
+                    err(
+                        at(&f.span()),
+                        format!("cannot read the JWKS file `{}`: {e}", f.get_ref()),
+                    );
+                    return None;
+                }
+            }
+        }
+        // Keys arrive from the URL once running; until then none verify.
+        (None, Some(_)) => {
+            return Some(std::sync::Arc::new(crate::jwt::Verifier::without_keys(
+                rules,
+            )));
+        }
+        _ => {
+            err(
+                at(&j.issuer.span()),
+                "`[auth.jwt]` needs exactly one of `jwks_file` and `jwks_url`".to_owned(),
+            );
+            return None;
+        }
+    };
+    if j.jwks_refresh_s == 0 {
+        err(None, "`auth.jwt.jwks_refresh_s` must be above 0".to_owned());
+    }
     match crate::jwt::Verifier::from_jwks(&text, rules) {
         Ok(v) => Some(std::sync::Arc::new(v)),
         Err(e) => {
-            err(at(&j.jwks_file.span()), format!("JWKS file `{file}` {e}"));
+            err(at(&file.span()), format!("JWKS `{}` {e}", file.get_ref()));
             None
         }
     }
@@ -1497,15 +1896,47 @@ fn validate_credential(
             ),
         );
     }
-    let sources =
-        c.env.is_some() as usize + c.file.is_some() as usize + c.command.is_some() as usize;
+    let sources = c.env.is_some() as usize
+        + c.file.is_some() as usize
+        + c.command.is_some() as usize
+        + c.oauth.is_some() as usize;
     if sources != 1 {
         err(
             at(&u.name.span()),
             format!(
-                "upstream `{name}`: credential needs exactly one of `env`, `file` and `command`"
+                "upstream `{name}`: credential needs exactly one of `env`, `file`, `command` and `oauth`"
             ),
         );
+    }
+    if let Some(o) = &c.oauth {
+        if !c.value_prefix.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: an `oauth` credential is always sent as `Bearer <token>`; drop `value_prefix`"),
+            );
+        }
+        match UpstreamUrl::parse(o.token_url.get_ref()) {
+            Ok(url) if !url.tls && !is_loopback(url.server_name()) => err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `token_url` must be https:// (plain http only to a loopback address): the client secret would travel in the clear"),
+            ),
+            Ok(url) => {
+                ca_file(&o.ca_file, url.tls, base, err, at);
+            }
+            Err(e) => err(at(&o.token_url.span()), format!("upstream `{name}`: `token_url`: {e}")),
+        }
+        if o.client_id.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: `oauth.client_id` must not be empty"),
+            );
+        }
+        if o.client_secret_env.is_some() == o.client_secret_file.is_some() {
+            err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `oauth` needs exactly one of `client_secret_env` and `client_secret_file`"),
+            );
+        }
     }
     if let Some(cmd) = &c.command {
         if cmd.get_ref().first().is_none_or(|p| p.is_empty()) {
@@ -1707,7 +2138,23 @@ fn validate_output_rules(
                 format!("output rule `{name}` does nothing: give it fields, detectors, patterns or conditions"),
             );
         }
+        let mut results = r.applies_to.is_empty();
+        let (mut arguments, mut descriptions) = (false, false);
+        for a in &r.applies_to {
+            match a.get_ref().as_str() {
+                "results" => results = true,
+                "arguments" => arguments = true,
+                "descriptions" => descriptions = true,
+                other => err(
+                    at(&a.span()),
+                    format!("output rule `{name}`: `applies_to` takes \"results\", \"arguments\" and \"descriptions\", not `{other}`"),
+                ),
+            }
+        }
         rules.push(OutputRule {
+            results,
+            arguments,
+            descriptions,
             name: name.clone(),
             tools: r.tools.iter().map(|t| t.get_ref().clone()).collect(),
             agents: r.agents.iter().map(|a| a.get_ref().clone()).collect(),
@@ -1928,7 +2375,7 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
             .unwrap_or_default();
         assert!(e.contains("`address` is for syslog sinks"), "{e}");
         assert!(
-            e.contains("`ftp://x` is not an `http://` or `https://` URL"),
+            e.contains("`ftp://x` is not an `http[s]://host:port/path` URL"),
             "{e}"
         );
         assert!(e.contains("`splunk_hec` needs a `token`"), "{e}");
@@ -1987,13 +2434,52 @@ prefix = ""
     }
 
     #[test]
+    fn applies_to_takes_results_and_arguments() {
+        let rule = "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[[output_rules]]\nname = \"r\"\ntools = [\"crm__*\"]\ndetectors = [\"card\"]\n";
+        let e = errors_of(&format!("{rule}applies_to = [\"requests\"]\n"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(8));
+        assert!(e[0].message.contains("`applies_to`"));
+        let v = parse(
+            &format!("{rule}applies_to = [\"arguments\"]\n"),
+            "t",
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(v.output_rules[0].arguments && !v.output_rules[0].results);
+        let v = parse(rule, "t", Path::new(".")).unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!v.output_rules[0].arguments && v.output_rules[0].results);
+    }
+
+    #[test]
+    fn jwks_needs_exactly_one_source() {
+        let head = "[auth.jwt]\nissuer = \"https://idp\"\naudience = \"https://gate\"\n";
+        let e = errors_of(head);
+        assert!(e[0]
+            .message
+            .contains("exactly one of `jwks_file` and `jwks_url`"));
+        let e = errors_of(&format!(
+            "{head}jwks_file = \"j.json\"\njwks_url = \"https://idp/jwks\"\n"
+        ));
+        assert!(e[0]
+            .message
+            .contains("exactly one of `jwks_file` and `jwks_url`"));
+        let e = errors_of(&format!(
+            "{head}jwks_url = \"https://idp/jwks\"\njwks_ca_file = \"nope.pem\"\n"
+        ));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(5));
+        assert!(e[0].message.contains("nope.pem"));
+    }
+
+    #[test]
     fn credential_needs_exactly_one_source_and_a_free_header() {
         let up = "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\n[upstreams.credential]\n";
         let e = errors_of(&format!("{up}env = \"A\"\nfile = \"b\"\n"));
         assert_eq!(e.len(), 1);
         assert!(e[0]
             .message
-            .contains("exactly one of `env`, `file` and `command`"));
+            .contains("exactly one of `env`, `file`, `command` and `oauth`"));
         let e = errors_of(&format!("{up}header = \"Host\"\nenv = \"A\"\n"));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(5));

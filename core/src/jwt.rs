@@ -41,6 +41,8 @@ pub enum TokenError {
     MissingClaim,
     /// The agent named by the token is not a configured `[[agents]] id`.
     UnknownAgent,
+    /// A sub-token whose id is on the revocation list.
+    Revoked,
 }
 
 impl TokenError {
@@ -57,6 +59,7 @@ impl TokenError {
             TokenError::WrongAudience => "token_wrong_audience",
             TokenError::MissingClaim => "token_missing_claim",
             TokenError::UnknownAgent => "token_unknown_agent",
+            TokenError::Revoked => "token_revoked",
         }
     }
 }
@@ -86,6 +89,19 @@ pub struct TokenIdentity {
     /// The end user's groups from the groups claim; `None` when no
     /// `groups_claim` is configured (configured `[[users]]` groups apply).
     pub groups: Option<Vec<String>>,
+    /// First Unix second at which the claims hold (`nbf` less the leeway).
+    pub valid_from: u64,
+    /// First Unix second at which they no longer hold (`exp` plus the leeway).
+    pub valid_until: u64,
+}
+
+impl TokenIdentity {
+    /// Whether the token's time claims hold at `now` (Unix seconds): what
+    /// [`check_claims`] decided about time, so a verified token can be
+    /// trusted again until it expires without re-verifying its signature.
+    pub fn holds_at(&self, now: u64) -> bool {
+        self.valid_from <= now && now < self.valid_until
+    }
 }
 
 fn number(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, TokenError> {
@@ -116,14 +132,16 @@ pub fn check_claims(
 ) -> Result<TokenIdentity, TokenError> {
     let now = now as f64;
     let leeway = rules.leeway_s as f64;
-    match number(claims, "exp")? {
-        Some(exp) if exp + leeway > now => {}
+    let valid_until = match number(claims, "exp")? {
+        Some(exp) if exp + leeway > now => (exp + leeway).ceil(),
         _ => return Err(TokenError::Expired),
-    }
+    };
+    let mut valid_from = 0.0;
     if let Some(nbf) = number(claims, "nbf")? {
         if nbf - leeway > now {
             return Err(TokenError::NotYetValid);
         }
+        valid_from = (nbf - leeway).ceil().max(0.0);
     }
     if string(claims, "iss") != Some(rules.issuer.as_str()) {
         return Err(TokenError::WrongIssuer);
@@ -168,6 +186,8 @@ pub fn check_claims(
         agent: agent.to_owned(),
         user: user.map(str::to_owned),
         groups,
+        valid_from: valid_from as u64,
+        valid_until: valid_until as u64,
     })
 }
 
@@ -274,6 +294,16 @@ impl Verifier {
             .then(|| keys.keys().next().cloned())
             .flatten();
         Ok(Self { keys, only, rules })
+    }
+
+    /// A verifier with no keys yet (every token is `UnknownKey`): the state
+    /// before a JWKS fetched from a URL arrives.
+    pub fn without_keys(rules: ClaimRules) -> Self {
+        Self {
+            keys: HashMap::new(),
+            only: None,
+            rules,
+        }
     }
 
     /// The claim rules (issuer, audience, claim names).
@@ -391,8 +421,24 @@ mod tests {
                 agent: "bot".into(),
                 user: Some("alice".into()),
                 groups: Some(vec!["admins".into()]),
+                valid_from: 0,
+                valid_until: 1030,
             })
         );
+    }
+
+    #[test]
+    fn time_window_matches_the_claim_checks() {
+        let mut m = claims(good());
+        m.insert("nbf".into(), json!(500.5));
+        let id = check_claims(&m, &rules(), 900).unwrap_or_else(|e| unreachable!("{e:?}"));
+        for now in [400, 470, 471, 900, 1029, 1030, 2000] {
+            assert_eq!(
+                id.holds_at(now),
+                check_claims(&m, &rules(), now).is_ok(),
+                "at {now}"
+            );
+        }
     }
 
     #[test]

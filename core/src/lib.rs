@@ -19,5 +19,6 @@ pub mod output;
 pub mod protocol;
 pub mod refusal;
 pub mod secret;
+pub mod subtoken;
 pub mod toolname;
 pub mod upstream_url;

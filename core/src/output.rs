@@ -335,6 +335,12 @@ pub struct OutputRule {
     pub drop_where: Vec<(String, Condition)>,
     /// The whole result is refused when a condition holds for it.
     pub refuse_when: Vec<(String, Condition)>,
+    /// Whether the rule filters tool results.
+    pub results: bool,
+    /// Whether the rule filters the arguments of outgoing calls.
+    pub arguments: bool,
+    /// Whether the rule filters tool definitions in `tools/list`.
+    pub descriptions: bool,
 }
 
 /// Whether `name` matches `glob`, where `*` matches any run of characters.

@@ -68,6 +68,9 @@ pub enum RefusalKind {
     InvalidToken(TokenError),
     /// The session belongs to another agent.
     SessionIdentityMismatch,
+    /// The bearer credential names another agent than the connection's
+    /// verified client certificate.
+    CertificateMismatch,
     /// The agent named an end user but is not allowed to act for users.
     UserAssertionRefused,
     /// Cedar policy denied the call.
@@ -86,8 +89,15 @@ pub enum RefusalKind {
     UpstreamTimeout,
     /// Upstream answered something that is not an MCP response.
     UpstreamBadResponse,
+    /// The upstream's credential could not be obtained (an OAuth token
+    /// endpoint failing past the token's expiry): nothing was sent.
+    UpstreamCredentialUnavailable,
     /// An output rule's `refuse_when` condition held for the tool's result.
     OutputRefused,
+    /// A rule applying to arguments refused the call before it left.
+    ArgumentsRefused,
+    /// The tool's definition changed since it was approved (tool pinning).
+    ToolQuarantined,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
     OutputTooLarge,
 }
@@ -141,9 +151,18 @@ impl RefusalKind {
             | UnknownCredential
             | InvalidToken(_)
             | SessionIdentityMismatch
+            | CertificateMismatch
             | UserAssertionRefused => Origin::Downstream,
-            AuditUnavailable | Overloaded | PolicyDenied | JudgeDenied | JudgeUnavailable
-            | OutputRefused | OutputTooLarge => Origin::Gateway,
+            AuditUnavailable
+            | Overloaded
+            | PolicyDenied
+            | JudgeDenied
+            | JudgeUnavailable
+            | OutputRefused
+            | OutputTooLarge
+            | UpstreamCredentialUnavailable
+            | ArgumentsRefused
+            | ToolQuarantined => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -173,6 +192,7 @@ impl RefusalKind {
             UnknownCredential => "unknown_api_key",
             InvalidToken(e) => e.reason(),
             SessionIdentityMismatch => "session_identity_mismatch",
+            CertificateMismatch => "certificate_agent_mismatch",
             UserAssertionRefused => "user_assertion_refused",
             PolicyDenied => "denied_by_policy",
             JudgeDenied => "denied_by_judge",
@@ -182,7 +202,10 @@ impl RefusalKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamBadResponse => "upstream_bad_response",
+            UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             OutputRefused => "output_refused",
+            ArgumentsRefused => "arguments_refused",
+            ToolQuarantined => "tool_quarantined",
             OutputTooLarge => "output_too_large",
         }
     }
@@ -264,6 +287,11 @@ impl Refusal {
             UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
             InvalidToken(e) => (401, codes::UNAUTHENTICATED, token_message(e)),
             SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
+            CertificateMismatch => (
+                403,
+                codes::FORBIDDEN,
+                "Forbidden: the credential names another agent than the client certificate",
+            ),
             UserAssertionRefused => (
                 403,
                 codes::FORBIDDEN,
@@ -285,10 +313,25 @@ impl Refusal {
                 codes::INTERNAL_ERROR,
                 "upstream sent an invalid response",
             ),
+            UpstreamCredentialUnavailable => (
+                503,
+                codes::SERVER_ERROR,
+                "no credential for the upstream yet; retry later",
+            ),
             OutputRefused => (
                 403,
                 codes::OUTPUT_REFUSED,
                 "tool result refused by output policy",
+            ),
+            ArgumentsRefused => (
+                403,
+                codes::FORBIDDEN,
+                "call refused: its arguments hold data that must not leave",
+            ),
+            ToolQuarantined => (
+                403,
+                codes::FORBIDDEN,
+                "tool held back: its definition changed since it was approved",
             ),
             OutputTooLarge => (
                 502,
@@ -321,6 +364,7 @@ fn token_message(e: TokenError) -> &'static str {
         TokenError::WrongAudience => "Unauthorized: token meant for another audience",
         TokenError::MissingClaim => "Unauthorized: token lacks the agent or subject claim",
         TokenError::UnknownAgent => "Unauthorized: token names an unknown agent",
+        TokenError::Revoked => "Unauthorized: token revoked",
     }
 }
 

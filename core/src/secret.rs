@@ -3,9 +3,11 @@
 //! Upstream credentials and sink tokens pass through configuration, logs and
 //! error paths; a type whose `Debug` and `Display` print `<redacted>` keeps a
 //! stray `{:?}` from leaking one. The bytes are reachable only through
-//! [`Secret::expose`]. [`SecretSource`] is the one reader of secrets from an
-//! environment variable, a file or a command, shared by upstream credentials
-//! and audit sinks so both trim and check values the same way.
+//! [`Secret::expose`], and are overwritten with zeros when the value is
+//! dropped, so a replaced credential does not linger in freed memory.
+//! [`SecretSource`] is the one reader of secrets from an environment
+//! variable, a file or a command, shared by upstream credentials and audit
+//! sinks so both trim and check values the same way.
 
 use std::path::PathBuf;
 
@@ -22,6 +24,12 @@ impl Secret {
     /// The secret bytes, for the one place that sends them.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
     }
 }
 
@@ -92,7 +100,7 @@ impl SecretSource {
     /// Reads the secret: surrounding whitespace removed, refused when empty
     /// or holding control characters.
     pub fn read(&self) -> Result<Secret, SecretError> {
-        let value: Vec<u8> = match self {
+        let mut raw: Vec<u8> = match self {
             Self::Env(var) => std::env::var(var)
                 .map_err(|_| SecretError::EnvUnset(var.clone()))?
                 .into_bytes(),
@@ -102,11 +110,11 @@ impl SecretSource {
             })?,
             Self::Command(cmd) => run(cmd)?,
         };
-        let value = value.trim_ascii();
-        if value.is_empty() || value.iter().any(|b| b.is_ascii_control()) {
-            return Err(SecretError::Unusable(self.describe()));
-        }
-        Ok(Secret::new(value.to_vec()))
+        let value = raw.trim_ascii();
+        let usable = !value.is_empty() && !value.iter().any(|b| b.is_ascii_control());
+        let secret = usable.then(|| Secret::new(value.to_vec()));
+        zeroize::Zeroize::zeroize(&mut raw);
+        secret.ok_or_else(|| SecretError::Unusable(self.describe()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Upstream endpoint URLs: `http://host[:port]/path`.
+//! Upstream endpoint URLs: `http[s]://host[:port]/path`.
 //!
 //! Deliberately narrow: only what toolgate can dial. No userinfo (credentials
 //! belong in credential config, never in a URL that gets logged), no query
@@ -15,19 +15,20 @@ pub struct UpstreamUrl {
     pub path: String,
     /// `Host` header value.
     pub authority: String,
+    /// Whether the endpoint is `https://` (TLS, with the host as SNI and
+    /// the name the certificate must carry).
+    pub tls: bool,
 }
 
 impl UpstreamUrl {
-    /// Parses `http://host[:port]/path`.
+    /// Parses `http[s]://host[:port]/path`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let rest = if let Some(r) = s.strip_prefix("http://") {
-            r
-        } else if s.starts_with("https://") {
-            return Err(format!(
-                "`{s}`: https upstreams are not supported yet; use `http://`"
-            ));
+        let (rest, tls) = if let Some(r) = s.strip_prefix("http://") {
+            (r, false)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (r, true)
         } else {
-            return Err(format!("`{s}` is not an `http://host:port/path` URL"));
+            return Err(format!("`{s}` is not an `http[s]://host:port/path` URL"));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -61,6 +62,7 @@ impl UpstreamUrl {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+            None if tls => 443,
             None => 80,
         };
         Ok(Self {
@@ -68,7 +70,14 @@ impl UpstreamUrl {
             port,
             path: path.to_owned(),
             authority: authority.to_owned(),
+            tls,
         })
+    }
+
+    /// The host without IPv6 brackets: the TLS server name (a DNS name or
+    /// an IP address the certificate must carry).
+    pub fn server_name(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// `host:port` for address resolution (IPv6 hosts keep their brackets).
@@ -99,6 +108,19 @@ mod tests {
     }
 
     #[test]
+    fn https_defaults_to_443_and_names_its_server() {
+        let u = UpstreamUrl::parse("https://tools.internal/mcp")
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(u.tls);
+        assert_eq!((u.port, u.server_name()), (443, "tools.internal"));
+        let v6 =
+            UpstreamUrl::parse("https://[::1]:8443/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!((v6.port, v6.server_name()), (8443, "::1"));
+        let plain = UpstreamUrl::parse("http://x/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(!plain.tls);
+    }
+
+    #[test]
     fn ipv6_host() {
         let u = UpstreamUrl::parse("http://[::1]:9000/mcp").unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(u.dial_target(), "[::1]:9000");
@@ -107,8 +129,8 @@ mod tests {
     #[test]
     fn refused_forms() {
         for bad in [
-            "https://x/mcp",
             "ftp://x",
+            "https://u:p@x/mcp",
             "http://u:p@x/mcp",
             "http://x:0/",
             "http://x:99999/",

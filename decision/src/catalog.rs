@@ -58,6 +58,11 @@ pub struct ToolDef {
     pub json: String,
     /// Arguments mirrored into headers.
     pub header_params: Vec<HeaderParam>,
+    /// SHA-256 (hex) of `json`: what tool pins compare.
+    pub sha256: String,
+    /// Held back by tool pinning (changed since approved, or new and not
+    /// yet approved): hidden from `tools/list`, refused on call.
+    pub quarantined: bool,
 }
 
 /// The tools of one upstream.
@@ -71,6 +76,16 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// This catalog with each exposed tool's quarantine decided by `hold`
+    /// (given the tool's exposed name and digest).
+    pub fn with_quarantine(&self, hold: impl Fn(&str, &str) -> bool) -> Self {
+        let mut c = self.clone();
+        for t in &mut c.tools {
+            t.quarantined = t.exposed.as_deref().is_some_and(|e| hold(e, &t.sha256));
+        }
+        c
+    }
+
     /// Builds the catalog of upstream `idx` from the `result` objects of its
     /// `tools/list` pages.
     pub fn from_pages(
@@ -105,8 +120,10 @@ impl Catalog {
                 cat.tools.push(ToolDef {
                     name: name.to_owned(),
                     exposed,
+                    sha256: crate::pins::definition_hash(&json),
                     json,
                     header_params,
+                    quarantined: false,
                 });
             }
         }

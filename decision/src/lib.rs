@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod filter;
+pub mod pins;
 pub mod policy;
 pub mod published;
 pub mod snapshot;

@@ -11,7 +11,7 @@ use toolgate_core::upstream_url::UpstreamUrl;
 use crate::catalog::{Catalog, ToolDef};
 use crate::filter::OutputFilter;
 use crate::policy::{Engine, PairDecision, PolicyBundle, Verdict};
-use toolgate_core::output::glob_match;
+use toolgate_core::output::{glob_match, OutputRule};
 
 /// An upstream as shards need it.
 #[derive(Debug, Clone)]
@@ -44,6 +44,15 @@ pub struct Route {
     pub decision: PairDecision,
     /// The output rules applying to this agent's calls of this tool, if any.
     pub filter: Option<Arc<OutputFilter>>,
+    /// The rules applying to the arguments this agent sends this tool
+    /// (`applies_to = ["arguments"]`), if any.
+    pub args_filter: Option<Arc<OutputFilter>>,
+    /// The tool's definition as this agent's `tools/list` shows it
+    /// (`applies_to = ["descriptions"]` rules applied); `None` while the
+    /// upstream's catalog is unknown.
+    pub listed: Option<Arc<str>>,
+    /// The definition is held back by tool pinning: calls are refused.
+    pub quarantined: bool,
 }
 
 /// An agent and its permission map.
@@ -66,6 +75,8 @@ pub struct Snapshot {
     /// Agents in configuration order.
     pub agents: Vec<Agent>,
     by_key: HashMap<KeyHash, usize>,
+    /// Client certificate name (SAN or CN) → agent index.
+    by_cert_name: HashMap<Box<str>, usize>,
     by_id: HashMap<Arc<str>, usize>,
     /// Verifier of bearer JWTs, when `[auth.jwt]` is configured: its keys
     /// are parsed once here, so a request verifies without I/O or locks.
@@ -76,6 +87,37 @@ pub struct Snapshot {
     pub catalogs: Vec<Option<Arc<Catalog>>>,
     /// The policy engine, when policy files are configured.
     pub engine: Option<Arc<Engine>>,
+    /// Verifier of sub-tokens (key and revoked ids), when
+    /// `[auth.subtokens]` is configured; a revocation publishes a new
+    /// snapshot, so every shard refuses the token from its next request.
+    pub subtokens: Option<Arc<toolgate_core::subtoken::Verifier>>,
+}
+
+/// A tool definition (JSON) with description rules applied: detectors and
+/// patterns mask matches in every string (descriptions, titles, schema
+/// texts), field paths act on the definition object. The tool's `name` is
+/// kept as it was: agents call tools by it. A definition that does not
+/// parse is shown as `{}` rather than unfiltered.
+fn filtered_definition(filter: &OutputFilter, json: &str) -> String {
+    let mut parser = toolgate_core::jsonrpc::JsonParser::new();
+    let mut inner = toolgate_core::jsonrpc::JsonParser::new();
+    let Ok(tape) = parser.parse(json.as_bytes()) else {
+        return "{}".to_owned();
+    };
+    let mut out = Vec::with_capacity(json.len());
+    let mut walker = filter.walker(&mut inner);
+    walker.write_arguments(tape.as_value(), &mut out);
+    drop(walker);
+    let (Ok(mut filtered), Ok(original)) = (
+        serde_json::from_slice::<serde_json::Value>(&out),
+        serde_json::from_str::<serde_json::Value>(json),
+    ) else {
+        return "{}".to_owned();
+    };
+    if let (Some(obj), Some(name)) = (filtered.as_object_mut(), original.get("name")) {
+        obj.insert("name".to_owned(), name.clone());
+    }
+    filtered.to_string()
 }
 
 /// With no policy files, the permission map alone decides.
@@ -106,12 +148,13 @@ impl Snapshot {
             .map(|i| catalogs.get(i).cloned().flatten())
             .collect();
         // Agents sharing the same set of rules on a tool share one filter.
-        let mut filters: HashMap<Vec<usize>, Arc<OutputFilter>> = HashMap::new();
+        let mut filters: HashMap<(u8, Vec<usize>), Arc<OutputFilter>> = HashMap::new();
         let rules = &cfg.output_rules;
         let max_result_bytes = cfg.config.output.max_result_bytes;
         let mut agents = Vec::with_capacity(cfg.config.agents.len());
         let mut by_key = HashMap::with_capacity(cfg.config.agents.len());
         let mut by_id = HashMap::with_capacity(cfg.config.agents.len());
+        let mut by_cert_name = HashMap::new();
         for a in &cfg.config.agents {
             let mut tools = HashMap::new();
             let mut list = String::from("[");
@@ -120,32 +163,51 @@ impl Snapshot {
                 let Some((upstream, tool)) = cfg.namer.route(exposed) else {
                     continue;
                 };
-                if let Some(def) = catalogs[upstream].as_ref().and_then(|c| c.get(tool)) {
-                    if def.exposed.as_deref() != Some(exposed) {
-                        continue;
-                    }
-                    if !tools.contains_key(exposed) {
-                        if list.len() > 1 {
-                            list.push(',');
-                        }
-                        list.push_str(&def.json);
-                    }
+                let def = catalogs[upstream].as_ref().and_then(|c| c.get(tool));
+                if def.is_some_and(|d| d.exposed.as_deref() != Some(exposed)) {
+                    continue;
                 }
-                let applying: Vec<usize> = rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        (r.agents.is_empty() || r.agents.iter().any(|x| x == a.id.get_ref()))
-                            && r.tools.iter().any(|g| glob_match(g, exposed))
+                let applying = |part: fn(&OutputRule) -> bool| -> Vec<usize> {
+                    rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| {
+                            part(r)
+                                && (r.agents.is_empty()
+                                    || r.agents.iter().any(|x| x == a.id.get_ref()))
+                                && r.tools.iter().any(|g| glob_match(g, exposed))
+                        })
+                        .map(|(i, _)| i)
+                        .collect()
+                };
+                let mut compiled = |picked: Vec<usize>, key: u8| {
+                    (!picked.is_empty()).then(|| {
+                        let rules_of = |p: &[usize]| -> Vec<&OutputRule> {
+                            p.iter().map(|&i| &rules[i]).collect()
+                        };
+                        Arc::clone(filters.entry((key, picked.clone())).or_insert_with(|| {
+                            Arc::new(OutputFilter::compile(&rules_of(&picked), max_result_bytes))
+                        }))
                     })
-                    .map(|(i, _)| i)
-                    .collect();
-                let filter = (!applying.is_empty()).then(|| {
-                    Arc::clone(filters.entry(applying.clone()).or_insert_with(|| {
-                        let picked: Vec<_> = applying.iter().map(|&i| &rules[i]).collect();
-                        Arc::new(OutputFilter::compile(&picked, max_result_bytes))
-                    }))
-                });
+                };
+                let filter = compiled(applying(|r| r.results), 0);
+                let args_filter = compiled(applying(|r| r.arguments), 1);
+                // The definition as this agent sees it in `tools/list`,
+                // with description rules applied once, here.
+                let quarantined = def.is_some_and(|d| d.quarantined);
+                let listed: Option<Arc<str>> =
+                    def.filter(|d| !d.quarantined).map(|d| {
+                        match compiled(applying(|r| r.descriptions), 2) {
+                            Some(f) => Arc::from(filtered_definition(&f, &d.json)),
+                            None => Arc::from(d.json.as_str()),
+                        }
+                    });
+                if let Some(l) = listed.as_deref().filter(|_| !tools.contains_key(exposed)) {
+                    if list.len() > 1 {
+                        list.push(',');
+                    }
+                    list.push_str(l);
+                }
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -154,12 +216,22 @@ impl Snapshot {
                         exposed: Arc::from(exposed),
                         decision: allow_all(),
                         filter,
+                        args_filter,
+                        listed,
+                        quarantined,
                     },
                 );
             }
             list.push(']');
-            if let Some(h) = parse_key_hash(a.api_key_sha256.get_ref()) {
+            if let Some(h) = a
+                .api_key_sha256
+                .as_ref()
+                .and_then(|k| parse_key_hash(k.get_ref()))
+            {
                 by_key.insert(h, agents.len());
+            }
+            for n in &a.client_cert_names {
+                by_cert_name.insert(Box::from(n.get_ref().as_str()), agents.len());
             }
             let id: Arc<str> = Arc::from(a.id.get_ref().as_str());
             by_id.insert(Arc::clone(&id), agents.len());
@@ -174,11 +246,19 @@ impl Snapshot {
             agents,
             by_key,
             by_id,
+            by_cert_name,
             jwt: cfg.jwt.clone(),
             upstreams,
             catalogs,
             engine: None,
+            subtokens: None,
         }
+    }
+
+    /// Adds the sub-token verifier.
+    pub fn with_subtokens(mut self, v: Option<Arc<toolgate_core::subtoken::Verifier>>) -> Self {
+        self.subtokens = v;
+        self
     }
 
     /// Compiles `bundle` into the snapshot: builds the entity store and
@@ -261,7 +341,15 @@ impl Snapshot {
         self.by_key.get(hash).map(|&i| &self.agents[i])
     }
 
-    /// The agent with this configured id.
+    /// The agent one of these client certificate names (SANs, CN) identifies.
+    pub fn agent_by_cert<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Option<&Agent> {
+        names
+            .into_iter()
+            .find_map(|n| self.by_cert_name.get(n))
+            .map(|&i| &self.agents[i])
+    }
+
+    /// The agent with id `id`.
     pub fn agent_by_id(&self, id: &str) -> Option<&Agent> {
         self.by_id.get(id).map(|&i| &self.agents[i])
     }

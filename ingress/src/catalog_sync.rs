@@ -4,7 +4,8 @@
 //! `tools/list` is fetched at start-up; a failed fetch is retried with
 //! backoff (the upstream's tools stay absent from `tools/list` until then,
 //! while calls to attached tools still route); a fetched catalog is
-//! refreshed periodically. Every change publishes a new snapshot.
+//! refreshed every `catalog_refresh_s`. Every fetch publishes a new snapshot,
+//! with changed definitions quarantined when `[tool_pins]` is on.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use toolgate_decision::Catalog;
 use crate::call::Gateway;
 use crate::shared::Shared;
 
-/// How often a fetched catalog is refreshed.
+/// How often a fetched catalog is refreshed, unless the upstream says.
 const REFRESH: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failed fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -39,6 +40,13 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, idx: usize) {
         return;
     };
     let mut backoff = Duration::from_millis(500);
+    let refresh = shared
+        .config
+        .config
+        .upstreams
+        .get(idx)
+        .map(|u| Duration::from_secs(u.catalog_refresh_s))
+        .unwrap_or(REFRESH);
     loop {
         let fetched = upstream.list_tools().await;
         let wait = match fetched {
@@ -57,7 +65,7 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, idx: usize) {
                     );
                     shared.set_catalog(idx, Some(cat));
                     backoff = Duration::from_millis(500);
-                    REFRESH
+                    refresh
                 }
                 Err(e) => {
                     tracing::warn!(upstream = upstream.name(), error = %e, "unreadable tool catalog");

@@ -122,6 +122,10 @@ pub fn load(cfg: &ValidConfig) -> Result<Credentials, CredentialError> {
             let Some(c) = &u.credential else {
                 return Ok(None);
             };
+            if c.oauth.is_some() {
+                // No token yet: the grant's task publishes one (crate::oauth).
+                return Ok(Some(Published::new(Secret::new(Vec::new()))));
+            }
             let file = cfg.credential_files.get(i).and_then(Option::as_deref);
             let secret = read(u.name.get_ref(), c, file)?;
             Ok(Some(Published::new(secret)))

@@ -1,8 +1,8 @@
 //! toolgate-ingress: the request path, from the agent's socket to the tool
 //! and back, and the `toolgate` binary around it.
 //!
-//! Shards ([`shard`]) accept connections and run the HTTP/1.1 server loop
-//! ([`http::server`]); each request on `/mcp` goes through the call driver
+//! Shards ([`shard`]) accept connections (TLS and mTLS through [`tls`]) and
+//! run the HTTP/1.1 server loop ([`http::server`]); each request on `/mcp` goes through the call driver
 //! ([`call`]): identity, the JSON-RPC view, the era's envelope, the
 //! permission map, forwarding through this shard's upstream client
 //! ([`mcp::upstream`]), and the audit record into the shard's ring. Tool
@@ -16,8 +16,12 @@ pub mod catalog_sync;
 pub mod credential;
 pub mod demo;
 pub mod http;
+pub mod jwks_sync;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod session;
 pub mod shard;
 pub mod shared;
+pub mod subtokens;
+pub mod tls;

@@ -66,6 +66,77 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sub-tokens (`[auth.subtokens]`): mint, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Tool definition pins (`[tool_pins]`): list, approve.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Fetch every upstream's tools now and show each one's pin state.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
+    /// Approve tools' current definitions (fetched now): pins their digests;
+    /// a running gateway serves them again within a second.
+    Approve {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Exposed tool names to approve.
+        #[arg(value_name = "TOOL", required_unless_present = "all")]
+        tools: Vec<String>,
+        /// Approve every tool that is new or changed.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for one agent, optionally narrowed to a user and tools;
+    /// prints the token on stdout and its id on stderr.
+    Mint {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// The agent the token acts as.
+        #[arg(long)]
+        agent: String,
+        /// Narrow the token to this end user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Narrow the token to this tool (repeatable; each must be attached to the agent).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
+        /// Lifetime: `90s`, `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// List minted tokens (claims only) with their state.
+    List {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a token by its id (or the token itself); a running gateway
+    /// refuses it within a second, on every shard.
+    Revoke {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Token id, or the token.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +238,8 @@ fn main() -> ExitCode {
             command: PolicyCommand::Test { config, cases },
         } => policy_test(&config, &cases),
         Command::Audit { command } => audit_cmd::run(command),
+        Command::Token { command } => token_cmd(command),
+        Command::Tools { command } => tools_cmd(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,10 +257,192 @@ fn load(path: &Path) -> anyhow::Result<ValidConfig> {
     }
 }
 
+fn tools_cmd(command: ToolsCommand) -> anyhow::Result<()> {
+    use toolgate_decision::pins::{PinStatus, Pins};
+    let (config, approve) = match &command {
+        ToolsCommand::List { config } => (config.clone(), None),
+        ToolsCommand::Approve { config, tools, all } => {
+            (config.clone(), Some((tools.clone(), *all)))
+        }
+    };
+    let cfg = load(&config)?;
+    let Some(path) = cfg.pins_file.clone() else {
+        bail!(
+            "{}: no `[tool_pins]` section: tool pinning is off",
+            config.display()
+        );
+    };
+    let mut pins = Pins::load(&path)?;
+    let catalogs = fetch_catalogs(&cfg);
+    let listed: Vec<(String, String)> = catalogs
+        .iter()
+        .flatten()
+        .flat_map(|c| c.tools.iter())
+        .filter_map(|t| Some((t.exposed.clone()?, t.sha256.clone())))
+        .collect();
+    let state = |s: PinStatus| match s {
+        PinStatus::Pinned => "pinned",
+        PinStatus::Changed => "CHANGED",
+        PinStatus::New => "new",
+    };
+    match approve {
+        None => {
+            for (name, digest) in &listed {
+                println!(
+                    "{:8} {name}  {}",
+                    state(pins.status(name, digest)),
+                    &digest[..16]
+                );
+            }
+        }
+        Some((names, all)) => {
+            let mut approved = 0;
+            for name in &names {
+                if !listed.iter().any(|(n, _)| n == name) {
+                    bail!("no upstream lists a tool `{name}` now (see `toolgate tools list`)");
+                }
+            }
+            for (name, digest) in &listed {
+                let status = pins.status(name, digest);
+                if status != PinStatus::Pinned && (all || names.contains(name)) {
+                    println!("approved {name} ({} → {})", state(status), &digest[..16]);
+                    pins.pin(name, digest);
+                    approved += 1;
+                }
+            }
+            pins.save(&path)?;
+            println!(
+                "{approved} tool(s) approved; {} pinned in {}",
+                pins.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn token_cmd(command: TokenCommand) -> anyhow::Result<()> {
+    use toolgate_core::subtoken::Claims;
+    use toolgate_ingress::subtokens;
+    let config = match &command {
+        TokenCommand::Mint { config, .. }
+        | TokenCommand::List { config }
+        | TokenCommand::Revoke { config, .. } => config.clone(),
+    };
+    let config = &config;
+    let cfg = load(config)?;
+    let (Some(dir), Some(st)) = (&cfg.subtoken_dir, &cfg.config.auth.subtokens) else {
+        bail!(
+            "{}: no `[auth.subtokens]` section: sub-tokens are off",
+            config.display()
+        );
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match command {
+        TokenCommand::Mint {
+            agent,
+            user,
+            tools,
+            ttl,
+            ..
+        } => {
+            let Some(a) = cfg.config.agents.iter().find(|a| *a.id.get_ref() == agent) else {
+                bail!("no agent `{agent}` in {}", config.display());
+            };
+            let ttl_s = toolgate_sinks::query::parse_duration_s(&ttl)
+                .filter(|s| *s > 0)
+                .with_context(|| {
+                    format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d")
+                })?;
+            if ttl_s > st.max_ttl_s {
+                bail!(
+                    "`--ttl {ttl}` is longer than `max_ttl_s` ({} s)",
+                    st.max_ttl_s
+                );
+            }
+            let mut narrowed: Vec<String> = Vec::new();
+            for t in tools {
+                if !a.tools.iter().any(|x| *x.get_ref() == t) {
+                    bail!("tool `{t}` is not attached to agent `{agent}`: a sub-token cannot widen its agent");
+                }
+                if !narrowed.contains(&t) {
+                    narrowed.push(t);
+                }
+            }
+            if let Some(u) = &user {
+                if u.is_empty() || u.len() > 256 || !u.bytes().all(|b| b.is_ascii_graphic()) {
+                    bail!("`--user` must be a user id (printable, no spaces)");
+                }
+            }
+            let claims = Claims {
+                jti: hex::encode(&random32()?[..16]),
+                agent,
+                user,
+                tools: (!narrowed.is_empty()).then_some(narrowed),
+                iat: now,
+                exp: now + ttl_s,
+            };
+            let token = subtokens::mint(dir, &claims)?;
+            println!("{token}");
+            eprintln!("id: {} (expires in {ttl_s} s)", claims.jti);
+        }
+        TokenCommand::List { .. } => {
+            let revoked = subtokens::revoked(dir)?;
+            for c in subtokens::minted(dir)? {
+                let state = if revoked.contains(&c.jti) {
+                    "revoked"
+                } else if c.exp <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}  {:8} agent={} user={} tools={} expires_in={}s",
+                    c.jti,
+                    state,
+                    c.agent,
+                    c.user.as_deref().unwrap_or("-"),
+                    c.tools.map(|t| t.join(",")).unwrap_or_else(|| "*".into()),
+                    c.exp.saturating_sub(now)
+                );
+            }
+        }
+        TokenCommand::Revoke { token, .. } => {
+            // Accept the token itself: its id is read from the verified payload.
+            let jti = if toolgate_core::subtoken::looks_like_subtoken(token.as_bytes()) {
+                let v = subtokens::verifier(dir)?;
+                match v.verify(token.as_bytes(), 0) {
+                    Ok(c) => c.jti,
+                    Err(toolgate_core::jwt::TokenError::Revoked) => {
+                        bail!("this token is already revoked")
+                    }
+                    Err(e) => bail!("not a token minted here: {}", e.reason()),
+                }
+            } else {
+                token
+            };
+            if jti.is_empty() || !jti.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("`{jti}` is not a token id");
+            }
+            if !subtokens::minted(dir)?.iter().any(|c| c.jti == jti) {
+                bail!("no minted token has id `{jti}` (see `toolgate token list`)");
+            }
+            subtokens::revoke(dir, &jti, now)?;
+            println!("revoked {jti}");
+        }
+    }
+    Ok(())
+}
+
 fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = load(path)?;
     load_policies(&cfg)?;
-    toolgate_ingress::credential::load(&cfg)?;
+    let creds = toolgate_ingress::credential::load(&cfg)?;
+    toolgate_ingress::oauth::clients(&cfg, &creds)?;
+    load_tls(&cfg)?;
     // Sink tokens and TLS files are read as at start (nothing is sent).
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         build_sink(s, t)?;
@@ -200,6 +455,11 @@ fn check(path: &Path) -> anyhow::Result<()> {
         cfg.listen
     );
     Ok(())
+}
+
+/// Every certificate, key and CA bundle the configuration names.
+fn load_tls(cfg: &ValidConfig) -> anyhow::Result<toolgate_ingress::tls::TlsSetup> {
+    toolgate_ingress::tls::TlsSetup::load(cfg).map_err(|e| anyhow::anyhow!("TLS: {e}"))
 }
 
 fn load_policies(cfg: &ValidConfig) -> anyhow::Result<PolicyBundle> {
@@ -231,6 +491,12 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         })
         .collect();
     let namer = cfg.namer.clone();
+    let tls = toolgate_ingress::tls::TlsSetup::load(cfg)
+        .map(|t| t.upstreams)
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {e}");
+            Vec::new()
+        });
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
@@ -238,7 +504,8 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
             for (idx, (info, cred)) in infos.into_iter().zip(creds).enumerate() {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
-                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred);
+                let tls = tls.get(idx).cloned().flatten();
+                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred, tls);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {
@@ -405,7 +672,27 @@ fn run(
     let watch = cfg.config.policies.watch;
     let credentials = toolgate_ingress::credential::load(&cfg)?;
     toolgate_ingress::credential::watch(&cfg, &credentials);
-    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, credentials);
+    let tls = load_tls(&cfg)?;
+    let subtokens = cfg
+        .subtoken_dir
+        .as_deref()
+        .map(toolgate_ingress::subtokens::verifier)
+        .transpose()
+        .context("[auth.subtokens]")?;
+    let oauth = toolgate_ingress::oauth::clients(&cfg, &credentials)?;
+    let pins = cfg
+        .pins_file
+        .as_deref()
+        .map(toolgate_decision::pins::Pins::load)
+        .transpose()?;
+    let loaded = toolgate_ingress::shared::Loaded {
+        credentials,
+        tls,
+        subtokens,
+        oauth,
+        pins,
+    };
+    let shared: Arc<Shared> = Shared::new(cfg, policies, random32()?, loaded);
     shared.metrics.set_audit(audit.stats(), Arc::clone(&health));
     shared.metrics.set_sinks(
         sinks
@@ -418,6 +705,7 @@ fn run(
     if let Some(b) = banner {
         b(running.addr);
     }
+    watch_control_files(Arc::clone(&shared));
     if watch {
         watch_files(Arc::clone(&shared));
     }
@@ -458,6 +746,57 @@ fn reload(shared: &Shared, why: &str) {
             trigger = why,
             "reload refused, the running snapshot stays:\n{e}"
         ),
+    }
+}
+
+/// Control files whose change is published at once, polled every 200 ms
+/// (size, mtime and inode: one `stat` each), always on, independent of
+/// `[policies] watch` and of configuration edits: the sub-token revocation
+/// list and the tool pins file. A revocation or an approval must not wait on
+/// (or be blocked by) an unrelated edit.
+fn watch_control_files(shared: Arc<Shared>) {
+    type Publish = fn(&Shared) -> Result<u64, String>;
+    let mut files: Vec<(PathBuf, Publish, &'static str)> = Vec::new();
+    if let Some(f) = shared.revocation_file() {
+        files.push((f, Shared::reload_revocations, "sub-token revocations"));
+    }
+    if let Some(f) = shared.config.pins_file.clone() {
+        files.push((f, Shared::reload_pins, "tool pins"));
+    }
+    if files.is_empty() {
+        return;
+    }
+    let stamp = |f: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(f)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok(), m.ino()))
+    };
+    let spawned = std::thread::Builder::new()
+        .name("toolgate-control".into())
+        .spawn(move || {
+            let mut last: Vec<_> = files.iter().map(|(f, _, _)| stamp(f)).collect();
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                for (i, (file, publish, what)) in files.iter().enumerate() {
+                    let now = stamp(file);
+                    if now == last[i] {
+                        continue;
+                    }
+                    match publish(&shared) {
+                        Ok(generation) => {
+                            last[i] = now;
+                            tracing::info!(generation, "{what} published");
+                        }
+                        Err(e) => {
+                            tracing::error!("cannot read the {what} (the previous ones stay): {e}")
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch control files; reload with SIGHUP");
     }
 }
 

@@ -38,6 +38,9 @@ pub struct ShardCounters {
     pub cache_misses: AtomicU64,
     /// Open agent connections.
     pub connections: AtomicU64,
+    /// TLS handshakes that failed or timed out (including plain HTTP sent
+    /// to the TLS listener).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Everything `/metrics` reports.
@@ -139,6 +142,13 @@ impl Metrics {
             "gauge",
             "Open agent connections.",
             &|s| s.connections.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes on the agent listener that failed or timed out.",
+            &|s| s.tls_handshake_failures.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP toolgate_snapshot_generation Generation of the published decision snapshot.\n# TYPE toolgate_snapshot_generation gauge\ntoolgate_snapshot_generation {generation}");
         let mut head = 0;

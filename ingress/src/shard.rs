@@ -11,14 +11,18 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
+use futures_rustls::server::TlsStream;
+use futures_rustls::TlsAcceptor;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 
 use crate::call::Gateway;
 use crate::catalog_sync;
-use crate::http::server::serve;
+use crate::http::conn::{Conn, ConnInfo};
+use crate::http::server::{serve, ConnConfig};
 use crate::shared::Shared;
+use crate::tls::{cert_names, PeerNames};
 
 /// Errors starting shards.
 #[derive(Debug, thiserror::Error)]
@@ -116,12 +120,16 @@ async fn run(
     ));
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
+        glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();
+        let grants = std::mem::take(&mut *shared.oauth.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::oauth::spawn_all(grants, Arc::clone(&shared.oauth_pending));
         if let Some(addr) = shared.config.metrics_listen {
             serve_metrics(addr, Arc::clone(&shared));
         }
     }
     tracing::info!(shard = i, %local, "shard listening");
     let open = Rc::new(std::cell::Cell::new(0usize));
+    let mut tls = shared.tls.as_ref().map(|t| t.reader());
     let max = shared.config.config.server.max_connections_per_shard;
     loop {
         let stream = match listener.accept().await {
@@ -144,8 +152,36 @@ async fn run(
                 .store(open.get() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let (gateway, open, cfg) = (Rc::clone(&gateway), Rc::clone(&open), shared.conn);
+        let acceptor = tls.as_mut().map(|t| TlsAcceptor::clone(&t.current()));
         glommio::spawn_local(async move {
-            serve(stream, cfg, &*gateway).await;
+            let _ = stream.set_nodelay(true);
+            let peer = stream.peer_addr().ok();
+            match acceptor {
+                None => {
+                    let info = ConnInfo {
+                        peer,
+                        ..ConnInfo::default()
+                    };
+                    serve(stream, info, cfg, &*gateway).await;
+                }
+                Some(acceptor) => match handshake(stream, &acceptor, cfg).await {
+                    Ok((stream, client_names)) => {
+                        let info = ConnInfo {
+                            peer,
+                            secure: true,
+                            client_names,
+                        };
+                        serve(stream, info, cfg, &*gateway).await;
+                    }
+                    Err(why) => {
+                        if let Some(c) = counters.shards.get(i) {
+                            c.tls_handshake_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        tracing::debug!(shard = i, peer = ?peer, %why, "TLS handshake failed");
+                    }
+                },
+            }
             open.set(open.get() - 1);
             if let Some(c) = counters.shards.get(i) {
                 c.connections
@@ -154,6 +190,59 @@ async fn run(
         })
         .detach();
     }
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Body of the answer to plain HTTP sent to the TLS listener, as nginx and
+/// others do, so an operator sees the mistake instead of a reset connection.
+const PLAIN_HTTP_ON_TLS: &str =
+    "{\"error\":\"plain HTTP sent to toolgate's TLS listener: use https:// for this address\"}\n";
+
+/// Runs the TLS handshake within the head timeout (a client that opens a
+/// connection and stalls mid-handshake is cut off like a slow head).
+async fn handshake(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    cfg: ConnConfig,
+) -> Result<(TlsStream<TcpStream>, Option<PeerNames>), String> {
+    let limit = cfg.header_timeout;
+    let peeked = glommio::timer::timeout(limit, async {
+        let mut first = [0u8; 1];
+        Ok(stream.peek(&mut first).await.map(|n| (n, first[0])))
+    })
+    .await
+    .map_err(|_| "no handshake within the head timeout".to_owned())?;
+    match peeked {
+        Ok((1, TLS_HANDSHAKE_RECORD)) => {}
+        Ok((1, b)) if b.is_ascii_alphabetic() => {
+            let mut stream = stream;
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ON_TLS}",
+                PLAIN_HTTP_ON_TLS.len()
+            );
+            let _ = stream.write_all_within(answer.as_bytes(), limit).await;
+            return Err("plain HTTP on the TLS listener".into());
+        }
+        Ok(_) => return Err("not a TLS handshake".into()),
+        Err(e) => return Err(e.to_string()),
+    }
+    let accepted = glommio::timer::timeout(limit, async {
+        acceptor
+            .accept(stream)
+            .await
+            .map_err(glommio::GlommioError::from)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let names = accepted
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|leaf| cert_names(leaf.as_ref()));
+    Ok((accepted, names))
 }
 
 /// Serves `GET /metrics` on its own listener, from shard 0.
@@ -179,7 +268,11 @@ fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) {
                 continue;
             };
             let handler = Rc::clone(&handler);
-            glommio::spawn_local(async move { serve(stream, cfg, &*handler).await }).detach();
+            let info = ConnInfo {
+                peer: stream.peer_addr().ok(),
+                ..ConnInfo::default()
+            };
+            glommio::spawn_local(async move { serve(stream, info, cfg, &*handler).await }).detach();
         }
     })
     .detach();

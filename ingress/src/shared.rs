@@ -6,7 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_rustls::TlsAcceptor;
+use toolgate_core::config::PinAction;
 use toolgate_core::config::ValidConfig;
+use toolgate_core::subtoken::Verifier;
+use toolgate_decision::pins::{PinStatus, Pins};
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Published, Snapshot};
 
@@ -45,6 +49,29 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Upstream credentials, index-aligned with `config.upstreams`.
     pub credentials: crate::credential::Credentials,
+    /// The listener's TLS configuration, when `[server.tls]` is set; its
+    /// certificate, key and client CA are re-read on reload.
+    pub tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// TLS toward each `https://` upstream, index-aligned with `config.upstreams`.
+    pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
+    /// TLS toward an `https://` judge.
+    pub judge_tls: Option<crate::tls::ClientTls>,
+    /// The sub-token verifier (key and revocations) that snapshots carry.
+    subtokens: Mutex<Option<Arc<Verifier>>>,
+    /// The JWKS last fetched from `auth.jwt.jwks_url`.
+    jwks: Mutex<Option<String>>,
+    /// A token named an unknown `kid`: fetch the JWKS again (rate-limited).
+    pub jwks_wanted: AtomicBool,
+    /// Whether a JWKS fetch has completed (either way), for readiness.
+    pub jwks_attempted: AtomicBool,
+    /// TLS toward an `https://` JWKS URL.
+    pub jwks_tls: Option<crate::tls::ClientTls>,
+    /// OAuth client-credentials grants, taken by shard 0 to run.
+    pub oauth: Mutex<Vec<crate::oauth::OAuthClient>>,
+    /// Grants not yet tried once (readiness).
+    pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Approved tool definition digests, when `[tool_pins]` is configured.
+    pins: Mutex<Option<Pins>>,
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -60,18 +87,42 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
         .unwrap_or(cores)
 }
 
+/// What the configuration names beyond itself, read and checked at start:
+/// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
+pub struct Loaded {
+    /// Upstream credentials, index-aligned with `config.upstreams`.
+    pub credentials: crate::credential::Credentials,
+    /// Certificates, keys and CA bundles.
+    pub tls: crate::tls::TlsSetup,
+    /// The sub-token verifier, with `[auth.subtokens]`.
+    pub subtokens: Option<Arc<Verifier>>,
+    /// OAuth client-credentials grants for upstream credentials.
+    pub oauth: Vec<crate::oauth::OAuthClient>,
+    /// Approved tool definition digests, with `[tool_pins]`.
+    pub pins: Option<Pins>,
+}
+
 impl Shared {
     /// Shared state for `config`, with session ids keyed by `session_key`.
     pub fn new(
         config: ValidConfig,
         policies: PolicyBundle,
         session_key: [u8; 32],
-        credentials: crate::credential::Credentials,
+        loaded: Loaded,
     ) -> Arc<Self> {
+        let Loaded {
+            credentials,
+            tls,
+            subtokens,
+            oauth,
+            pins,
+        } = loaded;
         let n = config.config.upstreams.len();
         let policies = Arc::new(policies);
         let snapshot = Published::new(
-            Snapshot::build(&config, &vec![None; n]).with_policies(&config, Arc::clone(&policies)),
+            Snapshot::build(&config, &vec![None; n])
+                .with_policies(&config, Arc::clone(&policies))
+                .with_subtokens(subtokens.clone()),
         );
         let s = &config.config.server;
         let conn = ConnConfig {
@@ -95,6 +146,17 @@ impl Shared {
             audit_refusals: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::Metrics::new(shard_count(&config))),
             credentials,
+            tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
+            upstream_tls: tls.upstreams,
+            judge_tls: tls.judge,
+            subtokens: Mutex::new(subtokens),
+            jwks: Mutex::new(None),
+            jwks_wanted: AtomicBool::new(false),
+            jwks_attempted: AtomicBool::new(false),
+            jwks_tls: tls.jwks,
+            oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
+            oauth: Mutex::new(oauth),
+            pins: Mutex::new(pins),
             config,
         })
     }
@@ -102,6 +164,39 @@ impl Shared {
     /// Whether every upstream's catalog fetch has completed at least once.
     pub fn ready(&self) -> bool {
         self.attempted.iter().all(|a| a.load(Ordering::Acquire))
+            && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
+            && self.oauth_pending.load(Ordering::Acquire) == 0
+    }
+
+    /// Asks the JWKS task for a fetch (a token named an unknown key).
+    pub fn want_jwks(&self) {
+        if self.config.jwks_url.is_some() {
+            self.jwks_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Installs a JWKS fetched from `auth.jwt.jwks_url` and publishes it;
+    /// returns whether it differed from the previous one. A JWKS that does
+    /// not parse is refused and the previous keys stay.
+    pub fn set_jwks(&self, text: String) -> Result<bool, String> {
+        let rules = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.jwt.as_ref().map(|v| v.rules().clone())
+        };
+        let Some(rules) = rules else {
+            return Err("`[auth.jwt]` is no longer configured".into());
+        };
+        toolgate_core::jwt::Verifier::from_jwks(&text, rules).map_err(|e| e.to_string())?;
+        {
+            let mut cur = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+            if cur.as_deref() == Some(text.as_str()) {
+                return Ok(false);
+            }
+            *cur = Some(text);
+        }
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(true)
     }
 
     /// Stores upstream `idx`'s catalog (or its failure) and publishes a new snapshot.
@@ -110,11 +205,82 @@ impl Shared {
         if changed {
             let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(c) = catalog {
+                self.check_pins(&c);
                 cats[idx] = Some(Arc::new(c));
             }
             self.publish(&cats);
         }
         self.attempted[idx].store(true, Ordering::Release);
+    }
+
+    /// Compares a fetched catalog with the pins: pins tools seen for the
+    /// first time (with `pin_new`), and reports changed definitions.
+    fn check_pins(&self, cat: &Catalog) {
+        let pin_new = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.config.tool_pins.as_ref().map(|t| t.pin_new)
+        };
+        let Some(pin_new) = pin_new else { return };
+        let path = self.config.pins_file.clone();
+        let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pins) = guard.as_mut() else { return };
+        let mut added = 0;
+        for t in &cat.tools {
+            let Some(name) = t.exposed.as_deref() else {
+                continue;
+            };
+            match pins.status(name, &t.sha256) {
+                PinStatus::Pinned => {}
+                PinStatus::New if pin_new => {
+                    pins.pin(name, &t.sha256);
+                    added += 1;
+                }
+                PinStatus::New => {
+                    tracing::warn!(tool = name, sha256 = %t.sha256, "new tool held back until approved (`toolgate tools approve`)");
+                }
+                PinStatus::Changed => {
+                    tracing::error!(tool = name, pinned = pins.get(name).unwrap_or(""), now = %t.sha256, "tool definition changed since it was approved; review it and run `toolgate tools approve`");
+                }
+            }
+        }
+        if added > 0 {
+            if let Some(path) = path {
+                match pins.save(&path) {
+                    Ok(()) => {
+                        tracing::info!(tools = added, file = %path.display(), "pinned tools seen for the first time")
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot save tool pins"),
+                }
+            }
+        }
+    }
+
+    /// The catalogs as the snapshot sees them: with `[tool_pins]`, changed
+    /// (and, without `pin_new`, new) definitions quarantined.
+    fn pinned(
+        &self,
+        cfg: &ValidConfig,
+        catalogs: &[Option<Arc<Catalog>>],
+    ) -> Vec<Option<Arc<Catalog>>> {
+        let guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(pins), Some(t)) = (guard.as_ref(), cfg.config.tool_pins.as_ref()) else {
+            return catalogs.to_vec();
+        };
+        let (pin_new, quarantine) = (t.pin_new, t.on_change == PinAction::Quarantine);
+        catalogs
+            .iter()
+            .map(|c| {
+                c.as_ref().map(|c| {
+                    Arc::new(
+                        c.with_quarantine(|name, digest| match pins.status(name, digest) {
+                            PinStatus::Pinned => false,
+                            PinStatus::Changed => quarantine,
+                            PinStatus::New => !pin_new,
+                        }),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Builds and publishes a snapshot from the current configuration,
@@ -124,7 +290,26 @@ impl Shared {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
             (cur.0.clone(), Arc::clone(&cur.1))
         };
-        let snap = Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::clone(&policies));
+        let subtokens = self
+            .subtokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let catalogs = &self.pinned(&cfg, catalogs);
+        let mut snap = Snapshot::build(&cfg, catalogs)
+            .with_policies(&cfg, Arc::clone(&policies))
+            .with_subtokens(subtokens);
+        // Keys fetched from `jwks_url` replace the empty key set the
+        // configuration starts with, under the configuration's current rules.
+        if cfg.jwks_url.is_some() {
+            let fetched = self.jwks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let (Some(text), Some(v)) = (fetched, &cfg.jwt) {
+                match toolgate_core::jwt::Verifier::from_jwks(&text, v.rules().clone()) {
+                    Ok(v) => snap.jwt = Some(Arc::new(v)),
+                    Err(e) => tracing::warn!(error = %e, "fetched JWKS no longer parses"),
+                }
+            }
+        }
         if !policies.is_empty() && catalogs.iter().all(Option::is_some) {
             for e in policies.validate(snap.cedar_schema()) {
                 tracing::warn!(error = %e, "policy does not validate against the tools' schema");
@@ -165,14 +350,83 @@ impl Shared {
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
+        let tls = match (&self.tls, &cfg.tls) {
+            (Some(_), Some(files)) => Some(
+                crate::tls::load_server_config(files).map_err(|e| format!("[server.tls]: {e}"))?,
+            ),
+            (None, None) => None,
+            _ => return Err("`[server.tls]` added or removed: restart toolgate to apply".into()),
+        };
+        let subtokens = cfg
+            .subtoken_dir
+            .as_deref()
+            .map(crate::subtokens::verifier)
+            .transpose()
+            .map_err(|e| format!("[auth.subtokens]: {e}"))?;
+        let pins = self
+            .config
+            .pins_file
+            .as_deref()
+            .map(Pins::load)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if let (Some(published), Some(tls)) = (&self.tls, tls) {
+            published.publish(TlsAcceptor::from(tls));
+        }
+        *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
+        if let Some(p) = pins {
+            *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+        }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (cfg, Arc::new(policies));
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         self.publish(&cats);
         Ok(self.snapshot.generation())
     }
 
+    /// Re-reads the sub-token revocation list alone and publishes it: a
+    /// revocation must not wait on (or be blocked by) a configuration edit.
+    /// Returns the new generation, or why the list could not be read (the
+    /// previous list stays in force).
+    pub fn reload_revocations(&self) -> Result<u64, String> {
+        let dir = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.0.subtoken_dir.clone()
+        };
+        let Some(dir) = dir else {
+            return Ok(self.snapshot.generation());
+        };
+        let verifier = crate::subtokens::verifier(&dir).map_err(|e| e.to_string())?;
+        *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(verifier);
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(self.snapshot.generation())
+    }
+
+    /// Re-reads the tool pins file alone and publishes the snapshot with
+    /// quarantines decided again (an approval takes effect at once).
+    pub fn reload_pins(&self) -> Result<u64, String> {
+        let Some(path) = self.config.pins_file.as_deref() else {
+            return Ok(self.snapshot.generation());
+        };
+        let pins = Pins::load(path).map_err(|e| e.to_string())?;
+        *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(pins);
+        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&cats);
+        Ok(self.snapshot.generation())
+    }
+
+    /// The sub-token revocation list, when sub-tokens are configured.
+    pub fn revocation_file(&self) -> Option<std::path::PathBuf> {
+        let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        cur.0
+            .subtoken_dir
+            .as_deref()
+            .map(crate::subtokens::revoked_path)
+    }
+
     /// Files whose change triggers a reload: the configuration, its
-    /// policies and the JWKS (so rotated IdP keys take effect).
+    /// policies, the JWKS (so rotated IdP keys take effect) and the
+    /// listener's TLS files (so renewed certificates do).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.0
@@ -181,6 +435,15 @@ impl Shared {
             .cloned()
             .chain(cur.0.policy_files.iter().cloned())
             .chain(cur.0.jwks_file.iter().cloned())
+            .chain(cur.0.tls.iter().flat_map(|t| {
+                [
+                    Some(t.cert.clone()),
+                    Some(t.key.clone()),
+                    t.client_ca.clone(),
+                ]
+                .into_iter()
+                .flatten()
+            }))
             .collect()
     }
 

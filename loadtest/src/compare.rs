@@ -1,8 +1,10 @@
 //! `compare`: the same workload side by side, in one run, against
 //! (a) the upstream directly, (b) toolgate with a typical configuration
-//! (permission map, a Cedar policy evaluated per call, audit log), and
-//! (d) nginx as a plain reverse proxy; plus toolgate with a reload under
-//! load, large results, and memory per idle connection.
+//! (permission map, a Cedar policy evaluated per call, audit log) — plain
+//! and over TLS — (c) toolgate with everything on (TLS, a JWT per call,
+//! output rules scanning every result, two syslog sinks), and (d) nginx as
+//! a plain reverse proxy; plus toolgate with a reload under load, large
+//! results, and memory per idle connection.
 //!
 //! CPU layout (2+ cores): the proxy under test (one toolgate shard, or one
 //! nginx worker) gets CPU 1; the generator and the upstream share CPU 0, the
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::generate::{run, Era, Kind, Report, Workload};
+use crate::secure;
 
 /// Options of a comparison.
 pub struct Options {
@@ -151,6 +154,7 @@ fn workload(
         duration: Duration::from_secs(seconds),
         rate: None,
         cpu: Some(0),
+        tls: None,
     }
 }
 
@@ -198,29 +202,49 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let policy = dir.join("policy.cedar");
     let policy_text = "@id(\"echo-if-text\")\npermit(principal, action, resource) when { context.args has text };\n";
     std::fs::write(&policy, policy_text)?;
-    let cfg = dir.join("toolgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{tg_port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
-             [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
-             [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
-             [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\"]\n\n\
-             [policies]\nfiles = [\"policy.cedar\"]\nwatch = false\n\n[audit]\ndir = \"audit\"\n\n[log]\nlevel = \"warn\"\n",
-            sha256_hex(KEY)?
-        ),
-    )?;
-    let mut tg = spawn(
-        "toolgate",
-        {
-            let mut c = pinned(1, &o.toolgate);
-            c.args(["run", "-c"]).arg(&cfg);
-            c
-        },
-        &dir.join("toolgate.log"),
-    )?;
-    wait_port(tg_port, &mut tg)?;
+    // (b) plain; (b) with TLS alone; (c) everything on: TLS, JWT, output
+    // rules scanning every result, two syslog sinks.
+    secure::make_certificates(&dir)?;
+    let signer = secure::Signer::new()?;
+    std::fs::write(dir.join("jwks.json"), signer.jwks())?;
+    let jwt = signer.token(&serde_json::json!({
+        "iss": "https://idp.loadtest", "aud": "https://toolgate.loadtest/mcp",
+        "sub": "alice", "azp": "load", "exp": 4_000_000_000u64,
+    }))?;
+    let (udp_port, tcp_port) = drains()?;
+    let (tls_port, all_port) = (free_port()?, free_port()?);
+    let gate = |name: &str, port: u16, extra: &str| -> anyhow::Result<Proc> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, toolgate_config(port, up_port, big_port, name, extra)?)?;
+        let mut p = spawn(
+            "toolgate",
+            {
+                let mut c = pinned(1, &o.toolgate);
+                c.args(["run", "-c"]).arg(&cfg);
+                c
+            },
+            &dir.join(format!("{name}.log")),
+        )?;
+        wait_port(port, &mut p)?;
+        Ok(p)
+    };
+    let tls_section = "[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n";
+    let tg = gate("toolgate", tg_port, "")?;
     wait_ready(tg_port)?;
+    let _tg_tls = gate("toolgate-tls", tls_port, tls_section)?;
+    let everything = format!(
+        "{tls_section}\n[auth.jwt]\nissuer = \"https://idp.loadtest\"\naudience = \"https://toolgate.loadtest/mcp\"\njwks_file = \"jwks.json\"\n\n\
+         [[audit.sinks]]\nname = \"udp\"\nkind = \"syslog\"\ntransport = \"udp\"\naddress = \"127.0.0.1:{udp_port}\"\n\n\
+         [[audit.sinks]]\nname = \"tcp\"\nkind = \"syslog\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{tcp_port}\"\n\n\
+         [[output_rules]]\nname = \"pii\"\ntools = [\"fast__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\"]\n"
+    );
+    let _tg_all = gate("toolgate-all", all_port, &everything)?;
+    let tls_client = secure::client_config(&dir.join("ca.pem"))?;
+    let secure_workload = |label: &str, port: u16, key: &str, secs: u64| {
+        let mut w = workload(label, port, Some(key), "fast__echo", &o, secs);
+        w.tls = Some(tls_client.clone());
+        w
+    };
 
     let nginx = which("nginx");
     let mut ngx = None;
@@ -254,6 +278,8 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let secs = o.seconds;
     println!("warming up…");
     let _ = run(workload("warmup", tg_port, Some(KEY), "fast__echo", &o, 1))?;
+    let _ = run(secure_workload("warmup", tls_port, KEY, 1))?;
+    let _ = run(secure_workload("warmup", all_port, &jwt, 1))?;
     reports.push(run(workload(
         "(a) direct",
         up_port,
@@ -268,6 +294,18 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         Some(KEY),
         "fast__echo",
         &o,
+        secs,
+    ))?);
+    reports.push(run(secure_workload(
+        "(b) toolgate TLS",
+        tls_port,
+        KEY,
+        secs,
+    ))?);
+    reports.push(run(secure_workload(
+        "(c) everything on",
+        all_port,
+        &jwt,
         secs,
     ))?);
     if ngx.is_some() {
@@ -386,6 +424,20 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     if let (Some(t), Some(n)) = (rps("(b) toolgate"), rps("(d) nginx")) {
         println!("toolgate / nginx req/s:  {:.2}", t / n);
     }
+    if let (Some(t), Some(p)) = (rps("(b) toolgate TLS"), rps("(b) toolgate")) {
+        println!("toolgate TLS / plain req/s: {:.2}", t / p);
+    }
+    if let (Some(c), Some(b), Some(n)) = (
+        rps("(c) everything on"),
+        rps("(b) toolgate"),
+        rps("(d) nginx"),
+    ) {
+        println!(
+            "everything on / typical: {:.2}; everything on / nginx: {:.2}",
+            c / b,
+            c / n
+        );
+    }
     if let (Some(t), Some(d)) = (p50("(b) toolgate"), p50("(a) direct")) {
         println!(
             "toolgate p50 added over direct: {} µs (closed loop, {} connections)",
@@ -448,6 +500,47 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     drop(up);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A toolgate configuration for the comparison: one shard, both fast
+/// upstreams, the load agent, a Cedar policy evaluated per call, the audit
+/// log in `audit-<name>`; `extra` adds sections (TLS, JWT, sinks, rules).
+fn toolgate_config(
+    port: u16,
+    up_port: u16,
+    big_port: u16,
+    name: &str,
+    extra: &str,
+) -> anyhow::Result<String> {
+    Ok(format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
+         [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
+         [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
+         [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\"]\n\n\
+         [policies]\nfiles = [\"policy.cedar\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
+        sha256_hex(KEY)?
+    ))
+}
+
+/// Collectors for the syslog sinks that read and discard: a UDP socket and
+/// a TCP listener, each drained by its own thread; returns their ports.
+fn drains() -> anyhow::Result<(u16, u16)> {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let udp_port = udp.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while udp.recv(&mut buf).is_ok() {}
+    });
+    let tcp = TcpListener::bind("127.0.0.1:0")?;
+    let tcp_port = tcp.local_addr()?.port();
+    std::thread::spawn(move || {
+        for mut conn in tcp.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+            });
+        }
+    });
+    Ok((udp_port, tcp_port))
 }
 
 fn o_clone(o: &Options) -> Options {

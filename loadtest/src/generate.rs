@@ -7,12 +7,16 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use rustls::pki_types::ServerName;
 
 use crate::http::{read_message, write_all, ReadError};
 
@@ -50,6 +54,54 @@ pub struct Workload {
     pub rate: Option<f64>,
     /// CPU to pin the generator to.
     pub cpu: Option<usize>,
+    /// TLS to the target (its client configuration and the server name).
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+/// A connection to the target, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl futures_lite::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_close(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
 }
 
 /// What a call is expected to get.
@@ -191,14 +243,20 @@ fn session_id(head: &[u8]) -> Option<String> {
 
 /// Opens a connection and, in the handshake era, a session on it; returns
 /// the per-kind requests to send on it.
-async fn open(
-    w: &Workload,
-    buf: &mut Vec<u8>,
-) -> Result<(TcpStream, Vec<(Vec<u8>, Kind)>), ReadError> {
-    let mut conn = TcpStream::connect(w.addr)
+async fn open(w: &Workload, buf: &mut Vec<u8>) -> Result<(Conn, Vec<(Vec<u8>, Kind)>), ReadError> {
+    let tcp = TcpStream::connect(w.addr)
         .await
         .map_err(|_| ReadError::Io)?;
-    let _ = conn.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut conn = match &w.tls {
+        None => Conn::Plain(tcp),
+        Some((config, name)) => Conn::Tls(Box::new(
+            futures_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|_| ReadError::Io)?,
+        )),
+    };
     let mut session = None;
     if w.era == Era::Handshake {
         let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"toolgate-loadtest","version":"1"}}}"#;

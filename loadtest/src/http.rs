@@ -1,8 +1,7 @@
 //! Just enough HTTP/1.1 for a load generator and a fast upstream: one
 //! message at a time, `Content-Length` framing, buffers reused.
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a message could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +24,7 @@ pub struct Message {
     pub status: u16,
 }
 
-async fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+async fn fill<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>) -> Result<(), ReadError> {
     let len = buf.len();
     buf.resize(len + 16 * 1024, 0);
     match conn.read(&mut buf[len..]).await {
@@ -61,8 +60,8 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, ReadError> 
 }
 
 /// Reads one request (`request = true`) or response from `conn` into `buf`.
-pub async fn read_message(
-    conn: &mut TcpStream,
+pub async fn read_message<S: AsyncRead + Unpin>(
+    conn: &mut S,
     buf: &mut Vec<u8>,
     request: bool,
 ) -> Result<Message, ReadError> {
@@ -107,7 +106,7 @@ pub async fn read_message(
 }
 
 /// Writes all of `bytes`.
-pub async fn write_all(conn: &mut TcpStream, bytes: &[u8]) -> Result<(), ReadError> {
+pub async fn write_all<S: AsyncWrite + Unpin>(conn: &mut S, bytes: &[u8]) -> Result<(), ReadError> {
     conn.write_all(bytes).await.map_err(|_| ReadError::Io)?;
     conn.flush().await.map_err(|_| ReadError::Io)
 }

@@ -4,6 +4,7 @@
 mod compare;
 mod generate;
 mod http;
+mod secure;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -41,9 +42,13 @@ enum Command {
     },
     /// Send `tools/call` requests: closed loop, or open loop with `--rate`.
     Run {
-        /// MCP endpoint (loopback only), e.g. http://127.0.0.1:8080/mcp.
+        /// MCP endpoint (loopback only), e.g. http://127.0.0.1:8080/mcp
+        /// (or https:// with `--ca-file`).
         #[arg(long)]
         url: String,
+        /// PEM CA the https:// endpoint's certificate chains to.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// API key sent as a bearer token.
         #[arg(long)]
         key: Option<String>,
@@ -126,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             url,
+            ca_file,
             key,
             tool,
             denied,
@@ -138,9 +144,14 @@ fn main() -> anyhow::Result<()> {
             label,
             json,
         } => {
-            let rest = url
-                .strip_prefix("http://")
-                .context("the URL must be http://")?;
+            let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                (Some(r), _) => (r, None),
+                (None, Some(r)) => {
+                    let ca = ca_file.context("an https:// URL needs --ca-file")?;
+                    (r, Some(secure::client_config(&ca)?))
+                }
+                _ => bail!("the URL must be http:// or https://"),
+            };
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let addr: SocketAddr = authority.parse().context("the URL host must be IP:port")?;
             if !addr.ip().is_loopback() {
@@ -172,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration.clamp(1, 600)),
                 rate,
                 cpu,
+                tls,
             };
             let r = generate::run(w)?;
             println!("{}\n{}", Report::header(), r.row());

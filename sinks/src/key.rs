@@ -24,6 +24,9 @@ pub enum KeySource {
     File(PathBuf),
     /// `<dir>/checkpoint.key`, created if missing.
     Generated(PathBuf),
+    /// This file, created with a random key if missing (other keys toolgate
+    /// generates for itself, e.g. the sub-token key).
+    GeneratedFile(PathBuf),
 }
 
 /// Why the key could not be had.
@@ -33,7 +36,7 @@ pub enum KeyError {
     #[error("the checkpoint key variable `{0}` is not set")]
     EnvUnset(String),
     /// The file could not be read or created.
-    #[error("cannot read or create the checkpoint key file `{path}`: {source}")]
+    #[error("cannot read or create the key file `{path}`: {source}")]
     File {
         /// The file.
         path: PathBuf,
@@ -41,10 +44,10 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// Too short to be a key.
-    #[error("the checkpoint key from {0} is shorter than 16 bytes")]
+    #[error("the key from {0} is shorter than 16 bytes")]
     TooShort(String),
     /// No randomness for a new key.
-    #[error("no randomness from the OS for a new checkpoint key: {0}")]
+    #[error("no randomness from the OS for a new key: {0}")]
     Random(String),
 }
 
@@ -94,7 +97,10 @@ pub fn load_key(source: &KeySource) -> Result<CheckpointKey, KeyError> {
         }
         KeySource::File(path) => read_file(path),
         KeySource::Generated(dir) => {
-            let path = dir.join(GENERATED_KEY_FILE);
+            load_key(&KeySource::GeneratedFile(dir.join(GENERATED_KEY_FILE)))
+        }
+        KeySource::GeneratedFile(path) => {
+            let path = path.clone();
             match read_file(&path) {
                 Err(KeyError::File { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>

@@ -60,19 +60,23 @@ impl Filter {
 
 /// `--since`: `90s`, `30m`, `1h`, `2d` before `now_us`, or an RFC 3339 time.
 pub fn parse_since(s: &str, now_us: u64) -> Result<u64, QueryError> {
-    let err = || QueryError::Since(s.to_owned());
-    if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
-        if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
-            let secs = match unit {
-                's' => 1,
-                'm' => 60,
-                'h' => 3600,
-                _ => 86_400,
-            };
-            return Ok(now_us.saturating_sub(n.saturating_mul(secs).saturating_mul(1_000_000)));
-        }
+    if let Some(secs) = parse_duration_s(s) {
+        return Ok(now_us.saturating_sub(secs.saturating_mul(1_000_000)));
     }
-    parse_rfc3339_us(s).ok_or_else(err)
+    parse_rfc3339_us(s).ok_or_else(|| QueryError::Since(s.to_owned()))
+}
+
+/// A duration such as `90s`, `30m`, `1h` or `2d`, in seconds.
+pub fn parse_duration_s(s: &str) -> Option<u64> {
+    let unit = s.chars().last().filter(|c| "smhd".contains(*c))?;
+    let n = s[..s.len() - 1].parse::<u64>().ok()?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        _ => 86_400,
+    };
+    Some(n.saturating_mul(secs))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` to microseconds since the epoch.

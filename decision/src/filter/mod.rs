@@ -332,6 +332,12 @@ impl<'f> Walker<'f, '_> {
         }
     }
 
+    /// Writes the `arguments` object of an outgoing call: the root of field
+    /// paths, scanned by detectors and patterns like a result.
+    pub fn write_arguments(&mut self, v: Value<'_, '_>, out: &mut Vec<u8>) {
+        self.write_root(v, out);
+    }
+
     /// What fired; whether the result is refused.
     pub fn finish(mut self) -> Verdict {
         let mut refused = self.f.refuse_all;

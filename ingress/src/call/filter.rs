@@ -41,10 +41,37 @@ pub(super) fn apply(
         walker.write_member(k, v, o)
     });
     let verdict = walker.finish();
-    *redactions = verdict.redactions;
+    redactions.extend(verdict.redactions);
     if verdict.refused {
         out.clear();
         return Err(Refusal::new(RefusalKind::OutputRefused));
+    }
+    Ok(())
+}
+
+/// Writes the outgoing call's `arguments` filtered by the rules that apply
+/// to arguments, or refuses the call. Arguments with nothing to act on are
+/// written exactly as without rules.
+pub(super) fn apply_arguments(
+    filter: &OutputFilter,
+    arguments: Value<'_, '_>,
+    inner: &mut JsonParser,
+    out: &mut Vec<u8>,
+    redactions: &mut Vec<Redaction>,
+) -> Result<(), Refusal> {
+    let start = out.len();
+    write_value(arguments, out);
+    if !filter.needs_walk(&out[start..]) {
+        return Ok(());
+    }
+    out.truncate(start);
+    let mut walker = filter.walker(inner);
+    walker.write_arguments(arguments, out);
+    let verdict = walker.finish();
+    redactions.extend(verdict.redactions);
+    if verdict.refused {
+        out.truncate(start);
+        return Err(Refusal::new(RefusalKind::ArgumentsRefused));
     }
     Ok(())
 }

@@ -43,9 +43,9 @@ pub struct Escalation<'a> {
 }
 
 impl Judge {
-    /// A judge at `url` answering within `timeout`.
-    pub fn new(url: UpstreamUrl, timeout: Duration) -> Self {
-        let pool = Pool::new(url.dial_target(), 8);
+    /// A judge at `url` (over `tls` for `https://`) answering within `timeout`.
+    pub fn new(url: UpstreamUrl, timeout: Duration, tls: Option<crate::tls::ClientTls>) -> Self {
+        let pool = Pool::new(url.dial_target(), 8, tls);
         Self { url, pool, timeout }
     }
 

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod filter;
 pub mod judge;
 pub mod params;
+mod tokens;
 pub mod wire;
 
 use std::cell::{Cell, RefCell};
@@ -42,6 +43,7 @@ use toolgate_core::jsonrpc::{
 use toolgate_core::jwt::{looks_like_jwt, TokenError};
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_core::subtoken::looks_like_subtoken;
 use toolgate_decision::policy::{CallFacts, DecisionCache, PairDecision, Verdict};
 use toolgate_decision::{Agent, OutputFilter, Reader, Route, Snapshot};
 use toolgate_sinks::{Admission, AuditProducer};
@@ -112,6 +114,8 @@ struct CallCtx {
     user: Option<Arc<str>>,
     /// The user's groups from the token, when its user is the call's.
     groups: Option<Arc<[Arc<str>]>>,
+    /// The tools a sub-token is narrowed to (within the agent's own).
+    scope: Option<Vec<String>>,
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
@@ -135,6 +139,7 @@ impl CallCtx {
             reason,
             user: None,
             groups: None,
+            scope: None,
             policies: None,
             judge: None,
             redactions: Vec::new(),
@@ -164,6 +169,8 @@ pub struct Gateway {
     nonce_counter: Cell<u64>,
     judge: Option<judge::Judge>,
     decisions: RefCell<DecisionCache>,
+    /// Verified bearer JWTs, so a token's signature is checked once.
+    tokens: tokens::TokenCache,
 }
 
 /// Per-shard decision cache size.
@@ -181,7 +188,12 @@ impl Gateway {
             .enumerate()
             .map(|(i, u)| {
                 let credential = shared.credentials.get(i).and_then(Option::as_ref);
-                Rc::new(Upstream::new(u.clone(), credential.map(|c| c.reader())))
+                let tls = shared.upstream_tls.get(i).cloned().flatten();
+                Rc::new(Upstream::new(
+                    u.clone(),
+                    credential.map(|c| c.reader()),
+                    tls,
+                ))
             })
             .collect();
         let terminated = shared.terminated.reader();
@@ -194,11 +206,16 @@ impl Gateway {
                 .as_ref()
                 .map(|j| j.timeout_ms)
                 .unwrap_or(2000);
-            judge::Judge::new(url, std::time::Duration::from_millis(ms))
+            judge::Judge::new(
+                url,
+                std::time::Duration::from_millis(ms),
+                shared.judge_tls.clone(),
+            )
         });
         Self {
             judge,
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
+            tokens: tokens::TokenCache::default(),
             acks: Rc::new(ack::Acks::default()),
             shard,
             snapshot: RefCell::new(snapshot),
@@ -409,10 +426,26 @@ impl Gateway {
             agent,
             user,
             groups,
-        } = identify(snap, req)?;
+            scope,
+        } = identify(
+            snap,
+            req,
+            &Tokens {
+                cache: &self.tokens,
+                generation: self.snapshot.borrow().generation(),
+            },
+        )
+        .inspect_err(|r| {
+            if r.kind == RefusalKind::InvalidToken(TokenError::UnknownKey) {
+                // Perhaps the IdP rotated its keys: ask for a JWKS fetch
+                // (rate-limited off the request path); this call stays refused.
+                self.shared.want_jwks();
+            }
+        })?;
         ctx.agent = Some(Arc::clone(&agent.id));
         ctx.user = user;
         ctx.groups = groups;
+        ctx.scope = scope;
         if req.head.method == Method::Delete {
             ctx.reason = "session_terminated";
             return self.end_session(agent, req);
@@ -571,7 +604,26 @@ impl Gateway {
             "tools/list" => {
                 let mut result = Vec::with_capacity(agent.tools_list.len() + 48);
                 result.extend_from_slice(br#"{"tools":"#);
-                result.extend_from_slice(agent.tools_list.as_bytes());
+                match &ctx.scope {
+                    None => result.extend_from_slice(agent.tools_list.as_bytes()),
+                    // A narrowed token lists only its tools (that the agent has).
+                    Some(tools) => {
+                        result.push(b'[');
+                        let mut first = true;
+                        for def in tools
+                            .iter()
+                            .filter_map(|t| snap.route(agent, t))
+                            .filter_map(|r| r.listed.as_deref())
+                        {
+                            if !first {
+                                result.push(b',');
+                            }
+                            first = false;
+                            result.extend_from_slice(def.as_bytes());
+                        }
+                        result.push(b']');
+                    }
+                }
                 if stateless {
                     // Per-agent answer: never cacheable across callers.
                     result.extend_from_slice(
@@ -585,7 +637,11 @@ impl Gateway {
                 let call = ToolCall::from_request(&rpc)
                     .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
                 ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
-                let Some(route) = snap.route(agent, call.name) else {
+                let in_scope = ctx
+                    .scope
+                    .as_ref()
+                    .is_none_or(|tools| tools.iter().any(|t| t == call.name));
+                let Some(route) = snap.route(agent, call.name).filter(|_| in_scope) else {
                     let mut shown = String::with_capacity(call.name.len() + 2);
                     shown.push('`');
                     shown.push_str(truncate(call.name, MAX_TOOL_LEN));
@@ -593,6 +649,9 @@ impl Gateway {
                     return Err(Refusal::with(RefusalKind::UnknownTool, shown));
                 };
                 ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+                if route.quarantined {
+                    return Err(Refusal::new(RefusalKind::ToolQuarantined));
+                }
                 ctx.user = self.user_of(agent, req, ctx.user.take())?;
                 let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
                 let verdict = self.decide(
@@ -642,9 +701,18 @@ impl Gateway {
                 body.extend_from_slice(br#""name":"#);
                 write_str(&route.tool, &mut body);
                 body.extend_from_slice(br#","arguments":"#);
-                match call.arguments {
-                    Some(a) => write_value(a, &mut body),
-                    None => body.extend_from_slice(b"{}"),
+                match (call.arguments, &route.args_filter) {
+                    (Some(a), None) => write_value(a, &mut body),
+                    // Data-loss rules: policy and the judge decided on the
+                    // arguments as sent; the upstream gets them filtered.
+                    (Some(a), Some(f)) => filter::apply_arguments(
+                        f,
+                        a,
+                        &mut self.inner_parser.borrow_mut(),
+                        &mut body,
+                        &mut ctx.redactions,
+                    )?,
+                    (None, _) => body.extend_from_slice(b"{}"),
                 }
                 ctx.reason = if ctx.policies.is_some() {
                     "allowed_by_policy"
@@ -982,21 +1050,88 @@ struct Caller<'s> {
     agent: &'s Agent,
     user: Option<Arc<str>>,
     groups: Option<Arc<[Arc<str>]>>,
+    /// A sub-token's tool narrowing.
+    scope: Option<Vec<String>>,
 }
 
-/// Identifies the caller from `Authorization: Bearer`: a JWT when
+/// Identifies the caller: by the connection's verified client certificate
+/// (mTLS, `client_cert_names`) and/or `Authorization: Bearer` — a JWT when
 /// `[auth.jwt]` is configured and the token has a JWT's shape, else an API
 /// key. Only the header is read: a token in the query string is never
 /// accepted.
-fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Refusal> {
-    let token = bearer(req.head.header(req.buf, "authorization")).map_err(|e| match e {
+/// The shard's verified-token cache and the snapshot generation it is
+/// valid for.
+struct Tokens<'c> {
+    cache: &'c tokens::TokenCache,
+    generation: u64,
+}
+
+fn identify<'s>(
+    snap: &'s Snapshot,
+    req: &Request<'_>,
+    tokens: &Tokens<'_>,
+) -> Result<Caller<'s>, Refusal> {
+    let header = req.head.header(req.buf, "authorization");
+    let by_cert = req
+        .client_names
+        .and_then(|names| snap.agent_by_cert(names.iter().map(|n| &**n)));
+    let Some(cert_agent) = by_cert else {
+        return identify_bearer(snap, header, tokens);
+    };
+    if header.is_none() {
+        return Ok(Caller {
+            agent: cert_agent,
+            user: None,
+            groups: None,
+            scope: None,
+        });
+    }
+    // Both a certificate and a token: they must name the same agent, so a
+    // token lifted from one agent is useless on another agent's connection.
+    let caller = identify_bearer(snap, header, tokens)?;
+    if !std::ptr::eq(caller.agent, cert_agent) {
+        return Err(Refusal::new(RefusalKind::CertificateMismatch));
+    }
+    Ok(caller)
+}
+
+/// Identifies the caller from its bearer token alone.
+fn identify_bearer<'s>(
+    snap: &'s Snapshot,
+    header: Option<&[u8]>,
+    tokens: &Tokens<'_>,
+) -> Result<Caller<'s>, Refusal> {
+    let token = bearer(header).map_err(|e| match e {
         BearerError::Missing => Refusal::new(RefusalKind::MissingCredential),
         BearerError::Malformed => Refusal::new(RefusalKind::UnknownCredential),
     })?;
+    if let Some(verifier) = snap
+        .subtokens
+        .as_deref()
+        .filter(|_| looks_like_subtoken(token))
+    {
+        let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
+        let claims = verifier
+            .verify(token, now_us() / 1_000_000)
+            .map_err(refused)?;
+        let agent = snap
+            .agent_by_id(&claims.agent)
+            .ok_or_else(|| refused(TokenError::UnknownAgent))?;
+        return Ok(Caller {
+            agent,
+            user: claims.user.map(Arc::from),
+            groups: None,
+            scope: claims.tools,
+        });
+    }
     if let Some(verifier) = snap.jwt.as_deref().filter(|_| looks_like_jwt(token)) {
         let refused = |e| Refusal::new(RefusalKind::InvalidToken(e));
-        let id = verifier
-            .verify(token, now_us() / 1_000_000)
+        let now = now_us() / 1_000_000;
+        let id = tokens
+            .cache
+            .get_or_verify(tokens.generation, token, now, || {
+                verifier.verify(token, now)
+            })
             .map_err(refused)?;
         let agent = snap
             .agent_by_id(&id.agent)
@@ -1004,13 +1139,11 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
         let has_user = id.user.is_some();
         return Ok(Caller {
             agent,
-            user: id.user.map(Arc::from),
+            user: id.user,
             // Groups belong to the token's user: none without one, so they
             // never attach to a user named by header instead.
-            groups: id
-                .groups
-                .filter(|_| has_user)
-                .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
+            groups: id.groups.filter(|_| has_user),
+            scope: None,
         });
     }
     let agent = snap
@@ -1020,6 +1153,7 @@ fn identify<'s>(snap: &'s Snapshot, req: &Request<'_>) -> Result<Caller<'s>, Ref
         agent,
         user: None,
         groups: None,
+        scope: None,
     })
 }
 
@@ -1047,7 +1181,11 @@ fn challenge(snap: &Snapshot, req: &Request<'_>, listen: SocketAddr, kind: Refus
         .and_then(|h| std::str::from_utf8(h).ok())
         .map(str::to_owned)
         .unwrap_or_else(|| listen.to_string());
-    out.push_str(", resource_metadata=\"http://");
+    out.push_str(if req.secure {
+        ", resource_metadata=\"https://"
+    } else {
+        ", resource_metadata=\"http://"
+    });
     out.push_str(&host);
     out.push_str(RESOURCE_METADATA_PATH);
     out.push('"');

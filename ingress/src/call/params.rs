@@ -114,6 +114,8 @@ mod tests {
             name: "t".into(),
             exposed: Some("u__t".into()),
             json: String::new(),
+            sha256: String::new(),
+            quarantined: false,
             header_params: vec![
                 HeaderParam {
                     path: vec!["region".into()],

@@ -11,8 +11,13 @@ use std::cell::RefCell;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::tls::ClientTls;
 
 use super::chunked::ChunkedDecoder;
 
@@ -63,25 +68,74 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// A connection to an upstream, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
 /// Keep-alive connections to one upstream, owned by one shard.
 pub struct Pool {
     target: String,
+    tls: Option<ClientTls>,
     addr: RefCell<Option<SocketAddr>>,
     idle: RefCell<Vec<Conn>>,
     max_idle: usize,
 }
 
 impl Pool {
-    /// A pool dialing `target` (`host:port`), keeping at most `max_idle` idle connections.
-    pub fn new(target: String, max_idle: usize) -> Self {
+    /// A pool dialing `target` (`host:port`), over TLS when `tls` is given,
+    /// keeping at most `max_idle` idle connections.
+    pub fn new(target: String, max_idle: usize, tls: Option<ClientTls>) -> Self {
         let addr = target.to_socket_addrs().ok().and_then(|mut a| a.next());
         Self {
             target,
+            tls,
             addr: RefCell::new(addr),
             idle: RefCell::new(Vec::new()),
             max_idle,
@@ -140,6 +194,20 @@ impl Pool {
             .await
             .map_err(|_| ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(stream),
+            // A failed handshake (bad certificate, wrong name) is a failure
+            // to connect: the request never left.
+            Some(tls) => Stream::Tls(Box::new(
+                tls.connector
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(target = %self.target, error = %e, "upstream TLS handshake failed");
+                        ClientError::Connect
+                    })?,
+            )),
+        };
         let mut conn = Conn {
             stream,
             buf: Vec::with_capacity(16 * 1024),

@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod client;
+pub mod conn;
 pub mod head;
 pub mod response;
 pub mod server;

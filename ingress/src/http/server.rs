@@ -9,11 +9,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use toolgate_core::refusal::{Refusal, RefusalKind};
 
 use super::chunked::{ChunkError, ChunkedDecoder};
+use super::conn::{Conn, ConnInfo};
 use super::head::{parse_head, BodyKind, Head, Limits};
 
 /// Connection-level limits and timeouts.
@@ -39,6 +38,10 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// Whether the request came over TLS.
+    pub secure: bool,
+    /// Names of the connection's verified client certificate (mTLS).
+    pub client_names: Option<&'a [Box<str>]>,
     /// When the head was complete.
     pub started: Instant,
 }
@@ -74,13 +77,13 @@ enum ReadOutcome {
     Failed,
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> ReadOutcome {
-    if limit.is_zero() || stream.set_read_timeout(Some(limit)).is_err() {
+async fn read_more<S: Conn>(stream: &mut S, buf: &mut Vec<u8>, limit: Duration) -> ReadOutcome {
+    if limit.is_zero() {
         return ReadOutcome::TimedOut;
     }
     let len = buf.len();
     buf.resize(len + READ_SIZE, 0);
-    let r = stream.read(&mut buf[len..]).await;
+    let r = stream.read_within(&mut buf[len..], limit).await;
     match r {
         Ok(0) => {
             buf.truncate(len);
@@ -101,11 +104,8 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -
     }
 }
 
-async fn send(stream: &mut TcpStream, out: &[u8], limit: Duration) -> bool {
-    if stream.set_write_timeout(Some(limit)).is_err() {
-        return false;
-    }
-    stream.write_all(out).await.is_ok() && stream.flush().await.is_ok()
+async fn send<S: Conn>(stream: &mut S, out: &[u8], limit: Duration) -> bool {
+    stream.write_all_within(out, limit).await.is_ok()
 }
 
 fn remaining(deadline: Instant) -> Duration {
@@ -114,9 +114,13 @@ fn remaining(deadline: Instant) -> Duration {
 
 /// Serves requests on `stream` until it closes, errs, idles out or a
 /// response says close.
-pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: &H) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+pub async fn serve<S: Conn, H: Handler>(
+    mut stream: S,
+    info: ConnInfo,
+    cfg: ConnConfig,
+    handler: &H,
+) {
+    let peer = info.peer;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut chunked_body: Vec<u8> = Vec::new();
@@ -252,6 +256,8 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
                 buf: &buf,
                 body,
                 peer,
+                secure: info.secure,
+                client_names: info.client_names.as_deref(),
                 started,
             };
             handler.handle(&req, &mut out).await && head.keep_alive
@@ -271,8 +277,8 @@ pub async fn serve<H: Handler>(mut stream: TcpStream, cfg: ConnConfig, handler: 
 
 /// Reads more of a body before `deadline`, answering 408 when it passes.
 /// False when the connection is done.
-async fn read_body<H: Handler>(
-    stream: &mut TcpStream,
+async fn read_body<S: Conn, H: Handler>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
     handler: &H,
@@ -292,8 +298,8 @@ async fn read_body<H: Handler>(
 }
 
 /// Answers a request refused before it could be served; the caller closes.
-async fn refuse_and_close<H: Handler>(
-    stream: &mut TcpStream,
+async fn refuse_and_close<S: Conn, H: Handler>(
+    stream: &mut S,
     handler: &H,
     refusal: &Refusal,
     peer: Option<SocketAddr>,
@@ -305,6 +311,6 @@ async fn refuse_and_close<H: Handler>(
     let _ = send(stream, &out, cfg.idle_timeout).await;
 }
 
-async fn send_continue(stream: &mut TcpStream, cfg: ConnConfig) -> bool {
+async fn send_continue<S: Conn>(stream: &mut S, cfg: ConnConfig) -> bool {
     send(stream, b"HTTP/1.1 100 Continue\r\n\r\n", cfg.idle_timeout).await
 }

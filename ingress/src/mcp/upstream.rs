@@ -37,6 +37,10 @@ pub enum UpstreamError {
     /// An answer that is not an MCP response.
     #[error("upstream sent an invalid response")]
     BadResponse,
+    /// The upstream's credential is not available (an OAuth token that
+    /// could not be obtained or expired): nothing was sent.
+    #[error("no credential for the upstream")]
+    NoCredential,
 }
 
 impl UpstreamError {
@@ -46,6 +50,7 @@ impl UpstreamError {
             UpstreamError::Unavailable => RefusalKind::UpstreamUnavailable,
             UpstreamError::Timeout => RefusalKind::UpstreamTimeout,
             UpstreamError::BadResponse => RefusalKind::UpstreamBadResponse,
+            UpstreamError::NoCredential => RefusalKind::UpstreamCredentialUnavailable,
         }
     }
 }
@@ -96,10 +101,15 @@ const CLIENT_INFO: &str = concat!(
 );
 
 impl Upstream {
-    /// A client of `info` for the current shard, injecting `credential`
-    /// (a complete header line) into every request.
-    pub fn new(info: UpstreamInfo, credential: Option<Reader<Secret>>) -> Self {
-        let pool = Pool::new(info.url.dial_target(), info.pool_size);
+    /// A client of `info` for the current shard (over `tls` for an
+    /// `https://` upstream), injecting `credential` (a complete header
+    /// line) into every request.
+    pub fn new(
+        info: UpstreamInfo,
+        credential: Option<Reader<Secret>>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Self {
+        let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
         let mode = info.protocol;
         Self {
             info,
@@ -340,6 +350,11 @@ impl Upstream {
         params: &[u8],
         headers: &[(String, String)],
     ) -> Result<Reply, UpstreamError> {
+        if let Some(c) = &self.credential {
+            if c.borrow_mut().current().expose().is_empty() {
+                return Err(UpstreamError::NoCredential);
+            }
+        }
         for attempt in 0..2 {
             let era = self.ensure_ready().await?;
             let id = self.id();

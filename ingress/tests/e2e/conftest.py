@@ -54,8 +54,8 @@ def upstream_cfgs(upstreams: dict[str, UpstreamProc], **overrides: dict[str, Any
 
 
 def start_gate(workdir: Path, upstream_list, agents, server: dict[str, Any] | None = None, start: bool = True,
-               extra_toml: str = "") -> Gate:
-    gate = Gate(workdir, upstream_list, agents, server, extra_toml=extra_toml)
+               extra_toml: str = "", tls_client: dict[str, Any] | None = None) -> Gate:
+    gate = Gate(workdir, upstream_list, agents, server, extra_toml=extra_toml, tls_client=tls_client)
     ACTIVE_GATES.append(gate)
     if start:
         gate.start()

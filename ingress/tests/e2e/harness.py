@@ -137,16 +137,23 @@ class UpstreamProc:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    # (certificate, key) PEM files: serve https instead of http.
+    tls: tuple[Path, Path] | None = None
+    # Extra environment for the server process (e.g. TOOL_DESCRIPTION_SUFFIX).
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/mcp"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{HOST}:{self.port}/mcp"
 
     def start(self, log_dir: Path) -> "UpstreamProc":
         self.log_path = log_dir / f"upstream-{self.name}-{self.port}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(UPSTREAM_SCRIPT), self.name, str(self.port), self.encoding],
+            [sys.executable, str(UPSTREAM_SCRIPT), self.name, str(self.port), self.encoding]
+            + ([str(self.tls[0]), str(self.tls[1])] if self.tls else []),
+            env={**os.environ, **(self.env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -174,6 +181,10 @@ class Agent:
     tools: list[str]
     key: str = ""
     key_sha256: str = ""
+    # Names identifying the agent by TLS client certificate.
+    cert_names: list[str] = field(default_factory=list)
+    # No API key in the config (the agent proves itself another way).
+    keyless: bool = False
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -192,6 +203,8 @@ class UpstreamCfg:
     timeout_ms: int | None = None
     # ``[upstreams.credential]`` keys (header, value_prefix, env/file/command).
     credential: dict[str, Any] | None = None
+    # PEM CA bundle for an https upstream (relative to the config file).
+    ca_file: str | None = None
 
 
 class Gate:
@@ -206,7 +219,11 @@ class Gate:
         audit: dict[str, Any] | None = None,
         sinks: Iterable[dict[str, Any]] = (),
         extra_toml: str = "",
+        tls_client: dict[str, Any] | None = None,
     ) -> None:
+        # httpx keyword arguments (``verify``, ``cert``) for a TLS listener;
+        # None for plain HTTP.
+        self.tls_client = tls_client
         self.workdir = workdir
         self.audit_opts = dict(audit or {})
         self.sinks = list(sinks)
@@ -234,17 +251,20 @@ class Gate:
                 lines.append(f"prefix = {toml_value(up.prefix)}")
             if up.timeout_ms is not None:
                 lines.append(f"timeout_ms = {up.timeout_ms}")
+            if up.ca_file is not None:
+                lines.append(f"ca_file = {toml_value(up.ca_file)}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items()]
+                lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]
+                for table, inner in ((k, v) for k, v in up.credential.items() if isinstance(v, dict)):
+                    lines.append(f"[upstreams.credential.{table}]")
+                    lines += [f"{k} = {toml_value(v)}" for k, v in inner.items()]
         for a in self.agents.values():
-            lines += [
-                "",
-                "[[agents]]",
-                f"id = {toml_value(a.id)}",
-                f"api_key_sha256 = {toml_value(a.key_sha256)}",
-                f"tools = {toml_value(a.tools)}",
-            ]
+            lines += ["", "[[agents]]", f"id = {toml_value(a.id)}", f"tools = {toml_value(a.tools)}"]
+            if not a.keyless:
+                lines.append(f"api_key_sha256 = {toml_value(a.key_sha256)}")
+            if a.cert_names:
+                lines.append(f"client_cert_names = {toml_value(a.cert_names)}")
         lines += ["", "[audit]", 'dir = "audit"']
         for k, v in self.audit_opts.items():
             lines.append(f"{k} = {toml_value(v)}")
@@ -259,7 +279,8 @@ class Gate:
 
     @property
     def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        scheme = "https" if self.tls_client is not None else "http"
+        return f"{scheme}://{HOST}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -292,7 +313,7 @@ class Gate:
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=1.0) as http:
+        with httpx.Client(timeout=1.0, **(self.tls_client or {})) as http:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
@@ -308,7 +329,7 @@ class Gate:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
-        with httpx.Client(timeout=1.0) as http:
+        with httpx.Client(timeout=1.0, **(self.tls_client or {})) as http:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
@@ -867,9 +888,10 @@ class GarbageServer(_TCPServer):
 SDK_MODES = ("legacy", MODERN_VERSION, "auto")
 
 
-def sdk_client_cm(url: str, api_key: str | None, mode: str):
+def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None):
     """An async context manager yielding a connected ``mcp.Client`` that sends
-    ``Authorization: Bearer <api_key>`` on every HTTP request."""
+    ``Authorization: Bearer <api_key>`` on every HTTP request; ``verify`` (an
+    ``ssl.SSLContext``) for an https URL."""
     from contextlib import asynccontextmanager
 
     import httpx2
@@ -880,7 +902,11 @@ def sdk_client_cm(url: str, api_key: str | None, mode: str):
     @asynccontextmanager
     async def cm():
         headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else None
-        http = create_mcp_http_client(headers=headers, timeout=httpx2.Timeout(HTTP_TIMEOUT_S, read=30.0))
+        timeout = httpx2.Timeout(HTTP_TIMEOUT_S, read=30.0)
+        if verify is None:
+            http = create_mcp_http_client(headers=headers, timeout=timeout)
+        else:
+            http = httpx2.AsyncClient(headers=headers, timeout=timeout, verify=verify)
         async with http:
             transport = streamable_http_client(url, http_client=http)
             async with Client(transport, mode=mode, read_timeout_seconds=20.0) as client:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from harness import HOST, free_port, stop_process, wait_for_port
 
 SEP = " ||| "
@@ -48,51 +50,15 @@ class Received:
 
 def make_pki(d: Path) -> dict[str, Path]:
     """A CA, a server certificate for ``localhost``/127.0.0.1 and a client
-    certificate, as PEM files in ``d``."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    certificate (see certs.py), as PEM files in ``d``."""
+    from certs import issue, make_ca, server_cert
 
     d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write_key(key, path: Path) -> None:
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("toolgate test CA")).issuer_name(name("toolgate test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = make_ca()
     out = {"ca": d / "ca.pem"}
-    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        b = (x509.CertificateBuilder().subject_name(name(f"localhost" if who == "server" else "toolgate"))
-             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
-        if who == "server":
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        out[f"{who}_cert"] = d / f"{who}.pem"
-        out[f"{who}_key"] = d / f"{who}.key"
-        out[f"{who}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_key(key, out[f"{who}_key"])
+    out["ca"].write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    out["server_cert"], out["server_key"] = server_cert(ca, "localhost").write(d, "server")
+    out["client_cert"], out["client_key"] = issue(ca, "toolgate", client=True).write(d, "client")
     return out
 
 

@@ -1,6 +1,6 @@
 """Upstream MCP servers that toolgate aggregates in the end-to-end tests.
 
-Usage: python upstream_server.py NAME PORT json|sse
+Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
@@ -14,6 +14,7 @@ exercised with both response encodings of the streamable HTTP transport.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -137,9 +138,9 @@ def build_ops() -> MCPServer:
 def build_vault() -> MCPServer:
     server = MCPServer("vault")
 
-    @server.tool()
+    @server.tool(description="Echo the Authorization header this server received (for credential injection tests)."
+                 + os.environ.get("TOOL_DESCRIPTION_SUFFIX", ""))
     def whoami(ctx: Context) -> str:
-        """Echo the Authorization header this server received (for credential injection tests)."""
         headers = ctx.headers or {}
         return headers.get("authorization", "<none>")
 
@@ -153,9 +154,11 @@ def main() -> None:
     name, port, encoding = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if encoding not in ("json", "sse"):
         raise SystemExit(f"encoding must be json or sse, got {encoding!r}")
+    # With a certificate and key, serve https (for the upstream TLS tests).
+    tls = {"ssl_certfile": sys.argv[4], "ssl_keyfile": sys.argv[5]} if len(sys.argv) > 5 else {}
     server = BUILDERS[name]()
     app = server.streamable_http_app(json_response=(encoding == "json"))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **tls)
 
 
 if __name__ == "__main__":
