@@ -653,6 +653,15 @@ pub struct AuditConfig {
     /// File holding the segment checkpoint key, relative to the config file.
     #[serde(default)]
     pub checkpoint_key_file: Option<Spanned<PathBuf>>,
+    /// Remove sealed segments sealed more than this many days ago (never
+    /// one a sink has not delivered). Default: keep forever.
+    #[serde(default)]
+    pub retain_days: Option<u64>,
+    /// Remove the oldest sealed segments while the log is larger than this,
+    /// bytes (never one a sink has not delivered, never the newest sealed
+    /// one). Default: no limit.
+    #[serde(default)]
+    pub retain_bytes: Option<u64>,
     /// `[[audit.sinks]]`: where records are delivered from the log, each with
     /// its own cursor. Default: none.
     #[serde(default)]
@@ -676,25 +685,38 @@ pub enum Durability {
 pub struct SinkConfig {
     /// Unique name; the sink's cursor is `<audit dir>/cursors/<name>`.
     pub name: Spanned<String>,
-    /// What the sink speaks: `syslog` (RFC 5424).
+    /// What the sink speaks: `syslog` (RFC 5424), `splunk_hec`,
+    /// `elasticsearch` (`_bulk`) or `webhook` (NDJSON POST).
     pub kind: SinkKind,
-    /// `udp` (RFC 5426, one message per datagram) or `tcp` (RFC 6587
-    /// octet-counting framing).
-    pub transport: SinkTransport,
-    /// Collector address, e.g. `127.0.0.1:5514`.
-    pub address: Spanned<String>,
+    /// Syslog only: `udp` (RFC 5426, one message per datagram), `tcp`
+    /// (RFC 6587 octet-counting framing) or `tls` (RFC 5425).
+    #[serde(default)]
+    pub transport: Option<Spanned<SinkTransport>>,
+    /// Syslog only: collector address, e.g. `127.0.0.1:5514`.
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    /// HTTP sinks only: `http://` or `https://` URL (for `elasticsearch` the
+    /// cluster's base URL; `/_bulk` is appended).
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
     /// Syslog facility, 0–23. Default 13 (log audit).
     #[serde(default = "default_facility")]
     pub facility: u8,
     /// APP-NAME of each message. Default `toolgate`.
     #[serde(default = "default_app_name")]
     pub app_name: String,
-    /// HOSTNAME of each message. Default: this host's name.
+    /// HOSTNAME of each message (syslog) or `host` of each event (HEC).
+    /// Default: this host's name.
     #[serde(default)]
     pub hostname: Option<String>,
     /// Most records read from the log and sent per batch. Default 256.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
+    /// HTTP sinks: largest request body before compression, bytes; a batch
+    /// that would be larger is sent as several requests. A single record
+    /// larger than this is sent alone. Default 1048576.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
     /// How often the sink looks for new records when it has caught up, ms. Default 200.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -705,21 +727,98 @@ pub struct SinkConfig {
     /// Longest wait between retries, ms. Default 30000.
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
-    /// Longest a TCP connect or send may take, ms. Default 5000.
+    /// Longest a connect, a send, or (HTTP) a whole request and its
+    /// response may take, ms. Default 5000.
     #[serde(default = "default_io_timeout_ms")]
     pub io_timeout_ms: u64,
     /// Largest message sent, bytes; longer messages have their free-form MSG
     /// part cut (the structured data is kept whole). Default 8192.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// HTTP sinks: `ocsf` (default; OCSF API Activity, class 6003) or
+    /// `toolgate` (the log record as written).
+    #[serde(default)]
+    pub format: SinkFormat,
+    /// HTTP sinks: gzip request bodies (`Content-Encoding: gzip`). Default false.
+    #[serde(default)]
+    pub gzip: bool,
+    /// HTTP sinks: the secret sent in the auth header. Required for
+    /// `splunk_hec`.
+    #[serde(default)]
+    pub token: Option<SinkTokenConfig>,
+    /// HTTP sinks: extra request headers (not secret: they may be logged).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `elasticsearch`: index (or data stream) written to; `splunk_hec`:
+    /// `index` of each event (default: the token's default index).
+    /// Default for `elasticsearch`: `toolgate-audit`.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// `splunk_hec`: `source` of each event. Default `toolgate`.
+    #[serde(default = "default_app_name")]
+    pub source: String,
+    /// `splunk_hec`: `sourcetype` of each event. Default `toolgate:audit`.
+    #[serde(default = "default_sourcetype")]
+    pub sourcetype: String,
+    /// TLS (`https://` URLs, syslog `tls`): PEM file of the CA certificates
+    /// trusted for the collector, relative to the config file. Default: the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// TLS: name the collector's certificate must carry. Default: the URL's
+    /// or address's host.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// TLS: PEM client certificate chain presented to the collector.
+    #[serde(default)]
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// TLS: PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<Spanned<PathBuf>>,
+}
+
+/// `[audit.sinks.token]`: where an HTTP sink's secret comes from (exactly one
+/// of `env`, `file`, `command`, read like upstream credentials) and how it is sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTokenConfig {
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+    /// File holding the secret (trimmed), relative to the config file; read at start.
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    /// Command printing the secret on stdout (trimmed), run once at start.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    /// Header carrying the secret. Default `Authorization`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Text put before the secret. Default `Splunk ` for `splunk_hec`,
+    /// `ApiKey ` for `elasticsearch`, `Bearer ` for `webhook`.
+    #[serde(default)]
+    pub value_prefix: Option<String>,
 }
 
 /// The format a sink delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     /// RFC 5424 syslog.
     Syslog,
+    /// Splunk HTTP Event Collector (`/services/collector/event`).
+    SplunkHec,
+    /// Elasticsearch / OpenSearch `_bulk`.
+    Elasticsearch,
+    /// NDJSON POST to any URL.
+    Webhook,
+}
+
+impl SinkKind {
+    /// Whether the sink speaks HTTP.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Self::Syslog)
+    }
 }
 
 /// The transport a syslog sink uses.
@@ -730,6 +829,63 @@ pub enum SinkTransport {
     Udp,
     /// A stream with octet-counting framing (RFC 6587 §3.4.1).
     Tcp,
+    /// TLS with octet-counting framing (RFC 5425).
+    Tls,
+}
+
+/// How an HTTP sink renders each record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// OCSF API Activity (class 6003).
+    #[default]
+    Ocsf,
+    /// The log record as written.
+    Toolgate,
+}
+
+/// A sink's endpoint and files, resolved by validation.
+#[derive(Debug, Clone, Default)]
+pub struct SinkTarget {
+    /// Syslog: the collector's address.
+    pub address: Option<SocketAddr>,
+    /// HTTP sinks: the URL, parsed.
+    pub url: Option<SinkUrl>,
+    /// Where the token comes from.
+    pub token: Option<crate::secret::SecretSource>,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file`, resolved.
+    pub cert_file: Option<PathBuf>,
+    /// `key_file`, resolved.
+    pub key_file: Option<PathBuf>,
+    /// TLS server name: `server_name`, else the URL's or address's host.
+    pub server_name: String,
+}
+
+/// An HTTP sink's URL: `http[s]://host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkUrl {
+    /// Whether to speak TLS.
+    pub https: bool,
+    /// Host, port, path and authority (port defaults to 443 for https).
+    pub url: UpstreamUrl,
+}
+
+impl SinkUrl {
+    /// Parses `http://…` or `https://…` (port 443 by default).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = UpstreamUrl::parse(s)?;
+        Ok(Self {
+            https: url.tls,
+            url,
+        })
+    }
+
+    /// Host without IPv6 brackets, for TLS names.
+    pub fn bare_host(&self) -> String {
+        self.url.server_name().to_owned()
+    }
 }
 
 /// `[log]`: the gateway's own diagnostic log (never carries secrets).
@@ -822,6 +978,12 @@ fn default_io_timeout_ms() -> u64 {
 fn default_max_message_bytes() -> usize {
     8192
 }
+fn default_batch_bytes() -> usize {
+    1024 * 1024
+}
+fn default_sourcetype() -> String {
+    "toolgate:audit".to_owned()
+}
 /// `[metrics]`: Prometheus metrics on a listener of their own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -866,6 +1028,8 @@ impl Default for AuditConfig {
             ack_timeout_ms: default_ack_timeout_ms(),
             checkpoint_key_env: None,
             checkpoint_key_file: None,
+            retain_days: None,
+            retain_bytes: None,
             sinks: Vec::new(),
         }
     }
@@ -935,8 +1099,9 @@ pub struct ValidConfig {
     pub audit_dir: PathBuf,
     /// `audit.checkpoint_key_file` resolved against the config file's directory.
     pub checkpoint_key_file: Option<PathBuf>,
-    /// `[[audit.sinks]]` addresses, parsed, index-aligned with `config.audit.sinks`.
-    pub sink_addrs: Vec<SocketAddr>,
+    /// `[[audit.sinks]]` endpoints and files, resolved, index-aligned with
+    /// `config.audit.sinks`.
+    pub sink_targets: Vec<SinkTarget>,
     /// How exposed tool names map to upstreams.
     pub namer: ToolNamer,
     /// Cedar policy files, resolved and expanded, in order.
@@ -1357,6 +1522,12 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             "`audit.segment_bytes` must be at least 1024".to_owned(),
         );
     }
+    if config.audit.retain_days == Some(0) || config.audit.retain_bytes == Some(0) {
+        err(
+            None,
+            "`audit.retain_days` and `audit.retain_bytes` must be above 0 (leave them out to keep everything)".to_owned(),
+        );
+    }
     if let (Some(e), Some(_)) = (
         &config.audit.checkpoint_key_env,
         &config.audit.checkpoint_key_file,
@@ -1366,7 +1537,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             "set at most one of `checkpoint_key_env` and `checkpoint_key_file`".to_owned(),
         );
     }
-    let mut sink_addrs = Vec::new();
+    let mut sink_targets = Vec::new();
     for (i, s) in config.audit.sinks.iter().enumerate() {
         let name = s.name.get_ref();
         if name.is_empty()
@@ -1389,28 +1560,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 format!("sink name `{name}` is used more than once"),
             );
         }
-        match s.address.get_ref().parse::<SocketAddr>() {
-            Ok(a) => sink_addrs.push(a),
-            Err(_) => err(
-                at(&s.address.span()),
-                format!(
-                    "sink `{name}`: `{}` is not an address and port such as `127.0.0.1:5514`",
-                    s.address.get_ref()
-                ),
-            ),
-        }
-        if s.facility > 23 {
-            err(
-                at(&s.name.span()),
-                format!("sink `{name}`: `facility = {}` must be 0 to 23", s.facility),
-            );
-        }
-        if s.batch_records == 0 || s.max_message_bytes < 480 {
-            err(
-                at(&s.name.span()),
-                format!("sink `{name}`: `batch_records` must be at least 1 and `max_message_bytes` at least 480"),
-            );
-        }
+        sink_targets.push(validate_sink(s, base, &mut err, &at));
     }
     match config.log.format.as_str() {
         "pretty" | "json" => {}
@@ -1500,7 +1650,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 upstream_urls,
                 audit_dir,
                 checkpoint_key_file,
-                sink_addrs,
+                sink_targets,
                 namer,
                 policy_files,
                 judge_url,
@@ -1524,6 +1674,187 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
         _ => Err(errors),
     }
+}
+
+/// Checks one `[[audit.sinks]]` entry beyond its name; returns its resolved
+/// endpoint and files.
+fn validate_sink(
+    s: &SinkConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> SinkTarget {
+    let name = s.name.get_ref();
+    let line = at(&s.name.span());
+    let resolve = |p: &Spanned<PathBuf>| {
+        let p = p.get_ref();
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    };
+    let mut t = SinkTarget {
+        ca_file: s.ca_file.as_ref().map(resolve),
+        cert_file: s.cert_file.as_ref().map(resolve),
+        key_file: s.key_file.as_ref().map(resolve),
+        ..SinkTarget::default()
+    };
+    if s.cert_file.is_some() != s.key_file.is_some() {
+        err(
+            line,
+            format!("sink `{name}`: set both `cert_file` and `key_file`, or neither"),
+        );
+    }
+    let mut host = None;
+    if s.kind.is_http() {
+        for (key, set) in [
+            ("transport", s.transport.is_some()),
+            ("address", s.address.is_some()),
+        ] {
+            if set {
+                err(
+                    line,
+                    format!("sink `{name}`: `{key}` is for syslog sinks; HTTP sinks take `url`"),
+                );
+            }
+        }
+        match &s.url {
+            None => err(line, format!("sink `{name}`: `url` is required")),
+            Some(u) => match SinkUrl::parse(u.get_ref()) {
+                Ok(url) => {
+                    host = Some(url.bare_host());
+                    t.url = Some(url);
+                }
+                Err(e) => err(at(&u.span()), format!("sink `{name}`: {e}")),
+            },
+        }
+        if s.batch_records == 0 || s.batch_bytes < 1024 {
+            err(
+                line,
+                format!("sink `{name}`: `batch_records` must be at least 1 and `batch_bytes` at least 1024"),
+            );
+        }
+        if let Some(tok) = &s.token {
+            let sources = tok.env.is_some() as usize
+                + tok.file.is_some() as usize
+                + tok.command.is_some() as usize;
+            if sources != 1 {
+                err(
+                    line,
+                    format!(
+                        "sink `{name}`: `token` needs exactly one of `env`, `file` and `command`"
+                    ),
+                );
+            }
+            let header = tok.header.as_deref().unwrap_or("Authorization");
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                || RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str())
+            {
+                err(
+                    line,
+                    format!("sink `{name}`: token header `{header}` is not a header name toolgate may send"),
+                );
+            }
+            if tok
+                .value_prefix
+                .as_deref()
+                .is_some_and(|p| p.bytes().any(|b| b.is_ascii_control()))
+            {
+                err(
+                    line,
+                    format!("sink `{name}`: token `value_prefix` must not hold control characters"),
+                );
+            }
+            t.token = match (&tok.env, &tok.file, &tok.command) {
+                (Some(v), _, _) => Some(crate::secret::SecretSource::Env(v.get_ref().clone())),
+                (None, Some(f), _) => {
+                    Some(crate::secret::SecretSource::File(base.join(f.get_ref())))
+                }
+                (None, None, Some(c)) => {
+                    Some(crate::secret::SecretSource::Command(c.get_ref().clone()))
+                }
+                (None, None, None) => None,
+            };
+        } else if s.kind == SinkKind::SplunkHec {
+            err(
+                line,
+                format!("sink `{name}`: `splunk_hec` needs a `token` (`[audit.sinks.token]` with `env`, `file` or `command`)"),
+            );
+        }
+        for (h, v) in &s.headers {
+            let bad_name = h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                || RESERVED_HEADERS.contains(&h.to_ascii_lowercase().as_str())
+                || h.eq_ignore_ascii_case("content-encoding");
+            if bad_name || v.bytes().any(|b| b.is_ascii_control()) {
+                err(
+                    line,
+                    format!("sink `{name}`: header `{h}` is not a header toolgate may send with that value"),
+                );
+            }
+        }
+    } else {
+        if s.url.is_some() || s.token.is_some() || !s.headers.is_empty() || s.gzip {
+            err(
+                line,
+                format!("sink `{name}`: `url`, `token`, `headers` and `gzip` are for HTTP sinks; syslog sinks take `transport` and `address`"),
+            );
+        }
+        let transport = s.transport.as_ref().map(|t| *t.get_ref());
+        if transport.is_none() {
+            err(
+                line,
+                format!("sink `{name}`: `transport` is required (`udp`, `tcp` or `tls`)"),
+            );
+        }
+        match &s.address {
+            None => err(line, format!("sink `{name}`: `address` is required")),
+            Some(a) => match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    host = Some(addr.ip().to_string());
+                    t.address = Some(addr);
+                }
+                Err(_) => err(
+                    at(&a.span()),
+                    format!(
+                        "sink `{name}`: `{}` is not an address and port such as `127.0.0.1:5514`",
+                        a.get_ref()
+                    ),
+                ),
+            },
+        }
+        if transport != Some(SinkTransport::Tls)
+            && (s.ca_file.is_some() || s.cert_file.is_some() || s.server_name.is_some())
+        {
+            err(
+                line,
+                format!("sink `{name}`: `ca_file`, `server_name`, `cert_file` and `key_file` need `transport = \"tls\"`"),
+            );
+        }
+        if s.facility > 23 {
+            err(
+                line,
+                format!("sink `{name}`: `facility = {}` must be 0 to 23", s.facility),
+            );
+        }
+        if s.batch_records == 0 || s.max_message_bytes < 480 {
+            err(
+                line,
+                format!("sink `{name}`: `batch_records` must be at least 1 and `max_message_bytes` at least 480"),
+            );
+        }
+    }
+    t.server_name = match &s.server_name {
+        Some(n) => n.get_ref().clone(),
+        None => host.unwrap_or_default(),
+    };
+    t
 }
 
 /// Whether `host` (a name or an IP address, unbracketed) is this machine.
@@ -2180,8 +2511,11 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         assert_eq!(v.config.audit.segment_bytes, 4096);
         let s = &v.config.audit.sinks[0];
         assert_eq!((s.facility, s.batch_records), (13, 256));
-        assert_eq!(s.transport, SinkTransport::Tcp);
-        assert_eq!(v.sink_addrs[0].port(), 5514);
+        assert_eq!(
+            s.transport.as_ref().map(|t| *t.get_ref()),
+            Some(SinkTransport::Tcp)
+        );
+        assert_eq!(v.sink_targets[0].address.map(|a| a.port()), Some(5514));
     }
 
     #[test]
@@ -2196,6 +2530,54 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         assert_eq!(e[0].line, Some(22));
         assert!(e[0].message.contains("`nowhere`"));
         assert!(e[1].message.contains("more than once"));
+    }
+
+    #[test]
+    fn http_sinks_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"https://splunk.example/services/collector/event\"\ngzip = true\n[audit.sinks.token]\nenv = \"HEC_TOKEN\"\n\n[[audit.sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:9200\"\nformat = \"toolgate\"\n"
+        );
+        let v = parse(&text, "t.toml", Path::new("/etc/tg")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        let hec = &v.sink_targets[0];
+        let url = hec.url.clone().unwrap_or_else(|| unreachable!());
+        assert!(url.https);
+        assert_eq!(
+            (url.url.port, url.url.path.as_str()),
+            (443, "/services/collector/event")
+        );
+        assert_eq!(hec.server_name, "splunk.example");
+        assert_eq!(
+            hec.token,
+            Some(crate::secret::SecretSource::Env("HEC_TOKEN".into()))
+        );
+        assert_eq!(v.config.audit.sinks[1].format, SinkFormat::Toolgate);
+        assert_eq!(
+            v.sink_targets[1].url.as_ref().map(|u| u.url.port),
+            Some(9200)
+        );
+
+        let bad = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"ftp://x\"\naddress = \"127.0.0.1:1\"\n"
+        );
+        let e = parse(&bad, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("`address` is for syslog sinks"), "{e}");
+        assert!(
+            e.contains("`ftp://x` is not an `http[s]://host:port/path` URL"),
+            "{e}"
+        );
+        assert!(e.contains("`splunk_hec` needs a `token`"), "{e}");
+        let bad = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"s\"\nkind = \"syslog\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:1\"\nca_file = \"ca.pem\"\n"
+        );
+        let e = parse(&bad, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("need `transport = \"tls\"`"), "{e}");
     }
 
     #[test]

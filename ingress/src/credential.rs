@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use toolgate_core::config::{CredentialConfig, ValidConfig};
-use toolgate_core::secret::Secret;
+use toolgate_core::secret::{Secret, SecretError, SecretSource};
 use toolgate_decision::Published;
 
 /// Per upstream (index-aligned with the configuration), its published
@@ -63,16 +63,15 @@ pub enum CredentialError {
     },
 }
 
-/// Where a credential comes from, for messages.
-fn source_name(c: &CredentialConfig, file: Option<&Path>) -> String {
+/// Where a credential is read from.
+fn secret_source(c: &CredentialConfig, file: Option<&Path>) -> SecretSource {
     match (&c.env, file, &c.command) {
-        (Some(v), _, _) => format!("env `{}`", v.get_ref()),
-        (None, Some(f), _) => format!("file `{}`", f.display()),
-        (None, None, Some(cmd)) => format!(
-            "command `{}`",
-            cmd.get_ref().first().map(String::as_str).unwrap_or("")
-        ),
-        (None, None, None) => "nowhere".to_owned(),
+        (Some(v), _, _) => SecretSource::Env(v.get_ref().clone()),
+        (None, Some(f), _) => SecretSource::File(f.to_path_buf()),
+        (None, None, Some(cmd)) => SecretSource::Command(cmd.get_ref().clone()),
+        // Validation requires exactly one source; a command naming no
+        // program fails to run.
+        (None, None, None) => SecretSource::Command(Vec::new()),
     }
 }
 
@@ -82,31 +81,26 @@ pub fn read(
     c: &CredentialConfig,
     file: Option<&Path>,
 ) -> Result<Secret, CredentialError> {
-    let value: Vec<u8> = if let Some(var) = &c.env {
-        std::env::var(var.get_ref())
-            .map_err(|_| CredentialError::EnvUnset {
-                upstream: upstream.to_owned(),
-                var: var.get_ref().clone(),
-            })?
-            .into_bytes()
-    } else if let Some(f) = file {
-        std::fs::read(f).map_err(|why| CredentialError::File {
-            upstream: upstream.to_owned(),
-            file: f.display().to_string(),
+    let upstream = upstream.to_owned();
+    let source = secret_source(c, file);
+    let value = source.read().map_err(|e| match e {
+        SecretError::EnvUnset(var) => CredentialError::EnvUnset { upstream, var },
+        SecretError::File { file, why } => CredentialError::File {
+            upstream,
+            file,
             why,
-        })?
-    } else if let Some(cmd) = &c.command {
-        run(upstream, cmd.get_ref())?
-    } else {
-        Vec::new()
-    };
-    let value = value.trim_ascii();
-    if value.is_empty() || value.iter().any(|b| b.is_ascii_control()) {
-        return Err(CredentialError::Unusable {
-            upstream: upstream.to_owned(),
-            source_name: source_name(c, file),
-        });
-    }
+        },
+        SecretError::Command { program, why } => CredentialError::Command {
+            upstream,
+            program,
+            why,
+        },
+        SecretError::Unusable(source_name) => CredentialError::Unusable {
+            upstream,
+            source_name,
+        },
+    })?;
+    let value = value.expose();
     let header = c.header.get_ref();
     let mut line = Vec::with_capacity(header.len() + c.value_prefix.len() + value.len() + 4);
     line.extend_from_slice(header.as_bytes());
@@ -115,27 +109,6 @@ pub fn read(
     line.extend_from_slice(value);
     line.extend_from_slice(b"\r\n");
     Ok(Secret::new(line))
-}
-
-/// Runs a credential command; its stdout is the secret. stderr is not
-/// captured into messages: it might echo the secret.
-fn run(upstream: &str, cmd: &[String]) -> Result<Vec<u8>, CredentialError> {
-    let program = cmd.first().cloned().unwrap_or_default();
-    let fail = |why: String| CredentialError::Command {
-        upstream: upstream.to_owned(),
-        program: program.clone(),
-        why,
-    };
-    let out = std::process::Command::new(&program)
-        .args(&cmd[1.min(cmd.len())..])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .map_err(|e| fail(e.to_string()))?;
-    if !out.status.success() {
-        return Err(fail(out.status.to_string()));
-    }
-    Ok(out.stdout)
 }
 
 /// Reads every upstream's credential; the first that cannot be read stops

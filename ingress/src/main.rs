@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use toolgate_core::config::{self, SinkKind, SinkTransport, ValidConfig};
+use toolgate_core::config::{self, SinkConfig, SinkKind, SinkTarget, SinkTransport, ValidConfig};
 use toolgate_decision::policy::PolicyBundle;
 use toolgate_decision::{Catalog, Snapshot};
 use toolgate_ingress::{demo, shard, shared::Shared};
 use toolgate_sinks::key::{load_key, KeySource, GENERATED_KEY_FILE};
-use toolgate_sinks::sink::{RunnerOptions, SinkRunner};
+use toolgate_sinks::retention::{Policy as RetentionPolicy, Retainer};
+use toolgate_sinks::siem::HttpSink;
+use toolgate_sinks::sink::{RunnerOptions, Sink, SinkRunner};
 use toolgate_sinks::syslog::{local_hostname, SyslogFormat};
+use toolgate_sinks::tls::{client_config, server_name, TlsFiles};
 use toolgate_sinks::transport::{SyslogSink, Transport};
 use toolgate_sinks::{audit_ring, AuditHealth, AuditWriter, WriterConfig};
 
@@ -526,6 +529,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let creds = toolgate_ingress::credential::load(&cfg)?;
     toolgate_ingress::oauth::clients(&cfg, &creds)?;
     load_tls(&cfg)?;
+    // Sink tokens and TLS files are read as at start (nothing is sent).
+    for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
+        build_sink(s, t)?;
+    }
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
         path.display(),
@@ -732,7 +739,7 @@ fn run(
             fsync_interval: Duration::from_millis(a.fsync_interval_ms),
             segment_bytes: a.segment_bytes,
             durability: a.durability,
-            key: key.bytes,
+            key: key.bytes.clone(),
         },
         consumers,
         Arc::clone(&health),
@@ -740,6 +747,7 @@ fn run(
     .context("starting the audit log")?;
     let audit_dir = audit.dir().to_path_buf();
     let sinks = start_sinks(&cfg)?;
+    let retainer = start_retention(&cfg, key.bytes)?;
     load_policies(&cfg)?;
     let (policies, _) = toolgate_decision::policy::read_sources(&cfg.policy_files);
     let watch = cfg.config.policies.watch;
@@ -830,6 +838,9 @@ fn run(
     audit.shutdown();
     for s in sinks {
         s.shutdown();
+    }
+    if let Some(r) = retainer {
+        r.shutdown();
     }
     std::process::exit(0);
 }
@@ -928,40 +939,95 @@ fn watch_files(shared: Arc<Shared>) {
     }
 }
 
+/// Starts the retention thread when `retain_days` or `retain_bytes` is set.
+fn start_retention(cfg: &ValidConfig, key: Vec<u8>) -> anyhow::Result<Option<Retainer>> {
+    let a = &cfg.config.audit;
+    if a.retain_days.is_none() && a.retain_bytes.is_none() {
+        return Ok(None);
+    }
+    let policy = RetentionPolicy {
+        max_age: a
+            .retain_days
+            .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+        max_bytes: a.retain_bytes,
+    };
+    let sinks = a.sinks.iter().map(|s| s.name.get_ref().clone()).collect();
+    let r = Retainer::spawn(cfg.audit_dir.clone(), policy, sinks, key)
+        .context("starting audit retention")?;
+    tracing::info!(
+        retain_days = a.retain_days,
+        retain_bytes = a.retain_bytes,
+        "audit retention on"
+    );
+    Ok(Some(r))
+}
+
+/// Builds the sink of one `[[audit.sinks]]` entry (reading its token and
+/// TLS files); also names its target for the log.
+fn build_sink(s: &SinkConfig, t: &SinkTarget) -> anyhow::Result<(Box<dyn Sink>, String)> {
+    let name = s.name.get_ref();
+    let hostname = s.hostname.clone().unwrap_or_else(local_hostname);
+    Ok(match s.kind {
+        SinkKind::Syslog => {
+            let Some(addr) = t.address else {
+                bail!("sink `{name}` has no address");
+            };
+            let transport = match s.transport.as_ref().map(|t| *t.get_ref()) {
+                Some(SinkTransport::Udp) => Transport::Udp,
+                Some(SinkTransport::Tcp) | None => Transport::Tcp,
+                Some(SinkTransport::Tls) => {
+                    let config = client_config(&TlsFiles {
+                        ca_file: t.ca_file.clone(),
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                    })
+                    .with_context(|| format!("sink `{name}`"))?;
+                    let sni =
+                        server_name(&t.server_name).with_context(|| format!("sink `{name}`"))?;
+                    Transport::Tls(config, sni)
+                }
+            };
+            let format = SyslogFormat {
+                facility: s.facility,
+                app_name: s.app_name.clone(),
+                hostname,
+                max_message_bytes: s.max_message_bytes,
+            };
+            let sink = SyslogSink::new(
+                format,
+                transport,
+                addr,
+                Duration::from_millis(s.io_timeout_ms),
+            );
+            (Box::new(sink), addr.to_string())
+        }
+        SinkKind::SplunkHec | SinkKind::Elasticsearch | SinkKind::Webhook => {
+            let sink = HttpSink::from_config(s, t, hostname)?;
+            let url = s
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default();
+            (Box::new(sink), url)
+        }
+    })
+}
+
 /// Starts one delivery thread per `[[audit.sinks]]` entry.
 fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
     let mut out = Vec::new();
-    for (s, addr) in cfg.config.audit.sinks.iter().zip(&cfg.sink_addrs) {
+    for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         let name = s.name.get_ref();
-        let sink = match s.kind {
-            SinkKind::Syslog => {
-                let transport = match s.transport {
-                    SinkTransport::Udp => Transport::Udp,
-                    SinkTransport::Tcp => Transport::Tcp,
-                };
-                let format = SyslogFormat {
-                    facility: s.facility,
-                    app_name: s.app_name.clone(),
-                    hostname: s.hostname.clone().unwrap_or_else(local_hostname),
-                    max_message_bytes: s.max_message_bytes,
-                };
-                SyslogSink::new(
-                    format,
-                    transport,
-                    *addr,
-                    Duration::from_millis(s.io_timeout_ms),
-                )
-            }
-        };
+        let (sink, target) = build_sink(s, t)?;
         let opts = RunnerOptions {
             batch_records: s.batch_records,
             poll_interval: Duration::from_millis(s.poll_interval_ms),
             retry_initial: Duration::from_millis(s.retry_initial_ms),
             retry_max: Duration::from_millis(s.retry_max_ms.max(s.retry_initial_ms)),
         };
-        let runner = SinkRunner::spawn(name, &cfg.audit_dir, Box::new(sink), opts)
+        let runner = SinkRunner::spawn(name, &cfg.audit_dir, sink, opts)
             .with_context(|| format!("starting audit sink `{name}`"))?;
-        tracing::info!(sink = %name, address = %addr, "audit sink started");
+        tracing::info!(sink = %name, target = %target, "audit sink started");
         out.push(runner);
     }
     Ok(out)
@@ -1054,6 +1120,9 @@ mod audit_cmd {
                         .map(|s| format!("; `{s}` is open (sealed when it rotates or toolgate restarts)"))
                         .unwrap_or_default()
                 );
+                if let Some(n) = v.retained_through {
+                    println!("records 1..{n} were removed by retention; the kept log continues its anchor (`retained.seal`)");
+                }
                 println!("head: {}", hex::encode(v.head));
                 Ok(())
             }

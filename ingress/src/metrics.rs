@@ -203,10 +203,27 @@ impl Metrics {
                     s.failures.load(Ordering::Relaxed)
                 );
             }
+            let _ = writeln!(out, "# HELP toolgate_sink_rejected_total Failed deliveries where the collector refused the records as they are (bad token, malformed or oversized event, mapping error); retried, never skipped.\n# TYPE toolgate_sink_rejected_total counter");
+            for (n, s) in sinks {
+                let _ = writeln!(
+                    out,
+                    "toolgate_sink_rejected_total{{sink=\"{n}\"}} {}",
+                    s.rejected.load(Ordering::Relaxed)
+                );
+            }
             let _ = writeln!(out, "# HELP toolgate_sink_lag_records Records written to the log and not yet delivered by each sink.\n# TYPE toolgate_sink_lag_records gauge");
             for (n, s) in sinks {
                 let lag = head.saturating_sub(s.next_seq.load(Ordering::Relaxed).max(1));
                 let _ = writeln!(out, "toolgate_sink_lag_records{{sink=\"{n}\"}} {lag}");
+            }
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            let _ = writeln!(out, "# HELP toolgate_sink_lag_seconds How long the oldest record each sink is delivering has waited since it was recorded (0 when the sink is not held up).\n# TYPE toolgate_sink_lag_seconds gauge");
+            for (n, s) in sinks {
+                let lag = s.lag_us(now_us) as f64 / 1e6;
+                let _ = writeln!(out, "toolgate_sink_lag_seconds{{sink=\"{n}\"}} {lag:.3}");
             }
         }
         out
@@ -272,9 +289,11 @@ mod tests {
         assert!(text.contains("toolgate_requests_total{shard=\"0\",decision=\"deny\"} 1\n"));
         assert!(text.contains("toolgate_snapshot_generation 7\n"));
         assert!(text.contains("toolgate_sink_lag_records{sink=\"rsyslog\"} 0\n"));
+        assert!(text.contains("toolgate_sink_rejected_total{sink=\"rsyslog\"} 0\n"));
+        assert!(text.contains("toolgate_sink_lag_seconds{sink=\"rsyslog\"} 0.000\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or(("", "x"));
-            assert!(!name.is_empty() && value.parse::<u64>().is_ok(), "{line}");
+            assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
         }
     }
 }

@@ -73,6 +73,13 @@ impl Appender {
                 Recovered::Unreadable => return Err(OpenError::Unreadable { path: seg.path }),
             }
         }
+        if head.0 == 0 {
+            // Every segment removed by retention (it keeps the newest sealed
+            // one, so only by hand): continue from the anchor, not genesis.
+            if let Some(Ok(a)) = crate::retention::read_anchor(dir, Some(&key)).map_err(io)? {
+                head = (a.last_seq, a.last_hash);
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             key,

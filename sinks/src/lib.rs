@@ -16,9 +16,13 @@
 //!
 //! Everything downstream reads the log files, never the rings: [`verify`]
 //! proves the chain and seals, [`query`] filters records, and each [`sink`]
-//! delivers records to a collector (syslog over UDP or TCP, [`syslog`],
-//! [`transport`]) from its own persisted [`cursor`]. A collector outage
+//! delivers records to a collector (syslog over UDP, TCP or TLS, [`syslog`],
+//! [`transport`]; Splunk HEC, Elasticsearch `_bulk` or an NDJSON webhook,
+//! [`siem`] over [`http`], records mapped to OCSF by [`ocsf`]) from its own
+//! persisted [`cursor`]. A collector outage
 //! therefore never slows or refuses a call: the log is the buffer.
+//! [`retention`] removes old sealed segments once every sink is past them,
+//! leaving a MACed anchor so `verify` still proves the kept log.
 //!
 //! Never here: decisions about calls, or any I/O on a shard's thread.
 
@@ -26,13 +30,18 @@ pub mod appender;
 pub mod chain;
 pub mod cursor;
 pub mod health;
+pub mod http;
 pub mod key;
+pub mod ocsf;
 pub mod query;
 pub mod reader;
+pub mod retention;
 pub mod ring;
 pub mod segment;
+pub mod siem;
 pub mod sink;
 pub mod syslog;
+pub mod tls;
 pub mod transport;
 pub mod verify;
 pub mod writer;

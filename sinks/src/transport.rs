@@ -1,5 +1,6 @@
-//! Syslog transports: UDP (RFC 5426) and TCP with octet-counting framing
-//! (RFC 6587 §3.4.1: `MSG-LEN SP SYSLOG-MSG`, no delimiter to escape).
+//! Syslog transports: UDP (RFC 5426), and TCP or TLS (RFC 5425) with
+//! octet-counting framing (RFC 6587 §3.4.1 / RFC 5425 §4.3:
+//! `MSG-LEN SP SYSLOG-MSG`, no delimiter to escape).
 //!
 //! UDP is fire-and-forget: a datagram the network drops is lost, which the
 //! collector can see from gaps in `sequenceId`. TCP hands each batch to the
@@ -9,20 +10,27 @@
 //! the one thing TCP syslog cannot vouch for.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 use crate::reader::Entry;
 use crate::sink::{Sink, SinkError};
 use crate::syslog::SyslogFormat;
+use crate::tls::{connect_addr, Conn};
 
 /// How a syslog sink reaches its collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Transport {
     /// Datagrams.
     Udp,
     /// Octet-counted stream.
     Tcp,
+    /// Octet-counted stream over TLS, checked against this name.
+    Tls(Arc<ClientConfig>, ServerName<'static>),
 }
 
 /// A syslog collector.
@@ -32,7 +40,7 @@ pub struct SyslogSink {
     address: SocketAddr,
     io_timeout: Duration,
     udp: Option<UdpSocket>,
-    tcp: Option<TcpStream>,
+    tcp: Option<Conn>,
     buf: Vec<u8>,
     msg: Vec<u8>,
 }
@@ -58,7 +66,7 @@ impl SyslogSink {
     }
 
     fn err(&self, what: &str, e: &std::io::Error) -> SinkError {
-        SinkError(format!("syslog {what} `{}`: {e}", self.address))
+        SinkError::new(format!("syslog {what} `{}`: {e}", self.address))
     }
 
     fn deliver_udp(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
@@ -98,11 +106,12 @@ impl SyslogSink {
             self.buf.extend_from_slice(&self.msg);
         }
         if self.tcp.is_none() {
-            let s = TcpStream::connect_timeout(&self.address, self.io_timeout)
+            let tls = match &self.transport {
+                Transport::Tls(config, name) => Some((config, name)),
+                _ => None,
+            };
+            let s = connect_addr(self.address, tls, self.io_timeout)
                 .map_err(|e| self.err("connect to", &e))?;
-            s.set_write_timeout(Some(self.io_timeout))
-                .map_err(|e| self.err("configure", &e))?;
-            let _ = s.set_nodelay(true);
             self.tcp = Some(s);
         }
         let res = match &mut self.tcp {
@@ -121,7 +130,7 @@ impl Sink for SyslogSink {
     fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         match self.transport {
             Transport::Udp => self.deliver_udp(batch),
-            Transport::Tcp => self.deliver_tcp(batch),
+            Transport::Tcp | Transport::Tls(..) => self.deliver_tcp(batch),
         }
     }
 }

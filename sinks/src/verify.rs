@@ -7,11 +7,16 @@
 //! previous record's `hash`. Each sealed segment's seal must match its last
 //! record and, given the key, its MAC. Every segment but the last must be
 //! sealed. The first problem is reported with its segment, line and record.
+//!
+//! A log whose oldest segments retention removed starts at its anchor
+//! ([`crate::retention`]): the first kept segment must continue exactly
+//! where the anchor (a MACed seal of the last removed segment) ends.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::chain::{parse_link, GENESIS};
+use crate::retention::{anchor_path, read_anchor};
 use crate::segment::{list_segments, Seal};
 
 /// What a passing verification covered.
@@ -29,6 +34,11 @@ pub struct Verified {
     pub open_segment: Option<String>,
     /// `hash` of the last record.
     pub head: [u8; 32],
+    /// `log_seq` of the last record.
+    pub head_seq: u64,
+    /// Records `1..=N` were removed by retention; the kept log continues
+    /// its anchor.
+    pub retained_through: Option<u64>,
 }
 
 /// Where the log stops being trustworthy.
@@ -97,9 +107,35 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, VerifyError> {
         seals_unchecked: 0,
         open_segment: None,
         head: GENESIS,
+        head_seq: 0,
+        retained_through: None,
     };
     let mut expected = 1u64;
-    for (i, seg) in segs.iter().enumerate() {
+    let mut start = 0;
+    if segs.first().is_some_and(|s| s.first_seq > 1) {
+        if let Some(anchor) = read_anchor(dir, key).map_err(io)? {
+            let anchor = anchor.map_err(|e| {
+                VerifyError::Broken(Broken {
+                    segment: anchor_path(dir),
+                    line: 0,
+                    expected_seq: 1,
+                    problem: format!("the retention anchor does not check out: {e}"),
+                })
+            })?;
+            // Segments the anchor already covers: a removal a crash
+            // interrupted (the next sweep finishes it).
+            while start + 1 < segs.len() && segs[start + 1].first_seq <= anchor.last_seq + 1 {
+                start += 1;
+            }
+            if segs[start].first_seq == anchor.last_seq + 1 {
+                expected = anchor.last_seq + 1;
+                out.head = anchor.last_hash;
+                out.retained_through = Some(anchor.last_seq);
+                out.segments = segs.len() - start;
+            }
+        }
+    }
+    for (i, seg) in segs.iter().enumerate().skip(start) {
         let broken = |line: u64, expected_seq: u64, problem: String| {
             VerifyError::Broken(Broken {
                 segment: seg.path.clone(),
@@ -176,6 +212,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Verified, VerifyError> {
                 ));
             }
             out.head = link.hash;
+            out.head_seq = link.seq;
             out.records += 1;
             expected += 1;
         }

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from harness import HOST, free_port, stop_process, wait_for_port
 
 SEP = " ||| "
@@ -46,8 +48,24 @@ class Received:
     record: dict[str, Any]
 
 
+def make_pki(d: Path) -> dict[str, Path]:
+    """A CA, a server certificate for ``localhost``/127.0.0.1 and a client
+    certificate (see certs.py), as PEM files in ``d``."""
+    from certs import issue, make_ca, server_cert
+
+    d.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    out = {"ca": d / "ca.pem"}
+    out["ca"].write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    out["server_cert"], out["server_key"] = server_cert(ca, "localhost").write(d, "server")
+    out["client_cert"], out["client_key"] = issue(ca, "toolgate", client=True).write(d, "client")
+    return out
+
+
 class Rsyslog:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: dict[str, Path] | None = None) -> None:
+        """With ``tls`` (from :func:`make_pki`), the TCP input speaks TLS
+        (RFC 5425, GnuTLS driver) and requires a client certificate from the CA."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.udp_port = free_udp_port()
@@ -61,10 +79,18 @@ class Rsyslog:
         work = workdir / "work"
         work.mkdir(exist_ok=True)
         fields = SEP.join(["%protocol-version%", "%app-name%", "%msgid%", "%structured-data%", "%msg%"])
+        glob = f'workDirectory="{work}" maxMessageSize="64k"'
+        imtcp = 'module(load="imtcp")'
+        if tls is not None:
+            glob += (f' defaultNetstreamDriverCAFile="{tls["ca"]}"'
+                     f' defaultNetstreamDriverCertFile="{tls["server_cert"]}"'
+                     f' defaultNetstreamDriverKeyFile="{tls["server_key"]}"')
+            imtcp = ('module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1"'
+                     ' streamDriver.authMode="x509/certvalid")')
         self.conf.write_text(
-            f'''global(workDirectory="{work}" maxMessageSize="64k")
+            f'''global({glob})
 module(load="imudp")
-module(load="imtcp")
+{imtcp}
 template(name="tg" type="string" string="{fields}\\n")
 ruleset(name="udp") {{ action(type="omfile" file="{self.udp_out}" template="tg") }}
 ruleset(name="tcp") {{ action(type="omfile" file="{self.tcp_out}" template="tg") }}

@@ -7,6 +7,7 @@ log cannot be written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from harness import (
     modern_request,
     read_audit_dir,
 )
-from syslog_collector import Rsyslog, rsyslogd_path
+from syslog_collector import Rsyslog, make_pki, rsyslogd_path
 
 CLI_TIMEOUT_S = 30
 
@@ -219,6 +220,48 @@ def test_every_record_reaches_rsyslog_over_udp_and_tcp(make_gate, rsyslog):
     assert cursor["next_seq"] == max(want) + 1
 
 
+def test_every_record_reaches_rsyslog_over_tls_with_a_client_certificate(make_gate, tmp_path):
+    if rsyslogd_path() is None:
+        pytest.fail("rsyslogd is not installed: scripts/test installs `rsyslog` and `rsyslog-gnutls`")
+    pki = make_pki(tmp_path / "pki")
+    collector = Rsyslog(tmp_path / "tls-rsyslog", tls=pki).start()
+    try:
+        sink = {"name": "siem-tls", "kind": "syslog", "transport": "tls", "address": collector.tcp_address,
+                "ca_file": str(pki["ca"]), "server_name": "localhost", "cert_file": str(pki["client_cert"]),
+                "key_file": str(pki["client_key"]), "batch_records": 6, "retry_initial_ms": 50,
+                "retry_max_ms": 200}
+        gate = make_gate(sinks=[sink])
+        traffic(gate, 20)
+        gate.audit_lines(20, where=lambda l: l["method"] == "tools/call")
+        records = gate.read_audit()
+        got = collector.wait_for_seqs("tcp", {r["log_seq"] for r in records}, timeout=15)
+        check_received(got, records)
+        assert len(got) == len(records), "one message per record"
+    finally:
+        collector.stop()
+
+
+def test_tls_sink_refuses_a_collector_it_does_not_trust(make_gate, tmp_path):
+    """A certificate from another CA fails the handshake: the sink retries,
+    logs it, delivers nothing, and calls go on."""
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other-pki")
+    collector = Rsyslog(tmp_path / "tls-rsyslog", tls=pki).start()
+    try:
+        gate = make_gate(sinks=[{"name": "untrusted", "kind": "syslog", "transport": "tls",
+                                 "address": collector.tcp_address, "ca_file": str(other["ca"]),
+                                 "server_name": "localhost", "retry_initial_ms": 50, "retry_max_ms": 200}])
+        answers = traffic(gate, 4)
+        assert all(r.status_code in (200, 400) for r in answers)
+        deadline = time.monotonic() + 10
+        while "TLS handshake" not in gate.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "TLS handshake" in gate.stderr_text()
+        assert collector.received("tcp") == []
+    finally:
+        collector.stop()
+
+
 def test_sink_outage_never_refuses_calls_and_catches_up(make_gate, tmp_path):
     """The collector is down at first: calls go on, records wait in the log."""
     collector = Rsyslog(tmp_path / "late-rsyslog")
@@ -235,6 +278,78 @@ def test_sink_outage_never_refuses_calls_and_catches_up(make_gate, tmp_path):
         check_received(got, records)
     finally:
         collector.stop()
+
+
+# --------------------------------------------------------------------------
+# retention
+# --------------------------------------------------------------------------
+
+
+def test_retention_by_size_waits_for_the_sink_and_verify_still_proves_the_log(make_gate, tmp_path):
+    collector = Rsyslog(tmp_path / "late-rsyslog")  # down at first
+    gate = make_gate(audit={"segment_bytes": 1024, "retain_bytes": 1},
+                     sinks=[{"name": "late", "kind": "syslog", "transport": "tcp",
+                             "address": collector.tcp_address, "retry_initial_ms": 50, "retry_max_ms": 200}])
+    traffic(gate, 30)
+    gate.audit_lines(30, where=lambda l: l["method"] == "tools/call")
+    records = gate.read_audit()
+    segments = len(audit_segments(gate.audit_dir))
+    assert segments > 5
+    deadline = time.monotonic() + 15
+    while "holding segments this sink has not delivered" not in gate.stderr_text():
+        assert time.monotonic() < deadline, "retention never said it is holding segments for the sink"
+        time.sleep(0.2)
+    assert len(audit_segments(gate.audit_dir)) >= segments, "nothing removed while the sink is behind"
+    collector.start()
+    try:
+        got = collector.wait_for_seqs("tcp", {r["log_seq"] for r in records}, timeout=15)
+        check_received(got, records)
+    finally:
+        collector.stop()
+    deadline = time.monotonic() + 15
+    while len(audit_segments(gate.audit_dir)) > 2:
+        assert time.monotonic() < deadline, "segments never removed after the sink caught up"
+        time.sleep(0.2)
+    gate.stop()
+    kept = read_audit_dir(gate.audit_dir)
+    assert kept[-1] == records[-1]
+    first = kept[0]["log_seq"]
+    assert first > 1
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stderr
+    assert f"records 1..{first - 1} were removed by retention" in res.stdout, res.stdout
+    res = toolgate("audit", "query", str(gate.audit_dir), "--json")
+    assert [json.loads(l)["log_seq"] for l in res.stdout.splitlines()] == [r["log_seq"] for r in kept]
+    # Without the anchor, the removed records are missing again.
+    dst = tmp_path / "no-anchor"
+    shutil.copytree(gate.audit_dir, dst)
+    (dst / "retained.seal").unlink()
+    res = toolgate("audit", "verify", str(dst))
+    assert res.returncode == 1 and f"records 1..{first - 1} are missing" in res.stderr, res.stderr
+
+
+def test_retention_by_age_and_the_chain_continues_after_restart(make_gate):
+    gate = make_gate(audit={"segment_bytes": 1024, "retain_days": 1})
+    traffic(gate, 12)
+    gate.audit_lines(12, where=lambda l: l["method"] == "tools/call")
+    gate.stop()
+    segs = audit_segments(gate.audit_dir)
+    assert len(segs) > 3
+    three_days_ago = time.time() - 3 * 86400
+    for seg in segs:
+        os.utime(seg.with_suffix(".seal"), (three_days_ago, three_days_ago))
+    gate.start()  # sweeps at start
+    deadline = time.monotonic() + 10
+    while len(audit_segments(gate.audit_dir)) > 1:
+        assert time.monotonic() < deadline, "old segments never removed"
+        time.sleep(0.1)
+    assert audit_segments(gate.audit_dir) == segs[-1:], "the newest sealed segment stays"
+    traffic(gate, 2, start_id=500)
+    gate.audit_lines(2, where=lambda l: l.get("request_id") in (500, 501), exact=False)
+    gate.stop()
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stderr
+    assert "removed by retention" in res.stdout
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+//! SIEM sink benchmarks: mapping one log record to OCSF, and delivering a
+//! 256-record batch through the HTTP sinks (HEC, HEC with gzip,
+//! Elasticsearch `_bulk`) to a minimal collector on 127.0.0.1 that answers
+//! at once, i.e. the sink's own cost per record plus loopback HTTP.
+#![expect(
+    clippy::panic,
+    reason = "a benchmark with a broken fixture must stop, not measure nothing"
+)]
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_sinks::appender::Appender;
+use toolgate_sinks::reader::{Entry, Position};
+use toolgate_sinks::siem::HttpSink;
+use toolgate_sinks::sink::Sink;
+
+const BATCH: usize = 256;
+
+fn record() -> AuditRecord {
+    AuditRecord {
+        time_us: 1_795_570_070_123_456,
+        shard: 0,
+        seq: 0,
+        request_id: Some("42".into()),
+        agent: Some(Arc::from("support-bot")),
+        user: Some(Arc::from("alice@example.com")),
+        method: Some("tools/call".into()),
+        tool: Some("crm__lookup_customer".into()),
+        upstream: Some(Arc::from("crm")),
+        decision: Decision::Allow,
+        reason: "attached",
+        status: 200,
+        outcome: Outcome::Success,
+        error_code: None,
+        latency_us: 1234,
+        client: "127.0.0.1:40000".parse().ok(),
+        protocol_version: Some("2026-07-28"),
+        policies: None,
+        judge: None,
+        redactions: Vec::new(),
+        admin: None,
+    }
+}
+
+/// `BATCH` chained log lines, as a sink reads them.
+fn entries() -> Vec<Entry> {
+    let dir = std::env::temp_dir().join(format!("toolgate-bench-sinks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut log = Appender::open(&dir, b"bench-checkpoint-key-0123456789".to_vec(), 64 << 20)
+        .unwrap_or_else(|e| panic!("log: {e}"));
+    let r = record();
+    let out = (1..=BATCH as u64)
+        .map(|seq| {
+            let mut buf = Vec::new();
+            if !log.encode(&r, &mut buf) {
+                panic!("encode");
+            }
+            buf.pop();
+            Entry {
+                seq,
+                line: buf,
+                after: Position::START,
+            }
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// A collector answering every request with `answer` on a kept-alive connection.
+fn collector(answer: &'static str) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let mut line = String::new();
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if r.get_mut().write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn sink(kind: &str, addr: &str, extra: &str) -> HttpSink {
+    let text = format!(
+        "[[audit.sinks]]\nname = \"b\"\nkind = \"{kind}\"\nurl = \"http://{addr}/services/collector/event\"\nbatch_records = {BATCH}\n{extra}\n"
+    );
+    let v = toolgate_core::config::parse(&text, "bench", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("{e}"));
+    HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn benches(c: &mut Criterion) {
+    let batch = entries();
+    let mut g = c.benchmark_group("sinks");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ocsf_map_record", |b| {
+        let mut out = Vec::with_capacity(2048);
+        b.iter(|| {
+            out.clear();
+            let r = toolgate_sinks::ocsf::Record::parse(black_box(&batch[0].line));
+            toolgate_sinks::ocsf::write_ocsf(&r, false, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let hec = collector(r#"{"text":"Success","code":0}"#);
+    let bulk = collector(r#"{"took":1,"errors":false,"items":[]}"#);
+    for (name, kind, addr, extra) in [
+        (
+            "hec_deliver_256_ocsf",
+            "splunk_hec",
+            &hec,
+            "[audit.sinks.token]\ncommand = [\"echo\", \"bench-token\"]",
+        ),
+        (
+            "hec_deliver_256_ocsf_gzip",
+            "splunk_hec",
+            &hec,
+            "gzip = true\n[audit.sinks.token]\ncommand = [\"echo\", \"bench-token\"]",
+        ),
+        (
+            "hec_deliver_256_toolgate",
+            "splunk_hec",
+            &hec,
+            "format = \"toolgate\"\n[audit.sinks.token]\ncommand = [\"echo\", \"bench-token\"]",
+        ),
+        ("bulk_deliver_256_ocsf", "elasticsearch", &bulk, ""),
+    ] {
+        let mut s = sink(kind, addr, extra);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                if let Err(e) = s.deliver(black_box(&batch)) {
+                    panic!("{e}");
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(sink_benches, benches);
+criterion_main!(sink_benches);
