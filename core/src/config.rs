@@ -2686,6 +2686,43 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
     }
 
     #[test]
+    fn soar_sinks_parse_and_their_rules_are_checked() {
+        let good = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"soar\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:8080/hook\"\nmax_keys = 50\n\n[[audit.sinks.rules]]\nname = \"burst\"\nkind = \"deny_rate\"\nthreshold = 5\nwindow_s = 60\nagents = [\"billing-*\"]\n\n[[audit.sinks.rules]]\nname = \"judged\"\nkind = \"judge\"\njudge_outcomes = [\"deny\"]\ncooldown_s = 30\n"
+        );
+        let v = parse(&good, "t.toml", Path::new(".")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        let s = &v.config.audit.sinks[0];
+        assert_eq!((s.kind, s.max_keys, s.rules.len()), (SinkKind::Soar, 50, 2));
+        assert_eq!(s.rules[0].kind, SoarRuleKind::DenyRate);
+        assert_eq!(s.rules[1].cooldown_s, Some(30));
+        let bad = good
+            .replace("threshold = 5\n", "")
+            .replace(
+                "judge_outcomes = [\"deny\"]",
+                "judge_outcomes = [\"maybe\"]",
+            )
+            .replace("name = \"judged\"", "name = \"burst\"");
+        let e = parse(&bad, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(e.len(), 3, "{msgs:?}");
+        assert!(msgs[0].contains("needs `threshold` and `window_s`"));
+        assert!(msgs[1].contains("used more than once"));
+        assert!(msgs[2].contains("judge outcome `maybe`"));
+        assert!(e.iter().all(|e| e.line.is_some()));
+        let none = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"soar\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:8080/hook\"\n"
+        );
+        let e = parse(&none, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("at least one `[[audit.sinks.rules]]`")));
+    }
+
+    #[test]
     fn http_sinks_parse_and_are_checked() {
         let text = format!(
             "{GOOD}\n[[audit.sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"https://splunk.example/services/collector/event\"\ngzip = true\n[audit.sinks.token]\nenv = \"HEC_TOKEN\"\n\n[[audit.sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:9200\"\nformat = \"toolgate\"\n"

@@ -628,3 +628,216 @@ impl Drop for SoarSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str, kind: SoarRuleKind) -> Rule {
+        Rule {
+            name: name.into(),
+            kind,
+            agents: Vec::new(),
+            tools: Vec::new(),
+            reasons: Vec::new(),
+            judge_outcomes: Vec::new(),
+            threshold: 1,
+            window_us: 0,
+            cooldown_us: 0,
+        }
+    }
+
+    fn rate(name: &str, kind: SoarRuleKind, threshold: usize, window_s: u64) -> Rule {
+        Rule {
+            threshold,
+            window_us: window_s * 1_000_000,
+            cooldown_us: window_s * 1_000_000,
+            ..rule(name, kind)
+        }
+    }
+
+    /// A record at second `s` of the day.
+    fn line(s: u64, agent: &str, tool: &str, decision: &str, judge: Option<&str>) -> Vec<u8> {
+        let judge = judge.map_or("null".to_owned(), |j| {
+            format!(r#"{{"outcome":"{j}","latency_us":5}}"#)
+        });
+        let reason = if decision == "deny" {
+            "policy:no-delete"
+        } else {
+            "allowed"
+        };
+        format!(
+            r#"{{"time":"2026-11-25T00:{:02}:{:02}.000000Z","agent":"{agent}","user":"u1","method":"tools/call","tool":"{tool}","decision":"{decision}","reason":"{reason}","judge":{judge},"log_seq":0,"hash":"h"}}"#,
+            s / 60,
+            s % 60
+        )
+        .into_bytes()
+    }
+
+    struct Feed {
+        engine: Engine,
+        seq: u64,
+    }
+
+    impl Feed {
+        fn new(rules: Vec<Rule>, max_keys: usize) -> Self {
+            Self {
+                engine: Engine::new(rules, max_keys),
+                seq: 0,
+            }
+        }
+
+        /// Evaluates one record; returns the rules that fired.
+        fn push(&mut self, line: &[u8]) -> Vec<String> {
+            self.seq += 1;
+            let mut out = Vec::new();
+            self.engine.evaluate(self.seq, line, &mut out);
+            out.iter()
+                .map(|a| a["rule"].as_str().unwrap_or("").to_owned())
+                .collect()
+        }
+    }
+
+    #[test]
+    fn deny_rule_honours_filters_and_cooldown_per_tool() {
+        let mut deny = rule("d", SoarRuleKind::Deny);
+        deny.agents = vec!["billing-*".into()];
+        deny.reasons = vec!["policy:*".into()];
+        deny.cooldown_us = 60_000_000;
+        let mut f = Feed::new(vec![deny], 100);
+        assert_eq!(f.push(&line(0, "billing-bot", "a", "deny", None)), ["d"]);
+        assert!(f
+            .push(&line(1, "billing-bot", "a", "allow", None))
+            .is_empty());
+        assert!(f
+            .push(&line(2, "support-bot", "a", "deny", None))
+            .is_empty());
+        assert!(
+            f.push(&line(30, "billing-bot", "a", "deny", None))
+                .is_empty(),
+            "cool-down"
+        );
+        assert_eq!(
+            f.push(&line(31, "billing-bot", "b", "deny", None)),
+            ["d"],
+            "another tool is another key"
+        );
+        assert_eq!(
+            f.push(&line(60, "billing-bot", "a", "deny", None)),
+            ["d"],
+            "cool-down over"
+        );
+    }
+
+    #[test]
+    fn judge_rule_filters_on_the_outcome() {
+        let mut j = rule("j", SoarRuleKind::Judge);
+        j.judge_outcomes = vec!["deny".into(), "timeout".into()];
+        let mut f = Feed::new(vec![j, rule("any", SoarRuleKind::Judge)], 100);
+        assert!(f.push(&line(0, "a", "t", "allow", None)).is_empty());
+        assert_eq!(f.push(&line(1, "a", "t", "allow", Some("allow"))), ["any"]);
+        assert_eq!(
+            f.push(&line(2, "a", "t", "deny", Some("deny"))),
+            ["j", "any"]
+        );
+        assert_eq!(
+            f.push(&line(3, "a", "t", "deny", Some("timeout"))),
+            ["j", "any"]
+        );
+    }
+
+    #[test]
+    fn rate_windows_use_record_time_and_cool_down() {
+        let mut f = Feed::new(vec![rate("burst", SoarRuleKind::DenyRate, 3, 10)], 100);
+        // Three denials 6 s apart never sit within 10 s together.
+        for s in [0, 6, 12, 18] {
+            assert!(f.push(&line(s, "a", "t", "deny", None)).is_empty(), "{s}");
+        }
+        // 12 and 18 sit within 10 s of 19: three.
+        let mut out = Vec::new();
+        f.seq += 1;
+        f.engine
+            .evaluate(f.seq, &line(19, "a", "t", "deny", None), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["count"], 3);
+        assert_eq!(out[0]["first_time"], "2026-11-25T00:00:12.000000Z");
+        assert_eq!(out[0]["last_time"], "2026-11-25T00:00:19.000000Z");
+        assert_eq!(out[0]["window_s"], 10);
+        assert_eq!(out[0]["tool"], "t");
+        // Cool-down (= window): quiet until 29 s, then fires again.
+        assert!(f.push(&line(21, "a", "t", "deny", None)).is_empty());
+        assert!(f.push(&line(28, "a", "t", "deny", None)).is_empty());
+        assert!(
+            f.push(&line(28, "b", "t", "deny", None)).is_empty(),
+            "per agent"
+        );
+        assert_eq!(f.push(&line(29, "a", "t", "deny", None)), ["burst"]);
+        // Allowed calls never count towards a deny rate.
+        assert!(f.push(&line(45, "a", "t", "allow", None)).is_empty());
+    }
+
+    #[test]
+    fn call_rate_counts_only_tool_calls() {
+        let mut f = Feed::new(vec![rate("busy", SoarRuleKind::CallRate, 2, 60)], 100);
+        let list = br#"{"time":"2026-11-25T00:00:01.000000Z","agent":"a","method":"tools/list","decision":"allow"}"#;
+        assert!(f.push(list).is_empty());
+        assert!(f.push(&line(2, "a", "t", "allow", None)).is_empty());
+        assert_eq!(f.push(&line(3, "a", "t", "deny", None)), ["busy"]);
+    }
+
+    #[test]
+    fn first_use_survives_a_save_and_load_and_retries_are_skipped() {
+        let rules = vec![
+            rule("new", SoarRuleKind::FirstUse),
+            rate("burst", SoarRuleKind::DenyRate, 2, 60),
+        ];
+        let mut f = Feed::new(rules.clone(), 100);
+        assert_eq!(f.push(&line(0, "a", "t", "deny", None)), ["new"]);
+        assert!(f.push(&line(1, "a", "t", "allow", None)).is_empty());
+        let mut out = Vec::new();
+        assert_eq!(
+            f.engine
+                .evaluate(1, &line(0, "a", "t", "deny", None), &mut out),
+            Outcome::default(),
+            "a record evaluated before is skipped"
+        );
+        assert!(out.is_empty());
+        let saved = f.engine.save_bytes();
+        let mut g = Feed::new(rules, 100);
+        assert!(g.engine.load_bytes(&saved).is_ok());
+        g.seq = f.seq;
+        assert_eq!(g.engine.next_seq(), 3);
+        assert!(
+            g.push(&line(2, "a", "t", "allow", None)).is_empty(),
+            "pair known"
+        );
+        assert_eq!(
+            g.push(&line(3, "a", "t", "deny", None)),
+            ["burst"],
+            "the window carried over"
+        );
+        assert_eq!(g.push(&line(4, "a", "u", "allow", None)), ["new"]);
+    }
+
+    #[test]
+    fn tables_stay_within_max_keys() {
+        let mut f = Feed::new(
+            vec![
+                rate("burst", SoarRuleKind::DenyRate, 2, 10),
+                rule("new", SoarRuleKind::FirstUse),
+            ],
+            2,
+        );
+        f.push(&line(0, "a", "t", "deny", None));
+        f.push(&line(1, "b", "t", "deny", None));
+        // Full: c is not tracked while a and b are within their windows.
+        let got = f.push(&line(2, "c", "t", "deny", None));
+        assert!(got.is_empty(), "{got:?}");
+        assert!(f.push(&line(3, "c", "t", "deny", None)).is_empty());
+        assert!(f.engine.windows.len() <= 2 && f.engine.seen.len() <= 2);
+        // Once a and b's windows have passed, c gets a slot.
+        f.push(&line(20, "c", "t", "deny", None));
+        assert_eq!(f.push(&line(21, "c", "t", "deny", None)), ["burst"]);
+        assert!(f.engine.windows.len() <= 2 && f.engine.seen.len() <= 2);
+    }
+}
