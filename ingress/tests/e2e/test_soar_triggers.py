@@ -146,7 +146,8 @@ def test_receiver_failing_then_recovering_gets_every_alert_exactly_once(make_gat
     assert "sink delivery failed" in gate.stderr_text()
 
 
-def test_restart_does_not_realert_first_use_of_pairs_already_seen(make_gate, receivers):
+@pytest.mark.parametrize("how", ["stop", "kill -9", "stop, cursor lost"])
+def test_restart_does_not_realert_first_use_of_pairs_already_seen(make_gate, receivers, how):
     hook = receivers().start()
     gate = make_gate(sinks=[soar_sink(hook.url, [
         {"name": "new-tool", "kind": "first_use"},
@@ -158,7 +159,17 @@ def test_restart_does_not_realert_first_use_of_pairs_already_seen(make_gate, rec
     assert sorted(a["rule"] for a in first) == ["denials"] * 3 + ["new-tool"] * 2
     assert (gate.audit_dir / "soar" / "soar.json").is_file()
 
-    gate.stop()
+    if how.startswith("stop"):
+        gate.stop()
+        if how == "stop, cursor lost":
+            # The saved state alone knows which records were evaluated.
+            (gate.audit_dir / "cursors" / "soar").unlink()
+    else:
+        # The state is saved before the delivery that sent an alert is
+        # acknowledged to the runner, so even SIGKILL loses nothing.
+        assert gate.proc is not None
+        gate.proc.kill()
+        gate.proc.wait(timeout=10)
     gate.start()
     traffic(gate, 6, start_id=101)
     with httpx.Client(timeout=10.0) as http:
