@@ -1981,10 +1981,10 @@ fn validate_soar_rules(
                     format!("sink `{name}`: rule `{rule}` needs `threshold` and `window_s`, both at least 1"),
                 );
             }
-            if r.threshold.is_some_and(|t| t > 100_000) {
+            if r.threshold.is_some_and(|t| t > 10_000) {
                 err(
                     rline,
-                    format!("sink `{name}`: rule `{rule}`: `threshold` must be at most 100000"),
+                    format!("sink `{name}`: rule `{rule}`: `threshold` must be at most 10000"),
                 );
             }
         } else if r.threshold.is_some() || r.window_s.is_some() {

@@ -342,10 +342,11 @@ impl Engine {
             }
         }
         let times = self.windows.entry(key).or_default();
-        times.push_back(t);
         // Records arrive in log order, whose times may step back a little
-        // across shards: a window is the span ending at the newest record.
-        let newest = times.iter().copied().max().unwrap_or(t);
+        // across shards: a window is the span ending at the newest record
+        // counted so far (O(1) per record, whatever the threshold).
+        let newest = times.back().map_or(t, |&b| b.max(t));
+        times.push_back(t);
         while times
             .front()
             .is_some_and(|&f| f.saturating_add(window) <= newest)
@@ -355,7 +356,7 @@ impl Engine {
         while times.len() > threshold {
             times.pop_front();
         }
-        let first = times.iter().copied().min().unwrap_or(t);
+        let first = times.front().copied().unwrap_or(t);
         Some((times.len(), first))
     }
 
