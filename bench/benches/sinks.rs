@@ -1,4 +1,5 @@
-//! SIEM sink benchmarks: mapping one log record to OCSF, and delivering a
+//! SIEM sink benchmarks: mapping one log record to OCSF, evaluating one
+//! record against five SOAR rules, and delivering a
 //! 256-record batch through the HTTP sinks (HEC, HEC with gzip,
 //! Elasticsearch `_bulk`) to a minimal collector on 127.0.0.1 that answers
 //! at once, i.e. the sink's own cost per record plus loopback HTTP.
@@ -135,6 +136,26 @@ fn benches(c: &mut Criterion) {
             let r = toolgate_sinks::ocsf::Record::parse(black_box(&batch[0].line));
             toolgate_sinks::ocsf::write_ocsf(&r, false, &mut out);
             black_box(out.len())
+        })
+    });
+    g.bench_function("soar_evaluate_record_5_rules", |b| {
+        let text = "[[audit.sinks]]\nname = \"s\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:9/h\"\n\
+            [[audit.sinks.rules]]\nname = \"d\"\nkind = \"deny\"\n\
+            [[audit.sinks.rules]]\nname = \"j\"\nkind = \"judge\"\n\
+            [[audit.sinks.rules]]\nname = \"dr\"\nkind = \"deny_rate\"\nthreshold = 10\nwindow_s = 60\n\
+            [[audit.sinks.rules]]\nname = \"cr\"\nkind = \"call_rate\"\nthreshold = 10000\nwindow_s = 60\n\
+            [[audit.sinks.rules]]\nname = \"f\"\nkind = \"first_use\"\n";
+        let v = toolgate_core::config::parse(text, "bench", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rules = toolgate_sinks::soar::Rule::from_config(&v.config.audit.sinks[0]);
+        let mut engine = toolgate_sinks::soar::Engine::new(rules, 10_000);
+        let mut alerts = Vec::new();
+        let mut seq = 0;
+        b.iter(|| {
+            seq += 1;
+            alerts.clear();
+            engine.evaluate(seq, black_box(&batch[0].line), &mut alerts);
+            black_box(alerts.len())
         })
     });
     g.throughput(Throughput::Elements(BATCH as u64));

@@ -775,6 +775,66 @@ pub struct SinkConfig {
     /// TLS: PEM private key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<Spanned<PathBuf>>,
+    /// `soar` only: `[[audit.sinks.rules]]`, the triggers; at least one.
+    #[serde(default)]
+    pub rules: Vec<SoarRuleConfig>,
+    /// `soar` only: most keys the sink tracks at once per kind of state
+    /// (cool-downs, rate windows, seen agent/tool pairs), so memory stays
+    /// bounded whatever the traffic. Default 10000.
+    #[serde(default = "default_soar_max_keys")]
+    pub max_keys: usize,
+}
+
+/// `[[audit.sinks.rules]]`: one SOAR trigger of a `soar` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoarRuleConfig {
+    /// Unique name within the sink; sent as the alert's `rule`.
+    pub name: Spanned<String>,
+    /// `deny`, `judge`, `deny_rate`, `call_rate` or `first_use`.
+    pub kind: SoarRuleKind,
+    /// Only records of these agents (globs, `*` any run). Default: any.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// Only records of these tools (globs). Default: any.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Only records whose `reason` matches one of these globs (e.g.
+    /// `policy:*`). Default: any.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// `judge` only: only these judge outcomes (`allow`, `deny`, `timeout`,
+    /// `unavailable`, `invalid`). Default: any.
+    #[serde(default)]
+    pub judge_outcomes: Vec<String>,
+    /// `deny_rate`, `call_rate`: fire when an agent has at least this many
+    /// matching records within `window_s`.
+    #[serde(default)]
+    pub threshold: Option<u64>,
+    /// `deny_rate`, `call_rate`: the window, seconds of record time.
+    #[serde(default)]
+    pub window_s: Option<u64>,
+    /// No second alert for the same key (rule and agent; with the tool for
+    /// `deny`, `judge` and `first_use`) within this many seconds of record
+    /// time. Default: `window_s` for rate rules, 0 (every match) otherwise.
+    #[serde(default)]
+    pub cooldown_s: Option<u64>,
+}
+
+/// What a SOAR rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SoarRuleKind {
+    /// Every denied record.
+    Deny,
+    /// Every call escalated to the judge, whatever it said.
+    Judge,
+    /// An agent's denials reaching `threshold` within `window_s`.
+    DenyRate,
+    /// An agent's `tools/call` records reaching `threshold` within `window_s`.
+    CallRate,
+    /// An agent calling a tool for the first time.
+    FirstUse,
 }
 
 /// `[audit.sinks.token]`: where an HTTP sink's secret comes from (exactly one
@@ -812,6 +872,8 @@ pub enum SinkKind {
     Elasticsearch,
     /// NDJSON POST to any URL.
     Webhook,
+    /// SOAR triggers: one JSON alert POSTed per rule firing.
+    Soar,
 }
 
 impl SinkKind {
@@ -971,6 +1033,9 @@ fn default_retry_initial_ms() -> u64 {
 }
 fn default_retry_max_ms() -> u64 {
     30_000
+}
+fn default_soar_max_keys() -> usize {
+    10_000
 }
 fn default_io_timeout_ms() -> u64 {
     5_000
@@ -1850,11 +1915,99 @@ fn validate_sink(
             );
         }
     }
+    validate_soar_rules(s, err, at);
     t.server_name = match &s.server_name {
         Some(n) => n.get_ref().clone(),
         None => host.unwrap_or_default(),
     };
     t
+}
+
+/// Checks a sink's `[[audit.sinks.rules]]`: only `soar` sinks have them,
+/// and those need at least one, each complete for its kind.
+fn validate_soar_rules(
+    s: &SinkConfig,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) {
+    let name = s.name.get_ref();
+    let line = at(&s.name.span());
+    if s.kind != SinkKind::Soar {
+        if !s.rules.is_empty() {
+            err(line, format!("sink `{name}`: `rules` are for `soar` sinks"));
+        }
+        return;
+    }
+    if s.rules.is_empty() {
+        err(
+            line,
+            format!("sink `{name}`: a `soar` sink needs at least one `[[audit.sinks.rules]]`"),
+        );
+    }
+    if s.max_keys == 0 {
+        err(
+            line,
+            format!("sink `{name}`: `max_keys` must be at least 1"),
+        );
+    }
+    if s.format != SinkFormat::Ocsf || s.gzip {
+        err(
+            line,
+            format!(
+                "sink `{name}`: `format` and `gzip` do not apply to `soar` sinks (alerts are JSON)"
+            ),
+        );
+    }
+    for (i, r) in s.rules.iter().enumerate() {
+        let rule = r.name.get_ref();
+        let rline = at(&r.name.span());
+        if rule.is_empty() || rule.len() > 128 || rule.chars().any(char::is_control) {
+            err(
+                rline,
+                format!("sink `{name}`: rule name `{rule}` must be 1 to 128 printable characters"),
+            );
+        }
+        if s.rules[..i].iter().any(|o| o.name.get_ref() == rule) {
+            err(
+                rline,
+                format!("sink `{name}`: rule name `{rule}` is used more than once"),
+            );
+        }
+        let rate = matches!(r.kind, SoarRuleKind::DenyRate | SoarRuleKind::CallRate);
+        if rate {
+            if r.threshold.is_none_or(|t| t == 0) || r.window_s.is_none_or(|w| w == 0) {
+                err(
+                    rline,
+                    format!("sink `{name}`: rule `{rule}` needs `threshold` and `window_s`, both at least 1"),
+                );
+            }
+            if r.threshold.is_some_and(|t| t > 10_000) {
+                err(
+                    rline,
+                    format!("sink `{name}`: rule `{rule}`: `threshold` must be at most 10000"),
+                );
+            }
+        } else if r.threshold.is_some() || r.window_s.is_some() {
+            err(
+                rline,
+                format!("sink `{name}`: rule `{rule}`: `threshold` and `window_s` are for `deny_rate` and `call_rate` rules"),
+            );
+        }
+        if !r.judge_outcomes.is_empty() && r.kind != SoarRuleKind::Judge {
+            err(
+                rline,
+                format!("sink `{name}`: rule `{rule}`: `judge_outcomes` is for `judge` rules"),
+            );
+        }
+        for o in &r.judge_outcomes {
+            if !["allow", "deny", "timeout", "unavailable", "invalid"].contains(&o.as_str()) {
+                err(
+                    rline,
+                    format!("sink `{name}`: rule `{rule}`: judge outcome `{o}` is not one of allow, deny, timeout, unavailable, invalid"),
+                );
+            }
+        }
+    }
 }
 
 /// Whether `host` (a name or an IP address, unbracketed) is this machine.
@@ -2530,6 +2683,43 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         assert_eq!(e[0].line, Some(22));
         assert!(e[0].message.contains("`nowhere`"));
         assert!(e[1].message.contains("more than once"));
+    }
+
+    #[test]
+    fn soar_sinks_parse_and_their_rules_are_checked() {
+        let good = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"soar\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:8080/hook\"\nmax_keys = 50\n\n[[audit.sinks.rules]]\nname = \"burst\"\nkind = \"deny_rate\"\nthreshold = 5\nwindow_s = 60\nagents = [\"billing-*\"]\n\n[[audit.sinks.rules]]\nname = \"judged\"\nkind = \"judge\"\njudge_outcomes = [\"deny\"]\ncooldown_s = 30\n"
+        );
+        let v = parse(&good, "t.toml", Path::new(".")).map_err(|e| e.to_string());
+        let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+        let s = &v.config.audit.sinks[0];
+        assert_eq!((s.kind, s.max_keys, s.rules.len()), (SinkKind::Soar, 50, 2));
+        assert_eq!(s.rules[0].kind, SoarRuleKind::DenyRate);
+        assert_eq!(s.rules[1].cooldown_s, Some(30));
+        let bad = good
+            .replace("threshold = 5\n", "")
+            .replace(
+                "judge_outcomes = [\"deny\"]",
+                "judge_outcomes = [\"maybe\"]",
+            )
+            .replace("name = \"judged\"", "name = \"burst\"");
+        let e = parse(&bad, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        let msgs: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(e.len(), 3, "{msgs:?}");
+        assert!(msgs[0].contains("needs `threshold` and `window_s`"));
+        assert!(msgs[1].contains("used more than once"));
+        assert!(msgs[2].contains("judge outcome `maybe`"));
+        assert!(e.iter().all(|e| e.line.is_some()));
+        let none = format!(
+            "{GOOD}\n[[audit.sinks]]\nname = \"soar\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:8080/hook\"\n"
+        );
+        let e = parse(&none, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("at least one `[[audit.sinks.rules]]`")));
     }
 
     #[test]

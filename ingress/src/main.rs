@@ -15,6 +15,7 @@ use toolgate_sinks::key::{load_key, KeySource, GENERATED_KEY_FILE};
 use toolgate_sinks::retention::{Policy as RetentionPolicy, Retainer};
 use toolgate_sinks::siem::HttpSink;
 use toolgate_sinks::sink::{RunnerOptions, Sink, SinkRunner};
+use toolgate_sinks::soar::SoarSink;
 use toolgate_sinks::syslog::{local_hostname, SyslogFormat};
 use toolgate_sinks::tls::{client_config, server_name, TlsFiles};
 use toolgate_sinks::transport::{SyslogSink, Transport};
@@ -531,7 +532,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
     load_tls(&cfg)?;
     // Sink tokens and TLS files are read as at start (nothing is sent).
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
-        build_sink(s, t)?;
+        build_sink(s, t, &cfg.audit_dir)?;
     }
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
@@ -964,7 +965,11 @@ fn start_retention(cfg: &ValidConfig, key: Vec<u8>) -> anyhow::Result<Option<Ret
 
 /// Builds the sink of one `[[audit.sinks]]` entry (reading its token and
 /// TLS files); also names its target for the log.
-fn build_sink(s: &SinkConfig, t: &SinkTarget) -> anyhow::Result<(Box<dyn Sink>, String)> {
+fn build_sink(
+    s: &SinkConfig,
+    t: &SinkTarget,
+    audit_dir: &std::path::Path,
+) -> anyhow::Result<(Box<dyn Sink>, String)> {
     let name = s.name.get_ref();
     let hostname = s.hostname.clone().unwrap_or_else(local_hostname);
     Ok(match s.kind {
@@ -1001,6 +1006,15 @@ fn build_sink(s: &SinkConfig, t: &SinkTarget) -> anyhow::Result<(Box<dyn Sink>, 
             );
             (Box::new(sink), addr.to_string())
         }
+        SinkKind::Soar => {
+            let sink = SoarSink::from_config(s, t, audit_dir, hostname)?;
+            let url = s
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default();
+            (Box::new(sink), url)
+        }
         SinkKind::SplunkHec | SinkKind::Elasticsearch | SinkKind::Webhook => {
             let sink = HttpSink::from_config(s, t, hostname)?;
             let url = s
@@ -1018,7 +1032,7 @@ fn start_sinks(cfg: &ValidConfig) -> anyhow::Result<Vec<SinkRunner>> {
     let mut out = Vec::new();
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         let name = s.name.get_ref();
-        let (sink, target) = build_sink(s, t)?;
+        let (sink, target) = build_sink(s, t, &cfg.audit_dir)?;
         let opts = RunnerOptions {
             batch_records: s.batch_records,
             poll_interval: Duration::from_millis(s.poll_interval_ms),

@@ -19,7 +19,8 @@
 //! delivers records to a collector (syslog over UDP, TCP or TLS, [`syslog`],
 //! [`transport`]; Splunk HEC, Elasticsearch `_bulk` or an NDJSON webhook,
 //! [`siem`] over [`http`], records mapped to OCSF by [`ocsf`]) from its own
-//! persisted [`cursor`]. A collector outage
+//! persisted [`cursor`]; [`soar`] evaluates trigger rules over the records
+//! and POSTs alerts. A collector outage
 //! therefore never slows or refuses a call: the log is the buffer.
 //! [`retention`] removes old sealed segments once every sink is past them,
 //! leaving a MACed anchor so `verify` still proves the kept log.
@@ -40,6 +41,7 @@ pub mod ring;
 pub mod segment;
 pub mod siem;
 pub mod sink;
+pub mod soar;
 pub mod syslog;
 pub mod tls;
 pub mod transport;

@@ -65,6 +65,14 @@ enum Api {
     Webhook,
 }
 
+/// What an HTTP endpoint needs, taken from a configured [`HttpSink`].
+pub(crate) struct HttpParts {
+    pub(crate) client: HttpClient,
+    pub(crate) path: String,
+    pub(crate) auth: Option<(String, Secret)>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
 /// An HTTP SIEM sink.
 pub struct HttpSink {
     name: String,
@@ -100,7 +108,7 @@ impl HttpSink {
         let (api, default_prefix) = match s.kind {
             SinkKind::SplunkHec => (Api::Hec, "Splunk "),
             SinkKind::Elasticsearch => (Api::Bulk, "ApiKey "),
-            SinkKind::Webhook => (Api::Webhook, "Bearer "),
+            SinkKind::Webhook | SinkKind::Soar => (Api::Webhook, "Bearer "),
             SinkKind::Syslog => return Err(HttpSinkError::NotHttp(name)),
         };
         let Some(url) = &t.url else {
@@ -173,6 +181,17 @@ impl HttpSink {
             gz: Vec::new(),
             one: Vec::new(),
         })
+    }
+
+    /// The connection, URL path, auth header and extra headers, for a sink
+    /// that POSTs its own bodies (SOAR alerts) to the same kind of endpoint.
+    pub(crate) fn into_parts(self) -> HttpParts {
+        HttpParts {
+            client: self.client,
+            path: self.path,
+            auth: self.auth,
+            headers: self.headers,
+        }
     }
 
     /// Appends one record, as this sink's API wants it, to `self.one`.
@@ -357,13 +376,13 @@ impl HttpSink {
 
 /// What a status means for the records it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Delivered,
     Retry,
     Rejected,
 }
 
-fn classify(status: u16) -> Verdict {
+pub(crate) fn classify(status: u16) -> Verdict {
     match status {
         // 409: the `_id` is already indexed, i.e. delivered before.
         200..=299 | 409 => Verdict::Delivered,
@@ -377,7 +396,7 @@ fn cut(s: &str, max: usize) -> &str {
 }
 
 /// The start of a response body, printable, for messages.
-fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(300)]);
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -222,6 +222,55 @@ def test_judge_is_called_and_obeyed_and_its_absence_denies(gate, judge):
     assert lines[1]["reason"] == "allowed_by_judge" and lines[1]["judge"]["latency_us"] > 0
 
 
+def test_soar_judge_rules_alert_on_escalations_with_their_outcome(tmp_path, upstreams, ops_upstream, judge):
+    """A `soar` sink's `judge` rules see every escalation, filtered by outcome."""
+    from siem_receiver import Receiver
+
+    hook = Receiver().start()
+
+    class SoarGate(PolicyGate):
+        def render_config(self) -> str:
+            return super().render_config() + "\n".join([
+                "", "[[audit.sinks]]", 'name = "soar"', 'kind = "soar"',
+                f"url = {toml_value(hook.url + '/alerts')}", "poll_interval_ms = 50",
+                "", "[[audit.sinks.rules]]", 'name = "judge-refused"', 'kind = "judge"',
+                'judge_outcomes = ["deny", "unavailable"]',
+                "", "[[audit.sinks.rules]]", 'name = "judged"', 'kind = "judge"', "",
+            ])
+
+    agents = [Agent("billing-bot", ["ops__refund", "ops__send_email"])]
+    ups = [UpstreamCfg("crm", upstreams["crm"].url), UpstreamCfg("ops", ops_upstream.url)]
+    g = SoarGate(tmp_path / "gate", ups, agents, {"billing-bot": (["billing"], False)}, judge.url)
+    g.start()
+    try:
+        key = g.agents["billing-bot"].key
+
+        async def scenario():
+            with anyio.fail_after(SCENARIO_TIMEOUT_S):
+                async with client(g.url, key) as c:
+                    await c.call_tool("ops__refund", {"order_id": "small-1", "amount": 120})
+                    await c.call_tool("ops__refund", {"order_id": "ok-2", "amount": 900})
+                    await denied(c, "ops__refund", {"order_id": "no-3", "amount": 900})
+
+        anyio.run(scenario)
+        lines = calls(g, 3)
+        deadline = time.monotonic() + 15
+        while len(hook.stored) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        got = sorted((a["rule"], a["log_seq"], a["judge_outcome"], a["decision"]) for a in hook.stored)
+        assert got == sorted([
+            ("judged", lines[1]["log_seq"], "allow", "allow"),
+            ("judged", lines[2]["log_seq"], "deny", "deny"),
+            ("judge-refused", lines[2]["log_seq"], "deny", "deny"),
+        ]), hook.stored
+        assert all(a["kind"] == "judge" and a["agent"] == "billing-bot" and a["tool"] == "ops__refund"
+                   for a in hook.stored)
+    finally:
+        g.stop()
+        hook.stop()
+
+
 def test_reload_under_traffic_changes_decisions_without_failed_calls(gate):
     support = gate.agents["support-bot"]
     stop = threading.Event()
