@@ -2843,4 +2843,49 @@ prefix = ""
         assert_eq!(ok.admin_listen.map(|a| a.port()), Some(9091));
         assert_eq!(ok.admin_state_file, Path::new("/etc/tg/state/control.redb"));
     }
+
+    #[test]
+    fn postgres_backend_needs_a_url_without_password() {
+        let h = "ab".repeat(32);
+        let admin = |extra: &str| {
+            format!("[admin]\nlisten = \"127.0.0.1:9091\"\n{extra}\n[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{h}\"\n")
+        };
+        let e = errors_of(&admin("backend = \"postgres\""));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(3));
+        assert!(e[0].message.contains("needs `admin.postgres_url`"));
+        for url in [
+            "postgres://tg:hunter2@db:5432/tg",
+            "postgresql://tg@db/tg?password=hunter2",
+        ] {
+            let e = errors_of(&admin(&format!(
+                "backend = \"postgres\"\npostgres_url = \"{url}\""
+            )));
+            assert_eq!(e.len(), 1, "{url}");
+            assert!(e[0].message.contains("must not hold a password"), "{url}");
+        }
+        let e = errors_of(&admin(
+            "backend = \"postgres\"\npostgres_url = \"mysql://db\"\npoll_interval_ms = 5000",
+        ));
+        assert_eq!(e.len(), 2);
+        let e = errors_of(&admin("postgres_url = \"postgres://tg@db/tg\""));
+        assert!(e[0].message.contains("`admin.backend` is not"));
+        let e =
+            errors_of("[admin]\nbackend = \"postgres\"\npostgres_url = \"postgres://tg@db/tg\"\n");
+        assert!(e[0].message.contains("needs `admin.listen`"));
+        let ok = parse(
+            &admin("backend = \"postgres\"\npostgres_url = \"postgres://tg@db:5432/tg\"\n[admin.postgres_password]\nfile = \"pg.pw\""),
+            "t.toml",
+            Path::new("/etc/tg"),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(*ok.config.admin.backend.get_ref(), StateBackend::Postgres);
+        assert_eq!(
+            ok.admin_postgres_password,
+            Some(crate::secret::SecretSource::File(PathBuf::from(
+                "/etc/tg/pg.pw"
+            )))
+        );
+        assert_eq!(*ok.config.admin.poll_interval_ms.get_ref(), 100);
+    }
 }

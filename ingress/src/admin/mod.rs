@@ -795,10 +795,17 @@ impl AdminApi {
                         "control state moved meanwhile; planning again"
                     );
                 }
+                Err(toolgate_control::StoreError::Conflict { .. }) => {
+                    return Err(ApiError::new(
+                        503,
+                        "store_busy",
+                        "other replicas kept changing the control state meanwhile; nothing was applied, try again",
+                    ));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "control state commit failed");
                     return Err(ApiError::new(
-                        503,
+                        500,
                         "store_failed",
                         "the control state could not be written; nothing was applied",
                     ));
