@@ -467,6 +467,28 @@ fn tx_ops(body: &[u8]) -> Result<Vec<Op>, ApiError> {
 }
 
 impl AdminApi {
+    /// The sources, with the newest control state of a shared backend
+    /// (which another replica may have moved on) loaded and published
+    /// first: reads and the preconditions of writes see every committed
+    /// change, not only what this replica's follower has caught up with.
+    fn fresh(&self) -> Result<Sources, ApiError> {
+        match self.store.newer(self.shared.sources().control.revision) {
+            Ok(Some(newer)) => {
+                let _ = self.shared.set_control(Arc::new(newer));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "control state cannot be read");
+                return Err(ApiError::new(
+                    503,
+                    "store_unavailable",
+                    "the control state cannot be read; nothing was applied",
+                ));
+            }
+        }
+        Ok(self.shared.sources())
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<Arc<str>, ApiError> {
         let token = bearer(req.head.header(req.buf, "authorization")).map_err(|_| {
             ApiError::new(
@@ -509,7 +531,7 @@ impl AdminApi {
             )),
             (Method::Get, [kind]) => {
                 let kind = parse_kind(kind)?;
-                let src = self.shared.sources();
+                let src = self.fresh()?;
                 let mut items: std::collections::BTreeMap<String, Value> =
                     file_resources(&src, kind)
                         .into_iter()
@@ -527,7 +549,7 @@ impl AdminApi {
             }
             (Method::Get, [kind, id]) => {
                 let kind = parse_kind(kind)?;
-                let src = self.shared.sources();
+                let src = self.fresh()?;
                 let v = effective(&src, kind, id).ok_or_else(|| {
                     ApiError::new(404, "not_found", format!("no `{}/{id}`", kind.as_str()))
                 })?;
@@ -726,21 +748,7 @@ impl AdminApi {
         let mut attempt = 0;
         let (changes, next, admissions) = loop {
             attempt += 1;
-            match self.store.newer(self.shared.sources().control.revision) {
-                Ok(Some(newer)) => {
-                    let _ = self.shared.set_control(Arc::new(newer));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "control state cannot be read");
-                    return Err(ApiError::new(
-                        503,
-                        "store_unavailable",
-                        "the control state cannot be read; nothing was applied",
-                    ));
-                }
-            }
-            let src = self.shared.sources();
+            let src = self.fresh()?;
             let changes = src.control.plan(&ops).map_err(|e| match e {
             OpError::Stale {
                 op,
