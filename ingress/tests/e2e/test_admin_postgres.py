@@ -23,7 +23,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from harness import INVALID_PARAMS, MODERN_VERSION, Agent, free_port, new_api_key, sdk_client_cm
+from harness import INVALID_PARAMS, MODERN_VERSION, Agent, free_port, new_api_key, sdk_client_cm, wait_for_port
 from pg_cluster import PgCluster, pg_bin
 from test_admin_api import TOOL, Admin, admin_toml, call, grant
 
@@ -60,6 +60,7 @@ def replicas(make_gate, pg, tmp_path):
                      f'[admin.postgres_password]\nfile = "{pwfile}"\n')
             gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, extra))
             gate.admin_port, gate.admin_token = port, token
+            wait_for_port(port, 10, gate.proc)
             admin = Admin(port, token)
             made.append(admin)
             gates.append(gate)
@@ -180,6 +181,7 @@ def test_a_restarted_replica_keeps_the_state(replicas):
     r = admin_b.put("users/alice", {"groups": ["support"]})
     assert r.status_code == 200, r.text
     a.start()
+    wait_for_port(a.admin_port, 10, a.proc)
     assert admin_a.version("agents/support-bot") == version
     assert admin_a.get("users/alice").json()["spec"] == {"groups": ["support"]}
     assert call(a, bot).status_code == 200, "the grant is still in force after the restart"
@@ -187,6 +189,7 @@ def test_a_restarted_replica_keeps_the_state(replicas):
     a.stop()
     b.stop()
     b.start()
+    wait_for_port(b.admin_port, 10, b.proc)
     assert call(b, bot).status_code == 200
     assert admin_b.version("agents/support-bot") == version
 
