@@ -7,8 +7,9 @@
 //! resource deleted and created again never reuses a version (no ABA for
 //! `If-Match`). A change is a list of operations, each guarded by a
 //! precondition, planned all-or-nothing against the state ([`State::plan`])
-//! and then committed in one transaction of a [`Backend`]; [`store::Store`]
-//! is the embedded one (a single redb file).
+//! and then committed in one transaction of a [`Backend`]: [`store::Store`]
+//! is the embedded one (a single redb file), [`postgres::PgStore`] the one
+//! several gateway replicas share.
 //!
 //! The effective configuration is the configuration file overlaid with the
 //! state ([`State::overlay`]): a store resource replaces the file's resource
@@ -18,9 +19,11 @@
 //! Never here: HTTP, Cedar evaluation, or anything on a shard's thread.
 
 pub mod model;
+pub mod postgres;
 pub mod state;
 pub mod store;
 
 pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, UserSpec};
+pub use postgres::{PgOptions, PgStore};
 pub use state::{Change, Entry, Op, OpError, Precondition, State};
 pub use store::{Backend, Store, StoreError};

@@ -40,16 +40,39 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The shared database cannot be reached, read or written.
+    #[error("control state in `{url}`: {reason}")]
+    Database {
+        /// The database URL (never holds a password).
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Another replica committed since the state this change was planned
+    /// against (revision `base`): nothing was written; reload and plan again.
+    #[error("the control state moved past revision {base} meanwhile")]
+    Conflict {
+        /// The revision the change was planned against.
+        base: u64,
+    },
 }
 
-/// A place the control state is kept. The embedded [`Store`] is one; a
-/// shared database for several gateway replicas would be another.
+/// A place the control state is kept: the embedded [`Store`], or
+/// [`crate::postgres::PgStore`], shared by several gateway replicas.
 pub trait Backend: Send {
     /// Reads the whole state.
     fn load(&self) -> Result<State, StoreError>;
     /// Writes `changes` and the new `revision` in one transaction: all of
     /// them are durable when this returns `Ok`, none of them otherwise.
+    /// A shared backend refuses with [`StoreError::Conflict`] when its
+    /// revision is no longer `revision - 1`.
     fn commit(&self, revision: u64, changes: &[Change]) -> Result<(), StoreError>;
+    /// The state, when another writer committed past revision `known`; the
+    /// embedded store has no other writer.
+    fn newer(&self, known: u64) -> Result<Option<State>, StoreError> {
+        let _ = known;
+        Ok(None)
+    }
 }
 
 /// The embedded store: one redb file.

@@ -117,6 +117,48 @@ pub struct AdminConfig {
     /// Admin credentials; at least one when `listen` is set.
     #[serde(default)]
     pub tokens: Vec<AdminTokenConfig>,
+    /// Where the control state is kept: `embedded` (`state_file`, one
+    /// gateway) or `postgres` (shared by several replicas). Default `embedded`.
+    #[serde(default = "default_admin_backend")]
+    pub backend: Spanned<StateBackend>,
+    /// `postgres`: the database, as `postgres://user@host:port/dbname`,
+    /// without a password (`postgres_password` gives it).
+    #[serde(default)]
+    pub postgres_url: Option<Spanned<String>>,
+    /// `postgres`: where the database password comes from (exactly one of
+    /// `env`, `file`, `command`). Default: none (trust or peer authentication).
+    #[serde(default)]
+    pub postgres_password: Option<SecretSourceConfig>,
+    /// `postgres`: how often a replica checks the shared revision besides
+    /// listening for notifications, ms (10..=1000). Default 100.
+    #[serde(default = "default_admin_poll_interval_ms")]
+    pub poll_interval_ms: Spanned<u64>,
+}
+
+/// `[admin] backend`: where the control state is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// One redb file in the data directory, for one gateway.
+    #[default]
+    Embedded,
+    /// A PostgreSQL database shared by several gateway replicas.
+    Postgres,
+}
+
+/// Where a secret is read from: exactly one of `env`, `file`, `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSourceConfig {
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+    /// File holding the secret (trimmed), relative to the config file.
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    /// Command printing the secret on stdout (trimmed).
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
 }
 
 /// `[[admin.tokens]]`: one admin credential.
@@ -137,6 +179,10 @@ impl Default for AdminConfig {
             max_body_bytes: default_admin_max_body_bytes(),
             publish_timeout_ms: default_admin_publish_timeout_ms(),
             tokens: Vec::new(),
+            backend: default_admin_backend(),
+            postgres_url: None,
+            postgres_password: None,
+            poll_interval_ms: default_admin_poll_interval_ms(),
         }
     }
 }
@@ -149,6 +195,12 @@ fn default_admin_max_body_bytes() -> usize {
 }
 fn default_admin_publish_timeout_ms() -> u64 {
     5000
+}
+fn default_admin_backend() -> Spanned<StateBackend> {
+    Spanned::new(0..0, StateBackend::Embedded)
+}
+fn default_admin_poll_interval_ms() -> Spanned<u64> {
+    Spanned::new(0..0, 100)
 }
 
 /// `[auth]`: identity providers toolgate trusts besides API keys.
@@ -1194,6 +1246,8 @@ pub struct ValidConfig {
     pub admin_listen: Option<SocketAddr>,
     /// `admin.state_file` resolved against the config file's directory.
     pub admin_state_file: PathBuf,
+    /// `admin.postgres_password`, resolved (`postgres` backend only).
+    pub admin_postgres_password: Option<crate::secret::SecretSource>,
     /// `[server.tls]` files resolved against the config file's directory.
     pub tls: Option<TlsFiles>,
     /// `ca_file` of each upstream, resolved, index-aligned with `upstream_urls`.
@@ -1677,6 +1731,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         None => None,
     };
     let admin_listen = validate_admin(&config.admin, &mut err, &at);
+    let admin_postgres_password = validate_admin_backend(&config.admin, base, &mut err, &at);
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     match listen {
         Some(listen) if errors.is_empty() => {
@@ -1735,6 +1790,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 pins_file,
                 admin_listen,
                 admin_state_file: resolve(base, config_admin_state_file),
+                admin_postgres_password,
             })
         }
         _ => Err(errors),
@@ -2128,6 +2184,94 @@ fn validate_admin(
         }
     }
     Some(addr)
+}
+
+/// Checks the control-state backend keys of `[admin]`; returns the
+/// Postgres password's source.
+fn validate_admin_backend(
+    admin: &AdminConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<crate::secret::SecretSource> {
+    let backend = &admin.backend;
+    if *backend.get_ref() == StateBackend::Embedded {
+        if let Some(u) = &admin.postgres_url {
+            err(
+                at(&u.span()),
+                "`admin.postgres_url` is set but `admin.backend` is not `\"postgres\"`".to_owned(),
+            );
+        }
+        if admin.postgres_password.is_some() {
+            err(
+                None,
+                "`[admin.postgres_password]` is set but `admin.backend` is not `\"postgres\"`"
+                    .to_owned(),
+            );
+        }
+        return None;
+    }
+    if admin.listen.is_none() {
+        err(
+            at(&backend.span()),
+            "`admin.backend = \"postgres\"` needs `admin.listen`: the control state applies only with the admin API on".to_owned(),
+        );
+    }
+    match &admin.postgres_url {
+        None => err(
+            at(&backend.span()),
+            "`admin.backend = \"postgres\"` needs `admin.postgres_url`, such as `postgres://toolgate@127.0.0.1:5432/toolgate`".to_owned(),
+        ),
+        Some(u) => {
+            let url = u.get_ref();
+            let rest = url
+                .strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"));
+            match rest {
+                None => err(
+                    at(&u.span()),
+                    "`admin.postgres_url` must start with `postgres://`, such as `postgres://toolgate@127.0.0.1:5432/toolgate`".to_owned(),
+                ),
+                Some(rest) => {
+                    let authority = rest.split(['/', '?']).next().unwrap_or("");
+                    let has_password = authority
+                        .rsplit_once('@')
+                        .is_some_and(|(user, _)| user.contains(':'));
+                    let query_password = rest
+                        .split_once('?')
+                        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")));
+                    if has_password || query_password {
+                        err(
+                            at(&u.span()),
+                            "`admin.postgres_url` must not hold a password: give it with `[admin.postgres_password]` (`env`, `file` or `command`)".to_owned(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let poll = *admin.poll_interval_ms.get_ref();
+    if !(10..=1000).contains(&poll) {
+        err(
+            at(&admin.poll_interval_ms.span()),
+            format!("`admin.poll_interval_ms = {poll}` must be between 10 and 1000"),
+        );
+    }
+    let p = admin.postgres_password.as_ref()?;
+    match (&p.env, &p.file, &p.command) {
+        (Some(v), None, None) => Some(crate::secret::SecretSource::Env(v.get_ref().clone())),
+        (None, Some(f), None) => Some(crate::secret::SecretSource::File(base.join(f.get_ref()))),
+        (None, None, Some(c)) if !c.get_ref().is_empty() => {
+            Some(crate::secret::SecretSource::Command(c.get_ref().clone()))
+        }
+        _ => {
+            err(
+                None,
+                "`[admin.postgres_password]` needs exactly one of `env`, `file` or a non-empty `command`".to_owned(),
+            );
+            None
+        }
+    }
 }
 
 /// Checks `[auth.jwt]` and parses its JWKS.
@@ -2888,5 +3032,50 @@ prefix = ""
         .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(ok.admin_listen.map(|a| a.port()), Some(9091));
         assert_eq!(ok.admin_state_file, Path::new("/etc/tg/state/control.redb"));
+    }
+
+    #[test]
+    fn postgres_backend_needs_a_url_without_password() {
+        let h = "ab".repeat(32);
+        let admin = |extra: &str| {
+            format!("[admin]\nlisten = \"127.0.0.1:9091\"\n{extra}\n[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{h}\"\n")
+        };
+        let e = errors_of(&admin("backend = \"postgres\""));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, Some(3));
+        assert!(e[0].message.contains("needs `admin.postgres_url`"));
+        for url in [
+            "postgres://tg:hunter2@db:5432/tg",
+            "postgresql://tg@db/tg?password=hunter2",
+        ] {
+            let e = errors_of(&admin(&format!(
+                "backend = \"postgres\"\npostgres_url = \"{url}\""
+            )));
+            assert_eq!(e.len(), 1, "{url}");
+            assert!(e[0].message.contains("must not hold a password"), "{url}");
+        }
+        let e = errors_of(&admin(
+            "backend = \"postgres\"\npostgres_url = \"mysql://db\"\npoll_interval_ms = 5000",
+        ));
+        assert_eq!(e.len(), 2);
+        let e = errors_of(&admin("postgres_url = \"postgres://tg@db/tg\""));
+        assert!(e[0].message.contains("`admin.backend` is not"));
+        let e =
+            errors_of("[admin]\nbackend = \"postgres\"\npostgres_url = \"postgres://tg@db/tg\"\n");
+        assert!(e[0].message.contains("needs `admin.listen`"));
+        let ok = parse(
+            &admin("backend = \"postgres\"\npostgres_url = \"postgres://tg@db:5432/tg\"\n[admin.postgres_password]\nfile = \"pg.pw\""),
+            "t.toml",
+            Path::new("/etc/tg"),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(*ok.config.admin.backend.get_ref(), StateBackend::Postgres);
+        assert_eq!(
+            ok.admin_postgres_password,
+            Some(crate::secret::SecretSource::File(PathBuf::from(
+                "/etc/tg/pg.pw"
+            )))
+        );
+        assert_eq!(*ok.config.admin.poll_interval_ms.get_ref(), 100);
     }
 }

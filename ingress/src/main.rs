@@ -776,13 +776,42 @@ fn run(
     };
     // The control state applies only with the admin API on: without it,
     // the configuration file alone decides.
-    let (store, control) = if admin_on {
-        let store = toolgate_control::Store::open(&cfg.admin_state_file)?;
-        let state = toolgate_control::Backend::load(&store)?;
-        tracing::info!(file = %cfg.admin_state_file.display(), resources = state.entries.len(), revision = state.revision, "control state loaded");
-        (Some(store), state)
+    let (store, control, follower) = if admin_on {
+        match cfg.config.admin.backend.get_ref() {
+            toolgate_core::config::StateBackend::Embedded => {
+                let store = toolgate_control::Store::open(&cfg.admin_state_file)?;
+                let state = toolgate_control::Backend::load(&store)?;
+                tracing::info!(file = %cfg.admin_state_file.display(), resources = state.entries.len(), revision = state.revision, "control state loaded");
+                (
+                    Some(Box::new(store) as Box<dyn toolgate_control::Backend>),
+                    state,
+                    None,
+                )
+            }
+            toolgate_core::config::StateBackend::Postgres => {
+                let opts = toolgate_control::PgOptions {
+                    url: cfg
+                        .config
+                        .admin
+                        .postgres_url
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                    password: cfg.admin_postgres_password.clone(),
+                };
+                let store = toolgate_control::PgStore::open(opts)?;
+                let state = toolgate_control::Backend::load(&store)?;
+                let follower = store.listener()?;
+                tracing::info!(database = %cfg.config.admin.postgres_url.as_ref().map(|u| u.get_ref().as_str()).unwrap_or(""), resources = state.entries.len(), revision = state.revision, "control state loaded");
+                (
+                    Some(Box::new(store) as Box<dyn toolgate_control::Backend>),
+                    state,
+                    Some(follower),
+                )
+            }
+        }
     } else {
-        (None, toolgate_control::State::default())
+        (None, toolgate_control::State::default(), None)
     };
     let admin_writer = if admin_on { writers.pop() } else { None };
     let shared: Arc<Shared> =
@@ -805,12 +834,19 @@ fn run(
         let ring = u16::try_from(shards).unwrap_or(u16::MAX);
         let addr = toolgate_ingress::admin::start(
             Arc::clone(&shared),
-            Box::new(store),
+            store,
             writer,
             Arc::clone(&health),
             ring,
         )?;
         tracing::info!(%addr, "admin API listening");
+    }
+    if let Some(follower) = follower {
+        let every = std::time::Duration::from_millis(
+            *shared.config.config.admin.poll_interval_ms.get_ref(),
+        );
+        toolgate_ingress::admin::follow(Arc::clone(&shared), follower, every)
+            .context("starting the control-state follower")?;
     }
     tracing::info!(addr = %running.addr, shards, audit = %audit_dir.display(), sinks = sinks.len(), "toolgate listening");
     if let Some(b) = banner {

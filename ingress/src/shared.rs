@@ -392,12 +392,20 @@ impl Shared {
     /// Replaces the control state and publishes the snapshot it makes;
     /// returns the new generation, or `None` when it does not compile with
     /// the current file (the running snapshot then stays).
+    ///
+    /// Only a newer revision replaces the running one: a replica's follower
+    /// and its admin API may both bring the same or an older state, and an
+    /// older one must never undo a change (a revoke) already published; then
+    /// the running generation is returned.
     pub fn set_control(&self, control: Arc<State>) -> Option<u64> {
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .control = control;
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if control.revision <= current.control.revision && current.control.revision > 0 {
+                return Some(self.snapshot.generation());
+            }
+            current.control = control;
+        }
         self.publish(&cats)
     }
     /// Re-reads the configuration file and policy files (and the TLS

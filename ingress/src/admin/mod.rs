@@ -57,6 +57,10 @@ pub enum AdminError {
     Executor(String),
 }
 
+/// Most times a write plans again after another replica's commit got in
+/// first (each time, a precondition that no longer holds ends it in 412).
+const MAX_ATTEMPTS: u32 = 8;
+
 /// A refusal of an admin request: status, machine-readable code, message,
 /// and extra members of the error object.
 #[derive(Debug)]
@@ -187,6 +191,57 @@ pub fn start(
         Ok(Err(reason)) => Err(AdminError::Bind { addr, reason }),
         Err(_) => Err(AdminError::Executor("did not start".into())),
     }
+}
+
+/// Starts the follower of a shared backend on a thread of its own (its
+/// database calls block): it waits for a commit's notification, or `every`
+/// at most, and when the shared revision moved past the running one loads
+/// the state and publishes it to every shard — so a change made through
+/// another replica runs here within about one wait plus one load.
+pub fn follow(
+    shared: Arc<Shared>,
+    store: toolgate_control::PgStore,
+    every: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("toolgate-control-follow".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                let waited = store.wait(every);
+                let known = shared.sources().control.revision;
+                match waited.and_then(|_| store.newer(known)) {
+                    Ok(Some(state)) => {
+                        let revision = state.revision;
+                        match shared.set_control(Arc::new(state)) {
+                            Some(generation) => tracing::info!(
+                                revision,
+                                generation,
+                                "control state changed by another replica"
+                            ),
+                            None => tracing::error!(
+                                revision,
+                                "the shared control state does not compile with this replica's configuration file; the running snapshot stays"
+                            ),
+                        }
+                        failing = false;
+                    }
+                    Ok(None) => {
+                        if failing {
+                            tracing::info!("control state database reachable again");
+                        }
+                        failing = false;
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::error!(error = %e, "cannot follow the shared control state; retrying");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 /// `If-Match` / `If-None-Match` of a write.
@@ -412,6 +467,28 @@ fn tx_ops(body: &[u8]) -> Result<Vec<Op>, ApiError> {
 }
 
 impl AdminApi {
+    /// The sources, with the newest control state of a shared backend
+    /// (which another replica may have moved on) loaded and published
+    /// first: reads and the preconditions of writes see every committed
+    /// change, not only what this replica's follower has caught up with.
+    fn fresh(&self) -> Result<Sources, ApiError> {
+        match self.store.newer(self.shared.sources().control.revision) {
+            Ok(Some(newer)) => {
+                let _ = self.shared.set_control(Arc::new(newer));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "control state cannot be read");
+                return Err(ApiError::new(
+                    503,
+                    "store_unavailable",
+                    "the control state cannot be read; nothing was applied",
+                ));
+            }
+        }
+        Ok(self.shared.sources())
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<Arc<str>, ApiError> {
         let token = bearer(req.head.header(req.buf, "authorization")).map_err(|_| {
             ApiError::new(
@@ -454,7 +531,7 @@ impl AdminApi {
             )),
             (Method::Get, [kind]) => {
                 let kind = parse_kind(kind)?;
-                let src = self.shared.sources();
+                let src = self.fresh()?;
                 let mut items: std::collections::BTreeMap<String, Value> =
                     file_resources(&src, kind)
                         .into_iter()
@@ -472,7 +549,7 @@ impl AdminApi {
             }
             (Method::Get, [kind, id]) => {
                 let kind = parse_kind(kind)?;
-                let src = self.shared.sources();
+                let src = self.fresh()?;
                 let v = effective(&src, kind, id).ok_or_else(|| {
                     ApiError::new(404, "not_found", format!("no `{}/{id}`", kind.as_str()))
                 })?;
@@ -665,9 +742,14 @@ impl AdminApi {
         single: bool,
     ) -> Result<(), ApiError> {
         // Everything from plan to publish is synchronous: on this one
-        // executor no other write can interleave.
-        let src = self.shared.sources();
-        let changes = src.control.plan(&ops).map_err(|e| match e {
+        // executor no other write can interleave. A shared backend may have
+        // moved on through another replica: plan against its newest state,
+        // and plan again when a commit finds it moved meanwhile.
+        let mut attempt = 0;
+        let (changes, next, admissions) = loop {
+            attempt += 1;
+            let src = self.fresh()?;
+            let changes = src.control.plan(&ops).map_err(|e| match e {
             OpError::Stale {
                 op,
                 kind,
@@ -693,33 +775,51 @@ impl AdminApi {
                 }
             }
         })?;
-        let next = Arc::new(src.control.applied(&changes));
-        self.validate(&src, &next, &changes)?;
-        let admissions = {
-            let mut audit = self.audit.borrow_mut();
-            let mut v = Vec::with_capacity(changes.len());
-            for _ in &changes {
-                match audit.admit() {
-                    Ok(a) => v.push(a),
-                    Err(why) => {
-                        return Err(ApiError::new(
-                            503,
-                            "audit_unavailable",
-                            format!("{why}: the change was not applied"),
-                        ))
+            let next = Arc::new(src.control.applied(&changes));
+            self.validate(&src, &next, &changes)?;
+            let admissions = {
+                let mut audit = self.audit.borrow_mut();
+                let mut v = Vec::with_capacity(changes.len());
+                for _ in &changes {
+                    match audit.admit() {
+                        Ok(a) => v.push(a),
+                        Err(why) => {
+                            return Err(ApiError::new(
+                                503,
+                                "audit_unavailable",
+                                format!("{why}: the change was not applied"),
+                            ))
+                        }
                     }
                 }
+                v
+            };
+            match self.store.commit(next.revision, &changes) {
+                Ok(()) => break (changes, next, admissions),
+                Err(toolgate_control::StoreError::Conflict { base }) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(
+                        base,
+                        attempt,
+                        "control state moved meanwhile; planning again"
+                    );
+                }
+                Err(toolgate_control::StoreError::Conflict { .. }) => {
+                    return Err(ApiError::new(
+                        503,
+                        "store_busy",
+                        "other replicas kept changing the control state meanwhile; nothing was applied, try again",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control state commit failed");
+                    return Err(ApiError::new(
+                        500,
+                        "store_failed",
+                        "the control state could not be written; nothing was applied",
+                    ));
+                }
             }
-            v
         };
-        if let Err(e) = self.store.commit(next.revision, &changes) {
-            tracing::error!(error = %e, "control state commit failed");
-            return Err(ApiError::new(
-                500,
-                "store_failed",
-                "the control state could not be written; nothing was applied",
-            ));
-        }
         let published = self.shared.set_control(Arc::clone(&next));
         let generation = published.unwrap_or(0);
         let mut last_seq = None;

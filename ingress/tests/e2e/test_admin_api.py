@@ -38,6 +38,7 @@ from harness import (
     modern_request,
     new_api_key,
     sdk_client_cm,
+    wait_for_port,
 )
 
 TOOL = "crm__delete_record"
@@ -90,6 +91,7 @@ def admin_gate(make_gate, upstreams):
         port = free_port()
         agents = agents or [Agent("support-bot", ["crm__lookup_customer"])]
         gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha) + extra_toml)
+        wait_for_port(port, 10, gate.proc)
         admin = Admin(port, token)
         made.append(admin)
         gate.admin_port, gate.admin_token = port, token
@@ -238,6 +240,8 @@ def test_control_state_survives_a_restart(admin_gate):
     assert (gate.workdir / "state" / "control.redb").is_file()
     gate.stop()
     gate.start()
+    # The admin listener opens just after the agents' one that start() waits for.
+    wait_for_port(gate.admin_port, 10, gate.proc)
     assert admin.version("agents/support-bot") == version
     assert admin.get("agents/support-bot").json()["source"] == "store"
     assert call(gate, bot).status_code == 200, "the grant is still in force after the restart"
