@@ -212,7 +212,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         "sub": "alice", "azp": "load", "exp": 4_000_000_000u64,
     }))?;
     let (udp_port, tcp_port) = drains()?;
-    let (tls_port, all_port) = (free_port()?, free_port()?);
+    let (tls_port, all_port, rules_port) = (free_port()?, free_port()?, free_port()?);
     let gate = |name: &str, port: u16, extra: &str| -> anyhow::Result<Proc> {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, toolgate_config(port, up_port, big_port, name, extra)?)?;
@@ -239,6 +239,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
          [[output_rules]]\nname = \"pii\"\ntools = [\"fast__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\"]\n"
     );
     let _tg_all = gate("toolgate-all", all_port, &everything)?;
+    // (b) with output rules alone: the cost of scanning every result.
+    let rules = "[[output_rules]]\nname = \"pii\"\ntools = [\"fast__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\"]\n";
+    let _tg_rules = gate("toolgate-rules", rules_port, rules)?;
     let tls_client = secure::client_config(&dir.join("ca.pem"))?;
     let secure_workload = |label: &str, port: u16, key: &str, secs: u64| {
         let mut w = workload(label, port, Some(key), "fast__echo", &o, secs);
@@ -280,6 +283,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let _ = run(workload("warmup", tg_port, Some(KEY), "fast__echo", &o, 1))?;
     let _ = run(secure_workload("warmup", tls_port, KEY, 1))?;
     let _ = run(secure_workload("warmup", all_port, &jwt, 1))?;
+    let _ = run(workload(
+        "warmup",
+        rules_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        1,
+    ))?;
     reports.push(run(workload(
         "(a) direct",
         up_port,
@@ -306,6 +317,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         "(c) everything on",
         all_port,
         &jwt,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate + rules",
+        rules_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
         secs,
     ))?);
     if ngx.is_some() {
@@ -423,6 +442,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }
     if let (Some(t), Some(n)) = (rps("(b) toolgate"), rps("(d) nginx")) {
         println!("toolgate / nginx req/s:  {:.2}", t / n);
+    }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate + rules"), rps("(b) toolgate")) {
+        println!("output rules on / off req/s: {:.2}", r / p);
     }
     if let (Some(t), Some(p)) = (rps("(b) toolgate TLS"), rps("(b) toolgate")) {
         println!("toolgate TLS / plain req/s: {:.2}", t / p);
