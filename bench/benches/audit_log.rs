@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_core::audit::AuditRecord;
 use toolgate_core::config::Durability;
 use toolgate_sinks::appender::Appender;
 use toolgate_sinks::{audit_ring, AuditHealth, AuditProducer, AuditWriter, WriterConfig};
@@ -22,29 +22,7 @@ use toolgate_sinks::{audit_ring, AuditHealth, AuditProducer, AuditWriter, Writer
 const KEY: &[u8] = b"bench-checkpoint-key-0123456789";
 
 fn record() -> AuditRecord {
-    AuditRecord {
-        time_us: 1_795_570_070_123_456,
-        shard: 0,
-        seq: 0,
-        request_id: Some("42".into()),
-        agent: Some(Arc::from("support-bot")),
-        user: Some(Arc::from("alice@example.com")),
-        method: Some("tools/call".into()),
-        tool: Some("crm__lookup_customer".into()),
-        upstream: Some(Arc::from("crm")),
-        decision: Decision::Allow,
-        reason: "attached",
-        status: 200,
-        outcome: Outcome::Success,
-        error_code: None,
-        latency_us: 1234,
-        client: "127.0.0.1:40000".parse().ok(),
-        protocol_version: Some("2026-07-28"),
-        policies: None,
-        judge: None,
-        redactions: Vec::new(),
-        admin: None,
-    }
+    toolgate_bench::sample_record()
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use simd_json::prelude::*;
-use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_core::audit::AuditRecord;
 use toolgate_core::config::Durability;
 use toolgate_core::identity::{format_key, key_hash};
 use toolgate_core::jsonrpc::{JsonParser, RpcRequest, ToolCall};
@@ -127,27 +127,11 @@ fn permission_lookup(c: &mut Criterion) {
 
 fn record() -> AuditRecord {
     AuditRecord {
-        time_us: 1_795_570_070_123_456,
         shard: 1,
         seq: 123_456,
-        request_id: Some("42".into()),
-        agent: Some(Arc::from("support-bot")),
         user: None,
-        method: Some("tools/call".into()),
-        tool: Some("crm__lookup_customer".into()),
-        upstream: Some(Arc::from("crm")),
-        decision: Decision::Allow,
-        reason: "attached",
-        status: 200,
-        outcome: Outcome::Success,
-        error_code: None,
         latency_us: 812,
-        client: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))),
-        protocol_version: Some("2026-07-28"),
-        policies: None,
-        judge: None,
-        redactions: Vec::new(),
-        admin: None,
+        ..toolgate_bench::sample_record()
     }
 }
 

@@ -1,3 +1,35 @@
 //! toolgate-bench: criterion microbenchmarks of the hot-path pieces, in
 //! `benches/`. Run with `cargo bench -p toolgate-bench`; each bench is named
 //! by its scenario so results can be compared across versions.
+
+use std::sync::Arc;
+
+use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+
+/// A typical allowed `tools/call` record, the fixture of the audit and sink
+/// benches.
+pub fn sample_record() -> AuditRecord {
+    AuditRecord {
+        time_us: 1_795_570_070_123_456,
+        shard: 0,
+        seq: 0,
+        request_id: Some("42".into()),
+        agent: Some(Arc::from("support-bot")),
+        user: Some(Arc::from("alice@example.com")),
+        method: Some("tools/call".into()),
+        tool: Some("crm__lookup_customer".into()),
+        upstream: Some(Arc::from("crm")),
+        decision: Decision::Allow,
+        reason: "attached",
+        status: 200,
+        outcome: Outcome::Success,
+        error_code: None,
+        latency_us: 1234,
+        client: "127.0.0.1:40000".parse().ok(),
+        protocol_version: Some("2026-07-28"),
+        policies: None,
+        judge: None,
+        redactions: Vec::new(),
+        admin: None,
+    }
+}
