@@ -54,7 +54,7 @@ impl AuditHealth {
     }
 
     /// Wakes the audit thread (cheap when it is already awake).
-    pub(crate) fn wake_writer(&self) {
+    pub fn wake_writer(&self) {
         if let Some(t) = self.writer.get() {
             t.unpark();
         }

@@ -38,6 +38,7 @@ pub mod query;
 pub mod reader;
 pub mod retention;
 pub mod ring;
+pub mod sched;
 pub mod segment;
 pub mod siem;
 pub mod sink;

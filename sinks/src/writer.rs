@@ -90,6 +90,7 @@ impl AuditWriter {
             std::thread::Builder::new()
                 .name("toolgate-audit".into())
                 .spawn(move || {
+                    crate::sched::background_batch();
                     Drain {
                         stats_arc: Arc::clone(&stats),
                         health_arc: Arc::clone(&health),
@@ -211,6 +212,9 @@ impl Drain<'_> {
                     self.failed("sync", &failure);
                     std::thread::sleep(RETRY_PAUSE);
                     continue;
+                } else if syncer.busy() {
+                    // Still syncing the last batch: ask again next turn,
+                    // without duplicating the file handle meanwhile.
                 } else if let Some(Ok(file)) = self.log.sync_handle() {
                     if syncer.request(file, upto.clone()) {
                         unsynced = false;
@@ -328,6 +332,7 @@ impl Syncer {
             std::thread::Builder::new()
                 .name("toolgate-audit-sync".into())
                 .spawn(move || {
+                    crate::sched::background_batch();
                     for (file, upto) in rx {
                         match file.sync_data() {
                             Ok(()) => {
@@ -357,6 +362,11 @@ impl Syncer {
             return false;
         }
         true
+    }
+
+    /// Whether a sync is still running.
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// A sync failure the writer has not seen yet.

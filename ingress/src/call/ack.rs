@@ -5,58 +5,86 @@
 //! task polls the audit thread's progress mark for all of them, waking each
 //! call whose record has landed. Only one timer runs per shard, and none
 //! while nothing waits.
+//!
+//! The poller is also what wakes the audit thread: records are committed
+//! without a wake, and the poller wakes the thread once per turn for all
+//! the records committed since. Under load that is one wake for a batch of
+//! calls instead of one per call, and each wake can preempt the shard when
+//! the audit thread shares its CPU.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
+
+use toolgate_sinks::AuditHealth;
 
 /// How often the poller looks at the audit thread's mark.
 const POLL: Duration = Duration::from_micros(25);
 
 /// A shard's waiters on the audit log.
-#[derive(Default)]
 pub struct Acks {
+    shard: u16,
+    health: Arc<AuditHealth>,
     waiting: RefCell<VecDeque<(u64, Waker)>>,
     polling: Cell<bool>,
 }
 
 impl Acks {
-    /// Waits until `recorded(seq)` holds. `recorded` reads the audit
-    /// thread's progress mark for this shard.
-    pub async fn wait(self: &Rc<Self>, seq: u64, recorded: Rc<dyn Fn(u64) -> bool>) {
+    /// Waiters of shard `shard`, on the marks `health` holds.
+    pub fn new(shard: u16, health: Arc<AuditHealth>) -> Self {
+        Self {
+            shard,
+            health,
+            waiting: RefCell::default(),
+            polling: Cell::new(false),
+        }
+    }
+
+    /// Whether this shard's record `seq` is in the log as durably as
+    /// configured.
+    pub fn recorded(&self, seq: u64) -> bool {
+        self.health.recorded(self.shard, seq)
+    }
+
+    /// Waits until record `seq` is in the log, waking the audit thread for it.
+    pub async fn wait(self: &Rc<Self>, seq: u64) {
         poll_fn(|cx| {
-            if recorded(seq) {
+            if self.recorded(seq) {
                 return Poll::Ready(());
             }
             self.waiting
                 .borrow_mut()
                 .push_back((seq, cx.waker().clone()));
             if !self.polling.replace(true) {
-                glommio::spawn_local(Rc::clone(self).poll(Rc::clone(&recorded))).detach();
+                glommio::spawn_local(Rc::clone(self).poll()).detach();
             }
             Poll::Pending
         })
         .await;
     }
 
-    async fn poll(self: Rc<Self>, recorded: Rc<dyn Fn(u64) -> bool>) {
+    async fn poll(self: Rc<Self>) {
         loop {
+            // Spawned tasks run after those already runnable: by now every
+            // call of this reactor turn has committed its record.
+            self.health.wake_writer();
             glommio::timer::sleep(POLL).await;
             let mut ready = Vec::new();
             {
                 let mut w = self.waiting.borrow_mut();
                 // Records land in shard order: wake the prefix that is in.
-                while w.front().is_some_and(|(seq, _)| recorded(*seq)) {
+                while w.front().is_some_and(|(seq, _)| self.recorded(*seq)) {
                     if let Some((_, waker)) = w.pop_front() {
                         ready.push(waker);
                     }
                 }
                 // Out-of-order registrations (a waiter re-polled) are rare; sweep them too.
                 w.retain(|(seq, waker)| {
-                    if recorded(*seq) {
+                    if self.recorded(*seq) {
                         ready.push(waker.clone());
                         false
                     } else {

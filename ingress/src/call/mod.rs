@@ -226,7 +226,7 @@ impl Gateway {
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
             tokens: tokens::TokenCache::default(),
             rate_limits: RefCell::new(shared.rate_limits.reader()),
-            acks: Rc::new(ack::Acks::default()),
+            acks: Rc::new(ack::Acks::new(shard, audit.health())),
             shard,
             snapshot: RefCell::new(snapshot),
             terminated: RefCell::new(terminated),
@@ -410,7 +410,8 @@ impl Gateway {
             c.cache_misses.store(cache.misses, Ordering::Relaxed);
         }
         let record = self.record(ctx, decision, status, outcome, code);
-        let seq = self.audit.borrow_mut().commit(admission, record);
+        // The ack poller wakes the audit thread for this record.
+        let seq = self.audit.borrow_mut().commit_batched(admission, record);
         if let Some(c) = self.counters() {
             c.ring_occupancy
                 .store(self.audit.borrow().occupancy() as u64, Ordering::Relaxed);
@@ -425,14 +426,11 @@ impl Gateway {
     /// delays answers, it does not hang them (and refuses new calls).
     async fn await_recorded(&self, seq: u64) {
         let limit = Duration::from_millis(self.shared.config.config.audit.ack_timeout_ms);
-        let health = self.audit.borrow().health();
-        let shard = self.shard;
-        let recorded: Rc<dyn Fn(u64) -> bool> = Rc::new(move |s| health.recorded(shard, s));
-        if recorded(seq) {
+        if self.acks.recorded(seq) {
             return;
         }
         let waited = glommio::timer::timeout(limit, async {
-            self.acks.wait(seq, recorded).await;
+            self.acks.wait(seq).await;
             Ok(())
         })
         .await;
