@@ -1,6 +1,7 @@
 """Output rules end to end: the SDK upstream returns customer records with
-e-mails, card numbers (Luhn-valid and not), nested arrays, an internal record
-and an embedded private key; the SDK client, through toolgate, checks exactly
+e-mails, card numbers (Luhn-valid and not), government ids (valid, and
+look-alikes never issued), nested arrays, an internal record and an embedded
+private key; the SDK client, through toolgate, checks exactly
 what it received, and the audit trail counts what fired without the values.
 The demo's customer lookup is checked for both demo agents.
 """
@@ -40,7 +41,7 @@ max_result_bytes = 65536
 [[output_rules]]
 name = "pii"
 tools = ["crm__*"]
-detectors = ["card", "email"]
+detectors = ["card", "email", "gov_id"]
 drop_fields = ["$.customers[*].ssn"]
 
 [[output_rules]]
@@ -58,11 +59,14 @@ refuse_when = ["detected(private_key)"]
 
 
 def expected_for_support() -> dict:
-    """C-1 only (C-2 is internal, C-3 holds a key), card and e-mail masked,
-    ssn dropped, Luhn-invalid order numbers kept."""
+    """C-1 only (C-2 is internal, C-3 holds a key), card, e-mail and
+    government ids masked, ssn dropped; Luhn-invalid order numbers and id
+    look-alikes never issued kept."""
     c1 = copy.deepcopy(CUSTOMERS[0])
     c1["card"] = "[REDACTED:card]"
     c1["email"] = "[REDACTED:email]"
+    c1["notes"] = ("verified SSN [REDACTED:us_ssn] and NINO [REDACTED:uk_nino]; "
+                   "form refs 666-12-3456 and QQ123456C")
     del c1["ssn"]
     return {"customers": [c1], "count": 3}
 
@@ -117,6 +121,8 @@ def test_sdk_agents_get_filtered_results(make_gate, upstreams, mode):
     assert ok["redactions"] == [
         {"rule": "pii", "detector": "card", "count": n},
         {"rule": "pii", "detector": "email", "count": n},
+        {"rule": "pii", "detector": "us_ssn", "count": n},
+        {"rule": "pii", "detector": "uk_nino", "count": n},
         {"rule": "pii", "field": "$.customers[*].ssn", "count": n},
         {"rule": "no-internal", "drop_where": 'tier == "internal"', "count": n},
         {"rule": "no-internal", "drop_where": "detected(private_key)", "count": n},
@@ -126,7 +132,8 @@ def test_sdk_agents_get_filtered_results(make_gate, upstreams, mode):
         "deny", "output_refused", 403, OUTPUT_REFUSED)
     assert {"rule": "no-keys", "refuse_when": "detected(private_key)", "count": 1} in refused["redactions"]
     raw = "".join(seg.read_text() for seg in audit_segments(gate.audit_dir))
-    for secret in ("4111 1111 1111 1111", "ada@example.com", "BEGIN RSA", "078-05-1120"):
+    for secret in ("4111 1111 1111 1111", "ada@example.com", "BEGIN RSA", "078-05-1120", "536-22-1234",
+                   "AB 12 34 56 C"):
         assert secret not in raw
 
 

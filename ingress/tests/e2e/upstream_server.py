@@ -33,8 +33,9 @@ PRIVATE_KEY = (
 )
 
 # Customer records for output rules: e-mails, Luhn-valid card numbers,
-# Luhn-invalid order numbers that look like cards, nested arrays, an internal
-# record and one whose notes embed a private key.
+# Luhn-invalid order numbers that look like cards, government ids (valid, and
+# look-alikes in ranges never issued), nested arrays, an internal record and
+# one whose notes embed a private key.
 CUSTOMERS = [
     {
         "id": "C-1",
@@ -43,6 +44,7 @@ CUSTOMERS = [
         "card": CARD_NUMBER,
         "ssn": "078-05-1120",
         "tier": "gold",
+        "notes": "verified SSN 536-22-1234 and NINO AB 12 34 56 C; form refs 666-12-3456 and QQ123456C",
         "orders": [
             {"order_no": "4111 1111 1111 1112", "items": [["widget", 2], ["gadget", 1]]},
             {"order_no": "5555-5555-5555-4445", "items": []},
