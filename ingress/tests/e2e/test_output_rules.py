@@ -3,7 +3,9 @@ e-mails, card numbers (Luhn-valid and not), government ids (valid, and
 look-alikes never issued), nested arrays, an internal record and an embedded
 private key; the SDK client, through toolgate, checks exactly
 what it received, and the audit trail counts what fired without the values.
-The demo's customer lookup is checked for both demo agents.
+Results of the SSE upstream are filtered alike for agents asking for JSON
+and for SSE, and its progress events never reach them. The demo's customer
+lookup is checked for both demo agents.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from mcp.shared.exceptions import MCPError
 from conftest import upstream_cfgs
 from harness import (
     audit_segments,
+    HTTP_TIMEOUT_S,
     READY_TIMEOUT_S,
     SDK_MODES,
     TOOLGATE_BIN,
     Agent,
     free_port,
+    modern_headers,
+    modern_request,
+    parse_body,
     result_json,
     sdk_client_cm,
     stop_process,
 )
-from upstream_server import CUSTOMERS
+from upstream_server import CARD_NUMBER, CUSTOMERS
 
 OUTPUT_REFUSED = -32040
 
@@ -155,6 +161,79 @@ def test_results_over_the_limit_are_refused(make_gate, upstreams):
     anyio.run(scenario)
     line = gate.audit_lines(1, where=lambda l: l["tool"] == "crm__list_customers")[0]
     assert (line["reason"], line["status"]) == ("output_too_large", 502)
+
+
+# The `tickets` upstream answers in SSE; its `annotate` tool sends a progress
+# event quoting the text before the result echoing it.
+SSE_RULES = """
+[output]
+max_result_bytes = 2048
+
+[[output_rules]]
+name = "pii"
+tools = ["tickets__annotate"]
+detectors = ["card", "email", "gov_id"]
+"""
+
+SSE_TEXT = f"refund {CARD_NUMBER} to ada@example.com, ssn 536-22-1234, ref 666-12-3456"
+SSE_MASKED = "refund [REDACTED:card] to [REDACTED:email], ssn [REDACTED:us_ssn], ref 666-12-3456"
+
+
+def test_results_from_an_sse_upstream_are_filtered_for_json_and_sse_agents(make_gate, upstreams):
+    agent = Agent("support-bot", ["tickets__annotate"])
+    gate = make_gate(agents=[agent], extra_toml=SSE_RULES)
+    expected = {"text": SSE_MASKED, "words": len(SSE_TEXT.split())}
+
+    async def sdk():
+        async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+            r = await client.call_tool("tickets__annotate", {"text": SSE_TEXT})
+            assert not r.is_error, r
+            assert result_json(r) == expected
+
+    anyio.run(sdk)
+
+    def call(http: httpx.Client, accept: str, text: str, id: str) -> httpx.Response:
+        headers = modern_headers("tools/call", "tickets__annotate", key=agent.key)
+        headers["Accept"] = accept
+        body = modern_request("tools/call", {"name": "tickets__annotate", "arguments": {"text": text}}, id=id)
+        return http.post(gate.url, json=body, headers=headers)
+
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        for accept in ("application/json", "text/event-stream"):
+            r = call(http, accept, SSE_TEXT, accept)
+            assert r.status_code == 200, r.text
+            assert r.headers["content-type"].startswith(accept), r.headers
+            if accept == "text/event-stream":
+                # One event, the result: the upstream's progress event is not relayed.
+                events = [e for e in r.text.split("\n\n") if e.strip()]
+                assert len(events) == 1 and events[0].startswith("event: message\ndata: "), r.text
+            msg = parse_body(r)
+            assert msg["id"] == accept
+            assert json.loads(msg["result"]["content"][0]["text"]) == expected
+            assert msg["result"].get("structuredContent") in (None, expected)
+            for value in (CARD_NUMBER, "ada@example.com", "536-22-1234", "half way", "notifications/progress"):
+                assert value not in r.text, (value, r.text)
+
+            # Over max_result_bytes: refused whole, in plain JSON whatever was asked for.
+            r = call(http, accept, "x " * 1500, f"big-{accept}")
+            assert r.status_code == 502, r.text
+            assert r.headers["content-type"].startswith("application/json")
+            assert r.json()["error"]["code"] == OUTPUT_REFUSED
+            assert r.json()["error"]["message"].startswith("tool result too large to filter")
+            assert "x x x" not in r.text
+
+    lines = gate.audit_lines(5, where=lambda l: l["method"] == "tools/call")
+    ok = [l for l in lines if l["outcome"] == "success"]
+    assert len(ok) == 3
+    for line in ok:
+        n = line["redactions"][0]["count"]
+        assert line["redactions"] == [
+            {"rule": "pii", "detector": "card", "count": n},
+            {"rule": "pii", "detector": "email", "count": n},
+            {"rule": "pii", "detector": "us_ssn", "count": n},
+        ]
+    big = [l for l in lines if l["outcome"] != "success"]
+    assert [(l["reason"], l["status"]) for l in big] == [("output_too_large", 502)] * 2
 
 
 def test_demo_masks_card_for_both_agents_and_email_for_billing_only(tmp_path):

@@ -3,7 +3,7 @@
 Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
-* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
+* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 * ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header
 
@@ -110,6 +110,15 @@ def build_tickets() -> MCPServer:
     def close_ticket(ticket_id: str) -> str:
         """Close a ticket."""
         return f"closed {ticket_id}"
+
+    @server.tool()
+    async def annotate(text: str, ctx: Context) -> dict:
+        """Echo the text, after a progress event quoting it (sent whether or
+        not the caller asked for progress, so the SSE stream always holds an
+        event besides the result)."""
+        await ctx.request_context.session.send_progress_notification(
+            "annotate", 1, 2, f"half way through {text}", related_request_id=ctx.request_id)
+        return {"text": text, "words": len(text.split())}
 
     @server.tool()
     async def slow(seconds: float) -> str:
