@@ -11,6 +11,7 @@ lookup is checked for both demo agents.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import subprocess
 import time
@@ -234,6 +235,35 @@ def test_results_from_an_sse_upstream_are_filtered_for_json_and_sse_agents(make_
         ]
     big = [l for l in lines if l["outcome"] != "success"]
     assert [(l["reason"], l["status"]) for l in big] == [("output_too_large", 502)] * 2
+
+
+def test_hash_style_masks_are_stable_digests_of_the_value(make_gate, upstreams):
+    agent = Agent("support-bot", ["crm__lookup_customer"])
+    rules = """
+[[output_rules]]
+name = "correlate"
+tools = ["crm__lookup_customer"]
+detectors = ["email"]
+style = "hash"
+"""
+    gate = make_gate(agents=[agent], extra_toml=rules)
+
+    async def lookups() -> list[dict]:
+        async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+            return [result_json(await client.call_tool("crm__lookup_customer", {"customer_id": c}))
+                    for c in ("C-7", "C-8", "C-7")]
+
+    first, other, again = anyio.run(lookups)
+    digest = hashlib.sha256(b"C-7@example.com").hexdigest()[:12]
+    assert first == {"id": "C-7", "name": "Customer C-7", "email": f"[REDACTED:email:sha256:{digest}]",
+                     "card": CARD_NUMBER}
+    # The same value masks the same on every call, another value differently.
+    assert again == first
+    assert other["email"].startswith("[REDACTED:email:sha256:") and other["email"] != first["email"]
+    lines = gate.audit_lines(3, where=lambda l: l["method"] == "tools/call")
+    assert [[(r["rule"], r["detector"]) for r in l["redactions"]] for l in lines] == [[("correlate", "email")]] * 3
+    raw = "".join(seg.read_text() for seg in audit_segments(gate.audit_dir))
+    assert "C-7@example.com" not in raw
 
 
 def test_demo_masks_card_for_both_agents_and_email_for_billing_only(tmp_path):
