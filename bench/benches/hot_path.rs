@@ -316,7 +316,7 @@ url = "http://127.0.0.1:9101/mcp"
 [[output_rules]]
 name = "all"
 tools = ["crm__*"]
-detectors = ["card", "email", "phone", "iban", "secrets"]
+detectors = ["card", "email", "phone", "iban", "secrets", "gov_id"]
 "#;
     let cfg = toolgate_core::config::parse(text, "bench", Path::new("."))
         .unwrap_or_else(|e| panic!("{e}"));

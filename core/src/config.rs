@@ -2532,9 +2532,10 @@ fn validate_output_rules(
                 None => err(
                     at(&d.span()),
                     format!(
-                        "output rule `{name}`: unknown detector `{}`; known: {}, secrets",
+                        "output rule `{name}`: unknown detector `{}`; known: {}, {}",
                         d.get_ref(),
-                        Detector::ALL.map(|d| d.name()).join(", ")
+                        Detector::ALL.map(|d| d.name()).join(", "),
+                        Detector::GROUPS.join(", ")
                     ),
                 ),
             }

@@ -29,11 +29,17 @@ pub enum Detector {
     PrivateKey,
     /// JSON Web Tokens (`eyJ….eyJ….…`).
     Jwt,
+    /// US social security numbers, `078-05-1120` or `078 05 1120`: area not
+    /// 000, 666 or 9xx, group not 00, serial not 0000.
+    UsSsn,
+    /// UK national insurance numbers, `QQ123456C` or `QQ 12 34 56 C`: the
+    /// prefix letters HMRC allocates, six digits, suffix A–D.
+    UkNino,
 }
 
 impl Detector {
     /// Every detector, in a fixed order (the order of bits in a detector set).
-    pub const ALL: [Detector; 9] = [
+    pub const ALL: [Detector; 11] = [
         Detector::Card,
         Detector::Email,
         Detector::Phone,
@@ -43,6 +49,8 @@ impl Detector {
         Detector::SlackToken,
         Detector::PrivateKey,
         Detector::Jwt,
+        Detector::UsSsn,
+        Detector::UkNino,
     ];
 
     /// The detectors the group name `secrets` stands for.
@@ -53,6 +61,12 @@ impl Detector {
         Detector::PrivateKey,
         Detector::Jwt,
     ];
+
+    /// The detectors the group name `gov_id` stands for.
+    pub const GOV_ID: [Detector; 2] = [Detector::UsSsn, Detector::UkNino];
+
+    /// The group names [`Detector::parse`] accepts besides detector names.
+    pub const GROUPS: [&'static str; 2] = ["secrets", "gov_id"];
 
     /// The name used in config, labels and audit records.
     pub fn name(self) -> &'static str {
@@ -66,13 +80,18 @@ impl Detector {
             Detector::SlackToken => "slack_token",
             Detector::PrivateKey => "private_key",
             Detector::Jwt => "jwt",
+            Detector::UsSsn => "us_ssn",
+            Detector::UkNino => "uk_nino",
         }
     }
 
-    /// The detectors a config name stands for (`secrets` is a group).
+    /// The detectors a config name stands for (`secrets` and `gov_id` are
+    /// groups).
     pub fn parse(name: &str) -> Option<Vec<Detector>> {
-        if name == "secrets" {
-            return Some(Self::SECRETS.to_vec());
+        match name {
+            "secrets" => return Some(Self::SECRETS.to_vec()),
+            "gov_id" => return Some(Self::GOV_ID.to_vec()),
+            _ => {}
         }
         Self::ALL
             .iter()
@@ -439,6 +458,14 @@ mod tests {
             assert_eq!(Detector::parse(d.name()), Some(vec![d]));
         }
         assert_eq!(Detector::parse("secrets").map(|v| v.len()), Some(5));
+        assert_eq!(
+            Detector::parse("gov_id"),
+            Some(vec![Detector::UsSsn, Detector::UkNino])
+        );
+        for g in Detector::GROUPS {
+            assert!(Detector::parse(g).is_some_and(|v| v.len() > 1), "{g}");
+        }
+        // Government ids are named by country: a bare `ssn` is no detector.
         assert_eq!(Detector::parse("ssn"), None);
     }
 }

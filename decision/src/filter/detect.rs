@@ -4,8 +4,12 @@
 //! The pass looks only at bytes that can start a match (digits, `@`, and the
 //! first bytes of the secret prefixes: a 256-entry table per detector set),
 //! so text without candidates is skipped at memory speed; each candidate is
-//! then validated (Luhn for cards, mod-97 for IBANs, shapes and boundaries
-//! for the rest).
+//! then validated (Luhn for cards, mod-97 for IBANs, the number ranges never
+//! issued for US SSNs, the prefixes never allocated for UK NINOs, shapes and
+//! boundaries for the rest). Government ids start at a digit too (a NINO is
+//! looked for at the first of its digits, its letters just before), so they
+//! add no trigger byte: with cards or phones on, they cost nothing on text
+//! without digits.
 //!
 //! No detector's match contains `"`, `\` or a control character except the
 //! body of a private-key block. That lets [`Scanner::any_in_json`] run over
@@ -71,7 +75,12 @@ impl Scanner {
     pub fn new(set: DetectorSet) -> Self {
         let mut trigger = [0u8; 256];
         let on = |d: Detector| set.contains(d);
-        if on(Detector::Card) || on(Detector::Phone) || on(Detector::Iban) {
+        if on(Detector::Card)
+            || on(Detector::Phone)
+            || on(Detector::Iban)
+            || on(Detector::UsSsn)
+            || on(Detector::UkNino)
+        {
             for b in b'0'..=b'9' {
                 trigger[usize::from(b)] |= T_DIGIT;
             }
@@ -195,8 +204,8 @@ impl Scanner {
         }
     }
 
-    /// Card, phone and IBAN candidates at a digit. Returns a match and where
-    /// to resume.
+    /// Card, phone, IBAN and government-id candidates at a digit. Returns a
+    /// match and where to resume.
     fn at_digit(
         &self,
         text: &[u8],
@@ -215,24 +224,52 @@ impl Scanner {
                 }
             }
         }
-        let run = DigitRun::read(text, i);
-        if strict && i > 0 && text[i - 1].is_ascii_alphabetic() {
-            return (None, run.end());
-        }
-        if self.set.contains(Detector::Card) {
-            if let Some(f) = run.card(text, strict) {
-                return (Some(f), f.end);
-            }
-        }
-        if self.set.contains(Detector::Phone) {
-            if let Some(f) = run.phone(text) {
+        if self.set.contains(Detector::UkNino) {
+            if let Some(f) = nino_at(text, i, strict) {
                 if f.start >= floor {
                     return (Some(f), f.end);
                 }
             }
         }
-        (None, run.end())
+        let run = DigitRun::read(text, i);
+        if strict && i > 0 && text[i - 1].is_ascii_alphabetic() {
+            return (None, run.end());
+        }
+        let card = if self.set.contains(Detector::Card) {
+            run.card(text, strict)
+        } else {
+            None
+        };
+        let ssn = if self.set.contains(Detector::UsSsn) {
+            run.ssn(text, strict)
+        } else {
+            None
+        };
+        let phone = if self.set.contains(Detector::Phone) {
+            run.phone(text).filter(|f| f.start >= floor)
+        } else {
+            None
+        };
+        match first_of([card, ssn, phone]) {
+            Some(f) => (Some(f), f.end),
+            None => (None, run.end()),
+        }
     }
+}
+
+/// Which of one digit run's candidates (in priority order) to report now.
+/// The first one found wins over those it overlaps; one lying wholly before
+/// it is reported first, and the scan, resuming after it, finds the later
+/// one again, so two values in one run are both masked.
+fn first_of(candidates: [Option<Found>; 3]) -> Option<Found> {
+    let mut best: Option<Found> = None;
+    for c in candidates.into_iter().flatten() {
+        match best {
+            Some(b) if c.end > b.start => {}
+            _ => best = Some(c),
+        }
+    }
+    best
 }
 
 /// Digit groups separated by short runs of ` `, `-`, `.`, `(`, `)`.
@@ -323,6 +360,39 @@ impl DigitRun {
         None
     }
 
+    /// A US SSN: groups of 3, 2 and 4 digits joined by the same `-` or ` `,
+    /// not part of a longer id (a dashed SSN may only sit next to other
+    /// numbers across a space; a spaced one must be the whole run).
+    fn ssn(&self, text: &[u8], strict: bool) -> Option<Found> {
+        let glen = |g: usize| self.groups[g].1 - self.groups[g].0;
+        for k in 0..self.len.saturating_sub(2) {
+            if glen(k) != 3 || glen(k + 1) != 2 || glen(k + 2) != 4 {
+                continue;
+            }
+            let sep = self.sep(text, k + 1);
+            if (sep != b"-" && sep != b" ") || self.sep(text, k + 2) != sep {
+                continue;
+            }
+            let apart = |g: usize| sep == b"-" && self.sep(text, g) == b" ";
+            if (k > 0 && !apart(k)) || (k + 3 < self.len && !apart(k + 3)) {
+                continue;
+            }
+            let (start, end) = (self.groups[k].0, self.groups[k + 2].1);
+            if strict && text.get(end).is_some_and(|b| b.is_ascii_alphanumeric()) {
+                continue;
+            }
+            let digits = |g: usize| &text[self.groups[g].0..self.groups[g].1];
+            if ssn_valid(digits(k), digits(k + 1), digits(k + 2)) {
+                return Some(Found {
+                    start,
+                    end,
+                    detector: Detector::UsSsn,
+                });
+            }
+        }
+        None
+    }
+
     fn phone(&self, text: &[u8]) -> Option<Found> {
         let start = self.groups[0].0;
         // international: `+` and 8–15 digits
@@ -377,6 +447,72 @@ impl DigitRun {
             detector: Detector::Phone,
         })
     }
+}
+
+/// Whether area, group and serial (ASCII digits) form an SSN that can have
+/// been issued: area not 000, 666 or 900–999 (never assigned, or ITINs),
+/// group not 00, serial not 0000.
+pub fn ssn_valid(area: &[u8], group: &[u8], serial: &[u8]) -> bool {
+    area != b"000"
+        && area != b"666"
+        && area.first() != Some(&b'9')
+        && group != b"00"
+        && serial != b"0000"
+}
+
+/// First letters of a NINO prefix HMRC never allocates.
+const NINO_NOT_FIRST: &[u8] = b"DFIQUV";
+/// Second letters of a NINO prefix HMRC never allocates.
+const NINO_NOT_SECOND: &[u8] = b"DFIOQUV";
+/// Whole prefixes HMRC never allocates (administrative or reserved).
+const NINO_NOT_PREFIX: [&[u8; 2]; 7] = [b"BG", b"GB", b"KN", b"NK", b"NT", b"TN", b"ZZ"];
+
+/// UK NINO at the first of its digits, `i`: two capital letters just before
+/// (or before one space), six digits (one space allowed between pairs), an
+/// optional space and the suffix A–D: `AB123456C`, `AB 12 34 56 C`.
+fn nino_at(text: &[u8], i: usize, strict: bool) -> Option<Found> {
+    let up = |p: usize| text[p].is_ascii_uppercase();
+    let start = if i >= 2 && up(i - 2) && up(i - 1) {
+        i - 2
+    } else if i >= 3 && text[i - 1] == b' ' && up(i - 3) && up(i - 2) {
+        i - 3
+    } else {
+        return None;
+    };
+    let (a, b) = (text[start], text[start + 1]);
+    if NINO_NOT_FIRST.contains(&a)
+        || NINO_NOT_SECOND.contains(&b)
+        || NINO_NOT_PREFIX.contains(&&[a, b])
+        || !boundary_before(text, start, strict)
+    {
+        return None;
+    }
+    let digit = |p: usize| text.get(p).is_some_and(|c| c.is_ascii_digit());
+    let mut p = i;
+    for pair in 0..3 {
+        if pair > 0 && text.get(p) == Some(&b' ') {
+            p += 1;
+        }
+        if !(digit(p) && digit(p + 1)) {
+            return None;
+        }
+        p += 2;
+    }
+    if text.get(p) == Some(&b' ') {
+        p += 1;
+    }
+    if !matches!(text.get(p), Some(b'A'..=b'D')) {
+        return None;
+    }
+    let end = p + 1;
+    if strict && text.get(end).is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some(Found {
+        start,
+        end,
+        detector: Detector::UkNino,
+    })
 }
 
 /// Luhn check over the digits of `s` (other bytes skipped).
@@ -778,6 +914,107 @@ mod tests {
             found("ghost AKIA short xoxb- eyJ -----BEGIN CERTIFICATE-----"),
             vec![]
         );
+    }
+
+    #[test]
+    fn us_ssns_in_issued_ranges_are_found() {
+        assert_eq!(
+            found("ssn 078-05-1120, ok"),
+            vec![("078-05-1120", "us_ssn")]
+        );
+        assert_eq!(found("SSN: 219 09 9999"), vec![("219 09 9999", "us_ssn")]);
+        assert_eq!(found("(123-45-6789)"), vec![("123-45-6789", "us_ssn")]);
+        // next to other numbers across a space
+        assert_eq!(
+            found("row 12 078-05-1120 2024"),
+            vec![("078-05-1120", "us_ssn")]
+        );
+    }
+
+    #[test]
+    fn us_ssns_never_issued_survive() {
+        for never in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "999-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+        ] {
+            assert_eq!(found(&format!("ssn {never} ok")), vec![], "{never}");
+        }
+    }
+
+    #[test]
+    fn ssn_shaped_parts_of_longer_numbers_survive() {
+        for other in [
+            "1078-05-1120",     // a digit before
+            "078-05-11201",     // a digit after
+            "x078-05-1120",     // a letter before
+            "078-05-1120x",     // a letter after
+            "078-05-1120-55",   // a longer dashed id
+            "12-078-05-1120",   // likewise
+            "078 05 1120 2024", // a spaced run of numbers
+            "078-05 1120",      // mixed separators
+            "078051120",        // bare nine digits: too many ordinary numbers
+            "2024-01-02",
+        ] {
+            assert_eq!(found(other), vec![], "{other}");
+        }
+    }
+
+    #[test]
+    fn uk_ninos_with_allocated_prefixes_are_found() {
+        assert_eq!(found("NI AB123456C."), vec![("AB123456C", "uk_nino")]);
+        assert_eq!(
+            found("nino: JG 10 37 21 D ok"),
+            vec![("JG 10 37 21 D", "uk_nino")]
+        );
+        assert_eq!(found("CE 123456 A"), vec![("CE 123456 A", "uk_nino")]);
+    }
+
+    #[test]
+    fn uk_ninos_never_allocated_or_misshapen_survive() {
+        for other in [
+            "QQ123456C", // Q never first (HMRC's own example prefix)
+            "DA123456A", // D never first
+            "AO123456A", // O never second
+            "GB123456A", // administrative prefixes
+            "ZZ123456A",
+            "AB123456E",    // suffix beyond D
+            "AB12345C",     // five digits
+            "AB1234567C",   // seven
+            "XAB123456C",   // inside a word
+            "AB123456CD",   // likewise
+            "AB 12 345 6C", // pairs broken
+            "ab123456c",
+        ] {
+            assert_eq!(found(&format!("id {other} ok")), vec![], "{other}");
+        }
+    }
+
+    #[test]
+    fn values_in_one_digit_run_are_all_found() {
+        assert_eq!(
+            found("078-05-1120 4111 1111 1111 1111"),
+            vec![("078-05-1120", "us_ssn"), ("4111 1111 1111 1111", "card")]
+        );
+        assert_eq!(
+            found("555-123-4567 123-45-6789"),
+            vec![("555-123-4567", "phone"), ("123-45-6789", "us_ssn")]
+        );
+    }
+
+    #[test]
+    fn gov_ids_in_raw_json() {
+        let s = all();
+        assert!(s.any_in_json(
+            br#"{"t":"x
+078-05-1120
+"}"#
+        ));
+        assert!(s.any_in_json(br#"{"t":"	AB 12 34 56 C"}"#));
+        assert!(!s.any_in_json(br#"{"t":"666-12-3456 QQ123456C"}"#));
     }
 
     #[test]

@@ -230,6 +230,33 @@ fn results_without_candidates_need_no_walk() {
 }
 
 #[test]
+fn gov_id_masks_ssns_and_ninos_in_records_and_keeps_never_issued_ones() {
+    let f = filter(
+        "[[output_rules]]\nname = \"ids\"\ntools = [\"crm__*\"]\ndetectors = [\"gov_id\"]\nstyle = \"last4\"\n",
+    );
+    let data = json!({"people": [
+        {"ssn": "078-05-1120", "nino": "AB 12 34 56 C", "note": "old id 666-12-3456"},
+        {"ssn": "900-12-3456", "nino": "QQ123456C", "note": "file AB123456C, ssn 219 09 9999"}
+    ]});
+    let (got, v) = apply(&f, &json!({"structuredContent": data}));
+    assert_eq!(
+        got["structuredContent"],
+        json!({"people": [
+            {"ssn": "[REDACTED:us_ssn:****1120]", "nino": "[REDACTED:uk_nino:****456C]", "note": "old id 666-12-3456"},
+            {"ssn": "900-12-3456", "nino": "QQ123456C",
+             "note": "file [REDACTED:uk_nino:****456C], ssn [REDACTED:us_ssn:****9999]"}
+        ]})
+    );
+    assert_eq!(
+        counts(&v),
+        vec![
+            ("ids".into(), "detector", "us_ssn".into(), 2),
+            ("ids".into(), "detector", "uk_nino".into(), 2)
+        ]
+    );
+}
+
+#[test]
 fn numbers_holding_card_numbers_become_masked_strings() {
     let f =
         filter("[[output_rules]]\nname = \"c\"\ntools = [\"crm__*\"]\ndetectors = [\"card\"]\n");
@@ -258,18 +285,44 @@ const SENSITIVE: &[&str] = &[
     "xoxb-1234567890-ABCDEFghij",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk",
     "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk3yByxZpYRTBnVJk5owkEYFKHpCE5\n-----END EC PRIVATE KEY-----",
+    "078-05-1120",
+    "219 09 9999",
+    "AB123456C",
+    "JG 10 37 21 D",
+];
+
+/// Look-alikes every detector must leave alone: Luhn-invalid cards, SSNs
+/// in ranges never issued, NINOs with prefixes never allocated.
+const LOOKALIKES: &[&str] = &[
+    "4111 1111 1111 1112",
+    "666-12-3456",
+    "900-12-3456",
+    "123-00-4567",
+    "123-45-0000",
+    "QQ123456C",
+    "GB 12 34 56 A",
+    "AB123456E",
 ];
 
 fn all_detectors() -> OutputFilter {
     filter(
-        "[[output_rules]]\nname = \"all\"\ntools = [\"crm__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\"]\n",
+        "[[output_rules]]\nname = \"all\"\ntools = [\"crm__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\", \"gov_id\"]\n",
     )
 }
 
-fn piece() -> impl Strategy<Value = (String, bool)> {
+/// What a piece of text is: free text, a sensitive value, or a look-alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Free,
+    Sensitive,
+    Lookalike,
+}
+
+fn piece() -> impl Strategy<Value = (String, Kind)> {
     prop_oneof![
-        3 => "[a-z0-9 ,;:!?éß漢\\n\"\\\\]{0,24}".prop_map(|s| (s, false)),
-        1 => proptest::sample::select(SENSITIVE).prop_map(|s| (format!(" ; {s} ; "), true)),
+        3 => "[a-z0-9 ,;:!?éß漢\\n\"\\\\]{0,24}".prop_map(|s| (s, Kind::Free)),
+        1 => proptest::sample::select(SENSITIVE).prop_map(|s| (format!(" ; {s} ; "), Kind::Sensitive)),
+        1 => proptest::sample::select(LOOKALIKES).prop_map(|s| (format!(" ; {s} ; "), Kind::Lookalike)),
     ]
 }
 
@@ -300,10 +353,12 @@ proptest! {
         let mut again = Vec::new();
         f.scanner.scan(out.as_bytes(), &mut again);
         prop_assert!(again.is_empty(), "left: {:?}", again);
-        for (p, sensitive) in &pieces {
-            if *sensitive {
-                let value = p.trim_matches(|c| c == ' ' || c == ';');
-                prop_assert!(!out.contains(value), "{} survived in {}", value, out);
+        for (p, kind) in &pieces {
+            let value = p.trim_matches(|c| c == ' ' || c == ';');
+            match kind {
+                Kind::Sensitive => prop_assert!(!out.contains(value), "{} survived in {}", value, out),
+                Kind::Lookalike => prop_assert!(out.contains(p.as_str()), "{} was masked in {}", value, out),
+                Kind::Free => {}
             }
         }
     }

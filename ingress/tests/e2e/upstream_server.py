@@ -3,7 +3,7 @@
 Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
-* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, slow)
+* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 * ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header
 
@@ -33,8 +33,9 @@ PRIVATE_KEY = (
 )
 
 # Customer records for output rules: e-mails, Luhn-valid card numbers,
-# Luhn-invalid order numbers that look like cards, nested arrays, an internal
-# record and one whose notes embed a private key.
+# Luhn-invalid order numbers that look like cards, government ids (valid, and
+# look-alikes in ranges never issued), nested arrays, an internal record and
+# one whose notes embed a private key.
 CUSTOMERS = [
     {
         "id": "C-1",
@@ -43,6 +44,7 @@ CUSTOMERS = [
         "card": CARD_NUMBER,
         "ssn": "078-05-1120",
         "tier": "gold",
+        "notes": "verified SSN 536-22-1234 and NINO AB 12 34 56 C; form refs 666-12-3456 and QQ123456C",
         "orders": [
             {"order_no": "4111 1111 1111 1112", "items": [["widget", 2], ["gadget", 1]]},
             {"order_no": "5555-5555-5555-4445", "items": []},
@@ -108,6 +110,15 @@ def build_tickets() -> MCPServer:
     def close_ticket(ticket_id: str) -> str:
         """Close a ticket."""
         return f"closed {ticket_id}"
+
+    @server.tool()
+    async def annotate(text: str, ctx: Context) -> dict:
+        """Echo the text, after a progress event quoting it (sent whether or
+        not the caller asked for progress, so the SSE stream always holds an
+        event besides the result)."""
+        await ctx.request_context.session.send_progress_notification(
+            "annotate", 1, 2, f"half way through {text}", related_request_id=ctx.request_id)
+        return {"text": text, "words": len(text.split())}
 
     @server.tool()
     async def slow(seconds: float) -> str:
