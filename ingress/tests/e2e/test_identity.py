@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from harness import (
 ISSUER = "https://idp.example.com"
 AUDIENCE = "https://toolgate.example.com/mcp"
 SECRET = "crm-secret-" + "c4n4ry" * 4
-AGENT_TOOLS = ["vault__whoami", "crm__lookup_customer"]
+AGENT_TOOLS = ["vault__whoami", "vault__headers", "crm__lookup_customer"]
 
 
 def b64(data: bytes) -> str:
@@ -279,6 +280,31 @@ def test_credential_file_change_is_picked_up(gate):
         time.sleep(0.2)
     path.write_text(SECRET + "\n")
     assert seen == f"Bearer rotated-{SECRET}"
+
+
+def test_agent_cookies_and_token_never_reach_the_upstream(gate, idp):
+    """The agent's cookies, its bearer token and any other credential-shaped
+    header stop at toolgate: the upstream (``vault__headers`` echoes every
+    header it got) sees toolgate's injected credential and nothing of the
+    agent's."""
+    canary = "canary-" + secrets.token_hex(8)
+    sent = {
+        "Cookie": f"session={canary}; theme=dark",
+        "Proxy-Authorization": f"Basic {canary}",
+        "X-Api-Key": canary,
+    }
+    for token in (gate.agents["support-bot"].key, idp.token()):
+        r = call(gate, token, tool="vault__headers", extra_headers=sent)
+        assert r.status_code == 200, r.text
+        received = {k.lower(): v for k, v in json.loads(text_of(r)).items()}
+        assert "cookie" not in received, received
+        assert "proxy-authorization" not in received and "x-api-key" not in received, received
+        assert received["authorization"] == f"Bearer {SECRET}"
+        echoed = json.dumps(received)
+        assert canary not in echoed and token not in echoed, received
+    time.sleep(0.3)
+    assert canary not in gate.stderr_text()
+    assert canary not in "\n".join(json.dumps(l) for l in gate.read_audit())
 
 
 def test_canary_secret_and_tokens_never_leak(gate, idp):
