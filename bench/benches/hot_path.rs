@@ -375,7 +375,7 @@ fn scan(c: &mut Criterion) {
 }
 
 /// Bearer credentials as the shard checks them: API key digest lookup, JWT
-/// signature and claims with the key already parsed (RS256, ES256), and a
+/// signature and claims with the key already parsed (RS256, ES256, EdDSA), and a
 /// sub-token's MAC, expiry and revocation check.
 fn identity(c: &mut Criterion) {
     use toolgate_core::jwt::{ClaimRules, Verifier};
@@ -395,7 +395,7 @@ fn identity(c: &mut Criterion) {
         .unwrap_or_else(|e| panic!("jwks: {e}"));
     let now = fixture["now"].as_u64().unwrap_or_default();
     let mut g = c.benchmark_group("identity");
-    for alg in ["rs256", "es256"] {
+    for alg in ["rs256", "es256", "eddsa"] {
         let token = fixture[alg]
             .as_str()
             .unwrap_or_default()

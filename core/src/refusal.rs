@@ -90,7 +90,8 @@ pub enum RefusalKind {
     /// Upstream answered something that is not an MCP response.
     UpstreamBadResponse,
     /// The upstream's credential could not be obtained (an OAuth token
-    /// endpoint failing past the token's expiry): nothing was sent.
+    /// endpoint failing past the token's expiry, a credential file rewritten
+    /// without a usable value): nothing was sent.
     UpstreamCredentialUnavailable,
     /// An output rule's `refuse_when` condition held for the tool's result.
     OutputRefused,
@@ -320,7 +321,7 @@ impl Refusal {
             UpstreamCredentialUnavailable => (
                 503,
                 codes::SERVER_ERROR,
-                "no credential for the upstream yet; retry later",
+                "upstream credential unavailable; retry later",
             ),
             OutputRefused => (
                 403,

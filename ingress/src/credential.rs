@@ -4,7 +4,8 @@
 //! The agent never holds these secrets, and its own `Authorization` header is
 //! never forwarded. Each credential is published per upstream as the complete
 //! header line, so the request path copies bytes and takes no lock; a file
-//! credential is re-read by a watcher thread when the file changes. Secret
+//! credential is re-read by a watcher thread when the file changes (see
+//! [`watch`] for what a bad change does). Secret
 //! values are wrapped in [`Secret`], whose `Debug` and `Display` print
 //! `<redacted>`: errors name the upstream and the source, never the value.
 
@@ -133,9 +134,37 @@ pub fn load(cfg: &ValidConfig) -> Result<Credentials, CredentialError> {
         .collect()
 }
 
+/// What a change of a credential file does to the published credential.
+#[derive(Debug)]
+enum Refresh {
+    /// A usable value: in use from now on.
+    Replace(Secret),
+    /// The file cannot be read (deleted, mid-swap, permissions): the last
+    /// good value stays, so a secret tool replacing the file does not cause
+    /// an outage.
+    Keep(CredentialError),
+    /// The file is readable but holds no usable value (empty, whitespace,
+    /// control characters): whoever wrote it meant "no credential" or wrote
+    /// garbage, and neither the old value nor the new one is sent. Calls to
+    /// the upstream are refused until the file holds a usable value.
+    Withdraw(CredentialError),
+}
+
+/// Decides what the new read of a changed credential file does.
+fn refresh(read: Result<Secret, CredentialError>) -> Refresh {
+    match read {
+        Ok(secret) => Refresh::Replace(secret),
+        Err(e @ CredentialError::Unusable { .. }) => Refresh::Withdraw(e),
+        Err(e) => Refresh::Keep(e),
+    }
+}
+
 /// Re-reads file credentials when their file changes (polled every second).
-/// A file that becomes unreadable or empty keeps the last good value, with a
-/// warning.
+/// A file that cannot be read keeps the last good value; a readable file
+/// without a usable value withdraws the credential, so calls to that
+/// upstream are refused (`upstream_credential_unavailable`) while other
+/// upstreams are unaffected. Both are logged as errors naming the upstream
+/// and the file, never the value.
 pub fn watch(cfg: &ValidConfig, creds: &Credentials) {
     let watched: Vec<(String, CredentialConfig, PathBuf, Arc<Published<Secret>>)> = cfg
         .config
@@ -171,13 +200,17 @@ pub fn watch(cfg: &ValidConfig, creds: &Credentials) {
                         continue;
                     }
                     last[i] = now;
-                    match read(name, c, Some(file)) {
-                        Ok(secret) => {
+                    match refresh(read(name, c, Some(file))) {
+                        Refresh::Replace(secret) => {
                             published.publish(secret);
                             tracing::info!(upstream = %name, "credential file changed; new credential in use");
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "keeping the previous credential");
+                        Refresh::Keep(error) => {
+                            tracing::error!(upstream = %name, %error, "keeping the previous credential until the file can be read");
+                        }
+                        Refresh::Withdraw(error) => {
+                            published.publish(Secret::new(Vec::new()));
+                            tracing::error!(upstream = %name, %error, "credential withdrawn: calls to this upstream are refused until the file holds a usable credential");
                         }
                     }
                 }
@@ -218,6 +251,38 @@ mod tests {
         let s = p.unwrap_or_else(|| unreachable!());
         assert_eq!(s.expose(), b"Authorization: Bearer s3cret\r\n");
         assert_eq!(format!("{s:?}"), "<redacted>");
+    }
+
+    #[test]
+    fn unreadable_file_keeps_and_unusable_file_withdraws() {
+        let dir = std::env::temp_dir().join(format!("toolgate-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+        let file = dir.join("crm.token");
+        let c = cfg("file = \"crm.token\"");
+        let Some(cred) = c.config.upstreams[0].credential.clone() else {
+            unreachable!()
+        };
+        let outcome = |text: Option<&str>| {
+            match text {
+                Some(t) => std::fs::write(&file, t).unwrap_or_else(|e| unreachable!("{e}")),
+                None => {
+                    let _ = std::fs::remove_file(&file);
+                }
+            }
+            refresh(read("crm", &cred, Some(&file)))
+        };
+        assert!(matches!(
+            outcome(Some("next\n")),
+            Refresh::Replace(s) if s.expose() == b"Authorization: Bearer next\r\n"
+        ));
+        assert!(matches!(
+            outcome(None),
+            Refresh::Keep(CredentialError::File { .. })
+        ));
+        for garbage in ["", " \n\t\n", "a\u{1}b"] {
+            assert!(matches!(outcome(Some(garbage)), Refresh::Withdraw(_)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

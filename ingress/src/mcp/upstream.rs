@@ -38,7 +38,8 @@ pub enum UpstreamError {
     #[error("upstream sent an invalid response")]
     BadResponse,
     /// The upstream's credential is not available (an OAuth token that
-    /// could not be obtained or expired): nothing was sent.
+    /// could not be obtained or expired, a credential file without a usable
+    /// value): nothing was sent.
     #[error("no credential for the upstream")]
     NoCredential,
 }

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from harness import (
     Agent,
     UpstreamCfg,
     UpstreamProc,
+    assert_jsonrpc_error,
     modern_headers,
     modern_request,
     result_json,
@@ -41,7 +43,7 @@ from harness import (
 ISSUER = "https://idp.example.com"
 AUDIENCE = "https://toolgate.example.com/mcp"
 SECRET = "crm-secret-" + "c4n4ry" * 4
-AGENT_TOOLS = ["vault__whoami", "crm__lookup_customer"]
+AGENT_TOOLS = ["vault__whoami", "vault__headers", "crm__lookup_customer"]
 
 
 def b64(data: bytes) -> str:
@@ -279,6 +281,115 @@ def test_credential_file_change_is_picked_up(gate):
         time.sleep(0.2)
     path.write_text(SECRET + "\n")
     assert seen == f"Bearer rotated-{SECRET}"
+    # Later tests expect the original value: wait until it is back in use.
+    deadline = time.monotonic() + 5
+    while text_of(call(gate, key)) != f"Bearer {SECRET}" and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_agent_cookies_and_token_never_reach_the_upstream(gate, idp):
+    """The agent's cookies, its bearer token and any other credential-shaped
+    header stop at toolgate: the upstream (``vault__headers`` echoes every
+    header it got) sees toolgate's injected credential and nothing of the
+    agent's."""
+    canary = "canary-" + secrets.token_hex(8)
+    sent = {
+        "Cookie": f"session={canary}; theme=dark",
+        "Proxy-Authorization": f"Basic {canary}",
+        "X-Api-Key": canary,
+    }
+    for token in (gate.agents["support-bot"].key, idp.token()):
+        r = call(gate, token, tool="vault__headers", extra_headers=sent)
+        assert r.status_code == 200, r.text
+        received = {k.lower(): v for k, v in json.loads(text_of(r)).items()}
+        assert "cookie" not in received, received
+        assert "proxy-authorization" not in received and "x-api-key" not in received, received
+        assert received["authorization"] == f"Bearer {SECRET}"
+        echoed = json.dumps(received)
+        assert canary not in echoed and token not in echoed, received
+    time.sleep(0.3)
+    assert canary not in gate.stderr_text()
+    assert canary not in "\n".join(json.dumps(l) for l in gate.read_audit())
+
+
+def test_credential_file_refresh_withdraws_unusable_values_and_keeps_through_unreadable(tmp_path, upstreams, vault):
+    """A file credential follows its file: a new value is used within a
+    second; emptied or garbage content withdraws it (calls to that upstream
+    refused, clearly, and audited; other upstreams unaffected); a deleted
+    file keeps the last good value. Every bad change is an error in the log
+    naming the upstream and the file, never a value."""
+    import os
+
+    work = tmp_path / "gate"
+    work.mkdir()
+    path = work / "vault.token"
+
+    def put(text: str) -> None:
+        staged = work / "vault.token.new"
+        staged.write_text(text)
+        os.replace(staged, path)
+
+    put("first-" + SECRET)
+    ups = upstream_cfgs(upstreams) + [
+        UpstreamCfg(name="vault", url=vault.url, credential={"value_prefix": "Bearer ", "file": "vault.token"}),
+    ]
+    agent = Agent("support-bot", list(AGENT_TOOLS))
+    g = start_gate(work, ups, [agent])
+
+    def whoami() -> httpx.Response:
+        return call(g, agent.key)
+
+    def until(pred, timeout: float = 3.0) -> float:
+        started = time.monotonic()
+        while not pred():
+            assert time.monotonic() - started < timeout, "no change seen in time"
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    try:
+        assert text_of(whoami()) == f"Bearer first-{SECRET}"
+        # A new value is picked up within about a second.
+        put("second-" + SECRET)
+        took = until(lambda: text_of(whoami()) == f"Bearer second-{SECRET}")
+        assert took < 2.0, took
+
+        # Emptied: the credential is withdrawn, not sent stale or blank.
+        put("")
+        until(lambda: whoami().status_code == 503)
+        before = g.audit_len()
+        r = whoami()
+        body = assert_jsonrpc_error(r, 503, -32000)
+        assert "credential" in body["error"]["message"]
+        assert SECRET not in r.text
+        [rec] = g.audit_after(before)
+        assert (rec["upstream"], rec["reason"], rec["status"]) == ("vault", "upstream_credential_unavailable", 503), rec
+        # Other upstreams are unaffected.
+        ok = call(g, agent.key, tool="crm__lookup_customer", args={"customer_id": "C-1"})
+        assert ok.status_code == 200, ok.text
+        # Garbage (control characters) is no better than nothing.
+        put("third-\x01-" + SECRET)
+        time.sleep(1.5)
+        assert whoami().status_code == 503
+        # A usable value puts it back.
+        put("fourth-" + SECRET)
+        until(lambda: whoami().status_code == 200)
+        assert text_of(whoami()) == f"Bearer fourth-{SECRET}"
+
+        # Deleted: the last good value stays (a secret tool swapping the file
+        # must not cause an outage), and the log says so.
+        path.unlink()
+        until(lambda: "keeping the previous credential" in g.stderr_text())
+        assert text_of(whoami()) == f"Bearer fourth-{SECRET}"
+        put("fifth-" + SECRET)
+        until(lambda: text_of(whoami()) == f"Bearer fifth-{SECRET}")
+
+        log = g.stderr_text()
+        withdrawn = [l for l in log.splitlines() if "credential withdrawn" in l]
+        assert withdrawn and all("ERROR" in l and "vault" in l and str(path) in l for l in withdrawn), withdrawn
+        assert SECRET not in log
+        assert SECRET not in "\n".join(json.dumps(l) for l in g.read_audit())
+    finally:
+        release_gate(g)
 
 
 def test_canary_secret_and_tokens_never_leak(gate, idp):

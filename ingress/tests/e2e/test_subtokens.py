@@ -159,3 +159,41 @@ def test_revoke_under_load_stops_every_call_within_a_second(gate):
     # Revoking by the token itself is refused as already done.
     again = token_cli(gate, "revoke", token)
     assert again.returncode != 0 and "already revoked" in again.stderr
+
+
+def test_revoked_token_is_refused_and_audited_as_revoked(gate):
+    token, jti = mint(gate, "--agent", "support-bot", "--user", "alice", "--tool", LOOKUP)
+    assert call(gate, token).status_code == 200
+    r = token_cli(gate, "revoke", jti)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 3
+    while call(gate, token).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = gate.audit_len()
+    r = call(gate, token)
+    body = assert_jsonrpc_error(r, 401, UNAUTHORIZED)
+    assert "revoked" in body["error"]["message"], body
+    [rec] = gate.audit_after(before)
+    assert (rec["decision"], rec["reason"], rec["status"]) == ("deny", "token_revoked", 401), rec
+    assert token not in "\n".join(str(l) for l in gate.read_audit())
+    assert token not in gate.stderr_text()
+    # The revocation is of that token alone: a fresh one for the same agent works.
+    other, _ = mint(gate, "--agent", "support-bot", "--tool", LOOKUP)
+    assert call(gate, other).status_code == 200
+
+
+@pytest.mark.parametrize("token", [
+    "tgs_",                       # the prefix alone
+    "tgs_no-mac-at-all",          # no `.mac`
+    "tgs_eyJqdGkiOiIwMCJ9.***",   # a MAC that is not base64url
+    "tgs_" + "A" * 9000 + ".AA",  # longer than any sub-token may be
+])
+def test_malformed_token_is_a_401_and_audited(gate, token):
+    before = gate.audit_len()
+    r = call(gate, token)
+    body = assert_jsonrpc_error(r, 401, UNAUTHORIZED)
+    assert "malformed" in body["error"]["message"], body
+    assert token not in r.text
+    [rec] = gate.audit_after(before)
+    assert (rec["decision"], rec["reason"], rec["agent"]) == ("deny", "token_malformed", None), rec
+    assert token not in gate.stderr_text()

@@ -252,6 +252,37 @@ def test_renewed_certificate_is_served_after_reload(tmp_path, upstreams, pki):
         release_gate(g)
 
 
+def test_replaced_certificate_files_are_served_without_a_signal(tmp_path, upstreams, pki):
+    """With ``[policies] watch = true`` the certificate and key files are
+    watched: replacing both (atomically, as cert-manager or certbot's deploy
+    hooks do) reaches new connections within a couple of seconds, no SIGHUP."""
+    import os
+
+    cert, key = server_cert(pki.ca, "first").write(tmp_path, "live")
+    extra = f'[server.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n\n[policies]\nwatch = true\n'
+    g = start_gate(tmp_path / "gate", upstream_cfgs(upstreams), [Agent("support-bot", [TOOL])], extra_toml=extra,
+                   tls_client={"verify": pki.ctx()})
+    try:
+        first = peer_serial(g.port, pki.ctx())
+        # A different key as well as a different certificate: a reload that
+        # took one file without the other would fail the handshake.
+        renewed = server_cert(pki.ca, "renewed")
+        new_cert, new_key = renewed.write(tmp_path, "next")
+        os.replace(new_key, key)
+        os.replace(new_cert, cert)
+        replaced = time.monotonic()
+        serial = first
+        while serial == first and time.monotonic() - replaced < 5:
+            time.sleep(0.1)
+            serial = peer_serial(g.port, pki.ctx())
+        took = time.monotonic() - replaced
+        assert serial == renewed.cert.serial_number
+        assert took < 3.0, took
+        assert call(g, pki.ctx(), key=g.agents["support-bot"].key).status_code == 200
+    finally:
+        release_gate(g)
+
+
 @pytest.fixture(scope="module")
 def tls_vault(tmp_path_factory, pki):
     d = tmp_path_factory.mktemp("tls-vault")
@@ -288,6 +319,45 @@ def test_https_upstream_verified_against_its_ca(tmp_path, upstreams, pki, tls_va
         assert "TLS handshake failed" in g.stderr_text()
     finally:
         release_gate(g)
+
+
+def test_https_upstream_with_a_certificate_for_another_name_is_refused(tmp_path, upstreams, pki, tls_vault):
+    """A certificate from the configured CA proves nothing about a host it
+    does not name: the upstream at 127.0.0.1 presents one for
+    ``vault.other.test`` (with ``127.0.0.1`` as its common name, which
+    hostname verification must ignore) and is refused; the same CA with the
+    right name works."""
+    d = tmp_path / "misnamed"
+    d.mkdir()
+    misnamed = UpstreamProc("vault", "json", tls=issue(pki.ca, "127.0.0.1", dns=["vault.other.test"]).write(d, "m"))
+    misnamed.start(d)
+    ups = [
+        UpstreamCfg(name="vault", url=tls_vault.url, ca_file=str(pki.ca_pem)),
+        UpstreamCfg(name="misnamed", url=misnamed.url, ca_file=str(pki.ca_pem)),
+    ]
+    agent = Agent("support-bot", ["vault__whoami", "misnamed__whoami"])
+    g = start_gate(tmp_path, ups, [agent])
+    try:
+        def post(tool):
+            body = modern_request("tools/call", {"name": tool, "arguments": {}})
+            return httpx.post(g.url, json=body, headers=modern_headers("tools/call", tool, agent.key),
+                              timeout=HTTP_TIMEOUT_S)
+
+        assert post("vault__whoami").status_code == 200
+        before = g.audit_len()
+        r = post("misnamed__whoami")
+        body = assert_jsonrpc_error(r, 502, -32603)
+        assert body["error"]["message"] == "upstream unavailable"
+        [rec] = g.audit_after(before)
+        assert (rec["upstream"], rec["reason"], rec["outcome"], rec["status"]) == (
+            "misnamed", "upstream_unavailable", "failure", 502), rec
+        # The log says why, naming the host the certificate does not cover.
+        assert 'certificate not valid for name "127.0.0.1"' in g.stderr_text()
+        # The other upstream, same CA, is unaffected.
+        assert post("vault__whoami").status_code == 200
+    finally:
+        release_gate(g)
+        misnamed.stop()
 
 
 def check(tmp_path, text: str) -> subprocess.CompletedProcess:

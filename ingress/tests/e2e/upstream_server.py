@@ -5,7 +5,8 @@ Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
-* ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header
+* ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header,
+  ``headers`` every header it received
 
 ``json`` makes the server answer POSTs with ``application/json`` bodies,
 ``sse`` with ``text/event-stream`` bodies, so toolgate's upstream client is
@@ -154,6 +155,10 @@ def build_vault() -> MCPServer:
     def whoami(ctx: Context) -> str:
         headers = ctx.headers or {}
         return headers.get("authorization", "<none>")
+
+    @server.tool(description="Echo every HTTP header this server received, as a JSON object.")
+    def headers(ctx: Context) -> dict:
+        return dict(ctx.headers or {})
 
     return server
 
