@@ -714,10 +714,30 @@ pub struct AuditConfig {
     /// one). Default: no limit.
     #[serde(default)]
     pub retain_bytes: Option<u64>,
+    /// What a `tools/call` record keeps of the call's arguments: `digest`
+    /// (default; SHA-256 of the arguments as forwarded), `omit`, or
+    /// `redacted` (the arguments with every detector's matches masked,
+    /// cut to 4 KiB). Never the raw arguments.
+    #[serde(default)]
+    pub arguments: AuditArguments,
     /// `[[audit.sinks]]`: where records are delivered from the log, each with
     /// its own cursor. Default: none.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+}
+
+/// What an audit record keeps of a call's arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// SHA-256 (hex) of the argument bytes as forwarded to the upstream.
+    #[default]
+    Digest,
+    /// Nothing.
+    Omit,
+    /// The arguments JSON with every built-in detector's matches masked,
+    /// cut to [`crate::audit::MAX_REDACTED_ARGS`] bytes.
+    Redacted,
 }
 
 /// How durable a record is before its call is answered.
@@ -1147,6 +1167,7 @@ impl Default for AuditConfig {
             checkpoint_key_file: None,
             retain_days: None,
             retain_bytes: None,
+            arguments: AuditArguments::default(),
             sinks: Vec::new(),
         }
     }
@@ -2806,6 +2827,7 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         let v = v.unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(v.config.audit.durability, Durability::Record);
         assert_eq!(v.config.audit.segment_bytes, 4096);
+        assert_eq!(v.config.audit.arguments, AuditArguments::Digest);
         let s = &v.config.audit.sinks[0];
         assert_eq!((s.facility, s.batch_records), (13, 256));
         assert_eq!(
@@ -2813,6 +2835,32 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
             Some(SinkTransport::Tcp)
         );
         assert_eq!(v.sink_targets[0].address.map(|a| a.port()), Some(5514));
+    }
+
+    #[test]
+    fn audit_arguments_modes_parse_and_raw_is_refused() {
+        for (text, want) in [
+            ("digest", AuditArguments::Digest),
+            ("omit", AuditArguments::Omit),
+            ("redacted", AuditArguments::Redacted),
+        ] {
+            let v = parse(
+                &format!("{GOOD}arguments = \"{text}\"\n"),
+                "t.toml",
+                Path::new("."),
+            );
+            let v = v.map_err(|e| e.to_string());
+            assert_eq!(v.map(|v| v.config.audit.arguments).ok(), Some(want));
+        }
+        let e = parse(
+            &format!("{GOOD}arguments = \"raw\"\n"),
+            "t.toml",
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("`raw`") && e.contains("redacted"), "{e}");
     }
 
     #[test]

@@ -162,6 +162,7 @@ mod tests {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: None,
         }
     }

@@ -396,6 +396,7 @@ pub(crate) mod tests_support {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: None,
         }
     }

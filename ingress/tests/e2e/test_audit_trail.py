@@ -1,13 +1,15 @@
 """The audit trail end to end: the hash-chained segment log, `toolgate audit
-verify|query|tail`, syslog sinks into a real rsyslog over UDP and TCP,
-tamper detection, crash safety under `kill -9`, and failing closed when the
-log cannot be written.
+verify|query|tail`, what records keep of call arguments, syslog sinks into a
+real rsyslog over UDP and TCP, tamper detection, crash safety under `kill -9`,
+and failing closed when the log cannot be written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,9 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import upstream_cfgs
 from harness import (
     TOOLGATE_BIN,
+    FlakyUpstream,
     Gate,
+    UpstreamCfg,
     audit_segments,
     check_audit_line_shape,
     modern_headers,
@@ -183,6 +188,85 @@ def test_query_filters_and_tail_follows(make_gate):
     finally:
         follower.send_signal(signal.SIGTERM)
         follower.wait(timeout=5)
+
+
+# --------------------------------------------------------------------------
+# arguments in records: digest, redacted, never raw
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recording_crm(upstreams):
+    """A recording proxy in front of the crm upstream: the exact bodies toolgate forwards."""
+    proxy = FlakyUpstream(upstreams["crm"].url)
+    yield proxy
+    proxy.close()
+
+
+def forwarded_arguments(proxy: FlakyUpstream, needle: str) -> bytes:
+    """The exact bytes of ``params.arguments`` in the one tools/call body holding ``needle``."""
+    bodies = [b for _, _, b in proxy.requests if b'"tools/call"' in b and needle.encode() in b]
+    assert len(bodies) == 1, bodies
+    text = bodies[0].decode()
+    start = text.index('"arguments":') + len('"arguments":')
+    _, end = json.JSONDecoder().raw_decode(text, start)
+    return bodies[0][start:end]
+
+
+def all_log_bytes(audit_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(audit_dir.rglob("*")) if p.is_file())
+
+
+def test_records_keep_a_digest_of_the_arguments_the_upstream_received(make_gate, upstreams, recording_crm):
+    gate = make_gate(upstream_list=[UpstreamCfg("crm", recording_crm.url)]
+                     + [u for u in upstream_cfgs(upstreams) if u.name != "crm"])
+    canary = "canary-" + secrets.token_hex(16)
+    args = {"customer_id": canary}
+    key = gate.agents["support-bot"].key
+    with httpx.Client(timeout=10.0) as http:
+        # Sent with spaces (json.dumps' default separators): the digest is of
+        # the compact bytes toolgate forwards, not of what the agent sent.
+        body = json.dumps(modern_request("tools/call", {"name": "crm__lookup_customer", "arguments": args}, id=1))
+        r = http.post(gate.url, content=body, headers={**modern_headers("tools/call", "crm__lookup_customer", key),
+                                                        "Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        refused = call(http, gate, "billing-bot", "crm__lookup_customer", 2)
+        assert refused.status_code == 400
+    allowed, denied = gate.audit_lines(2, where=lambda l: l["method"] == "tools/call")
+    received = forwarded_arguments(recording_crm, canary)
+    assert b", " not in received and canary.encode() in received
+    assert allowed["args_sha256"] == hashlib.sha256(received).hexdigest(), (allowed, received)
+    # Refused before forwarding: the agent's arguments, encoded as toolgate would forward them.
+    compact = json.dumps({"customer_id": "c-2"}, separators=(",", ":")).encode()
+    assert denied["args_sha256"] == hashlib.sha256(compact).hexdigest()
+    assert "args_redacted" not in allowed
+    gate.stop()
+    assert canary.encode() not in all_log_bytes(gate.audit_dir), "a raw argument reached the audit log"
+    assert toolgate("audit", "verify", str(gate.audit_dir)).returncode == 0
+
+
+def test_redacted_arguments_mask_secrets_and_omit_keeps_nothing(make_gate):
+    aws_canary = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+    card = "4111 1111 1111 1111"
+    args = {"customer_id": f"C-1 card {card} key {aws_canary}"}
+    gate = make_gate(audit={"arguments": "redacted"})
+    with httpx.Client(timeout=10.0) as http:
+        body = modern_request("tools/call", {"name": "crm__lookup_customer", "arguments": args}, id=1)
+        key = gate.agents["support-bot"].key
+        r = http.post(gate.url, json=body, headers=modern_headers("tools/call", "crm__lookup_customer", key))
+        assert r.status_code == 200 and aws_canary in r.text, "the upstream got the arguments unmasked"
+    (rec,) = gate.audit_lines(1, where=lambda l: l["method"] == "tools/call")
+    kept = json.loads(rec["args_redacted"])
+    assert kept == {"customer_id": "C-1 card [REDACTED:card] key [REDACTED:aws_key]"}, rec
+    assert rec["args_truncated"] is False and "args_sha256" not in rec
+    gate.stop()
+    log = all_log_bytes(gate.audit_dir)
+    assert aws_canary.encode() not in log and card.encode() not in log
+
+    gate = make_gate(audit={"arguments": "omit"})
+    traffic(gate, 2)
+    for rec in gate.audit_lines(2, where=lambda l: l["method"] == "tools/call"):
+        assert not any(k.startswith("args_") for k in rec), rec
 
 
 # --------------------------------------------------------------------------
