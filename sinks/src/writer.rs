@@ -10,6 +10,7 @@ use toolgate_core::config::Durability;
 
 use crate::appender::{Appender, OpenError};
 use crate::health::AuditHealth;
+use crate::latency::Histogram;
 use crate::ring::AuditConsumer;
 
 /// Most records taken from one ring per batch. Large on purpose: a write can
@@ -48,6 +49,9 @@ pub struct AuditStats {
     pub write_errors: AtomicU64,
     /// `fdatasync` calls.
     pub syncs: AtomicU64,
+    /// How long each successful `fdatasync` of the log took (periodic and
+    /// per-record syncs; not those of seals).
+    pub fsync: Histogram,
     /// `log_seq` the next written record will get (sinks' lag is measured against it).
     pub next_log_seq: AtomicU64,
 }
@@ -219,6 +223,7 @@ impl Drain<'_> {
                 }
             }
             if unsynced && inline {
+                let started = Instant::now();
                 if let Err(e) = self.log.sync() {
                     self.failed("sync", &e);
                     if stopping && self.given_up(0) {
@@ -229,6 +234,7 @@ impl Drain<'_> {
                 }
                 unsynced = false;
                 last_sync = Instant::now();
+                self.stats.fsync.observe(started.elapsed());
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 self.health.mark_synced(&upto);
             }
@@ -329,8 +335,10 @@ impl Syncer {
                 .name("toolgate-audit-sync".into())
                 .spawn(move || {
                     for (file, upto) in rx {
+                        let started = Instant::now();
                         match file.sync_data() {
                             Ok(()) => {
+                                stats.fsync.observe(started.elapsed());
                                 stats.syncs.fetch_add(1, Ordering::Relaxed);
                                 health.mark_synced(&upto);
                             }
@@ -473,6 +481,18 @@ mod tests {
         let stats = w.stats();
         w.shutdown();
         assert_eq!(stats.records_written.load(Ordering::Relaxed), 500);
+        // The sync thread may finish a sync just after shutdown returns.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let timed = loop {
+            let syncs = stats.syncs.load(Ordering::Relaxed);
+            let timed = stats.fsync.snapshot().count();
+            if timed == syncs || Instant::now() > deadline {
+                break (timed, syncs);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(timed.1 >= 1, "at least the shutdown sync");
+        assert_eq!(timed.0, timed.1, "every sync is timed");
         let lines = all_lines(&dir);
         assert_eq!(lines.len(), 500);
         for shard in 0..2u64 {
