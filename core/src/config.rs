@@ -685,6 +685,11 @@ pub struct AuditConfig {
     /// many bytes. Default 67108864 (64 MiB); at least 1024.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// A segment is also sealed once it has been open this many seconds
+    /// (and holds a record), so a quiet log is sealed within a bounded time.
+    /// Default: off (by size only).
+    #[serde(default)]
+    pub segment_max_age_s: Option<u64>,
     /// When a call's answer may leave: `batch` (default) once its record is
     /// written to the log file (it then survives a toolgate crash, and is
     /// fsynced within `fsync_interval_ms`), or `record` once its record is
@@ -1161,6 +1166,7 @@ impl Default for AuditConfig {
             ring_capacity: default_ring_capacity(),
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_bytes: default_segment_bytes(),
+            segment_max_age_s: None,
             durability: Durability::default(),
             ack_timeout_ms: default_ack_timeout_ms(),
             checkpoint_key_env: None,
@@ -1660,6 +1666,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         err(
             None,
             "`audit.segment_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    if config.audit.segment_max_age_s == Some(0) {
+        err(
+            None,
+            "`audit.segment_max_age_s` must be above 0 (leave it out to rotate by size only)"
+                .to_owned(),
         );
     }
     if config.audit.retain_days == Some(0) || config.audit.retain_bytes == Some(0) {
@@ -2828,6 +2841,7 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         assert_eq!(v.config.audit.durability, Durability::Record);
         assert_eq!(v.config.audit.segment_bytes, 4096);
         assert_eq!(v.config.audit.arguments, AuditArguments::Digest);
+        assert_eq!(v.config.audit.segment_max_age_s, None);
         let s = &v.config.audit.sinks[0];
         assert_eq!((s.facility, s.batch_records), (13, 256));
         assert_eq!(
@@ -2835,6 +2849,32 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
             Some(SinkTransport::Tcp)
         );
         assert_eq!(v.sink_targets[0].address.map(|a| a.port()), Some(5514));
+    }
+
+    #[test]
+    fn segment_max_age_parses_and_zero_is_refused() {
+        let v = parse(
+            &format!("{GOOD}segment_max_age_s = 3600\n"),
+            "t.toml",
+            Path::new("."),
+        );
+        let v = v.map_err(|e| e.to_string());
+        assert_eq!(
+            v.map(|v| v.config.audit.segment_max_age_s).ok(),
+            Some(Some(3600))
+        );
+        let e = parse(
+            &format!("{GOOD}segment_max_age_s = 0\n"),
+            "t.toml",
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("`audit.segment_max_age_s` must be above 0"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct WriterConfig {
     pub fsync_interval: Duration,
     /// Size at which a segment is sealed and the next one started.
     pub segment_bytes: u64,
+    /// Age at which a segment (holding a record) is sealed; `None`: size only.
+    pub segment_max_age: Option<Duration>,
     /// `record`: fdatasync after every write, before calls are answered.
     pub durability: Durability,
     /// Key of segment seals.
@@ -84,7 +86,8 @@ impl AuditWriter {
         rings: Vec<AuditConsumer>,
         health: Arc<AuditHealth>,
     ) -> Result<Self, WriterError> {
-        let log = Appender::open(&cfg.dir, cfg.key.clone(), cfg.segment_bytes)?;
+        let mut log = Appender::open(&cfg.dir, cfg.key.clone(), cfg.segment_bytes)?;
+        log.set_max_age(cfg.segment_max_age);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AuditStats::default());
         let thread = {
@@ -428,6 +431,7 @@ mod tests {
             dir: dir.to_path_buf(),
             fsync_interval: Duration::from_millis(5),
             segment_bytes,
+            segment_max_age: None,
             durability: Durability::Batch,
             key: b"test-key-0123456789".to_vec(),
         }
@@ -547,6 +551,50 @@ mod tests {
             assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "link {i}");
             assert_eq!(pair[1]["log_seq"].as_u64(), Some(i as u64 + 2));
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_quiet_segment_is_sealed_by_age_and_the_next_record_starts_another() {
+        let dir = temp_dir("audit-age");
+        let (p, c) = audit_ring(16);
+        let health = AuditHealth::new(1, Durability::Batch);
+        let mut p = AuditProducer::new(0, p, Arc::clone(&health));
+        let cfg = WriterConfig {
+            segment_max_age: Some(Duration::from_millis(100)),
+            ..config(&dir, 1 << 20)
+        };
+        let w = AuditWriter::spawn(cfg, vec![c], health);
+        let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+        let sealed = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let segs = list_segments(&dir).unwrap_or_default();
+                let done = segs.iter().filter(|s| s.seal_path().exists()).count();
+                if done >= n || Instant::now() > deadline {
+                    return (segs.len(), done);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let started = Instant::now();
+        push(&mut p, "first");
+        // No more traffic: the segment is sealed by age alone, while running.
+        assert_eq!(sealed(1), (1, 1));
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "not before its age"
+        );
+        push(&mut p, "second");
+        assert_eq!(
+            sealed(2),
+            (2, 2),
+            "the next record starts a new segment, sealed in turn"
+        );
+        w.shutdown();
+        let lines = all_lines(&dir);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
