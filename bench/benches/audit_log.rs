@@ -87,6 +87,7 @@ fn writer_thread(c: &mut Criterion) {
                         dir: dir.clone(),
                         fsync_interval: Duration::from_millis(10),
                         segment_bytes: 64 << 20,
+                        segment_max_age: None,
                         durability: Durability::Batch,
                         key: KEY.to_vec(),
                     },

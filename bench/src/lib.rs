@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+use toolgate_core::audit::{AuditArgs, AuditRecord, Decision, Outcome};
 
 /// A typical allowed `tools/call` record, the fixture of the audit and sink
 /// benches.
@@ -30,6 +30,8 @@ pub fn sample_record() -> AuditRecord {
         policies: None,
         judge: None,
         redactions: Vec::new(),
+        // `[audit] arguments = "digest"`, the default.
+        args: Some(AuditArgs::digest(br#"{"customer_id":"C-1"}"#)),
         admin: None,
     }
 }

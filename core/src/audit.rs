@@ -53,6 +53,66 @@ pub const MAX_METHOD_LEN: usize = 128;
 /// Longest tool name kept in a record.
 pub const MAX_TOOL_LEN: usize = 256;
 
+/// Longest redacted copy of a call's arguments kept in a record, bytes;
+/// longer copies are cut (on a character boundary) and flagged.
+pub const MAX_REDACTED_ARGS: usize = 4096;
+
+/// What a record keeps of a `tools/call`'s arguments (`[audit] arguments`):
+/// never the raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditArgs {
+    /// SHA-256 of the argument bytes exactly as forwarded to the upstream.
+    Sha256([u8; 32]),
+    /// The arguments JSON with detector matches masked, as text.
+    Redacted {
+        /// The masked JSON text, at most [`MAX_REDACTED_ARGS`] bytes.
+        text: String,
+        /// Set when the text was cut to fit.
+        truncated: bool,
+    },
+}
+
+impl AuditArgs {
+    /// The digest of `args` (the exact bytes).
+    pub fn digest(args: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        AuditArgs::Sha256(Sha256::digest(args).into())
+    }
+
+    /// A redacted copy, cut to [`MAX_REDACTED_ARGS`] bytes.
+    pub fn redacted(masked: &str) -> Self {
+        let text = truncate(masked, MAX_REDACTED_ARGS);
+        AuditArgs::Redacted {
+            truncated: text.len() < masked.len(),
+            text: text.to_owned(),
+        }
+    }
+
+    /// Appends the record members (each with its leading comma).
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            AuditArgs::Sha256(d) => {
+                out.extend_from_slice(b",\"args_sha256\":\"");
+                let mut buf = [0u8; 64];
+                // Cannot fail: the buffer is exactly twice the digest.
+                if hex::encode_to_slice(d, &mut buf).is_ok() {
+                    out.extend_from_slice(&buf);
+                }
+                out.push(b'"');
+            }
+            AuditArgs::Redacted { text, truncated } => {
+                out.extend_from_slice(b",\"args_redacted\":");
+                crate::jsonrpc::write_str(text, out);
+                out.extend_from_slice(if *truncated {
+                    b",\"args_truncated\":true"
+                } else {
+                    b",\"args_truncated\":false"
+                });
+            }
+        }
+    }
+}
+
 /// What an output rule did to a result, counted (never the matched value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redaction {
@@ -137,6 +197,9 @@ pub struct AuditRecord {
     pub judge: Option<JudgeRecord>,
     /// Output rules that fired on the result, with counts.
     pub redactions: Vec<Redaction>,
+    /// The call's arguments as `[audit] arguments` says: a digest, a
+    /// redacted copy, or nothing (also for requests that are not calls).
+    pub args: Option<AuditArgs>,
     /// Set on records of admin-API changes instead of tool calls.
     pub admin: Option<Box<AdminChange>>,
 }
@@ -267,6 +330,9 @@ impl AuditRecord {
             let _ = write!(out, ",\"count\":{}}}", r.count);
         }
         out.push(b']');
+        if let Some(a) = &self.args {
+            a.encode(out);
+        }
         if let Some(a) = &self.admin {
             out.extend_from_slice(b",\"admin\":{\"actor\":");
             match &a.actor {
@@ -382,6 +448,7 @@ mod tests {
                 target: Arc::from("card"),
                 count: 2,
             }],
+            args: None,
             admin: None,
         };
         let mut out = Vec::new();
@@ -427,6 +494,7 @@ mod tests {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: Some(Box::new(AdminChange {
                 actor: Some("ops".into()),
                 op: "put",
@@ -449,6 +517,65 @@ mod tests {
         assert_eq!(v["admin"]["new_version"], 4);
         assert_eq!(v["admin"]["diff"]["tools"]["added"][0], "crm__x");
         assert_eq!(v["redactions"], serde_json::json!([]));
+        assert!(v.get("args_sha256").is_none() && v.get("args_redacted").is_none());
+    }
+
+    fn call_record(args: Option<AuditArgs>) -> serde_json::Value {
+        let r = AuditRecord {
+            time_us: 1,
+            shard: 0,
+            seq: 0,
+            request_id: Some("1".into()),
+            agent: Some(Arc::from("a")),
+            user: None,
+            method: Some("tools/call".into()),
+            tool: Some("crm__x".into()),
+            upstream: Some(Arc::from("crm")),
+            decision: Decision::Allow,
+            reason: "attached",
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_us: 1,
+            client: None,
+            protocol_version: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            args,
+            admin: None,
+        };
+        let mut out = Vec::new();
+        r.encode_json(&mut out);
+        serde_json::from_slice(&out).unwrap_or_default()
+    }
+
+    #[test]
+    fn argument_digest_is_sha256_of_the_exact_bytes() {
+        let v = call_record(Some(AuditArgs::digest(b"abc")));
+        // FIPS 180-2 test vector.
+        assert_eq!(
+            v["args_sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(v.get("args_redacted").is_none());
+        // Omitted: no member at all.
+        let v = call_record(None);
+        assert!(v.get("args_sha256").is_none() && v.get("args_truncated").is_none());
+    }
+
+    #[test]
+    fn redacted_arguments_are_a_json_string_cut_to_the_cap() {
+        let v = call_record(Some(AuditArgs::redacted(r#"{"q":"[REDACTED:card]"}"#)));
+        assert_eq!(v["args_redacted"], r#"{"q":"[REDACTED:card]"}"#);
+        assert_eq!(v["args_truncated"], false);
+        let long = format!(r#"{{"q":"{}"}}"#, "é".repeat(MAX_REDACTED_ARGS));
+        let a = AuditArgs::redacted(&long);
+        let v = call_record(Some(a));
+        let text = v["args_redacted"].as_str().unwrap_or_default();
+        assert!(text.len() <= MAX_REDACTED_ARGS && text.len() > MAX_REDACTED_ARGS - 4);
+        assert!(long.starts_with(text));
+        assert_eq!(v["args_truncated"], true);
     }
 
     #[test]

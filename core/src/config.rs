@@ -685,6 +685,11 @@ pub struct AuditConfig {
     /// many bytes. Default 67108864 (64 MiB); at least 1024.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// A segment is also sealed once it has been open this many seconds
+    /// (and holds a record), so a quiet log is sealed within a bounded time.
+    /// Default: off (by size only).
+    #[serde(default)]
+    pub segment_max_age_s: Option<u64>,
     /// When a call's answer may leave: `batch` (default) once its record is
     /// written to the log file (it then survives a toolgate crash, and is
     /// fsynced within `fsync_interval_ms`), or `record` once its record is
@@ -714,10 +719,30 @@ pub struct AuditConfig {
     /// one). Default: no limit.
     #[serde(default)]
     pub retain_bytes: Option<u64>,
+    /// What a `tools/call` record keeps of the call's arguments: `digest`
+    /// (default; SHA-256 of the arguments as forwarded), `omit`, or
+    /// `redacted` (the arguments with every detector's matches masked,
+    /// cut to 4 KiB). Never the raw arguments.
+    #[serde(default)]
+    pub arguments: AuditArguments,
     /// `[[audit.sinks]]`: where records are delivered from the log, each with
     /// its own cursor. Default: none.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+}
+
+/// What an audit record keeps of a call's arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditArguments {
+    /// SHA-256 (hex) of the argument bytes as forwarded to the upstream.
+    #[default]
+    Digest,
+    /// Nothing.
+    Omit,
+    /// The arguments JSON with every built-in detector's matches masked,
+    /// cut to [`crate::audit::MAX_REDACTED_ARGS`] bytes.
+    Redacted,
 }
 
 /// How durable a record is before its call is answered.
@@ -1141,12 +1166,14 @@ impl Default for AuditConfig {
             ring_capacity: default_ring_capacity(),
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_bytes: default_segment_bytes(),
+            segment_max_age_s: None,
             durability: Durability::default(),
             ack_timeout_ms: default_ack_timeout_ms(),
             checkpoint_key_env: None,
             checkpoint_key_file: None,
             retain_days: None,
             retain_bytes: None,
+            arguments: AuditArguments::default(),
             sinks: Vec::new(),
         }
     }
@@ -1639,6 +1666,13 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         err(
             None,
             "`audit.segment_bytes` must be at least 1024".to_owned(),
+        );
+    }
+    if config.audit.segment_max_age_s == Some(0) {
+        err(
+            None,
+            "`audit.segment_max_age_s` must be above 0 (leave it out to rotate by size only)"
+                .to_owned(),
         );
     }
     if config.audit.retain_days == Some(0) || config.audit.retain_bytes == Some(0) {
@@ -2807,6 +2841,8 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
         let v = v.unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(v.config.audit.durability, Durability::Record);
         assert_eq!(v.config.audit.segment_bytes, 4096);
+        assert_eq!(v.config.audit.arguments, AuditArguments::Digest);
+        assert_eq!(v.config.audit.segment_max_age_s, None);
         let s = &v.config.audit.sinks[0];
         assert_eq!((s.facility, s.batch_records), (13, 256));
         assert_eq!(
@@ -2814,6 +2850,58 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
             Some(SinkTransport::Tcp)
         );
         assert_eq!(v.sink_targets[0].address.map(|a| a.port()), Some(5514));
+    }
+
+    #[test]
+    fn segment_max_age_parses_and_zero_is_refused() {
+        let v = parse(
+            &format!("{GOOD}segment_max_age_s = 3600\n"),
+            "t.toml",
+            Path::new("."),
+        );
+        let v = v.map_err(|e| e.to_string());
+        assert_eq!(
+            v.map(|v| v.config.audit.segment_max_age_s).ok(),
+            Some(Some(3600))
+        );
+        let e = parse(
+            &format!("{GOOD}segment_max_age_s = 0\n"),
+            "t.toml",
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("`audit.segment_max_age_s` must be above 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn audit_arguments_modes_parse_and_raw_is_refused() {
+        for (text, want) in [
+            ("digest", AuditArguments::Digest),
+            ("omit", AuditArguments::Omit),
+            ("redacted", AuditArguments::Redacted),
+        ] {
+            let v = parse(
+                &format!("{GOOD}arguments = \"{text}\"\n"),
+                "t.toml",
+                Path::new("."),
+            );
+            let v = v.map_err(|e| e.to_string());
+            assert_eq!(v.map(|v| v.config.audit.arguments).ok(), Some(want));
+        }
+        let e = parse(
+            &format!("{GOOD}arguments = \"raw\"\n"),
+            "t.toml",
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("`raw`") && e.contains("redacted"), "{e}");
     }
 
     #[test]

@@ -739,6 +739,7 @@ fn run(
             dir: cfg.audit_dir.clone(),
             fsync_interval: Duration::from_millis(a.fsync_interval_ms),
             segment_bytes: a.segment_bytes,
+            segment_max_age: a.segment_max_age_s.map(Duration::from_secs),
             durability: a.durability,
             key: key.bytes.clone(),
         },

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_sinks::latency;
 use toolgate_sinks::sink::SinkStats;
 use toolgate_sinks::{AuditHealth, AuditStats};
 
@@ -185,6 +186,12 @@ impl Metrics {
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
                 );
             }
+            render_histogram(
+                &mut out,
+                "toolgate_audit_fsync_seconds",
+                "How long each fdatasync of the audit log took.",
+                &stats.fsync.snapshot(),
+            );
         }
         if let Some(sinks) = self.sinks.get() {
             let _ = writeln!(out, "# HELP toolgate_sink_delivered_total Records delivered by each sink (resends included).\n# TYPE toolgate_sink_delivered_total counter");
@@ -228,6 +235,21 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Writes a histogram of µs observations in seconds.
+fn render_histogram(out: &mut String, name: &str, help: &str, h: &latency::Snapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, n) in latency::BOUNDS_US.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", *bound as f64 / 1e6);
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        h.count(),
+        h.sum_us as f64 / 1e6,
+        h.count()
+    );
 }
 
 /// Serves `GET /metrics` on the metrics listener.
@@ -291,9 +313,39 @@ mod tests {
         assert!(text.contains("toolgate_sink_lag_records{sink=\"rsyslog\"} 0\n"));
         assert!(text.contains("toolgate_sink_rejected_total{sink=\"rsyslog\"} 0\n"));
         assert!(text.contains("toolgate_sink_lag_seconds{sink=\"rsyslog\"} 0.000\n"));
+        assert!(
+            !text.contains("toolgate_audit_fsync_seconds"),
+            "only with the audit thread"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap_or(("", "x"));
             assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn fsync_latency_is_a_prometheus_histogram() {
+        let m = Metrics::new(1);
+        let stats = Arc::new(AuditStats::default());
+        stats.fsync.observe(std::time::Duration::from_micros(80));
+        stats.fsync.observe(std::time::Duration::from_millis(4));
+        stats.fsync.observe(std::time::Duration::from_secs(3));
+        m.set_audit(
+            Arc::clone(&stats),
+            AuditHealth::new(1, toolgate_core::config::Durability::Batch),
+        );
+        let text = m.render(1);
+        assert!(text.contains("# TYPE toolgate_audit_fsync_seconds histogram\n"));
+        for line in [
+            "toolgate_audit_fsync_seconds_bucket{le=\"0.0001\"} 1",
+            "toolgate_audit_fsync_seconds_bucket{le=\"0.0025\"} 1",
+            "toolgate_audit_fsync_seconds_bucket{le=\"0.005\"} 2",
+            "toolgate_audit_fsync_seconds_bucket{le=\"1\"} 2",
+            "toolgate_audit_fsync_seconds_bucket{le=\"+Inf\"} 3",
+            "toolgate_audit_fsync_seconds_sum 3.00408",
+            "toolgate_audit_fsync_seconds_count 3",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in:\n{text}");
         }
     }
 }

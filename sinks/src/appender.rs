@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use toolgate_core::audit::AuditRecord;
 
@@ -36,6 +37,10 @@ pub struct Appender {
     dir: PathBuf,
     key: Vec<u8>,
     segment_bytes: u64,
+    /// Seal the open segment once its first record is this old (off: `None`).
+    max_age: Option<Duration>,
+    /// When the open segment was started.
+    opened: Option<Instant>,
     file: Option<File>,
     /// First `log_seq` of the open segment.
     seg_first: u64,
@@ -84,6 +89,8 @@ impl Appender {
             dir: dir.to_path_buf(),
             key,
             segment_bytes,
+            max_age: None,
+            opened: None,
             file: None,
             seg_first: head.0 + 1,
             seg_len: 0,
@@ -93,6 +100,13 @@ impl Appender {
             next_seq: head.0 + 1,
             prev_hash: head.1,
         })
+    }
+
+    /// Also seals a segment once it has been open for `age` (with at least
+    /// one record), so a quiet log still gets sealed, and so shipped and
+    /// retained, within a bounded time. `None` (the default): by size only.
+    pub fn set_max_age(&mut self, age: Option<Duration>) {
+        self.max_age = age;
     }
 
     /// `log_seq` the next encoded record gets.
@@ -133,6 +147,7 @@ impl Appender {
                 self.seg_len = f.metadata()?.len();
                 self.dirty = self.seg_len > 0;
                 self.seg_len = 0;
+                self.opened = Some(Instant::now());
                 self.file.insert(f)
             }
         };
@@ -163,9 +178,16 @@ impl Appender {
         self.file.as_ref().map(File::try_clone)
     }
 
-    /// Whether the open segment reached its size.
+    /// Whether the open segment reached its size, or its age limit.
     pub fn full(&self) -> bool {
-        self.file.is_some() && self.seg_len >= self.segment_bytes
+        let old = || {
+            self.seg_len > 0
+                && self
+                    .max_age
+                    .zip(self.opened)
+                    .is_some_and(|(age, opened)| opened.elapsed() >= age)
+        };
+        self.file.is_some() && (self.seg_len >= self.segment_bytes || old())
     }
 
     /// Syncs and seals the open segment; the next append starts a new one.

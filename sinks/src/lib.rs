@@ -10,6 +10,8 @@
 //! One audit thread ([`AuditWriter`]) drains all rings, chains each record
 //! to the previous one with SHA-256 ([`chain`]) and appends it to the open
 //! segment of the log ([`appender`], [`segment`]), with batched `fdatasync`.
+//! How long each `fdatasync` took is kept in a lock-free [`latency`]
+//! histogram for the metrics endpoint.
 //! A call is answered only once its record is in the log
 //! ([`AuditProducer::recorded`]), so a crash cannot lose an answered call's
 //! record.
@@ -33,6 +35,7 @@ pub mod cursor;
 pub mod health;
 pub mod http;
 pub mod key;
+pub mod latency;
 pub mod ocsf;
 pub mod query;
 pub mod reader;

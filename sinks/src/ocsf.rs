@@ -80,6 +80,14 @@ pub struct Record<'a> {
     pub judge: Value,
     /// Output-rule counts.
     pub redactions: Value,
+    /// SHA-256 (hex) of the call's arguments as forwarded.
+    #[serde(borrow)]
+    pub args_sha256: Option<Cow<'a, str>>,
+    /// The call's arguments with detector matches masked (JSON text).
+    #[serde(borrow)]
+    pub args_redacted: Option<Cow<'a, str>>,
+    /// Whether `args_redacted` was cut to fit.
+    pub args_truncated: Option<bool>,
     /// Position in the log.
     pub log_seq: Option<u64>,
     /// Previous record's hash.
@@ -204,18 +212,42 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         out.push(b'}');
     }
     opt_s(out, "version", r.protocol_version.as_deref());
-    match &r.request_id {
-        Value::Null => {}
-        Value::String(id) => {
-            out.extend_from_slice(b",\"request\":{\"uid\":");
+    let uid = match &r.request_id {
+        Value::Null => None,
+        Value::String(id) => Some(Cow::Borrowed(id.as_str())),
+        other => Some(Cow::Owned(other.to_string())),
+    };
+    let has_args = r.args_sha256.is_some() || r.args_redacted.is_some();
+    if uid.is_some() || has_args {
+        out.extend_from_slice(b",\"request\":{");
+        let mark = out.len();
+        if let Some(id) = uid.as_deref() {
+            out.extend_from_slice(b"\"uid\":");
             s(out, id);
+        }
+        if has_args {
+            // What the record keeps of the arguments (never the raw ones),
+            // always an object so the field's type never varies.
+            if out.len() > mark {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"data\":{");
+            let data = out.len();
+            if let Some(d) = r.args_sha256.as_deref() {
+                out.extend_from_slice(b"\"sha256\":");
+                s(out, d);
+            }
+            if let Some(text) = r.args_redacted.as_deref() {
+                if out.len() > data {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"\"redacted\":");
+                s(out, text);
+                let _ = write!(out, ",\"truncated\":{}", r.args_truncated.unwrap_or(false));
+            }
             out.push(b'}');
         }
-        other => {
-            out.extend_from_slice(b",\"request\":{\"uid\":");
-            s(out, &other.to_string());
-            out.push(b'}');
-        }
+        out.push(b'}');
     }
     out.extend_from_slice(b",\"response\":{\"code\":");
     match r.status {
@@ -379,6 +411,30 @@ mod tests {
         assert_eq!(e["status"], "Success");
         assert_eq!(e["api"]["operation"], "tools/call");
         assert!(e.get("resources").is_none() && e.get("src_endpoint").is_none());
+    }
+
+    #[test]
+    fn arguments_map_to_api_request_data() {
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let e = map(&DENY.replace(
+            r#","log_seq":42"#,
+            &format!(r#","args_sha256":"{digest}","log_seq":42"#),
+        ));
+        assert_eq!(
+            e["api"]["request"],
+            json!({"uid": "7", "data": {"sha256": digest}})
+        );
+        let e = map(&DENY.replace(r#""request_id":7"#, r#""request_id":null"#).replace(
+            r#","log_seq":42"#,
+            r#","args_redacted":"{\"q\":\"[REDACTED:card]\"}","args_truncated":true,"log_seq":42"#,
+        ));
+        assert_eq!(
+            e["api"]["request"],
+            json!({"data": {"redacted": r#"{"q":"[REDACTED:card]"}"#, "truncated": true}})
+        );
+        // Without arguments or id: no request object, as before.
+        let e = map(&DENY.replace(r#""request_id":7"#, r#""request_id":null"#));
+        assert!(e["api"].get("request").is_none());
     }
 
     #[test]

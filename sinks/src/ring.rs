@@ -178,6 +178,7 @@ mod tests {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: None,
         }
     }

@@ -7,7 +7,8 @@
 //! PRI is `facility × 8 + severity`, severity 6 (informational) for allowed
 //! calls and 4 (warning) for refused ones. TIMESTAMP is the record's `time`.
 //! The `toolgate@32473` element carries the record's fields under short
-//! names (absent when null); `meta sequenceId` is `log_seq` folded into
+//! names (absent when null; `ad` is the arguments digest, a redacted copy
+//! stays in MSG only); `meta sequenceId` is `log_seq` folded into
 //! 1..=2147483647 as RFC 5424 §7.3.1 requires, so a collector can spot gaps
 //! and duplicates. MSG is the record's JSON line, cut to fit the message
 //! size limit. 32473 is the enterprise number RFC 5612 reserves for
@@ -37,6 +38,7 @@ const PARAMS: &[(&str, &str)] = &[
     ("latency_us", "dur"),
     ("client", "src"),
     ("protocol_version", "pv"),
+    ("args_sha256", "ad"),
     ("prev_hash", "ph"),
     ("hash", "h"),
 ];
@@ -173,6 +175,24 @@ mod tests {
         assert!(!s.contains(" sub="), "null fields are left out: {s}");
         assert!(s.contains("][meta sequenceId=\"7\"] {"), "{s}");
         assert!(s.ends_with(LINE), "{s}");
+    }
+
+    #[test]
+    fn argument_digest_is_the_ad_param_and_a_redacted_copy_stays_in_msg() {
+        let line = LINE.replace(
+            r#","log_seq":7"#,
+            r#","args_sha256":"ba78","args_redacted":"{\"q\":1}","args_truncated":false,"log_seq":7"#,
+        );
+        let mut out = Vec::new();
+        fmt(8192).encode(line.as_bytes(), &mut out);
+        let s = String::from_utf8_lossy(&out);
+        let sd = &s[..s.find("][meta").unwrap_or(s.len())];
+        assert!(sd.contains(r#" ad="ba78" ph="00""#), "{s}");
+        assert!(
+            !sd.contains('{'),
+            "the redacted copy is not a parameter: {s}"
+        );
+        assert!(s.ends_with(&line), "{s}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use toolgate_core::config::Durability;
 
 use crate::appender::{Appender, OpenError};
 use crate::health::AuditHealth;
+use crate::latency::Histogram;
 use crate::ring::AuditConsumer;
 
 /// Most records taken from one ring per batch. Large on purpose: a write can
@@ -33,6 +34,8 @@ pub struct WriterConfig {
     pub fsync_interval: Duration,
     /// Size at which a segment is sealed and the next one started.
     pub segment_bytes: u64,
+    /// Age at which a segment (holding a record) is sealed; `None`: size only.
+    pub segment_max_age: Option<Duration>,
     /// `record`: fdatasync after every write, before calls are answered.
     pub durability: Durability,
     /// Key of segment seals.
@@ -48,6 +51,9 @@ pub struct AuditStats {
     pub write_errors: AtomicU64,
     /// `fdatasync` calls.
     pub syncs: AtomicU64,
+    /// How long each successful `fdatasync` of the log took (periodic and
+    /// per-record syncs; not those of seals).
+    pub fsync: Histogram,
     /// `log_seq` the next written record will get (sinks' lag is measured against it).
     pub next_log_seq: AtomicU64,
 }
@@ -80,7 +86,8 @@ impl AuditWriter {
         rings: Vec<AuditConsumer>,
         health: Arc<AuditHealth>,
     ) -> Result<Self, WriterError> {
-        let log = Appender::open(&cfg.dir, cfg.key.clone(), cfg.segment_bytes)?;
+        let mut log = Appender::open(&cfg.dir, cfg.key.clone(), cfg.segment_bytes)?;
+        log.set_max_age(cfg.segment_max_age);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AuditStats::default());
         let thread = {
@@ -223,6 +230,7 @@ impl Drain<'_> {
                 }
             }
             if unsynced && inline {
+                let started = Instant::now();
                 if let Err(e) = self.log.sync() {
                     self.failed("sync", &e);
                     if stopping && self.given_up(0) {
@@ -233,6 +241,7 @@ impl Drain<'_> {
                 }
                 unsynced = false;
                 last_sync = Instant::now();
+                self.stats.fsync.observe(started.elapsed());
                 self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 self.health.mark_synced(&upto);
             }
@@ -334,8 +343,10 @@ impl Syncer {
                 .spawn(move || {
                     crate::sched::background_batch();
                     for (file, upto) in rx {
+                        let started = Instant::now();
                         match file.sync_data() {
                             Ok(()) => {
+                                stats.fsync.observe(started.elapsed());
                                 stats.syncs.fetch_add(1, Ordering::Relaxed);
                                 health.mark_synced(&upto);
                             }
@@ -406,6 +417,7 @@ pub(crate) mod tests_support {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: None,
         }
     }
@@ -429,6 +441,7 @@ mod tests {
             dir: dir.to_path_buf(),
             fsync_interval: Duration::from_millis(5),
             segment_bytes,
+            segment_max_age: None,
             durability: Durability::Batch,
             key: b"test-key-0123456789".to_vec(),
         }
@@ -482,6 +495,18 @@ mod tests {
         let stats = w.stats();
         w.shutdown();
         assert_eq!(stats.records_written.load(Ordering::Relaxed), 500);
+        // The sync thread may finish a sync just after shutdown returns.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let timed = loop {
+            let syncs = stats.syncs.load(Ordering::Relaxed);
+            let timed = stats.fsync.snapshot().count();
+            if timed == syncs || Instant::now() > deadline {
+                break (timed, syncs);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(timed.1 >= 1, "at least the shutdown sync");
+        assert_eq!(timed.0, timed.1, "every sync is timed");
         let lines = all_lines(&dir);
         assert_eq!(lines.len(), 500);
         for shard in 0..2u64 {
@@ -536,6 +561,50 @@ mod tests {
             assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "link {i}");
             assert_eq!(pair[1]["log_seq"].as_u64(), Some(i as u64 + 2));
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_quiet_segment_is_sealed_by_age_and_the_next_record_starts_another() {
+        let dir = temp_dir("audit-age");
+        let (p, c) = audit_ring(16);
+        let health = AuditHealth::new(1, Durability::Batch);
+        let mut p = AuditProducer::new(0, p, Arc::clone(&health));
+        let cfg = WriterConfig {
+            segment_max_age: Some(Duration::from_millis(100)),
+            ..config(&dir, 1 << 20)
+        };
+        let w = AuditWriter::spawn(cfg, vec![c], health);
+        let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+        let sealed = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let segs = list_segments(&dir).unwrap_or_default();
+                let done = segs.iter().filter(|s| s.seal_path().exists()).count();
+                if done >= n || Instant::now() > deadline {
+                    return (segs.len(), done);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let started = Instant::now();
+        push(&mut p, "first");
+        // No more traffic: the segment is sealed by age alone, while running.
+        assert_eq!(sealed(1), (1, 1));
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "not before its age"
+        );
+        push(&mut p, "second");
+        assert_eq!(
+            sealed(2),
+            (2, 2),
+            "the next record starts a new segment, sealed in turn"
+        );
+        w.shutdown();
+        let lines = all_lines(&dir);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -639,6 +639,7 @@ impl AdminApi {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
             admin: Some(Box::new(AdminChange {
                 actor: actor.map(str::to_owned),
                 op,
@@ -848,6 +849,7 @@ impl AdminApi {
                     policies: None,
                     judge: None,
                     redactions: Vec::new(),
+                    args: None,
                     admin: Some(Box::new(AdminChange {
                         actor: Some(actor.to_string()),
                         op,

@@ -11,12 +11,14 @@
 //!    view, so the upstream acts on exactly what was checked;
 //! 6. filter the upstream's result through the output rules of the (agent,
 //!    tool) ([`filter`]): mask, drop, or refuse it;
-//! 7. write the response, then commit the audit record into the reserved slot.
+//! 7. write the response, then commit the audit record into the reserved slot
+//!    (with the call's arguments only as `[audit] arguments` says: [`args`]).
 //!
 //! Only [`Gateway::mcp`] writes responses for `/mcp`, and it commits the
 //! record on every path.
 
 pub mod ack;
+mod args;
 pub mod envelope;
 pub mod filter;
 pub mod judge;
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use simd_json::prelude::*;
 use toolgate_core::audit::JudgeRecord;
 use toolgate_core::audit::{
-    truncate, AuditRecord, Decision, Outcome, Redaction, MAX_METHOD_LEN, MAX_TOOL_LEN,
+    truncate, AuditArgs, AuditRecord, Decision, Outcome, Redaction, MAX_METHOD_LEN, MAX_TOOL_LEN,
 };
 use toolgate_core::identity::{bearer, key_hash, BearerError};
 use toolgate_core::jsonrpc::{
@@ -74,7 +76,10 @@ enum Answer {
 /// A `tools/call` ready to go to its upstream.
 struct Forward {
     upstream: usize,
+    /// `params` members: `"name":…,"arguments":…`, the arguments last.
     params: Vec<u8>,
+    /// Where the arguments start in `params` (they run to its end).
+    args_at: usize,
     headers: Vec<(String, String)>,
     /// Set when policy escalated the call: the judge must allow it first.
     escalation: Option<Escalated>,
@@ -125,6 +130,8 @@ struct CallCtx {
     policies: Option<Arc<[Arc<str>]>>,
     judge: Option<JudgeRecord>,
     redactions: Vec<Redaction>,
+    /// What the record keeps of a `tools/call`'s arguments.
+    args: Option<AuditArgs>,
 }
 
 impl CallCtx {
@@ -150,6 +157,7 @@ impl CallCtx {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            args: None,
         }
     }
 }
@@ -180,6 +188,8 @@ pub struct Gateway {
     tokens: tokens::TokenCache,
     /// Per-agent rate limits.
     rate_limits: RefCell<Reader<crate::ratelimit::Limits>>,
+    /// What records keep of call arguments (`[audit] arguments`).
+    args_audit: args::ArgsAudit,
 }
 
 /// Per-shard decision cache size.
@@ -223,6 +233,7 @@ impl Gateway {
         });
         Self {
             judge,
+            args_audit: args::ArgsAudit::new(shared.config.config.audit.arguments),
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
             tokens: tokens::TokenCache::default(),
             rate_limits: RefCell::new(shared.rate_limits.reader()),
@@ -294,6 +305,7 @@ impl Gateway {
             policies: ctx.policies,
             judge: ctx.judge,
             redactions: ctx.redactions,
+            args: ctx.args,
             admin: None,
         }
     }
@@ -670,121 +682,153 @@ impl Gateway {
                 let call = ToolCall::from_request(&rpc)
                     .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
                 ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
-                let unknown = || {
-                    let mut shown = String::with_capacity(call.name.len() + 2);
-                    shown.push('`');
-                    shown.push_str(truncate(call.name, MAX_TOOL_LEN));
-                    shown.push('`');
-                    Refusal::with(RefusalKind::UnknownTool, shown)
-                };
-                // A sub-token narrowed to some tools sees the others as unattached.
-                let in_scope = ctx
-                    .scope
-                    .as_ref()
-                    .is_none_or(|tools| tools.iter().any(|t| t == call.name));
-                let Some(route) = snap.route(agent, call.name).filter(|_| in_scope) else {
-                    return Err(unknown());
-                };
-                ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
-                if route.quarantined {
-                    return Err(Refusal::new(RefusalKind::ToolQuarantined));
-                }
-                // Before any policy work: an agent over its limit costs little.
-                let limits = self.rate_limits.borrow_mut().current();
-                if let Some(limit) = limits.get(&*agent.id) {
-                    if let Err(wait) = limit.check(crate::ratelimit::now_ns()) {
-                        ctx.retry_after_s = Some(wait.as_secs() + 1);
-                        return Err(Refusal::new(RefusalKind::RateLimited));
-                    }
-                }
-                ctx.user = self.user_of(agent, req, ctx.user.take())?;
-                let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
-                if let Some(scope) = &route.scope {
-                    if !snap.in_scope(scope, ctx.user.as_deref(), groups) {
-                        // Answered like an unattached tool: a caller out of
-                        // scope learns nothing more; the audit record tells.
-                        ctx.reason = OUT_OF_SCOPE;
-                        return Err(unknown());
-                    }
-                }
-                let verdict = self.decide(
-                    snap,
-                    agent,
-                    route,
-                    ctx.user.as_deref(),
-                    groups,
-                    call.arguments,
-                );
-                let escalation = match verdict {
-                    Verdict::Allow { policies } => {
-                        ctx.policies = (!policies.is_empty()).then_some(policies);
-                        None
-                    }
-                    Verdict::Deny { policies, reason } => {
-                        ctx.policies = (!policies.is_empty()).then_some(policies);
-                        ctx.reason = reason;
-                        return Err(Refusal::new(RefusalKind::PolicyDenied));
-                    }
-                    Verdict::Judge { policies } => {
-                        ctx.policies = Some(Arc::clone(&policies));
-                        let mut arguments = Vec::new();
-                        match call.arguments {
-                            Some(a) => write_value(a, &mut arguments),
-                            None => arguments.extend_from_slice(b"{}"),
+                let planned = self.plan_call(snap, agent, req, ctx, &call, stateless);
+                if self.args_audit.is_on() {
+                    ctx.args = match &planned {
+                        Ok(Plan::Forward(f)) => self.args_audit.record(&f.params[f.args_at..]),
+                        // Not forwarded: the arguments as the agent sent them,
+                        // encoded as they would have been forwarded.
+                        _ => {
+                            let mut raw = Vec::new();
+                            match call.arguments {
+                                Some(a) => write_value(a, &mut raw),
+                                None => raw.extend_from_slice(b"{}"),
+                            }
+                            self.args_audit.record(&raw)
                         }
-                        Some(Escalated {
-                            arguments,
-                            policies,
-                        })
-                    }
-                };
-                let def = snap.tool_def(route);
-                let mut headers = Vec::new();
-                if let Some(def) = def {
-                    if stateless {
-                        params::check(def, call.arguments, req.head, req.buf)?;
-                    }
-                    headers = params::for_upstream(def, call.arguments);
+                    };
                 }
-                headers.push((
-                    "Mcp-Name".to_owned(),
-                    protocol::encode_header_value(&route.tool).into_owned(),
-                ));
-                let mut body = Vec::with_capacity(req.body.len() + 32);
-                body.extend_from_slice(br#""name":"#);
-                write_str(&route.tool, &mut body);
-                body.extend_from_slice(br#","arguments":"#);
-                match (call.arguments, &route.args_filter) {
-                    (Some(a), None) => write_value(a, &mut body),
-                    // Data-loss rules: policy and the judge decided on the
-                    // arguments as sent; the upstream gets them filtered.
-                    (Some(a), Some(f)) => filter::apply_arguments(
-                        f,
-                        a,
-                        &mut self.inner_parser.borrow_mut(),
-                        &mut body,
-                        &mut ctx.redactions,
-                    )?,
-                    (None, _) => body.extend_from_slice(b"{}"),
-                }
-                ctx.reason = if ctx.policies.is_some() {
-                    "allowed_by_policy"
-                } else {
-                    "attached"
-                };
-                Ok(Plan::Forward(Forward {
-                    upstream: route.upstream,
-                    params: body,
-                    headers,
-                    escalation,
-                    filter: route.filter.clone(),
-                }))
+                planned
             }
             other => Err(Refusal::with(
                 RefusalKind::MethodNotFound,
                 format!("`{}`", truncate(other, MAX_METHOD_LEN)),
             )),
         }
+    }
+
+    /// Plans a `tools/call`: route, scope, rate limit, policy, and the body
+    /// forwarded to the upstream, rebuilt from the checked view.
+    fn plan_call(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        req: &Request<'_>,
+        ctx: &mut CallCtx,
+        call: &ToolCall<'_>,
+        stateless: bool,
+    ) -> Result<Plan, Refusal> {
+        let unknown = || {
+            let mut shown = String::with_capacity(call.name.len() + 2);
+            shown.push('`');
+            shown.push_str(truncate(call.name, MAX_TOOL_LEN));
+            shown.push('`');
+            Refusal::with(RefusalKind::UnknownTool, shown)
+        };
+        // A sub-token narrowed to some tools sees the others as unattached.
+        let in_scope = ctx
+            .scope
+            .as_ref()
+            .is_none_or(|tools| tools.iter().any(|t| t == call.name));
+        let Some(route) = snap.route(agent, call.name).filter(|_| in_scope) else {
+            return Err(unknown());
+        };
+        ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+        if route.quarantined {
+            return Err(Refusal::new(RefusalKind::ToolQuarantined));
+        }
+        // Before any policy work: an agent over its limit costs little.
+        let limits = self.rate_limits.borrow_mut().current();
+        if let Some(limit) = limits.get(&*agent.id) {
+            if let Err(wait) = limit.check(crate::ratelimit::now_ns()) {
+                ctx.retry_after_s = Some(wait.as_secs() + 1);
+                return Err(Refusal::new(RefusalKind::RateLimited));
+            }
+        }
+        ctx.user = self.user_of(agent, req, ctx.user.take())?;
+        let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+        if let Some(scope) = &route.scope {
+            if !snap.in_scope(scope, ctx.user.as_deref(), groups) {
+                // Answered like an unattached tool: a caller out of
+                // scope learns nothing more; the audit record tells.
+                ctx.reason = OUT_OF_SCOPE;
+                return Err(unknown());
+            }
+        }
+        let verdict = self.decide(
+            snap,
+            agent,
+            route,
+            ctx.user.as_deref(),
+            groups,
+            call.arguments,
+        );
+        let escalation = match verdict {
+            Verdict::Allow { policies } => {
+                ctx.policies = (!policies.is_empty()).then_some(policies);
+                None
+            }
+            Verdict::Deny { policies, reason } => {
+                ctx.policies = (!policies.is_empty()).then_some(policies);
+                ctx.reason = reason;
+                return Err(Refusal::new(RefusalKind::PolicyDenied));
+            }
+            Verdict::Judge { policies } => {
+                ctx.policies = Some(Arc::clone(&policies));
+                let mut arguments = Vec::new();
+                match call.arguments {
+                    Some(a) => write_value(a, &mut arguments),
+                    None => arguments.extend_from_slice(b"{}"),
+                }
+                Some(Escalated {
+                    arguments,
+                    policies,
+                })
+            }
+        };
+        let def = snap.tool_def(route);
+        let mut headers = Vec::new();
+        if let Some(def) = def {
+            if stateless {
+                params::check(def, call.arguments, req.head, req.buf)?;
+            }
+            headers = params::for_upstream(def, call.arguments);
+        }
+        headers.push((
+            "Mcp-Name".to_owned(),
+            protocol::encode_header_value(&route.tool).into_owned(),
+        ));
+        let mut body = Vec::with_capacity(req.body.len() + 32);
+        body.extend_from_slice(br#""name":"#);
+        write_str(&route.tool, &mut body);
+        body.extend_from_slice(br#","arguments":"#);
+        let args_at = body.len();
+        match (call.arguments, &route.args_filter) {
+            (Some(a), None) => write_value(a, &mut body),
+            // Data-loss rules: policy and the judge decided on the
+            // arguments as sent; the upstream gets them filtered.
+            (Some(a), Some(f)) => filter::apply_arguments(
+                f,
+                a,
+                &mut self.inner_parser.borrow_mut(),
+                &mut body,
+                &mut ctx.redactions,
+            )?,
+            (None, _) => body.extend_from_slice(b"{}"),
+        }
+        ctx.reason = if ctx.policies.is_some() {
+            "allowed_by_policy"
+        } else {
+            "attached"
+        };
+        Ok(Plan::Forward(Forward {
+            upstream: route.upstream,
+            params: body,
+            args_at,
+            headers,
+            escalation,
+            filter: route.filter.clone(),
+        }))
     }
 
     /// Turns the upstream's reply into the agent's response.

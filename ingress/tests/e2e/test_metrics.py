@@ -55,5 +55,18 @@ def test_metrics_count_calls_and_stay_off_the_agent_port(make_gate):
     denied = sum(v for k, v in after.items() if k.startswith("toolgate_requests_total") and 'decision="deny"' in k)
     assert denied == 3
     assert after["toolgate_audit_records_written_total"] >= 8
+    # fdatasync latency: a histogram fed by every sync of the log.
+    deadline = time.monotonic() + 5
+    while after["toolgate_audit_fsync_seconds_count"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = scrape(port)
+    count = after["toolgate_audit_fsync_seconds_count"]
+    assert count >= 1 and after["toolgate_audit_syncs_total"] >= 1
+    buckets = [(float(k.split('le="')[1].rstrip('"}')), v) for k, v in after.items()
+               if k.startswith("toolgate_audit_fsync_seconds_bucket") and "+Inf" not in k]
+    assert len(buckets) >= 5 and buckets == sorted(buckets), buckets
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), "cumulative"
+    assert after['toolgate_audit_fsync_seconds_bucket{le="+Inf"}'] == count
+    assert 0 < after["toolgate_audit_fsync_seconds_sum"] < count * 5
     assert after["toolgate_snapshot_generation"] >= 1
     assert re.search(r'toolgate_connections_open\{shard="\d"\}', " ".join(after))
