@@ -164,7 +164,8 @@ enum TokenCommand {
 /// Where the admin API is and how to authenticate to it.
 #[derive(clap::Args)]
 struct AdminApiArgs {
-    /// The admin API (`[admin] listen`).
+    /// The admin API (`[admin] listen`): `http://` for a loopback listener,
+    /// `https://` for one with `[admin.tls]`.
     #[arg(
         long,
         global = true,
@@ -172,6 +173,22 @@ struct AdminApiArgs {
         default_value = "http://127.0.0.1:9091"
     )]
     url: String,
+    /// With `https://`: PEM CA certificates the admin listener's certificate
+    /// must chain to. Default: the system's trusted roots.
+    #[arg(
+        long,
+        global = true,
+        env = "TOOLGATE_ADMIN_CA_FILE",
+        value_name = "FILE"
+    )]
+    ca_file: Option<PathBuf>,
+    /// With `https://`: a PEM client certificate, for an admin listener with
+    /// `[admin.tls] client_ca_file`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of `--client-cert`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// An admin token (its SHA-256 is in `[[admin.tokens]]`).
     #[arg(
         long,
@@ -1293,12 +1310,17 @@ mod admin_cmd {
 
     use anyhow::{bail, Context};
     use serde_json::{json, Value};
-    use toolgate_ingress::admin::client::{Client, Reply};
+    use toolgate_ingress::admin::client::{Client, Reply, TlsOptions};
 
     use super::{AdminApiArgs, AdminCommand};
 
     fn client(api: &AdminApiArgs) -> anyhow::Result<Client> {
-        Ok(Client::new(&api.url, api.token.clone())?)
+        let tls = TlsOptions {
+            ca_file: api.ca_file.clone(),
+            client_cert: api.client_cert.clone(),
+            client_key: api.client_key.clone(),
+        };
+        Ok(Client::new(&api.url, api.token.clone(), &tls)?)
     }
 
     /// The reply's body if 2xx; else its error, as the API put it.
@@ -1308,11 +1330,12 @@ mod admin_cmd {
         }
         let v = r.json();
         let e = &v["error"];
+        // The TLS listener's answer to plain HTTP has a string `error`.
+        let message = e["message"].as_str().or(e.as_str()).unwrap_or("");
         let mut msg = format!(
-            "{} ({}): {}",
+            "{} ({}): {message}",
             r.status,
             e["code"].as_str().unwrap_or("error"),
-            e["message"].as_str().unwrap_or("")
         );
         if let Some(cur) = e.get("current_version") {
             msg.push_str(&format!("\ncurrent version: {cur}"));

@@ -56,6 +56,9 @@ pub struct Shared {
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// The admin listener's TLS configuration, when `[admin.tls]` is set;
+    /// re-read on reload like the agent listener's.
+    pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
     /// TLS toward each `https://` upstream, index-aligned with `config.upstreams`.
     pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
     /// TLS toward an `https://` judge.
@@ -192,6 +195,7 @@ impl Shared {
             metrics: Arc::new(crate::metrics::Metrics::new(shards)),
             credentials,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
+            admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,
             judge_tls: tls.judge,
             subtokens: Mutex::new(subtokens),
@@ -447,6 +451,13 @@ impl Shared {
             (None, None) => None,
             _ => return Err("`[server.tls]` added or removed: restart toolgate to apply".into()),
         };
+        let admin_tls = match (&self.admin_tls, &cfg.admin_tls) {
+            (Some(_), Some(files)) => Some(
+                crate::tls::load_server_config(files).map_err(|e| format!("[admin.tls]: {e}"))?,
+            ),
+            (None, None) => None,
+            _ => return Err("`[admin.tls]` added or removed: restart toolgate to apply".into()),
+        };
         let subtokens = cfg
             .subtoken_dir
             .as_deref()
@@ -468,6 +479,9 @@ impl Shared {
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         candidate.compile(&cats).map_err(|e| e.join("\n"))?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
+            published.publish(TlsAcceptor::from(tls));
+        }
+        if let (Some(published), Some(tls)) = (&self.admin_tls, admin_tls) {
             published.publish(TlsAcceptor::from(tls));
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
@@ -523,7 +537,7 @@ impl Shared {
     }
     /// Files whose change triggers a reload: the configuration, its
     /// policies, the JWKS (so rotated IdP keys take effect) and the
-    /// listener's TLS files (so renewed certificates do).
+    /// listeners' TLS files (so renewed certificates do).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.file
@@ -532,15 +546,21 @@ impl Shared {
             .cloned()
             .chain(cur.file.policy_files.iter().cloned())
             .chain(cur.file.jwks_file.iter().cloned())
-            .chain(cur.file.tls.iter().flat_map(|t| {
-                [
-                    Some(t.cert.clone()),
-                    Some(t.key.clone()),
-                    t.client_ca.clone(),
-                ]
-                .into_iter()
-                .flatten()
-            }))
+            .chain(
+                cur.file
+                    .tls
+                    .iter()
+                    .chain(&cur.file.admin_tls)
+                    .flat_map(|t| {
+                        [
+                            Some(t.cert.clone()),
+                            Some(t.key.clone()),
+                            t.client_ca.clone(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                    }),
+            )
             .collect()
     }
     /// Ends a session; prunes entries too old to verify anyway.

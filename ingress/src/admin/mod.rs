@@ -1,7 +1,7 @@
-//! The admin API: run-time control of agents, users and policies, on a
-//! listener of its own (`[admin] listen`, loopback only), served by an
-//! executor thread of its own so that store writes and snapshot builds
-//! never run on a shard.
+//! The admin API: run-time control of agents, users, policies and
+//! sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
+//! address with `[admin.tls]`), served by an executor thread of its own so
+//! that store writes and snapshot builds never run on a shard.
 //!
 //! Every write names the version it replaces (`If-Match`, or
 //! `If-None-Match: *` to create); a stale one gets 412 and the current
@@ -171,18 +171,42 @@ pub fn start(
                 audit: RefCell::new(AuditProducer::new(ring, writer, health)),
                 shared,
             });
+            let mut tls = api.shared.admin_tls.as_ref().map(|t| t.reader());
             loop {
                 let Ok(stream) = listener.accept().await else {
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let api = Rc::clone(&api);
-                let info = crate::http::conn::ConnInfo {
-                    peer: stream.peer_addr().ok(),
-                    ..Default::default()
-                };
-                glommio::spawn_local(async move { serve(stream, info, conn, &*api).await })
-                    .detach();
+                let peer = stream.peer_addr().ok();
+                let acceptor = tls
+                    .as_mut()
+                    .map(|t| futures_rustls::TlsAcceptor::clone(&t.current()));
+                glommio::spawn_local(async move {
+                    let info = crate::http::conn::ConnInfo {
+                        peer,
+                        ..Default::default()
+                    };
+                    match acceptor {
+                        None => serve(stream, info, conn, &*api).await,
+                        Some(acceptor) => {
+                            match crate::shard::handshake(stream, &acceptor, conn).await {
+                                Ok((stream, client_names)) => {
+                                    let info = crate::http::conn::ConnInfo {
+                                        secure: true,
+                                        client_names,
+                                        ..info
+                                    };
+                                    serve(stream, info, conn, &*api).await;
+                                }
+                                Err(why) => {
+                                    tracing::debug!(peer = ?peer, %why, "admin TLS handshake failed");
+                                }
+                            }
+                        }
+                    }
+                })
+                .detach();
             }
         })
         .map_err(|e| AdminError::Executor(e.to_string()))?;

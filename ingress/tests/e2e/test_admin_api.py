@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import threading
 import time
@@ -24,8 +25,10 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from mcp.shared.exceptions import MCPError
 
+from certs import issue, make_ca, server_cert
 from conftest import upstream_cfgs
 from harness import (
     HOST,
@@ -86,11 +89,11 @@ def admin_gate(make_gate, upstreams):
     admin API on, `support-bot` without `crm__delete_record`."""
     made: list[Admin] = []
 
-    def factory(agents=None, extra_toml: str = ""):
+    def factory(agents=None, extra_toml: str = "", admin_extra: str = ""):
         token, sha = new_api_key()
         port = free_port()
         agents = agents or [Agent("support-bot", ["crm__lookup_customer"])]
-        gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha) + extra_toml)
+        gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, admin_extra) + extra_toml)
         wait_for_port(port, 10, gate.proc)
         admin = Admin(port, token)
         made.append(admin)
@@ -285,9 +288,9 @@ def test_changes_are_audit_records_in_the_same_chain(admin_gate):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def cli(gate, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(gate, *args: str, cwd: Path | None = None, scheme: str = "http") -> subprocess.CompletedProcess:
     env = {**os.environ, "TOOLGATE_ADMIN_TOKEN": gate.admin_token}
-    return subprocess.run([str(TOOLGATE_BIN), *args, "--url", f"http://{HOST}:{gate.admin_port}"],
+    return subprocess.run([str(TOOLGATE_BIN), *args, "--url", f"{scheme}://{HOST}:{gate.admin_port}"],
                           capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
 
 
@@ -329,13 +332,75 @@ def test_cli_grant_revoke_get_and_apply_dir(admin_gate, tmp_path):
     assert r.returncode != 0 and "version_conflict" in r.stderr and f"current version: {v + 1}" in r.stderr
 
 
-def test_non_loopback_admin_listener_is_refused(tmp_path):
+def test_non_loopback_admin_listener_needs_tls(tmp_path):
     _, sha = new_api_key()
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n[[admin.tokens]]\nname = "ops"\ntoken_sha256 = "{sha}"\n')
+    tokens = f'[[admin.tokens]]\nname = "ops"\ntoken_sha256 = "{sha}"\n'
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tokens}')
     r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert "line 2: `admin.listen = \"0.0.0.0:9091\"` must be a loopback address" in r.stderr
+    assert "line 2: `admin.listen = \"0.0.0.0:9091\"` is not a loopback address: that needs `[admin.tls]`" in r.stderr
+    # With TLS (and the token) it is allowed; a key that does not load is named.
+    ca = make_ca()
+    cert, key = server_cert(ca).write(tmp_path, "admin")
+    tls = f'[admin.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tls}{tokens}')
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_text("nope")
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tls.replace(str(key), str(bad))}{tokens}')
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "[admin.tls]" in r.stderr and "bad.key" in r.stderr, r.stderr
+
+
+def test_admin_api_over_tls_and_mtls(admin_gate, tmp_path):
+    """`[admin.tls]` with client certificates: the CLI grants over https with
+    `--ca-file` and a client certificate; plain HTTP, an unknown CA, or no
+    client certificate fail clearly and change nothing."""
+    ca = make_ca()
+    cert, key = server_cert(ca).write(tmp_path, "admin")
+    ca_pem = tmp_path / "ca.pem"
+    ca_pem.write_bytes(ca.cert.public_bytes(Encoding.PEM))
+    ops_cert, ops_key = issue(ca, "ops", client=True).write(tmp_path, "ops")
+    tls = (f'[admin.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+           f'client_ca_file = "{ca_pem}"\nmin_version = "1.3"\n')
+    gate, admin, agents = admin_gate(admin_extra=tls)
+    bot = agents["support-bot"]
+    mtls = ["--ca-file", str(ca_pem), "--client-cert", str(ops_cert), "--client-key", str(ops_key)]
+    r = cli(gate, "admin", "grant", "support-bot", TOOL, *mtls, scheme="https")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["shards"]["pending"] == []
+    assert call(gate, bot).status_code == 200
+    r = cli(gate, "admin", "get", "agents/support-bot", *mtls, scheme="https")
+    assert r.returncode == 0 and TOOL in json.loads(r.stdout)["spec"]["tools"], r.stderr
+    # Plain HTTP to the TLS port: a 400 that says to use https, no change.
+    r = httpx.get(f"http://{HOST}:{gate.admin_port}/v1/agents",
+                  headers={"Authorization": f"Bearer {gate.admin_token}"}, timeout=10.0)
+    assert r.status_code == 400 and "use https://" in r.json()["error"], r.text
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, *mtls)
+    assert r.returncode != 0 and "400 (error): plain HTTP sent to toolgate's TLS listener: use https://" in r.stderr, r.stderr
+    # A CA that did not issue the admin certificate: refused by the client.
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(make_ca("other CA").cert.public_bytes(Encoding.PEM))
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, "--ca-file", str(other), scheme="https")
+    assert r.returncode != 0 and "UnknownIssuer" in r.stderr, r.stderr
+    # The right CA, but no client certificate: the listener refuses the handshake.
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, "--ca-file", str(ca_pem), scheme="https")
+    assert r.returncode != 0 and "admin API at" in r.stderr, r.stderr
+    assert call(gate, bot).status_code == 200, "nothing was revoked by the refused attempts"
+    # A client certificate alone is not an admin credential: the token still is.
+    ctx = ssl.create_default_context(cafile=str(ca_pem))
+    ctx.load_cert_chain(str(ops_cert), str(ops_key))
+    with httpx.Client(verify=ctx, timeout=10.0) as h:
+        r = h.get(f"https://{HOST}:{gate.admin_port}/v1/agents")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        r = h.get(f"https://{HOST}:{gate.admin_port}/v1/agents/support-bot",
+                  headers={"Authorization": f"Bearer {gate.admin_token}"})
+        assert r.status_code == 200 and r.headers["etag"] == f'"{r.json()["version"]}"'
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, *mtls, scheme="https")
+    assert r.returncode == 0, r.stderr
+    assert call(gate, bot).status_code == 400
 
 
 # --------------------------------------------------------------------------
