@@ -63,7 +63,8 @@ pub struct Shared {
     pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
     /// TLS toward an `https://` judge.
     pub judge_tls: Option<crate::tls::ClientTls>,
-    /// The sub-token verifier (key and revocations) that snapshots carry.
+    /// The sub-token verifier (key and the revocation file's ids) that
+    /// snapshots carry, with the control state's revocations added.
     subtokens: Mutex<Option<Arc<Verifier>>>,
     /// The JWKS last fetched from `auth.jwt.jwks_url`.
     jwks: Mutex<Option<String>>,
@@ -94,6 +95,23 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
         .as_ref()
         .map(|s| *s.get_ref())
         .unwrap_or(cores)
+}
+
+/// The sub-token verifier with the control state's revocations (made
+/// through the admin API) added to the revocation file's.
+fn with_control_revocations(
+    verifier: Option<Arc<Verifier>>,
+    control: &State,
+) -> Option<Arc<Verifier>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let revoked = control.revoked_subtokens(now);
+    match verifier {
+        Some(v) if !revoked.is_empty() => Some(Arc::new(v.with_revoked(revoked))),
+        other => other,
+    }
 }
 
 /// What a snapshot is compiled from.
@@ -161,11 +179,9 @@ impl Shared {
             policies,
             control: Arc::new(control),
         };
-        let snapshot = Published::new(
-            sources
-                .compile(&vec![None; n])?
-                .with_subtokens(subtokens.clone()),
-        );
+        let snapshot = Published::new(sources.compile(&vec![None; n])?.with_subtokens(
+            with_control_revocations(subtokens.clone(), &sources.control),
+        ));
         let rate_limits = Published::new(crate::ratelimit::build(
             &sources.control.overlay(&config).0,
             &HashMap::new(),
@@ -352,7 +368,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut snap = snap.with_subtokens(subtokens);
+        let mut snap = snap.with_subtokens(with_control_revocations(subtokens, &sources.control));
         // Keys fetched from `jwks_url` replace the empty key set the
         // configuration starts with, under the configuration's current rules.
         if sources.file.jwks_url.is_some() {
@@ -377,6 +393,15 @@ impl Shared {
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
         Some(generation)
+    }
+
+    /// The sub-token verifier of `[auth.subtokens]` (its key and the
+    /// revocation file's ids), for the admin API to mint with.
+    pub fn subtoken_verifier(&self) -> Option<Arc<Verifier>> {
+        self.subtokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The sources the running snapshot is compiled from.

@@ -35,7 +35,9 @@ from harness import (
     INVALID_PARAMS,
     MODERN_VERSION,
     TOOLGATE_BIN,
+    UNAUTHORIZED,
     Agent,
+    assert_jsonrpc_error,
     free_port,
     modern_headers,
     modern_request,
@@ -610,3 +612,181 @@ def test_attachment_scoped_to_users_and_groups(admin_gate):
     ]}
     assert admin.http.post(f"{admin.base}/transaction", json=tx).status_code == 200
     assert as_user("bob").status_code == 200
+
+
+# --------------------------------------------------------------------------
+# sub-tokens through the admin API
+# --------------------------------------------------------------------------
+
+LOOKUP = "crm__lookup_customer"
+SUBTOKENS = "[auth.subtokens]\nmax_ttl_s = 86400\n"
+
+
+def lookup(gate, token: str) -> httpx.Response:
+    body = modern_request("tools/call", {"name": LOOKUP, "arguments": {"customer_id": "C-1"}})
+    return httpx.post(gate.url, json=body, headers=modern_headers("tools/call", LOOKUP, token), timeout=10.0)
+
+
+def test_subtoken_minted_listed_and_revoked_through_the_api(admin_gate):
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP, TOOL])], extra_toml=SUBTOKENS)
+    h, base = admin.http, admin.base
+    r = h.post(f"{base}/subtokens", json={"agent": "support-bot", "user": "alice", "tools": [LOOKUP], "ttl_s": 600})
+    assert r.status_code == 200, r.text
+    minted = r.json()
+    token, jti = minted["token"], minted["id"]
+    version = int(r.headers["etag"].strip('"'))
+    assert token.startswith("tgs_") and minted["results"] == [{"kind": "subtokens", "id": jti, "version": version}]
+    assert minted["shards"]["pending"] == [] and minted["expires_at"] > time.time() + 590
+
+    # The SDK client calls with it, as with a token minted by `toolgate token mint`.
+    async def sdk_call():
+        async with sdk_client_cm(gate.url, token, "auto") as client:
+            listed = [t.name for t in (await client.list_tools()).tools]
+            res = await client.call_tool(LOOKUP, {"customer_id": "C-1"})
+            return listed, res
+
+    listed, res = anyio.run(sdk_call)
+    assert listed == [LOOKUP], "narrowed to its tool"
+    assert not res.is_error
+    before = gate.audit_len()
+    assert lookup(gate, token).status_code == 200
+    [rec] = gate.audit_after(before)
+    assert (rec["agent"], rec["user"], rec["decision"]) == ("support-bot", "alice", "allow")
+
+    # Listed and read with its claims and version, never the token.
+    items = admin.get("subtokens").json()["items"]
+    assert [(i["id"], i["version"], i["source"]) for i in items] == [(jti, version, "store")]
+    assert items[0]["spec"] == {"agent": "support-bot", "user": "alice", "tools": [LOOKUP],
+                                "iat": items[0]["spec"]["iat"], "exp": minted["expires_at"], "revoked": False}
+    assert admin.version(f"subtokens/{jti}") == version
+    assert token not in admin.get(f"subtokens/{jti}").text
+
+    # A stale If-Match is refused with the current version; nothing changes.
+    revoke = f"{base}/subtokens/{jti}/revoke"
+    e = err(h.post(revoke, headers={"If-Match": f'"{version + 7}"'}), 412, "version_conflict")
+    assert e["current_version"] == version
+    err(h.post(revoke), 428, "precondition_required")
+    err(h.post(revoke, headers={"If-None-Match": "*"}), 400, "invalid_precondition")
+    assert lookup(gate, token).status_code == 200
+
+    # Revoked: the API answers once every shard refuses it.
+    r = h.post(revoke, headers={"If-Match": f'"{version}"'})
+    assert r.status_code == 200, r.text
+    assert r.json()["shards"] == {"total": 2, "pending": []}
+    revoked_version = int(r.headers["etag"].strip('"'))
+    assert revoked_version > version
+    before = gate.audit_len()
+    out = lookup(gate, token)
+    body = assert_jsonrpc_error(out, 401, UNAUTHORIZED)
+    assert "revoked" in body["error"]["message"], body
+    [rec] = gate.audit_after(before)
+    assert (rec["decision"], rec["reason"], rec["status"]) == ("deny", "token_revoked", 401), rec
+    assert admin.get(f"subtokens/{jti}").json()["spec"]["revoked"] is True
+    err(h.post(revoke, headers={"If-Match": f'"{revoked_version}"'}), 409, "already_revoked")
+    err(h.post(revoke, headers={"If-Match": f'"{version}"'}), 412, "version_conflict")
+
+    # Mint and revoke are audit records; the token is in no record and no log line.
+    changes = [r["admin"] for r in gate.read_audit() if "admin" in r and r["decision"] == "allow"]
+    assert [(c["op"], c["kind"], c["id"], c["old_version"], c["new_version"]) for c in changes] == [
+        ("mint", "subtokens", jti, None, version), ("revoke", "subtokens", jti, version, revoked_version)]
+    assert changes[0]["diff"]["agent"] == {"old": None, "new": "support-bot"}
+    assert changes[1]["diff"] == {"revoked": {"old": False, "new": True}}
+    assert token not in json.dumps(gate.read_audit()) and token not in gate.stderr_text()
+
+    # The revocation survives a restart from the first request on.
+    gate.stop()
+    gate.start()
+    wait_for_port(gate.admin_port, 10, gate.proc)
+    assert_jsonrpc_error(lookup(gate, token), 401, UNAUTHORIZED)
+
+
+def test_subtoken_revoke_while_sdk_client_calls(admin_gate):
+    """No call started after the revoke's answer succeeds; the first refused
+    call is a 401 audited `token_revoked`."""
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP])], extra_toml=SUBTOKENS)
+    r = admin.http.post(f"{admin.base}/subtokens", json={"agent": "support-bot", "ttl_s": 600})
+    assert r.status_code == 200, r.text
+    token, jti, version = r.json()["token"], r.json()["id"], r.headers["etag"]
+    calls: list[tuple[float, bool]] = []
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+
+    async def loop(client) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                await client.call_tool(LOOKUP, {"customer_id": "C-1"})
+                calls.append((t0, True))
+            except Exception:  # a 401 ends the SDK's request in an error
+                calls.append((t0, False))
+                await anyio.sleep(0.01)
+
+    def control() -> None:
+        deadline = time.monotonic() + 20
+        while sum(1 for _, ok in list(calls) if ok) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = admin.http.post(f"{admin.base}/subtokens/{jti}/revoke", headers={"If-Match": version})
+        marks["revoked"] = time.monotonic()
+        assert r.status_code == 200, r.text
+        while sum(1 for t, _ in list(calls) if t > marks["revoked"]) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    async def scenario() -> None:
+        with anyio.fail_after(60):
+            async with sdk_client_cm(gate.url, token, "auto") as client:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(loop, client)
+                    try:
+                        await anyio.to_thread.run_sync(control)
+                    finally:
+                        stop.set()
+
+    anyio.run(scenario)
+    before = [ok for t, ok in calls if t < marks["revoked"]]
+    after = [ok for t, ok in calls if t > marks["revoked"]]
+    assert before and all(before[:5]), "allowed before the revoke"
+    assert after and not any(after), "no call started after the revoke's answer succeeds"
+    revoked = [r for r in gate.read_audit() if r.get("reason") == "token_revoked"]
+    assert revoked and all(r["status"] == 401 and r["agent"] is None for r in revoked)
+
+
+def test_subtoken_bad_requests_and_the_cli(admin_gate):
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP])], extra_toml=SUBTOKENS)
+    h, base = admin.http, admin.base
+    e = err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "tools": [TOOL]}), 422, "invalid_reference")
+    assert "cannot widen" in e["message"]
+    e = err(h.post(f"{base}/subtokens", json={"agent": "nobody"}), 422, "invalid_reference")
+    assert "`nobody`" in e["message"]
+    e = err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "ttl_s": 86401}), 422, "invalid_document")
+    assert "max_ttl_s" in e["message"]
+    err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "token": "x"}), 400, "invalid_document")
+    err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "user": "a b"}), 422, "invalid_document")
+    err(h.post(f"{base}/subtokens/00ff/revoke", headers={"If-Match": '"1"'}), 404, "not_found")
+    err(admin.put("subtokens/00ff", {"agent": "support-bot", "iat": 1, "exp": 2}), 405, "method_not_allowed")
+    err(admin.delete("subtokens/00ff", 1), 405, "method_not_allowed")
+    tx = {"operations": [{"op": "put", "kind": "subtokens", "id": "00ff", "if_none_match": True,
+                          "spec": {"agent": "support-bot", "iat": 1, "exp": 2}}]}
+    err(h.post(f"{base}/transaction", json=tx), 400, "invalid_request")
+    assert admin.get("subtokens").json() == {"items": []}, "nothing was minted"
+    refused = {(r["admin"]["op"], r["reason"]) for r in gate.read_audit() if "admin" in r}
+    assert ("mint", "invalid_reference") in refused and ("revoke", "not_found") in refused
+    # The CLI: mint (token on stdout, id on stderr), list, revoke.
+    r = cli(gate, "admin", "token", "mint", "--agent", "support-bot", "--tool", LOOKUP, "--ttl", "10m")
+    assert r.returncode == 0, r.stderr
+    token, jti = r.stdout.strip(), r.stderr.split("id: ")[1].split()[0]
+    assert lookup(gate, token).status_code == 200
+    r = cli(gate, "admin", "token", "list")
+    assert r.returncode == 0 and f"{jti}  active" in r.stdout and token not in r.stdout, r.stdout
+    r = cli(gate, "admin", "token", "revoke", jti)
+    assert r.returncode == 0, r.stderr
+    assert lookup(gate, token).status_code == 401
+    r = cli(gate, "admin", "token", "list")
+    assert f"{jti}  revoked" in r.stdout, r.stdout
+    r = cli(gate, "admin", "token", "revoke", jti)
+    assert r.returncode != 0 and "already_revoked" in r.stderr, r.stderr
+
+
+def test_subtoken_mint_without_subtokens_configured(admin_gate):
+    gate, admin, _ = admin_gate()
+    e = err(admin.http.post(f"{admin.base}/subtokens", json={"agent": "support-bot"}), 409, "subtokens_off")
+    assert "[auth.subtokens]" in e["message"]
