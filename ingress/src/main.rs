@@ -239,6 +239,14 @@ enum AdminCommand {
         /// Tool, by exposed name.
         tool: String,
     },
+    /// Print the plan `toolgate apply -f DIR` would apply, and change
+    /// nothing. Exit status 0: the live state equals the files; 2: it
+    /// differs; 1: error.
+    Diff {
+        /// The directory (`agents/ID.json`, `users/ID.json`, `policies/NAME.cedar`).
+        #[arg(short = 'f', long = "file", value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Sub-tokens through the admin API: mint, list, revoke.
     Token {
         #[command(subcommand)]
@@ -362,6 +370,20 @@ enum KeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Admin {
+        api,
+        command: AdminCommand::Diff { dir },
+    } = &cli.command
+    {
+        return match admin_cmd::diff_dir(api, dir) {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| run(c, None)),
         Command::Check { config } => check(&config),
@@ -1468,6 +1490,10 @@ mod admin_cmd {
             AdminCommand::Grant { agent, tool } => print(&attach(&c, &agent, &tool, true)?),
             AdminCommand::Revoke { agent, tool } => print(&attach(&c, &agent, &tool, false)?),
             AdminCommand::Token { command } => token(&c, command)?,
+            // Handled in `main` for its exit status.
+            AdminCommand::Diff { dir } => {
+                diff_dir(api, &dir)?;
+            }
         }
         Ok(())
     }
@@ -1604,9 +1630,63 @@ mod admin_cmd {
         serde_json::from_str(text).with_context(|| format!("{} is not JSON", file.display()))
     }
 
+    /// `toolgate admin diff -f DIR`: prints the plan; returns whether it
+    /// changes anything.
+    pub fn diff_dir(api: &AdminApiArgs, dir: &Path) -> anyhow::Result<bool> {
+        let c = client(api)?;
+        let (plan, ops) = plan_dir(&c, dir)?;
+        print_plan(&plan, &ops);
+        Ok(!ops.is_empty())
+    }
+
+    fn print_plan(plan: &[String], ops: &[Value]) {
+        println!("plan:");
+        for line in plan {
+            println!("{line}");
+        }
+        if ops.is_empty() {
+            println!("nothing to change");
+        }
+    }
+
     /// `toolgate apply -f DIR`.
     pub fn apply_dir(api: &AdminApiArgs, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
         let c = client(api)?;
+        let (plan, ops) = plan_dir(&c, dir)?;
+        print_plan(&plan, &ops);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if dry_run {
+            println!("{} change(s) not applied (--dry-run)", ops.len());
+            return Ok(());
+        }
+        let body = json!({ "operations": ops }).to_string();
+        let r = c.request("POST", "/v1/transaction", &[], Some(body.as_bytes()))?;
+        if r.status == 412 {
+            let v = r.json();
+            bail!(
+                "refused: `{}/{}` changed since the plan was made (now version {}); nothing was applied, run again",
+                v["error"]["kind"].as_str().unwrap_or("?"),
+                v["error"]["id"].as_str().unwrap_or("?"),
+                v["error"]["current_version"]
+            );
+        }
+        let v = ok(r)?;
+        println!(
+            "applied {} change(s) as generation {}",
+            ops.len(),
+            v["generation"]
+        );
+        Ok(())
+    }
+
+    /// The plan for `dir` against the live state: one line per file, and
+    /// the transaction's operations (each guarded by the version read).
+    fn plan_dir(c: &Client, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+        if !dir.is_dir() {
+            bail!("`{}` is not a directory", dir.display());
+        }
         let mut ops = Vec::new();
         let mut plan = Vec::new();
         for kind in ["agents", "users", "policies"] {
@@ -1632,7 +1712,7 @@ mod admin_cmd {
                     .with_context(|| format!("reading {}", file.display()))?;
                 let want = document(kind, &text, &file)?;
                 let target = format!("{kind}/{id}");
-                let (version, have) = match current(&c, &target)? {
+                let (version, have) = match current(c, &target)? {
                     Some((v, item)) => (v, Some(item)),
                     None => (0, None),
                 };
@@ -1655,36 +1735,7 @@ mod admin_cmd {
                 );
             }
         }
-        println!("plan:");
-        for line in &plan {
-            println!("{line}");
-        }
-        if ops.is_empty() {
-            println!("nothing to change");
-            return Ok(());
-        }
-        if dry_run {
-            println!("{} change(s) not applied (--dry-run)", ops.len());
-            return Ok(());
-        }
-        let body = json!({ "operations": ops }).to_string();
-        let r = c.request("POST", "/v1/transaction", &[], Some(body.as_bytes()))?;
-        if r.status == 412 {
-            let v = r.json();
-            bail!(
-                "refused: `{}/{}` changed since the plan was made (now version {}); nothing was applied, run again",
-                v["error"]["kind"].as_str().unwrap_or("?"),
-                v["error"]["id"].as_str().unwrap_or("?"),
-                v["error"]["current_version"]
-            );
-        }
-        let v = ok(r)?;
-        println!(
-            "applied {} change(s) as generation {}",
-            ops.len(),
-            v["generation"]
-        );
-        Ok(())
+        Ok((plan, ops))
     }
 
     /// Whether two documents say the same, defaults filled in (a missing

@@ -334,6 +334,40 @@ def test_cli_grant_revoke_get_and_apply_dir(admin_gate, tmp_path):
     assert r.returncode != 0 and "version_conflict" in r.stderr and f"current version: {v + 1}" in r.stderr
 
 
+def test_cli_diff_prints_the_plan_and_exits_2_on_changes(admin_gate, tmp_path):
+    gate, admin, agents = admin_gate()
+    bot = agents["support-bot"]
+    d = tmp_path / "state"
+    (d / "agents").mkdir(parents=True)
+    (d / "users").mkdir()
+    (d / "agents" / "support-bot.json").write_text(json.dumps({"tools": ["crm__lookup_customer", TOOL]}))
+    (d / "users" / "alice.json").write_text(json.dumps({"groups": ["admins"]}))
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == ("plan:\n  ~ agents/support-bot (replace the configuration file's)\n"
+                        "  + users/alice (create)\n"), r.stdout
+    dry = cli(gate, "apply", "-f", str(d), "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith(r.stdout), "the same plan as `apply --dry-run`"
+    assert call(gate, bot).status_code == 400, "diff changes nothing"
+    assert admin.get("users/alice").status_code == 404
+    assert cli(gate, "apply", "-f", str(d)).returncode == 0
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "= agents/support-bot (version" in r.stdout and r.stdout.endswith("nothing to change\n")
+    # A change made meanwhile through the API shows up again.
+    v = admin.version("users/alice")
+    assert admin.put("users/alice", {"groups": ["ops"]}, v).status_code == 200
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 2 and f"~ users/alice (update version {v + 1})" in r.stdout, r.stdout
+    # Trouble is 1, never mistaken for "no change".
+    r = cli(gate, "admin", "diff", "-f", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "is not a directory" in r.stderr, r.stderr
+    env = {**os.environ, "TOOLGATE_ADMIN_TOKEN": "wrong"}
+    r = subprocess.run([str(TOOLGATE_BIN), "admin", "diff", "-f", str(d), "--url", f"http://{HOST}:{gate.admin_port}"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1 and "401 (unauthorized)" in r.stderr, r.stderr
+
+
 def test_non_loopback_admin_listener_needs_tls(tmp_path):
     _, sha = new_api_key()
     cfg = tmp_path / "t.toml"
