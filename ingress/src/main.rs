@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
-    /// The admin API of a running gateway: read and change agents, users and policies.
+    /// The admin API of a running gateway: read and change agents, users, policies and sub-tokens.
     Admin {
         #[command(flatten)]
         api: AdminApiArgs,
