@@ -1,7 +1,8 @@
 //! toolgate-control: the run-time control state, and where it is kept.
 //!
 //! Operators change agents (attached tools, groups, `act_for_users`), users
-//! (groups) and Cedar policies at run time through the admin API. Those
+//! (groups) and Cedar policies, and mint and revoke sub-tokens, at run time
+//! through the admin API. Those
 //! changes are *resources* ([`model`]) in a [`State`]: each with a version,
 //! a monotonic integer taken from one global revision counter, so a
 //! resource deleted and created again never reuses a version (no ABA for
@@ -23,7 +24,7 @@ pub mod postgres;
 pub mod state;
 pub mod store;
 
-pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, UserSpec};
+pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec, UserSpec};
 pub use postgres::{PgOptions, PgStore};
 pub use state::{Change, Entry, Op, OpError, Precondition, State};
 pub use store::{Backend, Store, StoreError};

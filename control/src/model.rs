@@ -22,18 +22,22 @@ pub enum Kind {
     Users,
     /// `policies/{name}`: one Cedar policy text.
     Policies,
+    /// `subtokens/{id}`: a sub-token's claims and whether it is revoked
+    /// (never the token).
+    Subtokens,
 }
 
 impl Kind {
     /// Every kind, in path order.
-    pub const ALL: [Kind; 3] = [Kind::Agents, Kind::Users, Kind::Policies];
+    pub const ALL: [Kind; 4] = [Kind::Agents, Kind::Users, Kind::Policies, Kind::Subtokens];
 
-    /// The kind named `s` in a path (`agents`, `users`, `policies`).
+    /// The kind named `s` in a path (`agents`, `users`, `policies`, `subtokens`).
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "agents" => Some(Kind::Agents),
             "users" => Some(Kind::Users),
             "policies" => Some(Kind::Policies),
+            "subtokens" => Some(Kind::Subtokens),
             _ => None,
         }
     }
@@ -44,6 +48,7 @@ impl Kind {
             Kind::Agents => "agents",
             Kind::Users => "users",
             Kind::Policies => "policies",
+            Kind::Subtokens => "subtokens",
         }
     }
 }
@@ -112,6 +117,30 @@ pub struct PolicySpec {
     pub text: String,
 }
 
+/// `subtokens/{id}`, the id being the token's `jti`: what the token was
+/// minted with, and whether it is revoked. The token itself is not kept
+/// (it is answered once, to the mint): the claims alone cannot be used to
+/// call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtokenSpec {
+    /// The agent the token acts as.
+    pub agent: String,
+    /// The end user it is narrowed to, when narrowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The tools it is narrowed to, when narrowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Whether it is revoked: every shard refuses it.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
 /// A resource's document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spec {
@@ -121,6 +150,8 @@ pub enum Spec {
     User(UserSpec),
     /// A policy text.
     Policy(PolicySpec),
+    /// A sub-token's claims.
+    Subtoken(SubtokenSpec),
 }
 
 /// Checks a resource id: 1 to 128 letters, digits, `_`, `-`, `.`, `@`, not
@@ -172,6 +203,7 @@ impl Spec {
             Kind::Agents => Spec::Agent(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Users => Spec::User(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Policies => Spec::Policy(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Subtokens => Spec::Subtoken(serde_json::from_slice(json).map_err(invalid)?),
         };
         spec.check()?;
         Ok(spec)
@@ -220,6 +252,32 @@ impl Spec {
                     Ok(())
                 }
             }
+            Spec::Subtoken(t) => {
+                check_list("agent", std::slice::from_ref(&t.agent))?;
+                if let Some(u) = &t.user {
+                    if u.is_empty()
+                        || u.len() > MAX_NAME_LEN
+                        || !u.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(SpecError::Value(format!(
+                            "`user` must be a user id: 1 to {MAX_NAME_LEN} printable characters, no spaces"
+                        )));
+                    }
+                }
+                if let Some(tools) = &t.tools {
+                    if tools.is_empty() {
+                        return Err(SpecError::Value(
+                            "`tools` must name at least one tool (leave it out for every tool of the agent)"
+                                .into(),
+                        ));
+                    }
+                    check_list("tools", tools)?;
+                }
+                if t.exp <= t.iat {
+                    return Err(SpecError::Value("`exp` must be after `iat`".into()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -229,6 +287,7 @@ impl Spec {
             Spec::Agent(_) => Kind::Agents,
             Spec::User(_) => Kind::Users,
             Spec::Policy(_) => Kind::Policies,
+            Spec::Subtoken(_) => Kind::Subtokens,
         }
     }
 
@@ -238,6 +297,7 @@ impl Spec {
             Spec::Agent(a) => serde_json::to_value(a),
             Spec::User(u) => serde_json::to_value(u),
             Spec::Policy(p) => serde_json::to_value(p),
+            Spec::Subtoken(t) => serde_json::to_value(t),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -333,6 +393,37 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn subtoken_documents_hold_claims_and_are_checked() {
+        let ok = br#"{"agent":"bot","tools":["crm__a"],"iat":10,"exp":20}"#;
+        let Ok(Spec::Subtoken(t)) = Spec::parse(Kind::Subtokens, ok) else {
+            unreachable!()
+        };
+        assert!(!t.revoked && t.user.is_none());
+        for bad in [
+            &br#"{"agent":"bot","iat":10,"exp":10}"#[..],
+            br#"{"agent":"","iat":1,"exp":2}"#,
+            br#"{"agent":"bot","tools":[],"iat":1,"exp":2}"#,
+            br#"{"agent":"bot","user":"a b","iat":1,"exp":2}"#,
+            br#"{"agent":"bot","iat":1,"exp":2,"token":"tgs_x"}"#,
+        ] {
+            assert!(
+                Spec::parse(Kind::Subtokens, bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let revoked = Spec::Subtoken(SubtokenSpec {
+            revoked: true,
+            ..t.clone()
+        });
+        assert_eq!(
+            diff(Some(&Spec::Subtoken(t)), Some(&revoked)),
+            serde_json::json!({"revoked": {"old": false, "new": true}})
+        );
+        assert_eq!(Kind::parse("subtokens"), Some(Kind::Subtokens));
     }
 
     #[test]

@@ -117,6 +117,18 @@ impl State {
             .map(|((_, id), e)| (id.as_str(), e))
     }
 
+    /// Ids of revoked sub-tokens that have not expired at `now` (Unix
+    /// seconds): an expired token is refused anyway, so the set the
+    /// verifier holds stays as small as the tokens still in circulation.
+    pub fn revoked_subtokens(&self, now: u64) -> Vec<String> {
+        self.list(Kind::Subtokens)
+            .filter_map(|(id, e)| match &e.spec {
+                Spec::Subtoken(t) if t.revoked && t.exp > now => Some(id.to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Checks every operation against the state and returns the changes,
     /// each new entry at version `revision + 1`; all or nothing.
     pub fn plan(&self, ops: &[Op]) -> Result<Vec<Change>, OpError> {
@@ -433,6 +445,33 @@ mod tests {
             .plan(&[put("bot", Precondition::IfNoneMatch, agent(&[]))])
             .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(s3.applied(&r).version(Kind::Agents, "bot"), 4);
+    }
+
+    #[test]
+    fn revoked_subtokens_are_those_revoked_and_unexpired() {
+        use crate::model::SubtokenSpec;
+        let tok = |exp: u64, revoked: bool| {
+            Spec::Subtoken(SubtokenSpec {
+                agent: "bot".into(),
+                user: None,
+                tools: None,
+                iat: 1,
+                exp,
+                revoked,
+            })
+        };
+        let s = State::default();
+        let c = s
+            .plan(&[
+                put("aa", Precondition::IfNoneMatch, tok(100, true)),
+                put("bb", Precondition::IfNoneMatch, tok(100, false)),
+                put("cc", Precondition::IfNoneMatch, tok(50, true)),
+            ])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s = s.applied(&c);
+        assert_eq!(s.revoked_subtokens(10), vec!["aa", "cc"]);
+        assert_eq!(s.revoked_subtokens(50), vec!["aa"]);
+        assert!(s.revoked_subtokens(100).is_empty());
     }
 
     #[test]

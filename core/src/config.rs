@@ -99,10 +99,15 @@ fn default_pins_file() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin API, e.g. `127.0.0.1:9091`; loopback only (the
-    /// admin listener has no TLS yet). Default: none (off).
+    /// Address of the admin API, e.g. `127.0.0.1:9091`. A non-loopback
+    /// address needs `[admin.tls]` (and, as always, `[[admin.tokens]]`).
+    /// Default: none (off).
     #[serde(default)]
     pub listen: Option<Spanned<String>>,
+    /// `[admin.tls]`: TLS on the admin listener, the same keys as
+    /// `[server.tls]`. Default: plain HTTP (loopback only).
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
     /// The control-state store, relative to the config file. Default
     /// `state/control.redb`.
     #[serde(default = "default_admin_state_file")]
@@ -175,6 +180,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: None,
+            tls: None,
             state_file: default_admin_state_file(),
             max_body_bytes: default_admin_max_body_bytes(),
             publish_timeout_ms: default_admin_publish_timeout_ms(),
@@ -1269,8 +1275,10 @@ pub struct ValidConfig {
     /// `credential.file` of each upstream resolved against the config
     /// file's directory, index-aligned with `config.upstreams`.
     pub credential_files: Vec<Option<PathBuf>>,
-    /// `admin.listen`, parsed (always a loopback address).
+    /// `admin.listen`, parsed (a loopback address unless `[admin.tls]` is set).
     pub admin_listen: Option<SocketAddr>,
+    /// `[admin.tls]` files resolved against the config file's directory.
+    pub admin_tls: Option<TlsFiles>,
     /// `admin.state_file` resolved against the config file's directory.
     pub admin_state_file: PathBuf,
     /// `admin.postgres_password`, resolved (`postgres` backend only).
@@ -1296,7 +1304,7 @@ impl ValidConfig {
     }
 }
 
-/// The agent listener's TLS material, as resolved paths.
+/// A listener's TLS material (`[server.tls]`, `[admin.tls]`), as resolved paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// PEM certificate chain.
@@ -1724,29 +1732,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     }
 
     if let Some(t) = &config.server.tls {
-        if !matches!(t.min_version.get_ref().as_str(), "1.2" | "1.3") {
-            err(
-                at(&t.min_version.span()),
-                format!(
-                    "`min_version` must be \"1.2\" or \"1.3\", not `{}`",
-                    t.min_version.get_ref()
-                ),
-            );
-        }
-        let files = [
-            Some(&t.cert_file),
-            Some(&t.key_file),
-            t.client_ca_file.as_ref(),
-        ];
-        for f in files.into_iter().flatten() {
-            let path = base.join(f.get_ref());
-            if let Err(e) = std::fs::metadata(&path) {
-                err(
-                    at(&f.span()),
-                    format!("cannot read `{}`: {e}", path.display()),
-                );
-            }
-        }
+        check_tls(t, base, &mut err, &at);
     }
     let metrics_listen = match &config.metrics.listen {
         Some(l) => match l.get_ref().parse::<SocketAddr>() {
@@ -1764,7 +1750,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         },
         None => None,
     };
-    let admin_listen = validate_admin(&config.admin, &mut err, &at);
+    let admin_listen = validate_admin(&config.admin, base, &mut err, &at);
     let admin_postgres_password = validate_admin_backend(&config.admin, base, &mut err, &at);
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
     match listen {
@@ -1791,13 +1777,8 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 .map(|f| base.join(f.get_ref()));
             let subtoken_dir = config.auth.subtokens.as_ref().map(|s| base.join(&s.dir));
             let pins_file = config.tool_pins.as_ref().map(|p| base.join(&p.file));
-            let tls = config.server.tls.as_ref().map(|t| TlsFiles {
-                cert: base.join(t.cert_file.get_ref()),
-                key: base.join(t.key_file.get_ref()),
-                client_ca: t.client_ca_file.as_ref().map(|c| base.join(c.get_ref())),
-                client_auth: t.client_auth,
-                tls13_only: t.min_version.get_ref() == "1.3",
-            });
+            let tls = config.server.tls.as_ref().map(|t| tls_files(t, base));
+            let admin_tls = config.admin.tls.as_ref().map(|t| tls_files(t, base));
             Ok(ValidConfig {
                 config,
                 listen,
@@ -1823,6 +1804,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 base: base.to_path_buf(),
                 pins_file,
                 admin_listen,
+                admin_tls,
                 admin_state_file: resolve(base, config_admin_state_file),
                 admin_postgres_password,
             })
@@ -2135,6 +2117,50 @@ fn ca_file(
     Some(path)
 }
 
+/// Checks a `[server.tls]` or `[admin.tls]` table: the TLS version, and
+/// that every file it names exists.
+fn check_tls(
+    t: &ServerTlsConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) {
+    if !matches!(t.min_version.get_ref().as_str(), "1.2" | "1.3") {
+        err(
+            at(&t.min_version.span()),
+            format!(
+                "`min_version` must be \"1.2\" or \"1.3\", not `{}`",
+                t.min_version.get_ref()
+            ),
+        );
+    }
+    let files = [
+        Some(&t.cert_file),
+        Some(&t.key_file),
+        t.client_ca_file.as_ref(),
+    ];
+    for f in files.into_iter().flatten() {
+        let path = base.join(f.get_ref());
+        if let Err(e) = std::fs::metadata(&path) {
+            err(
+                at(&f.span()),
+                format!("cannot read `{}`: {e}", path.display()),
+            );
+        }
+    }
+}
+
+/// A TLS table's files resolved against `base`.
+fn tls_files(t: &ServerTlsConfig, base: &Path) -> TlsFiles {
+    TlsFiles {
+        cert: base.join(t.cert_file.get_ref()),
+        key: base.join(t.key_file.get_ref()),
+        client_ca: t.client_ca_file.as_ref().map(|c| base.join(c.get_ref())),
+        client_auth: t.client_auth,
+        tls13_only: t.min_version.get_ref() == "1.3",
+    }
+}
+
 fn resolve(base: &Path, p: PathBuf) -> PathBuf {
     if p.is_absolute() {
         p
@@ -2143,14 +2169,27 @@ fn resolve(base: &Path, p: PathBuf) -> PathBuf {
     }
 }
 
-/// Checks `[admin]`: a loopback listener (no TLS on it yet), and
-/// well-formed, distinct credentials whenever it is on.
+/// Checks `[admin]`: a loopback listener unless `[admin.tls]` is set (an
+/// admin token must never cross a network in clear), and well-formed,
+/// distinct credentials whenever it is on.
 fn validate_admin(
     admin: &AdminConfig,
+    base: &Path,
     err: &mut dyn FnMut(Option<usize>, String),
     at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
 ) -> Option<SocketAddr> {
-    let listen = admin.listen.as_ref()?;
+    if let Some(t) = &admin.tls {
+        check_tls(t, base, err, at);
+    }
+    let Some(listen) = admin.listen.as_ref() else {
+        if admin.tls.is_some() {
+            err(
+                None,
+                "`[admin.tls]` is set but `admin.listen` is not: the admin API is off".to_owned(),
+            );
+        }
+        return None;
+    };
     let addr = match listen.get_ref().parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -2164,11 +2203,11 @@ fn validate_admin(
             return None;
         }
     };
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && admin.tls.is_none() {
         err(
             at(&listen.span()),
             format!(
-                "`admin.listen = \"{}\"` must be a loopback address such as `127.0.0.1:9091`: the admin listener has no TLS yet",
+                "`admin.listen = \"{}\"` is not a loopback address: that needs `[admin.tls]` (`cert_file`, `key_file`), so admin tokens never cross the network in clear; or listen on `127.0.0.1`",
                 listen.get_ref()
             ),
         );
@@ -3109,7 +3148,9 @@ prefix = ""
         let e = errors_of("[admin]\nlisten = \"0.0.0.0:9091\"\n[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"HASH\"\n".replace("HASH", &h).as_str());
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, Some(2));
-        assert!(e[0].message.contains("must be a loopback address"));
+        assert!(e[0]
+            .message
+            .contains("is not a loopback address: that needs `[admin.tls]`"));
         let e = errors_of("[admin]\nlisten = \"127.0.0.1:9091\"\n");
         assert_eq!(e.len(), 1);
         assert!(e[0].message.contains("no `[[admin.tokens]]`"));
@@ -3121,6 +3162,67 @@ prefix = ""
         .unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(ok.admin_listen.map(|a| a.port()), Some(9091));
         assert_eq!(ok.admin_state_file, Path::new("/etc/tg/state/control.redb"));
+        assert_eq!(ok.admin_tls, None);
+    }
+
+    #[test]
+    fn non_loopback_admin_listener_needs_tls_and_a_credential() {
+        let dir = std::env::temp_dir().join(format!("toolgate-admin-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+        for f in ["admin.pem", "admin.key", "ca.pem"] {
+            std::fs::write(dir.join(f), "x").unwrap_or_else(|e| unreachable!("{e}"));
+        }
+        let h = "ab".repeat(32);
+        let tls = "[admin.tls]\ncert_file = \"admin.pem\"\nkey_file = \"admin.key\"\n";
+        let tokens = format!("[[admin.tokens]]\nname = \"ops\"\ntoken_sha256 = \"{h}\"\n");
+        let check = |text: &str| parse(text, "t.toml", &dir);
+        // TLS and a token: a non-loopback address is allowed.
+        let ok = check(&format!("[admin]\nlisten = \"0.0.0.0:9091\"\n{tls}client_ca_file = \"ca.pem\"\nmin_version = \"1.3\"\n{tokens}"))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let files = ok.admin_tls.unwrap_or_else(|| unreachable!());
+        assert_eq!(files.cert, dir.join("admin.pem"));
+        assert_eq!(files.client_ca, Some(dir.join("ca.pem")));
+        assert!(files.tls13_only);
+        assert_eq!(ok.tls, None, "`[server.tls]` is separate");
+        // TLS without a token: refused, naming the missing credential.
+        let e = check(&format!("[admin]\nlisten = \"0.0.0.0:9091\"\n{tls}"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("no `[[admin.tokens]]`"));
+        // A token without TLS: refused, naming `[admin.tls]`.
+        let e = check(&format!("[admin]\nlisten = \"10.0.0.5:9091\"\n{tokens}"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].message.contains("`admin.listen = \"10.0.0.5:9091\"` is not a loopback address: that needs `[admin.tls]`"));
+        // Neither: both are named.
+        let e = check("[admin]\nlisten = \"0.0.0.0:9091\"\n")
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert_eq!(e.len(), 2, "{e:?}");
+        // Missing files and bad versions are named; TLS without a listener is refused.
+        let e = check(&format!("[admin]\nlisten = \"127.0.0.1:9091\"\n[admin.tls]\ncert_file = \"nope.pem\"\nkey_file = \"admin.key\"\nmin_version = \"1.1\"\n{tokens}"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e.iter().any(|e| e.message.contains("nope.pem")));
+        assert!(e.iter().any(|e| e.message.contains("`min_version`")));
+        let e = check(&format!("[admin]\n{tls}"))
+            .err()
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        assert!(
+            e.iter().any(|e| e
+                .message
+                .contains("`[admin.tls]` is set but `admin.listen` is not")),
+            "{e:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

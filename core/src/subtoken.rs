@@ -5,8 +5,9 @@
 //! claims, the MAC is HMAC-SHA256 under the gateway's sub-token key over
 //! `tgs_<payload>`. Verifying one is local computation (no I/O, no lock), so
 //! it runs on the request path like an API key lookup. Revocation is by the
-//! token's `jti`: the revoked set travels in the decision snapshot, so a
-//! revoke reaches every shard with the next snapshot generation.
+//! token's `jti`: the revoked set (the revocation file's and the admin
+//! API's) travels in the decision snapshot, so a revoke reaches every shard
+//! with the next snapshot generation.
 //!
 //! A sub-token never widens what its agent may do: its tools are checked
 //! against the agent's attachments at every call, and the agent's policies
@@ -83,6 +84,23 @@ impl Verifier {
     /// Revoked token ids.
     pub fn revoked(&self) -> usize {
         self.revoked.len()
+    }
+
+    /// This verifier with `more` token ids revoked as well (the admin API's
+    /// revocations, added to the revocation file's).
+    pub fn with_revoked(&self, more: impl IntoIterator<Item = String>) -> Self {
+        let mut revoked = self.revoked.clone();
+        revoked.extend(more);
+        Self {
+            key: Secret::new(self.key.expose().to_vec()),
+            revoked,
+        }
+    }
+
+    /// Mints the token for `claims` under this verifier's key: what
+    /// [`mint`] makes, so it verifies like a token minted by the CLI.
+    pub fn mint(&self, claims: &Claims) -> String {
+        mint(&self.key, claims)
     }
 
     /// Verifies `token` at Unix time `now`: MAC first (nothing of an
@@ -165,6 +183,20 @@ mod tests {
             other.verify(t.as_bytes(), 500),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn added_revocations_refuse_and_the_key_stays() {
+        let v = Verifier::new(key(), HashSet::new());
+        let t = v.mint(&claims());
+        assert_eq!(t, mint(&key(), &claims()));
+        let more = v.with_revoked(["00aa".to_owned()]);
+        assert_eq!(more.revoked(), 1);
+        assert_eq!(more.verify(t.as_bytes(), 500), Err(TokenError::Revoked));
+        assert_eq!(v.verify(t.as_bytes(), 500), Ok(claims()));
+        let other = more.with_revoked(["ffff".to_owned()]);
+        assert_eq!(other.verify(t.as_bytes(), 500), Err(TokenError::Revoked));
+        assert_eq!(other.revoked(), 2);
     }
 
     #[test]

@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
-    /// The admin API of a running gateway: read and change agents, users and policies.
+    /// The admin API of a running gateway: read and change agents, users, policies and sub-tokens.
     Admin {
         #[command(flatten)]
         api: AdminApiArgs,
@@ -164,7 +164,8 @@ enum TokenCommand {
 /// Where the admin API is and how to authenticate to it.
 #[derive(clap::Args)]
 struct AdminApiArgs {
-    /// The admin API (`[admin] listen`).
+    /// The admin API (`[admin] listen`): `http://` for a loopback listener,
+    /// `https://` for one with `[admin.tls]`.
     #[arg(
         long,
         global = true,
@@ -172,6 +173,22 @@ struct AdminApiArgs {
         default_value = "http://127.0.0.1:9091"
     )]
     url: String,
+    /// With `https://`: PEM CA certificates the admin listener's certificate
+    /// must chain to. Default: the system's trusted roots.
+    #[arg(
+        long,
+        global = true,
+        env = "TOOLGATE_ADMIN_CA_FILE",
+        value_name = "FILE"
+    )]
+    ca_file: Option<PathBuf>,
+    /// With `https://`: a PEM client certificate, for an admin listener with
+    /// `[admin.tls] client_ca_file`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of `--client-cert`.
+    #[arg(long, global = true, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// An admin token (its SHA-256 is in `[[admin.tokens]]`).
     #[arg(
         long,
@@ -221,6 +238,50 @@ enum AdminCommand {
         agent: String,
         /// Tool, by exposed name.
         tool: String,
+    },
+    /// Print the plan `toolgate apply -f DIR` would apply, and change
+    /// nothing. Exit status 0: the live state equals the files; 2: it
+    /// differs; 1: error.
+    Diff {
+        /// The directory (`agents/ID.json`, `users/ID.json`, `policies/NAME.cedar`).
+        #[arg(short = 'f', long = "file", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Sub-tokens through the admin API: mint, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Mint a sub-token for one agent, optionally narrowed to a user and
+    /// tools; prints the token on stdout (the only time it is shown) and
+    /// its id on stderr.
+    Mint {
+        /// The agent the token acts as.
+        #[arg(long)]
+        agent: String,
+        /// Narrow the token to this end user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Narrow the token to this tool (repeatable; each must be attached to the agent).
+        #[arg(long = "tool", value_name = "TOOL")]
+        tools: Vec<String>,
+        /// Lifetime: `90s`, `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// List the sub-tokens minted through the admin API (claims only) with their state.
+    List,
+    /// Revoke a sub-token by its id; answers once every shard refuses it.
+    Revoke {
+        /// Token id.
+        id: String,
+        /// Version the revoke replaces. Default: the version read just before.
+        #[arg(long)]
+        if_match: Option<u64>,
     },
 }
 
@@ -309,6 +370,20 @@ enum KeyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Admin {
+        api,
+        command: AdminCommand::Diff { dir },
+    } = &cli.command
+    {
+        return match admin_cmd::diff_dir(api, dir) {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| run(c, None)),
         Command::Check { config } => check(&config),
@@ -1293,12 +1368,17 @@ mod admin_cmd {
 
     use anyhow::{bail, Context};
     use serde_json::{json, Value};
-    use toolgate_ingress::admin::client::{Client, Reply};
+    use toolgate_ingress::admin::client::{Client, Reply, TlsOptions};
 
-    use super::{AdminApiArgs, AdminCommand};
+    use super::{AdminApiArgs, AdminCommand, AdminTokenCommand};
 
     fn client(api: &AdminApiArgs) -> anyhow::Result<Client> {
-        Ok(Client::new(&api.url, api.token.clone())?)
+        let tls = TlsOptions {
+            ca_file: api.ca_file.clone(),
+            client_cert: api.client_cert.clone(),
+            client_key: api.client_key.clone(),
+        };
+        Ok(Client::new(&api.url, api.token.clone(), &tls)?)
     }
 
     /// The reply's body if 2xx; else its error, as the API put it.
@@ -1308,11 +1388,12 @@ mod admin_cmd {
         }
         let v = r.json();
         let e = &v["error"];
+        // The TLS listener's answer to plain HTTP has a string `error`.
+        let message = e["message"].as_str().or(e.as_str()).unwrap_or("");
         let mut msg = format!(
-            "{} ({}): {}",
+            "{} ({}): {message}",
             r.status,
             e["code"].as_str().unwrap_or("error"),
-            e["message"].as_str().unwrap_or("")
         );
         if let Some(cur) = e.get("current_version") {
             msg.push_str(&format!("\ncurrent version: {cur}"));
@@ -1408,6 +1489,103 @@ mod admin_cmd {
             }
             AdminCommand::Grant { agent, tool } => print(&attach(&c, &agent, &tool, true)?),
             AdminCommand::Revoke { agent, tool } => print(&attach(&c, &agent, &tool, false)?),
+            AdminCommand::Token { command } => token(&c, command)?,
+            // Handled in `main` for its exit status.
+            AdminCommand::Diff { dir } => {
+                diff_dir(api, &dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `toolgate admin token …`.
+    fn token(c: &Client, cmd: AdminTokenCommand) -> anyhow::Result<()> {
+        match cmd {
+            AdminTokenCommand::Mint {
+                agent,
+                user,
+                tools,
+                ttl,
+            } => {
+                let ttl_s = toolgate_sinks::query::parse_duration_s(&ttl)
+                    .filter(|s| *s > 0)
+                    .with_context(|| {
+                        format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d")
+                    })?;
+                let mut body = json!({"agent": agent, "ttl_s": ttl_s});
+                if let Some(u) = user {
+                    body["user"] = json!(u);
+                }
+                if !tools.is_empty() {
+                    body["tools"] = json!(tools);
+                }
+                let r = c.request(
+                    "POST",
+                    "/v1/subtokens",
+                    &[],
+                    Some(body.to_string().as_bytes()),
+                )?;
+                let v = ok(r)?;
+                println!("{}", v["token"].as_str().unwrap_or(""));
+                eprintln!(
+                    "id: {} (expires in {ttl_s} s, version {})",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["results"][0]["version"]
+                );
+            }
+            AdminTokenCommand::List => {
+                let r = c.request("GET", "/v1/subtokens", &[], None)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                for item in ok(r)?["items"].as_array().into_iter().flatten() {
+                    let t = &item["spec"];
+                    let exp = t["exp"].as_u64().unwrap_or(0);
+                    let state = if t["revoked"] == json!(true) {
+                        "revoked"
+                    } else if exp <= now {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    let tools = t["tools"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_else(|| "*".into());
+                    println!(
+                        "{}  {:8} version={} agent={} user={} tools={} expires_in={}s",
+                        item["id"].as_str().unwrap_or("?"),
+                        state,
+                        item["version"],
+                        t["agent"].as_str().unwrap_or("?"),
+                        t["user"].as_str().unwrap_or("-"),
+                        tools,
+                        exp.saturating_sub(now)
+                    );
+                }
+            }
+            AdminTokenCommand::Revoke { id, if_match } => {
+                let target = format!("subtokens/{id}");
+                let version = match if_match {
+                    Some(v) => v,
+                    None => current(c, &target)?.map(|(v, _)| v).with_context(|| {
+                        format!("no `{target}` (see `toolgate admin token list`)")
+                    })?,
+                };
+                print(&write(
+                    c,
+                    "POST",
+                    &format!("{target}/revoke"),
+                    Some(version),
+                    None,
+                )?);
+            }
         }
         Ok(())
     }
@@ -1452,9 +1630,63 @@ mod admin_cmd {
         serde_json::from_str(text).with_context(|| format!("{} is not JSON", file.display()))
     }
 
+    /// `toolgate admin diff -f DIR`: prints the plan; returns whether it
+    /// changes anything.
+    pub fn diff_dir(api: &AdminApiArgs, dir: &Path) -> anyhow::Result<bool> {
+        let c = client(api)?;
+        let (plan, ops) = plan_dir(&c, dir)?;
+        print_plan(&plan, &ops);
+        Ok(!ops.is_empty())
+    }
+
+    fn print_plan(plan: &[String], ops: &[Value]) {
+        println!("plan:");
+        for line in plan {
+            println!("{line}");
+        }
+        if ops.is_empty() {
+            println!("nothing to change");
+        }
+    }
+
     /// `toolgate apply -f DIR`.
     pub fn apply_dir(api: &AdminApiArgs, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
         let c = client(api)?;
+        let (plan, ops) = plan_dir(&c, dir)?;
+        print_plan(&plan, &ops);
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if dry_run {
+            println!("{} change(s) not applied (--dry-run)", ops.len());
+            return Ok(());
+        }
+        let body = json!({ "operations": ops }).to_string();
+        let r = c.request("POST", "/v1/transaction", &[], Some(body.as_bytes()))?;
+        if r.status == 412 {
+            let v = r.json();
+            bail!(
+                "refused: `{}/{}` changed since the plan was made (now version {}); nothing was applied, run again",
+                v["error"]["kind"].as_str().unwrap_or("?"),
+                v["error"]["id"].as_str().unwrap_or("?"),
+                v["error"]["current_version"]
+            );
+        }
+        let v = ok(r)?;
+        println!(
+            "applied {} change(s) as generation {}",
+            ops.len(),
+            v["generation"]
+        );
+        Ok(())
+    }
+
+    /// The plan for `dir` against the live state: one line per file, and
+    /// the transaction's operations (each guarded by the version read).
+    fn plan_dir(c: &Client, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+        if !dir.is_dir() {
+            bail!("`{}` is not a directory", dir.display());
+        }
         let mut ops = Vec::new();
         let mut plan = Vec::new();
         for kind in ["agents", "users", "policies"] {
@@ -1480,7 +1712,7 @@ mod admin_cmd {
                     .with_context(|| format!("reading {}", file.display()))?;
                 let want = document(kind, &text, &file)?;
                 let target = format!("{kind}/{id}");
-                let (version, have) = match current(&c, &target)? {
+                let (version, have) = match current(c, &target)? {
                     Some((v, item)) => (v, Some(item)),
                     None => (0, None),
                 };
@@ -1503,36 +1735,7 @@ mod admin_cmd {
                 );
             }
         }
-        println!("plan:");
-        for line in &plan {
-            println!("{line}");
-        }
-        if ops.is_empty() {
-            println!("nothing to change");
-            return Ok(());
-        }
-        if dry_run {
-            println!("{} change(s) not applied (--dry-run)", ops.len());
-            return Ok(());
-        }
-        let body = json!({ "operations": ops }).to_string();
-        let r = c.request("POST", "/v1/transaction", &[], Some(body.as_bytes()))?;
-        if r.status == 412 {
-            let v = r.json();
-            bail!(
-                "refused: `{}/{}` changed since the plan was made (now version {}); nothing was applied, run again",
-                v["error"]["kind"].as_str().unwrap_or("?"),
-                v["error"]["id"].as_str().unwrap_or("?"),
-                v["error"]["current_version"]
-            );
-        }
-        let v = ok(r)?;
-        println!(
-            "applied {} change(s) as generation {}",
-            ops.len(),
-            v["generation"]
-        );
-        Ok(())
+        Ok((plan, ops))
     }
 
     /// Whether two documents say the same, defaults filled in (a missing

@@ -246,8 +246,9 @@ const PLAIN_HTTP_ON_TLS: &str =
     "{\"error\":\"plain HTTP sent to toolgate's TLS listener: use https:// for this address\"}\n";
 
 /// Runs the TLS handshake within the head timeout (a client that opens a
-/// connection and stalls mid-handshake is cut off like a slow head).
-async fn handshake(
+/// connection and stalls mid-handshake is cut off like a slow head); plain
+/// HTTP gets a 400 that says to use `https://`. The admin listener uses it too.
+pub(crate) async fn handshake(
     stream: TcpStream,
     acceptor: &TlsAcceptor,
     cfg: ConnConfig,
@@ -268,6 +269,24 @@ async fn handshake(
                 PLAIN_HTTP_ON_TLS.len()
             );
             let _ = stream.write_all_within(answer.as_bytes(), limit).await;
+            // Closing with the request unread would reset the connection,
+            // and a reset may discard the answer before the client reads
+            // it: end the write side, then read (a bounded amount, briefly)
+            // until the client closes.
+            let _ = stream.shutdown(std::net::Shutdown::Write).await;
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024;
+            let until = std::time::Instant::now() + Duration::from_millis(500);
+            while left > 0 {
+                let wait = until.saturating_duration_since(std::time::Instant::now());
+                match stream
+                    .read_within(&mut sink, wait.max(Duration::from_millis(1)))
+                    .await
+                {
+                    Ok(n) if n > 0 && std::time::Instant::now() < until => left -= n.min(left),
+                    _ => break,
+                }
+            }
             return Err("plain HTTP on the TLS listener".into());
         }
         Ok(_) => return Err("not a TLS handshake".into()),

@@ -56,11 +56,15 @@ pub struct Shared {
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// The admin listener's TLS configuration, when `[admin.tls]` is set;
+    /// re-read on reload like the agent listener's.
+    pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
     /// TLS toward each `https://` upstream, index-aligned with `config.upstreams`.
     pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
     /// TLS toward an `https://` judge.
     pub judge_tls: Option<crate::tls::ClientTls>,
-    /// The sub-token verifier (key and revocations) that snapshots carry.
+    /// The sub-token verifier (key and the revocation file's ids) that
+    /// snapshots carry, with the control state's revocations added.
     subtokens: Mutex<Option<Arc<Verifier>>>,
     /// The JWKS last fetched from `auth.jwt.jwks_url`.
     jwks: Mutex<Option<String>>,
@@ -91,6 +95,23 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
         .as_ref()
         .map(|s| *s.get_ref())
         .unwrap_or(cores)
+}
+
+/// The sub-token verifier with the control state's revocations (made
+/// through the admin API) added to the revocation file's.
+fn with_control_revocations(
+    verifier: Option<Arc<Verifier>>,
+    control: &State,
+) -> Option<Arc<Verifier>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let revoked = control.revoked_subtokens(now);
+    match verifier {
+        Some(v) if !revoked.is_empty() => Some(Arc::new(v.with_revoked(revoked))),
+        other => other,
+    }
 }
 
 /// What a snapshot is compiled from.
@@ -158,11 +179,9 @@ impl Shared {
             policies,
             control: Arc::new(control),
         };
-        let snapshot = Published::new(
-            sources
-                .compile(&vec![None; n])?
-                .with_subtokens(subtokens.clone()),
-        );
+        let snapshot = Published::new(sources.compile(&vec![None; n])?.with_subtokens(
+            with_control_revocations(subtokens.clone(), &sources.control),
+        ));
         let rate_limits = Published::new(crate::ratelimit::build(
             &sources.control.overlay(&config).0,
             &HashMap::new(),
@@ -192,6 +211,7 @@ impl Shared {
             metrics: Arc::new(crate::metrics::Metrics::new(shards)),
             credentials,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
+            admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,
             judge_tls: tls.judge,
             subtokens: Mutex::new(subtokens),
@@ -348,7 +368,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut snap = snap.with_subtokens(subtokens);
+        let mut snap = snap.with_subtokens(with_control_revocations(subtokens, &sources.control));
         // Keys fetched from `jwks_url` replace the empty key set the
         // configuration starts with, under the configuration's current rules.
         if sources.file.jwks_url.is_some() {
@@ -373,6 +393,15 @@ impl Shared {
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
         Some(generation)
+    }
+
+    /// The sub-token verifier of `[auth.subtokens]` (its key and the
+    /// revocation file's ids), for the admin API to mint with.
+    pub fn subtoken_verifier(&self) -> Option<Arc<Verifier>> {
+        self.subtokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The sources the running snapshot is compiled from.
@@ -447,6 +476,13 @@ impl Shared {
             (None, None) => None,
             _ => return Err("`[server.tls]` added or removed: restart toolgate to apply".into()),
         };
+        let admin_tls = match (&self.admin_tls, &cfg.admin_tls) {
+            (Some(_), Some(files)) => Some(
+                crate::tls::load_server_config(files).map_err(|e| format!("[admin.tls]: {e}"))?,
+            ),
+            (None, None) => None,
+            _ => return Err("`[admin.tls]` added or removed: restart toolgate to apply".into()),
+        };
         let subtokens = cfg
             .subtoken_dir
             .as_deref()
@@ -468,6 +504,9 @@ impl Shared {
         let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         candidate.compile(&cats).map_err(|e| e.join("\n"))?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
+            published.publish(TlsAcceptor::from(tls));
+        }
+        if let (Some(published), Some(tls)) = (&self.admin_tls, admin_tls) {
             published.publish(TlsAcceptor::from(tls));
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
@@ -523,7 +562,7 @@ impl Shared {
     }
     /// Files whose change triggers a reload: the configuration, its
     /// policies, the JWKS (so rotated IdP keys take effect) and the
-    /// listener's TLS files (so renewed certificates do).
+    /// listeners' TLS files (so renewed certificates do).
     pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         cur.file
@@ -532,15 +571,21 @@ impl Shared {
             .cloned()
             .chain(cur.file.policy_files.iter().cloned())
             .chain(cur.file.jwks_file.iter().cloned())
-            .chain(cur.file.tls.iter().flat_map(|t| {
-                [
-                    Some(t.cert.clone()),
-                    Some(t.key.clone()),
-                    t.client_ca.clone(),
-                ]
-                .into_iter()
-                .flatten()
-            }))
+            .chain(
+                cur.file
+                    .tls
+                    .iter()
+                    .chain(&cur.file.admin_tls)
+                    .flat_map(|t| {
+                        [
+                            Some(t.cert.clone()),
+                            Some(t.key.clone()),
+                            t.client_ca.clone(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                    }),
+            )
             .collect()
     }
     /// Ends a session; prunes entries too old to verify anyway.

@@ -1,10 +1,18 @@
 //! A small blocking client of the admin API, for `toolgate admin` and
-//! `toolgate apply`: one request per connection, plain HTTP/1.1 to a
-//! loopback address (the admin listener has no TLS yet).
+//! `toolgate apply`: one request per connection, HTTP/1.1 over plain TCP
+//! (`http://`, a loopback listener) or TLS (`https://`, `[admin.tls]`),
+//! verified against `--ca-file` or the system's roots, with an optional
+//! client certificate for an admin listener that requires one.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 /// Largest answer read.
 const MAX_REPLY_BYTES: u64 = 64 * 1024 * 1024;
@@ -12,9 +20,12 @@ const MAX_REPLY_BYTES: u64 = 64 * 1024 * 1024;
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://host:port`.
-    #[error("`{0}` is not an admin API URL such as `http://127.0.0.1:9091`")]
+    /// The URL is not `http://host:port` or `https://host:port`.
+    #[error("`{0}` is not an admin API URL such as `http://127.0.0.1:9091` or `https://admin.example:9091`")]
     Url(String),
+    /// The TLS options cannot be used.
+    #[error("{0}")]
+    Tls(String),
     /// Connecting, sending or receiving failed.
     #[error("admin API at `{addr}`: {reason}")]
     Io {
@@ -24,8 +35,21 @@ pub enum ClientError {
         reason: String,
     },
     /// The answer is not HTTP.
-    #[error("admin API at `{0}` answered something that is not HTTP")]
+    #[error("admin API at `{0}` answered something that is not HTTP (plain `http://` to a TLS listener? use `https://`)")]
     Response(String),
+}
+
+/// TLS options of the client (used with `https://` only).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM CA certificates the admin listener's certificate must chain to;
+    /// default: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for an admin listener with
+    /// `client_ca_file` (mTLS).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// An answer.
@@ -47,23 +71,90 @@ impl Reply {
 }
 
 /// A client of one admin API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     addr: String,
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     token: Option<String>,
     timeout: Duration,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Tls(format!("`{}`: {e}", path.display()))
+}
+
+/// The client TLS configuration for `opts`.
+fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ClientError> {
+    let roots = match &opts.ca_file {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in crate::tls::certs(ca).map_err(|e| ClientError::Tls(e.to_string()))? {
+                roots.add(c).map_err(|e| tls_err(ca, e))?;
+            }
+            Arc::new(roots)
+        }
+        None => crate::tls::system_roots().map_err(|e| ClientError::Tls(e.to_string()))?,
+    };
+    let builder = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&opts.client_cert, &opts.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = crate::tls::certs(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?
+        }
+        _ => {
+            return Err(ClientError::Tls(
+                "give both `--client-cert` and `--client-key`, or neither".into(),
+            ))
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 impl Client {
-    /// A client of the API at `url` (`http://host:port`), sending `token`.
-    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let addr = url
-            .strip_prefix("http://")
-            .map(|r| r.trim_end_matches('/'))
+    /// A client of the API at `url` (`http://host:port`, or `https://host:port`
+    /// verified with `tls`), sending `token`.
+    pub fn new(url: &str, token: Option<String>, tls: &TlsOptions) -> Result<Self, ClientError> {
+        let (secure, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => return Err(ClientError::Url(url.to_owned())),
+        };
+        let addr = Some(rest.trim_end_matches('/'))
             .filter(|r| !r.is_empty() && !r.contains('/'))
             .ok_or_else(|| ClientError::Url(url.to_owned()))?;
+        let tls = if secure {
+            // The host as the certificate names it: no port, no brackets.
+            let host = match addr.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => addr,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|_| ClientError::Url(url.to_owned()))?;
+            Some((client_config(tls)?, name))
+        } else {
+            None
+        };
         Ok(Self {
             addr: addr.to_owned(),
+            tls,
             token,
             timeout: Duration::from_secs(30),
         })
@@ -88,7 +179,7 @@ impl Client {
             .map_err(io)?
             .next()
             .ok_or_else(|| ClientError::Url(self.addr.clone()))?;
-        let mut stream = TcpStream::connect_timeout(&sock, self.timeout).map_err(io)?;
+        let stream = TcpStream::connect_timeout(&sock, self.timeout).map_err(io)?;
         stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
         stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
         let mut head = format!(
@@ -109,15 +200,38 @@ impl Client {
             ));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(io)?;
-        stream.write_all(body).map_err(io)?;
         let mut buf = Vec::new();
-        stream
-            .take(MAX_REPLY_BYTES)
-            .read_to_end(&mut buf)
-            .map_err(io)?;
+        match &self.tls {
+            None => exchange(stream, head.as_bytes(), body, &mut buf).map_err(io)?,
+            Some((config, name)) => {
+                let conn = ClientConnection::new(Arc::clone(config), name.clone())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                let tls = StreamOwned::new(conn, stream);
+                match exchange(tls, head.as_bytes(), body, &mut buf) {
+                    Ok(()) => {}
+                    // A server that closes without close_notify after a
+                    // complete answer: the answer stands (its length is
+                    // checked below).
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+        }
         parse_reply(&buf).ok_or_else(|| ClientError::Response(self.addr.clone()))
     }
+}
+
+/// Writes the request and reads the answer to its end.
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    head: &[u8],
+    body: &[u8],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    stream.write_all(head)?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    stream.take(MAX_REPLY_BYTES).read_to_end(buf).map(|_| ())
 }
 
 fn parse_reply(buf: &[u8]) -> Option<Reply> {
@@ -161,7 +275,21 @@ mod tests {
             (200, Some("4"), &b"{}"[..])
         );
         assert!(parse_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}").is_none());
-        assert!(Client::new("https://x:1", None).is_err());
-        assert!(Client::new("http://127.0.0.1:9091/", None).is_ok());
+        let none = TlsOptions::default();
+        assert!(Client::new("ftp://x:1", None, &none).is_err());
+        assert!(Client::new("http://127.0.0.1:9091/", None, &none).is_ok());
+        assert!(Client::new("http://127.0.0.1:9091/v1", None, &none).is_err());
+        let half = TlsOptions {
+            client_cert: Some(PathBuf::from("c.pem")),
+            ..TlsOptions::default()
+        };
+        let e = Client::new("https://127.0.0.1:9091", None, &half).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("`--client-key`")));
+        let missing = TlsOptions {
+            ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..TlsOptions::default()
+        };
+        let e = Client::new("https://[::1]:9091", None, &missing).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("/nonexistent/ca.pem")));
     }
 }

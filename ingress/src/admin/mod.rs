@@ -1,7 +1,7 @@
-//! The admin API: run-time control of agents, users and policies, on a
-//! listener of its own (`[admin] listen`, loopback only), served by an
-//! executor thread of its own so that store writes and snapshot builds
-//! never run on a shard.
+//! The admin API: run-time control of agents, users, policies and
+//! sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
+//! address with `[admin.tls]`), served by an executor thread of its own so
+//! that store writes and snapshot builds never run on a shard.
 //!
 //! Every write names the version it replaces (`If-Match`, or
 //! `If-None-Match: *` to create); a stale one gets 412 and the current
@@ -14,7 +14,11 @@
 //! `publish_timeout_ms`, with 202 naming the shards that did not.
 //!
 //! Endpoints: `GET /v1/{kind}`, `GET|PUT|DELETE /v1/{kind}/{id}`,
-//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`.
+//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`. Sub-tokens
+//! (`subtokens`, read like the others) are minted by `POST /v1/subtokens`,
+//! which answers the token once (only its claims are stored), and revoked
+//! by `POST /v1/subtokens/{id}/revoke` with `If-Match`: the revocation
+//! travels in the snapshot like every other change.
 
 pub mod client;
 
@@ -30,10 +34,13 @@ use glommio::net::TcpListener;
 use serde_json::{json, Value};
 use toolgate_control::model::{check_id, diff};
 use toolgate_control::state::check_references;
-use toolgate_control::{Backend, Change, Kind, Op, OpError, Precondition, Spec, State};
+use toolgate_control::{
+    Backend, Change, Kind, Op, OpError, Precondition, Spec, State, SubtokenSpec,
+};
 use toolgate_core::audit::{truncate, AdminChange, AuditRecord, Decision, Outcome};
 use toolgate_core::identity::{bearer, key_hash, parse_key_hash, KeyHash};
 use toolgate_core::refusal::Refusal;
+use toolgate_core::subtoken::Claims;
 use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 
 use crate::http::head::{Limits, Method};
@@ -55,6 +62,30 @@ pub enum AdminError {
     /// The executor thread could not start.
     #[error("cannot start the admin API: {0}")]
     Executor(String),
+}
+
+/// How sub-tokens are written: not by PUT, DELETE or in a transaction.
+const SUBTOKEN_WRITES: &str = "a sub-token is minted with `POST /v1/subtokens` and revoked with `POST /v1/subtokens/{id}/revoke` (`If-Match`)";
+
+/// The body of `POST /v1/subtokens`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    /// The agent the token acts as.
+    agent: String,
+    /// Narrow it to this end user.
+    #[serde(default)]
+    user: Option<String>,
+    /// Narrow it to these tools (each attached to the agent).
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+    /// Lifetime, seconds (at most `auth.subtokens.max_ttl_s`).
+    #[serde(default = "default_mint_ttl_s")]
+    ttl_s: u64,
+}
+
+fn default_mint_ttl_s() -> u64 {
+    3600
 }
 
 /// Most times a write plans again after another replica's commit got in
@@ -171,18 +202,42 @@ pub fn start(
                 audit: RefCell::new(AuditProducer::new(ring, writer, health)),
                 shared,
             });
+            let mut tls = api.shared.admin_tls.as_ref().map(|t| t.reader());
             loop {
                 let Ok(stream) = listener.accept().await else {
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let api = Rc::clone(&api);
-                let info = crate::http::conn::ConnInfo {
-                    peer: stream.peer_addr().ok(),
-                    ..Default::default()
-                };
-                glommio::spawn_local(async move { serve(stream, info, conn, &*api).await })
-                    .detach();
+                let peer = stream.peer_addr().ok();
+                let acceptor = tls
+                    .as_mut()
+                    .map(|t| futures_rustls::TlsAcceptor::clone(&t.current()));
+                glommio::spawn_local(async move {
+                    let info = crate::http::conn::ConnInfo {
+                        peer,
+                        ..Default::default()
+                    };
+                    match acceptor {
+                        None => serve(stream, info, conn, &*api).await,
+                        Some(acceptor) => {
+                            match crate::shard::handshake(stream, &acceptor, conn).await {
+                                Ok((stream, client_names)) => {
+                                    let info = crate::http::conn::ConnInfo {
+                                        secure: true,
+                                        client_names,
+                                        ..info
+                                    };
+                                    serve(stream, info, conn, &*api).await;
+                                }
+                                Err(why) => {
+                                    tracing::debug!(peer = ?peer, %why, "admin TLS handshake failed");
+                                }
+                            }
+                        }
+                    }
+                })
+                .detach();
             }
         })
         .map_err(|e| AdminError::Executor(e.to_string()))?;
@@ -297,7 +352,7 @@ fn parse_kind(s: &str) -> Result<Kind, ApiError> {
             404,
             "unknown_kind",
             format!(
-                "`{}` is not a kind of resource: use `agents`, `users` or `policies`",
+                "`{}` is not a kind of resource: use `agents`, `users`, `policies` or `subtokens`",
                 s.chars().take(64).collect::<String>()
             ),
         )
@@ -348,6 +403,9 @@ fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
                 Some((name.to_owned(), json!({ "text": text })))
             })
             .collect(),
+        // Tokens minted by `toolgate token mint` are in its ledger file,
+        // listed by `toolgate token list`.
+        Kind::Subtokens => Vec::new(),
     }
 }
 
@@ -407,6 +465,9 @@ fn tx_ops(body: &[u8]) -> Result<Vec<Op>, ApiError> {
             status: 400,
             ..at(e)
         })?;
+        if kind == Kind::Subtokens {
+            return Err(at(ApiError::new(400, "invalid_request", SUBTOKEN_WRITES)));
+        }
         let pre = match (o.if_match, o.if_none_match) {
             (Some(v), None) => Precondition::IfMatch(v),
             (None, Some(true)) => Precondition::IfNoneMatch,
@@ -520,9 +581,21 @@ impl AdminApi {
             .collect();
         let method = req.head.method;
         match (method, segs.as_slice()) {
+            (Method::Post, ["subtokens"]) => self.mint(actor, req, out).await,
+            (Method::Post, ["subtokens", id, "revoke"]) => {
+                self.revoke_subtoken(actor, id, req, out).await
+            }
+            (Method::Put | Method::Delete, ["subtokens", _]) => {
+                Err(ApiError::new(405, "method_not_allowed", SUBTOKEN_WRITES))
+            }
+            (_, ["subtokens", _, "revoke"]) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "a revoke is a `POST`",
+            )),
             (Method::Post, ["transaction"]) => {
                 let ops = tx_ops(req.body)?;
-                self.write(actor, ops, req, out, false).await
+                self.write(actor, ops, req, out, false, None).await
             }
             (_, ["transaction"]) => Err(ApiError::new(
                 405,
@@ -574,7 +647,7 @@ impl AdminApi {
                     pre,
                     spec: Some(spec),
                 }];
-                self.write(actor, ops, req, out, true).await
+                self.write(actor, ops, req, out, true, None).await
             }
             (Method::Delete, [kind, id]) => {
                 let kind = parse_kind(kind)?;
@@ -585,7 +658,7 @@ impl AdminApi {
                     pre,
                     spec: None,
                 }];
-                self.write(actor, ops, req, out, true).await
+                self.write(actor, ops, req, out, true, None).await
             }
             (_, [_] | [_, _]) => Err(ApiError::new(
                 405,
@@ -594,6 +667,172 @@ impl AdminApi {
             )),
             _ => Err(ApiError::new(404, "not_found", "no such endpoint")),
         }
+    }
+
+    /// `POST /v1/subtokens`: mints a sub-token under `[auth.subtokens]`'s
+    /// key, stores its claims (never the token), and answers the token —
+    /// once — with the write's usual body.
+    async fn mint(
+        &self,
+        actor: &Arc<str>,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let off = || {
+            ApiError::new(
+                409,
+                "subtokens_off",
+                "sub-tokens are off: configure `[auth.subtokens]`",
+            )
+        };
+        let verifier = self.shared.subtoken_verifier().ok_or_else(off)?;
+        let m: MintRequest = serde_json::from_slice(req.body)
+            .map_err(|e| ApiError::new(400, "invalid_document", e.to_string()))?;
+        let src = self.fresh()?;
+        let max_ttl = src
+            .file
+            .config
+            .auth
+            .subtokens
+            .as_ref()
+            .map(|s| s.max_ttl_s)
+            .ok_or_else(off)?;
+        if m.ttl_s == 0 || m.ttl_s > max_ttl {
+            return Err(ApiError::new(
+                422,
+                "invalid_document",
+                format!(
+                    "`ttl_s = {}` must be between 1 and `auth.subtokens.max_ttl_s` ({max_ttl})",
+                    m.ttl_s
+                ),
+            ));
+        }
+        let (eff, _) = src.control.overlay(&src.file);
+        let agent = eff
+            .config
+            .agents
+            .iter()
+            .find(|a| *a.id.get_ref() == m.agent)
+            .ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    "invalid_reference",
+                    format!(
+                        "no agent `{}` in the store or the configuration file",
+                        truncate(&m.agent, 128)
+                    ),
+                )
+            })?;
+        let mut narrowed: Vec<String> = Vec::new();
+        for t in m.tools.unwrap_or_default() {
+            if !agent.tools.iter().any(|x| *x.get_ref() == t) {
+                return Err(ApiError::new(
+                    422,
+                    "invalid_reference",
+                    format!(
+                        "tool `{}` is not attached to agent `{}`: a sub-token cannot widen its agent",
+                        truncate(&t, 256),
+                        m.agent
+                    ),
+                ));
+            }
+            if !narrowed.contains(&t) {
+                narrowed.push(t);
+            }
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|_| ApiError::new(500, "no_randomness", "the OS gave no randomness"))?;
+        let now = now_us() / 1_000_000;
+        let spec = SubtokenSpec {
+            agent: m.agent,
+            user: m.user,
+            tools: (!narrowed.is_empty()).then_some(narrowed),
+            iat: now,
+            exp: now + m.ttl_s,
+            revoked: false,
+        };
+        let spec = parse_spec(
+            Kind::Subtokens,
+            &serde_json::to_vec(&spec).unwrap_or_default(),
+        )?;
+        let Spec::Subtoken(t) = &spec else {
+            return Err(ApiError::new(500, "internal", "not a sub-token document"));
+        };
+        let claims = Claims {
+            jti: hex::encode(id),
+            agent: t.agent.clone(),
+            user: t.user.clone(),
+            tools: t.tools.clone(),
+            iat: t.iat,
+            exp: t.exp,
+        };
+        let token = verifier.mint(&claims);
+        let mut extra = serde_json::Map::new();
+        extra.insert("id".into(), json!(claims.jti));
+        extra.insert("token".into(), json!(token));
+        extra.insert("expires_at".into(), json!(claims.exp));
+        let ops = vec![Op {
+            kind: Kind::Subtokens,
+            id: claims.jti,
+            pre: Precondition::IfNoneMatch,
+            spec: Some(spec),
+        }];
+        self.write(actor, ops, req, out, true, Some(extra)).await
+    }
+
+    /// `POST /v1/subtokens/{id}/revoke` with `If-Match`: marks the token
+    /// revoked; answers once every shard refuses it.
+    async fn revoke_subtoken(
+        &self,
+        actor: &Arc<str>,
+        id: &str,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let pre = match precondition(req)? {
+            Precondition::IfNoneMatch => {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_precondition",
+                    "a revoke needs `If-Match: \"<version>\"` (from the sub-token's ETag)",
+                ))
+            }
+            p => p,
+        };
+        let src = self.fresh()?;
+        let entry = src.control.get(Kind::Subtokens, id).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "not_found",
+                format!(
+                    "no `subtokens/{}` (a token minted by `toolgate token mint` is revoked with `toolgate token revoke`)",
+                    truncate(id, 128)
+                ),
+            )
+        })?;
+        let Spec::Subtoken(t) = &entry.spec else {
+            return Err(ApiError::new(500, "internal", "not a sub-token document"));
+        };
+        if t.revoked && pre == Precondition::IfMatch(entry.version) {
+            return Err(ApiError::new(
+                409,
+                "already_revoked",
+                format!("`subtokens/{id}` is revoked already"),
+            )
+            .with("current_version", json!(entry.version)));
+        }
+        let spec = Spec::Subtoken(SubtokenSpec {
+            revoked: true,
+            ..t.clone()
+        });
+        let ops = vec![Op {
+            kind: Kind::Subtokens,
+            id: id.to_owned(),
+            pre,
+            spec: Some(spec),
+        }];
+        self.write(actor, ops, req, out, true, None).await
     }
 
     /// Records a refused write, or a request without a valid admin
@@ -607,6 +846,8 @@ impl AdminApi {
         let op = match req.head.method {
             Method::Put => "put",
             Method::Delete => "delete",
+            Method::Post if kind == "subtokens" && id.is_empty() => "mint",
+            Method::Post if kind == "subtokens" => "revoke",
             Method::Post => "transaction",
             Method::Get => "get",
             Method::Other => "other",
@@ -741,6 +982,7 @@ impl AdminApi {
         req: &Request<'_>,
         out: &mut Vec<u8>,
         single: bool,
+        extra: Option<serde_json::Map<String, Value>>,
     ) -> Result<(), ApiError> {
         // Everything from plan to publish is synchronous: on this one
         // executor no other write can interleave. A shared backend may have
@@ -827,7 +1069,12 @@ impl AdminApi {
         {
             let mut audit = self.audit.borrow_mut();
             for (admission, c) in admissions.into_iter().zip(&changes) {
-                let op = if c.new.is_some() { "put" } else { "delete" };
+                let op = match (c.kind, &c.old, &c.new) {
+                    (Kind::Subtokens, None, Some(_)) => "mint",
+                    (Kind::Subtokens, Some(_), Some(_)) => "revoke",
+                    (_, _, Some(_)) => "put",
+                    (_, _, None) => "delete",
+                };
                 let record = AuditRecord {
                     time_us: now_us(),
                     shard: 0,
@@ -916,14 +1163,17 @@ impl AdminApi {
             .map(|c| json!({"kind": c.kind.as_str(), "id": c.id, "version": c.new.as_ref().map(|e| e.version)}))
             .collect();
         let status = if pending.is_empty() { 200 } else { 202 };
-        let body = json!({
+        let mut body = json!({
             "generation": generation,
             "results": results,
             "shards": {"total": self.shared.seen.len(), "pending": pending},
             // From publication to every shard running it; null if some did not.
             "propagation_us": acked.map(|d| d.as_micros() as u64),
-        })
-        .to_string();
+        });
+        if let (Some(obj), Some(extra)) = (body.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        let body = body.to_string();
         let etag = match changes.first().and_then(|c| c.new.as_ref()) {
             Some(e) if single => Some(format!("\"{}\"", e.version)),
             _ => None,

@@ -31,7 +31,7 @@ impl std::fmt::Debug for ClientTls {
 
 /// The system's trusted roots; certificates the platform store holds but
 /// webpki cannot parse are skipped, as every rustls client does.
-fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

@@ -1,4 +1,4 @@
-//! TLS (rustls, ring provider) for the agent listener — the server
+//! TLS (rustls, ring provider) for the agent and admin listeners — the server
 //! configuration built from PEM files and rebuilt on reload, and the
 //! identity read from a verified client certificate (mTLS) — and toward
 //! upstreams and the judge.
@@ -14,6 +14,9 @@ pub use client::{client_tls, ClientTls};
 pub use peer::{cert_names, PeerNames};
 pub use server::{load_server_config, TlsError};
 
+pub(crate) use client::system_roots;
+pub(crate) use server::{certs, provider};
+
 use std::sync::Arc;
 
 use toolgate_core::config::ValidConfig;
@@ -23,6 +26,8 @@ use toolgate_core::config::ValidConfig;
 pub struct TlsSetup {
     /// The agent listener's configuration (`[server.tls]`).
     pub server: Option<Arc<rustls::ServerConfig>>,
+    /// The admin listener's configuration (`[admin.tls]`).
+    pub admin: Option<Arc<rustls::ServerConfig>>,
     /// Per upstream, index-aligned with `config.upstreams`: TLS for `https://`.
     pub upstreams: Vec<Option<ClientTls>>,
     /// TLS to the judge, for an `https://` judge.
@@ -41,6 +46,12 @@ impl TlsSetup {
             .map(load_server_config)
             .transpose()
             .map_err(|e| format!("[server.tls]: {e}"))?;
+        let admin = cfg
+            .admin_tls
+            .as_ref()
+            .map(load_server_config)
+            .transpose()
+            .map_err(|e| format!("[admin.tls]: {e}"))?;
         let mut upstreams = Vec::with_capacity(cfg.upstream_urls.len());
         for (i, url) in cfg.upstream_urls.iter().enumerate() {
             let ca = cfg.upstream_ca_files.get(i).and_then(Option::as_deref);
@@ -70,6 +81,7 @@ impl TlsSetup {
             .flatten();
         Ok(Self {
             server,
+            admin,
             upstreams,
             judge,
             jwks,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import threading
 import time
@@ -24,15 +25,19 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from mcp.shared.exceptions import MCPError
 
+from certs import issue, make_ca, server_cert
 from conftest import upstream_cfgs
 from harness import (
     HOST,
     INVALID_PARAMS,
     MODERN_VERSION,
     TOOLGATE_BIN,
+    UNAUTHORIZED,
     Agent,
+    assert_jsonrpc_error,
     free_port,
     modern_headers,
     modern_request,
@@ -86,11 +91,11 @@ def admin_gate(make_gate, upstreams):
     admin API on, `support-bot` without `crm__delete_record`."""
     made: list[Admin] = []
 
-    def factory(agents=None, extra_toml: str = ""):
+    def factory(agents=None, extra_toml: str = "", admin_extra: str = ""):
         token, sha = new_api_key()
         port = free_port()
         agents = agents or [Agent("support-bot", ["crm__lookup_customer"])]
-        gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha) + extra_toml)
+        gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, admin_extra) + extra_toml)
         wait_for_port(port, 10, gate.proc)
         admin = Admin(port, token)
         made.append(admin)
@@ -285,9 +290,9 @@ def test_changes_are_audit_records_in_the_same_chain(admin_gate):
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def cli(gate, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(gate, *args: str, cwd: Path | None = None, scheme: str = "http") -> subprocess.CompletedProcess:
     env = {**os.environ, "TOOLGATE_ADMIN_TOKEN": gate.admin_token}
-    return subprocess.run([str(TOOLGATE_BIN), *args, "--url", f"http://{HOST}:{gate.admin_port}"],
+    return subprocess.run([str(TOOLGATE_BIN), *args, "--url", f"{scheme}://{HOST}:{gate.admin_port}"],
                           capture_output=True, text=True, timeout=30, env=env, cwd=cwd)
 
 
@@ -329,13 +334,109 @@ def test_cli_grant_revoke_get_and_apply_dir(admin_gate, tmp_path):
     assert r.returncode != 0 and "version_conflict" in r.stderr and f"current version: {v + 1}" in r.stderr
 
 
-def test_non_loopback_admin_listener_is_refused(tmp_path):
+def test_cli_diff_prints_the_plan_and_exits_2_on_changes(admin_gate, tmp_path):
+    gate, admin, agents = admin_gate()
+    bot = agents["support-bot"]
+    d = tmp_path / "state"
+    (d / "agents").mkdir(parents=True)
+    (d / "users").mkdir()
+    (d / "agents" / "support-bot.json").write_text(json.dumps({"tools": ["crm__lookup_customer", TOOL]}))
+    (d / "users" / "alice.json").write_text(json.dumps({"groups": ["admins"]}))
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == ("plan:\n  ~ agents/support-bot (replace the configuration file's)\n"
+                        "  + users/alice (create)\n"), r.stdout
+    dry = cli(gate, "apply", "-f", str(d), "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.startswith(r.stdout), "the same plan as `apply --dry-run`"
+    assert call(gate, bot).status_code == 400, "diff changes nothing"
+    assert admin.get("users/alice").status_code == 404
+    assert cli(gate, "apply", "-f", str(d)).returncode == 0
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "= agents/support-bot (version" in r.stdout and r.stdout.endswith("nothing to change\n")
+    # A change made meanwhile through the API shows up again.
+    v = admin.version("users/alice")
+    assert admin.put("users/alice", {"groups": ["ops"]}, v).status_code == 200
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 2 and f"~ users/alice (update version {v + 1})" in r.stdout, r.stdout
+    # Trouble is 1, never mistaken for "no change".
+    r = cli(gate, "admin", "diff", "-f", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "is not a directory" in r.stderr, r.stderr
+    env = {**os.environ, "TOOLGATE_ADMIN_TOKEN": "wrong"}
+    r = subprocess.run([str(TOOLGATE_BIN), "admin", "diff", "-f", str(d), "--url", f"http://{HOST}:{gate.admin_port}"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 1 and "401 (unauthorized)" in r.stderr, r.stderr
+
+
+def test_non_loopback_admin_listener_needs_tls(tmp_path):
     _, sha = new_api_key()
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n[[admin.tokens]]\nname = "ops"\ntoken_sha256 = "{sha}"\n')
+    tokens = f'[[admin.tokens]]\nname = "ops"\ntoken_sha256 = "{sha}"\n'
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tokens}')
     r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert "line 2: `admin.listen = \"0.0.0.0:9091\"` must be a loopback address" in r.stderr
+    assert "line 2: `admin.listen = \"0.0.0.0:9091\"` is not a loopback address: that needs `[admin.tls]`" in r.stderr
+    # With TLS (and the token) it is allowed; a key that does not load is named.
+    ca = make_ca()
+    cert, key = server_cert(ca).write(tmp_path, "admin")
+    tls = f'[admin.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tls}{tokens}')
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_text("nope")
+    cfg.write_text(f'[admin]\nlisten = "0.0.0.0:9091"\n{tls.replace(str(key), str(bad))}{tokens}')
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "[admin.tls]" in r.stderr and "bad.key" in r.stderr, r.stderr
+
+
+def test_admin_api_over_tls_and_mtls(admin_gate, tmp_path):
+    """`[admin.tls]` with client certificates: the CLI grants over https with
+    `--ca-file` and a client certificate; plain HTTP, an unknown CA, or no
+    client certificate fail clearly and change nothing."""
+    ca = make_ca()
+    cert, key = server_cert(ca).write(tmp_path, "admin")
+    ca_pem = tmp_path / "ca.pem"
+    ca_pem.write_bytes(ca.cert.public_bytes(Encoding.PEM))
+    ops_cert, ops_key = issue(ca, "ops", client=True).write(tmp_path, "ops")
+    tls = (f'[admin.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+           f'client_ca_file = "{ca_pem}"\nmin_version = "1.3"\n')
+    gate, admin, agents = admin_gate(admin_extra=tls)
+    bot = agents["support-bot"]
+    mtls = ["--ca-file", str(ca_pem), "--client-cert", str(ops_cert), "--client-key", str(ops_key)]
+    r = cli(gate, "admin", "grant", "support-bot", TOOL, *mtls, scheme="https")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["shards"]["pending"] == []
+    assert call(gate, bot).status_code == 200
+    r = cli(gate, "admin", "get", "agents/support-bot", *mtls, scheme="https")
+    assert r.returncode == 0 and TOOL in json.loads(r.stdout)["spec"]["tools"], r.stderr
+    # Plain HTTP to the TLS port: a 400 that says to use https, no change.
+    r = httpx.get(f"http://{HOST}:{gate.admin_port}/v1/agents",
+                  headers={"Authorization": f"Bearer {gate.admin_token}"}, timeout=10.0)
+    assert r.status_code == 400 and "use https://" in r.json()["error"], r.text
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, *mtls)
+    assert r.returncode != 0 and "400 (error): plain HTTP sent to toolgate's TLS listener: use https://" in r.stderr, r.stderr
+    # A CA that did not issue the admin certificate: refused by the client.
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(make_ca("other CA").cert.public_bytes(Encoding.PEM))
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, "--ca-file", str(other), scheme="https")
+    assert r.returncode != 0 and "UnknownIssuer" in r.stderr, r.stderr
+    # The right CA, but no client certificate: the listener refuses the handshake.
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, "--ca-file", str(ca_pem), scheme="https")
+    assert r.returncode != 0 and "admin API at" in r.stderr, r.stderr
+    assert call(gate, bot).status_code == 200, "nothing was revoked by the refused attempts"
+    # A client certificate alone is not an admin credential: the token still is.
+    ctx = ssl.create_default_context(cafile=str(ca_pem))
+    ctx.load_cert_chain(str(ops_cert), str(ops_key))
+    with httpx.Client(verify=ctx, timeout=10.0) as h:
+        r = h.get(f"https://{HOST}:{gate.admin_port}/v1/agents")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        r = h.get(f"https://{HOST}:{gate.admin_port}/v1/agents/support-bot",
+                  headers={"Authorization": f"Bearer {gate.admin_token}"})
+        assert r.status_code == 200 and r.headers["etag"] == f'"{r.json()["version"]}"'
+    r = cli(gate, "admin", "revoke", "support-bot", TOOL, *mtls, scheme="https")
+    assert r.returncode == 0, r.stderr
+    assert call(gate, bot).status_code == 400
 
 
 # --------------------------------------------------------------------------
@@ -545,3 +646,181 @@ def test_attachment_scoped_to_users_and_groups(admin_gate):
     ]}
     assert admin.http.post(f"{admin.base}/transaction", json=tx).status_code == 200
     assert as_user("bob").status_code == 200
+
+
+# --------------------------------------------------------------------------
+# sub-tokens through the admin API
+# --------------------------------------------------------------------------
+
+LOOKUP = "crm__lookup_customer"
+SUBTOKENS = "[auth.subtokens]\nmax_ttl_s = 86400\n"
+
+
+def lookup(gate, token: str) -> httpx.Response:
+    body = modern_request("tools/call", {"name": LOOKUP, "arguments": {"customer_id": "C-1"}})
+    return httpx.post(gate.url, json=body, headers=modern_headers("tools/call", LOOKUP, token), timeout=10.0)
+
+
+def test_subtoken_minted_listed_and_revoked_through_the_api(admin_gate):
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP, TOOL])], extra_toml=SUBTOKENS)
+    h, base = admin.http, admin.base
+    r = h.post(f"{base}/subtokens", json={"agent": "support-bot", "user": "alice", "tools": [LOOKUP], "ttl_s": 600})
+    assert r.status_code == 200, r.text
+    minted = r.json()
+    token, jti = minted["token"], minted["id"]
+    version = int(r.headers["etag"].strip('"'))
+    assert token.startswith("tgs_") and minted["results"] == [{"kind": "subtokens", "id": jti, "version": version}]
+    assert minted["shards"]["pending"] == [] and minted["expires_at"] > time.time() + 590
+
+    # The SDK client calls with it, as with a token minted by `toolgate token mint`.
+    async def sdk_call():
+        async with sdk_client_cm(gate.url, token, "auto") as client:
+            listed = [t.name for t in (await client.list_tools()).tools]
+            res = await client.call_tool(LOOKUP, {"customer_id": "C-1"})
+            return listed, res
+
+    listed, res = anyio.run(sdk_call)
+    assert listed == [LOOKUP], "narrowed to its tool"
+    assert not res.is_error
+    before = gate.audit_len()
+    assert lookup(gate, token).status_code == 200
+    [rec] = gate.audit_after(before)
+    assert (rec["agent"], rec["user"], rec["decision"]) == ("support-bot", "alice", "allow")
+
+    # Listed and read with its claims and version, never the token.
+    items = admin.get("subtokens").json()["items"]
+    assert [(i["id"], i["version"], i["source"]) for i in items] == [(jti, version, "store")]
+    assert items[0]["spec"] == {"agent": "support-bot", "user": "alice", "tools": [LOOKUP],
+                                "iat": items[0]["spec"]["iat"], "exp": minted["expires_at"], "revoked": False}
+    assert admin.version(f"subtokens/{jti}") == version
+    assert token not in admin.get(f"subtokens/{jti}").text
+
+    # A stale If-Match is refused with the current version; nothing changes.
+    revoke = f"{base}/subtokens/{jti}/revoke"
+    e = err(h.post(revoke, headers={"If-Match": f'"{version + 7}"'}), 412, "version_conflict")
+    assert e["current_version"] == version
+    err(h.post(revoke), 428, "precondition_required")
+    err(h.post(revoke, headers={"If-None-Match": "*"}), 400, "invalid_precondition")
+    assert lookup(gate, token).status_code == 200
+
+    # Revoked: the API answers once every shard refuses it.
+    r = h.post(revoke, headers={"If-Match": f'"{version}"'})
+    assert r.status_code == 200, r.text
+    assert r.json()["shards"] == {"total": 2, "pending": []}
+    revoked_version = int(r.headers["etag"].strip('"'))
+    assert revoked_version > version
+    before = gate.audit_len()
+    out = lookup(gate, token)
+    body = assert_jsonrpc_error(out, 401, UNAUTHORIZED)
+    assert "revoked" in body["error"]["message"], body
+    [rec] = gate.audit_after(before)
+    assert (rec["decision"], rec["reason"], rec["status"]) == ("deny", "token_revoked", 401), rec
+    assert admin.get(f"subtokens/{jti}").json()["spec"]["revoked"] is True
+    err(h.post(revoke, headers={"If-Match": f'"{revoked_version}"'}), 409, "already_revoked")
+    err(h.post(revoke, headers={"If-Match": f'"{version}"'}), 412, "version_conflict")
+
+    # Mint and revoke are audit records; the token is in no record and no log line.
+    changes = [r["admin"] for r in gate.read_audit() if "admin" in r and r["decision"] == "allow"]
+    assert [(c["op"], c["kind"], c["id"], c["old_version"], c["new_version"]) for c in changes] == [
+        ("mint", "subtokens", jti, None, version), ("revoke", "subtokens", jti, version, revoked_version)]
+    assert changes[0]["diff"]["agent"] == {"old": None, "new": "support-bot"}
+    assert changes[1]["diff"] == {"revoked": {"old": False, "new": True}}
+    assert token not in json.dumps(gate.read_audit()) and token not in gate.stderr_text()
+
+    # The revocation survives a restart from the first request on.
+    gate.stop()
+    gate.start()
+    wait_for_port(gate.admin_port, 10, gate.proc)
+    assert_jsonrpc_error(lookup(gate, token), 401, UNAUTHORIZED)
+
+
+def test_subtoken_revoke_while_sdk_client_calls(admin_gate):
+    """No call started after the revoke's answer succeeds; the first refused
+    call is a 401 audited `token_revoked`."""
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP])], extra_toml=SUBTOKENS)
+    r = admin.http.post(f"{admin.base}/subtokens", json={"agent": "support-bot", "ttl_s": 600})
+    assert r.status_code == 200, r.text
+    token, jti, version = r.json()["token"], r.json()["id"], r.headers["etag"]
+    calls: list[tuple[float, bool]] = []
+    marks: dict[str, float] = {}
+    stop = threading.Event()
+
+    async def loop(client) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                await client.call_tool(LOOKUP, {"customer_id": "C-1"})
+                calls.append((t0, True))
+            except Exception:  # a 401 ends the SDK's request in an error
+                calls.append((t0, False))
+                await anyio.sleep(0.01)
+
+    def control() -> None:
+        deadline = time.monotonic() + 20
+        while sum(1 for _, ok in list(calls) if ok) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = admin.http.post(f"{admin.base}/subtokens/{jti}/revoke", headers={"If-Match": version})
+        marks["revoked"] = time.monotonic()
+        assert r.status_code == 200, r.text
+        while sum(1 for t, _ in list(calls) if t > marks["revoked"]) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    async def scenario() -> None:
+        with anyio.fail_after(60):
+            async with sdk_client_cm(gate.url, token, "auto") as client:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(loop, client)
+                    try:
+                        await anyio.to_thread.run_sync(control)
+                    finally:
+                        stop.set()
+
+    anyio.run(scenario)
+    before = [ok for t, ok in calls if t < marks["revoked"]]
+    after = [ok for t, ok in calls if t > marks["revoked"]]
+    assert before and all(before[:5]), "allowed before the revoke"
+    assert after and not any(after), "no call started after the revoke's answer succeeds"
+    revoked = [r for r in gate.read_audit() if r.get("reason") == "token_revoked"]
+    assert revoked and all(r["status"] == 401 and r["agent"] is None for r in revoked)
+
+
+def test_subtoken_bad_requests_and_the_cli(admin_gate):
+    gate, admin, _ = admin_gate(agents=[Agent("support-bot", [LOOKUP])], extra_toml=SUBTOKENS)
+    h, base = admin.http, admin.base
+    e = err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "tools": [TOOL]}), 422, "invalid_reference")
+    assert "cannot widen" in e["message"]
+    e = err(h.post(f"{base}/subtokens", json={"agent": "nobody"}), 422, "invalid_reference")
+    assert "`nobody`" in e["message"]
+    e = err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "ttl_s": 86401}), 422, "invalid_document")
+    assert "max_ttl_s" in e["message"]
+    err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "token": "x"}), 400, "invalid_document")
+    err(h.post(f"{base}/subtokens", json={"agent": "support-bot", "user": "a b"}), 422, "invalid_document")
+    err(h.post(f"{base}/subtokens/00ff/revoke", headers={"If-Match": '"1"'}), 404, "not_found")
+    err(admin.put("subtokens/00ff", {"agent": "support-bot", "iat": 1, "exp": 2}), 405, "method_not_allowed")
+    err(admin.delete("subtokens/00ff", 1), 405, "method_not_allowed")
+    tx = {"operations": [{"op": "put", "kind": "subtokens", "id": "00ff", "if_none_match": True,
+                          "spec": {"agent": "support-bot", "iat": 1, "exp": 2}}]}
+    err(h.post(f"{base}/transaction", json=tx), 400, "invalid_request")
+    assert admin.get("subtokens").json() == {"items": []}, "nothing was minted"
+    refused = {(r["admin"]["op"], r["reason"]) for r in gate.read_audit() if "admin" in r}
+    assert ("mint", "invalid_reference") in refused and ("revoke", "not_found") in refused
+    # The CLI: mint (token on stdout, id on stderr), list, revoke.
+    r = cli(gate, "admin", "token", "mint", "--agent", "support-bot", "--tool", LOOKUP, "--ttl", "10m")
+    assert r.returncode == 0, r.stderr
+    token, jti = r.stdout.strip(), r.stderr.split("id: ")[1].split()[0]
+    assert lookup(gate, token).status_code == 200
+    r = cli(gate, "admin", "token", "list")
+    assert r.returncode == 0 and f"{jti}  active" in r.stdout and token not in r.stdout, r.stdout
+    r = cli(gate, "admin", "token", "revoke", jti)
+    assert r.returncode == 0, r.stderr
+    assert lookup(gate, token).status_code == 401
+    r = cli(gate, "admin", "token", "list")
+    assert f"{jti}  revoked" in r.stdout, r.stdout
+    r = cli(gate, "admin", "token", "revoke", jti)
+    assert r.returncode != 0 and "already_revoked" in r.stderr, r.stderr
+
+
+def test_subtoken_mint_without_subtokens_configured(admin_gate):
+    gate, admin, _ = admin_gate()
+    e = err(admin.http.post(f"{admin.base}/subtokens", json={"agent": "support-bot"}), 409, "subtokens_off")
+    assert "[auth.subtokens]" in e["message"]

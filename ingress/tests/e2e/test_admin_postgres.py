@@ -25,7 +25,7 @@ from mcp.shared.exceptions import MCPError
 
 from harness import INVALID_PARAMS, MODERN_VERSION, Agent, free_port, new_api_key, sdk_client_cm, wait_for_port
 from pg_cluster import PgCluster, pg_bin
-from test_admin_api import TOOL, Admin, admin_toml, call, grant
+from test_admin_api import TOOL, Admin, admin_toml, call, grant, lookup
 
 pytestmark = pytest.mark.skipif(pg_bin() is None and os.environ.get("CI") != "true",
                                 reason="PostgreSQL not installed (scripts/test installs it)")
@@ -52,13 +52,13 @@ def replicas(make_gate, pg, tmp_path):
     agents = [Agent("support-bot", ["crm__lookup_customer"])]
     token, sha = new_api_key()
 
-    def factory(n: int = 2):
+    def factory(n: int = 2, extra_toml: str = ""):
         gates, admins = [], []
         for _ in range(n):
             port = free_port()
             extra = (f'backend = "postgres"\npostgres_url = "{pg.url()}"\npoll_interval_ms = 100\n'
                      f'[admin.postgres_password]\nfile = "{pwfile}"\n')
-            gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, extra))
+            gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, extra) + extra_toml)
             gate.admin_port, gate.admin_token = port, token
             wait_for_port(port, 10, gate.proc)
             admin = Admin(port, token)
@@ -232,6 +232,33 @@ def test_revoke_propagation_across_replicas(replicas):
           f"the revoke PUT on B (plan on the newest state, SQL commit, publish to B's shards, audit) "
           f"p50 {pct(puts, .5) * 1000:.1f} ms, p99 {pct(puts, .99) * 1000:.1f} ms")
     assert pct(lags, .99) < 1.0
+
+
+def test_subtoken_minted_on_one_replica_revoked_on_the_other(replicas, tmp_path):
+    """Sub-tokens are resources like the others: minted through A, they work
+    on A and B (which share `[auth.subtokens]`'s key); revoked through B, A
+    refuses them within a second, as a 401 audited `token_revoked`."""
+    shared = f'[auth.subtokens]\ndir = "{tmp_path / "subtokens"}"\n'
+    (a, b), (admin_a, admin_b), _ = replicas(extra_toml=shared)
+    r = admin_a.http.post(f"{admin_a.base}/subtokens", json={"agent": "support-bot", "ttl_s": 600})
+    assert r.status_code == 200, r.text
+    token, jti = r.json()["token"], r.json()["id"]
+    assert lookup(a, token).status_code == 200 and lookup(b, token).status_code == 200
+    version = admin_b.version(f"subtokens/{jti}")
+    r = admin_b.http.post(f"{admin_b.base}/subtokens/{jti}/revoke", headers={"If-Match": f'"{version}"'})
+    assert r.status_code == 200, r.text
+    assert lookup(b, token).status_code == 401
+    deadline = time.monotonic() + 1.0
+    while lookup(a, token).status_code == 200:
+        assert time.monotonic() < deadline, "A still accepts the revoked token after 1 s"
+        time.sleep(0.01)
+    before = a.audit_len()
+    assert lookup(a, token).status_code == 401
+    [rec] = a.audit_after(before)
+    assert rec["reason"] == "token_revoked"
+    # A stale revoke through A is refused: B's revoke moved the version on.
+    r = admin_a.http.post(f"{admin_a.base}/subtokens/{jti}/revoke", headers={"If-Match": f'"{version}"'})
+    assert r.status_code == 412 and r.json()["error"]["current_version"] > version, r.text
 
 
 def test_postgres_backend_config_errors(make_gate, tmp_path):
