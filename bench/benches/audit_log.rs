@@ -66,9 +66,8 @@ fn chain_and_append(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Two producer threads (as two shards) push `per_shard` records each,
-/// waking the audit thread once per 32 records as a shard wakes it once per
-/// reactor turn; the clock stops when the audit thread has written them all.
+/// Two producer threads (as two shards) push `per_shard` records each; the
+/// clock stops when the audit thread has written them all.
 fn writer_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit_log");
     g.sample_size(10);
@@ -90,6 +89,7 @@ fn writer_thread(c: &mut Criterion) {
                         segment_bytes: 64 << 20,
                         segment_max_age: None,
                         durability: Durability::Batch,
+                        background: true,
                         key: KEY.to_vec(),
                     },
                     vec![c0, c1],
@@ -105,24 +105,15 @@ fn writer_thread(c: &mut Criterion) {
                         std::thread::spawn(move || {
                             let mut p = AuditProducer::new(shard, w, health);
                             let r = record();
-                            for i in 0..per_shard {
+                            for _ in 0..per_shard {
                                 let a = loop {
                                     match p.admit() {
                                         Ok(a) => break a,
-                                        Err(_) => {
-                                            p.wake_writer();
-                                            std::thread::yield_now()
-                                        }
+                                        Err(_) => std::thread::yield_now(),
                                     }
                                 };
-                                // As a shard does: commit without a wake, one
-                                // wake per turn (here, per 32 records).
-                                p.commit_batched(a, r.clone());
-                                if i % 32 == 31 {
-                                    p.wake_writer();
-                                }
+                                p.commit(a, r.clone());
                             }
-                            p.wake_writer();
                         })
                     })
                     .collect();

@@ -816,6 +816,7 @@ fn run(
             segment_bytes: a.segment_bytes,
             segment_max_age: a.segment_max_age_s.map(Duration::from_secs),
             durability: a.durability,
+            background: a.writer_priority == toolgate_core::config::WriterPriority::Background,
             key: key.bytes.clone(),
         },
         consumers,

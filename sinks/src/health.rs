@@ -20,6 +20,9 @@ pub struct AuditHealth {
     synced: Box<[AtomicU64]>,
     durability: Durability,
     writer: OnceLock<Thread>,
+    /// Set by the first wake after the audit thread's last look at the
+    /// rings; later wakes skip the futex call until the thread looks again.
+    wake_pending: AtomicBool,
 }
 
 impl AuditHealth {
@@ -32,6 +35,7 @@ impl AuditHealth {
             synced: zeros(),
             durability,
             writer: OnceLock::new(),
+            wake_pending: AtomicBool::new(false),
         })
     }
 
@@ -53,11 +57,27 @@ impl AuditHealth {
             .is_some_and(|m| m.load(Ordering::Acquire) > seq)
     }
 
-    /// Wakes the audit thread (cheap when it is already awake).
+    /// Wakes the audit thread for a newly queued record. Only the first
+    /// wake since the thread last looked at the rings makes the futex call:
+    /// under load, one wake covers every record queued meanwhile.
     pub fn wake_writer(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.unpark_writer();
+        }
+    }
+
+    /// Wakes the audit thread whatever it was told before (shutdown).
+    pub(crate) fn unpark_writer(&self) {
         if let Some(t) = self.writer.get() {
             t.unpark();
         }
+    }
+
+    /// Called by the audit thread before it looks at the rings: records
+    /// queued from here on need a new wake. (Acquire: every record whose
+    /// wake was skipped since the last look is visible to this look.)
+    pub(crate) fn writer_looking(&self) {
+        self.wake_pending.swap(false, Ordering::AcqRel);
     }
 
     pub(crate) fn set_writer(&self, t: Thread) {

@@ -88,24 +88,14 @@ impl AuditProducer {
     /// Writes the record into the reserved slot, stamping shard and sequence,
     /// and wakes the audit thread; returns the sequence ([`Self::recorded`]
     /// tells when it is in the log).
-    pub fn commit(&mut self, admission: Admission, record: AuditRecord) -> u64 {
-        let seq = self.commit_batched(admission, record);
-        self.health.wake_writer();
-        seq
-    }
-
-    /// [`Self::commit`] without waking the audit thread: for a caller that
-    /// commits many records and then calls [`Self::wake_writer`] once for
-    /// all of them. Waking per record costs a futex call and, on a CPU the
-    /// shard shares with the audit thread, a preemption of the shard each
-    /// time; left unwoken, the thread still looks within its idle nap.
-    pub fn commit_batched(&mut self, admission: Admission, mut record: AuditRecord) -> u64 {
+    pub fn commit(&mut self, admission: Admission, mut record: AuditRecord) -> u64 {
         let seq = self.next_seq;
         record.shard = self.shard;
         record.seq = seq;
         self.next_seq += 1;
         let pushed = self.producer.push(record);
         drop(admission);
+        self.health.wake_writer();
         if pushed.is_err() {
             // Unreachable while reservations are honoured; counted, never silent.
             self.lost += 1;
@@ -116,11 +106,6 @@ impl AuditProducer {
             );
         }
         seq
-    }
-
-    /// Wakes the audit thread (cheap when it is awake already).
-    pub fn wake_writer(&self) {
-        self.health.wake_writer();
     }
 
     /// The audit thread's progress marks, for waiting outside the producer.

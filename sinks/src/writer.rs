@@ -38,6 +38,9 @@ pub struct WriterConfig {
     pub segment_max_age: Option<Duration>,
     /// `record`: fdatasync after every write, before calls are answered.
     pub durability: Durability,
+    /// Whether the audit thread runs as background work ([`crate::sched`]);
+    /// the sync thread always does.
+    pub background: bool,
     /// Key of segment seals.
     pub key: Vec<u8>,
 }
@@ -97,7 +100,9 @@ impl AuditWriter {
             std::thread::Builder::new()
                 .name("toolgate-audit".into())
                 .spawn(move || {
-                    crate::sched::background_batch();
+                    if cfg.background {
+                        crate::sched::background_batch();
+                    }
                     Drain {
                         stats_arc: Arc::clone(&stats),
                         health_arc: Arc::clone(&health),
@@ -140,7 +145,7 @@ impl AuditWriter {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
-        self.health.wake_writer();
+        self.health.unpark_writer();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -178,6 +183,7 @@ impl Drain<'_> {
             let stopping = stop.load(Ordering::Acquire);
             // A failed write keeps its batch; take no more until it is on disk.
             if buf.is_empty() {
+                self.health.writer_looking();
                 for (i, ring) in self.rings.iter_mut().enumerate() {
                     for _ in 0..BATCH_PER_RING {
                         let Ok(rec) = ring.pop() else { break };
@@ -443,6 +449,7 @@ mod tests {
             segment_bytes,
             segment_max_age: None,
             durability: Durability::Batch,
+            background: true,
             key: b"test-key-0123456789".to_vec(),
         }
     }

@@ -5,12 +5,6 @@
 //! task polls the audit thread's progress mark for all of them, waking each
 //! call whose record has landed. Only one timer runs per shard, and none
 //! while nothing waits.
-//!
-//! The poller is also what wakes the audit thread: records are committed
-//! without a wake, and the poller wakes the thread once per turn for all
-//! the records committed since. Under load that is one wake for a batch of
-//! calls instead of one per call, and each wake can preempt the shard when
-//! the audit thread shares its CPU.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -50,7 +44,7 @@ impl Acks {
         self.health.recorded(self.shard, seq)
     }
 
-    /// Waits until record `seq` is in the log, waking the audit thread for it.
+    /// Waits until record `seq` is in the log.
     pub async fn wait(self: &Rc<Self>, seq: u64) {
         poll_fn(|cx| {
             if self.recorded(seq) {
@@ -69,9 +63,6 @@ impl Acks {
 
     async fn poll(self: Rc<Self>) {
         loop {
-            // Spawned tasks run after those already runnable: by now every
-            // call of this reactor turn has committed its record.
-            self.health.wake_writer();
             glommio::timer::sleep(POLL).await;
             let mut ready = Vec::new();
             {

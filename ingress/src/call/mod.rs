@@ -422,8 +422,7 @@ impl Gateway {
             c.cache_misses.store(cache.misses, Ordering::Relaxed);
         }
         let record = self.record(ctx, decision, status, outcome, code);
-        // The ack poller wakes the audit thread for this record.
-        let seq = self.audit.borrow_mut().commit_batched(admission, record);
+        let seq = self.audit.borrow_mut().commit(admission, record);
         if let Some(c) = self.counters() {
             c.ring_occupancy
                 .store(self.audit.borrow().occupancy() as u64, Ordering::Relaxed);

@@ -74,6 +74,19 @@ enum Stream {
     Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    /// Reads, taking what a plain socket already holds without arming an
+    /// io_uring poll ([`super::queued`]).
+    async fn read_queued_first(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Stream::Plain(s) = self {
+            if let Some(r) = super::queued::read_queued(s, buf).await {
+                return r;
+            }
+        }
+        self.read(buf).await
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -245,7 +258,7 @@ fn fail(error: ClientError, before_response: bool) -> Failure {
 async fn read_some(conn: &mut Conn) -> Result<usize, ClientError> {
     let len = conn.buf.len();
     conn.buf.resize(len + 16 * 1024, 0);
-    let r = conn.stream.read(&mut conn.buf[len..]).await;
+    let r = conn.stream.read_queued_first(&mut conn.buf[len..]).await;
     match r {
         Ok(n) => {
             conn.buf.truncate(len + n);
@@ -315,7 +328,7 @@ async fn round_trip(
                 body.resize(n, 0);
                 let mut filled = have;
                 while filled < n {
-                    match conn.stream.read(&mut body[filled..]).await {
+                    match conn.stream.read_queued_first(&mut body[filled..]).await {
                         Ok(0) | Err(_) => return Err(fail(ClientError::Io, false)),
                         Ok(k) => filled += k,
                     }

@@ -49,6 +49,9 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin {
 
 impl Conn for TcpStream {
     async fn read_within(&mut self, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+        if let Some(r) = super::queued::read_queued(self, buf).await {
+            return r;
+        }
         self.set_read_timeout(Some(limit))?;
         self.read(buf).await
     }

@@ -6,5 +6,6 @@ pub mod chunked;
 pub mod client;
 pub mod conn;
 pub mod head;
+pub mod queued;
 pub mod response;
 pub mod server;
