@@ -217,6 +217,24 @@ impl Scanner {
         if i > 0 && text[i - 1].is_ascii_digit() {
             return (None, i + 1);
         }
+        // Most digit runs in business data are short, free-standing numbers
+        // (ids, quantities, prices): fewer than six digits not continued by
+        // a separator, a letter or an escape cannot be, or start, any
+        // detector's match (cards, phones and SSNs need more digits or a
+        // separator; IBANs and NINOs, a letter or more digits).
+        let digits = text[i..]
+            .iter()
+            .take(6)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits < 6
+            && !text.get(i + digits).is_some_and(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b' ' | b'-' | b'.' | b'/' | b'(' | b')' | b'+' | b'\\')
+            })
+        {
+            return (None, i + digits);
+        }
         if self.set.contains(Detector::Iban) {
             if let Some(f) = iban_at(text, i, strict) {
                 if f.start >= floor {
