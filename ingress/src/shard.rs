@@ -20,6 +20,7 @@ use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 use crate::call::Gateway;
 use crate::catalog_sync;
 use crate::http::conn::{Conn, ConnInfo};
+use crate::http::queued::Queued;
 use crate::http::server::{serve, ConnConfig};
 use crate::shared::Shared;
 use crate::tls::{cert_names, PeerNames};
@@ -207,7 +208,7 @@ async fn run(
                         peer,
                         ..ConnInfo::default()
                     };
-                    serve(stream, info, cfg, &*gateway).await;
+                    serve(Queued::new(stream), info, cfg, &*gateway).await;
                 }
                 Some(acceptor) => match handshake(stream, &acceptor, cfg).await {
                     Ok((stream, client_names)) => {
@@ -252,7 +253,7 @@ pub(crate) async fn handshake(
     stream: TcpStream,
     acceptor: &TlsAcceptor,
     cfg: ConnConfig,
-) -> Result<(TlsStream<TcpStream>, Option<PeerNames>), String> {
+) -> Result<(TlsStream<Queued<TcpStream>>, Option<PeerNames>), String> {
     let limit = cfg.header_timeout;
     let peeked = glommio::timer::timeout(limit, async {
         let mut first = [0u8; 1];
@@ -294,7 +295,7 @@ pub(crate) async fn handshake(
     }
     let accepted = glommio::timer::timeout(limit, async {
         acceptor
-            .accept(stream)
+            .accept(Queued::new(stream))
             .await
             .map_err(glommio::GlommioError::from)
     })

@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 use crate::tls::ClientTls;
 
 use super::chunked::ChunkedDecoder;
+use super::queued::Queued;
 
 /// Largest upstream response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -70,21 +71,8 @@ pub struct Response {
 
 /// A connection to an upstream, plain or TLS.
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    /// Reads, taking what a plain socket already holds without arming an
-    /// io_uring poll ([`super::queued`]).
-    async fn read_queued_first(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Stream::Plain(s) = self {
-            if let Some(r) = super::queued::read_queued(s, buf).await {
-                return r;
-            }
-        }
-        self.read(buf).await
-    }
+    Plain(Queued<TcpStream>),
+    Tls(Box<futures_rustls::client::TlsStream<Queued<TcpStream>>>),
 }
 
 impl AsyncRead for Stream {
@@ -207,6 +195,7 @@ impl Pool {
             .await
             .map_err(|_| ClientError::Connect)?;
         let _ = stream.set_nodelay(true);
+        let stream = Queued::new(stream);
         let stream = match &self.tls {
             None => Stream::Plain(stream),
             // A failed handshake (bad certificate, wrong name) is a failure
@@ -258,7 +247,7 @@ fn fail(error: ClientError, before_response: bool) -> Failure {
 async fn read_some(conn: &mut Conn) -> Result<usize, ClientError> {
     let len = conn.buf.len();
     conn.buf.resize(len + 16 * 1024, 0);
-    let r = conn.stream.read_queued_first(&mut conn.buf[len..]).await;
+    let r = conn.stream.read(&mut conn.buf[len..]).await;
     match r {
         Ok(n) => {
             conn.buf.truncate(len + n);
@@ -328,7 +317,7 @@ async fn round_trip(
                 body.resize(n, 0);
                 let mut filled = have;
                 while filled < n {
-                    match conn.stream.read_queued_first(&mut body[filled..]).await {
+                    match conn.stream.read(&mut body[filled..]).await {
                         Ok(0) | Err(_) => return Err(fail(ClientError::Io, false)),
                         Ok(k) => filled += k,
                     }

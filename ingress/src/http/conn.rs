@@ -1,11 +1,12 @@
 //! The byte streams the agent-facing server runs on: plain TCP and TLS over
 //! TCP, behind one trait so the connection loop is written once.
 //!
-//! Every read and write carries its own time limit. On plain TCP that is the
-//! socket's io_uring timeout. Under TLS one read of plaintext may take many
-//! socket reads (a record trickled in a byte at a time), so the TLS read is
-//! additionally raced against a timer: the limit holds for the whole read,
-//! not per socket read.
+//! Every read and write carries its own time limit. Writes use the socket's
+//! own (glommio) write timeout. Reads of a [`Queued`] socket race a timer
+//! instead: such a read may complete without glommio (bytes already queued),
+//! which would leave a socket read timer of glommio's armed with a stale
+//! deadline. Under TLS one read of plaintext may take many socket reads (a
+//! record trickled in a byte at a time); the timer bounds the whole read.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +17,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
+use super::queued::Queued;
 use crate::tls::PeerNames;
 
 /// What the connection loop knows about the connection it serves.
@@ -49,9 +51,6 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin {
 
 impl Conn for TcpStream {
     async fn read_within(&mut self, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
-        if let Some(r) = super::queued::read_queued(self, buf).await {
-            return r;
-        }
         self.set_read_timeout(Some(limit))?;
         self.read(buf).await
     }
@@ -63,20 +62,40 @@ impl Conn for TcpStream {
     }
 }
 
-impl Conn for TlsStream<TcpStream> {
+/// Reads into `buf` unless `limit` passes first (then `TimedOut`).
+async fn read_timed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    limit: Duration,
+) -> io::Result<usize> {
+    let read = async { r.read(buf).await.map_err(glommio::GlommioError::from) };
+    glommio::timer::timeout(limit, read)
+        .await
+        .map_err(|e| match e {
+            glommio::GlommioError::IoError(e) => e,
+            _ => io::Error::new(io::ErrorKind::TimedOut, "read timed out"),
+        })
+}
+
+impl Conn for Queued<TcpStream> {
     async fn read_within(&mut self, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
-        self.get_ref().0.set_read_timeout(Some(limit))?;
-        let read = async { self.read(buf).await.map_err(glommio::GlommioError::from) };
-        glommio::timer::timeout(limit, read)
-            .await
-            .map_err(|e| match e {
-                glommio::GlommioError::IoError(e) => e,
-                _ => io::Error::new(io::ErrorKind::TimedOut, "read timed out"),
-            })
+        read_timed(self, buf, limit).await
     }
 
     async fn write_all_within(&mut self, data: &[u8], limit: Duration) -> io::Result<()> {
-        self.get_ref().0.set_write_timeout(Some(limit))?;
+        self.get_ref().set_write_timeout(Some(limit))?;
+        self.write_all(data).await?;
+        self.flush().await
+    }
+}
+
+impl Conn for TlsStream<Queued<TcpStream>> {
+    async fn read_within(&mut self, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+        read_timed(self, buf, limit).await
+    }
+
+    async fn write_all_within(&mut self, data: &[u8], limit: Duration) -> io::Result<()> {
+        self.get_ref().0.get_ref().set_write_timeout(Some(limit))?;
         self.write_all(data).await?;
         self.flush().await
     }

@@ -5,15 +5,19 @@
 //! when bytes arrive. A poll completing while the shard is busy costs a
 //! task-work interrupt (an IPI when the sender runs on another CPU) — about
 //! one and a half per call under load, more than the rest of the call's
-//! kernel work. So a read here first takes what is queued; if nothing is,
-//! it lets the shard's other runnable tasks go first and looks once more;
-//! only then does it wait through glommio. Under load the next request or
-//! response has usually arrived by then and no poll is armed; when idle,
-//! the cost is two `recv` calls that find nothing.
+//! kernel work. [`Queued`] wraps a socket so that a read first takes what is
+//! queued; if nothing is, it lets the shard's other runnable tasks go first
+//! and looks once more; only then does it wait through glommio. Under load
+//! the next request or response has usually arrived by then and no poll is
+//! armed; when idle, the cost is two `recv` calls that find nothing. TLS
+//! streams wrap a [`Queued`] socket, so their record reads get the same.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures_lite::{AsyncRead, AsyncWrite};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
@@ -27,17 +31,77 @@ fn try_recv(fd: &impl AsRawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
     }
 }
 
-/// Takes what `fd` holds, yielding once to the shard's other tasks if it
-/// holds nothing yet; `None` when the caller must wait on the socket.
-pub async fn read_queued(fd: &impl AsRawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
-    if buf.is_empty() {
-        return Some(Ok(0));
+/// A socket whose reads take what is queued before waiting (module doc).
+/// Writes go straight to the socket.
+///
+/// Never set a read timeout of glommio's on the wrapped socket: a read that
+/// completes here, without glommio, leaves glommio's timer armed with its
+/// old deadline, to fail a later read early. Bound reads with a timer
+/// around them instead.
+#[derive(Debug)]
+pub struct Queued<S> {
+    inner: S,
+    /// The last read found nothing and yielded once; the next one that
+    /// finds nothing waits through the socket.
+    yielded: bool,
+}
+
+impl<S> Queued<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            yielded: false,
+        }
     }
-    if let Some(r) = try_recv(fd, buf) {
-        return Some(r);
+
+    /// The wrapped socket.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
-    futures_lite::future::yield_now().await;
-    try_recv(fd, buf)
+}
+
+impl<S: AsyncRead + AsRawFd + Unpin> AsyncRead for Queued<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(r) = try_recv(&this.inner, buf) {
+            this.yielded = false;
+            return Poll::Ready(r);
+        }
+        if !this.yielded {
+            // Back of the run queue: the shard's other tasks go first.
+            this.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.yielded = false;
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Queued<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
 }
 
 #[cfg(test)]
