@@ -25,19 +25,30 @@ pub enum Kind {
     /// `subtokens/{id}`: a sub-token's claims and whether it is revoked
     /// (never the token).
     Subtokens,
+    /// `upstreams/{name}`: an upstream MCP server (the keys of a
+    /// `[[upstreams]]` entry; a credential by reference, never a value).
+    Upstreams,
 }
 
 impl Kind {
     /// Every kind, in path order.
-    pub const ALL: [Kind; 4] = [Kind::Agents, Kind::Users, Kind::Policies, Kind::Subtokens];
+    pub const ALL: [Kind; 5] = [
+        Kind::Agents,
+        Kind::Users,
+        Kind::Policies,
+        Kind::Subtokens,
+        Kind::Upstreams,
+    ];
 
-    /// The kind named `s` in a path (`agents`, `users`, `policies`, `subtokens`).
+    /// The kind named `s` in a path (`agents`, `users`, `policies`,
+    /// `subtokens`, `upstreams`).
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "agents" => Some(Kind::Agents),
             "users" => Some(Kind::Users),
             "policies" => Some(Kind::Policies),
             "subtokens" => Some(Kind::Subtokens),
+            "upstreams" => Some(Kind::Upstreams),
             _ => None,
         }
     }
@@ -49,6 +60,7 @@ impl Kind {
             Kind::Users => "users",
             Kind::Policies => "policies",
             Kind::Subtokens => "subtokens",
+            Kind::Upstreams => "upstreams",
         }
     }
 }
@@ -141,6 +153,62 @@ pub struct SubtokenSpec {
     pub revoked: bool,
 }
 
+/// `upstreams/{name}`: the keys of a `[[upstreams]]` entry but `name` (the
+/// id). Left-out keys take the configuration file's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Endpoint URL, `http[s]://host[:port]/path`.
+    pub url: String,
+    /// Prefix of its tools as agents see them; default the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Time allowed for one call, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Largest response accepted, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    /// Idle keep-alive connections kept per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u64>,
+    /// MCP era: `auto`, `handshake` or `stateless`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// For `https://`: PEM CA bundle, relative to the configuration file's
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// How often its tool catalog is fetched again, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_refresh_s: Option<u64>,
+    /// The credential toolgate adds to every request to it: where the
+    /// secret is read from, never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<UpstreamCredentialSpec>,
+}
+
+/// `credential` of an upstream resource: the keys of
+/// `[upstreams.credential]` that name a source (`env` or `file`). A
+/// `command` or `oauth` credential is configured in the file only: through
+/// the API it would let an admin token run programs on the gateway's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCredentialSpec {
+    /// Header carrying the secret; default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Text put before the secret, e.g. `Bearer `.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_prefix: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// File holding the secret, relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
 /// A resource's document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spec {
@@ -152,6 +220,8 @@ pub enum Spec {
     Policy(PolicySpec),
     /// A sub-token's claims.
     Subtoken(SubtokenSpec),
+    /// An upstream.
+    Upstream(UpstreamSpec),
 }
 
 /// Checks a resource id: 1 to 128 letters, digits, `_`, `-`, `.`, `@`, not
@@ -204,6 +274,7 @@ impl Spec {
             Kind::Users => Spec::User(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Policies => Spec::Policy(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Subtokens => Spec::Subtoken(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Upstreams => Spec::Upstream(serde_json::from_slice(json).map_err(invalid)?),
         };
         spec.check()?;
         Ok(spec)
@@ -278,6 +349,20 @@ impl Spec {
                 }
                 Ok(())
             }
+            Spec::Upstream(u) => {
+                if u.url.len() > 2048 {
+                    return Err(SpecError::Value("`url` is longer than 2048 bytes".into()));
+                }
+                if let Some(c) = &u.credential {
+                    if c.env.is_some() == c.file.is_some() {
+                        return Err(SpecError::Value(
+                            "`credential` needs exactly one of `env` and `file` (a `command` or `oauth` credential is set in the configuration file only)"
+                                .into(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -288,6 +373,7 @@ impl Spec {
             Spec::User(_) => Kind::Users,
             Spec::Policy(_) => Kind::Policies,
             Spec::Subtoken(_) => Kind::Subtokens,
+            Spec::Upstream(_) => Kind::Upstreams,
         }
     }
 
@@ -298,6 +384,7 @@ impl Spec {
             Spec::User(u) => serde_json::to_value(u),
             Spec::Policy(p) => serde_json::to_value(p),
             Spec::Subtoken(t) => serde_json::to_value(t),
+            Spec::Upstream(u) => serde_json::to_value(u),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

@@ -1,5 +1,5 @@
-//! The admin API: run-time control of agents, users, policies and
-//! sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
+//! The admin API: run-time control of agents, users, policies, upstreams
+//! and sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
 //! address with `[admin.tls]`), served by an executor thread of its own so
 //! that store writes and snapshot builds never run on a shard.
 //!
@@ -14,7 +14,8 @@
 //! `publish_timeout_ms`, with 202 naming the shards that did not.
 //!
 //! Endpoints: `GET /v1/{kind}`, `GET|PUT|DELETE /v1/{kind}/{id}`,
-//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`. Sub-tokens
+//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`,
+//! `upstreams`. Sub-tokens
 //! (`subtokens`, read like the others) are minted by `POST /v1/subtokens`,
 //! which answers the token once (only its claims are stored), and revoked
 //! by `POST /v1/subtokens/{id}/revoke` with `If-Match`: the revocation
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpListener;
 use serde_json::{json, Value};
 use toolgate_control::model::{check_id, diff};
-use toolgate_control::state::check_references;
+use toolgate_control::state::{check_references, check_upstream_changes, dangling_tools};
 use toolgate_control::{
     Backend, Change, Kind, Op, OpError, Precondition, Spec, State, SubtokenSpec,
 };
@@ -352,7 +353,7 @@ fn parse_kind(s: &str) -> Result<Kind, ApiError> {
             404,
             "unknown_kind",
             format!(
-                "`{}` is not a kind of resource: use `agents`, `users`, `policies` or `subtokens`",
+                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams` or `subtokens`",
                 s.chars().take(64).collect::<String>()
             ),
         )
@@ -406,7 +407,53 @@ fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
         // Tokens minted by `toolgate token mint` are in its ledger file,
         // listed by `toolgate token list`.
         Kind::Subtokens => Vec::new(),
+        Kind::Upstreams => src
+            .file
+            .config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.get_ref().clone(), upstream_document(u)))
+            .collect(),
     }
+}
+
+/// A `[[upstreams]]` entry as an `upstreams/{name}` document. A credential
+/// shows where it is read from (never a value); a `command` or `oauth` one
+/// only its kind, as `source` (the API does not write those).
+fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Value {
+    use toolgate_core::config::UpstreamProtocol;
+    let mut doc = json!({
+        "url": u.url.get_ref(),
+        "timeout_ms": u.timeout_ms,
+        "max_response_bytes": u.max_response_bytes,
+        "pool_size": u.pool_size,
+        "protocol": match u.protocol {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Handshake => "handshake",
+            UpstreamProtocol::Stateless => "stateless",
+        },
+        "catalog_refresh_s": u.catalog_refresh_s,
+    });
+    if let Some(p) = &u.prefix {
+        doc["prefix"] = json!(p.get_ref());
+    }
+    if let Some(ca) = &u.ca_file {
+        doc["ca_file"] = json!(ca.get_ref());
+    }
+    if let Some(c) = &u.credential {
+        let mut cred = json!({"header": c.header.get_ref()});
+        if !c.value_prefix.is_empty() {
+            cred["value_prefix"] = json!(c.value_prefix);
+        }
+        match (&c.env, &c.file, &c.command) {
+            (Some(v), _, _) => cred["env"] = json!(v.get_ref()),
+            (None, Some(f), _) => cred["file"] = json!(f.get_ref()),
+            (None, None, Some(_)) => cred["source"] = json!("command"),
+            (None, None, None) => cred["source"] = json!("oauth"),
+        }
+        doc["credential"] = cred;
+    }
+    doc
 }
 
 /// The effective resource: the store's, else the configuration file's
@@ -908,9 +955,56 @@ impl AdminApi {
             control: Arc::clone(next),
             ..src.clone()
         };
-        let (eff, _) = next.overlay(&src.file);
+        let (eff, skipped) = next.overlay(&src.file);
+        let mut problems = check_upstream_changes(&src.file, next, &eff, &skipped, changes);
+        if problems.is_empty() {
+            // Read what the shards will build clients from, so an
+            // unreadable credential or CA file is refused now.
+            for c in changes {
+                let Some(Spec::Upstream(spec)) = c.new.as_ref().map(|e| &e.spec) else {
+                    continue;
+                };
+                let at = eff
+                    .config
+                    .upstreams
+                    .iter()
+                    .position(|u| *u.name.get_ref() == c.id);
+                if let Some(Err(e)) = at.map(|i| crate::shared::stored_parts(&eff, i, spec)) {
+                    problems.push(e);
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::new(422, "invalid_upstream", problems.join("; "))
+                .with("problems", json!(problems)));
+        }
+        let before = src.effective();
+        let dangling = dangling_tools(&before, &eff, changes);
+        if !dangling.is_empty() {
+            let mut agents: Vec<&str> = dangling.iter().map(|(a, _)| a.as_str()).collect();
+            agents.dedup();
+            let ids: Vec<&str> = changes
+                .iter()
+                .filter(|c| c.kind == Kind::Upstreams)
+                .map(|c| c.id.as_str())
+                .collect();
+            return Err(ApiError::new(
+                409,
+                "upstream_in_use",
+                format!(
+                    "upstream `{}` has tools attached to agent(s) `{}`: detach them first (in the same transaction, or before)",
+                    ids.join("`, `"),
+                    agents.join("`, `")
+                ),
+            )
+            .with("agents", json!(agents))
+            .with(
+                "tools",
+                json!(dangling.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>()),
+            ));
+        }
         let mut problems = check_references(&eff, &src.file, changes);
-        let catalogs = self.shared.catalogs();
+        let catalogs = self.shared.catalogs_for(&eff);
         for c in changes {
             let Some(Spec::Agent(a)) = c.new.as_ref().map(|e| &e.spec) else {
                 continue;
@@ -924,8 +1018,7 @@ impl AdminApi {
                         .get(tool)
                         .is_none_or(|d| d.exposed.as_deref() != Some(t.as_str()))
                     {
-                        let name = src
-                            .file
+                        let name = eff
                             .config
                             .upstreams
                             .get(up)
@@ -943,7 +1036,7 @@ impl AdminApi {
             return Err(ApiError::new(422, "invalid_reference", problems.join("; "))
                 .with("problems", json!(problems)));
         }
-        let snap = candidate.compile(&catalogs).map_err(|errs| {
+        let snap = candidate.compile(&eff, &catalogs).map_err(|errs| {
             ApiError::new(422, "invalid_policy", errs.join("; ")).with("problems", json!(errs))
         })?;
         let touched: Vec<String> = changes
@@ -1130,34 +1223,7 @@ impl AdminApi {
             ));
         }
         tracing::info!(actor = %actor, changes = changes.len(), generation, "control state changed");
-        // Wait for every shard to run the new generation and the records to
-        // be in the log.
-        let started = Instant::now();
-        let mut acked: Option<Duration> = None;
-        let pending = loop {
-            let pending: Vec<usize> = self
-                .shared
-                .seen
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.load(Ordering::Acquire) < generation)
-                .map(|(i, _)| i)
-                .collect();
-            let audited = last_seq.is_none_or(|s| self.audit.borrow().recorded(s));
-            let waited = started.elapsed();
-            if pending.is_empty() && acked.is_none() {
-                acked = Some(waited);
-            }
-            if (pending.is_empty() || waited >= self.publish_timeout)
-                && (audited || waited >= self.audit_timeout)
-            {
-                if !audited {
-                    tracing::warn!("admin change records not yet in the audit log");
-                }
-                break pending;
-            }
-            glommio::timer::sleep(Duration::from_micros(100)).await;
-        };
+        let (pending, acked) = self.settle(generation, last_seq).await;
         let results: Vec<Value> = changes
             .iter()
             .map(|c| json!({"kind": c.kind.as_str(), "id": c.id, "version": c.new.as_ref().map(|e| e.version)}))
@@ -1181,6 +1247,44 @@ impl AdminApi {
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("ETag", e.as_str())).collect();
         response::write(out, status, &headers, Body::Json(body.as_bytes()), true);
         Ok(())
+    }
+}
+
+impl AdminApi {
+    /// Waits for every shard to run `generation` and the audit record
+    /// `last_seq` to be in the log, each at most its time limit. Returns
+    /// the shards still behind, and how long until none was.
+    async fn settle(
+        &self,
+        generation: u64,
+        last_seq: Option<u64>,
+    ) -> (Vec<usize>, Option<Duration>) {
+        let started = Instant::now();
+        let mut acked: Option<Duration> = None;
+        loop {
+            let pending: Vec<usize> = self
+                .shared
+                .seen
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.load(Ordering::Acquire) < generation)
+                .map(|(i, _)| i)
+                .collect();
+            let audited = last_seq.is_none_or(|s| self.audit.borrow().recorded(s));
+            let waited = started.elapsed();
+            if pending.is_empty() && acked.is_none() {
+                acked = Some(waited);
+            }
+            if (pending.is_empty() || waited >= self.publish_timeout)
+                && (audited || waited >= self.audit_timeout)
+            {
+                if !audited {
+                    tracing::warn!("admin change records not yet in the audit log");
+                }
+                return (pending, acked);
+            }
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+        }
     }
 }
 
