@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
-    /// The admin API of a running gateway: read and change agents, users, upstreams, policies and sub-tokens.
+    /// The admin API of a running gateway: read and change agents, users, upstreams, policies and sub-tokens; read tools.
     Admin {
         #[command(flatten)]
         api: AdminApiArgs,
@@ -203,7 +203,7 @@ struct AdminApiArgs {
 enum AdminCommand {
     /// Print a resource (`agents/ID`) with its version, or every resource of a kind (`agents`).
     Get {
-        /// `KIND` or `KIND/ID`; kinds: agents, users, upstreams, policies, subtokens.
+        /// `KIND` or `KIND/ID`; kinds: agents, users, upstreams, policies, subtokens, tools.
         target: String,
     },
     /// Write a resource from a JSON document (a Cedar file for a policy).

@@ -820,6 +820,47 @@ impl Shared {
         self.publish(&mut cats);
         Ok(self.snapshot.generation())
     }
+    /// The pinned digest of tool `exposed` and how `digest` compares with
+    /// it; `None` when `[tool_pins]` is off.
+    pub fn pin_status(&self, exposed: &str, digest: &str) -> Option<(Option<String>, PinStatus)> {
+        let guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pins = guard.as_ref()?;
+        Some((
+            pins.get(exposed).map(str::to_owned),
+            pins.status(exposed, digest),
+        ))
+    }
+    /// Approves tool `exposed`'s definition `digest`, as `toolgate tools
+    /// approve` does: pins it, writes the pins file, and publishes the
+    /// snapshot with quarantines decided again. Returns the digest pinned
+    /// before and the new generation. Errors: pinning is off, or the file
+    /// cannot be written (the pins stay as they were).
+    pub fn approve_tool(
+        &self,
+        exposed: &str,
+        digest: &str,
+    ) -> Result<(Option<String>, u64), String> {
+        let path = self
+            .config
+            .pins_file
+            .clone()
+            .ok_or("`[tool_pins]` is not configured")?;
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = {
+            let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+            let pins = guard.as_mut().ok_or("`[tool_pins]` is not configured")?;
+            let previous = pins.get(exposed).map(str::to_owned);
+            let mut next = pins.clone();
+            next.pin(exposed, digest);
+            next.save(&path).map_err(|e| e.to_string())?;
+            *pins = next;
+            previous
+        };
+        let generation = self
+            .publish(&mut cats)
+            .unwrap_or_else(|| self.snapshot.generation());
+        Ok((previous, generation))
+    }
     /// The sub-token revocation list, when sub-tokens are configured.
     pub fn revocation_file(&self) -> Option<std::path::PathBuf> {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
