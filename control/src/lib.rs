@@ -26,8 +26,8 @@ pub mod state;
 pub mod store;
 
 pub use model::{
-    AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec, UpstreamCredentialSpec,
-    UpstreamSpec, UserSpec,
+    AgentSpec, CredentialRef, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec,
+    UpstreamCredentialSpec, UpstreamSpec, UserSpec,
 };
 pub use postgres::{PgOptions, PgStore};
 pub use state::{Change, Entry, Op, OpError, Precondition, State};

@@ -11,7 +11,9 @@ use toolgate_core::config::{
 };
 use toolgate_core::toolname::ToolNamer;
 
-use crate::model::{check_id, AgentSpec, Kind, Spec, UpstreamSpec};
+use crate::model::{
+    check_id, AgentSpec, CredentialRef, Kind, Spec, UpstreamCredentialSpec, UpstreamSpec,
+};
 
 /// Most operations in one transaction.
 pub const MAX_OPS: usize = 256;
@@ -292,7 +294,7 @@ impl State {
             let Spec::Upstream(spec) = &e.spec else {
                 continue;
             };
-            let checked = upstream_config(id, spec).and_then(|u| {
+            let checked = upstream_config(id, spec, self).and_then(|u| {
                 let c = check_upstream(&u, &cfg.base).map_err(|e| e.join("; "))?;
                 Ok((u, c))
             });
@@ -354,6 +356,38 @@ impl State {
         }
     }
 
+    /// The credential source `spec` names: its own, or the
+    /// `credentials/{name}` resource it refers to (`None` when none, or
+    /// that resource does not exist).
+    pub fn credential_of(&self, spec: &UpstreamSpec) -> Option<UpstreamCredentialSpec> {
+        match spec.credential.as_ref()? {
+            CredentialRef::Inline(c) => Some(c.clone()),
+            CredentialRef::Named(n) => match &self.get(Kind::Credentials, n)?.spec {
+                Spec::Credential(c) => Some(c.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The version of the `credentials/{name}` resource `spec` names; 0
+    /// when it names none.
+    pub fn credential_version(&self, spec: &UpstreamSpec) -> u64 {
+        match &spec.credential {
+            Some(CredentialRef::Named(n)) => self.version(Kind::Credentials, n),
+            _ => 0,
+        }
+    }
+
+    /// Stored upstreams naming credential `name`.
+    pub fn upstreams_using(&self, name: &str) -> Vec<String> {
+        self.list(Kind::Upstreams)
+            .filter(|(_, e)| {
+                matches!(&e.spec, Spec::Upstream(UpstreamSpec { credential: Some(CredentialRef::Named(n)), .. }) if n == name)
+            })
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+
     /// The Cedar sources to compile: the configuration's policy files, where
     /// a stored policy `NAME` replaces the file named `NAME.cedar` or is
     /// added (under the path `admin:policies/NAME.cedar`).
@@ -403,13 +437,34 @@ fn namer_of(upstreams: &[UpstreamConfig]) -> (ToolNamer, Option<usize>) {
 
 /// The `[[upstreams]]` entry a stored upstream stands for: its keys with
 /// `name` set to its id, read by the configuration's own parser (so the
-/// defaults and types are the file's). Errors: why it is not one.
-pub fn upstream_config(id: &str, spec: &UpstreamSpec) -> Result<UpstreamConfig, String> {
+/// defaults and types are the file's), a named credential taken from
+/// `state`. Errors: why it is not one.
+pub fn upstream_config(
+    id: &str,
+    spec: &UpstreamSpec,
+    state: &State,
+) -> Result<UpstreamConfig, String> {
     if !is_upstream_name(id) {
         return Err(format!(
             "upstream name `{id}` must be non-empty letters, digits, `_`, `-` or `.`"
         ));
     }
+    let resolved;
+    let spec = match &spec.credential {
+        Some(CredentialRef::Named(n)) => {
+            let Some(c) = state.credential_of(spec) else {
+                return Err(format!(
+                    "credential `{n}` does not exist: create `credentials/{n}` first"
+                ));
+            };
+            resolved = UpstreamSpec {
+                credential: Some(CredentialRef::Inline(c)),
+                ..spec.clone()
+            };
+            &resolved
+        }
+        _ => spec,
+    };
     let toml::Value::Table(mut table) = toml::Value::try_from(spec).map_err(|e| e.to_string())?
     else {
         return Err("not a table".into());
@@ -459,7 +514,7 @@ pub fn check_upstream_changes(
             continue;
         };
         let found = problems.len();
-        match upstream_config(&c.id, spec) {
+        match upstream_config(&c.id, spec, next) {
             Err(why) => problems.push(format!("upstream `{}`: {why}", c.id)),
             Ok(u) => {
                 if let Err(errs) = check_upstream(&u, &effective.base) {
@@ -899,7 +954,46 @@ mod tests {
                     _ => unreachable!(),
                 }
             },
+            &State::default(),
         );
         assert!(bad_name.is_err());
+    }
+
+    #[test]
+    fn named_credentials_resolve_and_their_users_are_known() {
+        let cred = Spec::parse(
+            Kind::Credentials,
+            br#"{"env":"OPS_TOKEN","value_prefix":"Bearer "}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Spec::parse(Kind::Credentials, br#"{"env":"A","file":"b"}"#).is_err());
+        assert!(Spec::parse(Kind::Credentials, br#"{"value":"secret"}"#).is_err());
+        let named = Spec::parse(
+            Kind::Upstreams,
+            br#"{"url":"http://127.0.0.1:2/mcp","credential":"ops-token"}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let Spec::Upstream(spec) = &named else {
+            unreachable!()
+        };
+        let s = State::default();
+        let missing = upstream_config("ops", spec, &s);
+        assert!(matches!(missing, Err(m) if m.contains("credentials/ops-token")));
+        let c = s
+            .plan(&[
+                put("ops-token", Precondition::IfNoneMatch, cred),
+                put("ops", Precondition::IfNoneMatch, named.clone()),
+            ])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s = s.applied(&c);
+        let u = upstream_config("ops", spec, &s).unwrap_or_else(|e| unreachable!("{e}"));
+        let cfg = u.credential.unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            cfg.env.map(|v| v.into_inner()),
+            Some("OPS_TOKEN".to_owned())
+        );
+        assert_eq!(cfg.value_prefix, "Bearer ");
+        assert_eq!(s.upstreams_using("ops-token"), vec!["ops".to_owned()]);
+        assert!(s.upstreams_using("other").is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
-use toolgate_control::{Kind, Spec, State, UpstreamSpec};
+use toolgate_control::{Kind, Spec, State, UpstreamCredentialSpec, UpstreamSpec};
 use toolgate_core::config::{PinAction, ValidConfig};
 use toolgate_core::secret::Secret;
 use toolgate_core::subtoken::Verifier;
@@ -95,6 +95,12 @@ pub struct Shared {
 pub struct StoredParts {
     /// The document the parts were built from.
     pub spec: UpstreamSpec,
+    /// The credential source it named then (a named one may change).
+    pub source: Option<UpstreamCredentialSpec>,
+    /// The versions of the upstream and of the credential it names when
+    /// these were read: any write of either reads them again (so writing a
+    /// credential unchanged picks up a rotated file).
+    pub written: (u64, u64),
     /// The credential header line, when it has a credential.
     pub credential: Option<Arc<Published<Secret>>>,
     /// TLS toward an `https://` URL.
@@ -113,12 +119,14 @@ pub struct ClientParts {
 }
 
 /// Reads the credential and TLS material of upstream `i` of `eff` (the
-/// effective configuration), written through the admin API as `spec`.
-/// Errors: what cannot be read (never a secret value).
+/// effective configuration), written through the admin API as `spec`
+/// naming credential `source`. Errors: what cannot be read (never a
+/// secret value).
 pub fn stored_parts(
     eff: &ValidConfig,
     i: usize,
     spec: &UpstreamSpec,
+    source: Option<UpstreamCredentialSpec>,
 ) -> Result<StoredParts, String> {
     let (Some(u), Some(url)) = (eff.config.upstreams.get(i), eff.upstream_urls.get(i)) else {
         return Err("no such upstream".into());
@@ -136,6 +144,8 @@ pub fn stored_parts(
     let tls = crate::tls::client_tls(url, ca).map_err(|e| format!("upstream `{name}`: {e}"))?;
     Ok(StoredParts {
         spec: spec.clone(),
+        source,
+        written: (0, 0),
         credential,
         tls,
     })
@@ -150,7 +160,12 @@ fn sync_stored(map: &mut HashMap<String, Arc<StoredParts>>, control: &State, eff
         let Spec::Upstream(spec) = &e.spec else {
             continue;
         };
-        if map.get(id).is_some_and(|p| &p.spec == spec) {
+        let source = control.credential_of(spec);
+        let written = (e.version, control.credential_version(spec));
+        if map
+            .get(id)
+            .is_some_and(|p| &p.spec == spec && p.source == source && p.written == written)
+        {
             continue;
         }
         map.remove(id);
@@ -162,9 +177,9 @@ fn sync_stored(map: &mut HashMap<String, Arc<StoredParts>>, control: &State, eff
         else {
             continue;
         };
-        match stored_parts(eff, i, spec) {
+        match stored_parts(eff, i, spec, source.clone()) {
             Ok(p) => {
-                map.insert(id.to_owned(), Arc::new(p));
+                map.insert(id.to_owned(), Arc::new(StoredParts { written, ..p }));
             }
             Err(e) => {
                 // Never the file's credential or plain text in its place:
@@ -174,6 +189,8 @@ fn sync_stored(map: &mut HashMap<String, Arc<StoredParts>>, control: &State, eff
                     id.to_owned(),
                     Arc::new(StoredParts {
                         spec: spec.clone(),
+                        source,
+                        written,
                         credential: Some(Published::new(Secret::new(Vec::new()))),
                         tls: None,
                     }),

@@ -354,7 +354,7 @@ fn parse_kind(s: &str) -> Result<Kind, ApiError> {
             404,
             "unknown_kind",
             format!(
-                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams` or `subtokens`",
+                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams`, `credentials` or `subtokens`",
                 s.chars().take(64).collect::<String>()
             ),
         )
@@ -415,6 +415,8 @@ fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
             .iter()
             .map(|u| (u.name.get_ref().clone(), upstream_document(u)))
             .collect(),
+        // The file's credentials belong to its upstreams; none is named.
+        Kind::Credentials => Vec::new(),
     }
 }
 
@@ -989,21 +991,56 @@ impl AdminApi {
             control: Arc::clone(next),
             ..src.clone()
         };
+        let in_use: Vec<(String, String)> = changes
+            .iter()
+            .filter(|c| c.kind == Kind::Credentials && c.new.is_none())
+            .flat_map(|c| {
+                next.upstreams_using(&c.id)
+                    .into_iter()
+                    .map(move |u| (c.id.clone(), u))
+            })
+            .collect();
+        if let Some((credential, _)) = in_use.first() {
+            let upstreams: Vec<&str> = in_use.iter().map(|(_, u)| u.as_str()).collect();
+            return Err(ApiError::new(
+                409,
+                "credential_in_use",
+                format!(
+                    "credential `{credential}` is named by upstream(s) `{}`: change or delete them first (in the same transaction, or before)",
+                    upstreams.join("`, `")
+                ),
+            )
+            .with("upstreams", json!(upstreams)));
+        }
         let (eff, skipped) = next.overlay(&src.file);
         let mut problems = check_upstream_changes(&src.file, next, &eff, &skipped, changes);
         if problems.is_empty() {
             // Read what the shards will build clients from, so an
             // unreadable credential or CA file is refused now.
+            // Upstreams written, and those naming a credential written.
+            let mut read: Vec<String> = Vec::new();
             for c in changes {
-                let Some(Spec::Upstream(spec)) = c.new.as_ref().map(|e| &e.spec) else {
+                match c.new.as_ref().map(|e| &e.spec) {
+                    Some(Spec::Upstream(_)) => read.push(c.id.clone()),
+                    Some(Spec::Credential(_)) => read.extend(next.upstreams_using(&c.id)),
+                    _ => {}
+                }
+            }
+            read.sort();
+            read.dedup();
+            for id in &read {
+                let Some(Spec::Upstream(spec)) = next.get(Kind::Upstreams, id).map(|e| &e.spec)
+                else {
                     continue;
                 };
                 let at = eff
                     .config
                     .upstreams
                     .iter()
-                    .position(|u| *u.name.get_ref() == c.id);
-                if let Some(Err(e)) = at.map(|i| crate::shared::stored_parts(&eff, i, spec)) {
+                    .position(|u| u.name.get_ref() == id);
+                let source = next.credential_of(spec);
+                if let Some(Err(e)) = at.map(|i| crate::shared::stored_parts(&eff, i, spec, source))
+                {
                     problems.push(e);
                 }
             }

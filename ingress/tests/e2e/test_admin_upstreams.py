@@ -8,6 +8,7 @@ revoke the delete goes through and the call is refused. No restart.
 
 from __future__ import annotations
 
+import json
 import time
 
 import anyio
@@ -161,3 +162,56 @@ def test_bad_upstreams_are_refused_and_change_nothing(admin_gate, tmp_path):
     # The file's upstream cannot be deleted through the API.
     err(admin.delete("upstreams/crm", 0), 409, "defined_in_config_file")
     assert [u["id"] for u in admin.get("upstreams").json()["items"]] == ["crm", "tickets"]
+
+
+def whoami(gate, agent) -> httpx.Response:
+    body = modern_request("tools/call", {"name": "vault__whoami", "arguments": {}})
+    return httpx.post(gate.url, json=body, headers=modern_headers("tools/call", "vault__whoami", agent.key),
+                      timeout=10.0)
+
+
+def test_named_credential_is_referenced_rotated_and_kept_while_in_use(admin_gate, tmp_path):
+    logs = tmp_path / "vault-logs"
+    logs.mkdir()
+    vault = UpstreamProc("vault", "json").start(logs)
+    try:
+        gate, admin, agents = admin_gate()
+        bot = agents["support-bot"]
+        first, second = tmp_path / "first.token", tmp_path / "second.token"
+        first.write_text("first-token\n")
+        second.write_text("second-token\n")
+        doc = {"url": vault.url, "credential": "vault-token"}
+        e = err(admin.put("upstreams/vault", doc), 422, "invalid_upstream")
+        assert "credentials/vault-token" in e["message"]
+        r = admin.put("credentials/vault-token", {"file": str(first), "value_prefix": "Bearer "})
+        assert r.status_code == 200, r.text
+        assert admin.get("credentials/vault-token").json()["spec"] == {"file": str(first), "value_prefix": "Bearer "}
+        assert admin.put("upstreams/vault", doc).status_code == 200
+        r = admin.put("agents/support-bot", {"tools": ["crm__lookup_customer", "vault__whoami"]},
+                      admin.version("agents/support-bot"))
+        assert r.status_code == 200, r.text
+        r = whoami(gate, bot)
+        assert r.status_code == 200 and "Bearer first-token" in r.text, r.text
+
+        version = admin.version("credentials/vault-token")
+        e = err(admin.delete("credentials/vault-token", version), 409, "credential_in_use")
+        assert e["upstreams"] == ["vault"]
+        # A source that cannot be read is refused while an upstream names it.
+        err(admin.put("credentials/vault-token", {"file": str(tmp_path / "missing")}, version), 422,
+            "invalid_upstream")
+        # Pointing the credential elsewhere: the upstream's clients follow.
+        r = admin.put("credentials/vault-token", {"file": str(second), "value_prefix": "Bearer "}, version)
+        assert r.status_code == 200, r.text
+        r = whoami(gate, bot)
+        assert r.status_code == 200 and "Bearer second-token" in r.text, r.text
+        # A rotated file is read again when the credential is written again, unchanged.
+        second.write_text("third-token\n")
+        r = admin.put("credentials/vault-token", {"file": str(second), "value_prefix": "Bearer "},
+                      admin.version("credentials/vault-token"))
+        assert r.status_code == 200, r.text
+        r = whoami(gate, bot)
+        assert r.status_code == 200 and "Bearer third-token" in r.text, r.text
+        audit = [r for r in gate.read_audit() if r.get("admin")]
+        assert "first-token" not in json.dumps(audit) and "second-token" not in json.dumps(audit)
+    finally:
+        vault.stop()
