@@ -1,7 +1,7 @@
 //! toolgate-control: the run-time control state, and where it is kept.
 //!
 //! Operators change agents (attached tools, groups, `act_for_users`), users
-//! (groups) and Cedar policies, and mint and revoke sub-tokens, at run time
+//! (groups), upstreams and Cedar policies, and mint and revoke sub-tokens, at run time
 //! through the admin API. Those
 //! changes are *resources* ([`model`]) in a [`State`]: each with a version,
 //! a monotonic integer taken from one global revision counter, so a
@@ -14,7 +14,8 @@
 //!
 //! The effective configuration is the configuration file overlaid with the
 //! state ([`State::overlay`]): a store resource replaces the file's resource
-//! of the same id, or adds one; it never hides one. Compiling that into a
+//! of the same id (an upstream: of the same name), or adds one; it never
+//! hides one. Compiling that into a
 //! snapshot and publishing it is the decision crate's and ingress's job.
 //!
 //! Never here: HTTP, Cedar evaluation, or anything on a shard's thread.
@@ -24,7 +25,10 @@ pub mod postgres;
 pub mod state;
 pub mod store;
 
-pub use model::{AgentSpec, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec, UserSpec};
+pub use model::{
+    AgentSpec, CredentialRef, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec,
+    UpstreamCredentialSpec, UpstreamSpec, UserSpec,
+};
 pub use postgres::{PgOptions, PgStore};
 pub use state::{Change, Entry, Op, OpError, Precondition, State};
 pub use store::{Backend, Store, StoreError};

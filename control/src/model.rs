@@ -25,19 +25,35 @@ pub enum Kind {
     /// `subtokens/{id}`: a sub-token's claims and whether it is revoked
     /// (never the token).
     Subtokens,
+    /// `upstreams/{name}`: an upstream MCP server (the keys of a
+    /// `[[upstreams]]` entry; a credential by reference, never a value).
+    Upstreams,
+    /// `credentials/{name}`: where a secret is read from (never the
+    /// secret), for upstreams to name.
+    Credentials,
 }
 
 impl Kind {
     /// Every kind, in path order.
-    pub const ALL: [Kind; 4] = [Kind::Agents, Kind::Users, Kind::Policies, Kind::Subtokens];
+    pub const ALL: [Kind; 6] = [
+        Kind::Agents,
+        Kind::Users,
+        Kind::Policies,
+        Kind::Subtokens,
+        Kind::Upstreams,
+        Kind::Credentials,
+    ];
 
-    /// The kind named `s` in a path (`agents`, `users`, `policies`, `subtokens`).
+    /// The kind named `s` in a path (`agents`, `users`, `policies`,
+    /// `subtokens`, `upstreams`, `credentials`).
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "agents" => Some(Kind::Agents),
             "users" => Some(Kind::Users),
             "policies" => Some(Kind::Policies),
             "subtokens" => Some(Kind::Subtokens),
+            "upstreams" => Some(Kind::Upstreams),
+            "credentials" => Some(Kind::Credentials),
             _ => None,
         }
     }
@@ -49,6 +65,8 @@ impl Kind {
             Kind::Users => "users",
             Kind::Policies => "policies",
             Kind::Subtokens => "subtokens",
+            Kind::Upstreams => "upstreams",
+            Kind::Credentials => "credentials",
         }
     }
 }
@@ -141,6 +159,90 @@ pub struct SubtokenSpec {
     pub revoked: bool,
 }
 
+/// `upstreams/{name}`: the keys of a `[[upstreams]]` entry but `name` (the
+/// id). Left-out keys take the configuration file's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Endpoint URL, `http[s]://host[:port]/path`.
+    pub url: String,
+    /// Prefix of its tools as agents see them; default the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Time allowed for one call, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Largest response accepted, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    /// Idle keep-alive connections kept per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u64>,
+    /// MCP era: `auto`, `handshake` or `stateless`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// For `https://`: PEM CA bundle, relative to the configuration file's
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// How often its tool catalog is fetched again, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_refresh_s: Option<u64>,
+    /// The credential toolgate adds to every request to it: a
+    /// `credentials/{name}` resource by name, or where the secret is read
+    /// from given in place; never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRef>,
+}
+
+/// An upstream's credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CredentialRef {
+    /// The name of a `credentials/{name}` resource.
+    Named(String),
+    /// The source, given in place.
+    Inline(UpstreamCredentialSpec),
+}
+
+// By hand rather than `untagged`, so that a wrong source says what is
+// wrong with it (an unknown field) instead of "did not match any variant".
+impl<'de> Deserialize<'de> for CredentialRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(name) => Ok(CredentialRef::Named(name)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+                .map(CredentialRef::Inline)
+                .map_err(|e| D::Error::custom(format!("`credential`: {e}"))),
+            _ => Err(D::Error::custom(
+                "`credential` must name a `credentials/{name}` resource, or be `{\"env\": …}` or `{\"file\": …}`",
+            )),
+        }
+    }
+}
+
+/// `credentials/{name}`, or an upstream's `credential` given in place: the
+/// keys of `[upstreams.credential]` that name a source (`env` or `file`). A
+/// `command` or `oauth` credential is configured in the file only: through
+/// the API it would let an admin token run programs on the gateway's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamCredentialSpec {
+    /// Header carrying the secret; default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Text put before the secret, e.g. `Bearer `.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_prefix: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// File holding the secret, relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
 /// A resource's document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spec {
@@ -152,6 +254,10 @@ pub enum Spec {
     Policy(PolicySpec),
     /// A sub-token's claims.
     Subtoken(SubtokenSpec),
+    /// An upstream.
+    Upstream(UpstreamSpec),
+    /// A named credential source.
+    Credential(UpstreamCredentialSpec),
 }
 
 /// Checks a resource id: 1 to 128 letters, digits, `_`, `-`, `.`, `@`, not
@@ -195,6 +301,16 @@ fn check_list(field: &str, list: &[String]) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A credential source names exactly one of `env` and `file`.
+fn check_source(what: &str, c: &UpstreamCredentialSpec) -> Result<(), SpecError> {
+    if c.env.is_some() == c.file.is_some() {
+        return Err(SpecError::Value(format!(
+            "{what} needs exactly one of `env` and `file` (a `command` or `oauth` credential is set in the configuration file only)"
+        )));
+    }
+    Ok(())
+}
+
 impl Spec {
     /// Parses and checks a document of `kind` from JSON.
     pub fn parse(kind: Kind, json: &[u8]) -> Result<Spec, SpecError> {
@@ -204,6 +320,8 @@ impl Spec {
             Kind::Users => Spec::User(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Policies => Spec::Policy(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Subtokens => Spec::Subtoken(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Upstreams => Spec::Upstream(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Credentials => Spec::Credential(serde_json::from_slice(json).map_err(invalid)?),
         };
         spec.check()?;
         Ok(spec)
@@ -278,6 +396,17 @@ impl Spec {
                 }
                 Ok(())
             }
+            Spec::Upstream(u) => {
+                if u.url.len() > 2048 {
+                    return Err(SpecError::Value("`url` is longer than 2048 bytes".into()));
+                }
+                match &u.credential {
+                    Some(CredentialRef::Inline(c)) => check_source("credential", c),
+                    Some(CredentialRef::Named(n)) => check_id(n),
+                    None => Ok(()),
+                }
+            }
+            Spec::Credential(c) => check_source("the credential", c),
         }
     }
 
@@ -288,6 +417,8 @@ impl Spec {
             Spec::User(_) => Kind::Users,
             Spec::Policy(_) => Kind::Policies,
             Spec::Subtoken(_) => Kind::Subtokens,
+            Spec::Upstream(_) => Kind::Upstreams,
+            Spec::Credential(_) => Kind::Credentials,
         }
     }
 
@@ -298,6 +429,8 @@ impl Spec {
             Spec::User(u) => serde_json::to_value(u),
             Spec::Policy(p) => serde_json::to_value(p),
             Spec::Subtoken(t) => serde_json::to_value(t),
+            Spec::Upstream(u) => serde_json::to_value(u),
+            Spec::Credential(c) => serde_json::to_value(c),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -393,6 +526,30 @@ mod tests {
         for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_credential_is_a_name_or_a_source() {
+        let named = br#"{"url":"http://h/mcp","credential":"ops-token"}"#;
+        assert!(matches!(
+            Spec::parse(Kind::Upstreams, named),
+            Ok(Spec::Upstream(UpstreamSpec { credential: Some(CredentialRef::Named(n)), .. })) if n == "ops-token"
+        ));
+        let bad = br#"{"url":"http://h/mcp","credential":{"command":["cat"]}}"#;
+        assert!(matches!(
+            Spec::parse(Kind::Upstreams, bad),
+            Err(SpecError::Invalid(m)) if m.contains("unknown field `command`")
+        ));
+        let bad = br#"{"url":"http://h/mcp","credential":7}"#;
+        assert!(matches!(
+            Spec::parse(Kind::Upstreams, bad),
+            Err(SpecError::Invalid(_))
+        ));
+        assert!(Spec::parse(
+            Kind::Upstreams,
+            br#"{"url":"http://h/mcp","credential":"a/b"}"#
+        )
+        .is_err());
     }
 
     #[test]

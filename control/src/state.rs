@@ -5,9 +5,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use toml::Spanned;
-use toolgate_core::config::{AgentConfig, ToolScope, UserConfig, ValidConfig};
+use toolgate_core::config::{
+    check_upstream, is_upstream_name, AgentConfig, ToolScope, UpstreamConfig, UserConfig,
+    ValidConfig,
+};
+use toolgate_core::toolname::ToolNamer;
 
-use crate::model::{check_id, AgentSpec, Kind, Spec};
+use crate::model::{
+    check_id, AgentSpec, CredentialRef, Kind, Spec, UpstreamCredentialSpec, UpstreamSpec,
+};
 
 /// Most operations in one transaction.
 pub const MAX_OPS: usize = 256;
@@ -221,6 +227,7 @@ impl State {
     pub fn overlay(&self, file: &ValidConfig) -> (ValidConfig, Vec<String>) {
         let mut cfg = file.clone();
         let mut skipped = Vec::new();
+        self.overlay_upstreams(&mut cfg, &mut skipped);
         for (id, e) in self.list(Kind::Agents) {
             let Spec::Agent(a) = &e.spec else { continue };
             let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
@@ -276,6 +283,111 @@ impl State {
         (cfg, skipped)
     }
 
+    /// Lays the stored upstreams over `cfg`'s: a stored upstream replaces the
+    /// file's of the same name in place (file upstreams keep their order),
+    /// or is added after them (in name order); the tool namer is rebuilt.
+    /// A stored upstream that no longer passes the configuration's checks
+    /// (its `ca_file` gone, a prefix taken) is left out, with why in `skipped`.
+    fn overlay_upstreams(&self, cfg: &mut ValidConfig, skipped: &mut Vec<String>) {
+        let mut any = false;
+        for (id, e) in self.list(Kind::Upstreams) {
+            let Spec::Upstream(spec) = &e.spec else {
+                continue;
+            };
+            let checked = upstream_config(id, spec, self).and_then(|u| {
+                let c = check_upstream(&u, &cfg.base).map_err(|e| e.join("; "))?;
+                Ok((u, c))
+            });
+            let (entry, checked) = match checked {
+                Ok((u, c)) => match c.url {
+                    Some(url) => (u, (url, c.ca_file, c.credential_file)),
+                    None => continue,
+                },
+                Err(why) => {
+                    skipped.push(format!("upstream `{id}`: {why}"));
+                    continue;
+                }
+            };
+            let (url, ca, cred) = checked;
+            match cfg
+                .config
+                .upstreams
+                .iter()
+                .position(|x| x.name.get_ref() == id)
+            {
+                Some(i) => {
+                    cfg.config.upstreams[i] = entry;
+                    cfg.upstream_urls[i] = url;
+                    cfg.upstream_ca_files[i] = ca;
+                    cfg.credential_files[i] = cred;
+                }
+                None => {
+                    cfg.config.upstreams.push(entry);
+                    cfg.upstream_urls.push(url);
+                    cfg.upstream_ca_files.push(ca);
+                    cfg.credential_files.push(cred);
+                }
+            }
+            any = true;
+        }
+        if !any {
+            return;
+        }
+        // Leave out an upstream whose prefix an earlier one took (the
+        // admin API refuses such a write; a file edited since may cause it).
+        loop {
+            let (namer, clash) = namer_of(&cfg.config.upstreams);
+            match clash {
+                Some(i) => {
+                    let name = cfg.config.upstreams[i].name.get_ref().clone();
+                    skipped.push(format!(
+                        "upstream `{name}`: its prefix is used by another upstream"
+                    ));
+                    cfg.config.upstreams.remove(i);
+                    cfg.upstream_urls.remove(i);
+                    cfg.upstream_ca_files.remove(i);
+                    cfg.credential_files.remove(i);
+                }
+                None => {
+                    cfg.namer = namer;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The credential source `spec` names: its own, or the
+    /// `credentials/{name}` resource it refers to (`None` when none, or
+    /// that resource does not exist).
+    pub fn credential_of(&self, spec: &UpstreamSpec) -> Option<UpstreamCredentialSpec> {
+        match spec.credential.as_ref()? {
+            CredentialRef::Inline(c) => Some(c.clone()),
+            CredentialRef::Named(n) => match &self.get(Kind::Credentials, n)?.spec {
+                Spec::Credential(c) => Some(c.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The version of the `credentials/{name}` resource `spec` names; 0
+    /// when it names none.
+    pub fn credential_version(&self, spec: &UpstreamSpec) -> u64 {
+        match &spec.credential {
+            Some(CredentialRef::Named(n)) => self.version(Kind::Credentials, n),
+            _ => 0,
+        }
+    }
+
+    /// Stored upstreams naming credential `name`.
+    pub fn upstreams_using(&self, name: &str) -> Vec<String> {
+        self.list(Kind::Upstreams)
+            .filter(|(_, e)| {
+                matches!(&e.spec, Spec::Upstream(UpstreamSpec { credential: Some(CredentialRef::Named(n)), .. }) if n == name)
+            })
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+
     /// The Cedar sources to compile: the configuration's policy files, where
     /// a stored policy `NAME` replaces the file named `NAME.cedar` or is
     /// added (under the path `admin:policies/NAME.cedar`).
@@ -304,6 +416,163 @@ impl State {
         );
         out
     }
+}
+
+/// An upstream's tool prefix: `prefix`, else its name.
+pub fn prefix_of(u: &UpstreamConfig) -> &str {
+    u.prefix.as_ref().unwrap_or(&u.name).get_ref()
+}
+
+/// The tool namer of `upstreams`, and the index of the first whose prefix
+/// clashes with an earlier one's.
+fn namer_of(upstreams: &[UpstreamConfig]) -> (ToolNamer, Option<usize>) {
+    let mut namer = ToolNamer::default();
+    for (i, u) in upstreams.iter().enumerate() {
+        if namer.add(prefix_of(u)).is_err() {
+            return (namer, Some(i));
+        }
+    }
+    (namer, None)
+}
+
+/// The `[[upstreams]]` entry a stored upstream stands for: its keys with
+/// `name` set to its id, read by the configuration's own parser (so the
+/// defaults and types are the file's), a named credential taken from
+/// `state`. Errors: why it is not one.
+pub fn upstream_config(
+    id: &str,
+    spec: &UpstreamSpec,
+    state: &State,
+) -> Result<UpstreamConfig, String> {
+    if !is_upstream_name(id) {
+        return Err(format!(
+            "upstream name `{id}` must be non-empty letters, digits, `_`, `-` or `.`"
+        ));
+    }
+    let resolved;
+    let spec = match &spec.credential {
+        Some(CredentialRef::Named(n)) => {
+            let Some(c) = state.credential_of(spec) else {
+                return Err(format!(
+                    "credential `{n}` does not exist: create `credentials/{n}` first"
+                ));
+            };
+            resolved = UpstreamSpec {
+                credential: Some(CredentialRef::Inline(c)),
+                ..spec.clone()
+            };
+            &resolved
+        }
+        _ => spec,
+    };
+    let toml::Value::Table(mut table) = toml::Value::try_from(spec).map_err(|e| e.to_string())?
+    else {
+        return Err("not a table".into());
+    };
+    table.insert("name".into(), toml::Value::String(id.to_owned()));
+    let text = toml::to_string(&table).map_err(|e| e.to_string())?;
+    toml::from_str(&text).map_err(|e| e.message().trim().to_owned())
+}
+
+/// Checks the upstreams `changes` write, against the effective
+/// configuration after them (`effective`, from [`State::overlay`] of the
+/// next state) and the file's base directory: each passes the checks a
+/// `[[upstreams]]` entry does, and its prefix is its own. Returns one
+/// message per problem.
+pub fn check_upstream_changes(
+    file: &ValidConfig,
+    next: &State,
+    effective: &ValidConfig,
+    skipped: &[String],
+    changes: &[Change],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Every upstream but the one written: the effective ones, and the
+    // file's that no stored upstream replaces (one left out of the
+    // effective set for a clash still holds its prefix).
+    let others = |id: &str| -> Vec<(String, String)> {
+        effective
+            .config
+            .upstreams
+            .iter()
+            .chain(
+                file.config
+                    .upstreams
+                    .iter()
+                    .filter(|u| next.get(Kind::Upstreams, u.name.get_ref()).is_none()),
+            )
+            .filter(|u| u.name.get_ref() != id)
+            .map(|u| (u.name.get_ref().clone(), prefix_of(u).to_owned()))
+            .collect()
+    };
+    for c in changes {
+        let Some(Entry {
+            spec: Spec::Upstream(spec),
+            ..
+        }) = &c.new
+        else {
+            continue;
+        };
+        let found = problems.len();
+        match upstream_config(&c.id, spec, next) {
+            Err(why) => problems.push(format!("upstream `{}`: {why}", c.id)),
+            Ok(u) => {
+                if let Err(errs) = check_upstream(&u, &effective.base) {
+                    problems.extend(errs);
+                }
+                let prefix = prefix_of(&u);
+                if let Some((other, _)) = others(&c.id).into_iter().find(|(_, p)| p == prefix) {
+                    problems.push(if prefix.is_empty() {
+                        format!("upstream `{}`: upstream `{other}` has the empty prefix already; only one may", c.id)
+                    } else {
+                        format!("upstream `{}`: prefix `{prefix}` is used by upstream `{other}`: give it `prefix`", c.id)
+                    });
+                }
+            }
+        }
+        if problems.len() == found {
+            // Anything else that kept it out of the effective configuration.
+            let marker = format!("upstream `{}`:", c.id);
+            problems.extend(skipped.iter().filter(|s| s.starts_with(&marker)).cloned());
+        }
+    }
+    problems.dedup();
+    problems
+}
+
+/// The agents of `after` (the effective configuration after a change)
+/// attaching a tool that, before the change (`before`), went to one of the
+/// upstreams `changes` write, and after it goes nowhere: deleting an
+/// upstream (or changing its prefix) must not leave attached tools
+/// dangling. Returns (agent, tool) pairs.
+pub fn dangling_tools(
+    before: &ValidConfig,
+    after: &ValidConfig,
+    changes: &[Change],
+) -> Vec<(String, String)> {
+    let changed: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.kind == Kind::Upstreams)
+        .map(|c| c.id.as_str())
+        .collect();
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for a in &after.config.agents {
+        for t in &a.tools {
+            let t = t.get_ref();
+            let went = before
+                .namer
+                .route(t)
+                .and_then(|(i, _)| before.config.upstreams.get(i))
+                .is_some_and(|u| changed.contains(&u.name.get_ref().as_str()));
+            if went && after.namer.route(t).is_none() {
+                out.push((a.id.get_ref().clone(), t.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// The path a stored policy's errors and unnamed policies are reported with.
@@ -558,5 +827,173 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["p/other.cedar", "admin:policies/main.cedar"]
         );
+    }
+
+    fn upstream(url: &str, prefix: Option<&str>) -> Spec {
+        Spec::Upstream(crate::model::UpstreamSpec {
+            url: url.into(),
+            prefix: prefix.map(Into::into),
+            timeout_ms: None,
+            max_response_bytes: None,
+            pool_size: None,
+            protocol: None,
+            ca_file: None,
+            catalog_refresh_s: None,
+            credential: None,
+        })
+    }
+
+    fn file_with_crm() -> ValidConfig {
+        let h = "ab".repeat(32);
+        toolgate_core::config::parse(
+            &format!(
+                "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:1/mcp\"\ntimeout_ms = 7\n[[agents]]\nid = \"bot\"\napi_key_sha256 = \"{h}\"\ntools = [\"crm__a\"]\n"
+            ),
+            "t",
+            std::path::Path::new("."),
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn stored_upstreams_are_added_or_replace_the_files_and_route() {
+        let file = file_with_crm();
+        let s = State::default();
+        let c = s
+            .plan(&[
+                put(
+                    "ops",
+                    Precondition::IfNoneMatch,
+                    upstream("http://127.0.0.1:2/mcp", None),
+                ),
+                put(
+                    "bot",
+                    Precondition::IfMatch(0),
+                    agent(&["crm__a", "ops__refund"]),
+                ),
+            ])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s = s.applied(&c);
+        let (eff, skipped) = s.overlay(&file);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(eff.config.upstreams.len(), 2);
+        assert_eq!(
+            eff.config.upstreams[1].timeout_ms, 30_000,
+            "the file's default"
+        );
+        assert_eq!(eff.namer.route("ops__refund"), Some((1, "refund")));
+        assert_eq!(eff.upstream_urls[1].port, 2);
+        assert!(check_upstream_changes(&file, &s, &eff, &skipped, &c).is_empty());
+        assert!(check_references(&eff, &file, &c).is_empty());
+
+        // Replacing the file's upstream of the same name: in place, all of it.
+        let r = s
+            .plan(&[put(
+                "crm",
+                Precondition::IfMatch(0),
+                upstream("http://127.0.0.1:3/mcp", None),
+            )])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let (eff2, _) = s.applied(&r).overlay(&file);
+        assert_eq!(eff2.upstream_urls[0].port, 3);
+        assert_eq!(eff2.config.upstreams[0].timeout_ms, 30_000);
+
+        // Deleting `ops` while `bot` attaches `ops__refund` leaves it dangling.
+        let d = s
+            .plan(&[Op {
+                kind: Kind::Upstreams,
+                id: "ops".into(),
+                pre: Precondition::IfMatch(1),
+                spec: None,
+            }])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let (after, _) = s.applied(&d).overlay(&file);
+        assert_eq!(
+            dangling_tools(&eff, &after, &d),
+            vec![("bot".to_owned(), "ops__refund".to_owned())]
+        );
+    }
+
+    #[test]
+    fn bad_stored_upstreams_are_refused_and_left_out() {
+        let file = file_with_crm();
+        let s = State::default();
+        for (spec, why) in [
+            (upstream("ftp://127.0.0.1:2/mcp", None), "is not an"),
+            (
+                upstream("http://u:p@127.0.0.1:2/mcp", None),
+                "credentials in the URL",
+            ),
+            (
+                upstream("http://127.0.0.1:2/mcp", Some("crm")),
+                "prefix `crm` is used by upstream `crm`",
+            ),
+            (
+                upstream("http://127.0.0.1:2/mcp", Some("a__b")),
+                "must not contain `__`",
+            ),
+        ] {
+            let c = s
+                .plan(&[put("ops", Precondition::IfNoneMatch, spec)])
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            let next = s.applied(&c);
+            let (eff, skipped) = next.overlay(&file);
+            let problems = check_upstream_changes(&file, &next, &eff, &skipped, &c);
+            assert!(
+                problems.iter().any(|p| p.contains(why)),
+                "{why}: {problems:?}"
+            );
+            assert_eq!(eff.config.upstreams.len(), 1, "left out: {why}");
+        }
+        let bad_name = upstream_config(
+            "bad name",
+            &crate::model::UpstreamSpec {
+                url: "http://127.0.0.1:2/mcp".into(),
+                ..match upstream("x", None) {
+                    Spec::Upstream(u) => u,
+                    _ => unreachable!(),
+                }
+            },
+            &State::default(),
+        );
+        assert!(bad_name.is_err());
+    }
+
+    #[test]
+    fn named_credentials_resolve_and_their_users_are_known() {
+        let cred = Spec::parse(
+            Kind::Credentials,
+            br#"{"env":"OPS_TOKEN","value_prefix":"Bearer "}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Spec::parse(Kind::Credentials, br#"{"env":"A","file":"b"}"#).is_err());
+        assert!(Spec::parse(Kind::Credentials, br#"{"value":"secret"}"#).is_err());
+        let named = Spec::parse(
+            Kind::Upstreams,
+            br#"{"url":"http://127.0.0.1:2/mcp","credential":"ops-token"}"#,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let Spec::Upstream(spec) = &named else {
+            unreachable!()
+        };
+        let s = State::default();
+        let missing = upstream_config("ops", spec, &s);
+        assert!(matches!(missing, Err(m) if m.contains("credentials/ops-token")));
+        let c = s
+            .plan(&[
+                put("ops-token", Precondition::IfNoneMatch, cred),
+                put("ops", Precondition::IfNoneMatch, named.clone()),
+            ])
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let s = s.applied(&c);
+        let u = upstream_config("ops", spec, &s).unwrap_or_else(|e| unreachable!("{e}"));
+        let cfg = u.credential.unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            cfg.env.map(|v| v.into_inner()),
+            Some("OPS_TOKEN".to_owned())
+        );
+        assert_eq!(cfg.value_prefix, "Bearer ");
+        assert_eq!(s.upstreams_using("ops-token"), vec!["ops".to_owned()]);
+        assert!(s.upstreams_using("other").is_empty());
     }
 }

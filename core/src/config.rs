@@ -1431,18 +1431,6 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
     let mut namer = ToolNamer::default();
     for u in &config.upstreams {
         let name = u.name.get_ref();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        {
-            err(
-                at(&u.name.span()),
-                format!(
-                    "upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"
-                ),
-            );
-        }
         if config
             .upstreams
             .iter()
@@ -1455,39 +1443,19 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 format!("upstream name `{name}` is used more than once"),
             );
         }
-        match UpstreamUrl::parse(u.url.get_ref()) {
-            Ok(url) => {
-                upstream_ca_files.push(ca_file(&u.ca_file, url.tls, base, &mut err, &at));
-                upstream_urls.push(url);
-            }
-            Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
+        let checked = check_upstream_entry(u, base, &mut err, &at);
+        if let Some(url) = checked.url {
+            upstream_urls.push(url);
+            upstream_ca_files.push(checked.ca_file);
         }
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
             None => (name.clone(), u.name.span()),
         };
-        if prefix.contains("__") {
-            err(
-                at(&pspan),
-                format!("prefix `{prefix}` must not contain `__`"),
-            );
-        }
         if let Err(e) = namer.add(&prefix) {
             err(at(&pspan), e);
         }
-        if u.catalog_refresh_s == 0 {
-            err(
-                at(&u.name.span()),
-                format!("upstream `{name}`: `catalog_refresh_s` must be above 0"),
-            );
-        }
-        if u.timeout_ms == 0 {
-            err(
-                at(&u.name.span()),
-                format!("upstream `{name}`: `timeout_ms` must be above 0"),
-            );
-        }
-        credential_files.push(validate_credential(u, base, &mut err, &at));
+        credential_files.push(checked.credential_file);
     }
 
     for a in &config.agents {
@@ -2441,6 +2409,99 @@ const RESERVED_HEADERS: &[&str] = &[
     "mcp-method",
     "mcp-name",
 ];
+
+/// One `[[upstreams]]` entry, checked on its own: its parsed URL (when it
+/// parses) and resolved files.
+#[derive(Debug, Clone)]
+pub struct CheckedUpstream {
+    /// The endpoint, `None` when the URL does not parse.
+    pub url: Option<UpstreamUrl>,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `credential.file`, resolved.
+    pub credential_file: Option<PathBuf>,
+}
+
+/// What the configuration requires of one upstream entry by itself (name
+/// syntax, URL, `ca_file`, prefix, limits, credential); clashes with other
+/// upstreams are checked by the caller.
+fn check_upstream_entry(
+    u: &UpstreamConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> CheckedUpstream {
+    let name = u.name.get_ref();
+    if !is_upstream_name(name) {
+        err(
+            at(&u.name.span()),
+            format!("upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"),
+        );
+    }
+    let mut checked = CheckedUpstream {
+        url: None,
+        ca_file: None,
+        credential_file: None,
+    };
+    match UpstreamUrl::parse(u.url.get_ref()) {
+        Ok(url) => {
+            checked.ca_file = ca_file(&u.ca_file, url.tls, base, err, at);
+            checked.url = Some(url);
+        }
+        Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
+    }
+    let (prefix, pspan) = match &u.prefix {
+        Some(p) => (p.get_ref().as_str(), p.span()),
+        None => (name.as_str(), u.name.span()),
+    };
+    if prefix.contains("__") {
+        err(
+            at(&pspan),
+            format!("prefix `{prefix}` must not contain `__`"),
+        );
+    }
+    if u.catalog_refresh_s == 0 {
+        err(
+            at(&u.name.span()),
+            format!("upstream `{name}`: `catalog_refresh_s` must be above 0"),
+        );
+    }
+    if u.timeout_ms == 0 {
+        err(
+            at(&u.name.span()),
+            format!("upstream `{name}`: `timeout_ms` must be above 0"),
+        );
+    }
+    checked.credential_file = validate_credential(u, base, err, at);
+    checked
+}
+
+/// Whether `name` is a valid upstream name: letters, digits, `_`, `-`, `.`.
+pub fn is_upstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Checks one upstream entry that does not come from the file (the admin
+/// API's), exactly as the configuration loader checks a `[[upstreams]]`
+/// entry, relative paths resolving against `base`. Errors: one message per
+/// problem.
+pub fn check_upstream(u: &UpstreamConfig, base: &Path) -> Result<CheckedUpstream, Vec<String>> {
+    let mut errors = Vec::new();
+    let checked = check_upstream_entry(
+        u,
+        base,
+        &mut |_, m| errors.push(m),
+        &|_: &std::ops::Range<usize>| None,
+    );
+    if errors.is_empty() {
+        Ok(checked)
+    } else {
+        Err(errors)
+    }
+}
 
 /// Checks an upstream's `[upstreams.credential]`; returns its resolved file.
 fn validate_credential(

@@ -14,7 +14,7 @@ use crate::policy::{Engine, PairDecision, PolicyBundle, Verdict};
 use toolgate_core::output::{glob_match, OutputRule};
 
 /// An upstream as shards need it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamInfo {
     /// Configured name.
     pub name: Arc<str>,
@@ -28,6 +28,8 @@ pub struct UpstreamInfo {
     pub pool_size: usize,
     /// MCP era to speak.
     pub protocol: UpstreamProtocol,
+    /// How often its tool catalog is fetched again.
+    pub catalog_refresh: Duration,
 }
 
 /// Where an attached tool goes.
@@ -146,6 +148,7 @@ impl Snapshot {
                 max_response_bytes: u.max_response_bytes,
                 pool_size: u.pool_size,
                 protocol: u.protocol,
+                catalog_refresh: Duration::from_secs(u.catalog_refresh_s),
             })
             .collect();
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())

@@ -1,57 +1,68 @@
 //! Keeps upstream tool catalogs current, off the request path.
 //!
 //! Runs on shard 0 with that shard's upstream clients. Each upstream's
-//! `tools/list` is fetched at start-up; a failed fetch is retried with
-//! backoff (the upstream's tools stay absent from `tools/list` until then,
-//! while calls to attached tools still route); a fetched catalog is
-//! refreshed every `catalog_refresh_s`. Every fetch publishes a new snapshot,
-//! with changed definitions quarantined when `[tool_pins]` is on.
+//! `tools/list` is fetched when it appears — at start-up, or when the admin
+//! API adds it or changes it; a failed fetch is retried with backoff (the
+//! upstream's tools stay absent from `tools/list` until then, while calls to
+//! attached tools still route); a fetched catalog is refreshed every
+//! `catalog_refresh_s`. Every fetch publishes a new snapshot, with changed
+//! definitions quarantined when `[tool_pins]` is on. An upstream that goes
+//! (or changes) has its fetcher stopped.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toolgate_decision::Catalog;
+use toolgate_decision::UpstreamInfo;
 
 use crate::call::Gateway;
 use crate::shared::Shared;
 
-/// How often a fetched catalog is refreshed, unless the upstream says.
-const REFRESH: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failed fetch.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the set of upstreams is compared with the running snapshot's.
+const WATCH: Duration = Duration::from_millis(20);
 
-/// Fetches every upstream's catalog, then keeps them fresh; never returns.
+/// Runs one fetcher per upstream of the running snapshot, starting and
+/// stopping them as the upstreams change; never returns.
 pub async fn run(shared: Arc<Shared>, gateway: Rc<Gateway>) {
-    let n = shared.config.config.upstreams.len();
-    let tasks: Vec<_> = (0..n)
-        .map(|idx| {
-            let (shared, gateway) = (Arc::clone(&shared), Rc::clone(&gateway));
-            glommio::spawn_local(async move { keep_fresh(shared, gateway, idx).await })
-        })
-        .collect();
-    for t in tasks {
-        t.await;
+    // Dropping a task cancels it: a fetcher removed from here stops at its
+    // next await, and its late result is never stored.
+    let mut running: HashMap<Arc<str>, (UpstreamInfo, glommio::Task<()>)> = HashMap::new();
+    let mut seen = 0;
+    loop {
+        let generation = shared.snapshot.generation();
+        if generation != seen {
+            seen = generation;
+            let snap = shared.snapshot.load();
+            running.retain(|_, (info, _)| snap.upstreams.contains(info));
+            for info in &snap.upstreams {
+                if running.contains_key(&info.name) {
+                    continue;
+                }
+                let task = glommio::spawn_local(keep_fresh(
+                    Arc::clone(&shared),
+                    Rc::clone(&gateway),
+                    info.clone(),
+                ));
+                running.insert(Arc::clone(&info.name), (info.clone(), task));
+            }
+        }
+        glommio::timer::sleep(WATCH).await;
     }
 }
 
-async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, idx: usize) {
-    let Some(upstream) = gateway.upstream(idx) else {
+async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInfo) {
+    let Some(upstream) = gateway.upstream(&info) else {
         return;
     };
     let mut backoff = Duration::from_millis(500);
-    let refresh = shared
-        .config
-        .config
-        .upstreams
-        .get(idx)
-        .map(|u| Duration::from_secs(u.catalog_refresh_s))
-        .unwrap_or(REFRESH);
     loop {
         let fetched = upstream.list_tools().await;
         let wait = match fetched {
-            Ok(pages) => match Catalog::from_pages(idx, &shared.config.namer, &pages) {
-                Ok(cat) => {
+            Ok(pages) => match shared.set_catalog(&info.name, &info.url, Some(pages)) {
+                Ok(Some(cat)) => {
                     for d in &cat.duplicates {
                         tracing::warn!(upstream = upstream.name(), tool = %d, "upstream lists a tool twice; the first is kept");
                     }
@@ -63,19 +74,19 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, idx: usize) {
                         tools = cat.tools.len(),
                         "tool catalog loaded"
                     );
-                    shared.set_catalog(idx, Some(cat));
                     backoff = Duration::from_millis(500);
-                    refresh
+                    info.catalog_refresh
                 }
+                // The upstream changed meanwhile: this fetcher is replaced.
+                Ok(None) => info.catalog_refresh,
                 Err(e) => {
                     tracing::warn!(upstream = upstream.name(), error = %e, "unreadable tool catalog");
-                    shared.set_catalog(idx, None);
                     backoff
                 }
             },
             Err(e) => {
                 tracing::warn!(upstream = upstream.name(), error = %e, "cannot fetch tool catalog; retrying");
-                shared.set_catalog(idx, None);
+                let _ = shared.set_catalog(&info.name, &info.url, None);
                 backoff
             }
         };

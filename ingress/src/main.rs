@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
-    /// The admin API of a running gateway: read and change agents, users, policies and sub-tokens.
+    /// The admin API of a running gateway: read and change agents, users, upstreams, credentials, policies and sub-tokens; read tools.
     Admin {
         #[command(flatten)]
         api: AdminApiArgs,
@@ -203,7 +203,7 @@ struct AdminApiArgs {
 enum AdminCommand {
     /// Print a resource (`agents/ID`) with its version, or every resource of a kind (`agents`).
     Get {
-        /// `KIND` or `KIND/ID`; kinds: agents, users, policies.
+        /// `KIND` or `KIND/ID`; kinds: agents, users, upstreams, credentials, policies, subtokens, tools.
         target: String,
     },
     /// Write a resource from a JSON document (a Cedar file for a policy).
@@ -1690,7 +1690,7 @@ mod admin_cmd {
         }
         let mut ops = Vec::new();
         let mut plan = Vec::new();
-        for kind in ["agents", "users", "policies"] {
+        for kind in ["credentials", "upstreams", "agents", "users", "policies"] {
             let sub = dir.join(kind);
             if !sub.is_dir() {
                 continue;

@@ -1,16 +1,19 @@
 //! State shared by all shards: read-mostly, published, or atomic. Nothing
 //! here is locked on the request path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
-use toolgate_control::State;
+use toolgate_control::{Kind, Spec, State, UpstreamCredentialSpec, UpstreamSpec};
 use toolgate_core::config::{PinAction, ValidConfig};
+use toolgate_core::secret::Secret;
 use toolgate_core::subtoken::Verifier;
+use toolgate_core::upstream_url::UpstreamUrl;
+use toolgate_decision::catalog::CatalogError;
 use toolgate_decision::pins::{PinStatus, Pins};
 use toolgate_decision::{Catalog, Published, Snapshot};
 
@@ -37,10 +40,12 @@ pub struct Shared {
     pub seen: Box<[AtomicU64]>,
     /// The decision snapshot.
     pub snapshot: Arc<Published<Snapshot>>,
-    /// Fetched catalogs, index-aligned with upstreams (written off the request path).
-    pub catalogs: Mutex<Vec<Option<Arc<Catalog>>>>,
-    /// Per upstream: whether a catalog fetch has completed (either way).
-    pub attempted: Vec<AtomicBool>,
+    /// Fetched catalogs by upstream name (written off the request path);
+    /// its lock orders every publication.
+    catalogs: Mutex<CatalogSet>,
+    /// Credentials and TLS of the upstreams written through the admin API,
+    /// by name, read when they were written.
+    stored_upstreams: Mutex<HashMap<String, Arc<StoredParts>>>,
     /// Sessions ended by DELETE.
     pub terminated: Arc<Published<Terminated>>,
     /// Key of session ids.
@@ -82,6 +87,181 @@ pub struct Shared {
     pins: Mutex<Option<Pins>>,
     /// Per-agent rate limits (`rate_limit`), by agent id.
     pub rate_limits: Arc<Published<crate::ratelimit::Limits>>,
+}
+
+/// An upstream written through the admin API, as shards build its client:
+/// its credential and TLS, read once when the upstream was written (a new
+/// document builds new parts, and every shard a new client).
+pub struct StoredParts {
+    /// The document the parts were built from.
+    pub spec: UpstreamSpec,
+    /// The credential source it named then (a named one may change).
+    pub source: Option<UpstreamCredentialSpec>,
+    /// The versions of the upstream and of the credential it names when
+    /// these were read: any write of either reads them again (so writing a
+    /// credential unchanged picks up a rotated file).
+    pub written: (u64, u64),
+    /// The credential header line, when it has a credential.
+    pub credential: Option<Arc<Published<Secret>>>,
+    /// TLS toward an `https://` URL.
+    pub tls: Option<crate::tls::ClientTls>,
+}
+
+/// What a shard builds its client of an upstream from.
+pub struct ClientParts {
+    /// The credential header line, when it has a credential.
+    pub credential: Option<Arc<Published<Secret>>>,
+    /// TLS toward an `https://` URL.
+    pub tls: Option<crate::tls::ClientTls>,
+    /// For an upstream written through the admin API, the parts these
+    /// come from (a client built from other parts is out of date).
+    pub stored: Option<Arc<StoredParts>>,
+}
+
+/// Reads the credential and TLS material of upstream `i` of `eff` (the
+/// effective configuration), written through the admin API as `spec`
+/// naming credential `source`. Errors: what cannot be read (never a
+/// secret value).
+pub fn stored_parts(
+    eff: &ValidConfig,
+    i: usize,
+    spec: &UpstreamSpec,
+    source: Option<UpstreamCredentialSpec>,
+) -> Result<StoredParts, String> {
+    let (Some(u), Some(url)) = (eff.config.upstreams.get(i), eff.upstream_urls.get(i)) else {
+        return Err("no such upstream".into());
+    };
+    let name = u.name.get_ref();
+    let credential = match &u.credential {
+        Some(c) => {
+            let file = eff.credential_files.get(i).and_then(Option::as_deref);
+            let secret = crate::credential::read(name, c, file).map_err(|e| e.to_string())?;
+            Some(Published::new(secret))
+        }
+        None => None,
+    };
+    let ca = eff.upstream_ca_files.get(i).and_then(Option::as_deref);
+    let tls = crate::tls::client_tls(url, ca).map_err(|e| format!("upstream `{name}`: {e}"))?;
+    Ok(StoredParts {
+        spec: spec.clone(),
+        source,
+        written: (0, 0),
+        credential,
+        tls,
+    })
+}
+
+/// Builds the parts of stored upstreams that are new or changed in
+/// `control` (laid over the file as `eff`) and drops those deleted. One
+/// that cannot be read is logged and given parts that refuse its calls.
+fn sync_stored(map: &mut HashMap<String, Arc<StoredParts>>, control: &State, eff: &ValidConfig) {
+    map.retain(|name, _| control.get(Kind::Upstreams, name).is_some());
+    for (id, e) in control.list(Kind::Upstreams) {
+        let Spec::Upstream(spec) = &e.spec else {
+            continue;
+        };
+        let source = control.credential_of(spec);
+        let written = (e.version, control.credential_version(spec));
+        if map
+            .get(id)
+            .is_some_and(|p| &p.spec == spec && p.source == source && p.written == written)
+        {
+            continue;
+        }
+        map.remove(id);
+        let Some(i) = eff
+            .config
+            .upstreams
+            .iter()
+            .position(|u| u.name.get_ref() == id)
+        else {
+            continue;
+        };
+        match stored_parts(eff, i, spec, source.clone()) {
+            Ok(p) => {
+                map.insert(id.to_owned(), Arc::new(StoredParts { written, ..p }));
+            }
+            Err(e) => {
+                // Never the file's credential or plain text in its place:
+                // an empty credential refuses every call before it is sent.
+                tracing::error!(error = %e, "upstream written through the admin API cannot be used; its calls are refused until it is written again");
+                map.insert(
+                    id.to_owned(),
+                    Arc::new(StoredParts {
+                        spec: spec.clone(),
+                        source,
+                        written,
+                        credential: Some(Published::new(Secret::new(Vec::new()))),
+                        tls: None,
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// One upstream's fetched catalog.
+struct Fetched {
+    /// The endpoint it was fetched from: a catalog of another URL is not
+    /// this upstream's any more.
+    url: UpstreamUrl,
+    /// The `tools/list` result pages, kept so the catalog can be rendered
+    /// again when the upstreams' names change.
+    pages: Arc<Vec<Vec<u8>>>,
+    /// The catalog as last rendered: for upstream index, with prefixes.
+    built: Option<(usize, Vec<String>, Arc<Catalog>)>,
+}
+
+/// Fetched catalogs by upstream name, and which upstreams had a fetch
+/// complete (either way).
+#[derive(Default)]
+pub struct CatalogSet {
+    fetched: HashMap<String, Fetched>,
+    attempted: HashSet<String>,
+}
+
+/// Every upstream's tool prefix, in order.
+fn prefixes(cfg: &ValidConfig) -> Vec<String> {
+    cfg.config
+        .upstreams
+        .iter()
+        .map(|u| toolgate_control::state::prefix_of(u).to_owned())
+        .collect()
+}
+
+impl CatalogSet {
+    /// The catalogs index-aligned with `cfg`'s upstreams: each upstream's,
+    /// when fetched from its current URL, rendered with `cfg`'s names
+    /// (again only when its index or the prefixes changed).
+    fn aligned(&mut self, cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
+        let names = prefixes(cfg);
+        cfg.config
+            .upstreams
+            .iter()
+            .zip(&cfg.upstream_urls)
+            .enumerate()
+            .map(|(i, (u, url))| {
+                let f = self.fetched.get_mut(u.name.get_ref())?;
+                if f.url != *url {
+                    return None;
+                }
+                if let Some((at, with, c)) = &f.built {
+                    if *at == i && *with == names {
+                        return Some(Arc::clone(c));
+                    }
+                }
+                let c = Arc::new(Catalog::from_pages(i, &cfg.namer, &f.pages).ok()?);
+                f.built = Some((i, names.clone(), Arc::clone(&c)));
+                Some(c)
+            })
+            .collect()
+    }
+
+    /// Forgets the catalogs of upstreams `cfg` no longer has.
+    fn prune(&mut self, cfg: &ValidConfig) {
+        let has = |n: &str| cfg.config.upstreams.iter().any(|u| u.name.get_ref() == n);
+        self.fetched.retain(|n, _| has(n));
+    }
 }
 
 /// Shards the configuration asks for: `server.shards`, else one per core.
@@ -126,17 +306,24 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// The effective configuration and policies, compiled into a snapshot
-    /// over `catalogs`. Errors: why the policies do not parse.
-    pub fn compile(&self, catalogs: &[Option<Arc<Catalog>>]) -> Result<Snapshot, Vec<String>> {
-        let (cfg, skipped) = self.control.overlay(&self.file);
-        for why in skipped {
-            tracing::warn!("control state: {why}; the agent is left out");
-        }
+    /// The effective configuration: the file with the control state laid
+    /// over it (see [`State::overlay`]).
+    pub fn effective(&self) -> ValidConfig {
+        self.control.overlay(&self.file).0
+    }
+
+    /// The effective configuration `cfg` (from [`Sources::effective`]) and
+    /// the policies, compiled into a snapshot over `catalogs` (index-aligned
+    /// with `cfg`'s upstreams). Errors: why the policies do not parse.
+    pub fn compile(
+        &self,
+        cfg: &ValidConfig,
+        catalogs: &[Option<Arc<Catalog>>],
+    ) -> Result<Snapshot, Vec<String>> {
         let bundle =
             toolgate_decision::policy::from_sources(&self.control.policy_sources(&self.policies))
                 .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        Ok(Snapshot::build(&cfg, catalogs).with_policies(&cfg, Arc::new(bundle)))
+        Ok(Snapshot::build(cfg, catalogs).with_policies(cfg, Arc::new(bundle)))
     }
 }
 
@@ -173,19 +360,22 @@ impl Shared {
             oauth,
             pins,
         } = loaded;
-        let n = config.config.upstreams.len();
         let sources = Sources {
             file: config.clone(),
             policies,
             control: Arc::new(control),
         };
-        let snapshot = Published::new(sources.compile(&vec![None; n])?.with_subtokens(
+        let (eff, skipped) = sources.control.overlay(&sources.file);
+        for why in skipped {
+            tracing::warn!("control state: {why}; left out");
+        }
+        let mut stored = HashMap::new();
+        sync_stored(&mut stored, &sources.control, &eff);
+        let n = eff.config.upstreams.len();
+        let snapshot = Published::new(sources.compile(&eff, &vec![None; n])?.with_subtokens(
             with_control_revocations(subtokens.clone(), &sources.control),
         ));
-        let rate_limits = Published::new(crate::ratelimit::build(
-            &sources.control.overlay(&config).0,
-            &HashMap::new(),
-        ));
+        let rate_limits = Published::new(crate::ratelimit::build(&eff, &HashMap::new()));
         let shards = shard_count(&config);
         let s = &config.config.server;
         let conn = ConnConfig {
@@ -202,8 +392,8 @@ impl Shared {
             current: Mutex::new(sources),
             seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             snapshot,
-            catalogs: Mutex::new(vec![None; n]),
-            attempted: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            catalogs: Mutex::new(CatalogSet::default()),
+            stored_upstreams: Mutex::new(stored),
             terminated: Published::new(HashMap::new()),
             session_key: SessionKey::new(session_key),
             conn,
@@ -229,7 +419,15 @@ impl Shared {
 
     /// Whether every upstream's catalog fetch has completed at least once.
     pub fn ready(&self) -> bool {
-        self.attempted.iter().all(|a| a.load(Ordering::Acquire))
+        let fetched = {
+            let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+            self.config
+                .config
+                .upstreams
+                .iter()
+                .all(|u| cats.attempted.contains(u.name.get_ref()))
+        };
+        fetched
             && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
             && self.oauth_pending.load(Ordering::Acquire) == 0
     }
@@ -258,22 +456,99 @@ impl Shared {
             }
             *cur = Some(text);
         }
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&cats);
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&mut cats);
         Ok(true)
     }
-    /// Stores upstream `idx`'s catalog (or its failure) and publishes a new snapshot.
-    pub fn set_catalog(&self, idx: usize, catalog: Option<Catalog>) {
-        let changed = catalog.is_some() || !self.attempted[idx].load(Ordering::Acquire);
-        if changed {
-            let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = catalog {
-                self.check_pins(&c);
-                cats[idx] = Some(Arc::new(c));
+    /// Stores the `tools/list` pages fetched from upstream `name` at `url`
+    /// (or, with `None`, that the fetch failed: a catalog fetched before
+    /// stays) and publishes a new snapshot. A fetch from a URL the upstream
+    /// no longer has is ignored. Returns the catalog built, or why the
+    /// pages do not make one.
+    pub fn set_catalog(
+        &self,
+        name: &str,
+        url: &UpstreamUrl,
+        pages: Option<Vec<Vec<u8>>>,
+    ) -> Result<Option<Arc<Catalog>>, CatalogError> {
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let first = cats.attempted.insert(name.to_owned());
+        let Some(pages) = pages else {
+            if first {
+                self.publish(&mut cats);
             }
-            self.publish(&cats);
+            return Ok(None);
+        };
+        let eff = self.sources().effective();
+        let Some(i) = eff
+            .config
+            .upstreams
+            .iter()
+            .zip(&eff.upstream_urls)
+            .position(|(u, at)| u.name.get_ref() == name && at == url)
+        else {
+            return Ok(None);
+        };
+        let built = Catalog::from_pages(i, &eff.namer, &pages);
+        let catalog = match built {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if first {
+                    self.publish(&mut cats);
+                }
+                return Err(e);
+            }
+        };
+        self.check_pins(&catalog);
+        cats.fetched.insert(
+            name.to_owned(),
+            Fetched {
+                url: url.clone(),
+                pages: Arc::new(pages),
+                built: Some((i, prefixes(&eff), Arc::clone(&catalog))),
+            },
+        );
+        self.publish(&mut cats);
+        Ok(Some(catalog))
+    }
+    /// The fetched catalogs index-aligned with the upstreams of `cfg` (an
+    /// effective configuration, the running one or a candidate).
+    pub fn catalogs_for(&self, cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .aligned(cfg)
+    }
+    /// What shard clients of upstream `name` are built from: its
+    /// credential and TLS, and, for one written through the admin API, its
+    /// parts (a client built from other parts is out of date).
+    pub fn upstream_parts(&self, name: &str) -> ClientParts {
+        let stored = self
+            .stored_upstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(p) = stored {
+            return ClientParts {
+                credential: p.credential.clone(),
+                tls: p.tls.clone(),
+                stored: Some(p),
+            };
         }
-        self.attempted[idx].store(true, Ordering::Release);
+        let i = self
+            .config
+            .config
+            .upstreams
+            .iter()
+            .position(|u| u.name.get_ref() == name);
+        let credential = i.and_then(|i| self.credentials.get(i).cloned().flatten());
+        let tls = i.and_then(|i| self.upstream_tls.get(i).cloned().flatten());
+        ClientParts {
+            credential,
+            tls,
+            stored: None,
+        }
     }
     /// Compares a fetched catalog with the pins: pins tools seen for the
     /// first time (with `pin_new`), and reports changed definitions.
@@ -350,10 +625,25 @@ impl Shared {
     /// effective agents; logs policies that fail schema validation. Returns
     /// the new generation, or `None` when the sources do not compile (the
     /// running snapshot stays).
-    fn publish(&self, catalogs: &[Option<Arc<Catalog>>]) -> Option<u64> {
+    fn publish(&self, cats: &mut CatalogSet) -> Option<u64> {
         let sources = self.sources();
-        let catalogs = &self.pinned(&sources.file, catalogs);
-        let snap = match sources.compile(catalogs) {
+        let (eff, skipped) = sources.control.overlay(&sources.file);
+        for why in skipped {
+            tracing::warn!("control state: {why}; left out");
+        }
+        // Clients are built from these parts: they are in place before a
+        // shard can see the snapshot naming the upstream.
+        sync_stored(
+            &mut self
+                .stored_upstreams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            &sources.control,
+            &eff,
+        );
+        cats.prune(&eff);
+        let catalogs = &self.pinned(&eff, &cats.aligned(&eff));
+        let snap = match sources.compile(&eff, catalogs) {
             Ok(s) => s,
             Err(errs) => {
                 tracing::error!(
@@ -387,9 +677,8 @@ impl Shared {
                 }
             }
         }
-        let effective = sources.control.overlay(&sources.file).0;
         self.rate_limits
-            .update(|previous| crate::ratelimit::build(&effective, previous));
+            .update(|previous| crate::ratelimit::build(&eff, previous));
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
         Some(generation)
@@ -411,13 +700,6 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-    /// The fetched catalogs, index-aligned with upstreams.
-    pub fn catalogs(&self) -> Vec<Option<Arc<Catalog>>> {
-        self.catalogs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
     /// Replaces the control state and publishes the snapshot it makes;
     /// returns the new generation, or `None` when it does not compile with
     /// the current file (the running snapshot then stays).
@@ -427,7 +709,7 @@ impl Shared {
     /// older one must never undo a change (a revoke) already published; then
     /// the running generation is returned.
     pub fn set_control(&self, control: Arc<State>) -> Option<u64> {
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
             if control.revision <= current.control.revision && current.control.revision > 0 {
@@ -435,7 +717,7 @@ impl Shared {
             }
             current.control = control;
         }
-        self.publish(&cats)
+        self.publish(&mut cats)
     }
     /// Re-reads the configuration file and policy files (and the TLS
     /// files, the sub-token key and revocations, the tool pins) and
@@ -501,8 +783,11 @@ impl Shared {
             policies,
             control: self.sources().control,
         };
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        candidate.compile(&cats).map_err(|e| e.join("\n"))?;
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let eff = candidate.effective();
+        candidate
+            .compile(&eff, &cats.aligned(&eff))
+            .map_err(|e| e.join("\n"))?;
         if let (Some(published), Some(tls)) = (&self.tls, tls) {
             published.publish(TlsAcceptor::from(tls));
         }
@@ -518,7 +803,7 @@ impl Shared {
             cur.file = candidate.file;
             cur.policies = candidate.policies;
         }
-        self.publish(&cats)
+        self.publish(&mut cats)
             .ok_or_else(|| "the configuration does not compile with the control state".to_owned())
     }
 
@@ -536,8 +821,8 @@ impl Shared {
         };
         let verifier = crate::subtokens::verifier(&dir).map_err(|e| e.to_string())?;
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(verifier);
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&cats);
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&mut cats);
         Ok(self.snapshot.generation())
     }
     /// Re-reads the tool pins file alone and publishes the snapshot with
@@ -548,9 +833,50 @@ impl Shared {
         };
         let pins = Pins::load(path).map_err(|e| e.to_string())?;
         *self.pins.lock().unwrap_or_else(|p| p.into_inner()) = Some(pins);
-        let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish(&cats);
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(&mut cats);
         Ok(self.snapshot.generation())
+    }
+    /// The pinned digest of tool `exposed` and how `digest` compares with
+    /// it; `None` when `[tool_pins]` is off.
+    pub fn pin_status(&self, exposed: &str, digest: &str) -> Option<(Option<String>, PinStatus)> {
+        let guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        let pins = guard.as_ref()?;
+        Some((
+            pins.get(exposed).map(str::to_owned),
+            pins.status(exposed, digest),
+        ))
+    }
+    /// Approves tool `exposed`'s definition `digest`, as `toolgate tools
+    /// approve` does: pins it, writes the pins file, and publishes the
+    /// snapshot with quarantines decided again. Returns the digest pinned
+    /// before and the new generation. Errors: pinning is off, or the file
+    /// cannot be written (the pins stay as they were).
+    pub fn approve_tool(
+        &self,
+        exposed: &str,
+        digest: &str,
+    ) -> Result<(Option<String>, u64), String> {
+        let path = self
+            .config
+            .pins_file
+            .clone()
+            .ok_or("`[tool_pins]` is not configured")?;
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = {
+            let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+            let pins = guard.as_mut().ok_or("`[tool_pins]` is not configured")?;
+            let previous = pins.get(exposed).map(str::to_owned);
+            let mut next = pins.clone();
+            next.pin(exposed, digest);
+            next.save(&path).map_err(|e| e.to_string())?;
+            *pins = next;
+            previous
+        };
+        let generation = self
+            .publish(&mut cats)
+            .unwrap_or_else(|| self.snapshot.generation());
+        Ok((previous, generation))
     }
     /// The sub-token revocation list, when sub-tokens are configured.
     pub fn revocation_file(&self) -> Option<std::path::PathBuf> {

@@ -1,5 +1,5 @@
-//! The admin API: run-time control of agents, users, policies and
-//! sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
+//! The admin API: run-time control of agents, users, policies, upstreams
+//! and sub-tokens, on a listener of its own (`[admin] listen`: loopback, or any
 //! address with `[admin.tls]`), served by an executor thread of its own so
 //! that store writes and snapshot builds never run on a shard.
 //!
@@ -14,7 +14,8 @@
 //! `publish_timeout_ms`, with 202 naming the shards that did not.
 //!
 //! Endpoints: `GET /v1/{kind}`, `GET|PUT|DELETE /v1/{kind}/{id}`,
-//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`. Sub-tokens
+//! `POST /v1/transaction`; kinds `agents`, `users`, `policies`,
+//! `upstreams`. Sub-tokens
 //! (`subtokens`, read like the others) are minted by `POST /v1/subtokens`,
 //! which answers the token once (only its claims are stored), and revoked
 //! by `POST /v1/subtokens/{id}/revoke` with `If-Match`: the revocation
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use glommio::net::TcpListener;
 use serde_json::{json, Value};
 use toolgate_control::model::{check_id, diff};
-use toolgate_control::state::check_references;
+use toolgate_control::state::{check_references, check_upstream_changes, dangling_tools};
 use toolgate_control::{
     Backend, Change, Kind, Op, OpError, Precondition, Spec, State, SubtokenSpec,
 };
@@ -41,6 +42,7 @@ use toolgate_core::audit::{truncate, AdminChange, AuditRecord, Decision, Outcome
 use toolgate_core::identity::{bearer, key_hash, parse_key_hash, KeyHash};
 use toolgate_core::refusal::Refusal;
 use toolgate_core::subtoken::Claims;
+use toolgate_decision::pins::PinStatus;
 use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 
 use crate::http::head::{Limits, Method};
@@ -352,7 +354,7 @@ fn parse_kind(s: &str) -> Result<Kind, ApiError> {
             404,
             "unknown_kind",
             format!(
-                "`{}` is not a kind of resource: use `agents`, `users`, `policies` or `subtokens`",
+                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams`, `credentials` or `subtokens`",
                 s.chars().take(64).collect::<String>()
             ),
         )
@@ -406,7 +408,55 @@ fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
         // Tokens minted by `toolgate token mint` are in its ledger file,
         // listed by `toolgate token list`.
         Kind::Subtokens => Vec::new(),
+        Kind::Upstreams => src
+            .file
+            .config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.get_ref().clone(), upstream_document(u)))
+            .collect(),
+        // The file's credentials belong to its upstreams; none is named.
+        Kind::Credentials => Vec::new(),
     }
+}
+
+/// A `[[upstreams]]` entry as an `upstreams/{name}` document. A credential
+/// shows where it is read from (never a value); a `command` or `oauth` one
+/// only its kind, as `source` (the API does not write those).
+fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Value {
+    use toolgate_core::config::UpstreamProtocol;
+    let mut doc = json!({
+        "url": u.url.get_ref(),
+        "timeout_ms": u.timeout_ms,
+        "max_response_bytes": u.max_response_bytes,
+        "pool_size": u.pool_size,
+        "protocol": match u.protocol {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Handshake => "handshake",
+            UpstreamProtocol::Stateless => "stateless",
+        },
+        "catalog_refresh_s": u.catalog_refresh_s,
+    });
+    if let Some(p) = &u.prefix {
+        doc["prefix"] = json!(p.get_ref());
+    }
+    if let Some(ca) = &u.ca_file {
+        doc["ca_file"] = json!(ca.get_ref());
+    }
+    if let Some(c) = &u.credential {
+        let mut cred = json!({"header": c.header.get_ref()});
+        if !c.value_prefix.is_empty() {
+            cred["value_prefix"] = json!(c.value_prefix);
+        }
+        match (&c.env, &c.file, &c.command) {
+            (Some(v), _, _) => cred["env"] = json!(v.get_ref()),
+            (None, Some(f), _) => cred["file"] = json!(f.get_ref()),
+            (None, None, Some(_)) => cred["source"] = json!("command"),
+            (None, None, None) => cred["source"] = json!("oauth"),
+        }
+        doc["credential"] = cred;
+    }
+    doc
 }
 
 /// The effective resource: the store's, else the configuration file's
@@ -581,6 +631,38 @@ impl AdminApi {
             .collect();
         let method = req.head.method;
         match (method, segs.as_slice()) {
+            (Method::Get, ["tools"]) => {
+                let items: Vec<Value> = self.tools(false).into_values().collect();
+                let body = json!({ "items": items }).to_string();
+                response::write(out, 200, &[], Body::Json(body.as_bytes()), true);
+                Ok(())
+            }
+            (Method::Get, ["tools", name]) => {
+                let v = self.tools(true).remove(*name).ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "not_found",
+                        format!("no tool `{}` in the fetched catalogs", truncate(name, 256)),
+                    )
+                })?;
+                let etag = format!("\"{}\"", v["digest"].as_str().unwrap_or_default());
+                let body = v.to_string();
+                response::write(out, 200, &[("ETag", &etag)], Body::Json(body.as_bytes()), true);
+                Ok(())
+            }
+            (Method::Post, ["tools", name, "approve"]) => {
+                self.approve_tool(actor, name, req, out).await
+            }
+            (_, ["tools", _, "approve"]) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "an approval is a `POST`",
+            )),
+            (_, ["tools", ..]) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "tools are read-only: they come from the upstreams' catalogs; approve one with `POST /v1/tools/{name}/approve`",
+            )),
             (Method::Post, ["subtokens"]) => self.mint(actor, req, out).await,
             (Method::Post, ["subtokens", id, "revoke"]) => {
                 self.revoke_subtoken(actor, id, req, out).await
@@ -848,6 +930,7 @@ impl AdminApi {
             Method::Delete => "delete",
             Method::Post if kind == "subtokens" && id.is_empty() => "mint",
             Method::Post if kind == "subtokens" => "revoke",
+            Method::Post if kind == "tools" => "approve",
             Method::Post => "transaction",
             Method::Get => "get",
             Method::Other => "other",
@@ -908,9 +991,91 @@ impl AdminApi {
             control: Arc::clone(next),
             ..src.clone()
         };
-        let (eff, _) = next.overlay(&src.file);
+        let in_use: Vec<(String, String)> = changes
+            .iter()
+            .filter(|c| c.kind == Kind::Credentials && c.new.is_none())
+            .flat_map(|c| {
+                next.upstreams_using(&c.id)
+                    .into_iter()
+                    .map(move |u| (c.id.clone(), u))
+            })
+            .collect();
+        if let Some((credential, _)) = in_use.first() {
+            let upstreams: Vec<&str> = in_use.iter().map(|(_, u)| u.as_str()).collect();
+            return Err(ApiError::new(
+                409,
+                "credential_in_use",
+                format!(
+                    "credential `{credential}` is named by upstream(s) `{}`: change or delete them first (in the same transaction, or before)",
+                    upstreams.join("`, `")
+                ),
+            )
+            .with("upstreams", json!(upstreams)));
+        }
+        let (eff, skipped) = next.overlay(&src.file);
+        let mut problems = check_upstream_changes(&src.file, next, &eff, &skipped, changes);
+        if problems.is_empty() {
+            // Read what the shards will build clients from, so an
+            // unreadable credential or CA file is refused now.
+            // Upstreams written, and those naming a credential written.
+            let mut read: Vec<String> = Vec::new();
+            for c in changes {
+                match c.new.as_ref().map(|e| &e.spec) {
+                    Some(Spec::Upstream(_)) => read.push(c.id.clone()),
+                    Some(Spec::Credential(_)) => read.extend(next.upstreams_using(&c.id)),
+                    _ => {}
+                }
+            }
+            read.sort();
+            read.dedup();
+            for id in &read {
+                let Some(Spec::Upstream(spec)) = next.get(Kind::Upstreams, id).map(|e| &e.spec)
+                else {
+                    continue;
+                };
+                let at = eff
+                    .config
+                    .upstreams
+                    .iter()
+                    .position(|u| u.name.get_ref() == id);
+                let source = next.credential_of(spec);
+                if let Some(Err(e)) = at.map(|i| crate::shared::stored_parts(&eff, i, spec, source))
+                {
+                    problems.push(e);
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::new(422, "invalid_upstream", problems.join("; "))
+                .with("problems", json!(problems)));
+        }
+        let before = src.effective();
+        let dangling = dangling_tools(&before, &eff, changes);
+        if !dangling.is_empty() {
+            let mut agents: Vec<&str> = dangling.iter().map(|(a, _)| a.as_str()).collect();
+            agents.dedup();
+            let ids: Vec<&str> = changes
+                .iter()
+                .filter(|c| c.kind == Kind::Upstreams)
+                .map(|c| c.id.as_str())
+                .collect();
+            return Err(ApiError::new(
+                409,
+                "upstream_in_use",
+                format!(
+                    "upstream `{}` has tools attached to agent(s) `{}`: detach them first (in the same transaction, or before)",
+                    ids.join("`, `"),
+                    agents.join("`, `")
+                ),
+            )
+            .with("agents", json!(agents))
+            .with(
+                "tools",
+                json!(dangling.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>()),
+            ));
+        }
         let mut problems = check_references(&eff, &src.file, changes);
-        let catalogs = self.shared.catalogs();
+        let catalogs = self.shared.catalogs_for(&eff);
         for c in changes {
             let Some(Spec::Agent(a)) = c.new.as_ref().map(|e| &e.spec) else {
                 continue;
@@ -924,8 +1089,7 @@ impl AdminApi {
                         .get(tool)
                         .is_none_or(|d| d.exposed.as_deref() != Some(t.as_str()))
                     {
-                        let name = src
-                            .file
+                        let name = eff
                             .config
                             .upstreams
                             .get(up)
@@ -943,7 +1107,7 @@ impl AdminApi {
             return Err(ApiError::new(422, "invalid_reference", problems.join("; "))
                 .with("problems", json!(problems)));
         }
-        let snap = candidate.compile(&catalogs).map_err(|errs| {
+        let snap = candidate.compile(&eff, &catalogs).map_err(|errs| {
             ApiError::new(422, "invalid_policy", errs.join("; ")).with("problems", json!(errs))
         })?;
         let touched: Vec<String> = changes
@@ -1130,34 +1294,7 @@ impl AdminApi {
             ));
         }
         tracing::info!(actor = %actor, changes = changes.len(), generation, "control state changed");
-        // Wait for every shard to run the new generation and the records to
-        // be in the log.
-        let started = Instant::now();
-        let mut acked: Option<Duration> = None;
-        let pending = loop {
-            let pending: Vec<usize> = self
-                .shared
-                .seen
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.load(Ordering::Acquire) < generation)
-                .map(|(i, _)| i)
-                .collect();
-            let audited = last_seq.is_none_or(|s| self.audit.borrow().recorded(s));
-            let waited = started.elapsed();
-            if pending.is_empty() && acked.is_none() {
-                acked = Some(waited);
-            }
-            if (pending.is_empty() || waited >= self.publish_timeout)
-                && (audited || waited >= self.audit_timeout)
-            {
-                if !audited {
-                    tracing::warn!("admin change records not yet in the audit log");
-                }
-                break pending;
-            }
-            glommio::timer::sleep(Duration::from_micros(100)).await;
-        };
+        let (pending, acked) = self.settle(generation, last_seq).await;
         let results: Vec<Value> = changes
             .iter()
             .map(|c| json!({"kind": c.kind.as_str(), "id": c.id, "version": c.new.as_ref().map(|e| e.version)}))
@@ -1180,6 +1317,214 @@ impl AdminApi {
         };
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("ETag", e.as_str())).collect();
         response::write(out, status, &headers, Body::Json(body.as_bytes()), true);
+        Ok(())
+    }
+}
+
+impl AdminApi {
+    /// Waits for every shard to run `generation` and the audit record
+    /// `last_seq` to be in the log, each at most its time limit. Returns
+    /// the shards still behind, and how long until none was.
+    async fn settle(
+        &self,
+        generation: u64,
+        last_seq: Option<u64>,
+    ) -> (Vec<usize>, Option<Duration>) {
+        let started = Instant::now();
+        let mut acked: Option<Duration> = None;
+        loop {
+            let pending: Vec<usize> = self
+                .shared
+                .seen
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.load(Ordering::Acquire) < generation)
+                .map(|(i, _)| i)
+                .collect();
+            let audited = last_seq.is_none_or(|s| self.audit.borrow().recorded(s));
+            let waited = started.elapsed();
+            if pending.is_empty() && acked.is_none() {
+                acked = Some(waited);
+            }
+            if (pending.is_empty() || waited >= self.publish_timeout)
+                && (audited || waited >= self.audit_timeout)
+            {
+                if !audited {
+                    tracing::warn!("admin change records not yet in the audit log");
+                }
+                return (pending, acked);
+            }
+            glommio::timer::sleep(Duration::from_micros(100)).await;
+        }
+    }
+
+    /// Every exposed tool of the fetched catalogs, by name: its upstream,
+    /// definition digest, pin and quarantine (as the running snapshot has
+    /// them), and, with `definition`, the definition agents see.
+    fn tools(&self, definition: bool) -> std::collections::BTreeMap<String, Value> {
+        let snap = self.shared.snapshot.load();
+        let mut out = std::collections::BTreeMap::new();
+        for (i, cat) in snap.catalogs.iter().enumerate() {
+            let (Some(cat), Some(up)) = (cat, snap.upstreams.get(i)) else {
+                continue;
+            };
+            for t in &cat.tools {
+                let Some(exposed) = &t.exposed else { continue };
+                let (pinned, status) = match self.shared.pin_status(exposed, &t.sha256) {
+                    None => (None, "unpinned"),
+                    Some((p, PinStatus::Pinned)) => (p, "pinned"),
+                    Some((p, PinStatus::Changed)) => (p, "changed"),
+                    Some((p, PinStatus::New)) => (p, "new"),
+                };
+                let mut v = json!({
+                    "kind": "tools",
+                    "id": exposed,
+                    "upstream": &*up.name,
+                    "tool": t.name,
+                    "digest": t.sha256,
+                    "pinned_digest": pinned,
+                    "status": status,
+                    "quarantined": t.quarantined,
+                });
+                if definition {
+                    v["definition"] = serde_json::from_str(&t.json).unwrap_or(Value::Null);
+                }
+                out.insert(exposed.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// `POST /v1/tools/{name}/approve` with `If-Match: "<digest>"`: pins
+    /// the definition with that digest (the one read), as `toolgate tools
+    /// approve` does, and answers once every shard runs the snapshot with
+    /// the tool's quarantine lifted.
+    async fn approve_tool(
+        &self,
+        actor: &Arc<str>,
+        name: &str,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
+        let wanted = match req.head.header(req.buf, "if-match") {
+            None => {
+                return Err(ApiError::new(
+                    428,
+                    "precondition_required",
+                    "an approval must carry `If-Match: \"<digest>\"`: the ETag of the tool's definition as read",
+                ))
+            }
+            Some(v) => {
+                let v = v.trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|x| x.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                if v.len() != 64 || !v.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(ApiError::new(
+                        400,
+                        "invalid_precondition",
+                        "`If-Match` of a tool is its definition digest (64 hex digits, from the ETag)",
+                    ));
+                }
+                String::from_utf8_lossy(v).to_ascii_lowercase()
+            }
+        };
+        let tool = self.tools(false).remove(name).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "not_found",
+                format!("no tool `{}` in the fetched catalogs", truncate(name, 256)),
+            )
+        })?;
+        if tool["status"] == "unpinned" {
+            return Err(ApiError::new(
+                409,
+                "tool_pins_off",
+                "tool pinning is off: configure `[tool_pins]`",
+            ));
+        }
+        let digest = tool["digest"].as_str().unwrap_or_default().to_owned();
+        if digest != wanted {
+            return Err(ApiError::new(
+                412,
+                "version_conflict",
+                format!(
+                    "the definition of `{name}` is now `{digest}`, not `{wanted}`: read it again"
+                ),
+            )
+            .with("kind", json!("tools"))
+            .with("id", json!(name))
+            .with("current_version", json!(digest)));
+        }
+        let admission = self.audit.borrow_mut().admit().map_err(|why| {
+            ApiError::new(
+                503,
+                "audit_unavailable",
+                format!("{why}: the tool was not approved"),
+            )
+        })?;
+        let (previous, generation) = self.shared.approve_tool(name, &digest).map_err(|e| {
+            tracing::error!(error = %e, "cannot approve a tool");
+            ApiError::new(
+                500,
+                "pins_unwritable",
+                format!("the tool pins cannot be written: {e}"),
+            )
+        })?;
+        let record = AuditRecord {
+            time_us: now_us(),
+            shard: 0,
+            seq: 0,
+            request_id: None,
+            agent: None,
+            user: None,
+            method: Some("admin/approve".into()),
+            tool: Some(name.to_owned()),
+            upstream: tool["upstream"].as_str().map(Arc::from),
+            decision: Decision::Allow,
+            reason: "admin_change",
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_us: req.started.elapsed().as_micros() as u64,
+            client: req.peer,
+            protocol_version: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            args: None,
+            admin: Some(Box::new(AdminChange {
+                actor: Some(actor.to_string()),
+                op: "approve",
+                kind: "tools".to_owned(),
+                id: name.to_owned(),
+                old_version: None,
+                new_version: None,
+                digest: Some(digest.clone()),
+                diff: json!({"pinned_digest": {"old": previous, "new": digest}}).to_string(),
+                generation,
+            })),
+        };
+        let seq = self.audit.borrow_mut().commit(admission, record);
+        tracing::info!(actor = %actor, tool = name, generation, "tool approved");
+        let (pending, acked) = self.settle(generation, Some(seq)).await;
+        let status = if pending.is_empty() { 200 } else { 202 };
+        let body = json!({
+            "generation": generation,
+            "results": [{"kind": "tools", "id": name, "digest": digest, "previous_digest": previous}],
+            "shards": {"total": self.shared.seen.len(), "pending": pending},
+            "propagation_us": acked.map(|d| d.as_micros() as u64),
+        })
+        .to_string();
+        let etag = format!("\"{digest}\"");
+        response::write(
+            out,
+            status,
+            &[("ETag", &etag)],
+            Body::Json(body.as_bytes()),
+            true,
+        );
         Ok(())
     }
 }

@@ -180,7 +180,9 @@ pub struct Gateway {
     parser: RefCell<JsonParser>,
     /// Parses text content holding JSON while `parser` holds the result.
     inner_parser: RefCell<JsonParser>,
-    upstreams: Vec<Rc<Upstream>>,
+    /// This shard's upstream clients, for the snapshot generation they
+    /// were last checked against.
+    upstreams: RefCell<Clients>,
     nonce_counter: Cell<u64>,
     judge: Option<judge::Judge>,
     decisions: RefCell<DecisionCache>,
@@ -192,29 +194,92 @@ pub struct Gateway {
     args_audit: args::ArgsAudit,
 }
 
+/// A shard's clients of the upstreams of one snapshot, index-aligned with
+/// its `upstreams`. A call takes the list it started with, so a change of
+/// the upstreams (through the admin API) never moves a call in flight to
+/// another client; the old clients go when their last call ends.
+struct Clients {
+    /// The snapshot generation the list was checked against.
+    generation: u64,
+    /// The clients.
+    list: Rc<[Rc<Upstream>]>,
+    /// Per client, the admin API parts it was built from (`None`: from the file).
+    stored: Vec<Option<Arc<crate::shared::StoredParts>>>,
+}
+
+impl Clients {
+    /// Clients for `snap`'s upstreams: one whose settings and parts are
+    /// unchanged is kept, the others are built anew.
+    fn build(shared: &Shared, snap: &Snapshot, generation: u64, old: Option<&Clients>) -> Clients {
+        let mut list = Vec::with_capacity(snap.upstreams.len());
+        let mut stored = Vec::with_capacity(snap.upstreams.len());
+        for info in &snap.upstreams {
+            let crate::shared::ClientParts {
+                credential,
+                tls,
+                stored: parts,
+            } = shared.upstream_parts(&info.name);
+            let kept = old.and_then(|o| {
+                o.list
+                    .iter()
+                    .zip(&o.stored)
+                    .find(|(c, p)| c.info() == info && same_parts(p.as_ref(), parts.as_ref()))
+            });
+            let client = match kept {
+                Some((c, _)) => Rc::clone(c),
+                None => Rc::new(Upstream::new(
+                    info.clone(),
+                    credential.map(|c| c.reader()),
+                    tls,
+                )),
+            };
+            list.push(client);
+            stored.push(parts);
+        }
+        Clients {
+            generation,
+            list: list.into(),
+            stored,
+        }
+    }
+
+    /// Whether these clients serve `snap`'s upstreams as they are now.
+    fn serve(&self, shared: &Shared, snap: &Snapshot) -> bool {
+        self.list.len() == snap.upstreams.len()
+            && self
+                .list
+                .iter()
+                .zip(&self.stored)
+                .zip(&snap.upstreams)
+                .all(|((c, p), info)| {
+                    c.info() == info
+                        && same_parts(
+                            p.as_ref(),
+                            shared.upstream_parts(&info.name).stored.as_ref(),
+                        )
+                })
+    }
+}
+
+fn same_parts(
+    a: Option<&Arc<crate::shared::StoredParts>>,
+    b: Option<&Arc<crate::shared::StoredParts>>,
+) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
 /// Per-shard decision cache size.
 const DECISION_CACHE_ENTRIES: usize = 16 * 1024;
 
 impl Gateway {
     /// The handler of shard `shard`.
     pub fn new(shard: u16, shared: Arc<Shared>, audit: AuditProducer) -> Self {
-        let snapshot = shared.snapshot.reader();
-        let upstreams = shared
-            .snapshot
-            .load()
-            .upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let credential = shared.credentials.get(i).and_then(Option::as_ref);
-                let tls = shared.upstream_tls.get(i).cloned().flatten();
-                Rc::new(Upstream::new(
-                    u.clone(),
-                    credential.map(|c| c.reader()),
-                    tls,
-                ))
-            })
-            .collect();
+        let mut snapshot = shared.snapshot.reader();
+        let upstreams = Clients::build(&shared, &snapshot.current(), snapshot.generation(), None);
         let terminated = shared.terminated.reader();
         let judge = shared.config.judge_url.clone().map(|url| {
             let ms = shared
@@ -244,7 +309,7 @@ impl Gateway {
             audit: RefCell::new(audit),
             parser: RefCell::new(JsonParser::new()),
             inner_parser: RefCell::new(JsonParser::new()),
-            upstreams,
+            upstreams: RefCell::new(upstreams),
             nonce_counter: Cell::new(0),
             shared,
         }
@@ -252,13 +317,11 @@ impl Gateway {
 
     /// Picks up the newest snapshot if one was published, and acknowledges
     /// the generation this shard now runs (read by the admin API, which
-    /// answers a change once every shard runs it). Called between requests.
+    /// answers a change once every shard runs it), with the upstream
+    /// clients it needs built. Called between requests.
     pub fn refresh_snapshot(&self) {
-        let generation = {
-            let mut reader = self.snapshot.borrow_mut();
-            drop(reader.current());
-            reader.generation()
-        };
+        drop(self.current());
+        let generation = self.upstreams.borrow().generation;
         if let Some(seen) = self.shared.seen.get(usize::from(self.shard)) {
             if seen.load(Ordering::Relaxed) != generation {
                 seen.store(generation, Ordering::Release);
@@ -271,9 +334,37 @@ impl Gateway {
         self.shared.metrics.shards.get(usize::from(self.shard))
     }
 
-    /// This shard's client of upstream `idx`.
-    pub fn upstream(&self, idx: usize) -> Option<Rc<Upstream>> {
-        self.upstreams.get(idx).cloned()
+    /// The newest snapshot and this shard's upstream clients for it
+    /// (checked again, and rebuilt where changed, only when the generation
+    /// moved).
+    #[expect(
+        clippy::redundant_allocation,
+        reason = "the shard-local handle `Reader` gives out"
+    )]
+    fn current(&self) -> (Rc<Arc<Snapshot>>, Rc<[Rc<Upstream>]>) {
+        let (snapshot, generation) = {
+            let mut reader = self.snapshot.borrow_mut();
+            let s = reader.current();
+            (s, reader.generation())
+        };
+        let mut clients = self.upstreams.borrow_mut();
+        if clients.generation != generation {
+            if clients.serve(&self.shared, &snapshot) {
+                clients.generation = generation;
+            } else {
+                let next = Clients::build(&self.shared, &snapshot, generation, Some(&*clients));
+                *clients = next;
+            }
+        }
+        let list = Rc::clone(&clients.list);
+        (snapshot, list)
+    }
+
+    /// This shard's client of the upstream `info` describes, when the
+    /// running snapshot has that upstream so.
+    pub fn upstream(&self, info: &toolgate_decision::UpstreamInfo) -> Option<Rc<Upstream>> {
+        let (_, clients) = self.current();
+        clients.iter().find(|c| c.info() == info).cloned()
     }
 
     fn record(
@@ -337,8 +428,8 @@ impl Gateway {
         let accept = req.head.header(req.buf, "accept").unwrap_or(b"*/*");
         let sse = accepts(accept, b"text/event-stream") && !accepts(accept, b"application/json");
         let mut ctx = CallCtx::new(req.started, req.peer, sse, "answered");
-        let snapshot = self.snapshot.borrow_mut().current();
-        let result = self.drive(&snapshot, req, &mut ctx).await;
+        let (snapshot, clients) = self.current();
+        let result = self.drive(&snapshot, &clients, req, &mut ctx).await;
         let (decision, status, outcome, code) = match result {
             Ok(Answer::Message {
                 status,
@@ -457,6 +548,7 @@ impl Gateway {
     async fn drive(
         &self,
         snap: &Snapshot,
+        clients: &[Rc<Upstream>],
         req: &Request<'_>,
         ctx: &mut CallCtx,
     ) -> Result<Answer, Refusal> {
@@ -517,8 +609,7 @@ impl Gateway {
             Plan::Answer(a) => return Ok(a),
             Plan::Forward(f) => f,
         };
-        let upstream = self
-            .upstreams
+        let upstream = clients
             .get(fwd.upstream)
             .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
         if let Some(esc) = &fwd.escalation {

@@ -128,6 +128,11 @@ impl Upstream {
         &self.info.name
     }
 
+    /// What this client was built for.
+    pub fn info(&self) -> &UpstreamInfo {
+        &self.info
+    }
+
     fn id(&self) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
