@@ -4,34 +4,23 @@
 
 use std::sync::Arc;
 
-use toolgate_core::audit::{AuditArgs, AuditRecord, Decision, Outcome};
+use toolgate_core::audit::{AuditArgs, AuditRecord};
 
 /// A typical allowed `tools/call` record, the fixture of the audit and sink
 /// benches.
 pub fn sample_record() -> AuditRecord {
     AuditRecord {
-        time_us: 1_795_570_070_123_456,
-        shard: 0,
-        seq: 0,
         request_id: Some("42".into()),
         agent: Some(Arc::from("support-bot")),
         user: Some(Arc::from("alice@example.com")),
         method: Some("tools/call".into()),
         tool: Some("crm__lookup_customer".into()),
         upstream: Some(Arc::from("crm")),
-        decision: Decision::Allow,
-        reason: "attached",
-        status: 200,
-        outcome: Outcome::Success,
-        error_code: None,
         latency_us: 1234,
         client: "127.0.0.1:40000".parse().ok(),
         protocol_version: Some("2026-07-28"),
-        policies: None,
-        judge: None,
-        redactions: Vec::new(),
         // `[audit] arguments = "digest"`, the default.
         args: Some(AuditArgs::digest(br#"{"customer_id":"C-1"}"#)),
-        admin: None,
+        ..AuditRecord::new(1_795_570_070_123_456, "attached")
     }
 }

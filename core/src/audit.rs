@@ -251,6 +251,55 @@ pub fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl AuditRecord {
+    /// A record at `time_us` of an allowed, successful request with
+    /// `reason` and nothing else known yet; callers set what they know
+    /// (struct update syntax). The shard and sequence are stamped when the
+    /// record is committed to its ring.
+    pub fn new(time_us: u64, reason: &'static str) -> Self {
+        Self {
+            time_us,
+            shard: 0,
+            seq: 0,
+            request_id: None,
+            agent: None,
+            user: None,
+            method: None,
+            tool: None,
+            upstream: None,
+            decision: Decision::Allow,
+            reason,
+            status: 200,
+            outcome: Outcome::Success,
+            error_code: None,
+            latency_us: 0,
+            client: None,
+            protocol_version: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            args: None,
+            admin: None,
+        }
+    }
+
+    /// The record of an admin API request `admin/{op}` from `client` that
+    /// took `latency_us`: committed (`admin_change`) unless the caller
+    /// overrides decision, reason and status for a refusal.
+    pub fn admin(
+        time_us: u64,
+        latency_us: u64,
+        client: Option<std::net::SocketAddr>,
+        change: AdminChange,
+    ) -> Self {
+        Self {
+            method: Some(format!("admin/{}", change.op)),
+            latency_us,
+            client,
+            admin: Some(Box::new(change)),
+            ..Self::new(time_us, "admin_change")
+        }
+    }
+
     /// Appends the record as one JSON line (with the trailing newline).
     pub fn encode_json(&self, out: &mut Vec<u8>) {
         use crate::jsonrpc::write_str;

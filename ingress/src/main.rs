@@ -123,6 +123,34 @@ enum ToolsCommand {
     },
 }
 
+/// What a sub-token is minted for: `toolgate token mint` and `toolgate
+/// admin token mint`.
+#[derive(clap::Args)]
+struct MintArgs {
+    /// The agent the token acts as.
+    #[arg(long)]
+    agent: String,
+    /// Narrow the token to this end user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Narrow the token to this tool (repeatable; each must be attached to the agent).
+    #[arg(long = "tool", value_name = "TOOL")]
+    tools: Vec<String>,
+    /// Lifetime: `90s`, `30m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+}
+
+impl MintArgs {
+    /// `--ttl` in seconds (above 0).
+    fn ttl_s(&self) -> anyhow::Result<u64> {
+        let ttl = &self.ttl;
+        toolgate_sinks::query::parse_duration_s(ttl)
+            .filter(|s| *s > 0)
+            .with_context(|| format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d"))
+    }
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Mint a token for one agent, optionally narrowed to a user and tools;
@@ -131,18 +159,8 @@ enum TokenCommand {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
         config: PathBuf,
-        /// The agent the token acts as.
-        #[arg(long)]
-        agent: String,
-        /// Narrow the token to this end user.
-        #[arg(long)]
-        user: Option<String>,
-        /// Narrow the token to this tool (repeatable; each must be attached to the agent).
-        #[arg(long = "tool", value_name = "TOOL")]
-        tools: Vec<String>,
-        /// Lifetime: `90s`, `30m`, `1h`, `7d`.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
+        #[command(flatten)]
+        mint: MintArgs,
     },
     /// List minted tokens (claims only) with their state.
     List {
@@ -259,20 +277,7 @@ enum AdminTokenCommand {
     /// Mint a sub-token for one agent, optionally narrowed to a user and
     /// tools; prints the token on stdout (the only time it is shown) and
     /// its id on stderr.
-    Mint {
-        /// The agent the token acts as.
-        #[arg(long)]
-        agent: String,
-        /// Narrow the token to this end user.
-        #[arg(long)]
-        user: Option<String>,
-        /// Narrow the token to this tool (repeatable; each must be attached to the agent).
-        #[arg(long = "tool", value_name = "TOOL")]
-        tools: Vec<String>,
-        /// Lifetime: `90s`, `30m`, `1h`, `7d`.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-    },
+    Mint(MintArgs),
     /// List the sub-tokens minted through the admin API (claims only) with their state.
     List,
     /// Revoke a sub-token by its id; answers once every shard refuses it.
@@ -504,21 +509,17 @@ fn token_cmd(command: TokenCommand) -> anyhow::Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     match command {
-        TokenCommand::Mint {
-            agent,
-            user,
-            tools,
-            ttl,
-            ..
-        } => {
+        TokenCommand::Mint { mint, .. } => {
+            let ttl_s = mint.ttl_s()?;
+            let MintArgs {
+                agent,
+                user,
+                tools,
+                ttl,
+            } = mint;
             let Some(a) = cfg.config.agents.iter().find(|a| *a.id.get_ref() == agent) else {
                 bail!("no agent `{agent}` in {}", config.display());
             };
-            let ttl_s = toolgate_sinks::query::parse_duration_s(&ttl)
-                .filter(|s| *s > 0)
-                .with_context(|| {
-                    format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d")
-                })?;
             if ttl_s > st.max_ttl_s {
                 bail!(
                     "`--ttl {ttl}` is longer than `max_ttl_s` ({} s)",
@@ -1502,17 +1503,11 @@ mod admin_cmd {
     /// `toolgate admin token …`.
     fn token(c: &Client, cmd: AdminTokenCommand) -> anyhow::Result<()> {
         match cmd {
-            AdminTokenCommand::Mint {
-                agent,
-                user,
-                tools,
-                ttl,
-            } => {
-                let ttl_s = toolgate_sinks::query::parse_duration_s(&ttl)
-                    .filter(|s| *s > 0)
-                    .with_context(|| {
-                        format!("`--ttl {ttl}`: expected a duration such as 30m, 1h, 7d")
-                    })?;
+            AdminTokenCommand::Mint(mint) => {
+                let ttl_s = mint.ttl_s()?;
+                let super::MintArgs {
+                    agent, user, tools, ..
+                } = mint;
                 let mut body = json!({"agent": agent, "ttl_s": ttl_s});
                 if let Some(u) = user {
                     body["user"] = json!(u);

@@ -398,33 +398,17 @@ impl Syncer {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use std::sync::Arc;
-    use toolgate_core::audit::{AuditRecord, Decision, Outcome};
+    use toolgate_core::audit::AuditRecord;
 
     /// A typical allowed call's record.
     pub(crate) fn record(tool: &str) -> AuditRecord {
         AuditRecord {
-            time_us: 1,
-            shard: 0,
-            seq: 0,
             request_id: Some("1".into()),
             agent: Some(Arc::from("a")),
-            user: None,
             method: Some("tools/call".into()),
             tool: Some(tool.into()),
-            upstream: None,
-            decision: Decision::Allow,
-            reason: "attached",
-            status: 200,
-            outcome: Outcome::Success,
-            error_code: None,
             latency_us: 3,
-            client: None,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-            args: None,
-            admin: None,
+            ..AuditRecord::new(1, "attached")
         }
     }
 }

@@ -943,38 +943,26 @@ impl AdminApi {
             return;
         };
         let record = AuditRecord {
-            time_us: now_us(),
-            shard: 0,
-            seq: 0,
-            request_id: None,
-            agent: None,
-            user: None,
-            method: Some(format!("admin/{op}")),
-            tool: None,
-            upstream: None,
             decision: Decision::Deny,
             reason: e.code,
             status: e.status,
             outcome: Outcome::Failure,
-            error_code: None,
-            latency_us: req.started.elapsed().as_micros() as u64,
-            client: req.peer,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-            args: None,
-            admin: Some(Box::new(AdminChange {
-                actor: actor.map(str::to_owned),
-                op,
-                kind: truncate(kind, 64).to_owned(),
-                id: truncate(id, 128).to_owned(),
-                old_version: None,
-                new_version: None,
-                digest: None,
-                diff: "{}".to_owned(),
-                generation: 0,
-            })),
+            ..AuditRecord::admin(
+                now_us(),
+                req.started.elapsed().as_micros() as u64,
+                req.peer,
+                AdminChange {
+                    actor: actor.map(str::to_owned),
+                    op,
+                    kind: truncate(kind, 64).to_owned(),
+                    id: truncate(id, 128).to_owned(),
+                    old_version: None,
+                    new_version: None,
+                    digest: None,
+                    diff: "{}".to_owned(),
+                    generation: 0,
+                },
+            )
         };
         self.audit.borrow_mut().commit(admission, record);
     }
@@ -1239,29 +1227,11 @@ impl AdminApi {
                     (_, _, Some(_)) => "put",
                     (_, _, None) => "delete",
                 };
-                let record = AuditRecord {
-                    time_us: now_us(),
-                    shard: 0,
-                    seq: 0,
-                    request_id: None,
-                    agent: None,
-                    user: None,
-                    method: Some(format!("admin/{op}")),
-                    tool: None,
-                    upstream: None,
-                    decision: Decision::Allow,
-                    reason: "admin_change",
-                    status: 200,
-                    outcome: Outcome::Success,
-                    error_code: None,
-                    latency_us: req.started.elapsed().as_micros() as u64,
-                    client: req.peer,
-                    protocol_version: None,
-                    policies: None,
-                    judge: None,
-                    redactions: Vec::new(),
-                    args: None,
-                    admin: Some(Box::new(AdminChange {
+                let record = AuditRecord::admin(
+                    now_us(),
+                    req.started.elapsed().as_micros() as u64,
+                    req.peer,
+                    AdminChange {
                         actor: Some(actor.to_string()),
                         op,
                         kind: c.kind.as_str().to_owned(),
@@ -1275,8 +1245,8 @@ impl AdminApi {
                         )
                         .to_string(),
                         generation,
-                    })),
-                };
+                    },
+                );
                 last_seq = Some(audit.commit(admission, record));
             }
         }
@@ -1473,38 +1443,24 @@ impl AdminApi {
             )
         })?;
         let record = AuditRecord {
-            time_us: now_us(),
-            shard: 0,
-            seq: 0,
-            request_id: None,
-            agent: None,
-            user: None,
-            method: Some("admin/approve".into()),
             tool: Some(name.to_owned()),
             upstream: tool["upstream"].as_str().map(Arc::from),
-            decision: Decision::Allow,
-            reason: "admin_change",
-            status: 200,
-            outcome: Outcome::Success,
-            error_code: None,
-            latency_us: req.started.elapsed().as_micros() as u64,
-            client: req.peer,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-            args: None,
-            admin: Some(Box::new(AdminChange {
-                actor: Some(actor.to_string()),
-                op: "approve",
-                kind: "tools".to_owned(),
-                id: name.to_owned(),
-                old_version: None,
-                new_version: None,
-                digest: Some(digest.clone()),
-                diff: json!({"pinned_digest": {"old": previous, "new": digest}}).to_string(),
-                generation,
-            })),
+            ..AuditRecord::admin(
+                now_us(),
+                req.started.elapsed().as_micros() as u64,
+                req.peer,
+                AdminChange {
+                    actor: Some(actor.to_string()),
+                    op: "approve",
+                    kind: "tools".to_owned(),
+                    id: name.to_owned(),
+                    old_version: None,
+                    new_version: None,
+                    digest: Some(digest.clone()),
+                    diff: json!({"pinned_digest": {"old": previous, "new": digest}}).to_string(),
+                    generation,
+                },
+            )
         };
         let seq = self.audit.borrow_mut().commit(admission, record);
         tracing::info!(actor = %actor, tool = name, generation, "tool approved");
