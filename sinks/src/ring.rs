@@ -133,7 +133,6 @@ impl AuditProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use toolgate_core::audit::{Decision, Outcome};
     use toolgate_core::config::Durability;
 
     fn producer(shard: u16, w: RingWriter) -> (AuditProducer, Arc<AuditHealth>) {
@@ -142,30 +141,7 @@ mod tests {
     }
 
     pub(crate) fn record() -> AuditRecord {
-        AuditRecord {
-            time_us: 0,
-            shard: 0,
-            seq: 0,
-            request_id: None,
-            agent: None,
-            user: None,
-            method: None,
-            tool: None,
-            upstream: None,
-            decision: Decision::Allow,
-            reason: "test",
-            status: 200,
-            outcome: Outcome::Success,
-            error_code: None,
-            latency_us: 0,
-            client: None,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-            args: None,
-            admin: None,
-        }
+        AuditRecord::new(0, "test")
     }
 
     #[test]
