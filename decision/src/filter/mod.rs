@@ -338,6 +338,14 @@ impl<'f> Walker<'f, '_> {
         self.write_root(v, out);
     }
 
+    /// Writes the `error` object of an upstream's JSON-RPC error answer,
+    /// scanned by detectors and patterns (field paths address results, not
+    /// errors): a tool must not leak through its error message what its
+    /// result could not carry.
+    pub fn write_error(&mut self, v: Value<'_, '_>, out: &mut Vec<u8>) {
+        self.write_any(v, &Vec::new(), false, out);
+    }
+
     /// What fired; whether the result is refused.
     pub fn finish(mut self) -> Verdict {
         let mut refused = self.f.refuse_all;

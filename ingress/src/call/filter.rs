@@ -3,7 +3,8 @@
 //! The rules were compiled into the route's [`OutputFilter`] by `decision`;
 //! this step bounds the result's size, asks the filter whether the result
 //! can hold anything a rule acts on, and only then walks it. A result with
-//! nothing to act on is re-encoded exactly as without rules. What fired is
+//! nothing to act on is re-encoded exactly as without rules. JSON-RPC error
+//! answers go through the same detectors and patterns. What fired is
 //! kept in the call's audit record; a `refuse_when` hit becomes a refusal.
 
 use simd_json::tape::Value;
@@ -40,6 +41,32 @@ pub(super) fn apply(
     rewrite_result(result, stateless, out, &mut |k, v, o| {
         walker.write_member(k, v, o)
     });
+    let verdict = walker.finish();
+    redactions.extend(verdict.redactions);
+    if verdict.refused {
+        out.clear();
+        return Err(Refusal::new(RefusalKind::OutputRefused));
+    }
+    Ok(())
+}
+
+/// Writes the upstream's JSON-RPC `error` object with what the detectors
+/// and patterns of the rules find masked, or refuses it (a `refuse_when`
+/// on a detector). An error with nothing to act on is written as it came.
+pub(super) fn apply_error(
+    filter: &OutputFilter,
+    message: &[u8],
+    error: Value<'_, '_>,
+    inner: &mut JsonParser,
+    out: &mut Vec<u8>,
+    redactions: &mut Vec<Redaction>,
+) -> Result<(), Refusal> {
+    if !filter.needs_walk(message) {
+        write_value(error, out);
+        return Ok(());
+    }
+    let mut walker = filter.walker(inner);
+    walker.write_error(error, out);
     let verdict = walker.finish();
     redactions.extend(verdict.redactions);
     if verdict.refused {

@@ -976,7 +976,20 @@ impl Gateway {
         if let Some(error) = msg.get("error").filter(|e| e.is_object()) {
             let code = error.get("code").and_then(|c| c.as_i64()).ok_or_else(bad)?;
             let mut raw = Vec::new();
-            write_value(error, &mut raw);
+            match output {
+                Some(f) => {
+                    let mut inner = self.inner_parser.borrow_mut();
+                    filter::apply_error(
+                        f,
+                        message,
+                        error,
+                        &mut inner,
+                        &mut raw,
+                        &mut ctx.redactions,
+                    )?;
+                }
+                None => write_value(error, &mut raw),
+            }
             wire::error_raw(id, &raw, &mut body);
             ctx.reason = "upstream_error";
             let status = wire::status_for_code(code);

@@ -237,6 +237,42 @@ def test_results_from_an_sse_upstream_are_filtered_for_json_and_sse_agents(make_
     assert [(l["reason"], l["status"]) for l in big] == [("output_too_large", 502)] * 2
 
 
+ERROR_RULES = """
+[[output_rules]]
+name = "pii"
+tools = ["tickets__reject"]
+detectors = ["card", "email"]
+"""
+
+
+def test_upstream_error_messages_and_data_are_filtered_too(make_gate, upstreams):
+    """A tool that fails with a JSON-RPC error quoting sensitive data does
+    not leak it through the error: message and data are masked alike, and
+    the audit record counts what fired."""
+    agent = Agent("support-bot", ["tickets__reject"])
+    gate = make_gate(agents=[agent], extra_toml=ERROR_RULES)
+    text = f"refund {CARD_NUMBER} to ada@example.com"
+    masked = "refund [REDACTED:card] to [REDACTED:email]"
+
+    async def scenario():
+        async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+            with pytest.raises(MCPError) as info:
+                await client.call_tool("tickets__reject", {"text": text})
+            assert info.value.code == -32001, info.value
+            assert info.value.message == f"cannot file: {masked}"
+            assert info.value.error.data == {"echo": masked, "fields": [masked]}
+
+    anyio.run(scenario)
+    line = gate.audit_lines(1, where=lambda l: l["tool"] == "tickets__reject")[0]
+    assert (line["reason"], line["error_code"]) == ("upstream_error", -32001)
+    assert line["redactions"] == [
+        {"rule": "pii", "detector": "card", "count": 3},
+        {"rule": "pii", "detector": "email", "count": 3},
+    ]
+    raw = "".join(seg.read_text() for seg in audit_segments(gate.audit_dir))
+    assert "ada@example.com" not in raw
+
+
 def test_hash_style_masks_are_stable_digests_of_the_value(make_gate, upstreams):
     agent = Agent("support-bot", ["crm__lookup_customer"])
     rules = """

@@ -3,7 +3,8 @@
 Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
-* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate, slow)
+* ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate,
+  reject, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 * ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header,
   ``headers`` every header it received
@@ -22,6 +23,7 @@ import time
 import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 
 CARD_NUMBER = "4111 1111 1111 1111"
 
@@ -120,6 +122,11 @@ def build_tickets() -> MCPServer:
         await ctx.request_context.session.send_progress_notification(
             "annotate", 1, 2, f"half way through {text}", related_request_id=ctx.request_id)
         return {"text": text, "words": len(text.split())}
+
+    @server.tool()
+    def reject(text: str) -> str:
+        """Fail with a JSON-RPC error whose message and data quote the text."""
+        raise MCPError(-32001, f"cannot file: {text}", {"echo": text, "fields": [text]})
 
     @server.tool()
     async def slow(seconds: float) -> str:
