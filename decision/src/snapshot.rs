@@ -69,6 +69,12 @@ pub struct Agent {
     /// The agent's `tools/list` `tools` array, pre-rendered: attached tools
     /// that exist in a fetched catalog, in configuration order.
     pub tools_list: Arc<str>,
+    /// Exposed names of the tools in `tools_list`, in its order.
+    pub listed_order: Vec<Box<str>>,
+    /// Whether any attached tool is scoped to end users or groups: then
+    /// `tools/list` is built per caller from `listed_order`, since a tool
+    /// out of the caller's scope must be absent, not only refused.
+    pub scoped: bool,
     /// Whether the agent may name the end user it acts for.
     pub act_for_users: bool,
 }
@@ -165,6 +171,7 @@ impl Snapshot {
         for a in &cfg.config.agents {
             let mut tools = HashMap::new();
             let mut list = String::from("[");
+            let mut listed_order = Vec::new();
             for t in &a.tools {
                 let exposed = t.get_ref().as_str();
                 let Some((upstream, tool)) = cfg.namer.route(exposed) else {
@@ -214,6 +221,7 @@ impl Snapshot {
                         list.push(',');
                     }
                     list.push_str(l);
+                    listed_order.push(Box::from(exposed));
                 }
                 let scope = a
                     .scopes
@@ -248,10 +256,13 @@ impl Snapshot {
             }
             let id: Arc<str> = Arc::from(a.id.get_ref().as_str());
             by_id.insert(Arc::clone(&id), agents.len());
+            let scoped = tools.values().any(|r: &Route| r.scope.is_some());
             agents.push(Agent {
                 id,
                 tools,
                 tools_list: Arc::from(list),
+                listed_order,
+                scoped,
                 act_for_users: a.act_for_users,
             });
         }

@@ -739,25 +739,37 @@ impl Gateway {
             "tools/list" => {
                 let mut result = Vec::with_capacity(agent.tools_list.len() + 48);
                 result.extend_from_slice(br#"{"tools":"#);
-                match &ctx.scope {
-                    None => result.extend_from_slice(agent.tools_list.as_bytes()),
-                    // A narrowed token lists only its tools (that the agent has).
-                    Some(tools) => {
-                        result.push(b'[');
-                        let mut first = true;
-                        for def in tools
-                            .iter()
-                            .filter_map(|t| snap.route(agent, t))
-                            .filter_map(|r| r.listed.as_deref())
-                        {
-                            if !first {
-                                result.push(b',');
-                            }
-                            first = false;
-                            result.extend_from_slice(def.as_bytes());
+                if ctx.scope.is_none() && !agent.scoped {
+                    result.extend_from_slice(agent.tools_list.as_bytes());
+                } else {
+                    // Listed only what this caller may call: a narrowed
+                    // token's tools, and scoped tools only for users in
+                    // their scope (as `tools/call` refuses the others).
+                    ctx.user = self.user_of(agent, req, ctx.user.take())?;
+                    let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
+                    let names: Vec<&str> = match &ctx.scope {
+                        Some(tools) => tools.iter().map(String::as_str).collect(),
+                        None => agent.listed_order.iter().map(|n| &**n).collect(),
+                    };
+                    result.push(b'[');
+                    let mut first = true;
+                    for def in names
+                        .into_iter()
+                        .filter_map(|t| snap.route(agent, t))
+                        .filter(|r| {
+                            r.scope
+                                .as_ref()
+                                .is_none_or(|s| snap.in_scope(s, ctx.user.as_deref(), groups))
+                        })
+                        .filter_map(|r| r.listed.as_deref())
+                    {
+                        if !first {
+                            result.push(b',');
                         }
-                        result.push(b']');
+                        first = false;
+                        result.extend_from_slice(def.as_bytes());
                     }
+                    result.push(b']');
                 }
                 if stateless {
                     // Per-agent answer: never cacheable across callers.

@@ -637,6 +637,19 @@ def test_attachment_scoped_to_users_and_groups(admin_gate):
         ("alice", "allow", "attached"), ("carol", "allow", "attached"),
         ("bob", "deny", "tool_out_of_scope"), (None, "deny", "tool_out_of_scope"),
     ]
+    # tools/list shows the scoped tool only to callers in its scope.
+    def listed(user: str | None) -> list[str]:
+        headers = modern_headers("tools/list", None, bot.key)
+        if user:
+            headers["Toolgate-On-Behalf-Of"] = user
+        r = httpx.post(gate.url, json=modern_request("tools/list", {}), headers=headers, timeout=10.0)
+        assert r.status_code == 200, r.text
+        return [t["name"] for t in r.json()["result"]["tools"]]
+
+    assert listed("alice") == ["crm__lookup_customer", TOOL]
+    assert listed("carol") == ["crm__lookup_customer", TOOL]
+    assert listed("bob") == ["crm__lookup_customer"]
+    assert listed(None) == ["crm__lookup_customer"]
     # Widening the scope at run time takes effect on the answer.
     v = admin.version("agents/support-bot")
     spec["scopes"][TOOL]["users"].append("bob")
@@ -646,6 +659,7 @@ def test_attachment_scoped_to_users_and_groups(admin_gate):
     ]}
     assert admin.http.post(f"{admin.base}/transaction", json=tx).status_code == 200
     assert as_user("bob").status_code == 200
+    assert listed("bob") == ["crm__lookup_customer", TOOL]
 
 
 # --------------------------------------------------------------------------
