@@ -97,6 +97,10 @@ enum Command {
         /// Print the plan only.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete what the admin API holds of a kind whose folder is in
+        /// DIR but has no file there (the configuration file's stay).
+        #[arg(long)]
+        prune: bool,
     },
 }
 
@@ -264,6 +268,9 @@ enum AdminCommand {
         /// The directory (`agents/ID.json`, `users/ID.json`, `policies/NAME.cedar`).
         #[arg(short = 'f', long = "file", value_name = "DIR")]
         dir: PathBuf,
+        /// Plan the deletions of `apply --prune` too.
+        #[arg(long)]
+        prune: bool,
     },
     /// Sub-tokens through the admin API: mint, list, revoke.
     Token {
@@ -377,10 +384,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Admin {
         api,
-        command: AdminCommand::Diff { dir },
+        command: AdminCommand::Diff { dir, prune },
     } = &cli.command
     {
-        return match admin_cmd::diff_dir(api, dir) {
+        return match admin_cmd::diff_dir(api, dir, *prune) {
             Ok(false) => ExitCode::SUCCESS,
             Ok(true) => ExitCode::from(2),
             Err(e) => {
@@ -406,7 +413,12 @@ fn main() -> ExitCode {
         Command::Token { command } => token_cmd(command),
         Command::Tools { command } => tools_cmd(command),
         Command::Admin { api, command } => admin_cmd::run(&api, command),
-        Command::Apply { api, dir, dry_run } => admin_cmd::apply_dir(&api, &dir, dry_run),
+        Command::Apply {
+            api,
+            dir,
+            dry_run,
+            prune,
+        } => admin_cmd::apply_dir(&api, &dir, dry_run, prune),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1493,8 +1505,8 @@ mod admin_cmd {
             AdminCommand::Revoke { agent, tool } => print(&attach(&c, &agent, &tool, false)?),
             AdminCommand::Token { command } => token(&c, command)?,
             // Handled in `main` for its exit status.
-            AdminCommand::Diff { dir } => {
-                diff_dir(api, &dir)?;
+            AdminCommand::Diff { dir, prune } => {
+                diff_dir(api, &dir, prune)?;
             }
         }
         Ok(())
@@ -1628,9 +1640,9 @@ mod admin_cmd {
 
     /// `toolgate admin diff -f DIR`: prints the plan; returns whether it
     /// changes anything.
-    pub fn diff_dir(api: &AdminApiArgs, dir: &Path) -> anyhow::Result<bool> {
+    pub fn diff_dir(api: &AdminApiArgs, dir: &Path, prune: bool) -> anyhow::Result<bool> {
         let c = client(api)?;
-        let (plan, ops) = plan_dir(&c, dir)?;
+        let (plan, ops) = plan_dir(&c, dir, prune)?;
         print_plan(&plan, &ops);
         Ok(!ops.is_empty())
     }
@@ -1646,9 +1658,14 @@ mod admin_cmd {
     }
 
     /// `toolgate apply -f DIR`.
-    pub fn apply_dir(api: &AdminApiArgs, dir: &Path, dry_run: bool) -> anyhow::Result<()> {
+    pub fn apply_dir(
+        api: &AdminApiArgs,
+        dir: &Path,
+        dry_run: bool,
+        prune: bool,
+    ) -> anyhow::Result<()> {
         let c = client(api)?;
-        let (plan, ops) = plan_dir(&c, dir)?;
+        let (plan, ops) = plan_dir(&c, dir, prune)?;
         print_plan(&plan, &ops);
         if ops.is_empty() {
             return Ok(());
@@ -1677,19 +1694,24 @@ mod admin_cmd {
         Ok(())
     }
 
-    /// The plan for `dir` against the live state: one line per file, and
-    /// the transaction's operations (each guarded by the version read).
-    fn plan_dir(c: &Client, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+    /// The plan for `dir` against the live state: one line per file (and,
+    /// with `prune`, per resource to delete), and the transaction's
+    /// operations (each guarded by the version read). Deletions come last,
+    /// in the reverse order of kinds, so that what refers to a resource goes
+    /// before it; the transaction is checked as a whole either way.
+    fn plan_dir(c: &Client, dir: &Path, prune: bool) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
         if !dir.is_dir() {
             bail!("`{}` is not a directory", dir.display());
         }
         let mut ops = Vec::new();
         let mut plan = Vec::new();
+        let mut deletions: Vec<(String, Value)> = Vec::new();
         for kind in ["credentials", "upstreams", "agents", "users", "policies"] {
             let sub = dir.join(kind);
             if !sub.is_dir() {
                 continue;
             }
+            let mut in_files = std::collections::BTreeSet::new();
             let mut files: Vec<_> = std::fs::read_dir(&sub)
                 .with_context(|| format!("reading {}", sub.display()))?
                 .flatten()
@@ -1704,6 +1726,7 @@ mod admin_cmd {
                 let Some(id) = file.file_stem().and_then(|s| s.to_str()) else {
                     continue;
                 };
+                in_files.insert(id.to_owned());
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
                 let want = document(kind, &text, &file)?;
@@ -1730,6 +1753,27 @@ mod admin_cmd {
                     json!({"op": "put", "kind": kind, "id": id, "if_match": version, "spec": want}),
                 );
             }
+            if prune {
+                let r = c.request("GET", &format!("/v1/{kind}"), &[], None)?;
+                let listed = ok(r)?;
+                for item in listed["items"].as_array().into_iter().flatten() {
+                    let Some(id) = item["id"].as_str() else {
+                        continue;
+                    };
+                    if item["source"] != "store" || in_files.contains(id) {
+                        continue;
+                    }
+                    let version = item["version"].as_u64().unwrap_or(0);
+                    deletions.push((
+                        format!("  - {kind}/{id} (delete version {version})"),
+                        json!({"op": "delete", "kind": kind, "id": id, "if_match": version}),
+                    ));
+                }
+            }
+        }
+        for (line, op) in deletions.into_iter().rev() {
+            plan.push(line);
+            ops.push(op);
         }
         Ok((plan, ops))
     }

@@ -334,6 +334,34 @@ def test_cli_grant_revoke_get_and_apply_dir(admin_gate, tmp_path):
     assert r.returncode != 0 and "version_conflict" in r.stderr and f"current version: {v + 1}" in r.stderr
 
 
+def test_apply_prune_deletes_what_the_directory_lacks(admin_gate, tmp_path):
+    """`apply --prune` makes the API's state of each kind in the directory
+    equal to its files: what the API holds beyond them is deleted in the same
+    transaction; kinds without a folder, and the configuration file's
+    resources, are left alone. Without `--prune` nothing is deleted."""
+    gate, admin, agents = admin_gate()
+    for user in ("alice", "mallory"):
+        assert admin.put(f"users/{user}", {"groups": ["admins"]}, None).status_code in (200, 201)
+    assert admin.put("policies/extra", {"text": "permit(principal, action, resource);\n"},
+                     None).status_code in (200, 201)
+    d = tmp_path / "state"
+    (d / "users").mkdir(parents=True)
+    (d / "users" / "alice.json").write_text(json.dumps({"groups": ["admins"]}))
+    r = cli(gate, "admin", "diff", "-f", str(d))
+    assert r.returncode == 0 and "mallory" not in r.stdout, r.stdout
+    r = cli(gate, "admin", "diff", "-f", str(d), "--prune")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "  - users/mallory (delete version" in r.stdout and "policies" not in r.stdout, r.stdout
+    r = cli(gate, "apply", "-f", str(d), "--prune")
+    assert r.returncode == 0, r.stderr
+    assert admin.get("users/mallory").status_code == 404
+    assert admin.get("users/alice").status_code == 200
+    assert admin.get("policies/extra").status_code == 200, "no policies folder: not pruned"
+    assert admin.get("agents/support-bot").status_code == 200, "the configuration file's agent stays"
+    r = cli(gate, "admin", "diff", "-f", str(d), "--prune")
+    assert r.returncode == 0 and r.stdout.endswith("nothing to change\n"), r.stdout
+
+
 def test_cli_diff_prints_the_plan_and_exits_2_on_changes(admin_gate, tmp_path):
     gate, admin, agents = admin_gate()
     bot = agents["support-bot"]
