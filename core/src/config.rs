@@ -2973,6 +2973,20 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
     }
 
     #[test]
+    fn an_upstream_at_a_metadata_address_is_refused_with_its_line() {
+        let text = GOOD.replace(
+            "http://127.0.0.1:9101/mcp",
+            "http://169.254.169.254/latest/meta-data/",
+        );
+        let e = parse(&text, "t.toml", Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("instance-metadata"), "{e}");
+        assert!(e.contains("t.toml:"), "{e}");
+    }
+
+    #[test]
     fn writer_priority_parses_and_unknown_values_are_refused() {
         let v = parse(
             &format!("{GOOD}writer_priority = \"normal\"\n"),

@@ -2,7 +2,34 @@
 //!
 //! Deliberately narrow: only what toolgate can dial. No userinfo (credentials
 //! belong in credential config, never in a URL that gets logged), no query
-//! or fragment.
+//! or fragment, and never a link-local address: that is where cloud
+//! instance-metadata services answer (169.254.169.254, fd00:ec2::254), and a
+//! tool, judge or sink URL pointing there would hand the host's cloud
+//! credentials to whoever reads the answers. The same check runs again on
+//! every address a name resolves to, at dial time ([`reachable`]).
+
+use std::net::IpAddr;
+
+/// Whether toolgate may dial `ip`: not link-local (IPv4 169.254.0.0/16, IPv6
+/// fe80::/10, or either mapped into IPv6), not the unspecified address, and
+/// not AWS's IPv6 instance-metadata address. Private and loopback ranges
+/// are allowed: internal tools live there.
+pub fn reachable(ip: IpAddr) -> bool {
+    let v4 = match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    };
+    if let Some(v4) = v4 {
+        return !(v4.is_link_local() || v4.is_unspecified());
+    }
+    match ip {
+        IpAddr::V6(v6) => {
+            let metadata = v6.segments() == [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254];
+            !(v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80 || metadata)
+        }
+        IpAddr::V4(_) => true,
+    }
+}
 
 /// A parsed upstream endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +82,12 @@ impl UpstreamUrl {
         };
         if host.is_empty() || host == "[]" {
             return Err(format!("`{s}`: no host"));
+        }
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if literal.parse::<IpAddr>().is_ok_and(|ip| !reachable(ip)) {
+            return Err(format!(
+                "`{s}`: link-local and cloud instance-metadata addresses are never dialled"
+            ));
         }
         let port = match port {
             Some(p) => p
@@ -121,6 +154,32 @@ mod tests {
     }
 
     #[test]
+    fn private_and_loopback_addresses_are_reachable_link_local_is_not() {
+        for ok in [
+            "10.0.0.5",
+            "192.168.1.1",
+            "127.0.0.1",
+            "::1",
+            "fd00::1",
+            "172.16.0.1",
+        ] {
+            let ip: IpAddr = ok.parse().unwrap_or_else(|_| unreachable!());
+            assert!(reachable(ip), "{ok}");
+        }
+        for bad in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "0.0.0.0",
+            "::",
+        ] {
+            let ip: IpAddr = bad.parse().unwrap_or_else(|_| unreachable!());
+            assert!(!reachable(ip), "{bad}");
+        }
+    }
+
+    #[test]
     fn ipv6_host() {
         let u = UpstreamUrl::parse("http://[::1]:9000/mcp").unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(u.dial_target(), "[::1]:9000");
@@ -136,6 +195,11 @@ mod tests {
             "http://x:99999/",
             "http:///mcp",
             "http://x/a?b",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]:80/mcp",
+            "http://[fd00:ec2::254]/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://0.0.0.0:80/mcp",
         ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
         }

@@ -129,11 +129,29 @@ pub struct Pool {
     max_idle: usize,
 }
 
+/// The first address `target` resolves to that toolgate may dial: a name
+/// that resolves only to link-local or metadata addresses is not dialled
+/// ([`toolgate_core::upstream_url::reachable`]), and says so.
+fn first_reachable(target: &str) -> Option<SocketAddr> {
+    let addrs: Vec<SocketAddr> = target.to_socket_addrs().ok()?.collect();
+    let first = addrs
+        .iter()
+        .copied()
+        .find(|a| toolgate_core::upstream_url::reachable(a.ip()));
+    if first.is_none() && !addrs.is_empty() {
+        tracing::warn!(
+            %target,
+            "resolves only to link-local or instance-metadata addresses: not dialled"
+        );
+    }
+    first
+}
+
 impl Pool {
     /// A pool dialing `target` (`host:port`), over TLS when `tls` is given,
     /// keeping at most `max_idle` idle connections.
     pub fn new(target: String, max_idle: usize, tls: Option<ClientTls>) -> Self {
-        let addr = target.to_socket_addrs().ok().and_then(|mut a| a.next());
+        let addr = first_reachable(&target);
         Self {
             target,
             tls,
@@ -147,11 +165,7 @@ impl Pool {
         if let Some(a) = *self.addr.borrow() {
             return Some(a);
         }
-        let a = self
-            .target
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next());
+        let a = first_reachable(&self.target);
         *self.addr.borrow_mut() = a;
         a
     }
