@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Waker;
 use std::thread::Thread;
+
+use futures_util::task::AtomicWaker;
 
 use toolgate_core::config::Durability;
 
@@ -23,6 +26,9 @@ pub struct AuditHealth {
     /// Set by the first wake after the audit thread's last look at the
     /// rings; later wakes skip the futex call until the thread looks again.
     wake_pending: AtomicBool,
+    /// Per shard: the task waiting for that shard's marks to move (its ack
+    /// poller), woken by the audit thread when they do.
+    ack_wakers: Box<[AtomicWaker]>,
 }
 
 impl AuditHealth {
@@ -36,6 +42,7 @@ impl AuditHealth {
             durability,
             writer: OnceLock::new(),
             wake_pending: AtomicBool::new(false),
+            ack_wakers: (0..shards).map(|_| AtomicWaker::new()).collect(),
         })
     }
 
@@ -88,15 +95,40 @@ impl AuditHealth {
         self.log_ok.swap(ok, Ordering::AcqRel)
     }
 
-    pub(crate) fn mark_written(&self, upto: &[u64]) {
-        for (m, &u) in self.written.iter().zip(upto) {
-            m.store(u, Ordering::Release);
+    /// Registers `waker` to be woken when shard `shard`'s marks move (the
+    /// shard's ack poller: it waits on this rather than on a timer).
+    pub fn register_ack(&self, shard: u16, waker: &Waker) {
+        if let Some(w) = self.ack_wakers.get(usize::from(shard)) {
+            w.register(waker);
         }
     }
 
+    pub(crate) fn mark_written(&self, upto: &[u64]) {
+        Self::advance(
+            &self.written,
+            upto,
+            self.durability == Durability::Batch,
+            &self.ack_wakers,
+        );
+    }
+
     pub(crate) fn mark_synced(&self, upto: &[u64]) {
-        for (m, &u) in self.synced.iter().zip(upto) {
-            m.store(u, Ordering::Release);
+        Self::advance(
+            &self.synced,
+            upto,
+            self.durability == Durability::Record,
+            &self.ack_wakers,
+        );
+    }
+
+    /// Moves `marks` to `upto`; when these are the marks answers wait on,
+    /// wakes the waiter of every shard whose mark moved.
+    fn advance(marks: &[AtomicU64], upto: &[u64], answers_wait: bool, wakers: &[AtomicWaker]) {
+        for ((m, &u), w) in marks.iter().zip(upto).zip(wakers) {
+            let before = m.swap(u, Ordering::AcqRel);
+            if answers_wait && before != u {
+                w.wake();
+            }
         }
     }
 }

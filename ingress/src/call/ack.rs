@@ -1,10 +1,12 @@
 //! Waiting, per shard, for audit records to reach the log.
 //!
-//! A call is answered only once its record is in the log. Rather than every
-//! waiting call polling with its own timer, waiters park here and one shard
-//! task polls the audit thread's progress mark for all of them, waking each
-//! call whose record has landed. Only one timer runs per shard, and none
-//! while nothing waits.
+//! A call is answered only once its record is in the log. Waiters park
+//! here; one shard task (the poller) waits for the audit thread to move this
+//! shard's progress mark — the thread wakes it (a glommio foreign wake) —
+//! and then wakes each call whose record has landed. No timer polls the
+//! mark: a short poll interval costs the shard a timer wake-up every few
+//! microseconds under load, a long one adds it to every answer. A slow
+//! fallback timer only guards against a lost wake.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -16,8 +18,8 @@ use std::time::Duration;
 
 use toolgate_sinks::AuditHealth;
 
-/// How often the poller looks at the audit thread's mark.
-const POLL: Duration = Duration::from_micros(25);
+/// Longest the poller waits for a wake before it looks at the mark anyway.
+const FALLBACK: Duration = Duration::from_millis(2);
 
 /// A shard's waiters on the audit log.
 pub struct Acks {
@@ -61,9 +63,27 @@ impl Acks {
         .await;
     }
 
+    /// Whether the oldest waiter's record is in the log.
+    fn front_recorded(&self) -> bool {
+        self.waiting
+            .borrow()
+            .front()
+            .is_none_or(|(seq, _)| self.recorded(*seq))
+    }
+
     async fn poll(self: Rc<Self>) {
         loop {
-            glommio::timer::sleep(POLL).await;
+            let landed = poll_fn(|cx| {
+                // Register first, then look: a mark moved in between is seen
+                // here, or wakes us.
+                self.health.register_ack(self.shard, cx.waker());
+                if self.front_recorded() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            });
+            let _ = glommio::timer::timeout(FALLBACK, landed).await;
             let mut ready = Vec::new();
             {
                 let mut w = self.waiting.borrow_mut();
