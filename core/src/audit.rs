@@ -523,43 +523,36 @@ mod tests {
     #[test]
     fn admin_change_encodes_inside_the_record() {
         let r = AuditRecord {
-            time_us: 1,
             shard: 2,
-            seq: 0,
-            request_id: None,
-            agent: None,
-            user: None,
-            method: Some("admin/put".into()),
-            tool: None,
-            upstream: None,
-            decision: Decision::Allow,
-            reason: "admin_change",
-            status: 200,
-            outcome: Outcome::Success,
-            error_code: None,
-            latency_us: 0,
-            client: None,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
-            args: None,
-            admin: Some(Box::new(AdminChange {
-                actor: Some("ops".into()),
-                op: "put",
-                kind: "agents".into(),
-                id: "bot\"1".into(),
-                old_version: Some(3),
-                new_version: Some(4),
-                digest: Some("ab".into()),
-                diff: r#"{"tools":{"added":["crm__x"]}}"#.into(),
-                generation: 9,
-            })),
+            ..AuditRecord::admin(
+                1,
+                0,
+                None,
+                AdminChange {
+                    actor: Some("ops".into()),
+                    op: "put",
+                    kind: "agents".into(),
+                    id: "bot\"1".into(),
+                    old_version: Some(3),
+                    new_version: Some(4),
+                    digest: Some("ab".into()),
+                    diff: r#"{"tools":{"added":["crm__x"]}}"#.into(),
+                    generation: 9,
+                },
+            )
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         assert!(out.ends_with(b"}}\n"));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        assert_eq!(
+            (&v["method"], &v["reason"], &v["shard"]),
+            (
+                &serde_json::json!("admin/put"),
+                &serde_json::json!("admin_change"),
+                &serde_json::json!(2)
+            )
+        );
         assert_eq!(v["admin"]["actor"], "ops");
         assert_eq!(v["admin"]["id"], "bot\"1");
         assert_eq!(v["admin"]["old_version"], 3);
@@ -571,28 +564,14 @@ mod tests {
 
     fn call_record(args: Option<AuditArgs>) -> serde_json::Value {
         let r = AuditRecord {
-            time_us: 1,
-            shard: 0,
-            seq: 0,
             request_id: Some("1".into()),
             agent: Some(Arc::from("a")),
-            user: None,
             method: Some("tools/call".into()),
             tool: Some("crm__x".into()),
             upstream: Some(Arc::from("crm")),
-            decision: Decision::Allow,
-            reason: "attached",
-            status: 200,
-            outcome: Outcome::Success,
-            error_code: None,
             latency_us: 1,
-            client: None,
-            protocol_version: None,
-            policies: None,
-            judge: None,
-            redactions: Vec::new(),
             args,
-            admin: None,
+            ..AuditRecord::new(1, "attached")
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
