@@ -597,8 +597,9 @@ when { context has user && context.user in Toolgate::Group::"admins" };
 
 
 def test_scope_a_granted_tool_to_a_group_in_one_transaction(admin_gate):
-    """The README's example: grant, scope to `admins` with a policy and a
-    user, atomically; then revoke."""
+    """The example of docs/admin-api.md ("Grant, scope and revoke while an
+    agent runs"): grant, scope to `admins` with a policy and a user,
+    atomically; then revoke."""
     gate, admin, agents = admin_gate()
     bot = agents["support-bot"]
 

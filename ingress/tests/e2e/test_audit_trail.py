@@ -453,8 +453,9 @@ def test_kill_9_mid_stream_loses_nothing_and_both_sinks_get_every_record(make_ga
     """Traffic, ``kill -9`` mid-stream, restart. Then: the log verifies, every
     answered call has its record, and each sink (TCP syslog into the real
     rsyslog, Splunk HEC into the local receiver) holds every record, with
-    duplicates only where the README's delivery guarantees allow them: records
-    the sink delivered after its last saved cursor, each resent at most once."""
+    duplicates only where the delivery guarantees of docs/audit-and-siem.md
+    allow them: records the sink delivered after its last saved cursor, each
+    resent at most once."""
     hec = Receiver().start()
     token = tmp_path / "hec.token"
     token.write_text("kill-9-hec-token")

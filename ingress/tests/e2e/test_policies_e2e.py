@@ -1,5 +1,5 @@
-"""Cedar policies end to end: the README's policy examples (shipped in
-``policies/examples/policies``) decide real SDK calls through toolgate.
+"""Cedar policies end to end: the policy examples of docs/policies.md (shipped
+in ``policies/examples/policies``) decide real SDK calls through toolgate.
 
     SDK client (agent key, optional Toolgate-On-Behalf-Of user)
         -> toolgate (permission map, then Cedar; @judge escalations)

@@ -1,8 +1,8 @@
 """HTTP SIEM sinks end to end: Splunk HEC, Elasticsearch ``_bulk`` and an
 NDJSON webhook, against a local receiver (siem_receiver.py) that fails for a
 while, answers 429 with Retry-After, drops connections mid-request and
-reports bulk item errors. Every record must arrive; duplicates only where the
-README says they can happen.
+reports bulk item errors. Every record must arrive; duplicates only where
+docs/audit-and-siem.md ("Delivery guarantees") says they can happen.
 """
 
 from __future__ import annotations
