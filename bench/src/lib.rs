@@ -21,6 +21,9 @@ pub fn sample_record() -> AuditRecord {
         protocol_version: Some("2026-07-28"),
         // `[audit] arguments = "digest"`, the default.
         args: Some(AuditArgs::digest(br#"{"customer_id":"C-1"}"#)),
-        ..AuditRecord::new(1_795_570_070_123_456, "attached")
+        ..AuditRecord::new(
+            1_795_570_070_123_456,
+            toolgate_core::audit::Reason::Attached,
+        )
     }
 }

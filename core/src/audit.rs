@@ -4,6 +4,7 @@
 //! encoded there. Fields hold references to snapshot strings (`Arc<str>`) so
 //! building a record copies no agent or upstream names.
 
+use crate::refusal::RefusalKind;
 use std::sync::Arc;
 
 /// What toolgate decided.
@@ -177,8 +178,8 @@ pub struct AuditRecord {
     pub upstream: Option<Arc<str>>,
     /// Allow or deny.
     pub decision: Decision,
-    /// Why, snake_case.
-    pub reason: &'static str,
+    /// Why ([`Reason::as_str`] is its wire form).
+    pub reason: Reason,
     /// HTTP status returned to the agent.
     pub status: u16,
     /// How it ended.
@@ -229,11 +230,118 @@ pub struct AdminChange {
     pub generation: u64,
 }
 
+/// Why a request ended as it did: the `reason` of its record.
+///
+/// The wire strings live in [`Reason::as_str`] alone; SIEM searches and
+/// SOAR rules match on them, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// toolgate answered the request itself (`initialize`, `tools/list`, …).
+    Answered,
+    /// An attached tool was called with no policy in play.
+    Attached,
+    /// Cedar policy allowed the call.
+    AllowedByPolicy,
+    /// The judge allowed an escalated call.
+    AllowedByJudge,
+    /// The upstream answered the call with a JSON-RPC error.
+    UpstreamError,
+    /// The agent ended its session (`DELETE /mcp`).
+    SessionTerminated,
+    /// An attached tool whose scope does not cover the call's end user.
+    ToolOutOfScope,
+    /// A Cedar `forbid` matched.
+    ForbiddenByPolicy,
+    /// No Cedar `permit` matched.
+    NoPermit,
+    /// Cedar could not evaluate a policy: deny.
+    PolicyError,
+    /// The call's arguments nest too deep to be decided on: deny.
+    ArgumentsTooDeep,
+    /// The call's arguments cannot be put to Cedar (a repeated key): deny.
+    InvalidArguments,
+    /// Refused for this reason (its [`RefusalKind::reason`]).
+    Refused(RefusalKind),
+    /// A change made through the admin API.
+    AdminChange,
+    /// An admin API request refused with this error code.
+    AdminRefused(&'static str),
+}
+
+impl Reason {
+    /// The snake_case reason written to the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Answered => "answered",
+            Reason::Attached => "attached",
+            Reason::AllowedByPolicy => "allowed_by_policy",
+            Reason::AllowedByJudge => "allowed_by_judge",
+            Reason::UpstreamError => "upstream_error",
+            Reason::SessionTerminated => "session_terminated",
+            Reason::ToolOutOfScope => "tool_out_of_scope",
+            Reason::ForbiddenByPolicy => "forbidden_by_policy",
+            Reason::NoPermit => "no_permit",
+            Reason::PolicyError => "policy_error",
+            Reason::ArgumentsTooDeep => "arguments_too_deep",
+            Reason::InvalidArguments => "invalid_arguments",
+            Reason::Refused(kind) => kind.reason(),
+            Reason::AdminChange => "admin_change",
+            Reason::AdminRefused(code) => code,
+        }
+    }
+
+    /// Whether an upstream failed the call (for the failure counter).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::Refused(
+                RefusalKind::UpstreamUnavailable
+                    | RefusalKind::UpstreamTimeout
+                    | RefusalKind::UpstreamBadResponse
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the judge of an escalated call said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgeOutcome {
+    /// A clear allow, in time.
+    Allow,
+    /// A clear deny.
+    Deny,
+    /// No answer in time.
+    Timeout,
+    /// The judge could not be reached.
+    Unavailable,
+    /// An answer that is neither allow nor deny.
+    Invalid,
+}
+
+impl JudgeOutcome {
+    /// The outcome as written to the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JudgeOutcome::Allow => "allow",
+            JudgeOutcome::Deny => "deny",
+            JudgeOutcome::Timeout => "timeout",
+            JudgeOutcome::Unavailable => "unavailable",
+            JudgeOutcome::Invalid => "invalid",
+        }
+    }
+}
+
 /// What the judge said about an escalated call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JudgeRecord {
-    /// `allow`, `deny`, `timeout`, `unavailable` or `invalid`.
-    pub outcome: &'static str,
+    /// What it answered.
+    pub outcome: JudgeOutcome,
     /// Time the judge took, microseconds.
     pub latency_us: u64,
 }
@@ -255,7 +363,7 @@ impl AuditRecord {
     /// `reason` and nothing else known yet; callers set what they know
     /// (struct update syntax). The shard and sequence are stamped when the
     /// record is committed to its ring.
-    pub fn new(time_us: u64, reason: &'static str) -> Self {
+    pub fn new(time_us: u64, reason: Reason) -> Self {
         Self {
             time_us,
             shard: 0,
@@ -296,7 +404,7 @@ impl AuditRecord {
             latency_us,
             client,
             admin: Some(Box::new(change)),
-            ..Self::new(time_us, "admin_change")
+            ..Self::new(time_us, Reason::AdminChange)
         }
     }
 
@@ -330,7 +438,7 @@ impl AuditRecord {
         opt("tool", self.tool.as_deref(), out);
         opt("upstream", self.upstream.as_deref(), out);
         opt("decision", Some(self.decision.as_str()), out);
-        opt("reason", Some(self.reason), out);
+        opt("reason", Some(self.reason.as_str()), out);
         let _ = write!(out, ",\"status\":{}", self.status);
         opt("outcome", Some(self.outcome.as_str()), out);
         match self.error_code {
@@ -360,7 +468,7 @@ impl AuditRecord {
         match &self.judge {
             Some(j) => {
                 out.extend_from_slice(b",\"judge\":{\"outcome\":");
-                write_str(j.outcome, out);
+                write_str(j.outcome.as_str(), out);
                 let _ = write!(out, ",\"latency_us\":{}}}", j.latency_us);
             }
             None => out.extend_from_slice(b",\"judge\":null"),
@@ -479,7 +587,7 @@ mod tests {
             tool: Some("crm__lookup\"x".into()),
             upstream: Some(Arc::from("crm")),
             decision: Decision::Deny,
-            reason: "tool_not_attached",
+            reason: Reason::Refused(RefusalKind::UnknownTool),
             status: 400,
             outcome: Outcome::Failure,
             error_code: Some(-32602),
@@ -488,7 +596,7 @@ mod tests {
             protocol_version: Some("2026-07-28"),
             policies: Some(Arc::from([Arc::from("p\"1")])),
             judge: Some(JudgeRecord {
-                outcome: "allow",
+                outcome: JudgeOutcome::Allow,
                 latency_us: 5,
             }),
             redactions: vec![Redaction {
@@ -571,7 +679,7 @@ mod tests {
             upstream: Some(Arc::from("crm")),
             latency_us: 1,
             args,
-            ..AuditRecord::new(1, "attached")
+            ..AuditRecord::new(1, Reason::Attached)
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);

@@ -126,6 +126,23 @@ pub struct Wire {
     pub code: i64,
     /// JSON-RPC error message.
     pub message: Cow<'static, str>,
+    /// The header the response carries besides the body.
+    pub header: WireHeader,
+}
+
+/// The one header a refusal's response carries besides its body; the
+/// server fills in the value it alone knows (the wait, the challenge, the
+/// path's methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireHeader {
+    /// None.
+    None,
+    /// `Retry-After`: seconds until a retry can succeed.
+    RetryAfter,
+    /// `WWW-Authenticate`: the bearer challenge (RFC 6750, RFC 9728).
+    Challenge,
+    /// `Allow`: the methods the path serves.
+    Allow,
 }
 
 impl RefusalKind {
@@ -353,6 +370,49 @@ impl Refusal {
             status,
             code,
             message,
+            header: self.kind.header(),
+        }
+    }
+}
+
+impl RefusalKind {
+    /// The header a refusal of this kind carries.
+    fn header(self) -> WireHeader {
+        use RefusalKind::*;
+        match self {
+            RateLimited | AuditUnavailable | Overloaded => WireHeader::RetryAfter,
+            MissingCredential | UnknownCredential | InvalidToken(_) => WireHeader::Challenge,
+            MethodNotAllowed => WireHeader::Allow,
+            MalformedHttp
+            | HeadersTooLarge
+            | BodyTooLarge
+            | RequestTimeout
+            | PathNotFound
+            | UnsupportedMediaType
+            | NotAcceptable
+            | ParseError
+            | InvalidRequest
+            | MethodNotFound
+            | InvalidParams
+            | UnknownTool
+            | HeaderMismatch
+            | UnsupportedProtocolVersion
+            | MissingSession
+            | SessionNotFound
+            | SessionIdentityMismatch
+            | CertificateMismatch
+            | UserAssertionRefused
+            | PolicyDenied
+            | JudgeDenied
+            | JudgeUnavailable
+            | UpstreamUnavailable
+            | UpstreamTimeout
+            | UpstreamBadResponse
+            | UpstreamCredentialUnavailable
+            | OutputRefused
+            | ArgumentsRefused
+            | ToolQuarantined
+            | OutputTooLarge => WireHeader::None,
         }
     }
 }
@@ -413,6 +473,26 @@ mod tests {
         );
         assert_eq!(r.kind.reason(), "token_expired");
         assert_eq!(r.kind.decision(), Decision::Deny);
+    }
+
+    #[test]
+    fn refusals_that_ask_for_a_retry_or_a_credential_say_so_in_a_header() {
+        let header = |k| Refusal::new(k).wire().header;
+        assert_eq!(header(RefusalKind::RateLimited), WireHeader::RetryAfter);
+        assert_eq!(
+            header(RefusalKind::AuditUnavailable),
+            WireHeader::RetryAfter
+        );
+        assert_eq!(
+            header(RefusalKind::MissingCredential),
+            WireHeader::Challenge
+        );
+        assert_eq!(
+            header(RefusalKind::InvalidToken(TokenError::Expired)),
+            WireHeader::Challenge
+        );
+        assert_eq!(header(RefusalKind::MethodNotAllowed), WireHeader::Allow);
+        assert_eq!(header(RefusalKind::PolicyDenied), WireHeader::None);
     }
 
     #[test]

@@ -261,7 +261,7 @@ pub struct MetricsHandler {
 }
 
 impl Handler for MetricsHandler {
-    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) {
         let path = req.head.path(req.buf);
         if req.head.method == Method::Get && (path == b"/metrics" || path.starts_with(b"/metrics?"))
         {
@@ -276,7 +276,6 @@ impl Handler for MetricsHandler {
                 true,
             );
         }
-        true
     }
 
     fn refuse(

@@ -141,7 +141,7 @@ mod tests {
     }
 
     pub(crate) fn record() -> AuditRecord {
-        AuditRecord::new(0, "test")
+        AuditRecord::new(0, toolgate_core::audit::Reason::Answered)
     }
 
     #[test]

@@ -408,7 +408,7 @@ pub(crate) mod tests_support {
             method: Some("tools/call".into()),
             tool: Some(tool.into()),
             latency_us: 3,
-            ..AuditRecord::new(1, "attached")
+            ..AuditRecord::new(1, toolgate_core::audit::Reason::Attached)
         }
     }
 }

@@ -9,17 +9,15 @@
 use cedar_policy::RestrictedExpression;
 use simd_json::prelude::*;
 use simd_json::tape::Value;
+use toolgate_core::audit::Reason;
 
 /// Deepest argument nesting handed to Cedar.
 const MAX_DEPTH: usize = 32;
 
 /// `Ok(None)` for values with no Cedar form (null, fractional numbers).
-pub fn to_cedar(
-    v: Value<'_, '_>,
-    depth: usize,
-) -> Result<Option<RestrictedExpression>, &'static str> {
+pub fn to_cedar(v: Value<'_, '_>, depth: usize) -> Result<Option<RestrictedExpression>, Reason> {
     if depth > MAX_DEPTH {
-        return Err("arguments_too_deep");
+        return Err(Reason::ArgumentsTooDeep);
     }
     if let Some(s) = v.into_string() {
         return Ok(Some(RestrictedExpression::new_string(s.to_owned())));
@@ -55,7 +53,7 @@ pub fn to_cedar(
         }
         return RestrictedExpression::new_record(fields)
             .map(Some)
-            .map_err(|_| "invalid_arguments");
+            .map_err(|_| Reason::InvalidArguments);
     }
     Ok(None)
 }

@@ -37,6 +37,7 @@ use cedar_policy::{
     RestrictedExpression,
 };
 use simd_json::tape::Value;
+use toolgate_core::audit::Reason;
 
 /// Cedar namespace of toolgate's entity types and actions.
 pub const NAMESPACE: &str = "Toolgate";
@@ -53,8 +54,8 @@ pub enum Verdict {
     Deny {
         /// Policies that determined it (forbids), if any.
         policies: Arc<[Arc<str>]>,
-        /// Why, snake_case.
-        reason: &'static str,
+        /// Why: a forbid, no permit, or an evaluation error.
+        reason: Reason,
     },
     /// Allowed by a `@judge` permit: the judge decides.
     Judge {
@@ -258,13 +259,13 @@ impl Engine {
         if let Some((id, _)) = forbids.iter().find(|(_, c)| !c) {
             return PairDecision::Fixed(Verdict::Deny {
                 policies: Arc::from([name(id)]),
-                reason: "forbidden_by_policy",
+                reason: Reason::ForbiddenByPolicy,
             });
         }
         if permits.is_empty() {
             return PairDecision::Fixed(Verdict::Deny {
                 policies: Arc::from([]),
-                reason: "no_permit",
+                reason: Reason::NoPermit,
             });
         }
         if forbids.is_empty() && permits.iter().all(|(_, _, j)| !j) {
@@ -308,7 +309,7 @@ impl Engine {
             uid("Action", facts.tool),
             uid("Tool", facts.tool),
         ) else {
-            return deny("policy_error");
+            return deny(Reason::PolicyError);
         };
         let args = match facts.args {
             Some(a) => match args::to_cedar(a, 0) {
@@ -319,7 +320,7 @@ impl Engine {
             },
             None => match RestrictedExpression::new_record(std::iter::empty()) {
                 Ok(r) => r,
-                Err(_) => return deny("policy_error"),
+                Err(_) => return deny(Reason::PolicyError),
             },
         };
         let mut pairs = vec![
@@ -337,10 +338,10 @@ impl Engine {
             pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
         }
         let Ok(context) = Context::from_pairs(pairs) else {
-            return deny("policy_error");
+            return deny(Reason::PolicyError);
         };
         let Ok(request) = Request::new(principal, action, resource, context, None) else {
-            return deny("policy_error");
+            return deny(Reason::PolicyError);
         };
         // The user entity must be in the store for `in Group` checks; known
         // users are, unknown ones belong to no group.
@@ -351,7 +352,7 @@ impl Engine {
         let entities = match (facts.user, facts.groups) {
             (Some(u), Some(groups)) => {
                 let Some(user) = uid("User", u) else {
-                    return deny("policy_error");
+                    return deny(Reason::PolicyError);
                 };
                 let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
                 match self
@@ -363,7 +364,7 @@ impl Engine {
                         scoped = e;
                         &scoped
                     }
-                    Err(_) => return deny("policy_error"),
+                    Err(_) => return deny(Reason::PolicyError),
                 }
             }
             _ => &self.entities,
@@ -383,7 +384,7 @@ impl Engine {
             // A policy that could not be evaluated may have been a forbid.
             return Verdict::Deny {
                 policies: named(&mut response.diagnostics().reason()),
-                reason: "policy_error",
+                reason: Reason::PolicyError,
             };
         }
         let policies = named(&mut response.diagnostics().reason());
@@ -401,9 +402,9 @@ impl Engine {
             }
             CedarDecision::Deny => {
                 let reason = if policies.is_empty() {
-                    "no_permit"
+                    Reason::NoPermit
                 } else {
-                    "forbidden_by_policy"
+                    Reason::ForbiddenByPolicy
                 };
                 Verdict::Deny { policies, reason }
             }

@@ -99,7 +99,7 @@ fn support_agents_look_up_unconditionally_and_it_is_precompiled() {
     assert!(matches!(
         e.precompile("ops-bot", "crm__lookup_customer", "crm"),
         PairDecision::Fixed(Verdict::Deny {
-            reason: "no_permit",
+            reason: Reason::NoPermit,
             ..
         })
     ));
@@ -145,7 +145,7 @@ fn forbid_overrides_everything_and_is_precompiled() {
     let PairDecision::Fixed(Verdict::Deny { policies, reason }) = v else {
         unreachable!("{v:?}")
     };
-    assert_eq!(reason, "forbidden_by_policy");
+    assert_eq!(reason, Reason::ForbiddenByPolicy);
     assert_eq!(&*policies[0], "no-delete-for-intern");
 }
 
@@ -172,7 +172,7 @@ fn argument_conditions() {
         matches!(
             v,
             Verdict::Deny {
-                reason: "policy_error",
+                reason: Reason::PolicyError,
                 ..
             }
         ),
@@ -286,7 +286,7 @@ fn cache_answers_the_same_call_and_never_caches_judge() {
     // Length-prefixed parts: ("a1","") is not ("a","1").
     let _ = c.get_or_insert(&[b"a1", b""], || Verdict::Deny {
         policies: Arc::from([]),
-        reason: "x",
+        reason: Reason::PolicyError,
     });
     assert_eq!((c.hits, c.misses), (1, 2));
     let _ = c.get_or_insert(&[b"j"], || Verdict::Judge {

@@ -38,7 +38,7 @@ use toolgate_control::state::{check_references, check_upstream_changes, dangling
 use toolgate_control::{
     Backend, Change, Kind, Op, OpError, Precondition, Spec, State, SubtokenSpec,
 };
-use toolgate_core::audit::{truncate, AdminChange, AuditRecord, Decision, Outcome};
+use toolgate_core::audit::{truncate, AdminChange, AuditRecord, Decision, Outcome, Reason};
 use toolgate_core::identity::{bearer, key_hash, parse_key_hash, KeyHash};
 use toolgate_core::refusal::Refusal;
 use toolgate_core::subtoken::Claims;
@@ -944,7 +944,7 @@ impl AdminApi {
         };
         let record = AuditRecord {
             decision: Decision::Deny,
-            reason: e.code,
+            reason: Reason::AdminRefused(e.code),
             status: e.status,
             outcome: Outcome::Failure,
             ..AuditRecord::admin(
@@ -1486,7 +1486,7 @@ impl AdminApi {
 }
 
 impl Handler for AdminApi {
-    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+    async fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) {
         let (actor, result) = match self.authenticate(req) {
             Ok(a) => {
                 let r = self.route(&a, req, out).await;
@@ -1501,7 +1501,6 @@ impl Handler for AdminApi {
                 self.audit_refusal(req, actor.as_deref(), &e);
             }
         }
-        true
     }
 
     fn refuse(

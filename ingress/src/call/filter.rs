@@ -8,12 +8,11 @@
 //! kept in the call's audit record; a `refuse_when` hit becomes a refusal.
 
 use simd_json::tape::Value;
-use toolgate_core::jsonrpc::{write_value, JsonParser};
+use toolgate_core::audit::Redaction;
+use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::OutputFilter;
-
-use super::rewrite_result;
-use toolgate_core::audit::Redaction;
 
 /// Refuses a result larger than the filter's `max_result_bytes`.
 pub(super) fn check_size(filter: &OutputFilter, message: &[u8]) -> Result<(), Refusal> {
@@ -101,4 +100,97 @@ pub(super) fn apply_arguments(
         return Err(Refusal::new(RefusalKind::ArgumentsRefused));
     }
     Ok(())
+}
+
+/// Writes an upstream's result for the agent: the upstream's own
+/// `serverInfo` is dropped from `_meta` (the agent talks to toolgate, and
+/// upstream identities are internal), and a stateless-era agent gets the
+/// `resultType` its era requires when a handshake-era upstream left it out.
+/// Member values are written by `write` (given the member's key), which is
+/// where output rules apply.
+pub(super) fn rewrite_result(
+    result: Value<'_, '_>,
+    stateless: bool,
+    out: &mut Vec<u8>,
+    write: &mut dyn FnMut(&str, Value<'_, '_>, &mut Vec<u8>),
+) {
+    out.push(b'{');
+    let mut first = true;
+    let mut has_type = false;
+    if let Some(obj) = result.as_object() {
+        for (k, v) in obj.iter() {
+            if k == "_meta" {
+                if let Some(meta) = v.as_object() {
+                    let kept: Vec<_> = meta
+                        .iter()
+                        .filter(|(mk, _)| *mk != protocol::META_SERVER_INFO)
+                        .collect();
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(br#""_meta":{"#);
+                    for (i, (mk, mv)) in kept.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write_str(mk, out);
+                        out.push(b':');
+                        write(mk, mv, out);
+                    }
+                    out.push(b'}');
+                    continue;
+                }
+            }
+            has_type |= k == "resultType";
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_str(k, out);
+            out.push(b':');
+            write(k, v, out);
+        }
+    }
+    if stateless && !has_type {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""resultType":"complete""#);
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(json: &str, stateless: bool) -> String {
+        let mut p = JsonParser::new();
+        let tape = p.parse(json.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        rewrite_result(tape.as_value(), stateless, &mut out, &mut |_, v, out| {
+            write_value(v, out)
+        });
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn upstream_server_info_is_dropped_and_result_type_added_for_stateless_agents() {
+        let r =
+            r#"{"content":[],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"crm"},"x":1}}"#;
+        assert_eq!(
+            rewrite(r, true),
+            r#"{"content":[],"_meta":{"x":1},"resultType":"complete"}"#
+        );
+        let r = r#"{"_meta":{"io.modelcontextprotocol/serverInfo":{}},"resultType":"complete","isError":false}"#;
+        assert_eq!(
+            rewrite(r, false),
+            r#"{"resultType":"complete","isError":false}"#
+        );
+        assert_eq!(rewrite("{}", false), "{}");
+    }
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use simd_json::prelude::*;
-use toolgate_core::audit::JudgeRecord;
+use toolgate_core::audit::{JudgeOutcome, JudgeRecord};
 use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::upstream_url::UpstreamUrl;
 
@@ -49,8 +49,9 @@ impl Judge {
         Self { url, pool, timeout }
     }
 
-    /// Asks; returns whether the call may go on, and the audit record's part.
-    pub async fn ask(&self, e: &Escalation<'_>) -> (bool, JudgeRecord) {
+    /// Asks; returns what the judge said and how long it took (the audit
+    /// record's part). Only [`JudgeOutcome::Allow`] lets the call go on.
+    pub async fn ask(&self, e: &Escalation<'_>) -> JudgeRecord {
         let started = Instant::now();
         let mut body = Vec::with_capacity(e.arguments.len() + 256);
         body.extend_from_slice(b"{\"request_id\":");
@@ -91,19 +92,18 @@ impl Judge {
         let answer = self.pool.exchange(&req, 64 * 1024, self.timeout).await;
         let outcome = match answer {
             Ok(r) if r.status == 200 => match decision(&r.body) {
-                Some(true) => "allow",
-                Some(false) => "deny",
-                None => "invalid",
+                Some(true) => JudgeOutcome::Allow,
+                Some(false) => JudgeOutcome::Deny,
+                None => JudgeOutcome::Invalid,
             },
-            Ok(_) => "invalid",
-            Err(ClientError::Timeout) => "timeout",
-            Err(_) => "unavailable",
+            Ok(_) => JudgeOutcome::Invalid,
+            Err(ClientError::Timeout) => JudgeOutcome::Timeout,
+            Err(_) => JudgeOutcome::Unavailable,
         };
-        let record = JudgeRecord {
+        JudgeRecord {
             outcome,
             latency_us: started.elapsed().as_micros() as u64,
-        };
-        (outcome == "allow", record)
+        }
     }
 }
 

@@ -48,13 +48,11 @@ pub struct Request<'a> {
 
 /// What serves requests on a connection.
 pub trait Handler {
-    /// Serves one request, appending the whole response to `out`; returns
-    /// whether the connection may stay open.
-    fn handle(
-        &self,
-        req: &Request<'_>,
-        out: &mut Vec<u8>,
-    ) -> impl std::future::Future<Output = bool>;
+    /// Serves one request, appending the whole response to `out`. The
+    /// connection stays open as the request's HTTP version and
+    /// `Connection` header say.
+    fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>)
+        -> impl std::future::Future<Output = ()>;
 
     /// Writes the response for a request refused before it could be read
     /// (malformed HTTP, limits, timeouts).
@@ -260,7 +258,8 @@ pub async fn serve<S: Conn, H: Handler>(
                 client_names: info.client_names.as_deref(),
                 started,
             };
-            handler.handle(&req, &mut out).await && head.keep_alive
+            handler.handle(&req, &mut out).await;
+            head.keep_alive
         };
         if !send(&mut stream, &out, cfg.idle_timeout).await || !keep_alive {
             return;

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::sync::Semaphore;
@@ -88,6 +89,25 @@ pub struct Upstream {
     credential: Option<RefCell<Reader<Secret>>>,
 }
 
+/// The credential one call carries to its upstream: the header line
+/// configured for the upstream as it stood when the call took it, or none
+/// for an upstream without one. Taken once per call, so a handshake and
+/// the call it precedes carry the same credential.
+#[expect(
+    clippy::redundant_allocation,
+    reason = "the shard-local handle `Reader` gives out"
+)]
+pub struct Credential(Option<Rc<Arc<Secret>>>);
+
+impl Credential {
+    /// Appends the header line (with its CRLF), if any.
+    fn write(&self, req: &mut Vec<u8>) {
+        if let Some(line) = &self.0 {
+            req.extend_from_slice(line.expose());
+        }
+    }
+}
+
 /// A JSON-RPC response message from the upstream, as JSON text.
 pub struct Reply {
     /// The message (`{"jsonrpc":"2.0","id":…,"result"|"error":…}`).
@@ -139,6 +159,19 @@ impl Upstream {
         id
     }
 
+    /// The credential to inject into a call now; an upstream whose
+    /// credential source holds no usable value gets no call at all.
+    pub fn credential(&self) -> Result<Credential, UpstreamError> {
+        let Some(reader) = &self.credential else {
+            return Ok(Credential(None));
+        };
+        let line = reader.borrow_mut().current();
+        if line.expose().is_empty() {
+            return Err(UpstreamError::NoCredential);
+        }
+        Ok(Credential(Some(line)))
+    }
+
     /// Builds one POST. `params` is the inside of the params object (may be empty).
     fn request(
         &self,
@@ -147,6 +180,7 @@ impl Upstream {
         method: &str,
         params: &[u8],
         headers: &[(String, String)],
+        credential: &Credential,
     ) -> Vec<u8> {
         let mut body = Vec::with_capacity(params.len() + 256);
         body.extend_from_slice(br#"{"jsonrpc":"2.0","#);
@@ -208,9 +242,7 @@ impl Upstream {
         for (k, v) in headers {
             let _ = write!(req, "{k}: {v}\r\n");
         }
-        if let Some(c) = &self.credential {
-            req.extend_from_slice(c.borrow_mut().current().expose());
-        }
+        credential.write(&mut req);
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(&body);
         req
@@ -257,7 +289,7 @@ impl Upstream {
     }
 
     /// Finds the era and, for the handshake era, opens a session.
-    async fn ensure_ready(&self) -> Result<Era, UpstreamError> {
+    async fn ensure_ready(&self, credential: &Credential) -> Result<Era, UpstreamError> {
         let era = self.era.borrow().clone();
         if !matches!(era, Era::Unknown) {
             return Ok(era);
@@ -273,12 +305,12 @@ impl Upstream {
         }
         let era = match self.mode {
             UpstreamProtocol::Stateless => Era::Stateless,
-            UpstreamProtocol::Handshake => self.initialize().await?,
+            UpstreamProtocol::Handshake => self.initialize(credential).await?,
             UpstreamProtocol::Auto => {
-                if self.probe_stateless().await? {
+                if self.probe_stateless(credential).await? {
                     Era::Stateless
                 } else {
-                    self.initialize().await?
+                    self.initialize(credential).await?
                 }
             }
         };
@@ -286,9 +318,16 @@ impl Upstream {
         Ok(era)
     }
 
-    async fn probe_stateless(&self) -> Result<bool, UpstreamError> {
+    async fn probe_stateless(&self, credential: &Credential) -> Result<bool, UpstreamError> {
         let id = self.id();
-        let req = self.request(&Era::Stateless, Some(id), "server/discover", b"", &[]);
+        let req = self.request(
+            &Era::Stateless,
+            Some(id),
+            "server/discover",
+            b"",
+            &[],
+            credential,
+        );
         let reply = match self.exchange(&req, Some(id)).await {
             Ok((_, _, Some(r))) => r,
             Ok((_, _, None)) | Err(UpstreamError::BadResponse) => return Ok(false),
@@ -309,7 +348,7 @@ impl Upstream {
         }))
     }
 
-    async fn initialize(&self) -> Result<Era, UpstreamError> {
+    async fn initialize(&self, credential: &Credential) -> Result<Era, UpstreamError> {
         let id = self.id();
         let params = format!(
             r#""protocolVersion":"{}","capabilities":{{}},"clientInfo":{}"#,
@@ -320,7 +359,14 @@ impl Upstream {
             session: None,
             version: protocol::LATEST_HANDSHAKE_VERSION,
         };
-        let req = self.request(&fresh, Some(id), "initialize", params.as_bytes(), &[]);
+        let req = self.request(
+            &fresh,
+            Some(id),
+            "initialize",
+            params.as_bytes(),
+            &[],
+            credential,
+        );
         let (_, session, reply) = self.exchange(&req, Some(id)).await?;
         let reply = reply.ok_or(UpstreamError::BadResponse)?;
         let mut parser = JsonParser::new();
@@ -341,35 +387,39 @@ impl Upstream {
             session: session.map(Rc::from),
             version,
         };
-        let note = self.request(&era, None, "notifications/initialized", b"", &[]);
+        let note = self.request(
+            &era,
+            None,
+            "notifications/initialized",
+            b"",
+            &[],
+            credential,
+        );
         self.exchange(&note, None).await?;
         tracing::debug!(upstream = %self.info.name, version, "upstream session established");
         Ok(era)
     }
 
-    /// Sends a request and returns the upstream's JSON-RPC reply.
-    /// `params` is the inside of the params object; `headers` are extra
-    /// routing headers for the stateless era (`Mcp-Name`, `Mcp-Param-*`).
+    /// Sends a request carrying `credential` and returns the upstream's
+    /// JSON-RPC reply. `params` is the inside of the params object;
+    /// `headers` are extra routing headers for the stateless era
+    /// (`Mcp-Name`, `Mcp-Param-*`).
     pub async fn call(
         &self,
         method: &str,
         params: &[u8],
         headers: &[(String, String)],
+        credential: &Credential,
     ) -> Result<Reply, UpstreamError> {
-        if let Some(c) = &self.credential {
-            if c.borrow_mut().current().expose().is_empty() {
-                return Err(UpstreamError::NoCredential);
-            }
-        }
         for attempt in 0..2 {
-            let era = self.ensure_ready().await?;
+            let era = self.ensure_ready(credential).await?;
             let id = self.id();
             let extra: &[(String, String)] = if matches!(era, Era::Stateless) {
                 headers
             } else {
                 &[]
             };
-            let req = self.request(&era, Some(id), method, params, extra);
+            let req = self.request(&era, Some(id), method, params, extra, credential);
             match self.exchange(&req, Some(id)).await? {
                 (_, _, Some(reply)) => return Ok(reply),
                 (404, _, None)
@@ -394,6 +444,7 @@ impl Upstream {
 
     /// Fetches every page of `tools/list`; returns each page's `result` object.
     pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
+        let credential = self.credential()?;
         let mut pages = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..100 {
@@ -402,7 +453,7 @@ impl Upstream {
                 params.extend_from_slice(br#""cursor":"#);
                 write_str(c, &mut params);
             }
-            let reply = self.call("tools/list", &params, &[]).await?;
+            let reply = self.call("tools/list", &params, &[], &credential).await?;
             let mut parser = JsonParser::new();
             let tape = parser
                 .parse(&reply.message)

@@ -1,0 +1,164 @@
+//! What a request's audit record needs, gathered as the phases run, and
+//! what a request is answered with short of a refusal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use toolgate_core::audit::{
+    AuditArgs, AuditRecord, Decision, JudgeRecord, Outcome, Reason, Redaction,
+};
+
+/// What a request is answered with, short of a refusal.
+pub(super) enum Answer {
+    /// A JSON-RPC message.
+    Message {
+        /// HTTP status.
+        status: u16,
+        /// The JSON-RPC message.
+        body: Vec<u8>,
+        /// A new `Mcp-Session-Id` (handshake-era `initialize`).
+        session: Option<String>,
+        /// How the call ended, for the record.
+        outcome: Outcome,
+        /// The JSON-RPC error code passed through, if any.
+        error_code: Option<i64>,
+    },
+    /// `202 Accepted`, no body (notifications).
+    Accepted,
+    /// `200 OK`, no body (session terminated).
+    Done,
+}
+
+/// What the audit record needs from a request, gathered as it is served.
+pub(super) struct CallCtx {
+    pub(super) started: Instant,
+    pub(super) time_us: u64,
+    pub(super) peer: Option<SocketAddr>,
+    pub(super) request_id: Option<String>,
+    pub(super) agent: Option<Arc<str>>,
+    pub(super) method: Option<String>,
+    pub(super) tool: Option<String>,
+    pub(super) upstream: Option<Arc<str>>,
+    pub(super) version: Option<&'static str>,
+    pub(super) requested_version: Option<String>,
+    /// The agent takes the answer as an SSE stream.
+    pub(super) sse: bool,
+    pub(super) reason: Reason,
+    pub(super) user: Option<Arc<str>>,
+    /// The user's groups from the token, when its user is the call's.
+    pub(super) groups: Option<Arc<[Arc<str>]>>,
+    /// The tools a sub-token is narrowed to (within the agent's own).
+    pub(super) scope: Option<Vec<String>>,
+    /// Seconds a rate-limited agent should wait (`Retry-After`).
+    pub(super) retry_after_s: Option<u64>,
+    pub(super) policies: Option<Arc<[Arc<str>]>>,
+    pub(super) judge: Option<JudgeRecord>,
+    pub(super) redactions: Vec<Redaction>,
+    /// What the record keeps of a `tools/call`'s arguments.
+    pub(super) args: Option<AuditArgs>,
+}
+
+impl CallCtx {
+    /// A context for a request that started at `started`, nothing known yet.
+    pub(super) fn new(
+        started: Instant,
+        peer: Option<SocketAddr>,
+        sse: bool,
+        reason: Reason,
+    ) -> Self {
+        Self {
+            started,
+            time_us: now_us(),
+            peer,
+            request_id: None,
+            agent: None,
+            method: None,
+            tool: None,
+            upstream: None,
+            version: None,
+            requested_version: None,
+            sse,
+            reason,
+            user: None,
+            groups: None,
+            scope: None,
+            retry_after_s: None,
+            policies: None,
+            judge: None,
+            redactions: Vec::new(),
+            args: None,
+        }
+    }
+
+    /// The audit record of the request as it ended.
+    pub(super) fn into_record(
+        self,
+        shard: u16,
+        decision: Decision,
+        status: u16,
+        outcome: Outcome,
+        error_code: Option<i64>,
+    ) -> AuditRecord {
+        AuditRecord {
+            time_us: self.time_us,
+            shard,
+            seq: 0,
+            request_id: self.request_id,
+            agent: self.agent,
+            user: self.user,
+            method: self.method,
+            tool: self.tool,
+            upstream: self.upstream,
+            decision,
+            reason: self.reason,
+            status,
+            outcome,
+            error_code,
+            latency_us: self.started.elapsed().as_micros() as u64,
+            client: self.peer,
+            protocol_version: self.version,
+            policies: self.policies,
+            judge: self.judge,
+            redactions: self.redactions,
+            args: self.args,
+            admin: None,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub(super) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch.
+pub(super) fn now_secs() -> u64 {
+    now_us() / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toolgate_core::refusal::RefusalKind;
+
+    #[test]
+    fn record_carries_what_the_phases_gathered() {
+        let mut ctx = CallCtx::new(Instant::now(), None, true, Reason::Answered);
+        ctx.agent = Some(Arc::from("support-bot"));
+        ctx.tool = Some("crm__lookup".to_owned());
+        ctx.reason = Reason::Refused(RefusalKind::UnknownTool);
+        let r = ctx.into_record(3, Decision::Deny, 400, Outcome::Failure, Some(-32602));
+        assert_eq!(r.shard, 3);
+        assert_eq!(r.agent.as_deref(), Some("support-bot"));
+        assert_eq!(r.tool.as_deref(), Some("crm__lookup"));
+        assert_eq!(r.reason.as_str(), "tool_not_attached");
+        assert_eq!(
+            (r.decision, r.status, r.error_code),
+            (Decision::Deny, 400, Some(-32602))
+        );
+    }
+}

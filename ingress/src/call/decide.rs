@@ -1,0 +1,73 @@
+//! Phase: the policy verdict for a routed call — precompiled for the
+//! (agent, tool) pair when its outcome cannot depend on the call, else
+//! from the shard's decision cache, else evaluated by Cedar.
+//!
+//! The cache key holds everything the evaluation reads: the snapshot
+//! generation, agent, tool, end user, the token's groups and the exact
+//! argument bytes. No engine for a pair that needs one is a deny.
+
+use std::sync::Arc;
+
+use toolgate_core::audit::Reason;
+use toolgate_core::jsonrpc::write_value;
+use toolgate_decision::policy::{CallFacts, PairDecision, Verdict};
+use toolgate_decision::{Agent, Route, Snapshot};
+
+use super::Gateway;
+
+impl Gateway {
+    /// The policy verdict for a routed call.
+    pub(super) fn decide(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        route: &Route,
+        user: Option<&str>,
+        groups: Option<&[Arc<str>]>,
+        args: Option<simd_json::tape::Value<'_, '_>>,
+    ) -> Verdict {
+        let slice = match &route.decision {
+            PairDecision::Fixed(v) => return v.clone(),
+            PairDecision::Evaluate(slice) => slice,
+        };
+        let Some(engine) = &snap.engine else {
+            return Verdict::Deny {
+                policies: Arc::from([]),
+                reason: Reason::PolicyError,
+            };
+        };
+        let facts = CallFacts {
+            agent: &agent.id,
+            user,
+            groups,
+            tool: &route.exposed,
+            upstream: &snap.upstreams[route.upstream].name,
+            args,
+        };
+        let mut args_bytes = Vec::new();
+        if let Some(a) = args {
+            write_value(a, &mut args_bytes);
+        }
+        // The token's groups decide too: two tokens of one user with
+        // different groups must not share a cached verdict.
+        let mut group_bytes = Vec::new();
+        for g in groups.unwrap_or(&[]) {
+            group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
+            group_bytes.extend_from_slice(g.as_bytes());
+        }
+        let generation = self.snapshot.borrow().generation().to_le_bytes();
+        self.decisions.borrow_mut().get_or_insert(
+            &[
+                &generation,
+                agent.id.as_bytes(),
+                route.exposed.as_bytes(),
+                user.unwrap_or("").as_bytes(),
+                &[u8::from(user.is_some())],
+                &group_bytes,
+                &[u8::from(groups.is_some())],
+                &args_bytes,
+            ],
+            || engine.evaluate(slice, &facts),
+        )
+    }
+}

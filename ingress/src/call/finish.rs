@@ -1,0 +1,224 @@
+//! The first and the last phase: reserve the request's place in the audit
+//! ring before anything runs, and at the end write the response, commit
+//! the record into that place, and hold the answer until the record is in
+//! the log.
+//!
+//! Only this module writes responses for `/mcp`, and it commits the record
+//! on every path: an answer, a refusal, or an upstream failure.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use toolgate_core::audit::{Decision, Outcome, Reason};
+use toolgate_core::refusal::{Refusal, RefusalKind, WireHeader};
+use toolgate_decision::Snapshot;
+use toolgate_sinks::Admission;
+
+use super::ctx::{Answer, CallCtx};
+use super::identify::challenge;
+use super::{wire, Gateway};
+use crate::http::response::{self, Body};
+use crate::http::server::Request;
+
+/// Methods `/mcp` serves (the `Allow` header of a 405).
+const MCP_METHODS: &str = "POST, DELETE";
+
+impl Gateway {
+    /// Reserves the request's audit slot. With no place for the record,
+    /// nothing runs: the 503 is written here and `None` returned.
+    pub(super) fn reserve(&self, out: &mut Vec<u8>) -> Option<Admission> {
+        match self.audit.borrow_mut().admit() {
+            Ok(a) => Some(a),
+            Err(why) => {
+                let n = self.shared.audit_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(c) = self.counters() {
+                    c.audit_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(shard = self.shard, refused = n, "{why}: call refused");
+                let r = Refusal::new(RefusalKind::AuditUnavailable);
+                write_refusal(out, &r, None, None, Some("1"), false, true);
+                None
+            }
+        }
+    }
+
+    /// Writes the response for `result`, then commits the record into
+    /// `slot` and waits for it to be in the log.
+    pub(super) async fn finish(
+        &self,
+        snap: &Snapshot,
+        req: &Request<'_>,
+        mut ctx: CallCtx,
+        result: Result<Answer, Refusal>,
+        slot: Admission,
+        out: &mut Vec<u8>,
+    ) {
+        let (decision, status, outcome, code) = match result {
+            Ok(Answer::Message {
+                status,
+                body,
+                session,
+                outcome,
+                error_code,
+            }) => {
+                let extra: &[(&str, &str)] = match &session {
+                    Some(s) => &[("Mcp-Session-Id", s)],
+                    None => &[],
+                };
+                let body = if ctx.sse {
+                    Body::Sse(&body)
+                } else {
+                    Body::Json(&body)
+                };
+                response::write(out, status, extra, body, true);
+                (Decision::Allow, status, outcome, error_code)
+            }
+            Ok(Answer::Accepted) => {
+                response::write(out, 202, &[], Body::Empty, true);
+                (Decision::Allow, 202, Outcome::Success, None)
+            }
+            Ok(Answer::Done) => {
+                response::write(out, 200, &[], Body::Empty, true);
+                (Decision::Allow, 200, Outcome::Success, None)
+            }
+            Err(r) => {
+                let w = r.wire();
+                let value = match w.header {
+                    WireHeader::None => None,
+                    WireHeader::RetryAfter => Some(ctx.retry_after_s.unwrap_or(1).to_string()),
+                    WireHeader::Challenge => {
+                        Some(challenge(snap, req, self.shared.config.listen, r.kind))
+                    }
+                    WireHeader::Allow => Some(MCP_METHODS.to_owned()),
+                };
+                write_refusal(
+                    out,
+                    &r,
+                    ctx.request_id.as_deref(),
+                    ctx.requested_version.as_deref(),
+                    value.as_deref(),
+                    ctx.sse,
+                    true,
+                );
+                // A policy deny keeps the finer reason the engine gave, an
+                // out-of-scope call its own.
+                if r.kind != RefusalKind::PolicyDenied && ctx.reason != Reason::ToolOutOfScope {
+                    ctx.reason = Reason::Refused(r.kind);
+                }
+                (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
+            }
+        };
+        if let Some(c) = self.counters() {
+            match decision {
+                Decision::Allow => c.allowed.fetch_add(1, Ordering::Relaxed),
+                Decision::Deny => c.denied.fetch_add(1, Ordering::Relaxed),
+            };
+            if ctx.reason.is_upstream_failure() {
+                c.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            let cache = self.decisions.borrow();
+            c.cache_hits.store(cache.hits, Ordering::Relaxed);
+            c.cache_misses.store(cache.misses, Ordering::Relaxed);
+        }
+        let record = ctx.into_record(self.shard, decision, status, outcome, code);
+        let seq = self.audit.borrow_mut().commit(slot, record);
+        if let Some(c) = self.counters() {
+            c.ring_occupancy
+                .store(self.audit.borrow().occupancy() as u64, Ordering::Relaxed);
+        }
+        self.await_recorded(seq).await;
+    }
+
+    /// Holds the answer until its record is in the log (written, or synced
+    /// with `durability = "record"`), so an answered call's record survives
+    /// a crash of toolgate. Bounded by `audit.ack_timeout_ms`: a stuck disk
+    /// delays answers, it does not hang them (and refuses new calls).
+    async fn await_recorded(&self, seq: u64) {
+        let limit = Duration::from_millis(self.shared.config.config.audit.ack_timeout_ms);
+        if self.acks.recorded(seq) {
+            return;
+        }
+        let waited = glommio::timer::timeout(limit, async {
+            self.acks.wait(seq).await;
+            Ok(())
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                shard = self.shard,
+                seq,
+                "audit record not in the log in time; answering anyway (the record stays queued)"
+            );
+        }
+    }
+}
+
+/// Writes a refusal's response: its status, its one header (with `value`,
+/// which only the caller knows), and the JSON-RPC error — as an SSE event
+/// for an SSE agent when the status is 200.
+pub(super) fn write_refusal(
+    out: &mut Vec<u8>,
+    r: &Refusal,
+    id: Option<&str>,
+    requested_version: Option<&str>,
+    value: Option<&str>,
+    sse: bool,
+    keep_alive: bool,
+) {
+    let w = r.wire();
+    let mut body = Vec::with_capacity(128);
+    wire::refusal(id, r, requested_version, &mut body);
+    let name = match w.header {
+        WireHeader::None => None,
+        WireHeader::RetryAfter => Some("Retry-After"),
+        WireHeader::Challenge => Some("WWW-Authenticate"),
+        WireHeader::Allow => Some("Allow"),
+    };
+    let extra: &[(&str, &str)] = match (name, value) {
+        (Some(n), Some(v)) => &[(n, v)],
+        _ => &[],
+    };
+    let body = if sse && w.status == 200 {
+        Body::Sse(&body)
+    } else {
+        Body::Json(&body)
+    };
+    response::write(out, w.status, extra, body, keep_alive);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(out: &[u8]) -> String {
+        let text = String::from_utf8_lossy(out);
+        text.split("\r\n\r\n").next().unwrap_or("").to_owned()
+    }
+
+    #[test]
+    fn a_refusal_carries_its_one_header_with_the_value_given() {
+        let mut out = Vec::new();
+        let r = Refusal::new(RefusalKind::RateLimited);
+        write_refusal(&mut out, &r, Some("1"), None, Some("3"), false, true);
+        let head = head_of(&out);
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        assert!(head.contains("Retry-After: 3"), "{head}");
+
+        let mut out = Vec::new();
+        let r = Refusal::new(RefusalKind::MethodNotAllowed);
+        write_refusal(&mut out, &r, None, None, Some(MCP_METHODS), false, true);
+        assert!(head_of(&out).contains("Allow: POST, DELETE"));
+    }
+
+    #[test]
+    fn a_refusal_without_a_header_kind_writes_none_even_if_given_a_value() {
+        let mut out = Vec::new();
+        let r = Refusal::new(RefusalKind::PolicyDenied);
+        write_refusal(&mut out, &r, Some("1"), None, Some("x"), false, true);
+        let head = head_of(&out);
+        assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+        assert!(!head.contains(": x"), "{head}");
+        let body = String::from_utf8_lossy(&out);
+        assert!(body.contains("Denied by policy"), "{body}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Phases after admission, in order: the judge of an escalated call, the
+//! upstream's credential, and the call to the upstream.
+//!
+//! Forwarding takes the request's reserved audit slot ([`Admission`]):
+//! only a request whose record has a place in the audit ring reaches a
+//! tool, so an unaudited forward does not compile.
+
+use std::sync::Arc;
+
+use toolgate_core::audit::{JudgeOutcome, Reason};
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::OutputFilter;
+use toolgate_sinks::Admission;
+
+use super::ctx::CallCtx;
+use super::{judge, Gateway};
+use crate::mcp::upstream::{Credential, Reply, Upstream};
+
+/// A `tools/call` that passed every check, ready for its upstream.
+pub(super) struct Admitted {
+    /// Index of its upstream in the snapshot.
+    pub(super) upstream: usize,
+    /// `params` members: `"name":…,"arguments":…`, the arguments last.
+    pub(super) params: Vec<u8>,
+    /// Where the arguments start in `params` (they run to its end).
+    pub(super) args_at: usize,
+    /// Routing headers for a stateless-era upstream.
+    pub(super) headers: Vec<(String, String)>,
+    /// Set when policy escalated the call: the judge must allow it first.
+    pub(super) escalation: Option<Escalated>,
+    /// Output rules for the result, when any apply.
+    pub(super) filter: Option<Arc<OutputFilter>>,
+}
+
+impl Admitted {
+    /// The arguments as forwarded.
+    pub(super) fn arguments(&self) -> &[u8] {
+        self.params.get(self.args_at..).unwrap_or(b"{}")
+    }
+}
+
+/// What the judge is shown.
+pub(super) struct Escalated {
+    /// The arguments as the agent sent them.
+    pub(super) arguments: Vec<u8>,
+    /// The policies that escalated the call.
+    pub(super) policies: Arc<[Arc<str>]>,
+}
+
+impl Gateway {
+    /// Asks the judge about an escalated call; anything but a clear allow
+    /// in time refuses it. A call that was not escalated passes.
+    pub(super) async fn escalate(
+        &self,
+        call: &Admitted,
+        upstream: &Upstream,
+        ctx: &mut CallCtx,
+    ) -> Result<(), Refusal> {
+        let Some(esc) = &call.escalation else {
+            return Ok(());
+        };
+        let Some(judge) = &self.judge else {
+            return Err(Refusal::new(RefusalKind::JudgeUnavailable));
+        };
+        let asked = judge::Escalation {
+            request_id: ctx.request_id.as_deref(),
+            agent: ctx.agent.as_deref().unwrap_or(""),
+            user: ctx.user.as_deref(),
+            tool: ctx.tool.as_deref().unwrap_or(""),
+            upstream: upstream.name(),
+            arguments: &esc.arguments,
+            policies: &esc.policies,
+        };
+        let record = judge.ask(&asked).await;
+        ctx.judge = Some(record);
+        match record.outcome {
+            JudgeOutcome::Allow => {
+                ctx.reason = Reason::AllowedByJudge;
+                Ok(())
+            }
+            JudgeOutcome::Deny => Err(Refusal::new(RefusalKind::JudgeDenied)),
+            JudgeOutcome::Timeout | JudgeOutcome::Unavailable | JudgeOutcome::Invalid => {
+                Err(Refusal::new(RefusalKind::JudgeUnavailable))
+            }
+        }
+    }
+}
+
+/// The upstream's credential for this call: the agent's own token never
+/// goes on; the gateway's credential for the tool does. None usable →
+/// nothing is sent.
+pub(super) fn inject(upstream: &Upstream) -> Result<Credential, Refusal> {
+    upstream
+        .credential()
+        .map_err(|e| Refusal::new(e.refusal_kind()))
+}
+
+/// Sends the admitted call with its credential; the reserved audit slot
+/// is the proof that its record will be written.
+pub(super) async fn forward(
+    upstream: &Upstream,
+    call: &Admitted,
+    credential: &Credential,
+    _audited: &Admission,
+) -> Result<Reply, Refusal> {
+    upstream
+        .call("tools/call", &call.params, &call.headers, credential)
+        .await
+        .map_err(|e| {
+            tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
+            Refusal::new(e.refusal_kind())
+        })
+}

@@ -1,0 +1,94 @@
+//! Phase: the upstream's reply becomes the agent's answer.
+//!
+//! A `result` is re-encoded for the agent (the upstream's `serverInfo`
+//! dropped, the era's `resultType` added) through the output rules of the
+//! (agent, tool) when any apply; a JSON-RPC `error` is passed on with its
+//! code, through the same rules. Anything else is a bad response.
+
+use simd_json::prelude::*;
+use toolgate_core::audit::{Outcome, Reason};
+use toolgate_core::jsonrpc::write_value;
+use toolgate_core::protocol;
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::OutputFilter;
+
+use super::ctx::{Answer, CallCtx};
+use super::filter::{self, rewrite_result};
+use super::{wire, Gateway};
+
+impl Gateway {
+    /// Turns the upstream's reply `message` into the agent's answer.
+    pub(super) fn respond(
+        &self,
+        message: &[u8],
+        ctx: &mut CallCtx,
+        output: Option<&OutputFilter>,
+    ) -> Result<Answer, Refusal> {
+        if let Some(f) = output {
+            // Bounded memory: a result too large to filter is not forwarded unfiltered.
+            filter::check_size(f, message)?;
+        }
+        let mut parser = self.parser.borrow_mut();
+        let bad = || Refusal::new(RefusalKind::UpstreamBadResponse);
+        let tape = parser.parse(message).map_err(|_| bad())?;
+        let msg = tape.as_value();
+        let id = ctx.request_id.as_deref();
+        let mut body = Vec::with_capacity(message.len() + 32);
+        if let Some(result) = msg.get("result").filter(|r| r.is_object()) {
+            let mut raw = Vec::with_capacity(message.len());
+            let stateless = ctx.version.is_some_and(protocol::is_modern);
+            match output {
+                Some(f) => filter::apply(
+                    f,
+                    message,
+                    result,
+                    stateless,
+                    &mut self.inner_parser.borrow_mut(),
+                    &mut raw,
+                    &mut ctx.redactions,
+                )?,
+                None => rewrite_result(result, stateless, &mut raw, &mut |_, v, out| {
+                    write_value(v, out)
+                }),
+            }
+            wire::result(id, &raw, &mut body);
+            let is_error = result.get("isError").and_then(|e| e.as_bool()) == Some(true);
+            return Ok(Answer::Message {
+                status: 200,
+                body,
+                session: None,
+                outcome: if is_error {
+                    Outcome::ToolError
+                } else {
+                    Outcome::Success
+                },
+                error_code: None,
+            });
+        }
+        if let Some(error) = msg.get("error").filter(|e| e.is_object()) {
+            let code = error.get("code").and_then(|c| c.as_i64()).ok_or_else(bad)?;
+            let mut raw = Vec::new();
+            match output {
+                Some(f) => filter::apply_error(
+                    f,
+                    message,
+                    error,
+                    &mut self.inner_parser.borrow_mut(),
+                    &mut raw,
+                    &mut ctx.redactions,
+                )?,
+                None => write_value(error, &mut raw),
+            }
+            wire::error_raw(id, &raw, &mut body);
+            ctx.reason = Reason::UpstreamError;
+            return Ok(Answer::Message {
+                status: wire::status_for_code(code),
+                body,
+                session: None,
+                outcome: Outcome::Failure,
+                error_code: Some(code),
+            });
+        }
+        Err(bad())
+    }
+}

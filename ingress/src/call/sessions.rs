@@ -1,0 +1,55 @@
+//! Handshake-era sessions: issuing `Mcp-Session-Id`, checking it on every
+//! later request, and ending it on `DELETE /mcp`.
+//!
+//! A session id is an HMAC-tagged nonce bound to the agent it was issued
+//! to ([`crate::session`]): unguessable, useless to another agent, and
+//! never an authentication on its own (the agent is identified first).
+
+use toolgate_core::protocol;
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::Agent;
+
+use super::ctx::{now_secs, now_us, Answer};
+use super::Gateway;
+use crate::http::server::Request;
+use crate::session::Nonce;
+use crate::shared::SESSION_MAX_AGE;
+
+impl Gateway {
+    /// A new session id for `agent`.
+    pub(super) fn new_session(&self, agent: &Agent) -> String {
+        let mut nonce = [0u8; 16];
+        if getrandom::fill(&mut nonce).is_err() {
+            // Unique even without the OS generator: the tag is what makes it unforgeable.
+            let n = self.nonce_counter.get() + 1;
+            self.nonce_counter.set(n);
+            nonce[..8].copy_from_slice(&n.to_be_bytes());
+            nonce[8..10].copy_from_slice(&self.shard.to_be_bytes());
+            nonce[10..].copy_from_slice(&now_us().to_be_bytes()[2..]);
+        }
+        self.shared.session_key.issue(&agent.id, now_secs(), nonce)
+    }
+
+    /// The nonce of the request's live session of `agent`.
+    pub(super) fn check_session(&self, agent: &Agent, req: &Request<'_>) -> Result<Nonce, Refusal> {
+        let Some(sid) = req.head.header(req.buf, protocol::HEADER_SESSION_ID) else {
+            return Err(Refusal::new(RefusalKind::MissingSession));
+        };
+        let nonce = self
+            .shared
+            .session_key
+            .verify(&agent.id, sid.trim_ascii(), now_secs(), SESSION_MAX_AGE)
+            .map_err(|_| Refusal::new(RefusalKind::SessionNotFound))?;
+        if self.terminated.borrow_mut().current().contains_key(&nonce) {
+            return Err(Refusal::new(RefusalKind::SessionNotFound));
+        }
+        Ok(nonce)
+    }
+
+    /// Ends the request's session (`DELETE /mcp`) on every shard.
+    pub(super) fn end_session(&self, agent: &Agent, req: &Request<'_>) -> Result<Answer, Refusal> {
+        let nonce = self.check_session(agent, req)?;
+        self.shared.terminate(nonce, now_secs());
+        Ok(Answer::Done)
+    }
+}
