@@ -3,7 +3,7 @@
 //! Today: example configurations under `examples/`, each checked by the same
 //! code `toolgate check` runs. Cedar schemas and policy sets join them here.
 
-/// The example configuration shown in the README.
+/// The example configuration (the tour in the README and `docs/` use it).
 pub const EXAMPLE_CONFIG: &str = include_str!("../examples/toolgate.toml");
 
 #[cfg(test)]

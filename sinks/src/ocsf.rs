@@ -5,8 +5,8 @@
 //! after an outage maps to the same event, with the same `metadata.uid`
 //! (the record's chain hash) for collectors to deduplicate on. Fields OCSF
 //! has no place for go under `unmapped`, so nothing of the record is lost.
-//! The README's "OCSF mapping" table documents every field; change both
-//! together.
+//! The "OCSF mapping" table in `docs/audit-and-siem.md` documents every
+//! field; change both together.
 
 use std::borrow::Cow;
 use std::io::Write;
