@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 use toolgate_core::config::{
-    check_upstream, is_upstream_name, AgentConfig, ToolScope, UpstreamConfig, UserConfig,
-    ValidConfig,
+    check_upstream, is_upstream_name, AgentConfig, ResolvedUpstream, ToolScope, UpstreamConfig,
+    UserConfig, ValidConfig,
 };
 use toolgate_core::toolname::ToolNamer;
 
@@ -298,9 +298,14 @@ impl State {
                 let c = check_upstream(&u, &cfg.base).map_err(|e| e.join("; "))?;
                 Ok((u, c))
             });
-            let (entry, checked) = match checked {
-                Ok((u, c)) => match c.url {
-                    Some(url) => (u, (url, c.ca_file, c.credential_file)),
+            let upstream = match checked {
+                Ok((entry, c)) => match c.url {
+                    Some(url) => ResolvedUpstream {
+                        entry,
+                        url,
+                        ca_file: c.ca_file,
+                        credential_file: c.credential_file,
+                    },
                     None => continue,
                 },
                 Err(why) => {
@@ -308,25 +313,9 @@ impl State {
                     continue;
                 }
             };
-            let (url, ca, cred) = checked;
-            match cfg
-                .config
-                .upstreams
-                .iter()
-                .position(|x| x.name.get_ref() == id)
-            {
-                Some(i) => {
-                    cfg.config.upstreams[i] = entry;
-                    cfg.upstream_urls[i] = url;
-                    cfg.upstream_ca_files[i] = ca;
-                    cfg.credential_files[i] = cred;
-                }
-                None => {
-                    cfg.config.upstreams.push(entry);
-                    cfg.upstream_urls.push(url);
-                    cfg.upstream_ca_files.push(ca);
-                    cfg.credential_files.push(cred);
-                }
+            match cfg.upstreams.iter().position(|x| x.name() == id) {
+                Some(i) => cfg.upstreams[i] = upstream,
+                None => cfg.upstreams.push(upstream),
             }
             any = true;
         }
@@ -336,17 +325,14 @@ impl State {
         // Leave out an upstream whose prefix an earlier one took (the
         // admin API refuses such a write; a file edited since may cause it).
         loop {
-            let (namer, clash) = namer_of(&cfg.config.upstreams);
+            let (namer, clash) = namer_of(&cfg.upstreams);
             match clash {
                 Some(i) => {
-                    let name = cfg.config.upstreams[i].name.get_ref().clone();
+                    let gone = cfg.upstreams.remove(i);
                     skipped.push(format!(
-                        "upstream `{name}`: its prefix is used by another upstream"
+                        "upstream `{}`: its prefix is used by another upstream",
+                        gone.name()
                     ));
-                    cfg.config.upstreams.remove(i);
-                    cfg.upstream_urls.remove(i);
-                    cfg.upstream_ca_files.remove(i);
-                    cfg.credential_files.remove(i);
                 }
                 None => {
                     cfg.namer = namer;
@@ -425,10 +411,10 @@ pub fn prefix_of(u: &UpstreamConfig) -> &str {
 
 /// The tool namer of `upstreams`, and the index of the first whose prefix
 /// clashes with an earlier one's.
-fn namer_of(upstreams: &[UpstreamConfig]) -> (ToolNamer, Option<usize>) {
+fn namer_of(upstreams: &[ResolvedUpstream]) -> (ToolNamer, Option<usize>) {
     let mut namer = ToolNamer::default();
     for (i, u) in upstreams.iter().enumerate() {
-        if namer.add(prefix_of(u)).is_err() {
+        if namer.add(prefix_of(&u.entry)).is_err() {
             return (namer, Some(i));
         }
     }
@@ -492,17 +478,15 @@ pub fn check_upstream_changes(
     // effective set for a clash still holds its prefix).
     let others = |id: &str| -> Vec<(String, String)> {
         effective
-            .config
             .upstreams
             .iter()
             .chain(
-                file.config
-                    .upstreams
+                file.upstreams
                     .iter()
-                    .filter(|u| next.get(Kind::Upstreams, u.name.get_ref()).is_none()),
+                    .filter(|u| next.get(Kind::Upstreams, u.name()).is_none()),
             )
-            .filter(|u| u.name.get_ref() != id)
-            .map(|u| (u.name.get_ref().clone(), prefix_of(u).to_owned()))
+            .filter(|u| u.name() != id)
+            .map(|u| (u.name().to_owned(), prefix_of(&u.entry).to_owned()))
             .collect()
     };
     for c in changes {
@@ -565,8 +549,8 @@ pub fn dangling_tools(
             let went = before
                 .namer
                 .route(t)
-                .and_then(|(i, _)| before.config.upstreams.get(i))
-                .is_some_and(|u| changed.contains(&u.name.get_ref().as_str()));
+                .and_then(|(i, _)| before.upstreams.get(i))
+                .is_some_and(|u| changed.contains(&u.name()));
             if went && after.namer.route(t).is_none() {
                 out.push((a.id.get_ref().clone(), t.clone()));
             }
@@ -876,13 +860,13 @@ mod tests {
         let s = s.applied(&c);
         let (eff, skipped) = s.overlay(&file);
         assert!(skipped.is_empty(), "{skipped:?}");
-        assert_eq!(eff.config.upstreams.len(), 2);
+        assert_eq!(eff.upstreams.len(), 2);
         assert_eq!(
-            eff.config.upstreams[1].timeout_ms, 30_000,
+            eff.upstreams[1].entry.timeout_ms, 30_000,
             "the file's default"
         );
         assert_eq!(eff.namer.route("ops__refund"), Some((1, "refund")));
-        assert_eq!(eff.upstream_urls[1].port, 2);
+        assert_eq!(eff.upstreams[1].url.port, 2);
         assert!(check_upstream_changes(&file, &s, &eff, &skipped, &c).is_empty());
         assert!(check_references(&eff, &file, &c).is_empty());
 
@@ -895,8 +879,8 @@ mod tests {
             )])
             .unwrap_or_else(|e| unreachable!("{e}"));
         let (eff2, _) = s.applied(&r).overlay(&file);
-        assert_eq!(eff2.upstream_urls[0].port, 3);
-        assert_eq!(eff2.config.upstreams[0].timeout_ms, 30_000);
+        assert_eq!(eff2.upstreams[0].url.port, 3);
+        assert_eq!(eff2.upstreams[0].entry.timeout_ms, 30_000);
 
         // Deleting `ops` while `bot` attaches `ops__refund` leaves it dangling.
         let d = s
@@ -943,7 +927,7 @@ mod tests {
                 problems.iter().any(|p| p.contains(why)),
                 "{why}: {problems:?}"
             );
-            assert_eq!(eff.config.upstreams.len(), 1, "left out: {why}");
+            assert_eq!(eff.upstreams.len(), 1, "left out: {why}");
         }
         let bad_name = upstream_config(
             "bad name",

@@ -22,9 +22,11 @@ pub struct Config {
     /// The agent-facing listener.
     #[serde(default)]
     pub server: ServerConfig,
-    /// Upstream MCP servers whose tools toolgate aggregates.
-    #[serde(default)]
-    pub upstreams: Vec<UpstreamConfig>,
+    /// Upstream MCP servers whose tools toolgate aggregates (`[[upstreams]]`).
+    /// Checking moves them into [`ValidConfig::upstreams`], resolved; this
+    /// list is empty in a checked configuration.
+    #[serde(default, rename = "upstreams")]
+    pub upstream_entries: Vec<UpstreamConfig>,
     /// Agents allowed to call through toolgate, each with its attached tools.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
@@ -1262,8 +1264,9 @@ pub struct ValidConfig {
     pub config: Config,
     /// `server.listen`, parsed.
     pub listen: SocketAddr,
-    /// Parsed upstream URLs, index-aligned with `config.upstreams`.
-    pub upstream_urls: Vec<UpstreamUrl>,
+    /// The upstreams, each resolved into one record, in file order. (Their
+    /// entries are moved here: `config.upstreams` is empty once checked.)
+    pub upstreams: Vec<ResolvedUpstream>,
     /// `audit.dir` resolved against the config file's directory.
     pub audit_dir: PathBuf,
     /// `audit.checkpoint_key_file` resolved against the config file's directory.
@@ -1291,9 +1294,6 @@ pub struct ValidConfig {
     pub jwks_url: Option<UpstreamUrl>,
     /// `auth.jwt.jwks_ca_file`, resolved.
     pub jwks_ca_file: Option<PathBuf>,
-    /// `credential.file` of each upstream resolved against the config
-    /// file's directory, index-aligned with `config.upstreams`.
-    pub credential_files: Vec<Option<PathBuf>>,
     /// `admin.listen`, parsed (a loopback address unless `[admin.tls]` is set).
     pub admin_listen: Option<SocketAddr>,
     /// `[admin.tls]` files resolved against the config file's directory.
@@ -1304,8 +1304,6 @@ pub struct ValidConfig {
     pub admin_postgres_password: Option<crate::secret::SecretSource>,
     /// `[server.tls]` files resolved against the config file's directory.
     pub tls: Option<TlsFiles>,
-    /// `ca_file` of each upstream, resolved, index-aligned with `upstream_urls`.
-    pub upstream_ca_files: Vec<Option<PathBuf>>,
     /// The judge's `ca_file`, resolved.
     pub judge_ca_file: Option<PathBuf>,
     /// `auth.subtokens.dir` resolved against the config file's directory.
@@ -1320,6 +1318,37 @@ impl ValidConfig {
     /// The directory relative paths in the configuration resolve against.
     pub fn base_dir(&self) -> &Path {
         &self.base
+    }
+
+    /// The upstream named `name`, with its place in file order.
+    pub fn upstream(&self, name: &str) -> Option<(usize, &ResolvedUpstream)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.entry.name.get_ref() == name)
+    }
+}
+
+/// One upstream as the configuration resolves it: the entry as written,
+/// its endpoint parsed and its files resolved against the configuration's
+/// directory. Everything built per upstream (clients, credentials, TLS)
+/// starts from this one record.
+#[derive(Debug, Clone)]
+pub struct ResolvedUpstream {
+    /// The `[[upstreams]]` entry (or the admin API's document).
+    pub entry: UpstreamConfig,
+    /// `url`, parsed.
+    pub url: UpstreamUrl,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `credential.file`, resolved.
+    pub credential_file: Option<PathBuf>,
+}
+
+impl ResolvedUpstream {
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        self.entry.name.get_ref()
     }
 }
 
@@ -1425,14 +1454,12 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         err(None, "`server.max_headers` must be at least 1".to_owned());
     }
 
-    let mut upstream_urls = Vec::new();
-    let mut upstream_ca_files = Vec::new();
-    let mut credential_files = Vec::new();
+    let mut resolved = Vec::new();
     let mut namer = ToolNamer::default();
-    for u in &config.upstreams {
+    for u in &config.upstream_entries {
         let name = u.name.get_ref();
         if config
-            .upstreams
+            .upstream_entries
             .iter()
             .filter(|o| o.name.get_ref() == name)
             .count()
@@ -1445,8 +1472,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         }
         let checked = check_upstream_entry(u, base, &mut err, &at);
         if let Some(url) = checked.url {
-            upstream_urls.push(url);
-            upstream_ca_files.push(checked.ca_file);
+            resolved.push((url, checked.ca_file, checked.credential_file));
         }
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
@@ -1455,7 +1481,6 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
         if let Err(e) = namer.add(&prefix) {
             err(at(&pspan), e);
         }
-        credential_files.push(checked.credential_file);
     }
 
     for a in &config.agents {
@@ -1766,10 +1791,23 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
             let pins_file = config.tool_pins.as_ref().map(|p| base.join(&p.file));
             let tls = config.server.tls.as_ref().map(|t| tls_files(t, base));
             let admin_tls = config.admin.tls.as_ref().map(|t| tls_files(t, base));
+            let mut config = config;
+            let upstreams = std::mem::take(&mut config.upstream_entries)
+                .into_iter()
+                .zip(resolved)
+                .map(
+                    |(entry, (url, ca_file, credential_file))| ResolvedUpstream {
+                        entry,
+                        url,
+                        ca_file,
+                        credential_file,
+                    },
+                )
+                .collect();
             Ok(ValidConfig {
                 config,
                 listen,
-                upstream_urls,
+                upstreams,
                 audit_dir,
                 checkpoint_key_file,
                 sink_targets,
@@ -1783,9 +1821,7 @@ fn validate(config: Config, text: &str, base: &Path) -> Result<ValidConfig, Vec<
                 jwks_file,
                 jwks_url,
                 jwks_ca_file,
-                credential_files,
                 tls,
-                upstream_ca_files,
                 judge_ca_file,
                 subtoken_dir,
                 base: base.to_path_buf(),
@@ -2840,7 +2876,7 @@ dir = "audit"
         let v = v.unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(v.listen.port(), 8080);
         assert_eq!(v.audit_dir, Path::new("/etc/toolgate/audit"));
-        assert_eq!(v.config.upstreams[0].timeout_ms, 30_000);
+        assert_eq!(v.upstreams[0].entry.timeout_ms, 30_000);
     }
 
     #[test]

@@ -143,10 +143,9 @@ impl Snapshot {
     /// Compiles configuration and catalogs (index-aligned with upstreams).
     pub fn build(cfg: &ValidConfig, catalogs: &[Option<Arc<Catalog>>]) -> Self {
         let upstreams: Vec<UpstreamInfo> = cfg
-            .config
             .upstreams
             .iter()
-            .zip(&cfg.upstream_urls)
+            .map(|r| (&r.entry, &r.url))
             .map(|(u, url)| UpstreamInfo {
                 name: Arc::from(u.name.get_ref().as_str()),
                 url: url.clone(),

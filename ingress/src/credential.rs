@@ -9,6 +9,7 @@
 //! values are wrapped in [`Secret`], whose `Debug` and `Display` print
 //! `<redacted>`: errors name the upstream and the source, never the value.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,9 +18,9 @@ use toolgate_core::config::{CredentialConfig, ValidConfig};
 use toolgate_core::secret::{Secret, SecretError, SecretSource};
 use toolgate_decision::Published;
 
-/// Per upstream (index-aligned with the configuration), its published
-/// credential header line, if it has one.
-pub type Credentials = Vec<Option<Arc<Published<Secret>>>>;
+/// By upstream name, the published credential header line of each
+/// upstream that has one.
+pub type Credentials = HashMap<String, Arc<Published<Secret>>>;
 
 /// A credential that cannot be read. Names the source, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -115,23 +116,20 @@ pub fn read(
 /// Reads every upstream's credential; the first that cannot be read stops
 /// the start.
 pub fn load(cfg: &ValidConfig) -> Result<Credentials, CredentialError> {
-    cfg.config
-        .upstreams
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let Some(c) = &u.credential else {
-                return Ok(None);
-            };
-            if c.oauth.is_some() {
-                // No token yet: the grant's task publishes one (crate::oauth).
-                return Ok(Some(Published::new(Secret::new(Vec::new()))));
-            }
-            let file = cfg.credential_files.get(i).and_then(Option::as_deref);
-            let secret = read(u.name.get_ref(), c, file)?;
-            Ok(Some(Published::new(secret)))
-        })
-        .collect()
+    let mut out = Credentials::new();
+    for u in &cfg.upstreams {
+        let Some(c) = &u.entry.credential else {
+            continue;
+        };
+        let secret = if c.oauth.is_some() {
+            // No token yet: the grant's task publishes one (crate::oauth).
+            Secret::new(Vec::new())
+        } else {
+            read(u.name(), c, u.credential_file.as_deref())?
+        };
+        out.insert(u.name().to_owned(), Published::new(secret));
+    }
+    Ok(out)
 }
 
 /// What a change of a credential file does to the published credential.
@@ -167,17 +165,14 @@ fn refresh(read: Result<Secret, CredentialError>) -> Refresh {
 /// and the file, never the value.
 pub fn watch(cfg: &ValidConfig, creds: &Credentials) {
     let watched: Vec<(String, CredentialConfig, PathBuf, Arc<Published<Secret>>)> = cfg
-        .config
         .upstreams
         .iter()
-        .zip(&cfg.credential_files)
-        .zip(creds)
-        .filter_map(|((u, f), p)| {
+        .filter_map(|u| {
             Some((
-                u.name.get_ref().clone(),
-                u.credential.clone()?,
-                f.clone()?,
-                Arc::clone(p.as_ref()?),
+                u.name().to_owned(),
+                u.entry.credential.clone()?,
+                u.credential_file.clone()?,
+                Arc::clone(creds.get(u.name())?),
             ))
         })
         .collect();
@@ -247,7 +242,7 @@ mod tests {
     fn command_output_becomes_the_header_line_and_never_prints() {
         let c = cfg("command = [\"echo\", \" s3cret \"]");
         let creds = load(&c).unwrap_or_else(|e| unreachable!("{e}"));
-        let p = creds[0].as_ref().map(|p| p.load());
+        let p = creds.get("crm").map(|p| p.load());
         let s = p.unwrap_or_else(|| unreachable!());
         assert_eq!(s.expose(), b"Authorization: Bearer s3cret\r\n");
         assert_eq!(format!("{s:?}"), "<redacted>");
@@ -259,7 +254,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
         let file = dir.join("crm.token");
         let c = cfg("file = \"crm.token\"");
-        let Some(cred) = c.config.upstreams[0].credential.clone() else {
+        let Some(cred) = c.upstreams[0].entry.credential.clone() else {
             unreachable!()
         };
         let outcome = |text: Option<&str>| {

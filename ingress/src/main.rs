@@ -625,7 +625,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
     println!(
         "{}: ok ({} upstreams, {} agents, listening on {})",
         path.display(),
-        cfg.config.upstreams.len(),
+        cfg.upstreams.len(),
         cfg.config.agents.len(),
         cfg.listen
     );
@@ -655,14 +655,11 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
     // A credential that cannot be read leaves its upstream uncredentialed
     // here: `check` reports it, and `run` refuses to start.
     let creds: Vec<Option<toolgate_core::secret::Secret>> = cfg
-        .config
         .upstreams
         .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            let file = cfg.credential_files.get(i).and_then(Option::as_deref);
-            let c = u.credential.as_ref()?;
-            toolgate_ingress::credential::read(u.name.get_ref(), c, file).ok()
+        .map(|u| {
+            let c = u.entry.credential.as_ref()?;
+            toolgate_ingress::credential::read(u.name(), c, u.credential_file.as_deref()).ok()
         })
         .collect();
     let namer = cfg.namer.clone();
@@ -670,7 +667,7 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         .map(|t| t.upstreams)
         .unwrap_or_else(|e| {
             eprintln!("warning: {e}");
-            Vec::new()
+            std::collections::HashMap::new()
         });
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
@@ -679,7 +676,7 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
             for (idx, (info, cred)) in infos.into_iter().zip(creds).enumerate() {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
-                let tls = tls.get(idx).cloned().flatten();
+                let tls = tls.get(&*name).cloned();
                 let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred, tls);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),

@@ -53,10 +53,10 @@ pub fn clients(
     creds: &Credentials,
 ) -> Result<Vec<OAuthClient>, CredentialError> {
     let mut out = Vec::new();
-    for (i, u) in cfg.config.upstreams.iter().enumerate() {
+    for u in cfg.upstreams.iter().map(|r| &r.entry) {
         let Some(c) = &u.credential else { continue };
         let Some(o) = &c.oauth else { continue };
-        let Some(published) = creds.get(i).and_then(Option::as_ref) else {
+        let Some(published) = creds.get(u.name.get_ref()) else {
             continue;
         };
         let upstream = u.name.get_ref().clone();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
 use toolgate_control::{Kind, Spec, State, UpstreamCredentialSpec, UpstreamSpec};
-use toolgate_core::config::{PinAction, ValidConfig};
+use toolgate_core::config::{PinAction, ResolvedUpstream, ValidConfig};
 use toolgate_core::secret::Secret;
 use toolgate_core::subtoken::Verifier;
 use toolgate_core::upstream_url::UpstreamUrl;
@@ -56,7 +56,7 @@ pub struct Shared {
     pub audit_refusals: AtomicU64,
     /// Prometheus counters.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Upstream credentials, index-aligned with `config.upstreams`.
+    /// The configuration file's upstream credentials, by upstream name.
     pub credentials: crate::credential::Credentials,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
@@ -64,8 +64,8 @@ pub struct Shared {
     /// The admin listener's TLS configuration, when `[admin.tls]` is set;
     /// re-read on reload like the agent listener's.
     pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
-    /// TLS toward each `https://` upstream, index-aligned with `config.upstreams`.
-    pub upstream_tls: Vec<Option<crate::tls::ClientTls>>,
+    /// TLS toward each `https://` upstream of the configuration file, by name.
+    pub upstream_tls: HashMap<String, crate::tls::ClientTls>,
     /// TLS toward an `https://` judge.
     pub judge_tls: Option<crate::tls::ClientTls>,
     /// The sub-token verifier (key and the revocation file's ids) that
@@ -118,30 +118,25 @@ pub struct ClientParts {
     pub stored: Option<Arc<StoredParts>>,
 }
 
-/// Reads the credential and TLS material of upstream `i` of `eff` (the
-/// effective configuration), written through the admin API as `spec`
-/// naming credential `source`. Errors: what cannot be read (never a
-/// secret value).
+/// Reads the credential and TLS material of `upstream` (of the effective
+/// configuration), written through the admin API as `spec` naming
+/// credential `source`. Errors: what cannot be read (never a secret value).
 pub fn stored_parts(
-    eff: &ValidConfig,
-    i: usize,
+    upstream: &ResolvedUpstream,
     spec: &UpstreamSpec,
     source: Option<UpstreamCredentialSpec>,
 ) -> Result<StoredParts, String> {
-    let (Some(u), Some(url)) = (eff.config.upstreams.get(i), eff.upstream_urls.get(i)) else {
-        return Err("no such upstream".into());
-    };
-    let name = u.name.get_ref();
-    let credential = match &u.credential {
+    let name = upstream.name();
+    let credential = match &upstream.entry.credential {
         Some(c) => {
-            let file = eff.credential_files.get(i).and_then(Option::as_deref);
+            let file = upstream.credential_file.as_deref();
             let secret = crate::credential::read(name, c, file).map_err(|e| e.to_string())?;
             Some(Published::new(secret))
         }
         None => None,
     };
-    let ca = eff.upstream_ca_files.get(i).and_then(Option::as_deref);
-    let tls = crate::tls::client_tls(url, ca).map_err(|e| format!("upstream `{name}`: {e}"))?;
+    let tls = crate::tls::client_tls(&upstream.url, upstream.ca_file.as_deref())
+        .map_err(|e| format!("upstream `{name}`: {e}"))?;
     Ok(StoredParts {
         spec: spec.clone(),
         source,
@@ -169,15 +164,10 @@ fn sync_stored(map: &mut HashMap<String, Arc<StoredParts>>, control: &State, eff
             continue;
         }
         map.remove(id);
-        let Some(i) = eff
-            .config
-            .upstreams
-            .iter()
-            .position(|u| u.name.get_ref() == id)
-        else {
+        let Some((_, upstream)) = eff.upstream(id) else {
             continue;
         };
-        match stored_parts(eff, i, spec, source.clone()) {
+        match stored_parts(upstream, spec, source.clone()) {
             Ok(p) => {
                 map.insert(id.to_owned(), Arc::new(StoredParts { written, ..p }));
             }
@@ -222,10 +212,9 @@ pub struct CatalogSet {
 
 /// Every upstream's tool prefix, in order.
 fn prefixes(cfg: &ValidConfig) -> Vec<String> {
-    cfg.config
-        .upstreams
+    cfg.upstreams
         .iter()
-        .map(|u| toolgate_control::state::prefix_of(u).to_owned())
+        .map(|u| toolgate_control::state::prefix_of(&u.entry).to_owned())
         .collect()
 }
 
@@ -235,14 +224,12 @@ impl CatalogSet {
     /// (again only when its index or the prefixes changed).
     fn aligned(&mut self, cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         let names = prefixes(cfg);
-        cfg.config
-            .upstreams
+        cfg.upstreams
             .iter()
-            .zip(&cfg.upstream_urls)
             .enumerate()
-            .map(|(i, (u, url))| {
-                let f = self.fetched.get_mut(u.name.get_ref())?;
-                if f.url != *url {
+            .map(|(i, u)| {
+                let f = self.fetched.get_mut(u.name())?;
+                if f.url != u.url {
                     return None;
                 }
                 if let Some((at, with, c)) = &f.built {
@@ -259,7 +246,7 @@ impl CatalogSet {
 
     /// Forgets the catalogs of upstreams `cfg` no longer has.
     fn prune(&mut self, cfg: &ValidConfig) {
-        let has = |n: &str| cfg.config.upstreams.iter().any(|u| u.name.get_ref() == n);
+        let has = |n: &str| cfg.upstream(n).is_some();
         self.fetched.retain(|n, _| has(n));
     }
 }
@@ -330,7 +317,7 @@ impl Sources {
 /// What the configuration names beyond itself, read and checked at start:
 /// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
 pub struct Loaded {
-    /// Upstream credentials, index-aligned with `config.upstreams`.
+    /// Upstream credentials, by upstream name.
     pub credentials: crate::credential::Credentials,
     /// Certificates, keys and CA bundles.
     pub tls: crate::tls::TlsSetup,
@@ -371,7 +358,7 @@ impl Shared {
         }
         let mut stored = HashMap::new();
         sync_stored(&mut stored, &sources.control, &eff);
-        let n = eff.config.upstreams.len();
+        let n = eff.upstreams.len();
         let snapshot = Published::new(sources.compile(&eff, &vec![None; n])?.with_subtokens(
             with_control_revocations(subtokens.clone(), &sources.control),
         ));
@@ -422,10 +409,9 @@ impl Shared {
         let fetched = {
             let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
             self.config
-                .config
                 .upstreams
                 .iter()
-                .all(|u| cats.attempted.contains(u.name.get_ref()))
+                .all(|u| cats.attempted.contains(u.name()))
         };
         fetched
             && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
@@ -481,11 +467,9 @@ impl Shared {
         };
         let eff = self.sources().effective();
         let Some(i) = eff
-            .config
             .upstreams
             .iter()
-            .zip(&eff.upstream_urls)
-            .position(|(u, at)| u.name.get_ref() == name && at == url)
+            .position(|u| u.name() == name && u.url == *url)
         else {
             return Ok(None);
         };
@@ -536,14 +520,8 @@ impl Shared {
                 stored: Some(p),
             };
         }
-        let i = self
-            .config
-            .config
-            .upstreams
-            .iter()
-            .position(|u| u.name.get_ref() == name);
-        let credential = i.and_then(|i| self.credentials.get(i).cloned().flatten());
-        let tls = i.and_then(|i| self.upstream_tls.get(i).cloned().flatten());
+        let credential = self.credentials.get(name).cloned();
+        let tls = self.upstream_tls.get(name).cloned();
         ClientParts {
             credential,
             tls,
@@ -731,18 +709,11 @@ impl Shared {
             .clone()
             .ok_or("no configuration file to reload")?;
         let cfg = toolgate_core::config::load(&path).map_err(|e| e.to_string())?;
-        let same_upstreams = cfg.upstream_urls == self.config.upstream_urls
-            && cfg
-                .config
-                .upstreams
-                .iter()
-                .map(|u| u.name.get_ref())
-                .eq(self
-                    .config
-                    .config
-                    .upstreams
-                    .iter()
-                    .map(|u| u.name.get_ref()));
+        let same_upstreams = cfg.upstreams.iter().map(|u| (u.name(), &u.url)).eq(self
+            .config
+            .upstreams
+            .iter()
+            .map(|u| (u.name(), &u.url)));
         if !same_upstreams {
             return Err("upstreams changed: restart toolgate to apply upstream changes".into());
         }

@@ -410,10 +410,9 @@ fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
         Kind::Subtokens => Vec::new(),
         Kind::Upstreams => src
             .file
-            .config
             .upstreams
             .iter()
-            .map(|u| (u.name.get_ref().clone(), upstream_document(u)))
+            .map(|u| (u.name().to_owned(), upstream_document(&u.entry)))
             .collect(),
         // The file's credentials belong to its upstreams; none is named.
         Kind::Credentials => Vec::new(),
@@ -1021,13 +1020,10 @@ impl AdminApi {
                 else {
                     continue;
                 };
-                let at = eff
-                    .config
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name.get_ref() == id);
                 let source = next.credential_of(spec);
-                if let Some(Err(e)) = at.map(|i| crate::shared::stored_parts(&eff, i, spec, source))
+                if let Some(Err(e)) = eff
+                    .upstream(id)
+                    .map(|(_, u)| crate::shared::stored_parts(u, spec, source))
                 {
                     problems.push(e);
                 }
@@ -1077,12 +1073,7 @@ impl AdminApi {
                         .get(tool)
                         .is_none_or(|d| d.exposed.as_deref() != Some(t.as_str()))
                     {
-                        let name = eff
-                            .config
-                            .upstreams
-                            .get(up)
-                            .map(|u| u.name.get_ref().as_str())
-                            .unwrap_or("?");
+                        let name = eff.upstreams.get(up).map(|u| u.name()).unwrap_or("?");
                         problems.push(format!(
                             "agent `{}`: tool `{t}` is not in upstream `{name}`'s tool catalog",
                             c.id

@@ -17,6 +17,7 @@ pub use server::{load_server_config, TlsError};
 pub(crate) use client::system_roots;
 pub(crate) use server::{certs, provider};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use toolgate_core::config::ValidConfig;
@@ -28,8 +29,8 @@ pub struct TlsSetup {
     pub server: Option<Arc<rustls::ServerConfig>>,
     /// The admin listener's configuration (`[admin.tls]`).
     pub admin: Option<Arc<rustls::ServerConfig>>,
-    /// Per upstream, index-aligned with `config.upstreams`: TLS for `https://`.
-    pub upstreams: Vec<Option<ClientTls>>,
+    /// By upstream name: TLS toward each `https://` upstream.
+    pub upstreams: HashMap<String, ClientTls>,
     /// TLS to the judge, for an `https://` judge.
     pub judge: Option<ClientTls>,
     /// TLS to the IdP, for an `https://` `auth.jwt.jwks_url`.
@@ -52,18 +53,13 @@ impl TlsSetup {
             .map(load_server_config)
             .transpose()
             .map_err(|e| format!("[admin.tls]: {e}"))?;
-        let mut upstreams = Vec::with_capacity(cfg.upstream_urls.len());
-        for (i, url) in cfg.upstream_urls.iter().enumerate() {
-            let ca = cfg.upstream_ca_files.get(i).and_then(Option::as_deref);
-            let name = cfg
-                .config
-                .upstreams
-                .get(i)
-                .map(|u| u.name.get_ref().as_str());
-            upstreams.push(
-                client_tls(url, ca)
-                    .map_err(|e| format!("upstream `{}`: {e}", name.unwrap_or("?")))?,
-            );
+        let mut upstreams = HashMap::new();
+        for u in &cfg.upstreams {
+            let tls = client_tls(&u.url, u.ca_file.as_deref())
+                .map_err(|e| format!("upstream `{}`: {e}", u.name()))?;
+            if let Some(tls) = tls {
+                upstreams.insert(u.name().to_owned(), tls);
+            }
         }
         let judge = cfg
             .judge_url

@@ -302,7 +302,15 @@ def test_every_record_reaches_rsyslog_over_udp_and_tcp(make_gate, rsyslog):
     for which in ("udp", "tcp"):
         got = rsyslog.wait_for_seqs(which, want, timeout=15)
         check_received(got, records)
-    cursor = json.loads((gate.audit_dir / "cursors" / "siem-tcp").read_text())
+    # The cursor is saved after a batch is sent, so it may trail what
+    # rsyslog already shows by a moment.
+    cursor_file = gate.audit_dir / "cursors" / "siem-tcp"
+    deadline = time.monotonic() + 10
+    while True:
+        cursor = json.loads(cursor_file.read_text())
+        if cursor["next_seq"] == max(want) + 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert cursor["next_seq"] == max(want) + 1
 
 
