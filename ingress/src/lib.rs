@@ -5,7 +5,7 @@
 //! run the HTTP/1.1 server loop ([`http::server`]); each request on `/mcp` goes through the call driver
 //! ([`call`]): identity, the JSON-RPC view, the era's envelope, the
 //! permission map, forwarding through this shard's upstream client
-//! ([`mcp::upstream`]), and the audit record into the shard's ring. Tool
+//! ([`upstream`]), and the audit record into the shard's ring. Tool
 //! catalogs are kept current off the request path ([`catalog_sync`]).
 //!
 //! The admin API ([`admin`]) runs on an executor thread of its own: it
@@ -22,7 +22,6 @@ pub mod credential;
 pub mod demo;
 pub mod http;
 pub mod jwks_sync;
-pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod ratelimit;
@@ -31,3 +30,4 @@ pub mod shard;
 pub mod shared;
 pub mod subtokens;
 pub mod tls;
+pub mod upstream;

@@ -677,7 +677,7 @@ fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
                 let tls = tls.get(&*name).cloned();
-                let upstream = toolgate_ingress::mcp::upstream::Upstream::new(info, cred, tls);
+                let upstream = toolgate_ingress::upstream::Upstream::new(info, cred, tls);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {

@@ -14,7 +14,7 @@ use toolgate_sinks::Admission;
 
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
-use crate::mcp::upstream::{Credential, Reply, Upstream};
+use crate::upstream::{Credential, Reply, Upstream};
 
 /// A `tools/call` that passed every check, ready for its upstream.
 pub(super) struct Admitted {
@@ -104,7 +104,7 @@ pub(super) async fn forward(
     _audited: &Admission,
 ) -> Result<Reply, Refusal> {
     upstream
-        .call("tools/call", &call.params, &call.headers, credential)
+        .call_tool(&call.params, &call.headers, credential)
         .await
         .map_err(|e| {
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");

@@ -13,8 +13,8 @@ use toolgate_decision::{Reader, Snapshot, UpstreamInfo};
 use toolgate_sinks::AuditProducer;
 
 use super::{ack, args, judge, tokens};
-use crate::mcp::upstream::Upstream;
 use crate::shared::{Shared, StoredParts, Terminated};
+use crate::upstream::Upstream;
 
 /// Per-shard decision cache size.
 const DECISION_CACHE_ENTRIES: usize = 16 * 1024;

@@ -53,7 +53,7 @@ use toolgate_sinks::Admission;
 
 use crate::http::head::Method;
 use crate::http::server::Request;
-use crate::mcp::upstream::Upstream;
+use crate::upstream::Upstream;
 use ctx::{Answer, CallCtx};
 use envelope::Era;
 use forward::Admitted;

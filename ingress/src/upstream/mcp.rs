@@ -1,4 +1,5 @@
-//! toolgate as an MCP client of one upstream, on one shard.
+//! The MCP-over-HTTP kind of upstream: toolgate as an MCP client of one
+//! upstream server, on one shard.
 //!
 //! The upstream's era is found on first use: in `auto` mode a
 //! `server/discover` probe at the stateless revision, falling back to the
@@ -11,61 +12,16 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
 
 use glommio::sync::Semaphore;
 use simd_json::prelude::*;
 use toolgate_core::config::UpstreamProtocol;
 use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
-use toolgate_core::refusal::RefusalKind;
-use toolgate_core::secret::Secret;
-use toolgate_decision::{Reader, UpstreamInfo};
+use toolgate_decision::UpstreamInfo;
 
-use super::sse;
-use crate::http::client::{ClientError, MediaType, Pool};
-
-/// Why an upstream call failed, as the agent will be told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    /// Connection refused or lost, or the upstream answered 5xx.
-    #[error("upstream unavailable")]
-    Unavailable,
-    /// No answer in time.
-    #[error("upstream timed out")]
-    Timeout,
-    /// An answer that is not an MCP response.
-    #[error("upstream sent an invalid response")]
-    BadResponse,
-    /// The upstream's credential is not available (an OAuth token that
-    /// could not be obtained or expired, a credential file without a usable
-    /// value): nothing was sent.
-    #[error("no credential for the upstream")]
-    NoCredential,
-}
-
-impl UpstreamError {
-    /// The refusal the agent sees.
-    pub fn refusal_kind(self) -> RefusalKind {
-        match self {
-            UpstreamError::Unavailable => RefusalKind::UpstreamUnavailable,
-            UpstreamError::Timeout => RefusalKind::UpstreamTimeout,
-            UpstreamError::BadResponse => RefusalKind::UpstreamBadResponse,
-            UpstreamError::NoCredential => RefusalKind::UpstreamCredentialUnavailable,
-        }
-    }
-}
-
-impl From<ClientError> for UpstreamError {
-    fn from(e: ClientError) -> Self {
-        match e {
-            ClientError::Connect | ClientError::Io => UpstreamError::Unavailable,
-            ClientError::Timeout => UpstreamError::Timeout,
-            ClientError::BadResponse(_) | ClientError::TooLarge => UpstreamError::BadResponse,
-        }
-    }
-}
+use super::{sse, Credential, Reply, UpstreamError};
+use crate::http::client::{MediaType, Pool};
 
 #[derive(Debug, Clone)]
 enum Era {
@@ -77,41 +33,14 @@ enum Era {
     Stateless,
 }
 
-/// One upstream as seen from one shard.
-pub struct Upstream {
+/// One MCP upstream as seen from one shard.
+pub struct McpClient {
     info: UpstreamInfo,
     mode: UpstreamProtocol,
     pool: Pool,
     era: RefCell<Era>,
     next_id: Cell<u64>,
     handshake: Semaphore,
-    /// The header line toolgate injects into every request, if configured.
-    credential: Option<RefCell<Reader<Secret>>>,
-}
-
-/// The credential one call carries to its upstream: the header line
-/// configured for the upstream as it stood when the call took it, or none
-/// for an upstream without one. Taken once per call, so a handshake and
-/// the call it precedes carry the same credential.
-#[expect(
-    clippy::redundant_allocation,
-    reason = "the shard-local handle `Reader` gives out"
-)]
-pub struct Credential(Option<Rc<Arc<Secret>>>);
-
-impl Credential {
-    /// Appends the header line (with its CRLF), if any.
-    fn write(&self, req: &mut Vec<u8>) {
-        if let Some(line) = &self.0 {
-            req.extend_from_slice(line.expose());
-        }
-    }
-}
-
-/// A JSON-RPC response message from the upstream, as JSON text.
-pub struct Reply {
-    /// The message (`{"jsonrpc":"2.0","id":…,"result"|"error":…}`).
-    pub message: Vec<u8>,
 }
 
 /// `clientInfo` toolgate presents to upstreams.
@@ -121,15 +50,10 @@ const CLIENT_INFO: &str = concat!(
     r#""}"#
 );
 
-impl Upstream {
+impl McpClient {
     /// A client of `info` for the current shard (over `tls` for an
-    /// `https://` upstream), injecting `credential` (a complete header
-    /// line) into every request.
-    pub fn new(
-        info: UpstreamInfo,
-        credential: Option<Reader<Secret>>,
-        tls: Option<crate::tls::ClientTls>,
-    ) -> Self {
+    /// `https://` upstream).
+    pub fn new(info: UpstreamInfo, tls: Option<crate::tls::ClientTls>) -> Self {
         let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
         let mode = info.protocol;
         Self {
@@ -139,37 +63,13 @@ impl Upstream {
             era: RefCell::new(Era::Unknown),
             next_id: Cell::new(1),
             handshake: Semaphore::new(1),
-            credential: credential.map(RefCell::new),
         }
-    }
-
-    /// The upstream's configured name.
-    pub fn name(&self) -> &str {
-        &self.info.name
-    }
-
-    /// What this client was built for.
-    pub fn info(&self) -> &UpstreamInfo {
-        &self.info
     }
 
     fn id(&self) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         id
-    }
-
-    /// The credential to inject into a call now; an upstream whose
-    /// credential source holds no usable value gets no call at all.
-    pub fn credential(&self) -> Result<Credential, UpstreamError> {
-        let Some(reader) = &self.credential else {
-            return Ok(Credential(None));
-        };
-        let line = reader.borrow_mut().current();
-        if line.expose().is_empty() {
-            return Err(UpstreamError::NoCredential);
-        }
-        Ok(Credential(Some(line)))
     }
 
     /// Builds one POST. `params` is the inside of the params object (may be empty).
@@ -442,9 +342,9 @@ impl Upstream {
         Err(UpstreamError::BadResponse)
     }
 
-    /// Fetches every page of `tools/list`; returns each page's `result` object.
-    pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
-        let credential = self.credential()?;
+    /// Fetches every page of `tools/list` with `credential`; returns each
+    /// page's `result` object.
+    pub async fn list_tools(&self, credential: &Credential) -> Result<Vec<Vec<u8>>, UpstreamError> {
         let mut pages = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..100 {
@@ -453,7 +353,7 @@ impl Upstream {
                 params.extend_from_slice(br#""cursor":"#);
                 write_str(c, &mut params);
             }
-            let reply = self.call("tools/list", &params, &[], &credential).await?;
+            let reply = self.call("tools/list", &params, &[], credential).await?;
             let mut parser = JsonParser::new();
             let tape = parser
                 .parse(&reply.message)
@@ -475,11 +375,6 @@ impl Upstream {
             }
         }
         Ok(pages)
-    }
-
-    /// Deadline of one call to this upstream.
-    pub fn timeout(&self) -> Duration {
-        self.info.timeout
     }
 }
 

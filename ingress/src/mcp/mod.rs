@@ -1,4 +1,0 @@
-//! MCP toward upstreams: toolgate as a client of each upstream server.
-
-pub mod sse;
-pub mod upstream;

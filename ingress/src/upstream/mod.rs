@@ -1,0 +1,168 @@
+//! The one upstream interface: what the call phases and the catalog sync
+//! ask of an upstream, whatever its kind.
+//!
+//! An [`Upstream`] is one upstream as one shard sees it: what the snapshot
+//! says of it ([`UpstreamInfo`]), the credential toolgate injects into its
+//! calls, and the client of its kind. Kinds are implementations behind
+//! this interface — MCP over HTTP ([`mcp`]) today — so a new kind is a new
+//! file and a new [`Kind`] variant, not a branch in every phase.
+//!
+//! Credential injection belongs to the interface, not to a kind: a call
+//! takes the credential once ([`Upstream::credential`]) and every request
+//! of that call carries it; the agent's own token never goes on.
+
+pub mod mcp;
+pub mod sse;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use toolgate_core::refusal::RefusalKind;
+use toolgate_core::secret::Secret;
+use toolgate_decision::{Reader, UpstreamInfo};
+
+use crate::http::client::ClientError;
+
+/// One upstream as seen from one shard.
+pub struct Upstream {
+    info: UpstreamInfo,
+    /// The header line toolgate injects into every request, if configured.
+    credential: Option<RefCell<Reader<Secret>>>,
+    kind: Kind,
+}
+
+/// The client of an upstream's kind.
+enum Kind {
+    /// An MCP server over streamable HTTP (either era).
+    Mcp(mcp::McpClient),
+}
+
+/// Why an upstream call failed, as the agent will be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused or lost, or the upstream answered 5xx.
+    #[error("upstream unavailable")]
+    Unavailable,
+    /// No answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// An answer that is not an MCP response.
+    #[error("upstream sent an invalid response")]
+    BadResponse,
+    /// The upstream's credential is not available (an OAuth token that
+    /// could not be obtained or expired, a credential file without a usable
+    /// value): nothing was sent.
+    #[error("no credential for the upstream")]
+    NoCredential,
+}
+
+impl UpstreamError {
+    /// The refusal the agent sees.
+    pub fn refusal_kind(self) -> RefusalKind {
+        match self {
+            UpstreamError::Unavailable => RefusalKind::UpstreamUnavailable,
+            UpstreamError::Timeout => RefusalKind::UpstreamTimeout,
+            UpstreamError::BadResponse => RefusalKind::UpstreamBadResponse,
+            UpstreamError::NoCredential => RefusalKind::UpstreamCredentialUnavailable,
+        }
+    }
+}
+
+impl From<ClientError> for UpstreamError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect | ClientError::Io => UpstreamError::Unavailable,
+            ClientError::Timeout => UpstreamError::Timeout,
+            ClientError::BadResponse(_) | ClientError::TooLarge => UpstreamError::BadResponse,
+        }
+    }
+}
+
+/// The credential one call carries to its upstream: the header line
+/// configured for the upstream as it stood when the call took it, or none
+/// for an upstream without one. Taken once per call, so a handshake and
+/// the call it precedes carry the same credential.
+#[expect(
+    clippy::redundant_allocation,
+    reason = "the shard-local handle `Reader` gives out"
+)]
+pub struct Credential(Option<Rc<Arc<Secret>>>);
+
+impl Credential {
+    /// Appends the header line (with its CRLF), if any.
+    fn write(&self, req: &mut Vec<u8>) {
+        if let Some(line) = &self.0 {
+            req.extend_from_slice(line.expose());
+        }
+    }
+}
+
+/// A JSON-RPC response message from the upstream, as JSON text.
+pub struct Reply {
+    /// The message (`{"jsonrpc":"2.0","id":…,"result"|"error":…}`).
+    pub message: Vec<u8>,
+}
+
+impl Upstream {
+    /// A client of `info` for the current shard (over `tls` for an
+    /// `https://` upstream), injecting `credential` (a complete header
+    /// line) into every request.
+    pub fn new(
+        info: UpstreamInfo,
+        credential: Option<Reader<Secret>>,
+        tls: Option<crate::tls::ClientTls>,
+    ) -> Self {
+        let kind = Kind::Mcp(mcp::McpClient::new(info.clone(), tls));
+        Self {
+            info,
+            credential: credential.map(RefCell::new),
+            kind,
+        }
+    }
+
+    /// The upstream's configured name.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// What this client was built for.
+    pub fn info(&self) -> &UpstreamInfo {
+        &self.info
+    }
+
+    /// The credential to inject into a call now; an upstream whose
+    /// credential source holds no usable value gets no call at all.
+    pub fn credential(&self) -> Result<Credential, UpstreamError> {
+        let Some(reader) = &self.credential else {
+            return Ok(Credential(None));
+        };
+        let line = reader.borrow_mut().current();
+        if line.expose().is_empty() {
+            return Err(UpstreamError::NoCredential);
+        }
+        Ok(Credential(Some(line)))
+    }
+
+    /// Calls tool by its `params` members (`"name":…,"arguments":…`) with
+    /// `credential`; `headers` are routing headers an upstream kind may
+    /// use. Returns the upstream's JSON-RPC reply.
+    pub async fn call_tool(
+        &self,
+        params: &[u8],
+        headers: &[(String, String)],
+        credential: &Credential,
+    ) -> Result<Reply, UpstreamError> {
+        match &self.kind {
+            Kind::Mcp(c) => c.call("tools/call", params, headers, credential).await,
+        }
+    }
+
+    /// Every page of the upstream's tool catalog (`tools/list` results).
+    pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
+        let credential = self.credential()?;
+        match &self.kind {
+            Kind::Mcp(c) => c.list_tools(&credential).await,
+        }
+    }
+}
