@@ -989,7 +989,7 @@ fn reload(shared: &Shared, why: &str) {
 /// list and the tool pins file. A revocation or an approval must not wait on
 /// (or be blocked by) an unrelated edit.
 fn watch_control_files(shared: Arc<Shared>) {
-    type Publish = fn(&Shared) -> Result<u64, String>;
+    type Publish = fn(&Shared) -> Result<u64, toolgate_ingress::shared::ReloadError>;
     let mut files: Vec<(PathBuf, Publish, &'static str)> = Vec::new();
     if let Some(f) = shared.revocation_file() {
         files.push((f, Shared::reload_revocations, "sub-token revocations"));

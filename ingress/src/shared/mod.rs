@@ -1,0 +1,299 @@
+//! State shared by all shards: read-mostly, published, or atomic. Nothing
+//! here is locked on the request path.
+//!
+//! By job: [`publish`] builds and publishes the snapshot every shard reads;
+//! [`catalogs`] keeps the upstreams' fetched tool catalogs; [`upstreams`]
+//! what shard clients of each upstream are built from; [`identity`] the
+//! sources of caller identity (fetched JWKS, sub-token key and
+//! revocations); [`pins`] tool pinning; [`reload`] re-reading the files.
+//! Writers take the catalogs lock first: it orders every publication.
+
+mod catalogs;
+mod identity;
+mod pins;
+mod publish;
+mod reload;
+mod upstreams;
+
+pub use catalogs::CatalogSet;
+pub use identity::JwksError;
+pub use pins::ApproveError;
+pub use reload::ReloadError;
+pub use upstreams::{stored_parts, ClientParts, StoredParts};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_rustls::TlsAcceptor;
+use toolgate_control::State;
+use toolgate_core::config::ValidConfig;
+use toolgate_core::subtoken::Verifier;
+use toolgate_decision::pins::Pins;
+use toolgate_decision::{Catalog, Published, Snapshot};
+
+use crate::http::head::Limits;
+use crate::http::server::ConnConfig;
+use crate::session::{Nonce, SessionKey};
+
+/// Longest a handshake-era session lives, seconds.
+pub const SESSION_MAX_AGE: u64 = 24 * 3600;
+
+/// Terminated sessions: nonce → creation time (pruned after [`SESSION_MAX_AGE`]).
+pub type Terminated = HashMap<Nonce, u64>;
+
+/// Everything the shards share.
+pub struct Shared {
+    /// The configuration the gateway started with (listener, shards, upstreams).
+    pub config: ValidConfig,
+    /// The latest configuration file, its policy texts, and the admin API's
+    /// control state laid over them (agents, users, attachments and policies
+    /// change at run time); written off the request path only.
+    current: Mutex<Sources>,
+    /// Per shard: the snapshot generation it runs (written by the shard when
+    /// it picks one up; read by the admin API).
+    pub seen: Box<[AtomicU64]>,
+    /// The decision snapshot.
+    pub snapshot: Arc<Published<Snapshot>>,
+    /// Fetched catalogs by upstream name (written off the request path);
+    /// its lock orders every publication.
+    catalogs: Mutex<CatalogSet>,
+    /// Credentials and TLS of the upstreams written through the admin API,
+    /// by name, read when they were written.
+    stored_upstreams: Mutex<HashMap<String, Arc<StoredParts>>>,
+    /// Sessions ended by DELETE.
+    pub terminated: Arc<Published<Terminated>>,
+    /// Key of session ids.
+    pub session_key: SessionKey,
+    /// Connection limits and timeouts.
+    pub conn: ConnConfig,
+    /// Requests refused because the audit ring was full.
+    pub audit_refusals: AtomicU64,
+    /// Prometheus counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The configuration file's upstream credentials, by upstream name.
+    pub credentials: crate::credential::Credentials,
+    /// The listener's TLS configuration, when `[server.tls]` is set; its
+    /// certificate, key and client CA are re-read on reload.
+    pub tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// The admin listener's TLS configuration, when `[admin.tls]` is set;
+    /// re-read on reload like the agent listener's.
+    pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// TLS toward each `https://` upstream of the configuration file, by name.
+    pub upstream_tls: HashMap<String, crate::tls::ClientTls>,
+    /// TLS toward an `https://` judge.
+    pub judge_tls: Option<crate::tls::ClientTls>,
+    /// The sub-token verifier (key and the revocation file's ids) that
+    /// snapshots carry, with the control state's revocations added.
+    subtokens: Mutex<Option<Arc<Verifier>>>,
+    /// The JWKS last fetched from `auth.jwt.jwks_url`.
+    jwks: Mutex<Option<String>>,
+    /// A token named an unknown `kid`: fetch the JWKS again (rate-limited).
+    pub jwks_wanted: AtomicBool,
+    /// Whether a JWKS fetch has completed (either way), for readiness.
+    pub jwks_attempted: AtomicBool,
+    /// TLS toward an `https://` JWKS URL.
+    pub jwks_tls: Option<crate::tls::ClientTls>,
+    /// OAuth client-credentials grants, taken by shard 0 to run.
+    pub oauth: Mutex<Vec<crate::oauth::OAuthClient>>,
+    /// Grants not yet tried once (readiness).
+    pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// Approved tool definition digests, when `[tool_pins]` is configured.
+    pins: Mutex<Option<Pins>>,
+    /// Per-agent rate limits (`rate_limit`), by agent id.
+    pub rate_limits: Arc<Published<crate::ratelimit::Limits>>,
+}
+
+/// What a snapshot is compiled from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The configuration file as last (re)loaded.
+    pub file: ValidConfig,
+    /// Its policy files: (path, text), in order.
+    pub policies: Vec<(PathBuf, String)>,
+    /// The control state written through the admin API.
+    pub control: Arc<State>,
+}
+
+impl Sources {
+    /// The effective configuration: the file with the control state laid
+    /// over it (see [`State::overlay`]).
+    pub fn effective(&self) -> ValidConfig {
+        self.control.overlay(&self.file).0
+    }
+
+    /// The effective configuration `cfg` (from [`Sources::effective`]) and
+    /// the policies, compiled into a snapshot over `catalogs` (index-aligned
+    /// with `cfg`'s upstreams). Errors: why the policies do not parse.
+    pub fn compile(
+        &self,
+        cfg: &ValidConfig,
+        catalogs: &[Option<Arc<Catalog>>],
+    ) -> Result<Snapshot, Vec<String>> {
+        let bundle =
+            toolgate_decision::policy::from_sources(&self.control.policy_sources(&self.policies))
+                .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        Ok(Snapshot::build(cfg, catalogs).with_policies(cfg, Arc::new(bundle)))
+    }
+}
+
+/// What the configuration names beyond itself, read and checked at start:
+/// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
+pub struct Loaded {
+    /// Upstream credentials, by upstream name.
+    pub credentials: crate::credential::Credentials,
+    /// Certificates, keys and CA bundles.
+    pub tls: crate::tls::TlsSetup,
+    /// The sub-token verifier, with `[auth.subtokens]`.
+    pub subtokens: Option<Arc<Verifier>>,
+    /// OAuth client-credentials grants for upstream credentials.
+    pub oauth: Vec<crate::oauth::OAuthClient>,
+    /// Approved tool definition digests, with `[tool_pins]`.
+    pub pins: Option<Pins>,
+}
+
+/// Shards the configuration asks for: `server.shards`, else one per core.
+pub fn shard_count(cfg: &ValidConfig) -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    cfg.config
+        .server
+        .shards
+        .as_ref()
+        .map(|s| *s.get_ref())
+        .unwrap_or(cores)
+}
+
+impl Shared {
+    /// Shared state for `config` (with its policy texts and the control
+    /// state) and what it loaded, with session ids keyed by `session_key`.
+    /// Errors: the policies do not compile.
+    pub fn new(
+        config: ValidConfig,
+        policies: Vec<(PathBuf, String)>,
+        control: State,
+        session_key: [u8; 32],
+        loaded: Loaded,
+    ) -> Result<Arc<Self>, Vec<String>> {
+        let Loaded {
+            credentials,
+            tls,
+            subtokens,
+            oauth,
+            pins,
+        } = loaded;
+        let sources = Sources {
+            file: config.clone(),
+            policies,
+            control: Arc::new(control),
+        };
+        let (eff, skipped) = sources.control.overlay(&sources.file);
+        for why in skipped {
+            tracing::warn!("control state: {why}; left out");
+        }
+        let mut stored = HashMap::new();
+        upstreams::sync_stored(&mut stored, &sources.control, &eff);
+        let n = eff.upstreams.len();
+        let snapshot = Published::new(sources.compile(&eff, &vec![None; n])?.with_subtokens(
+            identity::with_control_revocations(subtokens.clone(), &sources.control),
+        ));
+        let rate_limits = Published::new(crate::ratelimit::build(&eff, &HashMap::new()));
+        let shards = shard_count(&config);
+        let s = &config.config.server;
+        let conn = ConnConfig {
+            limits: Limits {
+                max_header_bytes: s.max_header_bytes,
+                max_headers: s.max_headers,
+                max_body_bytes: s.max_body_bytes,
+            },
+            header_timeout: Duration::from_millis(s.header_timeout_ms),
+            body_timeout: Duration::from_millis(s.body_timeout_ms),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        };
+        Ok(Arc::new(Self {
+            current: Mutex::new(sources),
+            seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            snapshot,
+            catalogs: Mutex::new(CatalogSet::default()),
+            stored_upstreams: Mutex::new(stored),
+            terminated: Published::new(HashMap::new()),
+            session_key: SessionKey::new(session_key),
+            conn,
+            audit_refusals: AtomicU64::new(0),
+            metrics: Arc::new(crate::metrics::Metrics::new(shards)),
+            credentials,
+            tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
+            admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
+            upstream_tls: tls.upstreams,
+            judge_tls: tls.judge,
+            subtokens: Mutex::new(subtokens),
+            jwks: Mutex::new(None),
+            jwks_wanted: AtomicBool::new(false),
+            jwks_attempted: AtomicBool::new(false),
+            jwks_tls: tls.jwks,
+            oauth_pending: Arc::new(std::sync::atomic::AtomicUsize::new(oauth.len())),
+            oauth: Mutex::new(oauth),
+            pins: Mutex::new(pins),
+            rate_limits,
+            config,
+        }))
+    }
+
+    /// Whether every upstream's catalog fetch has completed at least once.
+    pub fn ready(&self) -> bool {
+        let fetched = {
+            let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+            self.config
+                .upstreams
+                .iter()
+                .all(|u| cats.attempted(u.name()))
+        };
+        fetched
+            && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
+            && self.oauth_pending.load(Ordering::Acquire) == 0
+    }
+
+    /// The sources the running snapshot is compiled from.
+    pub fn sources(&self) -> Sources {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the control state and publishes the snapshot it makes;
+    /// returns the new generation, or `None` when it does not compile with
+    /// the current file (the running snapshot then stays).
+    ///
+    /// Only a newer revision replaces the running one: a replica's follower
+    /// and its admin API may both bring the same or an older state, and an
+    /// older one must never undo a change (a revoke) already published; then
+    /// the running generation is returned.
+    pub fn set_control(&self, control: Arc<State>) -> Option<u64> {
+        let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if control.revision <= current.control.revision && current.control.revision > 0 {
+                return Some(self.snapshot.generation());
+            }
+            current.control = control;
+        }
+        self.publish(&mut cats)
+    }
+
+    /// Ends a session; prunes entries too old to verify anyway.
+    pub fn terminate(&self, nonce: Nonce, now: u64) {
+        self.terminated.update(|t| {
+            let mut t: Terminated = t
+                .iter()
+                .filter(|(_, &c)| now.saturating_sub(c) <= SESSION_MAX_AGE)
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            t.insert(nonce, now);
+            t
+        });
+    }
+}
