@@ -1,0 +1,106 @@
+//! Resource documents as the API shows them: items, the configuration
+//! file's resources, and the effective document of one resource.
+
+use super::*;
+
+/// A resource as reads show it.
+pub(super) fn item(kind: Kind, id: &str, version: u64, source: &str, spec: Value) -> Value {
+    json!({"kind": kind.as_str(), "id": id, "version": version, "source": source, "spec": spec})
+}
+
+/// Resources the configuration file defines, of `kind`: (id, document).
+pub(super) fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> {
+    match kind {
+        Kind::Agents => src
+            .file
+            .config
+            .agents
+            .iter()
+            .map(|a| {
+                let tools: Vec<&String> = a.tools.iter().map(|t| t.get_ref()).collect();
+                (
+                    a.id.get_ref().clone(),
+                    json!({"tools": tools, "groups": a.groups, "act_for_users": a.act_for_users}),
+                )
+            })
+            .collect(),
+        Kind::Users => src
+            .file
+            .config
+            .users
+            .iter()
+            .map(|u| (u.id.get_ref().clone(), json!({"groups": u.groups})))
+            .collect(),
+        Kind::Policies => src
+            .policies
+            .iter()
+            .filter_map(|(path, text)| {
+                let name = path.file_name()?.to_str()?.strip_suffix(".cedar")?;
+                check_id(name).ok()?;
+                Some((name.to_owned(), json!({ "text": text })))
+            })
+            .collect(),
+        // Tokens minted by `toolgate token mint` are in its ledger file,
+        // listed by `toolgate token list`.
+        Kind::Subtokens => Vec::new(),
+        Kind::Upstreams => src
+            .file
+            .upstreams
+            .iter()
+            .map(|u| (u.name().to_owned(), upstream_document(&u.entry)))
+            .collect(),
+        // The file's credentials belong to its upstreams; none is named.
+        Kind::Credentials => Vec::new(),
+    }
+}
+
+/// A `[[upstreams]]` entry as an `upstreams/{name}` document. A credential
+/// shows where it is read from (never a value); a `command` or `oauth` one
+/// only its kind, as `source` (the API does not write those).
+pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Value {
+    use toolgate_core::config::UpstreamProtocol;
+    let mut doc = json!({
+        "url": u.url.get_ref(),
+        "timeout_ms": u.timeout_ms,
+        "max_response_bytes": u.max_response_bytes,
+        "pool_size": u.pool_size,
+        "protocol": match u.protocol {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Handshake => "handshake",
+            UpstreamProtocol::Stateless => "stateless",
+        },
+        "catalog_refresh_s": u.catalog_refresh_s,
+    });
+    if let Some(p) = &u.prefix {
+        doc["prefix"] = json!(p.get_ref());
+    }
+    if let Some(ca) = &u.ca_file {
+        doc["ca_file"] = json!(ca.get_ref());
+    }
+    if let Some(c) = &u.credential {
+        let mut cred = json!({"header": c.header.get_ref()});
+        if !c.value_prefix.is_empty() {
+            cred["value_prefix"] = json!(c.value_prefix);
+        }
+        match (&c.env, &c.file, &c.command) {
+            (Some(v), _, _) => cred["env"] = json!(v.get_ref()),
+            (None, Some(f), _) => cred["file"] = json!(f.get_ref()),
+            (None, None, Some(_)) => cred["source"] = json!("command"),
+            (None, None, None) => cred["source"] = json!("oauth"),
+        }
+        doc["credential"] = cred;
+    }
+    doc
+}
+
+/// The effective resource: the store's, else the configuration file's
+/// (version 0).
+pub(super) fn effective(src: &Sources, kind: Kind, id: &str) -> Option<Value> {
+    if let Some(e) = src.control.get(kind, id) {
+        return Some(item(kind, id, e.version, "store", e.spec.to_value()));
+    }
+    file_resources(src, kind)
+        .into_iter()
+        .find(|(fid, _)| fid == id)
+        .map(|(fid, spec)| item(kind, &fid, 0, "config", spec))
+}
