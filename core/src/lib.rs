@@ -6,8 +6,14 @@
 //! ([`identity`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
 //! ([`refusal`]) and the audit record ([`audit`]).
 //!
-//! This crate does no I/O: no sockets, no files, no clocks beyond what a
-//! caller passes in. That keeps every rule here testable as a pure function.
+//! Nothing here opens a socket or runs on the request path with I/O: the
+//! request-path types (the JSON-RPC view, refusals, the audit record,
+//! identity, sub-token verification) are pure functions of what a caller
+//! passes in, clocks included. Two modules read the host, at start and on
+//! reload only: [`config`] checks the files a configuration names (so a
+//! configuration that cannot run is refused with its line), and [`secret`]
+//! reads a secret from its source (an environment variable, a file, or a
+//! command's output), so every crate resolves secrets the same way.
 
 pub mod audit;
 pub mod config;

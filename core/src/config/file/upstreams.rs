@@ -1,0 +1,160 @@
+//! `[[upstreams]]`, their credentials, and `[tool_pins]`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::defaults::*;
+
+/// `[tool_pins]`: each tool definition's SHA-256 is pinned; a definition
+/// that changes behind the gateway's back is quarantined until an operator
+/// approves it (`toolgate tools approve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPinsConfig {
+    /// The pins file, relative to the config file. Default `tool-pins.json`.
+    #[serde(default = "default_pins_file")]
+    pub file: PathBuf,
+    /// Whether a tool seen for the first time is pinned as it is (trust on
+    /// first use). Default true; false keeps new tools quarantined too.
+    #[serde(default = "default_true")]
+    pub pin_new: bool,
+    /// What a changed definition does: `quarantine` (default: hidden from
+    /// `tools/list`, calls refused) or `warn` (logged, still served).
+    #[serde(default)]
+    pub on_change: PinAction,
+}
+
+/// What a changed tool definition does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinAction {
+    /// Hidden and refused until approved.
+    #[default]
+    Quarantine,
+    /// Logged loudly, still served.
+    Warn,
+}
+
+pub(crate) fn default_pins_file() -> PathBuf {
+    PathBuf::from("tool-pins.json")
+}
+
+/// `[upstreams.credential]`: a secret toolgate adds to every request it sends
+/// an upstream. Exactly one of `env`, `file` and `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Header carrying the secret. Default `Authorization`.
+    #[serde(default = "default_credential_header")]
+    pub header: Spanned<String>,
+    /// Text put before the secret, e.g. `Bearer `. Default empty.
+    #[serde(default)]
+    pub value_prefix: String,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<Spanned<String>>,
+    /// File holding the secret (trimmed), relative to the config file;
+    /// re-read when it changes.
+    #[serde(default)]
+    pub file: Option<Spanned<String>>,
+    /// Command printing the secret on stdout (trimmed), run once at start.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    /// An OAuth 2.0 client-credentials grant: toolgate fetches the access
+    /// token, caches it and refreshes it before expiry, off the request path.
+    #[serde(default)]
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// `[upstreams.credential.oauth]`: where and how toolgate obtains an access
+/// token for the upstream (RFC 6749 §4.4), sent as `Bearer <token>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The authorization server's token endpoint (`https://`, or `http://`
+    /// on loopback only).
+    pub token_url: Spanned<String>,
+    /// The client id toolgate authenticates as.
+    pub client_id: String,
+    /// Environment variable holding the client secret. Exactly one of this
+    /// and `client_secret_file`.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// File holding the client secret, relative to the config file.
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// `scope` to request. Default none.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `resource` indicator (RFC 8707) to request, e.g. the upstream's URL.
+    /// Default none.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// PEM CA bundle for the token endpoint. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+pub(crate) fn default_credential_header() -> Spanned<String> {
+    Spanned::new(0..0, "Authorization".to_owned())
+}
+
+/// `[[upstreams]]`: one upstream MCP server reached over streamable HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in audit records and, by default, as the tool-name prefix.
+    pub name: Spanned<String>,
+    /// Endpoint URL, e.g. `http://127.0.0.1:9101/mcp`.
+    pub url: Spanned<String>,
+    /// Prefix of this upstream's tools as agents see them: `{prefix}__{tool}`.
+    /// Default: `name`. An empty prefix exposes bare tool names (one upstream at most).
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    /// Time allowed for one call to this upstream, connect to last byte, ms. Default 30000.
+    #[serde(default = "default_upstream_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest upstream response accepted, bytes. Default 16777216.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Idle keep-alive connections kept per shard. Default 64.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// MCP era to speak: `auto` (default: probe `server/discover`, fall back
+    /// to the `initialize` handshake), `handshake`, or `stateless` (2026-07-28).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Credential toolgate injects into every request to this upstream.
+    /// Default none. The agent's own `Authorization` is never forwarded.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+    /// For an `https://` URL: PEM CA certificates the upstream's
+    /// certificate must chain to, relative to the config file. Default: the
+    /// system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// How often the upstream's tool catalog is fetched again, seconds
+    /// (changed definitions are caught by `[tool_pins]` at the next fetch).
+    /// Default 300.
+    #[serde(default = "default_catalog_refresh_s")]
+    pub catalog_refresh_s: u64,
+}
+
+pub(crate) fn default_catalog_refresh_s() -> u64 {
+    300
+}
+
+/// Which MCP era toolgate speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Probe, then fall back.
+    #[default]
+    Auto,
+    /// `initialize` handshake and sessions (2024-11-05 … 2025-11-25).
+    Handshake,
+    /// Per-request envelope (2026-07-28).
+    Stateless,
+}

@@ -1,0 +1,207 @@
+//! The checked form: a configuration that passed every check, with what
+//! it names parsed and resolved, and the errors of one that did not.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::output::OutputRule;
+use crate::toolname::ToolNamer;
+use crate::upstream_url::UpstreamUrl;
+
+use super::*;
+
+/// A sink's endpoint and files, resolved by validation.
+#[derive(Debug, Clone, Default)]
+pub struct SinkTarget {
+    /// Syslog: the collector's address.
+    pub address: Option<SocketAddr>,
+    /// HTTP sinks: the URL, parsed.
+    pub url: Option<SinkUrl>,
+    /// Where the token comes from.
+    pub token: Option<crate::secret::SecretSource>,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file`, resolved.
+    pub cert_file: Option<PathBuf>,
+    /// `key_file`, resolved.
+    pub key_file: Option<PathBuf>,
+    /// TLS server name: `server_name`, else the URL's or address's host.
+    pub server_name: String,
+}
+
+/// An HTTP sink's URL: `http[s]://host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkUrl {
+    /// Whether to speak TLS.
+    pub https: bool,
+    /// Host, port, path and authority (port defaults to 443 for https).
+    pub url: UpstreamUrl,
+}
+
+impl SinkUrl {
+    /// Parses `http://…` or `https://…` (port 443 by default).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = UpstreamUrl::parse(s)?;
+        Ok(Self {
+            https: url.tls,
+            url,
+        })
+    }
+
+    /// Host without IPv6 brackets, for TLS names.
+    pub fn bare_host(&self) -> String {
+        self.url.server_name().to_owned()
+    }
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// What is wrong, lowercase, offending input in backticks.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The file the errors are in (for messages).
+    pub origin: String,
+    /// The errors, in file order where known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            match e.line {
+                Some(l) => write!(f, "{}: line {l}: {}", self.origin, e.message)?,
+                None => write!(f, "{}: {}", self.origin, e.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that parsed and passed every check, with its derived parts.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// The configuration as written.
+    pub config: Config,
+    /// `server.listen`, parsed.
+    pub listen: SocketAddr,
+    /// The upstreams, each resolved into one record, in file order. (Their
+    /// entries are moved here: `config.upstreams` is empty once checked.)
+    pub upstreams: Vec<ResolvedUpstream>,
+    /// `audit.dir` resolved against the config file's directory.
+    pub audit_dir: PathBuf,
+    /// `audit.checkpoint_key_file` resolved against the config file's directory.
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// `[[audit.sinks]]` endpoints and files, resolved, index-aligned with
+    /// `config.audit.sinks`.
+    pub sink_targets: Vec<SinkTarget>,
+    /// How exposed tool names map to upstreams.
+    pub namer: ToolNamer,
+    /// Cedar policy files, resolved and expanded, in order.
+    pub policy_files: Vec<PathBuf>,
+    /// The judge endpoint, parsed.
+    pub judge_url: Option<UpstreamUrl>,
+    /// The file this configuration was read from, when read from a file.
+    pub path: Option<PathBuf>,
+    /// `output_rules`, parsed, in file order.
+    pub output_rules: Vec<OutputRule>,
+    /// `metrics.listen`, parsed.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `[auth.jwt]` with its JWKS parsed, when configured.
+    pub jwt: Option<std::sync::Arc<crate::jwt::Verifier>>,
+    /// `auth.jwt.jwks_file` resolved against the config file's directory.
+    pub jwks_file: Option<PathBuf>,
+    /// `auth.jwt.jwks_url`, parsed.
+    pub jwks_url: Option<UpstreamUrl>,
+    /// `auth.jwt.jwks_ca_file`, resolved.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// `admin.listen`, parsed (a loopback address unless `[admin.tls]` is set).
+    pub admin_listen: Option<SocketAddr>,
+    /// `[admin.tls]` files resolved against the config file's directory.
+    pub admin_tls: Option<TlsFiles>,
+    /// `admin.state_file` resolved against the config file's directory.
+    pub admin_state_file: PathBuf,
+    /// `admin.postgres_password`, resolved (`postgres` backend only).
+    pub admin_postgres_password: Option<crate::secret::SecretSource>,
+    /// `[server.tls]` files resolved against the config file's directory.
+    pub tls: Option<TlsFiles>,
+    /// The judge's `ca_file`, resolved.
+    pub judge_ca_file: Option<PathBuf>,
+    /// `auth.subtokens.dir` resolved against the config file's directory.
+    pub subtoken_dir: Option<PathBuf>,
+    /// The directory relative paths in the configuration resolve against.
+    pub base: PathBuf,
+    /// `tool_pins.file`, resolved.
+    pub pins_file: Option<PathBuf>,
+}
+
+impl ValidConfig {
+    /// The directory relative paths in the configuration resolve against.
+    pub fn base_dir(&self) -> &Path {
+        &self.base
+    }
+
+    /// The upstream named `name`, with its place in file order.
+    pub fn upstream(&self, name: &str) -> Option<(usize, &ResolvedUpstream)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.entry.name.get_ref() == name)
+    }
+}
+
+/// One upstream as the configuration resolves it: the entry as written,
+/// its endpoint parsed and its files resolved against the configuration's
+/// directory. Everything built per upstream (clients, credentials, TLS)
+/// starts from this one record.
+#[derive(Debug, Clone)]
+pub struct ResolvedUpstream {
+    /// The `[[upstreams]]` entry (or the admin API's document).
+    pub entry: UpstreamConfig,
+    /// `url`, parsed.
+    pub url: UpstreamUrl,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `credential.file`, resolved.
+    pub credential_file: Option<PathBuf>,
+}
+
+impl ResolvedUpstream {
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        self.entry.name.get_ref()
+    }
+}
+
+/// A listener's TLS material (`[server.tls]`, `[admin.tls]`), as resolved paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS), when configured.
+    pub client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (with `client_ca`).
+    pub client_auth: ClientAuth,
+    /// Whether TLS 1.2 is refused (1.3 only).
+    pub tls13_only: bool,
+}

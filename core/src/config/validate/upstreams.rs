@@ -1,0 +1,202 @@
+//! One `[[upstreams]]` entry by itself, and its credential.
+
+use std::path::{Path, PathBuf};
+
+use crate::upstream_url::UpstreamUrl;
+
+use super::super::*;
+use super::*;
+
+/// Headers toolgate writes itself: a credential may not replace them.
+pub(crate) const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "accept",
+    "transfer-encoding",
+    "connection",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "mcp-method",
+    "mcp-name",
+];
+
+/// One `[[upstreams]]` entry, checked on its own: its parsed URL (when it
+/// parses) and resolved files.
+#[derive(Debug, Clone)]
+pub struct CheckedUpstream {
+    /// The endpoint, `None` when the URL does not parse.
+    pub url: Option<UpstreamUrl>,
+    /// `ca_file`, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// `credential.file`, resolved.
+    pub credential_file: Option<PathBuf>,
+}
+
+/// What the configuration requires of one upstream entry by itself (name
+/// syntax, URL, `ca_file`, prefix, limits, credential); clashes with other
+/// upstreams are checked by the caller.
+pub(crate) fn check_upstream_entry(
+    u: &UpstreamConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> CheckedUpstream {
+    let name = u.name.get_ref();
+    if !is_upstream_name(name) {
+        err(
+            at(&u.name.span()),
+            format!("upstream name `{name}` must be non-empty letters, digits, `_`, `-` or `.`"),
+        );
+    }
+    let mut checked = CheckedUpstream {
+        url: None,
+        ca_file: None,
+        credential_file: None,
+    };
+    match UpstreamUrl::parse(u.url.get_ref()) {
+        Ok(url) => {
+            checked.ca_file = ca_file(&u.ca_file, url.tls, base, err, at);
+            checked.url = Some(url);
+        }
+        Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
+    }
+    let (prefix, pspan) = match &u.prefix {
+        Some(p) => (p.get_ref().as_str(), p.span()),
+        None => (name.as_str(), u.name.span()),
+    };
+    if prefix.contains("__") {
+        err(
+            at(&pspan),
+            format!("prefix `{prefix}` must not contain `__`"),
+        );
+    }
+    if u.catalog_refresh_s == 0 {
+        err(
+            at(&u.name.span()),
+            format!("upstream `{name}`: `catalog_refresh_s` must be above 0"),
+        );
+    }
+    if u.timeout_ms == 0 {
+        err(
+            at(&u.name.span()),
+            format!("upstream `{name}`: `timeout_ms` must be above 0"),
+        );
+    }
+    checked.credential_file = validate_credential(u, base, err, at);
+    checked
+}
+
+/// Whether `name` is a valid upstream name: letters, digits, `_`, `-`, `.`.
+pub fn is_upstream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Checks one upstream entry that does not come from the file (the admin
+/// API's), exactly as the configuration loader checks a `[[upstreams]]`
+/// entry, relative paths resolving against `base`. Errors: one message per
+/// problem.
+pub fn check_upstream(u: &UpstreamConfig, base: &Path) -> Result<CheckedUpstream, Vec<String>> {
+    let mut errors = Vec::new();
+    let checked = check_upstream_entry(
+        u,
+        base,
+        &mut |_, m| errors.push(m),
+        &|_: &std::ops::Range<usize>| None,
+    );
+    if errors.is_empty() {
+        Ok(checked)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks an upstream's `[upstreams.credential]`; returns its resolved file.
+pub(crate) fn validate_credential(
+    u: &UpstreamConfig,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<PathBuf> {
+    let c = u.credential.as_ref()?;
+    let name = u.name.get_ref();
+    let header = c.header.get_ref();
+    let line = at(&c.header.span()).or(at(&u.name.span()));
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        err(
+            line,
+            format!("upstream `{name}`: credential header `{header}` is not a header name"),
+        );
+    } else if RESERVED_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+        err(
+            line,
+            format!("upstream `{name}`: credential header `{header}` is one toolgate sets itself"),
+        );
+    }
+    if c.value_prefix.bytes().any(|b| b.is_ascii_control()) {
+        err(
+            line,
+            format!(
+                "upstream `{name}`: credential `value_prefix` must not hold control characters"
+            ),
+        );
+    }
+    let sources = c.env.is_some() as usize
+        + c.file.is_some() as usize
+        + c.command.is_some() as usize
+        + c.oauth.is_some() as usize;
+    if sources != 1 {
+        err(
+            at(&u.name.span()),
+            format!(
+                "upstream `{name}`: credential needs exactly one of `env`, `file`, `command` and `oauth`"
+            ),
+        );
+    }
+    if let Some(o) = &c.oauth {
+        if !c.value_prefix.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: an `oauth` credential is always sent as `Bearer <token>`; drop `value_prefix`"),
+            );
+        }
+        match UpstreamUrl::parse(o.token_url.get_ref()) {
+            Ok(url) if !url.tls && !is_loopback(url.server_name()) => err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `token_url` must be https:// (plain http only to a loopback address): the client secret would travel in the clear"),
+            ),
+            Ok(url) => {
+                ca_file(&o.ca_file, url.tls, base, err, at);
+            }
+            Err(e) => err(at(&o.token_url.span()), format!("upstream `{name}`: `token_url`: {e}")),
+        }
+        if o.client_id.is_empty() {
+            err(
+                line,
+                format!("upstream `{name}`: `oauth.client_id` must not be empty"),
+            );
+        }
+        if o.client_secret_env.is_some() == o.client_secret_file.is_some() {
+            err(
+                at(&o.token_url.span()),
+                format!("upstream `{name}`: `oauth` needs exactly one of `client_secret_env` and `client_secret_file`"),
+            );
+        }
+    }
+    if let Some(cmd) = &c.command {
+        if cmd.get_ref().first().is_none_or(|p| p.is_empty()) {
+            err(
+                at(&cmd.span()),
+                format!("upstream `{name}`: credential `command` must name a program"),
+            );
+        }
+    }
+    c.file.as_ref().map(|f| base.join(f.get_ref()))
+}
