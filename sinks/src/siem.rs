@@ -394,10 +394,8 @@ mod tests {
         let text = format!(
             "[[audit.sinks]]\nname = \"s\"\nkind = \"{kind}\"\nurl = \"http://{addr}/base\"\n{extra}\n"
         );
-        let v = toolgate_core::config::parse(&text, "t", std::path::Path::new("."))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into())
-            .unwrap_or_else(|e| unreachable!("{e}"))
+        let v = toolgate_core::config::parse(&text, "t", std::path::Path::new(".")).unwrap();
+        HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into()).unwrap()
     }
 
     fn ok(body: &str) -> Vec<u8> {

@@ -101,11 +101,11 @@ mod tests {
     #[test]
     fn missing_and_empty_files_name_the_file() {
         let dir = std::env::temp_dir().join(format!("toolgate-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let f = files(&dir);
         let e = load_server_config(&f).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("cert.pem")));
-        std::fs::write(&f.cert, "not pem").unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::write(&f.cert, "not pem").unwrap();
         let e = load_server_config(&f).err().map(|e| e.to_string());
         assert!(
             e.as_deref()
