@@ -3,7 +3,7 @@
 //! two shard rings into the hash-chained segment log (on the machine's
 //! real disk under the system temp dir).
 #![expect(
-    clippy::panic,
+    clippy::expect_used,
     reason = "a benchmark with a broken fixture must stop, not measure nothing"
 )]
 
@@ -34,8 +34,7 @@ fn fresh_dir(tag: &str) -> PathBuf {
 fn chain_and_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit_log");
     let dir = fresh_dir("append");
-    let mut log = Appender::open(&dir, KEY.to_vec(), 64 << 20)
-        .unwrap_or_else(|e| panic!("opening the bench log: {e}"));
+    let mut log = Appender::open(&dir, KEY.to_vec(), 64 << 20).expect("opening the bench log");
     let r = record();
     let mut buf = Vec::with_capacity(1 << 20);
     g.throughput(Throughput::Elements(1));
@@ -54,10 +53,10 @@ fn chain_and_append(c: &mut Criterion) {
                 for _ in 0..batch {
                     log.encode(&r, &mut buf);
                 }
-                log.append(&buf).unwrap_or_else(|e| panic!("append: {e}"));
-                log.sync().unwrap_or_else(|e| panic!("sync: {e}"));
+                log.append(&buf).expect("append");
+                log.sync().expect("sync");
                 if log.full() {
-                    log.seal().unwrap_or_else(|e| panic!("seal: {e}"));
+                    log.seal().expect("seal");
                 }
             })
         });
@@ -95,7 +94,7 @@ fn writer_thread(c: &mut Criterion) {
                     vec![c0, c1],
                     Arc::clone(&health),
                 )
-                .unwrap_or_else(|e| panic!("writer: {e}"));
+                .expect("writer");
                 let stats = writer.stats();
                 let start = Instant::now();
                 let producers: Vec<_> = [(0u16, w0), (1u16, w1)]

@@ -2,6 +2,8 @@
 //! lookup, audit record encode, audit ring push/pop, output-rule scanning.
 #![expect(
     clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
     reason = "a benchmark with a broken fixture must stop, not measure nothing"
 )]
 
@@ -85,8 +87,7 @@ fn permission_lookup(c: &mut Criterion) {
             tools.join(",")
         ));
     }
-    let cfg = toolgate_core::config::parse(&text, "bench", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = toolgate_core::config::parse(&text, "bench", Path::new(".")).unwrap();
     let catalogs: Vec<_> = (0..10)
         .map(|u| {
             let page = format!(
@@ -114,9 +115,7 @@ fn permission_lookup(c: &mut Criterion) {
         })
     });
     g.bench_function("route_only_1k_agents_100_tools", |b| {
-        let agent = snap
-            .agent_by_key(&key_hash(key.as_bytes()))
-            .unwrap_or_else(|| panic!("agent"));
+        let agent = snap.agent_by_key(&key_hash(key.as_bytes())).expect("agent");
         b.iter(|| {
             snap.route(agent, black_box("u7__tool57"))
                 .map(|r| r.upstream)
@@ -204,26 +203,18 @@ fn decision(c: &mut Criterion) {
             tools.join(",")
         ));
     }
-    let cfg = toolgate_core::config::parse(&text, "bench", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let bundle =
-        toolgate_decision::policy::load(&cfg.policy_files).unwrap_or_else(|e| panic!("{e:?}"));
+    let cfg = toolgate_core::config::parse(&text, "bench", Path::new(".")).unwrap();
+    let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap();
     let snap = Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
-    let engine = snap.engine.clone().unwrap_or_else(|| panic!("engine"));
+    let engine = snap.engine.clone().expect("engine");
     // agent0 is in g0, and u0__tool0 has an unconditional permit for g0
     // (policy 0); agent1 is in g1, and u1__tool1 has a conditional one (policy 1).
-    let fixed = snap.agents[0]
-        .tools
-        .get("u0__tool0")
-        .unwrap_or_else(|| panic!("route"));
+    let fixed = snap.agents[0].tools.get("u0__tool0").expect("route");
     assert!(matches!(
         fixed.decision,
         PairDecision::Fixed(Verdict::Allow { .. })
     ));
-    let dynamic = snap.agents[1]
-        .tools
-        .get("u1__tool1")
-        .unwrap_or_else(|| panic!("route"));
+    let dynamic = snap.agents[1].tools.get("u1__tool1").expect("route");
     let PairDecision::Evaluate(slice) = &dynamic.decision else {
         panic!("expected a pair needing evaluation")
     };
@@ -253,9 +244,7 @@ fn decision(c: &mut Criterion) {
     });
     g.bench_function("decide_full_cedar_eval_arg_conditions", |b| {
         b.iter(|| {
-            let tape = parser
-                .parse(black_box(&args))
-                .unwrap_or_else(|_| panic!("json"));
+            let tape = parser.parse(black_box(&args)).expect("json");
             let facts = CallFacts {
                 agent: "agent1",
                 user: None,
@@ -318,8 +307,7 @@ name = "all"
 tools = ["crm__*"]
 detectors = ["card", "email", "phone", "iban", "secrets", "gov_id"]
 "#;
-    let cfg = toolgate_core::config::parse(text, "bench", Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = toolgate_core::config::parse(text, "bench", Path::new(".")).unwrap();
     let rules: Vec<_> = cfg.output_rules.iter().collect();
     toolgate_decision::OutputFilter::compile(&rules, 1 << 30)
 }
@@ -382,8 +370,8 @@ fn identity(c: &mut Criterion) {
     use toolgate_core::secret::Secret;
     use toolgate_core::subtoken;
 
-    let fixture: serde_json::Value = serde_json::from_str(include_str!("../fixtures/jwt.json"))
-        .unwrap_or_else(|e| panic!("fixture: {e}"));
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/jwt.json")).expect("fixture");
     let rules = ClaimRules {
         issuer: "https://idp.example.com".into(),
         audience: "https://toolgate.example.com/mcp".into(),
@@ -391,8 +379,7 @@ fn identity(c: &mut Criterion) {
         groups_claim: Some("groups".into()),
         leeway_s: 30,
     };
-    let verifier = Verifier::from_jwks(&fixture["jwks"].to_string(), rules)
-        .unwrap_or_else(|e| panic!("jwks: {e}"));
+    let verifier = Verifier::from_jwks(&fixture["jwks"].to_string(), rules).expect("jwks");
     let now = fixture["now"].as_u64().unwrap_or_default();
     let mut g = c.benchmark_group("identity");
     for alg in ["rs256", "es256", "eddsa"] {

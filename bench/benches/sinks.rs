@@ -5,6 +5,8 @@
 //! at once, i.e. the sink's own cost per record plus loopback HTTP.
 #![expect(
     clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
     reason = "a benchmark with a broken fixture must stop, not measure nothing"
 )]
 
@@ -29,8 +31,8 @@ fn record() -> AuditRecord {
 fn entries() -> Vec<Entry> {
     let dir = std::env::temp_dir().join(format!("toolgate-bench-sinks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut log = Appender::open(&dir, b"bench-checkpoint-key-0123456789".to_vec(), 64 << 20)
-        .unwrap_or_else(|e| panic!("log: {e}"));
+    let mut log =
+        Appender::open(&dir, b"bench-checkpoint-key-0123456789".to_vec(), 64 << 20).expect("log");
     let r = record();
     let out = (1..=BATCH as u64)
         .map(|seq| {
@@ -52,7 +54,7 @@ fn entries() -> Vec<Entry> {
 
 /// A collector answering every request with `answer` on a kept-alive connection.
 fn collector(answer: &'static str) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -96,10 +98,8 @@ fn sink(kind: &str, addr: &str, extra: &str) -> HttpSink {
     let text = format!(
         "[[audit.sinks]]\nname = \"b\"\nkind = \"{kind}\"\nurl = \"http://{addr}/services/collector/event\"\nbatch_records = {BATCH}\n{extra}\n"
     );
-    let v = toolgate_core::config::parse(&text, "bench", std::path::Path::new("."))
-        .unwrap_or_else(|e| panic!("{e}"));
-    HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into())
-        .unwrap_or_else(|e| panic!("{e}"))
+    let v = toolgate_core::config::parse(&text, "bench", std::path::Path::new(".")).unwrap();
+    HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into()).unwrap()
 }
 
 fn benches(c: &mut Criterion) {
@@ -123,7 +123,7 @@ fn benches(c: &mut Criterion) {
             [[audit.sinks.rules]]\nname = \"cr\"\nkind = \"call_rate\"\nthreshold = 10000\nwindow_s = 60\n\
             [[audit.sinks.rules]]\nname = \"f\"\nkind = \"first_use\"\n";
         let v = toolgate_core::config::parse(text, "bench", std::path::Path::new("."))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap();
         let rules = toolgate_sinks::soar::Rule::from_config(&v.config.audit.sinks[0]);
         let mut engine = toolgate_sinks::soar::Engine::new(rules, 10_000);
         let mut alerts = Vec::new();

@@ -9,6 +9,8 @@
 //! `toolgate.bench.test`, ECDSA P-256 and RSA 2048, valid until 2126).
 #![expect(
     clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used,
     reason = "a benchmark with a broken fixture must stop, not measure nothing"
 )]
 
@@ -61,7 +63,7 @@ fn client_config(kind: &str, resume: bool) -> Arc<ClientConfig> {
     let mut config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap_or_else(|e| panic!("client versions: {e}"))
+            .expect("client versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -80,15 +82,12 @@ fn pump<A, B>(
 ) -> usize {
     wire.clear();
     while from.wants_write() {
-        from.write_tls(wire)
-            .unwrap_or_else(|e| panic!("write_tls: {e}"));
+        from.write_tls(wire).expect("write_tls");
     }
     let mut rest = &wire[..];
     while !rest.is_empty() {
-        to.read_tls(&mut rest)
-            .unwrap_or_else(|e| panic!("read_tls: {e}"));
-        to.process_new_packets()
-            .unwrap_or_else(|e| panic!("process_new_packets: {e}"));
+        to.read_tls(&mut rest).expect("read_tls");
+        to.process_new_packets().expect("process_new_packets");
     }
     wire.len()
 }
@@ -99,10 +98,9 @@ fn handshake(
     server: &Arc<ServerConfig>,
     wire: &mut Vec<u8>,
 ) -> (ClientConnection, ServerConnection) {
-    let name = ServerName::try_from(NAME).unwrap_or_else(|e| panic!("{e}"));
-    let mut c =
-        ClientConnection::new(Arc::clone(client), name).unwrap_or_else(|e| panic!("client: {e}"));
-    let mut s = ServerConnection::new(Arc::clone(server)).unwrap_or_else(|e| panic!("server: {e}"));
+    let name = ServerName::try_from(NAME).unwrap();
+    let mut c = ClientConnection::new(Arc::clone(client), name).expect("client");
+    let mut s = ServerConnection::new(Arc::clone(server)).expect("server");
     // A TLS 1.3 handshake is two flights each way; more means a bug.
     for _ in 0..4 {
         pump(&mut c, &mut s, wire);
@@ -157,18 +155,14 @@ fn records(c: &mut Criterion) {
     let mut round_trip = |wire: &mut Vec<u8>| {
         conn.writer()
             .write_all(black_box(&request))
-            .unwrap_or_else(|e| panic!("client write: {e}"));
+            .expect("client write");
         let up = pump(&mut conn, &mut srv, wire);
-        srv.reader()
-            .read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("server read: {e}"));
+        srv.reader().read_exact(&mut got).expect("server read");
         srv.writer()
             .write_all(black_box(&response))
-            .unwrap_or_else(|e| panic!("server write: {e}"));
+            .expect("server write");
         let down = pump(&mut srv, &mut conn, wire);
-        conn.reader()
-            .read_exact(&mut got)
-            .unwrap_or_else(|e| panic!("client read: {e}"));
+        conn.reader().read_exact(&mut got).expect("client read");
         up + down
     };
     let on_wire = round_trip(&mut wire);

@@ -585,13 +585,12 @@ mod tests {
 
     #[test]
     fn diff_names_what_changed() {
-        let a = Spec::parse(Kind::Agents, br#"{"tools":["t1","t2"]}"#)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let a = Spec::parse(Kind::Agents, br#"{"tools":["t1","t2"]}"#).unwrap();
         let b = Spec::parse(
             Kind::Agents,
             br#"{"tools":["t2","t3"],"act_for_users":true}"#,
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
         assert_eq!(
             diff(Some(&a), Some(&b)),
             serde_json::json!({"tools":{"added":["t3"],"removed":["t1"]},"act_for_users":{"old":false,"new":true}})

@@ -663,7 +663,7 @@ mod tests {
         let s = State::default();
         let c = s
             .plan(&[put("bot", Precondition::IfNoneMatch, agent(&["a"]))])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s1 = s.applied(&c);
         assert_eq!(s1.version(Kind::Agents, "bot"), 1);
         // Creating again: it exists now.
@@ -679,7 +679,7 @@ mod tests {
         // Two writers read version 1; the first wins, the second is stale.
         let w1 = s1
             .plan(&[put("bot", Precondition::IfMatch(1), agent(&["b"]))])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s2 = s1.applied(&w1);
         let w2 = s2.plan(&[put("bot", Precondition::IfMatch(1), agent(&["c"]))]);
         assert!(matches!(w2, Err(OpError::Stale { current: 2, .. })));
@@ -691,12 +691,12 @@ mod tests {
                 pre: Precondition::IfMatch(2),
                 spec: None,
             }])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s3 = s2.applied(&d);
         assert_eq!(s3.version(Kind::Agents, "bot"), 0);
         let r = s3
             .plan(&[put("bot", Precondition::IfNoneMatch, agent(&[]))])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         assert_eq!(s3.applied(&r).version(Kind::Agents, "bot"), 4);
     }
 
@@ -720,7 +720,7 @@ mod tests {
                 put("bb", Precondition::IfNoneMatch, tok(100, false)),
                 put("cc", Precondition::IfNoneMatch, tok(50, true)),
             ])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s = s.applied(&c);
         assert_eq!(s.revoked_subtokens(10), vec!["aa", "cc"]);
         assert_eq!(s.revoked_subtokens(50), vec!["aa"]);
@@ -760,7 +760,7 @@ mod tests {
             "t",
             std::path::Path::new("."),
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
         let mut s = State::default();
         let ops = [
             put("bot", Precondition::IfMatch(0), agent(&["crm__b"])),
@@ -780,7 +780,7 @@ mod tests {
                 }),
             ),
         ];
-        let c = s.plan(&ops).unwrap_or_else(|e| unreachable!("{e}"));
+        let c = s.plan(&ops).unwrap();
         s = s.applied(&c);
         let (eff, skipped) = s.overlay(&file);
         assert_eq!(eff.config.agents.len(), 1, "ghost has no key: left out");
@@ -836,7 +836,7 @@ mod tests {
             "t",
             std::path::Path::new("."),
         )
-        .unwrap_or_else(|e| unreachable!("{e}"))
+        .unwrap()
     }
 
     #[test]
@@ -856,7 +856,7 @@ mod tests {
                     agent(&["crm__a", "ops__refund"]),
                 ),
             ])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s = s.applied(&c);
         let (eff, skipped) = s.overlay(&file);
         assert!(skipped.is_empty(), "{skipped:?}");
@@ -877,7 +877,7 @@ mod tests {
                 Precondition::IfMatch(0),
                 upstream("http://127.0.0.1:3/mcp", None),
             )])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let (eff2, _) = s.applied(&r).overlay(&file);
         assert_eq!(eff2.upstreams[0].url.port, 3);
         assert_eq!(eff2.upstreams[0].entry.timeout_ms, 30_000);
@@ -890,7 +890,7 @@ mod tests {
                 pre: Precondition::IfMatch(1),
                 spec: None,
             }])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let (after, _) = s.applied(&d).overlay(&file);
         assert_eq!(
             dangling_tools(&eff, &after, &d),
@@ -919,7 +919,7 @@ mod tests {
         ] {
             let c = s
                 .plan(&[put("ops", Precondition::IfNoneMatch, spec)])
-                .unwrap_or_else(|e| unreachable!("{e}"));
+                .unwrap();
             let next = s.applied(&c);
             let (eff, skipped) = next.overlay(&file);
             let problems = check_upstream_changes(&file, &next, &eff, &skipped, &c);
@@ -949,14 +949,14 @@ mod tests {
             Kind::Credentials,
             br#"{"env":"OPS_TOKEN","value_prefix":"Bearer "}"#,
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
         assert!(Spec::parse(Kind::Credentials, br#"{"env":"A","file":"b"}"#).is_err());
         assert!(Spec::parse(Kind::Credentials, br#"{"value":"secret"}"#).is_err());
         let named = Spec::parse(
             Kind::Upstreams,
             br#"{"url":"http://127.0.0.1:2/mcp","credential":"ops-token"}"#,
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
         let Spec::Upstream(spec) = &named else {
             unreachable!()
         };
@@ -968,10 +968,10 @@ mod tests {
                 put("ops-token", Precondition::IfNoneMatch, cred),
                 put("ops", Precondition::IfNoneMatch, named.clone()),
             ])
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .unwrap();
         let s = s.applied(&c);
-        let u = upstream_config("ops", spec, &s).unwrap_or_else(|e| unreachable!("{e}"));
-        let cfg = u.credential.unwrap_or_else(|| unreachable!());
+        let u = upstream_config("ops", spec, &s).unwrap();
+        let cfg = u.credential.unwrap();
         assert_eq!(
             cfg.env.map(|v| v.into_inner()),
             Some("OPS_TOKEN".to_owned())

@@ -209,8 +209,8 @@ mod tests {
     fn committed_state_survives_reopening() {
         let path = temp("reopen");
         let state = {
-            let store = Store::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
-            let s = store.load().unwrap_or_else(|e| unreachable!("{e}"));
+            let store = Store::open(&path).unwrap();
+            let s = store.load().unwrap();
             assert_eq!(s, State::default());
             let ops = [
                 Op {
@@ -234,11 +234,9 @@ mod tests {
                     })),
                 },
             ];
-            let changes = s.plan(&ops).unwrap_or_else(|e| unreachable!("{e}"));
+            let changes = s.plan(&ops).unwrap();
             let next = s.applied(&changes);
-            store
-                .commit(next.revision, &changes)
-                .unwrap_or_else(|e| unreachable!("{e}"));
+            store.commit(next.revision, &changes).unwrap();
             // And a delete in a second transaction.
             let del = next
                 .plan(&[Op {
@@ -247,15 +245,13 @@ mod tests {
                     pre: Precondition::IfMatch(1),
                     spec: None,
                 }])
-                .unwrap_or_else(|e| unreachable!("{e}"));
+                .unwrap();
             let next = next.applied(&del);
-            store
-                .commit(next.revision, &del)
-                .unwrap_or_else(|e| unreachable!("{e}"));
+            store.commit(next.revision, &del).unwrap();
             next
         };
-        let store = Store::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
-        let back = store.load().unwrap_or_else(|e| unreachable!("{e}"));
+        let store = Store::open(&path).unwrap();
+        let back = store.load().unwrap();
         assert_eq!(back, state);
         assert_eq!(back.revision, 2);
         assert_eq!(back.version(Kind::Agents, "bot"), 1);
@@ -268,7 +264,7 @@ mod tests {
     #[test]
     fn a_second_opener_is_refused_while_the_first_holds_the_file() {
         let path = temp("lock");
-        let first = Store::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        let first = Store::open(&path).unwrap();
         let second = Store::open(&path);
         assert!(second.is_err(), "redb locks the file for one process");
         drop(first);

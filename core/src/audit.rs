@@ -592,7 +592,7 @@ mod tests {
             outcome: Outcome::Failure,
             error_code: Some(-32602),
             latency_us: 12,
-            client: Some("127.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!())),
+            client: Some("127.0.0.1:5000".parse().unwrap()),
             protocol_version: Some("2026-07-28"),
             policies: Some(Arc::from([Arc::from("p\"1")])),
             judge: Some(JudgeRecord {

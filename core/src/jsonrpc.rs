@@ -307,12 +307,10 @@ mod tests {
     fn tools_call_is_viewed_in_place() {
         let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"crm__lookup","arguments":{"id":"c\"1"}}}"#;
         let mut p = JsonParser::new();
-        let tape = p
-            .parse(body.as_bytes())
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
+        let tape = p.parse(body.as_bytes()).unwrap();
+        let r = RpcRequest::from_tape(&tape).unwrap();
         assert_eq!(r.method, "tools/call");
-        let c = ToolCall::from_request(&r).unwrap_or_else(|e| unreachable!("{e}"));
+        let c = ToolCall::from_request(&r).unwrap();
         assert_eq!(c.name, "crm__lookup");
         let mut out = Vec::new();
         write_value(c.arguments.unwrap_or(Value::null()), &mut out);
@@ -392,10 +390,8 @@ mod tests {
     fn envelope_is_read_from_meta() {
         let body = r#"{"jsonrpc":"2.0","id":"a","method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
         let mut p = JsonParser::new();
-        let tape = p
-            .parse(body.as_bytes())
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
+        let tape = p.parse(body.as_bytes()).unwrap();
+        let r = RpcRequest::from_tape(&tape).unwrap();
         assert_eq!(r.envelope_version(), Some("2026-07-28"));
         assert!(r.has_envelope());
         assert_eq!(id_text(r.id).as_deref(), Some("\"a\""));
@@ -422,10 +418,8 @@ mod tests {
             ),
         ] {
             let mut p = JsonParser::new();
-            let tape = p
-                .parse(body.as_bytes())
-                .unwrap_or_else(|e| unreachable!("{e}"));
-            let r = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
+            let tape = p.parse(body.as_bytes()).unwrap();
+            let r = RpcRequest::from_tape(&tape).unwrap();
             assert_eq!(ToolCall::from_request(&r).err(), Some(err), "{body}");
         }
     }

@@ -431,7 +431,7 @@ mod tests {
     fn time_window_matches_the_claim_checks() {
         let mut m = claims(good());
         m.insert("nbf".into(), json!(500.5));
-        let id = check_claims(&m, &rules(), 900).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let id = check_claims(&m, &rules(), 900).unwrap();
         for now in [400, 470, 471, 900, 1029, 1030, 2000] {
             assert_eq!(
                 id.holds_at(now),
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn act_claim_makes_sub_the_user_and_actor_the_agent() {
         let m = with("act", json!({"sub": "helper"}));
-        let id = check_claims(&m, &rules(), 0).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let id = check_claims(&m, &rules(), 0).unwrap();
         assert_eq!(
             (id.agent.as_str(), id.user.as_deref()),
             ("helper", Some("alice"))
@@ -498,7 +498,7 @@ mod tests {
         m.remove("azp");
         m.insert("client_id".into(), json!("bot"));
         m.insert("sub".into(), json!("bot"));
-        let id = check_claims(&m, &rules(), 0).unwrap_or_else(|e| unreachable!("{e:?}"));
+        let id = check_claims(&m, &rules(), 0).unwrap();
         assert_eq!((id.agent.as_str(), id.user), ("bot", None));
         m.remove("client_id");
         assert_eq!(check_claims(&m, &rules(), 0), Err(TokenError::MissingClaim));
@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn none_and_hmac_tokens_are_refused_before_keys() {
         let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
-        let v = Verifier::from_jwks(jwks, rules()).unwrap_or_else(|e| unreachable!("{e}"));
+        let v = Verifier::from_jwks(jwks, rules()).unwrap();
         // {"alg":"none","kid":"k"} . {} . (empty signature is not base64url-non-empty)
         assert_eq!(
             v.verify(b"eyJhbGciOiJub25lIiwia2lkIjoiayJ9.e30.eA", 0),

@@ -1,40 +1,28 @@
-//! HMAC-SHA256 (RFC 2104), the one keyed MAC toolgate uses: session ids and
-//! audit segment checkpoints both go through [`hmac_sha256`].
+//! HMAC-SHA256 (RFC 2104), the one keyed MAC toolgate uses: session ids,
+//! sub-tokens and audit segment checkpoints all go through [`hmac_sha256`],
+//! which is `ring`'s HMAC (the same `ring` rustls and jsonwebtoken use).
 
-use sha2::{Digest, Sha256};
+use ring::hmac::{Context, Key, HMAC_SHA256};
+use subtle::ConstantTimeEq;
 
-/// SHA-256's block size: keys longer than this are hashed first (RFC 2104 §2).
-const BLOCK: usize = 64;
-
-/// HMAC-SHA256 under `key` of whatever `feed` writes into the inner hash.
+/// HMAC-SHA256 under `key` of whatever `feed` writes into the MAC context
+/// (with [`Context::update`]).
 ///
 /// Taking a closure rather than a byte slice lets callers MAC framed or
 /// multi-part messages without first copying them into one buffer.
-pub fn hmac_sha256(key: &[u8], feed: impl FnOnce(&mut Sha256)) -> [u8; 32] {
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut ipad = [0x36u8; BLOCK];
-    let mut opad = [0x5cu8; BLOCK];
-    for i in 0..BLOCK {
-        ipad[i] ^= k[i];
-        opad[i] ^= k[i];
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    feed(&mut inner);
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
+pub fn hmac_sha256(key: &[u8], feed: impl FnOnce(&mut Context)) -> [u8; 32] {
+    let mut ctx = Context::with_key(&Key::new(HMAC_SHA256, key));
+    feed(&mut ctx);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
 }
 
-/// Compares two byte strings in time independent of where they differ.
+/// Compares two byte strings in time independent of where they differ
+/// (`subtle`, the comparison rustls uses; `ring` 0.17 keeps its own only as a
+/// deprecated internal with no side-channel promise).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

@@ -391,8 +391,7 @@ mod tests {
 
     #[test]
     fn paths_parse_each_segment_kind() {
-        let p = FieldPath::parse("$.customers[*].cards[0][\"the pan\"].*")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let p = FieldPath::parse("$.customers[*].cards[0][\"the pan\"].*").unwrap();
         assert_eq!(
             p.segments,
             vec![

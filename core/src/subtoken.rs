@@ -55,9 +55,7 @@ pub fn mint(key: &Secret, claims: &Claims) -> String {
     let mut token = String::with_capacity(PREFIX.len() + json.len() * 2);
     token.push_str(PREFIX);
     URL_SAFE_NO_PAD.encode_string(&json, &mut token);
-    let mac = hmac_sha256(key.expose(), |h| {
-        sha2::Digest::update(h, token.as_bytes());
-    });
+    let mac = hmac_sha256(key.expose(), |h| h.update(token.as_bytes()));
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(mac, &mut token);
     token
@@ -117,7 +115,7 @@ impl Verifier {
         let mac = URL_SAFE_NO_PAD
             .decode(mac_b64)
             .map_err(|_| TokenError::Malformed)?;
-        let expected = hmac_sha256(self.key.expose(), |h| sha2::Digest::update(h, signed));
+        let expected = hmac_sha256(self.key.expose(), |h| h.update(signed));
         if !constant_time_eq(&mac, &expected) {
             return Err(TokenError::BadSignature);
         }

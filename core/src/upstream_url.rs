@@ -125,8 +125,7 @@ mod tests {
 
     #[test]
     fn full_url_parses() {
-        let u =
-            UpstreamUrl::parse("http://127.0.0.1:9101/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        let u = UpstreamUrl::parse("http://127.0.0.1:9101/mcp").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.path.as_str()),
             ("127.0.0.1", 9101, "/mcp")
@@ -136,20 +135,18 @@ mod tests {
 
     #[test]
     fn default_port_and_path() {
-        let u = UpstreamUrl::parse("http://tools.internal").unwrap_or_else(|e| unreachable!("{e}"));
+        let u = UpstreamUrl::parse("http://tools.internal").unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/"));
     }
 
     #[test]
     fn https_defaults_to_443_and_names_its_server() {
-        let u = UpstreamUrl::parse("https://tools.internal/mcp")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let u = UpstreamUrl::parse("https://tools.internal/mcp").unwrap();
         assert!(u.tls);
         assert_eq!((u.port, u.server_name()), (443, "tools.internal"));
-        let v6 =
-            UpstreamUrl::parse("https://[::1]:8443/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        let v6 = UpstreamUrl::parse("https://[::1]:8443/mcp").unwrap();
         assert_eq!((v6.port, v6.server_name()), (8443, "::1"));
-        let plain = UpstreamUrl::parse("http://x/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        let plain = UpstreamUrl::parse("http://x/mcp").unwrap();
         assert!(!plain.tls);
     }
 
@@ -163,7 +160,7 @@ mod tests {
             "fd00::1",
             "172.16.0.1",
         ] {
-            let ip: IpAddr = ok.parse().unwrap_or_else(|_| unreachable!());
+            let ip: IpAddr = ok.parse().unwrap();
             assert!(reachable(ip), "{ok}");
         }
         for bad in [
@@ -174,14 +171,14 @@ mod tests {
             "0.0.0.0",
             "::",
         ] {
-            let ip: IpAddr = bad.parse().unwrap_or_else(|_| unreachable!());
+            let ip: IpAddr = bad.parse().unwrap();
             assert!(!reachable(ip), "{bad}");
         }
     }
 
     #[test]
     fn ipv6_host() {
-        let u = UpstreamUrl::parse("http://[::1]:9000/mcp").unwrap_or_else(|e| unreachable!("{e}"));
+        let u = UpstreamUrl::parse("http://[::1]:9000/mcp").unwrap();
         assert_eq!(u.dial_target(), "[::1]:9000");
     }
 

@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(cat.tools.len(), 1);
         assert_eq!(cat.duplicates, vec!["lookup".to_owned()]);
         let t = cat.get("lookup").cloned();
-        let t = t.unwrap_or_else(|| unreachable!());
+        let t = t.unwrap();
         assert_eq!(t.exposed.as_deref(), Some("crm__lookup"));
         assert!(
             t.json

@@ -448,8 +448,7 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
 "#,
             h.1
         );
-        toolgate_core::config::parse(&text, "t", Path::new("."))
-            .unwrap_or_else(|e| unreachable!("{e}"))
+        toolgate_core::config::parse(&text, "t", Path::new(".")).unwrap()
     }
 
     #[test]
@@ -463,9 +462,7 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
         .unwrap_or_default();
         let snap = Snapshot::build(&cfg, &[Some(Arc::new(crm)), None]);
         let key = toolgate_core::identity::format_key(&[1u8; 32]).0;
-        let agent = snap
-            .agent_by_key(&key_hash(key.as_bytes()))
-            .unwrap_or_else(|| unreachable!());
+        let agent = snap.agent_by_key(&key_hash(key.as_bytes())).unwrap();
         assert_eq!(&*agent.id, "bot");
         assert_eq!(&*agent.tools_list, r#"[{"name":"crm__lookup"}]"#);
         // attached and listed
@@ -497,11 +494,11 @@ tools = ["crm__lookup", "mail__send", "crm__ghost"]
             groups: vec!["admins".into()],
         });
         let snap = Snapshot::build(&cfg, &[None, None]);
-        let agent = snap.agent_by_id("bot").unwrap_or_else(|| unreachable!());
+        let agent = snap.agent_by_id("bot").unwrap();
         let scope = snap
             .route(agent, "crm__lookup")
             .and_then(|r| r.scope.clone())
-            .unwrap_or_else(|| unreachable!());
+            .unwrap();
         assert!(snap
             .route(agent, "mail__send")
             .is_some_and(|r| r.scope.is_none()));

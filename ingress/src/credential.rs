@@ -224,8 +224,7 @@ mod tests {
         let text = format!(
             "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/mcp\"\n[upstreams.credential]\nvalue_prefix = \"Bearer \"\n{extra}\n"
         );
-        toolgate_core::config::parse(&text, "t", Path::new("."))
-            .unwrap_or_else(|e| unreachable!("{e}"))
+        toolgate_core::config::parse(&text, "t", Path::new(".")).unwrap()
     }
 
     #[test]
@@ -241,9 +240,8 @@ mod tests {
     #[test]
     fn command_output_becomes_the_header_line_and_never_prints() {
         let c = cfg("command = [\"echo\", \" s3cret \"]");
-        let creds = load(&c).unwrap_or_else(|e| unreachable!("{e}"));
-        let p = creds.get("crm").map(|p| p.load());
-        let s = p.unwrap_or_else(|| unreachable!());
+        let creds = load(&c).unwrap();
+        let s = creds.get("crm").map(|p| p.load()).unwrap();
         assert_eq!(s.expose(), b"Authorization: Bearer s3cret\r\n");
         assert_eq!(format!("{s:?}"), "<redacted>");
     }
@@ -251,15 +249,13 @@ mod tests {
     #[test]
     fn unreadable_file_keeps_and_unusable_file_withdraws() {
         let dir = std::env::temp_dir().join(format!("toolgate-cred-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("crm.token");
         let c = cfg("file = \"crm.token\"");
-        let Some(cred) = c.upstreams[0].entry.credential.clone() else {
-            unreachable!()
-        };
+        let cred = c.upstreams[0].entry.credential.clone().unwrap();
         let outcome = |text: Option<&str>| {
             match text {
-                Some(t) => std::fs::write(&file, t).unwrap_or_else(|e| unreachable!("{e}")),
+                Some(t) => std::fs::write(&file, t).unwrap(),
                 None => {
                     let _ = std::fs::remove_file(&file);
                 }

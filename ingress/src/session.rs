@@ -8,7 +8,6 @@
 //! age limit, on restart (new key), or on DELETE, which records the nonce in
 //! a published set of terminated sessions.
 
-use sha2::Digest;
 use toolgate_core::mac::{constant_time_eq, hmac_sha256};
 
 /// Bytes of the random nonce.
@@ -42,7 +41,7 @@ fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     // Each part is length-prefixed so that moving bytes between parts changes the tag.
     hmac_sha256(key, |h| {
         for p in parts {
-            h.update((p.len() as u64).to_be_bytes());
+            h.update(&(p.len() as u64).to_be_bytes());
             h.update(p);
         }
     })

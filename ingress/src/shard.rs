@@ -15,6 +15,8 @@ use futures_rustls::server::TlsStream;
 use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+use nix::sched::{sched_getaffinity, CpuSet};
+use nix::unistd::Pid;
 use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 
 use crate::call::Gateway;
@@ -64,32 +66,20 @@ impl Shards {
 /// or a cgroup cpuset left it), in order. Shards pin to these, never to
 /// CPU ids outside the mask.
 pub fn allowed_cpus() -> Vec<usize> {
-    let from_status = std::fs::read_to_string("/proc/self/status")
+    let from_mask = sched_getaffinity(Pid::this())
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(parse_cpu_list)
+        .map(|set| {
+            (0..CpuSet::count())
+                .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+                .collect::<Vec<_>>()
         })
         .filter(|c| !c.is_empty());
-    from_status.unwrap_or_else(|| {
+    from_mask.unwrap_or_else(|| {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         (0..n).collect()
     })
-}
-
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
-fn parse_cpu_list(list: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<usize>(), hi.trim().parse::<usize>()) {
-            out.extend(lo..=hi.min(lo + 4096));
-        }
-    }
-    out
 }
 
 /// Starts `writers.len()` shards serving `shared`; `health` is the audit
@@ -348,10 +338,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_lists_parse() {
-        assert_eq!(parse_cpu_list("1\n"), vec![1]);
-        assert_eq!(parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
-        assert_eq!(parse_cpu_list("garbage"), Vec::<usize>::new());
-        assert!(!allowed_cpus().is_empty());
+    fn allowed_cpus_are_the_kernel_cpus_allowed_list() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+        // The same list the kernel prints as `Cpus_allowed_list` (e.g. `0-3,8`).
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap();
+        let mut expected = Vec::new();
+        for part in list.trim().split(',') {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let bound = |n: &str| n.parse::<usize>().unwrap();
+            expected.extend(bound(lo)..=bound(hi));
+        }
+        assert_eq!(cpus, expected);
     }
 }

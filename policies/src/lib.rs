@@ -14,17 +14,14 @@ mod tests {
     #[test]
     fn readme_policy_examples_pass_their_cases() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml"))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let bundle = toolgate_decision::policy::load(&cfg.policy_files)
-            .unwrap_or_else(|e| unreachable!("{e:?}"));
+        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml")).unwrap();
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap();
         assert_eq!(bundle.names.len(), 7);
         let snap =
             toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
         let text = std::fs::read_to_string(dir.join("policy-tests/readme-examples.toml"))
             .unwrap_or_default();
-        let cases =
-            toolgate_decision::policy::cases::parse(&text).unwrap_or_else(|e| unreachable!("{e}"));
+        let cases = toolgate_decision::policy::cases::parse(&text).unwrap();
         assert!(cases.cases.len() >= 10);
         let results = toolgate_decision::policy::cases::run(&snap, &cases.cases);
         let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
@@ -34,16 +31,14 @@ mod tests {
     #[test]
     fn a_case_expecting_the_wrong_outcome_fails() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml"))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let bundle = toolgate_decision::policy::load(&cfg.policy_files)
-            .unwrap_or_else(|e| unreachable!("{e:?}"));
+        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml")).unwrap();
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap();
         let snap =
             toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
         let cases = toolgate_decision::policy::cases::parse(
             "[[case]]\nname = \"x\"\nagent = \"support-bot\"\ntool = \"ops__send_email\"\nargs = { to = \"eve@evil.test\" }\nexpect = \"allow\"\n",
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
         let r = toolgate_decision::policy::cases::run(&snap, &cases.cases);
         assert!(!r[0].passed());
         assert_eq!(r[0].got, "deny");
@@ -76,7 +71,7 @@ mod tests {
     #[test]
     fn example_attaches_tools_to_both_agents() {
         let cfg = toolgate_core::config::parse(super::EXAMPLE_CONFIG, "example", Path::new("."));
-        let cfg = cfg.unwrap_or_else(|e| unreachable!("{e}"));
+        let cfg = cfg.unwrap();
         assert_eq!(cfg.config.agents.len(), 2);
         assert!(cfg.config.agents.iter().all(|a| !a.tools.is_empty()));
     }
@@ -84,7 +79,7 @@ mod tests {
     #[test]
     fn example_shows_every_output_rule_kind() {
         let cfg = toolgate_core::config::parse(super::EXAMPLE_CONFIG, "example", Path::new("."));
-        let cfg = cfg.unwrap_or_else(|e| unreachable!("{e}"));
+        let cfg = cfg.unwrap();
         let r = &cfg.output_rules;
         assert!(r.iter().any(|r| !r.detectors.is_empty()));
         assert!(r

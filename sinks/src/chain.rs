@@ -154,8 +154,7 @@ mod tests {
             let start = buf.len();
             buf.extend_from_slice(r.as_bytes());
             buf.push(b'\n');
-            prev = chain_record(&mut buf, start, i as u64 + 1, &prev)
-                .unwrap_or_else(|e| unreachable!("{e}"));
+            prev = chain_record(&mut buf, start, i as u64 + 1, &prev).unwrap();
         }
         buf
     }
@@ -168,8 +167,8 @@ mod tests {
             .filter(|l| !l.is_empty())
             .collect();
         assert_eq!(lines.len(), 2);
-        let l1 = parse_link(lines[0]).unwrap_or_else(|e| unreachable!("{e}"));
-        let l2 = parse_link(lines[1]).unwrap_or_else(|e| unreachable!("{e}"));
+        let l1 = parse_link(lines[0]).unwrap();
+        let l2 = parse_link(lines[1]).unwrap();
         assert_eq!((l1.seq, l1.prev), (1, GENESIS));
         assert_eq!(l1.hash, l1.computed);
         assert_eq!((l2.seq, l2.prev), (2, l1.hash));
@@ -185,9 +184,9 @@ mod tests {
         let buf = chained(&[r#"{"a":1}"#]);
         let line = &buf[..buf.len() - 1];
         let text = String::from_utf8_lossy(line);
-        let cut = text.find(",\"hash\":").unwrap_or_else(|| unreachable!());
+        let cut = text.find(",\"hash\":").unwrap();
         let canonical = format!("{}}}", &text[..cut]);
-        let link = parse_link(line).unwrap_or_else(|e| unreachable!("{e}"));
+        let link = parse_link(line).unwrap();
         assert_eq!(
             link.hash.to_vec(),
             Sha256::digest(canonical.as_bytes()).to_vec()
@@ -198,7 +197,7 @@ mod tests {
     fn an_edited_byte_changes_the_computed_hash() {
         let buf = chained(&[r#"{"decision":"deny"}"#]);
         let edited = String::from_utf8_lossy(&buf[..buf.len() - 1]).replace("deny", "allo");
-        let link = parse_link(edited.as_bytes()).unwrap_or_else(|e| unreachable!("{e}"));
+        let link = parse_link(edited.as_bytes()).unwrap();
         assert_ne!(link.hash, link.computed);
     }
 

@@ -346,7 +346,7 @@ pub(crate) mod testing {
     /// Serves each accepted connection's requests from `answers`, in order,
     /// reading one request (head + Content-Length body) before each answer.
     pub fn server(answers: Vec<Vec<Vec<u8>>>) -> (String, std::thread::JoinHandle<Vec<Vec<u8>>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| unreachable!("{e}"));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let t = std::thread::spawn(move || {
             let mut got = Vec::new();
@@ -401,17 +401,13 @@ mod tests {
         ]);
         let mut c = HttpClient::new(addr.clone(), addr, None, Duration::from_secs(5));
         let r = c.post("/a", &[("X-T", b"1")], b"hello");
-        let r = r.unwrap_or_else(|e| unreachable!("{e}"));
+        let r = r.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
-        let r = c
-            .post("/b", &[], b"x")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let r = c.post("/b", &[], b"x").unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.retry_after, Some(Duration::from_secs(3)));
         assert_eq!(r.body, b"busy!");
-        let r = c
-            .post("/c", &[], b"y")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let r = c.post("/c", &[], b"y").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"bye"[..]));
         let got = t.join().unwrap_or_default();
         assert_eq!(got.len(), 3);
@@ -428,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_silent_collector_times_out() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| unreachable!("{e}"));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut c = HttpClient::new(addr.clone(), addr, None, Duration::from_millis(200));
         let t0 = Instant::now();

@@ -163,7 +163,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("toolgate-key-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let first = load_key(&KeySource::Generated(dir.clone()));
-        let first = first.unwrap_or_else(|e| unreachable!("{e}"));
+        let first = first.unwrap();
         assert!(first.generated.is_some());
         assert_eq!(first.bytes.len(), 64);
         let mode = std::fs::metadata(dir.join(GENERATED_KEY_FILE))
@@ -171,7 +171,7 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(mode, 0o600);
         let again = load_key(&KeySource::Generated(dir.clone()));
-        let again = again.unwrap_or_else(|e| unreachable!("{e}"));
+        let again = again.unwrap();
         assert_eq!(again.bytes, first.bytes);
         assert!(again.generated.is_none());
         let _ = std::fs::remove_dir_all(&dir);

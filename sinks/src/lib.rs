@@ -22,8 +22,9 @@
 //! [`transport`]; Splunk HEC, Elasticsearch `_bulk` or an NDJSON webhook,
 //! [`siem`] over [`http`], records mapped to OCSF by [`ocsf`]) from its own
 //! persisted [`cursor`]; [`soar`] evaluates trigger rules over the records
-//! and POSTs alerts. A collector outage
-//! therefore never slows or refuses a call: the log is the buffer.
+//! and POSTs alerts; both HTTP sinks follow one retry policy (`retry`). A
+//! collector outage therefore never slows or refuses a call: the log is the
+//! buffer.
 //! [`retention`] removes old sealed segments once every sink is past them,
 //! leaving a MACed anchor so `verify` still proves the kept log.
 //!
@@ -40,6 +41,7 @@ pub mod ocsf;
 pub mod query;
 pub mod reader;
 pub mod retention;
+pub(crate) mod retry;
 pub mod ring;
 pub mod sched;
 pub mod segment;

@@ -215,8 +215,7 @@ mod tests {
     const KEY: &[u8] = b"retention-key-0123456789";
 
     fn log(dir: &Path, n: usize) {
-        let mut log =
-            Appender::open(dir, KEY.to_vec(), 2048).unwrap_or_else(|e| unreachable!("{e}"));
+        let mut log = Appender::open(dir, KEY.to_vec(), 2048).unwrap();
         for i in 0..n {
             let mut buf = Vec::new();
             log.encode(&record(&format!("t{i}")), &mut buf);
@@ -249,11 +248,11 @@ mod tests {
         };
         assert!(cursor::save(&cursor::cursor_path(&dir, "siem"), pos).is_ok());
         let now = SystemTime::now();
-        let s = sweep(&dir, &policy, &sinks, KEY, now).unwrap_or_else(|e| unreachable!("{e}"));
+        let s = sweep(&dir, &policy, &sinks, KEY, now).unwrap();
         assert_eq!((s.segments, s.held_by.as_deref()), (2, Some("siem")));
         let after = list_segments(&dir).unwrap_or_default();
         assert_eq!(after[0].first_seq, at);
-        let v = crate::verify::verify(&dir, Some(KEY)).unwrap_or_else(|e| unreachable!("{e}"));
+        let v = crate::verify::verify(&dir, Some(KEY)).unwrap();
         assert_eq!(v.retained_through, Some(at - 1));
         assert_eq!(v.records, 60 - (at - 1));
         // Once the sink is through, everything but the newest sealed segment goes.
@@ -263,13 +262,13 @@ mod tests {
             offset: 0,
         };
         assert!(cursor::save(&cursor::cursor_path(&dir, "siem"), pos).is_ok());
-        let s = sweep(&dir, &policy, &sinks, KEY, now).unwrap_or_else(|e| unreachable!("{e}"));
+        let s = sweep(&dir, &policy, &sinks, KEY, now).unwrap();
         assert_eq!(s.held_by, None);
         assert_eq!(list_segments(&dir).unwrap_or_default().len(), 1);
         assert!(crate::verify::verify(&dir, Some(KEY)).is_ok());
         // The writer continues the chain after a restart.
         log(&dir, 3);
-        let v = crate::verify::verify(&dir, Some(KEY)).unwrap_or_else(|e| unreachable!("{e}"));
+        let v = crate::verify::verify(&dir, Some(KEY)).unwrap();
         assert_eq!(v.head_seq, 63);
         // A forged anchor (no key) is refused.
         let a = anchor_path(&dir);

@@ -13,11 +13,12 @@
 //! those as 409 on the record's `_id` (its chain hash), which counts as
 //! delivered.
 //!
-//! Status handling: 2xx is delivered; 408, 429, 5xx and connection errors
-//! are retried with jittered backoff (429/503 honour `Retry-After`); any
-//! other 4xx (a bad token, a malformed or oversized event, a mapping
-//! error) is a rejection: still retried, never skipped, but logged as an
-//! error each time and counted, since only an operator can fix it.
+//! Status handling is [`crate::retry`]'s, shared with the SOAR sink: 2xx is
+//! delivered; 408, 429, 5xx and connection errors are retried with jittered
+//! backoff (429/503 honour `Retry-After`); any other 4xx (a bad token, a
+//! malformed or oversized event, a mapping error) is a rejection: still
+//! retried, never skipped, but logged as an error each time and counted,
+//! since only an operator can fix it.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -30,6 +31,7 @@ use toolgate_core::secret::{Secret, SecretError};
 use crate::http::{HttpClient, Response};
 use crate::ocsf;
 use crate::reader::Entry;
+use crate::retry::{classify, snippet, Endpoint, Verdict};
 use crate::sink::{Sink, SinkError};
 use crate::tls::{client_config, server_name, TlsError, TlsFiles};
 
@@ -65,30 +67,19 @@ enum Api {
     Webhook,
 }
 
-/// What an HTTP endpoint needs, taken from a configured [`HttpSink`].
-pub(crate) struct HttpParts {
-    pub(crate) client: HttpClient,
-    pub(crate) path: String,
-    pub(crate) auth: Option<(String, Secret)>,
-    pub(crate) headers: Vec<(String, String)>,
-}
-
 /// An HTTP SIEM sink.
 pub struct HttpSink {
     name: String,
     api: Api,
     format: SinkFormat,
-    path: String,
     gzip: bool,
     batch_bytes: usize,
-    /// Header name and value (`prefix` + token); never logged.
-    auth: Option<(String, Secret)>,
-    headers: Vec<(String, String)>,
     index: Option<String>,
     host: String,
     source: String,
     sourcetype: String,
-    client: HttpClient,
+    /// Where batches go; its auth header is `prefix` + token.
+    endpoint: Endpoint,
     /// Records of the current runner batch the collector acknowledged.
     acked: HashSet<u64>,
     body: Vec<u8>,
@@ -157,25 +148,27 @@ impl HttpSink {
             name,
             api,
             format: s.format,
-            path,
             gzip: s.gzip,
             batch_bytes: s.batch_bytes,
-            auth,
-            headers: s
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
             index,
             host: hostname,
             source: s.source.clone(),
             sourcetype: s.sourcetype.clone(),
-            client: HttpClient::new(
-                url.url.dial_target(),
-                url.url.authority.clone(),
-                tls,
-                Duration::from_millis(s.io_timeout_ms),
-            ),
+            endpoint: Endpoint {
+                client: HttpClient::new(
+                    url.url.dial_target(),
+                    url.url.authority.clone(),
+                    tls,
+                    Duration::from_millis(s.io_timeout_ms),
+                ),
+                path,
+                auth,
+                headers: s
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
             acked: HashSet::new(),
             body: Vec::new(),
             gz: Vec::new(),
@@ -183,15 +176,11 @@ impl HttpSink {
         })
     }
 
-    /// The connection, URL path, auth header and extra headers, for a sink
-    /// that POSTs its own bodies (SOAR alerts) to the same kind of endpoint.
-    pub(crate) fn into_parts(self) -> HttpParts {
-        HttpParts {
-            client: self.client,
-            path: self.path,
-            auth: self.auth,
-            headers: self.headers,
-        }
+    /// The endpoint (connection, URL path, auth header and extra headers),
+    /// for a sink that POSTs its own bodies (SOAR alerts) to the same kind of
+    /// collector.
+    pub(crate) fn into_endpoint(self) -> Endpoint {
+        self.endpoint
     }
 
     /// Appends one record, as this sink's API wants it, to `self.one`.
@@ -271,50 +260,23 @@ impl HttpSink {
         } else {
             &self.body
         };
-        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(4 + self.headers.len());
-        headers.push(("Content-Type", content_type));
-        if self.gzip {
-            headers.push(("Content-Encoding", b"gzip"));
-        }
-        if let Some((h, v)) = &self.auth {
-            headers.push((h.as_str(), v.expose()));
-        }
-        for (h, v) in &self.headers {
-            headers.push((h.as_str(), v.as_bytes()));
-        }
-        let target = self.client.target().to_owned();
-        let resp = self
-            .client
-            .post(&self.path, &headers, payload)
-            .map_err(|e| SinkError::new(format!("POST to `{target}{}`: {e}", self.path)))?;
+        let content: [(&str, &[u8]); 2] = [
+            ("Content-Type", content_type),
+            ("Content-Encoding", b"gzip"),
+        ];
+        let content = if self.gzip {
+            &content[..]
+        } else {
+            &content[..1]
+        };
+        let resp = self.endpoint.post(content, payload)?;
         if self.api == Api::Bulk && (200..300).contains(&resp.status) {
             return self.bulk_items(chunk, &resp);
         }
-        match classify(resp.status) {
-            Verdict::Delivered => {
-                self.acked.extend(chunk.iter().copied());
-                Ok(())
-            }
-            Verdict::Retry => {
-                // The connection's state after an error answer is not worth
-                // trusting: start afresh.
-                self.client.disconnect();
-                Err(SinkError::retry_after(
-                    format!(
-                        "`{target}` answered {}: {}",
-                        resp.status,
-                        snippet(&resp.body)
-                    ),
-                    resp.retry_after,
-                ))
-            }
-            Verdict::Rejected => Err(SinkError::rejected(format!(
-                "`{target}` refused {} records with {}: {}",
-                chunk.len(),
-                resp.status,
-                snippet(&resp.body)
-            ))),
-        }
+        self.endpoint
+            .outcome(&resp, format_args!("{} records", chunk.len()))?;
+        self.acked.extend(chunk.iter().copied());
+        Ok(())
     }
 
     /// Reads a `_bulk` response item by item.
@@ -374,33 +336,8 @@ impl HttpSink {
     }
 }
 
-/// What a status means for the records it answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    Delivered,
-    Retry,
-    Rejected,
-}
-
-pub(crate) fn classify(status: u16) -> Verdict {
-    match status {
-        // 409: the `_id` is already indexed, i.e. delivered before.
-        200..=299 | 409 => Verdict::Delivered,
-        408 | 429 | 500..=599 | 0 => Verdict::Retry,
-        _ => Verdict::Rejected,
-    }
-}
-
 fn cut(s: &str, max: usize) -> &str {
     toolgate_core::audit::truncate(s, max)
-}
-
-/// The start of a response body, printable, for messages.
-pub(crate) fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 impl Sink for HttpSink {
@@ -457,10 +394,8 @@ mod tests {
         let text = format!(
             "[[audit.sinks]]\nname = \"s\"\nkind = \"{kind}\"\nurl = \"http://{addr}/base\"\n{extra}\n"
         );
-        let v = toolgate_core::config::parse(&text, "t", std::path::Path::new("."))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into())
-            .unwrap_or_else(|e| unreachable!("{e}"))
+        let v = toolgate_core::config::parse(&text, "t", std::path::Path::new(".")).unwrap();
+        HttpSink::from_config(&v.config.audit.sinks[0], &v.sink_targets[0], "gw".into()).unwrap()
     }
 
     fn ok(body: &str) -> Vec<u8> {

@@ -445,8 +445,7 @@ mod tests {
     fn sink_survives_an_outage_and_a_restart_without_loss() {
         let dir = std::env::temp_dir().join(format!("toolgate-sink-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut log = Appender::open(&dir, b"sink-test-key-0123".to_vec(), 1500)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut log = Appender::open(&dir, b"sink-test-key-0123".to_vec(), 1500).unwrap();
         let opts = RunnerOptions {
             batch_records: 4,
             poll_interval: Duration::from_millis(5),
@@ -462,8 +461,7 @@ mod tests {
             })
         };
         append(&mut log, 10);
-        let r = SinkRunner::spawn("mem", &dir, mem(), opts.clone())
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let r = SinkRunner::spawn("mem", &dir, mem(), opts.clone()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert!(
             got.lock().map(|g| g.is_empty()).unwrap_or(false),
@@ -478,7 +476,7 @@ mod tests {
         r.shutdown();
         // More records, across segment rotations, while the sink is stopped.
         append(&mut log, 20);
-        let r = SinkRunner::spawn("mem", &dir, mem(), opts).unwrap_or_else(|e| unreachable!("{e}"));
+        let r = SinkRunner::spawn("mem", &dir, mem(), opts).unwrap();
         let all = wait_for(&got, 30);
         r.shutdown();
         assert_eq!(

@@ -28,13 +28,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use toolgate_core::config::{SinkConfig, SinkTarget, SoarRuleKind};
 use toolgate_core::output::glob_match;
-use toolgate_core::secret::Secret;
 
-use crate::http::HttpClient;
 use crate::ocsf::Record;
 use crate::reader::{Entry, LogReader, Position};
+use crate::retry::Endpoint;
 use crate::segment::write_atomically;
-use crate::siem::{classify, snippet, HttpSink, HttpSinkError, Verdict};
+use crate::siem::{HttpSink, HttpSinkError};
 use crate::sink::{Sink, SinkError};
 
 /// Folder of SOAR sink states inside the audit directory.
@@ -437,10 +436,7 @@ pub struct SoarSink {
     dir: PathBuf,
     state: PathBuf,
     engine: Engine,
-    client: HttpClient,
-    path: String,
-    auth: Option<(String, Secret)>,
-    headers: Vec<(String, String)>,
+    endpoint: Endpoint,
     /// Alerts evaluated and not yet acknowledged, oldest first.
     outbox: VecDeque<Vec<u8>>,
     /// State that must be saved before the next acknowledgement.
@@ -460,7 +456,7 @@ impl SoarSink {
         hostname: String,
     ) -> Result<Self, HttpSinkError> {
         let name = s.name.get_ref().clone();
-        let parts = HttpSink::from_config(s, t, hostname)?.into_parts();
+        let endpoint = HttpSink::from_config(s, t, hostname)?.into_endpoint();
         let mut engine = Engine::new(Rule::from_config(s), s.max_keys);
         let state = state_path(dir, &name);
         match std::fs::read(&state) {
@@ -479,10 +475,7 @@ impl SoarSink {
             dir: dir.to_owned(),
             state,
             engine,
-            client: parts.client,
-            path: parts.path,
-            auth: parts.auth,
-            headers: parts.headers,
+            endpoint,
             outbox: VecDeque::new(),
             must_save: false,
             last_save: None,
@@ -548,38 +541,10 @@ impl SoarSink {
     }
 
     fn send(&mut self, body: &[u8]) -> Result<(), SinkError> {
-        let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(2 + self.headers.len());
-        headers.push(("Content-Type", b"application/json"));
-        if let Some((h, v)) = &self.auth {
-            headers.push((h.as_str(), v.expose()));
-        }
-        for (h, v) in &self.headers {
-            headers.push((h.as_str(), v.as_bytes()));
-        }
-        let target = self.client.target().to_owned();
         let resp = self
-            .client
-            .post(&self.path, &headers, body)
-            .map_err(|e| SinkError::new(format!("POST to `{target}{}`: {e}", self.path)))?;
-        match classify(resp.status) {
-            Verdict::Delivered => Ok(()),
-            Verdict::Retry => {
-                self.client.disconnect();
-                Err(SinkError::retry_after(
-                    format!(
-                        "`{target}` answered {}: {}",
-                        resp.status,
-                        snippet(&resp.body)
-                    ),
-                    resp.retry_after,
-                ))
-            }
-            Verdict::Rejected => Err(SinkError::rejected(format!(
-                "`{target}` refused an alert with {}: {}",
-                resp.status,
-                snippet(&resp.body)
-            ))),
-        }
+            .endpoint
+            .post(&[("Content-Type", b"application/json")], body)?;
+        self.endpoint.outcome(&resp, "an alert")
     }
 }
 

@@ -2,15 +2,22 @@
 //! over TLS): one rustls with the ring provider, the system's roots or an
 //! operator CA file, and an optional client certificate.
 //!
-//! Everything here is blocking: sinks run on their own threads, and every
-//! connect, read and write is bounded by a timeout.
+//! The client configuration itself ([`build_client_config`], with
+//! [`provider`] and [`system_roots`]) is the one every toolgate TLS client
+//! uses: `ingress` builds its upstream, judge, IdP and admin-CLI clients
+//! with it too.
+//!
+//! The connections are blocking: sinks run on their own threads (as does
+//! the admin CLI), and every connect, read and write is bounded by a
+//! timeout.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -58,11 +65,61 @@ fn pem_err(what: &'static str, path: &Path, why: impl std::fmt::Display) -> TlsE
     }
 }
 
-/// Builds a client configuration (TLS 1.2 and 1.3, ring provider).
+/// The crypto provider of every toolgate rustls configuration: ring (no C
+/// toolchain needed for aws-lc).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The system's trusted roots, read once per process; certificates the
+/// platform store holds but webpki cannot parse are skipped, as every
+/// rustls client does. The error says why there are none.
+pub fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::debug!(error = %e, "skipping an unreadable system CA certificate");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(found
+                    .errors
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "the system trust store is empty".to_owned()));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
+}
+
+/// A client configuration: TLS 1.3 and 1.2 with the ring provider, trusting
+/// `roots`, presenting `identity` (a certificate chain and its key) when
+/// given, offering the `alpn` protocols (none: no ALPN).
+pub fn build_client_config(
+    roots: Arc<RootCertStore>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Builds a sink's client configuration from `files` (no ALPN).
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match &files.ca_file {
+    let roots = match &files.ca_file {
         Some(ca) => {
+            let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(ca)
                 .map_err(|e| pem_err("ca_file", ca, e))?
                 .collect::<Result<Vec<_>, _>>()
@@ -71,23 +128,11 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
             if added == 0 {
                 return Err(pem_err("ca_file", ca, "no usable CA certificate"));
             }
+            Arc::new(roots)
         }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::debug!(error = %e, "skipping an unreadable system CA certificate");
-            }
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoRoots);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match (&files.cert_file, &files.key_file) {
+        None => system_roots().map_err(|_| TlsError::NoRoots)?,
+    };
+    let identity = match (&files.cert_file, &files.key_file) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .map_err(|e| pem_err("cert_file", cert, e))?
@@ -97,11 +142,11 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
                 return Err(pem_err("cert_file", cert, "no certificate"));
             }
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err("key_file", key, e))?;
-            builder.with_client_auth_cert(chain, key)?
+            Some((chain, key))
         }
-        _ => builder.with_no_client_auth(),
+        _ => None,
     };
-    Ok(Arc::new(config))
+    Ok(build_client_config(roots, identity, &[])?)
 }
 
 /// A checked TLS server name.

@@ -163,12 +163,12 @@ mod tests {
 
     #[test]
     fn tcp_frames_are_octet_counted() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| unreachable!("{e}"));
-        let addr = l.local_addr().unwrap_or_else(|e| unreachable!("{e}"));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
         let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
         assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
         drop(sink);
-        let (mut c, _) = l.accept().unwrap_or_else(|e| unreachable!("{e}"));
+        let (mut c, _) = l.accept().unwrap();
         let mut got = Vec::new();
         let _ = c.read_to_end(&mut got);
         let mut rest = &got[..];
@@ -189,8 +189,8 @@ mod tests {
 
     #[test]
     fn tcp_to_nobody_is_an_error_then_recovers() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| unreachable!("{e}"));
-        let addr = l.local_addr().unwrap_or_else(|e| unreachable!("{e}"));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
         drop(l);
         let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(1));
         assert!(sink.deliver(&[entry(1)]).is_err());
@@ -198,9 +198,9 @@ mod tests {
 
     #[test]
     fn udp_sends_one_datagram_per_record() {
-        let r = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| unreachable!("{e}"));
+        let r = UdpSocket::bind("127.0.0.1:0").unwrap();
         let _ = r.set_read_timeout(Some(Duration::from_secs(2)));
-        let addr = r.local_addr().unwrap_or_else(|e| unreachable!("{e}"));
+        let addr = r.local_addr().unwrap();
         let mut sink = SyslogSink::new(format(), Transport::Udp, addr, Duration::from_secs(1));
         assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
         let mut buf = [0u8; 9000];

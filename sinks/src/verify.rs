@@ -263,8 +263,7 @@ mod tests {
 
     fn log_with(dir: &Path, n: usize, segment_bytes: u64) {
         let _ = std::fs::remove_dir_all(dir);
-        let mut log = Appender::open(dir, KEY.to_vec(), segment_bytes)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let mut log = Appender::open(dir, KEY.to_vec(), segment_bytes).unwrap();
         for i in 0..n {
             let mut buf = Vec::new();
             log.encode(&record(&format!("tool{i}")), &mut buf);
@@ -302,7 +301,7 @@ mod tests {
     fn intact_log_verifies_with_its_seals() {
         let d = dir("ok");
         log_with(&d, 30, 1500);
-        let v = verify(&d, Some(KEY)).unwrap_or_else(|e| unreachable!("{e}"));
+        let v = verify(&d, Some(KEY)).unwrap();
         assert_eq!(v.records, 30);
         assert!(v.segments > 1);
         assert_eq!(v.seals_checked, v.segments);
@@ -320,7 +319,7 @@ mod tests {
         edit(&first_segment(&d), |l| {
             l[2] = l[2].replace("tool2", "tool9")
         });
-        let b = broken_at(&d).unwrap_or_else(|| unreachable!());
+        let b = broken_at(&d).unwrap();
         assert_eq!((b.line, b.expected_seq), (3, 3));
         assert!(b.problem.contains("altered"), "{}", b.problem);
         let _ = std::fs::remove_dir_all(&d);
@@ -333,7 +332,7 @@ mod tests {
         edit(&first_segment(&d), |l| {
             l.remove(1);
         });
-        let b = broken_at(&d).unwrap_or_else(|| unreachable!());
+        let b = broken_at(&d).unwrap();
         assert_eq!((b.line, b.expected_seq), (2, 2));
         assert!(b.problem.contains("record 2 is missing"), "{}", b.problem);
         let _ = std::fs::remove_dir_all(&d);
@@ -344,7 +343,7 @@ mod tests {
         let d = dir("reorder");
         log_with(&d, 5, 1 << 20);
         edit(&first_segment(&d), |l| l.swap(3, 4));
-        let b = broken_at(&d).unwrap_or_else(|| unreachable!());
+        let b = broken_at(&d).unwrap();
         assert_eq!((b.line, b.expected_seq), (4, 4));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -356,7 +355,7 @@ mod tests {
         edit(&first_segment(&d), |l| {
             l.pop();
         });
-        let b = broken_at(&d).unwrap_or_else(|| unreachable!());
+        let b = broken_at(&d).unwrap();
         assert_eq!(b.line, 0);
         assert!(
             b.problem.contains("seal covers records 1..5"),
@@ -372,7 +371,7 @@ mod tests {
         log_with(&d, 30, 1500);
         let segs = list_segments(&d).unwrap_or_default();
         let _ = std::fs::remove_file(&segs[1].path);
-        let b = broken_at(&d).unwrap_or_else(|| unreachable!());
+        let b = broken_at(&d).unwrap();
         assert_eq!(b.segment, segs[2].path);
         assert!(b.problem.contains("missing"), "{}", b.problem);
         let _ = std::fs::remove_dir_all(&d);

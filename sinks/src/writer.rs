@@ -472,7 +472,7 @@ mod tests {
             AuditProducer::new(1, p1, Arc::clone(&health)),
         );
         let w = AuditWriter::spawn(config(&dir, 1 << 20), vec![c0, c1], health);
-        let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+        let w = w.unwrap();
         let mut last = 0;
         for i in 0..500 {
             let p = if i % 2 == 0 { &mut p0 } else { &mut p1 };
@@ -524,7 +524,7 @@ mod tests {
             let health = AuditHealth::new(1, Durability::Record);
             let mut p = AuditProducer::new(0, p, Arc::clone(&health));
             let w = AuditWriter::spawn(config(&dir, 2048), vec![c], health);
-            let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+            let w = w.unwrap();
             for i in 0..40 {
                 // One record per write, so rotation (checked between writes) can cut anywhere.
                 let seq = push(&mut p, &format!("run{run}-{i}"));
@@ -566,7 +566,7 @@ mod tests {
             ..config(&dir, 1 << 20)
         };
         let w = AuditWriter::spawn(cfg, vec![c], health);
-        let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+        let w = w.unwrap();
         let sealed = |n: usize| {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
@@ -607,7 +607,7 @@ mod tests {
             let health = AuditHealth::new(1, Durability::Batch);
             let mut p = AuditProducer::new(0, p, Arc::clone(&health));
             let w = AuditWriter::spawn(config(&dir, 1 << 20), vec![c], health);
-            let w = w.unwrap_or_else(|e| unreachable!("{e}"));
+            let w = w.unwrap();
             for i in 0..3 {
                 push(&mut p, &format!("t{i}"));
             }
@@ -620,7 +620,7 @@ mod tests {
         text.extend_from_slice(b"{\"time\":\"20");
         let _ = std::fs::write(&segs[0].path, &text);
         let log = Appender::open(&dir, b"test-key-0123456789".to_vec(), 1 << 20);
-        let log = log.unwrap_or_else(|e| unreachable!("{e}"));
+        let log = log.unwrap();
         assert_eq!(log.next_seq(), 4);
         assert!(segs[0].seal_path().exists());
         assert_eq!(all_lines(&dir).len(), 3);

@@ -25,7 +25,7 @@ dir = "audit"
 #[test]
 fn issue_contract_config_parses() {
     let v = parse(GOOD, "t.toml", Path::new("/etc/toolgate")).map_err(|e| e.to_string());
-    let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+    let v = v.unwrap();
     assert_eq!(v.listen.port(), 8080);
     assert_eq!(v.audit_dir, Path::new("/etc/toolgate/audit"));
     assert_eq!(v.upstreams[0].entry.timeout_ms, 30_000);
@@ -97,7 +97,7 @@ refuse_when = ["detected(private_key)", "detected(emp)"]
 fn output_rules_parse_into_their_vocabulary() {
     let text = format!("{GOOD}{RULES}");
     let v = parse(&text, "t.toml", Path::new(".")).map_err(|e| e.to_string());
-    let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+    let v = v.unwrap();
     assert_eq!(v.config.output.max_result_bytes, 4 * 1024 * 1024);
     let r = &v.output_rules[0];
     assert_eq!(r.detectors.len(), 7);
@@ -145,7 +145,7 @@ fn audit_sinks_parse_with_defaults() {
             "{GOOD}segment_bytes = 4096\ndurability = \"record\"\n\n[[audit.sinks]]\nname = \"siem\"\nkind = \"syslog\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:5514\"\n"
         );
     let v = parse(&text, "t.toml", Path::new(".")).map_err(|e| e.to_string());
-    let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+    let v = v.unwrap();
     assert_eq!(v.config.audit.durability, Durability::Record);
     assert_eq!(v.config.audit.segment_bytes, 4096);
     assert_eq!(v.config.audit.arguments, AuditArguments::Digest);
@@ -269,7 +269,7 @@ fn soar_sinks_parse_and_their_rules_are_checked() {
             "{GOOD}\n[[audit.sinks]]\nname = \"soar\"\nkind = \"soar\"\nurl = \"http://127.0.0.1:8080/hook\"\nmax_keys = 50\n\n[[audit.sinks.rules]]\nname = \"burst\"\nkind = \"deny_rate\"\nthreshold = 5\nwindow_s = 60\nagents = [\"billing-*\"]\n\n[[audit.sinks.rules]]\nname = \"judged\"\nkind = \"judge\"\njudge_outcomes = [\"deny\"]\ncooldown_s = 30\n"
         );
     let v = parse(&good, "t.toml", Path::new(".")).map_err(|e| e.to_string());
-    let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+    let v = v.unwrap();
     let s = &v.config.audit.sinks[0];
     assert_eq!((s.kind, s.max_keys, s.rules.len()), (SinkKind::Soar, 50, 2));
     assert_eq!(s.rules[0].kind, SoarRuleKind::DenyRate);
@@ -306,9 +306,9 @@ fn http_sinks_parse_and_are_checked() {
             "{GOOD}\n[[audit.sinks]]\nname = \"hec\"\nkind = \"splunk_hec\"\nurl = \"https://splunk.example/services/collector/event\"\ngzip = true\n[audit.sinks.token]\nenv = \"HEC_TOKEN\"\n\n[[audit.sinks]]\nname = \"es\"\nkind = \"elasticsearch\"\nurl = \"http://127.0.0.1:9200\"\nformat = \"toolgate\"\n"
         );
     let v = parse(&text, "t.toml", Path::new("/etc/tg")).map_err(|e| e.to_string());
-    let v = v.unwrap_or_else(|e| unreachable!("{e}"));
+    let v = v.unwrap();
     let hec = &v.sink_targets[0];
-    let url = hec.url.clone().unwrap_or_else(|| unreachable!());
+    let url = hec.url.clone().unwrap();
     assert!(url.https);
     assert_eq!(
         (url.url.port, url.url.path.as_str()),
@@ -404,9 +404,9 @@ fn applies_to_takes_results_and_arguments() {
         "t",
         Path::new("."),
     )
-    .unwrap_or_else(|e| unreachable!("{e}"));
+    .unwrap();
     assert!(v.output_rules[0].arguments && !v.output_rules[0].results);
-    let v = parse(rule, "t", Path::new(".")).unwrap_or_else(|e| unreachable!("{e}"));
+    let v = parse(rule, "t", Path::new(".")).unwrap();
     assert!(!v.output_rules[0].arguments && v.output_rules[0].results);
 }
 
@@ -466,7 +466,7 @@ fn admin_listener_must_be_loopback_and_have_a_credential() {
             "t.toml",
             Path::new("/etc/tg"),
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
     assert_eq!(ok.admin_listen.map(|a| a.port()), Some(9091));
     assert_eq!(ok.admin_state_file, Path::new("/etc/tg/state/control.redb"));
     assert_eq!(ok.admin_tls, None);
@@ -475,9 +475,9 @@ fn admin_listener_must_be_loopback_and_have_a_credential() {
 #[test]
 fn non_loopback_admin_listener_needs_tls_and_a_credential() {
     let dir = std::env::temp_dir().join(format!("toolgate-admin-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+    std::fs::create_dir_all(&dir).unwrap();
     for f in ["admin.pem", "admin.key", "ca.pem"] {
-        std::fs::write(dir.join(f), "x").unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::write(dir.join(f), "x").unwrap();
     }
     let h = "ab".repeat(32);
     let tls = "[admin.tls]\ncert_file = \"admin.pem\"\nkey_file = \"admin.key\"\n";
@@ -485,8 +485,8 @@ fn non_loopback_admin_listener_needs_tls_and_a_credential() {
     let check = |text: &str| parse(text, "t.toml", &dir);
     // TLS and a token: a non-loopback address is allowed.
     let ok = check(&format!("[admin]\nlisten = \"0.0.0.0:9091\"\n{tls}client_ca_file = \"ca.pem\"\nmin_version = \"1.3\"\n{tokens}"))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-    let files = ok.admin_tls.unwrap_or_else(|| unreachable!());
+            .unwrap();
+    let files = ok.admin_tls.unwrap();
     assert_eq!(files.cert, dir.join("admin.pem"));
     assert_eq!(files.client_ca, Some(dir.join("ca.pem")));
     assert!(files.tls13_only);
@@ -567,7 +567,7 @@ fn postgres_backend_needs_a_url_without_password() {
             "t.toml",
             Path::new("/etc/tg"),
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .unwrap();
     assert_eq!(*ok.config.admin.backend.get_ref(), StateBackend::Postgres);
     assert_eq!(
         ok.admin_postgres_password,

@@ -39,7 +39,7 @@ fn engine() -> Engine {
     if let Ok(mut f) = std::fs::File::create(&file) {
         let _ = f.write_all(POLICIES.as_bytes());
     }
-    let bundle = load(&[file]).unwrap_or_else(|e| unreachable!("{e:?}"));
+    let bundle = load(&[file]).unwrap();
     let agents = vec![
         ("support-bot".to_owned(), vec!["support".to_owned()]),
         ("intern-bot".to_owned(), vec!["support".to_owned()]),
@@ -67,9 +67,7 @@ fn decide(e: &Engine, agent: &str, user: Option<&str>, tool: &str, args: &str) -
         PairDecision::Fixed(v) => v,
         PairDecision::Evaluate(slice) => {
             let mut p = JsonParser::new();
-            let tape: Tape<'_> = p
-                .parse(args.as_bytes())
-                .unwrap_or_else(|e| unreachable!("{e}"));
+            let tape: Tape<'_> = p.parse(args.as_bytes()).unwrap();
             e.evaluate(
                 &slice,
                 &CallFacts {

@@ -5,14 +5,14 @@
 //! client certificate for an admin listener that requires one.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use toolgate_sinks::tls::connect_addr;
 
 /// Largest answer read.
 const MAX_REPLY_BYTES: u64 = 64 * 1024 * 1024;
@@ -88,43 +88,19 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn tls_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Tls(format!("`{}`: {e}", path.display()))
-}
-
 /// The client TLS configuration for `opts`.
 fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ClientError> {
-    let roots = match &opts.ca_file {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in crate::tls::certs(ca).map_err(|e| ClientError::Tls(e.to_string()))? {
-                roots.add(c).map_err(|e| tls_err(ca, e))?;
-            }
-            Arc::new(roots)
-        }
-        None => crate::tls::system_roots().map_err(|e| ClientError::Tls(e.to_string()))?,
-    };
-    let builder = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ClientError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    let mut config = match (&opts.client_cert, &opts.client_key) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain = crate::tls::certs(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?
-        }
+    let identity = match (&opts.client_cert, &opts.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         _ => {
             return Err(ClientError::Tls(
                 "give both `--client-cert` and `--client-key`, or neither".into(),
             ))
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::tls::client_config(opts.ca_file.as_deref(), identity)
+        .map_err(|e| ClientError::Tls(e.to_string()))
 }
 
 impl Client {
@@ -179,9 +155,8 @@ impl Client {
             .map_err(io)?
             .next()
             .ok_or_else(|| ClientError::Url(self.addr.clone()))?;
-        let stream = TcpStream::connect_timeout(&sock, self.timeout).map_err(io)?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(io)?;
+        let tls = self.tls.as_ref().map(|(c, n)| (c, n));
+        let stream = connect_addr(sock, tls, self.timeout).map_err(io)?;
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
@@ -201,21 +176,12 @@ impl Client {
         }
         head.push_str("\r\n");
         let mut buf = Vec::new();
-        match &self.tls {
-            None => exchange(stream, head.as_bytes(), body, &mut buf).map_err(io)?,
-            Some((config, name)) => {
-                let conn = ClientConnection::new(Arc::clone(config), name.clone())
-                    .map_err(|e| ClientError::Tls(e.to_string()))?;
-                let tls = StreamOwned::new(conn, stream);
-                match exchange(tls, head.as_bytes(), body, &mut buf) {
-                    Ok(()) => {}
-                    // A server that closes without close_notify after a
-                    // complete answer: the answer stands (its length is
-                    // checked below).
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
-                    Err(e) => return Err(io(e)),
-                }
-            }
+        match exchange(stream, head.as_bytes(), body, &mut buf) {
+            Ok(()) => {}
+            // A TLS server that closes without close_notify after a complete
+            // answer: the answer stands (its length is checked below).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {}
+            Err(e) => return Err(io(e)),
         }
         parse_reply(&buf).ok_or_else(|| ClientError::Response(self.addr.clone()))
     }
@@ -268,8 +234,8 @@ mod tests {
 
     #[test]
     fn replies_parse_with_their_etag_and_body() {
-        let r = parse_reply(b"HTTP/1.1 200 OK\r\nETag: \"4\"\r\nContent-Length: 2\r\n\r\n{}")
-            .unwrap_or_else(|| unreachable!());
+        let r =
+            parse_reply(b"HTTP/1.1 200 OK\r\nETag: \"4\"\r\nContent-Length: 2\r\n\r\n{}").unwrap();
         assert_eq!(
             (r.status, r.etag.as_deref(), &r.body[..]),
             (200, Some("4"), &b"{}"[..])

@@ -148,15 +148,10 @@ mod tests {
             "POST /mcp HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n",
             body.len()
         );
-        let head = parse_head(raw.as_bytes(), &LIMITS)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| unreachable!());
+        let head = parse_head(raw.as_bytes(), &LIMITS).ok().flatten().unwrap();
         let mut p = JsonParser::new();
-        let tape = p
-            .parse(body.as_bytes())
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        let req = RpcRequest::from_tape(&tape).unwrap_or_else(|e| unreachable!("{:?}", e.kind));
+        let tape = p.parse(body.as_bytes()).unwrap();
+        let req = RpcRequest::from_tape(&tape).unwrap();
         assert_eq!(era_of(&req, &head, raw.as_bytes()), Era::Stateless);
         check_stateless(&req, &head, raw.as_bytes()).map_err(|r| r.kind)
     }

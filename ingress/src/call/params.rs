@@ -138,14 +138,9 @@ mod tests {
             max_headers: 32,
             max_body_bytes: 10,
         };
-        let head = parse_head(raw.as_bytes(), &limits)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| unreachable!());
+        let head = parse_head(raw.as_bytes(), &limits).ok().flatten().unwrap();
         let mut p = JsonParser::new();
-        let tape = p
-            .parse(args.as_bytes())
-            .unwrap_or_else(|e| unreachable!("{e}"));
+        let tape = p.parse(args.as_bytes()).unwrap();
         let d = def();
         check(&d, Some(tape.as_value()), &head, raw.as_bytes()).map_err(|r| r.kind)?;
         Ok(for_upstream(&d, Some(tape.as_value())))

@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn complete_post_with_length() {
         let raw = "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer k\r\n\r\nhello";
-        let h = parse(raw).ok().flatten().unwrap_or_else(|| unreachable!());
+        let h = parse(raw).ok().flatten().unwrap();
         assert_eq!(h.method, Method::Post);
         assert_eq!(h.path(raw.as_bytes()), b"/mcp");
         assert_eq!(h.body, BodyKind::Length(5));

@@ -3,14 +3,16 @@
 //! verification by rustls/webpki.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures_rustls::TlsConnector;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use toolgate_core::upstream_url::UpstreamUrl;
+use toolgate_sinks::tls::{build_client_config, system_roots};
 
-use super::server::{certs, provider, TlsError};
+use super::server::{certs, file_err, TlsError};
 
 /// How to open TLS to one endpoint.
 #[derive(Clone)]
@@ -29,27 +31,34 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
-/// The system's trusted roots; certificates the platform store holds but
-/// webpki cannot parse are skipped, as every rustls client does.
-pub(crate) fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
-    static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
+/// The client configuration of every ingress TLS client (upstreams, the
+/// judge, the IdP, the admin CLI): roots from `ca_file` (every certificate
+/// in it must be usable) or else the system's, the client certificate
+/// `identity` (chain file, key file) when given, ALPN `http/1.1`; built by
+/// the one builder in [`toolgate_sinks::tls`].
+pub(crate) fn client_config(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = match ca_file {
+        Some(ca) => {
             let mut roots = RootCertStore::empty();
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found
-                    .errors
-                    .first()
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| "the system trust store is empty".to_owned());
-                return Err(format!("no trusted root certificates: {why}"));
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| file_err(ca, e))?;
             }
-            Ok(Arc::new(roots))
-        })
-        .clone()
-        .map_err(TlsError::Rustls)
+            Arc::new(roots)
+        }
+        None => system_roots()
+            .map_err(|why| TlsError::Rustls(format!("no trusted root certificates: {why}")))?,
+    };
+    let Some((cert, key)) = identity else {
+        return build_client_config(roots, None, &[b"http/1.1"])
+            .map_err(|e| TlsError::Rustls(e.to_string()));
+    };
+    let chain = certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+    build_client_config(roots, Some((chain, key)), &[b"http/1.1"])
+        .map_err(|e| TlsError::ClientCert(e.to_string()))
 }
 
 /// TLS settings for `url`: none for `http://`; for `https://` roots from
@@ -61,29 +70,11 @@ pub fn client_tls(
     if !url.tls {
         return Ok(None);
     }
-    let roots = match ca_file {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::File {
-                    path: ca.to_path_buf(),
-                    reason: e.to_string(),
-                })?;
-            }
-            Arc::new(roots)
-        }
-        None => system_roots()?,
-    };
+    let config = client_config(ca_file, None)?;
     let name = ServerName::try_from(url.server_name().to_owned())
         .map_err(|e| TlsError::Rustls(format!("`{}`: {e}", url.host)))?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(ClientTls {
-        connector: TlsConnector::from(Arc::new(config)),
+        connector: TlsConnector::from(config),
         name,
     }))
 }

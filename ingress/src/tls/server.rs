@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use toolgate_core::config::{ClientAuth, TlsFiles};
+use toolgate_sinks::tls::provider;
 
 /// Why the TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +24,12 @@ pub enum TlsError {
     /// rustls refused the combination (e.g. the key does not match the certificate).
     #[error("TLS configuration refused: {0}")]
     Rustls(String),
+    /// rustls refused a client's certificate and key.
+    #[error("client certificate: {0}")]
+    ClientCert(String),
 }
 
-fn file_err(path: &Path, reason: impl ToString) -> TlsError {
+pub(crate) fn file_err(path: &Path, reason: impl ToString) -> TlsError {
     TlsError::File {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -42,10 +45,6 @@ pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
         return Err(file_err(path, "no PEM certificate in the file"));
     }
     Ok(certs)
-}
-
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Builds the listener's server configuration from `files`; every error
@@ -102,11 +101,11 @@ mod tests {
     #[test]
     fn missing_and_empty_files_name_the_file() {
         let dir = std::env::temp_dir().join(format!("toolgate-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let f = files(&dir);
         let e = load_server_config(&f).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("cert.pem")));
-        std::fs::write(&f.cert, "not pem").unwrap_or_else(|e| unreachable!("{e}"));
+        std::fs::write(&f.cert, "not pem").unwrap();
         let e = load_server_config(&f).err().map(|e| e.to_string());
         assert!(
             e.as_deref()
