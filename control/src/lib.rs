@@ -20,6 +20,8 @@
 //!
 //! Never here: HTTP, Cedar evaluation, or anything on a shard's thread.
 
+#![warn(missing_docs)]
+
 pub mod model;
 pub mod postgres;
 pub mod state;

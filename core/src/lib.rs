@@ -15,6 +15,8 @@
 //! reads a secret from its source (an environment variable, a file, or a
 //! command's output), so every crate resolves secrets the same way.
 
+#![warn(missing_docs)]
+
 pub mod audit;
 pub mod config;
 pub mod identity;

@@ -15,6 +15,8 @@
 //!
 //! This crate does no I/O: ingress fetches catalogs and hands them here.
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod filter;
 pub mod pins;

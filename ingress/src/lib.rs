@@ -15,6 +15,8 @@
 //! Nothing here blocks a shard: all I/O is io_uring through glommio, and
 //! shared state is read through published snapshots, never under a lock.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod call;
 pub mod catalog_sync;

@@ -3,6 +3,8 @@
 //! Today: example configurations under `examples/`, each checked by the same
 //! code `toolgate check` runs. Cedar schemas and policy sets join them here.
 
+#![warn(missing_docs)]
+
 /// The example configuration (the tour in the README and `docs/` use it).
 pub const EXAMPLE_CONFIG: &str = include_str!("../examples/toolgate.toml");
 

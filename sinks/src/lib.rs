@@ -30,6 +30,8 @@
 //!
 //! Never here: decisions about calls, or any I/O on a shard's thread.
 
+#![warn(missing_docs)]
+
 pub mod appender;
 pub mod chain;
 pub mod cursor;
