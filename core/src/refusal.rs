@@ -2,7 +2,7 @@
 //!
 //! Every way a request can fail to get a tool's answer is a [`RefusalKind`];
 //! [`Refusal::wire`] is the single exhaustive match that decides its HTTP
-//! status, JSON-RPC code and message, and [`RefusalKind::reason`] the
+//! status, JSON-RPC code, message and the one header it carries, and [`RefusalKind::reason`] the
 //! machine-readable reason written to the audit record. No wildcard arms: a
 //! new kind must be placed on the wire deliberately.
 
@@ -263,103 +263,156 @@ impl Refusal {
     /// The HTTP status, JSON-RPC code and message.
     pub fn wire(&self) -> Wire {
         use RefusalKind::*;
-        let (status, code, message): (u16, i64, &'static str) = match self.kind {
-            MalformedHttp => (400, codes::INVALID_REQUEST, "malformed HTTP request"),
-            HeadersTooLarge => (431, codes::INVALID_REQUEST, "request headers too large"),
-            BodyTooLarge => (413, codes::INVALID_REQUEST, "request body too large"),
-            RequestTimeout => (408, codes::INVALID_REQUEST, "request not received in time"),
+        use WireHeader::{Allow, Challenge, RetryAfter};
+        let none = WireHeader::None;
+        let (status, code, message, header): (u16, i64, &'static str, WireHeader) = match self.kind
+        {
+            MalformedHttp => (400, codes::INVALID_REQUEST, "malformed HTTP request", none),
+            HeadersTooLarge => (
+                431,
+                codes::INVALID_REQUEST,
+                "request headers too large",
+                none,
+            ),
+            BodyTooLarge => (413, codes::INVALID_REQUEST, "request body too large", none),
+            RequestTimeout => (
+                408,
+                codes::INVALID_REQUEST,
+                "request not received in time",
+                none,
+            ),
             PathNotFound => (
                 404,
                 codes::INVALID_REQUEST,
                 "not found: MCP is served at /mcp",
+                none,
             ),
-            MethodNotAllowed => (405, codes::INVALID_REQUEST, "HTTP method not allowed here"),
+            MethodNotAllowed => (
+                405,
+                codes::INVALID_REQUEST,
+                "HTTP method not allowed here",
+                Allow,
+            ),
             UnsupportedMediaType => (
                 415,
                 codes::INVALID_REQUEST,
                 "Content-Type must be application/json",
+                none,
             ),
             NotAcceptable => (
                 406,
                 codes::INVALID_REQUEST,
                 "Accept must allow application/json or text/event-stream",
+                none,
             ),
-            ParseError => (400, codes::PARSE_ERROR, "Parse error"),
-            InvalidRequest => (400, codes::INVALID_REQUEST, "Invalid Request"),
-            MethodNotFound => (404, codes::METHOD_NOT_FOUND, "Method not found"),
-            InvalidParams => (400, codes::INVALID_PARAMS, "Invalid params"),
-            UnknownTool => (400, codes::INVALID_PARAMS, "Unknown tool"),
-            HeaderMismatch => (400, codes::HEADER_MISMATCH, "Header mismatch"),
+            ParseError => (400, codes::PARSE_ERROR, "Parse error", none),
+            InvalidRequest => (400, codes::INVALID_REQUEST, "Invalid Request", none),
+            MethodNotFound => (404, codes::METHOD_NOT_FOUND, "Method not found", none),
+            InvalidParams => (400, codes::INVALID_PARAMS, "Invalid params", none),
+            UnknownTool => (400, codes::INVALID_PARAMS, "Unknown tool", none),
+            HeaderMismatch => (400, codes::HEADER_MISMATCH, "Header mismatch", none),
             UnsupportedProtocolVersion => (
                 400,
                 codes::UNSUPPORTED_PROTOCOL_VERSION,
                 "Unsupported protocol version",
+                none,
             ),
             MissingSession => (
                 400,
                 codes::INVALID_REQUEST,
                 "Bad Request: Mcp-Session-Id header is required",
+                none,
             ),
-            SessionNotFound => (404, codes::INVALID_REQUEST, "Session not found"),
+            SessionNotFound => (404, codes::INVALID_REQUEST, "Session not found", none),
             MissingCredential => (
                 401,
                 codes::UNAUTHENTICATED,
                 "Unauthorized: an API key is required",
+                Challenge,
             ),
-            UnknownCredential => (401, codes::UNAUTHENTICATED, "Unauthorized: invalid API key"),
-            InvalidToken(e) => (401, codes::UNAUTHENTICATED, token_message(e)),
-            SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found"),
+            UnknownCredential => (
+                401,
+                codes::UNAUTHENTICATED,
+                "Unauthorized: invalid API key",
+                Challenge,
+            ),
+            InvalidToken(e) => (401, codes::UNAUTHENTICATED, token_message(e), Challenge),
+            SessionIdentityMismatch => (404, codes::INVALID_REQUEST, "Session not found", none),
             CertificateMismatch => (
                 403,
                 codes::FORBIDDEN,
                 "Forbidden: the credential names another agent than the client certificate",
+                none,
             ),
             UserAssertionRefused => (
                 403,
                 codes::FORBIDDEN,
                 "this agent may not act on behalf of users",
+                none,
             ),
-            PolicyDenied => (403, codes::FORBIDDEN, "Denied by policy"),
-            JudgeDenied => (403, codes::FORBIDDEN, "Denied by reviewer"),
-            JudgeUnavailable => (403, codes::FORBIDDEN, "Denied: the reviewer did not answer"),
+            PolicyDenied => (403, codes::FORBIDDEN, "Denied by policy", none),
+            JudgeDenied => (403, codes::FORBIDDEN, "Denied by reviewer", none),
+            JudgeUnavailable => (
+                403,
+                codes::FORBIDDEN,
+                "Denied: the reviewer did not answer",
+                none,
+            ),
             AuditUnavailable => (
                 503,
                 codes::SERVER_ERROR,
                 "audit pipeline unavailable; call refused",
+                RetryAfter,
             ),
-            Overloaded => (503, codes::SERVER_ERROR, "gateway overloaded; retry later"),
-            UpstreamUnavailable => (502, codes::INTERNAL_ERROR, "upstream unavailable"),
-            UpstreamTimeout => (504, codes::INTERNAL_ERROR, "upstream timed out"),
+            Overloaded => (
+                503,
+                codes::SERVER_ERROR,
+                "gateway overloaded; retry later",
+                RetryAfter,
+            ),
+            UpstreamUnavailable => (502, codes::INTERNAL_ERROR, "upstream unavailable", none),
+            UpstreamTimeout => (504, codes::INTERNAL_ERROR, "upstream timed out", none),
             UpstreamBadResponse => (
                 502,
                 codes::INTERNAL_ERROR,
                 "upstream sent an invalid response",
+                none,
             ),
             UpstreamCredentialUnavailable => (
                 503,
                 codes::SERVER_ERROR,
                 "upstream credential unavailable; retry later",
+                none,
             ),
             OutputRefused => (
                 403,
                 codes::OUTPUT_REFUSED,
                 "tool result refused by output policy",
+                none,
             ),
             ArgumentsRefused => (
                 403,
                 codes::FORBIDDEN,
                 "call refused: its arguments hold data that must not leave",
+                none,
             ),
             ToolQuarantined => (
                 403,
                 codes::FORBIDDEN,
                 "tool held back: its definition changed since it was approved",
+                none,
             ),
-            RateLimited => (429, codes::SERVER_ERROR, "rate limit exceeded; retry later"),
+            RateLimited => (
+                429,
+                codes::SERVER_ERROR,
+                "rate limit exceeded; retry later",
+                RetryAfter,
+            ),
             OutputTooLarge => (
                 502,
                 codes::OUTPUT_REFUSED,
                 "tool result too large to filter; refused",
+                none,
             ),
         };
         let message = match &self.detail {
@@ -370,49 +423,7 @@ impl Refusal {
             status,
             code,
             message,
-            header: self.kind.header(),
-        }
-    }
-}
-
-impl RefusalKind {
-    /// The header a refusal of this kind carries.
-    fn header(self) -> WireHeader {
-        use RefusalKind::*;
-        match self {
-            RateLimited | AuditUnavailable | Overloaded => WireHeader::RetryAfter,
-            MissingCredential | UnknownCredential | InvalidToken(_) => WireHeader::Challenge,
-            MethodNotAllowed => WireHeader::Allow,
-            MalformedHttp
-            | HeadersTooLarge
-            | BodyTooLarge
-            | RequestTimeout
-            | PathNotFound
-            | UnsupportedMediaType
-            | NotAcceptable
-            | ParseError
-            | InvalidRequest
-            | MethodNotFound
-            | InvalidParams
-            | UnknownTool
-            | HeaderMismatch
-            | UnsupportedProtocolVersion
-            | MissingSession
-            | SessionNotFound
-            | SessionIdentityMismatch
-            | CertificateMismatch
-            | UserAssertionRefused
-            | PolicyDenied
-            | JudgeDenied
-            | JudgeUnavailable
-            | UpstreamUnavailable
-            | UpstreamTimeout
-            | UpstreamBadResponse
-            | UpstreamCredentialUnavailable
-            | OutputRefused
-            | ArgumentsRefused
-            | ToolQuarantined
-            | OutputTooLarge => WireHeader::None,
+            header,
         }
     }
 }

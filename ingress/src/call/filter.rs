@@ -12,6 +12,7 @@ use toolgate_core::audit::Redaction;
 use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::filter::Verdict;
 use toolgate_decision::OutputFilter;
 
 /// Refuses a result larger than the filter's `max_result_bytes`.
@@ -40,13 +41,13 @@ pub(super) fn apply(
     rewrite_result(result, stateless, out, &mut |k, v, o| {
         walker.write_member(k, v, o)
     });
-    let verdict = walker.finish();
-    redactions.extend(verdict.redactions);
-    if verdict.refused {
-        out.clear();
-        return Err(Refusal::new(RefusalKind::OutputRefused));
-    }
-    Ok(())
+    settle(
+        walker.finish(),
+        redactions,
+        out,
+        0,
+        RefusalKind::OutputRefused,
+    )
 }
 
 /// Writes the upstream's JSON-RPC `error` object with what the detectors
@@ -66,13 +67,13 @@ pub(super) fn apply_error(
     }
     let mut walker = filter.walker(inner);
     walker.write_error(error, out);
-    let verdict = walker.finish();
-    redactions.extend(verdict.redactions);
-    if verdict.refused {
-        out.clear();
-        return Err(Refusal::new(RefusalKind::OutputRefused));
-    }
-    Ok(())
+    settle(
+        walker.finish(),
+        redactions,
+        out,
+        0,
+        RefusalKind::OutputRefused,
+    )
 }
 
 /// Writes the outgoing call's `arguments` filtered by the rules that apply
@@ -93,11 +94,28 @@ pub(super) fn apply_arguments(
     out.truncate(start);
     let mut walker = filter.walker(inner);
     walker.write_arguments(arguments, out);
-    let verdict = walker.finish();
+    settle(
+        walker.finish(),
+        redactions,
+        out,
+        start,
+        RefusalKind::ArgumentsRefused,
+    )
+}
+
+/// Keeps for the record what the rules did; a `refuse_when` that held
+/// takes back what was written from `start` and refuses with `kind`.
+fn settle(
+    verdict: Verdict,
+    redactions: &mut Vec<Redaction>,
+    out: &mut Vec<u8>,
+    start: usize,
+    kind: RefusalKind,
+) -> Result<(), Refusal> {
     redactions.extend(verdict.redactions);
     if verdict.refused {
         out.truncate(start);
-        return Err(Refusal::new(RefusalKind::ArgumentsRefused));
+        return Err(Refusal::new(kind));
     }
     Ok(())
 }
