@@ -27,12 +27,15 @@
 //! buffer.
 //! [`retention`] removes old sealed segments once every sink is past them,
 //! leaving a MACed anchor so `verify` still proves the kept log.
+//! [`build`] turns the configuration's `[[audit.sinks]]` entries into
+//! running sinks.
 //!
 //! Never here: decisions about calls, or any I/O on a shard's thread.
 
 #![warn(missing_docs)]
 
 pub mod appender;
+pub mod build;
 pub mod chain;
 pub mod cursor;
 pub mod health;
@@ -56,6 +59,7 @@ pub mod transport;
 pub mod verify;
 pub mod writer;
 
+pub use build::{build_sink, start_sinks, BuildError, BuiltSink};
 pub use health::AuditHealth;
 pub use ring::{audit_ring, Admission, AuditConsumer, AuditProducer, AuditUnavailable, RingWriter};
 pub use writer::{AuditStats, AuditWriter, WriterConfig};
