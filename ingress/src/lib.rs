@@ -12,6 +12,9 @@
 //! writes the control state, publishes the snapshot it compiles to, and
 //! waits until every shard acknowledges the new generation.
 //!
+//! [`process`] wires all of it into a running gateway, in order, for the
+//! `toolgate` binary; [`random`] draws the keys and seeds it needs.
+//!
 //! Nothing here blocks a shard: all I/O is io_uring through glommio, and
 //! shared state is read through published snapshots, never under a lock.
 
@@ -26,6 +29,8 @@ pub mod http;
 pub mod jwks_sync;
 pub mod metrics;
 pub mod oauth;
+pub mod process;
+pub mod random;
 pub mod ratelimit;
 pub mod session;
 pub mod shard;
