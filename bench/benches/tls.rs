@@ -28,7 +28,7 @@ use rustls::{
     ServerConnection,
 };
 use toolgate_core::config::{ClientAuth, TlsFiles};
-use toolgate_ingress::tls::load_server_config;
+use toolgate_net::tls::load_server_config;
 
 const NAME: &str = "toolgate.bench.test";
 

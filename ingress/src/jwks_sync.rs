@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::client::Pool;
 use crate::shared::Shared;
+use toolgate_net::client::Pool;
 
 /// Largest JWKS accepted, bytes.
 const MAX_JWKS_BYTES: usize = 1 << 20;

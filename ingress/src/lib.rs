@@ -1,11 +1,11 @@
 //! toolgate-ingress: the request path, from the agent's socket to the tool
 //! and back, and the `toolgate` binary around it.
 //!
-//! Shards ([`shard`]) accept connections (TLS and mTLS through [`tls`]) and
+//! Shards ([`shard`]) accept connections (TLS and mTLS through `toolgate-net`) and
 //! run the HTTP/1.1 server loop ([`http::server`]); each request on `/mcp` goes through the call driver
 //! ([`call`]): identity, the JSON-RPC view, the era's envelope, the
 //! permission map, forwarding through this shard's upstream client
-//! ([`upstream`]), and the audit record into the shard's ring. Tool
+//! (the `toolgate-upstream` interface), and the audit record into the shard's ring. Tool
 //! catalogs are kept current off the request path ([`catalog_sync`]).
 //!
 //! The admin API ([`admin`]) runs on an executor thread of its own: it
@@ -23,12 +23,10 @@
 pub mod admin;
 pub mod call;
 pub mod catalog_sync;
-pub mod credential;
 pub mod demo;
 pub mod http;
 pub mod jwks_sync;
 pub mod metrics;
-pub mod oauth;
 pub mod process;
 pub mod random;
 pub mod ratelimit;
@@ -36,5 +34,3 @@ pub mod session;
 pub mod shard;
 pub mod shared;
 pub mod subtokens;
-pub mod tls;
-pub mod upstream;

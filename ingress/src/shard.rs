@@ -22,10 +22,10 @@ use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
 use crate::call::Gateway;
 use crate::catalog_sync;
 use crate::http::conn::{Conn, ConnInfo};
-use crate::http::queued::Queued;
 use crate::http::server::{serve, ConnConfig};
 use crate::shared::Shared;
-use crate::tls::{cert_names, PeerNames};
+use toolgate_net::queued::Queued;
+use toolgate_net::tls::{cert_names, PeerNames};
 
 /// Errors starting shards.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +158,7 @@ async fn run(
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();
         let grants = std::mem::take(&mut *shared.oauth.lock().unwrap_or_else(|p| p.into_inner()));
-        crate::oauth::spawn_all(grants, Arc::clone(&shared.oauth_pending));
+        toolgate_upstream::oauth::spawn_all(grants, Arc::clone(&shared.oauth_pending));
         if let Some(addr) = shared.config.metrics_listen {
             serve_metrics(addr, Arc::clone(&shared));
         }

@@ -99,7 +99,7 @@ fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, ClientError> {
             ))
         }
     };
-    crate::tls::client_config(opts.ca_file.as_deref(), identity)
+    toolgate_net::tls::client_config(opts.ca_file.as_deref(), identity)
         .map_err(|e| ClientError::Tls(e.to_string()))
 }
 

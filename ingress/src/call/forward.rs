@@ -14,7 +14,7 @@ use toolgate_sinks::Admission;
 
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
-use crate::upstream::{Credential, Reply, Upstream};
+use toolgate_upstream::{Credential, Reply, Upstream};
 
 /// A `tools/call` that passed every check, ready for its upstream.
 pub(super) struct Admitted {

@@ -14,7 +14,7 @@ use toolgate_sinks::AuditProducer;
 
 use super::{ack, args, judge, tokens};
 use crate::shared::{Shared, StoredParts, Terminated};
-use crate::upstream::Upstream;
+use toolgate_upstream::Upstream;
 
 /// Per-shard decision cache size.
 const DECISION_CACHE_ENTRIES: usize = 16 * 1024;

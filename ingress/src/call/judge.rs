@@ -15,7 +15,7 @@ use toolgate_core::audit::{JudgeOutcome, JudgeRecord};
 use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::upstream_url::UpstreamUrl;
 
-use crate::http::client::{ClientError, Pool};
+use toolgate_net::client::{ClientError, Pool};
 
 /// A shard's client of the judge.
 pub struct Judge {
@@ -44,7 +44,11 @@ pub struct Escalation<'a> {
 
 impl Judge {
     /// A judge at `url` (over `tls` for `https://`) answering within `timeout`.
-    pub fn new(url: UpstreamUrl, timeout: Duration, tls: Option<crate::tls::ClientTls>) -> Self {
+    pub fn new(
+        url: UpstreamUrl,
+        timeout: Duration,
+        tls: Option<toolgate_net::tls::ClientTls>,
+    ) -> Self {
         let pool = Pool::new(url.dial_target(), 8, tls);
         Self { url, pool, timeout }
     }

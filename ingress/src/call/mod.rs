@@ -53,11 +53,11 @@ use toolgate_sinks::Admission;
 
 use crate::http::head::Method;
 use crate::http::server::Request;
-use crate::upstream::Upstream;
 use ctx::{Answer, CallCtx};
 use envelope::Era;
 use forward::Admitted;
 use media::Media;
+use toolgate_upstream::Upstream;
 
 pub use gateway::Gateway;
 pub use identify::{ON_BEHALF_OF, RESOURCE_METADATA_PATH};

@@ -69,8 +69,8 @@ pub(super) fn snapshot(extra: &str) -> toolgate_decision::Snapshot {
 pub(super) fn gateway(extra: &str, policies: &[&str]) -> super::Gateway {
     let cfg = config(extra);
     let loaded = crate::shared::Loaded {
-        credentials: crate::credential::load(&cfg).unwrap(),
-        tls: crate::tls::TlsSetup::default(),
+        credentials: toolgate_upstream::credential::load(&cfg).unwrap(),
+        tls: toolgate_net::tls::TlsSetup::default(),
         subtokens: None,
         oauth: Vec::new(),
         pins: None,

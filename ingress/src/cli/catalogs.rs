@@ -17,11 +17,11 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         .iter()
         .map(|u| {
             let c = u.entry.credential.as_ref()?;
-            toolgate_ingress::credential::read(u.name(), c, u.credential_file.as_deref()).ok()
+            toolgate_upstream::credential::read(u.name(), c, u.credential_file.as_deref()).ok()
         })
         .collect();
     let namer = cfg.namer.clone();
-    let tls = toolgate_ingress::tls::TlsSetup::load(cfg)
+    let tls = toolgate_net::tls::TlsSetup::load(cfg)
         .map(|t| t.upstreams)
         .unwrap_or_else(|e| {
             eprintln!("warning: {e}");
@@ -35,7 +35,7 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
                 let tls = tls.get(&*name).cloned();
-                let upstream = toolgate_ingress::upstream::Upstream::new(info, cred, tls);
+                let upstream = toolgate_upstream::Upstream::new(info, cred, tls);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {

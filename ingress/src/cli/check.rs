@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use toolgate_ingress::{credential, oauth, process};
+use toolgate_ingress::process;
+use toolgate_upstream::{credential, oauth};
 
 /// Checks the configuration at `path`; prints a one-line summary if it is ok.
 pub fn run(path: &Path) -> anyhow::Result<()> {

@@ -17,8 +17,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
-use super::queued::Queued;
-use crate::tls::PeerNames;
+use toolgate_net::queued::Queued;
+use toolgate_net::tls::PeerNames;
 
 /// What the connection loop knows about the connection it serves.
 #[derive(Debug, Clone, Default)]

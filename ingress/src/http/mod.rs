@@ -1,11 +1,8 @@
-//! HTTP/1.1 on both sides of the gateway: the agent-facing server loop and
-//! the upstream client, sharing head parsing, chunked decoding and response
-//! writing.
+//! HTTP/1.1 toward agents: head parsing, the connection loop and response
+//! writing. (Chunked decoding, queued reads and the upstream client pool
+//! are `toolgate-net`'s, shared with the upstream side.)
 
-pub mod chunked;
-pub mod client;
 pub mod conn;
 pub mod head;
-pub mod queued;
 pub mod response;
 pub mod server;

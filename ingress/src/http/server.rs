@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use toolgate_core::refusal::{Refusal, RefusalKind};
 
-use super::chunked::{ChunkError, ChunkedDecoder};
 use super::conn::{Conn, ConnInfo};
 use super::head::{parse_head, BodyKind, Head, Limits};
+use toolgate_net::chunked::{ChunkError, ChunkedDecoder};
 
 /// Connection-level limits and timeouts.
 #[derive(Debug, Clone, Copy)]

@@ -8,10 +8,10 @@ use toolgate_sinks::BuildError;
 
 use super::load::{InvalidPolicies, TlsLoadError};
 use crate::admin::AdminError;
-use crate::credential::CredentialError;
 use crate::random::NoRandomness;
 use crate::shard::ShardError;
 use crate::subtokens::SubtokenError;
+use toolgate_upstream::credential::CredentialError;
 
 /// Why [`run`](super::run) could not start the gateway; each message names
 /// the step that failed, with its cause.

@@ -8,8 +8,9 @@ use toolgate_decision::policy::{PolicyBundle, PolicyError};
 
 use super::StartError;
 use crate::shared::Loaded;
-use crate::tls::TlsSetup;
-use crate::{credential, oauth, subtokens};
+use crate::subtokens;
+use toolgate_net::tls::TlsSetup;
+use toolgate_upstream::{credential, oauth};
 
 /// The configured policy files do not parse: every error, one per line.
 #[derive(Debug, thiserror::Error)]

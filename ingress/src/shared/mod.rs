@@ -74,7 +74,7 @@ pub struct Shared {
     /// Prometheus counters.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The configuration file's upstream credentials, by upstream name.
-    pub credentials: crate::credential::Credentials,
+    pub credentials: toolgate_upstream::credential::Credentials,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -82,9 +82,9 @@ pub struct Shared {
     /// re-read on reload like the agent listener's.
     pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
     /// TLS toward each `https://` upstream of the configuration file, by name.
-    pub upstream_tls: HashMap<String, crate::tls::ClientTls>,
+    pub upstream_tls: HashMap<String, toolgate_net::tls::ClientTls>,
     /// TLS toward an `https://` judge.
-    pub judge_tls: Option<crate::tls::ClientTls>,
+    pub judge_tls: Option<toolgate_net::tls::ClientTls>,
     /// The sub-token verifier (key and the revocation file's ids) that
     /// snapshots carry, with the control state's revocations added.
     subtokens: Mutex<Option<Arc<Verifier>>>,
@@ -95,9 +95,9 @@ pub struct Shared {
     /// Whether a JWKS fetch has completed (either way), for readiness.
     pub jwks_attempted: AtomicBool,
     /// TLS toward an `https://` JWKS URL.
-    pub jwks_tls: Option<crate::tls::ClientTls>,
+    pub jwks_tls: Option<toolgate_net::tls::ClientTls>,
     /// OAuth client-credentials grants, taken by shard 0 to run.
-    pub oauth: Mutex<Vec<crate::oauth::OAuthClient>>,
+    pub oauth: Mutex<Vec<toolgate_upstream::oauth::OAuthClient>>,
     /// Grants not yet tried once (readiness).
     pub oauth_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Approved tool definition digests, when `[tool_pins]` is configured.
@@ -143,13 +143,13 @@ impl Sources {
 /// secrets, TLS material, the sub-token key, OAuth grants, tool pins.
 pub struct Loaded {
     /// Upstream credentials, by upstream name.
-    pub credentials: crate::credential::Credentials,
+    pub credentials: toolgate_upstream::credential::Credentials,
     /// Certificates, keys and CA bundles.
-    pub tls: crate::tls::TlsSetup,
+    pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
     pub subtokens: Option<Arc<Verifier>>,
     /// OAuth client-credentials grants for upstream credentials.
-    pub oauth: Vec<crate::oauth::OAuthClient>,
+    pub oauth: Vec<toolgate_upstream::oauth::OAuthClient>,
     /// Approved tool definition digests, with `[tool_pins]`.
     pub pins: Option<Pins>,
 }

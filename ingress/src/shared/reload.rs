@@ -72,28 +72,30 @@ impl Shared {
         if !errs.is_empty() {
             return Err(ReloadError::Policies(errs.join("\n")));
         }
-        let tls =
-            match (&self.tls, &cfg.tls) {
-                (Some(_), Some(files)) => Some(crate::tls::load_server_config(files).map_err(
-                    |e| ReloadError::Tls {
+        let tls = match (&self.tls, &cfg.tls) {
+            (Some(_), Some(files)) => {
+                Some(toolgate_net::tls::load_server_config(files).map_err(|e| {
+                    ReloadError::Tls {
                         section: "server.tls",
                         why: e.to_string(),
-                    },
-                )?),
-                (None, None) => None,
-                _ => return Err(ReloadError::TlsAddedOrRemoved("server.tls")),
-            };
-        let admin_tls =
-            match (&self.admin_tls, &cfg.admin_tls) {
-                (Some(_), Some(files)) => Some(crate::tls::load_server_config(files).map_err(
-                    |e| ReloadError::Tls {
+                    }
+                })?)
+            }
+            (None, None) => None,
+            _ => return Err(ReloadError::TlsAddedOrRemoved("server.tls")),
+        };
+        let admin_tls = match (&self.admin_tls, &cfg.admin_tls) {
+            (Some(_), Some(files)) => {
+                Some(toolgate_net::tls::load_server_config(files).map_err(|e| {
+                    ReloadError::Tls {
                         section: "admin.tls",
                         why: e.to_string(),
-                    },
-                )?),
-                (None, None) => None,
-                _ => return Err(ReloadError::TlsAddedOrRemoved("admin.tls")),
-            };
+                    }
+                })?)
+            }
+            (None, None) => None,
+            _ => return Err(ReloadError::TlsAddedOrRemoved("admin.tls")),
+        };
         let subtokens = cfg
             .subtoken_dir
             .as_deref()

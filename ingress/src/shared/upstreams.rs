@@ -27,7 +27,7 @@ pub struct StoredParts {
     /// The credential header line, when it has a credential.
     pub credential: Option<Arc<Published<Secret>>>,
     /// TLS toward an `https://` URL.
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<toolgate_net::tls::ClientTls>,
 }
 
 /// What a shard builds its client of an upstream from.
@@ -35,7 +35,7 @@ pub struct ClientParts {
     /// The credential header line, when it has a credential.
     pub credential: Option<Arc<Published<Secret>>>,
     /// TLS toward an `https://` URL.
-    pub tls: Option<crate::tls::ClientTls>,
+    pub tls: Option<toolgate_net::tls::ClientTls>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,
@@ -53,12 +53,13 @@ pub fn stored_parts(
     let credential = match &upstream.entry.credential {
         Some(c) => {
             let file = upstream.credential_file.as_deref();
-            let secret = crate::credential::read(name, c, file).map_err(|e| e.to_string())?;
+            let secret =
+                toolgate_upstream::credential::read(name, c, file).map_err(|e| e.to_string())?;
             Some(Published::new(secret))
         }
         None => None,
     };
-    let tls = crate::tls::client_tls(&upstream.url, upstream.ca_file.as_deref())
+    let tls = toolgate_net::tls::client_tls(&upstream.url, upstream.ca_file.as_deref())
         .map_err(|e| format!("upstream `{name}`: {e}"))?;
     Ok(StoredParts {
         spec: spec.clone(),

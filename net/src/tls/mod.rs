@@ -14,7 +14,7 @@ pub use client::{client_tls, ClientTls};
 pub use peer::{cert_names, PeerNames};
 pub use server::{load_server_config, TlsError};
 
-pub(crate) use client::client_config;
+pub use client::client_config;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -23,8 +23,8 @@ use toolgate_core::upstream_url::UpstreamUrl;
 use toolgate_decision::Published;
 
 use crate::credential::{CredentialError, Credentials};
-use crate::http::client::Pool;
-use crate::tls::{client_tls, ClientTls};
+use toolgate_net::client::Pool;
+use toolgate_net::tls::{client_tls, ClientTls};
 
 /// Largest token response accepted, bytes.
 const MAX_RESPONSE: usize = 64 * 1024;

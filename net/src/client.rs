@@ -19,8 +19,8 @@ use glommio::net::TcpStream;
 
 use crate::tls::ClientTls;
 
-use super::chunked::ChunkedDecoder;
-use super::queued::Queued;
+use crate::chunked::ChunkedDecoder;
+use crate::queued::Queued;
 
 /// Largest upstream response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -342,8 +342,8 @@ async fn round_trip(
             let mut dec = ChunkedDecoder::new(max_body);
             loop {
                 let used = dec.feed(&conn.buf, &mut body).map_err(|e| match e {
-                    super::chunked::ChunkError::TooLarge => fail(ClientError::TooLarge, false),
-                    super::chunked::ChunkError::Malformed => {
+                    crate::chunked::ChunkError::TooLarge => fail(ClientError::TooLarge, false),
+                    crate::chunked::ChunkError::Malformed => {
                         fail(ClientError::BadResponse("bad chunking"), false)
                     }
                 })?;

@@ -20,8 +20,8 @@ use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_decision::UpstreamInfo;
 
-use super::{sse, Credential, Reply, UpstreamError};
-use crate::http::client::{MediaType, Pool};
+use crate::{sse, Credential, Reply, UpstreamError};
+use toolgate_net::client::{MediaType, Pool};
 
 #[derive(Debug, Clone)]
 enum Era {
@@ -53,7 +53,7 @@ const CLIENT_INFO: &str = concat!(
 impl McpClient {
     /// A client of `info` for the current shard (over `tls` for an
     /// `https://` upstream).
-    pub fn new(info: UpstreamInfo, tls: Option<crate::tls::ClientTls>) -> Self {
+    pub fn new(info: UpstreamInfo, tls: Option<toolgate_net::tls::ClientTls>) -> Self {
         let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
         let mode = info.protocol;
         Self {

@@ -1,17 +1,26 @@
-//! The one upstream interface: what the call phases and the catalog sync
-//! ask of an upstream, whatever its kind.
+//! toolgate-upstream: the one upstream interface — what the call phases and
+//! the catalog sync ask of an upstream, whatever its kind — with the
+//! credentials toolgate injects into upstream calls.
+//!
+//! Where it sits: `ingress` drives it (phase 7 of a call, the forward;
+//! catalog fetches); it builds on `toolgate-net` for connections and TLS
+//! and never reaches back into `ingress`.
 //!
 //! An [`Upstream`] is one upstream as one shard sees it: what the snapshot
 //! says of it ([`UpstreamInfo`]), the credential toolgate injects into its
 //! calls, and the client of its kind. Kinds are implementations behind
 //! this interface — MCP over HTTP ([`mcp`]) today — so a new kind is a new
-//! file and a new [`Kind`] variant, not a branch in every phase.
+//! file and a new `Kind` variant, not a branch in every phase.
 //!
 //! Credential injection belongs to the interface, not to a kind: a call
 //! takes the credential once ([`Upstream::credential`]) and every request
 //! of that call carries it; the agent's own token never goes on.
 
+#![warn(missing_docs)]
+
+pub mod credential;
 pub mod mcp;
+pub mod oauth;
 pub mod sse;
 
 use std::cell::RefCell;
@@ -22,7 +31,7 @@ use toolgate_core::refusal::RefusalKind;
 use toolgate_core::secret::Secret;
 use toolgate_decision::{Reader, UpstreamInfo};
 
-use crate::http::client::ClientError;
+use toolgate_net::client::ClientError;
 
 /// One upstream as seen from one shard.
 pub struct Upstream {
@@ -111,7 +120,7 @@ impl Upstream {
     pub fn new(
         info: UpstreamInfo,
         credential: Option<Reader<Secret>>,
-        tls: Option<crate::tls::ClientTls>,
+        tls: Option<toolgate_net::tls::ClientTls>,
     ) -> Self {
         let kind = Kind::Mcp(mcp::McpClient::new(info.clone(), tls));
         Self {

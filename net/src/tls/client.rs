@@ -36,7 +36,7 @@ impl std::fmt::Debug for ClientTls {
 /// in it must be usable) or else the system's, the client certificate
 /// `identity` (chain file, key file) when given, ALPN `http/1.1`; built by
 /// the one builder in [`toolgate_sinks::tls`].
-pub(crate) fn client_config(
+pub fn client_config(
     ca_file: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
