@@ -92,3 +92,95 @@ impl Gateway {
         Err(bad())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::super::testing::gateway;
+    use super::*;
+
+    fn respond(
+        message: &str,
+        version: &'static str,
+    ) -> (
+        Result<(u16, String, Outcome, Option<i64>), RefusalKind>,
+        Reason,
+    ) {
+        let gw = gateway("", &[]);
+        let mut ctx = CallCtx::new(Instant::now(), None, false, Reason::Attached);
+        ctx.request_id = Some("7".to_owned());
+        ctx.version = Some(version);
+        let out = match gw.respond(message.as_bytes(), &mut ctx, None) {
+            Ok(Answer::Message {
+                status,
+                body,
+                outcome,
+                error_code,
+                ..
+            }) => Ok((
+                status,
+                String::from_utf8(body).unwrap(),
+                outcome,
+                error_code,
+            )),
+            Ok(_) => panic!("an upstream reply is answered with a message"),
+            Err(r) => Err(r.kind),
+        };
+        (out, ctx.reason)
+    }
+
+    #[test]
+    fn a_result_is_answered_under_the_agents_id_without_the_upstreams_server_info() {
+        let (out, reason) = respond(
+            r#"{"jsonrpc":"2.0","id":99,"result":{"content":[],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"crm"}}}}"#,
+            protocol::LATEST_MODERN_VERSION,
+        );
+        let (status, body, outcome, code) = out.unwrap();
+        assert_eq!((status, outcome, code), (200, Outcome::Success, None));
+        assert_eq!(
+            body,
+            r#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"resultType":"complete"}}"#
+        );
+        assert_eq!(reason, Reason::Attached);
+    }
+
+    #[test]
+    fn a_tool_error_result_is_recorded_as_one() {
+        let (out, _) = respond(
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}"#,
+            "2025-06-18",
+        );
+        assert_eq!(out.unwrap().2, Outcome::ToolError);
+    }
+
+    #[test]
+    fn an_upstream_error_keeps_its_code_and_is_recorded_as_the_upstreams() {
+        let (out, reason) = respond(
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad id"}}"#,
+            "2025-06-18",
+        );
+        let (status, body, outcome, code) = out.unwrap();
+        assert_eq!(
+            (status, outcome, code),
+            (400, Outcome::Failure, Some(-32602))
+        );
+        assert!(body.contains(r#""message":"bad id""#), "{body}");
+        assert_eq!(reason, Reason::UpstreamError);
+    }
+
+    #[test]
+    fn anything_but_a_result_or_an_error_is_a_bad_response() {
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            "not json",
+            r#"{"error":{"message":"no code"}}"#,
+        ] {
+            assert_eq!(
+                respond(bad, "2025-06-18").0,
+                Err(RefusalKind::UpstreamBadResponse),
+                "{bad}"
+            );
+        }
+    }
+}

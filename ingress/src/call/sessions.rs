@@ -53,3 +53,39 @@ impl Gateway {
         Ok(Answer::Done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use toolgate_core::refusal::RefusalKind;
+
+    use super::super::testing::{gateway, with_request};
+
+    #[test]
+    fn a_session_is_live_for_its_agent_until_ended_and_only_then() {
+        let gw = gateway("", &[]);
+        let (snap, _) = gw.current();
+        let bot = snap.agent_by_id("bot").unwrap();
+        let proxy = snap.agent_by_id("proxy").unwrap();
+        let sid = gw.new_session(bot);
+        let head = format!("POST /mcp HTTP/1.1\r\nMcp-Session-Id: {sid}");
+        with_request(&head, "", |req| {
+            assert!(gw.check_session(bot, req).is_ok());
+            // Another agent holding the id gets nothing from it.
+            assert_eq!(
+                gw.check_session(proxy, req).map(|_| ()).unwrap_err().kind,
+                RefusalKind::SessionNotFound
+            );
+            assert!(gw.end_session(bot, req).is_ok());
+            assert_eq!(
+                gw.check_session(bot, req).map(|_| ()).unwrap_err().kind,
+                RefusalKind::SessionNotFound
+            );
+        });
+        with_request("POST /mcp HTTP/1.1", "", |req| {
+            assert_eq!(
+                gw.check_session(bot, req).map(|_| ()).unwrap_err().kind,
+                RefusalKind::MissingSession
+            );
+        });
+    }
+}
