@@ -100,13 +100,10 @@ mod tests {
     use super::super::testing::gateway;
     use super::*;
 
-    fn respond(
-        message: &str,
-        version: &'static str,
-    ) -> (
-        Result<(u16, String, Outcome, Option<i64>), RefusalKind>,
-        Reason,
-    ) {
+    /// The answer's status, body, outcome and error code, or the refusal.
+    type Answered = Result<(u16, String, Outcome, Option<i64>), RefusalKind>;
+
+    fn respond(message: &str, version: &'static str) -> (Answered, Reason) {
         let gw = gateway("", &[]);
         let mut ctx = CallCtx::new(Instant::now(), None, false, Reason::Attached);
         ctx.request_id = Some("7".to_owned());
