@@ -305,6 +305,7 @@ impl State {
                         url,
                         ca_file: c.ca_file,
                         credential_file: c.credential_file,
+                        spec_file: c.spec_file,
                     },
                     None => continue,
                 },

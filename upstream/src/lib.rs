@@ -9,8 +9,9 @@
 //! An [`Upstream`] is one upstream as one shard sees it: what the snapshot
 //! says of it ([`UpstreamInfo`]), the credential toolgate injects into its
 //! calls, and the client of its kind. Kinds are implementations behind
-//! this interface — MCP over HTTP ([`mcp`]) today — so a new kind is a new
-//! file and a new `Kind` variant, not a branch in every phase.
+//! this interface — MCP over HTTP ([`mcp`]) and REST APIs described by an
+//! OpenAPI document ([`openapi`]) — so a new kind is a new module and a new
+//! `Kind` variant, not a branch in every phase.
 //!
 //! Credential injection belongs to the interface, not to a kind: a call
 //! takes the credential once ([`Upstream::credential`]) and every request
@@ -21,6 +22,7 @@
 pub mod credential;
 pub mod mcp;
 pub mod oauth;
+pub mod openapi;
 pub mod sse;
 
 use std::cell::RefCell;
@@ -45,6 +47,8 @@ pub struct Upstream {
 enum Kind {
     /// An MCP server over streamable HTTP (either era).
     Mcp(mcp::McpClient),
+    /// A REST API described by an OpenAPI document.
+    OpenApi(openapi::OpenApiClient),
 }
 
 /// Why an upstream call failed, as the agent will be told.
@@ -116,13 +120,18 @@ pub struct Reply {
 impl Upstream {
     /// A client of `info` for the current shard (over `tls` for an
     /// `https://` upstream), injecting `credential` (a complete header
-    /// line) into every request.
+    /// line) into every request: of the REST API `openapi` describes when
+    /// given, else of an MCP server.
     pub fn new(
         info: UpstreamInfo,
         credential: Option<Reader<Secret>>,
         tls: Option<toolgate_net::tls::ClientTls>,
+        openapi: Option<Arc<openapi::Surface>>,
     ) -> Self {
-        let kind = Kind::Mcp(mcp::McpClient::new(info.clone(), tls));
+        let kind = match openapi {
+            Some(surface) => Kind::OpenApi(openapi::OpenApiClient::new(info.clone(), surface, tls)),
+            None => Kind::Mcp(mcp::McpClient::new(info.clone(), tls)),
+        };
         Self {
             info,
             credential: credential.map(RefCell::new),
@@ -164,14 +173,15 @@ impl Upstream {
     ) -> Result<Reply, UpstreamError> {
         match &self.kind {
             Kind::Mcp(c) => c.call("tools/call", params, headers, credential).await,
+            Kind::OpenApi(c) => c.call(params, credential).await,
         }
     }
 
     /// Every page of the upstream's tool catalog (`tools/list` results).
     pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
-        let credential = self.credential()?;
         match &self.kind {
-            Kind::Mcp(c) => c.list_tools(&credential).await,
+            Kind::Mcp(c) => c.list_tools(&self.credential()?).await,
+            Kind::OpenApi(c) => Ok(c.list_tools()),
         }
     }
 }

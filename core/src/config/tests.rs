@@ -577,3 +577,69 @@ fn postgres_backend_needs_a_url_without_password() {
     );
     assert_eq!(*ok.config.admin.poll_interval_ms.get_ref(), 100);
 }
+
+#[test]
+fn openapi_upstreams_need_a_readable_document_and_an_endpoint() {
+    let dir = std::env::temp_dir().join(format!("toolgate-openapi-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("with-server.json"),
+        r#"{"openapi":"3.1.0","servers":[{"url":"http://127.0.0.1:9301/api"}],"paths":{}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("no-server.json"),
+        r#"{"openapi":"3.1.0","paths":{}}"#,
+    )
+    .unwrap();
+    let cfg = |upstream: &str| {
+        format!(
+            "[[upstreams]]\nname = \"billing\"\n{upstream}\n\n[[agents]]\nid = \"a\"\n\
+             api_key_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\ntools = []\n"
+        )
+    };
+    let ok = parse(
+        &cfg("kind = \"openapi\"\nspec = \"with-server.json\""),
+        "t",
+        &dir,
+    )
+    .unwrap();
+    let u = &ok.upstreams[0];
+    assert_eq!((u.url.port, u.url.path.as_str()), (9301, "/api"));
+    assert_eq!(
+        u.spec_file.as_deref(),
+        Some(dir.join("with-server.json").as_path())
+    );
+    let based =
+        cfg("kind = \"openapi\"\nspec = \"no-server.json\"\nbase_url = \"http://127.0.0.1:9400\"");
+    assert_eq!(
+        parse(&based, "t", &dir).unwrap().upstreams[0].url.port,
+        9400
+    );
+    for (upstream, says) in [
+        (
+            "kind = \"openapi\"\nspec = \"no-server.json\"",
+            "names no server",
+        ),
+        (
+            "kind = \"openapi\"\nspec = \"missing.json\"",
+            "cannot read `spec`",
+        ),
+        ("kind = \"openapi\"", "needs `spec`"),
+        (
+            "kind = \"openapi\"\nspec = \"https://api.example.com/openapi.json\"",
+            "must be a file",
+        ),
+        (
+            "kind = \"openapi\"\nspec = \"with-server.json\"\nurl = \"http://127.0.0.1:1/mcp\"",
+            "not `url`",
+        ),
+        (
+            "url = \"http://127.0.0.1:1/mcp\"\nspec = \"with-server.json\"",
+            "`spec` is for",
+        ),
+    ] {
+        let e = parse(&cfg(upstream), "t", &dir).err().unwrap().to_string();
+        assert!(e.contains(says), "{upstream}: {e}");
+    }
+}

@@ -182,6 +182,8 @@ pub struct ResolvedUpstream {
     pub ca_file: Option<PathBuf>,
     /// `credential.file`, resolved.
     pub credential_file: Option<PathBuf>,
+    /// `spec` of an `openapi` upstream, resolved.
+    pub spec_file: Option<PathBuf>,
 }
 
 impl ResolvedUpstream {

@@ -67,6 +67,7 @@ impl Clients {
             let crate::shared::ClientParts {
                 credential,
                 tls,
+                openapi,
                 stored: parts,
             } = shared.upstream_parts(&info.name);
             let kept = old.and_then(|o| {
@@ -81,6 +82,7 @@ impl Clients {
                     info.clone(),
                     credential.map(|c| c.reader()),
                     tls,
+                    openapi,
                 )),
             };
             list.push(client);

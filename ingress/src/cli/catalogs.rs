@@ -20,6 +20,10 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
             toolgate_upstream::credential::read(u.name(), c, u.credential_file.as_deref()).ok()
         })
         .collect();
+    let surfaces = toolgate_ingress::process::openapi_surfaces(cfg).unwrap_or_else(|e| {
+        eprintln!("warning: {e}");
+        std::collections::HashMap::new()
+    });
     let namer = cfg.namer.clone();
     let tls = toolgate_net::tls::TlsSetup::load(cfg)
         .map(|t| t.upstreams)
@@ -35,7 +39,8 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
                 let tls = tls.get(&*name).cloned();
-                let upstream = toolgate_upstream::Upstream::new(info, cred, tls);
+                let surface = surfaces.get(&*name).cloned();
+                let upstream = toolgate_upstream::Upstream::new(info, cred, tls, surface);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {

@@ -14,6 +14,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let creds = credential::load(&cfg)?;
     oauth::clients(&cfg, &creds)?;
     process::load_tls(&cfg)?;
+    process::openapi_surfaces(&cfg)?;
     // Sink tokens and TLS files are read as at start (nothing is sent).
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         toolgate_sinks::build_sink(s, t, &cfg.audit_dir)?;

@@ -38,6 +38,10 @@ pub enum StartError {
     /// A certificate, key or CA bundle cannot be read.
     #[error(transparent)]
     Tls(#[from] TlsLoadError),
+
+    /// An `openapi` upstream's document does not load.
+    #[error(transparent)]
+    OpenApi(#[from] toolgate_upstream::openapi::LoadError),
     /// The sub-token signing key or revocation list cannot be read.
     #[error("[auth.subtokens]")]
     Subtokens(#[source] SubtokenError),

@@ -33,6 +33,23 @@ pub fn load_tls(cfg: &ValidConfig) -> Result<TlsSetup, TlsLoadError> {
     TlsSetup::load(cfg).map_err(TlsLoadError)
 }
 
+/// The tool surface of every `openapi` upstream, by name, each document
+/// read and checked now.
+pub fn openapi_surfaces(
+    cfg: &ValidConfig,
+) -> Result<
+    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::openapi::Surface>>,
+    toolgate_upstream::openapi::LoadError,
+> {
+    let mut out = std::collections::HashMap::new();
+    for u in &cfg.upstreams {
+        if let Some(s) = toolgate_upstream::openapi::load(u)? {
+            out.insert(u.name().to_owned(), s);
+        }
+    }
+    Ok(out)
+}
+
 /// What the shared state is built with, read from the files, variables and
 /// commands the configuration names; starts the credential watchers.
 pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
@@ -52,6 +69,7 @@ pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
         .map(toolgate_decision::pins::Pins::load)
         .transpose()?;
     Ok(Loaded {
+        openapi: openapi_surfaces(cfg)?,
         credentials,
         tls,
         subtokens,

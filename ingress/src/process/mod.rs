@@ -37,7 +37,7 @@ use std::time::Duration;
 use toolgate_core::config::ValidConfig;
 
 pub use error::StartError;
-pub use load::{load_policies, load_tls, InvalidPolicies, TlsLoadError};
+pub use load::{load_policies, load_tls, openapi_surfaces, InvalidPolicies, TlsLoadError};
 
 use crate::shared::{shard_count, Shared};
 use crate::{admin, random, shard};

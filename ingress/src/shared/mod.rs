@@ -75,6 +75,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The configuration file's upstream credentials, by upstream name.
     pub credentials: toolgate_upstream::credential::Credentials,
+    /// The configuration file's `openapi` upstreams' tool surfaces, by name.
+    pub openapi: HashMap<String, Arc<toolgate_upstream::openapi::Surface>>,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -144,6 +146,8 @@ impl Sources {
 pub struct Loaded {
     /// Upstream credentials, by upstream name.
     pub credentials: toolgate_upstream::credential::Credentials,
+    /// The tool surfaces of `openapi` upstreams, by upstream name.
+    pub openapi: HashMap<String, Arc<toolgate_upstream::openapi::Surface>>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
@@ -180,6 +184,7 @@ impl Shared {
     ) -> Result<Arc<Self>, Vec<String>> {
         let Loaded {
             credentials,
+            openapi,
             tls,
             subtokens,
             oauth,
@@ -225,6 +230,7 @@ impl Shared {
             audit_refusals: AtomicU64::new(0),
             metrics: Arc::new(crate::metrics::Metrics::new(shards)),
             credentials,
+            openapi,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,

@@ -28,6 +28,8 @@ pub struct StoredParts {
     pub credential: Option<Arc<Published<Secret>>>,
     /// TLS toward an `https://` URL.
     pub tls: Option<toolgate_net::tls::ClientTls>,
+    /// The tool surface, for an `openapi` upstream.
+    pub openapi: Option<Arc<toolgate_upstream::openapi::Surface>>,
 }
 
 /// What a shard builds its client of an upstream from.
@@ -36,6 +38,8 @@ pub struct ClientParts {
     pub credential: Option<Arc<Published<Secret>>>,
     /// TLS toward an `https://` URL.
     pub tls: Option<toolgate_net::tls::ClientTls>,
+    /// The tool surface, for an `openapi` upstream.
+    pub openapi: Option<Arc<toolgate_upstream::openapi::Surface>>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,
@@ -61,12 +65,14 @@ pub fn stored_parts(
     };
     let tls = toolgate_net::tls::client_tls(&upstream.url, upstream.ca_file.as_deref())
         .map_err(|e| format!("upstream `{name}`: {e}"))?;
+    let openapi = toolgate_upstream::openapi::load(upstream).map_err(|e| e.to_string())?;
     Ok(StoredParts {
         spec: spec.clone(),
         source,
         written: (0, 0),
         credential,
         tls,
+        openapi,
     })
 }
 
@@ -111,6 +117,7 @@ pub(super) fn sync_stored(
                         written,
                         credential: Some(Published::new(Secret::new(Vec::new()))),
                         tls: None,
+                        openapi: None,
                     }),
                 );
             }
@@ -133,14 +140,14 @@ impl Shared {
             return ClientParts {
                 credential: p.credential.clone(),
                 tls: p.tls.clone(),
+                openapi: p.openapi.clone(),
                 stored: Some(p),
             };
         }
-        let credential = self.credentials.get(name).cloned();
-        let tls = self.upstream_tls.get(name).cloned();
         ClientParts {
-            credential,
-            tls,
+            credential: self.credentials.get(name).cloned(),
+            tls: self.upstream_tls.get(name).cloned(),
+            openapi: self.openapi.get(name).cloned(),
             stored: None,
         }
     }

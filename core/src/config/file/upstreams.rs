@@ -107,8 +107,30 @@ pub(crate) fn default_credential_header() -> Spanned<String> {
 pub struct UpstreamConfig {
     /// Name used in audit records and, by default, as the tool-name prefix.
     pub name: Spanned<String>,
-    /// Endpoint URL, e.g. `http://127.0.0.1:9101/mcp`.
+    /// What the upstream is: `mcp` (default: an MCP server at `url`) or
+    /// `openapi` (a REST API described by the OpenAPI document `spec`,
+    /// reached at `base_url`).
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// Endpoint URL of an `mcp` upstream, e.g. `http://127.0.0.1:9101/mcp`.
+    #[serde(default = "no_url")]
     pub url: Spanned<String>,
+    /// `openapi`: the OpenAPI 3.0/3.1 document (JSON), a path relative to
+    /// the config file.
+    #[serde(default)]
+    pub spec: Option<Spanned<String>>,
+    /// `openapi`: the API's base URL, e.g. `http://127.0.0.1:9301` (its path
+    /// is prefixed to every operation's). Default: the document's first
+    /// `servers` URL.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
+    /// `openapi`: the operations exposed, by operationId (or derived name)
+    /// or `tag:NAME`. Default: every operation.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// `openapi`: operations left out, as `include` names them. Default none.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// Prefix of this upstream's tools as agents see them: `{prefix}__{tool}`.
     /// Default: `name`. An empty prefix exposes bare tool names (one upstream at most).
     #[serde(default)]
@@ -144,6 +166,22 @@ pub struct UpstreamConfig {
 
 pub(crate) fn default_catalog_refresh_s() -> u64 {
     300
+}
+
+/// What kind of server an upstream is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// An MCP server over streamable HTTP.
+    #[default]
+    Mcp,
+    /// A REST API described by an OpenAPI document.
+    Openapi,
+}
+
+/// An absent `url` (an `openapi` upstream has `base_url` instead).
+pub(crate) fn no_url() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
 }
 
 /// Which MCP era toolgate speaks to an upstream.

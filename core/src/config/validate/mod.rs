@@ -135,7 +135,12 @@ pub(crate) fn validate(
         }
         let checked = check_upstream_entry(u, base, &mut err, &at);
         if let Some(url) = checked.url {
-            resolved.push((url, checked.ca_file, checked.credential_file));
+            resolved.push((
+                url,
+                checked.ca_file,
+                checked.credential_file,
+                checked.spec_file,
+            ));
         }
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
@@ -459,11 +464,12 @@ pub(crate) fn validate(
                 .into_iter()
                 .zip(resolved)
                 .map(
-                    |(entry, (url, ca_file, credential_file))| ResolvedUpstream {
+                    |(entry, (url, ca_file, credential_file, spec_file))| ResolvedUpstream {
                         entry,
                         url,
                         ca_file,
                         credential_file,
+                        spec_file,
                     },
                 )
                 .collect();

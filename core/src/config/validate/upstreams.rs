@@ -31,6 +31,8 @@ pub struct CheckedUpstream {
     pub ca_file: Option<PathBuf>,
     /// `credential.file`, resolved.
     pub credential_file: Option<PathBuf>,
+    /// `spec` of an `openapi` upstream, resolved.
+    pub spec_file: Option<PathBuf>,
 }
 
 /// What the configuration requires of one upstream entry by itself (name
@@ -53,13 +55,35 @@ pub(crate) fn check_upstream_entry(
         url: None,
         ca_file: None,
         credential_file: None,
+        spec_file: None,
     };
-    match UpstreamUrl::parse(u.url.get_ref()) {
-        Ok(url) => {
-            checked.ca_file = ca_file(&u.ca_file, url.tls, base, err, at);
-            checked.url = Some(url);
+    let endpoint = match u.kind {
+        UpstreamKind::Mcp => {
+            for (key, set) in [
+                ("spec", u.spec.is_some()),
+                ("base_url", u.base_url.is_some()),
+                ("include", !u.include.is_empty()),
+                ("exclude", !u.exclude.is_empty()),
+            ] {
+                if set {
+                    err(
+                        at(&u.name.span()),
+                        format!("upstream `{name}`: `{key}` is for `kind = \"openapi\"` upstreams"),
+                    );
+                }
+            }
+            Some((u.url.get_ref().clone(), u.url.span()))
         }
-        Err(e) => err(at(&u.url.span()), format!("upstream `{name}`: {e}")),
+        UpstreamKind::Openapi => openapi_endpoint(u, base, &mut checked, err, at),
+    };
+    if let Some((text, span)) = endpoint {
+        match UpstreamUrl::parse(&text) {
+            Ok(url) => {
+                checked.ca_file = ca_file(&u.ca_file, url.tls, base, err, at);
+                checked.url = Some(url);
+            }
+            Err(e) => err(at(&span), format!("upstream `{name}`: {e}")),
+        }
     }
     let (prefix, pspan) = match &u.prefix {
         Some(p) => (p.get_ref().as_str(), p.span()),
@@ -111,6 +135,77 @@ pub fn check_upstream(u: &UpstreamConfig, base: &Path) -> Result<CheckedUpstream
         Ok(checked)
     } else {
         Err(errors)
+    }
+}
+
+/// The endpoint of an `openapi` upstream: `base_url`, else the document's
+/// first `servers` URL; resolves `spec` into `checked`. The document must
+/// be a readable JSON file (its operations are checked when it is loaded).
+fn openapi_endpoint(
+    u: &UpstreamConfig,
+    base: &Path,
+    checked: &mut CheckedUpstream,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<(String, std::ops::Range<usize>)> {
+    let name = u.name.get_ref();
+    if !u.url.get_ref().is_empty() {
+        err(
+            at(&u.url.span()),
+            format!("upstream `{name}`: an `openapi` upstream is reached at `base_url`, not `url`"),
+        );
+    }
+    let Some(spec) = &u.spec else {
+        err(
+            at(&u.name.span()),
+            format!("upstream `{name}`: `kind = \"openapi\"` needs `spec`, the OpenAPI document"),
+        );
+        return None;
+    };
+    if spec.get_ref().starts_with("http://") || spec.get_ref().starts_with("https://") {
+        err(
+            at(&spec.span()),
+            format!("upstream `{name}`: `spec` must be a file for now; save `{}` next to the configuration", spec.get_ref()),
+        );
+        return None;
+    }
+    let path = base.join(spec.get_ref());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            err(
+                at(&spec.span()),
+                format!(
+                    "upstream `{name}`: cannot read `spec` `{}`: {e}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+    };
+    checked.spec_file = Some(path.clone());
+    if let Some(b) = &u.base_url {
+        return Some((b.get_ref().clone(), b.span()));
+    }
+    let server = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|d| {
+            d.pointer("/servers/0/url")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+        });
+    match server {
+        Some(s) => Some((s, spec.span())),
+        None => {
+            err(
+                at(&spec.span()),
+                format!(
+                    "upstream `{name}`: `{}` names no server: set `base_url`",
+                    path.display()
+                ),
+            );
+            None
+        }
     }
 }
 

@@ -1,0 +1,155 @@
+//! The OpenAPI kind of upstream: a REST API described by an OpenAPI 3.x
+//! document, exposed as MCP tools without rewriting anything of the API.
+//!
+//! The document is read once ([`Surface`]); its operations are the
+//! upstream's catalog (so attachment, `tools/list`, the Cedar schema and
+//! tool pinning work as for an MCP upstream), and a `tools/call` becomes
+//! exactly one HTTP request to the API's base URL ([`request::build`]),
+//! whose answer becomes the tool result ([`request::result`]).
+
+pub mod request;
+pub mod surface;
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use toolgate_core::config::ResolvedUpstream;
+use toolgate_core::upstream_url::UpstreamUrl;
+use toolgate_decision::UpstreamInfo;
+use toolgate_net::client::{MediaType, Pool};
+
+pub use surface::{Operation, SpecError, Surface};
+
+/// Why an `openapi` upstream's document did not load.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream `{upstream}`: `{}`: {why}", file.display())]
+pub struct LoadError {
+    /// The upstream.
+    pub upstream: String,
+    /// Its document.
+    pub file: std::path::PathBuf,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// The tool surface of `upstream` when it is an `openapi` upstream (its
+/// document read and checked now), `None` for an MCP upstream.
+pub fn load(upstream: &ResolvedUpstream) -> Result<Option<Arc<Surface>>, LoadError> {
+    let Some(file) = &upstream.spec_file else {
+        return Ok(None);
+    };
+    let fail = |why: String| LoadError {
+        upstream: upstream.name().to_owned(),
+        file: file.clone(),
+        why,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
+    let e = &upstream.entry;
+    Surface::from_json(&text, &e.include, &e.exclude)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(|err| fail(err.to_string()))
+}
+
+use crate::{Credential, Reply, UpstreamError};
+
+/// One OpenAPI upstream as seen from one shard.
+pub struct OpenApiClient {
+    info: UpstreamInfo,
+    surface: Arc<Surface>,
+    pool: Pool,
+}
+
+impl OpenApiClient {
+    /// A client of the API at `info.url` (its base URL) with the
+    /// operations of `surface`, over `tls` for an `https://` base URL.
+    pub fn new(
+        info: UpstreamInfo,
+        surface: Arc<Surface>,
+        tls: Option<toolgate_net::tls::ClientTls>,
+    ) -> Self {
+        let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
+        Self {
+            info,
+            surface,
+            pool,
+        }
+    }
+
+    /// The catalog: one `tools/list` page of the derived tools.
+    pub fn list_tools(&self) -> Vec<Vec<u8>> {
+        vec![self.surface.tools_page().to_string().into_bytes()]
+    }
+
+    /// Calls tool `params` (`"name":…,"arguments":…`) as one HTTP request
+    /// carrying `credential`; the answer as a JSON-RPC reply. Arguments the
+    /// operation does not take are answered with an `Invalid params` error
+    /// and nothing is sent.
+    pub async fn call(
+        &self,
+        params: &[u8],
+        credential: &Credential,
+    ) -> Result<Reply, UpstreamError> {
+        let mut text = Vec::with_capacity(params.len() + 2);
+        text.push(b'{');
+        text.extend_from_slice(params);
+        text.push(b'}');
+        let call: Value = serde_json::from_slice(&text).map_err(|_| UpstreamError::BadResponse)?;
+        let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some(op) = self.surface.get(name) else {
+            return Ok(error_reply(format!("Unknown tool: `{name}`")));
+        };
+        let args = call.get("arguments").unwrap_or(&Value::Null);
+        let req = match request::build(op, &self.info.url.path, args) {
+            Ok(r) => r,
+            Err(e) => return Ok(error_reply(format!("Invalid params: {e}"))),
+        };
+        let wire = encode(&self.info.url, &req, credential);
+        let resp = self
+            .pool
+            .exchange(&wire, self.info.max_response_bytes, self.info.timeout)
+            .await?;
+        let result = request::result(resp.status, resp.media == MediaType::Json, &resp.body)
+            .map_err(|_| UpstreamError::BadResponse)?;
+        let message = json!({ "jsonrpc": "2.0", "id": 1, "result": result });
+        Ok(Reply {
+            message: message.to_string().into_bytes(),
+        })
+    }
+}
+
+/// A JSON-RPC `Invalid params` reply with `message`.
+fn error_reply(message: String) -> Reply {
+    let m = json!({ "jsonrpc": "2.0", "id": 1, "error": { "code": -32602, "message": message } });
+    Reply {
+        message: m.to_string().into_bytes(),
+    }
+}
+
+/// The request on the wire: the API's `Host`, JSON in and out, the
+/// operation's declared headers, the injected credential, the body.
+fn encode(url: &UpstreamUrl, req: &request::Request, credential: &Credential) -> Vec<u8> {
+    let body = req.body.as_deref().unwrap_or(b"");
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let _ = write!(
+        out,
+        "{} {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\n",
+        req.method, req.target, url.authority
+    );
+    if req.body.is_some() {
+        let _ = write!(
+            out,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    } else if matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    for (k, v) in &req.headers {
+        let _ = write!(out, "{k}: {v}\r\n");
+    }
+    credential.write(&mut out);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
