@@ -199,6 +199,8 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     )?;
     wait_port(big_port, &mut big)?;
 
+    // The fast upstream's REST face, as an OpenAPI upstream (`rest__echo`).
+    std::fs::write(dir.join("echo.openapi.json"), ECHO_OPENAPI)?;
     let policy = dir.join("policy.cedar");
     let policy_text = "@id(\"echo-if-text\")\npermit(principal, action, resource) when { context.args has text };\n";
     std::fs::write(&policy, policy_text)?;
@@ -304,6 +306,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         tg_port,
         Some(KEY),
         "fast__echo",
+        &o,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate OpenAPI",
+        tg_port,
+        Some(KEY),
+        "rest__echo",
         &o,
         secs,
     ))?);
@@ -443,6 +453,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     if let (Some(t), Some(n)) = (rps("(b) toolgate"), rps("(d) nginx")) {
         println!("toolgate / nginx req/s:  {:.2}", t / n);
     }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate OpenAPI"), rps("(b) toolgate")) {
+        println!("OpenAPI upstream / MCP upstream req/s: {:.2}", r / p);
+    }
     if let (Some(r), Some(p)) = (rps("(b) toolgate + rules"), rps("(b) toolgate")) {
         println!("output rules on / off req/s: {:.2}", r / p);
     }
@@ -524,6 +537,12 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fast upstream's `POST /echo` as an OpenAPI document.
+const ECHO_OPENAPI: &str = r#"{"openapi":"3.1.0","info":{"title":"echo","version":"1"},"paths":{"/echo":{"post":{
+  "operationId":"echo","summary":"load test",
+  "requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object",
+    "required":["text"],"properties":{"text":{"type":"string"}}}}}}}}}}"#;
+
 /// A toolgate configuration for the comparison: one shard, both fast
 /// upstreams, the load agent, a Cedar policy evaluated per call, the audit
 /// log in `audit-<name>`; `extra` adds sections (TLS, JWT, sinks, rules).
@@ -538,7 +557,8 @@ fn toolgate_config(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
          [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
          [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
-         [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\"]\n\n\
+         [[upstreams]]\nname = \"rest\"\nkind = \"openapi\"\nspec = \"echo.openapi.json\"\nbase_url = \"http://127.0.0.1:{up_port}\"\n\n\
+         [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\", \"rest__echo\"]\n\n\
          [policies]\nfiles = [\"policy.cedar\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
         sha256_hex(KEY)?
     ))

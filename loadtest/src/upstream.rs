@@ -1,6 +1,8 @@
 //! A fast MCP upstream (stateless era, also answering the handshake): one
 //! tool, `echo`, returning a fixed-size text, as JSON or as one SSE event.
-//! Built so the upstream is never what a load test measures.
+//! It also answers the REST call `POST /echo` with `{"text": …}` of the
+//! same size, for an OpenAPI upstream in front of it. Built so the upstream
+//! is never what a load test measures.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -34,19 +36,23 @@ pub async fn serve(listen: SocketAddr, result_bytes: usize, sse: bool) -> anyhow
     let call = Rc::new(format!(
         r#"{{"content":[{{"type":"text","text":"{text}"}}],"isError":false,"resultType":"complete"}}"#
     ));
+    let rest = Rc::new(format!(r#"{{"text":"{text}"}}"#));
     loop {
         let Ok(mut conn) = listener.accept().await else {
             continue;
         };
         let _ = conn.set_nodelay(true);
         let call = Rc::clone(&call);
+        let rest = Rc::clone(&rest);
         glommio::spawn_local(async move {
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut out = Vec::with_capacity(call.len() + 512);
             while let Ok(m) = read_message(&mut conn, &mut buf, true).await {
                 let body = &buf[m.head..m.end];
                 let id = String::from_utf8_lossy(json_id(body)).into_owned();
-                let json = if has(body, br#""method":"tools/call""#) {
+                let json = if buf.starts_with(b"POST /echo ") {
+                    rest.to_string()
+                } else if has(body, br#""method":"tools/call""#) {
                     format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{call}}}"#)
                 } else if has(body, br#""method":"tools/list""#) {
                     format!(
