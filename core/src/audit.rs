@@ -203,6 +203,19 @@ pub struct AuditRecord {
     pub args: Option<AuditArgs>,
     /// Set on records of admin-API changes instead of tool calls.
     pub admin: Option<Box<AdminChange>>,
+    /// The HTTP request a call to a REST (OpenAPI) upstream became.
+    pub http: Option<HttpCall>,
+}
+
+/// The HTTP request one tool call became at a REST (OpenAPI) upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// HTTP method.
+    pub method: Arc<str>,
+    /// The operation's path template (never the values filled into it).
+    pub path: Arc<str>,
+    /// The API's status code.
+    pub status: u16,
 }
 
 /// One change of the control state made through the admin API.
@@ -387,6 +400,7 @@ impl AuditRecord {
             redactions: Vec::new(),
             args: None,
             admin: None,
+            http: None,
         }
     }
 
@@ -472,6 +486,13 @@ impl AuditRecord {
                 let _ = write!(out, ",\"latency_us\":{}}}", j.latency_us);
             }
             None => out.extend_from_slice(b",\"judge\":null"),
+        }
+        if let Some(h) = &self.http {
+            out.extend_from_slice(b",\"http\":{\"method\":");
+            write_str(&h.method, out);
+            out.extend_from_slice(b",\"path\":");
+            write_str(&h.path, out);
+            let _ = write!(out, ",\"status\":{}}}", h.status);
         }
         out.extend_from_slice(b",\"redactions\":[");
         for (i, r) in self.redactions.iter().enumerate() {
@@ -607,9 +628,19 @@ mod tests {
             }],
             args: None,
             admin: None,
+            http: Some(HttpCall {
+                method: Arc::from("POST"),
+                path: Arc::from("/refunds/{id}"),
+                status: 201,
+            }),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["http"],
+            serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})
+        );
         assert_eq!(out.last(), Some(&b'\n'));
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();

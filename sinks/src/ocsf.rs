@@ -80,6 +80,8 @@ pub struct Record<'a> {
     pub judge: Value,
     /// Output-rule counts.
     pub redactions: Value,
+    /// The HTTP request a call to a REST upstream became.
+    pub http: Value,
     /// SHA-256 (hex) of the call's arguments as forwarded.
     #[serde(borrow)]
     pub args_sha256: Option<Cow<'a, str>>,
@@ -260,6 +262,20 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         let _ = write!(out, ",\"error\":\"{c}\"");
     }
     out.extend_from_slice(b"}}");
+    if let Some(h) = r.http.as_object() {
+        let method = h.get("method").and_then(Value::as_str);
+        let path = h.get("path").and_then(Value::as_str);
+        if let (Some(m), Some(p)) = (method, path) {
+            out.extend_from_slice(b",\"http_request\":{\"http_method\":");
+            s(out, m);
+            out.extend_from_slice(b",\"url\":{\"path\":");
+            s(out, p);
+            out.extend_from_slice(b"}}");
+        }
+        if let Some(code) = h.get("status").and_then(Value::as_u64) {
+            let _ = write!(out, ",\"http_response\":{{\"code\":{code}}}");
+        }
+    }
     if let Some(t) = r.tool.as_deref() {
         out.extend_from_slice(b",\"resources\":[{\"name\":");
         s(out, t);
@@ -355,6 +371,21 @@ mod tests {
         write_ocsf(&Record::parse(line.as_bytes()), false, &mut out);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| unreachable!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn a_rest_call_maps_to_http_request_and_response() {
+        let line = DENY.replace(
+            r#""log_seq":42"#,
+            r#""http":{"method":"POST","path":"/refunds/{id}","status":201},"log_seq":42"#,
+        );
+        let e = map(&line);
+        assert_eq!(
+            e["http_request"],
+            json!({"http_method": "POST", "url": {"path": "/refunds/{id}"}})
+        );
+        assert_eq!(e["http_response"], json!({"code": 201}));
+        assert!(map(DENY).get("http_request").is_none());
     }
 
     #[test]

@@ -115,6 +115,8 @@ impl Credential {
 pub struct Reply {
     /// The message (`{"jsonrpc":"2.0","id":…,"result"|"error":…}`).
     pub message: Vec<u8>,
+    /// The HTTP request the call became, for a REST upstream (audited).
+    pub http: Option<toolgate_core::audit::HttpCall>,
 }
 
 impl Upstream {

@@ -179,9 +179,14 @@ impl McpClient {
             MediaType::Other => None,
         };
         match message {
-            Some(m) if matches_id(&mut JsonParser::new(), &m, id) => {
-                Ok((resp.status, resp.session_id, Some(Reply { message: m })))
-            }
+            Some(m) if matches_id(&mut JsonParser::new(), &m, id) => Ok((
+                resp.status,
+                resp.session_id,
+                Some(Reply {
+                    message: m,
+                    http: None,
+                }),
+            )),
             _ if resp.status == 404 => Ok((404, resp.session_id, None)),
             _ if resp.status >= 500 => Err(UpstreamError::Unavailable),
             _ => Err(UpstreamError::BadResponse),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use toolgate_core::audit::{
-    AuditArgs, AuditRecord, Decision, JudgeRecord, Outcome, Reason, Redaction,
+    AuditArgs, AuditRecord, Decision, HttpCall, JudgeRecord, Outcome, Reason, Redaction,
 };
 
 /// What a request is answered with, short of a refusal.
@@ -57,6 +57,8 @@ pub(super) struct CallCtx {
     pub(super) redactions: Vec<Redaction>,
     /// What the record keeps of a `tools/call`'s arguments.
     pub(super) args: Option<AuditArgs>,
+    /// The HTTP request a call to a REST upstream became.
+    pub(super) http: Option<HttpCall>,
 }
 
 impl CallCtx {
@@ -88,6 +90,7 @@ impl CallCtx {
             judge: None,
             redactions: Vec::new(),
             args: None,
+            http: None,
         }
     }
 
@@ -123,6 +126,7 @@ impl CallCtx {
             redactions: self.redactions,
             args: self.args,
             admin: None,
+            http: self.http,
         }
     }
 }

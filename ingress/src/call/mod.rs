@@ -122,6 +122,7 @@ impl Gateway {
         self.escalate(&call, upstream, ctx).await?;
         let credential = forward::inject(upstream)?;
         let reply = forward::forward(upstream, &call, &credential, slot).await?;
+        ctx.http = reply.http;
         self.respond(&reply.message, ctx, call.filter.as_deref())
     }
 

@@ -145,6 +145,12 @@ def test_operations_are_tools_called_through_the_whole_boundary(make_gate, tmp_p
     denied = [r for r in calls if r["decision"] == "deny"]
     assert len(denied) == 1 and denied[0]["tool"] == "billing__createRefund"
     assert denied[0]["policies"] == ["no-large-refunds"]
+    # Each call that reached the API records the request it became.
+    http = [r["http"] for r in calls if "http" in r]
+    assert {"method": "GET", "path": "/invoices", "status": 200} in http
+    assert {"method": "GET", "path": "/invoices/{invoice_id}", "status": 404} in http
+    assert {"method": "POST", "path": "/refunds", "status": 200} in http
+    assert "http" not in denied[0], "a denied call never became a request"
 
 
 def test_check_names_the_document_and_include_narrows_the_surface(make_gate, tmp_path, billing_api, monkeypatch):

@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use toolgate_core::audit::HttpCall;
 use toolgate_core::config::ResolvedUpstream;
 use toolgate_core::upstream_url::UpstreamUrl;
 use toolgate_decision::UpstreamInfo;
@@ -114,6 +115,11 @@ impl OpenApiClient {
         let message = json!({ "jsonrpc": "2.0", "id": 1, "result": result });
         Ok(Reply {
             message: message.to_string().into_bytes(),
+            http: Some(HttpCall {
+                method: Arc::clone(&op.method_name),
+                path: Arc::clone(&op.path_template),
+                status: resp.status,
+            }),
         })
     }
 }
@@ -123,6 +129,7 @@ fn error_reply(message: String) -> Reply {
     let m = json!({ "jsonrpc": "2.0", "id": 1, "error": { "code": -32602, "message": message } });
     Reply {
         message: m.to_string().into_bytes(),
+        http: None,
     }
 }
 

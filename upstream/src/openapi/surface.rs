@@ -16,6 +16,7 @@
 //! - `include`/`exclude` take operationIds (or derived names) and `tag:NAME`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -106,6 +107,10 @@ pub struct Operation {
     pub body: Body,
     /// The tool definition (`name`, `description`, `inputSchema`) as JSON.
     pub definition: Value,
+    /// `method`, shared with every audit record of a call.
+    pub method_name: Arc<str>,
+    /// `path`, shared with every audit record of a call.
+    pub path_template: Arc<str>,
 }
 
 /// The operations of one document that the configuration selects.
@@ -409,6 +414,8 @@ fn operation(
         definition["description"] = json!(description);
     }
     Ok(Operation {
+        method_name: Arc::from(method.to_ascii_uppercase()),
+        path_template: Arc::from(path),
         tool,
         method: method.to_ascii_uppercase(),
         path: path.to_owned(),
