@@ -124,6 +124,14 @@ def test_operations_are_tools_called_through_the_whole_boundary(make_gate, tmp_p
             with pytest.raises(MCPError) as bad:
                 await client.call_tool("billing__getInvoice", {"invoice_id": "inv-1", "admin": True})
             assert "unknown argument" in str(bad.value)
+            with pytest.raises(MCPError) as bad:
+                await client.call_tool("billing__getInvoice", {"invoice_id": 7})
+            assert "does not match its schema" in str(bad.value)
+            # (A string amount never gets that far: Cedar cannot compare it
+            # with 1000, and an evaluation error is a deny.)
+            with pytest.raises(MCPError) as bad:
+                await client.call_tool("billing__createRefund", {"invoice_id": "inv-1", "amount": "50"})
+            assert "policy" in str(bad.value).lower()
             assert len(seen(billing_api)) == r_before
 
     anyio.run(scenario)
@@ -143,14 +151,16 @@ def test_operations_are_tools_called_through_the_whole_boundary(make_gate, tmp_p
     calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
     assert {r["upstream"] for r in calls} == {"billing"}
     denied = [r for r in calls if r["decision"] == "deny"]
-    assert len(denied) == 1 and denied[0]["tool"] == "billing__createRefund"
-    assert denied[0]["policies"] == ["no-large-refunds"]
+    assert [r["tool"] for r in denied] == ["billing__createRefund"] * 2
+    assert {r["reason"] for r in denied} == {"forbidden_by_policy", "policy_error"}
+    forbidden = next(r for r in denied if r["reason"] == "forbidden_by_policy")
+    assert forbidden["policies"] == ["no-large-refunds"]
     # Each call that reached the API records the request it became.
     http = [r["http"] for r in calls if "http" in r]
     assert {"method": "GET", "path": "/invoices", "status": 200} in http
     assert {"method": "GET", "path": "/invoices/{invoice_id}", "status": 404} in http
     assert {"method": "POST", "path": "/refunds", "status": 200} in http
-    assert "http" not in denied[0], "a denied call never became a request"
+    assert all("http" not in r for r in denied), "a denied call never became a request"
 
 
 def test_check_names_the_document_and_include_narrows_the_surface(make_gate, tmp_path, billing_api, monkeypatch):

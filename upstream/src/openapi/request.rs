@@ -2,7 +2,9 @@
 //! tool result.
 //!
 //! Arguments are checked against the operation before anything is built:
-//! unknown arguments and missing required ones are refused. A path
+//! unknown arguments, missing required ones, and values that do not fit
+//! their schema (`type`, `enum`, `const`, `anyOf`/`oneOf`/`allOf`, array
+//! `items`, object `properties`, OpenAPI 3.0 `nullable`) are refused. A path
 //! parameter is percent-encoded into its segment and may not be `.` or
 //! `..`, so no value adds or climbs a segment, and `?` and `#` are encoded.
 //! Query parameters follow the `form` style (arrays repeated, or joined by
@@ -72,6 +74,16 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
     if let Some(k) = args.keys().find(|k| !known(k)) {
         return Err(ArgumentError::Unknown(k.clone()));
     }
+    for (name, v) in args {
+        if let Some(schema) = schema_of_argument(op, name) {
+            if !fits(v, schema, 0) {
+                return Err(ArgumentError::Value {
+                    name: name.clone(),
+                    why: "does not match its schema",
+                });
+            }
+        }
+    }
     let mut path = op.path.clone();
     let mut query = String::new();
     let mut headers = Vec::new();
@@ -139,6 +151,90 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
         headers,
         body,
     })
+}
+
+/// The schema of argument `name` in the operation's `inputSchema`.
+fn schema_of_argument<'o>(op: &'o Operation, name: &str) -> Option<&'o Value> {
+    op.definition
+        .get("inputSchema")?
+        .get("properties")?
+        .get(name)
+}
+
+/// How deep a value is checked against its schema; deeper is accepted
+/// (the API has the last word on what it takes).
+const MAX_CHECK_DEPTH: usize = 16;
+
+/// Whether `v` fits `schema` by the keywords this gateway checks.
+fn fits(v: &Value, schema: &Value, depth: usize) -> bool {
+    let Some(s) = schema.as_object() else {
+        return true;
+    };
+    if depth > MAX_CHECK_DEPTH {
+        return true;
+    }
+    if v.is_null() && s.get("nullable").and_then(Value::as_bool) == Some(true) {
+        return true;
+    }
+    if let Some(allowed) = s.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(v) {
+            return false;
+        }
+    }
+    if s.get("const").is_some_and(|c| c != v) {
+        return false;
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = s.get(key).and_then(Value::as_array) {
+            if !alts.iter().any(|a| fits(v, a, depth + 1)) {
+                return false;
+            }
+        }
+    }
+    if let Some(all) = s.get("allOf").and_then(Value::as_array) {
+        if !all.iter().all(|a| fits(v, a, depth + 1)) {
+            return false;
+        }
+    }
+    let typed = match s.get("type") {
+        Some(Value::String(t)) => type_is(v, t),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).any(|t| type_is(v, t)),
+        _ => true,
+    };
+    if !typed {
+        return false;
+    }
+    if let (Value::Array(items), Some(item)) = (v, s.get("items")) {
+        if !items.iter().all(|i| fits(i, item, depth + 1)) {
+            return false;
+        }
+    }
+    if let (Value::Object(members), Some(props)) =
+        (v, s.get("properties").and_then(Value::as_object))
+    {
+        for (k, m) in members {
+            if let Some(p) = props.get(k) {
+                if !fits(m, p, depth + 1) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Whether `v` is of JSON Schema type `t`.
+fn type_is(v: &Value, t: &str) -> bool {
+    match t {
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        "null" => v.is_null(),
+        _ => true,
+    }
 }
 
 /// A scalar as text.
@@ -313,6 +409,31 @@ mod tests {
             json!({"invoice_id": "i", "amount": 1, "X-Request-Id": "a\r\nX-Evil: 1"}),
         );
         assert!(matches!(e, Err(ArgumentError::Value { .. })));
+    }
+
+    #[test]
+    fn values_that_do_not_fit_their_schema_are_refused() {
+        let bad =
+            |tool: &str, args: Value| matches!(req(tool, args), Err(ArgumentError::Value { .. }));
+        assert!(bad(
+            "createRefund",
+            json!({"invoice_id": "i", "amount": "12"})
+        ));
+        assert!(bad("createRefund", json!({"invoice_id": 7, "amount": 12})));
+        assert!(bad("listInvoices", json!({"ids": ["a", 1]})));
+        assert!(!bad(
+            "createRefund",
+            json!({"invoice_id": "i", "amount": 12})
+        ));
+        let doc = r#"{"openapi":"3.0.3","paths":{"/a":{"get":{"operationId":"a","parameters":[
+            {"name":"mode","in":"query","schema":{"type":"string","enum":["fast","slow"]}},
+            {"name":"n","in":"query","schema":{"anyOf":[{"type":"integer"},{"type":"null"}]}},
+            {"name":"tag","in":"query","schema":{"type":"string","nullable":true}}]}}}}"#;
+        let s = Surface::from_json(doc, &[], &[]).unwrap();
+        let a = s.get("a").unwrap();
+        assert!(build(a, "/", &json!({"mode": "fast", "n": 3, "tag": null})).is_ok());
+        assert!(build(a, "/", &json!({"mode": "turbo"})).is_err());
+        assert!(build(a, "/", &json!({"n": 1.5})).is_err());
     }
 
     #[test]
