@@ -8,7 +8,8 @@
 //! calls and 4 (warning) for refused ones. TIMESTAMP is the record's `time`.
 //! The `toolgate@32473` element carries the record's fields under short
 //! names (absent when null; `ad` is the arguments digest, a redacted copy
-//! stays in MSG only); `meta sequenceId` is `log_seq` folded into
+//! stays in MSG only; `hm`, `hp`, `hs` the HTTP method, path template and
+//! status of a call to a REST upstream); `meta sequenceId` is `log_seq` folded into
 //! 1..=2147483647 as RFC 5424 §7.3.1 requires, so a collector can spot gaps
 //! and duplicates. MSG is the record's JSON line, cut to fit the message
 //! size limit. 32473 is the enterprise number RFC 5612 reserves for
@@ -19,28 +20,32 @@ use serde_json::Value;
 /// SD-ID of the record element.
 pub const SD_ID: &str = "toolgate@32473";
 
-/// Record field → SD-PARAM name, in the order they are written.
+/// Record field (a JSON pointer into the record) → SD-PARAM name, in the
+/// order they are written.
 const PARAMS: &[(&str, &str)] = &[
-    ("log_seq", "lseq"),
-    ("shard", "shard"),
-    ("seq", "seq"),
-    ("request_id", "rid"),
-    ("agent", "agent"),
-    ("user", "sub"),
-    ("method", "m"),
-    ("tool", "tool"),
-    ("upstream", "up"),
-    ("decision", "dec"),
-    ("reason", "reason"),
-    ("status", "st"),
-    ("outcome", "out"),
-    ("error_code", "err"),
-    ("latency_us", "dur"),
-    ("client", "src"),
-    ("protocol_version", "pv"),
-    ("args_sha256", "ad"),
-    ("prev_hash", "ph"),
-    ("hash", "h"),
+    ("/log_seq", "lseq"),
+    ("/shard", "shard"),
+    ("/seq", "seq"),
+    ("/request_id", "rid"),
+    ("/agent", "agent"),
+    ("/user", "sub"),
+    ("/method", "m"),
+    ("/tool", "tool"),
+    ("/upstream", "up"),
+    ("/decision", "dec"),
+    ("/reason", "reason"),
+    ("/status", "st"),
+    ("/outcome", "out"),
+    ("/error_code", "err"),
+    ("/latency_us", "dur"),
+    ("/client", "src"),
+    ("/protocol_version", "pv"),
+    ("/args_sha256", "ad"),
+    ("/http/method", "hm"),
+    ("/http/path", "hp"),
+    ("/http/status", "hs"),
+    ("/prev_hash", "ph"),
+    ("/hash", "h"),
 ];
 
 /// Fixed parts of every message a sink sends.
@@ -114,7 +119,7 @@ impl SyslogFormat {
             header_field(&self.app_name, 48)
         );
         for (field, name) in PARAMS {
-            let text = match &v[*field] {
+            let text = match v.pointer(field).unwrap_or(&Value::Null) {
                 Value::Null => continue,
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -175,6 +180,24 @@ mod tests {
         assert!(!s.contains(" sub="), "null fields are left out: {s}");
         assert!(s.contains("][meta sequenceId=\"7\"] {"), "{s}");
         assert!(s.ends_with(LINE), "{s}");
+    }
+
+    #[test]
+    fn a_rest_call_carries_its_http_method_path_and_status() {
+        let line = LINE.replace(
+            r#","log_seq":7"#,
+            r#","http":{"method":"GET","path":"/invoices/{id}","status":404},"log_seq":7"#,
+        );
+        let mut out = Vec::new();
+        fmt(8192).encode(line.as_bytes(), &mut out);
+        let s = String::from_utf8_lossy(&out);
+        assert!(
+            s.contains(r#" hm="GET" hp="/invoices/{id}" hs="404" ph="00""#),
+            "{s}"
+        );
+        let mut plain = Vec::new();
+        fmt(8192).encode(LINE.as_bytes(), &mut plain);
+        assert!(!String::from_utf8_lossy(&plain).contains(" hm="));
     }
 
     #[test]
