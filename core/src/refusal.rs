@@ -145,6 +145,18 @@ pub enum WireHeader {
     Allow,
 }
 
+impl WireHeader {
+    /// The header's name, `None` for [`WireHeader::None`].
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            WireHeader::None => None,
+            WireHeader::RetryAfter => Some("Retry-After"),
+            WireHeader::Challenge => Some("WWW-Authenticate"),
+            WireHeader::Allow => Some("Allow"),
+        }
+    }
+}
+
 impl RefusalKind {
     /// Where a kind's fault lies.
     pub fn origin(self) -> Origin {

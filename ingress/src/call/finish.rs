@@ -168,13 +168,7 @@ pub(super) fn write_refusal(
     let w = r.wire();
     let mut body = Vec::with_capacity(128);
     wire::refusal(id, r, requested_version, &mut body);
-    let name = match w.header {
-        WireHeader::None => None,
-        WireHeader::RetryAfter => Some("Retry-After"),
-        WireHeader::Challenge => Some("WWW-Authenticate"),
-        WireHeader::Allow => Some("Allow"),
-    };
-    let extra: &[(&str, &str)] = match (name, value) {
+    let extra: &[(&str, &str)] = match (w.header.name(), value) {
         (Some(n), Some(v)) => &[(n, v)],
         _ => &[],
     };

@@ -116,8 +116,8 @@ impl OpenApiClient {
         Ok(Reply {
             message: message.to_string().into_bytes(),
             http: Some(HttpCall {
-                method: Arc::clone(&op.method_name),
-                path: Arc::clone(&op.path_template),
+                method: Arc::clone(&op.method),
+                path: Arc::clone(&op.path),
                 status: resp.status,
             }),
         })
@@ -149,7 +149,7 @@ fn encode(url: &UpstreamUrl, req: &request::Request, credential: &Credential) ->
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
-    } else if matches!(req.method.as_str(), "POST" | "PUT" | "PATCH") {
+    } else if matches!(&*req.method, "POST" | "PUT" | "PATCH") {
         out.extend_from_slice(b"Content-Length: 0\r\n");
     }
     for (k, v) in &req.headers {

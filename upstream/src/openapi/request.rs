@@ -14,6 +14,7 @@
 //! out.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -46,7 +47,7 @@ pub enum ArgumentError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// HTTP method.
-    pub method: String,
+    pub method: Arc<str>,
     /// Request target.
     pub target: String,
     /// Header parameters.
@@ -84,7 +85,7 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
             }
         }
     }
-    let mut path = op.path.clone();
+    let mut path = op.path.to_string();
     let mut query = String::new();
     let mut headers = Vec::new();
     for p in &op.params {
@@ -146,7 +147,7 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
     };
     let base = base.trim_end_matches('/');
     Ok(Request {
-        method: op.method.clone(),
+        method: Arc::clone(&op.method),
         target: format!("{base}{path}{query}"),
         headers,
         body,
@@ -351,7 +352,7 @@ mod tests {
     fn path_query_header_and_body_each_go_where_the_spec_says() {
         let r = req("getInvoice", json!({"id": "inv-1"})).unwrap();
         assert_eq!(
-            (r.method.as_str(), r.target.as_str()),
+            (&*r.method, r.target.as_str()),
             ("GET", "/api/invoices/inv-1")
         );
         let r = req(

@@ -97,20 +97,16 @@ pub enum Body {
 pub struct Operation {
     /// The tool's name on this upstream (before the prefix).
     pub tool: String,
-    /// HTTP method, upper case.
-    pub method: String,
-    /// Path template, e.g. `/invoices/{id}`.
-    pub path: String,
+    /// HTTP method, upper case (shared with every audit record of a call).
+    pub method: Arc<str>,
+    /// Path template, e.g. `/invoices/{id}` (shared likewise).
+    pub path: Arc<str>,
     /// Its parameters.
     pub params: Vec<Param>,
     /// Its request body.
     pub body: Body,
     /// The tool definition (`name`, `description`, `inputSchema`) as JSON.
     pub definition: Value,
-    /// `method`, shared with every audit record of a call.
-    pub method_name: Arc<str>,
-    /// `path`, shared with every audit record of a call.
-    pub path_template: Arc<str>,
 }
 
 /// The operations of one document that the configuration selects.
@@ -414,11 +410,9 @@ fn operation(
         definition["description"] = json!(description);
     }
     Ok(Operation {
-        method_name: Arc::from(method.to_ascii_uppercase()),
-        path_template: Arc::from(path),
         tool,
-        method: method.to_ascii_uppercase(),
-        path: path.to_owned(),
+        method: Arc::from(method.to_ascii_uppercase()),
+        path: Arc::from(path),
         params,
         body,
         definition,
@@ -541,10 +535,7 @@ pub(crate) mod tests {
         );
         assert_eq!(s.server.as_deref(), Some("http://127.0.0.1:9301"));
         let get = s.get("getInvoice").unwrap();
-        assert_eq!(
-            (get.method.as_str(), get.path.as_str()),
-            ("GET", "/invoices/{id}")
-        );
+        assert_eq!((&*get.method, &*get.path), ("GET", "/invoices/{id}"));
         assert_eq!(get.definition["description"], "One invoice");
         assert_eq!(get.definition["inputSchema"]["required"], json!(["id"]));
     }
