@@ -164,8 +164,25 @@ pub struct SubtokenSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
-    /// Endpoint URL, `http[s]://host[:port]/path`.
+    /// `mcp` (default) or `openapi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Endpoint URL of an MCP server, `http[s]://host[:port]/path`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// `openapi`: the OpenAPI document, a file relative to the
+    /// configuration's directory or an `http(s)://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// `openapi`: the API's base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// `openapi`: operations exposed (operationIds or `tag:NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// `openapi`: operations left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// Prefix of its tools as agents see them; default the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -255,7 +272,7 @@ pub enum Spec {
     /// A sub-token's claims.
     Subtoken(SubtokenSpec),
     /// An upstream.
-    Upstream(UpstreamSpec),
+    Upstream(Box<UpstreamSpec>),
     /// A named credential source.
     Credential(UpstreamCredentialSpec),
 }
@@ -533,7 +550,7 @@ mod tests {
         let named = br#"{"url":"http://h/mcp","credential":"ops-token"}"#;
         assert!(matches!(
             Spec::parse(Kind::Upstreams, named),
-            Ok(Spec::Upstream(UpstreamSpec { credential: Some(CredentialRef::Named(n)), .. })) if n == "ops-token"
+            Ok(Spec::Upstream(u)) if matches!(&u.credential, Some(CredentialRef::Named(n)) if n == "ops-token")
         ));
         let bad = br#"{"url":"http://h/mcp","credential":{"command":["cat"]}}"#;
         assert!(matches!(

@@ -305,7 +305,7 @@ impl State {
                         url,
                         ca_file: c.ca_file,
                         credential_file: c.credential_file,
-                        spec_file: c.spec_file,
+                        spec: c.spec,
                     },
                     None => continue,
                 },
@@ -369,7 +369,7 @@ impl State {
     pub fn upstreams_using(&self, name: &str) -> Vec<String> {
         self.list(Kind::Upstreams)
             .filter(|(_, e)| {
-                matches!(&e.spec, Spec::Upstream(UpstreamSpec { credential: Some(CredentialRef::Named(n)), .. }) if n == name)
+                matches!(&e.spec, Spec::Upstream(u) if matches!(&u.credential, Some(CredentialRef::Named(n)) if n == name))
             })
             .map(|(id, _)| id.to_owned())
             .collect()
@@ -815,7 +815,12 @@ mod tests {
     }
 
     fn upstream(url: &str, prefix: Option<&str>) -> Spec {
-        Spec::Upstream(crate::model::UpstreamSpec {
+        Spec::Upstream(Box::new(crate::model::UpstreamSpec {
+            kind: None,
+            spec: None,
+            base_url: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
             url: url.into(),
             prefix: prefix.map(Into::into),
             timeout_ms: None,
@@ -825,7 +830,7 @@ mod tests {
             ca_file: None,
             catalog_refresh_s: None,
             credential: None,
-        })
+        }))
     }
 
     fn file_with_crm() -> ValidConfig {
@@ -935,7 +940,7 @@ mod tests {
             &crate::model::UpstreamSpec {
                 url: "http://127.0.0.1:2/mcp".into(),
                 ..match upstream("x", None) {
-                    Spec::Upstream(u) => u,
+                    Spec::Upstream(u) => *u,
                     _ => unreachable!(),
                 }
             },

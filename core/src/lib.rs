@@ -19,6 +19,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod document;
 pub mod identity;
 pub mod jsonrpc;
 pub mod jwt;

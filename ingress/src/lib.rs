@@ -27,6 +27,7 @@ pub mod demo;
 pub mod http;
 pub mod jwks_sync;
 pub mod metrics;
+pub mod openapi_refresh;
 pub mod process;
 pub mod random;
 pub mod ratelimit;

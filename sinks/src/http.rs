@@ -1,4 +1,5 @@
-//! A small blocking HTTP/1.1 client for the SIEM sinks: `POST` only, one
+//! A small blocking HTTP/1.1 client for the SIEM sinks (`POST`) and for
+//! fetching documents at start (`GET`): one
 //! connection kept alive and reused, every response read bounded in size
 //! and time.
 //!
@@ -84,13 +85,31 @@ impl HttpClient {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) -> std::io::Result<Response> {
+        self.send("POST", path, headers, body)
+    }
+
+    /// Sends `GET path` with `headers`; returns the response whatever its
+    /// status.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &[u8])]) -> std::io::Result<Response> {
+        self.send("GET", path, headers, b"")
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         self.head.clear();
         let _ = write!(
             self.head,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
-            self.authority,
-            body.len()
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
+            self.authority
         );
+        if method != "GET" {
+            let _ = write!(self.head, "Content-Length: {}\r\n", body.len());
+        }
         for (name, value) in headers {
             self.head.extend_from_slice(name.as_bytes());
             self.head.extend_from_slice(b": ");

@@ -128,7 +128,7 @@ impl Upstream {
         info: UpstreamInfo,
         credential: Option<Reader<Secret>>,
         tls: Option<toolgate_net::tls::ClientTls>,
-        openapi: Option<Arc<openapi::Surface>>,
+        openapi: Option<&openapi::LiveSurface>,
     ) -> Self {
         let kind = match openapi {
             Some(surface) => Kind::OpenApi(openapi::OpenApiClient::new(info.clone(), surface, tls)),

@@ -606,16 +606,45 @@ fn openapi_upstreams_need_a_readable_document_and_an_endpoint() {
     .unwrap();
     let u = &ok.upstreams[0];
     assert_eq!((u.url.port, u.url.path.as_str()), (9301, "/api"));
-    assert_eq!(
-        u.spec_file.as_deref(),
-        Some(dir.join("with-server.json").as_path())
-    );
+    assert_eq!(u.spec, Some(SpecSource::File(dir.join("with-server.json"))));
     let based =
         cfg("kind = \"openapi\"\nspec = \"no-server.json\"\nbase_url = \"http://127.0.0.1:9400\"");
     assert_eq!(
         parse(&based, "t", &dir).unwrap().upstreams[0].url.port,
         9400
     );
+    std::fs::write(
+        dir.join("with-server.yaml"),
+        "openapi: 3.0.3\nservers:\n  - url: http://127.0.0.1:9302/v2\npaths: {}\n",
+    )
+    .unwrap();
+    let yaml = parse(
+        &cfg("kind = \"openapi\"\nspec = \"with-server.yaml\""),
+        "t",
+        &dir,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            yaml.upstreams[0].url.port,
+            yaml.upstreams[0].url.path.as_str()
+        ),
+        (9302, "/v2")
+    );
+    // A document fetched from a URL is the API's own: its origin is the
+    // default base URL, and nothing is fetched while checking.
+    let fetched = parse(
+        &cfg("kind = \"openapi\"\nspec = \"https://api.example.com:8443/openapi.json\""),
+        "t",
+        &dir,
+    )
+    .unwrap();
+    let u = &fetched.upstreams[0];
+    assert_eq!(
+        (u.url.authority.as_str(), u.url.tls, u.url.path.as_str()),
+        ("api.example.com:8443", true, "/")
+    );
+    assert!(matches!(&u.spec, Some(SpecSource::Url(s)) if s.path == "/openapi.json"));
     for (upstream, says) in [
         (
             "kind = \"openapi\"\nspec = \"no-server.json\"",
@@ -627,8 +656,8 @@ fn openapi_upstreams_need_a_readable_document_and_an_endpoint() {
         ),
         ("kind = \"openapi\"", "needs `spec`"),
         (
-            "kind = \"openapi\"\nspec = \"https://api.example.com/openapi.json\"",
-            "must be a file",
+            "kind = \"openapi\"\nspec = \"https://api.example.com/openapi.json?v=2\"",
+            "no query",
         ),
         (
             "kind = \"openapi\"\nspec = \"with-server.json\"\nurl = \"http://127.0.0.1:1/mcp\"",

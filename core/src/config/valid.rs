@@ -183,7 +183,31 @@ pub struct ResolvedUpstream {
     /// `credential.file`, resolved.
     pub credential_file: Option<PathBuf>,
     /// `spec` of an `openapi` upstream, resolved.
-    pub spec_file: Option<PathBuf>,
+    pub spec: Option<SpecSource>,
+}
+
+/// Where an `openapi` upstream's document is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// A file, resolved against the configuration's directory.
+    File(PathBuf),
+    /// An `http(s)://` URL, fetched at start and on every refresh.
+    Url(UpstreamUrl),
+}
+
+impl std::fmt::Display for SpecSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Url(u) => write!(
+                f,
+                "{}://{}{}",
+                if u.tls { "https" } else { "http" },
+                u.authority,
+                u.path
+            ),
+        }
+    }
 }
 
 impl ResolvedUpstream {

@@ -71,6 +71,24 @@ pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Va
         },
         "catalog_refresh_s": u.catalog_refresh_s,
     });
+    if u.kind == toolgate_core::config::UpstreamKind::Openapi {
+        if let Some(d) = doc.as_object_mut() {
+            d.remove("url");
+        }
+        doc["kind"] = json!("openapi");
+        if let Some(s) = &u.spec {
+            doc["spec"] = json!(s.get_ref());
+        }
+        if let Some(b) = &u.base_url {
+            doc["base_url"] = json!(b.get_ref());
+        }
+        if !u.include.is_empty() {
+            doc["include"] = json!(u.include);
+        }
+        if !u.exclude.is_empty() {
+            doc["exclude"] = json!(u.exclude);
+        }
+    }
     if let Some(p) = &u.prefix {
         doc["prefix"] = json!(p.get_ref());
     }

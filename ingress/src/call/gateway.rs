@@ -82,7 +82,7 @@ impl Clients {
                     info.clone(),
                     credential.map(|c| c.reader()),
                     tls,
-                    openapi,
+                    openapi.as_ref(),
                 )),
             };
             list.push(client);

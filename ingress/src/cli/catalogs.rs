@@ -39,8 +39,8 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
                 let tls = tls.get(&*name).cloned();
-                let surface = surfaces.get(&*name).cloned();
-                let upstream = toolgate_upstream::Upstream::new(info, cred, tls, surface);
+                let upstream =
+                    toolgate_upstream::Upstream::new(info, cred, tls, surfaces.get(&*name));
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {

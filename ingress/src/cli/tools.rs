@@ -1,5 +1,7 @@
-//! `toolgate tools …`: tool definition pins (`[tool_pins]`): list every
-//! upstream's tools with their pin state, approve their current definitions.
+//! `toolgate tools …`: list every upstream's tools as agents would see
+//! them (with their pin state under `[tool_pins]`, and the HTTP operation
+//! each tool of an `openapi` upstream becomes); approve their current
+//! definitions (`[tool_pins]`).
 
 use std::path::PathBuf;
 
@@ -12,7 +14,9 @@ use super::catalogs::fetch_catalogs;
 /// `toolgate tools …`.
 #[derive(Subcommand)]
 pub enum ToolsCommand {
-    /// Fetch every upstream's tools now and show each one's pin state.
+    /// Fetch every upstream's tools now and show each one's definition
+    /// digest, pin state (with `[tool_pins]`) and, for an OpenAPI upstream,
+    /// its HTTP method and path.
     List {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
@@ -42,20 +46,45 @@ pub fn run(command: ToolsCommand) -> anyhow::Result<()> {
         }
     };
     let cfg = super::load(&config)?;
-    let Some(path) = cfg.pins_file.clone() else {
-        bail!(
-            "{}: no `[tool_pins]` section: tool pinning is off",
-            config.display()
+    let pins_file = cfg.pins_file.clone();
+    let catalogs = fetch_catalogs(&cfg);
+    // Each tool with its digest and, for an `openapi` upstream, the HTTP
+    // operation it becomes, so a surface can be reviewed before anything
+    // is attached to it.
+    let surfaces = toolgate_ingress::process::openapi_surfaces(&cfg).unwrap_or_default();
+    let listed: Vec<(String, String, String)> = catalogs
+        .iter()
+        .zip(&cfg.upstreams)
+        .filter_map(|(c, u)| Some((c.as_ref()?, u)))
+        .flat_map(|(c, u)| {
+            let surface = surfaces.get(u.name()).map(|s| s.load());
+            c.tools.iter().filter_map(move |t| {
+                let http = surface
+                    .as_ref()
+                    .and_then(|s| s.get(&t.name))
+                    .map(|op| format!("  {} {}", op.method, op.path))
+                    .unwrap_or_default();
+                Some((t.exposed.clone()?, t.sha256.clone(), http))
+            })
+        })
+        .collect();
+    let Some(path) = pins_file else {
+        if approve.is_some() {
+            bail!(
+                "{}: no `[tool_pins]` section: tool pinning is off",
+                config.display()
+            );
+        }
+        for (name, digest, http) in &listed {
+            println!("{name}  {}{http}", &digest[..16]);
+        }
+        eprintln!(
+            "({} tool(s); no `[tool_pins]`: pin state not shown)",
+            listed.len()
         );
+        return Ok(());
     };
     let mut pins = Pins::load(&path)?;
-    let catalogs = fetch_catalogs(&cfg);
-    let listed: Vec<(String, String)> = catalogs
-        .iter()
-        .flatten()
-        .flat_map(|c| c.tools.iter())
-        .filter_map(|t| Some((t.exposed.clone()?, t.sha256.clone())))
-        .collect();
     let state = |s: PinStatus| match s {
         PinStatus::Pinned => "pinned",
         PinStatus::Changed => "CHANGED",
@@ -63,9 +92,9 @@ pub fn run(command: ToolsCommand) -> anyhow::Result<()> {
     };
     match approve {
         None => {
-            for (name, digest) in &listed {
+            for (name, digest, http) in &listed {
                 println!(
-                    "{:8} {name}  {}",
+                    "{:8} {name}  {}{http}",
                     state(pins.status(name, digest)),
                     &digest[..16]
                 );
@@ -74,11 +103,11 @@ pub fn run(command: ToolsCommand) -> anyhow::Result<()> {
         Some((names, all)) => {
             let mut approved = 0;
             for name in &names {
-                if !listed.iter().any(|(n, _)| n == name) {
+                if !listed.iter().any(|(n, _, _)| n == name) {
                     bail!("no upstream lists a tool `{name}` now (see `toolgate tools list`)");
                 }
             }
-            for (name, digest) in &listed {
+            for (name, digest, _) in &listed {
                 let status = pins.status(name, digest);
                 if status != PinStatus::Pinned && (all || names.contains(name)) {
                     println!("approved {name} ({} → {})", state(status), &digest[..16]);

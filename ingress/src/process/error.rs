@@ -69,6 +69,9 @@ pub enum StartError {
     /// The signal handlers could not be installed.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The OpenAPI document refresher thread could not be started.
+    #[error("starting the OpenAPI document refresher")]
+    Refresher(#[source] std::io::Error),
 }
 
 #[cfg(test)]

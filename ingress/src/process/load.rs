@@ -34,17 +34,17 @@ pub fn load_tls(cfg: &ValidConfig) -> Result<TlsSetup, TlsLoadError> {
 }
 
 /// The tool surface of every `openapi` upstream, by name, each document
-/// read and checked now.
+/// read (or fetched) and checked now.
 pub fn openapi_surfaces(
     cfg: &ValidConfig,
 ) -> Result<
-    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::openapi::Surface>>,
+    std::collections::HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     toolgate_upstream::openapi::LoadError,
 > {
     let mut out = std::collections::HashMap::new();
     for u in &cfg.upstreams {
         if let Some(s) = toolgate_upstream::openapi::load(u)? {
-            out.insert(u.name().to_owned(), s);
+            out.insert(u.name().to_owned(), toolgate_decision::Published::new(s));
         }
     }
     Ok(out)

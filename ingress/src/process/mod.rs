@@ -98,6 +98,7 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
         b(running.addr);
     }
     watch::watch_control_files(Arc::clone(&shared));
+    crate::openapi_refresh::start(Arc::clone(&shared)).map_err(StartError::Refresher)?;
     if watch {
         watch::watch_files(Arc::clone(&shared));
     }

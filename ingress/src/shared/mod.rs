@@ -76,7 +76,7 @@ pub struct Shared {
     /// The configuration file's upstream credentials, by upstream name.
     pub credentials: toolgate_upstream::credential::Credentials,
     /// The configuration file's `openapi` upstreams' tool surfaces, by name.
-    pub openapi: HashMap<String, Arc<toolgate_upstream::openapi::Surface>>,
+    pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -147,7 +147,7 @@ pub struct Loaded {
     /// Upstream credentials, by upstream name.
     pub credentials: toolgate_upstream::credential::Credentials,
     /// The tool surfaces of `openapi` upstreams, by upstream name.
-    pub openapi: HashMap<String, Arc<toolgate_upstream::openapi::Surface>>,
+    pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.

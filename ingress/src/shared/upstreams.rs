@@ -29,7 +29,7 @@ pub struct StoredParts {
     /// TLS toward an `https://` URL.
     pub tls: Option<toolgate_net::tls::ClientTls>,
     /// The tool surface, for an `openapi` upstream.
-    pub openapi: Option<Arc<toolgate_upstream::openapi::Surface>>,
+    pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
 }
 
 /// What a shard builds its client of an upstream from.
@@ -39,7 +39,7 @@ pub struct ClientParts {
     /// TLS toward an `https://` URL.
     pub tls: Option<toolgate_net::tls::ClientTls>,
     /// The tool surface, for an `openapi` upstream.
-    pub openapi: Option<Arc<toolgate_upstream::openapi::Surface>>,
+    pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,
@@ -65,7 +65,9 @@ pub fn stored_parts(
     };
     let tls = toolgate_net::tls::client_tls(&upstream.url, upstream.ca_file.as_deref())
         .map_err(|e| format!("upstream `{name}`: {e}"))?;
-    let openapi = toolgate_upstream::openapi::load(upstream).map_err(|e| e.to_string())?;
+    let openapi = toolgate_upstream::openapi::load(upstream)
+        .map_err(|e| e.to_string())?
+        .map(Published::new);
     Ok(StoredParts {
         spec: spec.clone(),
         source,
@@ -93,7 +95,7 @@ pub(super) fn sync_stored(
         let written = (e.version, control.credential_version(spec));
         if map
             .get(id)
-            .is_some_and(|p| &p.spec == spec && p.source == source && p.written == written)
+            .is_some_and(|p| p.spec == **spec && p.source == source && p.written == written)
         {
             continue;
         }
@@ -112,7 +114,7 @@ pub(super) fn sync_stored(
                 map.insert(
                     id.to_owned(),
                     Arc::new(StoredParts {
-                        spec: spec.clone(),
+                        spec: (**spec).clone(),
                         source,
                         written,
                         credential: Some(Published::new(Secret::new(Vec::new()))),

@@ -7,79 +7,98 @@
 //! exactly one HTTP request to the API's base URL ([`request::build`]),
 //! whose answer becomes the tool result ([`request::result`]).
 
+pub mod document;
 pub mod request;
 pub mod surface;
 
+use std::cell::RefCell;
 use std::io::Write as _;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use toolgate_core::audit::HttpCall;
 use toolgate_core::config::ResolvedUpstream;
 use toolgate_core::upstream_url::UpstreamUrl;
-use toolgate_decision::UpstreamInfo;
+use toolgate_decision::{Published, Reader, UpstreamInfo};
 use toolgate_net::client::{MediaType, Pool};
 
 pub use surface::{Operation, SpecError, Surface};
 
 /// Why an `openapi` upstream's document did not load.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream `{upstream}`: `{}`: {why}", file.display())]
+#[error("upstream `{upstream}`: `{source_name}`: {why}")]
 pub struct LoadError {
     /// The upstream.
     pub upstream: String,
-    /// Its document.
-    pub file: std::path::PathBuf,
+    /// Its document: the file or URL.
+    pub source_name: String,
     /// What is wrong.
     pub why: String,
 }
 
 /// The tool surface of `upstream` when it is an `openapi` upstream (its
-/// document read and checked now), `None` for an MCP upstream.
-pub fn load(upstream: &ResolvedUpstream) -> Result<Option<Arc<Surface>>, LoadError> {
-    let Some(file) = &upstream.spec_file else {
+/// document read, or fetched, and checked now), `None` for an MCP upstream.
+pub fn load(upstream: &ResolvedUpstream) -> Result<Option<Surface>, LoadError> {
+    let Some(source) = &upstream.spec else {
         return Ok(None);
     };
     let fail = |why: String| LoadError {
         upstream: upstream.name().to_owned(),
-        file: file.clone(),
+        source_name: source.to_string(),
         why,
     };
-    let text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
+    let text =
+        document::read(source, upstream.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+    surface_of(upstream, &text)
+        .map(Some)
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// The tool surface `upstream`'s `include` and `exclude` select from the
+/// document `text`.
+pub fn surface_of(upstream: &ResolvedUpstream, text: &str) -> Result<Surface, SpecError> {
     let e = &upstream.entry;
-    Surface::from_json(&text, &e.include, &e.exclude)
-        .map(|s| Some(Arc::new(s)))
-        .map_err(|err| fail(err.to_string()))
+    Surface::parse(text, &e.include, &e.exclude)
 }
 
 use crate::{Credential, Reply, UpstreamError};
 
+/// An upstream's tool surface as it stands now: the refresher publishes a
+/// new one when its document changes, and every shard's client reads it.
+pub type LiveSurface = Arc<Published<Surface>>;
+
 /// One OpenAPI upstream as seen from one shard.
 pub struct OpenApiClient {
     info: UpstreamInfo,
-    surface: Arc<Surface>,
+    surface: RefCell<Reader<Surface>>,
     pool: Pool,
 }
 
 impl OpenApiClient {
     /// A client of the API at `info.url` (its base URL) with the
-    /// operations of `surface`, over `tls` for an `https://` base URL.
+    /// operations `surface` holds, over `tls` for an `https://` base URL.
     pub fn new(
         info: UpstreamInfo,
-        surface: Arc<Surface>,
+        surface: &LiveSurface,
         tls: Option<toolgate_net::tls::ClientTls>,
     ) -> Self {
         let pool = Pool::new(info.url.dial_target(), info.pool_size, tls);
         Self {
             info,
-            surface,
+            surface: RefCell::new(surface.reader()),
             pool,
         }
     }
 
+    /// The operations as they stand now.
+    pub fn surface(&self) -> Rc<Arc<Surface>> {
+        self.surface.borrow_mut().current()
+    }
+
     /// The catalog: one `tools/list` page of the derived tools.
     pub fn list_tools(&self) -> Vec<Vec<u8>> {
-        vec![self.surface.tools_page().to_string().into_bytes()]
+        vec![self.surface().tools_page().to_string().into_bytes()]
     }
 
     /// Calls tool `params` (`"name":…,"arguments":…`) as one HTTP request
@@ -97,7 +116,8 @@ impl OpenApiClient {
         text.push(b'}');
         let call: Value = serde_json::from_slice(&text).map_err(|_| UpstreamError::BadResponse)?;
         let name = call.get("name").and_then(Value::as_str).unwrap_or("");
-        let Some(op) = self.surface.get(name) else {
+        let surface = self.surface();
+        let Some(op) = surface.get(name) else {
             return Ok(error_reply(format!("Unknown tool: `{name}`")));
         };
         let args = call.get("arguments").unwrap_or(&Value::Null);

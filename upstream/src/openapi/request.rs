@@ -341,7 +341,7 @@ mod tests {
     use super::*;
 
     fn billing() -> Surface {
-        Surface::from_json(super::super::surface::tests::BILLING, &[], &[]).unwrap()
+        Surface::parse(super::super::surface::tests::BILLING, &[], &[]).unwrap()
     }
 
     fn req(tool: &str, args: Value) -> Result<Request, ArgumentError> {
@@ -430,7 +430,7 @@ mod tests {
             {"name":"mode","in":"query","schema":{"type":"string","enum":["fast","slow"]}},
             {"name":"n","in":"query","schema":{"anyOf":[{"type":"integer"},{"type":"null"}]}},
             {"name":"tag","in":"query","schema":{"type":"string","nullable":true}}]}}}}"#;
-        let s = Surface::from_json(doc, &[], &[]).unwrap();
+        let s = Surface::parse(doc, &[], &[]).unwrap();
         let a = s.get("a").unwrap();
         assert!(build(a, "/", &json!({"mode": "fast", "n": 3, "tag": null})).is_ok());
         assert!(build(a, "/", &json!({"mode": "turbo"})).is_err());

@@ -23,9 +23,9 @@ use serde_json::{json, Map, Value};
 /// Why a document does not make a tool surface.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    /// Not JSON (or not an object).
-    #[error("not a JSON OpenAPI document: {0}")]
-    NotJson(String),
+    /// Neither JSON nor YAML (or not an object).
+    #[error("not an OpenAPI document: {0}")]
+    Syntax(String),
     /// Not OpenAPI 3.x.
     #[error(
         "`openapi` must be 3.0.x or 3.1.x (OpenAPI 2.0 / Swagger is not supported), found {0}"
@@ -140,18 +140,12 @@ const RESERVED_HEADERS: [&str; 10] = [
 const MAX_DEPTH: usize = 32;
 
 impl Surface {
-    /// The surface of the JSON document `text`, keeping the operations
-    /// `include` names (all when empty) less those `exclude` names.
-    pub fn from_json(
-        text: &str,
-        include: &[String],
-        exclude: &[String],
-    ) -> Result<Self, SpecError> {
-        let doc: Value =
-            serde_json::from_str(text).map_err(|e| SpecError::NotJson(e.to_string()))?;
-        if !doc.is_object() {
-            return Err(SpecError::NotJson("the document is not an object".into()));
-        }
+    /// The surface of the document `text` (JSON or YAML), keeping the
+    /// operations `include` names (all when empty) less those `exclude`
+    /// names.
+    pub fn parse(text: &str, include: &[String], exclude: &[String]) -> Result<Self, SpecError> {
+        let doc =
+            toolgate_core::document::parse(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
         let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
         if !(version.starts_with("3.0") || version.starts_with("3.1")) {
             let found = doc
@@ -522,7 +516,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_operation_is_a_tool_named_by_operation_id_or_method_and_path() {
-        let s = Surface::from_json(BILLING, &[], &[]).unwrap();
+        let s = Surface::parse(BILLING, &[], &[]).unwrap();
         let names: Vec<&str> = s.operations.iter().map(|o| o.tool.as_str()).collect();
         assert_eq!(
             names,
@@ -542,7 +536,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_json_object_body_is_flattened_with_its_required_members_and_cycles_cut() {
-        let s = Surface::from_json(BILLING, &[], &[]).unwrap();
+        let s = Surface::parse(BILLING, &[], &[]).unwrap();
         let refund = s.get("createRefund").unwrap();
         let input = &refund.definition["inputSchema"];
         assert_eq!(input["properties"]["amount"]["type"], "number");
@@ -559,7 +553,7 @@ pub(crate) mod tests {
         let only = |inc: &[&str], exc: &[&str]| {
             let inc: Vec<String> = inc.iter().map(|s| (*s).to_owned()).collect();
             let exc: Vec<String> = exc.iter().map(|s| (*s).to_owned()).collect();
-            let s = Surface::from_json(BILLING, &inc, &exc).unwrap();
+            let s = Surface::parse(BILLING, &inc, &exc).unwrap();
             s.operations.into_iter().map(|o| o.tool).collect::<Vec<_>>()
         };
         assert_eq!(
@@ -575,12 +569,12 @@ pub(crate) mod tests {
     #[test]
     fn unsupported_documents_and_operations_say_what_and_where() {
         assert!(matches!(
-            Surface::from_json(r#"{"swagger":"2.0","paths":{}}"#, &[], &[]),
+            Surface::parse(r#"{"swagger":"2.0","paths":{}}"#, &[], &[]),
             Err(SpecError::Version(_))
         ));
         let form = r#"{"openapi":"3.0.3","paths":{"/up":{"post":{"operationId":"upload",
             "requestBody":{"content":{"multipart/form-data":{"schema":{}}}}}}}}"#;
-        let e = Surface::from_json(form, &[], &[]).unwrap_err().to_string();
+        let e = Surface::parse(form, &[], &[]).unwrap_err().to_string();
         assert!(
             e.contains("`upload`") && e.contains("multipart/form-data"),
             "{e}"
@@ -588,12 +582,12 @@ pub(crate) mod tests {
         let remote = r#"{"openapi":"3.0.3","paths":{"/a":{"get":{"operationId":"a",
             "parameters":[{"$ref":"other.json#/p"}]}}}}"#;
         assert!(matches!(
-            Surface::from_json(remote, &[], &[]),
+            Surface::parse(remote, &[], &[]),
             Err(SpecError::Reference(_))
         ));
         let twice = r#"{"openapi":"3.0.3","paths":{"/a":{"get":{"operationId":"x"}},"/b":{"get":{"operationId":"x"}}}}"#;
         assert_eq!(
-            Surface::from_json(twice, &[], &[]),
+            Surface::parse(twice, &[], &[]),
             Err(SpecError::Duplicate("x".into()))
         );
     }
@@ -604,7 +598,7 @@ pub(crate) mod tests {
             {"name":"Authorization","in":"header","schema":{"type":"string"}},
             {"name":"content-length","in":"header","schema":{"type":"string"}},
             {"name":"X-Trace","in":"header","schema":{"type":"string"}}]}}}}"#;
-        let s = Surface::from_json(doc, &[], &[]).unwrap();
+        let s = Surface::parse(doc, &[], &[]).unwrap();
         let names: Vec<&str> = s
             .get("a")
             .unwrap()
@@ -615,7 +609,7 @@ pub(crate) mod tests {
         assert_eq!(names, ["X-Trace"]);
         let bad = r#"{"openapi":"3.0.3","paths":{"/a":{"get":{"operationId":"a","parameters":[
             {"name":"X-A\r\nX-B","in":"header"}]}}}}"#;
-        assert!(Surface::from_json(bad, &[], &[]).is_err());
+        assert!(Surface::parse(bad, &[], &[]).is_err());
     }
 
     #[test]
@@ -624,7 +618,7 @@ pub(crate) mod tests {
             "parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"string"}}],
             "requestBody":{"content":{"application/json":{"schema":{"type":"object",
               "properties":{"id":{"type":"integer"},"name":{"type":"string"}}}}}}}}}}"#;
-        let s = Surface::from_json(doc, &[], &[]).unwrap();
+        let s = Surface::parse(doc, &[], &[]).unwrap();
         let op = s.get("put").unwrap();
         assert_eq!(
             op.body,

@@ -115,13 +115,14 @@ pub struct UpstreamConfig {
     /// Endpoint URL of an `mcp` upstream, e.g. `http://127.0.0.1:9101/mcp`.
     #[serde(default = "no_url")]
     pub url: Spanned<String>,
-    /// `openapi`: the OpenAPI 3.0/3.1 document (JSON), a path relative to
-    /// the config file.
+    /// `openapi`: the OpenAPI 3.0/3.1 document (JSON or YAML): a path
+    /// relative to the config file, or an `http(s)://` URL fetched at start
+    /// and every `catalog_refresh_s`.
     #[serde(default)]
     pub spec: Option<Spanned<String>>,
     /// `openapi`: the API's base URL, e.g. `http://127.0.0.1:9301` (its path
     /// is prefixed to every operation's). Default: the document's first
-    /// `servers` URL.
+    /// `servers` URL, or for a `spec` URL the origin it is served from.
     #[serde(default)]
     pub base_url: Option<Spanned<String>>,
     /// `openapi`: the operations exposed, by operationId (or derived name)

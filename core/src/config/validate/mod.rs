@@ -135,12 +135,7 @@ pub(crate) fn validate(
         }
         let checked = check_upstream_entry(u, base, &mut err, &at);
         if let Some(url) = checked.url {
-            resolved.push((
-                url,
-                checked.ca_file,
-                checked.credential_file,
-                checked.spec_file,
-            ));
+            resolved.push((url, checked.ca_file, checked.credential_file, checked.spec));
         }
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
@@ -464,12 +459,12 @@ pub(crate) fn validate(
                 .into_iter()
                 .zip(resolved)
                 .map(
-                    |(entry, (url, ca_file, credential_file, spec_file))| ResolvedUpstream {
+                    |(entry, (url, ca_file, credential_file, spec))| ResolvedUpstream {
                         entry,
                         url,
                         ca_file,
                         credential_file,
-                        spec_file,
+                        spec,
                     },
                 )
                 .collect();

@@ -32,7 +32,7 @@ pub struct CheckedUpstream {
     /// `credential.file`, resolved.
     pub credential_file: Option<PathBuf>,
     /// `spec` of an `openapi` upstream, resolved.
-    pub spec_file: Option<PathBuf>,
+    pub spec: Option<SpecSource>,
 }
 
 /// What the configuration requires of one upstream entry by itself (name
@@ -55,7 +55,7 @@ pub(crate) fn check_upstream_entry(
         url: None,
         ca_file: None,
         credential_file: None,
-        spec_file: None,
+        spec: None,
     };
     let endpoint = match u.kind {
         UpstreamKind::Mcp => {
@@ -139,8 +139,10 @@ pub fn check_upstream(u: &UpstreamConfig, base: &Path) -> Result<CheckedUpstream
 }
 
 /// The endpoint of an `openapi` upstream: `base_url`, else the document's
-/// first `servers` URL; resolves `spec` into `checked`. The document must
-/// be a readable JSON file (its operations are checked when it is loaded).
+/// first `servers` URL (for a file) or the origin the document is served
+/// from (for a URL, which is fetched when the upstream is loaded, not
+/// here); resolves `spec` into `checked`. A file must be a readable JSON or
+/// YAML document (its operations are checked when it is loaded).
 fn openapi_endpoint(
     u: &UpstreamConfig,
     base: &Path,
@@ -162,15 +164,28 @@ fn openapi_endpoint(
         );
         return None;
     };
-    if spec.get_ref().starts_with("http://") || spec.get_ref().starts_with("https://") {
-        err(
-            at(&spec.span()),
-            format!("upstream `{name}`: `spec` must be a file for now; save `{}` next to the configuration", spec.get_ref()),
+    let text = spec.get_ref();
+    if text.starts_with("http://") || text.starts_with("https://") {
+        let url = match UpstreamUrl::parse(text) {
+            Ok(url) => url,
+            Err(e) => {
+                err(at(&spec.span()), format!("upstream `{name}`: `spec`: {e}"));
+                return None;
+            }
+        };
+        let origin = format!(
+            "{}://{}",
+            if url.tls { "https" } else { "http" },
+            url.authority
         );
-        return None;
+        checked.spec = Some(SpecSource::Url(url));
+        return Some(match &u.base_url {
+            Some(b) => (b.get_ref().clone(), b.span()),
+            None => (origin, spec.span()),
+        });
     }
-    let path = base.join(spec.get_ref());
-    let text = match std::fs::read_to_string(&path) {
+    let path = base.join(text);
+    let doc = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             err(
@@ -183,17 +198,15 @@ fn openapi_endpoint(
             return None;
         }
     };
-    checked.spec_file = Some(path.clone());
+    checked.spec = Some(SpecSource::File(path.clone()));
     if let Some(b) = &u.base_url {
         return Some((b.get_ref().clone(), b.span()));
     }
-    let server = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|d| {
-            d.pointer("/servers/0/url")
-                .and_then(|s| s.as_str())
-                .map(str::to_owned)
-        });
+    let server = crate::document::parse(&doc).ok().and_then(|d| {
+        d.pointer("/servers/0/url")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+    });
     match server {
         Some(s) => Some((s, spec.span())),
         None => {
