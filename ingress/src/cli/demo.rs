@@ -1,4 +1,4 @@
-//! `toolgate demo`: the gateway with a demo MCP upstream and two agents,
+//! `toolgate demo`: the gateway with a demo MCP server, a demo REST API and two agents,
 //! configured in a temporary directory.
 
 use anyhow::Context;
@@ -11,9 +11,8 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("toolgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let text = demo::config(listen, upstream, &dir.join("audit"));
-    let path = dir.join("toolgate.toml");
-    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    let path = demo::write_config(&dir, listen, upstream)
+        .with_context(|| format!("writing the demo configuration into {}", dir.display()))?;
     let cfg = super::load(&path)?;
     let audit_file = cfg.audit_dir.clone();
     process::run(

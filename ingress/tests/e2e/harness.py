@@ -926,3 +926,36 @@ def result_json(result: Any) -> Any:
         return json.loads(texts[0])
     except json.JSONDecodeError:
         return texts[0]
+
+
+class Demo:
+    """``toolgate demo`` started on a free port (by its pid, stopped by it):
+    ``url`` is its base URL, ``output`` what it printed."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.out_path = workdir / "demo.out"
+        out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen([str(TOOLGATE_BIN), "demo", "--port", str(self.port)], stdout=out, stderr=out,
+                                     stdin=subprocess.DEVNULL, cwd=workdir)
+        out.close()
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def __enter__(self) -> "Demo":
+        with httpx.Client(timeout=1.0) as http:
+            for _ in range(int(READY_TIMEOUT_S / 0.05)):
+                assert self.proc.poll() is None, self.output()
+                try:
+                    if http.get(f"{self.url}/readyz").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+        stop_process(self.proc)
+        raise AssertionError(f"the demo did not become ready:\n{self.output()}")
+
+    def __exit__(self, *exc) -> None:
+        stop_process(self.proc)

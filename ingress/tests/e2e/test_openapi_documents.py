@@ -1,4 +1,5 @@
 """Where an OpenAPI upstream's document comes from, and how it stays current:
+the demo's REST API,
 a YAML file, a URL served by the API itself (FastAPI's own
 ``/openapi.json``), an upstream created through the admin API, a document
 edited while toolgate runs (the surface follows it; a broken edit keeps the
@@ -17,8 +18,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from mcp.shared.exceptions import MCPError
 
-from harness import HOST, TOOLGATE_BIN, Agent, free_port, result_json, sdk_client_cm, stop_process, wait_for_port
+from harness import HOST, TOOLGATE_BIN, Agent, Demo, free_port, result_json, sdk_client_cm, stop_process, wait_for_port
 from test_admin_api import admin_gate  # noqa: F401  (fixture)
 
 API_SCRIPT = Path(__file__).with_name("billing_api.py")
@@ -186,3 +188,24 @@ def test_openapi_upstream_created_through_the_admin_api(admin_gate, billing_api)
     r = admin.put("upstreams/ghost", {"kind": "openapi", "spec": f"{billing_api}/nope.json"})
     assert r.status_code == 422, r.text
     assert "nope.json" in r.text and "404" in r.text
+
+
+def test_demo_includes_a_rest_api_as_tools(tmp_path):
+    with Demo(tmp_path) as demo:
+        async def scenario():
+            async with sdk_client_cm(f"{demo.url}/mcp", "tg_demo_billing_key", "auto") as client:
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert {"billing__getInvoice", "billing__createRefund"} <= names
+                invoice = result_json(await client.call_tool("billing__getInvoice", {"invoice_id": "inv-1"}))
+                refund = result_json(await client.call_tool("billing__createRefund", {"invoice_id": "inv-1", "amount": 50}))
+                with pytest.raises(MCPError) as denied:
+                    await client.call_tool("billing__createRefund", {"invoice_id": "inv-1", "amount": 5000})
+                return invoice, refund, str(denied.value)
+
+        invoice, refund, denied = anyio.run(scenario)
+        # The API answered (so toolgate injected its credential), the card is masked.
+        assert invoice["id"] == "inv-1" and invoice["card"] == "[REDACTED:card:****1111]"
+        assert refund["amount"] == 50
+        assert "policy" in denied.lower()
+        out = demo.output()
+        assert "billing__getInvoice" in out and "amount\":5000" in out

@@ -29,6 +29,7 @@ from harness import (
     SDK_MODES,
     TOOLGATE_BIN,
     Agent,
+    Demo,
     free_port,
     modern_headers,
     modern_request,
@@ -303,25 +304,9 @@ style = "hash"
 
 
 def test_demo_masks_card_for_both_agents_and_email_for_billing_only(tmp_path):
-    port = free_port()
-    out = open(tmp_path / "demo.out", "wb")
-    proc = subprocess.Popen([str(TOOLGATE_BIN), "demo", "--port", str(port)], stdout=out, stderr=out,
-                            stdin=subprocess.DEVNULL, cwd=tmp_path)
-    out.close()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(timeout=1.0) as http:
-            for _ in range(int(READY_TIMEOUT_S / 0.05)):
-                assert proc.poll() is None, (tmp_path / "demo.out").read_text()
-                try:
-                    if http.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
-
+    with Demo(tmp_path) as demo:
         async def lookup(key: str) -> dict:
-            async with sdk_client_cm(f"{url}/mcp", key, "auto") as client:
+            async with sdk_client_cm(f"{demo.url}/mcp", key, "auto") as client:
                 r = await client.call_tool("crm__lookup_customer", {"customer_id": "c-42"})
                 assert not r.is_error, r
                 return result_json(r)
@@ -331,5 +316,3 @@ def test_demo_masks_card_for_both_agents_and_email_for_billing_only(tmp_path):
         assert support == {"id": "c-42", "name": "Ada Lovelace", "email": "ada@example.com",
                            "card": "[REDACTED:card:****1111]", "tier": "gold"}
         assert billing == {**support, "email": "[REDACTED:email]"}
-    finally:
-        stop_process(proc)

@@ -1,32 +1,68 @@
-//! `toolgate demo`: the gateway with a built-in configuration and a small
-//! in-process MCP upstream, so a newcomer sees every part working with no
-//! setup. The upstream speaks the handshake era over plain blocking sockets;
-//! it is demo scaffolding, not part of the gateway's request path.
+//! `toolgate demo`: the gateway with a built-in configuration, a small
+//! in-process MCP server (`crm`) and a REST API behind its OpenAPI document
+//! (`billing`), so a newcomer sees every part working with no setup. Both
+//! are served over plain blocking sockets from one listener; they are demo
+//! scaffolding, not part of the gateway's request path.
+
+mod billing;
+mod crm;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The demo agents: (id, API key, attached tools).
 pub const AGENTS: [(&str, &str, &[&str]); 2] = [
     (
         "support-bot",
         "tg_demo_support_key",
-        &["crm__lookup_customer", "crm__echo"],
+        &["crm__lookup_customer", "crm__echo", "billing__getInvoice"],
     ),
     (
         "billing-bot",
         "tg_demo_billing_key",
-        &["crm__lookup_customer", "crm__delete_record", "crm__echo"],
+        &[
+            "crm__lookup_customer",
+            "crm__delete_record",
+            "crm__echo",
+            "billing__getInvoice",
+            "billing__createRefund",
+        ],
     ),
 ];
 
-/// The demo configuration, listening on `listen` with the demo upstream at `upstream`.
-pub fn config(listen: SocketAddr, upstream: SocketAddr, audit_dir: &std::path::Path) -> String {
+/// The demo's Cedar policy: attached tools are allowed, but no refund
+/// above 1000, whoever asks.
+pub const POLICY: &str = r#"@id("attached-tools")
+permit(principal, action, resource);
+
+@id("no-large-refunds")
+forbid(principal, action == Toolgate::Action::"billing__createRefund", resource)
+when { context.args.amount > 1000 };
+"#;
+
+/// Writes the demo configuration into `dir` — listening on `listen`, with
+/// the demo servers at `upstream` — beside the files it names (the billing
+/// API's OpenAPI document, its credential, the policy); returns its path.
+pub fn write_config(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> std::io::Result<std::path::PathBuf> {
+    let audit_dir = dir.join("audit");
+    std::fs::write(
+        dir.join("billing.openapi.json"),
+        serde_json::to_string_pretty(&billing::document()).unwrap_or_default(),
+    )?;
+    std::fs::write(dir.join("billing.token"), billing::TOKEN)?;
+    std::fs::write(dir.join("demo.cedar"), POLICY)?;
     let mut s = format!(
-        "[server]\nlisten = \"{listen}\"\nshards = 1\n\n[[upstreams]]\nname = \"crm\"\nurl = \"http://{upstream}/mcp\"\ntimeout_ms = 5000\n\n"
+        "[server]\nlisten = \"{listen}\"\nshards = 1\n\n[[upstreams]]\nname = \"crm\"\nurl = \"http://{upstream}/mcp\"\ntimeout_ms = 5000\n\n\
+         [[upstreams]]\nname = \"billing\"\nkind = \"openapi\"\nspec = \"billing.openapi.json\"\nbase_url = \"http://{upstream}\"\ntimeout_ms = 5000\n\
+         [upstreams.credential]\nheader = \"Authorization\"\nvalue_prefix = \"Bearer \"\nfile = \"billing.token\"\n\n\
+         [policies]\nfiles = [\"demo.cedar\"]\n\n"
     );
     for (id, key, tools) in AGENTS {
         let hash = hex::encode(toolgate_core::identity::key_hash(key.as_bytes()));
@@ -38,14 +74,17 @@ pub fn config(listen: SocketAddr, upstream: SocketAddr, audit_dir: &std::path::P
     }
     s.push_str(&format!("[audit]\ndir = \"{}\"\n\n", audit_dir.display()));
     s.push_str(OUTPUT_RULES);
-    s
+    let path = dir.join("toolgate.toml");
+    std::fs::write(&path, s)?;
+    Ok(path)
 }
 
-/// The demo's output rules: card numbers masked for every agent, e-mail
-/// addresses masked for billing-bot only.
+/// The demo's output rules: card numbers masked for every agent (from the
+/// MCP server and the REST API alike), e-mail addresses masked for
+/// billing-bot only.
 pub const OUTPUT_RULES: &str = r#"[[output_rules]]
 name = "cards"
-tools = ["crm__*"]
+tools = ["crm__*", "billing__*"]
 detectors = ["card"]
 style = "last4"
 
@@ -72,83 +111,33 @@ pub fn start_upstream() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn tools() -> Value {
-    json!([
-        {"name": "echo", "description": "Echoes its text back.",
-         "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
-        {"name": "lookup_customer", "description": "Looks up a customer record by id.",
-         "inputSchema": {"type": "object", "properties": {"customer_id": {"type": "string"}}, "required": ["customer_id"]}},
-        {"name": "delete_record", "description": "Deletes a CRM record.",
-         "inputSchema": {"type": "object", "properties": {"record_id": {"type": "string"}}, "required": ["record_id"]}}
-    ])
-}
-
-fn call(name: &str, args: &Value) -> Value {
-    let text = match name {
-        "echo" => args["text"].as_str().unwrap_or("").to_owned(),
-        "lookup_customer" => json!({
-            "id": args["customer_id"],
-            "name": "Ada Lovelace",
-            "email": "ada@example.com",
-            "card": "4111 1111 1111 1111",
-            "tier": "gold"
-        })
-        .to_string(),
-        "delete_record" => format!(
-            "record {} deleted",
-            args["record_id"].as_str().unwrap_or("?")
-        ),
-        _ => {
-            return json!({"content": [{"type": "text", "text": format!("unknown tool {name}")}], "isError": true})
-        }
-    };
-    json!({"content": [{"type": "text", "text": text}], "isError": false})
-}
-
-fn answer(req: &Value) -> Option<Value> {
-    let id = req.get("id")?.clone();
-    let method = req["method"].as_str().unwrap_or("");
-    let result = match method {
-        "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                               "serverInfo": {"name": "toolgate-demo-crm", "version": "1"}}),
-        "ping" => json!({}),
-        "tools/list" => json!({"tools": tools()}),
-        "tools/call" => call(
-            req["params"]["name"].as_str().unwrap_or(""),
-            &req["params"]["arguments"],
-        ),
-        _ => {
-            return Some(
-                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "Method not found"}}),
-            )
-        }
-    };
-    Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))
-}
-
 fn serve(mut conn: TcpStream) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let (head_len, method, length) = loop {
+        let (head_len, method, path, authorization, length) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let len = req
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| {
-                            std::str::from_utf8(h.value)
-                                .ok()?
-                                .trim()
-                                .parse::<usize>()
-                                .ok()
-                        })
+                    let header = |name: &str| {
+                        req.headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case(name))
+                            .and_then(|h| std::str::from_utf8(h.value).ok())
+                            .map(|v| v.trim().to_owned())
+                    };
+                    let len = header("content-length")
+                        .and_then(|v| v.parse::<usize>().ok())
                         .unwrap_or(0);
-                    break (n, req.method.unwrap_or("").to_owned(), len.min(1 << 20));
+                    break (
+                        n,
+                        req.method.unwrap_or("").to_owned(),
+                        req.path.unwrap_or("").to_owned(),
+                        header("authorization"),
+                        len.min(1 << 20),
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < 65536 => match conn.read(&mut chunk) {
                     Ok(0) | Err(_) => return,
@@ -165,11 +154,19 @@ fn serve(mut conn: TcpStream) {
         }
         let body: Vec<u8> = buf[head_len..head_len + length].to_vec();
         buf.drain(..head_len + length);
-        let response = match method.as_str() {
-            "POST" => match serde_json::from_slice::<Value>(&body)
+        let rest = billing::answer(&method, &path, authorization.as_deref(), &body);
+        let response = match (rest, method.as_str()) {
+            (Some((status, v)), _) => {
+                let b = v.to_string();
+                format!(
+                    "HTTP/1.1 {status} Demo\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )
+            }
+            (None, "POST") => match serde_json::from_slice::<Value>(&body)
                 .ok()
                 .as_ref()
-                .map(answer)
+                .map(crm::answer)
             {
                 Some(Some(v)) => {
                     let b = v.to_string();
@@ -181,7 +178,7 @@ fn serve(mut conn: TcpStream) {
                 Some(None) => "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_owned(),
                 None => "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_owned(),
             },
-            "DELETE" => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            (None, "DELETE") => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned(),
             _ => "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n".to_owned(),
         };
         if conn.write_all(response.as_bytes()).is_err() {
@@ -215,6 +212,12 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
     ));
     s.push_str(&format!(
         "\nDelete a record as support-bot (refused: not attached):\n  curl -s {url} -H 'Authorization: Bearer {support}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__delete_record' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__delete_record\",\"arguments\":{{\"record_id\":\"r-1\"}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nCall the REST API `billing` (behind its OpenAPI document) as a tool; toolgate injects its credential, the card is masked:\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: billing__getInvoice' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{{\"name\":\"billing__getInvoice\",\"arguments\":{{\"invoice_id\":\"inv-1\"}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nA refund above 1000 (refused by the Cedar policy in demo.cedar before the API sees it):\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: billing__createRefund' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"tools/call\",\"params\":{{\"name\":\"billing__createRefund\",\"arguments\":{{\"invoice_id\":\"inv-1\",\"amount\":5000}},{meta}}}}}'\n"
     ));
     s.push_str(&format!(
         "\nWith the official Python SDK (pip install mcp):\n  python3 -c \"import asyncio, httpx2; from mcp import Client; from mcp.client.streamable_http import streamable_http_client as h\nasync def main():\n    async with Client(h('{url}', http_client=httpx2.AsyncClient(headers={{'Authorization': 'Bearer {support}'}}))) as c:\n        print([t.name for t in (await c.list_tools()).tools])\n        print((await c.call_tool('crm__lookup_customer', {{'customer_id': 'c-42'}})).content[0].text)\nasyncio.run(main())\"\n"
