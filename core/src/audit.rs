@@ -205,6 +205,28 @@ pub struct AuditRecord {
     pub admin: Option<Box<AdminChange>>,
     /// The HTTP request a call to a REST (OpenAPI) upstream became.
     pub http: Option<HttpCall>,
+    /// The door the request came in through (written only for the REST door).
+    pub door: Door,
+}
+
+/// The door a request comes in through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Door {
+    /// `/mcp`: MCP JSON-RPC.
+    #[default]
+    Mcp,
+    /// `/rest/{upstream}/…`: a plain HTTP request resolved to a tool.
+    Rest,
+}
+
+impl Door {
+    /// Its wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Mcp => "mcp",
+            Door::Rest => "rest",
+        }
+    }
 }
 
 /// The HTTP request one tool call became at a REST (OpenAPI) upstream.
@@ -401,6 +423,7 @@ impl AuditRecord {
             args: None,
             admin: None,
             http: None,
+            door: Door::Mcp,
         }
     }
 
@@ -486,6 +509,9 @@ impl AuditRecord {
                 let _ = write!(out, ",\"latency_us\":{}}}", j.latency_us);
             }
             None => out.extend_from_slice(b",\"judge\":null"),
+        }
+        if self.door == Door::Rest {
+            out.extend_from_slice(b",\"door\":\"rest\"");
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");
@@ -633,10 +659,12 @@ mod tests {
                 path: Arc::from("/refunds/{id}"),
                 status: 201,
             }),
+            door: Door::Rest,
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["door"], "rest");
         assert_eq!(
             v["http"],
             serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})

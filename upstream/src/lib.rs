@@ -179,6 +179,15 @@ impl Upstream {
         }
     }
 
+    /// The REST API client, for an upstream described by an OpenAPI
+    /// document (the REST door routes through its operations).
+    pub fn openapi(&self) -> Option<&openapi::OpenApiClient> {
+        match &self.kind {
+            Kind::OpenApi(c) => Some(c),
+            Kind::Mcp(_) => None,
+        }
+    }
+
     /// Every page of the upstream's tool catalog (`tools/list` results).
     pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
         match &self.kind {

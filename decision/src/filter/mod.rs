@@ -338,6 +338,13 @@ impl<'f> Walker<'f, '_> {
         self.write_root(v, out);
     }
 
+    /// Writes a REST API's JSON answer passed on through the REST door: the
+    /// root of field paths (as `structuredContent` is for the MCP door),
+    /// scanned by detectors and patterns.
+    pub fn write_body(&mut self, v: Value<'_, '_>, out: &mut Vec<u8>) {
+        self.write_root(v, out);
+    }
+
     /// Writes the `error` object of an upstream's JSON-RPC error answer,
     /// scanned by detectors and patterns (field paths address results, not
     /// errors): a tool must not leak through its error message what its

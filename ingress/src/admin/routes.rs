@@ -193,7 +193,7 @@ impl AdminApi {
             Method::Post if kind == "tools" => "approve",
             Method::Post => "transaction",
             Method::Get => "get",
-            Method::Other => "other",
+            Method::Patch | Method::Other => "other",
         };
         let Ok(admission) = self.audit.borrow_mut().admit() else {
             tracing::warn!(

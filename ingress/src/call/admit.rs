@@ -37,8 +37,23 @@ impl Gateway {
     ) -> Result<Admitted, Refusal> {
         let call = ToolCall::from_request(rpc)
             .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
+        self.admit_tool(snap, agent, req, &call, stateless, ctx)
+    }
+
+    /// Admits the call of tool `call.name` with `call.arguments`, whichever
+    /// door it came through; the record keeps its arguments as `[audit]
+    /// arguments` says, admitted or not.
+    pub(super) fn admit_tool(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        req: &Request<'_>,
+        call: &ToolCall<'_>,
+        stateless: bool,
+        ctx: &mut CallCtx,
+    ) -> Result<Admitted, Refusal> {
         ctx.tool = Some(truncate(call.name, MAX_TOOL_LEN).to_owned());
-        let admitted = self.admit_call(snap, agent, req, &call, stateless, ctx);
+        let admitted = self.admit_call(snap, agent, req, call, stateless, ctx);
         if self.args_audit.is_on() {
             ctx.args = match &admitted {
                 Ok(a) => self.args_audit.record(a.arguments()),
@@ -46,7 +61,7 @@ impl Gateway {
                 // encoded as they would have been forwarded.
                 Err(_) => {
                     let mut raw = Vec::new();
-                    write_arguments(&call, &mut raw);
+                    write_arguments(call, &mut raw);
                     self.args_audit.record(&raw)
                 }
             };

@@ -6,11 +6,22 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use toolgate_core::audit::{
-    AuditArgs, AuditRecord, Decision, HttpCall, JudgeRecord, Outcome, Reason, Redaction,
+    AuditArgs, AuditRecord, Decision, Door, HttpCall, JudgeRecord, Outcome, Reason, Redaction,
 };
 
 /// What a request is answered with, short of a refusal.
 pub(super) enum Answer {
+    /// A REST API's answer passed on through the REST door.
+    Http {
+        /// The API's status.
+        status: u16,
+        /// Whether the body is JSON (else plain text).
+        json: bool,
+        /// The body, through the output rules.
+        body: Vec<u8>,
+        /// How the call ended, for the record.
+        outcome: Outcome,
+    },
     /// A JSON-RPC message.
     Message {
         /// HTTP status.
@@ -59,6 +70,8 @@ pub(super) struct CallCtx {
     pub(super) args: Option<AuditArgs>,
     /// The HTTP request a call to a REST upstream became.
     pub(super) http: Option<HttpCall>,
+    /// The door the request came in through.
+    pub(super) door: Door,
 }
 
 impl CallCtx {
@@ -91,6 +104,7 @@ impl CallCtx {
             redactions: Vec::new(),
             args: None,
             http: None,
+            door: Door::Mcp,
         }
     }
 
@@ -127,6 +141,7 @@ impl CallCtx {
             args: self.args,
             admin: None,
             http: self.http,
+            door: self.door,
         }
     }
 }

@@ -50,6 +50,32 @@ pub(super) fn apply(
     )
 }
 
+/// Writes a REST API's JSON answer `body` (parsed as `value`) filtered by
+/// the rules, or refuses it. A body with nothing to act on is written as
+/// it came.
+pub(super) fn apply_body(
+    filter: &OutputFilter,
+    body: &[u8],
+    value: Value<'_, '_>,
+    inner: &mut JsonParser,
+    out: &mut Vec<u8>,
+    redactions: &mut Vec<Redaction>,
+) -> Result<(), Refusal> {
+    if !filter.needs_walk(body) {
+        out.extend_from_slice(body);
+        return Ok(());
+    }
+    let mut walker = filter.walker(inner);
+    walker.write_body(value, out);
+    settle(
+        walker.finish(),
+        redactions,
+        out,
+        0,
+        RefusalKind::OutputRefused,
+    )
+}
+
 /// Writes the upstream's JSON-RPC `error` object with what the detectors
 /// and patterns of the rules find masked, or refuses it (a `refuse_when`
 /// on a detector). An error with nothing to act on is written as it came.

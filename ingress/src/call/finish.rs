@@ -3,13 +3,14 @@
 //! the record into that place, and hold the answer until the record is in
 //! the log.
 //!
-//! Only this module writes responses for `/mcp`, and it commits the record
-//! on every path: an answer, a refusal, or an upstream failure.
+//! Only this module writes responses for `/mcp` and the REST door, and it
+//! commits the record on every path: an answer, a refusal, or an upstream
+//! failure.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use toolgate_core::audit::{Decision, Outcome, Reason};
+use toolgate_core::audit::{Decision, Door, Outcome, Reason};
 use toolgate_core::refusal::{Refusal, RefusalKind, WireHeader};
 use toolgate_decision::Snapshot;
 use toolgate_sinks::Admission;
@@ -73,6 +74,20 @@ impl Gateway {
                 response::write(out, status, extra, body, true);
                 (Decision::Allow, status, outcome, error_code)
             }
+            Ok(Answer::Http {
+                status,
+                json,
+                body,
+                outcome,
+            }) => {
+                let body = if json {
+                    Body::Json(&body)
+                } else {
+                    Body::Plain(&body)
+                };
+                response::write(out, status, &[], body, true);
+                (Decision::Allow, status, outcome, None)
+            }
             Ok(Answer::Accepted) => {
                 response::write(out, 202, &[], Body::Empty, true);
                 (Decision::Allow, 202, Outcome::Success, None)
@@ -91,21 +106,28 @@ impl Gateway {
                     }
                     WireHeader::Allow => Some(MCP_METHODS.to_owned()),
                 };
-                write_refusal(
-                    out,
-                    &r,
-                    ctx.request_id.as_deref(),
-                    ctx.requested_version.as_deref(),
-                    value.as_deref(),
-                    ctx.sse,
-                    true,
-                );
+                let (status, code) = match ctx.door {
+                    Door::Mcp => {
+                        write_refusal(
+                            out,
+                            &r,
+                            ctx.request_id.as_deref(),
+                            ctx.requested_version.as_deref(),
+                            value.as_deref(),
+                            ctx.sse,
+                            true,
+                        );
+                        (w.status, Some(w.code))
+                    }
+                    // HTTP semantics, no JSON-RPC code.
+                    Door::Rest => (super::rest::write_refusal(out, &r, value.as_deref()), None),
+                };
                 // A policy deny keeps the finer reason the engine gave, an
                 // out-of-scope call its own.
                 if r.kind != RefusalKind::PolicyDenied && ctx.reason != Reason::ToolOutOfScope {
                     ctx.reason = Reason::Refused(r.kind);
                 }
-                (r.kind.decision(), w.status, Outcome::Failure, Some(w.code))
+                (r.kind.decision(), status, Outcome::Failure, code)
             }
         };
         if let Some(c) = self.counters() {

@@ -14,6 +14,7 @@ use toolgate_sinks::Admission;
 
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
+use toolgate_upstream::openapi::{HttpAnswer, OpenApiClient};
 use toolgate_upstream::{Credential, Reply, Upstream};
 
 /// A `tools/call` that passed every check, ready for its upstream.
@@ -110,4 +111,24 @@ pub(super) async fn forward(
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
             Refusal::new(e.refusal_kind())
         })
+}
+
+/// Sends the admitted call to a REST API and returns its answer as it
+/// came (the REST door); the reserved audit slot is the proof that its
+/// record will be written. Arguments that do not fit the operation are
+/// refused, and nothing is sent.
+pub(super) async fn forward_http(
+    api: &OpenApiClient,
+    call: &Admitted,
+    credential: &Credential,
+    _audited: &Admission,
+) -> Result<HttpAnswer, Refusal> {
+    match api.call_http(&call.params, credential).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(why)) => Err(Refusal::with(RefusalKind::InvalidParams, why)),
+        Err(e) => {
+            tracing::debug!(error = %e, "REST upstream call failed");
+            Err(Refusal::new(e.refusal_kind()))
+        }
+    }
 }

@@ -29,25 +29,31 @@ impl Media {
     /// Refuses a body that is not plain JSON, or an agent that takes
     /// neither JSON nor SSE.
     pub(super) fn check(&self, req: &Request<'_>) -> Result<(), Refusal> {
-        let content_type = req.head.header(req.buf, "content-type").unwrap_or(b"");
-        if !media_is(content_type, b"application/json") {
-            return Err(Refusal::new(RefusalKind::UnsupportedMediaType));
-        }
-        // Policy is decided on the body as read: an encoded body would be
-        // decided on bytes that are not what the tool sees.
-        if let Some(enc) = req.head.header(req.buf, "content-encoding") {
-            if !enc.trim_ascii().eq_ignore_ascii_case(b"identity") {
-                return Err(Refusal::with(
-                    RefusalKind::UnsupportedMediaType,
-                    "request bodies must not be content-encoded",
-                ));
-            }
-        }
+        json_body(req)?;
         if !self.acceptable {
             return Err(Refusal::new(RefusalKind::NotAcceptable));
         }
         Ok(())
     }
+}
+
+/// Refuses a body that is not plain JSON: another `Content-Type`, or any
+/// `Content-Encoding` — policy is decided on the body as read, and an
+/// encoded body would be decided on bytes that are not what the tool sees.
+pub(super) fn json_body(req: &Request<'_>) -> Result<(), Refusal> {
+    let content_type = req.head.header(req.buf, "content-type").unwrap_or(b"");
+    if !media_is(content_type, b"application/json") {
+        return Err(Refusal::new(RefusalKind::UnsupportedMediaType));
+    }
+    if let Some(enc) = req.head.header(req.buf, "content-encoding") {
+        if !enc.trim_ascii().eq_ignore_ascii_case(b"identity") {
+            return Err(Refusal::with(
+                RefusalKind::UnsupportedMediaType,
+                "request bodies must not be content-encoded",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a media-type header value (type and parameters) is `media`.

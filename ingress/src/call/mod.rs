@@ -37,6 +37,7 @@ mod media;
 pub mod params;
 mod parse;
 mod respond;
+mod rest;
 mod routes;
 mod sessions;
 #[cfg(test)]
@@ -61,6 +62,7 @@ use toolgate_upstream::Upstream;
 
 pub use gateway::Gateway;
 pub use identify::{ON_BEHALF_OF, RESOURCE_METADATA_PATH};
+pub use rest::REST_PREFIX;
 
 /// What the synchronous phases (4–6) lead to.
 enum Plan {
@@ -97,7 +99,7 @@ impl Gateway {
     ) -> Result<Answer, Refusal> {
         match req.head.method {
             Method::Post | Method::Delete => {}
-            Method::Get | Method::Put | Method::Other => {
+            Method::Get | Method::Put | Method::Patch | Method::Other => {
                 return Err(Refusal::new(RefusalKind::MethodNotAllowed))
             }
         }

@@ -1,4 +1,5 @@
-//! The agent listener's paths: `/mcp` (the call driver), the RFC 9728
+//! The agent listener's paths: `/mcp` (the call driver), `/rest/…` (the
+//! REST door), the RFC 9728
 //! protected resource metadata, health and readiness, and the refusal of
 //! requests that could not be read.
 
@@ -22,6 +23,7 @@ impl Handler for Gateway {
         let path = path.split(|&b| b == b'?').next().unwrap_or(path);
         match path {
             b"/mcp" => self.mcp(req, out).await,
+            p if p.starts_with(super::REST_PREFIX) => self.rest(req, out).await,
             p if p == RESOURCE_METADATA_PATH.as_bytes() => self.resource_metadata(req, out),
             b"/healthz" => health(out, true),
             b"/readyz" => health(out, self.shared.ready()),

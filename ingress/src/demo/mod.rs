@@ -219,6 +219,10 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
     s.push_str(&format!(
         "\nA refund above 1000 (refused by the Cedar policy in demo.cedar before the API sees it):\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: billing__createRefund' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"tools/call\",\"params\":{{\"name\":\"billing__createRefund\",\"arguments\":{{\"invoice_id\":\"inv-1\",\"amount\":5000}},{meta}}}}}'\n"
     ));
+    let rest = format!("http://{gateway}/rest/billing");
+    s.push_str(&format!(
+        "\nThe same API through the REST door, as plain HTTP (same attachment, policy, credential injection, output rules and audit):\n  curl -s {rest}/invoices/inv-1 -H 'Authorization: Bearer {billing}'\n  curl -s -X POST {rest}/refunds -H 'Authorization: Bearer {billing}' -H 'Content-Type: application/json' -d '{{\"invoice_id\":\"inv-1\",\"amount\":5000}}'\n"
+    ));
     s.push_str(&format!(
         "\nWith the official Python SDK (pip install mcp):\n  python3 -c \"import asyncio, httpx2; from mcp import Client; from mcp.client.streamable_http import streamable_http_client as h\nasync def main():\n    async with Client(h('{url}', http_client=httpx2.AsyncClient(headers={{'Authorization': 'Bearer {support}'}}))) as c:\n        print([t.name for t in (await c.list_tools()).tools])\n        print((await c.call_tool('crm__lookup_customer', {{'customer_id': 'c-42'}})).content[0].text)\nasyncio.run(main())\"\n"
     ));

@@ -26,6 +26,20 @@ pub struct Limits {
     pub max_body_bytes: usize,
 }
 
+impl Method {
+    /// Its name, for a method toolgate serves somewhere.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Method::Get => Some("GET"),
+            Method::Post => Some("POST"),
+            Method::Delete => Some("DELETE"),
+            Method::Put => Some("PUT"),
+            Method::Patch => Some("PATCH"),
+            Method::Other => None,
+        }
+    }
+}
+
 /// The request method, as far as toolgate cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -37,6 +51,8 @@ pub enum Method {
     Delete,
     /// PUT (the admin API).
     Put,
+    /// PATCH (the REST door).
+    Patch,
     /// Anything else.
     Other,
 }
@@ -103,6 +119,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<Head>, Refusal> 
         Some("POST") => Method::Post,
         Some("DELETE") => Method::Delete,
         Some("PUT") => Method::Put,
+        Some("PATCH") => Method::Patch,
         _ => Method::Other,
     };
     let path = range_in(buf, req.path.unwrap_or("").as_bytes());

@@ -41,6 +41,8 @@ pub enum Body<'a> {
     Sse(&'a [u8]),
     /// Prometheus text exposition.
     Text(&'a [u8]),
+    /// Plain text (a REST API's non-JSON answer).
+    Plain(&'a [u8]),
 }
 
 /// Appends a complete response to `out`.
@@ -72,6 +74,14 @@ pub fn write(
             let _ = write!(
                 out,
                 "Content-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
+            out.extend_from_slice(b);
+        }
+        Body::Plain(b) => {
+            let _ = write!(
+                out,
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
                 b.len()
             );
             out.extend_from_slice(b);

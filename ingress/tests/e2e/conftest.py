@@ -13,12 +13,14 @@ gate (or shares a module-level one) with a fresh config, port and audit dir.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from harness import Agent, Gate, UpstreamCfg, UpstreamProc
+from harness import HOST, Agent, Gate, UpstreamCfg, UpstreamProc, free_port, stop_process, wait_for_port
 
 # Gates currently running; their stderr is attached to the report of a failing test.
 ACTIVE_GATES: list[Gate] = []
@@ -104,3 +106,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
                 text = "...\n" + text[-20000:]
             state = "running" if gate.alive() else f"exited {gate.proc.returncode if gate.proc else None}"
             report.sections.append((f"toolgate stderr (gate {i}, port {gate.port}, {state})", text))
+
+
+@pytest.fixture
+def billing_api(tmp_path) -> Iterator[str]:
+    """The FastAPI billing service (``billing_api.py``) on a free port; its base URL."""
+    port = free_port()
+    log = open(tmp_path / "billing.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("billing_api.py")), str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    try:
+        wait_for_port(port, 30.0, proc)
+        yield f"http://{HOST}:{port}"
+    finally:
+        stop_process(proc)

@@ -23,21 +23,6 @@ from mcp.shared.exceptions import MCPError
 from harness import HOST, TOOLGATE_BIN, Agent, Demo, free_port, result_json, sdk_client_cm, stop_process, wait_for_port
 from test_admin_api import admin_gate  # noqa: F401  (fixture)
 
-API_SCRIPT = Path(__file__).with_name("billing_api.py")
-
-
-@pytest.fixture
-def billing_api(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "billing.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(API_SCRIPT), str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    log.close()
-    try:
-        wait_for_port(port, 30.0, proc)
-        yield f"http://{HOST}:{port}"
-    finally:
-        stop_process(proc)
 
 
 def to_yaml(value, indent: int = 0) -> str:

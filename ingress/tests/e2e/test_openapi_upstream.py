@@ -21,7 +21,6 @@ from mcp.shared.exceptions import MCPError
 from billing_api import CARD
 from harness import HOST, Agent, free_port, result_json, sdk_client_cm, stop_process, wait_for_port
 
-API_SCRIPT = Path(__file__).with_name("billing_api.py")
 SERVICE_TOKEN = "svc-billing-secret"
 TOOLS = ["billing__listInvoices", "billing__getInvoice", "billing__createRefund"]
 
@@ -35,25 +34,13 @@ when { context.args.amount > 1000 };
 """
 
 
-@pytest.fixture
-def billing_api(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "billing.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(API_SCRIPT), str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    log.close()
-    try:
-        wait_for_port(port, 30.0, proc)
-        yield f"http://{HOST}:{port}"
-    finally:
-        stop_process(proc)
-
-
-def openapi_gate(make_gate, tmp_path, api: str, monkeypatch, agent: Agent, include: str = ""):
+def billing_toml(tmp_path, api: str, monkeypatch, include: str = "") -> str:
+    """The billing API as an `openapi` upstream (its document saved from the
+    API), its injected credential, the policy file and a card-masking rule."""
     spec = tmp_path / "billing.openapi.json"
     spec.write_text(httpx.get(f"{api}/openapi.json", timeout=10).text)
     monkeypatch.setenv("TOOLGATE_TEST_BILLING_TOKEN", SERVICE_TOKEN)
-    extra = f"""
+    return f"""
 [[upstreams]]
 name = "billing"
 kind = "openapi"
@@ -73,6 +60,10 @@ name = "cards"
 tools = ["billing__*"]
 detectors = ["card"]
 """
+
+
+def openapi_gate(make_gate, tmp_path, api: str, monkeypatch, agent: Agent, include: str = ""):
+    extra = billing_toml(tmp_path, api, monkeypatch, include)
     gate = make_gate(upstream_list=[], agents=[agent], extra_toml=extra, start=False)
     (gate.workdir / "policy.cedar").write_text(POLICY)
     gate.start()

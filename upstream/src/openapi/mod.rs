@@ -9,6 +9,7 @@
 
 pub mod document;
 pub mod request;
+pub mod route;
 pub mod surface;
 
 use std::cell::RefCell;
@@ -110,6 +111,27 @@ impl OpenApiClient {
         params: &[u8],
         credential: &Credential,
     ) -> Result<Reply, UpstreamError> {
+        let answer = match self.call_http(params, credential).await? {
+            Ok(a) => a,
+            Err(why) => return Ok(error_reply(format!("Invalid params: {why}"))),
+        };
+        let result = request::result(answer.status, answer.json, &answer.body)
+            .map_err(|_| UpstreamError::BadResponse)?;
+        let message = json!({ "jsonrpc": "2.0", "id": 1, "result": result });
+        Ok(Reply {
+            message: message.to_string().into_bytes(),
+            http: Some(answer.http),
+        })
+    }
+
+    /// Calls tool `params` as one HTTP request carrying `credential`; the
+    /// API's answer as it came (the REST door passes it on). `Ok(Err(why))`:
+    /// the arguments do not fit the operation, and nothing was sent.
+    pub async fn call_http(
+        &self,
+        params: &[u8],
+        credential: &Credential,
+    ) -> Result<Result<HttpAnswer, String>, UpstreamError> {
         let mut text = Vec::with_capacity(params.len() + 2);
         text.push(b'{');
         text.extend_from_slice(params);
@@ -118,30 +140,42 @@ impl OpenApiClient {
         let name = call.get("name").and_then(Value::as_str).unwrap_or("");
         let surface = self.surface();
         let Some(op) = surface.get(name) else {
-            return Ok(error_reply(format!("Unknown tool: `{name}`")));
+            return Ok(Err(format!("unknown tool `{name}`")));
         };
         let args = call.get("arguments").unwrap_or(&Value::Null);
         let req = match request::build(op, &self.info.url.path, args) {
             Ok(r) => r,
-            Err(e) => return Ok(error_reply(format!("Invalid params: {e}"))),
+            Err(e) => return Ok(Err(e.to_string())),
         };
         let wire = encode(&self.info.url, &req, credential);
         let resp = self
             .pool
             .exchange(&wire, self.info.max_response_bytes, self.info.timeout)
             .await?;
-        let result = request::result(resp.status, resp.media == MediaType::Json, &resp.body)
-            .map_err(|_| UpstreamError::BadResponse)?;
-        let message = json!({ "jsonrpc": "2.0", "id": 1, "result": result });
-        Ok(Reply {
-            message: message.to_string().into_bytes(),
-            http: Some(HttpCall {
+        Ok(Ok(HttpAnswer {
+            status: resp.status,
+            json: resp.media == MediaType::Json,
+            body: resp.body,
+            http: HttpCall {
                 method: Arc::clone(&op.method),
                 path: Arc::clone(&op.path),
                 status: resp.status,
-            }),
-        })
+            },
+        }))
     }
+}
+
+/// A REST API's answer to one call, as it came.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// Whether the body is `application/json`.
+    pub json: bool,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The request the call became, for the audit record.
+    pub http: HttpCall,
 }
 
 /// A JSON-RPC `Invalid params` reply with `message`.

@@ -1,0 +1,265 @@
+//! The REST door: `/rest/{upstream}/{path…}`, for agents that call plain
+//! HTTP APIs (function-calling code with `requests`/`httpx`, curl in a
+//! shell tool) instead of speaking MCP.
+//!
+//! A request is resolved to a tool before anything is forwarded: for an
+//! `openapi` upstream, its method and path are matched against the
+//! document's operations, and the tool is the same `{prefix}__{operationId}`
+//! the MCP door exposes. Its path, query and JSON body become the same
+//! arguments the MCP door gives that operation, so the call then runs the
+//! MCP door's phases unchanged: identity (2), admission with attachment,
+//! quarantine, rate limit, scope and policy (6), the judge and the
+//! credential (7), the upstream request rebuilt from the checked arguments
+//! (never the agent's headers), the output rules on the JSON answer (8),
+//! and the audit record (1, 9) with `"door":"rest"`.
+//!
+//! There is no "forward anything": a path that resolves to no operation —
+//! of an upstream without an OpenAPI description, too — is a 404, audited.
+//! Errors keep HTTP semantics: 401 with `WWW-Authenticate`, 403 for a deny,
+//! 404 for an unknown or unattached operation (told apart only in the
+//! record), 429, 502/504; the body is `{"error": code, "message": …}` and
+//! never names a policy.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use simd_json::prelude::*;
+use toolgate_core::audit::{Door, Outcome, Reason};
+use toolgate_core::jsonrpc::{write_str, ToolCall};
+use toolgate_core::refusal::{Refusal, RefusalKind};
+use toolgate_decision::{OutputFilter, Snapshot};
+use toolgate_sinks::Admission;
+use toolgate_upstream::openapi::route::RouteError;
+use toolgate_upstream::openapi::HttpAnswer;
+use toolgate_upstream::Upstream;
+
+use super::ctx::{Answer, CallCtx};
+use super::{filter, forward, media, Gateway};
+use crate::http::response::{self, Body};
+use crate::http::server::Request;
+
+/// The REST door's path prefix.
+pub const REST_PREFIX: &[u8] = b"/rest/";
+
+impl Gateway {
+    /// Serves `/rest/{upstream}/{path…}`: every phase, in order.
+    pub(super) async fn rest(&self, req: &Request<'_>, out: &mut Vec<u8>) {
+        let Some(slot) = self.reserve(out) else {
+            return;
+        };
+        let mut ctx = CallCtx::new(req.started, req.peer, false, Reason::Answered);
+        ctx.door = Door::Rest;
+        ctx.method = Some("tools/call".to_owned());
+        let (snapshot, clients) = self.current();
+        let result = self
+            .serve_rest(&snapshot, &clients, req, &slot, &mut ctx)
+            .await;
+        self.finish(&snapshot, req, ctx, result, slot, out).await;
+    }
+
+    async fn serve_rest(
+        &self,
+        snap: &Snapshot,
+        clients: &[Rc<Upstream>],
+        req: &Request<'_>,
+        slot: &Admission,
+        ctx: &mut CallCtx,
+    ) -> Result<Answer, Refusal> {
+        let caller = self.identify(snap, req)?;
+        let agent = caller.agent;
+        ctx.agent = Some(Arc::clone(&agent.id));
+        ctx.user = caller.user;
+        ctx.groups = caller.groups;
+        ctx.scope = caller.scope;
+        let method = req
+            .head
+            .method
+            .as_str()
+            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
+        let target = req
+            .head
+            .path(req.buf)
+            .get(REST_PREFIX.len()..)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
+        let split = target.find(['/', '?']).unwrap_or(target.len());
+        let (name, rest) = target.split_at(split);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let (idx, info) = snap
+            .upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| &*u.name == name)
+            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
+        ctx.upstream = Some(Arc::clone(&info.name));
+        let upstream = clients
+            .get(idx)
+            .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
+        // An upstream without an OpenAPI description has no operations to
+        // resolve to: nothing is forwarded "as is".
+        let api = upstream
+            .openapi()
+            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
+        if !req.body.is_empty() {
+            media::json_body(req)?;
+        }
+        let surface = api.surface();
+        let header = |n: &str| {
+            req.head
+                .header(req.buf, n)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        };
+        let resolved = surface
+            .resolve(method, rest, &header, req.body)
+            .map_err(|e| match e {
+                RouteError::NotFound => Refusal::new(RefusalKind::PathNotFound),
+                RouteError::BadBody(why) => Refusal::with(RefusalKind::InvalidParams, why),
+                e => Refusal::with(RefusalKind::InvalidRequest, e.to_string()),
+            })?;
+        let exposed = snap.catalogs[idx]
+            .as_ref()
+            .and_then(|c| c.get(&resolved.op.tool))
+            .and_then(|d| d.exposed.clone())
+            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
+        let arguments = serde_json::to_vec(&resolved.arguments)
+            .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
+        let admitted = {
+            let mut parser = self.parser.borrow_mut();
+            let tape = parser
+                .parse(&arguments)
+                .map_err(|_| Refusal::new(RefusalKind::ParseError))?;
+            let call = ToolCall {
+                name: &exposed,
+                arguments: Some(tape.as_value()),
+            };
+            self.admit_tool(snap, agent, req, &call, false, ctx)
+        };
+        let admitted = admitted?;
+        self.escalate(&admitted, upstream, ctx).await?;
+        let credential = forward::inject(upstream)?;
+        let answer = forward::forward_http(api, &admitted, &credential, slot).await?;
+        ctx.http = Some(answer.http.clone());
+        self.respond_http(answer, ctx, admitted.filter.as_deref())
+    }
+
+    /// The REST API's answer as the agent's: its status, and its JSON body
+    /// through the output rules. A body that is not JSON passes only when
+    /// no rule applies to the tool: it is never passed on unscanned.
+    fn respond_http(
+        &self,
+        answer: HttpAnswer,
+        ctx: &mut CallCtx,
+        output: Option<&OutputFilter>,
+    ) -> Result<Answer, Refusal> {
+        let outcome = if answer.status >= 400 {
+            Outcome::ToolError
+        } else {
+            Outcome::Success
+        };
+        let Some(f) = output else {
+            return Ok(Answer::Http {
+                status: answer.status,
+                json: answer.json,
+                body: answer.body,
+                outcome,
+            });
+        };
+        if !answer.json {
+            return Err(Refusal::with(
+                RefusalKind::OutputRefused,
+                "the answer is not JSON and output rules apply to this tool",
+            ));
+        }
+        filter::check_size(f, &answer.body)?;
+        let mut parser = self.parser.borrow_mut();
+        let tape = parser
+            .parse(&answer.body)
+            .map_err(|_| Refusal::new(RefusalKind::UpstreamBadResponse))?;
+        let mut body = Vec::with_capacity(answer.body.len());
+        filter::apply_body(
+            f,
+            &answer.body,
+            tape.as_value(),
+            &mut self.inner_parser.borrow_mut(),
+            &mut body,
+            &mut ctx.redactions,
+        )?;
+        Ok(Answer::Http {
+            status: answer.status,
+            json: true,
+            body,
+            outcome,
+        })
+    }
+}
+
+/// Writes a refusal for the REST door — its status, its one header with
+/// `value`, and `{"error": code, "message": …}` — and returns the status.
+/// An unattached tool (or one out of a sub-token's or the user's scope)
+/// is answered exactly like a path with no operation, 404: the caller
+/// learns nothing more; the record keeps the reason.
+pub(super) fn write_refusal(out: &mut Vec<u8>, r: &Refusal, value: Option<&str>) -> u16 {
+    let w = r.wire();
+    let mut body = Vec::with_capacity(96);
+    body.extend_from_slice(br#"{"error":"#);
+    let (status, code, message) = match r.kind {
+        RefusalKind::PathNotFound | RefusalKind::UnknownTool => (
+            404,
+            "not_found",
+            "no operation at this path for this agent".into(),
+        ),
+        kind => (w.status, kind.reason(), w.message),
+    };
+    write_str(code, &mut body);
+    body.extend_from_slice(br#","message":"#);
+    write_str(&message, &mut body);
+    body.push(b'}');
+    let extra: &[(&str, &str)] = match (w.header.name(), value) {
+        (Some(n), Some(v)) => &[(n, v)],
+        _ => &[],
+    };
+    response::write(out, status, extra, Body::Json(&body), true);
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal_of(r: &Refusal, value: Option<&str>) -> (u16, String, String) {
+        let mut out = Vec::new();
+        let status = write_refusal(&mut out, r, value);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn an_unattached_tool_reads_exactly_like_a_path_with_no_operation() {
+        let unattached = refusal_of(&Refusal::with(RefusalKind::UnknownTool, "`x`"), None);
+        let no_route = refusal_of(&Refusal::new(RefusalKind::PathNotFound), None);
+        assert_eq!(unattached, no_route);
+        assert_eq!(unattached.0, 404);
+        assert!(unattached.1.starts_with("HTTP/1.1 404"));
+        let v: serde_json::Value = serde_json::from_str(&unattached.2).unwrap();
+        assert_eq!(v["error"], "not_found");
+    }
+
+    #[test]
+    fn refusals_keep_http_semantics_and_their_header() {
+        let (status, _, body) = refusal_of(&Refusal::new(RefusalKind::PolicyDenied), None);
+        assert_eq!(status, 403);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "denied_by_policy");
+        let (status, head, _) = refusal_of(&Refusal::new(RefusalKind::RateLimited), Some("7"));
+        assert_eq!(status, 429);
+        assert!(head.contains("Retry-After: 7"), "{head}");
+        let (status, _, body) = refusal_of(
+            &Refusal::with(RefusalKind::InvalidRequest, "bad path: empty path segment"),
+            None,
+        );
+        assert_eq!(status, 400);
+        assert!(body.contains("empty path segment"), "{body}");
+    }
+}

@@ -1,0 +1,481 @@
+//! A plain HTTP request (the REST door, `/rest/{upstream}/…`) resolved to
+//! one operation of the surface, and turned into the same arguments the
+//! MCP door gives that operation — so one attachment, one policy and one
+//! audit name cover both doors, and the upstream request is rebuilt from
+//! the checked arguments by [`super::request::build`] either way.
+//!
+//! The path is checked before it is matched: no empty segment (`//`), no
+//! `.` or `..` segment, written plainly or percent-encoded, no encoded `/`
+//! or control character in a segment, no second `?` and no `#`. Each
+//! segment is percent-decoded once, then matched against the templates:
+//! a literal segment before a `{parameter}` one, so `/invoices/open` wins
+//! over `/invoices/{id}`.
+//!
+//! Values are typed by the parameter's schema: `integer`, `number` and
+//! `boolean` parameters take numbers and booleans written as text (a
+//! value that does not parse stays text, and the schema check refuses
+//! it); an `array` query parameter collects repeated keys (or splits on
+//! `,` with `explode: false`). A JSON object body's properties are
+//! arguments under their names (`body_{name}` where a parameter has the
+//! name), any other JSON body is `body`.
+
+use serde_json::{Map, Value};
+
+use super::surface::{Body, Location, Operation, Param, Surface};
+
+/// Why a request does not resolve to an operation's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The path is malformed or ambiguous (`..`, `%2f`, `//`, …).
+    #[error("bad path: {0}")]
+    BadPath(&'static str),
+    /// No operation has this method and path.
+    #[error("no operation at this path")]
+    NotFound,
+    /// The body is not what the operation takes.
+    #[error("bad body: {0}")]
+    BadBody(String),
+    /// The query string is malformed.
+    #[error("bad query: {0}")]
+    BadQuery(&'static str),
+}
+
+/// The segments of a request path, each percent-decoded once.
+fn segments(path: &str) -> Result<Vec<String>, RouteError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(RouteError::BadPath("the path must start with `/`"));
+    };
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    rest.split('/')
+        .map(|raw| {
+            if raw.is_empty() {
+                return Err(RouteError::BadPath("empty path segment"));
+            }
+            let seg = decode(raw, false).ok_or(RouteError::BadPath("bad percent-encoding"))?;
+            if seg == "." || seg == ".." {
+                return Err(RouteError::BadPath("`.` and `..` segments are refused"));
+            }
+            if seg.contains('/') {
+                return Err(RouteError::BadPath(
+                    "an encoded `/` in a segment is refused",
+                ));
+            }
+            if seg.chars().any(char::is_control) {
+                return Err(RouteError::BadPath("control characters are refused"));
+            }
+            Ok(seg)
+        })
+        .collect()
+}
+
+/// Percent-decodes `s` (with `plus`, `+` is a space: form encoding);
+/// `None` when an escape is malformed or the result is not UTF-8.
+fn decode(s: &str, plus: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(v);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// How one template segment matches one decoded segment: the value of its
+/// parameter (`Some`), or a literal match (`None`); `Err` when it does not.
+fn match_segment<'t>(template: &'t str, seg: &str) -> Result<Option<(&'t str, String)>, ()> {
+    let Some(open) = template.find('{') else {
+        return if template == seg { Ok(None) } else { Err(()) };
+    };
+    let close = template[open..].find('}').map(|c| open + c).ok_or(())?;
+    let (pre, name, suf) = (
+        &template[..open],
+        &template[open + 1..close],
+        &template[close + 1..],
+    );
+    if seg.len() > pre.len() + suf.len() && seg.starts_with(pre) && seg.ends_with(suf) {
+        Ok(Some((
+            name,
+            seg[pre.len()..seg.len() - suf.len()].to_owned(),
+        )))
+    } else {
+        Err(())
+    }
+}
+
+/// Path parameters' values by name, as decoded from the request path.
+type PathValues<'s> = Vec<(&'s str, String)>;
+
+/// The operation `method` `path` names, with its path parameters' values.
+fn find<'s>(
+    surface: &'s Surface,
+    method: &str,
+    path: &str,
+) -> Result<(&'s Operation, PathValues<'s>), RouteError> {
+    let segs = segments(path)?;
+    // Most specific first: at the first segment where two candidates
+    // differ, a literal beats a parameter.
+    let mut best: Option<(Vec<bool>, &Operation, PathValues<'s>)> = None;
+    for op in surface.operations.iter().filter(|o| &*o.method == method) {
+        let template: Vec<&str> = op.path.trim_start_matches('/').split('/').collect();
+        let template = if op.path.trim_start_matches('/').is_empty() {
+            Vec::new()
+        } else {
+            template
+        };
+        if template.len() != segs.len() {
+            continue;
+        }
+        let mut shape = Vec::with_capacity(segs.len());
+        let mut values = Vec::new();
+        let matched = template
+            .iter()
+            .zip(&segs)
+            .all(|(t, s)| match match_segment(t, s) {
+                Ok(None) => {
+                    shape.push(true);
+                    true
+                }
+                Ok(Some(v)) => {
+                    shape.push(false);
+                    values.push(v);
+                    true
+                }
+                Err(()) => false,
+            });
+        if matched && best.as_ref().is_none_or(|(b, _, _)| shape > *b) {
+            best = Some((shape, op, values));
+        }
+    }
+    best.map(|(_, op, v)| (op, v)).ok_or(RouteError::NotFound)
+}
+
+/// A value written as text, typed by `schema`'s `type`.
+fn typed(text: &str, schema: &Value) -> Value {
+    let ty = schema.get("type").and_then(Value::as_str);
+    let parsed = match ty {
+        Some("integer") => text.parse::<i64>().ok().map(Value::from),
+        Some("number") => text
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number),
+        Some("boolean") => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+/// The query parameter `p`'s value from its `values` as written.
+fn query_value(p: &Param, values: &[String]) -> Value {
+    if p.schema.get("type").and_then(Value::as_str) == Some("array") {
+        let items = p.schema.get("items").cloned().unwrap_or(Value::Null);
+        let parts: Vec<&str> = if p.explode {
+            values.iter().map(String::as_str).collect()
+        } else {
+            values.iter().flat_map(|v| v.split(',')).collect()
+        };
+        return Value::Array(parts.into_iter().map(|t| typed(t, &items)).collect());
+    }
+    // A scalar given twice: the API would see both; the call takes the
+    // last, as most frameworks do, and the schema decides on it.
+    values
+        .last()
+        .map(|v| typed(v, &p.schema))
+        .unwrap_or(Value::Null)
+}
+
+/// A REST request resolved: the operation and its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved<'s> {
+    /// The operation (its `tool` is the name on this upstream).
+    pub op: &'s Operation,
+    /// The call's arguments, shaped as the MCP door's for this operation.
+    pub arguments: Value,
+}
+
+impl Surface {
+    /// Resolves `method` `target` (path and query, after the door's
+    /// `/rest/{upstream}` prefix) with `header` (a request header's value
+    /// by name) and the JSON `body` (empty: none) to an operation and its
+    /// arguments.
+    pub fn resolve<'s>(
+        &'s self,
+        method: &str,
+        target: &str,
+        header: &dyn Fn(&str) -> Option<String>,
+        body: &[u8],
+    ) -> Result<Resolved<'s>, RouteError> {
+        if target.contains('#') {
+            return Err(RouteError::BadPath("a fragment is refused"));
+        }
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        if query.is_some_and(|q| q.contains('?')) {
+            return Err(RouteError::BadQuery("a second `?` is refused"));
+        }
+        let (op, path_values) = find(self, method, path)?;
+        let mut args = Map::new();
+        for (name, value) in path_values {
+            let schema = op
+                .params
+                .iter()
+                .find(|p| p.name == name && p.location == Location::Path)
+                .map(|p| &p.schema)
+                .unwrap_or(&Value::Null);
+            args.insert(name.to_owned(), typed(&value, schema));
+        }
+        let mut written: Vec<(String, Vec<String>)> = Vec::new();
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = decode(k, true).ok_or(RouteError::BadQuery("bad percent-encoding"))?;
+            let v = decode(v, true).ok_or(RouteError::BadQuery("bad percent-encoding"))?;
+            match written.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, vs)) => vs.push(v),
+                None => written.push((k, vec![v])),
+            }
+        }
+        for (name, values) in &written {
+            let value = match op
+                .params
+                .iter()
+                .find(|p| p.name == *name && p.location == Location::Query)
+            {
+                Some(p) => query_value(p, values),
+                // Not a parameter of the operation: kept as written, so the
+                // argument check refuses it by name.
+                None => Value::String(values.last().cloned().unwrap_or_default()),
+            };
+            args.insert(name.clone(), value);
+        }
+        for p in op.params.iter().filter(|p| p.location == Location::Header) {
+            if let Some(v) = header(&p.name) {
+                args.insert(p.name.clone(), typed(&v, &p.schema));
+            }
+        }
+        if !body.is_empty() {
+            let value: Value = serde_json::from_slice(body)
+                .map_err(|e| RouteError::BadBody(format!("not JSON: {e}")))?;
+            match &op.body {
+                Body::None => {
+                    return Err(RouteError::BadBody(
+                        "the operation takes no request body".into(),
+                    ))
+                }
+                Body::Whole { .. } => {
+                    args.insert("body".into(), value);
+                }
+                Body::Flattened { fields, .. } => {
+                    let Value::Object(props) = value else {
+                        return Err(RouteError::BadBody("the body must be a JSON object".into()));
+                    };
+                    for (prop, v) in props {
+                        // An argument named for the property (`body_{name}`
+                        // where a parameter has its name); an unknown one is
+                        // kept under its own name and refused by the check.
+                        let arg = fields
+                            .iter()
+                            .find(|(_, p)| *p == prop)
+                            .map(|(a, _)| a.clone())
+                            .unwrap_or(prop);
+                        if args.contains_key(&arg) {
+                            return Err(RouteError::BadBody(format!(
+                                "`{arg}` is given twice (in the body and the path or query)"
+                            )));
+                        }
+                        args.insert(arg, v);
+                    }
+                }
+            }
+        }
+        Ok(Resolved {
+            op,
+            arguments: Value::Object(args),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::request;
+    use super::*;
+
+    fn billing() -> Surface {
+        Surface::parse(super::super::surface::tests::BILLING, &[], &[]).unwrap()
+    }
+
+    fn none(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn path_and_query_become_the_mcp_doors_arguments() {
+        let s = billing();
+        let r = s.resolve("GET", "/invoices/inv%2D1", &none, b"").unwrap();
+        assert_eq!(r.op.tool, "getInvoice");
+        assert_eq!(r.arguments, json!({"id": "inv-1"}));
+        let r = s
+            .resolve("GET", "/invoices?status=open", &none, b"")
+            .unwrap();
+        assert_eq!(r.op.tool, "listInvoices");
+        assert_eq!(r.arguments, json!({"status": "open"}));
+    }
+
+    #[test]
+    fn a_json_body_flattens_like_the_mcp_door_and_rebuilds_the_same_request() {
+        let s = billing();
+        let body = br#"{"invoice_id":"inv-1","amount":50}"#;
+        let r = s.resolve("POST", "/refunds", &none, body).unwrap();
+        assert_eq!(r.op.tool, "createRefund");
+        assert_eq!(r.arguments, json!({"invoice_id": "inv-1", "amount": 50}));
+        let req = request::build(r.op, "/", &r.arguments).unwrap();
+        assert_eq!((&*req.method, req.target.as_str()), ("POST", "/refunds"));
+        let sent: Value = serde_json::from_slice(req.body.as_deref().unwrap()).unwrap();
+        assert_eq!(sent, json!({"invoice_id": "inv-1", "amount": 50}));
+    }
+
+    #[test]
+    fn path_tricks_are_refused_before_matching() {
+        let s = billing();
+        for path in [
+            "/invoices/..",
+            "/invoices/%2e%2e",
+            "/invoices/%2E",
+            "/invoices/a%2fb",
+            "/invoices//x",
+            "//invoices",
+            "/invoices/%zz",
+            "/invoices/a%00b",
+            "invoices",
+        ] {
+            assert!(
+                matches!(
+                    s.resolve("GET", path, &none, b""),
+                    Err(RouteError::BadPath(_))
+                ),
+                "{path}"
+            );
+        }
+        assert!(matches!(
+            s.resolve("GET", "/invoices?a=1?b=2", &none, b""),
+            Err(RouteError::BadQuery(_))
+        ));
+        assert!(matches!(
+            s.resolve("GET", "/invoices#x", &none, b""),
+            Err(RouteError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn no_operation_means_not_found_never_a_default() {
+        let s = billing();
+        for (m, p) in [
+            ("GET", "/refunds"),
+            ("PUT", "/invoices/inv-1"),
+            ("GET", "/invoices/inv-1/extra"),
+            ("GET", "/"),
+        ] {
+            assert_eq!(
+                s.resolve(m, p, &none, b""),
+                Err(RouteError::NotFound),
+                "{m} {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_literal_segment_wins_over_a_template() {
+        let doc = r#"{"openapi":"3.1.0","paths":{
+            "/items/{id}":{"get":{"operationId":"one","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"integer"}}]}},
+            "/items/latest":{"get":{"operationId":"latest"}},
+            "/files/{name}.json":{"get":{"operationId":"file","parameters":[{"name":"name","in":"path","required":true,"schema":{"type":"string"}}]}}}}"#;
+        let s = Surface::parse(doc, &[], &[]).unwrap();
+        assert_eq!(
+            s.resolve("GET", "/items/latest", &none, b"")
+                .unwrap()
+                .op
+                .tool,
+            "latest"
+        );
+        let r = s.resolve("GET", "/items/42", &none, b"").unwrap();
+        assert_eq!(
+            (r.op.tool.as_str(), &r.arguments),
+            ("one", &json!({"id": 42}))
+        );
+        // Not a number: kept as text, and the schema check refuses it.
+        let r = s.resolve("GET", "/items/4x", &none, b"").unwrap();
+        assert!(request::build(r.op, "/", &r.arguments).is_err());
+        let r = s.resolve("GET", "/files/report.json", &none, b"").unwrap();
+        assert_eq!(r.arguments, json!({"name": "report"}));
+    }
+
+    #[test]
+    fn bodies_that_do_not_fit_are_refused() {
+        let s = billing();
+        for body in [&b"not json"[..], b"[1,2]"] {
+            assert!(matches!(
+                s.resolve("POST", "/refunds", &none, body),
+                Err(RouteError::BadBody(_))
+            ));
+        }
+        assert!(matches!(
+            s.resolve("GET", "/invoices", &none, b"{}"),
+            Err(RouteError::BadBody(_))
+        ));
+        // A value given in the query and the body is refused, not merged.
+        let doc = r#"{"openapi":"3.1.0","paths":{"/r":{"post":{"operationId":"r",
+            "parameters":[{"name":"mode","in":"query","schema":{"type":"string"}}],
+            "requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"amount":{"type":"integer"}}}}}}}}}}"#;
+        let s = Surface::parse(doc, &[], &[]).unwrap();
+        assert!(s
+            .resolve("POST", "/r?amount=1", &none, br#"{"amount":2}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn arrays_and_headers_take_their_declared_shape() {
+        let doc = r#"{"openapi":"3.1.0","paths":{"/s":{"get":{"operationId":"s","parameters":[
+            {"name":"tag","in":"query","schema":{"type":"array","items":{"type":"integer"}}},
+            {"name":"ids","in":"query","explode":false,"schema":{"type":"array","items":{"type":"string"}}},
+            {"name":"X-Tenant","in":"header","schema":{"type":"string"}}]}}}}"#;
+        let s = Surface::parse(doc, &[], &[]).unwrap();
+        let header = |n: &str| (n == "X-Tenant").then(|| "acme".to_owned());
+        let r = s
+            .resolve("GET", "/s?tag=1&tag=2&ids=a,b&q=x+y", &header, b"")
+            .unwrap();
+        assert_eq!(
+            r.arguments,
+            json!({"tag": [1, 2], "ids": ["a", "b"], "q": "x y", "X-Tenant": "acme"})
+        );
+        // `q` is no parameter of the operation: the check refuses it by name.
+        assert!(request::build(r.op, "/", &r.arguments).is_err());
+    }
+}
