@@ -317,6 +317,18 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         &o,
         secs,
     ))?);
+    reports.push(run(Workload {
+        path: "/rest/rest/echo".to_owned(),
+        era: Era::Rest,
+        ..workload(
+            "(b) toolgate REST door",
+            tg_port,
+            Some(KEY),
+            "rest__echo",
+            &o,
+            secs,
+        )
+    })?);
     reports.push(run(secure_workload(
         "(b) toolgate TLS",
         tls_port,
@@ -455,6 +467,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate OpenAPI"), rps("(b) toolgate")) {
         println!("OpenAPI upstream / MCP upstream req/s: {:.2}", r / p);
+    }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate REST door"), rps("(b) toolgate")) {
+        println!("REST door / MCP door req/s: {:.2}", r / p);
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate + rules"), rps("(b) toolgate")) {
         println!("output rules on / off req/s: {:.2}", r / p);

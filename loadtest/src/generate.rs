@@ -27,6 +27,9 @@ pub enum Era {
     Stateless,
     /// `initialize` handshake per connection, then calls in the session.
     Handshake,
+    /// No MCP: a plain JSON `POST` of the arguments to the path (toolgate's
+    /// REST door, `/rest/{upstream}/{path}`); the tool is the path's.
+    Rest,
 }
 
 /// What to send.
@@ -175,6 +178,9 @@ const META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-0
 
 fn call_request(w: &Workload, tool: &str, session: Option<&str>) -> Vec<u8> {
     let arg = "x".repeat(w.arg_bytes);
+    if w.era == Era::Rest {
+        return rest_request(w, &format!(r#"{{"text":"{arg}"}}"#));
+    }
     let stateless = w.era == Era::Stateless;
     let body = if stateless {
         format!(
@@ -203,6 +209,23 @@ fn call_request(w: &Workload, tool: &str, session: Option<&str>) -> Vec<u8> {
     }
     if let Some(s) = session {
         head.push_str(&format!("Mcp-Session-Id: {s}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// A plain JSON `POST` of `body` to the workload's path.
+fn rest_request(w: &Workload, body: &str) -> Vec<u8> {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+        w.path,
+        w.addr,
+        body.len()
+    );
+    if let Some(k) = &w.key {
+        head.push_str(&format!("Authorization: Bearer {k}\r\n"));
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
