@@ -183,6 +183,9 @@ pub struct UpstreamSpec {
     /// `openapi`: operations left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// `mcp`: the REST door's routes to its tools (`method`, `path`, `tool`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<toolgate_core::config::RestRouteConfig>,
     /// Prefix of its tools as agents see them; default the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,

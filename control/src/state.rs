@@ -821,6 +821,7 @@ mod tests {
             base_url: None,
             include: Vec::new(),
             exclude: Vec::new(),
+            routes: Vec::new(),
             url: url.into(),
             prefix: prefix.map(Into::into),
             timeout_ms: None,

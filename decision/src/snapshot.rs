@@ -30,6 +30,8 @@ pub struct UpstreamInfo {
     pub protocol: UpstreamProtocol,
     /// How often its tool catalog is fetched again.
     pub catalog_refresh: Duration,
+    /// The REST door's declared routes to its tools (an MCP upstream's).
+    pub rest_routes: Arc<[toolgate_core::config::RestRouteConfig]>,
 }
 
 /// Where an attached tool goes.
@@ -154,6 +156,7 @@ impl Snapshot {
                 pool_size: u.pool_size,
                 protocol: u.protocol,
                 catalog_refresh: Duration::from_secs(u.catalog_refresh_s),
+                rest_routes: Arc::from(u.routes.as_slice()),
             })
             .collect();
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())

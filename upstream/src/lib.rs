@@ -23,6 +23,8 @@ pub mod credential;
 pub mod mcp;
 pub mod oauth;
 pub mod openapi;
+pub mod path;
+pub mod routes;
 pub mod sse;
 
 use std::cell::RefCell;

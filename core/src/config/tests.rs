@@ -672,3 +672,44 @@ fn openapi_upstreams_need_a_readable_document_and_an_endpoint() {
         assert!(e.contains(says), "{upstream}: {e}");
     }
 }
+
+#[test]
+fn rest_routes_must_be_templates_one_request_can_take_only_once() {
+    let cfg = |routes: &str| {
+        format!(
+            "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9101/mcp\"\n{routes}\n\n[[agents]]\nid = \"a\"\n\
+             api_key_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\ntools = []\n"
+        )
+    };
+    let route = |m: &str, p: &str, t: &str| {
+        format!("[[upstreams.routes]]\nmethod = \"{m}\"\npath = \"{p}\"\ntool = \"{t}\"\n")
+    };
+    let ok =
+        parse(
+            &cfg(&(route("GET", "/customers/{id}", "lookup")
+                + &route("GET", "/customers/vip", "vips"))),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+    assert_eq!(ok.upstreams[0].entry.routes.len(), 2);
+    for (routes, says) in [
+        (route("FETCH", "/a", "t"), "method must be"),
+        (route("GET", "a", "t"), "must start with `/`"),
+        (route("GET", "/a//b", "t"), "empty"),
+        (route("GET", "/a/{x}{y}", "t"), "one `{name}` per segment"),
+        (route("GET", "/a/{x}/{x}", "t"), "appears twice"),
+        (route("GET", "/a/{x", "t"), "unbalanced"),
+        (route("GET", "/a", ""), "`tool` is empty"),
+        (
+            route("GET", "/a/{x}", "t") + &route("GET", "/a/{y}", "u"),
+            "same requests",
+        ),
+    ] {
+        let e = parse(&cfg(&routes), "t", Path::new("/"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(says), "{routes}: {e}");
+    }
+}

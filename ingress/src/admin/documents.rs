@@ -89,6 +89,9 @@ pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Va
             doc["exclude"] = json!(u.exclude);
         }
     }
+    if !u.routes.is_empty() {
+        doc["routes"] = json!(u.routes);
+    }
     if let Some(p) = &u.prefix {
         doc["prefix"] = json!(p.get_ref());
     }

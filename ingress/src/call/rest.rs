@@ -13,8 +13,12 @@
 //! (never the agent's headers), the output rules on the JSON answer (8),
 //! and the audit record (1, 9) with `"door":"rest"`.
 //!
-//! There is no "forward anything": a path that resolves to no operation —
-//! of an upstream without an OpenAPI description, too — is a 404, audited.
+//! An MCP upstream takes REST requests only on the routes its operator
+//! declared (`[[upstreams.routes]]`: method + path template → tool); its
+//! tool's answer goes through the same output rules, then becomes the HTTP
+//! answer (`structuredContent`, or the text content). There is no "forward
+//! anything": a path that resolves to no operation or route is a 404,
+//! audited.
 //! Errors keep HTTP semantics: 401 with `WWW-Authenticate`, 403 for a deny,
 //! 404 for an unknown or unattached operation (told apart only in the
 //! record), 429, 502/504; the body is `{"error": code, "message": …}` and
@@ -29,9 +33,9 @@ use toolgate_core::jsonrpc::{write_str, ToolCall};
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::{OutputFilter, Snapshot};
 use toolgate_sinks::Admission;
-use toolgate_upstream::openapi::route::RouteError;
 use toolgate_upstream::openapi::HttpAnswer;
-use toolgate_upstream::Upstream;
+use toolgate_upstream::path::RouteError;
+use toolgate_upstream::{routes, Upstream};
 
 use super::ctx::{Answer, CallCtx};
 use super::{filter, forward, media, Gateway};
@@ -95,34 +99,44 @@ impl Gateway {
         let upstream = clients
             .get(idx)
             .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
-        // An upstream without an OpenAPI description has no operations to
-        // resolve to: nothing is forwarded "as is".
-        let api = upstream
-            .openapi()
-            .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
         if !req.body.is_empty() {
             media::json_body(req)?;
         }
-        let surface = api.surface();
-        let header = |n: &str| {
-            req.head
-                .header(req.buf, n)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
+        let catalog = snap.catalogs[idx].as_deref();
+        // The request resolves to a tool — an operation of the OpenAPI
+        // document, or a declared route of an MCP upstream — or nothing is
+        // forwarded: there is no "as is".
+        let api = upstream.openapi();
+        let (tool, arguments) = match api {
+            Some(api) => {
+                let surface = api.surface();
+                let header = |n: &str| {
+                    req.head
+                        .header(req.buf, n)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .map(str::to_owned)
+                };
+                let r = surface
+                    .resolve(method, rest, &header, req.body)
+                    .map_err(route_refusal)?;
+                (r.op.tool.clone(), r.arguments)
+            }
+            None => {
+                let input_schema = |tool: &str| {
+                    let def = catalog?.get(tool)?;
+                    let v: serde_json::Value = serde_json::from_str(&def.json).ok()?;
+                    v.get("inputSchema").cloned()
+                };
+                let r = routes::resolve(&info.rest_routes, method, rest, &input_schema, req.body)
+                    .map_err(route_refusal)?;
+                (r.tool.to_owned(), r.arguments)
+            }
         };
-        let resolved = surface
-            .resolve(method, rest, &header, req.body)
-            .map_err(|e| match e {
-                RouteError::NotFound => Refusal::new(RefusalKind::PathNotFound),
-                RouteError::BadBody(why) => Refusal::with(RefusalKind::InvalidParams, why),
-                e => Refusal::with(RefusalKind::InvalidRequest, e.to_string()),
-            })?;
-        let exposed = snap.catalogs[idx]
-            .as_ref()
-            .and_then(|c| c.get(&resolved.op.tool))
+        let exposed = catalog
+            .and_then(|c| c.get(&tool))
             .and_then(|d| d.exposed.clone())
             .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
-        let arguments = serde_json::to_vec(&resolved.arguments)
+        let arguments = serde_json::to_vec(&arguments)
             .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
         let admitted = {
             let mut parser = self.parser.borrow_mut();
@@ -138,9 +152,18 @@ impl Gateway {
         let admitted = admitted?;
         self.escalate(&admitted, upstream, ctx).await?;
         let credential = forward::inject(upstream)?;
-        let answer = forward::forward_http(api, &admitted, &credential, slot).await?;
-        ctx.http = Some(answer.http.clone());
-        self.respond_http(answer, ctx, admitted.filter.as_deref())
+        match api {
+            Some(api) => {
+                let answer = forward::forward_http(api, &admitted, &credential, slot).await?;
+                ctx.http = Some(answer.http.clone());
+                self.respond_http(answer, ctx, admitted.filter.as_deref())
+            }
+            None => {
+                let reply = forward::forward(upstream, &admitted, &credential, slot).await?;
+                let answer = self.respond(&reply.message, ctx, admitted.filter.as_deref())?;
+                tool_result_as_http(answer)
+            }
+        }
     }
 
     /// The REST API's answer as the agent's: its status, and its JSON body
@@ -192,6 +215,68 @@ impl Gateway {
             outcome,
         })
     }
+}
+
+/// A route that does not resolve, as the refusal the caller gets.
+fn route_refusal(e: RouteError) -> Refusal {
+    match e {
+        RouteError::NotFound => Refusal::new(RefusalKind::PathNotFound),
+        RouteError::BadBody(why) => Refusal::with(RefusalKind::InvalidParams, why),
+        e => Refusal::with(RefusalKind::InvalidRequest, e.to_string()),
+    }
+}
+
+/// An MCP tool's answer (already through the output rules) as the REST
+/// caller's: `structuredContent` as the JSON body, else the text content
+/// (as JSON when it is JSON); a tool that reported an error is `502` with
+/// what it said; a JSON-RPC error keeps its HTTP status and message.
+fn tool_result_as_http(answer: Answer) -> Result<Answer, Refusal> {
+    let Answer::Message { body, outcome, .. } = answer else {
+        return Err(Refusal::new(RefusalKind::UpstreamBadResponse));
+    };
+    let bad = || Refusal::new(RefusalKind::UpstreamBadResponse);
+    let msg: serde_json::Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+    if let Some(error) = msg.get("error") {
+        let code = error.get("code").and_then(|c| c.as_i64()).unwrap_or(0);
+        let text = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
+        let body = serde_json::json!({"error": "tool_error", "message": text});
+        return Ok(Answer::Http {
+            status: super::wire::status_for_code(code),
+            json: true,
+            body: body.to_string().into_bytes(),
+            outcome: Outcome::ToolError,
+        });
+    }
+    let result = msg.get("result").ok_or_else(bad)?;
+    let status = if outcome == Outcome::ToolError {
+        502
+    } else {
+        200
+    };
+    if let Some(structured) = result.get("structuredContent") {
+        return Ok(Answer::Http {
+            status,
+            json: true,
+            body: structured.to_string().into_bytes(),
+            outcome,
+        });
+    }
+    let text: String = result
+        .get("content")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("text").and_then(|t| t.as_str()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let json = serde_json::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|v| v.is_object() || v.is_array());
+    Ok(Answer::Http {
+        status,
+        json,
+        body: text.into_bytes(),
+        outcome,
+    })
 }
 
 /// Writes a refusal for the REST door — its status, its one header with

@@ -169,3 +169,55 @@ def test_the_tls_listener_serves_the_door(tmp_path, billing_api, monkeypatch):
     finally:
         release_gate(gate)
     assert HOST in gate.base
+
+
+def test_declared_routes_reach_an_mcp_servers_tools(make_gate, upstreams):
+    agent = Agent("support-bot", ["crm__lookup_customer", "crm__list_customers"])
+    extra = f"""
+[[upstreams]]
+name = "crm"
+url = "{upstreams['crm'].url}"
+
+[[upstreams.routes]]
+method = "GET"
+path = "/customers/{{customer_id}}"
+tool = "lookup_customer"
+
+[[upstreams.routes]]
+method = "GET"
+path = "/customers"
+tool = "list_customers"
+
+[[upstreams.routes]]
+method = "DELETE"
+path = "/records/{{record_id}}"
+tool = "delete_record"
+
+[[output_rules]]
+name = "cards"
+tools = ["crm__*"]
+detectors = ["card"]
+"""
+    gate = make_gate(upstream_list=[], agents=[agent], extra_toml=extra)
+
+    def get(method: str, path: str) -> httpx.Response:
+        with httpx.Client(timeout=10) as http:
+            return http.request(method, f"{gate.base}/rest/crm{path}", headers={"Authorization": f"Bearer {agent.key}"})
+
+    r = get("GET", "/customers/C-7")
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "C-7" and r.json()["card"] == "[REDACTED:card]"
+    listed = get("GET", "/customers")
+    assert listed.status_code == 200, listed.text
+    assert "4111 1111 1111 1111" not in listed.text and "[REDACTED:card]" in listed.text
+    # Declared but not attached, and not declared at all: the same 404.
+    assert get("DELETE", "/records/R-1").status_code == 404
+    assert get("POST", "/customers/C-7").status_code == 404
+    assert get("GET", "/customers/C-7/extra").status_code == 404
+    calls = [r for r in gate.read_audit() if r.get("door") == "rest"]
+    assert [(c["tool"], c["decision"], c["reason"]) for c in calls[:3]] == [
+        ("crm__lookup_customer", "allow", "attached"),
+        ("crm__list_customers", "allow", "attached"),
+        ("crm__delete_record", "deny", "tool_not_attached"),
+    ]
+    assert [c["reason"] for c in calls[3:]] == ["path_not_found", "path_not_found"]

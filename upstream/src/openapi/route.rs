@@ -2,14 +2,8 @@
 //! one operation of the surface, and turned into the same arguments the
 //! MCP door gives that operation — so one attachment, one policy and one
 //! audit name cover both doors, and the upstream request is rebuilt from
-//! the checked arguments by [`super::request::build`] either way.
-//!
-//! The path is checked before it is matched: no empty segment (`//`), no
-//! `.` or `..` segment, written plainly or percent-encoded, no encoded `/`
-//! or control character in a segment, no second `?` and no `#`. Each
-//! segment is percent-decoded once, then matched against the templates:
-//! a literal segment before a `{parameter}` one, so `/invoices/open` wins
-//! over `/invoices/{id}`.
+//! the checked arguments by [`super::request::build`] either way. Path
+//! checks and template matching are [`crate::path`]'s.
 //!
 //! Values are typed by the parameter's schema: `integer`, `number` and
 //! `boolean` parameters take numbers and booleans written as text (a
@@ -21,106 +15,9 @@
 
 use serde_json::{Map, Value};
 
-use super::surface::{Body, Location, Operation, Param, Surface};
-
-/// Why a request does not resolve to an operation's arguments.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// The path is malformed or ambiguous (`..`, `%2f`, `//`, …).
-    #[error("bad path: {0}")]
-    BadPath(&'static str),
-    /// No operation has this method and path.
-    #[error("no operation at this path")]
-    NotFound,
-    /// The body is not what the operation takes.
-    #[error("bad body: {0}")]
-    BadBody(String),
-    /// The query string is malformed.
-    #[error("bad query: {0}")]
-    BadQuery(&'static str),
-}
-
-/// The segments of a request path, each percent-decoded once.
-fn segments(path: &str) -> Result<Vec<String>, RouteError> {
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err(RouteError::BadPath("the path must start with `/`"));
-    };
-    if rest.is_empty() {
-        return Ok(Vec::new());
-    }
-    rest.split('/')
-        .map(|raw| {
-            if raw.is_empty() {
-                return Err(RouteError::BadPath("empty path segment"));
-            }
-            let seg = decode(raw, false).ok_or(RouteError::BadPath("bad percent-encoding"))?;
-            if seg == "." || seg == ".." {
-                return Err(RouteError::BadPath("`.` and `..` segments are refused"));
-            }
-            if seg.contains('/') {
-                return Err(RouteError::BadPath(
-                    "an encoded `/` in a segment is refused",
-                ));
-            }
-            if seg.chars().any(char::is_control) {
-                return Err(RouteError::BadPath("control characters are refused"));
-            }
-            Ok(seg)
-        })
-        .collect()
-}
-
-/// Percent-decodes `s` (with `plus`, `+` is a space: form encoding);
-/// `None` when an escape is malformed or the result is not UTF-8.
-fn decode(s: &str, plus: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                out.push(v);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// How one template segment matches one decoded segment: the value of its
-/// parameter (`Some`), or a literal match (`None`); `Err` when it does not.
-fn match_segment<'t>(template: &'t str, seg: &str) -> Result<Option<(&'t str, String)>, ()> {
-    let Some(open) = template.find('{') else {
-        return if template == seg { Ok(None) } else { Err(()) };
-    };
-    let close = template[open..].find('}').map(|c| open + c).ok_or(())?;
-    let (pre, name, suf) = (
-        &template[..open],
-        &template[open + 1..close],
-        &template[close + 1..],
-    );
-    if seg.len() > pre.len() + suf.len() && seg.starts_with(pre) && seg.ends_with(suf) {
-        Ok(Some((
-            name,
-            seg[pre.len()..seg.len() - suf.len()].to_owned(),
-        )))
-    } else {
-        Err(())
-    }
-}
-
-/// Path parameters' values by name, as decoded from the request path.
-type PathValues<'s> = Vec<(&'s str, String)>;
+use super::surface::{Body, Location, Operation, Surface};
+pub use crate::path::RouteError;
+use crate::path::{json_body, matching, query_pairs, query_value, split_target, typed, PathValues};
 
 /// The operation `method` `path` names, with its path parameters' values.
 fn find<'s>(
@@ -128,82 +25,12 @@ fn find<'s>(
     method: &str,
     path: &str,
 ) -> Result<(&'s Operation, PathValues<'s>), RouteError> {
-    let segs = segments(path)?;
-    // Most specific first: at the first segment where two candidates
-    // differ, a literal beats a parameter.
-    let mut best: Option<(Vec<bool>, &Operation, PathValues<'s>)> = None;
-    for op in surface.operations.iter().filter(|o| &*o.method == method) {
-        let template: Vec<&str> = op.path.trim_start_matches('/').split('/').collect();
-        let template = if op.path.trim_start_matches('/').is_empty() {
-            Vec::new()
-        } else {
-            template
-        };
-        if template.len() != segs.len() {
-            continue;
-        }
-        let mut shape = Vec::with_capacity(segs.len());
-        let mut values = Vec::new();
-        let matched = template
-            .iter()
-            .zip(&segs)
-            .all(|(t, s)| match match_segment(t, s) {
-                Ok(None) => {
-                    shape.push(true);
-                    true
-                }
-                Ok(Some(v)) => {
-                    shape.push(false);
-                    values.push(v);
-                    true
-                }
-                Err(()) => false,
-            });
-        if matched && best.as_ref().is_none_or(|(b, _, _)| shape > *b) {
-            best = Some((shape, op, values));
-        }
-    }
-    best.map(|(_, op, v)| (op, v)).ok_or(RouteError::NotFound)
-}
-
-/// A value written as text, typed by `schema`'s `type`.
-fn typed(text: &str, schema: &Value) -> Value {
-    let ty = schema.get("type").and_then(Value::as_str);
-    let parsed = match ty {
-        Some("integer") => text.parse::<i64>().ok().map(Value::from),
-        Some("number") => text
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .and_then(serde_json::Number::from_f64)
-            .map(Value::Number),
-        Some("boolean") => match text {
-            "true" => Some(Value::Bool(true)),
-            "false" => Some(Value::Bool(false)),
-            _ => None,
-        },
-        _ => None,
-    };
-    parsed.unwrap_or_else(|| Value::String(text.to_owned()))
-}
-
-/// The query parameter `p`'s value from its `values` as written.
-fn query_value(p: &Param, values: &[String]) -> Value {
-    if p.schema.get("type").and_then(Value::as_str) == Some("array") {
-        let items = p.schema.get("items").cloned().unwrap_or(Value::Null);
-        let parts: Vec<&str> = if p.explode {
-            values.iter().map(String::as_str).collect()
-        } else {
-            values.iter().flat_map(|v| v.split(',')).collect()
-        };
-        return Value::Array(parts.into_iter().map(|t| typed(t, &items)).collect());
-    }
-    // A scalar given twice: the API would see both; the call takes the
-    // last, as most frameworks do, and the schema decides on it.
-    values
-        .last()
-        .map(|v| typed(v, &p.schema))
-        .unwrap_or(Value::Null)
+    let candidates = surface
+        .operations
+        .iter()
+        .filter(|o| &*o.method == method)
+        .map(|o| (&*o.path, o));
+    matching(candidates, path)
 }
 
 /// A REST request resolved: the operation and its arguments.
@@ -227,16 +54,7 @@ impl Surface {
         header: &dyn Fn(&str) -> Option<String>,
         body: &[u8],
     ) -> Result<Resolved<'s>, RouteError> {
-        if target.contains('#') {
-            return Err(RouteError::BadPath("a fragment is refused"));
-        }
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
-        if query.is_some_and(|q| q.contains('?')) {
-            return Err(RouteError::BadQuery("a second `?` is refused"));
-        }
+        let (path, query) = split_target(target)?;
         let (op, path_values) = find(self, method, path)?;
         let mut args = Map::new();
         for (name, value) in path_values {
@@ -248,26 +66,13 @@ impl Surface {
                 .unwrap_or(&Value::Null);
             args.insert(name.to_owned(), typed(&value, schema));
         }
-        let mut written: Vec<(String, Vec<String>)> = Vec::new();
-        for pair in query.into_iter().flat_map(|q| q.split('&')) {
-            if pair.is_empty() {
-                continue;
-            }
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = decode(k, true).ok_or(RouteError::BadQuery("bad percent-encoding"))?;
-            let v = decode(v, true).ok_or(RouteError::BadQuery("bad percent-encoding"))?;
-            match written.iter_mut().find(|(n, _)| *n == k) {
-                Some((_, vs)) => vs.push(v),
-                None => written.push((k, vec![v])),
-            }
-        }
-        for (name, values) in &written {
+        for (name, values) in &query_pairs(query)? {
             let value = match op
                 .params
                 .iter()
                 .find(|p| p.name == *name && p.location == Location::Query)
             {
-                Some(p) => query_value(p, values),
+                Some(p) => query_value(&p.schema, p.explode, values),
                 // Not a parameter of the operation: kept as written, so the
                 // argument check refuses it by name.
                 None => Value::String(values.last().cloned().unwrap_or_default()),
@@ -279,9 +84,7 @@ impl Surface {
                 args.insert(p.name.clone(), typed(&v, &p.schema));
             }
         }
-        if !body.is_empty() {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| RouteError::BadBody(format!("not JSON: {e}")))?;
+        if let Some(value) = json_body(body)? {
             match &op.body {
                 Body::None => {
                     return Err(RouteError::BadBody(

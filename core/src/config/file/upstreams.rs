@@ -163,6 +163,25 @@ pub struct UpstreamConfig {
     /// Default 300.
     #[serde(default = "default_catalog_refresh_s")]
     pub catalog_refresh_s: u64,
+    /// `mcp`: plain HTTP routes of the REST door (`/rest/{name}/…`) to this
+    /// upstream's tools. Default none: its tools are called on `/mcp` only.
+    /// (An `openapi` upstream's routes are its operations.)
+    #[serde(default)]
+    pub routes: Vec<RestRouteConfig>,
+}
+
+/// `[[upstreams.routes]]`: one plain HTTP route of the REST door to one
+/// tool of an MCP upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestRouteConfig {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// Path template under `/rest/{upstream}`, e.g. `/customers/{customer_id}`:
+    /// each `{name}` is the argument `name`.
+    pub path: String,
+    /// The tool, as the upstream names it (without the prefix).
+    pub tool: String,
 }
 
 pub(crate) fn default_catalog_refresh_s() -> u64 {

@@ -72,9 +72,20 @@ pub(crate) fn check_upstream_entry(
                     );
                 }
             }
+            for why in check_routes(&u.routes) {
+                err(at(&u.name.span()), format!("upstream `{name}`: {why}"));
+            }
             Some((u.url.get_ref().clone(), u.url.span()))
         }
-        UpstreamKind::Openapi => openapi_endpoint(u, base, &mut checked, err, at),
+        UpstreamKind::Openapi => {
+            if !u.routes.is_empty() {
+                err(
+                    at(&u.name.span()),
+                    format!("upstream `{name}`: an `openapi` upstream's REST routes are its operations; `routes` is for `mcp` upstreams"),
+                );
+            }
+            openapi_endpoint(u, base, &mut checked, err, at)
+        }
     };
     if let Some((text, span)) = endpoint {
         match UpstreamUrl::parse(&text) {
@@ -109,6 +120,78 @@ pub(crate) fn check_upstream_entry(
     }
     checked.credential_file = validate_credential(u, base, err, at);
     checked
+}
+
+/// What is wrong with an MCP upstream's `[[upstreams.routes]]`: a method
+/// the REST door does not serve, a path that is not a template it can
+/// match (starting with `/`, no empty segment, at most one `{name}` per
+/// segment, names unique), no tool, or two routes one request could take.
+pub fn check_routes(routes: &[RestRouteConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut shapes: Vec<(String, String)> = Vec::new();
+    for r in routes {
+        let at = format!("route `{} {}`", r.method, r.path);
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&r.method.as_str()) {
+            problems.push(format!(
+                "{at}: method must be GET, POST, PUT, PATCH or DELETE"
+            ));
+        }
+        if r.tool.is_empty() {
+            problems.push(format!("{at}: `tool` is empty"));
+        }
+        match template_shape(&r.path) {
+            Ok(shape) => {
+                if shapes.contains(&(r.method.clone(), shape.clone())) {
+                    problems.push(format!("{at}: another route takes the same requests"));
+                }
+                shapes.push((r.method.clone(), shape));
+            }
+            Err(why) => problems.push(format!("{at}: {why}")),
+        }
+    }
+    problems
+}
+
+/// A path template with its parameter names left out (`/a/{}`), or why
+/// it is not one.
+fn template_shape(path: &str) -> Result<String, String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with `/`".into());
+    };
+    let mut names: Vec<&str> = Vec::new();
+    let mut shape = String::new();
+    for seg in rest.split('/').filter(|_| !rest.is_empty()) {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err("empty, `.` and `..` segments cannot be matched".into());
+        }
+        shape.push('/');
+        match (seg.find('{'), seg.find('}')) {
+            (None, None) => shape.push_str(seg),
+            (Some(open), Some(close)) if open < close => {
+                let name = &seg[open + 1..close];
+                let rest = &seg[close + 1..];
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    || rest.contains(['{', '}'])
+                {
+                    return Err(format!(
+                        "`{seg}`: one `{{name}}` per segment, the name letters, digits, `_` or `-`"
+                    ));
+                }
+                if names.contains(&name) {
+                    return Err(format!("`{{{name}}}` appears twice"));
+                }
+                names.push(name);
+                shape.push_str(&seg[..open]);
+                shape.push_str("{}");
+                shape.push_str(rest);
+            }
+            _ => return Err(format!("`{seg}`: unbalanced braces")),
+        }
+    }
+    Ok(if shape.is_empty() { "/".into() } else { shape })
 }
 
 /// Whether `name` is a valid upstream name: letters, digits, `_`, `-`, `.`.
