@@ -251,6 +251,7 @@ fn decision(c: &mut Criterion) {
                 groups: None,
                 tool: "u1__tool1",
                 upstream: "u1",
+                customer: "agent1",
                 args: Some(tape.as_value()),
             };
             matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
@@ -377,6 +378,7 @@ fn identity(c: &mut Criterion) {
         audience: "https://toolgate.example.com/mcp".into(),
         agent_claim: "azp".into(),
         groups_claim: Some("groups".into()),
+        customer_claim: None,
         leeway_s: 30,
     };
     let verifier = Verifier::from_jwks(&fixture["jwks"].to_string(), rules).expect("jwks");
@@ -401,6 +403,7 @@ fn identity(c: &mut Criterion) {
         agent: "agent0".into(),
         user: Some("alice".into()),
         tools: Some(vec!["crm__lookup_customer".into()]),
+        customer: None,
         iat: now,
         exp: now + 3600,
     };

@@ -104,6 +104,10 @@ pub struct AgentSpec {
     /// one it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_sha256: Option<String>,
+    /// The customer its calls are attributed to when its token names none
+    /// (default: the file's `customer` for an agent it defines, else the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// The end users an attached tool may be called for.
@@ -150,6 +154,9 @@ pub struct SubtokenSpec {
     /// The tools it is narrowed to, when narrowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// The customer its calls are attributed to, when set at minting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
     /// Issued at, Unix seconds.
     pub iat: u64,
     /// Expiry, Unix seconds.
@@ -358,6 +365,10 @@ impl Spec {
             Spec::Agent(a) => {
                 check_list("tools", &a.tools)?;
                 check_list("groups", &a.groups)?;
+                if let Some(c) = &a.customer {
+                    toolgate_core::identity::check_customer(c)
+                        .map_err(|why| SpecError::Value(format!("`customer`: {why}")))?;
+                }
                 for (tool, scope) in &a.scopes {
                     if !a.tools.contains(tool) {
                         return Err(SpecError::Value(format!(

@@ -249,6 +249,9 @@ impl State {
                     x.scopes = scopes;
                     x.groups = a.groups.clone();
                     x.act_for_users = a.act_for_users;
+                    if a.customer.is_some() {
+                        x.customer = a.customer.clone();
+                    }
                     if let Some(h) = &a.api_key_sha256 {
                         x.api_key_sha256 = Some(spanned(h));
                     }
@@ -262,6 +265,7 @@ impl State {
                         tools,
                         groups: a.groups.clone(),
                         act_for_users: a.act_for_users,
+                        customer: a.customer.clone(),
                         scopes,
                     }),
                     None => skipped.push(format!(
@@ -646,6 +650,7 @@ mod tests {
             groups: vec![],
             act_for_users: false,
             api_key_sha256: None,
+            customer: None,
             scopes: Default::default(),
         })
     }
@@ -709,6 +714,7 @@ mod tests {
                 agent: "bot".into(),
                 user: None,
                 tools: None,
+                customer: None,
                 iat: 1,
                 exp,
                 revoked,

@@ -222,6 +222,7 @@ mod tests {
                         groups: vec!["g".into()],
                         act_for_users: true,
                         api_key_sha256: None,
+                        customer: None,
                         scopes: Default::default(),
                     })),
                 },

@@ -170,6 +170,8 @@ pub struct AuditRecord {
     pub agent: Option<Arc<str>>,
     /// End user the agent acts for, when known.
     pub user: Option<Arc<str>>,
+    /// Customer (tenant) the call is attributed to, once the agent is known.
+    pub customer: Option<Arc<str>>,
     /// JSON-RPC method.
     pub method: Option<String>,
     /// Tool as the agent named it.
@@ -406,6 +408,7 @@ impl AuditRecord {
             request_id: None,
             agent: None,
             user: None,
+            customer: None,
             method: None,
             tool: None,
             upstream: None,
@@ -471,6 +474,7 @@ impl AuditRecord {
         };
         opt("agent", self.agent.as_deref(), out);
         opt("user", self.user.as_deref(), out);
+        opt("customer", self.customer.as_deref(), out);
         opt("method", self.method.as_deref(), out);
         opt("tool", self.tool.as_deref(), out);
         opt("upstream", self.upstream.as_deref(), out);
@@ -630,6 +634,7 @@ mod tests {
             request_id: Some("\"a\"".into()),
             agent: Some(Arc::from("support-bot")),
             user: None,
+            customer: Some(Arc::from("acme")),
             method: Some("tools/call".into()),
             tool: Some("crm__lookup\"x".into()),
             upstream: Some(Arc::from("crm")),
@@ -665,6 +670,7 @@ mod tests {
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["door"], "rest");
+        assert_eq!(v["customer"], "acme");
         assert_eq!(
             v["http"],
             serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})

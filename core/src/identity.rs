@@ -53,6 +53,16 @@ pub fn bearer(value: Option<&[u8]>) -> Result<&[u8], BearerError> {
     Ok(token)
 }
 
+/// Checks a customer (tenant) id as configured, minted or claimed: 1 to
+/// 256 printable characters, no spaces (it names a counter and a metric
+/// label, and goes into syslog structured data).
+pub fn check_customer(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a customer id is 1 to 256 printable characters without spaces");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +89,13 @@ mod tests {
         assert!(parse_key_hash("ab").is_none());
         assert!(parse_key_hash(&"g".repeat(64)).is_none());
         assert!(parse_key_hash(&"0".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn customer_ids_are_printable_labels() {
+        assert!(check_customer("acme-42").is_ok());
+        for bad in ["", "a b", "tab\t", &"x".repeat(257)] {
+            assert!(check_customer(bad).is_err(), "{bad:?}");
+        }
     }
 }

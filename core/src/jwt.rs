@@ -75,6 +75,8 @@ pub struct ClaimRules {
     pub agent_claim: String,
     /// Claim holding the end user's groups, if any.
     pub groups_claim: Option<String>,
+    /// Claim naming the customer (tenant), if any.
+    pub customer_claim: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, seconds.
     pub leeway_s: u64,
 }
@@ -89,6 +91,8 @@ pub struct TokenIdentity {
     /// The end user's groups from the groups claim; `None` when no
     /// `groups_claim` is configured (configured `[[users]]` groups apply).
     pub groups: Option<Vec<String>>,
+    /// The customer from the customer claim, when configured and present.
+    pub customer: Option<String>,
     /// First Unix second at which the claims hold (`nbf` less the leeway).
     pub valid_from: u64,
     /// First Unix second at which they no longer hold (`exp` plus the leeway).
@@ -182,10 +186,20 @@ pub fn check_claims(
             Some(_) => return Err(TokenError::Malformed),
         }),
     };
+    let customer = match rules.customer_claim.as_deref() {
+        None => None,
+        Some(c) => match claims.get(c) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(_) => return Err(TokenError::Malformed),
+        },
+    };
     Ok(TokenIdentity {
         agent: agent.to_owned(),
         user: user.map(str::to_owned),
         groups,
+        customer,
         valid_from: valid_from as u64,
         valid_until: valid_until as u64,
     })
@@ -390,6 +404,7 @@ mod tests {
             audience: "https://gate/mcp".into(),
             agent_claim: "azp".into(),
             groups_claim: Some("groups".into()),
+            customer_claim: Some("org_id".into()),
             leeway_s: 30,
         }
     }
@@ -421,10 +436,29 @@ mod tests {
                 agent: "bot".into(),
                 user: Some("alice".into()),
                 groups: Some(vec!["admins".into()]),
+                customer: None,
                 valid_from: 0,
                 valid_until: 1030,
             })
         );
+    }
+
+    #[test]
+    fn the_customer_claim_names_the_customer() {
+        let id = check_claims(&with("org_id", json!("acme")), &rules(), 900).unwrap();
+        assert_eq!(id.customer.as_deref(), Some("acme"));
+        let id = check_claims(&with("org_id", json!(42)), &rules(), 900).unwrap();
+        assert_eq!(id.customer.as_deref(), Some("42"));
+        for bad in [json!(["a"]), json!({"a": 1}), json!(true)] {
+            assert_eq!(
+                check_claims(&with("org_id", bad), &rules(), 900),
+                Err(TokenError::Malformed)
+            );
+        }
+        let mut r = rules();
+        r.customer_claim = None;
+        let id = check_claims(&with("org_id", json!("acme")), &r, 900).unwrap();
+        assert_eq!(id.customer, None);
     }
 
     #[test]

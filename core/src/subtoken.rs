@@ -43,6 +43,10 @@ pub struct Claims {
     /// The tools (exposed names) the token is narrowed to, when narrowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<String>>,
+    /// The customer (tenant) the token's calls are attributed to, when set
+    /// at minting (else the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
     /// Issued at, Unix seconds.
     pub iat: u64,
     /// Expiry, Unix seconds.
@@ -152,6 +156,7 @@ mod tests {
             agent: "support-bot".into(),
             user: Some("alice".into()),
             tools: Some(vec!["crm__lookup_customer".into()]),
+            customer: None,
             iat: 100,
             exp: 1_000,
         }

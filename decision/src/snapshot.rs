@@ -79,6 +79,9 @@ pub struct Agent {
     pub scoped: bool,
     /// Whether the agent may name the end user it acts for.
     pub act_for_users: bool,
+    /// The customer its calls are attributed to when its token names none:
+    /// the configured `customer`, else its id.
+    pub customer: Arc<str>,
 }
 
 /// Everything a shard needs to decide a call, immutable once built.
@@ -259,7 +262,12 @@ impl Snapshot {
             let id: Arc<str> = Arc::from(a.id.get_ref().as_str());
             by_id.insert(Arc::clone(&id), agents.len());
             let scoped = tools.values().any(|r: &Route| r.scope.is_some());
+            let customer = match &a.customer {
+                Some(c) => Arc::from(c.as_str()),
+                None => Arc::clone(&id),
+            };
             agents.push(Agent {
+                customer,
                 id,
                 tools,
                 tools_list: Arc::from(list),

@@ -129,6 +129,7 @@ mod tests {
             agent: "a".into(),
             user: None,
             tools: None,
+            customer: None,
             iat: 1,
             exp: 100,
         };

@@ -44,6 +44,9 @@ pub struct Record<'a> {
     /// End user.
     #[serde(borrow)]
     pub user: Option<Cow<'a, str>>,
+    /// Customer (tenant).
+    #[serde(borrow)]
+    pub customer: Option<Cow<'a, str>>,
     /// MCP method.
     #[serde(borrow)]
     pub method: Option<Cow<'a, str>>,
@@ -305,6 +308,7 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         env!("CARGO_PKG_VERSION")
     );
     s(out, r.hash.as_deref().unwrap_or(""));
+    opt_s(out, "tenant_uid", r.customer.as_deref());
     match r.log_seq {
         Some(n) => {
             let _ = write!(out, ",\"sequence\":{n}}}");
@@ -364,7 +368,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const DENY: &str = r#"{"time":"2026-11-25T01:46:34.451682Z","shard":1,"seq":9,"request_id":7,"agent":"billing-bot","user":"alice","method":"tools/call","tool":"crm__lookup_customer","upstream":"crm","decision":"deny","reason":"tool_not_attached","status":400,"outcome":"failure","error_code":-32602,"latency_us":2500,"client":"127.0.0.1:5000","protocol_version":"2025-06-18","policies":["@forbid-1"],"judge":null,"redactions":[],"log_seq":42,"prev_hash":"aa","hash":"bb"}"#;
+    const DENY: &str = r#"{"time":"2026-11-25T01:46:34.451682Z","shard":1,"seq":9,"request_id":7,"agent":"billing-bot","user":"alice","customer":"acme","method":"tools/call","tool":"crm__lookup_customer","upstream":"crm","decision":"deny","reason":"tool_not_attached","status":400,"outcome":"failure","error_code":-32602,"latency_us":2500,"client":"127.0.0.1:5000","protocol_version":"2025-06-18","policies":["@forbid-1"],"judge":null,"redactions":[],"log_seq":42,"prev_hash":"aa","hash":"bb"}"#;
 
     fn map(line: &str) -> Value {
         let mut out = Vec::new();
@@ -420,6 +424,7 @@ mod tests {
         assert_eq!(e["resources"][0]["group"]["name"], "crm");
         assert_eq!(e["policy"]["uid"], "@forbid-1");
         assert_eq!(e["metadata"]["uid"], "bb");
+        assert_eq!(e["metadata"]["tenant_uid"], "acme");
         assert_eq!(e["metadata"]["sequence"], 42);
         assert_eq!(e["metadata"]["product"]["name"], "toolgate");
         assert_eq!(e["unmapped"]["policies"], json!(["@forbid-1"]));

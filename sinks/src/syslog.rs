@@ -29,6 +29,7 @@ const PARAMS: &[(&str, &str)] = &[
     ("/request_id", "rid"),
     ("/agent", "agent"),
     ("/user", "sub"),
+    ("/customer", "cu"),
     ("/method", "m"),
     ("/tool", "tool"),
     ("/upstream", "up"),

@@ -9,6 +9,7 @@
 //! name = "admins may delete"
 //! agent = "support-bot"
 //! user = "alice"                  # optional
+//! customer = "acme"                # optional; default the agent's customer
 //! tool = "crm__delete_record"
 //! args = { record_id = "r-1" }    # optional
 //! expect = "allow"                # allow | deny | judge
@@ -40,6 +41,9 @@ pub struct Case {
     /// End user, if any.
     #[serde(default)]
     pub user: Option<String>,
+    /// Customer the call is attributed to; default the agent's.
+    #[serde(default)]
+    pub customer: Option<String>,
     /// Exposed tool name.
     pub tool: String,
     /// Arguments.
@@ -123,6 +127,7 @@ fn decide(snap: &Snapshot, c: &Case) -> (&'static str, String) {
                 groups: None,
                 tool: &route.exposed,
                 upstream: &snap.upstreams[route.upstream].name,
+                customer: c.customer.as_deref().unwrap_or(&agent.customer),
                 args: Some(tape.as_value()),
             };
             engine.evaluate(slice, &facts)

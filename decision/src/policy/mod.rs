@@ -116,6 +116,8 @@ pub struct CallFacts<'a, 't> {
     pub tool: &'a str,
     /// Upstream name.
     pub upstream: &'a str,
+    /// The customer (tenant) the call is attributed to.
+    pub customer: &'a str,
     /// `params.arguments`.
     pub args: Option<Value<'t, 't>>,
 }
@@ -332,6 +334,10 @@ impl Engine {
             (
                 "upstream".to_owned(),
                 RestrictedExpression::new_string(facts.upstream.to_owned()),
+            ),
+            (
+                "customer".to_owned(),
+                RestrictedExpression::new_string(facts.customer.to_owned()),
             ),
         ];
         if let Some(u) = facts.user.and_then(|u| uid("User", u)) {

@@ -72,6 +72,7 @@ pub fn schema_json(tools: &[(String, Option<Json>)]) -> Json {
                         "args": args,
                         "tool": {"type": "String"},
                         "upstream": {"type": "String"},
+                        "customer": {"type": "String"},
                         "user": {"type": "Entity", "name": "User", "required": false}
                     }}
                 }

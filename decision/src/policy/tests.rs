@@ -76,6 +76,7 @@ fn decide(e: &Engine, agent: &str, user: Option<&str>, tool: &str, args: &str) -
                     groups: None,
                     tool,
                     upstream,
+                    customer: agent,
                     args: Some(tape.as_value()),
                 },
             )
@@ -312,6 +313,7 @@ fn token_groups_replace_the_configured_ones_for_the_call() {
                 groups: Some(&groups),
                 tool: "crm__delete_record",
                 upstream: "crm",
+                customer: "support-bot",
                 args: None,
             },
         )

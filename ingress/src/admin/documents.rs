@@ -18,10 +18,12 @@ pub(super) fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> 
             .iter()
             .map(|a| {
                 let tools: Vec<&String> = a.tools.iter().map(|t| t.get_ref()).collect();
-                (
-                    a.id.get_ref().clone(),
-                    json!({"tools": tools, "groups": a.groups, "act_for_users": a.act_for_users}),
-                )
+                let mut doc =
+                    json!({"tools": tools, "groups": a.groups, "act_for_users": a.act_for_users});
+                if let Some(c) = &a.customer {
+                    doc["customer"] = json!(c);
+                }
+                (a.id.get_ref().clone(), doc)
             })
             .collect(),
         Kind::Users => src

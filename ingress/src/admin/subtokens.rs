@@ -18,6 +18,9 @@ pub(super) struct MintRequest {
     /// Narrow it to these tools (each attached to the agent).
     #[serde(default)]
     tools: Option<Vec<String>>,
+    /// Attribute its calls to this customer (else the agent's).
+    #[serde(default)]
+    customer: Option<String>,
     /// Lifetime, seconds (at most `auth.subtokens.max_ttl_s`).
     #[serde(default = "default_mint_ttl_s")]
     ttl_s: u64,
@@ -99,6 +102,15 @@ impl AdminApi {
                 narrowed.push(t);
             }
         }
+        if let Some(c) = &m.customer {
+            if let Err(why) = toolgate_core::identity::check_customer(c) {
+                return Err(ApiError::new(
+                    422,
+                    "invalid_document",
+                    format!("`customer`: {why}"),
+                ));
+            }
+        }
         let mut id = [0u8; 16];
         getrandom::fill(&mut id)
             .map_err(|_| ApiError::new(500, "no_randomness", "the OS gave no randomness"))?;
@@ -107,6 +119,7 @@ impl AdminApi {
             agent: m.agent,
             user: m.user,
             tools: (!narrowed.is_empty()).then_some(narrowed),
+            customer: m.customer,
             iat: now,
             exp: now + m.ttl_s,
             revoked: false,
@@ -123,6 +136,7 @@ impl AdminApi {
             agent: t.agent.clone(),
             user: t.user.clone(),
             tools: t.tools.clone(),
+            customer: t.customer.clone(),
             iat: t.iat,
             exp: t.exp,
         };

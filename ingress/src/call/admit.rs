@@ -18,6 +18,7 @@ use toolgate_decision::policy::Verdict;
 use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::ctx::CallCtx;
+use super::decide::OnBehalf;
 use super::forward::{Admitted, Escalated};
 use super::identify::user_of;
 use super::{filter, params, Gateway};
@@ -115,14 +116,12 @@ impl Gateway {
                 return Err(unknown());
             }
         }
-        let verdict = self.decide(
-            snap,
-            agent,
-            route,
-            ctx.user.as_deref(),
+        let who = OnBehalf {
+            user: ctx.user.as_deref(),
             groups,
-            call.arguments,
-        );
+            customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
+        };
+        let verdict = self.decide(snap, agent, route, &who, call.arguments);
         let escalation = match verdict {
             Verdict::Allow { policies } => {
                 ctx.policies = (!policies.is_empty()).then_some(policies);
@@ -231,6 +230,7 @@ mod tests {
             let mut ctx = CallCtx::new(Instant::now(), None, false, Reason::Answered);
             let caller = gw.identify(&snap, req).unwrap();
             ctx.user = caller.user;
+            ctx.customer = Some(caller.customer);
             // Handshake era: a live session of the agent.
             let sid = gw.new_session(caller.agent);
             let head = format!("{head}\r\nMcp-Session-Id: {sid}");

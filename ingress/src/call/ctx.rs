@@ -57,6 +57,8 @@ pub(super) struct CallCtx {
     pub(super) sse: bool,
     pub(super) reason: Reason,
     pub(super) user: Option<Arc<str>>,
+    /// The customer the call is attributed to, once the agent is known.
+    pub(super) customer: Option<Arc<str>>,
     /// The user's groups from the token, when its user is the call's.
     pub(super) groups: Option<Arc<[Arc<str>]>>,
     /// The tools a sub-token is narrowed to (within the agent's own).
@@ -96,6 +98,7 @@ impl CallCtx {
             sse,
             reason,
             user: None,
+            customer: None,
             groups: None,
             scope: None,
             retry_after_s: None,
@@ -124,6 +127,7 @@ impl CallCtx {
             request_id: self.request_id,
             agent: self.agent,
             user: self.user,
+            customer: self.customer,
             method: self.method,
             tool: self.tool,
             upstream: self.upstream,

@@ -3,8 +3,8 @@
 //! from the shard's decision cache, else evaluated by Cedar.
 //!
 //! The cache key holds everything the evaluation reads: the snapshot
-//! generation, agent, tool, end user, the token's groups and the exact
-//! argument bytes. No engine for a pair that needs one is a deny.
+//! generation, agent, tool, end user, customer, the token's groups and the
+//! exact argument bytes. No engine for a pair that needs one is a deny.
 
 use std::sync::Arc;
 
@@ -15,6 +15,17 @@ use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::Gateway;
 
+/// Whom a call is for, beyond the agent: what policy may look at.
+#[derive(Clone, Copy)]
+pub(super) struct OnBehalf<'a> {
+    /// The end user, when known.
+    pub(super) user: Option<&'a str>,
+    /// The user's groups from the token.
+    pub(super) groups: Option<&'a [Arc<str>]>,
+    /// The customer the call is attributed to.
+    pub(super) customer: &'a str,
+}
+
 impl Gateway {
     /// The policy verdict for a routed call.
     pub(super) fn decide(
@@ -22,10 +33,14 @@ impl Gateway {
         snap: &Snapshot,
         agent: &Agent,
         route: &Route,
-        user: Option<&str>,
-        groups: Option<&[Arc<str>]>,
+        who: &OnBehalf<'_>,
         args: Option<simd_json::tape::Value<'_, '_>>,
     ) -> Verdict {
+        let OnBehalf {
+            user,
+            groups,
+            customer,
+        } = *who;
         let slice = match &route.decision {
             PairDecision::Fixed(v) => return v.clone(),
             PairDecision::Evaluate(slice) => slice,
@@ -42,6 +57,7 @@ impl Gateway {
             groups,
             tool: &route.exposed,
             upstream: &snap.upstreams[route.upstream].name,
+            customer,
             args,
         };
         let mut args_bytes = Vec::new();
@@ -63,6 +79,7 @@ impl Gateway {
                 route.exposed.as_bytes(),
                 user.unwrap_or("").as_bytes(),
                 &[u8::from(user.is_some())],
+                customer.as_bytes(),
                 &group_bytes,
                 &[u8::from(groups.is_some())],
                 &args_bytes,

@@ -117,13 +117,21 @@ pub(super) async fn forward(
 /// came (the REST door); the reserved audit slot is the proof that its
 /// record will be written. Arguments that do not fit the operation are
 /// refused, and nothing is sent.
+/// `parsed` is the call's tool and arguments as the door already holds
+/// them, given only when they are what admission forwards (no data-loss
+/// rule changed them), so they are not parsed again.
 pub(super) async fn forward_http(
     api: &OpenApiClient,
     call: &Admitted,
+    parsed: Option<(&str, &serde_json::Value)>,
     credential: &Credential,
     _audited: &Admission,
 ) -> Result<HttpAnswer, Refusal> {
-    match api.call_http(&call.params, credential).await {
+    let sent = match parsed {
+        Some((tool, args)) => api.send(tool, args, credential).await,
+        None => api.call_http(&call.params, credential).await,
+    };
+    match sent {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(why)) => Err(Refusal::with(RefusalKind::InvalidParams, why)),
         Err(e) => {

@@ -28,9 +28,13 @@ pub const ON_BEHALF_OF: &str = "toolgate-on-behalf-of";
 /// Path of the RFC 9728 protected resource metadata.
 pub const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-/// Who is calling: the agent, and the end user its token names.
+/// Who is calling: the agent, the end user its token names, and the
+/// customer the call is attributed to.
 pub(super) struct Caller<'s> {
     pub(super) agent: &'s Agent,
+    /// The token's customer (a sub-token's, a JWT's customer claim), else
+    /// the agent's.
+    pub(super) customer: Arc<str>,
     pub(super) user: Option<Arc<str>>,
     pub(super) groups: Option<Arc<[Arc<str>]>>,
     /// A sub-token's tool narrowing.
@@ -41,6 +45,7 @@ impl<'s> Caller<'s> {
     fn agent(agent: &'s Agent) -> Self {
         Caller {
             agent,
+            customer: Arc::clone(&agent.customer),
             user: None,
             groups: None,
             scope: None,
@@ -122,6 +127,10 @@ fn identify_bearer<'s>(
             .ok_or_else(|| refused(TokenError::UnknownAgent))?;
         return Ok(Caller {
             agent,
+            customer: claims
+                .customer
+                .map(Arc::from)
+                .unwrap_or_else(|| Arc::clone(&agent.customer)),
             user: claims.user.map(Arc::from),
             groups: None,
             scope: claims.tools,
@@ -141,6 +150,7 @@ fn identify_bearer<'s>(
         let has_user = id.user.is_some();
         return Ok(Caller {
             agent,
+            customer: id.customer.unwrap_or_else(|| Arc::clone(&agent.customer)),
             user: id.user,
             // Groups belong to the token's user: none without one, so they
             // never attach to a user named by header instead.

@@ -107,6 +107,7 @@ impl Gateway {
         let agent = caller.agent;
         ctx.agent = Some(std::sync::Arc::clone(&agent.id));
         ctx.user = caller.user;
+        ctx.customer = Some(caller.customer);
         ctx.groups = caller.groups;
         ctx.scope = caller.scope;
         if req.head.method == Method::Delete {

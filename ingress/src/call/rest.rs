@@ -73,6 +73,7 @@ impl Gateway {
         let agent = caller.agent;
         ctx.agent = Some(Arc::clone(&agent.id));
         ctx.user = caller.user;
+        ctx.customer = Some(caller.customer);
         ctx.groups = caller.groups;
         ctx.scope = caller.scope;
         let method = req
@@ -136,7 +137,8 @@ impl Gateway {
             .and_then(|c| c.get(&tool))
             .and_then(|d| d.exposed.clone())
             .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
-        let arguments = serde_json::to_vec(&arguments)
+        let args_value = arguments;
+        let arguments = serde_json::to_vec(&args_value)
             .map_err(|e| Refusal::with(RefusalKind::InvalidParams, e.to_string()))?;
         let admitted = {
             let mut parser = self.parser.borrow_mut();
@@ -154,7 +156,12 @@ impl Gateway {
         let credential = forward::inject(upstream)?;
         match api {
             Some(api) => {
-                let answer = forward::forward_http(api, &admitted, &credential, slot).await?;
+                // Unless a data-loss rule rewrote them, the arguments
+                // forwarded are the ones resolved: no need to parse them again.
+                let parsed = (admitted.arguments() == arguments.as_slice())
+                    .then_some((tool.as_str(), &args_value));
+                let answer =
+                    forward::forward_http(api, &admitted, parsed, &credential, slot).await?;
                 ctx.http = Some(answer.http.clone());
                 self.respond_http(answer, ctx, admitted.filter.as_deref())
             }

@@ -28,6 +28,8 @@ pub(super) struct Verified {
     pub user: Option<Arc<str>>,
     /// The user's groups from the token.
     pub groups: Option<Arc<[Arc<str>]>>,
+    /// The customer from the token's customer claim.
+    pub customer: Option<Arc<str>>,
     valid_from: u64,
     valid_until: u64,
 }
@@ -40,6 +42,7 @@ impl From<TokenIdentity> for Verified {
             groups: id
                 .groups
                 .map(|g| g.into_iter().map(Arc::from).collect::<Arc<[Arc<str>]>>()),
+            customer: id.customer.map(Arc::from),
             valid_from: id.valid_from,
             valid_until: id.valid_until,
         }
@@ -93,6 +96,7 @@ mod tests {
             agent: "bot".into(),
             user: Some("alice".into()),
             groups: None,
+            customer: None,
             valid_from: 10,
             valid_until: until,
         }

@@ -23,6 +23,9 @@ pub struct MintArgs {
     /// Narrow the token to this tool (repeatable; each must be attached to the agent).
     #[arg(long = "tool", value_name = "TOOL")]
     pub tools: Vec<String>,
+    /// Attribute the token's calls to this customer (default: the agent's).
+    #[arg(long)]
+    pub customer: Option<String>,
     /// Lifetime: `90s`, `30m`, `1h`, `7d`.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
@@ -108,8 +111,13 @@ fn mint_token(
         agent,
         user,
         tools,
+        customer,
         ttl,
     } = mint;
+    if let Some(c) = &customer {
+        toolgate_core::identity::check_customer(c)
+            .map_err(|why| anyhow::anyhow!("`--customer`: {why}"))?;
+    }
     let Some(a) = cfg.config.agents.iter().find(|a| *a.id.get_ref() == agent) else {
         bail!("no agent `{agent}` in {}", config.display());
     };
@@ -137,6 +145,7 @@ fn mint_token(
         agent,
         user,
         tools: (!narrowed.is_empty()).then_some(narrowed),
+        customer,
         iat: now,
         exp: now + ttl_s,
     };

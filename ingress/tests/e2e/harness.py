@@ -185,6 +185,8 @@ class Agent:
     cert_names: list[str] = field(default_factory=list)
     # No API key in the config (the agent proves itself another way).
     keyless: bool = False
+    # The customer its calls are attributed to (default: its id).
+    customer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -265,6 +267,8 @@ class Gate:
                 lines.append(f"api_key_sha256 = {toml_value(a.key_sha256)}")
             if a.cert_names:
                 lines.append(f"client_cert_names = {toml_value(a.cert_names)}")
+            if a.customer:
+                lines.append(f"customer = {toml_value(a.customer)}")
         lines += ["", "[audit]", 'dir = "audit"']
         for k, v in self.audit_opts.items():
             lines.append(f"{k} = {toml_value(v)}")

@@ -138,11 +138,22 @@ impl OpenApiClient {
         text.push(b'}');
         let call: Value = serde_json::from_slice(&text).map_err(|_| UpstreamError::BadResponse)?;
         let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+        let args = call.get("arguments").unwrap_or(&Value::Null);
+        self.send(name, args, credential).await
+    }
+
+    /// Calls tool `name` with `args` (already parsed) as one HTTP request
+    /// carrying `credential`; as [`Self::call_http`].
+    pub async fn send(
+        &self,
+        name: &str,
+        args: &Value,
+        credential: &Credential,
+    ) -> Result<Result<HttpAnswer, String>, UpstreamError> {
         let surface = self.surface();
         let Some(op) = surface.get(name) else {
             return Ok(Err(format!("unknown tool `{name}`")));
         };
-        let args = call.get("arguments").unwrap_or(&Value::Null);
         let req = match request::build(op, &self.info.url.path, args) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.to_string())),

@@ -30,6 +30,10 @@ pub struct AgentConfig {
     /// `Toolgate-On-Behalf-Of` header. Default false: the header is refused.
     #[serde(default)]
     pub act_for_users: bool,
+    /// The customer (tenant) this agent's calls are attributed to when its
+    /// token names none. Default: the agent's own id.
+    #[serde(default)]
+    pub customer: Option<String>,
     /// Most `tools/call`s the agent may make, across all shards. Default:
     /// no limit.
     #[serde(default)]

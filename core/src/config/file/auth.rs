@@ -77,6 +77,10 @@ pub struct JwtConfig {
     /// Claim holding the end user's groups. Default none.
     #[serde(default)]
     pub groups_claim: Option<String>,
+    /// Claim naming the customer (tenant) a call is attributed to, e.g.
+    /// `org_id`. Default none: the agent's configured `customer`, else its id.
+    #[serde(default)]
+    pub customer_claim: Option<String>,
     /// Clock skew allowed on `exp` and `nbf`, seconds. Default 30.
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,

@@ -24,6 +24,7 @@ pub(crate) fn validate_jwt(
         audience: j.audience.get_ref().clone(),
         agent_claim: j.agent_claim.clone(),
         groups_claim: j.groups_claim.clone(),
+        customer_claim: j.customer_claim.clone(),
         leeway_s: j.leeway_s,
     };
     let (file, text) = match (&j.jwks_file, &j.jwks_url) {

@@ -151,6 +151,13 @@ pub(crate) fn validate(
         if id.is_empty() {
             err(at(&a.id.span()), "agent id must not be empty".to_owned());
         }
+        if let Some(why) = a
+            .customer
+            .as_deref()
+            .and_then(|c| crate::identity::check_customer(c).err())
+        {
+            err(at(&a.id.span()), format!("agent `{id}`: `customer`: {why}"));
+        }
         if config
             .agents
             .iter()
