@@ -209,6 +209,8 @@ pub struct AuditRecord {
     pub http: Option<HttpCall>,
     /// The door the request came in through (written only for the REST door).
     pub door: Door,
+    /// The `[[limits.rules]]` id that refused the call, when one did.
+    pub limit: Option<Arc<str>>,
 }
 
 /// The door a request comes in through.
@@ -427,6 +429,7 @@ impl AuditRecord {
             admin: None,
             http: None,
             door: Door::Mcp,
+            limit: None,
         }
     }
 
@@ -516,6 +519,10 @@ impl AuditRecord {
         }
         if self.door == Door::Rest {
             out.extend_from_slice(b",\"door\":\"rest\"");
+        }
+        if let Some(l) = &self.limit {
+            out.extend_from_slice(b",\"limit\":");
+            write_str(l, out);
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");
@@ -665,12 +672,14 @@ mod tests {
                 status: 201,
             }),
             door: Door::Rest,
+            limit: Some(Arc::from("acme-day")),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["door"], "rest");
         assert_eq!(v["customer"], "acme");
+        assert_eq!(v["limit"], "acme-day");
         assert_eq!(
             v["http"],
             serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})

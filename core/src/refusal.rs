@@ -99,8 +99,13 @@ pub enum RefusalKind {
     ArgumentsRefused,
     /// The tool's definition changed since it was approved (tool pinning).
     ToolQuarantined,
-    /// The agent is over its `rate_limit`.
+    /// The agent is over its `rate_limit`, or the call over a rate of
+    /// `[[limits.rules]]`.
     RateLimited,
+    /// The call is over a quota of `[[limits.rules]]`.
+    QuotaExceeded,
+    /// No limit counter could be placed for the call (`limits.max_counters`).
+    LimitTableFull,
     /// A result of a tool with output rules was over `output.max_result_bytes`.
     OutputTooLarge,
 }
@@ -195,7 +200,9 @@ impl RefusalKind {
             | UpstreamCredentialUnavailable
             | ArgumentsRefused
             | ToolQuarantined
-            | RateLimited => Origin::Gateway,
+            | RateLimited
+            | QuotaExceeded
+            | LimitTableFull => Origin::Gateway,
             UpstreamUnavailable | UpstreamTimeout | UpstreamBadResponse => Origin::Upstream,
         }
     }
@@ -240,6 +247,8 @@ impl RefusalKind {
             ArgumentsRefused => "arguments_refused",
             ToolQuarantined => "tool_quarantined",
             RateLimited => "rate_limited",
+            QuotaExceeded => "quota_exceeded",
+            LimitTableFull => "limit_table_full",
             OutputTooLarge => "output_too_large",
         }
     }
@@ -418,6 +427,18 @@ impl Refusal {
                 429,
                 codes::SERVER_ERROR,
                 "rate limit exceeded; retry later",
+                RetryAfter,
+            ),
+            QuotaExceeded => (
+                429,
+                codes::SERVER_ERROR,
+                "quota exceeded; retry when the window resets",
+                RetryAfter,
+            ),
+            LimitTableFull => (
+                429,
+                codes::SERVER_ERROR,
+                "limit counters are full; retry later",
                 RetryAfter,
             ),
             OutputTooLarge => (

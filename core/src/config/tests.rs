@@ -713,3 +713,63 @@ fn rest_routes_must_be_templates_one_request_can_take_only_once() {
         assert!(e.contains(says), "{routes}: {e}");
     }
 }
+
+#[test]
+fn limits_are_a_rate_or_a_quota_on_things_the_configuration_knows() {
+    let cfg = |rules: &str| {
+        format!(
+            "[[upstreams]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9101/mcp\"\n\n[[agents]]\nid = \"a\"\n\
+             api_key_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\ntools = []\n\n\
+             [limits]\n{rules}"
+        )
+    };
+    let ok = parse(
+        &cfg("[[limits.rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 10, per = \"day\" }\ncost = { \"crm__export\" = 5 }\n\
+              [[limits.rules]]\nid = \"burst\"\nagent = \"a\"\nrate = { calls_per_s = 5 }\n"),
+        "t",
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(ok.config.limits.rules.len(), 2);
+    for (rules, says) in [
+        ("[[limits.rules]]\nid = \"x\"\n", "exactly one of `rate` and `quota`"),
+        (
+            "[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"week\" }\n",
+            "unknown variant",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nquota = { units = 0, per = \"day\" }\n",
+            "must be above 0",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"day\" }\ncost = { \"crm__x\" = 0 }\n",
+            "must be above 0",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"day\" }\ncost = { \"nope__x\" = 2 }\n",
+            "no upstream's prefix exposes",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\ntool = \"nope__x\"\nrate = { calls_per_s = 1 }\n",
+            "no tool any upstream's prefix exposes",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nagent = \"ghost\"\nrate = { calls_per_s = 1 }\n",
+            "no configured agent",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nrate = { calls_per_s = 1 }\ncost = { \"crm__x\" = 2 }\n",
+            "a rate counts calls",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nrate = { calls_per_s = 1 }\n[[limits.rules]]\nid = \"x\"\nrate = { calls_per_s = 2 }\n",
+            "used twice",
+        ),
+    ] {
+        let e = parse(&cfg(rules), "t", Path::new("/"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(says), "{rules}: {e}");
+    }
+}

@@ -74,6 +74,9 @@ pub(super) struct CallCtx {
     pub(super) http: Option<HttpCall>,
     /// The door the request came in through.
     pub(super) door: Door,
+    /// Where the call stands under its tightest `[limits]` rule, and
+    /// whether that rule refused it.
+    pub(super) limit: Option<(toolgate_limits::Standing, bool)>,
 }
 
 impl CallCtx {
@@ -108,6 +111,7 @@ impl CallCtx {
             args: None,
             http: None,
             door: Door::Mcp,
+            limit: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl CallCtx {
             admin: None,
             http: self.http,
             door: self.door,
+            limit: self.limit.and_then(|(s, refused)| refused.then_some(s.id)),
         }
     }
 }

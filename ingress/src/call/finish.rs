@@ -17,7 +17,7 @@ use toolgate_sinks::Admission;
 
 use super::ctx::{Answer, CallCtx};
 use super::identify::challenge;
-use super::{wire, Gateway};
+use super::{limit, wire, Gateway};
 use crate::http::response::{self, Body};
 use crate::http::server::Request;
 
@@ -54,6 +54,17 @@ impl Gateway {
         slot: Admission,
         out: &mut Vec<u8>,
     ) {
+        // Where the call stands under its tightest limit, on every answer.
+        let limit_headers = ctx
+            .limit
+            .as_ref()
+            .map(|(s, _)| limit::headers(s))
+            .unwrap_or_default();
+        let limit_headers: Vec<(&str, &str)> = limit_headers
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         let (decision, status, outcome, code) = match result {
             Ok(Answer::Message {
                 status,
@@ -62,16 +73,16 @@ impl Gateway {
                 outcome,
                 error_code,
             }) => {
-                let extra: &[(&str, &str)] = match &session {
-                    Some(s) => &[("Mcp-Session-Id", s)],
-                    None => &[],
-                };
+                let mut extra = limit_headers.clone();
+                if let Some(s) = &session {
+                    extra.push(("Mcp-Session-Id", s));
+                }
                 let body = if ctx.sse {
                     Body::Sse(&body)
                 } else {
                     Body::Json(&body)
                 };
-                response::write(out, status, extra, body, true);
+                response::write(out, status, &extra, body, true);
                 (Decision::Allow, status, outcome, error_code)
             }
             Ok(Answer::Http {
@@ -85,7 +96,7 @@ impl Gateway {
                 } else {
                     Body::Plain(&body)
                 };
-                response::write(out, status, &[], body, true);
+                response::write(out, status, &limit_headers, body, true);
                 (Decision::Allow, status, outcome, None)
             }
             Ok(Answer::Accepted) => {
@@ -106,21 +117,38 @@ impl Gateway {
                     }
                     WireHeader::Allow => Some(MCP_METHODS.to_owned()),
                 };
+                let mut headers = limit_headers.clone();
+                if let (Some(n), Some(v)) = (w.header.name(), value.as_deref()) {
+                    headers.push((n, v));
+                }
+                // A limit that refused the call says which, and when it resets.
+                let data = ctx.limit.as_ref().filter(|(_, refused)| *refused).map(|(s, _)| {
+                    serde_json::json!({"limit": &*s.id, "remaining": s.remaining, "reset_s": s.reset_s})
+                        .to_string()
+                });
                 let (status, code) = match ctx.door {
                     Door::Mcp => {
-                        write_refusal(
-                            out,
-                            &r,
+                        let mut body = Vec::with_capacity(128);
+                        wire::refusal_with_data(
                             ctx.request_id.as_deref(),
+                            &r,
                             ctx.requested_version.as_deref(),
-                            value.as_deref(),
-                            ctx.sse,
-                            true,
+                            data.as_deref(),
+                            &mut body,
                         );
+                        let body = if ctx.sse && w.status == 200 {
+                            Body::Sse(&body)
+                        } else {
+                            Body::Json(&body)
+                        };
+                        response::write(out, w.status, &headers, body, true);
                         (w.status, Some(w.code))
                     }
                     // HTTP semantics, no JSON-RPC code.
-                    Door::Rest => (super::rest::write_refusal(out, &r, value.as_deref()), None),
+                    Door::Rest => (
+                        super::rest::write_refusal(out, &r, &headers, data.as_deref()),
+                        None,
+                    ),
                 };
                 // A policy deny keeps the finer reason the engine gave, an
                 // out-of-scope call its own.

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub(super) tokens: tokens::TokenCache,
     /// Per-agent rate limits.
     pub(super) rate_limits: RefCell<Reader<crate::ratelimit::Limits>>,
+    /// `[limits]` rules and counters.
+    pub(super) limits: RefCell<Reader<toolgate_limits::Limits>>,
     /// What records keep of call arguments (`[audit] arguments`).
     pub(super) args_audit: args::ArgsAudit,
 }
@@ -148,6 +150,7 @@ impl Gateway {
             decisions: RefCell::new(DecisionCache::new(DECISION_CACHE_ENTRIES)),
             tokens: tokens::TokenCache::default(),
             rate_limits: RefCell::new(shared.rate_limits.reader()),
+            limits: RefCell::new(shared.limits.reader()),
             acks: Rc::new(ack::Acks::new(shard, audit.health())),
             shard,
             snapshot: RefCell::new(snapshot),

@@ -33,6 +33,7 @@ mod forward;
 mod gateway;
 mod identify;
 pub mod judge;
+mod limit;
 mod media;
 pub mod params;
 mod parse;
@@ -123,6 +124,7 @@ impl Gateway {
             .get(call.upstream)
             .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
         self.escalate(&call, upstream, ctx).await?;
+        self.take_limits(ctx)?;
         let credential = forward::inject(upstream)?;
         let reply = forward::forward(upstream, &call, &credential, slot).await?;
         ctx.http = reply.http;

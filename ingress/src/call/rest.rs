@@ -153,6 +153,7 @@ impl Gateway {
         };
         let admitted = admitted?;
         self.escalate(&admitted, upstream, ctx).await?;
+        self.take_limits(ctx)?;
         let credential = forward::inject(upstream)?;
         match api {
             Some(api) => {
@@ -286,12 +287,18 @@ fn tool_result_as_http(answer: Answer) -> Result<Answer, Refusal> {
     })
 }
 
-/// Writes a refusal for the REST door — its status, its one header with
-/// `value`, and `{"error": code, "message": …}` — and returns the status.
+/// Writes a refusal for the REST door — its status, `headers`, and
+/// `{"error": code, "message": …}` with the members of `data` (a JSON
+/// object's text) — and returns the status.
 /// An unattached tool (or one out of a sub-token's or the user's scope)
 /// is answered exactly like a path with no operation, 404: the caller
 /// learns nothing more; the record keeps the reason.
-pub(super) fn write_refusal(out: &mut Vec<u8>, r: &Refusal, value: Option<&str>) -> u16 {
+pub(super) fn write_refusal(
+    out: &mut Vec<u8>,
+    r: &Refusal,
+    headers: &[(&str, &str)],
+    data: Option<&str>,
+) -> u16 {
     let w = r.wire();
     let mut body = Vec::with_capacity(96);
     body.extend_from_slice(br#"{"error":"#);
@@ -306,12 +313,16 @@ pub(super) fn write_refusal(out: &mut Vec<u8>, r: &Refusal, value: Option<&str>)
     write_str(code, &mut body);
     body.extend_from_slice(br#","message":"#);
     write_str(&message, &mut body);
+    if let Some(members) = data
+        .and_then(|d| d.strip_prefix('{'))
+        .and_then(|d| d.strip_suffix('}'))
+        .filter(|d| !d.is_empty())
+    {
+        body.push(b',');
+        body.extend_from_slice(members.as_bytes());
+    }
     body.push(b'}');
-    let extra: &[(&str, &str)] = match (w.header.name(), value) {
-        (Some(n), Some(v)) => &[(n, v)],
-        _ => &[],
-    };
-    response::write(out, status, extra, Body::Json(&body), true);
+    response::write(out, status, headers, Body::Json(&body), true);
     status
 }
 
@@ -321,7 +332,11 @@ mod tests {
 
     fn refusal_of(r: &Refusal, value: Option<&str>) -> (u16, String, String) {
         let mut out = Vec::new();
-        let status = write_refusal(&mut out, r, value);
+        let headers: Vec<(&str, &str)> = match (r.wire().header.name(), value) {
+            (Some(n), Some(v)) => vec![(n, v)],
+            _ => Vec::new(),
+        };
+        let status = write_refusal(&mut out, r, &headers, None);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         (status, head.to_owned(), body.to_owned())

@@ -27,6 +27,18 @@ pub fn error_raw(id_json: Option<&str>, error: &[u8], out: &mut Vec<u8>) {
 /// The JSON-RPC error for a refusal. `requested` is the protocol version the
 /// agent asked for, reported back on an unsupported-version refusal.
 pub fn refusal(id_json: Option<&str>, r: &Refusal, requested: Option<&str>, out: &mut Vec<u8>) {
+    refusal_with_data(id_json, r, requested, None, out);
+}
+
+/// [`refusal`], with `data` (JSON text) as the error's `data` member when
+/// given (an unsupported version's data is its own).
+pub fn refusal_with_data(
+    id_json: Option<&str>,
+    r: &Refusal,
+    requested: Option<&str>,
+    data: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     let w = r.wire();
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     out.extend_from_slice(id_json.unwrap_or("null").as_bytes());
@@ -46,6 +58,9 @@ pub fn refusal(id_json: Option<&str>, r: &Refusal, requested: Option<&str>, out:
             None => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
+    } else if let Some(d) = data {
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(d.as_bytes());
     }
     out.extend_from_slice(b"}}");
 }

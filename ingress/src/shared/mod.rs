@@ -106,6 +106,10 @@ pub struct Shared {
     pins: Mutex<Option<Pins>>,
     /// Per-agent rate limits (`rate_limit`), by agent id.
     pub rate_limits: Arc<Published<crate::ratelimit::Limits>>,
+    /// `[limits]` rules over the process's counters (kept across reloads).
+    pub limits: Arc<Published<toolgate_limits::Limits>>,
+    /// The counters, and the key under which their keys are hashed.
+    limit_counters: (Arc<toolgate_limits::Table>, std::hash::RandomState),
 }
 
 /// What a snapshot is compiled from.
@@ -206,6 +210,15 @@ impl Shared {
             identity::with_control_revocations(subtokens.clone(), &sources.control),
         ));
         let rate_limits = Published::new(crate::ratelimit::build(&eff, &HashMap::new()));
+        let limit_counters = (
+            toolgate_limits::Limits::table(&eff.config.limits),
+            std::hash::RandomState::new(),
+        );
+        let limits = Published::new(toolgate_limits::Limits::new(
+            &eff.config.limits,
+            Arc::clone(&limit_counters.0),
+            limit_counters.1.clone(),
+        ));
         let shards = shard_count(&config);
         let s = &config.config.server;
         let conn = ConnConfig {
@@ -244,6 +257,8 @@ impl Shared {
             oauth: Mutex::new(oauth),
             pins: Mutex::new(pins),
             rate_limits,
+            limits,
+            limit_counters,
             config,
         }))
     }

@@ -70,6 +70,11 @@ impl Shared {
         }
         self.rate_limits
             .update(|previous| crate::ratelimit::build(&eff, previous));
+        self.limits.publish(toolgate_limits::Limits::new(
+            &eff.config.limits,
+            Arc::clone(&self.limit_counters.0),
+            self.limit_counters.1.clone(),
+        ));
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
         Some(generation)

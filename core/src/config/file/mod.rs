@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod auth;
 mod defaults;
+mod limits;
 mod rules;
 mod server;
 mod upstreams;
@@ -14,6 +15,7 @@ pub use admin::*;
 pub use agents::*;
 pub use audit::*;
 pub use auth::*;
+pub use limits::*;
 pub use rules::*;
 pub use server::*;
 pub use upstreams::*;
@@ -65,4 +67,7 @@ pub struct Config {
     /// The admin API: run-time control of agents, users and policies.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Per-customer rates and quotas.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod limits;
 mod paths;
 mod rules;
 mod sinks;
@@ -13,6 +14,7 @@ pub use upstreams::{check_upstream, is_upstream_name, CheckedUpstream};
 
 use admin::*;
 use auth::*;
+use limits::*;
 use paths::*;
 use rules::*;
 use sinks::*;
@@ -348,6 +350,7 @@ pub(crate) fn validate(
         None => None,
     };
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
+    validate_limits(&config, &namer, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());

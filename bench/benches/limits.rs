@@ -1,0 +1,106 @@
+//! The `[limits]` check on the hot path: 10 000 customers × 100 tools, three
+//! rules applying to every call (a per-customer day quota with tool costs,
+//! a per-customer-and-tool hour quota, a per-agent rate), the counters
+//! already placed — what a call pays once its customer has been seen.
+//!
+//! `cargo bench -p toolgate-bench --bench limits`
+#![expect(
+    clippy::panic,
+    reason = "a benchmark with a broken fixture must stop, not measure nothing"
+)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use toolgate_core::config::LimitsConfig;
+use toolgate_limits::{Call, Limits};
+
+const CUSTOMERS: usize = 10_000;
+const TOOLS: usize = 100;
+
+fn limits() -> Limits {
+    let cfg: LimitsConfig = toml::from_str(
+        r#"
+max_counters = 400000
+
+[[rules]]
+id = "day"
+customer = "*"
+quota = { units = 1000000000, per = "day" }
+cost = { "crm__tool7" = 10 }
+
+[[rules]]
+id = "hour-per-tool"
+customer = "*"
+tool = "*"
+quota = { units = 1000000000, per = "hour" }
+
+[[rules]]
+id = "agent-rate"
+agent = "*"
+rate = { calls_per_s = 1000000000, burst = 1000000 }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("limits: {e}"));
+    Limits::new(&cfg, Limits::table(&cfg), std::hash::RandomState::new())
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn bench(c: &mut Criterion) {
+    let l = limits();
+    let customers: Vec<String> = (0..CUSTOMERS).map(|i| format!("customer-{i:05}")).collect();
+    let tools: Vec<String> = (0..TOOLS).map(|i| format!("crm__tool{i}")).collect();
+    let now = now_ns();
+    // Place every counter first: the steady state of a busy gateway.
+    for (i, cu) in customers.iter().enumerate() {
+        for t in tools.iter().skip(i % 7).step_by(7).take(14) {
+            let call = Call {
+                customer: cu,
+                agent: "agent-1",
+                user: None,
+                tool: t,
+                upstream: "crm",
+            };
+            let _ = l.take(&call, now);
+        }
+    }
+    let mut n = 0usize;
+    c.bench_function("limits_take_3_rules_10k_customers_100_tools", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(7919);
+            let i = n % CUSTOMERS;
+            let call = Call {
+                customer: &customers[i],
+                agent: "agent-1",
+                user: None,
+                tool: &tools[(i % 7) + 7 * (n % 14)],
+                upstream: "crm",
+            };
+            black_box(l.take(black_box(&call), now).is_ok())
+        })
+    });
+    // The same three rules for one busy customer: its counters stay in
+    // the cache, so this is the check's own work.
+    c.bench_function("limits_take_3_rules_one_hot_customer", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let call = Call {
+                customer: &customers[0],
+                agent: "agent-1",
+                user: None,
+                tool: &tools[7 * (n % 14)],
+                upstream: "crm",
+            };
+            black_box(l.take(black_box(&call), now).is_ok())
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

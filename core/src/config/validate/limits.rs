@@ -1,0 +1,94 @@
+//! `[limits]`: each rule a rate or a quota, with selectors that name
+//! tools and upstreams the configuration knows.
+
+use super::super::*;
+use crate::toolname::ToolNamer;
+
+/// Checks `[limits]` against the upstreams' tool namer.
+pub(crate) fn validate_limits(
+    config: &Config,
+    namer: &ToolNamer,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) {
+    let limits = &config.limits;
+    if limits.max_counters < 16 {
+        err(None, "`limits.max_counters` must be at least 16".to_owned());
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for r in &limits.rules {
+        let id = r.id.get_ref();
+        let line = at(&r.id.span());
+        let mut bad = |m: String| err(line, format!("limit `{id}`: {m}"));
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            bad("the id must be letters, digits, `_`, `-` or `.`".into());
+        }
+        if seen.contains(&id.as_str()) {
+            bad("the id is used twice".into());
+        }
+        seen.push(id);
+        match (&r.rate, &r.quota) {
+            (Some(rate), None) => {
+                if !(rate.calls_per_s.is_finite() && rate.calls_per_s > 0.0) {
+                    bad("`rate.calls_per_s` must be above 0".into());
+                }
+                if rate.burst == Some(0) {
+                    bad("`rate.burst` must be above 0".into());
+                }
+                if !r.cost.is_empty() {
+                    bad("`cost` weighs quota units; a rate counts calls".into());
+                }
+            }
+            (None, Some(q)) => {
+                if q.units == 0 {
+                    bad("`quota.units` must be above 0".into());
+                }
+            }
+            _ => bad("give exactly one of `rate` and `quota`".into()),
+        }
+        for (tool, units) in &r.cost {
+            if *units == 0 {
+                bad(format!("`cost` of `{tool}` must be above 0"));
+            }
+            if namer.route(tool).is_none() {
+                bad(format!(
+                    "`cost` names `{tool}`, which no upstream's prefix exposes"
+                ));
+            }
+        }
+        if let Some(t) = r.tool.as_deref().filter(|t| *t != "*") {
+            if namer.route(t).is_none() {
+                bad(format!(
+                    "`tool = \"{t}\"` is no tool any upstream's prefix exposes"
+                ));
+            }
+        }
+        if let Some(u) = r.upstream.as_deref().filter(|u| *u != "*") {
+            if !config
+                .upstream_entries
+                .iter()
+                .any(|x| x.name.get_ref() == u)
+            {
+                bad(format!("`upstream = \"{u}\"` is no configured upstream"));
+            }
+        }
+        if let Some(a) = r.agent.as_deref().filter(|a| *a != "*") {
+            if !config.agents.iter().any(|x| x.id.get_ref() == a) {
+                bad(format!("`agent = \"{a}\"` is no configured agent"));
+            }
+        }
+        for (key, v) in [("customer", &r.customer), ("user", &r.user)] {
+            if let Some(why) = v
+                .as_deref()
+                .filter(|v| *v != "*")
+                .and_then(|v| crate::identity::check_customer(v).err())
+            {
+                bad(format!("`{key}`: {why}"));
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+"""Per-customer rates and quotas (``[limits]``): a day quota per customer
+with a larger plan for one customer, counted only for calls that were
+allowed, enforced through both doors. The official SDK client gets the
+JSON-RPC error with the limit's data; a plain HTTP client gets 429 with
+``Retry-After`` and the IETF ``RateLimit`` headers; passing calls carry
+where they stand; records name the limit.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from harness import HTTP_TIMEOUT_S, Agent, modern_headers, modern_request, sdk_client_cm
+
+TOOL = "crm__lookup_customer"
+
+
+def limits_toml(crm_url: str) -> str:
+    return f"""
+[[upstreams]]
+name = "crm"
+url = "{crm_url}"
+
+[[upstreams.routes]]
+method = "GET"
+path = "/customers/{{customer_id}}"
+tool = "lookup_customer"
+
+[limits]
+max_counters = 1024
+
+[[limits.rules]]
+id = "day"
+customer = "*"
+quota = {{ units = 3, per = "day" }}
+
+[[limits.rules]]
+id = "acme-plan"
+customer = "acme"
+quota = {{ units = 5, per = "day" }}
+"""
+
+
+def mcp_call(gate, key: str, tool: str = TOOL) -> httpx.Response:
+    body = modern_request("tools/call", {"name": tool, "arguments": {"customer_id": "C-1"}})
+    return httpx.post(gate.url, json=body, headers=modern_headers("tools/call", tool, key), timeout=HTTP_TIMEOUT_S)
+
+
+def test_a_day_quota_per_customer_with_a_plan_through_both_doors(make_gate, upstreams):
+    acme = Agent("acme-bot", [TOOL], customer="acme")
+    plain = Agent("plain-bot", [TOOL])
+    gate = make_gate(upstream_list=[], agents=[acme, plain], extra_toml=limits_toml(upstreams["crm"].url))
+
+    # A refused call costs nothing: an unattached tool, twice.
+    for _ in range(2):
+        assert mcp_call(gate, plain.key, "crm__delete_record").status_code == 400
+
+    first = mcp_call(gate, plain.key)
+    assert first.status_code == 200
+    assert first.headers["ratelimit-policy"] == '"day";q=3;w=86400'
+    assert first.headers["ratelimit"].startswith('"day";r=2;t=')
+
+    async def through_sdk():
+        async with sdk_client_cm(gate.url, plain.key, "auto") as client:
+            await client.call_tool(TOOL, {"customer_id": "C-2"})
+            await client.call_tool(TOOL, {"customer_id": "C-3"})
+            with pytest.raises(MCPError) as over:
+                await client.call_tool(TOOL, {"customer_id": "C-4"})
+            return over.value
+
+    # The second and third calls of the day pass (through the SDK), the fourth does not.
+    err = anyio.run(through_sdk)
+    assert "quota exceeded" in str(err)
+    assert err.error.data["limit"] == "day" and err.error.data["remaining"] == 0
+
+    # Through the REST door the same quota answers 429 with its headers.
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        r = http.get(f"{gate.base}/rest/crm/customers/C-4", headers={"Authorization": f"Bearer {plain.key}"})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "quota_exceeded" and r.json()["limit"] == "day"
+        retry = int(r.headers["retry-after"])
+        assert 0 < retry <= 86_400
+        assert r.headers["ratelimit"] == f'"day";r=0;t={retry}'
+
+        # acme has its plan: five calls, through either door.
+        statuses = [mcp_call(gate, acme.key).status_code for _ in range(3)]
+        statuses += [http.get(f"{gate.base}/rest/crm/customers/C-{i}",
+                              headers={"Authorization": f"Bearer {acme.key}"}).status_code for i in range(3)]
+        assert statuses == [200, 200, 200, 200, 200, 429]
+
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
+    limited = [r for r in calls if r["reason"] == "quota_exceeded"]
+    assert [(r["customer"], r["limit"], r["status"], r.get("door", "mcp")) for r in limited] == [
+        ("plain-bot", "day", 429, "mcp"),
+        ("plain-bot", "day", 429, "rest"),
+        ("acme", "acme-plan", 429, "rest"),
+    ]
+    assert all(r["decision"] == "deny" for r in limited)
+    assert sum(1 for r in calls if r["decision"] == "allow" and r["customer"] == "plain-bot") == 3
+    assert sum(1 for r in calls if r["decision"] == "allow" and r["customer"] == "acme") == 5

@@ -1,0 +1,475 @@
+//! toolgate-limits: per-customer rates and quotas.
+//!
+//! Where it sits: `ingress` asks [`Limits::take`] once per `tools/call` (or
+//! REST call) that attachment, policy and the judge allowed, just before
+//! it is forwarded; a call over any limit is refused with 429 and costs
+//! nothing. Handshakes, listings and calls refused earlier never count.
+//!
+//! A rule (`[[limits.rules]]`) is a rate (GCRA: calls per second with a
+//! burst) or a quota (units per UTC calendar window, with per-tool costs),
+//! with selectors on customer, agent, user, tool and upstream. Rules of the
+//! same kind, window and selected dimensions form a family, and a call
+//! takes the most specific rule of each family that matches it (a literal
+//! value beats `*`), so `customer = "acme"` overrides a `customer = "*"`
+//! default. Every rule taken must let the call pass; units taken from the
+//! others are given back when one does not.
+//!
+//! Counters live in one lock-free [`table::Table`] for the whole process:
+//! exact across shards, kept across reloads (a counter's key is the rule's
+//! id and the call's values, so a reload that keeps a rule keeps its
+//! counts), bounded in number.
+
+#![warn(missing_docs)]
+
+pub mod table;
+pub mod window;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use toolgate_core::config::{LimitsConfig, Window};
+
+pub use table::Table;
+
+/// Bits of a quota counter's value holding the units used; the rest hold
+/// the window's number.
+const USED_BITS: u32 = 40;
+const USED_MASK: u64 = (1 << USED_BITS) - 1;
+
+/// One call, as the limits see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The customer it is attributed to.
+    pub customer: &'a str,
+    /// The agent.
+    pub agent: &'a str,
+    /// The end user, when known.
+    pub user: Option<&'a str>,
+    /// The tool, by exposed name.
+    pub tool: &'a str,
+    /// The upstream.
+    pub upstream: &'a str,
+}
+
+/// Where a call stands under its tightest limit after it passed: what the
+/// `RateLimit` headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The rule's id.
+    pub id: Arc<str>,
+    /// Units (or calls) per window.
+    pub limit: u64,
+    /// The window, seconds.
+    pub window_s: u64,
+    /// Units left in this window.
+    pub remaining: u64,
+    /// Seconds until the window (or the bucket) is full again.
+    pub reset_s: u64,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A rule does not let it pass.
+    Exceeded {
+        /// Where it stands under that rule (nothing remaining for it).
+        standing: Standing,
+        /// A quota (else a rate).
+        quota: bool,
+        /// Seconds until the call could pass.
+        retry_after_s: u64,
+    },
+    /// No counter could be placed for it (`limits.max_counters` reached).
+    TableFull,
+}
+
+enum Sel {
+    /// Not part of the key: every call, one counter.
+    Absent,
+    /// Every call with a value, one counter per value.
+    Any,
+    /// Only this value.
+    Is(Box<str>),
+}
+
+enum Kind {
+    Rate {
+        interval_ns: u64,
+        tolerance_ns: u64,
+        burst: u64,
+    },
+    Quota {
+        units: u64,
+        per: Window,
+    },
+}
+
+struct Rule {
+    id: Arc<str>,
+    id_hash: u64,
+    /// customer, agent, user, tool, upstream.
+    sel: [Sel; 5],
+    specificity: u8,
+    kind: Kind,
+    cost: Vec<(Box<str>, u64)>,
+}
+
+impl Rule {
+    fn matches(&self, values: &[Option<&str>; 5]) -> bool {
+        self.sel.iter().zip(values).all(|(s, v)| match s {
+            Sel::Absent => true,
+            Sel::Any => v.is_some(),
+            Sel::Is(want) => *v == Some(&**want),
+        })
+    }
+}
+
+/// The compiled rules over the process's counters.
+pub struct Limits {
+    rules: Vec<Rule>,
+    /// Rule indexes per family, in configuration order.
+    families: Vec<Vec<usize>>,
+    table: Arc<Table>,
+    /// Keys of the values' hash (from the process's random state), so a
+    /// caller cannot choose values whose counters collide.
+    seed: (u64, u64),
+}
+
+impl Limits {
+    /// The counters for `cfg` (one table for the process's life).
+    pub fn table(cfg: &LimitsConfig) -> Arc<Table> {
+        Arc::new(Table::new(if cfg.rules.is_empty() {
+            16
+        } else {
+            cfg.max_counters
+        }))
+    }
+
+    /// `cfg`'s rules over `table` (checked by the configuration loader).
+    pub fn new(cfg: &LimitsConfig, table: Arc<Table>, hasher: std::hash::RandomState) -> Self {
+        let sel = |v: &Option<String>| match v.as_deref() {
+            None => Sel::Absent,
+            Some("*") => Sel::Any,
+            Some(x) => Sel::Is(Box::from(x)),
+        };
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
+        for r in &cfg.rules {
+            let sel = [
+                sel(&r.customer),
+                sel(&r.agent),
+                sel(&r.user),
+                sel(&r.tool),
+                sel(&r.upstream),
+            ];
+            let kind = match (&r.rate, &r.quota) {
+                (Some(rate), _) => {
+                    let interval_ns = (1e9 / rate.calls_per_s).max(1.0) as u64;
+                    let burst = u64::from(
+                        rate.burst
+                            .unwrap_or(rate.calls_per_s.ceil().max(1.0) as u32),
+                    );
+                    Kind::Rate {
+                        interval_ns,
+                        tolerance_ns: interval_ns.saturating_mul(burst.saturating_sub(1)),
+                        burst,
+                    }
+                }
+                (None, Some(q)) => Kind::Quota {
+                    units: q.units.min(USED_MASK),
+                    per: q.per,
+                },
+                (None, None) => continue,
+            };
+            let mut shape = match &kind {
+                Kind::Rate { .. } => String::from("rate"),
+                Kind::Quota { per, .. } => format!("quota/{}", per.as_str()),
+            };
+            for (name, s) in ["customer", "agent", "user", "tool", "upstream"]
+                .iter()
+                .zip(&sel)
+            {
+                if !matches!(s, Sel::Absent) {
+                    shape.push('/');
+                    shape.push_str(name);
+                }
+            }
+            let index = rules.len();
+            match shapes.iter_mut().find(|(s, _)| *s == shape) {
+                Some((_, members)) => members.push(index),
+                None => shapes.push((shape, vec![index])),
+            }
+            let id: Arc<str> = Arc::from(r.id.get_ref().as_str());
+            rules.push(Rule {
+                id_hash: hasher.hash_one(&*id) | 1,
+                id,
+                specificity: sel.iter().filter(|s| matches!(s, Sel::Is(_))).count() as u8,
+                sel,
+                kind,
+                cost: r
+                    .cost
+                    .iter()
+                    .map(|(t, c)| (Box::from(t.as_str()), *c))
+                    .collect(),
+            });
+        }
+        Self {
+            rules,
+            families: shapes.into_iter().map(|(_, m)| m).collect(),
+            table,
+            seed: (hasher.hash_one(0u64), hasher.hash_one(1u64) | 1),
+        }
+    }
+
+    /// Whether there is any rule.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Counters in use.
+    pub fn counters(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Takes `call` from every rule that applies to it at `now_ns` (Unix
+    /// nanoseconds): `Ok` with where it stands under the tightest one
+    /// (`None`: no rule applies), or why it is refused — and then it took
+    /// nothing.
+    pub fn take(&self, call: &Call<'_>, now_ns: u64) -> Result<Option<Standing>, Refused> {
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let values = [
+            Some(call.customer),
+            Some(call.agent),
+            call.user,
+            Some(call.tool),
+            Some(call.upstream),
+        ];
+        let mut hashes: [Option<u64>; 5] = [None; 5];
+        let mut taken: [Option<(usize, &table::Slot, u64)>; 8] = [None; 8];
+        let mut n_taken = 0;
+        let mut tightest: Option<(usize, Left)> = None;
+        for family in &self.families {
+            let Some(&rule_i) = family
+                .iter()
+                .filter(|&&i| self.rules[i].matches(&values))
+                .max_by_key(|&&i| (self.rules[i].specificity, std::cmp::Reverse(i)))
+            else {
+                continue;
+            };
+            let rule = &self.rules[rule_i];
+            let mut key = rule.id_hash;
+            for (d, s) in rule.sel.iter().enumerate() {
+                if matches!(s, Sel::Absent) {
+                    continue;
+                }
+                let h = *hashes[d].get_or_insert_with(|| {
+                    keyed_hash(self.seed, values[d].unwrap_or("").as_bytes())
+                });
+                key = mix(key, h);
+            }
+            let result = self
+                .table
+                .slot(key)
+                .ok_or(Refused::TableFull)
+                .and_then(|slot| take_one(rule, slot, call.tool, now_ns).map(|s| (slot, s)));
+            match result {
+                Ok((slot, left)) => {
+                    if n_taken < taken.len() {
+                        taken[n_taken] = Some((rule_i, slot, left.amount));
+                        n_taken += 1;
+                    }
+                    if tightest
+                        .as_ref()
+                        .is_none_or(|(_, t)| left.remaining < t.remaining)
+                    {
+                        tightest = Some((rule_i, left));
+                    }
+                }
+                Err(refused) => {
+                    for (i, slot, amount) in taken.iter().flatten() {
+                        give_back(&self.rules[*i], slot, *amount, now_ns);
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+        Ok(tightest.map(|(i, left)| left.standing(&self.rules[i])))
+    }
+}
+
+/// What a rule's counter says after a call was taken from it.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    limit: u64,
+    window_s: u64,
+    remaining: u64,
+    reset_s: u64,
+    /// What was taken (units, or the arrival time's advance).
+    amount: u64,
+}
+
+impl Left {
+    fn standing(self, rule: &Rule) -> Standing {
+        Standing {
+            id: Arc::clone(&rule.id),
+            limit: self.limit,
+            window_s: self.window_s,
+            remaining: self.remaining,
+            reset_s: self.reset_s,
+        }
+    }
+}
+
+/// A keyed 64-bit hash of `s` (multiply-fold rounds over 8-byte words).
+fn keyed_hash((seed, secret): (u64, u64), s: &[u8]) -> u64 {
+    fn fold(a: u64, b: u64) -> u64 {
+        let r = u128::from(a) * u128::from(b);
+        (r as u64) ^ ((r >> 64) as u64)
+    }
+    let mut h = seed ^ (s.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = fold(h ^ u64::from_le_bytes(b), secret);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = fold(h ^ u64::from_le_bytes(b), secret ^ 0xA076_1D64_78BD_642F);
+    }
+    fold(h, secret)
+}
+
+/// Combines two 64-bit hashes (order matters).
+fn mix(a: u64, b: u64) -> u64 {
+    let x = (a ^ b.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x ^ (x >> 32)).wrapping_add(b)
+}
+
+/// Takes `tool`'s cost from one rule's counter: where the call stands and
+/// what was taken (units, or the arrival time advance).
+fn take_one(rule: &Rule, slot: &table::Slot, tool: &str, now_ns: u64) -> Result<Left, Refused> {
+    match rule.kind {
+        Kind::Quota { units, per } => {
+            let cost = rule
+                .cost
+                .iter()
+                .find(|(t, _)| &**t == tool)
+                .map_or(1, |(_, c)| *c);
+            let now_s = now_ns / 1_000_000_000;
+            let w = window::window_of(per, now_s);
+            let (end, window_s) = (w.end, w.end - w.start);
+            let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
+            let reset_s = end.saturating_sub(now_s).max(1);
+            let mut v = slot.value.load(Ordering::Acquire);
+            loop {
+                let used = if v >> USED_BITS == tag {
+                    v & USED_MASK
+                } else {
+                    0
+                };
+                let left = |remaining| Left {
+                    limit: units,
+                    window_s,
+                    remaining,
+                    reset_s,
+                    amount: cost,
+                };
+                if used.saturating_add(cost) > units {
+                    return Err(Refused::Exceeded {
+                        standing: left(units.saturating_sub(used)).standing(rule),
+                        quota: true,
+                        retry_after_s: reset_s,
+                    });
+                }
+                let next = (tag << USED_BITS) | (used + cost);
+                match slot
+                    .value
+                    .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return Ok(left(units - used - cost)),
+                    Err(seen) => v = seen,
+                }
+            }
+        }
+        Kind::Rate {
+            interval_ns,
+            tolerance_ns,
+            burst,
+        } => {
+            let window_s = (burst * interval_ns).div_ceil(1_000_000_000).max(1);
+            let mut tat = slot.value.load(Ordering::Acquire);
+            loop {
+                let base = tat.max(now_ns);
+                if base - now_ns > tolerance_ns {
+                    let wait = base - now_ns - tolerance_ns;
+                    return Err(Refused::Exceeded {
+                        standing: Standing {
+                            id: Arc::clone(&rule.id),
+                            limit: burst,
+                            window_s,
+                            remaining: 0,
+                            reset_s: (base - now_ns).div_ceil(1_000_000_000).max(1),
+                        },
+                        quota: false,
+                        retry_after_s: wait.div_ceil(1_000_000_000).max(1),
+                    });
+                }
+                let next = base + interval_ns;
+                match slot.value.compare_exchange_weak(
+                    tat,
+                    next,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        let level = next - now_ns;
+                        let room = (tolerance_ns + interval_ns).saturating_sub(level);
+                        return Ok(Left {
+                            limit: burst,
+                            window_s,
+                            remaining: room / interval_ns,
+                            reset_s: level.div_ceil(1_000_000_000),
+                            amount: interval_ns,
+                        });
+                    }
+                    Err(seen) => tat = seen,
+                }
+            }
+        }
+    }
+}
+
+/// Gives back what a call took from a rule whose counter it passed, when
+/// a later rule refused it.
+fn give_back(rule: &Rule, slot: &table::Slot, amount: u64, now_ns: u64) {
+    let mut v = slot.value.load(Ordering::Acquire);
+    loop {
+        let next = match rule.kind {
+            Kind::Quota { per, .. } => {
+                let w = window::window_of(per, now_ns / 1_000_000_000);
+                let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
+                if v >> USED_BITS != tag {
+                    return;
+                }
+                (tag << USED_BITS) | (v & USED_MASK).saturating_sub(amount)
+            }
+            Kind::Rate { .. } => v.saturating_sub(amount),
+        };
+        match slot
+            .value
+            .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return,
+            Err(seen) => v = seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::*;
+
+/// 2026-12-06T22:03:04Z, in ns.
+const NOW: u64 = 1_796_594_584 * 1_000_000_000;
+const S: u64 = 1_000_000_000;
+
+fn limits(rules: &str, max_counters: usize) -> Limits {
+    let cfg: LimitsConfig =
+        toml::from_str(&format!("max_counters = {max_counters}\n{rules}")).unwrap();
+    Limits::new(&cfg, Limits::table(&cfg), std::hash::RandomState::new())
+}
+
+fn call<'a>(customer: &'a str, tool: &'a str) -> Call<'a> {
+    Call {
+        customer,
+        agent: "bot",
+        user: None,
+        tool,
+        upstream: "crm",
+    }
+}
+
+fn passes(l: &Limits, c: &Call<'_>, now: u64) -> bool {
+    l.take(c, now).is_ok()
+}
+
+#[test]
+fn a_day_quota_per_customer_counts_each_customer_apart() {
+    let l = limits(
+        "[[rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 3, per = \"day\" }\n",
+        1024,
+    );
+    let acme = call("acme", "crm__lookup");
+    for left in [2, 1, 0] {
+        let s = l.take(&acme, NOW).unwrap().unwrap();
+        assert_eq!((&*s.id, s.limit, s.remaining), ("day", 3, left));
+        assert_eq!(s.window_s, 86_400);
+    }
+    let Err(Refused::Exceeded {
+        standing,
+        quota,
+        retry_after_s,
+    }) = l.take(&acme, NOW)
+    else {
+        panic!("the fourth call passed");
+    };
+    // Until midnight UTC.
+    assert!(quota);
+    assert_eq!(retry_after_s, 1_796_601_600 - 1_796_594_584);
+    assert_eq!((standing.remaining, standing.reset_s), (0, retry_after_s));
+    assert!(passes(&l, &call("globex", "crm__lookup"), NOW));
+    // The next day starts afresh.
+    assert!(passes(&l, &acme, NOW + retry_after_s * S));
+}
+
+#[test]
+fn the_most_specific_rule_of_a_family_wins_over_the_default() {
+    let l = limits(
+        "[[rules]]\nid = \"default\"\ncustomer = \"*\"\nquota = { units = 1, per = \"day\" }\n\
+         [[rules]]\nid = \"acme-plan\"\ncustomer = \"acme\"\nquota = { units = 3, per = \"day\" }\n",
+        1024,
+    );
+    let acme = call("acme", "t");
+    assert_eq!(
+        (0..5).filter(|_| passes(&l, &acme, NOW)).count(),
+        3,
+        "acme has its plan, not the default"
+    );
+    let other = call("initech", "t");
+    assert_eq!((0..5).filter(|_| passes(&l, &other, NOW)).count(), 1);
+}
+
+#[test]
+fn tools_cost_their_weight_and_every_rule_must_pass() {
+    let l = limits(
+        "[[rules]]\nid = \"units\"\ncustomer = \"*\"\nquota = { units = 6, per = \"month\" }\ncost = { \"crm__export\" = 2 }\n\
+         [[rules]]\nid = \"exports\"\ntool = \"crm__export\"\nquota = { units = 2, per = \"hour\" }\n",
+        1024,
+    );
+    let export = call("acme", "crm__export");
+    let lookup = call("acme", "crm__lookup");
+    assert!(passes(&l, &export, NOW)); // units 2 of 6, exports 1 of 2
+    assert!(passes(&l, &export, NOW)); // units 4 of 6, exports 2 of 2
+                                       // The hour's exports are used up: refused, and the month's units it
+                                       // would have cost are given back.
+    assert!(matches!(
+        l.take(&export, NOW),
+        Err(Refused::Exceeded { standing, .. }) if &*standing.id == "exports"
+    ));
+    let s = l.take(&lookup, NOW).unwrap().unwrap();
+    assert_eq!((&*s.id, s.remaining), ("units", 1));
+    assert!(passes(&l, &lookup, NOW));
+    assert!(!passes(&l, &lookup, NOW));
+}
+
+#[test]
+fn a_rate_passes_its_burst_then_one_call_per_interval() {
+    let l = limits(
+        "[[rules]]\nid = \"rate\"\nagent = \"*\"\nrate = { calls_per_s = 2, burst = 2 }\n",
+        1024,
+    );
+    let c = call("acme", "t");
+    assert!(passes(&l, &c, NOW));
+    assert!(passes(&l, &c, NOW));
+    let Err(Refused::Exceeded {
+        quota,
+        retry_after_s,
+        ..
+    }) = l.take(&c, NOW)
+    else {
+        panic!("over the burst");
+    };
+    assert!(!quota);
+    assert_eq!(retry_after_s, 1);
+    assert!(passes(&l, &c, NOW + S / 2));
+    assert!(!passes(&l, &c, NOW + S / 2));
+}
+
+#[test]
+fn a_user_selector_leaves_calls_without_a_user_alone() {
+    let l = limits(
+        "[[rules]]\nid = \"per-user\"\nuser = \"*\"\nquota = { units = 1, per = \"minute\" }\n",
+        1024,
+    );
+    let anonymous = call("acme", "t");
+    assert_eq!(l.take(&anonymous, NOW), Ok(None));
+    let alice = Call {
+        user: Some("alice"),
+        ..anonymous
+    };
+    assert!(passes(&l, &alice, NOW));
+    assert!(!passes(&l, &alice, NOW));
+}
+
+#[test]
+fn counts_are_exact_across_threads() {
+    let l = Arc::new(limits(
+        "[[rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 25000, per = \"day\" }\n",
+        1024,
+    ));
+    let passed = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (l, passed) = (Arc::clone(&l), Arc::clone(&passed));
+            std::thread::spawn(move || {
+                for _ in 0..10_000 {
+                    if l.take(&call("acme", "t"), NOW).is_ok() {
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(passed.load(Ordering::Relaxed), 25_000);
+}
+
+#[test]
+fn a_full_table_refuses_rather_than_lets_through() {
+    let l = limits(
+        "[[rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 9, per = \"day\" }\n",
+        16,
+    );
+    let ids: Vec<String> = (0..17).map(|i| format!("c{i}")).collect();
+    for id in &ids[..16] {
+        assert!(passes(&l, &call(id, "t"), NOW));
+    }
+    assert_eq!(l.take(&call(&ids[16], "t"), NOW), Err(Refused::TableFull));
+    assert!(
+        passes(&l, &call(&ids[0], "t"), NOW),
+        "known customers go on"
+    );
+}
+
+#[test]
+fn counters_outlive_a_reload_that_keeps_the_rule() {
+    let rules = "[[rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 2, per = \"day\" }\n";
+    let cfg: LimitsConfig = toml::from_str(rules).unwrap();
+    let table = Limits::table(&cfg);
+    let hasher = std::hash::RandomState::new();
+    let before = Limits::new(&cfg, Arc::clone(&table), hasher.clone());
+    assert!(passes(&before, &call("acme", "t"), NOW));
+    let after = Limits::new(&cfg, table, hasher);
+    assert!(passes(&after, &call("acme", "t"), NOW));
+    assert!(!passes(&after, &call("acme", "t"), NOW));
+}
