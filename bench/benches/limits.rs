@@ -42,7 +42,12 @@ rate = { calls_per_s = 1000000000, burst = 1000000 }
 "#,
     )
     .unwrap_or_else(|e| panic!("limits: {e}"));
-    Limits::new(&cfg, Limits::table(&cfg), std::hash::RandomState::new())
+    Limits::new(
+        &cfg,
+        Limits::table(&cfg),
+        std::hash::RandomState::new(),
+        None,
+    )
 }
 
 fn now_ns() -> u64 {

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub shards: Vec<ShardCounters>,
     audit: OnceLock<(Arc<AuditStats>, Arc<AuditHealth>)>,
     sinks: OnceLock<Vec<(String, Arc<SinkStats>)>>,
+    limits: OnceLock<Arc<toolgate_limits::Sharing>>,
 }
 
 impl Metrics {
@@ -65,6 +66,11 @@ impl Metrics {
     /// Attaches the audit thread's counters.
     pub fn set_audit(&self, stats: Arc<AuditStats>, health: Arc<AuditHealth>) {
         let _ = self.audit.set((stats, health));
+    }
+
+    /// Attaches the quota sharing through Redis (`limits.backend = "redis"`).
+    pub fn set_limits(&self, sharing: Arc<toolgate_limits::Sharing>) {
+        let _ = self.limits.set(sharing);
     }
 
     /// Attaches the sinks' counters.
@@ -232,6 +238,9 @@ impl Metrics {
                 let lag = s.lag_us(now_us) as f64 / 1e6;
                 let _ = writeln!(out, "toolgate_sink_lag_seconds{{sink=\"{n}\"}} {lag:.3}");
             }
+        }
+        if let Some(sharing) = self.limits.get() {
+            let _ = writeln!(out, "# HELP toolgate_limits_redis_up Whether Redis answered the last exchange (0: each quota is held to this replica's share).\n# TYPE toolgate_limits_redis_up gauge\ntoolgate_limits_redis_up {}", u8::from(sharing.redis_up()));
         }
         out
     }

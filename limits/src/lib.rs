@@ -21,6 +21,8 @@
 
 #![warn(missing_docs)]
 
+pub mod redis;
+pub mod shared;
 pub mod table;
 pub mod window;
 
@@ -30,12 +32,13 @@ use std::sync::Arc;
 
 use toolgate_core::config::{LimitsConfig, Window};
 
+pub use shared::Sharing;
 pub use table::Table;
 
 /// Bits of a quota counter's value holding the units used; the rest hold
 /// the window's number.
-const USED_BITS: u32 = 40;
-const USED_MASK: u64 = (1 << USED_BITS) - 1;
+pub(crate) const USED_BITS: u32 = 40;
+pub(crate) const USED_MASK: u64 = (1 << USED_BITS) - 1;
 
 /// One call, as the limits see it.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +137,8 @@ pub struct Limits {
     /// Keys of the values' hash (from the process's random state), so a
     /// caller cannot choose values whose counters collide.
     seed: (u64, u64),
+    /// With `backend = "redis"`: quotas shared with the other replicas.
+    sharing: Option<Arc<Sharing>>,
 }
 
 impl Limits {
@@ -146,8 +151,14 @@ impl Limits {
         }))
     }
 
-    /// `cfg`'s rules over `table` (checked by the configuration loader).
-    pub fn new(cfg: &LimitsConfig, table: Arc<Table>, hasher: std::hash::RandomState) -> Self {
+    /// `cfg`'s rules over `table` (checked by the configuration loader),
+    /// quotas shared through `sharing` when given.
+    pub fn new(
+        cfg: &LimitsConfig,
+        table: Arc<Table>,
+        hasher: std::hash::RandomState,
+        sharing: Option<Arc<Sharing>>,
+    ) -> Self {
         let sel = |v: &Option<String>| match v.as_deref() {
             None => Sel::Absent,
             Some("*") => Sel::Any,
@@ -219,6 +230,7 @@ impl Limits {
             families: shapes.into_iter().map(|(_, m)| m).collect(),
             table,
             seed: (hasher.hash_one(0u64), hasher.hash_one(1u64) | 1),
+            sharing,
         }
     }
 
@@ -270,11 +282,19 @@ impl Limits {
                 });
                 key = mix(key, h);
             }
-            let result = self
-                .table
-                .slot(key)
-                .ok_or(Refused::TableFull)
-                .and_then(|slot| take_one(rule, slot, call.tool, now_ns).map(|s| (slot, s)));
+            let result =
+                self.table
+                    .slot(key)
+                    .ok_or(Refused::TableFull)
+                    .and_then(|(index, slot)| {
+                        let at = At {
+                            index,
+                            slot,
+                            sharing: self.sharing.as_deref(),
+                            values: &values,
+                        };
+                        take_one(rule, &at, call.tool, now_ns).map(|s| (slot, s))
+                    });
             match result {
                 Ok((slot, left)) => {
                     if n_taken < taken.len() {
@@ -351,9 +371,33 @@ fn mix(a: u64, b: u64) -> u64 {
     (x ^ (x >> 32)).wrapping_add(b)
 }
 
+/// One rule's counter for one call, and what a shared quota needs to
+/// name it in Redis.
+struct At<'a> {
+    index: usize,
+    slot: &'a table::Slot,
+    sharing: Option<&'a Sharing>,
+    values: &'a [Option<&'a str>; 5],
+}
+
+impl At<'_> {
+    /// The counter's Redis key for window `tag`: the same on every replica.
+    fn redis_key(&self, rule: &Rule, tag: u64) -> String {
+        let mut key = format!("toolgate:quota:{}:{tag}", rule.id);
+        for (s, v) in rule.sel.iter().zip(self.values) {
+            if !matches!(s, Sel::Absent) {
+                key.push(':');
+                key.push_str(v.unwrap_or(""));
+            }
+        }
+        key
+    }
+}
+
 /// Takes `tool`'s cost from one rule's counter: where the call stands and
 /// what was taken (units, or the arrival time advance).
-fn take_one(rule: &Rule, slot: &table::Slot, tool: &str, now_ns: u64) -> Result<Left, Refused> {
+fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, Refused> {
+    let slot = at.slot;
     match rule.kind {
         Kind::Quota { units, per } => {
             let cost = rule
@@ -366,6 +410,55 @@ fn take_one(rule: &Rule, slot: &table::Slot, tool: &str, now_ns: u64) -> Result<
             let (end, window_s) = (w.end, w.end - w.start);
             let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
             let reset_s = end.saturating_sub(now_s).max(1);
+            // Shared: what this replica may use of the window, its first
+            // lease granted now and paid for by the sync thread.
+            let (limit, sharing) = match at.sharing {
+                None => (units, None),
+                Some(sh) => {
+                    let first = sh.lease.min(units);
+                    let g = slot.granted.load(Ordering::Acquire);
+                    if g >> USED_BITS != tag
+                        && slot
+                            .granted
+                            .compare_exchange(
+                                g,
+                                (tag << USED_BITS) | first,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                    {
+                        sh.ask(
+                            slot,
+                            shared::Refill {
+                                slot: at.index,
+                                key: at.redis_key(rule, tag),
+                                units,
+                                amount: first,
+                                tag,
+                                window_end: end,
+                                pay: true,
+                            },
+                        );
+                    }
+                    let granted = slot.granted.load(Ordering::Acquire) & USED_MASK;
+                    (granted.min(units), Some(sh))
+                }
+            };
+            let top_up = |sh: &Sharing| {
+                sh.ask(
+                    slot,
+                    shared::Refill {
+                        slot: at.index,
+                        key: at.redis_key(rule, tag),
+                        units,
+                        amount: sh.lease,
+                        tag,
+                        window_end: end,
+                        pay: false,
+                    },
+                )
+            };
             let mut v = slot.value.load(Ordering::Acquire);
             loop {
                 let used = if v >> USED_BITS == tag {
@@ -380,11 +473,18 @@ fn take_one(rule: &Rule, slot: &table::Slot, tool: &str, now_ns: u64) -> Result<
                     reset_s,
                     amount: cost,
                 };
-                if used.saturating_add(cost) > units {
+                if used.saturating_add(cost) > limit {
+                    // Under a shared quota that Redis may still have units
+                    // of: ask for them, and refuse this call for a second.
+                    let more = sharing
+                        .filter(|_| limit < units && !shared::has(slot, tag, shared::EXHAUSTED));
+                    if let Some(sh) = more {
+                        top_up(sh);
+                    }
                     return Err(Refused::Exceeded {
-                        standing: left(units.saturating_sub(used)).standing(rule),
+                        standing: left(limit.saturating_sub(used)).standing(rule),
                         quota: true,
-                        retry_after_s: reset_s,
+                        retry_after_s: if more.is_some() { 1 } else { reset_s },
                     });
                 }
                 let next = (tag << USED_BITS) | (used + cost);
@@ -392,7 +492,15 @@ fn take_one(rule: &Rule, slot: &table::Slot, tool: &str, now_ns: u64) -> Result<
                     .value
                     .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => return Ok(left(units - used - cost)),
+                    Ok(_) => {
+                        let remaining = limit - used - cost;
+                        if let Some(sh) = sharing {
+                            if limit < units && remaining < sh.lease.div_ceil(2) + cost {
+                                top_up(sh);
+                            }
+                        }
+                        return Ok(left(remaining));
+                    }
                     Err(seen) => v = seen,
                 }
             }

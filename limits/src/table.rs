@@ -17,6 +17,11 @@ pub struct Slot {
     key: AtomicU64,
     /// Its value (a quota's window and use, or a rate's arrival time).
     pub value: AtomicU64,
+    /// Shared quotas: the window and the units this replica may use in it.
+    pub granted: AtomicU64,
+    /// Shared quotas: the window, and whether more units are asked for
+    /// (bit 0) or none are left in Redis (bit 1).
+    pub flags: AtomicU64,
 }
 
 /// The table.
@@ -39,16 +44,21 @@ impl Table {
         }
     }
 
-    /// The counter of `key` (never 0), claimed if new; `None` when the
-    /// table is full.
-    pub fn slot(&self, key: u64) -> Option<&Slot> {
+    /// The counter at `index` (as [`Table::slot`] gave it).
+    pub fn at(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index)
+    }
+
+    /// The counter of `key` (never 0) and its index, claimed if new;
+    /// `None` when the table is full.
+    pub fn slot(&self, key: u64) -> Option<(usize, &Slot)> {
         let key = key.max(1);
         let mut i = (key as usize) & self.mask;
         for _ in 0..MAX_PROBE {
             let s = &self.slots[i];
             let k = s.key.load(Ordering::Acquire);
             if k == key {
-                return Some(s);
+                return Some((i, s));
             }
             if k == 0 {
                 if self.used.fetch_add(1, Ordering::Relaxed) >= self.max {
@@ -59,11 +69,11 @@ impl Table {
                     .key
                     .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => return Some(s),
+                    Ok(_) => return Some((i, s)),
                     Err(seen) => {
                         self.used.fetch_sub(1, Ordering::Relaxed);
                         if seen == key {
-                            return Some(s);
+                            return Some((i, s));
                         }
                     }
                 }
@@ -91,8 +101,9 @@ mod tests {
     #[test]
     fn a_key_keeps_its_counter_and_a_full_table_says_so() {
         let t = Table::new(16);
-        let a = t.slot(42).unwrap() as *const Slot;
-        assert_eq!(t.slot(42).unwrap() as *const Slot, a);
+        let (i, _) = t.slot(42).unwrap();
+        assert_eq!(t.slot(42).unwrap().0, i);
+        assert!(t.at(i).is_some());
         for k in 100..115 {
             assert!(t.slot(k).is_some());
         }

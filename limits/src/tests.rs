@@ -10,7 +10,12 @@ const S: u64 = 1_000_000_000;
 fn limits(rules: &str, max_counters: usize) -> Limits {
     let cfg: LimitsConfig =
         toml::from_str(&format!("max_counters = {max_counters}\n{rules}")).unwrap();
-    Limits::new(&cfg, Limits::table(&cfg), std::hash::RandomState::new())
+    Limits::new(
+        &cfg,
+        Limits::table(&cfg),
+        std::hash::RandomState::new(),
+        None,
+    )
 }
 
 fn call<'a>(customer: &'a str, tool: &'a str) -> Call<'a> {
@@ -183,9 +188,9 @@ fn counters_outlive_a_reload_that_keeps_the_rule() {
     let cfg: LimitsConfig = toml::from_str(rules).unwrap();
     let table = Limits::table(&cfg);
     let hasher = std::hash::RandomState::new();
-    let before = Limits::new(&cfg, Arc::clone(&table), hasher.clone());
+    let before = Limits::new(&cfg, Arc::clone(&table), hasher.clone(), None);
     assert!(passes(&before, &call("acme", "t"), NOW));
-    let after = Limits::new(&cfg, table, hasher);
+    let after = Limits::new(&cfg, table, hasher, None);
     assert!(passes(&after, &call("acme", "t"), NOW));
     assert!(!passes(&after, &call("acme", "t"), NOW));
 }

@@ -141,6 +141,8 @@ pub struct ValidConfig {
     pub admin_state_file: PathBuf,
     /// `admin.postgres_password`, resolved (`postgres` backend only).
     pub admin_postgres_password: Option<crate::secret::SecretSource>,
+    /// `[limits.redis]`, with `limits.backend = "redis"`.
+    pub limits_redis: Option<RedisSetup>,
     /// `[server.tls]` files resolved against the config file's directory.
     pub tls: Option<TlsFiles>,
     /// The judge's `ca_file`, resolved.
@@ -230,4 +232,69 @@ pub struct TlsFiles {
     pub client_auth: ClientAuth,
     /// Whether TLS 1.2 is refused (1.3 only).
     pub tls13_only: bool,
+}
+
+/// `[limits.redis]`, checked: where the replicas share quota counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSetup {
+    /// Host as written.
+    pub host: String,
+    /// TCP port (default 6379).
+    pub port: u16,
+    /// `rediss://`: TLS, verifying `host`.
+    pub tls: bool,
+    /// Database number (`SELECT`).
+    pub db: u32,
+    /// With TLS: the CA bundle, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// The `AUTH` password's source.
+    pub password: Option<crate::secret::SecretSource>,
+    /// Units taken from Redis at a time.
+    pub lease: u64,
+    /// Replicas sharing the quotas.
+    pub replicas: u64,
+    /// Time allowed for one exchange.
+    pub timeout: std::time::Duration,
+}
+
+impl RedisSetup {
+    /// Parses `redis[s]://host[:port][/db]`: no user or password in it.
+    pub fn parse_url(url: &str) -> Result<(String, u16, bool, u32), String> {
+        let (rest, tls) = if let Some(r) = url.strip_prefix("redis://") {
+            (r, false)
+        } else if let Some(r) = url.strip_prefix("rediss://") {
+            (r, true)
+        } else {
+            return Err(format!(
+                "`{url}` is not a `redis://host:port/db` (or `rediss://`) URL"
+            ));
+        };
+        let (authority, db) = match rest.split_once('/') {
+            Some((a, d)) => (a, d),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(format!(
+                "`{url}`: no password in the URL; give it with `[limits.redis.password]`"
+            ));
+        }
+        let db = if db.is_empty() {
+            0
+        } else {
+            db.parse::<u32>()
+                .map_err(|_| format!("`{url}`: the database must be a number"))?
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.to_owned(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{url}`: `{p}` is not a port"))?,
+            ),
+            _ => (authority.to_owned(), 6379),
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+        Ok((host, port, tls, db))
+    }
 }

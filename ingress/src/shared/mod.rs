@@ -108,8 +108,13 @@ pub struct Shared {
     pub rate_limits: Arc<Published<crate::ratelimit::Limits>>,
     /// `[limits]` rules over the process's counters (kept across reloads).
     pub limits: Arc<Published<toolgate_limits::Limits>>,
-    /// The counters, and the key under which their keys are hashed.
-    limit_counters: (Arc<toolgate_limits::Table>, std::hash::RandomState),
+    /// The counters, the key under which their keys are hashed, and the
+    /// quota sharing through Redis (`limits.backend = "redis"`).
+    limit_counters: (
+        Arc<toolgate_limits::Table>,
+        std::hash::RandomState,
+        Option<Arc<toolgate_limits::Sharing>>,
+    ),
 }
 
 /// What a snapshot is compiled from.
@@ -210,14 +215,20 @@ impl Shared {
             identity::with_control_revocations(subtokens.clone(), &sources.control),
         ));
         let rate_limits = Published::new(crate::ratelimit::build(&eff, &HashMap::new()));
-        let limit_counters = (
-            toolgate_limits::Limits::table(&eff.config.limits),
-            std::hash::RandomState::new(),
-        );
+        let table = toolgate_limits::Limits::table(&eff.config.limits);
+        let sharing = match &config.limits_redis {
+            Some(setup) => Some(Arc::new(
+                toolgate_limits::shared::start(setup.clone(), Arc::clone(&table))
+                    .map_err(|e| vec![format!("starting the Redis quota sync: {e}")])?,
+            )),
+            None => None,
+        };
+        let limit_counters = (table, std::hash::RandomState::new(), sharing);
         let limits = Published::new(toolgate_limits::Limits::new(
             &eff.config.limits,
             Arc::clone(&limit_counters.0),
             limit_counters.1.clone(),
+            limit_counters.2.clone(),
         ));
         let shards = shard_count(&config);
         let s = &config.config.server;
@@ -231,7 +242,7 @@ impl Shared {
             body_timeout: Duration::from_millis(s.body_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
         };
-        Ok(Arc::new(Self {
+        let shared = Arc::new(Self {
             current: Mutex::new(sources),
             seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             snapshot,
@@ -260,7 +271,11 @@ impl Shared {
             limits,
             limit_counters,
             config,
-        }))
+        });
+        if let Some(sharing) = &shared.limit_counters.2 {
+            shared.metrics.set_limits(Arc::clone(sharing));
+        }
+        Ok(shared)
     }
 
     /// Whether every upstream's catalog fetch has completed at least once.

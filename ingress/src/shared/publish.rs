@@ -74,6 +74,7 @@ impl Shared {
             &eff.config.limits,
             Arc::clone(&self.limit_counters.0),
             self.limit_counters.1.clone(),
+            self.limit_counters.2.clone(),
         ));
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");

@@ -5,12 +5,19 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::RateLimitConfig;
+use super::{RateLimitConfig, SecretSourceConfig};
 
 /// `[limits]`: where limit counters live, and the rules.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Where quotas are counted: `local` (this process; default) or
+    /// `redis` (shared by every replica through `[limits.redis]`).
+    #[serde(default)]
+    pub backend: LimitsBackend,
+    /// The Redis the replicas share, with `backend = "redis"`.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Most counters kept (one per limit and key value, e.g. per customer
     /// and tool). A call that needs a counter beyond this is refused
     /// (`limit_table_full`), never let through unlimited. Default 262144.
@@ -28,6 +35,8 @@ fn default_max_counters() -> usize {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
+            backend: LimitsBackend::Local,
+            redis: None,
             max_counters: default_max_counters(),
             rules: Vec::new(),
         }
@@ -106,4 +115,55 @@ impl Window {
             Window::Month => "month",
         }
     }
+}
+
+/// Where quota counters live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// In this process only.
+    #[default]
+    Local,
+    /// Shared by the replicas through Redis.
+    Redis,
+}
+
+/// `[limits.redis]`: the Redis the replicas share quota counts through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or, over TLS, `rediss://host:port/db`. No
+    /// password in it: give one with `[limits.redis.password]`.
+    pub url: Spanned<String>,
+    /// With `rediss://`: PEM CA bundle, relative to the config file.
+    /// Default: the system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// The password (`AUTH`): `env`, `file` or `command`.
+    #[serde(default)]
+    pub password: Option<SecretSourceConfig>,
+    /// Units a replica takes from Redis at a time. A replica may go over a
+    /// quota by at most this much (its first lease of a window is taken
+    /// before Redis confirms it). Default 20.
+    #[serde(default = "default_lease")]
+    pub lease: u64,
+    /// Replicas sharing the quotas: while Redis cannot be reached, each
+    /// replica allows at most `units / replicas` of a window. Default 2.
+    #[serde(default = "default_replicas")]
+    pub replicas: u64,
+    /// Time allowed for one Redis exchange, ms. Default 500.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_lease() -> u64 {
+    20
+}
+
+fn default_replicas() -> u64 {
+    2
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    500
 }

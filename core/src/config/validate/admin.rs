@@ -168,6 +168,17 @@ pub(crate) fn validate_admin_backend(
         );
     }
     let p = admin.postgres_password.as_ref()?;
+    secret_source(p, base, "admin.postgres_password", err)
+}
+
+/// The source a `[… = { env | file | command }]` table names (`section`
+/// in the message when it names none or several).
+pub(crate) fn secret_source(
+    p: &SecretSourceConfig,
+    base: &Path,
+    section: &str,
+    err: &mut dyn FnMut(Option<usize>, String),
+) -> Option<crate::secret::SecretSource> {
     match (&p.env, &p.file, &p.command) {
         (Some(v), None, None) => Some(crate::secret::SecretSource::Env(v.get_ref().clone())),
         (None, Some(f), None) => Some(crate::secret::SecretSource::File(base.join(f.get_ref()))),
@@ -177,7 +188,9 @@ pub(crate) fn validate_admin_backend(
         _ => {
             err(
                 None,
-                "`[admin.postgres_password]` needs exactly one of `env`, `file` or a non-empty `command`".to_owned(),
+                format!(
+                    "`[{section}]` needs exactly one of `env`, `file` or a non-empty `command`"
+                ),
             );
             None
         }

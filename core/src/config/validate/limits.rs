@@ -4,8 +4,74 @@
 use super::super::*;
 use crate::toolname::ToolNamer;
 
-/// Checks `[limits]` against the upstreams' tool namer.
+/// Checks `[limits]` against the upstreams' tool namer; the Redis the
+/// replicas share, with `backend = "redis"`.
 pub(crate) fn validate_limits(
+    config: &Config,
+    namer: &ToolNamer,
+    base: &std::path::Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<RedisSetup> {
+    let limits = &config.limits;
+    check_rules(config, namer, err, at);
+    let redis = match (limits.backend, &limits.redis) {
+        (LimitsBackend::Local, None) => return None,
+        (LimitsBackend::Local, Some(_)) => {
+            err(
+                None,
+                "`[limits.redis]` is set but `limits.backend` is not `\"redis\"`".to_owned(),
+            );
+            return None;
+        }
+        (LimitsBackend::Redis, None) => {
+            err(
+                None,
+                "`limits.backend = \"redis\"` needs `[limits.redis]` with its `url`".to_owned(),
+            );
+            return None;
+        }
+        (LimitsBackend::Redis, Some(r)) => r,
+    };
+    let line = at(&redis.url.span());
+    let (host, port, tls, db) = match RedisSetup::parse_url(redis.url.get_ref()) {
+        Ok(u) => u,
+        Err(e) => {
+            err(line, format!("`limits.redis.url`: {e}"));
+            return None;
+        }
+    };
+    if redis.lease == 0 || redis.replicas == 0 || redis.timeout_ms == 0 {
+        err(
+            line,
+            "`limits.redis`: `lease`, `replicas` and `timeout_ms` must be above 0".to_owned(),
+        );
+    }
+    let ca_file = redis.ca_file.as_ref().map(|c| base.join(c.get_ref()));
+    if ca_file.is_some() && !tls {
+        err(
+            line,
+            "`limits.redis.ca_file` is for a `rediss://` (TLS) URL".to_owned(),
+        );
+    }
+    let password = redis
+        .password
+        .as_ref()
+        .and_then(|p| super::admin::secret_source(p, base, "limits.redis.password", err));
+    Some(RedisSetup {
+        host,
+        port,
+        tls,
+        db,
+        ca_file,
+        password,
+        lease: redis.lease,
+        replicas: redis.replicas,
+        timeout: std::time::Duration::from_millis(redis.timeout_ms),
+    })
+}
+
+fn check_rules(
     config: &Config,
     namer: &ToolNamer,
     err: &mut dyn FnMut(Option<usize>, String),

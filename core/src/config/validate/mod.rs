@@ -350,7 +350,7 @@ pub(crate) fn validate(
         None => None,
     };
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
-    validate_limits(&config, &namer, &mut |l, m| err(l, m), &at);
+    let limits_redis = validate_limits(&config, &namer, base, &mut |l, m| err(l, m), &at);
 
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());
@@ -504,6 +504,7 @@ pub(crate) fn validate(
                 admin_tls,
                 admin_state_file: resolve(base, config_admin_state_file),
                 admin_postgres_password,
+                limits_redis,
             })
         }
         _ => Err(errors),

@@ -1,0 +1,138 @@
+"""Quotas shared by two toolgate replicas through a real Redis (Debian's
+``redis-server``, started here with a password): a customer's day quota
+holds across both replicas within the documented bound (one lease per
+replica), another customer is unaffected; with Redis killed, each replica
+keeps limiting to its share and nothing crashes; when Redis is back, the
+units granted meanwhile are added to the shared count.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from harness import HOST, HTTP_TIMEOUT_S, Agent, free_port, modern_headers, modern_request, stop_process, wait_for_port
+
+TOOL = "crm__lookup_customer"
+UNITS = 40
+LEASE = 5
+PASSWORD = "redis-test-password"
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+class Redis:
+    """``redis-server`` on a free port, no persistence, with a password."""
+
+    def __init__(self, workdir) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Redis":
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
+             "--requirepass", PASSWORD, "--dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        wait_for_port(self.port, 10, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def get(self, key: str) -> int:
+        out = subprocess.run(["redis-cli", "-h", HOST, "-p", str(self.port), "--no-auth-warning", "-a", PASSWORD,
+                              "GET", key], capture_output=True, text=True, timeout=10).stdout.strip()
+        return int(out) if out else 0
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path).start()
+    yield r
+    r.stop()
+
+
+def limits_toml(crm_url: str, redis_port: int) -> str:
+    return f"""
+[[upstreams]]
+name = "crm"
+url = "{crm_url}"
+
+[limits]
+backend = "redis"
+
+[limits.redis]
+url = "redis://{HOST}:{redis_port}/0"
+password = {{ file = "redis.password" }}
+lease = {LEASE}
+replicas = 2
+
+[[limits.rules]]
+id = "day"
+customer = "*"
+quota = {{ units = {UNITS}, per = "day" }}
+"""
+
+
+def call(gate, key: str) -> int:
+    body = modern_request("tools/call", {"name": TOOL, "arguments": {"customer_id": "C-1"}})
+    r = httpx.post(gate.url, json=body, headers=modern_headers("tools/call", TOOL, key), timeout=HTTP_TIMEOUT_S)
+    return r.status_code
+
+
+def key_of(customer: str) -> str:
+    return f"toolgate:quota:day:{int(time.time()) // 86400}:{customer}"
+
+
+def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(make_gate, upstreams, redis):
+    agents = [Agent("acme-bot", [TOOL], customer="acme"), Agent("globex-bot", [TOOL], customer="globex"),
+              Agent("initech-bot", [TOOL], customer="initech")]
+    gates = []
+    for _ in range(2):
+        g = make_gate(upstream_list=[], agents=agents, extra_toml=limits_toml(upstreams["crm"].url, redis.port),
+                      start=False)
+        (g.workdir / "redis.password").write_text(PASSWORD + "\n")
+        g.start()
+        gates.append(g)
+    acme, globex, initech = agents
+
+    # 1. Both replicas, one customer: the sum of allowed calls stays within
+    # one lease per replica of the quota.
+    allowed = 0
+    for i in range(UNITS + 30):
+        allowed += call(gates[i % 2], acme.key) == 200
+        time.sleep(0.005)
+    assert UNITS - 2 * LEASE <= allowed <= UNITS + 2 * LEASE, allowed
+    assert redis.get(key_of("acme")) <= UNITS + 2 * LEASE
+    # Another customer is unaffected.
+    assert call(gates[0], globex.key) == 200 and call(gates[1], globex.key) == 200
+
+    # 2. Redis goes away: each replica holds a new customer to its share
+    # (UNITS / 2), nothing crashes, and it says so.
+    redis.stop()
+    during = [0, 0]
+    for i in range(UNITS + 20):
+        during[i % 2] += call(gates[i % 2], initech.key) == 200
+        time.sleep(0.005)
+    assert all(0 < n <= UNITS // 2 for n in during), during
+    for g in gates:
+        assert g.alive()
+        assert "Redis" in g.stderr_text()
+
+    # 3. Redis is back (empty: no persistence): what the replicas granted
+    # meanwhile is added to the shared count.
+    redis.start()
+    deadline = time.monotonic() + 15
+    while redis.get(key_of("initech")) < sum(during) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert redis.get(key_of("initech")) >= sum(during)
+    assert all("Redis reachable" in g.stderr_text() for g in gates)
