@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Key { command } => done(cli::key::run(command)),
         Command::Policy { command } => done(cli::policy::run(command)),
         Command::Audit { command } => done(cli::audit::run(command)),
+        Command::Usage(args) => done(cli::usage::run(args)),
         Command::Token { command } => done(cli::token::run(command)),
         Command::Tools { command } => done(cli::tools::run(command)),
         Command::Admin { api, command } => cli::admin::run(&api, command),

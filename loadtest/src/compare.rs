@@ -215,6 +215,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }))?;
     let (udp_port, tcp_port) = drains()?;
     let (tls_port, all_port, rules_port) = (free_port()?, free_port()?, free_port()?);
+    let limits_port = free_port()?;
     let gate = |name: &str, port: u16, extra: &str| -> anyhow::Result<Proc> {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, toolgate_config(port, up_port, big_port, name, extra)?)?;
@@ -244,6 +245,13 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     // (b) with output rules alone: the cost of scanning every result.
     let rules = "[[output_rules]]\nname = \"pii\"\ntools = [\"fast__*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\"]\n";
     let _tg_rules = gate("toolgate-rules", rules_port, rules)?;
+    // (b) with three `[limits]` rules on every call: a per-customer day
+    // quota with a tool cost, a per-customer-and-tool hour quota, a
+    // per-agent rate, all high enough never to refuse.
+    let limits = "[limits]\n\n[[limits.rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 1000000000, per = \"day\" }\ncost = { \"fast__echo\" = 2 }\n\n\
+         [[limits.rules]]\nid = \"hour-per-tool\"\ncustomer = \"*\"\ntool = \"*\"\nquota = { units = 1000000000, per = \"hour\" }\n\n\
+         [[limits.rules]]\nid = \"agent-rate\"\nagent = \"*\"\nrate = { calls_per_s = 1000000, burst = 1000000 }\n";
+    let _tg_limits = gate("toolgate-limits", limits_port, limits)?;
     let tls_client = secure::client_config(&dir.join("ca.pem"))?;
     let secure_workload = |label: &str, port: u16, key: &str, secs: u64| {
         let mut w = workload(label, port, Some(key), "fast__echo", &o, secs);
@@ -339,6 +347,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         "(c) everything on",
         all_port,
         &jwt,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate + 3 limits",
+        limits_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
         secs,
     ))?);
     reports.push(run(workload(
@@ -470,6 +486,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate REST door"), rps("(b) toolgate")) {
         println!("REST door / MCP door req/s: {:.2}", r / p);
+    }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate + 3 limits"), rps("(b) toolgate")) {
+        println!("3 limits on / off req/s: {:.2}", r / p);
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate + rules"), rps("(b) toolgate")) {
         println!("output rules on / off req/s: {:.2}", r / p);

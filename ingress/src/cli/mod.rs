@@ -16,6 +16,7 @@ pub mod policy;
 pub mod run;
 pub mod token;
 pub mod tools;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,8 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// What each customer called, per tool, from the audit log (JSON or CSV).
+    Usage(usage::UsageArgs),
     /// Sub-tokens (`[auth.subtokens]`): mint, list, revoke.
     Token {
         #[command(subcommand)]

@@ -101,3 +101,18 @@ def test_a_day_quota_per_customer_with_a_plan_through_both_doors(make_gate, upst
     assert all(r["decision"] == "deny" for r in limited)
     assert sum(1 for r in calls if r["decision"] == "allow" and r["customer"] == "plain-bot") == 3
     assert sum(1 for r in calls if r["decision"] == "allow" and r["customer"] == "acme") == 5
+
+    # `toolgate usage` reads the same counts back from the audit log.
+    import csv
+    import io
+    import subprocess
+
+    from harness import TOOLGATE_BIN
+    out = subprocess.run([str(TOOLGATE_BIN), "usage", str(gate.audit_dir), "--since", "1h", "--format", "csv"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {(r["customer"], r["tool"]): r for r in csv.DictReader(io.StringIO(out.stdout))}
+    pick = lambda r: tuple(int(r[k]) for k in ("calls", "allowed", "denied", "limited"))  # noqa: E731
+    assert pick(rows[("plain-bot", TOOL)]) == (5, 3, 2, 2)
+    assert pick(rows[("plain-bot", "crm__delete_record")]) == (2, 0, 2, 0)
+    assert pick(rows[("acme", TOOL)]) == (6, 5, 1, 1)

@@ -1,0 +1,245 @@
+//! `toolgate usage`: what each customer called, from the audit log — calls,
+//! allowed, denied, refused by a limit, tool errors — per customer and
+//! tool, for a window, as JSON or CSV to feed billing. Reads the log files
+//! only; no gateway needs to run.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use toolgate_sinks::query::{parse_rfc3339_us, parse_since};
+use toolgate_sinks::reader::{LogReader, Position};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON array.
+    Json,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// `toolgate usage …`.
+#[derive(Args)]
+pub struct UsageArgs {
+    /// The audit directory (`[audit] dir`).
+    pub dir: PathBuf,
+    /// Only calls since a duration ago (`90s`, `30m`, `24h`, `30d`) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only calls before an RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this customer.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+}
+
+/// Counts of one customer's calls of one tool.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Calls of the tool (`tools/call` on `/mcp`, and REST door calls).
+    pub calls: u64,
+    /// Allowed (forwarded).
+    pub allowed: u64,
+    /// Denied, for any reason.
+    pub denied: u64,
+    /// Denied by a `[limits]` rate or quota.
+    pub limited: u64,
+    /// Allowed, and the tool reported an error.
+    pub tool_errors: u64,
+}
+
+/// Adds record `v` to `usage` when it is a call of a tool by a known
+/// customer within the window.
+pub fn count(
+    usage: &mut BTreeMap<(String, String), Counts>,
+    v: &Value,
+    window: (Option<u64>, Option<u64>),
+    customer: Option<&str>,
+) {
+    if v["method"].as_str() != Some("tools/call") {
+        return;
+    }
+    let (Some(c), Some(tool)) = (v["customer"].as_str(), v["tool"].as_str()) else {
+        return;
+    };
+    if customer.is_some_and(|want| want != c) {
+        return;
+    }
+    let t = v["time"].as_str().and_then(parse_rfc3339_us);
+    let (since, until) = window;
+    if since.is_some_and(|s| t.is_none_or(|t| t < s))
+        || until.is_some_and(|u| t.is_none_or(|t| t >= u))
+    {
+        return;
+    }
+    let e = usage.entry((c.to_owned(), tool.to_owned())).or_default();
+    e.calls += 1;
+    match v["decision"].as_str() {
+        Some("allow") => {
+            e.allowed += 1;
+            if v["outcome"].as_str() == Some("tool_error") {
+                e.tool_errors += 1;
+            }
+        }
+        _ => {
+            e.denied += 1;
+            if matches!(
+                v["reason"].as_str(),
+                Some("rate_limited" | "quota_exceeded" | "limit_table_full")
+            ) {
+                e.limited += 1;
+            }
+        }
+    }
+}
+
+/// Runs `toolgate usage`.
+pub fn run(args: UsageArgs) -> anyhow::Result<()> {
+    if !args.dir.is_dir() {
+        bail!("`{}` is not a directory", args.dir.display());
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let since = args.since.map(|s| parse_since(&s, now)).transpose()?;
+    let until = match &args.until {
+        Some(u) => Some(parse_rfc3339_us(u).ok_or_else(|| {
+            anyhow::anyhow!("`--until {u}`: expected an RFC 3339 time such as 2026-12-01T00:00:00Z")
+        })?),
+        None => None,
+    };
+    let usage = read(&args.dir, (since, until), args.customer.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        Format::Json => {
+            let rows: Vec<Value> = usage
+                .iter()
+                .map(|((c, t), n)| {
+                    json!({"customer": c, "tool": t, "calls": n.calls, "allowed": n.allowed,
+                           "denied": n.denied, "limited": n.limited, "tool_errors": n.tool_errors})
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut out, &rows)?;
+            writeln!(out)?;
+        }
+        Format::Csv => {
+            writeln!(
+                out,
+                "customer,tool,calls,allowed,denied,limited,tool_errors"
+            )?;
+            for ((c, t), n) in &usage {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{}",
+                    csv_field(c),
+                    csv_field(t),
+                    n.calls,
+                    n.allowed,
+                    n.denied,
+                    n.limited,
+                    n.tool_errors
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn read(
+    dir: &Path,
+    window: (Option<u64>, Option<u64>),
+    customer: Option<&str>,
+) -> anyhow::Result<BTreeMap<(String, String), Counts>> {
+    let mut reader = LogReader::new(dir, Position::START);
+    let mut usage = BTreeMap::new();
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        reader.read(4096, &mut batch)?;
+        if batch.is_empty() {
+            return Ok(usage);
+        }
+        for e in &batch {
+            let v: Value = serde_json::from_slice(&e.line).unwrap_or_default();
+            count(&mut usage, &v, window, customer);
+        }
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(customer: &str, tool: &str, decision: &str, reason: &str, outcome: &str) -> Value {
+        json!({"time": "2026-12-06T10:00:00.000000Z", "method": "tools/call", "customer": customer,
+               "tool": tool, "decision": decision, "reason": reason, "outcome": outcome})
+    }
+
+    #[test]
+    fn calls_are_counted_per_customer_and_tool() {
+        let mut u = BTreeMap::new();
+        for v in [
+            rec("acme", "crm__a", "allow", "attached", "success"),
+            rec("acme", "crm__a", "allow", "attached", "tool_error"),
+            rec("acme", "crm__a", "deny", "quota_exceeded", "failure"),
+            rec("acme", "crm__a", "deny", "forbidden_by_policy", "failure"),
+            rec("globex", "crm__a", "allow", "attached", "success"),
+            json!({"method": "tools/list", "customer": "acme", "tool": null}),
+        ] {
+            count(&mut u, &v, (None, None), None);
+        }
+        assert_eq!(
+            u[&("acme".to_owned(), "crm__a".to_owned())],
+            Counts {
+                calls: 4,
+                allowed: 2,
+                denied: 2,
+                limited: 1,
+                tool_errors: 1
+            }
+        );
+        assert_eq!(u[&("globex".to_owned(), "crm__a".to_owned())].calls, 1);
+        let mut only = BTreeMap::new();
+        let late = parse_rfc3339_us("2026-12-06T11:00:00Z");
+        count(
+            &mut only,
+            &rec("acme", "t", "allow", "attached", "success"),
+            (late, None),
+            None,
+        );
+        count(
+            &mut only,
+            &rec("acme", "t", "allow", "attached", "success"),
+            (None, None),
+            Some("globex"),
+        );
+        assert!(only.is_empty());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_they_must_be() {
+        assert_eq!(csv_field("acme"), "acme");
+        assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
+    }
+}
