@@ -158,6 +158,14 @@ impl Gateway {
                 (r.kind.decision(), status, Outcome::Failure, code)
             }
         };
+        if let (Some(customer), Some("tools/call")) =
+            (ctx.customer.as_deref(), ctx.method.as_deref())
+        {
+            self.shared
+                .metrics
+                .customers
+                .record(customer, decision == Decision::Allow);
+        }
         if let Some(c) = self.counters() {
             match decision {
                 Decision::Allow => c.allowed.fetch_add(1, Ordering::Relaxed),

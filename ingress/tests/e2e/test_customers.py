@@ -14,7 +14,7 @@ import subprocess
 import httpx
 
 from conftest import release_gate, start_gate, upstream_cfgs
-from harness import HTTP_TIMEOUT_S, TOOLGATE_BIN, Agent, modern_headers, modern_request
+from harness import HOST, HTTP_TIMEOUT_S, TOOLGATE_BIN, Agent, free_port, modern_headers, modern_request
 from test_identity import AUDIENCE, ISSUER, IdP
 
 TOOL = "crm__lookup_customer"
@@ -40,7 +40,11 @@ def test_calls_are_attributed_and_policies_can_tell_customers_apart(tmp_path, up
     (tmp_path / "plans.cedar").write_text(POLICY)
     acme = Agent("acme-bot", [TOOL], customer="acme")
     plain = Agent("plain-bot", [TOOL])
+    metrics_port = free_port()
     extra = f"""
+[metrics]
+listen = "{HOST}:{metrics_port}"
+
 [auth.jwt]
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
@@ -78,6 +82,13 @@ files = ["plans.cedar"]
         denied = [r for r in records if r["decision"] == "deny"]
         assert {r["reason"] for r in denied} == {"forbidden_by_policy"}
         assert all(r["policies"] == ["globex-no-lookups"] for r in denied)
+
+        # Per-customer call counts on /metrics.
+        text = httpx.get(f"http://{HOST}:{metrics_port}/metrics", timeout=HTTP_TIMEOUT_S).text
+        for customer, decision, n in [("globex", "deny", 2), ("acme", "allow", 2), ("plain-bot", "allow", 2),
+                                      ("initech", "allow", 1)]:
+            line = f'toolgate_customer_calls_total{{customer="{customer}",decision="{decision}"}} {n}'
+            assert line in text, (line, [l for l in text.splitlines() if "customer_calls" in l])
 
         # A customer id that could not be a label is refused at minting.
         r = subprocess.run([str(TOOLGATE_BIN), "token", "mint", "--agent", "acme-bot", "--customer", "a b",

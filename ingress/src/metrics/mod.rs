@@ -3,6 +3,8 @@
 //! on their own listener (`[metrics] listen`) so the agent-facing port never
 //! exposes them.
 
+pub mod customers;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +54,8 @@ pub struct Metrics {
     audit: OnceLock<(Arc<AuditStats>, Arc<AuditHealth>)>,
     sinks: OnceLock<Vec<(String, Arc<SinkStats>)>>,
     limits: OnceLock<Arc<toolgate_limits::Sharing>>,
+    /// Tool calls per customer (bounded).
+    pub customers: customers::CustomerCalls,
 }
 
 impl Metrics {
@@ -238,6 +242,14 @@ impl Metrics {
                 let lag = s.lag_us(now_us) as f64 / 1e6;
                 let _ = writeln!(out, "toolgate_sink_lag_seconds{{sink=\"{n}\"}} {lag:.3}");
             }
+        }
+        let _ = writeln!(out, "# HELP toolgate_customer_calls_total Tool calls per customer, by decision (the first {} customers seen; later ones as `_other`).\n# TYPE toolgate_customer_calls_total counter", customers::CAP);
+        for (c, allowed, denied) in self.customers.series() {
+            let c = c.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "toolgate_customer_calls_total{{customer=\"{c}\",decision=\"allow\"}} {allowed}\ntoolgate_customer_calls_total{{customer=\"{c}\",decision=\"deny\"}} {denied}"
+            );
         }
         if let Some(sharing) = self.limits.get() {
             let _ = writeln!(out, "# HELP toolgate_limits_redis_up Whether Redis answered the last exchange (0: each quota is held to this replica's share).\n# TYPE toolgate_limits_redis_up gauge\ntoolgate_limits_redis_up {}", u8::from(sharing.redis_up()));
