@@ -190,7 +190,10 @@ pub fn check_claims(
         None => None,
         Some(c) => match claims.get(c) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            // A customer id names counters and metric series and goes into
+            // syslog: the same rule as a configured one, or the token is
+            // malformed.
+            Some(Value::String(s)) if crate::identity::check_customer(s).is_ok() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(_) => return Err(TokenError::Malformed),
         },
@@ -449,7 +452,14 @@ mod tests {
         assert_eq!(id.customer.as_deref(), Some("acme"));
         let id = check_claims(&with("org_id", json!(42)), &rules(), 900).unwrap();
         assert_eq!(id.customer.as_deref(), Some("42"));
-        for bad in [json!(["a"]), json!({"a": 1}), json!(true)] {
+        for bad in [
+            json!(["a"]),
+            json!({"a": 1}),
+            json!(true),
+            json!(""),
+            json!("acme\nfake_metric 1"),
+            json!("a b"),
+        ] {
             assert_eq!(
                 check_claims(&with("org_id", bad), &rules(), 900),
                 Err(TokenError::Malformed)
