@@ -63,7 +63,12 @@ fn fetch(url: &UpstreamUrl, ca_file: Option<&Path>) -> Result<String, ReadError>
     } else {
         None
     };
-    let mut client = HttpClient::new(dial, url.authority.clone(), tls, FETCH_TIMEOUT);
+    // Dial the address that was checked, not the name again: a second
+    // lookup could answer differently.
+    let Some(addr) = addrs.first() else {
+        return Err(ReadError::Unreachable(url.host.clone()));
+    };
+    let mut client = HttpClient::new(addr.to_string(), url.authority.clone(), tls, FETCH_TIMEOUT);
     let resp = client
         .get(
             &url.path,
