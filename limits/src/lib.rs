@@ -260,7 +260,10 @@ impl Limits {
             Some(call.upstream),
         ];
         let mut hashes: [Option<u64>; 5] = [None; 5];
+        // What was taken, to give back if a later rule refuses: on the
+        // stack for the usual few families, spilling over beyond eight.
         let mut taken: [Option<(usize, &table::Slot, u64)>; 8] = [None; 8];
+        let mut spilled: Vec<(usize, &table::Slot, u64)> = Vec::new();
         let mut n_taken = 0;
         let mut tightest: Option<(usize, Left)> = None;
         for family in &self.families {
@@ -300,6 +303,8 @@ impl Limits {
                     if n_taken < taken.len() {
                         taken[n_taken] = Some((rule_i, slot, left.amount));
                         n_taken += 1;
+                    } else {
+                        spilled.push((rule_i, slot, left.amount));
                     }
                     if tightest
                         .as_ref()
@@ -309,7 +314,7 @@ impl Limits {
                     }
                 }
                 Err(refused) => {
-                    for (i, slot, amount) in taken.iter().flatten() {
+                    for (i, slot, amount) in taken.iter().flatten().chain(&spilled) {
                         give_back(&self.rules[*i], slot, *amount, now_ns);
                     }
                     return Err(refused);

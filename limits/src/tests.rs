@@ -194,3 +194,44 @@ fn counters_outlive_a_reload_that_keeps_the_rule() {
     assert!(passes(&after, &call("acme", "t"), NOW));
     assert!(!passes(&after, &call("acme", "t"), NOW));
 }
+
+#[test]
+fn a_refusal_after_many_rules_gives_every_one_back() {
+    // Ten families (one quota per window and selector set), the last one
+    // tight: each refused call must leave the nine others untouched.
+    let mut rules = String::new();
+    let sels = ["customer", "agent", "tool", "upstream"];
+    let mut n = 0;
+    for per in ["minute", "hour", "day"] {
+        for sel in sels.iter().take(3) {
+            rules.push_str(&format!(
+                "[[rules]]\nid = \"r{n}\"\n{sel} = \"*\"\nquota = {{ units = 5, per = \"{per}\" }}\n"
+            ));
+            n += 1;
+        }
+    }
+    rules.push_str(
+        "[[rules]]\nid = \"tight\"\nupstream = \"*\"\nquota = { units = 1, per = \"month\" }\n",
+    );
+    let l = limits(&rules, 1024);
+    let c = call("acme", "t");
+    assert!(passes(&l, &c, NOW));
+    for _ in 0..10 {
+        assert!(!passes(&l, &c, NOW));
+    }
+    // Had the refusals kept their units, the customer's, agent's and
+    // tool's 5-unit rules would be spent: four more calls (each through
+    // another upstream, so the tight rule lets it pass) fit exactly.
+    let upstreams = ["u1", "u2", "u3", "u4", "u5"];
+    for u in &upstreams[..4] {
+        assert!(passes(&l, &Call { upstream: u, ..c }, NOW), "{u}");
+    }
+    assert!(!passes(
+        &l,
+        &Call {
+            upstream: upstreams[4],
+            ..c
+        },
+        NOW
+    ));
+}
