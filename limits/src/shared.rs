@@ -166,6 +166,8 @@ struct Sync {
     tried: Option<Instant>,
     /// Units granted while Redis was unreachable, by key: (units, window end).
     owed: HashMap<String, (u64, u64)>,
+    /// Whether the current outage was logged.
+    told_down: bool,
 }
 
 impl Sync {
@@ -177,6 +179,7 @@ impl Sync {
             client: None,
             tried: None,
             owed: HashMap::new(),
+            told_down: false,
         }
     }
 
@@ -230,6 +233,7 @@ impl Sync {
                         return;
                     }
                 }
+                self.told_down = false;
                 if !self.up.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         resynchronised = n,
@@ -239,7 +243,10 @@ impl Sync {
                 self.client = Some(c);
             }
             Err(e) => {
-                if self.up.swap(false, Ordering::Relaxed) || self.tried.is_some() {
+                self.up.store(false, Ordering::Relaxed);
+                // Once per outage, not once per retry.
+                if !self.told_down {
+                    self.told_down = true;
                     tracing::warn!(error = %e, "Redis unreachable: each quota is held to this replica's share");
                 }
             }
@@ -249,6 +256,7 @@ impl Sync {
     fn mark_down(&mut self) {
         self.client = None;
         if self.up.swap(false, Ordering::Relaxed) {
+            self.told_down = true;
             tracing::error!(
                 "lost Redis: each quota is held to this replica's share until it is back"
             );

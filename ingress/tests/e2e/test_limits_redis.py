@@ -126,7 +126,9 @@ def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(mak
     assert all(0 < n <= UNITS // 2 for n in during), during
     for g in gates:
         assert g.alive()
-        assert "Redis" in g.stderr_text()
+        err = g.stderr_text()
+        assert "lost Redis" in err or "Redis unreachable" in err, err
+        assert err.count("Redis unreachable") <= 1, "an outage is logged once, not per retry"
 
     # 3. Redis is back (empty: no persistence): what the replicas granted
     # meanwhile is added to the shared count.
@@ -135,4 +137,5 @@ def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(mak
     while redis.get(key_of("initech")) < sum(during) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert redis.get(key_of("initech")) >= sum(during)
-    assert all("Redis reachable" in g.stderr_text() for g in gates)
+    # Reachable at start, and again after the outage.
+    assert all(g.stderr_text().count("Redis reachable") >= 2 for g in gates)
