@@ -31,21 +31,25 @@ pub enum Kind {
     /// `credentials/{name}`: where a secret is read from (never the
     /// secret), for upstreams to name.
     Credentials,
+    /// `limits/{id}`: a rate or quota (the keys of a `[[limits.rules]]`
+    /// entry but `id`).
+    Limits,
 }
 
 impl Kind {
     /// Every kind, in path order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Agents,
         Kind::Users,
         Kind::Policies,
         Kind::Subtokens,
         Kind::Upstreams,
         Kind::Credentials,
+        Kind::Limits,
     ];
 
     /// The kind named `s` in a path (`agents`, `users`, `policies`,
-    /// `subtokens`, `upstreams`, `credentials`).
+    /// `subtokens`, `upstreams`, `credentials`, `limits`).
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "agents" => Some(Kind::Agents),
@@ -54,6 +58,7 @@ impl Kind {
             "subtokens" => Some(Kind::Subtokens),
             "upstreams" => Some(Kind::Upstreams),
             "credentials" => Some(Kind::Credentials),
+            "limits" => Some(Kind::Limits),
             _ => None,
         }
     }
@@ -67,6 +72,7 @@ impl Kind {
             Kind::Subtokens => "subtokens",
             Kind::Upstreams => "upstreams",
             Kind::Credentials => "credentials",
+            Kind::Limits => "limits",
         }
     }
 }
@@ -285,6 +291,105 @@ pub enum Spec {
     Upstream(Box<UpstreamSpec>),
     /// A named credential source.
     Credential(UpstreamCredentialSpec),
+    /// A rate or quota.
+    Limit(Box<LimitSpec>),
+}
+
+/// `limits/{id}`: the keys of a `[[limits.rules]]` entry but `id` (the
+/// resource id). Checked like the file's rules when written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Customer selector: a value, `*`, or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    /// Agent selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// End-user selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Tool selector (exposed name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// Upstream selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// A rate: `{"calls_per_s": n, "burst": n}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A quota: `{"units": n, "per": "minute" | "hour" | "day" | "month"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Units per tool call, by exposed tool name (default 1).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cost: std::collections::BTreeMap<String, u64>,
+}
+
+impl LimitSpec {
+    /// The `[[limits.rules]]` entry `id` this document stands for, or why
+    /// its `rate` or `quota` is not one.
+    pub fn to_rule(&self, id: &str) -> Result<toolgate_core::config::LimitRuleConfig, String> {
+        use toolgate_core::config::{LimitRuleConfig, QuotaConfig, RateLimitConfig, Window};
+        let only =
+            |m: &serde_json::Map<String, serde_json::Value>, keys: &[&str], what: &str| match m
+                .keys()
+                .find(|k| !keys.contains(&k.as_str()))
+            {
+                Some(k) => Err(format!("`{what}` takes {}, not `{k}`", keys.join(" and "))),
+                None => Ok(()),
+            };
+        let rate = match &self.rate {
+            None => None,
+            Some(m) => {
+                only(m, &["calls_per_s", "burst"], "rate")?;
+                let calls_per_s = m
+                    .get("calls_per_s")
+                    .and_then(serde_json::Value::as_f64)
+                    .ok_or("`rate.calls_per_s` must be a number")?;
+                let burst = match m.get("burst") {
+                    None => None,
+                    Some(b) => Some(
+                        b.as_u64()
+                            .and_then(|b| u32::try_from(b).ok())
+                            .ok_or("`rate.burst` must be a whole number")?,
+                    ),
+                };
+                Some(RateLimitConfig { calls_per_s, burst })
+            }
+        };
+        let quota = match &self.quota {
+            None => None,
+            Some(m) => {
+                only(m, &["units", "per"], "quota")?;
+                let units = m
+                    .get("units")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or("`quota.units` must be a whole number")?;
+                let per = match m.get("per").and_then(serde_json::Value::as_str) {
+                    Some("minute") => Window::Minute,
+                    Some("hour") => Window::Hour,
+                    Some("day") => Window::Day,
+                    Some("month") => Window::Month,
+                    _ => {
+                        return Err("`quota.per` must be `minute`, `hour`, `day` or `month`".into())
+                    }
+                };
+                Some(QuotaConfig { units, per })
+            }
+        };
+        Ok(LimitRuleConfig {
+            id: toml::Spanned::new(0..0, id.to_owned()),
+            customer: self.customer.clone(),
+            agent: self.agent.clone(),
+            user: self.user.clone(),
+            tool: self.tool.clone(),
+            upstream: self.upstream.clone(),
+            rate,
+            quota,
+            cost: self.cost.clone(),
+        })
+    }
 }
 
 /// Checks a resource id: 1 to 128 letters, digits, `_`, `-`, `.`, `@`, not
@@ -349,6 +454,7 @@ impl Spec {
             Kind::Subtokens => Spec::Subtoken(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Upstreams => Spec::Upstream(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Credentials => Spec::Credential(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Limits => Spec::Limit(serde_json::from_slice(json).map_err(invalid)?),
         };
         spec.check()?;
         Ok(spec)
@@ -438,6 +544,14 @@ impl Spec {
                 }
             }
             Spec::Credential(c) => check_source("the credential", c),
+            // The rule's own checks run against the effective configuration
+            // when it is written (they need its tools and agents).
+            Spec::Limit(l) => match (&l.rate, &l.quota) {
+                (Some(_), None) | (None, Some(_)) => Ok(()),
+                _ => Err(SpecError::Value(
+                    "give exactly one of `rate` and `quota`".into(),
+                )),
+            },
         }
     }
 
@@ -450,6 +564,7 @@ impl Spec {
             Spec::Subtoken(_) => Kind::Subtokens,
             Spec::Upstream(_) => Kind::Upstreams,
             Spec::Credential(_) => Kind::Credentials,
+            Spec::Limit(_) => Kind::Limits,
         }
     }
 
@@ -462,6 +577,7 @@ impl Spec {
             Spec::Subtoken(t) => serde_json::to_value(t),
             Spec::Upstream(u) => serde_json::to_value(u),
             Spec::Credential(c) => serde_json::to_value(c),
+            Spec::Limit(l) => serde_json::to_value(l),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -638,5 +754,41 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(p.digest().len(), 64);
+    }
+
+    #[test]
+    fn a_limit_document_becomes_its_rule_or_says_what_is_wrong() {
+        let spec = |j: &str| match Spec::parse(Kind::Limits, j.as_bytes()) {
+            Ok(Spec::Limit(l)) => Ok(l),
+            Ok(_) => Err("not a limit".to_owned()),
+            Err(e) => Err(e.to_string()),
+        };
+        let l =
+            spec(r#"{"customer":"acme","quota":{"units":5,"per":"month"},"cost":{"crm__x":2}}"#)
+                .unwrap();
+        let r = l.to_rule("plan").unwrap();
+        assert_eq!(r.id.get_ref(), "plan");
+        assert_eq!(r.customer.as_deref(), Some("acme"));
+        assert_eq!(
+            r.quota.map(|q| (q.units, q.per.as_str())),
+            Some((5, "month"))
+        );
+        assert_eq!(r.cost.get("crm__x"), Some(&2));
+        let rate = spec(r#"{"agent":"*","rate":{"calls_per_s":2.5,"burst":4}}"#).unwrap();
+        let r = rate.to_rule("r").unwrap();
+        assert_eq!(
+            r.rate.map(|x| (x.calls_per_s, x.burst)),
+            Some((2.5, Some(4)))
+        );
+        assert!(spec(r#"{"customer":"acme"}"#).is_err());
+        assert!(spec(r#"{"quota":{"units":1,"per":"day"},"tier":"gold"}"#).is_err());
+        for bad in [
+            r#"{"quota":{"units":1,"per":"week"}}"#,
+            r#"{"quota":{"units":-1,"per":"day"}}"#,
+            r#"{"quota":{"units":1,"per":"day","x":1}}"#,
+            r#"{"rate":{"calls_per_s":"fast"}}"#,
+        ] {
+            assert!(spec(bad).unwrap().to_rule("x").is_err(), "{bad}");
+        }
     }
 }

@@ -274,6 +274,22 @@ impl State {
                 },
             }
         }
+        for (id, e) in self.list(Kind::Limits) {
+            let Spec::Limit(l) = &e.spec else { continue };
+            match l.to_rule(id) {
+                Ok(rule) => match cfg
+                    .config
+                    .limits
+                    .rules
+                    .iter_mut()
+                    .find(|r| r.id.get_ref() == id)
+                {
+                    Some(r) => *r = rule,
+                    None => cfg.config.limits.rules.push(rule),
+                },
+                Err(why) => skipped.push(format!("limit `{id}`: {why}")),
+            }
+        }
         for (id, e) in self.list(Kind::Users) {
             let Spec::User(u) = &e.spec else { continue };
             match cfg.config.users.iter_mut().find(|x| x.id.get_ref() == id) {

@@ -15,7 +15,8 @@ pub mod validate;
 pub use file::*;
 pub use valid::*;
 pub use validate::{
-    check_upstream, is_upstream_name, line_of, load, parse, CheckedUpstream, PATTERN_SIZE_LIMIT,
+    check_limit_rules, check_upstream, is_upstream_name, line_of, load, parse, CheckedUpstream,
+    PATTERN_SIZE_LIMIT,
 };
 
 #[cfg(test)]

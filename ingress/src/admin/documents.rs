@@ -53,6 +53,14 @@ pub(super) fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> 
             .collect(),
         // The file's credentials belong to its upstreams; none is named.
         Kind::Credentials => Vec::new(),
+        Kind::Limits => src
+            .file
+            .config
+            .limits
+            .rules
+            .iter()
+            .map(|r| (r.id.get_ref().clone(), limit_document(r)))
+            .collect(),
     }
 }
 
@@ -126,4 +134,37 @@ pub(super) fn effective(src: &Sources, kind: Kind, id: &str) -> Option<Value> {
         .into_iter()
         .find(|(fid, _)| fid == id)
         .map(|(fid, spec)| item(kind, &fid, 0, "config", spec))
+}
+
+/// A `[[limits.rules]]` entry as a `limits/{id}` document.
+pub(super) fn limit_document(r: &toolgate_core::config::LimitRuleConfig) -> Value {
+    let mut doc = serde_json::Map::new();
+    for (k, v) in [
+        ("customer", &r.customer),
+        ("agent", &r.agent),
+        ("user", &r.user),
+        ("tool", &r.tool),
+        ("upstream", &r.upstream),
+    ] {
+        if let Some(v) = v {
+            doc.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(rate) = &r.rate {
+        let mut m = json!({"calls_per_s": rate.calls_per_s});
+        if let Some(b) = rate.burst {
+            m["burst"] = json!(b);
+        }
+        doc.insert("rate".into(), m);
+    }
+    if let Some(q) = &r.quota {
+        doc.insert(
+            "quota".into(),
+            json!({"units": q.units, "per": q.per.as_str()}),
+        );
+    }
+    if !r.cost.is_empty() {
+        doc.insert("cost".into(), json!(r.cost));
+    }
+    Value::Object(doc)
 }

@@ -38,6 +38,20 @@ impl AdminApi {
             .with("upstreams", json!(upstreams)));
         }
         let (eff, skipped) = next.overlay(&src.file);
+        if changes.iter().any(|c| c.kind == Kind::Limits) {
+            // A stored rule that does not even become one is left out of
+            // the overlay: refuse the write that made it so.
+            let mut problems: Vec<String> = skipped
+                .iter()
+                .filter(|s| s.starts_with("limit `"))
+                .cloned()
+                .collect();
+            problems.extend(toolgate_core::config::check_limit_rules(&eff));
+            if !problems.is_empty() {
+                return Err(ApiError::new(422, "invalid_limit", problems.join("; "))
+                    .with("problems", json!(problems)));
+            }
+        }
         let mut problems = check_upstream_changes(&src.file, next, &eff, &skipped, changes);
         if problems.is_empty() {
             // Read what the shards will build clients from, so an

@@ -14,6 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from harness import HTTP_TIMEOUT_S, Agent, modern_headers, modern_request, sdk_client_cm
+from test_admin_api import admin_gate  # noqa: F401  (fixture)
 
 TOOL = "crm__lookup_customer"
 
@@ -116,3 +117,39 @@ def test_a_day_quota_per_customer_with_a_plan_through_both_doors(make_gate, upst
     assert pick(rows[("plain-bot", TOOL)]) == (5, 3, 2, 2)
     assert pick(rows[("plain-bot", "crm__delete_record")]) == (2, 0, 2, 0)
     assert pick(rows[("acme", TOOL)]) == (6, 5, 1, 1)
+
+
+def test_limits_written_through_the_admin_api(admin_gate):  # noqa: F811
+    acme = Agent("acme-bot", [TOOL], customer="acme")
+    extra = """
+[limits]
+
+[[limits.rules]]
+id = "day"
+customer = "*"
+quota = { units = 100, per = "day" }
+"""
+    gate, admin, _agents = admin_gate(agents=[acme], extra_toml=extra)
+    # The file's rule reads as a document.
+    day = admin.get("limits/day").json()
+    assert day["source"] == "config" and day["spec"] == {"customer": "*", "quota": {"units": 100, "per": "day"}}
+
+    # A plan for acme, written at run time, replaces the default for acme.
+    r = admin.put("limits/acme-plan", {"customer": "acme", "quota": {"units": 2, "per": "day"}})
+    assert r.status_code == 200, r.text
+    assert [mcp_call(gate, acme.key).status_code for _ in range(3)] == [200, 200, 429]
+
+    # Rules that could not be enforced are refused, naming the problem.
+    for spec, says in [
+        ({"customer": "acme", "quota": {"units": 2, "per": "week"}}, "quota.per"),
+        ({"tool": "nope__x", "rate": {"calls_per_s": 1}}, "no tool any upstream"),
+        ({"customer": "acme"}, "exactly one of `rate` and `quota`"),
+        ({"customer": "acme", "quota": {"units": 0, "per": "day"}}, "must be above 0"),
+    ]:
+        r = admin.put("limits/bad", spec)
+        assert r.status_code in (400, 422) and says in r.text, (spec, r.status_code, r.text)
+
+    # Deleting the plan brings acme back under the default.
+    version = admin.version("limits/acme-plan")
+    assert admin.delete("limits/acme-plan", version).status_code == 200
+    assert mcp_call(gate, acme.key).status_code == 200

@@ -14,7 +14,20 @@ pub(crate) fn validate_limits(
     at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
 ) -> Option<RedisSetup> {
     let limits = &config.limits;
-    check_rules(config, namer, err, at);
+    if limits.max_counters < 16 {
+        err(None, "`limits.max_counters` must be at least 16".to_owned());
+    }
+    let upstreams: Vec<&str> = config
+        .upstream_entries
+        .iter()
+        .map(|u| u.name.get_ref().as_str())
+        .collect();
+    let agents: Vec<&str> = config
+        .agents
+        .iter()
+        .map(|a| a.id.get_ref().as_str())
+        .collect();
+    check_rules(&limits.rules, namer, &upstreams, &agents, err, at);
     let redis = match (limits.backend, &limits.redis) {
         (LimitsBackend::Local, None) => return None,
         (LimitsBackend::Local, Some(_)) => {
@@ -71,18 +84,38 @@ pub(crate) fn validate_limits(
     })
 }
 
+/// What is wrong with the limit rules of a checked configuration (the
+/// file's with the admin API's laid over them), one message per problem.
+pub fn check_limit_rules(cfg: &ValidConfig) -> Vec<String> {
+    let upstreams: Vec<&str> = cfg.upstreams.iter().map(|u| u.name()).collect();
+    let agents: Vec<&str> = cfg
+        .config
+        .agents
+        .iter()
+        .map(|a| a.id.get_ref().as_str())
+        .collect();
+    let mut problems = Vec::new();
+    check_rules(
+        &cfg.config.limits.rules,
+        &cfg.namer,
+        &upstreams,
+        &agents,
+        &mut |_, m| problems.push(m),
+        &|_: &std::ops::Range<usize>| None,
+    );
+    problems
+}
+
 fn check_rules(
-    config: &Config,
+    rules: &[LimitRuleConfig],
     namer: &ToolNamer,
+    upstreams: &[&str],
+    agents: &[&str],
     err: &mut dyn FnMut(Option<usize>, String),
     at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
 ) {
-    let limits = &config.limits;
-    if limits.max_counters < 16 {
-        err(None, "`limits.max_counters` must be at least 16".to_owned());
-    }
     let mut seen: Vec<&str> = Vec::new();
-    for r in &limits.rules {
+    for r in rules {
         let id = r.id.get_ref();
         let line = at(&r.id.span());
         let mut bad = |m: String| err(line, format!("limit `{id}`: {m}"));
@@ -134,16 +167,12 @@ fn check_rules(
             }
         }
         if let Some(u) = r.upstream.as_deref().filter(|u| *u != "*") {
-            if !config
-                .upstream_entries
-                .iter()
-                .any(|x| x.name.get_ref() == u)
-            {
+            if !upstreams.contains(&u) {
                 bad(format!("`upstream = \"{u}\"` is no configured upstream"));
             }
         }
         if let Some(a) = r.agent.as_deref().filter(|a| *a != "*") {
-            if !config.agents.iter().any(|x| x.id.get_ref() == a) {
+            if !agents.contains(&a) {
                 bad(format!("`agent = \"{a}\"` is no configured agent"));
             }
         }

@@ -14,6 +14,7 @@ pub use upstreams::{check_upstream, is_upstream_name, CheckedUpstream};
 
 use admin::*;
 use auth::*;
+pub use limits::check_limit_rules;
 use limits::*;
 use paths::*;
 use rules::*;
