@@ -517,8 +517,9 @@ impl AuditRecord {
             }
             None => out.extend_from_slice(b",\"judge\":null"),
         }
-        if self.door == Door::Rest {
-            out.extend_from_slice(b",\"door\":\"rest\"");
+        if self.door != Door::Mcp {
+            out.extend_from_slice(b",\"door\":");
+            write_str(self.door.as_str(), out);
         }
         if let Some(l) = &self.limit {
             out.extend_from_slice(b",\"limit\":");

@@ -239,11 +239,6 @@ impl Limits {
         self.rules.is_empty()
     }
 
-    /// Counters in use.
-    pub fn counters(&self) -> usize {
-        self.table.len()
-    }
-
     /// Takes `call` from every rule that applies to it at `now_ns` (Unix
     /// nanoseconds): `Ok` with where it stands under the tightest one
     /// (`None`: no rule applies), or why it is refused — and then it took

@@ -773,3 +773,33 @@ fn limits_are_a_rate_or_a_quota_on_things_the_configuration_knows() {
         assert!(e.contains(says), "{rules}: {e}");
     }
 }
+
+#[test]
+fn redis_urls_name_host_port_tls_and_database_never_a_password() {
+    assert_eq!(
+        RedisSetup::parse_url("redis://10.0.0.5:6380/2"),
+        Ok(("10.0.0.5".into(), 6380, false, 2))
+    );
+    assert_eq!(
+        RedisSetup::parse_url("rediss://cache.internal"),
+        Ok(("cache.internal".into(), 6379, true, 0))
+    );
+    assert_eq!(
+        RedisSetup::parse_url("redis://[::1]:7000/1"),
+        Ok(("[::1]".into(), 7000, false, 1))
+    );
+    assert_eq!(
+        RedisSetup::parse_url("redis://[::1]"),
+        Ok(("[::1]".into(), 6379, false, 0))
+    );
+    for (bad, says) in [
+        ("http://cache:6379", "not a `redis://"),
+        ("redis://user:pw@cache:6379", "no password in the URL"),
+        ("redis://cache:port", "is not a port"),
+        ("redis://cache:6379/zero", "database must be a number"),
+        ("redis://:6379", "names no host"),
+    ] {
+        let e = RedisSetup::parse_url(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

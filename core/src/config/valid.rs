@@ -284,8 +284,9 @@ impl RedisSetup {
             db.parse::<u32>()
                 .map_err(|_| format!("`{url}`: the database must be a number"))?
         };
+        // `[v6]` alone has no port; `host:port` and `[v6]:port` do.
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            Some((h, p)) if !authority.ends_with(']') => (
                 h.to_owned(),
                 p.parse::<u16>()
                     .map_err(|_| format!("`{url}`: `{p}` is not a port"))?,

@@ -51,16 +51,10 @@ pub fn load(upstream: &ResolvedUpstream) -> Result<Option<Surface>, LoadError> {
     };
     let text =
         document::read(source, upstream.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
-    surface_of(upstream, &text)
+    let e = &upstream.entry;
+    Surface::parse(&text, &e.include, &e.exclude)
         .map(Some)
         .map_err(|e| fail(e.to_string()))
-}
-
-/// The tool surface `upstream`'s `include` and `exclude` select from the
-/// document `text`.
-pub fn surface_of(upstream: &ResolvedUpstream, text: &str) -> Result<Surface, SpecError> {
-    let e = &upstream.entry;
-    Surface::parse(text, &e.include, &e.exclude)
 }
 
 use crate::{Credential, Reply, UpstreamError};
