@@ -253,6 +253,7 @@ fn decision(c: &mut Criterion) {
                 upstream: "u1",
                 customer: "agent1",
                 args: Some(tape.as_value()),
+                session: None,
             };
             matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
         })

@@ -211,6 +211,9 @@ pub struct AuditRecord {
     pub door: Door,
     /// The `[[limits.rules]]` id that refused the call, when one did.
     pub limit: Option<Arc<str>>,
+    /// The call's session and the facts its decision saw (a JSON object),
+    /// when policies read sessions.
+    pub session: Option<Box<str>>,
 }
 
 /// The door a request comes in through.
@@ -430,6 +433,7 @@ impl AuditRecord {
             http: None,
             door: Door::Mcp,
             limit: None,
+            session: None,
         }
     }
 
@@ -524,6 +528,10 @@ impl AuditRecord {
         if let Some(l) = &self.limit {
             out.extend_from_slice(b",\"limit\":");
             write_str(l, out);
+        }
+        if let Some(s) = &self.session {
+            out.extend_from_slice(b",\"session\":");
+            out.extend_from_slice(s.as_bytes());
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");
@@ -674,11 +682,13 @@ mod tests {
             }),
             door: Door::Rest,
             limit: Some(Arc::from("acme-day")),
+            session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["door"], "rest");
+        assert_eq!(v["session"]["id"], "00ab");
         assert_eq!(v["customer"], "acme");
         assert_eq!(v["limit"], "acme-day");
         assert_eq!(

@@ -22,6 +22,7 @@ pub mod filter;
 pub mod pins;
 pub mod policy;
 pub mod published;
+pub mod session;
 pub mod snapshot;
 
 pub use catalog::{Catalog, CatalogError, ToolDef};

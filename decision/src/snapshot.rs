@@ -59,6 +59,8 @@ pub struct Route {
     pub quarantined: bool,
     /// The end users the tool may be called for; `None`: any call.
     pub scope: Option<Arc<ToolScope>>,
+    /// The tool's label bits ([`crate::session::labels`]), as sessions count them.
+    pub labels: u32,
 }
 
 /// An agent and its permission map.
@@ -108,6 +110,13 @@ pub struct Snapshot {
     pub subtokens: Option<Arc<toolgate_core::subtoken::Verifier>>,
     /// Configured users' groups (`[[users]]` and the control state).
     user_groups: HashMap<Box<str>, Vec<String>>,
+    /// Label names by bit, for turning a session's bits into names.
+    pub label_names: Arc<[Arc<str>]>,
+    /// `[sessions] distinct`: the arguments whose values sessions count.
+    pub distinct: Arc<[Arc<str>]>,
+    /// Whether any policy reads `context.session`: then every call is
+    /// entered in and recorded by its session.
+    pub sessions_used: bool,
 }
 
 /// A tool definition (JSON) with description rules applied: detectors and
@@ -135,6 +144,30 @@ fn filtered_definition(filter: &OutputFilter, json: &str) -> String {
         obj.insert("name".to_owned(), name.clone());
     }
     filtered.to_string()
+}
+
+/// The labels of exposed tool `exposed` (definition `json`, when known):
+/// its annotations' (with `sessions.annotation_labels`) and every
+/// `[tool_labels]` entry matching its name.
+pub fn tool_labels(cfg: &ValidConfig, exposed: &str, json: Option<&str>) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    if cfg.config.sessions.annotation_labels {
+        if let Some(def) = json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()) {
+            labels.extend(
+                crate::session::labels::from_annotations(&def)
+                    .into_iter()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    for (pattern, names) in &cfg.config.tool_labels {
+        if glob_match(pattern, exposed) {
+            labels.extend(names.iter().cloned());
+        }
+    }
+    labels.sort();
+    labels.dedup();
+    labels
 }
 
 /// With no policy files, the permission map alone decides.
@@ -165,6 +198,11 @@ impl Snapshot {
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())
             .map(|i| catalogs.get(i).cloned().flatten())
             .collect();
+        // Every label the configuration names has its bit before any tool
+        // needs it, so `context.session` always counts all of them.
+        for l in toolgate_core::config::validate::configured_labels(&cfg.config) {
+            crate::session::labels::bit(&l);
+        }
         // Agents sharing the same set of rules on a tool share one filter.
         let mut filters: HashMap<(u8, Vec<usize>), Arc<OutputFilter>> = HashMap::new();
         let rules = &cfg.output_rules;
@@ -233,6 +271,10 @@ impl Snapshot {
                     .iter()
                     .find(|(t, _)| t == exposed)
                     .map(|(_, s)| Arc::new(s.clone()));
+                let labels = tool_labels(cfg, exposed, def.map(|d| d.json.as_str()))
+                    .iter()
+                    .filter_map(|l| crate::session::labels::bit(l))
+                    .fold(0, |bits, b| bits | b);
                 tools.insert(
                     Box::from(exposed),
                     Route {
@@ -245,6 +287,7 @@ impl Snapshot {
                         listed,
                         quarantined,
                         scope,
+                        labels,
                     },
                 );
             }
@@ -292,6 +335,15 @@ impl Snapshot {
                 .iter()
                 .map(|u| (Box::from(u.id.get_ref().as_str()), u.groups.clone()))
                 .collect(),
+            label_names: crate::session::labels::names(),
+            distinct: cfg
+                .config
+                .sessions
+                .distinct
+                .iter()
+                .map(|d| Arc::from(d.as_str()))
+                .collect(),
+            sessions_used: false,
         }
     }
 
@@ -343,12 +395,16 @@ impl Snapshot {
             .iter()
             .map(|u| (u.id.get_ref().clone(), u.groups.clone()))
             .collect();
-        let tools: Vec<(String, String)> = self
+        let tools: Vec<(String, String, Vec<String>)> = self
             .tool_names()
             .into_iter()
-            .map(|(exposed, upstream)| (exposed, self.upstreams[upstream].name.to_string()))
+            .map(|(exposed, upstream)| {
+                let labels = tool_labels(cfg, &exposed, self.definition(upstream, &exposed));
+                (exposed, self.upstreams[upstream].name.to_string(), labels)
+            })
             .collect();
         let engine = Arc::new(Engine::new(bundle, &agents, &users, &tools));
+        self.sessions_used = engine.uses_sessions();
         for agent in &mut self.agents {
             for route in agent.tools.values_mut() {
                 let upstream = &self.upstreams[route.upstream].name;
@@ -378,25 +434,36 @@ impl Snapshot {
         names.into_iter().collect()
     }
 
+    /// The definition (JSON) of exposed tool `exposed` in upstream
+    /// `upstream`'s catalog, when fetched.
+    fn definition(&self, upstream: usize, exposed: &str) -> Option<&str> {
+        let c = self.catalogs.get(upstream)?.as_ref()?;
+        c.tools
+            .iter()
+            .find(|t| t.exposed.as_deref() == Some(exposed))
+            .map(|t| t.json.as_str())
+    }
+
     /// The Cedar schema (JSON) for the known tools, `context.args` typed from
-    /// each tool's `inputSchema` where its catalog is fetched.
-    pub fn cedar_schema(&self) -> serde_json::Value {
+    /// each tool's `inputSchema` where its catalog is fetched; `context.session`
+    /// with a counter per label `cfg` can give and per counted argument.
+    pub fn cedar_schema(&self, cfg: &ValidConfig) -> serde_json::Value {
         let tools: Vec<(String, Option<serde_json::Value>)> = self
             .tool_names()
             .into_iter()
             .map(|(exposed, upstream)| {
-                let input = self.catalogs[upstream].as_ref().and_then(|c| {
-                    let def = c
-                        .tools
-                        .iter()
-                        .find(|t| t.exposed.as_deref() == Some(exposed.as_str()))?;
-                    let v: serde_json::Value = serde_json::from_str(&def.json).ok()?;
+                let input = self.definition(upstream, &exposed).and_then(|json| {
+                    let v: serde_json::Value = serde_json::from_str(json).ok()?;
                     v.get("inputSchema").cloned()
                 });
                 (exposed, input)
             })
             .collect();
-        crate::policy::schema_json(&tools)
+        let vocabulary = crate::policy::Vocabulary {
+            labels: toolgate_core::config::validate::configured_labels(&cfg.config),
+            distinct: cfg.config.sessions.distinct.clone(),
+        };
+        crate::policy::schema_json(&tools, &vocabulary)
     }
 
     /// The agent holding the key with this digest.

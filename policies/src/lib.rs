@@ -30,6 +30,53 @@ mod tests {
         assert!(failed.is_empty(), "{failed:#?}");
     }
 
+    fn sessions_example() -> toolgate_decision::Snapshot {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let cfg = toolgate_core::config::load(&dir.join("sessions.toml")).unwrap();
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap();
+        let errors =
+            bundle.validate(toolgate_decision::Snapshot::build(&cfg, &[]).cedar_schema(&cfg));
+        assert!(errors.is_empty(), "{errors:?}");
+        toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle))
+    }
+
+    #[test]
+    fn session_policy_examples_pass_their_sequences() {
+        let snap = sessions_example();
+        assert!(snap.sessions_used);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let text = std::fs::read_to_string(dir.join("policy-tests/sessions.toml")).unwrap();
+        let cases = toolgate_decision::policy::cases::parse(&text).unwrap();
+        let results = toolgate_decision::policy::cases::run(&snap, &cases.cases);
+        let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn at_most_fifty_distinct_customers_an_hour() {
+        let snap = sessions_example();
+        let case = |n: usize, at: u64, expect: &str| {
+            format!(
+                "[[case]]\nname = \"read {n}\"\nsession = \"bulk\"\nagent = \"assistant\"\n\
+                 tool = \"crm__get_customer\"\nargs = {{ customer_id = \"c-{n}\" }}\n\
+                 at_s = {at}\nexpect = \"{expect}\"\n"
+            )
+        };
+        let mut text = String::new();
+        for n in 0..50 {
+            text.push_str(&case(n, 0, "allow"));
+        }
+        // Once fifty are read, no more reads this hour, of new customers or old.
+        text.push_str(&case(50, 10, "deny"));
+        text.push_str(&case(0, 20, "deny"));
+        // An hour later the window has slid past them.
+        text.push_str(&case(51, 3600, "allow"));
+        let cases = toolgate_decision::policy::cases::parse(&text).unwrap();
+        let results = toolgate_decision::policy::cases::run(&snap, &cases.cases);
+        let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
     #[test]
     fn a_case_expecting_the_wrong_outcome_fails() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");

@@ -41,6 +41,7 @@ const PARAMS: &[(&str, &str)] = &[
     ("/latency_us", "dur"),
     ("/client", "src"),
     ("/protocol_version", "pv"),
+    ("/session/id", "sid"),
     ("/args_sha256", "ad"),
     ("/http/method", "hm"),
     ("/http/path", "hp"),

@@ -13,12 +13,24 @@
 //! tool = "crm__delete_record"
 //! args = { record_id = "r-1" }    # optional
 //! expect = "allow"                # allow | deny | judge
+//! session = "s1"                  # optional: cases naming one session are a sequence
+//! at_s = 30                       # optional: seconds after the first case
 //! ```
+//!
+//! Sequences: cases that name the same `session` run in file order in one
+//! session, as calls of one agent would: each case allowed (or sent to the
+//! judge, taken as approved) is recorded in the session before the next
+//! is decided, so `context.session` sees the cases before it. A case with
+//! no `session` is the first call of a session of its own. `at_s` moves the
+//! clock for the sliding windows (it never goes back).
 
 use serde::Deserialize;
 use toolgate_core::jsonrpc::JsonParser;
 
+use std::sync::Arc;
+
 use super::{CallFacts, PairDecision, Verdict};
+use crate::session::{Entry, SessionView, Sessions};
 use crate::Snapshot;
 
 /// A file of cases.
@@ -51,6 +63,13 @@ pub struct Case {
     pub args: Option<toml::Table>,
     /// `allow`, `deny` or `judge`.
     pub expect: String,
+    /// The session the case's call belongs to; cases naming one session
+    /// are decided in order, each seeing the ones before it.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Seconds after the first case this call is made.
+    #[serde(default)]
+    pub at_s: Option<u64>,
 }
 
 /// The outcome of one case.
@@ -86,12 +105,28 @@ pub fn parse(text: &str) -> Result<CaseFile, String> {
     })
 }
 
+/// The clock of a case file's first case (any fixed time will do).
+const START: u64 = 1_800_000_000;
+
 /// Runs `cases` against `snap`.
 pub fn run(snap: &Snapshot, cases: &[Case]) -> Vec<CaseResult> {
+    let sessions = Arc::new(Sessions::new(
+        cases.len().max(1),
+        u64::from(u32::MAX),
+        snap.distinct.len(),
+    ));
+    let mut now = START;
     cases
         .iter()
-        .map(|c| {
-            let (got, detail) = decide(snap, c);
+        .enumerate()
+        .map(|(i, c)| {
+            now = now.max(START + c.at_s.unwrap_or(0));
+            let key = match &c.session {
+                Some(s) => sessions.key(&[b"named", s.as_bytes()]),
+                None => sessions.key(&[b"own", &i.to_le_bytes()]),
+            };
+            let entry = sessions.enter(key, now);
+            let (got, detail) = decide(snap, c, &sessions, entry);
             CaseResult {
                 name: c.name.clone(),
                 expected: c.expect.clone(),
@@ -102,24 +137,36 @@ pub fn run(snap: &Snapshot, cases: &[Case]) -> Vec<CaseResult> {
         .collect()
 }
 
-fn decide(snap: &Snapshot, c: &Case) -> (&'static str, String) {
+fn decide(snap: &Snapshot, c: &Case, sessions: &Sessions, entry: Entry) -> (&'static str, String) {
     let Some(agent) = snap.agents.iter().find(|a| *a.id == c.agent) else {
         return ("deny", format!("unknown agent `{}`", c.agent));
     };
     let Some(route) = snap.route(agent, &c.tool) else {
         return ("deny", "tool not attached to the agent".to_owned());
     };
+    let json =
+        serde_json::to_string(&c.args.clone().unwrap_or_default()).unwrap_or_else(|_| "{}".into());
+    let mut parser = JsonParser::new();
+    let Ok(tape) = parser.parse(json.as_bytes()) else {
+        return ("deny", "arguments are not JSON".to_owned());
+    };
+    let recorded = sessions.recorded(
+        route.labels,
+        &route.exposed,
+        &snap.distinct,
+        Some(tape.as_value()),
+    );
+    let facts = entry.facts(recorded.tool);
+    let view = SessionView {
+        facts: &facts,
+        labels: &snap.label_names,
+        distinct: &snap.distinct,
+    };
     let verdict = match &route.decision {
         PairDecision::Fixed(v) => v.clone(),
         PairDecision::Evaluate(slice) => {
             let Some(engine) = &snap.engine else {
                 return ("deny", "no policy engine".to_owned());
-            };
-            let json = serde_json::to_string(&c.args.clone().unwrap_or_default())
-                .unwrap_or_else(|_| "{}".into());
-            let mut parser = JsonParser::new();
-            let Ok(tape) = parser.parse(json.as_bytes()) else {
-                return ("deny", "arguments are not JSON".to_owned());
             };
             let facts = CallFacts {
                 agent: &agent.id,
@@ -129,10 +176,14 @@ fn decide(snap: &Snapshot, c: &Case) -> (&'static str, String) {
                 upstream: &snap.upstreams[route.upstream].name,
                 customer: c.customer.as_deref().unwrap_or(&agent.customer),
                 args: Some(tape.as_value()),
+                session: slice.reads_session().then_some(view),
             };
             engine.evaluate(slice, &facts)
         }
     };
+    if matches!(verdict, Verdict::Allow { .. } | Verdict::Judge { .. }) {
+        entry.commit(&recorded);
+    }
     let list = |p: &[std::sync::Arc<str>]| {
         p.iter()
             .map(|x| x.to_string())

@@ -26,7 +26,7 @@ mod schema;
 
 pub use cache::DecisionCache;
 pub use load::{from_sources, load, read_sources, PolicyBundle, PolicyError};
-pub use schema::schema_json;
+pub use schema::{schema_json, Vocabulary};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +79,21 @@ pub struct Slice {
     set: PolicySet,
     names: HashMap<PolicyId, Arc<str>>,
     judged: Vec<PolicyId>,
+    session: bool,
+}
+
+impl Slice {
+    /// Whether a policy of the slice reads `context.session`: its verdicts
+    /// change from call to call, so they are not cached.
+    pub fn reads_session(&self) -> bool {
+        self.session
+    }
+}
+
+/// Whether a policy's text reads the session (a word-level test that can
+/// only err towards "reads": such a slice is then evaluated uncached).
+fn reads_session(p: &cedar_policy::Policy) -> bool {
+    p.to_string().contains("session")
 }
 
 /// The compiled policy engine of a snapshot.
@@ -120,6 +135,8 @@ pub struct CallFacts<'a, 't> {
     pub customer: &'a str,
     /// `params.arguments`.
     pub args: Option<Value<'t, 't>>,
+    /// The call's session, when policies read it.
+    pub session: Option<crate::session::SessionView<'a>>,
 }
 
 impl Engine {
@@ -128,12 +145,18 @@ impl Engine {
         &self.bundle
     }
 
-    /// Builds the engine: entity store from agents, users, groups, tools and upstreams.
+    /// Whether any policy reads `context.session`.
+    pub fn uses_sessions(&self) -> bool {
+        self.bundle.set.policies().any(reads_session)
+    }
+
+    /// Builds the engine: entity store from agents, users, groups, tools
+    /// (exposed name, upstream, labels) and upstreams.
     pub fn new(
         bundle: Arc<PolicyBundle>,
         agents: &[(String, Vec<String>)],
         users: &[(String, Vec<String>)],
-        tools: &[(String, String)],
+        tools: &[(String, String, Vec<String>)],
     ) -> Self {
         let mut list = Vec::new();
         let mut groups = std::collections::BTreeSet::new();
@@ -160,10 +183,22 @@ impl Engine {
             member("User", id, g, &mut groups);
         }
         let mut upstreams = std::collections::BTreeSet::new();
-        for (tool, upstream) in tools {
+        for (tool, upstream, labels) in tools {
             upstreams.insert(upstream.clone());
             if let (Some(t), Some(u)) = (uid("Tool", tool), uid("Upstream", upstream)) {
-                list.push(Entity::new_no_attrs(t, [u].into_iter().collect()));
+                let attrs = [(
+                    "labels".to_owned(),
+                    RestrictedExpression::new_set(
+                        labels
+                            .iter()
+                            .map(|l| RestrictedExpression::new_string(l.clone())),
+                    ),
+                )];
+                let parents = [u].into_iter().collect();
+                match Entity::new(t.clone(), attrs.into_iter().collect(), parents) {
+                    Ok(e) => list.push(e),
+                    Err(_) => list.push(Entity::new_no_attrs(t, Default::default())),
+                }
             }
         }
         for g in &groups {
@@ -285,8 +320,10 @@ impl Engine {
                 let mut set = PolicySet::new();
                 let mut names = HashMap::new();
                 let mut judged = Vec::new();
+                let mut session = false;
                 for id in &ids {
                     if let Some(p) = self.bundle.set.policy(id) {
+                        session |= reads_session(p);
                         let _ = set.add(p.clone());
                         names.insert(id.clone(), name(id));
                         if p.annotation("judge").is_some() {
@@ -294,7 +331,12 @@ impl Engine {
                         }
                     }
                 }
-                Arc::new(Slice { set, names, judged })
+                Arc::new(Slice {
+                    set,
+                    names,
+                    judged,
+                    session,
+                })
             })
             .clone();
         PairDecision::Evaluate(slice)
@@ -342,6 +384,12 @@ impl Engine {
         ];
         if let Some(u) = facts.user.and_then(|u| uid("User", u)) {
             pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
+        }
+        if let Some(view) = &facts.session {
+            match view.to_cedar() {
+                Ok(s) => pairs.push(("session".to_owned(), s)),
+                Err(_) => return deny(Reason::PolicyError),
+            }
         }
         let Ok(context) = Context::from_pairs(pairs) else {
             return deny(Reason::PolicyError);

@@ -53,9 +53,47 @@ fn record(schema: &Json, depth: usize) -> Json {
     json!({"type": "Record", "attributes": attrs})
 }
 
+/// What `context.session` counts by name: labels and counted arguments.
+#[derive(Debug, Clone, Default)]
+pub struct Vocabulary {
+    /// Every label a tool can have.
+    pub labels: Vec<String>,
+    /// `[sessions] distinct`.
+    pub distinct: Vec<String>,
+}
+
+/// `context.session`'s type: the facts of [`crate::session::SessionFacts`]
+/// with one counter per label and per counted argument.
+fn session_type(v: &Vocabulary) -> Json {
+    let long = || json!({"type": "Long"});
+    let counters = |names: &[String]| {
+        let attrs: Map<String, Json> = names.iter().map(|n| (n.clone(), long())).collect();
+        json!({"type": "Record", "attributes": attrs})
+    };
+    let labels = json!({"type": "Set", "element": {"type": "String"}});
+    json!({"type": "Record", "attributes": {
+        "id": {"type": "String"},
+        "known": {"type": "Boolean"},
+        "calls": long(),
+        "calls_last_minute": long(),
+        "calls_last_hour": long(),
+        "tool_calls": long(),
+        "in_flight": long(),
+        "age_s": long(),
+        "labels": labels,
+        "last_labels": labels,
+        "label_calls": counters(&v.labels),
+        "label_calls_last_minute": counters(&v.labels),
+        "label_calls_last_hour": counters(&v.labels),
+        "distinct_last_hour": counters(&v.distinct),
+    }})
+}
+
 /// The schema, in Cedar's JSON schema format, for `tools`: (exposed name,
-/// the tool's MCP `inputSchema` when known).
-pub fn schema_json(tools: &[(String, Option<Json>)]) -> Json {
+/// the tool's MCP `inputSchema` when known); `context.session` counts what
+/// `vocabulary` names.
+pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) -> Json {
+    let session = session_type(vocabulary);
     let mut actions = Map::new();
     for (name, input) in tools {
         let args = match input {
@@ -73,7 +111,8 @@ pub fn schema_json(tools: &[(String, Option<Json>)]) -> Json {
                         "tool": {"type": "String"},
                         "upstream": {"type": "String"},
                         "customer": {"type": "String"},
-                        "user": {"type": "Entity", "name": "User", "required": false}
+                        "user": {"type": "Entity", "name": "User", "required": false},
+                        "session": session
                     }}
                 }
             }),
@@ -85,7 +124,9 @@ pub fn schema_json(tools: &[(String, Option<Json>)]) -> Json {
             "User": {"memberOfTypes": ["Group"]},
             "Agent": {"memberOfTypes": ["Group"]},
             "Upstream": {},
-            "Tool": {"memberOfTypes": ["Upstream"]}
+            "Tool": {"memberOfTypes": ["Upstream"], "shape": {"type": "Record", "attributes": {
+                "labels": {"type": "Set", "element": {"type": "String"}}
+            }}}
         },
         "actions": actions
     }})

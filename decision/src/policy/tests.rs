@@ -49,14 +49,20 @@ fn engine() -> Engine {
         ("alice".to_owned(), vec!["admins".to_owned()]),
         ("bob".to_owned(), vec![]),
     ];
-    let tools: Vec<(String, String)> = [
+    let tools: Vec<(String, String, Vec<String>)> = [
         "crm__lookup_customer",
         "crm__delete_record",
         "mail__send_email",
         "billing__refund",
     ]
     .iter()
-    .map(|t| (t.to_string(), t.split("__").next().unwrap_or("").to_owned()))
+    .map(|t| {
+        (
+            t.to_string(),
+            t.split("__").next().unwrap_or("").to_owned(),
+            Vec::new(),
+        )
+    })
     .collect();
     Engine::new(Arc::new(bundle), &agents, &users, &tools)
 }
@@ -78,6 +84,7 @@ fn decide(e: &Engine, agent: &str, user: Option<&str>, tool: &str, args: &str) -
                     upstream,
                     customer: agent,
                     args: Some(tape.as_value()),
+                    session: None,
                 },
             )
         }
@@ -263,7 +270,7 @@ fn validation_catches_an_argument_the_tool_does_not_have() {
             ),
         ),
     ];
-    let errs = e.bundle.validate(schema_json(&tools));
+    let errs = e.bundle.validate(schema_json(&tools, &Default::default()));
     assert!(
         errs.iter().any(|x| x.message.contains("mail-internal")),
         "{errs:?}"
@@ -315,6 +322,7 @@ fn token_groups_replace_the_configured_ones_for_the_call() {
                 upstream: "crm",
                 customer: "support-bot",
                 args: None,
+                session: None,
             },
         )
     };

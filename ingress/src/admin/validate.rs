@@ -154,7 +154,7 @@ impl AdminApi {
             if let Some(engine) = snap.engine.as_ref() {
                 let errs: Vec<String> = engine
                     .bundle()
-                    .validate(snap.cedar_schema())
+                    .validate(snap.cedar_schema(&eff))
                     .into_iter()
                     .filter(|e| touched.contains(&e.file.display().to_string()))
                     .map(|e| e.to_string())

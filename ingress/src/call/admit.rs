@@ -116,10 +116,13 @@ impl Gateway {
                 return Err(unknown());
             }
         }
+        ctx.session = self.enter_session(snap, agent, req, route, call, ctx);
+        let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
         let who = OnBehalf {
             user: ctx.user.as_deref(),
             groups,
             customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
+            session: ctx.session.as_ref().map(|s| s.view()),
         };
         let verdict = self.decide(snap, agent, route, &who, call.arguments);
         let escalation = match verdict {

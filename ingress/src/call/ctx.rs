@@ -77,6 +77,10 @@ pub(super) struct CallCtx {
     /// Where the call stands under its tightest `[limits]` rule, and
     /// whether that rule refused it.
     pub(super) limit: Option<(toolgate_limits::Standing, bool)>,
+    /// The handshake-era session the request belongs to.
+    pub(super) mcp_session: Option<crate::session::Nonce>,
+    /// The call's session as policy sees it, when policies read sessions.
+    pub(super) session: Option<super::history::InSession>,
 }
 
 impl CallCtx {
@@ -112,6 +116,8 @@ impl CallCtx {
             http: None,
             door: Door::Mcp,
             limit: None,
+            mcp_session: None,
+            session: None,
         }
     }
 
@@ -151,6 +157,11 @@ impl CallCtx {
             http: self.http,
             door: self.door,
             limit: self.limit.and_then(|(s, refused)| refused.then_some(s.id)),
+            session: self.session.as_ref().map(|s| {
+                let mut json = Vec::with_capacity(256);
+                s.view().write_json(&mut json);
+                Box::from(String::from_utf8_lossy(&json))
+            }),
         }
     }
 }

@@ -4,13 +4,16 @@
 //!
 //! The cache key holds everything the evaluation reads: the snapshot
 //! generation, agent, tool, end user, customer, the token's groups and the
-//! exact argument bytes. No engine for a pair that needs one is a deny.
+//! exact argument bytes. A slice whose policies read `context.session` is
+//! evaluated for every call, uncached: its verdict holds for that call's
+//! session state only. No engine for a pair that needs one is a deny.
 
 use std::sync::Arc;
 
 use toolgate_core::audit::Reason;
 use toolgate_core::jsonrpc::write_value;
 use toolgate_decision::policy::{CallFacts, PairDecision, Verdict};
+use toolgate_decision::session::SessionView;
 use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::Gateway;
@@ -24,6 +27,8 @@ pub(super) struct OnBehalf<'a> {
     pub(super) groups: Option<&'a [Arc<str>]>,
     /// The customer the call is attributed to.
     pub(super) customer: &'a str,
+    /// The call's session, when policies read sessions.
+    pub(super) session: Option<SessionView<'a>>,
 }
 
 impl Gateway {
@@ -40,6 +45,7 @@ impl Gateway {
             user,
             groups,
             customer,
+            session,
         } = *who;
         let slice = match &route.decision {
             PairDecision::Fixed(v) => return v.clone(),
@@ -59,7 +65,12 @@ impl Gateway {
             upstream: &snap.upstreams[route.upstream].name,
             customer,
             args,
+            session: session.filter(|_| slice.reads_session()),
         };
+        // A verdict that read the session holds for this call only.
+        if facts.session.is_some() {
+            return engine.evaluate(slice, &facts);
+        }
         let mut args_bytes = Vec::new();
         if let Some(a) = args {
             write_value(a, &mut args_bytes);

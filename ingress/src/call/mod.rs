@@ -31,6 +31,7 @@ pub mod filter;
 mod finish;
 mod forward;
 mod gateway;
+mod history;
 mod identify;
 pub mod judge;
 mod limit;
@@ -62,6 +63,7 @@ use media::Media;
 use toolgate_upstream::Upstream;
 
 pub use gateway::Gateway;
+pub use history::CONVERSATION;
 pub use identify::{ON_BEHALF_OF, RESOURCE_METADATA_PATH};
 pub use rest::REST_PREFIX;
 
@@ -125,6 +127,7 @@ impl Gateway {
             .ok_or(Refusal::new(RefusalKind::UpstreamUnavailable))?;
         self.escalate(&call, upstream, ctx).await?;
         self.take_limits(ctx)?;
+        history::record(ctx);
         let credential = forward::inject(upstream)?;
         let reply = forward::forward(upstream, &call, &credential, slot).await?;
         ctx.http = reply.http;

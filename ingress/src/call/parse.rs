@@ -59,7 +59,7 @@ impl Gateway {
                     && !rpc.is_notification()
                     && rpc.method != "server/discover"
                 {
-                    self.check_session(agent, req)?;
+                    ctx.mcp_session = Some(self.check_session(agent, req)?);
                 }
             }
         }

@@ -154,6 +154,7 @@ impl Gateway {
         let admitted = admitted?;
         self.escalate(&admitted, upstream, ctx).await?;
         self.take_limits(ctx)?;
+        super::history::record(ctx);
         let credential = forward::inject(upstream)?;
         match api {
             Some(api) => {

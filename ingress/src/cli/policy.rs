@@ -60,7 +60,7 @@ fn validate(path: &Path, offline: bool) -> anyhow::Result<()> {
         fetch_catalogs(&cfg)
     };
     let snap = Snapshot::build(&cfg, &catalogs);
-    let errors = bundle.validate(snap.cedar_schema());
+    let errors = bundle.validate(snap.cedar_schema(&cfg));
     if errors.is_empty() {
         let files: Vec<String> = bundle.files().map(|f| f.display().to_string()).collect();
         println!(

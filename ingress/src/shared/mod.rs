@@ -115,6 +115,9 @@ pub struct Shared {
         std::hash::RandomState,
         Option<Arc<toolgate_limits::Sharing>>,
     ),
+    /// Every session's state for `context.session`, made when a snapshot
+    /// first has policies that read it (sized by `[sessions]` at start).
+    pub sessions: std::sync::OnceLock<Arc<toolgate_decision::session::Sessions>>,
 }
 
 /// What a snapshot is compiled from.
@@ -270,8 +273,12 @@ impl Shared {
             rate_limits,
             limits,
             limit_counters,
+            sessions: std::sync::OnceLock::new(),
             config,
         });
+        if shared.snapshot.load().sessions_used {
+            shared.make_sessions();
+        }
         if let Some(sharing) = &shared.limit_counters.2 {
             shared.metrics.set_limits(Arc::clone(sharing));
         }
@@ -318,6 +325,18 @@ impl Shared {
             current.control = control;
         }
         self.publish(&mut cats)
+    }
+
+    /// The session table, made once (off the request path).
+    pub(crate) fn make_sessions(&self) {
+        let s = &self.config.config.sessions;
+        self.sessions.get_or_init(|| {
+            Arc::new(toolgate_decision::session::Sessions::new(
+                s.max_sessions,
+                s.idle_timeout_s,
+                s.distinct.len(),
+            ))
+        });
     }
 
     /// Ends a session; prunes entries too old to verify anyway.

@@ -63,7 +63,7 @@ impl Shared {
         }
         if let Some(engine) = snap.engine.as_ref() {
             if catalogs.iter().all(Option::is_some) {
-                for e in engine.bundle().validate(snap.cedar_schema()) {
+                for e in engine.bundle().validate(snap.cedar_schema(&eff)) {
                     tracing::warn!(error = %e, "policy does not validate against the tools' schema");
                 }
             }
@@ -76,6 +76,9 @@ impl Shared {
             self.limit_counters.1.clone(),
             self.limit_counters.2.clone(),
         ));
+        if snap.sessions_used {
+            self.make_sessions();
+        }
         let generation = self.snapshot.publish(snap);
         tracing::debug!(generation, "snapshot published");
         Some(generation)

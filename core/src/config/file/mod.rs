@@ -9,6 +9,7 @@ mod defaults;
 mod limits;
 mod rules;
 mod server;
+mod sessions;
 mod upstreams;
 
 pub use admin::*;
@@ -18,6 +19,7 @@ pub use auth::*;
 pub use limits::*;
 pub use rules::*;
 pub use server::*;
+pub use sessions::*;
 pub use upstreams::*;
 
 use serde::Deserialize;
@@ -70,4 +72,10 @@ pub struct Config {
     /// Per-customer rates and quotas.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Sessions as policies see them (`context.session`).
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Labels of tools (`resource.labels` in policies; counted per session).
+    #[serde(default)]
+    pub tool_labels: ToolLabelsConfig,
 }

@@ -6,6 +6,7 @@ mod auth;
 mod limits;
 mod paths;
 mod rules;
+mod sessions;
 mod sinks;
 mod upstreams;
 
@@ -18,6 +19,8 @@ pub use limits::check_limit_rules;
 use limits::*;
 use paths::*;
 use rules::*;
+use sessions::validate_sessions;
+pub use sessions::{configured_labels, is_identifier, ANNOTATION_LABELS, MAX_DISTINCT, MAX_LABELS};
 use sinks::*;
 use upstreams::*;
 
@@ -352,6 +355,7 @@ pub(crate) fn validate(
     };
     let output_rules = validate_output_rules(&config, &namer, &mut |l, m| err(l, m), &at);
     let limits_redis = validate_limits(&config, &namer, base, &mut |l, m| err(l, m), &at);
+    validate_sessions(&config, &mut |l, m| err(l, m));
 
     if config.audit.ring_capacity < 16 {
         err(None, "`audit.ring_capacity` must be at least 16".to_owned());

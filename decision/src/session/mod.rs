@@ -1,0 +1,270 @@
+//! Sessions: what a decision may know of the calls before it in the same
+//! session (`context.session` in Cedar), kept lock-free across shards.
+//!
+//! A call enters its session before its decision ([`Sessions::enter`]),
+//! reads the session's [`SessionFacts`], and — once attachment, policy,
+//! the judge and the quotas have all let it through — is recorded in the
+//! session ([`Entry::commit`]). A refused call records nothing: it cannot
+//! advance or reset anything. While a call is between its decision and
+//! its record it counts in `in_flight` for the session's other calls, so
+//! a policy can refuse to decide a counted call while another one is
+//! still open.
+//!
+//! Labels ([`labels`]) summarise tools (`money`, `reads_pii`, …); a session
+//! keeps one bit and one counter per label.
+
+pub mod labels;
+mod table;
+
+pub use table::{Entry, Sessions, DISTINCT, RING, TOOLS};
+
+use std::sync::Arc;
+
+use cedar_policy::RestrictedExpression;
+use toolgate_core::jsonrpc::write_str;
+
+/// Most labels a session keeps apart.
+pub const MAX_LABELS: usize = toolgate_core::config::validate::MAX_LABELS;
+/// Most arguments whose distinct values a session counts.
+pub const MAX_DISTINCT: usize = toolgate_core::config::validate::MAX_DISTINCT;
+
+/// What one admitted call adds to its session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recorded {
+    /// The tool's label bits.
+    pub labels: u32,
+    /// The tool's [`Sessions::value_hash`].
+    pub tool: u32,
+    /// Per counted argument, its value's hash (0: absent).
+    pub distinct: [u32; MAX_DISTINCT],
+}
+
+impl Sessions {
+    /// What a call of a tool with `labels` and name `tool`, with
+    /// `arguments`, adds to its session: the hashes of the counted
+    /// arguments' values (`distinct`, in `[sessions] distinct` order) as
+    /// their JSON text, so `"7"` and `7` are two values.
+    pub fn recorded(
+        &self,
+        labels: u32,
+        tool: &str,
+        distinct: &[Arc<str>],
+        arguments: Option<simd_json::tape::Value<'_, '_>>,
+    ) -> Recorded {
+        let mut call = Recorded {
+            labels,
+            tool: self.value_hash(tool.as_bytes()),
+            distinct: [0; MAX_DISTINCT],
+        };
+        let Some(obj) = arguments.as_ref().and_then(|a| a.as_object()) else {
+            return call;
+        };
+        let mut text = Vec::new();
+        for (slot, name) in call.distinct.iter_mut().zip(distinct) {
+            if let Some(v) = obj.iter().find(|(k, _)| *k == &**name).map(|(_, v)| v) {
+                text.clear();
+                toolgate_core::jsonrpc::write_value(v, &mut text);
+                *slot = self.value_hash(&text);
+            }
+        }
+        call
+    }
+}
+
+/// A session as one decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// The session key.
+    pub id: u64,
+    /// False when the session's state is not all there (no room for the
+    /// session, or it outgrew its per-session state): policies decide what
+    /// unknown means.
+    pub known: bool,
+    /// Calls recorded in the session.
+    pub calls: u32,
+    /// Of them, in the last 60 s (at most [`RING`]).
+    pub calls_last_minute: u32,
+    /// Of them, in the last hour (at most [`RING`]).
+    pub calls_last_hour: u32,
+    /// Calls of the tool now being called.
+    pub tool_calls: u32,
+    /// Other calls of the session decided but not yet recorded or refused.
+    pub in_flight: u32,
+    /// Seconds since the session's first call.
+    pub age_s: u32,
+    /// Label bits of every call so far.
+    pub labels: u32,
+    /// Label bits of the last call recorded.
+    pub last_labels: u32,
+    /// Calls per label bit.
+    pub label_calls: [u32; MAX_LABELS],
+    /// Calls per label bit in the last 60 s.
+    pub label_calls_last_minute: [u32; MAX_LABELS],
+    /// Calls per label bit in the last hour.
+    pub label_calls_last_hour: [u32; MAX_LABELS],
+    /// Distinct values per counted argument in the last hour (at most [`DISTINCT`]).
+    pub distinct_last_hour: [u32; MAX_DISTINCT],
+}
+
+impl SessionFacts {
+    /// Nothing known of session `id`.
+    pub fn unknown(id: u64) -> Self {
+        Self {
+            id,
+            known: false,
+            calls: 0,
+            calls_last_minute: 0,
+            calls_last_hour: 0,
+            tool_calls: 0,
+            in_flight: 0,
+            age_s: 0,
+            labels: 0,
+            last_labels: 0,
+            label_calls: [0; MAX_LABELS],
+            label_calls_last_minute: [0; MAX_LABELS],
+            label_calls_last_hour: [0; MAX_LABELS],
+            distinct_last_hour: [0; MAX_DISTINCT],
+        }
+    }
+}
+
+/// Facts with the names that give them meaning: what Cedar and the audit
+/// record are given.
+#[derive(Clone, Copy)]
+pub struct SessionView<'a> {
+    /// The facts.
+    pub facts: &'a SessionFacts,
+    /// Label names by bit.
+    pub labels: &'a [Arc<str>],
+    /// Counted argument names, in `[sessions] distinct` order.
+    pub distinct: &'a [Arc<str>],
+}
+
+impl SessionView<'_> {
+    /// The session's id as records show it.
+    pub fn id(&self) -> String {
+        format!("{:016x}", self.facts.id)
+    }
+
+    fn names(&self, bits: u32) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.labels
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| bits & (1 << i) != 0)
+            .map(|(_, n)| n)
+    }
+
+    /// `context.session`, as the schema types it.
+    pub fn to_cedar(&self) -> Result<RestrictedExpression, String> {
+        let f = self.facts;
+        let long = |v: u32| RestrictedExpression::new_long(i64::from(v));
+        let set = |bits: u32| {
+            RestrictedExpression::new_set(
+                self.names(bits)
+                    .map(|n| RestrictedExpression::new_string(n.to_string())),
+            )
+        };
+        let per_label = |counts: &[u32; MAX_LABELS]| {
+            RestrictedExpression::new_record(
+                self.labels
+                    .iter()
+                    .zip(counts)
+                    .map(|(n, c)| (n.to_string(), long(*c))),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let distinct = RestrictedExpression::new_record(
+            self.distinct
+                .iter()
+                .zip(&f.distinct_last_hour)
+                .map(|(n, c)| (n.to_string(), long(*c))),
+        )
+        .map_err(|e| e.to_string())?;
+        RestrictedExpression::new_record([
+            ("id".to_owned(), RestrictedExpression::new_string(self.id())),
+            ("known".to_owned(), RestrictedExpression::new_bool(f.known)),
+            ("calls".to_owned(), long(f.calls)),
+            ("calls_last_minute".to_owned(), long(f.calls_last_minute)),
+            ("calls_last_hour".to_owned(), long(f.calls_last_hour)),
+            ("tool_calls".to_owned(), long(f.tool_calls)),
+            ("in_flight".to_owned(), long(f.in_flight)),
+            ("age_s".to_owned(), long(f.age_s)),
+            ("labels".to_owned(), set(f.labels)),
+            ("last_labels".to_owned(), set(f.last_labels)),
+            ("label_calls".to_owned(), per_label(&f.label_calls)?),
+            (
+                "label_calls_last_minute".to_owned(),
+                per_label(&f.label_calls_last_minute)?,
+            ),
+            (
+                "label_calls_last_hour".to_owned(),
+                per_label(&f.label_calls_last_hour)?,
+            ),
+            ("distinct_last_hour".to_owned(), distinct),
+        ])
+        .map_err(|e| e.to_string())
+    }
+
+    /// The facts as the audit record's `session` object: the id, whether
+    /// known, the counts, and only the labels and counters that are set.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let f = self.facts;
+        out.extend_from_slice(b"{\"id\":");
+        write_str(&self.id(), out);
+        let _ = write!(
+            out,
+            ",\"known\":{},\"calls\":{},\"calls_last_minute\":{},\"calls_last_hour\":{},\
+             \"tool_calls\":{},\"in_flight\":{},\"age_s\":{}",
+            f.known,
+            f.calls,
+            f.calls_last_minute,
+            f.calls_last_hour,
+            f.tool_calls,
+            f.in_flight,
+            f.age_s
+        );
+        let list = |key: &str, bits: u32, out: &mut Vec<u8>| {
+            let _ = write!(out, ",\"{key}\":[");
+            for (i, n) in self.names(bits).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(n, out);
+            }
+            out.push(b']');
+        };
+        list("labels", f.labels, out);
+        list("last_labels", f.last_labels, out);
+        let counts = |key: &str, names: &[Arc<str>], counts: &[u32], out: &mut Vec<u8>| {
+            let _ = write!(out, ",\"{key}\":{{");
+            let mut first = true;
+            for (n, c) in names.iter().zip(counts).filter(|(_, c)| **c > 0) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_str(n, out);
+                let _ = write!(out, ":{c}");
+            }
+            out.push(b'}');
+        };
+        counts("label_calls", self.labels, &f.label_calls, out);
+        counts(
+            "label_calls_last_hour",
+            self.labels,
+            &f.label_calls_last_hour,
+            out,
+        );
+        counts(
+            "distinct_last_hour",
+            self.distinct,
+            &f.distinct_last_hour,
+            out,
+        );
+        out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests;

