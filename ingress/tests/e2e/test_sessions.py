@@ -228,3 +228,27 @@ def test_after_a_destructive_call_the_next_goes_to_the_judge(gate, judge):
         ("crm__lookup_customer", "allowed_by_policy"),
     ]
     assert calls[2]["session"]["last_labels"] == ["destructive"]
+
+
+def test_the_demo_stops_a_read_then_send_sequence(tmp_path):
+    """The commands ``toolgate demo`` prints, run as printed."""
+    import json
+    import subprocess
+
+    from harness import Demo
+
+    with Demo(tmp_path) as demo:
+        lines = demo.output().splitlines()
+
+        def run(heading: str) -> dict:
+            at = next(i for i, l in enumerate(lines) if l.startswith(heading))
+            command = lines[at + 1].rstrip("\\").strip() + " " + lines[at + 2].strip()
+            out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+
+        assert "result" in run("Look up a customer as support-bot")
+        refused = run("Send an e-mail as support-bot in the session")
+        assert refused["error"]["code"] == FORBIDDEN, refused
+        sent = run("The same e-mail in a fresh conversation")
+        assert "sent to partner@example.com" in sent["result"]["content"][0]["text"], sent
