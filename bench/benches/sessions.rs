@@ -81,8 +81,12 @@ fn bench(c: &mut Criterion) {
         labels: &snap.label_names,
         distinct: &snap.distinct,
     };
-    g.bench_function("session_context_to_cedar", |b| {
-        b.iter(|| black_box(&view).to_cedar().is_ok())
+    g.bench_function("session_context_to_cedar_all_fields", |b| {
+        b.iter(|| black_box(&view).to_cedar(u16::MAX, u32::MAX).is_ok())
+    });
+    let (fields, labels) = slice.session_fields();
+    g.bench_function("session_context_to_cedar_refund_slice", |b| {
+        b.iter(|| black_box(&view).to_cedar(fields, labels).is_ok())
     });
     g.bench_function("decide_refund_with_session_policies", |b| {
         b.iter(|| {
@@ -100,6 +104,48 @@ fn bench(c: &mut Criterion) {
                 session: Some(view),
             };
             matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
+        })
+    });
+    // Today's decision for comparison: the same call under a baseline
+    // permit and a forbid on its arguments, no session.
+    let (cfg, _) = example();
+    let plain = toolgate_decision::policy::from_sources(&[(
+        "plain.cedar".into(),
+        r#"@id("baseline") permit(principal, action, resource);
+           @id("big-refunds") forbid(principal, action, resource) when { context.args has amount && context.args.amount > 1000 };"#
+            .to_owned(),
+    )])
+    .unwrap_or_else(|_| panic!("plain policies"));
+    let plain = Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(plain));
+    let Some(plain_engine) = plain.engine.clone() else {
+        panic!("no engine")
+    };
+    let Some(PairDecision::Evaluate(plain_slice)) = plain
+        .agent_by_id("assistant")
+        .and_then(|a| a.tools.get("billing__refund"))
+        .map(|r| r.decision.clone())
+    else {
+        panic!("the plain refund pair must be evaluated per call")
+    };
+    g.bench_function("decide_refund_args_only_no_session", |b| {
+        b.iter(|| {
+            let tape = parser
+                .parse(black_box(&args))
+                .unwrap_or_else(|_| panic!("json"));
+            let facts = CallFacts {
+                agent: "assistant",
+                user: None,
+                groups: None,
+                tool: "billing__refund",
+                upstream: "billing",
+                customer: "assistant",
+                args: Some(tape.as_value()),
+                session: None,
+            };
+            matches!(
+                plain_engine.evaluate(&plain_slice, &facts),
+                Verdict::Allow { .. }
+            )
         })
     });
     g.finish();

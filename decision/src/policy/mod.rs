@@ -79,21 +79,30 @@ pub struct Slice {
     set: PolicySet,
     names: HashMap<PolicyId, Arc<str>>,
     judged: Vec<PolicyId>,
-    session: bool,
+    /// The `context.session` attributes its policies read.
+    session: u16,
+    /// The labels (bits) its policies name.
+    labels: u32,
 }
 
 impl Slice {
     /// Whether a policy of the slice reads `context.session`: its verdicts
     /// change from call to call, so they are not cached.
     pub fn reads_session(&self) -> bool {
-        self.session
+        self.session != 0
+    }
+
+    /// The `context.session` attributes its policies read (bits of
+    /// [`crate::session::FIELDS`]).
+    pub fn session_fields(&self) -> (u16, u32) {
+        (self.session, self.labels)
     }
 }
 
-/// Whether a policy's text reads the session (a word-level test that can
-/// only err towards "reads": such a slice is then evaluated uncached).
-fn reads_session(p: &cedar_policy::Policy) -> bool {
-    p.to_string().contains("session")
+/// The `context.session` attributes a policy reads (a word-level test that
+/// can only err towards more: such a slice is evaluated uncached).
+fn session_fields(p: &cedar_policy::Policy) -> u16 {
+    crate::session::fields_read(&p.to_string())
 }
 
 /// The compiled policy engine of a snapshot.
@@ -147,7 +156,7 @@ impl Engine {
 
     /// Whether any policy reads `context.session`.
     pub fn uses_sessions(&self) -> bool {
-        self.bundle.set.policies().any(reads_session)
+        self.bundle.set.policies().any(|p| session_fields(p) != 0)
     }
 
     /// Builds the engine: entity store from agents, users, groups, tools
@@ -320,10 +329,13 @@ impl Engine {
                 let mut set = PolicySet::new();
                 let mut names = HashMap::new();
                 let mut judged = Vec::new();
-                let mut session = false;
+                let mut session = 0;
+                let mut labels = 0;
                 for id in &ids {
                     if let Some(p) = self.bundle.set.policy(id) {
-                        session |= reads_session(p);
+                        let text = p.to_string();
+                        session |= crate::session::fields_read(&text);
+                        labels |= crate::session::labels_read(&text);
                         let _ = set.add(p.clone());
                         names.insert(id.clone(), name(id));
                         if p.annotation("judge").is_some() {
@@ -336,6 +348,7 @@ impl Engine {
                     names,
                     judged,
                     session,
+                    labels,
                 })
             })
             .clone();
@@ -386,7 +399,7 @@ impl Engine {
             pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
         }
         if let Some(view) = &facts.session {
-            match view.to_cedar() {
+            match view.to_cedar(slice.session, slice.labels) {
                 Ok(s) => pairs.push(("session".to_owned(), s)),
                 Err(_) => return deny(Reason::PolicyError),
             }

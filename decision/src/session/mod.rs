@@ -28,6 +28,52 @@ pub const MAX_LABELS: usize = toolgate_core::config::validate::MAX_LABELS;
 /// Most arguments whose distinct values a session counts.
 pub const MAX_DISTINCT: usize = toolgate_core::config::validate::MAX_DISTINCT;
 
+/// The attributes of `context.session`, by bit: a policy slice builds only
+/// the ones its policies name ([`fields_read`]).
+pub const FIELDS: [&str; 14] = [
+    "id",
+    "known",
+    "calls",
+    "calls_last_minute",
+    "calls_last_hour",
+    "tool_calls",
+    "in_flight",
+    "age_s",
+    "labels",
+    "last_labels",
+    "label_calls",
+    "label_calls_last_minute",
+    "label_calls_last_hour",
+    "distinct_last_hour",
+];
+
+/// The `context.session` attributes (bits of [`FIELDS`]) a policy text may
+/// read: every identifier or quoted word of the text that names one, when
+/// the text mentions `session` at all. It errs only towards more.
+pub fn fields_read(policy_text: &str) -> u16 {
+    if !policy_text.contains("session") {
+        return 0;
+    }
+    policy_text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter_map(|word| FIELDS.iter().position(|f| *f == word))
+        .fold(0, |bits, i| bits | 1 << i)
+}
+
+/// The label bits whose counters a policy text may read: labels named as
+/// a word of the text (`.money`, `["money"]`, `has money`), when it
+/// mentions `session` at all.
+pub fn labels_read(policy_text: &str) -> u32 {
+    if !policy_text.contains("session") {
+        return 0;
+    }
+    let names = labels::names();
+    policy_text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter_map(|word| names.iter().position(|n| **n == *word))
+        .fold(0, |bits, i| bits | 1 << i)
+}
+
 /// What one admitted call adds to its session.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Recorded {
@@ -154,9 +200,19 @@ impl SessionView<'_> {
             .map(|(_, n)| n)
     }
 
-    /// `context.session`, as the schema types it.
-    pub fn to_cedar(&self) -> Result<RestrictedExpression, String> {
+    /// `context.session` as the schema types it, with the attributes of
+    /// `fields` (bits of [`FIELDS`]) only, and in the per-label counters
+    /// the labels of `labels` (bits) only: the policies read no others
+    /// (a record attribute is read by its literal name). The label sets
+    /// stay whole: a set can be compared without naming its members.
+    pub fn to_cedar(&self, fields: u16, labels: u32) -> Result<RestrictedExpression, String> {
         let f = self.facts;
+        let want = |name: &str| {
+            FIELDS
+                .iter()
+                .position(|n| *n == name)
+                .is_some_and(|i| fields & (1 << i) != 0)
+        };
         let long = |v: u32| RestrictedExpression::new_long(i64::from(v));
         let set = |bits: u32| {
             RestrictedExpression::new_set(
@@ -169,40 +225,46 @@ impl SessionView<'_> {
                 self.labels
                     .iter()
                     .zip(counts)
-                    .map(|(n, c)| (n.to_string(), long(*c))),
+                    .enumerate()
+                    .filter(|(i, _)| labels & (1 << i) != 0)
+                    .map(|(_, (n, c))| (n.to_string(), long(*c))),
             )
             .map_err(|e| e.to_string())
         };
-        let distinct = RestrictedExpression::new_record(
-            self.distinct
-                .iter()
-                .zip(&f.distinct_last_hour)
-                .map(|(n, c)| (n.to_string(), long(*c))),
-        )
-        .map_err(|e| e.to_string())?;
-        RestrictedExpression::new_record([
-            ("id".to_owned(), RestrictedExpression::new_string(self.id())),
-            ("known".to_owned(), RestrictedExpression::new_bool(f.known)),
-            ("calls".to_owned(), long(f.calls)),
-            ("calls_last_minute".to_owned(), long(f.calls_last_minute)),
-            ("calls_last_hour".to_owned(), long(f.calls_last_hour)),
-            ("tool_calls".to_owned(), long(f.tool_calls)),
-            ("in_flight".to_owned(), long(f.in_flight)),
-            ("age_s".to_owned(), long(f.age_s)),
-            ("labels".to_owned(), set(f.labels)),
-            ("last_labels".to_owned(), set(f.last_labels)),
-            ("label_calls".to_owned(), per_label(&f.label_calls)?),
-            (
-                "label_calls_last_minute".to_owned(),
-                per_label(&f.label_calls_last_minute)?,
-            ),
-            (
-                "label_calls_last_hour".to_owned(),
-                per_label(&f.label_calls_last_hour)?,
-            ),
-            ("distinct_last_hour".to_owned(), distinct),
-        ])
-        .map_err(|e| e.to_string())
+        let mut attrs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(FIELDS.len());
+        let mut put = |name: &str, value: &dyn Fn() -> Result<RestrictedExpression, String>| {
+            if want(name) {
+                attrs.push((name.to_owned(), value()?));
+            }
+            Ok::<(), String>(())
+        };
+        put("id", &|| Ok(RestrictedExpression::new_string(self.id())))?;
+        put("known", &|| Ok(RestrictedExpression::new_bool(f.known)))?;
+        put("calls", &|| Ok(long(f.calls)))?;
+        put("calls_last_minute", &|| Ok(long(f.calls_last_minute)))?;
+        put("calls_last_hour", &|| Ok(long(f.calls_last_hour)))?;
+        put("tool_calls", &|| Ok(long(f.tool_calls)))?;
+        put("in_flight", &|| Ok(long(f.in_flight)))?;
+        put("age_s", &|| Ok(long(f.age_s)))?;
+        put("labels", &|| Ok(set(f.labels)))?;
+        put("last_labels", &|| Ok(set(f.last_labels)))?;
+        put("label_calls", &|| per_label(&f.label_calls))?;
+        put("label_calls_last_minute", &|| {
+            per_label(&f.label_calls_last_minute)
+        })?;
+        put("label_calls_last_hour", &|| {
+            per_label(&f.label_calls_last_hour)
+        })?;
+        put("distinct_last_hour", &|| {
+            RestrictedExpression::new_record(
+                self.distinct
+                    .iter()
+                    .zip(&f.distinct_last_hour)
+                    .map(|(n, c)| (n.to_string(), long(*c))),
+            )
+            .map_err(|e| e.to_string())
+        })?;
+        RestrictedExpression::new_record(attrs).map_err(|e| e.to_string())
     }
 
     /// The facts as the audit record's `session` object: the id, whether

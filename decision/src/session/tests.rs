@@ -157,5 +157,13 @@ fn the_view_writes_the_record_and_the_cedar_context() {
     assert_eq!(j["labels"], serde_json::json!(["reads_pii"]));
     assert_eq!(j["label_calls"], serde_json::json!({"reads_pii": 2}));
     assert_eq!(j["distinct_last_hour"]["customer_id"], 1);
-    assert!(v.to_cedar().is_ok());
+    assert!(v.to_cedar(u16::MAX, u32::MAX).is_ok());
+    let read = fields_read(
+        r#"forbid(principal, action, resource) when { context.session.label_calls.money > 1 && context.session["known"] };"#,
+    );
+    assert_eq!(read, 1 << 10 | 1 << 1, "label_calls and known, not calls");
+    assert_eq!(
+        fields_read("permit(principal, action, resource) when { context.args.calls > 1 };"),
+        0
+    );
 }

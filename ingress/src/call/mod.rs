@@ -11,8 +11,8 @@
 //! | 3 | media types (`Content-Type`, `Content-Encoding`, `Accept`) | [`media`] |
 //! | 4 | the JSON-RPC view and the era's envelope (or session) | [`parse`], [`envelope`], [`sessions`] |
 //! | 5 | toolgate's own answers: `initialize`, `server/discover`, `ping`, `tools/list` | [`builtin`] |
-//! | 6 | admit a `tools/call`: attached, not quarantined, rate, scope, policy; the body rebuilt from the checked view | [`admit`], [`decide`], [`params`] |
-//! | 7 | the judge of an escalated call; the upstream's credential; the upstream call | [`forward`], [`judge`] |
+//! | 6 | admit a `tools/call`: attached, not quarantined, rate, scope, its session's facts, policy; the body rebuilt from the checked view | [`admit`], [`history`], [`decide`], [`params`] |
+//! | 7 | the judge of an escalated call; the quotas; the call recorded in its session; the upstream's credential; the upstream call | [`forward`], [`judge`], [`limit`], [`history`] |
 //! | 8 | the reply as the agent's answer, through the output rules | [`respond`], [`filter`] |
 //! | 9 | write the response, commit the record into the slot, await the log | [`finish`], [`ack`] |
 //!
