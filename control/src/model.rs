@@ -34,11 +34,14 @@ pub enum Kind {
     /// `limits/{id}`: a rate or quota (the keys of a `[[limits.rules]]`
     /// entry but `id`).
     Limits,
+    /// `labels/{tool}`: the labels of an exposed tool (a `[tool_labels]`
+    /// entry).
+    Labels,
 }
 
 impl Kind {
     /// Every kind, in path order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Agents,
         Kind::Users,
         Kind::Policies,
@@ -46,10 +49,11 @@ impl Kind {
         Kind::Upstreams,
         Kind::Credentials,
         Kind::Limits,
+        Kind::Labels,
     ];
 
     /// The kind named `s` in a path (`agents`, `users`, `policies`,
-    /// `subtokens`, `upstreams`, `credentials`, `limits`).
+    /// `subtokens`, `upstreams`, `credentials`, `limits`, `labels`).
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "agents" => Some(Kind::Agents),
@@ -59,6 +63,7 @@ impl Kind {
             "upstreams" => Some(Kind::Upstreams),
             "credentials" => Some(Kind::Credentials),
             "limits" => Some(Kind::Limits),
+            "labels" => Some(Kind::Labels),
             _ => None,
         }
     }
@@ -73,6 +78,7 @@ impl Kind {
             Kind::Upstreams => "upstreams",
             Kind::Credentials => "credentials",
             Kind::Limits => "limits",
+            Kind::Labels => "labels",
         }
     }
 }
@@ -293,6 +299,18 @@ pub enum Spec {
     Credential(UpstreamCredentialSpec),
     /// A rate or quota.
     Limit(Box<LimitSpec>),
+    /// A tool's labels.
+    Labels(LabelsSpec),
+}
+
+/// `labels/{tool}`: the labels of the exposed tool `tool`, replacing the
+/// file's `[tool_labels]` entry of that name (other matching entries and
+/// the tool's annotations still add theirs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsSpec {
+    /// The labels: identifiers, such as `money` or `reads_pii`.
+    pub labels: Vec<String>,
 }
 
 /// `limits/{id}`: the keys of a `[[limits.rules]]` entry but `id` (the
@@ -455,6 +473,7 @@ impl Spec {
             Kind::Upstreams => Spec::Upstream(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Credentials => Spec::Credential(serde_json::from_slice(json).map_err(invalid)?),
             Kind::Limits => Spec::Limit(serde_json::from_slice(json).map_err(invalid)?),
+            Kind::Labels => Spec::Labels(serde_json::from_slice(json).map_err(invalid)?),
         };
         spec.check()?;
         Ok(spec)
@@ -552,6 +571,23 @@ impl Spec {
                     "give exactly one of `rate` and `quota`".into(),
                 )),
             },
+            Spec::Labels(l) => match l
+                .labels
+                .iter()
+                .find(|n| !toolgate_core::config::validate::is_identifier(n))
+            {
+                Some(n) => Err(SpecError::Value(format!(
+                    "label `{}` must be letters, digits and `_`, starting with a letter or `_`",
+                    n.chars().take(MAX_NAME_LEN).collect::<String>()
+                ))),
+                None if l.labels.len() > toolgate_core::config::validate::MAX_LABELS => {
+                    Err(SpecError::Value(format!(
+                        "at most {} labels",
+                        toolgate_core::config::validate::MAX_LABELS
+                    )))
+                }
+                None => Ok(()),
+            },
         }
     }
 
@@ -565,6 +601,7 @@ impl Spec {
             Spec::Upstream(_) => Kind::Upstreams,
             Spec::Credential(_) => Kind::Credentials,
             Spec::Limit(_) => Kind::Limits,
+            Spec::Labels(_) => Kind::Labels,
         }
     }
 
@@ -578,6 +615,7 @@ impl Spec {
             Spec::Upstream(u) => serde_json::to_value(u),
             Spec::Credential(c) => serde_json::to_value(c),
             Spec::Limit(l) => serde_json::to_value(l),
+            Spec::Labels(l) => serde_json::to_value(l),
         };
         v.unwrap_or(serde_json::Value::Null)
     }

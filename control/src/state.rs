@@ -290,6 +290,12 @@ impl State {
                 Err(why) => skipped.push(format!("limit `{id}`: {why}")),
             }
         }
+        for (tool, e) in self.list(Kind::Labels) {
+            let Spec::Labels(l) = &e.spec else { continue };
+            cfg.config
+                .tool_labels
+                .insert(tool.to_owned(), l.labels.clone());
+        }
         for (id, e) in self.list(Kind::Users) {
             let Spec::User(u) = &e.spec else { continue };
             match cfg.config.users.iter_mut().find(|x| x.id.get_ref() == id) {

@@ -204,6 +204,12 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let policy = dir.join("policy.cedar");
     let policy_text = "@id(\"echo-if-text\")\npermit(principal, action, resource) when { context.args has text };\n";
     std::fs::write(&policy, policy_text)?;
+    // The shipped session policies beside the same permit, for the
+    // sessions row (`policies/examples/session-policies/intent.cedar`).
+    std::fs::write(
+        dir.join("sessions.cedar"),
+        format!("{policy_text}\n{SESSION_POLICIES}"),
+    )?;
     // (b) plain; (b) with TLS alone; (c) everything on: TLS, JWT, output
     // rules scanning every result, two syslog sinks.
     secure::make_certificates(&dir)?;
@@ -252,6 +258,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
          [[limits.rules]]\nid = \"hour-per-tool\"\ncustomer = \"*\"\ntool = \"*\"\nquota = { units = 1000000000, per = \"hour\" }\n\n\
          [[limits.rules]]\nid = \"agent-rate\"\nagent = \"*\"\nrate = { calls_per_s = 1000000, burst = 1000000 }\n";
     let _tg_limits = gate("toolgate-limits", limits_port, limits)?;
+    // (b) with the three shipped session policies deciding every call:
+    // the echo tool labelled, every call entered in and recorded by its
+    // session (all calls of the load agent are one session), Cedar with
+    // `context.session` for each.
+    let sessions_port = free_port()?;
+    let sessions = "[tool_labels]\n\"fast__echo\" = [\"read_only\"]\n\"big__*\" = [\"reads_pii\", \"external_send\", \"money\"]\n\n\
+         [sessions]\ndistinct = [\"customer_id\"]\n\n#policy: sessions.cedar\n";
+    let _tg_sessions = gate("toolgate-sessions", sessions_port, sessions)?;
     let tls_client = secure::client_config(&dir.join("ca.pem"))?;
     let secure_workload = |label: &str, port: u16, key: &str, secs: u64| {
         let mut w = workload(label, port, Some(key), "fast__echo", &o, secs);
@@ -347,6 +361,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         "(c) everything on",
         all_port,
         &jwt,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate + session policies",
+        sessions_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
         secs,
     ))?);
     reports.push(run(workload(
@@ -487,6 +509,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     if let (Some(r), Some(p)) = (rps("(b) toolgate REST door"), rps("(b) toolgate")) {
         println!("REST door / MCP door req/s: {:.2}", r / p);
     }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate + session policies"), rps("(b) toolgate")) {
+        println!("session policies on / off req/s: {:.2}", r / p);
+    }
     if let (Some(r), Some(p)) = (rps("(b) toolgate + 3 limits"), rps("(b) toolgate")) {
         println!("3 limits on / off req/s: {:.2}", r / p);
     }
@@ -577,9 +602,14 @@ const ECHO_OPENAPI: &str = r#"{"openapi":"3.1.0","info":{"title":"echo","version
   "requestBody":{"required":true,"content":{"application/json":{"schema":{"type":"object",
     "required":["text"],"properties":{"text":{"type":"string"}}}}}}}}}}"#;
 
+/// The session policies of `policies/examples/session-policies/intent.cedar`.
+const SESSION_POLICIES: &str =
+    include_str!("../../policies/examples/session-policies/intent.cedar");
+
 /// A toolgate configuration for the comparison: one shard, both fast
 /// upstreams, the load agent, a Cedar policy evaluated per call, the audit
-/// log in `audit-<name>`; `extra` adds sections (TLS, JWT, sinks, rules).
+/// log in `audit-<name>`; `extra` adds sections (TLS, JWT, sinks, rules),
+/// and a line `#policy: FILE` in it replaces the policy file.
 fn toolgate_config(
     port: u16,
     up_port: u16,
@@ -587,13 +617,17 @@ fn toolgate_config(
     name: &str,
     extra: &str,
 ) -> anyhow::Result<String> {
+    let policy = extra
+        .lines()
+        .find_map(|l| l.strip_prefix("#policy: "))
+        .unwrap_or("policy.cedar");
     Ok(format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
          [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
          [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
          [[upstreams]]\nname = \"rest\"\nkind = \"openapi\"\nspec = \"echo.openapi.json\"\nbase_url = \"http://127.0.0.1:{up_port}\"\n\n\
          [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\", \"rest__echo\"]\n\n\
-         [policies]\nfiles = [\"policy.cedar\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
+         [policies]\nfiles = [\"{policy}\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
         sha256_hex(KEY)?
     ))
 }

@@ -803,3 +803,50 @@ fn redis_urls_name_host_port_tls_and_database_never_a_password() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn labels_and_sessions_are_bounded_and_named_for_policies() {
+    let ok = parse(
+        "[tool_labels]\n\"crm__*\" = [\"reads_pii\"]\n\"mail__send\" = [\"external_send\"]\n\n\
+         [sessions]\nidle_timeout_s = 60\ndistinct = [\"customer_id\"]\n",
+        "t",
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(
+        crate::config::validate::configured_labels(&ok.config),
+        [
+            "destructive",
+            "external_send",
+            "open_world",
+            "read_only",
+            "reads_pii"
+        ]
+    );
+    let many: Vec<String> = (0..30).map(|i| format!("\"l{i}\"")).collect();
+    for (text, says) in [
+        (
+            "[tool_labels]\n\"crm__x\" = [\"reads pii\"]\n".to_owned(),
+            "label `reads pii` must be letters",
+        ),
+        (
+            format!("[tool_labels]\n\"crm__x\" = [{}]\n", many.join(", ")),
+            "uses 33 labels",
+        ),
+        (
+            "[sessions]\ndistinct = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n".to_owned(),
+            "at most 4 arguments",
+        ),
+        (
+            "[sessions]\nidle_timeout_s = 0\n".to_owned(),
+            "`sessions.idle_timeout_s` must be between",
+        ),
+        (
+            "[sessions]\nmax_sessions = 0\n".to_owned(),
+            "`sessions.max_sessions` must be between",
+        ),
+    ] {
+        let e = errors_of(&text);
+        assert!(e.iter().any(|e| e.message.contains(says)), "{text}: {e:?}");
+    }
+}

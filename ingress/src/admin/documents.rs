@@ -61,6 +61,15 @@ pub(super) fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> 
             .iter()
             .map(|r| (r.id.get_ref().clone(), limit_document(r)))
             .collect(),
+        // Entries naming one tool; globs are the file's own.
+        Kind::Labels => src
+            .file
+            .config
+            .tool_labels
+            .iter()
+            .filter(|(tool, _)| !tool.contains('*'))
+            .map(|(tool, labels)| (tool.clone(), json!({ "labels": labels })))
+            .collect(),
     }
 }
 

@@ -56,7 +56,7 @@ pub(super) fn parse_kind(s: &str) -> Result<Kind, ApiError> {
             404,
             "unknown_kind",
             format!(
-                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams`, `credentials`, `limits` or `subtokens`",
+                "`{}` is not a kind of resource: use `agents`, `users`, `policies`, `upstreams`, `credentials`, `limits`, `labels` or `subtokens`",
                 s.chars().take(64).collect::<String>()
             ),
         )

@@ -52,6 +52,13 @@ impl AdminApi {
                     .with("problems", json!(problems)));
             }
         }
+        if changes.iter().any(|c| c.kind == Kind::Labels) {
+            let problems = toolgate_core::config::validate::check_tool_labels(&eff.config);
+            if !problems.is_empty() {
+                return Err(ApiError::new(422, "invalid_labels", problems.join("; "))
+                    .with("problems", json!(problems)));
+            }
+        }
         let mut problems = check_upstream_changes(&src.file, next, &eff, &skipped, changes);
         if problems.is_empty() {
             // Read what the shards will build clients from, so an

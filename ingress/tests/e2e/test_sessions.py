@@ -33,6 +33,7 @@ from harness import (
     modern_request,
     parse_body,
 )
+from test_admin_api import admin_gate  # noqa: F401  (fixture)
 from test_policies_e2e import FORBIDDEN, Judge
 
 REPO = Path(__file__).resolve().parents[3]
@@ -252,3 +253,38 @@ def test_the_demo_stops_a_read_then_send_sequence(tmp_path):
         assert refused["error"]["code"] == FORBIDDEN, refused
         sent = run("The same e-mail in a fresh conversation")
         assert "sent to partner@example.com" in sent["result"]["content"][0]["text"], sent
+
+
+def test_labels_written_through_the_admin_api_change_what_sessions_see(admin_gate, tmp_path):  # noqa: F811
+    policy = tmp_path / "toxic.cedar"
+    policy.write_text(
+        '@id("baseline")\npermit(principal, action, resource);\n'
+        '@id("toxic-flow")\nforbid(principal, action, resource) when {\n'
+        '  resource.labels.contains("external_send") && context.session.labels.contains("reads_pii") };\n')
+    agent = Agent("support-bot", ["crm__lookup_customer", "tickets__create_ticket"])
+    gate, admin, _ = admin_gate(agents=[agent], extra_toml=f'\n[policies]\nfiles = ["{policy}"]\n')
+
+    def sequence(conversation: str) -> list[int]:
+        out = []
+        for tool, args in [("crm__lookup_customer", {"customer_id": "C-1"}),
+                           ("tickets__create_ticket", {"title": "export", "priority": 1})]:
+            headers = modern_headers("tools/call", tool, agent.key) | {"Toolgate-Conversation": conversation}
+            r = httpx.post(gate.url, json=modern_request("tools/call", {"name": tool, "arguments": args}),
+                           headers=headers, timeout=HTTP_TIMEOUT_S)
+            out.append(r.status_code)
+        return out
+
+    # Unlabelled, the sequence is two harmless calls.
+    assert sequence("before") == [200, 200]
+    for tool, labels in [("crm__lookup_customer", ["reads_pii"]), ("tickets__create_ticket", ["external_send"])]:
+        r = admin.put(f"labels/{tool}", {"labels": labels})
+        assert r.status_code == 200, r.text
+    assert admin.get("labels/crm__lookup_customer").json()["spec"] == {"labels": ["reads_pii"]}
+    # Labelled at run time: the same sequence in a new session is stopped.
+    assert sequence("after") == [200, 403]
+    # A label that is no identifier is refused, naming it.
+    r = admin.put("labels/crm__lookup_customer", {"labels": ["reads pii"]})
+    assert r.status_code in (400, 422) and "reads pii" in r.text, r.text
+    denied = [r for r in gate.read_audit() if r.get("decision") == "deny" and r.get("method") == "tools/call"]
+    assert [(r["tool"], r["policies"], r["session"]["labels"]) for r in denied] == [
+        ("tickets__create_ticket", ["toxic-flow"], ["reads_pii"])]

@@ -20,7 +20,10 @@ use limits::*;
 use paths::*;
 use rules::*;
 use sessions::validate_sessions;
-pub use sessions::{configured_labels, is_identifier, ANNOTATION_LABELS, MAX_DISTINCT, MAX_LABELS};
+pub use sessions::{
+    check_tool_labels, configured_labels, is_identifier, ANNOTATION_LABELS, MAX_DISTINCT,
+    MAX_LABELS,
+};
 use sinks::*;
 use upstreams::*;
 

@@ -87,6 +87,14 @@ pub(crate) fn validate_sessions(config: &Config, err: &mut dyn FnMut(Option<usiz
     }
 }
 
+/// What is wrong with the labels of `config` (an admin API write checks
+/// the configuration it would make): empty when nothing is.
+pub fn check_tool_labels(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    validate_sessions(config, &mut |_, m| problems.push(m));
+    problems
+}
+
 /// Every label the configuration can give a tool, sorted.
 pub fn configured_labels(config: &Config) -> Vec<String> {
     let mut labels: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
