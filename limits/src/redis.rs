@@ -1,7 +1,8 @@
 //! A small blocking Redis client for the quota sync thread: RESP2 over TCP
 //! or TLS (the one rustls setup of [`toolgate_sinks::tls`]), `AUTH` and
 //! `SELECT` on connect, then one command at a time, every exchange bounded
-//! in time and size. Only what the sync needs: integer and status replies.
+//! in time and size. Only what the syncs need: status, integer and bulk
+//! string replies (at most [`MAX_BULK`] bytes), nil.
 
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use toolgate_sinks::tls::{connect, Conn};
 
 /// Longest reply line read.
 const MAX_LINE: usize = 4096;
+/// Largest bulk string read.
+pub const MAX_BULK: usize = 1 << 20;
 
 /// Why an exchange with Redis failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,10 @@ pub enum Reply {
     Status(String),
     /// `:n`.
     Int(i64),
+    /// `$n` and its bytes.
+    Bulk(Vec<u8>),
+    /// `$-1`: no value.
+    Nil,
 }
 
 /// One connection.
@@ -112,6 +119,22 @@ impl Client {
         }
         let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
         match line[0] {
+            b'$' => {
+                let n: i64 = text.parse().map_err(|_| RedisError::Protocol(text))?;
+                let Ok(n) = usize::try_from(n) else {
+                    return Ok(Reply::Nil);
+                };
+                if n > MAX_BULK {
+                    return Err(RedisError::Protocol(format!("a value of {n} bytes")));
+                }
+                let mut bulk = vec![0u8; n + 2];
+                self.conn.read_exact(&mut bulk)?;
+                if !bulk.ends_with(b"\r\n") {
+                    return Err(RedisError::Protocol("a cut value".into()));
+                }
+                bulk.truncate(n);
+                Ok(Reply::Bulk(bulk))
+            }
             b'+' => Ok(Reply::Status(text)),
             b'-' => Err(RedisError::Server(text)),
             b':' => text
@@ -128,6 +151,30 @@ impl Client {
             Reply::Int(n) => Ok(n),
             other => Err(RedisError::Protocol(format!("{other:?}"))),
         }
+    }
+
+    /// `GET key`: its value, if any.
+    pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, RedisError> {
+        match self.command(&[b"GET", key.as_bytes()])? {
+            Reply::Bulk(b) => Ok(Some(b)),
+            Reply::Nil => Ok(None),
+            other => Err(RedisError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// `EVAL script` with `keys` and `args` (the script text goes with
+    /// every call: scripts here are short, and Redis caches them).
+    pub fn eval(
+        &mut self,
+        script: &str,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Reply, RedisError> {
+        let count = keys.len().to_string();
+        let mut cmd: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), count.as_bytes()];
+        cmd.extend_from_slice(keys);
+        cmd.extend_from_slice(args);
+        self.command(&cmd)
     }
 
     /// `EXPIREAT key at` (Unix seconds).

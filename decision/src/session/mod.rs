@@ -153,6 +153,57 @@ pub struct SessionFacts {
 }
 
 impl SessionFacts {
+    /// What a decision cache key must hold of these facts for a slice
+    /// reading `fields` (bits of [`FIELDS`]) with per-label counters for
+    /// `labels`: exactly the values [`SessionView::to_cedar`] would give
+    /// it, so two calls with equal keys get equal contexts.
+    pub fn cache_key(&self, fields: u16, labels: u32, out: &mut Vec<u8>) {
+        let has = |i: usize| fields & (1 << i) != 0;
+        let mut put = |v: u32| out.extend_from_slice(&v.to_le_bytes());
+        let per_label = |counts: &[u32; MAX_LABELS], put: &mut dyn FnMut(u32)| {
+            for (i, c) in counts.iter().enumerate() {
+                if labels & (1 << i) != 0 {
+                    put(*c);
+                }
+            }
+        };
+        if has(0) {
+            put(self.id as u32);
+            put((self.id >> 32) as u32);
+        }
+        if has(1) {
+            put(u32::from(self.known));
+        }
+        for (i, v) in [
+            (2, self.calls),
+            (3, self.calls_last_minute),
+            (4, self.calls_last_hour),
+            (5, self.tool_calls),
+            (6, self.in_flight),
+            (7, self.age_s),
+            (8, self.labels),
+            (9, self.last_labels),
+        ] {
+            if has(i) {
+                put(v);
+            }
+        }
+        if has(10) {
+            per_label(&self.label_calls, &mut put);
+        }
+        if has(11) {
+            per_label(&self.label_calls_last_minute, &mut put);
+        }
+        if has(12) {
+            per_label(&self.label_calls_last_hour, &mut put);
+        }
+        if has(13) {
+            for d in self.distinct_last_hour {
+                put(d);
+            }
+        }
+    }
+
     /// Nothing known of session `id`.
     pub fn unknown(id: u64) -> Self {
         Self {

@@ -167,3 +167,27 @@ fn the_view_writes_the_record_and_the_cedar_context() {
         0
     );
 }
+
+#[test]
+fn the_cache_key_holds_what_the_slice_reads_and_nothing_else() {
+    let fields = fields_read(
+        r#"forbid(principal, action, resource) when { context.session.label_calls.money >= 5 || context.session.in_flight > 0 };"#,
+    );
+    let key = |f: &SessionFacts| {
+        let mut out = Vec::new();
+        f.cache_key(fields, 0b1, &mut out);
+        out
+    };
+    let mut a = SessionFacts::unknown(1);
+    a.label_calls[0] = 3;
+    let mut b = a.clone();
+    b.calls = 99; // not read
+    b.label_calls[1] = 7; // a label the slice does not name
+    b.id = 2; // not read
+    assert_eq!(key(&a), key(&b));
+    b.label_calls[0] = 4;
+    assert_ne!(key(&a), key(&b));
+    let mut c = a.clone();
+    c.in_flight = 1;
+    assert_ne!(key(&a), key(&c));
+}

@@ -4,9 +4,9 @@
 //!
 //! The cache key holds everything the evaluation reads: the snapshot
 //! generation, agent, tool, end user, customer, the token's groups and the
-//! exact argument bytes. A slice whose policies read `context.session` is
-//! evaluated for every call, uncached: its verdict holds for that call's
-//! session state only. No engine for a pair that needs one is a deny.
+//! exact argument bytes — and, for a slice whose policies read
+//! `context.session`, the session facts they read (the attributes and
+//! label counters they name). No engine for a pair that needs one is a deny.
 
 use std::sync::Arc;
 
@@ -67,9 +67,12 @@ impl Gateway {
             args,
             session: session.filter(|_| slice.reads_session()),
         };
-        // A verdict that read the session holds for this call only.
-        if facts.session.is_some() {
-            return engine.evaluate(slice, &facts);
+        // A verdict that read the session holds for the facts it read: they
+        // are part of the key.
+        let mut session_bytes = Vec::new();
+        if let Some(view) = &facts.session {
+            let (fields, labels) = slice.session_fields();
+            view.facts.cache_key(fields, labels, &mut session_bytes);
         }
         let mut args_bytes = Vec::new();
         if let Some(a) = args {
@@ -94,6 +97,7 @@ impl Gateway {
                 &group_bytes,
                 &[u8::from(groups.is_some())],
                 &args_bytes,
+                &session_bytes,
             ],
             || engine.evaluate(slice, &facts),
         )
