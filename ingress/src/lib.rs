@@ -32,6 +32,7 @@ pub mod process;
 pub mod random;
 pub mod ratelimit;
 pub mod session;
+pub mod session_sync;
 pub mod shard;
 pub mod shared;
 pub mod subtokens;

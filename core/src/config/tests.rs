@@ -845,6 +845,10 @@ fn labels_and_sessions_are_bounded_and_named_for_policies() {
             "[sessions]\nmax_sessions = 0\n".to_owned(),
             "`sessions.max_sessions` must be between",
         ),
+        (
+            "[sessions]\nbackend = \"redis\"\n".to_owned(),
+            "it needs `limits.backend = \"redis\"`",
+        ),
     ] {
         let e = errors_of(&text);
         assert!(e.iter().any(|e| e.message.contains(says)), "{text}: {e:?}");

@@ -14,6 +14,7 @@
 //! keeps one bit and one counter per label.
 
 pub mod labels;
+pub mod shared;
 mod table;
 
 pub use table::{Entry, Sessions, DISTINCT, RING, TOOLS};
@@ -110,7 +111,8 @@ impl Sessions {
             if let Some(v) = obj.iter().find(|(k, _)| *k == &**name).map(|(_, v)| v) {
                 text.clear();
                 toolgate_core::jsonrpc::write_value(v, &mut text);
-                *slot = self.value_hash(&text);
+                // The same digest on every replica: shared sessions agree.
+                *slot = shared::value_digest(&text);
             }
         }
         call

@@ -42,6 +42,9 @@ struct Slot {
     last_labels: AtomicU32,
     /// Some per-session state did not fit: the session is unknown.
     overflow: AtomicBool,
+    /// Shared sessions: the state was read from the shared store since the
+    /// slot was claimed (else the session is unknown).
+    hydrated: AtomicBool,
     label_calls: [AtomicU32; MAX_LABELS],
     /// `tool hash << 32 | calls`.
     tools: [AtomicU64; TOOLS],
@@ -63,6 +66,7 @@ impl Slot {
             labels: AtomicU32::new(0),
             last_labels: AtomicU32::new(0),
             overflow: AtomicBool::new(false),
+            hydrated: AtomicBool::new(false),
             label_calls: std::array::from_fn(|_| AtomicU32::new(0)),
             tools: std::array::from_fn(|_| AtomicU64::new(0)),
             ring: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -80,6 +84,7 @@ impl Slot {
         self.labels.store(0, SeqCst);
         self.last_labels.store(0, SeqCst);
         self.overflow.store(false, SeqCst);
+        self.hydrated.store(false, SeqCst);
         self.ring_at.store(0, SeqCst);
         for a in &self.label_calls {
             a.store(0, SeqCst);
@@ -102,6 +107,9 @@ pub struct Sessions {
     idle_s: u32,
     distinct: usize,
     hasher: std::collections::hash_map::RandomState,
+    /// State is shared with other replicas: a session is known only once
+    /// read from the shared store.
+    shared: bool,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -124,7 +132,139 @@ impl Sessions {
             idle_s: u32::try_from(idle_s.max(1)).unwrap_or(u32::MAX),
             distinct,
             hasher: Default::default(),
+            shared: false,
         }
+    }
+
+    /// The same table for state shared with other replicas: a session's
+    /// calls are unknown until [`Sessions::install`] has read it in.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Whether the table's state is shared with other replicas.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    fn find(&self, key: u64) -> Option<usize> {
+        let start = (key as usize) & self.mask;
+        (0..PROBE.min(self.slots.len()))
+            .map(|step| (start + step) & self.mask)
+            .find(|&i| self.slots[i].key.load(SeqCst) == key)
+    }
+
+    /// Shared sessions: whether session `key` must be read from the shared
+    /// store before a call at `now` is decided (not here, idle, or marked
+    /// stale).
+    pub fn needs_state(&self, key: u64, now: u64) -> bool {
+        if !self.shared {
+            return false;
+        }
+        let now = now_u32(now);
+        match self.find(key) {
+            None => true,
+            Some(i) => {
+                let s = &self.slots[i];
+                !s.hydrated.load(SeqCst) || now.saturating_sub(s.last.load(SeqCst)) > self.idle_s
+            }
+        }
+    }
+
+    /// Marks session `key` stale: another replica recorded calls in it, so
+    /// its next call reads it from the shared store again.
+    pub fn mark_stale(&self, key: u64) {
+        if let Some(i) = self.find(key) {
+            self.slots[i].hydrated.store(false, SeqCst);
+        }
+    }
+
+    /// The calls recorded in session `key` here, if it is here.
+    pub fn calls(&self, key: u64) -> Option<u32> {
+        self.find(key).map(|i| self.slots[i].calls.load(SeqCst))
+    }
+
+    /// Sets session `key` to `state`, as read from the shared store at
+    /// `now`; `distinct` names the counted arguments in order. False when
+    /// the session finds no room.
+    pub fn install(
+        &self,
+        key: u64,
+        now: u64,
+        state: &super::shared::SharedState,
+        distinct: &[Arc<str>],
+    ) -> bool {
+        let now = now_u32(now);
+        let Some(i) = self.place(key, now) else {
+            return false;
+        };
+        let s = &self.slots[i];
+        let bits = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| super::labels::bit(n))
+                .fold(0u32, |b, x| b | x)
+        };
+        s.started.store(now_u32(state.started), SeqCst);
+        s.calls.store(state.calls, SeqCst);
+        let mut touched = 0;
+        for c in &s.label_calls {
+            c.store(0, SeqCst);
+        }
+        for (name, n) in &state.labels {
+            if let Some(b) = super::labels::bit(name) {
+                touched |= b;
+                if let Some(c) = s.label_calls.get(b.trailing_zeros() as usize) {
+                    c.store(*n, SeqCst);
+                }
+            }
+        }
+        s.labels.store(touched, SeqCst);
+        s.last_labels.store(bits(&state.last), SeqCst);
+        let overflow = state.tools.len() > TOOLS;
+        for (slot, (name, n)) in s.tools.iter().zip(
+            state
+                .tools
+                .iter()
+                .map(|(t, n)| (self.value_hash(t.as_bytes()), *n))
+                .chain(std::iter::repeat((0, 0))),
+        ) {
+            slot.store(
+                if name == 0 {
+                    0
+                } else {
+                    u64::from(name) << 32 | u64::from(n)
+                },
+                SeqCst,
+            );
+        }
+        let ring = &state.ring[state.ring.len().saturating_sub(RING)..];
+        for (slot, at) in s.ring.iter().zip(0..) {
+            let v = ring.get(at).map_or(0, |(t, names)| {
+                u64::from(now_u32(*t)) << 32 | u64::from(bits(names))
+            });
+            slot.store(v, SeqCst);
+        }
+        s.ring_at.store(ring.len() as u32 % RING as u32, SeqCst);
+        for (a, name) in distinct.iter().enumerate().take(self.distinct) {
+            let entries = &s.distinct[a * DISTINCT..(a + 1) * DISTINCT];
+            let values = state
+                .distinct
+                .iter()
+                .find(|(n, _)| **n == **name)
+                .map(|(_, v)| v.as_slice())
+                .unwrap_or(&[]);
+            for (e, at) in entries.iter().zip(0..) {
+                let v = values
+                    .get(at)
+                    .map_or(0, |(h, t)| u64::from(now_u32(*t)) << 32 | u64::from(*h));
+                e.store(v, SeqCst);
+            }
+        }
+        s.overflow.store(overflow, SeqCst);
+        s.hydrated.store(true, SeqCst);
+        true
     }
 
     /// The session key of `parts` (each length-prefixed, so no two lists
@@ -232,7 +372,7 @@ impl Sessions {
     fn read(&self, i: usize, key: u64, tool: u32, now: u32, in_flight: u32) -> SessionFacts {
         let s = &self.slots[i];
         let mut f = SessionFacts::unknown(key);
-        f.known = !s.overflow.load(SeqCst);
+        f.known = !s.overflow.load(SeqCst) && (!self.shared || s.hydrated.load(SeqCst));
         f.in_flight = in_flight;
         f.calls = s.calls.load(SeqCst);
         f.labels = s.labels.load(SeqCst);
@@ -393,15 +533,19 @@ impl Entry {
         self.key
     }
 
-    /// Records the admitted call in its session and leaves it.
-    pub fn commit(mut self, call: &Recorded) {
+    /// Records the admitted call in its session and leaves it; the
+    /// session's calls recorded here after it.
+    pub fn commit(mut self, call: &Recorded) -> u32 {
+        let mut calls = 0;
         if let Some(i) = self.slot.take() {
             let s = &self.table.slots[i];
             if s.key.load(SeqCst) == self.key {
                 self.table.record(i, call, self.now);
+                calls = s.calls.load(SeqCst);
             }
             s.in_flight.fetch_sub(1, SeqCst);
         }
+        calls
     }
 }
 

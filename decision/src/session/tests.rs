@@ -191,3 +191,48 @@ fn the_cache_key_holds_what_the_slice_reads_and_nothing_else() {
     c.in_flight = 1;
     assert_ne!(key(&a), key(&c));
 }
+
+#[test]
+fn shared_state_as_lua_writes_it_is_read_into_the_table() {
+    // cjson writes empty lists as `{}`.
+    let json =
+        br#"{"started":1799999000,"seen":1800000000,"calls":3,"labels":{"zz_money":2,"zz_pii":1},
+        "last":{},"tools":{"billing__refund":2,"crm__get":1},
+        "ring":[[1799999990,["zz_money"]],[1799999995,{}],[1800000000,["zz_money","zz_pii"]]],
+        "distinct":{"customer_id":{"7":1799999990,"9":1796000000}}}"#;
+    let state = shared::SharedState::parse(json).unwrap();
+    assert_eq!(state.calls, 3);
+    assert!(state.last.is_empty());
+    assert_eq!(state.ring.len(), 3);
+    let t = Arc::new(Sessions::new(16, 1800, 1).shared());
+    let k = t.key(&[b"s"]);
+    assert!(t.needs_state(k, T0));
+    assert!(
+        !t.enter(k, T0).facts(1).known,
+        "shared and not read in: unknown"
+    );
+    let distinct: Vec<Arc<str>> = vec![Arc::from("customer_id")];
+    assert!(t.install(k, T0, &state, &distinct));
+    assert!(!t.needs_state(k, T0));
+    let money = labels::bit("zz_money").unwrap();
+    let pii = labels::bit("zz_pii").unwrap();
+    let f = t.enter(k, T0).facts(t.value_hash(b"billing__refund"));
+    assert!(f.known);
+    assert_eq!((f.calls, f.tool_calls, f.age_s), (3, 2, 1000));
+    assert_eq!(f.labels, money | pii);
+    assert_eq!(f.last_labels, 0);
+    assert_eq!(f.label_calls[money.trailing_zeros() as usize], 2);
+    assert_eq!(f.calls_last_minute, 3);
+    assert_eq!(
+        f.distinct_last_hour[0], 1,
+        "the value seen 4000 s ago is out of the hour"
+    );
+    t.mark_stale(k);
+    assert!(t.needs_state(k, T0));
+    assert!(shared::SharedState::parse(b"{\"calls\":1}").is_err());
+    assert_eq!(shared::shared_key(&[b"a"]), shared::shared_key(&[b"a"]));
+    assert_ne!(
+        shared::shared_key(&[b"a", b"b"]),
+        shared::shared_key(&[b"ab"])
+    );
+}

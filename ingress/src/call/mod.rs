@@ -113,6 +113,7 @@ impl Gateway {
         ctx.customer = Some(caller.customer);
         ctx.groups = caller.groups;
         ctx.scope = caller.scope;
+        self.prepare_session(snap, agent, req, ctx).await;
         if req.head.method == Method::Delete {
             ctx.reason = Reason::SessionTerminated;
             return self.end_session(agent, req);

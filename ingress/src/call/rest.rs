@@ -76,6 +76,7 @@ impl Gateway {
         ctx.customer = Some(caller.customer);
         ctx.groups = caller.groups;
         ctx.scope = caller.scope;
+        self.prepare_session(snap, agent, req, ctx).await;
         let method = req
             .head
             .method

@@ -118,6 +118,8 @@ pub struct Shared {
     /// Every session's state for `context.session`, made when a snapshot
     /// first has policies that read it (sized by `[sessions]` at start).
     pub sessions: std::sync::OnceLock<Arc<toolgate_decision::session::Sessions>>,
+    /// The Redis sync of shared sessions (`sessions.backend = "redis"`).
+    pub session_sync: std::sync::OnceLock<Arc<crate::session_sync::SessionSync>>,
 }
 
 /// What a snapshot is compiled from.
@@ -274,6 +276,7 @@ impl Shared {
             limits,
             limit_counters,
             sessions: std::sync::OnceLock::new(),
+            session_sync: std::sync::OnceLock::new(),
             config,
         });
         if shared.snapshot.load().sessions_used {
@@ -327,16 +330,41 @@ impl Shared {
         self.publish(&mut cats)
     }
 
-    /// The session table, made once (off the request path).
+    /// The session table, made once (off the request path), with its
+    /// Redis sync when sessions are shared.
     pub(crate) fn make_sessions(&self) {
         let s = &self.config.config.sessions;
-        self.sessions.get_or_init(|| {
-            Arc::new(toolgate_decision::session::Sessions::new(
+        let redis = self
+            .config
+            .limits_redis
+            .as_ref()
+            .filter(|_| s.backend == toolgate_core::config::LimitsBackend::Redis);
+        let table = self.sessions.get_or_init(|| {
+            let t = toolgate_decision::session::Sessions::new(
                 s.max_sessions,
                 s.idle_timeout_s,
                 s.distinct.len(),
-            ))
+            );
+            Arc::new(if redis.is_some() { t.shared() } else { t })
         });
+        if let Some(setup) = redis {
+            let distinct = s.distinct.iter().map(|d| Arc::from(d.as_str())).collect();
+            if self.session_sync.get().is_none() {
+                match crate::session_sync::start(
+                    setup.clone(),
+                    Arc::clone(table),
+                    distinct,
+                    s.idle_timeout_s,
+                ) {
+                    Ok(sync) => {
+                        let _ = self.session_sync.set(Arc::new(sync));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the session sync: shared sessions are unknown")
+                    }
+                }
+            }
+        }
     }
 
     /// Ends a session; prunes entries too old to verify anyway.

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::LimitsBackend;
+
 /// `[sessions]`: how sessions are kept for `context.session` in policies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,11 @@ pub struct SessionsConfig {
     /// MCP tool annotations an upstream sends. Default true.
     #[serde(default = "yes")]
     pub annotation_labels: bool,
+    /// Where session state lives: `local` (this process; default) or
+    /// `redis` (shared by the replicas through `[limits.redis]`, where the
+    /// quota counters live; needs `limits.backend = "redis"`).
+    #[serde(default)]
+    pub backend: LimitsBackend,
 }
 
 fn default_idle_timeout_s() -> u64 {
@@ -47,6 +54,7 @@ impl Default for SessionsConfig {
             max_sessions: default_max_sessions(),
             distinct: Vec::new(),
             annotation_labels: true,
+            backend: LimitsBackend::Local,
         }
     }
 }

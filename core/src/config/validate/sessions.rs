@@ -39,6 +39,14 @@ pub(crate) fn validate_sessions(config: &Config, err: &mut dyn FnMut(Option<usiz
             "`sessions.max_sessions` must be between 1 and 1048576".to_owned(),
         );
     }
+    if s.backend == LimitsBackend::Redis && config.limits.backend != LimitsBackend::Redis {
+        err(
+            None,
+            "`sessions.backend = \"redis\"` keeps sessions where the quota counters live: \
+             it needs `limits.backend = \"redis\"` and `[limits.redis]`"
+                .to_owned(),
+        );
+    }
     if s.distinct.len() > MAX_DISTINCT {
         err(
             None,
