@@ -214,6 +214,10 @@ pub struct AuditRecord {
     /// The call's session and the facts its decision saw (a JSON object),
     /// when policies read sessions.
     pub session: Option<Box<str>>,
+    /// The policy verdict of a `tools/call` that reached policy (`allow`,
+    /// `deny` or `judge`), whatever happened after: what a policy
+    /// simulation reproduces.
+    pub verdict: Option<&'static str>,
 }
 
 /// The door a request comes in through.
@@ -434,6 +438,7 @@ impl AuditRecord {
             door: Door::Mcp,
             limit: None,
             session: None,
+            verdict: None,
         }
     }
 
@@ -532,6 +537,10 @@ impl AuditRecord {
         if let Some(s) = &self.session {
             out.extend_from_slice(b",\"session\":");
             out.extend_from_slice(s.as_bytes());
+        }
+        if let Some(v) = self.verdict {
+            out.extend_from_slice(b",\"verdict\":");
+            write_str(v, out);
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");
@@ -683,12 +692,14 @@ mod tests {
             door: Door::Rest,
             limit: Some(Arc::from("acme-day")),
             session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
+            verdict: Some("judge"),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["door"], "rest");
         assert_eq!(v["session"]["id"], "00ab");
+        assert_eq!(v["verdict"], "judge");
         assert_eq!(v["customer"], "acme");
         assert_eq!(v["limit"], "acme-day");
         assert_eq!(

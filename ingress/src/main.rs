@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Command::Check { config } => done(cli::check::run(&config)),
         Command::Demo { port } => done(cli::demo::run(port)),
         Command::Key { command } => done(cli::key::run(command)),
-        Command::Policy { command } => done(cli::policy::run(command)),
+        Command::Policy { command } => cli::policy::run(command),
         Command::Audit { command } => done(cli::audit::run(command)),
         Command::Usage(args) => done(cli::usage::run(args)),
         Command::Token { command } => done(cli::token::run(command)),

@@ -29,8 +29,9 @@ use toolgate_core::jsonrpc::JsonParser;
 
 use std::sync::Arc;
 
-use super::{CallFacts, PairDecision, Verdict};
-use crate::session::{Entry, SessionView, Sessions};
+use super::simulate::{self, Call};
+use super::Verdict;
+use crate::session::{Entry, Sessions};
 use crate::Snapshot;
 
 /// A file of cases.
@@ -138,51 +139,32 @@ pub fn run(snap: &Snapshot, cases: &[Case]) -> Vec<CaseResult> {
 }
 
 fn decide(snap: &Snapshot, c: &Case, sessions: &Sessions, entry: Entry) -> (&'static str, String) {
-    let Some(agent) = snap.agents.iter().find(|a| *a.id == c.agent) else {
-        return ("deny", format!("unknown agent `{}`", c.agent));
-    };
-    let Some(route) = snap.route(agent, &c.tool) else {
-        return ("deny", "tool not attached to the agent".to_owned());
-    };
     let json =
         serde_json::to_string(&c.args.clone().unwrap_or_default()).unwrap_or_else(|_| "{}".into());
     let mut parser = JsonParser::new();
     let Ok(tape) = parser.parse(json.as_bytes()) else {
         return ("deny", "arguments are not JSON".to_owned());
     };
-    let recorded = sessions.recorded(
-        route.labels,
-        &route.exposed,
-        &snap.distinct,
-        Some(tape.as_value()),
-    );
-    let facts = entry.facts(recorded.tool);
-    let view = SessionView {
-        facts: &facts,
-        labels: &snap.label_names,
-        distinct: &snap.distinct,
+    let route = snap
+        .agent_by_id(&c.agent)
+        .and_then(|a| snap.route(a, &c.tool));
+    let recorded = route
+        .map(|r| sessions.recorded(r.labels, &r.exposed, &snap.distinct, Some(tape.as_value())));
+    let facts = entry.facts(recorded.map_or(0, |r| r.tool));
+    let call = Call {
+        agent: &c.agent,
+        user: c.user.as_deref(),
+        customer: c.customer.as_deref(),
+        tool: &c.tool,
+        args: Some(&json),
+        session: Some(&facts),
     };
-    let verdict = match &route.decision {
-        PairDecision::Fixed(v) => v.clone(),
-        PairDecision::Evaluate(slice) => {
-            let Some(engine) = &snap.engine else {
-                return ("deny", "no policy engine".to_owned());
-            };
-            let facts = CallFacts {
-                agent: &agent.id,
-                user: c.user.as_deref(),
-                groups: None,
-                tool: &route.exposed,
-                upstream: &snap.upstreams[route.upstream].name,
-                customer: c.customer.as_deref().unwrap_or(&agent.customer),
-                args: Some(tape.as_value()),
-                session: slice.reads_session().then_some(view),
-            };
-            engine.evaluate(slice, &facts)
-        }
+    let verdict = match simulate::decide(snap, &call) {
+        Ok(v) => v,
+        Err(why) => return ("deny", why.describe()),
     };
-    if matches!(verdict, Verdict::Allow { .. } | Verdict::Judge { .. }) {
-        entry.commit(&recorded);
+    if let (Verdict::Allow { .. } | Verdict::Judge { .. }, Some(r)) = (&verdict, recorded) {
+        entry.commit(&r);
     }
     let list = |p: &[std::sync::Arc<str>]| {
         p.iter()

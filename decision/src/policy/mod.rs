@@ -23,6 +23,7 @@ mod cache;
 pub mod cases;
 mod load;
 mod schema;
+pub mod simulate;
 
 pub use cache::DecisionCache;
 pub use load::{from_sources, load, read_sources, PolicyBundle, PolicyError};
@@ -62,6 +63,26 @@ pub enum Verdict {
         /// Policies that determined it.
         policies: Arc<[Arc<str>]>,
     },
+}
+
+impl Verdict {
+    /// `allow`, `deny` or `judge`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Allow { .. } => "allow",
+            Verdict::Deny { .. } => "deny",
+            Verdict::Judge { .. } => "judge",
+        }
+    }
+
+    /// The policies that determined it.
+    pub fn policies(&self) -> &[Arc<str>] {
+        match self {
+            Verdict::Allow { policies }
+            | Verdict::Deny { policies, .. }
+            | Verdict::Judge { policies } => policies,
+        }
+    }
 }
 
 /// What is known about a (agent, tool) pair before any call.

@@ -206,6 +206,71 @@ impl SessionFacts {
         }
     }
 
+    /// The facts an audit record's `session` object holds (as
+    /// [`SessionView::write_json`] wrote them), for re-deciding the call:
+    /// label names get this process's bits, counted arguments their place
+    /// in `distinct`. `None` when it is not such an object.
+    pub fn from_record(v: &serde_json::Value, distinct: &[Arc<str>]) -> Option<Self> {
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| n as u32)
+        };
+        let bits = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| labels::bit(n.as_str()?))
+                        .fold(0u32, |b, x| b | x)
+                })
+                .unwrap_or(0)
+        };
+        let per_label = |k: &str| {
+            let mut out = [0u32; MAX_LABELS];
+            for (name, n) in v
+                .get(k)
+                .and_then(serde_json::Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(b), Some(n)) = (labels::bit(name), n.as_u64()) {
+                    out[b.trailing_zeros() as usize] = n as u32;
+                }
+            }
+            out
+        };
+        let id = u64::from_str_radix(v.get("id")?.as_str()?, 16).ok()?;
+        let mut f = Self::unknown(id);
+        f.known = v.get("known")?.as_bool()?;
+        f.calls = num("calls")?;
+        f.calls_last_minute = num("calls_last_minute").unwrap_or(0);
+        f.calls_last_hour = num("calls_last_hour").unwrap_or(0);
+        f.tool_calls = num("tool_calls").unwrap_or(0);
+        f.in_flight = num("in_flight").unwrap_or(0);
+        f.age_s = num("age_s").unwrap_or(0);
+        f.labels = bits("labels");
+        f.last_labels = bits("last_labels");
+        f.label_calls = per_label("label_calls");
+        f.label_calls_last_minute = per_label("label_calls_last_minute");
+        f.label_calls_last_hour = per_label("label_calls_last_hour");
+        if let Some(d) = v
+            .get("distinct_last_hour")
+            .and_then(serde_json::Value::as_object)
+        {
+            for (name, n) in d {
+                if let (Some(i), Some(n)) =
+                    (distinct.iter().position(|x| **x == **name), n.as_u64())
+                {
+                    if let Some(slot) = f.distinct_last_hour.get_mut(i) {
+                        *slot = n as u32;
+                    }
+                }
+            }
+        }
+        Some(f)
+    }
+
     /// Nothing known of session `id`.
     pub fn unknown(id: u64) -> Self {
         Self {
@@ -365,6 +430,12 @@ impl SessionView<'_> {
             out.push(b'}');
         };
         counts("label_calls", self.labels, &f.label_calls, out);
+        counts(
+            "label_calls_last_minute",
+            self.labels,
+            &f.label_calls_last_minute,
+            out,
+        );
         counts(
             "label_calls_last_hour",
             self.labels,

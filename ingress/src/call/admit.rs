@@ -125,6 +125,7 @@ impl Gateway {
             session: ctx.session.as_ref().map(|s| s.view()),
         };
         let verdict = self.decide(snap, agent, route, &who, call.arguments);
+        ctx.verdict = Some(verdict.as_str());
         let escalation = match verdict {
             Verdict::Allow { policies } => {
                 ctx.policies = (!policies.is_empty()).then_some(policies);

@@ -4,9 +4,11 @@
 //! the log and every SIEM it feeds would then hold. `digest` keeps SHA-256
 //! of the argument bytes exactly as forwarded, so an operator holding a
 //! copy of a call (the upstream's request log, say) can prove it is the one
-//! recorded; `redacted` keeps the arguments with every built-in detector's
-//! matches masked, whatever the output rules say, cut to 4 KiB; `omit`
-//! keeps nothing.
+//! recorded; `redacted` (the default) keeps the arguments with every
+//! built-in detector's matches masked, whatever the output rules say, and
+//! the value of every field named like a secret ([`SECRET_FIELDS`], at the
+//! top and two levels down) masked whole, cut to 4 KiB; `omit` keeps
+//! nothing.
 
 use std::cell::RefCell;
 
@@ -19,6 +21,37 @@ use toolgate_decision::OutputFilter;
 /// Kept instead of arguments that could not be read back (never expected:
 /// they are toolgate's own encoding).
 const UNREADABLE: &str = "[REDACTED:unreadable]";
+
+/// Argument names whose values `redacted` masks whole, whatever they hold:
+/// secrets no detector recognises by their form.
+pub const SECRET_FIELDS: [&str; 16] = [
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "private_key",
+    "credential",
+    "credentials",
+    "pin",
+];
+
+/// The field paths of [`SECRET_FIELDS`]: at the top, and under any one or
+/// two keys.
+fn secret_paths() -> Vec<toolgate_core::output::FieldPath> {
+    SECRET_FIELDS
+        .iter()
+        .flat_map(|f| [format!("$.{f}"), format!("$.*.{f}"), format!("$.*.*.{f}")])
+        .filter_map(|p| toolgate_core::output::FieldPath::parse(&p).ok())
+        .collect()
+}
 
 /// One shard's `[audit] arguments` setting, compiled.
 pub(super) enum ArgsAudit {
@@ -50,7 +83,7 @@ impl ArgsAudit {
                     tools: Vec::new(),
                     agents: Vec::new(),
                     drop_fields: Vec::new(),
-                    mask_fields: Vec::new(),
+                    mask_fields: secret_paths(),
                     detectors: Detector::ALL.to_vec(),
                     patterns: Vec::new(),
                     style: MaskStyle::Label,
@@ -144,6 +177,19 @@ mod tests {
         assert!(text.contains("[REDACTED:card]") && text.contains("[REDACTED:aws_key]"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         assert_eq!(v["note"], "hi", "the rest is kept: {text}");
+    }
+
+    #[test]
+    fn redacted_masks_fields_named_like_secrets_whatever_they_hold() {
+        let (text, _) = redacted(
+            r#"{"user":"ada","password":"hunter2","auth":{"token":"t0p-s3cret","scope":"read"},"a":{"b":{"api_key":"k-9"}}}"#,
+        );
+        for secret in ["hunter2", "t0p-s3cret", "k-9"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(v["user"], "ada");
+        assert_eq!(v["auth"]["scope"], "read");
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub(super) struct CallCtx {
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
     pub(super) session: Option<super::history::InSession>,
+    /// The policy verdict of a call that reached policy.
+    pub(super) verdict: Option<&'static str>,
 }
 
 impl CallCtx {
@@ -118,6 +120,7 @@ impl CallCtx {
             limit: None,
             mcp_session: None,
             session: None,
+            verdict: None,
         }
     }
 
@@ -162,6 +165,7 @@ impl CallCtx {
                 s.view().write_json(&mut json);
                 Box::from(String::from_utf8_lossy(&json))
             }),
+            verdict: self.verdict,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod key;
 pub mod policy;
 pub mod run;
+pub mod simulate;
 pub mod token;
 pub mod tools;
 pub mod usage;

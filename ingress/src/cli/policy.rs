@@ -25,6 +25,9 @@ pub enum PolicyCommand {
         #[arg(long)]
         offline: bool,
     },
+    /// Re-decide the calls an audit log recorded with a candidate policy set
+    /// and print what would change (exit 0: nothing, 2: decisions change).
+    Simulate(super::simulate::SimulateArgs),
     /// Run policy test cases (TOML files of `[[case]]`) through the decision code.
     Test {
         /// Configuration file (TOML).
@@ -37,10 +40,12 @@ pub enum PolicyCommand {
 }
 
 /// Runs `toolgate policy …`.
-pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
+pub fn run(command: PolicyCommand) -> anyhow::Result<std::process::ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match command {
-        PolicyCommand::Validate { config, offline } => validate(&config, offline),
-        PolicyCommand::Test { config, cases } => test(&config, &cases),
+        PolicyCommand::Validate { config, offline } => done(validate(&config, offline)),
+        PolicyCommand::Simulate(args) => super::simulate::run(args),
+        PolicyCommand::Test { config, cases } => done(test(&config, &cases)),
     }
 }
 

@@ -221,7 +221,7 @@ def all_log_bytes(audit_dir: Path) -> bytes:
 
 def test_records_keep_a_digest_of_the_arguments_the_upstream_received(make_gate, upstreams, recording_crm):
     gate = make_gate(upstream_list=[UpstreamCfg("crm", recording_crm.url)]
-                     + [u for u in upstream_cfgs(upstreams) if u.name != "crm"])
+                     + [u for u in upstream_cfgs(upstreams) if u.name != "crm"], audit={"arguments": "digest"})
     canary = "canary-" + secrets.token_hex(16)
     args = {"customer_id": canary}
     key = gate.agents["support-bot"].key

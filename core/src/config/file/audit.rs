@@ -66,10 +66,11 @@ pub struct AuditConfig {
     /// one). Default: no limit.
     #[serde(default)]
     pub retain_bytes: Option<u64>,
-    /// What a `tools/call` record keeps of the call's arguments: `digest`
-    /// (default; SHA-256 of the arguments as forwarded), `omit`, or
-    /// `redacted` (the arguments with every detector's matches masked,
-    /// cut to 4 KiB). Never the raw arguments.
+    /// What a `tools/call` record keeps of the call's arguments:
+    /// `redacted` (default: the arguments with every detector's matches
+    /// masked, cut to 4 KiB — what `toolgate policy simulate` re-decides
+    /// calls from), `digest` (SHA-256 of the arguments as forwarded), or
+    /// `omit`. Never the raw arguments.
     #[serde(default)]
     pub arguments: AuditArguments,
     /// `[[audit.sinks]]`: where records are delivered from the log, each with
@@ -83,12 +84,12 @@ pub struct AuditConfig {
 #[serde(rename_all = "lowercase")]
 pub enum AuditArguments {
     /// SHA-256 (hex) of the argument bytes as forwarded to the upstream.
-    #[default]
     Digest,
     /// Nothing.
     Omit,
     /// The arguments JSON with every built-in detector's matches masked,
     /// cut to [`crate::audit::MAX_REDACTED_ARGS`] bytes.
+    #[default]
     Redacted,
 }
 
