@@ -148,7 +148,7 @@ fn audit_sinks_parse_with_defaults() {
     let v = v.unwrap();
     assert_eq!(v.config.audit.durability, Durability::Record);
     assert_eq!(v.config.audit.segment_bytes, 4096);
-    assert_eq!(v.config.audit.arguments, AuditArguments::Digest);
+    assert_eq!(v.config.audit.arguments, AuditArguments::Redacted);
     assert_eq!(v.config.audit.segment_max_age_s, None);
     assert_eq!(v.config.audit.writer_priority, WriterPriority::Background);
     let s = &v.config.audit.sinks[0];
