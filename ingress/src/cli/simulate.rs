@@ -7,7 +7,9 @@
 //! recorded verdict) and with the candidate's — and the differences are
 //! counted by transition (`allow→deny`, …), by agent, tool and customer,
 //! with a few example records (their `log_seq`, never argument values).
-//! Records that cannot be re-decided are counted with the reason.
+//! A call the live policies do not reproduce is listed apart (with what
+//! the candidate decides), never counted as a change; records that cannot
+//! be re-decided are counted with the reason.
 //!
 //! Exit status: 0 when the candidate changes no decision, 2 when it
 //! changes some, 1 on error.
@@ -134,16 +136,20 @@ impl Report {
             e
         };
         if now.as_str() != recorded {
+            // The live policies do not reproduce this call: what the
+            // candidate would change for it is not known, so it counts
+            // here, beside what the candidate decides, not as a change.
             *self
                 .unreproduced
                 .entry((recorded.to_owned(), now.as_str().to_owned()))
                 .or_default() += 1;
             if self.unreproduced_examples.len() < examples {
                 self.unreproduced_examples.push(example(json!({
-                    "recorded": recorded, "now": now.as_str(),
+                    "recorded": recorded, "now": now.as_str(), "candidate": next.as_str(),
                     "recorded_policies": rec.get("policies"), "policies": now.policies(),
                 })));
             }
+            return;
         }
         if now.as_str() == next.as_str() {
             return;

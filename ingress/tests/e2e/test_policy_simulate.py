@@ -104,3 +104,32 @@ def test_simulation_reproduces_the_live_policies_and_reports_a_tightened_limit(g
     out = simulate(gate, same)
     assert out.returncode == 1 and "does not verify" in out.stderr, out.stderr
     assert simulate(gate, same, "--allow-unverified").returncode == 0
+
+
+def test_the_policy_repository_ci_job_fails_on_a_loosening(gate, tmp_path):
+    record_traffic(gate)
+    gate.stop()
+    script = EXAMPLE_POLICIES.parents[0] / "ci" / "check-policy-change.sh"
+    looser = tmp_path / "looser"
+    shutil.copytree(EXAMPLE_POLICIES, looser)
+    (looser / "mail.cedar").write_text(
+        '@id("mail-send")\npermit(principal, action == Toolgate::Action::"ops__send_email", resource);\n')
+    env = {"PATH": f"{TOOLGATE_BIN.parent}:/usr/bin:/bin", "CONFIG": str(gate.config_path),
+           "CANDIDATE": str(looser), "TRAFFIC": str(gate.audit_dir), "CASES": str(tmp_path / "none")}
+
+    def job(**extra) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=180,
+                              env=env | extra, cwd=tmp_path)
+
+    out = job()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "1 recorded calls that were denied would be allowed" in out.stderr
+    assert "| deny → allow | `support-bot` | `ops__send_email` |" in out.stdout
+    assert job(ALLOW_LOOSENING="1").returncode == 0
+    # A tightening passes the job (and is shown).
+    tighter = tmp_path / "tighter"
+    shutil.copytree(EXAMPLE_POLICIES, tighter)
+    (tighter / "refunds.cedar").write_text(
+        (EXAMPLE_POLICIES / "refunds.cedar").read_text().replace("amount < 500", "amount < 100"))
+    out = job(CANDIDATE=str(tighter))
+    assert out.returncode == 0 and "**1 would change**" in out.stdout, out.stdout + out.stderr
