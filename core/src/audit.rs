@@ -218,6 +218,18 @@ pub struct AuditRecord {
     /// `deny` or `judge`), whatever happened after: what a policy
     /// simulation reproduces.
     pub verdict: Option<&'static str>,
+    /// What the shadow policies (`@shadow`) decided, when any are loaded.
+    pub shadow: Option<ShadowRecord>,
+}
+
+/// The shadow policies' decision of a call: never enforced, recorded next
+/// to the real one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowRecord {
+    /// `allow`, `deny` or `judge`.
+    pub verdict: &'static str,
+    /// The policies that determined it.
+    pub policies: Arc<[Arc<str>]>,
 }
 
 /// The door a request comes in through.
@@ -439,6 +451,7 @@ impl AuditRecord {
             limit: None,
             session: None,
             verdict: None,
+            shadow: None,
         }
     }
 
@@ -541,6 +554,24 @@ impl AuditRecord {
         if let Some(v) = self.verdict {
             out.extend_from_slice(b",\"verdict\":");
             write_str(v, out);
+        }
+        if let Some(s) = &self.shadow {
+            out.extend_from_slice(b",\"shadow\":{\"verdict\":");
+            write_str(s.verdict, out);
+            out.extend_from_slice(b",\"agrees\":");
+            out.extend_from_slice(if Some(s.verdict) == self.verdict {
+                b"true"
+            } else {
+                b"false"
+            });
+            out.extend_from_slice(b",\"policies\":[");
+            for (i, p) in s.policies.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(p, out);
+            }
+            out.extend_from_slice(b"]}");
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");
@@ -693,6 +724,10 @@ mod tests {
             limit: Some(Arc::from("acme-day")),
             session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
             verdict: Some("judge"),
+            shadow: Some(ShadowRecord {
+                verdict: "deny",
+                policies: Arc::from([Arc::from("next-limit")]),
+            }),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
@@ -700,6 +735,10 @@ mod tests {
         assert_eq!(v["door"], "rest");
         assert_eq!(v["session"]["id"], "00ab");
         assert_eq!(v["verdict"], "judge");
+        assert_eq!(
+            v["shadow"],
+            serde_json::json!({"verdict": "deny", "agrees": false, "policies": ["next-limit"]})
+        );
         assert_eq!(v["customer"], "acme");
         assert_eq!(v["limit"], "acme-day");
         assert_eq!(

@@ -61,6 +61,9 @@ pub struct Route {
     pub scope: Option<Arc<ToolScope>>,
     /// The tool's label bits ([`crate::session::labels`]), as sessions count them.
     pub labels: u32,
+    /// What the shadow policies (`@shadow`) say of this pair, when any are
+    /// loaded: evaluated on every call, never enforced.
+    pub shadow: Option<PairDecision>,
 }
 
 /// An agent and its permission map.
@@ -117,6 +120,9 @@ pub struct Snapshot {
     /// Whether any policy reads `context.session`: then every call is
     /// entered in and recorded by its session.
     pub sessions_used: bool,
+    /// The shadow policy engine (`@shadow` policies with the enforced ones
+    /// they do not retire), when any policy is marked shadow.
+    pub shadow: Option<Arc<Engine>>,
 }
 
 /// A tool definition (JSON) with description rules applied: detectors and
@@ -288,6 +294,7 @@ impl Snapshot {
                         quarantined,
                         scope,
                         labels,
+                        shadow: None,
                     },
                 );
             }
@@ -344,6 +351,7 @@ impl Snapshot {
                 .map(|d| Arc::from(d.as_str()))
                 .collect(),
             sessions_used: false,
+            shadow: None,
         }
     }
 
@@ -403,15 +411,22 @@ impl Snapshot {
                 (exposed, self.upstreams[upstream].name.to_string(), labels)
             })
             .collect();
-        let engine = Arc::new(Engine::new(bundle, &agents, &users, &tools));
-        self.sessions_used = engine.uses_sessions();
+        let (live, shadow) = bundle.split_shadow();
+        let engine = Arc::new(Engine::new(Arc::new(live), &agents, &users, &tools));
+        let shadow = shadow.map(|s| Arc::new(Engine::new(Arc::new(s), &agents, &users, &tools)));
+        self.sessions_used =
+            engine.uses_sessions() || shadow.as_ref().is_some_and(|s| s.uses_sessions());
         for agent in &mut self.agents {
             for route in agent.tools.values_mut() {
                 let upstream = &self.upstreams[route.upstream].name;
                 route.decision = engine.precompile(&agent.id, &route.exposed, upstream);
+                route.shadow = shadow
+                    .as_ref()
+                    .map(|s| s.precompile(&agent.id, &route.exposed, upstream));
             }
         }
         self.engine = Some(engine);
+        self.shadow = shadow;
         self
     }
 

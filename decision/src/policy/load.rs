@@ -218,6 +218,41 @@ impl PolicyBundle {
             .collect()
     }
 
+    /// The policies `keep` keeps, under the same names and origins.
+    fn subset(&self, keep: impl Fn(&cedar_policy::Policy) -> bool) -> Self {
+        let mut out = Self {
+            set: PolicySet::new(),
+            names: HashMap::new(),
+            origin: HashMap::new(),
+            files: self.files.clone(),
+        };
+        for p in self.set.policies().filter(|p| keep(p)) {
+            if out.set.add(p.clone()).is_ok() {
+                if let Some(n) = self.names.get(p.id()) {
+                    out.names.insert(p.id().clone(), Arc::clone(n));
+                }
+                if let Some(o) = self.origin.get(p.id()) {
+                    out.origin.insert(p.id().clone(), *o);
+                }
+            }
+        }
+        out
+    }
+
+    /// Splits the bundle into the enforced set and, when any policy is
+    /// annotated `@shadow`, the shadow set: `@shadow` policies are only in
+    /// the shadow set, `@shadow("retire")` ones only in the enforced set,
+    /// the rest in both.
+    pub fn split_shadow(&self) -> (Self, Option<Self>) {
+        let mark = |p: &cedar_policy::Policy| p.annotation("shadow").map(str::to_owned);
+        if !self.set.policies().any(|p| mark(p).is_some()) {
+            return (self.subset(|_| true), None);
+        }
+        let live = self.subset(|p| mark(p).is_none_or(|m| m == "retire"));
+        let shadow = self.subset(|p| mark(p).is_none_or(|m| m != "retire"));
+        (live, Some(shadow))
+    }
+
     /// The files read, in order.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|(p, _)| p.as_path())

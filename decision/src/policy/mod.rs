@@ -22,6 +22,7 @@ mod args;
 mod cache;
 pub mod cases;
 mod load;
+pub mod promote;
 mod schema;
 pub mod simulate;
 

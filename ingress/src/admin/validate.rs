@@ -159,10 +159,16 @@ impl AdminApi {
             .collect();
         if !touched.is_empty() && catalogs.iter().all(Option::is_some) {
             if let Some(engine) = snap.engine.as_ref() {
+                let schema = snap.cedar_schema(&eff);
+                let shadow = snap
+                    .shadow
+                    .as_ref()
+                    .map(|s| s.bundle().validate(schema.clone()));
                 let errs: Vec<String> = engine
                     .bundle()
-                    .validate(snap.cedar_schema(&eff))
+                    .validate(schema)
                     .into_iter()
+                    .chain(shadow.into_iter().flatten())
                     .filter(|e| touched.contains(&e.file.display().to_string()))
                     .map(|e| e.to_string())
                     .collect();

@@ -18,7 +18,7 @@ use toolgate_decision::policy::Verdict;
 use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::ctx::CallCtx;
-use super::decide::OnBehalf;
+use super::decide::{OnBehalf, Set};
 use super::forward::{Admitted, Escalated};
 use super::identify::user_of;
 use super::{filter, params, Gateway};
@@ -124,8 +124,21 @@ impl Gateway {
             customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
             session: ctx.session.as_ref().map(|s| s.view()),
         };
-        let verdict = self.decide(snap, agent, route, &who, call.arguments);
+        let Some(verdict) = self.decide(snap, Set::Live, agent, route, &who, call.arguments) else {
+            return Err(Refusal::new(RefusalKind::PolicyDenied));
+        };
         ctx.verdict = Some(verdict.as_str());
+        if let Some(shadow) = self.decide(snap, Set::Shadow, agent, route, &who, call.arguments) {
+            if let Some(c) = self.shared.metrics.shards.get(usize::from(self.shard)) {
+                let counter = if shadow.as_str() == verdict.as_str() {
+                    &c.shadow_agreements
+                } else {
+                    &c.shadow_disagreements
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ctx.shadow = Some(shadow);
+        }
         let escalation = match verdict {
             Verdict::Allow { policies } => {
                 ctx.policies = (!policies.is_empty()).then_some(policies);

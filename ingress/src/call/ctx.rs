@@ -83,6 +83,8 @@ pub(super) struct CallCtx {
     pub(super) session: Option<super::history::InSession>,
     /// The policy verdict of a call that reached policy.
     pub(super) verdict: Option<&'static str>,
+    /// What the shadow policies decided of it, when any are loaded.
+    pub(super) shadow: Option<toolgate_decision::policy::Verdict>,
 }
 
 impl CallCtx {
@@ -121,6 +123,7 @@ impl CallCtx {
             mcp_session: None,
             session: None,
             verdict: None,
+            shadow: None,
         }
     }
 
@@ -166,6 +169,13 @@ impl CallCtx {
                 Box::from(String::from_utf8_lossy(&json))
             }),
             verdict: self.verdict,
+            shadow: self.shadow.map(|v| {
+                let policies = v.policies().to_vec();
+                toolgate_core::audit::ShadowRecord {
+                    verdict: v.as_str(),
+                    policies: Arc::from(policies),
+                }
+            }),
         }
     }
 }

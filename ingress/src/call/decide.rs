@@ -31,31 +31,46 @@ pub(super) struct OnBehalf<'a> {
     pub(super) session: Option<SessionView<'a>>,
 }
 
+/// Which policy set decides: the enforced one, or the shadow one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Set {
+    /// Enforced.
+    Live,
+    /// `@shadow`: evaluated, recorded, never enforced.
+    Shadow,
+}
+
 impl Gateway {
-    /// The policy verdict for a routed call.
+    /// The policy verdict of the `set` policies for a routed call; `None`
+    /// for the shadow set when no policy is marked shadow.
     pub(super) fn decide(
         &self,
         snap: &Snapshot,
+        set: Set,
         agent: &Agent,
         route: &Route,
         who: &OnBehalf<'_>,
         args: Option<simd_json::tape::Value<'_, '_>>,
-    ) -> Verdict {
+    ) -> Option<Verdict> {
         let OnBehalf {
             user,
             groups,
             customer,
             session,
         } = *who;
-        let slice = match &route.decision {
-            PairDecision::Fixed(v) => return v.clone(),
+        let (pair, engine) = match set {
+            Set::Live => (&route.decision, &snap.engine),
+            Set::Shadow => (route.shadow.as_ref()?, &snap.shadow),
+        };
+        let slice = match pair {
+            PairDecision::Fixed(v) => return Some(v.clone()),
             PairDecision::Evaluate(slice) => slice,
         };
-        let Some(engine) = &snap.engine else {
-            return Verdict::Deny {
+        let Some(engine) = engine else {
+            return Some(Verdict::Deny {
                 policies: Arc::from([]),
                 reason: Reason::PolicyError,
-            };
+            });
         };
         let facts = CallFacts {
             agent: &agent.id,
@@ -86,8 +101,9 @@ impl Gateway {
             group_bytes.extend_from_slice(g.as_bytes());
         }
         let generation = self.snapshot.borrow().generation().to_le_bytes();
-        self.decisions.borrow_mut().get_or_insert(
+        Some(self.decisions.borrow_mut().get_or_insert(
             &[
+                &[u8::from(set == Set::Shadow)],
                 &generation,
                 agent.id.as_bytes(),
                 route.exposed.as_bytes(),
@@ -100,6 +116,6 @@ impl Gateway {
                 &session_bytes,
             ],
             || engine.evaluate(slice, &facts),
-        )
+        ))
     }
 }

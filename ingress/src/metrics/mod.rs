@@ -44,6 +44,10 @@ pub struct ShardCounters {
     /// TLS handshakes that failed or timed out (including plain HTTP sent
     /// to the TLS listener).
     pub tls_handshake_failures: AtomicU64,
+    /// Calls the shadow policies decided as the enforced ones did.
+    pub shadow_agreements: AtomicU64,
+    /// Calls the shadow policies decided otherwise.
+    pub shadow_disagreements: AtomicU64,
 }
 
 /// Everything `/metrics` reports.
@@ -112,6 +116,20 @@ impl Metrics {
                 s.denied.load(Ordering::Relaxed)
             );
         }
+        per_shard(
+            &mut out,
+            "toolgate_shadow_agreements_total",
+            "counter",
+            "Calls the shadow policies (@shadow) decided as the enforced policies did.",
+            &|s| s.shadow_agreements.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "toolgate_shadow_disagreements_total",
+            "counter",
+            "Calls the shadow policies (@shadow) decided otherwise than the enforced policies.",
+            &|s| s.shadow_disagreements.load(Ordering::Relaxed),
+        );
         per_shard(
             &mut out,
             "toolgate_upstream_failures_total",

@@ -63,7 +63,17 @@ impl Shared {
         }
         if let Some(engine) = snap.engine.as_ref() {
             if catalogs.iter().all(Option::is_some) {
-                for e in engine.bundle().validate(snap.cedar_schema(&eff)) {
+                let schema = snap.cedar_schema(&eff);
+                let shadow = snap
+                    .shadow
+                    .as_ref()
+                    .map(|s| s.bundle().validate(schema.clone()));
+                for e in engine
+                    .bundle()
+                    .validate(schema)
+                    .into_iter()
+                    .chain(shadow.into_iter().flatten())
+                {
                     tracing::warn!(error = %e, "policy does not validate against the tools' schema");
                 }
             }
