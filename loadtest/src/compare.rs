@@ -204,6 +204,13 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let policy = dir.join("policy.cedar");
     let policy_text = "@id(\"echo-if-text\")\npermit(principal, action, resource) when { context.args has text };\n";
     std::fs::write(&policy, policy_text)?;
+    // The same permit with a shadow policy evaluated on every call.
+    std::fs::write(
+        dir.join("shadow.cedar"),
+        format!(
+            "{policy_text}\n@id(\"shadow-no-never\")\n@shadow\nforbid(principal, action, resource) when {{ context.args has text && context.args.text == \"never\" }};\n"
+        ),
+    )?;
     // The shipped session policies beside the same permit, for the
     // sessions row (`policies/examples/session-policies/intent.cedar`).
     std::fs::write(
@@ -266,6 +273,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let sessions = "[tool_labels]\n\"fast__echo\" = [\"read_only\"]\n\"big__*\" = [\"reads_pii\", \"external_send\", \"money\"]\n\n\
          [sessions]\ndistinct = [\"customer_id\"]\n\n#policy: sessions.cedar\n";
     let _tg_sessions = gate("toolgate-sessions", sessions_port, sessions)?;
+    // (b) with a shadow policy decided (never enforced) on every call.
+    let shadow_port = free_port()?;
+    let _tg_shadow = gate("toolgate-shadow", shadow_port, "#policy: shadow.cedar\n")?;
     let tls_client = secure::client_config(&dir.join("ca.pem"))?;
     let secure_workload = |label: &str, port: u16, key: &str, secs: u64| {
         let mut w = workload(label, port, Some(key), "fast__echo", &o, secs);
@@ -361,6 +371,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         "(c) everything on",
         all_port,
         &jwt,
+        secs,
+    ))?);
+    reports.push(run(workload(
+        "(b) toolgate + shadow",
+        shadow_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
         secs,
     ))?);
     reports.push(run(workload(
@@ -508,6 +526,9 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate REST door"), rps("(b) toolgate")) {
         println!("REST door / MCP door req/s: {:.2}", r / p);
+    }
+    if let (Some(r), Some(p)) = (rps("(b) toolgate + shadow"), rps("(b) toolgate")) {
+        println!("shadow policy on / off req/s: {:.2}", r / p);
     }
     if let (Some(r), Some(p)) = (rps("(b) toolgate + session policies"), rps("(b) toolgate")) {
         println!("session policies on / off req/s: {:.2}", r / p);
