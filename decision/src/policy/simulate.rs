@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::{CallFacts, PairDecision, Verdict};
+use super::{CallFacts, DecisionCache, PairDecision, Verdict};
 use crate::session::{SessionFacts, SessionView};
 use crate::Snapshot;
 use toolgate_core::jsonrpc::JsonParser;
@@ -78,6 +78,18 @@ pub struct Call<'a> {
 
 /// Decides `call` against `snap` as a live call would be decided.
 pub fn decide(snap: &Snapshot, call: &Call<'_>) -> Result<Verdict, Unsimulable> {
+    decide_with(snap, call, &mut JsonParser::new(), None)
+}
+
+/// [`decide`] with a parser to reuse and, for pairs Cedar evaluates, a
+/// decision cache keyed like the gateway's (everything the evaluation
+/// reads).
+fn decide_with(
+    snap: &Snapshot,
+    call: &Call<'_>,
+    parser: &mut JsonParser,
+    cache: Option<&mut DecisionCache>,
+) -> Result<Verdict, Unsimulable> {
     let Some(agent) = snap.agent_by_id(call.agent) else {
         return Err(Unsimulable::NotConfigured(format!(
             "agent `{}` is not configured",
@@ -102,7 +114,6 @@ pub fn decide(snap: &Snapshot, call: &Call<'_>) -> Result<Verdict, Unsimulable> 
             "its arguments are not in the record (`[audit] arguments` is not `redacted`)",
         ));
     };
-    let mut parser = JsonParser::new();
     let Ok(tape) = parser.parse(args.as_bytes()) else {
         return Err(Unsimulable::NoArguments(
             "its recorded arguments are not JSON",
@@ -124,11 +135,64 @@ pub fn decide(snap: &Snapshot, call: &Call<'_>) -> Result<Verdict, Unsimulable> 
         args: Some(tape.as_value()),
         session: slice.reads_session().then_some(view),
     };
-    Ok(engine.evaluate(slice, &facts))
+    let Some(cache) = cache else {
+        return Ok(engine.evaluate(slice, &facts));
+    };
+    let mut session = Vec::new();
+    if let Some(v) = &facts.session {
+        let (fields, labels) = slice.session_fields();
+        v.facts.cache_key(fields, labels, &mut session);
+    }
+    let user = call.user.unwrap_or("");
+    Ok(cache.get_or_insert(
+        &[
+            call.agent.as_bytes(),
+            call.tool.as_bytes(),
+            user.as_bytes(),
+            &[u8::from(call.user.is_some())],
+            facts.customer.as_bytes(),
+            args.as_bytes(),
+            &session,
+        ],
+        || engine.evaluate(slice, &facts),
+    ))
+}
+
+/// Re-decides records against one snapshot, reusing a parser and a
+/// decision cache across them (the simulation's hot loop).
+pub struct Simulator<'s> {
+    snap: &'s Snapshot,
+    parser: JsonParser,
+    cache: DecisionCache,
+}
+
+impl<'s> Simulator<'s> {
+    /// A simulator of `snap`'s policies.
+    pub fn new(snap: &'s Snapshot) -> Self {
+        Self {
+            snap,
+            parser: JsonParser::new(),
+            cache: DecisionCache::new(64 * 1024),
+        }
+    }
+
+    /// Re-decides the call `rec` records.
+    pub fn redecide(&mut self, rec: &Value) -> Result<Verdict, Unsimulable> {
+        redecide_with(self.snap, rec, &mut self.parser, Some(&mut self.cache))
+    }
 }
 
 /// Re-decides the call `rec` records against `snap`.
 pub fn redecide(snap: &Snapshot, rec: &Value) -> Result<Verdict, Unsimulable> {
+    redecide_with(snap, rec, &mut JsonParser::new(), None)
+}
+
+fn redecide_with(
+    snap: &Snapshot,
+    rec: &Value,
+    parser: &mut JsonParser,
+    cache: Option<&mut DecisionCache>,
+) -> Result<Verdict, Unsimulable> {
     let s = |k: &str| rec.get(k).and_then(Value::as_str);
     let (Some(agent), Some(tool)) = (s("agent"), s("tool")) else {
         return Err(Unsimulable::NotDecided);
@@ -144,7 +208,7 @@ pub fn redecide(snap: &Snapshot, rec: &Value) -> Result<Verdict, Unsimulable> {
     let session = rec
         .get("session")
         .and_then(|v| SessionFacts::from_record(v, &snap.distinct));
-    decide(
+    decide_with(
         snap,
         &Call {
             agent,
@@ -154,6 +218,8 @@ pub fn redecide(snap: &Snapshot, rec: &Value) -> Result<Verdict, Unsimulable> {
             args: s("args_redacted"),
             session: session.as_ref(),
         },
+        parser,
+        cache,
     )
 }
 

@@ -24,10 +24,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
-use toolgate_decision::policy::simulate::{recorded_verdict, redecide, Unsimulable};
+use toolgate_decision::policy::simulate::{recorded_verdict, Simulator, Unsimulable};
 use toolgate_decision::Snapshot;
 use toolgate_sinks::query::{parse_rfc3339_us, parse_since};
-use toolgate_sinks::reader::{LogReader, Position};
+use toolgate_sinks::reader::{Entry, LogReader, Position};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,9 +102,78 @@ pub struct Report {
     pub not_decided: u64,
 }
 
+/// Threads re-deciding records.
+const WORKERS: usize = 2;
+
 impl Report {
+    /// Adds the record on log line `line` when it falls in `window`.
+    fn line(
+        &mut self,
+        line: &[u8],
+        window: (Option<u64>, Option<u64>),
+        live: &mut Simulator<'_>,
+        candidate: &mut Simulator<'_>,
+        examples: usize,
+    ) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            *self
+                .unsimulable
+                .entry("not a JSON record".into())
+                .or_default() += 1;
+            return;
+        };
+        let t = v["time"].as_str().and_then(parse_rfc3339_us);
+        let (since, until) = window;
+        if since.is_some_and(|s| t.is_none_or(|t| t < s))
+            || until.is_some_and(|u| t.is_none_or(|t| t >= u))
+        {
+            return;
+        }
+        self.add(&v, live, candidate, examples);
+    }
+
+    /// Adds `other` (the report of another part of the log), keeping the
+    /// `examples` earliest examples.
+    fn merge(&mut self, other: Report, examples: usize) {
+        let earliest = |list: &mut Vec<Value>| {
+            list.sort_by_key(|e| e["log_seq"].as_u64().unwrap_or(u64::MAX));
+            list.truncate(examples);
+        };
+        self.simulated += other.simulated;
+        self.not_decided += other.not_decided;
+        for (k, n) in other.transitions {
+            *self.transitions.entry(k).or_default() += n;
+        }
+        for (k, by) in other.by_caller {
+            let mine = self.by_caller.entry(k).or_default();
+            for (c, n) in by {
+                *mine.entry(c).or_default() += n;
+            }
+        }
+        for (k, list) in other.examples {
+            let mine = self.examples.entry(k).or_default();
+            mine.extend(list);
+            earliest(mine);
+        }
+        for (k, n) in other.unreproduced {
+            *self.unreproduced.entry(k).or_default() += n;
+        }
+        self.unreproduced_examples
+            .extend(other.unreproduced_examples);
+        earliest(&mut self.unreproduced_examples);
+        for (k, n) in other.unsimulable {
+            *self.unsimulable.entry(k).or_default() += n;
+        }
+    }
+
     /// Adds record `rec` re-decided with `live` and `candidate`.
-    pub fn add(&mut self, rec: &Value, live: &Snapshot, candidate: &Snapshot, examples: usize) {
+    pub fn add(
+        &mut self,
+        rec: &Value,
+        live: &mut Simulator<'_>,
+        candidate: &mut Simulator<'_>,
+        examples: usize,
+    ) {
         let recorded = match recorded_verdict(rec) {
             Ok(v) => v,
             Err(Unsimulable::NotDecided) => {
@@ -116,7 +185,7 @@ impl Report {
                 return;
             }
         };
-        let (now, next) = match (redecide(live, rec), redecide(candidate, rec)) {
+        let (now, next) = match (live.redecide(rec), candidate.redecide(rec)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(why), _) | (_, Err(why)) => {
                 *self.unsimulable.entry(why.describe()).or_default() += 1;
@@ -310,20 +379,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     if !args.audit.is_dir() {
         bail!("`{}` is not an audit directory", args.audit.display());
     }
-    if !args.allow_unverified {
+    let key = if args.allow_unverified {
+        None
+    } else {
         let key_file = args.audit.join(toolgate_sinks::key::GENERATED_KEY_FILE);
-        let key = key_file
+        key_file
             .exists()
             .then(|| toolgate_sinks::key::load_key(&toolgate_sinks::key::KeySource::File(key_file)))
             .transpose()
-            .context("loading the audit log's checkpoint key")?;
-        toolgate_sinks::verify::verify(&args.audit, key.as_ref().map(|k| k.bytes.as_slice()))
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the audit log does not verify ({e}); `--allow-unverified` simulates it anyway"
-                )
-            })?;
-    }
+            .context("loading the audit log's checkpoint key")?
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -344,32 +409,59 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         None => time(&args.from, "from")?,
     };
     let until = time(&args.to, "to")?;
-    let mut report = Report::default();
-    let mut reader = LogReader::new(&args.audit, Position::START);
-    let mut batch = Vec::new();
-    loop {
-        batch.clear();
-        reader.read(4096, &mut batch)?;
-        if batch.is_empty() {
-            break;
+    let window = (since, until);
+    let audit = args.audit.as_path();
+    let report = std::thread::scope(|scope| -> anyhow::Result<Report> {
+        // The hash chain is checked while the records are re-decided.
+        let verifying = (!args.allow_unverified).then(|| {
+            let key = key.as_ref().map(|k| k.bytes.as_slice());
+            scope.spawn(move || toolgate_sinks::verify::verify(audit, key))
+        });
+        let (live, candidate) = (&live, &candidate);
+        let mut feeds = Vec::new();
+        let mut workers = Vec::new();
+        for _ in 0..WORKERS {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Entry>>(4);
+            feeds.push(tx);
+            let examples = args.examples;
+            workers.push(scope.spawn(move || {
+                let mut report = Report::default();
+                let (mut live, mut candidate) = (Simulator::new(live), Simulator::new(candidate));
+                for batch in rx {
+                    for e in &batch {
+                        report.line(&e.line, window, &mut live, &mut candidate, examples);
+                    }
+                }
+                report
+            }));
         }
-        for e in &batch {
-            let Ok(v) = serde_json::from_slice::<Value>(&e.line) else {
-                *report
-                    .unsimulable
-                    .entry("not a JSON record".into())
-                    .or_default() += 1;
-                continue;
-            };
-            let t = v["time"].as_str().and_then(parse_rfc3339_us);
-            if since.is_some_and(|s| t.is_none_or(|t| t < s))
-                || until.is_some_and(|u| t.is_none_or(|t| t >= u))
-            {
-                continue;
+        let mut reader = LogReader::new(audit, Position::START);
+        for turn in 0.. {
+            let mut batch = Vec::new();
+            reader.read(4096, &mut batch)?;
+            if batch.is_empty() || feeds[turn % WORKERS].send(batch).is_err() {
+                break;
             }
-            report.add(&v, &live, &candidate, args.examples);
         }
-    }
+        drop(feeds);
+        let mut report = Report::default();
+        for w in workers {
+            let part = w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a simulation thread failed"))?;
+            report.merge(part, args.examples);
+        }
+        if let Some(v) = verifying {
+            v.join()
+                .map_err(|_| anyhow::anyhow!("the verification thread failed"))?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the audit log does not verify ({e}); `--allow-unverified` simulates it anyway"
+                    )
+                })?;
+        }
+        Ok(report)
+    })?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
