@@ -218,6 +218,9 @@ pub struct AuditRecord {
     /// `deny` or `judge`), whatever happened after: what a policy
     /// simulation reproduces.
     pub verdict: Option<&'static str>,
+    /// The end user's groups as the token gave them, when they decided
+    /// (they replace the configured ones): what a simulation needs.
+    pub groups: Option<Arc<[Arc<str>]>>,
     /// What the shadow policies (`@shadow`) decided, when any are loaded.
     pub shadow: Option<ShadowRecord>,
 }
@@ -451,6 +454,7 @@ impl AuditRecord {
             limit: None,
             session: None,
             verdict: None,
+            groups: None,
             shadow: None,
         }
     }
@@ -554,6 +558,16 @@ impl AuditRecord {
         if let Some(v) = self.verdict {
             out.extend_from_slice(b",\"verdict\":");
             write_str(v, out);
+        }
+        if let Some(gs) = &self.groups {
+            out.extend_from_slice(b",\"groups\":[");
+            for (i, g) in gs.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(g, out);
+            }
+            out.push(b']');
         }
         if let Some(s) = &self.shadow {
             out.extend_from_slice(b",\"shadow\":{\"verdict\":");
@@ -724,6 +738,7 @@ mod tests {
             limit: Some(Arc::from("acme-day")),
             session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
             verdict: Some("judge"),
+            groups: Some(Arc::from([Arc::from("admins")])),
             shadow: Some(ShadowRecord {
                 verdict: "deny",
                 policies: Arc::from([Arc::from("next-limit")]),
@@ -735,6 +750,7 @@ mod tests {
         assert_eq!(v["door"], "rest");
         assert_eq!(v["session"]["id"], "00ab");
         assert_eq!(v["verdict"], "judge");
+        assert_eq!(v["groups"], serde_json::json!(["admins"]));
         assert_eq!(
             v["shadow"],
             serde_json::json!({"verdict": "deny", "agrees": false, "policies": ["next-limit"]})

@@ -78,6 +78,32 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_call_is_re_decided_with_the_groups_its_token_gave() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml")).unwrap();
+        let bundle = toolgate_decision::policy::load(&cfg.policy_files).unwrap();
+        let snap =
+            toolgate_decision::Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
+        let mut rec = serde_json::json!({
+            "method": "tools/call", "agent": "support-bot", "user": "bob", "customer": "support-bot",
+            "tool": "crm__delete_record", "verdict": "allow", "args_redacted": "{\"record_id\":\"R-1\"}",
+            "groups": ["admins"],
+        });
+        let redecide = |r: &serde_json::Value| {
+            toolgate_decision::policy::simulate::redecide(&snap, r)
+                .map(|v| v.as_str())
+                .unwrap()
+        };
+        assert_eq!(redecide(&rec), "allow", "bob's token made him an admin");
+        rec.as_object_mut().unwrap().remove("groups");
+        assert_eq!(
+            redecide(&rec),
+            "deny",
+            "bob is no admin in the configuration"
+        );
+    }
+
+    #[test]
     fn a_case_expecting_the_wrong_outcome_fails() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let cfg = toolgate_core::config::load(&dir.join("policy-demo.toml")).unwrap();

@@ -158,6 +158,7 @@ fn decide(snap: &Snapshot, c: &Case, sessions: &Sessions, entry: Entry) -> (&'st
         tool: &c.tool,
         args: Some(&json),
         session: Some(&facts),
+        groups: None,
     };
     let verdict = match simulate::decide(snap, &call) {
         Ok(v) => v,

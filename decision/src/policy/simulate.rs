@@ -7,8 +7,7 @@
 //! customer, tool, the arguments (`[audit] arguments = "redacted"`: values
 //! the detectors matched are masked, so a condition on one of them may
 //! decide differently — the fidelity check shows it) and the session's
-//! facts. The groups a token gave the end user are not in the record: the
-//! configured ones apply.
+//! facts, and the groups a token gave the end user when they decided.
 
 use serde_json::Value;
 
@@ -74,6 +73,8 @@ pub struct Call<'a> {
     pub args: Option<&'a str>,
     /// The session's facts, when policies read them.
     pub session: Option<&'a SessionFacts>,
+    /// The end user's groups from a token (replacing the configured ones).
+    pub groups: Option<&'a [std::sync::Arc<str>]>,
 }
 
 /// Decides `call` against `snap` as a live call would be decided.
@@ -128,7 +129,7 @@ fn decide_with(
     let facts = CallFacts {
         agent: &agent.id,
         user: call.user,
-        groups: None,
+        groups: call.groups.filter(|_| call.user.is_some()),
         tool: &route.exposed,
         upstream: &snap.upstreams[route.upstream].name,
         customer: call.customer.unwrap_or(&agent.customer),
@@ -144,6 +145,11 @@ fn decide_with(
         v.facts.cache_key(fields, labels, &mut session);
     }
     let user = call.user.unwrap_or("");
+    let mut group_bytes = Vec::new();
+    for g in facts.groups.unwrap_or(&[]) {
+        group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
+        group_bytes.extend_from_slice(g.as_bytes());
+    }
     Ok(cache.get_or_insert(
         &[
             call.agent.as_bytes(),
@@ -151,6 +157,8 @@ fn decide_with(
             user.as_bytes(),
             &[u8::from(call.user.is_some())],
             facts.customer.as_bytes(),
+            &group_bytes,
+            &[u8::from(facts.groups.is_some())],
             args.as_bytes(),
             &session,
         ],
@@ -208,6 +216,12 @@ fn redecide_with(
     let session = rec
         .get("session")
         .and_then(|v| SessionFacts::from_record(v, &snap.distinct));
+    let groups: Option<Vec<std::sync::Arc<str>>> =
+        rec.get("groups").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|g| g.as_str().map(std::sync::Arc::from))
+                .collect()
+        });
     decide_with(
         snap,
         &Call {
@@ -217,6 +231,7 @@ fn redecide_with(
             tool,
             args: s("args_redacted"),
             session: session.as_ref(),
+            groups: groups.as_deref(),
         },
         parser,
         cache,

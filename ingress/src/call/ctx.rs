@@ -136,6 +136,7 @@ impl CallCtx {
         outcome: Outcome,
         error_code: Option<i64>,
     ) -> AuditRecord {
+        let has_user = self.user.is_some();
         AuditRecord {
             time_us: self.time_us,
             shard,
@@ -168,6 +169,9 @@ impl CallCtx {
                 s.view().write_json(&mut json);
                 Box::from(String::from_utf8_lossy(&json))
             }),
+            // The token's groups decided only where a verdict was reached
+            // for the token's own user.
+            groups: self.groups.filter(|_| self.verdict.is_some() && has_user),
             verdict: self.verdict,
             shadow: self.shadow.map(|v| {
                 let policies = v.policies().to_vec();
