@@ -28,6 +28,7 @@ mod request;
 mod routes;
 mod subtokens;
 mod tools;
+mod usage;
 mod validate;
 mod write;
 

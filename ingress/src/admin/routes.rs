@@ -57,6 +57,12 @@ impl AdminApi {
             .collect();
         let method = req.head.method;
         match (method, segs.as_slice()) {
+            (Method::Get, ["usage"]) => self.usage(req, out),
+            (_, ["usage"]) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "usage is read with `GET`",
+            )),
             (Method::Get, ["tools"]) => {
                 let items: Vec<Value> = self.tools(false).into_values().collect();
                 let body = json!({ "items": items }).to_string();

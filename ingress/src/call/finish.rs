@@ -165,6 +165,21 @@ impl Gateway {
                 .metrics
                 .customers
                 .record(customer, decision == Decision::Allow);
+            if let Some(tool) = ctx.tool.as_deref() {
+                let limited = matches!(
+                    ctx.reason.as_str(),
+                    "rate_limited" | "quota_exceeded" | "limit_table_full"
+                );
+                self.shared.metrics.usage.record(
+                    customer,
+                    tool,
+                    crate::metrics::usage::Counted {
+                        allowed: decision == Decision::Allow,
+                        limited,
+                        tool_error: outcome == Outcome::ToolError,
+                    },
+                );
+            }
         }
         if let Some(c) = self.counters() {
             match decision {

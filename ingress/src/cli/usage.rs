@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
+use toolgate_ingress::metrics::usage::csv_field;
 use toolgate_sinks::query::{parse_rfc3339_us, parse_since};
 use toolgate_sinks::reader::{LogReader, Position};
 
@@ -175,15 +176,6 @@ fn read(
             let v: Value = serde_json::from_slice(&e.line).unwrap_or_default();
             count(&mut usage, &v, window, customer);
         }
-    }
-}
-
-/// A CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
     }
 }
 

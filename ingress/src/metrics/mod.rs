@@ -4,6 +4,7 @@
 //! exposes them.
 
 pub mod customers;
+pub mod usage;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct Metrics {
     limits: OnceLock<Arc<toolgate_limits::Sharing>>,
     /// Tool calls per customer (bounded).
     pub customers: customers::CustomerCalls,
+    /// Tool calls per customer and tool, for `GET /v1/usage` (bounded).
+    pub usage: usage::Usage,
 }
 
 impl Metrics {

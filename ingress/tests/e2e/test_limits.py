@@ -8,6 +8,8 @@ where they stand; records name the limit.
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import httpx
 import pytest
@@ -153,3 +155,42 @@ quota = { units = 100, per = "day" }
     version = admin.version("limits/acme-plan")
     assert admin.delete("limits/acme-plan", version).status_code == 200
     assert mcp_call(gate, acme.key).status_code == 200
+
+
+def test_live_usage_agrees_with_the_usage_report_from_the_audit_log(admin_gate):  # noqa: F811
+    import csv
+    import io
+    import subprocess
+
+    from harness import TOOLGATE_BIN
+
+    acme = Agent("acme-bot", [TOOL], customer="acme")
+    plain = Agent("plain-bot", [TOOL])
+    extra = """
+[limits]
+
+[[limits.rules]]
+id = "day"
+customer = "*"
+quota = { units = 3, per = "day" }
+"""
+    gate, admin, _agents = admin_gate(agents=[acme, plain], extra_toml=extra)
+    statuses = [mcp_call(gate, acme.key).status_code for _ in range(4)]
+    statuses += [mcp_call(gate, plain.key).status_code, mcp_call(gate, plain.key, "crm__delete_record").status_code]
+    assert statuses == [200, 200, 200, 429, 200, 400]
+
+    live = admin.get("usage").json()
+    assert live["since_us"] > 0
+    out = subprocess.run([str(TOOLGATE_BIN), "usage", str(gate.audit_dir), "--format", "json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert live["items"] == json.loads(out.stdout)
+    acme_row = [r for r in live["items"] if r["customer"] == "acme"]
+    assert acme_row == [{"customer": "acme", "tool": TOOL, "calls": 4, "allowed": 3, "denied": 1,
+                         "limited": 1, "tool_errors": 0}]
+    # One customer, as CSV.
+    r = admin.get("usage?customer=plain-bot&format=csv")
+    assert r.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(x["tool"], x["calls"], x["denied"]) for x in rows] == [("crm__delete_record", "1", "1"), (TOOL, "1", "0")]
+    assert admin.get("usage?bogus=1").status_code == 400
