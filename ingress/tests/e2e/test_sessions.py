@@ -288,3 +288,37 @@ def test_labels_written_through_the_admin_api_change_what_sessions_see(admin_gat
     denied = [r for r in gate.read_audit() if r.get("decision") == "deny" and r.get("method") == "tools/call"]
     assert [(r["tool"], r["policies"], r["session"]["labels"]) for r in denied] == [
         ("tickets__create_ticket", ["toxic-flow"], ["reads_pii"])]
+
+
+def test_one_conversation_is_one_session_through_both_doors(make_gate, tmp_path, billing_api, monkeypatch):
+    """A refund through `/mcp` and one through the REST door in the same
+    conversation count in one session: the third is refused, whichever
+    door it comes through."""
+    from test_openapi_upstream import POLICY, TOOLS, billing_toml
+
+    agent = Agent("billing-bot", TOOLS)
+    extra = billing_toml(tmp_path, billing_api, monkeypatch) + '\n[tool_labels]\n"billing__createRefund" = ["money"]\n'
+    gate = make_gate(upstream_list=[], agents=[agent], extra_toml=extra, start=False)
+    (gate.workdir / "policy.cedar").write_text(POLICY + """
+@id("two-refunds-per-session")
+forbid(principal, action, resource)
+when { resource.labels.contains("money") && context.session.label_calls.money >= 2 };
+""")
+    gate.start()
+    refund = {"invoice_id": "inv-1", "amount": 50}
+
+    def mcp(conversation: str) -> int:
+        headers = modern_headers("tools/call", "billing__createRefund", agent.key) | {"Toolgate-Conversation": conversation}
+        return httpx.post(gate.url, json=modern_request("tools/call", {"name": "billing__createRefund", "arguments": refund}),
+                          headers=headers, timeout=HTTP_TIMEOUT_S).status_code
+
+    def rest(conversation: str) -> int:
+        return httpx.post(f"{gate.base}/rest/billing/refunds", json=refund, timeout=HTTP_TIMEOUT_S,
+                          headers={"Authorization": f"Bearer {agent.key}", "Toolgate-Conversation": conversation}).status_code
+
+    assert [mcp("c-1"), rest("c-1"), rest("c-1"), mcp("c-1")] == [200, 200, 403, 403]
+    assert rest("c-2") == 200, "another conversation has its own count"
+    calls = [r for r in gate.read_audit() if r.get("method") == "tools/call"]
+    assert len({r["session"]["id"] for r in calls[:4]}) == 1
+    assert [r.get("door", "mcp") for r in calls[:4]] == ["mcp", "rest", "rest", "mcp"]
+    assert calls[2]["policies"] == ["two-refunds-per-session"]
