@@ -93,6 +93,21 @@ pub struct Record<'a> {
     pub args_redacted: Option<Cow<'a, str>>,
     /// Whether `args_redacted` was cut to fit.
     pub args_truncated: Option<bool>,
+    /// The door a request came through (`rest`; absent for `/mcp`).
+    #[serde(borrow)]
+    pub door: Option<Cow<'a, str>>,
+    /// The `[[limits.rules]]` id that refused the call.
+    #[serde(borrow)]
+    pub limit: Option<Cow<'a, str>>,
+    /// The policy verdict of a call that reached policy.
+    #[serde(borrow)]
+    pub verdict: Option<Cow<'a, str>>,
+    /// The session and the facts its decision saw.
+    pub session: Value,
+    /// The shadow policies' decision.
+    pub shadow: Value,
+    /// The end user's groups from the token.
+    pub groups: Value,
     /// Position in the log.
     pub log_seq: Option<u64>,
     /// Previous record's hash.
@@ -334,6 +349,9 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
     for (k, v) in [
         ("outcome", r.outcome.as_deref()),
         ("reason", r.reason.as_deref()),
+        ("door", r.door.as_deref()),
+        ("limit", r.limit.as_deref()),
+        ("verdict", r.verdict.as_deref()),
         ("prev_hash", r.prev_hash.as_deref()),
         ("hash", r.hash.as_deref()),
     ] {
@@ -350,6 +368,9 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         ("policies", &r.policies),
         ("judge", &r.judge),
         ("redactions", &r.redactions),
+        ("session", &r.session),
+        ("shadow", &r.shadow),
+        ("groups", &r.groups),
     ] {
         if !v.is_null() {
             if out.len() > mark {
@@ -428,6 +449,14 @@ mod tests {
         assert_eq!(e["metadata"]["sequence"], 42);
         assert_eq!(e["metadata"]["product"]["name"], "toolgate");
         assert_eq!(e["unmapped"]["policies"], json!(["@forbid-1"]));
+        let later = map(&DENY.replace(
+            r#""log_seq":42"#,
+            r#""door":"rest","limit":"day","verdict":"deny","session":{"id":"ab","known":true},"shadow":{"verdict":"allow","agrees":false,"policies":[]},"groups":["admins"],"log_seq":42"#,
+        ));
+        for k in ["door", "limit", "verdict", "session", "shadow", "groups"] {
+            assert!(!later["unmapped"][k].is_null(), "{k} is lost: {later}");
+        }
+        assert_eq!(later["unmapped"]["session"]["id"], "ab");
         assert_eq!(e["unmapped"]["log_seq"], 42);
         assert!(e["unmapped"].get("judge").is_none(), "nulls are left out");
     }
