@@ -201,14 +201,7 @@ impl Worker {
             return;
         }
         self.tried = Some(Instant::now());
-        let password = match self.setup.password.as_ref().map(|s| s.read()).transpose() {
-            Ok(p) => p,
-            Err(e) => {
-                self.down(&format!("cannot read the Redis password: {e}"));
-                return;
-            }
-        };
-        match Client::connect(&self.setup, password.as_ref()) {
+        match Client::open(&self.setup) {
             Ok(c) => {
                 self.client = Some(c);
                 if self.told_down {

@@ -31,6 +31,9 @@ pub enum RedisError {
     /// The answer is not what the command returns.
     #[error("unexpected reply from Redis: {0}")]
     Protocol(String),
+    /// The `AUTH` password cannot be read from its source.
+    #[error("cannot read the Redis password: {0}")]
+    Password(String),
 }
 
 /// A reply the sync uses.
@@ -52,6 +55,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to `setup`'s Redis with the password its source holds now
+    /// (read at every connection, so a rotated password is picked up).
+    pub fn open(setup: &RedisSetup) -> Result<Self, RedisError> {
+        let password = setup
+            .password
+            .as_ref()
+            .map(|s| s.read())
+            .transpose()
+            .map_err(|e| RedisError::Password(e.to_string()))?;
+        Self::connect(setup, password.as_ref())
+    }
+
     /// Connects to `setup`'s Redis, authenticates with `password` and
     /// selects its database.
     pub fn connect(setup: &RedisSetup, password: Option<&Secret>) -> Result<Self, RedisError> {

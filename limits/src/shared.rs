@@ -207,14 +207,10 @@ impl Sync {
             return;
         }
         self.tried = Some(Instant::now());
-        let password = match self.setup.password.as_ref().map(|s| s.read()).transpose() {
-            Ok(p) => p,
-            Err(e) => {
+        match Client::open(&self.setup) {
+            Err(crate::redis::RedisError::Password(e)) => {
                 tracing::error!(error = %e, "cannot read the Redis password; quotas stay local");
-                return;
             }
-        };
-        match Client::connect(&self.setup, password.as_ref()) {
             Ok(mut c) => {
                 let now = now_s();
                 let owed = std::mem::take(&mut self.owed);

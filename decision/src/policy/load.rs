@@ -51,6 +51,20 @@ fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
     d.labels().and_then(|mut l| l.next()).map(|l| l.offset())
 }
 
+/// The policies of one parsed file, in source order (the parser numbers
+/// them `policy0`, `policy1`, …).
+pub(super) fn in_source_order(set: &PolicySet) -> Vec<&cedar_policy::Policy> {
+    let mut policies: Vec<_> = set.policies().collect();
+    policies.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
+    policies
+}
+
 /// Reads and parses `files`; every problem of every file is reported.
 pub fn load(files: &[PathBuf]) -> Result<PolicyBundle, Vec<PolicyError>> {
     let (sources, errors) = read_sources(files);
@@ -117,16 +131,7 @@ pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<PolicyBundle, Vec<P
             continue;
         }
         let file_idx = bundle.files.len();
-        let mut policies: Vec<_> = parsed.policies().collect();
-        // The parser numbers policies `policy0`, `policy1`, … in source order.
-        policies.sort_by_key(|p| {
-            p.id()
-                .to_string()
-                .trim_start_matches("policy")
-                .parse::<usize>()
-                .unwrap_or(usize::MAX)
-        });
-        for (n, p) in policies.into_iter().enumerate() {
+        for (n, p) in in_source_order(&parsed).into_iter().enumerate() {
             let id = PolicyId::new(format!("{stem}#{n}"));
             let name: Arc<str> = Arc::from(
                 p.annotation("id")

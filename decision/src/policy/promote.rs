@@ -53,14 +53,7 @@ fn shadow_annotation(policy: &str) -> Option<std::ops::Range<usize>> {
 /// Promotes the shadow policies of file text `text`.
 pub fn promote(text: &str) -> Result<Promoted, String> {
     let set = PolicySet::from_str(text).map_err(|e| e.to_string())?;
-    let mut policies: Vec<_> = set.policies().collect();
-    policies.sort_by_key(|p| {
-        p.id()
-            .to_string()
-            .trim_start_matches("policy")
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
+    let policies = super::load::in_source_order(&set);
     let mut out = String::with_capacity(text.len());
     let mut done = Promoted::default();
     let mut at = 0;

@@ -3,6 +3,7 @@
 //! on their own listener (`[metrics] listen`) so the agent-facing port never
 //! exposes them.
 
+pub mod bounded;
 pub mod customers;
 pub mod usage;
 

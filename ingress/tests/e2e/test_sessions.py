@@ -26,7 +26,6 @@ from harness import (
     MODERN_VERSION,
     Agent,
     UpstreamCfg,
-    UpstreamProc,
     initialize_request,
     legacy_headers,
     modern_headers,
@@ -34,7 +33,7 @@ from harness import (
     parse_body,
 )
 from test_admin_api import admin_gate  # noqa: F401  (fixture)
-from test_policies_e2e import FORBIDDEN, Judge
+from test_policies_e2e import FORBIDDEN, judge, ops_upstream  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[3]
 SESSION_POLICIES = REPO / "policies" / "examples" / "session-policies"
@@ -59,21 +58,6 @@ files = ["{policy_dir}"]
 url = "{judge_url}"
 timeout_ms = 2000
 """
-
-
-@pytest.fixture(scope="module")
-def ops_upstream(tmp_path_factory):
-    proc = UpstreamProc("ops", "sse")
-    proc.start(tmp_path_factory.mktemp("ops-logs"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def judge():
-    j = Judge()
-    yield j
-    j.stop()
 
 
 @pytest.fixture

@@ -15,29 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import HOST, HTTP_TIMEOUT_S, Agent, UpstreamCfg, UpstreamProc, modern_headers, modern_request
-from test_limits_redis import PASSWORD, Redis
+from harness import HOST, HTTP_TIMEOUT_S, Agent, UpstreamCfg, modern_headers, modern_request
+from test_limits_redis import PASSWORD, redis  # noqa: F401  (fixture)
+from test_policies_e2e import ops_upstream  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[3]
 SESSION_POLICIES = REPO / "policies" / "examples" / "session-policies"
 TOOLS = ["crm__lookup_customer", "ops__send_email", "ops__refund"]
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = Redis(tmp_path).start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def ops_upstream(tmp_path_factory):
-    proc = UpstreamProc("ops", "sse")
-    proc.start(tmp_path_factory.mktemp("ops-logs"))
-    yield proc
-    proc.stop()
 
 
 def config(policy_dir: Path, redis_port: int) -> str:
