@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use toolgate_core::jsonrpc::JsonParser;
-use toolgate_decision::policy::{CallFacts, PairDecision, Verdict};
+use toolgate_decision::policy::{CallFacts, Engine, PairDecision, Slice, Verdict};
 use toolgate_decision::session::{SessionView, Sessions};
 use toolgate_decision::Snapshot;
 
@@ -33,6 +33,30 @@ fn example() -> (toolgate_core::config::ValidConfig, Snapshot) {
     };
     let snap = Snapshot::build(&cfg, &[]).with_policies(&cfg, Arc::new(bundle));
     (cfg, snap)
+}
+
+/// The assistant's refund of `args` decided by Cedar over `slice`.
+fn decide_refund(
+    parser: &mut JsonParser,
+    args: &[u8],
+    engine: &Engine,
+    slice: &Slice,
+    session: Option<SessionView<'_>>,
+) -> bool {
+    let tape = parser
+        .parse(black_box(args))
+        .unwrap_or_else(|_| panic!("json"));
+    let facts = CallFacts {
+        agent: "assistant",
+        user: None,
+        groups: None,
+        tool: "billing__refund",
+        upstream: "billing",
+        customer: "assistant",
+        args: Some(tape.as_value()),
+        session,
+    };
+    matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
 }
 
 fn bench(c: &mut Criterion) {
@@ -89,22 +113,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(&view).to_cedar(fields, labels).is_ok())
     });
     g.bench_function("decide_refund_with_session_policies", |b| {
-        b.iter(|| {
-            let tape = parser
-                .parse(black_box(&args))
-                .unwrap_or_else(|_| panic!("json"));
-            let facts = CallFacts {
-                agent: "assistant",
-                user: None,
-                groups: None,
-                tool: "billing__refund",
-                upstream: "billing",
-                customer: "assistant",
-                args: Some(tape.as_value()),
-                session: Some(view),
-            };
-            matches!(engine.evaluate(slice, &facts), Verdict::Allow { .. })
-        })
+        b.iter(|| decide_refund(&mut parser, &args, &engine, slice, Some(view)))
     });
     // Today's decision for comparison: the same call under a baseline
     // permit and a forbid on its arguments, no session.
@@ -128,25 +137,7 @@ fn bench(c: &mut Criterion) {
         panic!("the plain refund pair must be evaluated per call")
     };
     g.bench_function("decide_refund_args_only_no_session", |b| {
-        b.iter(|| {
-            let tape = parser
-                .parse(black_box(&args))
-                .unwrap_or_else(|_| panic!("json"));
-            let facts = CallFacts {
-                agent: "assistant",
-                user: None,
-                groups: None,
-                tool: "billing__refund",
-                upstream: "billing",
-                customer: "assistant",
-                args: Some(tape.as_value()),
-                session: None,
-            };
-            matches!(
-                plain_engine.evaluate(&plain_slice, &facts),
-                Verdict::Allow { .. }
-            )
-        })
+        b.iter(|| decide_refund(&mut parser, &args, &plain_engine, &plain_slice, None))
     });
     g.finish();
 }

@@ -225,6 +225,18 @@ pub struct AuditRecord {
     pub shadow: Option<ShadowRecord>,
 }
 
+/// A JSON array of strings.
+fn write_str_list(items: &[Arc<str>], out: &mut Vec<u8>) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        crate::jsonrpc::write_str(item, out);
+    }
+    out.push(b']');
+}
+
 /// The shadow policies' decision of a call: never enforced, recorded next
 /// to the real one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -523,16 +535,7 @@ impl AuditRecord {
         opt("protocol_version", self.protocol_version, out);
         out.extend_from_slice(b",\"policies\":");
         match &self.policies {
-            Some(ps) => {
-                out.push(b'[');
-                for (i, p) in ps.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_str(p, out);
-                }
-                out.push(b']');
-            }
+            Some(ps) => write_str_list(ps, out),
             None => out.extend_from_slice(b"null"),
         }
         match &self.judge {
@@ -560,14 +563,8 @@ impl AuditRecord {
             write_str(v, out);
         }
         if let Some(gs) = &self.groups {
-            out.extend_from_slice(b",\"groups\":[");
-            for (i, g) in gs.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(g, out);
-            }
-            out.push(b']');
+            out.extend_from_slice(b",\"groups\":");
+            write_str_list(gs, out);
         }
         if let Some(s) = &self.shadow {
             out.extend_from_slice(b",\"shadow\":{\"verdict\":");
@@ -578,14 +575,9 @@ impl AuditRecord {
             } else {
                 b"false"
             });
-            out.extend_from_slice(b",\"policies\":[");
-            for (i, p) in s.policies.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(p, out);
-            }
-            out.extend_from_slice(b"]}");
+            out.extend_from_slice(b",\"policies\":");
+            write_str_list(&s.policies, out);
+            out.push(b'}');
         }
         if let Some(h) = &self.http {
             out.extend_from_slice(b",\"http\":{\"method\":");

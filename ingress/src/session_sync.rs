@@ -185,6 +185,9 @@ impl Worker {
                     self.flush();
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    // Retried even with nothing to write: while Redis is
+                    // down no session is read, so nothing else would.
+                    self.reconnect();
                     self.flush();
                 }
                 Err(RecvTimeoutError::Disconnected) => return,

@@ -521,26 +521,22 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     if let (Some(t), Some(n)) = (rps("(b) toolgate"), rps("(d) nginx")) {
         println!("toolgate / nginx req/s:  {:.2}", t / n);
     }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate OpenAPI"), rps("(b) toolgate")) {
-        println!("OpenAPI upstream / MCP upstream req/s: {:.2}", r / p);
-    }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate REST door"), rps("(b) toolgate")) {
-        println!("REST door / MCP door req/s: {:.2}", r / p);
-    }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate + shadow"), rps("(b) toolgate")) {
-        println!("shadow policy on / off req/s: {:.2}", r / p);
-    }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate + session policies"), rps("(b) toolgate")) {
-        println!("session policies on / off req/s: {:.2}", r / p);
-    }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate + 3 limits"), rps("(b) toolgate")) {
-        println!("3 limits on / off req/s: {:.2}", r / p);
-    }
-    if let (Some(r), Some(p)) = (rps("(b) toolgate + rules"), rps("(b) toolgate")) {
-        println!("output rules on / off req/s: {:.2}", r / p);
-    }
-    if let (Some(t), Some(p)) = (rps("(b) toolgate TLS"), rps("(b) toolgate")) {
-        println!("toolgate TLS / plain req/s: {:.2}", t / p);
+    // Each variant against the plain toolgate row of the same run.
+    for (label, what) in [
+        ("(b) toolgate OpenAPI", "OpenAPI upstream / MCP upstream"),
+        ("(b) toolgate REST door", "REST door / MCP door"),
+        ("(b) toolgate + shadow", "shadow policy on / off"),
+        (
+            "(b) toolgate + session policies",
+            "session policies on / off",
+        ),
+        ("(b) toolgate + 3 limits", "3 limits on / off"),
+        ("(b) toolgate + rules", "output rules on / off"),
+        ("(b) toolgate TLS", "toolgate TLS / plain"),
+    ] {
+        if let (Some(r), Some(p)) = (rps(label), rps("(b) toolgate")) {
+            println!("{what} req/s: {:.2}", r / p);
+        }
     }
     if let (Some(c), Some(b), Some(n)) = (
         rps("(c) everything on"),

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::Verdict;
+use super::{CallFacts, Engine, Slice, Verdict};
+use toolgate_core::jsonrpc::write_value;
 
 /// Per-shard decision cache.
 pub struct DecisionCache {
@@ -54,6 +55,55 @@ impl DecisionCache {
             self.map.insert(self.key.clone(), v.clone());
         }
         v
+    }
+
+    /// The verdict of `slice` for the call `facts` describes: from the
+    /// cache when the same call was decided before, else evaluated by
+    /// `engine`. The key is `prefix` (what else the caller's verdicts
+    /// depend on) and everything the evaluation reads: agent, tool, end
+    /// user, customer, the token's groups (two tokens of one user with
+    /// different groups never share a verdict), the arguments, and the
+    /// session facts the slice's policies read. `args_json` holds the
+    /// arguments' JSON once written (empty: not yet), so a second decision
+    /// of the same call does not write them again.
+    pub fn decide(
+        &mut self,
+        prefix: &[u8],
+        engine: &Engine,
+        slice: &Slice,
+        facts: &CallFacts<'_, '_>,
+        args_json: &mut Vec<u8>,
+    ) -> Verdict {
+        if args_json.is_empty() {
+            if let Some(a) = facts.args {
+                write_value(a, args_json);
+            }
+        }
+        let mut session = Vec::new();
+        if let Some(view) = &facts.session {
+            let (fields, labels) = slice.session_fields();
+            view.facts.cache_key(fields, labels, &mut session);
+        }
+        let mut groups = Vec::new();
+        for g in facts.groups.unwrap_or(&[]) {
+            groups.extend_from_slice(&(g.len() as u32).to_le_bytes());
+            groups.extend_from_slice(g.as_bytes());
+        }
+        self.get_or_insert(
+            &[
+                prefix,
+                facts.agent.as_bytes(),
+                facts.tool.as_bytes(),
+                facts.user.unwrap_or("").as_bytes(),
+                &[u8::from(facts.user.is_some())],
+                facts.customer.as_bytes(),
+                &groups,
+                &[u8::from(facts.groups.is_some())],
+                args_json,
+                &session,
+            ],
+            || engine.evaluate(slice, facts),
+        )
     }
 
     /// Entries held.

@@ -77,7 +77,7 @@ impl Verdict {
     }
 
     /// The policies that determined it.
-    pub fn policies(&self) -> &[Arc<str>] {
+    pub fn policies(&self) -> &Arc<[Arc<str>]> {
         match self {
             Verdict::Allow { policies }
             | Verdict::Deny { policies, .. }

@@ -139,31 +139,9 @@ fn decide_with(
     let Some(cache) = cache else {
         return Ok(engine.evaluate(slice, &facts));
     };
-    let mut session = Vec::new();
-    if let Some(v) = &facts.session {
-        let (fields, labels) = slice.session_fields();
-        v.facts.cache_key(fields, labels, &mut session);
-    }
-    let user = call.user.unwrap_or("");
-    let mut group_bytes = Vec::new();
-    for g in facts.groups.unwrap_or(&[]) {
-        group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
-        group_bytes.extend_from_slice(g.as_bytes());
-    }
-    Ok(cache.get_or_insert(
-        &[
-            call.agent.as_bytes(),
-            call.tool.as_bytes(),
-            user.as_bytes(),
-            &[u8::from(call.user.is_some())],
-            facts.customer.as_bytes(),
-            &group_bytes,
-            &[u8::from(facts.groups.is_some())],
-            args.as_bytes(),
-            &session,
-        ],
-        || engine.evaluate(slice, &facts),
-    ))
+    // The recorded arguments are toolgate's own compact JSON: the key as is.
+    let mut args_json = args.as_bytes().to_vec();
+    Ok(cache.decide(b"", engine, slice, &facts, &mut args_json))
 }
 
 /// Re-decides records against one snapshot, reusing a parser and a

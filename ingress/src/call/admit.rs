@@ -18,7 +18,7 @@ use toolgate_decision::policy::Verdict;
 use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::ctx::CallCtx;
-use super::decide::{OnBehalf, Set};
+use super::decide::OnBehalf;
 use super::forward::{Admitted, Escalated};
 use super::identify::user_of;
 use super::{filter, params, Gateway};
@@ -117,18 +117,15 @@ impl Gateway {
             }
         }
         ctx.session = self.enter_session(snap, agent, req, route, call, ctx);
-        let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
         let who = OnBehalf {
             user: ctx.user.as_deref(),
             groups,
             customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
             session: ctx.session.as_ref().map(|s| s.view()),
         };
-        let Some(verdict) = self.decide(snap, Set::Live, agent, route, &who, call.arguments) else {
-            return Err(Refusal::new(RefusalKind::PolicyDenied));
-        };
+        let (verdict, shadow) = self.decide(snap, agent, route, &who, call.arguments);
         ctx.verdict = Some(verdict.as_str());
-        if let Some(shadow) = self.decide(snap, Set::Shadow, agent, route, &who, call.arguments) {
+        if let Some(shadow) = shadow {
             if let Some(c) = self.shared.metrics.shards.get(usize::from(self.shard)) {
                 let counter = if shadow.as_str() == verdict.as_str() {
                     &c.shadow_agreements

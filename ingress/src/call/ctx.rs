@@ -167,18 +167,19 @@ impl CallCtx {
             session: self.session.as_ref().map(|s| {
                 let mut json = Vec::with_capacity(256);
                 s.view().write_json(&mut json);
-                Box::from(String::from_utf8_lossy(&json))
+                // Always UTF-8 (strings are written escaped); `null` keeps
+                // the line JSON whatever happens.
+                String::from_utf8(json)
+                    .unwrap_or_else(|_| "null".to_owned())
+                    .into_boxed_str()
             }),
             // The token's groups decided only where a verdict was reached
             // for the token's own user.
             groups: self.groups.filter(|_| self.verdict.is_some() && has_user),
             verdict: self.verdict,
-            shadow: self.shadow.map(|v| {
-                let policies = v.policies().to_vec();
-                toolgate_core::audit::ShadowRecord {
-                    verdict: v.as_str(),
-                    policies: Arc::from(policies),
-                }
+            shadow: self.shadow.map(|v| toolgate_core::audit::ShadowRecord {
+                verdict: v.as_str(),
+                policies: Arc::clone(v.policies()),
             }),
         }
     }

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use toolgate_core::audit::Reason;
-use toolgate_core::jsonrpc::write_value;
 use toolgate_decision::policy::{CallFacts, PairDecision, Verdict};
 use toolgate_decision::session::SessionView;
 use toolgate_decision::{Agent, Route, Snapshot};
@@ -33,7 +32,7 @@ pub(super) struct OnBehalf<'a> {
 
 /// Which policy set decides: the enforced one, or the shadow one.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Set {
+enum Set {
     /// Enforced.
     Live,
     /// `@shadow`: evaluated, recorded, never enforced.
@@ -41,81 +40,65 @@ pub(super) enum Set {
 }
 
 impl Gateway {
-    /// The policy verdict of the `set` policies for a routed call; `None`
-    /// for the shadow set when no policy is marked shadow.
+    /// The policy verdicts for a routed call: the enforced set's, and the
+    /// shadow set's when any policy is marked shadow. The arguments' JSON
+    /// is written once for both cache keys.
     pub(super) fn decide(
         &self,
         snap: &Snapshot,
-        set: Set,
         agent: &Agent,
         route: &Route,
         who: &OnBehalf<'_>,
         args: Option<simd_json::tape::Value<'_, '_>>,
-    ) -> Option<Verdict> {
+    ) -> (Verdict, Option<Verdict>) {
         let OnBehalf {
             user,
             groups,
             customer,
             session,
         } = *who;
-        let (pair, engine) = match set {
-            Set::Live => (&route.decision, &snap.engine),
-            Set::Shadow => (route.shadow.as_ref()?, &snap.shadow),
-        };
-        let slice = match pair {
-            PairDecision::Fixed(v) => return Some(v.clone()),
-            PairDecision::Evaluate(slice) => slice,
-        };
-        let Some(engine) = engine else {
-            return Some(Verdict::Deny {
-                policies: Arc::from([]),
-                reason: Reason::PolicyError,
-            });
-        };
-        let facts = CallFacts {
-            agent: &agent.id,
-            user,
-            groups,
-            tool: &route.exposed,
-            upstream: &snap.upstreams[route.upstream].name,
-            customer,
-            args,
-            session: session.filter(|_| slice.reads_session()),
-        };
-        // A verdict that read the session holds for the facts it read: they
-        // are part of the key.
-        let mut session_bytes = Vec::new();
-        if let Some(view) = &facts.session {
-            let (fields, labels) = slice.session_fields();
-            view.facts.cache_key(fields, labels, &mut session_bytes);
-        }
-        let mut args_bytes = Vec::new();
-        if let Some(a) = args {
-            write_value(a, &mut args_bytes);
-        }
-        // The token's groups decide too: two tokens of one user with
-        // different groups must not share a cached verdict.
-        let mut group_bytes = Vec::new();
-        for g in groups.unwrap_or(&[]) {
-            group_bytes.extend_from_slice(&(g.len() as u32).to_le_bytes());
-            group_bytes.extend_from_slice(g.as_bytes());
-        }
         let generation = self.snapshot.borrow().generation().to_le_bytes();
-        Some(self.decisions.borrow_mut().get_or_insert(
-            &[
-                &[u8::from(set == Set::Shadow)],
-                &generation,
-                agent.id.as_bytes(),
-                route.exposed.as_bytes(),
-                user.unwrap_or("").as_bytes(),
-                &[u8::from(user.is_some())],
-                customer.as_bytes(),
-                &group_bytes,
-                &[u8::from(groups.is_some())],
-                &args_bytes,
-                &session_bytes,
-            ],
-            || engine.evaluate(slice, &facts),
-        ))
+        let mut args_json = Vec::new();
+        let mut one = |set: Set| -> Option<Verdict> {
+            let (pair, engine) = match set {
+                Set::Live => (&route.decision, &snap.engine),
+                Set::Shadow => (route.shadow.as_ref()?, &snap.shadow),
+            };
+            let slice = match pair {
+                PairDecision::Fixed(v) => return Some(v.clone()),
+                PairDecision::Evaluate(slice) => slice,
+            };
+            let Some(engine) = engine else {
+                return Some(Verdict::Deny {
+                    policies: Arc::from([]),
+                    reason: Reason::PolicyError,
+                });
+            };
+            let facts = CallFacts {
+                agent: &agent.id,
+                user,
+                groups,
+                tool: &route.exposed,
+                upstream: &snap.upstreams[route.upstream].name,
+                customer,
+                args,
+                session: session.filter(|_| slice.reads_session()),
+            };
+            // The set and the snapshot's generation lead the key; a verdict
+            // that read the session is keyed on the facts it read too.
+            let mut prefix = [0u8; 9];
+            prefix[0] = u8::from(set == Set::Shadow);
+            prefix[1..].copy_from_slice(&generation);
+            Some(
+                self.decisions
+                    .borrow_mut()
+                    .decide(&prefix, engine, slice, &facts, &mut args_json),
+            )
+        };
+        let live = one(Set::Live).unwrap_or(Verdict::Deny {
+            policies: Arc::from([]),
+            reason: Reason::PolicyError,
+        });
+        (live, one(Set::Shadow))
     }
 }

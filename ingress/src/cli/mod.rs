@@ -18,6 +18,7 @@ pub mod simulate;
 pub mod token;
 pub mod tools;
 pub mod usage;
+pub mod window;
 
 use std::path::{Path, PathBuf};
 

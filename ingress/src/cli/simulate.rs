@@ -19,15 +19,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use toolgate_decision::policy::simulate::{recorded_verdict, Simulator, Unsimulable};
 use toolgate_decision::Snapshot;
-use toolgate_sinks::query::{parse_rfc3339_us, parse_since};
 use toolgate_sinks::reader::{Entry, LogReader, Position};
+
+use super::window::Window;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,7 +110,7 @@ impl Report {
     fn line(
         &mut self,
         line: &[u8],
-        window: (Option<u64>, Option<u64>),
+        window: Window,
         live: &mut Simulator<'_>,
         candidate: &mut Simulator<'_>,
         examples: usize,
@@ -122,14 +122,9 @@ impl Report {
                 .or_default() += 1;
             return;
         };
-        let t = v["time"].as_str().and_then(parse_rfc3339_us);
-        let (since, until) = window;
-        if since.is_some_and(|s| t.is_none_or(|t| t < s))
-            || until.is_some_and(|u| t.is_none_or(|t| t >= u))
-        {
-            return;
+        if window.holds(&v) {
+            self.add(&v, live, candidate, examples);
         }
-        self.add(&v, live, candidate, examples);
     }
 
     /// Adds `other` (the report of another part of the log), keeping the
@@ -389,27 +384,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("loading the audit log's checkpoint key")?
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    let time = |s: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
-        s.as_ref()
-            .map(|t| {
-                parse_rfc3339_us(t).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "`--{flag} {t}`: expected an RFC 3339 time such as 2026-12-01T00:00:00Z"
-                    )
-                })
-            })
-            .transpose()
-    };
-    let since = match &args.since {
-        Some(s) => Some(parse_since(s, now)?),
-        None => time(&args.from, "from")?,
-    };
-    let until = time(&args.to, "to")?;
-    let window = (since, until);
+    let window = Window::parse(
+        args.since.as_deref(),
+        args.from.as_deref(),
+        args.to.as_deref(),
+        "to",
+    )?;
     let audit = args.audit.as_path();
     let report = std::thread::scope(|scope| -> anyhow::Result<Report> {
         // The hash chain is checked while the records are re-decided.

@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::window::Window;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use toolgate_ingress::metrics::usage::csv_field;
-use toolgate_sinks::query::{parse_rfc3339_us, parse_since};
 use toolgate_sinks::reader::{LogReader, Position};
 
 /// Output formats.
@@ -63,7 +62,7 @@ pub struct Counts {
 pub fn count(
     usage: &mut BTreeMap<(String, String), Counts>,
     v: &Value,
-    window: (Option<u64>, Option<u64>),
+    window: Window,
     customer: Option<&str>,
 ) {
     if v["method"].as_str() != Some("tools/call") {
@@ -75,11 +74,7 @@ pub fn count(
     if customer.is_some_and(|want| want != c) {
         return;
     }
-    let t = v["time"].as_str().and_then(parse_rfc3339_us);
-    let (since, until) = window;
-    if since.is_some_and(|s| t.is_none_or(|t| t < s))
-        || until.is_some_and(|u| t.is_none_or(|t| t >= u))
-    {
+    if !window.holds(v) {
         return;
     }
     let e = usage.entry((c.to_owned(), tool.to_owned())).or_default();
@@ -108,18 +103,8 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     if !args.dir.is_dir() {
         bail!("`{}` is not a directory", args.dir.display());
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    let since = args.since.map(|s| parse_since(&s, now)).transpose()?;
-    let until = match &args.until {
-        Some(u) => Some(parse_rfc3339_us(u).ok_or_else(|| {
-            anyhow::anyhow!("`--until {u}`: expected an RFC 3339 time such as 2026-12-01T00:00:00Z")
-        })?),
-        None => None,
-    };
-    let usage = read(&args.dir, (since, until), args.customer.as_deref())?;
+    let window = Window::parse(args.since.as_deref(), None, args.until.as_deref(), "until")?;
+    let usage = read(&args.dir, window, args.customer.as_deref())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
@@ -160,7 +145,7 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
 
 fn read(
     dir: &Path,
-    window: (Option<u64>, Option<u64>),
+    window: Window,
     customer: Option<&str>,
 ) -> anyhow::Result<BTreeMap<(String, String), Counts>> {
     let mut reader = LogReader::new(dir, Position::START);
@@ -199,7 +184,7 @@ mod tests {
             rec("globex", "crm__a", "allow", "attached", "success"),
             json!({"method": "tools/list", "customer": "acme", "tool": null}),
         ] {
-            count(&mut u, &v, (None, None), None);
+            count(&mut u, &v, Window::default(), None);
         }
         assert_eq!(
             u[&("acme".to_owned(), "crm__a".to_owned())],
@@ -213,17 +198,20 @@ mod tests {
         );
         assert_eq!(u[&("globex".to_owned(), "crm__a".to_owned())].calls, 1);
         let mut only = BTreeMap::new();
-        let late = parse_rfc3339_us("2026-12-06T11:00:00Z");
+        let late = Window {
+            since: toolgate_sinks::query::parse_rfc3339_us("2026-12-06T11:00:00Z"),
+            until: None,
+        };
         count(
             &mut only,
             &rec("acme", "t", "allow", "attached", "success"),
-            (late, None),
+            late,
             None,
         );
         count(
             &mut only,
             &rec("acme", "t", "allow", "attached", "success"),
-            (None, None),
+            Window::default(),
             Some("globex"),
         );
         assert!(only.is_empty());

@@ -9,6 +9,7 @@ one replica's partial view.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -112,3 +113,15 @@ def test_a_session_is_one_across_replicas_and_a_restart_and_unknown_without_redi
     for g in (a, b):
         assert g.alive()
         assert g.stderr_text().count("shared sessions: Redis unreachable") == 1
+
+    # 4. Redis is back (empty: no persistence): with nothing refused calls
+    # could record, each replica still reconnects by itself, and a fresh
+    # session is known again.
+    redis.start()
+    for g in (a, b):
+        deadline = time.monotonic() + 15
+        while "shared sessions are read and recorded again" not in g.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "shared sessions are read and recorded again" in g.stderr_text(), g.stderr_text()
+        again = f"c-{uuid.uuid4()}"
+        assert call(g, key, again, "ops__send_email", {"to": "ok@example.com", "subject": "s"}).status_code == 200
