@@ -332,6 +332,7 @@ impl State {
                         ca_file: c.ca_file,
                         credential_file: c.credential_file,
                         spec: c.spec,
+                        stdio: c.stdio,
                     },
                     None => continue,
                 },
@@ -461,6 +462,9 @@ pub fn upstream_config(
         return Err(format!(
             "upstream name `{id}` must be non-empty letters, digits, `_`, `-` or `.`"
         ));
+    }
+    if spec.kind.as_deref() == Some("stdio") {
+        return Err("a `stdio` upstream runs a command on the gateway's host: it can only be declared in the configuration file, not through the admin API".into());
     }
     let resolved;
     let spec = match &spec.credential {

@@ -48,6 +48,18 @@ pub struct UpstreamUrl {
 }
 
 impl UpstreamUrl {
+    /// The stand-in endpoint of an upstream toolgate runs as a process
+    /// (`kind = "stdio"`), never dialed: `stdio://{name}/`.
+    pub fn process(name: &str) -> Self {
+        Self {
+            host: format!("stdio.{name}"),
+            port: 0,
+            path: "/".into(),
+            authority: format!("stdio.{name}"),
+            tls: false,
+        }
+    }
+
     /// Parses `http[s]://host[:port]/path`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (rest, tls) = if let Some(r) = s.strip_prefix("http://") {

@@ -9,9 +9,10 @@
 //! An [`Upstream`] is one upstream as one shard sees it: what the snapshot
 //! says of it ([`UpstreamInfo`]), the credential toolgate injects into its
 //! calls, and the client of its kind. Kinds are implementations behind
-//! this interface — MCP over HTTP ([`mcp`]) and REST APIs described by an
-//! OpenAPI document ([`openapi`]) — so a new kind is a new module and a new
-//! `Kind` variant, not a branch in every phase.
+//! this interface — MCP over HTTP ([`mcp`]), REST APIs described by an
+//! OpenAPI document ([`openapi`]) and MCP servers toolgate runs itself,
+//! sandboxed, over stdio ([`stdio`]) — so a new kind is a new module and a
+//! new `Kind` variant, not a branch in every phase.
 //!
 //! Credential injection belongs to the interface, not to a kind: a call
 //! takes the credential once ([`Upstream::credential`]) and every request
@@ -26,6 +27,7 @@ pub mod openapi;
 pub mod path;
 pub mod routes;
 pub mod sse;
+pub mod stdio;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -51,6 +53,38 @@ enum Kind {
     Mcp(mcp::McpClient),
     /// A REST API described by an OpenAPI document.
     OpenApi(openapi::OpenApiClient),
+    /// An MCP server toolgate runs as a sandboxed process.
+    Stdio(stdio::StdioClient),
+}
+
+/// What a client of an upstream is built on besides its settings: the
+/// kind's own part, when it has one.
+pub enum Backend<'a> {
+    /// An MCP server over HTTP, over `tls` for an `https://` URL.
+    Http(Option<toolgate_net::tls::ClientTls>),
+    /// A REST API: its tool surface, and TLS toward it.
+    OpenApi(
+        &'a openapi::LiveSurface,
+        Option<toolgate_net::tls::ClientTls>,
+    ),
+    /// A stdio server's process.
+    Stdio(Arc<stdio::Process>),
+}
+
+impl<'a> Backend<'a> {
+    /// The backend of an upstream with these parts: its process when it
+    /// has one, its REST surface when it has one, else MCP over HTTP.
+    pub fn of(
+        tls: Option<toolgate_net::tls::ClientTls>,
+        openapi: Option<&'a openapi::LiveSurface>,
+        stdio: Option<Arc<stdio::Process>>,
+    ) -> Self {
+        match (stdio, openapi) {
+            (Some(p), _) => Backend::Stdio(p),
+            (None, Some(s)) => Backend::OpenApi(s, tls),
+            (None, None) => Backend::Http(tls),
+        }
+    }
 }
 
 /// Why an upstream call failed, as the agent will be told.
@@ -122,19 +156,20 @@ pub struct Reply {
 }
 
 impl Upstream {
-    /// A client of `info` for the current shard (over `tls` for an
-    /// `https://` upstream), injecting `credential` (a complete header
-    /// line) into every request: of the REST API `openapi` describes when
-    /// given, else of an MCP server.
+    /// A client of `info` for the current shard, of the kind `backend`
+    /// says, injecting `credential` (a complete header line) into every
+    /// request of an HTTP kind.
     pub fn new(
         info: UpstreamInfo,
         credential: Option<Reader<Secret>>,
-        tls: Option<toolgate_net::tls::ClientTls>,
-        openapi: Option<&openapi::LiveSurface>,
+        backend: Backend<'_>,
     ) -> Self {
-        let kind = match openapi {
-            Some(surface) => Kind::OpenApi(openapi::OpenApiClient::new(info.clone(), surface, tls)),
-            None => Kind::Mcp(mcp::McpClient::new(info.clone(), tls)),
+        let kind = match backend {
+            Backend::OpenApi(surface, tls) => {
+                Kind::OpenApi(openapi::OpenApiClient::new(info.clone(), surface, tls))
+            }
+            Backend::Http(tls) => Kind::Mcp(mcp::McpClient::new(info.clone(), tls)),
+            Backend::Stdio(p) => Kind::Stdio(stdio::StdioClient::new(info.clone(), p)),
         };
         Self {
             info,
@@ -178,6 +213,7 @@ impl Upstream {
         match &self.kind {
             Kind::Mcp(c) => c.call("tools/call", params, headers, credential).await,
             Kind::OpenApi(c) => c.call(params, credential).await,
+            Kind::Stdio(c) => c.call("tools/call", params).await,
         }
     }
 
@@ -186,15 +222,65 @@ impl Upstream {
     pub fn openapi(&self) -> Option<&openapi::OpenApiClient> {
         match &self.kind {
             Kind::OpenApi(c) => Some(c),
-            Kind::Mcp(_) => None,
+            Kind::Mcp(_) | Kind::Stdio(_) => None,
         }
     }
 
     /// Every page of the upstream's tool catalog (`tools/list` results).
     pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
         match &self.kind {
-            Kind::Mcp(c) => c.list_tools(&self.credential()?).await,
+            Kind::Mcp(c) => {
+                let credential = &self.credential()?;
+                list_pages(
+                    |params| async move { c.call("tools/list", &params, &[], credential).await },
+                )
+                .await
+            }
             Kind::OpenApi(c) => Ok(c.list_tools()),
+            Kind::Stdio(c) => {
+                list_pages(|params| async move { c.call("tools/list", &params).await }).await
+            }
         }
     }
+}
+
+/// Every page of a `tools/list` catalog, following `nextCursor` (at most
+/// 100 pages); `call` sends one `tools/list` with the params given.
+async fn list_pages<F, Fut>(call: F) -> Result<Vec<Vec<u8>>, UpstreamError>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, UpstreamError>>,
+{
+    use simd_json::prelude::*;
+    use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut parser = JsonParser::new();
+    for _ in 0..100 {
+        let mut params = Vec::new();
+        if let Some(c) = &cursor {
+            params.extend_from_slice(br#""cursor":"#);
+            write_str(c, &mut params);
+        }
+        let reply = call(params).await?;
+        let tape = parser
+            .parse(&reply.message)
+            .map_err(|_| UpstreamError::BadResponse)?;
+        let result = tape
+            .as_value()
+            .get("result")
+            .filter(|r| r.is_object())
+            .ok_or(UpstreamError::BadResponse)?;
+        let mut page = Vec::new();
+        write_value(result, &mut page);
+        pages.push(page);
+        cursor = result
+            .get("nextCursor")
+            .and_then(|c| c.into_string())
+            .map(str::to_owned);
+        if cursor.is_none() {
+            return Ok(pages);
+        }
+    }
+    Ok(pages)
 }

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use glommio::sync::Semaphore;
 use simd_json::prelude::*;
 use toolgate_core::config::UpstreamProtocol;
-use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_decision::UpstreamInfo;
 
@@ -345,41 +345,6 @@ impl McpClient {
             }
         }
         Err(UpstreamError::BadResponse)
-    }
-
-    /// Fetches every page of `tools/list` with `credential`; returns each
-    /// page's `result` object.
-    pub async fn list_tools(&self, credential: &Credential) -> Result<Vec<Vec<u8>>, UpstreamError> {
-        let mut pages = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..100 {
-            let mut params = Vec::new();
-            if let Some(c) = &cursor {
-                params.extend_from_slice(br#""cursor":"#);
-                write_str(c, &mut params);
-            }
-            let reply = self.call("tools/list", &params, &[], credential).await?;
-            let mut parser = JsonParser::new();
-            let tape = parser
-                .parse(&reply.message)
-                .map_err(|_| UpstreamError::BadResponse)?;
-            let result = tape
-                .as_value()
-                .get("result")
-                .filter(|r| r.is_object())
-                .ok_or(UpstreamError::BadResponse)?;
-            let mut page = Vec::new();
-            write_value(result, &mut page);
-            pages.push(page);
-            cursor = result
-                .get("nextCursor")
-                .and_then(|c| c.into_string())
-                .map(str::to_owned);
-            if cursor.is_none() {
-                return Ok(pages);
-            }
-        }
-        Ok(pages)
     }
 }
 

@@ -854,3 +854,90 @@ fn labels_and_sessions_are_bounded_and_named_for_policies() {
         assert!(e.iter().any(|e| e.message.contains(says)), "{text}: {e:?}");
     }
 }
+
+fn stdio_config(upstream: &str) -> String {
+    GOOD.replace(
+        "name = \"crm\"\nurl = \"http://127.0.0.1:9101/mcp\"",
+        &format!("name = \"crm\"\n{upstream}"),
+    )
+}
+
+#[test]
+fn a_stdio_upstream_resolves_its_program_environment_and_sandbox() {
+    let text = stdio_config(
+        "kind = \"stdio\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nenv = { TOKEN = { env = \"CRM_TOKEN\" }, MODE = \"ro\", KEY = { file = \"key.txt\" } }\n[upstreams.sandbox]\nread_only = [\"/usr/share\"]\nmemory_mb = 512\n",
+    );
+    let v = parse(&text, "t.toml", Path::new("/etc/toolgate")).unwrap();
+    let u = &v.upstreams[0];
+    let s = u.stdio.as_ref().unwrap();
+    assert!(
+        s.program.is_absolute() && s.program.ends_with("sh"),
+        "{s:?}"
+    );
+    assert_eq!(s.args, ["-c", "exit 0"]);
+    assert_eq!(
+        s.env,
+        [
+            (
+                "KEY".to_owned(),
+                StdioEnv::Secret(crate::secret::SecretSource::File(
+                    "/etc/toolgate/key.txt".into()
+                ))
+            ),
+            ("MODE".to_owned(), StdioEnv::Literal("ro".into())),
+            (
+                "TOKEN".to_owned(),
+                StdioEnv::Secret(crate::secret::SecretSource::Env("CRM_TOKEN".into()))
+            ),
+        ]
+    );
+    assert!(s.sandbox.enabled && !s.sandbox.network);
+    assert_eq!(s.sandbox.memory_mb, 512);
+    assert_eq!(
+        u.url.host, "stdio.crm",
+        "the stand-in endpoint names the upstream"
+    );
+}
+
+#[test]
+fn stdio_upstreams_refuse_what_they_cannot_use() {
+    let cases = [
+        ("kind = \"stdio\"\n", "needs `command`"),
+        ("kind = \"stdio\"\ncommand = []\n", "`command` is empty"),
+        (
+            "kind = \"stdio\"\ncommand = [\"/nonexistent/server\"]\n",
+            "not an executable file",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\nurl = \"http://127.0.0.1:1/mcp\"\n",
+            "`url` is not used by a `stdio` upstream",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\n[upstreams.sandbox]\nread_write = [\"relative/dir\"]\n",
+            "must be absolute",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\n[upstreams.sandbox]\nread_only = [\"/nonexistent/dir\"]\n",
+            "does not exist",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\nenv = { A = { env = \"X\", file = \"y\" } }\n",
+            "exactly one of `env` and `file`",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\nenv = { PATH = \"/tmp\" }\n",
+            "`PATH` is set by toolgate",
+        ),
+        (
+            "url = \"http://127.0.0.1:9101/mcp\"\ncommand = [\"sh\"]\n",
+            "`command` is for `kind = \"stdio\"` upstreams",
+        ),
+    ];
+    for (upstream, want) in cases {
+        let e = parse(&stdio_config(upstream), "t.toml", Path::new("/"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(want), "{upstream:?}: {e}");
+    }
+}

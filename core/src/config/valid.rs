@@ -186,6 +186,35 @@ pub struct ResolvedUpstream {
     pub credential_file: Option<PathBuf>,
     /// `spec` of an `openapi` upstream, resolved.
     pub spec: Option<SpecSource>,
+    /// A `stdio` upstream's process, resolved.
+    pub stdio: Option<StdioSpec>,
+}
+
+/// A `stdio` upstream's process as toolgate starts it: the program found,
+/// the environment's sources, the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdioSpec {
+    /// The program, an absolute path (found on `PATH` when written as a name).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The environment, by name: literal values and where secrets are read.
+    pub env: Vec<(String, StdioEnv)>,
+    /// `[upstreams.sandbox]`, its paths checked absolute.
+    pub sandbox: crate::config::SandboxConfig,
+    /// Calls waiting on the process at once.
+    pub max_in_flight: usize,
+    /// Between liveness pings.
+    pub ping_interval: std::time::Duration,
+}
+
+/// One variable of a stdio upstream's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdioEnv {
+    /// As written.
+    Literal(String),
+    /// Read when the process starts (never kept in the configuration).
+    Secret(crate::secret::SecretSource),
 }
 
 /// Where an `openapi` upstream's document is read from.

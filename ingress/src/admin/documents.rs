@@ -90,6 +90,19 @@ pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Va
         },
         "catalog_refresh_s": u.catalog_refresh_s,
     });
+    if u.kind == toolgate_core::config::UpstreamKind::Stdio {
+        if let Some(d) = doc.as_object_mut() {
+            d.remove("url");
+            d.remove("pool_size");
+            d.remove("protocol");
+        }
+        // The program only: arguments may carry what only the file's
+        // readers should see.
+        doc["kind"] = json!("stdio");
+        if let Some(program) = u.command.as_ref().and_then(|c| c.get_ref().first()) {
+            doc["program"] = json!(program);
+        }
+    }
     if u.kind == toolgate_core::config::UpstreamKind::Openapi {
         if let Some(d) = doc.as_object_mut() {
             d.remove("url");

@@ -70,6 +70,7 @@ impl Clients {
                 credential,
                 tls,
                 openapi,
+                stdio,
                 stored: parts,
             } = shared.upstream_parts(&info.name);
             let kept = old.and_then(|o| {
@@ -83,8 +84,7 @@ impl Clients {
                 None => Rc::new(Upstream::new(
                     info.clone(),
                     credential.map(|c| c.reader()),
-                    tls,
-                    openapi.as_ref(),
+                    toolgate_upstream::Backend::of(tls, openapi.as_ref(), stdio),
                 )),
             };
             list.push(client);

@@ -26,7 +26,7 @@ impl Handler for Gateway {
             p if p.starts_with(super::REST_PREFIX) => self.rest(req, out).await,
             p if p == RESOURCE_METADATA_PATH.as_bytes() => self.resource_metadata(req, out),
             b"/healthz" => health(out, true),
-            b"/readyz" => health(out, self.shared.ready()),
+            b"/readyz" => readiness(out, &self.shared),
             _ => {
                 let r = Refusal::new(RefusalKind::PathNotFound);
                 write_refusal(out, &r, None, None, None, false, true);
@@ -85,6 +85,17 @@ impl Gateway {
         .to_string();
         response::write(out, 200, &[], Body::Json(body.as_bytes()), true);
     }
+}
+
+/// `/readyz`: 503 naming the stdio upstreams that are crash-looping, else
+/// as [`health`] says of [`Shared::ready`](crate::shared::Shared::ready).
+fn readiness(out: &mut Vec<u8>, shared: &crate::shared::Shared) {
+    let unhealthy = shared.unhealthy_stdio();
+    if unhealthy.is_empty() {
+        return health(out, shared.ready());
+    }
+    let body = serde_json::json!({ "status": "unhealthy", "upstreams": unhealthy }).to_string();
+    response::write(out, 503, &[], Body::Json(body.as_bytes()), true);
 }
 
 /// `/healthz` (always ok while the process serves) and `/readyz` (ok once

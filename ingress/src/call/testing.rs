@@ -71,6 +71,7 @@ pub(super) fn gateway(extra: &str, policies: &[&str]) -> super::Gateway {
     let loaded = crate::shared::Loaded {
         credentials: toolgate_upstream::credential::load(&cfg).unwrap(),
         openapi: crate::process::openapi_surfaces(&cfg).unwrap(),
+        stdio: std::collections::HashMap::new(),
         tls: toolgate_net::tls::TlsSetup::default(),
         subtokens: None,
         oauth: Vec::new(),

@@ -24,6 +24,11 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
         eprintln!("warning: {e}");
         std::collections::HashMap::new()
     });
+    // stdio servers run for the fetch only (stopped when dropped).
+    let processes = toolgate_ingress::process::stdio_processes(cfg).unwrap_or_else(|e| {
+        eprintln!("warning: {e}");
+        std::collections::HashMap::new()
+    });
     let namer = cfg.namer.clone();
     let tls = toolgate_net::tls::TlsSetup::load(cfg)
         .map(|t| t.upstreams)
@@ -39,8 +44,18 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 let name = info.name.clone();
                 let cred = cred.map(|c| toolgate_decision::Published::new(c).reader());
                 let tls = tls.get(&*name).cloned();
-                let upstream =
-                    toolgate_upstream::Upstream::new(info, cred, tls, surfaces.get(&*name));
+                let stdio = processes.get(&*name).cloned();
+                if let Some(p) = &stdio {
+                    // Its handshake first: a process just started.
+                    for _ in 0..200 {
+                        if p.health().up {
+                            break;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+                let backend = toolgate_upstream::Backend::of(tls, surfaces.get(&*name), stdio);
+                let upstream = toolgate_upstream::Upstream::new(info, cred, backend);
                 let cat = match upstream.list_tools().await {
                     Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
                     Err(e) => {

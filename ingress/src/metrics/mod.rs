@@ -59,6 +59,8 @@ pub struct Metrics {
     pub shards: Vec<ShardCounters>,
     audit: OnceLock<(Arc<AuditStats>, Arc<AuditHealth>)>,
     sinks: OnceLock<Vec<(String, Arc<SinkStats>)>>,
+    /// The stdio upstreams' processes, by name, in configuration order.
+    stdio: OnceLock<Vec<(String, Arc<toolgate_upstream::stdio::Process>)>>,
     limits: OnceLock<Arc<toolgate_limits::Sharing>>,
     /// Tool calls per customer (bounded).
     pub customers: customers::CustomerCalls,
@@ -83,6 +85,11 @@ impl Metrics {
     /// Attaches the quota sharing through Redis (`limits.backend = "redis"`).
     pub fn set_limits(&self, sharing: Arc<toolgate_limits::Sharing>) {
         let _ = self.limits.set(sharing);
+    }
+
+    /// Attaches the stdio upstreams' processes.
+    pub fn set_stdio(&self, processes: Vec<(String, Arc<toolgate_upstream::stdio::Process>)>) {
+        let _ = self.stdio.set(processes);
     }
 
     /// Attaches the sinks' counters.
@@ -224,6 +231,33 @@ impl Metrics {
                 "How long each fdatasync of the audit log took.",
                 &stats.fsync.snapshot(),
             );
+        }
+        if let Some(processes) = self.stdio.get().filter(|p| !p.is_empty()) {
+            let health: Vec<_> = processes.iter().map(|(n, p)| (n, p.health())).collect();
+            let _ = writeln!(out, "# HELP toolgate_stdio_up Whether each stdio upstream's process runs and answered its handshake.\n# TYPE toolgate_stdio_up gauge");
+            for (n, h) in &health {
+                let _ = writeln!(
+                    out,
+                    "toolgate_stdio_up{{upstream=\"{n}\"}} {}",
+                    u8::from(h.up)
+                );
+            }
+            let _ = writeln!(out, "# HELP toolgate_stdio_unhealthy Whether each stdio upstream is crash-looping.\n# TYPE toolgate_stdio_unhealthy gauge");
+            for (n, h) in &health {
+                let _ = writeln!(
+                    out,
+                    "toolgate_stdio_unhealthy{{upstream=\"{n}\"}} {}",
+                    u8::from(h.unhealthy)
+                );
+            }
+            let _ = writeln!(out, "# HELP toolgate_stdio_restarts_total Restarts of each stdio upstream's process.\n# TYPE toolgate_stdio_restarts_total counter");
+            for (n, h) in &health {
+                let _ = writeln!(
+                    out,
+                    "toolgate_stdio_restarts_total{{upstream=\"{n}\"}} {}",
+                    h.restarts
+                );
+            }
         }
         if let Some(sinks) = self.sinks.get() {
             let _ = writeln!(out, "# HELP toolgate_sink_delivered_total Records delivered by each sink (resends included).\n# TYPE toolgate_sink_delivered_total counter");

@@ -42,6 +42,10 @@ pub enum StartError {
     /// An `openapi` upstream's document does not load.
     #[error(transparent)]
     OpenApi(#[from] toolgate_upstream::openapi::LoadError),
+    /// A `stdio` upstream's process cannot be started as configured (its
+    /// sandbox unavailable here).
+    #[error(transparent)]
+    Stdio(#[from] toolgate_upstream::stdio::StartError),
     /// The sub-token signing key or revocation list cannot be read.
     #[error("[auth.subtokens]")]
     Subtokens(#[source] SubtokenError),

@@ -50,6 +50,29 @@ pub fn openapi_surfaces(
     Ok(out)
 }
 
+/// Every `stdio` upstream's process, started (each in the background:
+/// its tools appear once its handshake is done). Errors: a sandbox that
+/// cannot confine its process here.
+pub fn stdio_processes(
+    cfg: &ValidConfig,
+) -> Result<
+    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::stdio::Process>>,
+    toolgate_upstream::stdio::StartError,
+> {
+    let mut out = std::collections::HashMap::new();
+    for u in &cfg.upstreams {
+        if let Some(spec) = &u.stdio {
+            let p = toolgate_upstream::stdio::Process::start(
+                u.name(),
+                spec.clone(),
+                u.entry.max_response_bytes,
+            )?;
+            out.insert(u.name().to_owned(), p);
+        }
+    }
+    Ok(out)
+}
+
 /// What the shared state is built with, read from the files, variables and
 /// commands the configuration names; starts the credential watchers.
 pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
@@ -70,6 +93,7 @@ pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
         .transpose()?;
     Ok(Loaded {
         openapi: openapi_surfaces(cfg)?,
+        stdio: stdio_processes(cfg)?,
         credentials,
         tls,
         subtokens,

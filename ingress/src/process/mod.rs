@@ -37,7 +37,9 @@ use std::time::Duration;
 use toolgate_core::config::ValidConfig;
 
 pub use error::StartError;
-pub use load::{load_policies, load_tls, openapi_surfaces, InvalidPolicies, TlsLoadError};
+pub use load::{
+    load_policies, load_tls, openapi_surfaces, stdio_processes, InvalidPolicies, TlsLoadError,
+};
 
 use crate::shared::{shard_count, Shared};
 use crate::{admin, random, shard};
@@ -82,6 +84,14 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
             .map(|s| (s.name().to_owned(), s.stats()))
             .collect(),
     );
+    shared.metrics.set_stdio(
+        shared
+            .config
+            .upstreams
+            .iter()
+            .filter_map(|u| Some((u.name().to_owned(), shared.stdio.get(u.name())?.clone())))
+            .collect(),
+    );
     let running = shard::start(Arc::clone(&shared), writers, Arc::clone(&health))
         .map_err(StartError::Shards)?;
     if let (Some(store), Some(writer)) = (control.store, admin_writer) {
@@ -105,6 +115,9 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
     wait_for_stop(&shared)?;
     // Let responses in flight finish, then drain every ring into the log.
     std::thread::sleep(Duration::from_millis(100));
+    for p in shared.stdio.values() {
+        p.stop();
+    }
     audit.shutdown();
     for s in sinks {
         s.shutdown();

@@ -70,6 +70,11 @@ impl CatalogSet {
         self.attempted.contains(name)
     }
 
+    /// Whether upstream `name`'s catalog has been fetched.
+    pub(super) fn fetched(&self, name: &str) -> bool {
+        self.fetched.contains_key(name)
+    }
+
     /// Forgets the catalogs of upstreams `cfg` no longer has.
     pub(super) fn prune(&mut self, cfg: &ValidConfig) {
         let has = |n: &str| cfg.upstream(n).is_some();

@@ -77,6 +77,9 @@ pub struct Shared {
     pub credentials: toolgate_upstream::credential::Credentials,
     /// The configuration file's `openapi` upstreams' tool surfaces, by name.
     pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
+    /// The processes of the `stdio` upstreams, by name (started at boot;
+    /// their settings need a restart to change).
+    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Process>>,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -162,6 +165,8 @@ pub struct Loaded {
     pub credentials: toolgate_upstream::credential::Credentials,
     /// The tool surfaces of `openapi` upstreams, by upstream name.
     pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
+    /// The processes of `stdio` upstreams, by upstream name.
+    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Process>>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
@@ -199,6 +204,7 @@ impl Shared {
         let Loaded {
             credentials,
             openapi,
+            stdio,
             tls,
             subtokens,
             oauth,
@@ -260,6 +266,7 @@ impl Shared {
             metrics: Arc::new(crate::metrics::Metrics::new(shards)),
             credentials,
             openapi,
+            stdio,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,
@@ -292,14 +299,34 @@ impl Shared {
     pub fn ready(&self) -> bool {
         let fetched = {
             let cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+            // A stdio upstream is toolgate's own process: ready once it
+            // runs and its tools are known, not merely tried.
             self.config
                 .upstreams
                 .iter()
-                .all(|u| cats.attempted(u.name()))
+                .all(|u| match self.stdio.get(u.name()) {
+                    Some(p) => p.health().up && cats.fetched(u.name()),
+                    None => cats.attempted(u.name()),
+                })
         };
         fetched
             && (self.config.jwks_url.is_none() || self.jwks_attempted.load(Ordering::Acquire))
             && self.oauth_pending.load(Ordering::Acquire) == 0
+    }
+
+    /// The stdio upstreams whose processes are crash-looping, in
+    /// configuration order.
+    pub fn unhealthy_stdio(&self) -> Vec<&str> {
+        self.config
+            .upstreams
+            .iter()
+            .filter(|u| {
+                self.stdio
+                    .get(u.name())
+                    .is_some_and(|p| p.health().unhealthy)
+            })
+            .map(|u| u.name())
+            .collect()
     }
 
     /// The sources the running snapshot is compiled from.

@@ -59,11 +59,15 @@ impl Shared {
         let path = self.config.path.clone().ok_or(ReloadError::NoFile)?;
         let cfg =
             toolgate_core::config::load(&path).map_err(|e| ReloadError::Config(e.to_string()))?;
-        let same_upstreams = cfg.upstreams.iter().map(|u| (u.name(), &u.url)).eq(self
-            .config
+        let same_upstreams = cfg
             .upstreams
             .iter()
-            .map(|u| (u.name(), &u.url)));
+            .map(|u| (u.name(), &u.url, &u.stdio))
+            .eq(self
+                .config
+                .upstreams
+                .iter()
+                .map(|u| (u.name(), &u.url, &u.stdio)));
         if !same_upstreams {
             return Err(ReloadError::UpstreamsChanged);
         }

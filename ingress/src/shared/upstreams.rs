@@ -40,6 +40,8 @@ pub struct ClientParts {
     pub tls: Option<toolgate_net::tls::ClientTls>,
     /// The tool surface, for an `openapi` upstream.
     pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
+    /// The process, for a `stdio` upstream.
+    pub stdio: Option<Arc<toolgate_upstream::stdio::Process>>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,
@@ -143,6 +145,7 @@ impl Shared {
                 credential: p.credential.clone(),
                 tls: p.tls.clone(),
                 openapi: p.openapi.clone(),
+                stdio: None,
                 stored: Some(p),
             };
         }
@@ -150,6 +153,7 @@ impl Shared {
             credential: self.credentials.get(name).cloned(),
             tls: self.upstream_tls.get(name).cloned(),
             openapi: self.openapi.get(name).cloned(),
+            stdio: self.stdio.get(name).cloned(),
             stored: None,
         }
     }

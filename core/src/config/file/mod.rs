@@ -10,6 +10,7 @@ mod limits;
 mod rules;
 mod server;
 mod sessions;
+mod stdio;
 mod upstreams;
 
 pub use admin::*;
@@ -20,6 +21,7 @@ pub use limits::*;
 pub use rules::*;
 pub use server::*;
 pub use sessions::*;
+pub use stdio::*;
 pub use upstreams::*;
 
 use serde::Deserialize;

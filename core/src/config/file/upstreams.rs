@@ -6,6 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::defaults::*;
+use super::stdio::*;
 
 /// `[tool_pins]`: each tool definition's SHA-256 is pinned; a definition
 /// that changes behind the gateway's back is quarantined until an operator
@@ -168,6 +169,26 @@ pub struct UpstreamConfig {
     /// (An `openapi` upstream's routes are its operations.)
     #[serde(default)]
     pub routes: Vec<RestRouteConfig>,
+    /// `stdio`: the server's command line, run by toolgate: an absolute
+    /// path or a name found on `PATH`, then its arguments.
+    #[serde(default)]
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `stdio`: the process's environment, by name (literal, or
+    /// `{ env = "VAR" }` / `{ file = "path" }`). Nothing else of
+    /// toolgate's environment is passed on but `PATH`. Default empty.
+    #[serde(default)]
+    pub env: EnvConfig,
+    /// `stdio`: calls waiting on the process at once; more are refused as
+    /// unavailable. Default 64.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// `stdio`: seconds between liveness pings; a process that answers
+    /// none within 5 s is restarted. Default 10.
+    #[serde(default = "default_ping_interval_s")]
+    pub ping_interval_s: u64,
+    /// `stdio`: what the process may reach (`[upstreams.sandbox]`).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 /// `[[upstreams.routes]]`: one plain HTTP route of the REST door to one
@@ -197,6 +218,9 @@ pub enum UpstreamKind {
     Mcp,
     /// A REST API described by an OpenAPI document.
     Openapi,
+    /// An MCP server toolgate runs as a sandboxed child process and speaks
+    /// to over its stdin and stdout.
+    Stdio,
 }
 
 /// An absent `url` (an `openapi` upstream has `base_url` instead).

@@ -8,6 +8,7 @@ mod paths;
 mod rules;
 mod sessions;
 mod sinks;
+mod stdio;
 mod upstreams;
 
 pub use rules::PATTERN_SIZE_LIMIT;
@@ -142,9 +143,9 @@ pub(crate) fn validate(
                 format!("upstream name `{name}` is used more than once"),
             );
         }
-        let checked = check_upstream_entry(u, base, &mut err, &at);
-        if let Some(url) = checked.url {
-            resolved.push((url, checked.ca_file, checked.credential_file, checked.spec));
+        let mut checked = check_upstream_entry(u, base, &mut err, &at);
+        if let Some(url) = checked.url.take() {
+            resolved.push((url, checked));
         }
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
@@ -476,15 +477,14 @@ pub(crate) fn validate(
             let upstreams = std::mem::take(&mut config.upstream_entries)
                 .into_iter()
                 .zip(resolved)
-                .map(
-                    |(entry, (url, ca_file, credential_file, spec))| ResolvedUpstream {
-                        entry,
-                        url,
-                        ca_file,
-                        credential_file,
-                        spec,
-                    },
-                )
+                .map(|(entry, (url, c))| ResolvedUpstream {
+                    entry,
+                    url,
+                    ca_file: c.ca_file,
+                    credential_file: c.credential_file,
+                    spec: c.spec,
+                    stdio: c.stdio,
+                })
                 .collect();
             Ok(ValidConfig {
                 config,

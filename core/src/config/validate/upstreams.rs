@@ -33,6 +33,8 @@ pub struct CheckedUpstream {
     pub credential_file: Option<PathBuf>,
     /// `spec` of an `openapi` upstream, resolved.
     pub spec: Option<SpecSource>,
+    /// A `stdio` upstream's process, resolved.
+    pub stdio: Option<StdioSpec>,
 }
 
 /// What the configuration requires of one upstream entry by itself (name
@@ -56,8 +58,24 @@ pub(crate) fn check_upstream_entry(
         ca_file: None,
         credential_file: None,
         spec: None,
+        stdio: None,
     };
+    if u.kind != UpstreamKind::Stdio {
+        for key in super::stdio::keys_set(u) {
+            err(
+                at(&u.name.span()),
+                format!("upstream `{name}`: `{key}` is for `kind = \"stdio\"` upstreams"),
+            );
+        }
+    }
     let endpoint = match u.kind {
+        UpstreamKind::Stdio => {
+            checked.stdio = super::stdio::check(u, base, err, at);
+            // Not dialed: the name stands for the process in what compares
+            // upstreams by endpoint (catalogs, reloads).
+            checked.url = Some(UpstreamUrl::process(name));
+            None
+        }
         UpstreamKind::Mcp => {
             for (key, set) in [
                 ("spec", u.spec.is_some()),
