@@ -342,6 +342,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         secs,
     ))?);
     reports.push(run(workload(
+        "(b) toolgate stdio",
+        tg_port,
+        Some(KEY),
+        "local__echo",
+        &o,
+        secs,
+    ))?);
+    reports.push(run(workload(
         "(b) toolgate OpenAPI",
         tg_port,
         Some(KEY),
@@ -523,6 +531,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     }
     // Each variant against the plain toolgate row of the same run.
     for (label, what) in [
+        ("(b) toolgate stdio", "stdio upstream / HTTP upstream"),
         ("(b) toolgate OpenAPI", "OpenAPI upstream / MCP upstream"),
         ("(b) toolgate REST door", "REST door / MCP door"),
         ("(b) toolgate + shadow", "shadow policy on / off"),
@@ -638,13 +647,29 @@ fn toolgate_config(
         .lines()
         .find_map(|l| l.strip_prefix("#policy: "))
         .unwrap_or("policy.cedar");
+    // The same echo server over stdio, run by toolgate in its sandbox, on
+    // the upstreams' CPU like the HTTP one.
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("the load generator's directory"))?;
+    let stdio = if Path::new("/usr/bin/taskset").exists() {
+        format!(
+            "[\"/usr/bin/taskset\", \"-c\", \"0\", \"{}\", \"stdio-upstream\"]",
+            me.display()
+        )
+    } else {
+        format!("[\"{}\", \"stdio-upstream\"]", me.display())
+    };
     Ok(format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nshards = 1\nmax_body_bytes = 4194304\n\n\
+         [[upstreams]]\nname = \"local\"\nkind = \"stdio\"\ncommand = {stdio}\n[upstreams.sandbox]\nread_only = [\"{}\"]\n\n\
          [[upstreams]]\nname = \"fast\"\nurl = \"http://127.0.0.1:{up_port}/mcp\"\n\n\
          [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
          [[upstreams]]\nname = \"rest\"\nkind = \"openapi\"\nspec = \"echo.openapi.json\"\nbase_url = \"http://127.0.0.1:{up_port}\"\n\n\
-         [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\", \"rest__echo\"]\n\n\
+         [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\", \"rest__echo\", \"local__echo\"]\n\n\
          [policies]\nfiles = [\"{policy}\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
+        dir.display(),
         sha256_hex(KEY)?
     ))
 }

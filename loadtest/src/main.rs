@@ -40,6 +40,12 @@ enum Command {
         #[arg(long)]
         sse: bool,
     },
+    /// Serve the same upstream over stdin/stdout (a `kind = "stdio"` upstream).
+    StdioUpstream {
+        /// Size of the text each call returns, bytes.
+        #[arg(long, default_value_t = 1024)]
+        result_bytes: usize,
+    },
     /// Send `tools/call` requests: closed loop, or open loop with `--rate`.
     Run {
         /// MCP endpoint (loopback only), e.g. http://127.0.0.1:8080/mcp
@@ -129,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .map_err(|e| anyhow::anyhow!(e))
         }
+        Command::StdioUpstream { result_bytes } => upstream::serve_stdio(result_bytes),
         Command::Run {
             url,
             ca_file,
