@@ -980,6 +980,25 @@ mod tests {
             &State::default(),
         );
         assert!(bad_name.is_err());
+        // A stdio upstream would run a command on the gateway's host: the
+        // configuration file's to declare, never the API's.
+        let stdio = upstream_config(
+            "local",
+            &crate::model::UpstreamSpec {
+                kind: Some("stdio".into()),
+                ..match upstream("x", None) {
+                    Spec::Upstream(u) => *u,
+                    _ => unreachable!(),
+                }
+            },
+            &State::default(),
+        );
+        assert!(
+            stdio
+                .as_ref()
+                .is_err_and(|e| e.contains("configuration file")),
+            "{stdio:?}"
+        );
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub enum Backend<'a> {
         &'a openapi::LiveSurface,
         Option<toolgate_net::tls::ClientTls>,
     ),
-    /// A stdio server's process.
-    Stdio(Arc<stdio::Process>),
+    /// A stdio server's processes.
+    Stdio(Arc<stdio::Pool>),
 }
 
 impl<'a> Backend<'a> {
@@ -77,7 +77,7 @@ impl<'a> Backend<'a> {
     pub fn of(
         tls: Option<toolgate_net::tls::ClientTls>,
         openapi: Option<&'a openapi::LiveSurface>,
-        stdio: Option<Arc<stdio::Process>>,
+        stdio: Option<Arc<stdio::Pool>>,
     ) -> Self {
         match (stdio, openapi) {
             (Some(p), _) => Backend::Stdio(p),
@@ -128,22 +128,31 @@ impl From<ClientError> for UpstreamError {
     }
 }
 
-/// The credential one call carries to its upstream: the header line
-/// configured for the upstream as it stood when the call took it, or none
-/// for an upstream without one. Taken once per call, so a handshake and
-/// the call it precedes carry the same credential.
-#[expect(
-    clippy::redundant_allocation,
-    reason = "the shard-local handle `Reader` gives out"
-)]
-pub struct Credential(Option<Rc<Arc<Secret>>>);
+/// What one call carries to its upstream: the header line configured for
+/// the upstream as it stood when the call took it (none for an upstream
+/// without one), and the end user the call is made for. Taken once per
+/// call, so a handshake and the call it precedes carry the same credential.
+pub struct Credential {
+    #[expect(
+        clippy::redundant_allocation,
+        reason = "the shard-local handle `Reader` gives out"
+    )]
+    line: Option<Rc<Arc<Secret>>>,
+    user: Option<Arc<str>>,
+}
 
 impl Credential {
     /// Appends the header line (with its CRLF), if any.
     fn write(&self, req: &mut Vec<u8>) {
-        if let Some(line) = &self.0 {
+        if let Some(line) = &self.line {
             req.extend_from_slice(line.expose());
         }
+    }
+
+    /// The same, for a call made for end user `user` (a stdio upstream
+    /// with a process per user picks that user's).
+    pub fn for_user(self, user: Option<Arc<str>>) -> Self {
+        Self { user, ..self }
     }
 }
 
@@ -192,13 +201,19 @@ impl Upstream {
     /// credential source holds no usable value gets no call at all.
     pub fn credential(&self) -> Result<Credential, UpstreamError> {
         let Some(reader) = &self.credential else {
-            return Ok(Credential(None));
+            return Ok(Credential {
+                line: None,
+                user: None,
+            });
         };
         let line = reader.borrow_mut().current();
         if line.expose().is_empty() {
             return Err(UpstreamError::NoCredential);
         }
-        Ok(Credential(Some(line)))
+        Ok(Credential {
+            line: Some(line),
+            user: None,
+        })
     }
 
     /// Calls tool by its `params` members (`"name":…,"arguments":…`) with
@@ -213,7 +228,10 @@ impl Upstream {
         match &self.kind {
             Kind::Mcp(c) => c.call("tools/call", params, headers, credential).await,
             Kind::OpenApi(c) => c.call(params, credential).await,
-            Kind::Stdio(c) => c.call("tools/call", params).await,
+            Kind::Stdio(c) => {
+                c.call("tools/call", params, credential.user.as_deref())
+                    .await
+            }
         }
     }
 
@@ -238,7 +256,7 @@ impl Upstream {
             }
             Kind::OpenApi(c) => Ok(c.list_tools()),
             Kind::Stdio(c) => {
-                list_pages(|params| async move { c.call("tools/list", &params).await }).await
+                list_pages(|params| async move { c.call("tools/list", &params, None).await }).await
             }
         }
     }

@@ -206,6 +206,12 @@ pub struct StdioSpec {
     pub max_in_flight: usize,
     /// Between liveness pings.
     pub ping_interval: std::time::Duration,
+    /// One process, or one per end user.
+    pub instances: crate::config::Instances,
+    /// `per_user`: processes at most.
+    pub max_instances: usize,
+    /// `per_user`: a user's idle process is stopped after this.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// One variable of a stdio upstream's environment.

@@ -87,12 +87,16 @@ impl Gateway {
     }
 }
 
-/// The upstream's credential for this call: the agent's own token never
-/// goes on; the gateway's credential for the tool does. None usable →
-/// nothing is sent.
-pub(super) fn inject(upstream: &Upstream) -> Result<Credential, Refusal> {
+/// The upstream's credential for this call, made for end user `user`: the
+/// agent's own token never goes on; the gateway's credential for the tool
+/// does. None usable → nothing is sent.
+pub(super) fn inject(
+    upstream: &Upstream,
+    user: Option<std::sync::Arc<str>>,
+) -> Result<Credential, Refusal> {
     upstream
         .credential()
+        .map(|c| c.for_user(user))
         .map_err(|e| Refusal::new(e.refusal_kind()))
 }
 

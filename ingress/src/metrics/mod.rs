@@ -60,7 +60,7 @@ pub struct Metrics {
     audit: OnceLock<(Arc<AuditStats>, Arc<AuditHealth>)>,
     sinks: OnceLock<Vec<(String, Arc<SinkStats>)>>,
     /// The stdio upstreams' processes, by name, in configuration order.
-    stdio: OnceLock<Vec<(String, Arc<toolgate_upstream::stdio::Process>)>>,
+    stdio: OnceLock<Vec<(String, Arc<toolgate_upstream::stdio::Pool>)>>,
     limits: OnceLock<Arc<toolgate_limits::Sharing>>,
     /// Tool calls per customer (bounded).
     pub customers: customers::CustomerCalls,
@@ -88,7 +88,7 @@ impl Metrics {
     }
 
     /// Attaches the stdio upstreams' processes.
-    pub fn set_stdio(&self, processes: Vec<(String, Arc<toolgate_upstream::stdio::Process>)>) {
+    pub fn set_stdio(&self, processes: Vec<(String, Arc<toolgate_upstream::stdio::Pool>)>) {
         let _ = self.stdio.set(processes);
     }
 
@@ -248,6 +248,14 @@ impl Metrics {
                     out,
                     "toolgate_stdio_unhealthy{{upstream=\"{n}\"}} {}",
                     u8::from(h.unhealthy)
+                );
+            }
+            let _ = writeln!(out, "# HELP toolgate_stdio_processes Processes each stdio upstream runs (with `instances = \"per_user\"`, one per active end user besides the shared one).\n# TYPE toolgate_stdio_processes gauge");
+            for (n, p) in processes {
+                let _ = writeln!(
+                    out,
+                    "toolgate_stdio_processes{{upstream=\"{n}\"}} {}",
+                    p.instances()
                 );
             }
             let _ = writeln!(out, "# HELP toolgate_stdio_restarts_total Restarts of each stdio upstream's process.\n# TYPE toolgate_stdio_restarts_total counter");

@@ -56,13 +56,13 @@ pub fn openapi_surfaces(
 pub fn stdio_processes(
     cfg: &ValidConfig,
 ) -> Result<
-    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::stdio::Process>>,
+    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::stdio::Pool>>,
     toolgate_upstream::stdio::StartError,
 > {
     let mut out = std::collections::HashMap::new();
     for u in &cfg.upstreams {
         if let Some(spec) = &u.stdio {
-            let p = toolgate_upstream::stdio::Process::start(
+            let p = toolgate_upstream::stdio::Pool::start(
                 u.name(),
                 spec.clone(),
                 u.entry.max_response_bytes,

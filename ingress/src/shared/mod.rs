@@ -79,7 +79,7 @@ pub struct Shared {
     pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     /// The processes of the `stdio` upstreams, by name (started at boot;
     /// their settings need a restart to change).
-    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Process>>,
+    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Pool>>,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -166,7 +166,7 @@ pub struct Loaded {
     /// The tool surfaces of `openapi` upstreams, by upstream name.
     pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     /// The processes of `stdio` upstreams, by upstream name.
-    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Process>>,
+    pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Pool>>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.

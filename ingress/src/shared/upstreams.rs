@@ -41,7 +41,7 @@ pub struct ClientParts {
     /// The tool surface, for an `openapi` upstream.
     pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
     /// The process, for a `stdio` upstream.
-    pub stdio: Option<Arc<toolgate_upstream::stdio::Process>>,
+    pub stdio: Option<Arc<toolgate_upstream::stdio::Pool>>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,

@@ -187,6 +187,8 @@ class Agent:
     keyless: bool = False
     # The customer its calls are attributed to (default: its id).
     customer: str | None = None
+    # May name its end user in `Toolgate-On-Behalf-Of`.
+    act_for_users: bool = False
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -269,6 +271,8 @@ class Gate:
                 lines.append(f"client_cert_names = {toml_value(a.cert_names)}")
             if a.customer:
                 lines.append(f"customer = {toml_value(a.customer)}")
+            if a.act_for_users:
+                lines.append("act_for_users = true")
         lines += ["", "[audit]", 'dir = "audit"']
         for k, v in self.audit_opts.items():
             lines.append(f"{k} = {toml_value(v)}")

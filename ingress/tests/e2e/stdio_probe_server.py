@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import socket
 import sys
 
@@ -38,6 +39,16 @@ server = MCPServer("stdio-probe")
 def _soft(limit: int) -> int | None:
     soft, _ = resource.getrlimit(limit)
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+# Drawn once per process: which process served a call.
+INSTANCE = secrets.token_hex(8)
+
+
+@server.tool()
+def instance() -> str:
+    """This process's random id."""
+    return INSTANCE
 
 
 @server.tool()

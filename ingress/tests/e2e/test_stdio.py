@@ -49,6 +49,8 @@ from harness import (
     audit_segments,
     check_audit_line_shape,
     free_port,
+    modern_headers,
+    modern_request,
     result_json,
     sdk_client_cm,
     toml_value,
@@ -56,7 +58,7 @@ from harness import (
 
 PYTHON = Path(sys.executable)  # the venv's interpreter, a symlink into the base installation
 PROBE = E2E_DIR / "stdio_probe_server.py"
-PROBE_TOOLS = ["connect", "read_file", "getenv", "limits", "allocate", "sleep", "echo"]
+PROBE_TOOLS = ["connect", "read_file", "getenv", "limits", "allocate", "sleep", "echo", "instance"]
 
 NODE = "/usr/bin/node"
 NPM_DIR = E2E_DIR / ".npm"
@@ -785,3 +787,45 @@ def test_without_bwrap_run_refuses_unless_the_sandbox_is_off(stdio_gate, tmp_pat
     loud = [l for l in log_lines_with(bare, "bare", "sandbox") if ("WARN" in l or "ERROR" in l)
             and "stdio-probe started" not in l]
     assert loud, bare.stderr_text()
+
+
+def test_per_user_processes_are_separate_capped_and_reaped(stdio_gate):
+    """`instances = "per_user"`: each end user's calls go to a process of
+    their own (the probe draws a random id per process), the same user keeps
+    theirs, the cap stops the least recently used idle one, and an idle
+    process is reaped."""
+    tag = new_tag("peruser")
+    upstream = probe_upstream_toml("probe", tag, instances="per_user", max_instances=3, idle_timeout_s=4)
+    agent = Agent("probe-bot", [f"probe__{t}" for t in PROBE_TOOLS], act_for_users=True)
+    gate = stdio_gate(upstream, [agent])
+    assert wait_for_metric(gate, "toolgate_stdio_up", "probe", lambda v: v == 1) == 1
+
+    def instance_for(user: str | None) -> str:
+        headers = modern_headers("tools/call", "probe__instance", agent.key)
+        if user is not None:
+            headers["Toolgate-On-Behalf-Of"] = user
+        body = modern_request("tools/call", {"name": "probe__instance", "arguments": {}})
+        r = httpx.post(gate.url, json=body, headers=headers, timeout=30.0)
+        assert r.status_code == 200, r.text
+        return r.json()["result"]["content"][0]["text"]
+
+    shared = instance_for(None)
+    alice, bob = instance_for("alice"), instance_for("bob")
+    assert len({shared, alice, bob}) == 3, "one process per end user, beside the shared one"
+    assert instance_for("alice") == alice and instance_for("bob") == bob
+    assert instance_for(None) == shared
+    assert stdio_metric(gate, "toolgate_stdio_processes", "probe") == 3
+
+    # At the cap (3: the shared one and two users'), a third user's first
+    # call stops the least recently used idle process: alice's.
+    instance_for("bob")
+    carol = instance_for("carol")
+    assert carol not in (shared, alice, bob)
+    assert stdio_metric(gate, "toolgate_stdio_processes", "probe") == 3
+    assert instance_for("bob") == bob, "the recently used process is kept"
+    assert instance_for("alice") not in (alice, carol), "alice's was stopped: she gets a new one"
+
+    # Idle past idle_timeout_s: every user's process is reaped, the shared one stays.
+    assert wait_for_metric(gate, "toolgate_stdio_processes", "probe", lambda v: v == 1, timeout=15) == 1
+    assert instance_for(None) == shared
+    assert len(tagged_processes(tag)) >= 1

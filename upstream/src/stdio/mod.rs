@@ -1,10 +1,12 @@
 //! The stdio kind of upstream: an MCP server toolgate runs itself, as a
 //! sandboxed child process speaking JSON-RPC over its stdin and stdout.
 //!
-//! [`Process`] is the one process all shards share (started at boot,
-//! supervised, restarted); [`StdioClient`] is a shard's handle on it, the
-//! kind behind [`crate::Upstream`]; [`sandbox`] is what confines it.
+//! [`Process`] is one supervised process all shards share (started,
+//! handshaken, restarted); [`Pool`] the processes of one upstream (one, or
+//! one per end user); [`StdioClient`] a shard's handle on them, the kind
+//! behind [`crate::Upstream`]; [`sandbox`] is what confines each process.
 
+pub mod pool;
 pub mod process;
 pub mod sandbox;
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use toolgate_decision::UpstreamInfo;
 
+pub use pool::Pool;
 pub use process::{Health, Process, StartError};
 
 use crate::{Reply, UpstreamError};
@@ -19,20 +22,27 @@ use crate::{Reply, UpstreamError};
 /// One stdio upstream as one shard calls it.
 pub struct StdioClient {
     info: UpstreamInfo,
-    process: Arc<Process>,
+    pool: Arc<Pool>,
 }
 
 impl StdioClient {
-    /// A handle on `process`, serving `info`.
-    pub fn new(info: UpstreamInfo, process: Arc<Process>) -> Self {
-        Self { info, process }
+    /// A handle on `pool`, serving `info`.
+    pub fn new(info: UpstreamInfo, pool: Arc<Pool>) -> Self {
+        Self { info, pool }
     }
 
-    /// Sends `method` with `params` (the inside of the params object) and
-    /// returns the server's answer, within the upstream's timeout.
-    pub async fn call(&self, method: &str, params: &[u8]) -> Result<Reply, UpstreamError> {
+    /// Sends `method` with `params` (the inside of the params object) to
+    /// the process serving `user` and returns the server's answer, within
+    /// the upstream's timeout.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: &[u8],
+        user: Option<&str>,
+    ) -> Result<Reply, UpstreamError> {
         let message = self
-            .process
+            .pool
+            .process_for(user)?
             .request(method, params, self.info.timeout)
             .await?;
         Ok(Reply {

@@ -78,6 +78,8 @@ struct Inner {
     in_flight: AtomicUsize,
     max_in_flight: usize,
     up: AtomicBool,
+    /// Its first process is starting: calls wait for it rather than fail.
+    starting: AtomicBool,
     unhealthy: AtomicBool,
     restarts: AtomicU64,
     pid: AtomicU32,
@@ -165,6 +167,16 @@ impl Process {
         if !spec.sandbox.enabled {
             tracing::warn!(upstream = name, "stdio upstream runs WITHOUT a sandbox (sandbox.enabled = false): it has toolgate's own user, files and network");
         }
+        Self::launch(name, spec, max_response_bytes)
+    }
+
+    /// [`Process::start`] for a spec already checked by it (another
+    /// instance of the same upstream).
+    pub(super) fn launch(
+        name: &str,
+        spec: StdioSpec,
+        max_response_bytes: usize,
+    ) -> Result<Arc<Self>, StartError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.max_in_flight * 2 + 64);
         let inner = Arc::new(Inner {
             name: Arc::from(name),
@@ -173,6 +185,7 @@ impl Process {
             in_flight: AtomicUsize::new(0),
             max_in_flight: spec.max_in_flight,
             up: AtomicBool::new(false),
+            starting: AtomicBool::new(true),
             unhealthy: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             pid: AtomicU32::new(0),
@@ -198,6 +211,11 @@ impl Process {
         &self.inner.name
     }
 
+    /// Calls waiting on it now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
     /// How it stands now.
     pub fn health(&self) -> Health {
         let i = &self.inner;
@@ -219,9 +237,16 @@ impl Process {
         timeout: Duration,
     ) -> Result<Vec<u8>, UpstreamError> {
         let i = &self.inner;
-        if !i.up.load(Ordering::Acquire) {
-            return Err(UpstreamError::Unavailable);
+        let start = std::time::Instant::now();
+        // A process just started (a user's first call) is waited for, up
+        // to the call's deadline; one restarting fails the call at once.
+        while !i.up.load(Ordering::Acquire) {
+            if !i.starting.load(Ordering::Acquire) || start.elapsed() >= timeout {
+                return Err(UpstreamError::Unavailable);
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
         }
+        let timeout = timeout.saturating_sub(start.elapsed());
         let _guard = InFlight::take(i).ok_or(UpstreamError::Unavailable)?;
         let id = i.next_id.fetch_add(1, Ordering::Relaxed);
         let mut line = Vec::with_capacity(params.len() + 64);
@@ -334,6 +359,7 @@ impl Supervisor {
                 }
             };
             self.inner.up.store(false, Ordering::Release);
+            self.inner.starting.store(false, Ordering::Release);
             self.inner.pid.store(0, Ordering::Relaxed);
             if matches!(end, End::Stop) {
                 return;

@@ -246,6 +246,7 @@ pub fn explain(spec: &StdioSpec) -> Vec<String> {
         return vec![
             "sandbox: OFF — the process runs with toolgate's own user, files and network".into(),
             format!("environment: {env} (nothing else of toolgate's)"),
+            instances(spec),
         ];
     }
     let list = |v: &[toml::Spanned<String>]| {
@@ -285,7 +286,20 @@ pub fn explain(spec: &StdioSpec) -> Vec<String> {
             }
         ),
         "user: uid 65534 in its own user namespace, no capabilities, no new privileges".into(),
+        instances(spec),
     ]
+}
+
+/// How many processes run, for [`explain`].
+fn instances(spec: &StdioSpec) -> String {
+    match spec.instances {
+        toolgate_core::config::Instances::Shared => "processes: one, shared by every call".into(),
+        toolgate_core::config::Instances::PerUser => format!(
+            "processes: one per end user (at most {} with the shared one), stopped after {} s idle",
+            spec.max_instances,
+            spec.idle_timeout.as_secs()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +314,9 @@ mod tests {
             sandbox,
             max_in_flight: 1,
             ping_interval: std::time::Duration::from_secs(1),
+            instances: toolgate_core::config::Instances::Shared,
+            max_instances: 2,
+            idle_timeout: std::time::Duration::from_secs(1),
         }
     }
 

@@ -102,6 +102,26 @@ fn default_open_files() -> u64 {
     1024
 }
 
+/// How many processes a stdio upstream runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instances {
+    /// One process for every call (default).
+    #[default]
+    Shared,
+    /// One process per end user (servers that keep per-user state); calls
+    /// with no end user, and the catalog, go to a process of their own.
+    PerUser,
+}
+
+pub(crate) fn default_max_instances() -> usize {
+    16
+}
+
+pub(crate) fn default_idle_timeout_s() -> u64 {
+    300
+}
+
 pub(crate) fn default_max_in_flight() -> usize {
     64
 }

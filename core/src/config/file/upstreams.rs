@@ -186,6 +186,18 @@ pub struct UpstreamConfig {
     /// none within 5 s is restarted. Default 10.
     #[serde(default = "default_ping_interval_s")]
     pub ping_interval_s: u64,
+    /// `stdio`: `shared` (default: one process) or `per_user` (one per
+    /// end user, besides one for the catalog and calls without a user).
+    #[serde(default)]
+    pub instances: Instances,
+    /// `stdio`, `per_user`: processes at most (the catalog's included);
+    /// past it the least recently used idle one is stopped. Default 16.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    /// `stdio`, `per_user`: a user's process idle this long is stopped,
+    /// seconds. Default 300.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
     /// `stdio`: what the process may reach (`[upstreams.sandbox]`).
     #[serde(default)]
     pub sandbox: SandboxConfig,

@@ -18,6 +18,9 @@ pub(crate) fn keys_set(u: &UpstreamConfig) -> Vec<&'static str> {
     if u.sandbox != SandboxConfig::default() {
         keys.push("sandbox");
     }
+    if u.instances != Instances::Shared {
+        keys.push("instances");
+    }
     keys
 }
 
@@ -82,6 +85,12 @@ pub(crate) fn check(
         err(
             here,
             format!("upstream `{name}`: `ping_interval_s` must be above 0"),
+        );
+    }
+    if u.instances == Instances::PerUser && (u.max_instances < 2 || u.idle_timeout_s == 0) {
+        err(
+            here,
+            format!("upstream `{name}`: `instances = \"per_user\"` needs `max_instances` of at least 2 (one is the catalog's) and `idle_timeout_s` above 0"),
         );
     }
     let mut env = Vec::with_capacity(u.env.len());
@@ -160,6 +169,9 @@ pub(crate) fn check(
         sandbox: s.clone(),
         max_in_flight: u.max_in_flight,
         ping_interval: std::time::Duration::from_secs(u.ping_interval_s),
+        instances: u.instances,
+        max_instances: u.max_instances,
+        idle_timeout: std::time::Duration::from_secs(u.idle_timeout_s),
     })
 }
 
