@@ -325,15 +325,8 @@ impl State {
                 Ok((u, c))
             });
             let upstream = match checked {
-                Ok((entry, c)) => match c.url {
-                    Some(url) => ResolvedUpstream {
-                        entry,
-                        url,
-                        ca_file: c.ca_file,
-                        credential_file: c.credential_file,
-                        spec: c.spec,
-                        stdio: c.stdio,
-                    },
+                Ok((entry, c)) => match c.resolve(entry) {
+                    Some(u) => u,
                     None => continue,
                 },
                 Err(why) => {

@@ -223,6 +223,18 @@ pub struct AuditRecord {
     pub groups: Option<Arc<[Arc<str>]>>,
     /// What the shadow policies (`@shadow`) decided, when any are loaded.
     pub shadow: Option<ShadowRecord>,
+    /// The end-user assertion the call carried to its upstream
+    /// (`[upstreams.identity]`): its mode and `jti`, never the token.
+    pub identity: Option<IdentityRecord>,
+}
+
+/// How the call's end user reached its upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    /// `assertion`.
+    pub mode: &'static str,
+    /// The assertion's `jti`, which the upstream sees too.
+    pub jti: Box<str>,
 }
 
 /// A JSON array of strings.
@@ -465,6 +477,7 @@ impl AuditRecord {
             door: Door::Mcp,
             limit: None,
             session: None,
+            identity: None,
             verdict: None,
             groups: None,
             shadow: None,
@@ -561,6 +574,13 @@ impl AuditRecord {
         if let Some(v) = self.verdict {
             out.extend_from_slice(b",\"verdict\":");
             write_str(v, out);
+        }
+        if let Some(i) = &self.identity {
+            out.extend_from_slice(b",\"identity\":{\"mode\":");
+            write_str(i.mode, out);
+            out.extend_from_slice(b",\"jti\":");
+            write_str(&i.jti, out);
+            out.push(b'}');
         }
         if let Some(gs) = &self.groups {
             out.extend_from_slice(b",\"groups\":");
@@ -735,11 +755,17 @@ mod tests {
                 verdict: "deny",
                 policies: Arc::from([Arc::from("next-limit")]),
             }),
+            identity: Some(IdentityRecord {
+                mode: "assertion",
+                jti: Box::from("k3-1f"),
+            }),
         };
         let mut out = Vec::new();
         r.encode_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["door"], "rest");
+        assert_eq!(v["identity"]["mode"], "assertion");
+        assert_eq!(v["identity"]["jti"], "k3-1f");
         assert_eq!(v["session"]["id"], "00ab");
         assert_eq!(v["verdict"], "judge");
         assert_eq!(v["groups"], serde_json::json!(["admins"]));

@@ -32,6 +32,8 @@ pub struct UpstreamInfo {
     pub catalog_refresh: Duration,
     /// The REST door's declared routes to its tools (an MCP upstream's).
     pub rest_routes: Arc<[toolgate_core::config::RestRouteConfig]>,
+    /// Where each call's end-user assertion goes (`[upstreams.identity]`).
+    pub identity: Option<Arc<toolgate_core::config::AssertionTarget>>,
 }
 
 /// Where an attached tool goes.
@@ -189,8 +191,8 @@ impl Snapshot {
         let upstreams: Vec<UpstreamInfo> = cfg
             .upstreams
             .iter()
-            .map(|r| (&r.entry, &r.url))
-            .map(|(u, url)| UpstreamInfo {
+            .map(|r| (&r.entry, &r.url, &r.identity))
+            .map(|(u, url, identity)| UpstreamInfo {
                 name: Arc::from(u.name.get_ref().as_str()),
                 url: url.clone(),
                 timeout: Duration::from_millis(u.timeout_ms),
@@ -199,6 +201,7 @@ impl Snapshot {
                 protocol: u.protocol,
                 catalog_refresh: Duration::from_secs(u.catalog_refresh_s),
                 rest_routes: Arc::from(u.routes.as_slice()),
+                identity: identity.clone().map(Arc::new),
             })
             .collect();
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())

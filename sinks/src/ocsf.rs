@@ -106,6 +106,8 @@ pub struct Record<'a> {
     pub session: Value,
     /// The shadow policies' decision.
     pub shadow: Value,
+    /// The end-user assertion the call carried.
+    pub identity: Value,
     /// The end user's groups from the token.
     pub groups: Value,
     /// Position in the log.
@@ -371,6 +373,7 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         ("session", &r.session),
         ("shadow", &r.shadow),
         ("groups", &r.groups),
+        ("identity", &r.identity),
     ] {
         if !v.is_null() {
             if out.len() > mark {

@@ -42,6 +42,7 @@ const PARAMS: &[(&str, &str)] = &[
     ("/client", "src"),
     ("/protocol_version", "pv"),
     ("/session/id", "sid"),
+    ("/identity/jti", "ij"),
     ("/args_sha256", "ad"),
     ("/http/method", "hm"),
     ("/http/path", "hp"),

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod assertion;
 pub mod credential;
 pub mod mcp;
 pub mod oauth;
@@ -139,6 +140,8 @@ pub struct Credential {
     )]
     line: Option<Rc<Arc<Secret>>>,
     user: Option<Arc<str>>,
+    /// The call's end-user assertion header line (`[upstreams.identity]`).
+    identity: Option<Secret>,
 }
 
 impl Credential {
@@ -153,6 +156,23 @@ impl Credential {
     /// with a process per user picks that user's).
     pub fn for_user(self, user: Option<Arc<str>>) -> Self {
         Self { user, ..self }
+    }
+
+    /// The same, carrying `line` (a complete header line: the call's
+    /// end-user assertion) on its `tools/call`.
+    pub fn with_identity(self, line: Secret) -> Self {
+        Self {
+            identity: Some(line),
+            ..self
+        }
+    }
+
+    /// Appends the end-user assertion line, if any (on a tool call only,
+    /// never on a handshake or a catalog fetch).
+    fn write_identity(&self, req: &mut Vec<u8>) {
+        if let Some(line) = &self.identity {
+            req.extend_from_slice(line.expose());
+        }
     }
 }
 
@@ -204,6 +224,7 @@ impl Upstream {
             return Ok(Credential {
                 line: None,
                 user: None,
+                identity: None,
             });
         };
         let line = reader.borrow_mut().current();
@@ -213,6 +234,7 @@ impl Upstream {
         Ok(Credential {
             line: Some(line),
             user: None,
+            identity: None,
         })
     }
 

@@ -143,6 +143,9 @@ impl McpClient {
             let _ = write!(req, "{k}: {v}\r\n");
         }
         credential.write(&mut req);
+        if method == "tools/call" {
+            credential.write_identity(&mut req);
+        }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(&body);
         req

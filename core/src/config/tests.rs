@@ -941,3 +941,49 @@ fn stdio_upstreams_refuse_what_they_cannot_use() {
         assert!(e.contains(want), "{upstream:?}: {e}");
     }
 }
+
+#[test]
+fn upstream_identity_needs_the_assertion_key_and_an_http_upstream() {
+    let with_identity = GOOD.replace(
+        "url = \"http://127.0.0.1:9101/mcp\"",
+        "url = \"http://127.0.0.1:9101/mcp\"\n[upstreams.identity]\nmode = \"assertion\"",
+    );
+    let e = parse(&with_identity, "t.toml", Path::new("/"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("needs `[identity_assertions]`"), "{e}");
+    let keyed =
+        format!("{with_identity}\n[identity_assertions]\nkey_env = \"K\"\nlifetime_s = 30\n");
+    let v = parse(&keyed, "t.toml", Path::new("/")).unwrap();
+    let target = v.upstreams[0].identity.as_ref().unwrap();
+    assert_eq!(target.header, "Toolgate-User-Assertion");
+    assert_eq!(
+        target.audience, "http://127.0.0.1:9101/mcp",
+        "default: the url"
+    );
+    assert_eq!(v.assertion_keys.as_ref().unwrap().lifetime_s, 30);
+    for (bad, why) in [
+        (
+            "header = \"Content-Length\"",
+            "not a header toolgate may set",
+        ),
+        ("header = \"Bad Header\"", "not a header toolgate may set"),
+    ] {
+        let text = keyed.replace(
+            "mode = \"assertion\"",
+            &format!("mode = \"assertion\"\n{bad}"),
+        );
+        let e = parse(&text, "t.toml", Path::new("/"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    let both = keyed.replace("key_env = \"K\"", "key_env = \"K\"\nkey_file = \"k.pem\"");
+    let e = parse(&both, "t.toml", Path::new("/"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("exactly one of `key_file` and `key_env`"), "{e}");
+}

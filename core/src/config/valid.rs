@@ -153,6 +153,32 @@ pub struct ValidConfig {
     pub base: PathBuf,
     /// `tool_pins.file`, resolved.
     pub pins_file: Option<PathBuf>,
+    /// `[identity_assertions]`, resolved.
+    pub assertion_keys: Option<AssertionKeys>,
+}
+
+/// `[identity_assertions]` as toolgate loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionKeys {
+    /// Where the signing key's PEM is read.
+    pub current: crate::secret::SecretSource,
+    /// Earlier keys' files, published (public halves) for overlap.
+    pub previous: Vec<PathBuf>,
+    /// `iss`.
+    pub issuer: String,
+    /// `exp - iat`, seconds.
+    pub lifetime_s: u64,
+}
+
+/// Where one upstream's identity assertions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionTarget {
+    /// The mode (`assertion`).
+    pub mode: crate::config::IdentityMode,
+    /// The header carrying them.
+    pub header: String,
+    /// Their `aud`.
+    pub audience: String,
 }
 
 impl ValidConfig {
@@ -188,6 +214,8 @@ pub struct ResolvedUpstream {
     pub spec: Option<SpecSource>,
     /// A `stdio` upstream's process, resolved.
     pub stdio: Option<StdioSpec>,
+    /// Where its end-user assertions go, with `[upstreams.identity]`.
+    pub identity: Option<AssertionTarget>,
 }
 
 /// A `stdio` upstream's process as toolgate starts it: the program found,

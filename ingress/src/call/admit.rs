@@ -175,6 +175,7 @@ impl Gateway {
         };
         Ok(Admitted {
             upstream: route.upstream,
+            tool: Arc::clone(&route.tool),
             params,
             args_at,
             headers,

@@ -81,6 +81,8 @@ pub(super) struct CallCtx {
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
     pub(super) session: Option<super::history::InSession>,
+    /// The end-user assertion the call carried to its upstream.
+    pub(super) identity: Option<toolgate_core::audit::IdentityRecord>,
     /// The policy verdict of a call that reached policy.
     pub(super) verdict: Option<&'static str>,
     /// What the shadow policies decided of it, when any are loaded.
@@ -122,6 +124,7 @@ impl CallCtx {
             limit: None,
             mcp_session: None,
             session: None,
+            identity: None,
             verdict: None,
             shadow: None,
         }
@@ -177,6 +180,7 @@ impl CallCtx {
             // for the token's own user.
             groups: self.groups.filter(|_| self.verdict.is_some() && has_user),
             verdict: self.verdict,
+            identity: self.identity,
             shadow: self.shadow.map(|v| toolgate_core::audit::ShadowRecord {
                 verdict: v.as_str(),
                 policies: Arc::clone(v.policies()),

@@ -11,6 +11,7 @@ use toolgate_core::audit::{JudgeOutcome, Reason};
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::OutputFilter;
 use toolgate_sinks::Admission;
+use toolgate_upstream::assertion::Claims;
 
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
@@ -21,6 +22,8 @@ use toolgate_upstream::{Credential, Reply, Upstream};
 pub(super) struct Admitted {
     /// Index of its upstream in the snapshot.
     pub(super) upstream: usize,
+    /// The tool's name on the upstream.
+    pub(super) tool: Arc<str>,
     /// `params` members: `"name":…,"arguments":…`, the arguments last.
     pub(super) params: Vec<u8>,
     /// Where the arguments start in `params` (they run to its end).
@@ -87,17 +90,49 @@ impl Gateway {
     }
 }
 
-/// The upstream's credential for this call, made for end user `user`: the
-/// agent's own token never goes on; the gateway's credential for the tool
-/// does. None usable → nothing is sent.
-pub(super) fn inject(
-    upstream: &Upstream,
-    user: Option<std::sync::Arc<str>>,
-) -> Result<Credential, Refusal> {
-    upstream
-        .credential()
-        .map(|c| c.for_user(user))
-        .map_err(|e| Refusal::new(e.refusal_kind()))
+impl Gateway {
+    /// What this call carries to its upstream: the gateway's credential
+    /// for the tool (the agent's own token never goes on; none usable →
+    /// nothing is sent), the end user, and with `[upstreams.identity]` an
+    /// assertion of who the call is for, signed now (its `jti` goes into
+    /// the record).
+    pub(super) fn inject(
+        &self,
+        upstream: &Upstream,
+        call: &Admitted,
+        ctx: &mut CallCtx,
+    ) -> Result<Credential, Refusal> {
+        let credential = upstream
+            .credential()
+            .map(|c| c.for_user(ctx.user.clone()))
+            .map_err(|e| Refusal::new(e.refusal_kind()))?;
+        let Some(target) = &upstream.info().identity else {
+            return Ok(credential);
+        };
+        // `check` refuses `[upstreams.identity]` without a key, so this
+        // is never hit; nothing is sent rather than an unattributed call.
+        let signer = self
+            .assertions
+            .as_ref()
+            .ok_or(Refusal::new(RefusalKind::UpstreamCredentialUnavailable))?
+            .borrow_mut()
+            .current();
+        let minted = signer.mint(
+            target,
+            &Claims {
+                user: ctx.user.as_deref(),
+                agent: ctx.agent.as_deref().unwrap_or(""),
+                customer: ctx.customer.as_deref(),
+                tool: &call.tool,
+            },
+            super::ctx::now_secs(),
+        );
+        ctx.identity = Some(toolgate_core::audit::IdentityRecord {
+            mode: target.mode.as_str(),
+            jti: minted.jti,
+        });
+        Ok(credential.with_identity(minted.line))
+    }
 }
 
 /// Sends the admitted call with its credential; the reserved audit slot

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub(super) rate_limits: RefCell<Reader<crate::ratelimit::Limits>>,
     /// `[limits]` rules and counters.
     pub(super) limits: RefCell<Reader<toolgate_limits::Limits>>,
+    /// The end-user assertion signer, with `[identity_assertions]`.
+    pub(super) assertions: Option<RefCell<Reader<toolgate_upstream::assertion::Signer>>>,
     /// What records keep of call arguments (`[audit] arguments`).
     pub(super) args_audit: args::ArgsAudit,
 }
@@ -151,6 +153,7 @@ impl Gateway {
             tokens: tokens::TokenCache::default(),
             rate_limits: RefCell::new(shared.rate_limits.reader()),
             limits: RefCell::new(shared.limits.reader()),
+            assertions: shared.assertions.as_ref().map(|a| RefCell::new(a.reader())),
             acks: Rc::new(ack::Acks::new(shard, audit.health())),
             shard,
             snapshot: RefCell::new(snapshot),

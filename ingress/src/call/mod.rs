@@ -129,7 +129,7 @@ impl Gateway {
         self.escalate(&call, upstream, ctx).await?;
         self.take_limits(ctx)?;
         history::record(ctx);
-        let credential = forward::inject(upstream, ctx.user.clone())?;
+        let credential = self.inject(upstream, &call, ctx)?;
         let reply = forward::forward(upstream, &call, &credential, slot).await?;
         ctx.http = reply.http;
         self.respond(&reply.message, ctx, call.filter.as_deref())

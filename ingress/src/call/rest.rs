@@ -156,7 +156,7 @@ impl Gateway {
         self.escalate(&admitted, upstream, ctx).await?;
         self.take_limits(ctx)?;
         super::history::record(ctx);
-        let credential = forward::inject(upstream, ctx.user.clone())?;
+        let credential = self.inject(upstream, &admitted, ctx)?;
         match api {
             Some(api) => {
                 // Unless a data-loss rule rewrote them, the arguments

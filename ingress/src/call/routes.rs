@@ -25,6 +25,7 @@ impl Handler for Gateway {
             b"/mcp" => self.mcp(req, out).await,
             p if p.starts_with(super::REST_PREFIX) => self.rest(req, out).await,
             p if p == RESOURCE_METADATA_PATH.as_bytes() => self.resource_metadata(req, out),
+            b"/.well-known/jwks.json" => self.jwks(out),
             b"/healthz" => health(out, true),
             b"/readyz" => readiness(out, &self.shared),
             _ => {
@@ -84,6 +85,21 @@ impl Gateway {
         })
         .to_string();
         response::write(out, 200, &[], Body::Json(body.as_bytes()), true);
+    }
+}
+
+impl Gateway {
+    /// `/.well-known/jwks.json`: the public keys of toolgate's end-user
+    /// assertions, for upstreams to verify them (404 without
+    /// `[identity_assertions]`).
+    fn jwks(&self, out: &mut Vec<u8>) {
+        let Some(signer) = &self.assertions else {
+            let r = Refusal::new(RefusalKind::PathNotFound);
+            write_refusal(out, &r, None, None, None, false, true);
+            return;
+        };
+        let signer = signer.borrow_mut().current();
+        response::write(out, 200, &[], Body::Json(signer.jwks().as_bytes()), true);
     }
 }
 

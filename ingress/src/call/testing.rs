@@ -72,6 +72,7 @@ pub(super) fn gateway(extra: &str, policies: &[&str]) -> super::Gateway {
         credentials: toolgate_upstream::credential::load(&cfg).unwrap(),
         openapi: crate::process::openapi_surfaces(&cfg).unwrap(),
         stdio: std::collections::HashMap::new(),
+        assertions: None,
         tls: toolgate_net::tls::TlsSetup::default(),
         subtokens: None,
         oauth: Vec::new(),

@@ -17,6 +17,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     oauth::clients(&cfg, &creds)?;
     process::load_tls(&cfg)?;
     process::openapi_surfaces(&cfg)?;
+    if let Some(keys) = &cfg.assertion_keys {
+        toolgate_upstream::assertion::Signer::load(keys)?;
+    }
     // Sink tokens and TLS files are read as at start (nothing is sent).
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         toolgate_sinks::build_sink(s, t, &cfg.audit_dir)?;

@@ -42,6 +42,9 @@ pub enum StartError {
     /// An `openapi` upstream's document does not load.
     #[error(transparent)]
     OpenApi(#[from] toolgate_upstream::openapi::LoadError),
+    /// The end-user assertion keys cannot be read.
+    #[error(transparent)]
+    Assertions(#[from] toolgate_upstream::assertion::AssertionError),
     /// A `stdio` upstream's process cannot be started as configured (its
     /// sandbox unavailable here).
     #[error(transparent)]

@@ -94,6 +94,11 @@ pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
     Ok(Loaded {
         openapi: openapi_surfaces(cfg)?,
         stdio: stdio_processes(cfg)?,
+        assertions: cfg
+            .assertion_keys
+            .as_ref()
+            .map(toolgate_upstream::assertion::Signer::load)
+            .transpose()?,
         credentials,
         tls,
         subtokens,

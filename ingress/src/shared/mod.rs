@@ -80,6 +80,9 @@ pub struct Shared {
     /// The processes of the `stdio` upstreams, by name (started at boot;
     /// their settings need a restart to change).
     pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Pool>>,
+    /// The end-user assertion signer (`[identity_assertions]`); its keys
+    /// are read again on reload.
+    pub assertions: Option<Arc<Published<toolgate_upstream::assertion::Signer>>>,
     /// The listener's TLS configuration, when `[server.tls]` is set; its
     /// certificate, key and client CA are re-read on reload.
     pub tls: Option<Arc<Published<TlsAcceptor>>>,
@@ -167,6 +170,8 @@ pub struct Loaded {
     pub openapi: HashMap<String, toolgate_upstream::openapi::LiveSurface>,
     /// The processes of `stdio` upstreams, by upstream name.
     pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Pool>>,
+    /// The end-user assertion signer, with `[identity_assertions]`.
+    pub assertions: Option<toolgate_upstream::assertion::Signer>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
@@ -205,6 +210,7 @@ impl Shared {
             credentials,
             openapi,
             stdio,
+            assertions,
             tls,
             subtokens,
             oauth,
@@ -267,6 +273,7 @@ impl Shared {
             credentials,
             openapi,
             stdio,
+            assertions: assertions.map(Published::new),
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,

@@ -29,7 +29,8 @@ pub enum ReloadError {
         /// What is wrong.
         why: String,
     },
-    /// A listener's TLS was switched on or off (that needs a restart).
+    /// A listener's TLS, or the assertion key, was switched on or off
+    /// (that needs a restart).
     #[error("`[{0}]` added or removed: restart toolgate to apply")]
     TlsAddedOrRemoved(&'static str),
     /// The sub-token key or revocation list cannot be read.
@@ -38,6 +39,9 @@ pub enum ReloadError {
     /// The revocation list alone cannot be read.
     #[error("{0}")]
     Revocations(String),
+    /// The end-user assertion keys cannot be read.
+    #[error("{0}")]
+    Assertions(String),
     /// The tool pins file cannot be read.
     #[error("{0}")]
     Pins(String),
@@ -106,6 +110,14 @@ impl Shared {
             .map(crate::subtokens::verifier)
             .transpose()
             .map_err(|e| ReloadError::Subtokens(e.to_string()))?;
+        let assertions = match (&self.assertions, &cfg.assertion_keys) {
+            (Some(_), Some(keys)) => Some(
+                toolgate_upstream::assertion::Signer::load(keys)
+                    .map_err(|e| ReloadError::Assertions(e.to_string()))?,
+            ),
+            (None, None) => None,
+            _ => return Err(ReloadError::TlsAddedOrRemoved("identity_assertions")),
+        };
         let pins = self
             .config
             .pins_file
@@ -128,6 +140,9 @@ impl Shared {
         }
         if let (Some(published), Some(tls)) = (&self.admin_tls, admin_tls) {
             published.publish(TlsAcceptor::from(tls));
+        }
+        if let (Some(published), Some(signer)) = (&self.assertions, assertions) {
+            published.publish(signer);
         }
         *self.subtokens.lock().unwrap_or_else(|p| p.into_inner()) = subtokens;
         if let Some(p) = pins {

@@ -89,6 +89,19 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout}s")
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The Prometheus text at ``port``'s ``/metrics``: sample (name and
+    labels) -> value."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5.0).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
 def new_api_key() -> tuple[str, str]:
     """A fresh random API key and the SHA-256 hex digest stored in the config."""
     key = "tg_" + secrets.token_hex(24)
@@ -896,9 +909,11 @@ class GarbageServer(_TCPServer):
 SDK_MODES = ("legacy", MODERN_VERSION, "auto")
 
 
-def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None):
+def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None,
+                  headers: dict[str, str] | None = None):
     """An async context manager yielding a connected ``mcp.Client`` that sends
-    ``Authorization: Bearer <api_key>`` on every HTTP request; ``verify`` (an
+    ``Authorization: Bearer <api_key>`` (and any extra ``headers``, e.g.
+    ``Toolgate-On-Behalf-Of``) on every HTTP request; ``verify`` (an
     ``ssl.SSLContext``) for an https URL."""
     from contextlib import asynccontextmanager
 
@@ -909,12 +924,13 @@ def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None):
 
     @asynccontextmanager
     async def cm():
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else None
+        sent = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
+        sent.update(headers or {})
         timeout = httpx2.Timeout(HTTP_TIMEOUT_S, read=30.0)
         if verify is None:
-            http = create_mcp_http_client(headers=headers, timeout=timeout)
+            http = create_mcp_http_client(headers=sent or None, timeout=timeout)
         else:
-            http = httpx2.AsyncClient(headers=headers, timeout=timeout, verify=verify)
+            http = httpx2.AsyncClient(headers=sent or None, timeout=timeout, verify=verify)
         async with http:
             transport = streamable_http_client(url, http_client=http)
             async with Client(transport, mode=mode, read_timeout_seconds=20.0) as client:

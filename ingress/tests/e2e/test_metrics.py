@@ -8,18 +8,7 @@ import time
 
 import httpx
 
-from harness import HOST, Agent, free_port, modern_headers, modern_request
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5.0).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
+from harness import HOST, Agent, free_port, modern_headers, modern_request, scrape
 
 
 def total(metrics: dict[str, float], prefix: str) -> float:

@@ -52,6 +52,7 @@ from harness import (
     modern_headers,
     modern_request,
     result_json,
+    scrape,
     sdk_client_cm,
     toml_value,
 )
@@ -222,17 +223,6 @@ def stdio_gate(tmp_path: Path):
 # --------------------------------------------------------------------------
 # metrics, log, audit
 # --------------------------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5.0).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
 
 
 def stdio_metric(gate: StdioGate, metric: str, upstream: str) -> float | None:

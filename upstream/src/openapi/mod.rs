@@ -215,6 +215,7 @@ fn encode(url: &UpstreamUrl, req: &request::Request, credential: &Credential) ->
         let _ = write!(out, "{k}: {v}\r\n");
     }
     credential.write(&mut out);
+    credential.write_identity(&mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out

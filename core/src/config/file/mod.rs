@@ -3,6 +3,7 @@
 
 mod admin;
 mod agents;
+mod assertions;
 mod audit;
 mod auth;
 mod defaults;
@@ -15,6 +16,7 @@ mod upstreams;
 
 pub use admin::*;
 pub use agents::*;
+pub use assertions::*;
 pub use audit::*;
 pub use auth::*;
 pub use limits::*;
@@ -65,6 +67,10 @@ pub struct Config {
     /// How agents authenticate besides API keys.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// toolgate's key for signed end-user assertions to upstreams
+    /// (`[upstreams.identity] mode = "assertion"`). Default none.
+    #[serde(default)]
+    pub identity_assertions: Option<IdentityAssertionsConfig>,
     /// Pinning of tool definitions against silent changes (rug pulls).
     #[serde(default)]
     pub tool_pins: Option<ToolPinsConfig>,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::assertions::UpstreamIdentityConfig;
 use super::defaults::*;
 use super::stdio::*;
 
@@ -198,6 +199,10 @@ pub struct UpstreamConfig {
     /// seconds. Default 300.
     #[serde(default = "default_idle_timeout_s")]
     pub idle_timeout_s: u64,
+    /// How the end user of each call reaches the upstream
+    /// (`[upstreams.identity]`). Default: not at all.
+    #[serde(default)]
+    pub identity: Option<UpstreamIdentityConfig>,
     /// `stdio`: what the process may reach (`[upstreams.sandbox]`).
     #[serde(default)]
     pub sandbox: SandboxConfig,

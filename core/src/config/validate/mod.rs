@@ -2,6 +2,7 @@
 //! its line. One file per section's checks.
 
 mod admin;
+mod assertions;
 mod auth;
 mod limits;
 mod paths;
@@ -144,9 +145,8 @@ pub(crate) fn validate(
             );
         }
         let mut checked = check_upstream_entry(u, base, &mut err, &at);
-        if let Some(url) = checked.url.take() {
-            resolved.push((url, checked));
-        }
+        checked.identity = assertions::check_identity(u, &config, &mut err, &at);
+        resolved.push(checked);
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),
             None => (name.clone(), u.name.span()),
@@ -444,6 +444,7 @@ pub(crate) fn validate(
         },
         None => None,
     };
+    let assertion_keys = assertions::check_assertions(&config, base, &mut err, &at);
     let admin_listen = validate_admin(&config.admin, base, &mut err, &at);
     let admin_postgres_password = validate_admin_backend(&config.admin, base, &mut err, &at);
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -477,14 +478,7 @@ pub(crate) fn validate(
             let upstreams = std::mem::take(&mut config.upstream_entries)
                 .into_iter()
                 .zip(resolved)
-                .map(|(entry, (url, c))| ResolvedUpstream {
-                    entry,
-                    url,
-                    ca_file: c.ca_file,
-                    credential_file: c.credential_file,
-                    spec: c.spec,
-                    stdio: c.stdio,
-                })
+                .filter_map(|(entry, c)| c.resolve(entry))
                 .collect();
             Ok(ValidConfig {
                 config,
@@ -513,6 +507,7 @@ pub(crate) fn validate(
                 admin_state_file: resolve(base, config_admin_state_file),
                 admin_postgres_password,
                 limits_redis,
+                assertion_keys,
             })
         }
         _ => Err(errors),

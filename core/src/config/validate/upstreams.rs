@@ -35,6 +35,23 @@ pub struct CheckedUpstream {
     pub spec: Option<SpecSource>,
     /// A `stdio` upstream's process, resolved.
     pub stdio: Option<StdioSpec>,
+    /// Where its end-user assertions go.
+    pub identity: Option<AssertionTarget>,
+}
+
+impl CheckedUpstream {
+    /// `entry` as resolved by this check; `None` when its URL did not parse.
+    pub fn resolve(self, entry: UpstreamConfig) -> Option<ResolvedUpstream> {
+        Some(ResolvedUpstream {
+            entry,
+            url: self.url?,
+            ca_file: self.ca_file,
+            credential_file: self.credential_file,
+            spec: self.spec,
+            stdio: self.stdio,
+            identity: self.identity,
+        })
+    }
 }
 
 /// What the configuration requires of one upstream entry by itself (name
@@ -59,6 +76,7 @@ pub(crate) fn check_upstream_entry(
         credential_file: None,
         spec: None,
         stdio: None,
+        identity: None,
     };
     if u.kind != UpstreamKind::Stdio {
         for key in super::stdio::keys_set(u) {
