@@ -2,7 +2,9 @@
 //! in-process MCP server (`crm`) and a REST API behind its OpenAPI document
 //! (`billing`), so a newcomer sees every part working with no setup. Both
 //! are served over plain blocking sockets from one listener; they are demo
-//! scaffolding, not part of the gateway's request path.
+//! scaffolding, not part of the gateway's request path. `crm` receives a
+//! signed end-user assertion with every call (`crm__whoami` says whom it
+//! was called for, checked against toolgate's key).
 
 mod billing;
 mod crm;
@@ -22,6 +24,7 @@ pub const AGENTS: [(&str, &str, &[&str]); 2] = [
             "crm__lookup_customer",
             "crm__echo",
             "crm__send_email",
+            "crm__whoami",
             "billing__getInvoice",
         ],
     ),
@@ -78,8 +81,12 @@ pub fn write_config(
     )?;
     std::fs::write(dir.join("billing.token"), billing::TOKEN)?;
     std::fs::write(dir.join("demo.cedar"), POLICY)?;
+    std::fs::write(dir.join("assertion.pem"), crm::assertion_key()?)?;
     let mut s = format!(
-        "[server]\nlisten = \"{listen}\"\nshards = 1\n\n[[upstreams]]\nname = \"crm\"\nurl = \"http://{upstream}/mcp\"\ntimeout_ms = 5000\n\n\
+        "[server]\nlisten = \"{listen}\"\nshards = 1\n\n\
+         [identity_assertions]\nkey_file = \"assertion.pem\"\nissuer = \"toolgate-demo\"\n\n\
+         [[upstreams]]\nname = \"crm\"\nurl = \"http://{upstream}/mcp\"\ntimeout_ms = 5000\n\
+         [upstreams.identity]\nmode = \"assertion\"\n\n\
          [[upstreams]]\nname = \"billing\"\nkind = \"openapi\"\nspec = \"billing.openapi.json\"\nbase_url = \"http://{upstream}\"\ntimeout_ms = 5000\n\
          [upstreams.credential]\nheader = \"Authorization\"\nvalue_prefix = \"Bearer \"\nfile = \"billing.token\"\n\n\
          [policies]\nfiles = [\"demo.cedar\"]\n\n"
@@ -88,8 +95,9 @@ pub fn write_config(
         let hash = hex::encode(toolgate_core::identity::key_hash(key.as_bytes()));
         let tools: Vec<String> = tools.iter().map(|t| format!("\"{t}\"")).collect();
         s.push_str(&format!(
-            "[[agents]]\nid = \"{id}\"\napi_key_sha256 = \"{hash}\"\ntools = [{}]\n\n",
-            tools.join(", ")
+            "[[agents]]\nid = \"{id}\"\napi_key_sha256 = \"{hash}\"\ntools = [{}]\nact_for_users = {}\n\n",
+            tools.join(", "),
+            id == "support-bot"
         ));
     }
     s.push_str(&format!("[audit]\ndir = \"{}\"\n\n", audit_dir.display()));
@@ -137,7 +145,7 @@ fn serve(mut conn: TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let (head_len, method, path, authorization, length) = loop {
+        let (head_len, method, path, authorization, assertion, length) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
@@ -157,6 +165,7 @@ fn serve(mut conn: TcpStream) {
                         req.method.unwrap_or("").to_owned(),
                         req.path.unwrap_or("").to_owned(),
                         header("authorization"),
+                        header("toolgate-user-assertion"),
                         len.min(1 << 20),
                     );
                 }
@@ -187,7 +196,7 @@ fn serve(mut conn: TcpStream) {
             (None, "POST") => match serde_json::from_slice::<Value>(&body)
                 .ok()
                 .as_ref()
-                .map(crm::answer)
+                .map(|req| crm::answer(req, assertion.as_deref()))
             {
                 Some(Some(v)) => {
                     let b = v.to_string();
@@ -245,6 +254,9 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
     ));
     s.push_str(&format!(
         "\nThe same e-mail in a fresh conversation, which has read nothing (allowed):\n  curl -s {url} -H 'Authorization: Bearer {support}' -H 'Toolgate-Conversation: fresh-1' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__send_email' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__send_email\",\"arguments\":{{\"to\":\"partner@example.com\",\"body\":\"hello\"}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nAsk the CRM whom it was called for: support-bot acting for alice (the CRM verifies toolgate's signed assertion; keys at http://{gateway}/.well-known/jwks.json):\n  curl -s {url} -H 'Authorization: Bearer {support}' -H 'Toolgate-On-Behalf-Of: alice' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__whoami' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__whoami\",\"arguments\":{{}},{meta}}}}}'\n"
     ));
     let rest = format!("http://{gateway}/rest/billing");
     s.push_str(&format!(

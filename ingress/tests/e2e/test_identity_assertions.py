@@ -665,3 +665,20 @@ def test_check_refuses_bad_identity_assertions(tmp_path, case):
     assert r.returncode != 0, f"{case}: accepted; stderr={r.stderr!r}"
     assert any(n in r.stderr for n in names), (case, r.stderr)
     assert pem_body(good_pem.encode()) not in r.stderr + r.stdout, "the key's content was printed"
+
+
+def test_the_demo_crm_sees_the_end_user_it_was_called_for(tmp_path):
+    """The command ``toolgate demo`` prints for ``crm__whoami``, run as
+    printed: the demo CRM checks the signed assertion and names alice."""
+    from harness import Demo
+
+    with Demo(tmp_path) as demo:
+        lines = demo.output().splitlines()
+        at = next(i for i, l in enumerate(lines) if l.startswith("Ask the CRM whom it was called for"))
+        command = lines[at + 1].rstrip("\\").strip() + " " + lines[at + 2].strip()
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        text = json.loads(out.stdout)["result"]["content"][0]["text"]
+        assert text == "called for alice by support-bot (assertion verified)", text
+        jwks = httpx.get(f"{demo.url}/.well-known/jwks.json", timeout=5.0).json()
+        assert [k["crv"] for k in jwks["keys"]] == ["Ed25519"]
