@@ -102,6 +102,9 @@ pub struct OutputFilter {
     structural: bool,
 }
 
+/// Scans of one string's masked text, at most (see `write_string`).
+const MASK_PASSES: usize = 4;
+
 fn pattern_bit(i: usize) -> u128 {
     1u128 << (Detector::ALL.len() + i)
 }
@@ -580,8 +583,33 @@ impl<'f> Walker<'f, '_> {
         }
     }
 
-    /// A string, with detector and pattern matches masked.
+    /// A string, with detector and pattern matches masked. Masking joins
+    /// what was around a match, which can make a new one (digits glued to
+    /// an IBAN stand alone once the phone number before it is a label), so
+    /// the masked text is scanned again until nothing more is found; past
+    /// [`MASK_PASSES`] the whole string is masked (fail closed).
     fn write_string(&mut self, s: &str, out: &mut Vec<u8>) {
+        let Some(mut masked) = self.mask_once(s) else {
+            write_str(s, out);
+            return;
+        };
+        for _ in 1..MASK_PASSES {
+            match self.mask_once(&masked) {
+                Some(again) => masked = again,
+                None => {
+                    write_str(&masked, out);
+                    return;
+                }
+            }
+        }
+        let mut whole = String::new();
+        mask::write_mask(&masked, "masked", MaskStyle::Label, &mut whole);
+        write_str(&whole, out);
+    }
+
+    /// `s` with one pass of detector and pattern matches masked; `None`
+    /// when nothing in it is to be masked.
+    fn mask_once(&mut self, s: &str) -> Option<String> {
         let f = self.f;
         self.found.clear();
         f.scanner.scan(s.as_bytes(), &mut self.found);
@@ -632,11 +660,7 @@ impl<'f> Walker<'f, '_> {
                 at = h.end;
             }
         }
-        if spans.is_empty() {
-            write_str(s, out);
-        } else {
-            write_str(&mask::mask(s, &spans), out);
-        }
+        (!spans.is_empty()).then(|| mask::mask(s, &spans))
     }
 }
 

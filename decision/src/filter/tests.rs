@@ -125,6 +125,26 @@ fn fields_are_dropped_and_masked_by_path_in_both_roots() {
     );
 }
 
+/// Found by the `output_mask` fuzz target: the IBAN glued to the digits
+/// of a phone number is no IBAN until the phone number is masked, and then
+/// it stands alone. The masked text is scanned again until nothing is left.
+#[test]
+fn what_masking_uncovers_is_masked_too() {
+    let f = filter(
+        "[[output_rules]]\nname = \"pii\"\ntools = [\"*\"]\ndetectors = [\"card\", \"email\", \"phone\", \"iban\", \"secrets\", \"gov_id\"]\n",
+    );
+    let text = "HK1+2\u{5}\0+23222222CA2223CA22222222222)2+";
+    let (got, v) = apply(&f, &json!({"content": [{"type": "text", "text": text}]}));
+    let out = got["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(out.contains("[REDACTED:phone]"), "{out}");
+    assert!(out.contains("[REDACTED:iban]"), "{out}");
+    let scanner = detect::Scanner::new(detect::DetectorSet::of(&Detector::ALL));
+    let mut found = Vec::new();
+    scanner.scan(out.as_bytes(), &mut found);
+    assert!(found.is_empty(), "{out}: {found:?}");
+    assert!(!v.refused);
+}
+
 #[test]
 fn drop_where_removes_matching_records() {
     let f = filter(
