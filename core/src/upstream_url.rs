@@ -49,7 +49,7 @@ pub struct UpstreamUrl {
 
 impl UpstreamUrl {
     /// The stand-in endpoint of an upstream toolgate runs as a process
-    /// (`kind = "stdio"`), never dialed: `stdio://{name}/`.
+    /// (`kind = "stdio"`), never dialed: host `stdio.{name}`, port 0.
     pub fn process(name: &str) -> Self {
         Self {
             host: format!("stdio.{name}"),

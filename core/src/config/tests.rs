@@ -932,6 +932,10 @@ fn stdio_upstreams_refuse_what_they_cannot_use() {
             "url = \"http://127.0.0.1:9101/mcp\"\ncommand = [\"sh\"]\n",
             "`command` is for `kind = \"stdio\"` upstreams",
         ),
+        (
+            "url = \"http://127.0.0.1:9101/mcp\"\nmax_in_flight = 8\n",
+            "`max_in_flight` is for `kind = \"stdio\"` upstreams",
+        ),
     ];
     for (upstream, want) in cases {
         let e = parse(&stdio_config(upstream), "t.toml", Path::new("/"))

@@ -141,6 +141,18 @@ def toml_value(value: Any) -> str:
 # --------------------------------------------------------------------------
 
 
+def spawn_server(argv: list[str], log_path: Path, port: int,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts a test server (its output into ``log_path``, ``env`` laid over
+    the environment) and waits until it listens on ``port``."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    log.close()
+    wait_for_port(port, 20.0, proc)
+    return proc
+
+
 @dataclass
 class UpstreamProc:
     """An SDK MCP server subprocess (see upstream_server.py)."""
@@ -162,17 +174,10 @@ class UpstreamProc:
 
     def start(self, log_dir: Path) -> "UpstreamProc":
         self.log_path = log_dir / f"upstream-{self.name}-{self.port}.log"
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        self.proc = spawn_server(
             [sys.executable, str(UPSTREAM_SCRIPT), self.name, str(self.port), self.encoding]
             + ([str(self.tls[0]), str(self.tls[1])] if self.tls else []),
-            env={**os.environ, **(self.env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        wait_for_port(self.port, 20.0, self.proc)
+            self.log_path, self.port, self.env)
         return self
 
     def stop(self) -> None:

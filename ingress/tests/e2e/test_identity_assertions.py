@@ -52,9 +52,9 @@ from harness import (
     modern_request,
     result_json,
     sdk_client_cm,
+    spawn_server,
     stop_process,
     toml_value,
-    wait_for_port,
 )
 from test_identity import AUDIENCE as IDP_AUDIENCE
 from test_identity import ISSUER as IDP_ISSUER
@@ -176,16 +176,10 @@ class WhoamiProc:
 
     def start(self, log_dir: Path, jwks_url: str) -> "WhoamiProc":
         self.log_path = log_dir / f"whoami-{self.name}-{self.port}.log"
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        self.proc = spawn_server(
             [sys.executable, str(WHOAMI_SCRIPT), str(self.port), "--jwks-url", jwks_url, "--issuer", ISSUER,
              "--audience", self.audience, "--header", self.header, "--encoding", self.encoding],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        wait_for_port(self.port, 20.0, self.proc)
+            self.log_path, self.port)
         return self
 
     def stop(self) -> None:

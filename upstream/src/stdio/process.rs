@@ -99,15 +99,27 @@ impl Slot {
         }
     }
 
-    async fn wait(&self) -> Result<Vec<u8>, UpstreamError> {
+    /// Waits until the answer has landed.
+    async fn ready(&self) {
         poll_fn(|cx| {
             self.waker.register(cx.waker());
             match self.reply.get() {
-                Some(r) => Poll::Ready(r.clone()),
+                Some(_) => Poll::Ready(()),
                 None => Poll::Pending,
             }
         })
         .await
+    }
+
+    /// The answer, once [`Slot::ready`]: moved out when the supervisor has
+    /// let go of the slot (it does right after finishing it), copied only
+    /// if it has not yet.
+    fn take(self: Arc<Self>) -> Result<Vec<u8>, UpstreamError> {
+        match Arc::try_unwrap(self) {
+            Ok(slot) => slot.reply.into_inner(),
+            Err(shared) => shared.reply.get().cloned(),
+        }
+        .unwrap_or(Err(UpstreamError::Unavailable))
     }
 }
 
@@ -266,9 +278,13 @@ impl Process {
         if i.tx.try_send(msg).is_err() {
             return Err(UpstreamError::Unavailable);
         }
-        let waited = glommio::timer::timeout(timeout, async { Ok(slot.wait().await) }).await;
+        let waited = glommio::timer::timeout(timeout, async {
+            slot.ready().await;
+            Ok(())
+        })
+        .await;
         match waited {
-            Ok(r) => r,
+            Ok(()) => slot.take(),
             Err(_) => {
                 let _ = i.tx.try_send(Msg::Cancel(id));
                 Err(UpstreamError::Timeout)
@@ -665,6 +681,26 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Re
     }
 }
 
+/// Consumes input up to and including the next newline without keeping it.
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match memchr_newline(chunk) {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
 fn memchr_newline(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
@@ -789,9 +825,11 @@ fn stderr_loop(name: &str, stderr: ChildStderr) {
         match read_line(&mut r, &mut buf, STDERR_LINE_MAX) {
             Ok(Line::Read) => {}
             Ok(Line::TooLong) => {
-                // Log the head; skip the rest of the line.
-                let mut rest = Vec::new();
-                let _ = r.read_until(b'\n', &mut rest);
+                // Log the head; the rest of the line is read and dropped,
+                // never held (a line may not end).
+                if skip_line(&mut r).is_err() {
+                    return;
+                }
             }
             Ok(Line::End) | Err(_) => return,
         }
@@ -818,6 +856,17 @@ fn stderr_loop(name: &str, stderr: ChildStderr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rest_of_a_long_line_is_skipped_not_kept() {
+        let mut r = BufReader::with_capacity(4, &b"0123456789\nnext\n"[..]);
+        let mut buf = Vec::new();
+        assert!(matches!(read_line(&mut r, &mut buf, 4), Ok(Line::TooLong)));
+        assert!(buf.len() <= 4, "{buf:?}");
+        skip_line(&mut r).unwrap();
+        assert!(matches!(read_line(&mut r, &mut buf, 8), Ok(Line::Read)));
+        assert_eq!(buf, b"next\n");
+    }
 
     #[test]
     fn lines_longer_than_the_limit_are_refused() {

@@ -18,8 +18,22 @@ pub(crate) fn keys_set(u: &UpstreamConfig) -> Vec<&'static str> {
     if u.sandbox != SandboxConfig::default() {
         keys.push("sandbox");
     }
-    if u.instances != Instances::Shared {
-        keys.push("instances");
+    for (key, set) in [
+        ("instances", u.instances != Instances::Shared),
+        ("max_instances", u.max_instances != default_max_instances()),
+        (
+            "idle_timeout_s",
+            u.idle_timeout_s != default_idle_timeout_s(),
+        ),
+        ("max_in_flight", u.max_in_flight != default_max_in_flight()),
+        (
+            "ping_interval_s",
+            u.ping_interval_s != default_ping_interval_s(),
+        ),
+    ] {
+        if set {
+            keys.push(key);
+        }
     }
     keys
 }
