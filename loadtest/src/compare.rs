@@ -35,6 +35,90 @@ pub struct Options {
     pub idle: usize,
     /// Where to write the JSON results.
     pub json: Option<PathBuf>,
+    /// Run only the rows whose label contains one of these (all if empty).
+    pub only: Vec<String>,
+    /// Another proxy to measure in the same layout.
+    pub peer: Option<Peer>,
+}
+
+/// A proxy under test besides toolgate and nginx (e.g. a peer gateway):
+/// started pinned to the proxy CPU, in front of the same fast upstream.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Row label.
+    pub label: String,
+    /// Command line, run by `sh -c`; `{config}`, `{port}`, `{upstream_port}`
+    /// and `{dir}` are replaced.
+    pub command: String,
+    /// Configuration template written to `{config}` with the same
+    /// placeholders replaced.
+    pub config: Option<PathBuf>,
+    /// Port it serves MCP on (a free one is chosen when not given).
+    pub port: Option<u16>,
+    /// Path of its MCP endpoint.
+    pub path: String,
+    /// Tool name to call through it.
+    pub tool: String,
+    /// Bearer key to send, if it checks one.
+    pub key: Option<String>,
+}
+
+/// The rows measured so far, and which rows to measure.
+struct Rows {
+    reports: Vec<Report>,
+    only: Vec<String>,
+}
+
+impl Rows {
+    fn wants(&self, label: &str) -> bool {
+        // The open-loop rows run at half of the plain row's rate.
+        let rate_source = label == "(b) toolgate" && self.only.iter().any(|o| o.contains("@50"));
+        self.only.is_empty() || rate_source || self.only.iter().any(|o| label.contains(o.as_str()))
+    }
+
+    /// Runs `w` unless it is filtered out.
+    fn run(&mut self, w: Workload) -> anyhow::Result<()> {
+        if self.wants(&w.label) {
+            let r = run(w)?;
+            if !r.errors.is_empty() {
+                println!("{}: errors {:?}", r.label, r.errors);
+            }
+            self.reports.push(r);
+        }
+        Ok(())
+    }
+
+    fn rps(&self, label: &str) -> Option<f64> {
+        self.reports
+            .iter()
+            .find(|r| r.label == label)
+            .map(Report::rps)
+    }
+}
+
+/// Starts `peer` on the proxy CPU; returns it and the port it serves on.
+fn start_peer(peer: &Peer, dir: &Path, up_port: u16) -> anyhow::Result<(Proc, u16)> {
+    let port = match peer.port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let config = dir.join("peer.config");
+    let fill = |text: &str| {
+        text.replace("{config}", &config.display().to_string())
+            .replace("{port}", &port.to_string())
+            .replace("{upstream_port}", &up_port.to_string())
+            .replace("{dir}", &dir.display().to_string())
+    };
+    if let Some(template) = &peer.config {
+        let text = std::fs::read_to_string(template)
+            .with_context(|| format!("reading {}", template.display()))?;
+        std::fs::write(&config, fill(&text))?;
+    }
+    let mut cmd = pinned(1, Path::new("/bin/sh"));
+    cmd.arg("-c").arg(format!("exec {}", fill(&peer.command)));
+    let mut p = spawn("peer", cmd, &dir.join("peer.log"))?;
+    wait_port(port, &mut p)?;
+    Ok((p, port))
 }
 
 struct Proc {
@@ -43,7 +127,19 @@ struct Proc {
 }
 
 impl Drop for Proc {
+    /// Asks the process to stop (SIGTERM: nginx's master then stops its
+    /// workers, which a SIGKILL would orphan), and kills it after 3 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -311,7 +407,10 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         ngx = Some(p);
     }
 
-    let mut reports: Vec<Report> = Vec::new();
+    let mut rows = Rows {
+        reports: Vec::new(),
+        only: o.only.clone(),
+    };
     let secs = o.seconds;
     println!("warming up…");
     let _ = run(workload("warmup", tg_port, Some(KEY), "fast__echo", &o, 1))?;
@@ -325,39 +424,32 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         &o,
         1,
     ))?;
-    reports.push(run(workload(
-        "(a) direct",
-        up_port,
-        None,
-        "echo",
-        &o,
-        secs,
-    ))?);
-    reports.push(run(workload(
+    rows.run(workload("(a) direct", up_port, None, "echo", &o, secs))?;
+    rows.run(workload(
         "(b) toolgate",
         tg_port,
         Some(KEY),
         "fast__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate stdio",
         tg_port,
         Some(KEY),
         "local__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate OpenAPI",
         tg_port,
         Some(KEY),
         "rest__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(Workload {
+    ))?;
+    rows.run(Workload {
         path: "/rest/rest/echo".to_owned(),
         era: Era::Rest,
         ..workload(
@@ -368,60 +460,43 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
             &o,
             secs,
         )
-    })?);
-    reports.push(run(secure_workload(
-        "(b) toolgate TLS",
-        tls_port,
-        KEY,
-        secs,
-    ))?);
-    reports.push(run(secure_workload(
-        "(c) everything on",
-        all_port,
-        &jwt,
-        secs,
-    ))?);
-    reports.push(run(workload(
+    })?;
+    rows.run(secure_workload("(b) toolgate TLS", tls_port, KEY, secs))?;
+    rows.run(secure_workload("(c) everything on", all_port, &jwt, secs))?;
+    rows.run(workload(
         "(b) toolgate + shadow",
         shadow_port,
         Some(KEY),
         "fast__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate + session policies",
         sessions_port,
         Some(KEY),
         "fast__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate + 3 limits",
         limits_port,
         Some(KEY),
         "fast__echo",
         &o,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate + rules",
         rules_port,
         Some(KEY),
         "fast__echo",
         &o,
         secs,
-    ))?);
+    ))?;
     if ngx.is_some() {
-        reports.push(run(workload(
-            "(d) nginx",
-            ngx_port,
-            None,
-            "echo",
-            &o,
-            secs,
-        ))?);
+        rows.run(workload("(d) nginx", ngx_port, None, "echo", &o, secs))?;
     }
     // The handshake era (a session per connection) and a mix with refusals.
     let mut hs = workload(
@@ -433,7 +508,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         secs,
     );
     hs.era = Era::Handshake;
-    reports.push(run(hs)?);
+    rows.run(hs)?;
     let mut mixed = workload(
         "(b) toolgate 10% denied",
         tg_port,
@@ -446,71 +521,111 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         ("fast__echo".into(), 90, Kind::Allowed),
         ("fast__not_attached".into(), 10, Kind::Refused),
     ];
-    reports.push(run(mixed)?);
+    rows.run(mixed)?;
     // Reload under load: the policy file is rewritten and SIGHUP sent mid-run.
     let tg_pid = tg.child.id();
-    let reloader = {
-        let policy = policy.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(secs / 2));
-            let _ = std::fs::write(
-                &policy,
-                policy_text.replace("echo-if-text", "echo-if-text-v2"),
-            );
-            let _ = Command::new("kill")
-                .args(["-HUP", &tg_pid.to_string()])
-                .status();
-        })
+    if rows.wants("toolgate + reload") {
+        let reloader = {
+            let policy = policy.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(secs / 2));
+                let _ = std::fs::write(
+                    &policy,
+                    policy_text.replace("echo-if-text", "echo-if-text-v2"),
+                );
+                let _ = Command::new("kill")
+                    .args(["-HUP", &tg_pid.to_string()])
+                    .status();
+            })
+        };
+        rows.run(workload(
+            "toolgate + reload",
+            tg_port,
+            Some(KEY),
+            "fast__echo",
+            &o,
+            secs,
+        ))?;
+        let _ = reloader.join();
+    }
+    // Latency at a given load: open loop at half of toolgate's closed-loop
+    // throughput, the same rate against the upstream directly and nginx.
+    if let Some(t) = rows.rps("(b) toolgate") {
+        let rate = (t / 2.0).max(100.0);
+        let open = |label: &str, port: u16, key: Option<&str>, tool: &str| {
+            let mut w = workload(label, port, key, tool, &o, secs);
+            w.rate = Some(rate);
+            w
+        };
+        rows.run(open("(a) direct @50%", up_port, None, "echo"))?;
+        rows.run(open("(b) toolgate @50%", tg_port, Some(KEY), "fast__echo"))?;
+        if ngx.is_some() {
+            rows.run(open("(d) nginx @50%", ngx_port, None, "echo"))?;
+        }
+        println!("open-loop rate for the @50% rows: {rate:.0} req/s");
+    }
+    // What one agent feels: one connection, one call at a time.
+    let single = |label: &str, port: u16, key: Option<&str>, tool: &str| Workload {
+        connections: 1,
+        ..workload(label, port, key, tool, &o, secs)
     };
-    reports.push(run(workload(
-        "toolgate + reload",
+    rows.run(single("(a) direct 1 conn", up_port, None, "echo"))?;
+    rows.run(single(
+        "(b) toolgate 1 conn",
         tg_port,
         Some(KEY),
         "fast__echo",
-        &o,
-        secs,
-    ))?);
-    let _ = reloader.join();
-    // Latency at a given load: open loop at half of toolgate's closed-loop
-    // throughput, the same rate against the upstream directly.
-    if let Some(t) = reports
-        .iter()
-        .find(|r| r.label == "(b) toolgate")
-        .map(Report::rps)
-    {
-        let rate = (t / 2.0).max(100.0);
-        let open =
-            |label: &str, port: u16, key: Option<&str>, tool: &str| -> anyhow::Result<Report> {
-                let mut w = workload(label, port, key, tool, &o, secs);
-                w.rate = Some(rate);
-                run(w)
-            };
-        reports.push(open("(a) direct @50%", up_port, None, "echo")?);
-        reports.push(open("(b) toolgate @50%", tg_port, Some(KEY), "fast__echo")?);
-        println!("open-loop rate for the @50% rows: {rate:.0} req/s");
+    ))?;
+    if ngx.is_some() {
+        rows.run(single("(d) nginx 1 conn", ngx_port, None, "echo"))?;
     }
+    // A peer proxy under test, in the same layout as toolgate and nginx.
+    let _peer = match &o.peer {
+        Some(peer) => {
+            let (proc, port) = start_peer(peer, &dir, up_port)?;
+            let label = format!("(e) {}", peer.label);
+            let mut w = workload(&label, port, peer.key.as_deref(), &peer.tool, &o, secs);
+            w.path.clone_from(&peer.path);
+            let _ = run(Workload {
+                duration: Duration::from_secs(1),
+                ..w.clone()
+            })?;
+            rows.run(w)?;
+            let mut w = single(
+                &format!("{label} 1 conn"),
+                port,
+                peer.key.as_deref(),
+                &peer.tool,
+            );
+            w.path.clone_from(&peer.path);
+            rows.run(w)?;
+            Some(proc)
+        }
+        None => None,
+    };
     let large = Options {
         arg_bytes: 64,
         connections: 4,
         ..o_clone(&o)
     };
-    reports.push(run(workload(
+    rows.run(workload(
         "(a) direct 1MiB",
         big_port,
         None,
         "echo",
         &large,
         secs,
-    ))?);
-    reports.push(run(workload(
+    ))?;
+    rows.run(workload(
         "(b) toolgate 1MiB",
         tg_port,
         Some(KEY),
         "big__echo",
         &large,
         secs,
-    ))?);
+    ))?;
 
+    let reports = rows.reports;
     println!("\n{}", Report::header());
     for r in &reports {
         println!("{}", r.row());
@@ -579,6 +694,55 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
             "toolgate p99 added over direct at half of saturation: {} µs",
             t.saturating_sub(d)
         );
+    }
+    let quantile = |label: &str, q: f64| {
+        reports
+            .iter()
+            .find(|r| r.label == label)
+            .map(|r| r.hist.value_at_quantile(q))
+    };
+    for (proxy, direct, what) in [
+        (
+            "(d) nginx @50%",
+            "(a) direct @50%",
+            "nginx at toolgate's half saturation",
+        ),
+        (
+            "(b) toolgate 1 conn",
+            "(a) direct 1 conn",
+            "toolgate at 1 connection",
+        ),
+        (
+            "(d) nginx 1 conn",
+            "(a) direct 1 conn",
+            "nginx at 1 connection",
+        ),
+    ] {
+        if let (Some(p50), Some(p99), Some(d50), Some(d99)) = (
+            quantile(proxy, 0.5),
+            quantile(proxy, 0.99),
+            quantile(direct, 0.5),
+            quantile(direct, 0.99),
+        ) {
+            println!(
+                "{what}: added over direct p50 {} µs, p99 {} µs",
+                p50.saturating_sub(d50),
+                p99.saturating_sub(d99)
+            );
+        }
+    }
+    if let Some(peer) = &o.peer {
+        let label = format!("(e) {}", peer.label);
+        if let (Some(t), Some(p)) = (rps("(b) toolgate"), rps(&label)) {
+            println!("toolgate / {} req/s: {:.2}", peer.label, t / p.max(1e-9));
+        }
+        if let (Some(c), Some(p)) = (rps("(c) everything on"), rps(&label)) {
+            println!(
+                "everything on / {} req/s: {:.2}",
+                peer.label,
+                c / p.max(1e-9)
+            );
+        }
     }
     if nginx.is_none() {
         println!("(nginx not installed: scenario (d) skipped; `apt-get install nginx`)");
@@ -703,6 +867,8 @@ fn o_clone(o: &Options) -> Options {
         arg_bytes: o.arg_bytes,
         idle: o.idle,
         json: None,
+        only: o.only.clone(),
+        peer: None,
     }
 }
 

@@ -18,7 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use rustls::pki_types::ServerName;
 
-use crate::http::{read_message, write_all, ReadError};
+use crate::http::{find, is_result_for, jsonrpc_body, read_message, write_all, ReadError};
 
 /// MCP wire era of the generated calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -174,6 +174,11 @@ impl Report {
     }
 }
 
+/// The JSON-RPC id of a generated call: a fixed-width number, rewritten in
+/// place for every call so that each answer can be matched to its call.
+const ID_BASE: u64 = 1_000_000_000_000;
+const ID_WIDTH: usize = 13;
+
 const META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
 
 fn call_request(w: &Workload, tool: &str, session: Option<&str>) -> Vec<u8> {
@@ -184,11 +189,11 @@ fn call_request(w: &Workload, tool: &str, session: Option<&str>) -> Vec<u8> {
     let stateless = w.era == Era::Stateless;
     let body = if stateless {
         format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"{arg}"}},{META}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{ID_BASE},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"{arg}"}},{META}}}}}"#
         )
     } else {
         format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"{arg}"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{ID_BASE},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"{arg}"}}}}}}"#
         )
     };
     let mut head = format!(
@@ -266,7 +271,7 @@ fn session_id(head: &[u8]) -> Option<String> {
 
 /// Opens a connection and, in the handshake era, a session on it; returns
 /// the per-kind requests to send on it.
-async fn open(w: &Workload, buf: &mut Vec<u8>) -> Result<(Conn, Vec<(Vec<u8>, Kind)>), ReadError> {
+async fn open(w: &Workload, buf: &mut Vec<u8>) -> Result<(Conn, Vec<Call>), ReadError> {
     let tcp = TcpStream::connect(w.addr)
         .await
         .map_err(|_| ReadError::Io)?;
@@ -295,9 +300,58 @@ async fn open(w: &Workload, buf: &mut Vec<u8>) -> Result<(Conn, Vec<(Vec<u8>, Ki
     let reqs = w
         .mix
         .iter()
-        .map(|(tool, _, kind)| (call_request(w, tool, session.as_deref()), *kind))
+        .map(|(tool, _, kind)| {
+            let bytes = call_request(w, tool, session.as_deref());
+            let id_at = (w.era != Era::Rest)
+                .then(|| find(&bytes, format!("\"id\":{ID_BASE}").as_bytes()))
+                .flatten()
+                .map(|at| at + 5);
+            Call {
+                bytes,
+                kind: *kind,
+                id_at,
+            }
+        })
         .collect();
     Ok((conn, reqs))
+}
+
+/// One kind of call a connection sends: its bytes, what it should get, and
+/// where its JSON-RPC id's digits are (none for REST calls).
+struct Call {
+    bytes: Vec<u8>,
+    kind: Kind,
+    id_at: Option<usize>,
+}
+
+impl Call {
+    /// Stamps `n` as the call's id; returns the id's digits.
+    fn stamp(&mut self, n: u64) -> Option<[u8; ID_WIDTH]> {
+        let at = self.id_at?;
+        let mut digits = [b'0'; ID_WIDTH];
+        let mut v = ID_BASE + n % ID_BASE;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        self.bytes[at..at + ID_WIDTH].copy_from_slice(&digits);
+        Some(digits)
+    }
+}
+
+/// Whether an answer is what a call of `kind` should get: for allowed
+/// calls a 200 whose JSON-RPC message is a result for the call's own id
+/// (REST calls: any 200); for refused calls a 400 or 403, or a 200 whose
+/// message is not a result.
+fn expected(kind: Kind, status: u16, message: &[u8], id: Option<&[u8]>) -> Result<(), String> {
+    let result = id.is_none_or(|id| is_result_for(message, id));
+    match (kind, status) {
+        (Kind::Allowed, 200) if result => Ok(()),
+        (Kind::Allowed, 200) => Err("answer:not-a-result-for-its-call".to_owned()),
+        (Kind::Refused, 400 | 403) => Ok(()),
+        (Kind::Refused, 200) if id.is_some() && !result => Ok(()),
+        (_, s) => Err(format!("status:{s}")),
+    }
 }
 
 /// Which request (index into the mix) the `n`th call of a connection sends.
@@ -344,7 +398,7 @@ async fn connection(
             .map(|i| i.mul_f64(index as f64 / w.connections as f64))
             .unwrap_or_default();
     while Instant::now() < end {
-        let (mut conn, reqs) = match open(&w, &mut buf).await {
+        let (mut conn, mut reqs) = match open(&w, &mut buf).await {
             Ok(c) => c,
             Err(e) => {
                 count(&shared, &format!("connect:{e:?}"));
@@ -367,28 +421,29 @@ async fn connection(
                     return;
                 }
             }
-            let (req, kind) = &reqs[pick(&w.mix, n)];
+            let call = &mut reqs[pick(&w.mix, n)];
+            let id = call.stamp(n);
             n += w.connections as u64;
-            if let Err(e) = write_all(&mut conn, req).await {
+            if let Err(e) = write_all(&mut conn, &call.bytes).await {
                 count(&shared, &format!("write:{e:?}"));
                 break;
             }
             buf.clear();
             match read_message(&mut conn, &mut buf, false).await {
                 Ok(m) => {
-                    let expected = match kind {
-                        Kind::Allowed => m.status == 200,
-                        Kind::Refused => m.status == 400 || m.status == 403,
-                    };
+                    let message = jsonrpc_body(&buf[m.head..m.end], m.sse);
+                    let verdict =
+                        expected(call.kind, m.status, message, id.as_ref().map(|d| &d[..]));
                     let mut s = shared.borrow_mut();
-                    if expected {
-                        s.ok += 1;
-                        let us = Instant::now()
-                            .saturating_duration_since(scheduled)
-                            .as_micros() as u64;
-                        let _ = s.hist.record(us.max(1));
-                    } else {
-                        *s.errors.entry(format!("status:{}", m.status)).or_default() += 1;
+                    match verdict {
+                        Ok(()) => {
+                            s.ok += 1;
+                            let us = Instant::now()
+                                .saturating_duration_since(scheduled)
+                                .as_micros() as u64;
+                            let _ = s.hist.record(us.max(1));
+                        }
+                        Err(what) => *s.errors.entry(what).or_default() += 1,
                     }
                 }
                 Err(e) => {

@@ -109,6 +109,32 @@ enum Command {
         /// Write the results as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run only the rows whose label contains this (repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// A peer proxy to measure as one more row: its command line, run
+        /// with `sh -c` pinned to the proxy CPU; `{config}`, `{port}`,
+        /// `{upstream_port}` and `{dir}` are replaced.
+        #[arg(long)]
+        peer_cmd: Option<String>,
+        /// The peer's configuration template (same placeholders), written to `{config}`.
+        #[arg(long, requires = "peer_cmd")]
+        peer_config: Option<PathBuf>,
+        /// The port the peer serves MCP on (default: a free port, as `{port}`).
+        #[arg(long, requires = "peer_cmd")]
+        peer_port: Option<u16>,
+        /// The peer's row label.
+        #[arg(long, default_value = "peer")]
+        peer_label: String,
+        /// The peer's MCP path.
+        #[arg(long, default_value = "/mcp")]
+        peer_path: String,
+        /// The tool to call through the peer.
+        #[arg(long, default_value = "echo")]
+        peer_tool: String,
+        /// A bearer key the peer checks.
+        #[arg(long)]
+        peer_key: Option<String>,
     },
 }
 
@@ -209,6 +235,14 @@ fn main() -> anyhow::Result<()> {
             arg_bytes,
             idle,
             json,
+            only,
+            peer_cmd,
+            peer_config,
+            peer_port,
+            peer_label,
+            peer_path,
+            peer_tool,
+            peer_key,
         } => compare::compare(compare::Options {
             toolgate,
             seconds: seconds.clamp(1, 120),
@@ -216,6 +250,16 @@ fn main() -> anyhow::Result<()> {
             arg_bytes,
             idle,
             json,
+            only,
+            peer: peer_cmd.map(|command| compare::Peer {
+                label: peer_label,
+                command,
+                config: peer_config,
+                port: peer_port,
+                path: peer_path,
+                tool: peer_tool,
+                key: peer_key,
+            }),
         }),
     }
 }
