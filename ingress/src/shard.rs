@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
-use toolgate_sinks::{AuditHealth, AuditProducer, RingWriter};
+use toolgate_sinks::{AuditHealth, AuditProducer, InlineWriter, RingWriter};
 
 use crate::call::Gateway;
 use crate::catalog_sync;
@@ -83,11 +83,13 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Starts `writers.len()` shards serving `shared`; `health` is the audit
-/// thread's report on the log.
+/// thread's report on the log; with `inline`, shards write their calls'
+/// records themselves (`[audit] writer = "shards"`).
 pub fn start(
     shared: Arc<Shared>,
     writers: Vec<RingWriter>,
     health: Arc<AuditHealth>,
+    inline: Option<InlineWriter>,
 ) -> Result<Shards, ShardError> {
     let cpus = allowed_cpus();
     let pin = writers.len() <= cpus.len();
@@ -102,10 +104,11 @@ pub fn start(
         };
         let shared = Arc::clone(&shared);
         let health = Arc::clone(&health);
+        let inline = inline.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("toolgate-shard-{i}"))
             .io_memory(2 << 20)
-            .spawn(move || async move { run(i, shared, writer, health, addr, tx).await })
+            .spawn(move || async move { run(i, shared, writer, health, inline, addr, tx).await })
             .map_err(|e| ShardError::Executor(i, e.to_string()))?;
         // Shard 0 binds first so that port 0 resolves once and every other
         // shard joins the same port.
@@ -124,6 +127,7 @@ async fn run(
     shared: Arc<Shared>,
     writer: RingWriter,
     health: Arc<AuditHealth>,
+    inline: Option<InlineWriter>,
     addr: SocketAddr,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -137,11 +141,15 @@ async fn run(
     let local = listener.local_addr().unwrap_or(addr);
     let _ = bound.send(Ok(local));
     let shard = u16::try_from(i).unwrap_or(u16::MAX);
-    let gateway = Rc::new(Gateway::new(
+    let gateway = Gateway::new(
         shard,
         Arc::clone(&shared),
         AuditProducer::new(shard, writer, health),
-    ));
+    );
+    let gateway = Rc::new(match inline {
+        Some(w) => gateway.with_inline_writer(w),
+        None => gateway,
+    });
     // Picks up published snapshots even while no request arrives, so the
     // admin API learns within a millisecond that this shard runs a change.
     {

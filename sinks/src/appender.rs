@@ -165,6 +165,13 @@ impl Appender {
         Ok(())
     }
 
+    /// Whether the next append only writes: a segment is open, not full,
+    /// and no failed write has to be cut back first (what a shard may do
+    /// without waiting on the file system's metadata).
+    pub fn ready_for_append(&self) -> bool {
+        self.file.is_some() && !self.dirty && !self.full()
+    }
+
     /// fdatasyncs the open segment.
     pub fn sync(&mut self) -> std::io::Result<()> {
         match &self.file {

@@ -62,4 +62,4 @@ pub mod writer;
 pub use build::{build_sink, start_sinks, BuildError, BuiltSink};
 pub use health::AuditHealth;
 pub use ring::{audit_ring, Admission, AuditConsumer, AuditProducer, AuditUnavailable, RingWriter};
-pub use writer::{AuditStats, AuditWriter, WriterConfig};
+pub use writer::{AuditStats, AuditWriter, InlineWriter, WriterConfig};

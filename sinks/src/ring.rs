@@ -42,6 +42,7 @@ pub struct AuditProducer {
     next_seq: u64,
     lost: u64,
     health: Arc<AuditHealth>,
+    wake_on_commit: bool,
 }
 
 /// The consumer end, handed to the audit thread.
@@ -65,7 +66,16 @@ impl AuditProducer {
             next_seq: 0,
             lost: 0,
             health,
+            wake_on_commit: true,
         }
+    }
+
+    /// Whether a commit wakes the audit thread (default). A shard that
+    /// writes its records itself ([`crate::InlineWriter`]) wakes it only
+    /// when it cannot; a record nobody waits for is then written by the
+    /// next write, or by the thread within its nap (at most 5 ms).
+    pub fn set_wake_on_commit(&mut self, wake: bool) {
+        self.wake_on_commit = wake;
     }
 
     /// Reserves a slot for one record; refuses while the log cannot be written.
@@ -95,7 +105,9 @@ impl AuditProducer {
         self.next_seq += 1;
         let pushed = self.producer.push(record);
         drop(admission);
-        self.health.wake_writer();
+        if self.wake_on_commit {
+            self.health.wake_writer();
+        }
         if pushed.is_err() {
             // Unreachable while reservations are honoured; counted, never silent.
             self.lost += 1;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,8 @@ pub struct WriterConfig {
 pub struct AuditStats {
     /// Records appended to the log.
     pub records_written: AtomicU64,
+    /// Writes made by a shard itself ([`InlineWriter`]).
+    pub shard_writes: AtomicU64,
     /// Failed writes, syncs or seals (each retried).
     pub write_errors: AtomicU64,
     /// `fdatasync` calls.
@@ -77,6 +79,10 @@ pub struct AuditWriter {
     stop: Arc<AtomicBool>,
     stats: Arc<AuditStats>,
     health: Arc<AuditHealth>,
+    state: Arc<Mutex<LogState>>,
+    syncing: Arc<AtomicBool>,
+    durability: Durability,
+    fsync_interval: Duration,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
 }
@@ -93,9 +99,24 @@ impl AuditWriter {
         log.set_max_age(cfg.segment_max_age);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AuditStats::default());
+        let state = Arc::new(Mutex::new(LogState {
+            log,
+            upto: vec![0; rings.len()],
+            rings,
+            buf: Vec::with_capacity(1 << 20),
+            pending: 0,
+            unsynced: false,
+            last_sync: Instant::now(),
+        }));
+        let syncing = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (stop, stats, health) =
-                (Arc::clone(&stop), Arc::clone(&stats), Arc::clone(&health));
+            let syncing = Arc::clone(&syncing);
+            let (stop, stats, health, state) = (
+                Arc::clone(&stop),
+                Arc::clone(&stats),
+                Arc::clone(&health),
+                Arc::clone(&state),
+            );
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name("toolgate-audit".into())
@@ -104,13 +125,11 @@ impl AuditWriter {
                         crate::sched::background_batch();
                     }
                     Drain {
-                        stats_arc: Arc::clone(&stats),
-                        health_arc: Arc::clone(&health),
-                        log,
-                        rings,
+                        syncer: Syncer::spawn(Arc::clone(&stats), Arc::clone(&health), syncing),
+                        state,
                         cfg,
-                        stats: &stats,
-                        health: &health,
+                        stats,
+                        health,
                         failing_since: None,
                         last_complaint: None,
                     }
@@ -123,6 +142,10 @@ impl AuditWriter {
             stop,
             stats,
             health,
+            state,
+            syncing,
+            durability: cfg.durability,
+            fsync_interval: cfg.fsync_interval,
             thread: Some(thread),
             dir: cfg.dir,
         })
@@ -136,6 +159,19 @@ impl AuditWriter {
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A handle with which shards write queued records themselves
+    /// ([`InlineWriter`]); `None` with `record` durability, where every
+    /// write is followed by an `fdatasync` no shard may wait for.
+    pub fn inline(&self) -> Option<InlineWriter> {
+        (self.durability == Durability::Batch).then(|| InlineWriter {
+            state: Arc::clone(&self.state),
+            syncing: Arc::clone(&self.syncing),
+            stats: Arc::clone(&self.stats),
+            health: Arc::clone(&self.health),
+            fsync_interval: self.fsync_interval,
+        })
     }
 
     /// Drains what the rings hold, syncs, seals the open segment, and stops.
@@ -158,127 +194,237 @@ impl Drop for AuditWriter {
     }
 }
 
-struct Drain<'a> {
-    stats_arc: Arc<AuditStats>,
-    health_arc: Arc<AuditHealth>,
+/// The log and the rings: whoever holds this writes. The audit thread
+/// takes it (waiting, if need be) for every turn; a shard takes it only
+/// when it is free ([`InlineWriter::try_write`]), and never waits for it.
+struct LogState {
     log: Appender,
     rings: Vec<AuditConsumer>,
+    /// Records encoded and not yet written (a failed write keeps its batch).
+    buf: Vec<u8>,
+    /// Per ring, the sequence after the last record taken.
+    upto: Vec<u64>,
+    /// Records in `buf`.
+    pending: u64,
+    /// Written since the last sync was started.
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+impl LogState {
+    /// Encodes what the rings hold into `buf`, unless a failed write still
+    /// holds its batch there (take no more until that is on disk).
+    fn take(&mut self, health: &AuditHealth) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        health.writer_looking();
+        for (i, ring) in self.rings.iter_mut().enumerate() {
+            for _ in 0..BATCH_PER_RING {
+                let Ok(rec) = ring.pop() else { break };
+                self.upto[i] = rec.seq + 1;
+                if self.log.encode(&rec, &mut self.buf) {
+                    self.pending += 1;
+                }
+            }
+        }
+    }
+
+    /// Appends `buf` to the log and moves the marks the answers wait on.
+    fn write(&mut self, stats: &AuditStats, health: &AuditHealth) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.log.append(&self.buf)?;
+        self.buf.clear();
+        stats
+            .records_written
+            .fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
+        stats
+            .next_log_seq
+            .store(self.log.next_seq(), Ordering::Relaxed);
+        health.mark_written(&self.upto);
+        self.unsynced = true;
+        Ok(())
+    }
+}
+
+fn lock(state: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A shard's way to write its records itself (`[audit] writer =
+/// "shards"`): instead of waking the audit thread and waiting for it to
+/// run, the shard about to wait for its records writes every queued record
+/// (of every shard) in one `write`, if no one else is writing and no sync
+/// is running (a write during an `fdatasync` can wait for the file
+/// system's journal). Syncs, seals, new segments and failures stay with the
+/// audit thread, which the shard wakes when one is due; a shard never waits
+/// for the log's lock.
+#[derive(Clone)]
+pub struct InlineWriter {
+    state: Arc<Mutex<LogState>>,
+    /// An `fdatasync` of the log is running: a write now may wait for the
+    /// file system's journal, so it is left to the audit thread.
+    syncing: Arc<AtomicBool>,
+    stats: Arc<AuditStats>,
+    health: Arc<AuditHealth>,
+    fsync_interval: Duration,
+}
+
+impl InlineWriter {
+    /// Writes what the rings hold if the log is free and ready; otherwise
+    /// (busy, a segment to seal or open, a failed write pending) wakes the
+    /// audit thread, which writes it. Returns whether this call wrote.
+    pub fn try_write(&self) -> bool {
+        if self.syncing.load(Ordering::Acquire) {
+            self.health.wake_writer();
+            return false;
+        }
+        let Ok(mut st) = self.state.try_lock() else {
+            self.health.wake_writer();
+            return false;
+        };
+        if !st.buf.is_empty() || !st.log.ready_for_append() {
+            drop(st);
+            self.health.wake_writer();
+            return false;
+        }
+        st.take(&self.health);
+        if st.buf.is_empty() {
+            return false;
+        }
+        let written = st.write(&self.stats, &self.health).is_ok();
+        if written {
+            self.stats.shard_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        let due = !written || st.log.full() || st.last_sync.elapsed() >= self.fsync_interval;
+        drop(st);
+        if due {
+            self.health.wake_writer();
+        }
+        written
+    }
+}
+
+struct Drain {
+    syncer: Syncer,
+    state: Arc<Mutex<LogState>>,
     cfg: WriterConfig,
-    stats: &'a AuditStats,
-    health: &'a AuditHealth,
+    stats: Arc<AuditStats>,
+    health: Arc<AuditHealth>,
     failing_since: Option<Instant>,
     last_complaint: Option<Instant>,
 }
 
-impl Drain<'_> {
+/// What a turn of the audit thread ended with.
+enum Turn {
+    /// Something failed; pause before the next turn.
+    Failed,
+    /// The rings were empty at the end of the turn; whether it wrote.
+    Drained { wrote: bool },
+    /// More may be queued.
+    Busy,
+    /// Stopping, and everything is written and sealed (or given up on).
+    Done,
+}
+
+impl Drain {
     fn run(mut self, stop: &AtomicBool) {
-        let syncer = Syncer::spawn(Arc::clone(&self.stats_arc), Arc::clone(&self.health_arc));
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-        let mut upto = vec![0u64; self.rings.len()];
-        let mut pending = 0u64;
-        let mut unsynced = false;
-        let mut last_sync = Instant::now();
         let mut idle_since: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            // A failed write keeps its batch; take no more until it is on disk.
-            if buf.is_empty() {
-                self.health.writer_looking();
-                for (i, ring) in self.rings.iter_mut().enumerate() {
-                    for _ in 0..BATCH_PER_RING {
-                        let Ok(rec) = ring.pop() else { break };
-                        upto[i] = rec.seq + 1;
-                        if self.log.encode(&rec, &mut buf) {
-                            pending += 1;
-                        }
+            let state = Arc::clone(&self.state);
+            let turn = self.turn(&mut lock(&state), stopping);
+            match turn {
+                Turn::Done => return,
+                Turn::Failed => std::thread::sleep(RETRY_PAUSE),
+                Turn::Busy => idle_since = None,
+                Turn::Drained { wrote } => {
+                    if wrote {
+                        idle_since = None;
                     }
+                    // Producers (or shards that find the log busy) wake the
+                    // thread; the timeout only bounds how late a sync can be
+                    // when traffic stops.
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    let nap = if since.elapsed() < Duration::from_millis(50) {
+                        Duration::from_micros(500)
+                    } else {
+                        Duration::from_millis(5)
+                    };
+                    std::thread::park_timeout(
+                        nap.min(self.cfg.fsync_interval.max(Duration::from_micros(200))),
+                    );
                 }
             }
-            if !buf.is_empty() {
-                if let Err(e) = self.log.append(&buf) {
-                    self.failed("write", &e);
-                    if stopping && self.given_up(pending) {
-                        return;
-                    }
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                }
-                buf.clear();
-                self.stats
-                    .records_written
-                    .fetch_add(std::mem::take(&mut pending), Ordering::Relaxed);
-                self.stats
-                    .next_log_seq
-                    .store(self.log.next_seq(), Ordering::Relaxed);
-                self.health.mark_written(&upto);
-                unsynced = true;
-                idle_since = None;
+        }
+    }
+
+    /// One turn: take and write what is queued, sync when due, seal a full
+    /// segment, stop when asked and drained.
+    fn turn(&mut self, st: &mut LogState, stopping: bool) -> Turn {
+        st.take(&self.health);
+        let wrote = !st.buf.is_empty();
+        if let Err(e) = st.write(&self.stats, &self.health) {
+            self.failed("write", &e);
+            if stopping && self.given_up(st) {
+                return Turn::Done;
             }
-            // With batch durability, answers wait only for the write; the
-            // periodic sync runs on the syncer thread so that a slow
-            // fdatasync never holds up the next batch (and the answers
-            // waiting on it). Per-record durability, rotation and shutdown
-            // sync here, inline.
-            let inline = self.cfg.durability == Durability::Record || stopping || self.log.full();
-            if unsynced && !inline && last_sync.elapsed() >= self.cfg.fsync_interval {
-                if let Some(failure) = syncer.take_failure() {
-                    self.failed("sync", &failure);
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                } else if syncer.busy() {
-                    // Still syncing the last batch: ask again next turn,
-                    // without duplicating the file handle meanwhile.
-                } else if let Some(Ok(file)) = self.log.sync_handle() {
-                    if syncer.request(file, upto.clone()) {
-                        unsynced = false;
-                        last_sync = Instant::now();
-                    }
+            return Turn::Failed;
+        }
+        // With batch durability, answers wait only for the write; the
+        // periodic sync runs on the syncer thread so that a slow fdatasync
+        // never holds up the next batch (and the answers waiting on it).
+        // Per-record durability, rotation and shutdown sync here, inline.
+        let inline = self.cfg.durability == Durability::Record || stopping || st.log.full();
+        if st.unsynced && !inline && st.last_sync.elapsed() >= self.cfg.fsync_interval {
+            if let Some(failure) = self.syncer.take_failure() {
+                self.failed("sync", &failure);
+                return Turn::Failed;
+            } else if self.syncer.busy() {
+                // Still syncing the last batch: ask again next turn,
+                // without duplicating the file handle meanwhile.
+            } else if let Some(Ok(file)) = st.log.sync_handle() {
+                if self.syncer.request(file, st.upto.clone()) {
+                    st.unsynced = false;
+                    st.last_sync = Instant::now();
                 }
             }
-            if unsynced && inline {
-                let started = Instant::now();
-                if let Err(e) = self.log.sync() {
-                    self.failed("sync", &e);
-                    if stopping && self.given_up(0) {
-                        return;
-                    }
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
+        }
+        if st.unsynced && inline {
+            let started = Instant::now();
+            if let Err(e) = st.log.sync() {
+                self.failed("sync", &e);
+                if stopping && self.given_up(st) {
+                    return Turn::Done;
                 }
-                unsynced = false;
-                last_sync = Instant::now();
-                self.stats.fsync.observe(started.elapsed());
-                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-                self.health.mark_synced(&upto);
+                return Turn::Failed;
             }
-            if self.log.full() {
-                if let Err(e) = self.log.seal() {
-                    self.failed("seal", &e);
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                }
+            st.unsynced = false;
+            st.last_sync = Instant::now();
+            self.stats.fsync.observe(started.elapsed());
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.health.mark_synced(&st.upto);
+        }
+        if st.log.full() {
+            if let Err(e) = st.log.seal() {
+                self.failed("seal", &e);
+                return Turn::Failed;
             }
-            self.recovered();
-            let drained = self.rings.iter().all(|r| r.is_empty());
-            if stopping && drained {
-                if let Err(e) = self.log.seal() {
-                    tracing::error!(error = %e, "cannot seal the audit segment at shutdown; the next start seals it");
-                }
-                return;
+        }
+        self.recovered();
+        let drained = st.rings.iter().all(|r| r.is_empty());
+        if stopping && drained {
+            if let Err(e) = st.log.seal() {
+                tracing::error!(error = %e, "cannot seal the audit segment at shutdown; the next start seals it");
             }
-            if drained {
-                // Producers wake the thread on every record; the timeout only
-                // bounds how late a sync can be when traffic stops.
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                let nap = if since.elapsed() < Duration::from_millis(50) {
-                    Duration::from_micros(500)
-                } else {
-                    Duration::from_millis(5)
-                };
-                std::thread::park_timeout(
-                    nap.min(self.cfg.fsync_interval.max(Duration::from_micros(200))),
-                );
-            }
+            return Turn::Done;
+        }
+        if drained {
+            Turn::Drained { wrote }
+        } else {
+            Turn::Busy
         }
     }
 
@@ -313,14 +459,14 @@ impl Drain<'_> {
     }
 
     /// At shutdown, a log that stays unwritable is given up on after a grace.
-    fn given_up(&self, pending: u64) -> bool {
+    fn given_up(&self, st: &LogState) -> bool {
         let over = self
             .failing_since
             .is_some_and(|t| t.elapsed() >= SHUTDOWN_GRACE);
         if over {
-            let queued: usize = self.rings.iter().map(|r| r.slots()).sum();
+            let queued: usize = st.rings.iter().map(|r| r.slots()).sum();
             tracing::error!(
-                unwritten = pending + queued as u64,
+                unwritten = st.pending + queued as u64,
                 "shutting down with audit records that could not be written"
             );
         }
@@ -338,9 +484,8 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn spawn(stats: Arc<AuditStats>, health: Arc<AuditHealth>) -> Self {
+    fn spawn(stats: Arc<AuditStats>, health: Arc<AuditHealth>, busy: Arc<AtomicBool>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(std::fs::File, Vec<u64>)>(1);
-        let busy = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(std::sync::Mutex::new(None));
         let spawned = {
             let (busy, failure) = (Arc::clone(&busy), Arc::clone(&failure));
@@ -459,6 +604,68 @@ mod tests {
             );
         }
         out
+    }
+
+    fn wait_recorded(p: &AuditProducer, seq: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.recorded(seq) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        p.recorded(seq)
+    }
+
+    #[test]
+    fn a_shard_writes_queued_records_itself_and_never_waits_for_the_log() {
+        let dir = temp_dir("audit-inline");
+        let (p, c) = audit_ring(64);
+        let health = AuditHealth::new(1, Durability::Batch);
+        let mut p = AuditProducer::new(0, p, Arc::clone(&health));
+        p.set_wake_on_commit(false);
+        let w = AuditWriter::spawn(config(&dir, 1 << 20), vec![c], health).unwrap();
+        let inline = w.inline().expect("batch durability writes inline");
+        // Opening the first segment is the thread's: the shard hands it over.
+        let first = push(&mut p, "t0");
+        assert!(wait_recorded(&p, first));
+        // The log is open and free: the record is in when the call returns.
+        let second = push(&mut p, "t1");
+        inline.try_write();
+        assert!(p.recorded(second), "written before try_write returned");
+        let by_shards = w.stats().shard_writes.load(Ordering::Relaxed);
+        // Someone else holds the log: the shard does not wait, and the
+        // thread (woken by the shard) writes the record once it is free.
+        let held = lock(&inline.state);
+        let third = push(&mut p, "t2");
+        assert!(!inline.try_write());
+        assert!(!p.recorded(third));
+        drop(held);
+        assert!(wait_recorded(&p, third));
+        assert_eq!(
+            w.stats().shard_writes.load(Ordering::Relaxed),
+            by_shards,
+            "the thread wrote the third"
+        );
+        w.shutdown();
+        let lines = all_lines(&dir);
+        let tools: Vec<&str> = lines.iter().filter_map(|v| v["tool"].as_str()).collect();
+        assert_eq!(tools, ["t0", "t1", "t2"]);
+        let log_seqs: Vec<u64> = lines.iter().filter_map(|v| v["log_seq"].as_u64()).collect();
+        assert_eq!(log_seqs, [1, 2, 3]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn record_durability_never_writes_from_a_shard() {
+        let dir = temp_dir("audit-inline-record");
+        let (_p, c) = audit_ring(8);
+        let health = AuditHealth::new(1, Durability::Record);
+        let cfg = WriterConfig {
+            durability: Durability::Record,
+            ..config(&dir, 1 << 20)
+        };
+        let w = AuditWriter::spawn(cfg, vec![c], health).unwrap();
+        assert!(w.inline().is_none());
+        w.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

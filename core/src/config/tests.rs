@@ -175,6 +175,34 @@ fn an_upstream_at_a_metadata_address_is_refused_with_its_line() {
 }
 
 #[test]
+fn audit_writer_defaults_to_shards_and_parses_thread() {
+    let v = parse(GOOD, "t.toml", Path::new(".")).map_err(|e| e.to_string());
+    assert_eq!(
+        v.map(|v| v.config.audit.writer).ok(),
+        Some(AuditWriterMode::Shards)
+    );
+    let v = parse(
+        &format!("{GOOD}writer = \"thread\"\n"),
+        "t.toml",
+        Path::new("."),
+    )
+    .map_err(|e| e.to_string());
+    assert_eq!(
+        v.map(|v| v.config.audit.writer).ok(),
+        Some(AuditWriterMode::Thread)
+    );
+    let e = parse(
+        &format!("{GOOD}writer = \"both\"\n"),
+        "t.toml",
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("both"), "{e}");
+}
+
+#[test]
 fn writer_priority_parses_and_unknown_values_are_refused() {
     let v = parse(
         &format!("{GOOD}writer_priority = \"normal\"\n"),

@@ -27,6 +27,8 @@ pub struct Gateway {
     pub(super) terminated: RefCell<Reader<Terminated>>,
     pub(super) audit: RefCell<AuditProducer>,
     pub(super) acks: Rc<ack::Acks>,
+    /// Writes this shard's records itself (`[audit] writer = "shards"`).
+    pub(super) inline: Option<toolgate_sinks::InlineWriter>,
     pub(super) parser: RefCell<JsonParser>,
     /// Parses text content holding JSON while `parser` holds the result.
     pub(super) inner_parser: RefCell<JsonParser>,
@@ -126,6 +128,14 @@ fn same_parts(a: Option<&Arc<StoredParts>>, b: Option<&Arc<StoredParts>>) -> boo
 }
 
 impl Gateway {
+    /// Lets this shard write its calls' audit records itself instead of
+    /// waking the audit thread for them (`[audit] writer = "shards"`).
+    pub fn with_inline_writer(mut self, writer: toolgate_sinks::InlineWriter) -> Self {
+        self.audit.get_mut().set_wake_on_commit(false);
+        self.inline = Some(writer);
+        self
+    }
+
     /// The handler of shard `shard`.
     pub fn new(shard: u16, shared: Arc<Shared>, audit: AuditProducer) -> Self {
         let mut snapshot = shared.snapshot.reader();
@@ -155,6 +165,7 @@ impl Gateway {
             limits: RefCell::new(shared.limits.reader()),
             assertions: shared.assertions.as_ref().map(|a| RefCell::new(a.reader())),
             acks: Rc::new(ack::Acks::new(shard, audit.health())),
+            inline: None,
             shard,
             snapshot: RefCell::new(snapshot),
             terminated: RefCell::new(terminated),

@@ -202,6 +202,12 @@ impl Metrics {
                     stats.records_written.load(Ordering::Relaxed),
                 ),
                 (
+                    "toolgate_audit_shard_writes_total",
+                    "counter",
+                    "Audit log writes made by a shard itself ([audit] writer = \"shards\"); the rest are the audit thread's.",
+                    stats.shard_writes.load(Ordering::Relaxed),
+                ),
+                (
                     "toolgate_audit_write_errors_total",
                     "counter",
                     "Failed audit log writes, syncs or seals.",

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toolgate_core::config::ValidConfig;
+use toolgate_core::config::{AuditWriterMode, ValidConfig};
 
 pub use error::StartError;
 pub use load::{
@@ -66,6 +66,10 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
         key,
     } = audit::start(&cfg, shards + usize::from(admin_on))?;
     let audit_dir = audit.dir().to_path_buf();
+    let inline = match cfg.config.audit.writer {
+        AuditWriterMode::Shards => audit.inline(),
+        AuditWriterMode::Thread => None,
+    };
     let sinks = toolgate_sinks::start_sinks(&cfg)?;
     let retainer = audit::start_retention(&cfg, key)?;
     load_policies(&cfg)?;
@@ -92,7 +96,7 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
             .filter_map(|u| Some((u.name().to_owned(), shared.stdio.get(u.name())?.clone())))
             .collect(),
     );
-    let running = shard::start(Arc::clone(&shared), writers, Arc::clone(&health))
+    let running = shard::start(Arc::clone(&shared), writers, Arc::clone(&health), inline)
         .map_err(StartError::Shards)?;
     if let (Some(store), Some(writer)) = (control.store, admin_writer) {
         let ring = u16::try_from(shards).unwrap_or(u16::MAX);

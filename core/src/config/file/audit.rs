@@ -43,6 +43,16 @@ pub struct AuditConfig {
     /// latency at moderate load, fewer calls per second at saturation).
     #[serde(default)]
     pub writer_priority: WriterPriority,
+    /// Who writes records to the log with `batch` durability: `shards`
+    /// (default) — a shard about to wait for its calls' records writes
+    /// every queued record itself when no one else is writing, so no other
+    /// thread has to run before the answers leave (syncs, new segments and
+    /// failures stay with the audit thread) — or `thread`: always the audit
+    /// thread, so a shard never makes a file system call (a write that
+    /// stalls in the file system then holds only the answers, not the
+    /// shard). `record` durability always writes from the audit thread.
+    #[serde(default)]
+    pub writer: AuditWriterMode,
     /// Longest an answer waits for its record to reach the log, ms. Default
     /// 5000. Past it the answer leaves anyway (the record stays queued) and a
     /// warning is logged: a stuck disk must not hang agents forever, and new
@@ -113,6 +123,17 @@ pub enum WriterPriority {
     Background,
     /// The normal class: woken, it may preempt a shard.
     Normal,
+}
+
+/// Who writes audit records to the log (`[audit] writer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditWriterMode {
+    /// A shard waiting for its records writes them when the log is free.
+    #[default]
+    Shards,
+    /// Only the audit thread writes.
+    Thread,
 }
 
 /// `[[audit.sinks]]`: one delivery of the audit log to a remote collector.

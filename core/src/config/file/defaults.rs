@@ -128,6 +128,7 @@ impl Default for AuditConfig {
             segment_max_age_s: None,
             durability: Durability::default(),
             writer_priority: WriterPriority::default(),
+            writer: AuditWriterMode::default(),
             ack_timeout_ms: default_ack_timeout_ms(),
             checkpoint_key_env: None,
             checkpoint_key_file: None,
