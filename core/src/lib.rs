@@ -27,6 +27,7 @@ pub mod mac;
 pub mod output;
 pub mod protocol;
 pub mod refusal;
+pub mod reply_id;
 pub mod secret;
 pub mod subtoken;
 pub mod toolname;

@@ -18,6 +18,7 @@ use simd_json::prelude::*;
 use toolgate_core::config::UpstreamProtocol;
 use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
+use toolgate_core::reply_id::reply_id;
 use toolgate_decision::UpstreamInfo;
 
 use crate::{sse, Credential, Reply, UpstreamError};
@@ -168,9 +169,8 @@ impl McpClient {
             MediaType::Json => Some(resp.body),
             MediaType::EventStream => {
                 let mut found = None;
-                let mut parser = JsonParser::new();
                 sse::find_event(&resp.body, |data| {
-                    if matches_id(&mut parser, data, id) {
+                    if reply_id(data) == Some(id) {
                         found = Some(data.to_vec());
                         true
                     } else {
@@ -182,7 +182,8 @@ impl McpClient {
             MediaType::Other => None,
         };
         match message {
-            Some(m) if matches_id(&mut JsonParser::new(), &m, id) => Ok((
+            // The reply is parsed in full once, by the call that keeps it.
+            Some(m) if reply_id(&m) == Some(id) => Ok((
                 resp.status,
                 resp.session_id,
                 Some(Reply {
@@ -349,13 +350,4 @@ impl McpClient {
         }
         Err(UpstreamError::BadResponse)
     }
-}
-
-fn matches_id(parser: &mut JsonParser, message: &[u8], id: u64) -> bool {
-    let Ok(tape) = parser.parse(message) else {
-        return false;
-    };
-    let v = tape.as_value();
-    let is_reply = v.get("result").is_some() || v.get("error").is_some();
-    is_reply && v.get("id").and_then(|i| i.as_u64()) == Some(id)
 }

@@ -35,23 +35,23 @@ impl Gateway {
         let id = ctx.request_id.as_deref();
         let mut body = Vec::with_capacity(message.len() + 32);
         if let Some(result) = msg.get("result").filter(|r| r.is_object()) {
-            let mut raw = Vec::with_capacity(message.len());
             let stateless = ctx.version.is_some_and(protocol::is_modern);
-            match output {
+            let redactions = &mut ctx.redactions;
+            wire::result_with(id, &mut body, |out| match output {
                 Some(f) => filter::apply(
                     f,
                     message,
                     result,
                     stateless,
                     &mut self.inner_parser.borrow_mut(),
-                    &mut raw,
-                    &mut ctx.redactions,
-                )?,
-                None => rewrite_result(result, stateless, &mut raw, &mut |_, v, out| {
-                    write_value(v, out)
-                }),
-            }
-            wire::result(id, &raw, &mut body);
+                    out,
+                    redactions,
+                ),
+                None => {
+                    rewrite_result(result, stateless, out, &mut |_, v, o| write_value(v, o));
+                    Ok(())
+                }
+            })?;
             let is_error = result.get("isError").and_then(|e| e.as_bool()) == Some(true);
             return Ok(Answer::Message {
                 status: 200,

@@ -15,6 +15,21 @@ pub fn result(id_json: Option<&str>, result: &[u8], out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// [`result`], with the result written in place by `write` (no copy of a
+/// large result); what `write` returns is returned.
+pub fn result_with<T>(
+    id_json: Option<&str>,
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> T,
+) -> T {
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    out.extend_from_slice(id_json.unwrap_or("null").as_bytes());
+    out.extend_from_slice(br#","result":"#);
+    let written = write(out);
+    out.push(b'}');
+    written
+}
+
 /// `{"jsonrpc":"2.0","id":<id>,"error":<error>}` with a raw error object.
 pub fn error_raw(id_json: Option<&str>, error: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
