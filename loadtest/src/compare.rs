@@ -386,7 +386,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         std::fs::write(
             &conf,
             format!(
-                "worker_processes 1;\nworker_cpu_affinity 10;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                "master_process off;\nworker_processes 1;\nworker_cpu_affinity 10;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
                  events {{ worker_connections 16384; }}\n\
                  http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
                  \n  upstream fast {{ server 127.0.0.1:{up_port}; keepalive 256; keepalive_requests 10000000; }}\n\
