@@ -369,6 +369,13 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     let sessions = "[tool_labels]\n\"fast__echo\" = [\"read_only\"]\n\"big__*\" = [\"reads_pii\", \"external_send\", \"money\"]\n\n\
          [sessions]\ndistinct = [\"customer_id\"]\n\n#policy: sessions.cedar\n";
     let _tg_sessions = gate("toolgate-sessions", sessions_port, sessions)?;
+    // (b) with the audit log written by the audit thread alone.
+    let thread_port = free_port()?;
+    let _tg_thread = gate(
+        "toolgate-thread",
+        thread_port,
+        "#audit: writer = \"thread\"\n",
+    )?;
     // (b) with a shadow policy decided (never enforced) on every call.
     let shadow_port = free_port()?;
     let _tg_shadow = gate("toolgate-shadow", shadow_port, "#policy: shadow.cedar\n")?;
@@ -488,6 +495,14 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         secs,
     ))?;
     rows.run(workload(
+        "(b) toolgate writer=thread",
+        thread_port,
+        Some(KEY),
+        "fast__echo",
+        &o,
+        secs,
+    ))?;
+    rows.run(workload(
         "(b) toolgate + rules",
         rules_port,
         Some(KEY),
@@ -559,6 +574,12 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         };
         rows.run(open("(a) direct @50%", up_port, None, "echo"))?;
         rows.run(open("(b) toolgate @50%", tg_port, Some(KEY), "fast__echo"))?;
+        rows.run(open(
+            "(b) toolgate writer=thread @50%",
+            thread_port,
+            Some(KEY),
+            "fast__echo",
+        ))?;
         if ngx.is_some() {
             rows.run(open("(d) nginx @50%", ngx_port, None, "echo"))?;
         }
@@ -573,6 +594,12 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
     rows.run(single(
         "(b) toolgate 1 conn",
         tg_port,
+        Some(KEY),
+        "fast__echo",
+    ))?;
+    rows.run(single(
+        "(b) toolgate writer=thread 1 conn",
+        thread_port,
         Some(KEY),
         "fast__echo",
     ))?;
@@ -656,6 +683,7 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
         ),
         ("(b) toolgate + 3 limits", "3 limits on / off"),
         ("(b) toolgate + rules", "output rules on / off"),
+        ("(b) toolgate writer=thread", "audit writer thread / shards"),
         ("(b) toolgate TLS", "toolgate TLS / plain"),
     ] {
         if let (Some(r), Some(p)) = (rps(label), rps("(b) toolgate")) {
@@ -711,6 +739,16 @@ pub fn compare(o: Options) -> anyhow::Result<()> {
             "(b) toolgate 1 conn",
             "(a) direct 1 conn",
             "toolgate at 1 connection",
+        ),
+        (
+            "(b) toolgate writer=thread 1 conn",
+            "(a) direct 1 conn",
+            "toolgate (writer = thread) at 1 connection",
+        ),
+        (
+            "(b) toolgate writer=thread @50%",
+            "(a) direct @50%",
+            "toolgate (writer = thread) at half of its saturation",
         ),
         (
             "(d) nginx 1 conn",
@@ -799,7 +837,8 @@ const SESSION_POLICIES: &str =
 /// A toolgate configuration for the comparison: one shard, both fast
 /// upstreams, the load agent, a Cedar policy evaluated per call, the audit
 /// log in `audit-<name>`; `extra` adds sections (TLS, JWT, sinks, rules),
-/// and a line `#policy: FILE` in it replaces the policy file.
+/// a line `#policy: FILE` in it replaces the policy file, and lines
+/// `#audit: KEY = VALUE` go into `[audit]`.
 fn toolgate_config(
     port: u16,
     up_port: u16,
@@ -811,6 +850,12 @@ fn toolgate_config(
         .lines()
         .find_map(|l| l.strip_prefix("#policy: "))
         .unwrap_or("policy.cedar");
+    // `#audit: key = value` lines go into the `[audit]` section.
+    let audit: String = extra
+        .lines()
+        .filter_map(|l| l.strip_prefix("#audit: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     // The same echo server over stdio, run by toolgate in its sandbox, on
     // the upstreams' CPU like the HTTP one.
     let me = std::env::current_exe()?;
@@ -832,7 +877,7 @@ fn toolgate_config(
          [[upstreams]]\nname = \"big\"\nurl = \"http://127.0.0.1:{big_port}/mcp\"\nmax_response_bytes = 4194304\n\n\
          [[upstreams]]\nname = \"rest\"\nkind = \"openapi\"\nspec = \"echo.openapi.json\"\nbase_url = \"http://127.0.0.1:{up_port}\"\n\n\
          [[agents]]\nid = \"load\"\napi_key_sha256 = \"{}\"\ntools = [\"fast__echo\", \"big__echo\", \"rest__echo\", \"local__echo\"]\n\n\
-         [policies]\nfiles = [\"{policy}\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n\n[log]\nlevel = \"warn\"\n\n{extra}",
+         [policies]\nfiles = [\"{policy}\"]\nwatch = false\n\n[audit]\ndir = \"audit-{name}\"\n{audit}\n[log]\nlevel = \"warn\"\n\n{extra}",
         dir.display(),
         sha256_hex(KEY)?
     ))
