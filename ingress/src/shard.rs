@@ -82,6 +82,9 @@ pub fn allowed_cpus() -> Vec<usize> {
     })
 }
 
+/// Longest a shard runs tasks before it looks at its I/O rings again.
+const PREEMPT_AFTER: Duration = Duration::from_millis(1);
+
 /// Starts `writers.len()` shards serving `shared`; `health` is the audit
 /// thread's report on the log; with `inline`, shards write their calls'
 /// records themselves (`[audit] writer = "shards"`).
@@ -108,6 +111,12 @@ pub fn start(
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("toolgate-shard-{i}"))
             .io_memory(2 << 20)
+            // Under load a shard can go on finding its sockets' bytes
+            // already queued and never idle; glommio polls its rings (and
+            // takes wakes from other threads: the audit thread's, timers)
+            // only between task-queue runs, which this bounds. Its default,
+            // 100 ms, would hold an answer that long.
+            .preempt_timer(PREEMPT_AFTER)
             .spawn(move || async move { run(i, shared, writer, health, inline, addr, tx).await })
             .map_err(|e| ShardError::Executor(i, e.to_string()))?;
         // Shard 0 binds first so that port 0 resolves once and every other
