@@ -824,7 +824,12 @@ class FlakyUpstream(_TCPServer):
       ``garbage``   answer any request with bytes that are not HTTP, then close;
       ``not_json``  answer ``200 OK`` with a ``text/plain`` body that is not JSON;
       ``bad_json``  answer ``200 OK`` ``application/json`` with a body that does not parse;
-      ``not_rpc``   answer ``200 OK`` ``application/json`` with JSON that is not JSON-RPC.
+      ``not_rpc``   answer ``200 OK`` ``application/json`` with JSON that is not JSON-RPC;
+      ``wrong_id``  answer a well-formed JSON-RPC result for another request id;
+      ``cut_after_id``  answer a reply whose ``id`` is right but whose body is cut
+                    short inside the result (the id matches, the JSON does not parse);
+      ``id_last``   relay to the real upstream and answer its reply as JSON with the
+                    ``id`` member moved after ``result`` (valid JSON-RPC).
     ``go_down()`` closes the listener, so further connections are refused.
 
     Switching drops open connections so pooled keep-alive connections of the
@@ -839,7 +844,8 @@ class FlakyUpstream(_TCPServer):
         super().__init__()
 
     def set_mode(self, mode: str) -> None:
-        assert mode in ("forward", "garbage", "not_json", "bad_json", "not_rpc"), mode
+        assert mode in ("forward", "garbage", "not_json", "bad_json", "not_rpc",
+                        "wrong_id", "cut_after_id", "id_last"), mode
         self.mode = mode
         self.drop_connections()
 
@@ -869,17 +875,54 @@ class FlakyUpstream(_TCPServer):
                     + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload
                 )
                 return
+            if mode in ("wrong_id", "cut_after_id") and method == "POST":
+                rid = json.loads(body).get("id", 0)
+                payload = {
+                    "wrong_id": json.dumps({"jsonrpc": "2.0", "id": rid + 1,
+                                            "result": {"content": [], "isError": False}}).encode(),
+                    "cut_after_id": b'{"jsonrpc":"2.0","id":' + str(rid).encode()
+                                    + b',"result":{"content":[{"type":"text","text":"cut',
+                }[mode]
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload
+                )
+                return
             if method == "GET":
                 conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST, DELETE\r\nContent-Length: 0\r\n\r\n")
                 continue
             fwd_headers = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
             r = self.client.request(method, self.target_url, content=body, headers=fwd_headers)
+            if mode == "id_last" and method == "POST" and self._send_id_last(conn, r):
+                continue
             out = f"HTTP/1.1 {r.status_code} {r.reason_phrase}\r\n"
             for k, v in r.headers.multi_items():
                 if k.lower() not in _HOP_BY_HOP and k.lower() != "content-encoding":
                     out += f"{k}: {v}\r\n"
             out += f"Content-Length: {len(r.content)}\r\n\r\n"
             conn.sendall(out.encode("latin-1") + r.content)
+
+    @staticmethod
+    def _send_id_last(conn: socket.socket, r: httpx.Response) -> bool:
+        """Sends ``r``'s JSON-RPC reply as JSON with ``id`` last; False when
+        ``r`` carries no reply (a 202 to a notification), to relay it as is."""
+        text = r.text
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            text = next((l[5:].strip() for l in text.splitlines() if l.startswith("data:")), "")
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(reply, dict) or "id" not in reply:
+            return False
+        rid = reply.pop("id")
+        payload = (json.dumps(reply)[:-1] + f', "id": {json.dumps(rid)}}}').encode()
+        out = f"HTTP/1.1 {r.status_code} OK\r\nContent-Type: application/json\r\n"
+        if r.headers.get("mcp-session-id"):
+            out += f"Mcp-Session-Id: {r.headers['mcp-session-id']}\r\n"
+        out += f"Content-Length: {len(payload)}\r\n\r\n"
+        conn.sendall(out.encode("latin-1") + payload)
+        return True
 
     def close(self) -> None:
         super().close()

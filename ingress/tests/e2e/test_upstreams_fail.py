@@ -247,7 +247,7 @@ def test_unreachable_upstreams_at_startup_do_not_block_readiness(make_gate, upst
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["garbage", "not_json", "bad_json", "not_rpc"])
+@pytest.mark.parametrize("mode", ["garbage", "not_json", "bad_json", "not_rpc", "wrong_id", "cut_after_id"])
 def test_upstream_answering_garbage_is_502(make_gate, upstreams, flaky, mode):
     ops = ops_agent("flaky")
     gate = make_gate(
@@ -282,6 +282,25 @@ def test_upstream_answering_garbage_is_502(make_gate, upstreams, flaky, mode):
     line = failure_line(gate, "flaky__lookup_customer", 502)
     assert line["upstream"] == "flaky", line
     assert line["request_id"] == "junk", line
+
+
+def test_a_reply_with_its_id_after_a_large_result_is_relayed(make_gate, upstreams, flaky):
+    """The id is matched without parsing the whole reply: one whose ``id``
+    comes after its ``result`` is still the answer to its call."""
+    ops = ops_agent("flaky")
+    gate = make_gate(
+        upstream_list=upstream_cfgs(upstreams) + [UpstreamCfg("flaky", flaky.url, timeout_ms=3000)],
+        agents=[ops],
+    )
+    with httpx.Client(timeout=30) as http:
+        flaky.set_mode("id_last")
+        seen = len(flaky.requests)
+        r, _ = call(http, gate, ops, "flaky__lookup_customer", {"customer_id": "L-1"}, id="late-id")
+        assert r.status_code == 200, r.text
+        body = parse_body(r)
+        assert body["id"] == "late-id", body
+        assert json.loads(body["result"]["content"][0]["text"])["id"] == "L-1"
+        assert any(m == "id_last" for m, _, _ in flaky.requests[seen:]), "the call never reached the upstream"
 
 
 # --------------------------------------------------------------------------
