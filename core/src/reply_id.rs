@@ -48,10 +48,9 @@ pub fn reply_id(message: &[u8]) -> Option<u64> {
             return id;
         }
         s.ws();
-        match s.next()? {
-            b',' => continue,
-            b'}' => return None,
-            _ => return None,
+        // The object ended (or broke off) without both: not a reply.
+        if s.next()? != b',' {
+            return None;
         }
     }
 }

@@ -126,14 +126,13 @@ impl AuditWriter {
                     }
                     Drain {
                         syncer: Syncer::spawn(Arc::clone(&stats), Arc::clone(&health), syncing),
-                        state,
                         cfg,
                         stats,
                         health,
                         failing_since: None,
                         last_complaint: None,
                     }
-                    .run(&stop)
+                    .run(&state, &stop)
                 })
                 .map_err(WriterError::Spawn)?
         };
@@ -309,7 +308,6 @@ impl InlineWriter {
 
 struct Drain {
     syncer: Syncer,
-    state: Arc<Mutex<LogState>>,
     cfg: WriterConfig,
     stats: Arc<AuditStats>,
     health: Arc<AuditHealth>,
@@ -330,12 +328,11 @@ enum Turn {
 }
 
 impl Drain {
-    fn run(mut self, stop: &AtomicBool) {
+    fn run(mut self, state: &Mutex<LogState>, stop: &AtomicBool) {
         let mut idle_since: Option<Instant> = None;
         loop {
             let stopping = stop.load(Ordering::Acquire);
-            let state = Arc::clone(&self.state);
-            let turn = self.turn(&mut lock(&state), stopping);
+            let turn = self.turn(&mut lock(state), stopping);
             match turn {
                 Turn::Done => return,
                 Turn::Failed => std::thread::sleep(RETRY_PAUSE),
@@ -685,11 +682,10 @@ mod tests {
             let p = if i % 2 == 0 { &mut p0 } else { &mut p1 };
             last = push(p, &format!("t{i}"));
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !p1.recorded(last) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(p1.recorded(last), "the last record is reported written");
+        assert!(
+            wait_recorded(&p1, last),
+            "the last record is reported written"
+        );
         let stats = w.stats();
         w.shutdown();
         assert_eq!(stats.records_written.load(Ordering::Relaxed), 500);
@@ -735,10 +731,7 @@ mod tests {
             for i in 0..40 {
                 // One record per write, so rotation (checked between writes) can cut anywhere.
                 let seq = push(&mut p, &format!("run{run}-{i}"));
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while !p.recorded(seq) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
+                wait_recorded(&p, seq);
             }
             w.shutdown();
         }

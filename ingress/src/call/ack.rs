@@ -1,9 +1,10 @@
 //! Waiting, per shard, for audit records to reach the log.
 //!
-//! A call is answered only once its record is in the log. Waiters park
-//! here; one shard task (the poller) waits for the audit thread to move this
-//! shard's progress mark — the thread wakes it (a glommio foreign wake) —
-//! and then wakes each call whose record has landed. No timer polls the
+//! A call is answered only once its record is in the log. A call whose
+//! shard could not write it itself ([`toolgate_sinks::InlineWriter`])
+//! parks here; one shard task (the poller) waits for the audit thread to
+//! move this shard's progress mark — the thread wakes it (a glommio foreign
+//! wake) — and then wakes each call whose record has landed. No timer polls the
 //! mark: a short poll interval costs the shard a timer wake-up every few
 //! microseconds under load, a long one adds it to every answer. A slow
 //! fallback timer only guards against a lost wake.

@@ -8,11 +8,7 @@ use toolgate_core::refusal::{Refusal, RefusalKind};
 
 /// `{"jsonrpc":"2.0","id":<id>,"result":<result>}`; `id_json` is JSON text.
 pub fn result(id_json: Option<&str>, result: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-    out.extend_from_slice(id_json.unwrap_or("null").as_bytes());
-    out.extend_from_slice(br#","result":"#);
-    out.extend_from_slice(result);
-    out.push(b'}');
+    result_with(id_json, out, |out| out.extend_from_slice(result));
 }
 
 /// [`result`], with the result written in place by `write` (no copy of a
