@@ -4,7 +4,8 @@
 //! written ([`config`]), the zero-copy view of one MCP JSON-RPC request
 //! ([`jsonrpc`]), the vocabulary of output rules ([`output`]), the MCP protocol constants ([`protocol`]), API-key identity
 //! ([`identity`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
-//! ([`refusal`]) and the audit record ([`audit`]).
+//! ([`refusal`]), the audit record ([`audit`]) and the hosts a sandboxed
+//! server may reach ([`host_rule`]).
 //!
 //! Nothing here opens a socket or runs on the request path with I/O: the
 //! request-path types (the JSON-RPC view, refusals, the audit record,
@@ -20,6 +21,7 @@
 pub mod audit;
 pub mod config;
 pub mod document;
+pub mod host_rule;
 pub mod identity;
 pub mod jsonrpc;
 pub mod jwt;

@@ -15,6 +15,20 @@ use cli::{Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Inside a stdio upstream's sandbox, toolgate is the egress helper that
+    // starts the server: no CLI, no logging, nothing of the gateway.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == toolgate_upstream::stdio::egress::EXEC_SUBCOMMAND)
+    {
+        let e = toolgate_upstream::stdio::egress::sandbox_exec(&args[2..]);
+        eprintln!(
+            "toolgate {}: {e}",
+            toolgate_upstream::stdio::egress::EXEC_SUBCOMMAND
+        );
+        return ExitCode::from(127);
+    }
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match Cli::parse().command {
         Command::Run { config } => done(cli::run::run(&config)),

@@ -893,7 +893,7 @@ fn stdio_config(upstream: &str) -> String {
 #[test]
 fn a_stdio_upstream_resolves_its_program_environment_and_sandbox() {
     let text = stdio_config(
-        "kind = \"stdio\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nenv = { TOKEN = { env = \"CRM_TOKEN\" }, MODE = \"ro\", KEY = { file = \"key.txt\" } }\n[upstreams.sandbox]\nread_only = [\"/usr/share\"]\nmemory_mb = 512\n",
+        "kind = \"stdio\"\ncommand = [\"sh\", \"-c\", \"exit 0\"]\nenv = { TOKEN = { env = \"CRM_TOKEN\" }, MODE = \"ro\", KEY = { file = \"key.txt\" } }\n[upstreams.sandbox]\nread_only = [\"/usr/share\"]\nmemory_mb = 512\nallow_hosts = [\"API.example.com\", \"*.github.com:443\"]\n",
     );
     let v = parse(&text, "t.toml", Path::new("/etc/toolgate")).unwrap();
     let u = &v.upstreams[0];
@@ -921,6 +921,11 @@ fn a_stdio_upstream_resolves_its_program_environment_and_sandbox() {
     );
     assert!(s.sandbox.enabled && !s.sandbox.network);
     assert_eq!(s.sandbox.memory_mb, 512);
+    let hosts: Vec<String> = s.allow_hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        hosts,
+        ["api.example.com (ports 443, 80)", "*.github.com:443"]
+    );
     assert_eq!(
         u.url.host, "stdio.crm",
         "the stand-in endpoint names the upstream"
@@ -955,6 +960,18 @@ fn stdio_upstreams_refuse_what_they_cannot_use() {
         (
             "kind = \"stdio\"\ncommand = [\"sh\"]\nenv = { PATH = \"/tmp\" }\n",
             "`PATH` is set by toolgate",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\n[upstreams.sandbox]\nallow_hosts = [\"api.example.com:99999\"]\n",
+            "`sandbox.allow_hosts`: `api.example.com:99999`: the port must be",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\n[upstreams.sandbox]\nnetwork = true\nallow_hosts = [\"api.example.com\"]\n",
+            "`sandbox.allow_hosts` limits a confined network",
+        ),
+        (
+            "kind = \"stdio\"\ncommand = [\"sh\"]\nenv = { HTTPS_PROXY = \"http://elsewhere\" }\n[upstreams.sandbox]\nallow_hosts = [\"api.example.com\"]\n",
+            "`HTTPS_PROXY` is set by toolgate to its egress proxy",
         ),
         (
             "url = \"http://127.0.0.1:9101/mcp\"\ncommand = [\"sh\"]\n",

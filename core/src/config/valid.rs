@@ -230,6 +230,9 @@ pub struct StdioSpec {
     pub env: Vec<(String, StdioEnv)>,
     /// `[upstreams.sandbox]`, its paths checked absolute.
     pub sandbox: crate::config::SandboxConfig,
+    /// `sandbox.allow_hosts`, read: what the egress proxy lets through
+    /// (empty: no egress proxy, no network).
+    pub allow_hosts: Vec<crate::host_rule::HostRule>,
     /// Calls waiting on the process at once.
     pub max_in_flight: usize,
     /// Between liveness pings.

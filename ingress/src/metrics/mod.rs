@@ -264,6 +264,17 @@ impl Metrics {
                     p.instances()
                 );
             }
+            let _ = writeln!(out, "# HELP toolgate_stdio_egress_total Connections each stdio upstream's egress proxy let through (`allowed`) and refused (`refused`: a host not in `sandbox.allow_hosts`, or a request it does not take).\n# TYPE toolgate_stdio_egress_total counter");
+            for (n, p) in processes {
+                let e = p.egress();
+                for (outcome, v) in [("allowed", &e.allowed), ("refused", &e.refused)] {
+                    let _ = writeln!(
+                        out,
+                        "toolgate_stdio_egress_total{{upstream=\"{n}\",outcome=\"{outcome}\"}} {}",
+                        v.load(Ordering::Relaxed)
+                    );
+                }
+            }
             let _ = writeln!(out, "# HELP toolgate_stdio_restarts_total Restarts of each stdio upstream's process.\n# TYPE toolgate_stdio_restarts_total counter");
             for (n, h) in &health {
                 let _ = writeln!(

@@ -7,6 +7,9 @@ test_stdio.py; its tools probe the confinement from the inside and never
 raise, so the agent sees what happened as the tool's text:
 
 * ``connect(host, port)``  -- a TCP connection (2 s timeout): ``connected`` or ``refused: <error>``
+* ``fetch(url, cafile)``     -- an HTTP(S) GET with urllib, which follows the
+  ``*_PROXY`` variables (5 s timeout; TLS verified against ``cafile`` when
+  given): ``<status>: <body>``, ``http <status>: <body>`` or ``error: <exception>``
 * ``read_file(path)``      -- the file's text, or ``error: <exception>``
 * ``getenv(name)``         -- the variable's value, or ``<unset>``
 * ``limits()``             -- JSON: soft RLIMIT_AS/NPROC/NOFILE/CPU, ``NoNewPrivs`` and the uid
@@ -27,7 +30,10 @@ import os
 import resource
 import secrets
 import socket
+import ssl
 import sys
+import urllib.error
+import urllib.request
 
 from mcp.server.mcpserver import MCPServer
 
@@ -59,6 +65,19 @@ def connect(host: str, port: int) -> str:
             return "connected"
     except Exception as e:  # noqa: BLE001 - the probe reports, never raises
         return f"refused: {type(e).__name__}: {e}"
+
+
+@server.tool()
+def fetch(url: str, cafile: str = "") -> str:
+    """GET ``url`` (through the proxy the environment names, if any)."""
+    context = ssl.create_default_context(cafile=cafile or None)
+    try:
+        with urllib.request.urlopen(url, timeout=5.0, context=context) as r:
+            return f"{r.status}: {r.read(4096).decode(errors='replace')}"
+    except urllib.error.HTTPError as e:
+        return f"http {e.code}: {e.read(4096).decode(errors='replace')}"
+    except Exception as e:  # noqa: BLE001
+        return f"error: {type(e).__name__}: {e}"
 
 
 @server.tool()

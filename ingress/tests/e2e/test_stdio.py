@@ -27,9 +27,12 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +41,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from certs import issue, make_ca
 from conftest import ACTIVE_GATES, release_gate
 from harness import (
     E2E_DIR,
@@ -59,7 +63,7 @@ from harness import (
 
 PYTHON = Path(sys.executable)  # the venv's interpreter, a symlink into the base installation
 PROBE = E2E_DIR / "stdio_probe_server.py"
-PROBE_TOOLS = ["connect", "read_file", "getenv", "limits", "allocate", "sleep", "echo", "instance"]
+PROBE_TOOLS = ["connect", "fetch", "read_file", "getenv", "limits", "allocate", "sleep", "echo", "instance"]
 
 NODE = "/usr/bin/node"
 NPM_DIR = E2E_DIR / ".npm"
@@ -563,6 +567,118 @@ def test_check_prints_what_each_sandbox_allows(stdio_gate, tmp_path):
     assert out.count("network: none") == 2, out
     for path in files_sandbox["read_only"] + files_sandbox["read_write"] + probe_box["read_only"]:
         assert path in out, (path, out)
+
+
+class _Origin:
+    """An HTTP (or, with ``tls``, HTTPS) server on 127.0.0.1 in a thread that
+    answers every GET with ``body`` and counts the requests it got."""
+
+    def __init__(self, body: str, tls: ssl.SSLContext | None = None) -> None:
+        origin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                origin.paths.append(self.path)
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.paths: list[str] = []
+        self.server = ThreadingHTTPServer((HOST, 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def origins(tmp_path: Path):
+    """Three origins for the egress tests -- plain HTTP, HTTPS for
+    ``localhost`` (CA in ``tmp_path/certs/ca.pem``) and one no sandbox may
+    reach -- stopped at teardown."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_ca()
+    cert, key = issue(ca, "localhost", dns=["localhost"]).write(certs, "localhost")
+    ca.write(certs, "ca")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    made = [_Origin("plain origin"), _Origin("tls origin", tls), _Origin("forbidden origin")]
+    yield made
+    for o in made:
+        o.close()
+
+
+def test_allow_hosts_reach_named_hosts_only_through_the_egress_proxy(stdio_gate, origins, tmp_path):
+    plain, tls, forbidden = origins
+    cafile = tmp_path / "certs" / "ca.pem"
+    sandbox = probe_sandbox(read_only=[cafile.parent], allow_hosts=[f"localhost:{plain.port}", f"localhost:{tls.port}"])
+    agent = probe_agent("probe")
+    gate = stdio_gate(probe_upstream_toml("probe", new_tag("probe"), sandbox=sandbox), [agent])
+    assert wait_for_metric(gate, "toolgate_stdio_up", "probe", lambda v: v == 1) == 1
+
+    async def scenario():
+        with anyio.fail_after(SCENARIO_TIMEOUT_S):
+            async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+                fetch = lambda url, **kw: call_text(client, "probe__fetch", {"url": url, **kw})
+                proxy = await call_text(client, "probe__getenv", {"name": "HTTPS_PROXY"})
+                assert proxy.startswith("http://127.0.0.1:"), proxy
+                assert await call_text(client, "probe__getenv", {"name": "http_proxy"}) == proxy
+
+                # named hosts: plain HTTP (absolute-form) and HTTPS (CONNECT, TLS end to end)
+                assert await fetch(f"http://localhost:{plain.port}/hello?x=1") == "200: plain origin"
+                assert await fetch(f"https://localhost:{tls.port}/", cafile=str(cafile)) == "200: tls origin"
+
+                # another port, the same origin by address, anything unnamed: 403 from the proxy
+                for url in (f"http://localhost:{forbidden.port}/", f"http://{HOST}:{plain.port}/",
+                            f"https://localhost:{forbidden.port}/"):
+                    out = await fetch(url, cafile=str(cafile))
+                    assert "403" in out, (url, out)
+                out = await fetch(f"http://localhost:{forbidden.port}/")
+                assert "not in sandbox.allow_hosts" in out, out
+
+                # the proxy is the only way out: a direct connection has no route
+                out = await call_text(client, "probe__connect", {"host": HOST, "port": plain.port})
+                assert out.startswith("refused"), out
+                out = await call_text(client, "probe__connect", {"host": HOST, "port": gate.port})
+                assert out.startswith("refused"), out
+
+    anyio.run(scenario)
+    assert plain.paths == ["/hello?x=1"], plain.paths
+    assert tls.paths == ["/"], tls.paths
+    assert forbidden.paths == [], forbidden.paths
+    samples = scrape(gate.metrics_port)
+    key = 'toolgate_stdio_egress_total{{upstream="probe",outcome="{}"}}'
+    assert samples[key.format("allowed")] == 2, samples
+    assert samples[key.format("refused")] == 4, samples
+    assert log_lines_with(gate, "stdio egress refused", f"{forbidden.port}"), gate.stderr_text()[-2000:]
+
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(gate.config_path)], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"egress proxy (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY), to: localhost:{plain.port}, localhost:{tls.port}" in out, out
+
+
+def test_allow_hosts_with_the_hosts_network_is_refused(stdio_gate):
+    sandbox = probe_sandbox(network=True, allow_hosts=["api.example.com"])
+    gate = stdio_gate(probe_upstream_toml("probe", new_tag("probe"), sandbox=sandbox), [probe_agent("probe")],
+                      start=False)
+    r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(gate.config_path)], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert "`sandbox.allow_hosts` limits a confined network" in out, out
 
 
 # --------------------------------------------------------------------------

@@ -4,8 +4,11 @@
 //! [`Process`] is one supervised process all shards share (started,
 //! handshaken, restarted); [`Pool`] the processes of one upstream (one, or
 //! one per end user); [`StdioClient`] a shard's handle on them, the kind
-//! behind [`crate::Upstream`]; [`sandbox`] is what confines each process.
+//! behind [`crate::Upstream`]; [`sandbox`] is what confines each process,
+//! and [`egress`] the proxy through which a confined process reaches the
+//! hosts its sandbox names.
 
+pub mod egress;
 pub mod pool;
 pub mod process;
 pub mod sandbox;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use toolgate_core::config::{Instances, StdioSpec};
 
+use super::egress::EgressCounts;
 use super::process::{Health, Process, StartError};
 use crate::UpstreamError;
 
@@ -24,12 +25,14 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// One stdio upstream's processes.
 pub struct Pool {
     shared: Arc<Process>,
+    egress: Arc<EgressCounts>,
     per_user: Option<Arc<PerUser>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct PerUser {
     name: String,
+    egress: Arc<EgressCounts>,
     spec: StdioSpec,
     max_response_bytes: usize,
     epoch: Instant,
@@ -53,10 +56,12 @@ impl Pool {
         spec: StdioSpec,
         max_response_bytes: usize,
     ) -> Result<Arc<Self>, StartError> {
-        let shared = Process::start(name, spec.clone(), max_response_bytes)?;
+        let egress = Arc::new(EgressCounts::default());
+        let shared = Process::start(name, spec.clone(), max_response_bytes, Arc::clone(&egress))?;
         let per_user = (spec.instances == Instances::PerUser).then(|| {
             Arc::new(PerUser {
                 name: name.to_owned(),
+                egress: Arc::clone(&egress),
                 spec,
                 max_response_bytes,
                 epoch: Instant::now(),
@@ -80,6 +85,7 @@ impl Pool {
         };
         Ok(Arc::new(Self {
             shared,
+            egress,
             per_user,
             reaper: Mutex::new(reaper),
         }))
@@ -93,6 +99,12 @@ impl Pool {
     /// How the shared process stands (users' processes come and go).
     pub fn health(&self) -> Health {
         self.shared.health()
+    }
+
+    /// Connections its processes' egress proxies let through and refused
+    /// (every instance's).
+    pub fn egress(&self) -> &EgressCounts {
+        &self.egress
     }
 
     /// Processes running now, the shared one included.
@@ -177,7 +189,12 @@ impl PerUser {
             } else {
                 None
             };
-            let process = Process::launch(&self.name, self.spec.clone(), self.max_response_bytes)
+            let process = Process::launch(
+                &self.name,
+                self.spec.clone(),
+                self.max_response_bytes,
+                Arc::clone(&self.egress),
+            )
                 .map_err(|e| {
                     tracing::error!(upstream = %self.name, error = %e, "cannot start a user's stdio process");
                     UpstreamError::Unavailable

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 use simd_json::prelude::*;
 use toolgate_core::config::{StdioEnv, StdioSpec};
+use toolgate_core::host_rule::HostRule;
 use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::secret::Secret;
 
+use super::egress::{Channel, Egress, EgressCounts};
 use super::sandbox;
 use crate::UpstreamError;
 
@@ -174,12 +176,13 @@ impl Process {
         name: &str,
         spec: StdioSpec,
         max_response_bytes: usize,
+        egress: Arc<EgressCounts>,
     ) -> Result<Arc<Self>, StartError> {
         sandbox::preflight(&spec).map_err(|e| StartError::Sandbox(name.to_owned(), e))?;
         if !spec.sandbox.enabled {
             tracing::warn!(upstream = name, "stdio upstream runs WITHOUT a sandbox (sandbox.enabled = false): it has toolgate's own user, files and network");
         }
-        Self::launch(name, spec, max_response_bytes)
+        Self::launch(name, spec, max_response_bytes, egress)
     }
 
     /// [`Process::start`] for a spec already checked by it (another
@@ -188,6 +191,7 @@ impl Process {
         name: &str,
         spec: StdioSpec,
         max_response_bytes: usize,
+        egress: Arc<EgressCounts>,
     ) -> Result<Arc<Self>, StartError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.max_in_flight * 2 + 64);
         let inner = Arc::new(Inner {
@@ -204,6 +208,8 @@ impl Process {
         });
         let sup = Supervisor {
             inner: Arc::clone(&inner),
+            allow_hosts: spec.allow_hosts.clone().into(),
+            egress,
             spec,
             max_response_bytes,
             rx,
@@ -354,6 +360,10 @@ enum End {
 struct Supervisor {
     inner: Arc<Inner>,
     spec: StdioSpec,
+    /// `sandbox.allow_hosts`, shared with the egress proxy's threads.
+    allow_hosts: Arc<[HostRule]>,
+    /// The upstream's egress counts (every instance's).
+    egress: Arc<EgressCounts>,
     max_response_bytes: usize,
     rx: Receiver<Msg>,
 }
@@ -368,7 +378,7 @@ impl Supervisor {
             generation += 1;
             let started = Instant::now();
             let end = match self.spawn() {
-                Ok(child) => self.serve(child, generation),
+                Ok((child, egress)) => self.serve(child, egress, generation),
                 Err(why) => {
                     tracing::error!(upstream = %name, error = %why, "stdio upstream cannot be started");
                     End::Exited
@@ -420,8 +430,9 @@ impl Supervisor {
     }
 
     /// The process, started with its environment read now (a rotated
-    /// secret file is picked up by the next start).
-    fn spawn(&self) -> Result<Child, String> {
+    /// secret file is picked up by the next start), and its egress proxy
+    /// when the sandbox allows hosts.
+    fn spawn(&self) -> Result<(Child, Option<Egress>), String> {
         let mut env = Vec::with_capacity(self.spec.env.len());
         for (k, v) in &self.spec.env {
             let value = match v {
@@ -430,13 +441,35 @@ impl Supervisor {
             };
             env.push((k.clone(), value));
         }
-        let mut cmd = sandbox::command(&self.spec, &env).map_err(|e| e.to_string())?;
-        cmd.spawn()
-            .map_err(|e| format!("`{}`: {e}", self.spec.program.display()))
+        let channel = if sandbox::uses_egress(&self.spec) {
+            Some(Channel::new().map_err(|e| format!("egress proxy channel: {e}"))?)
+        } else {
+            None
+        };
+        let mut cmd = sandbox::command(&self.spec, &env, channel.as_ref().map(Channel::child_fd))
+            .map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("`{}`: {e}", self.spec.program.display()))?;
+        let egress = match channel {
+            None => None,
+            Some(c) => match c.serve(
+                &self.inner.name,
+                Arc::clone(&self.allow_hosts),
+                Arc::clone(&self.egress),
+            ) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    reap(&self.inner.name, &mut child);
+                    return Err(format!("egress proxy: {e}"));
+                }
+            },
+        };
+        Ok((child, egress))
     }
 
     /// Runs one process until it ends.
-    fn serve(&self, mut child: Child, generation: u64) -> End {
+    fn serve(&self, mut child: Child, egress: Option<Egress>, generation: u64) -> End {
         let name = Arc::clone(&self.inner.name);
         self.inner.pid.store(child.id(), Ordering::Relaxed);
         let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -473,6 +506,7 @@ impl Supervisor {
         }
         self.inner.up.store(false, Ordering::Release);
         reap(&name, &mut child);
+        drop(egress);
         drop(wtx);
         end
     }

@@ -10,12 +10,15 @@
 //! and the paths the upstream declares. Limits are rlimits set before the
 //! sandbox starts, so they bind everything inside it.
 
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use toolgate_core::config::{SandboxConfig, StdioSpec};
 use toolgate_core::secret::Secret;
+
+use super::egress;
 
 /// Files of `/etc` every process may need (name resolution, TLS roots,
 /// the dynamic linker's cache, time zone) and that hold no secret.
@@ -51,6 +54,13 @@ pub enum SandboxError {
     /// bubblewrap is there but the kernel refuses what it asks.
     #[error("the sandbox cannot be set up on this host ({0}): the kernel must allow unprivileged user namespaces; or run this upstream unconfined with `sandbox.enabled = false`")]
     Unsupported(String),
+    /// `allow_hosts` without the egress channel (a caller's mistake).
+    #[error("the sandbox allows hosts but was given no egress channel")]
+    NoEgress,
+    /// The toolgate binary, which the sandbox runs as its egress helper,
+    /// cannot be found.
+    #[error("the egress proxy needs toolgate's own binary inside the sandbox, and its path is unknown: {0}")]
+    NoEgressHelper(String),
     /// The program is outside every path the sandbox shows.
     #[error("`{0}` is not visible inside the sandbox: add its directory to `sandbox.read_only`")]
     Hidden(PathBuf),
@@ -145,12 +155,30 @@ fn link_args() -> Vec<String> {
     a
 }
 
+/// Whether `spec`'s process reaches hosts through toolgate's egress proxy
+/// (a sandbox of its own network with `allow_hosts`).
+pub fn uses_egress(spec: &StdioSpec) -> bool {
+    spec.sandbox.enabled && !spec.sandbox.network && !spec.allow_hosts.is_empty()
+}
+
 /// The command starting `spec`'s program with environment `env` (values
 /// read from their sources): inside bubblewrap under the sandbox's limits,
 /// or — `sandbox.enabled = false` — as is, with only the clean
-/// environment. stdin, stdout and stderr are pipes.
-pub fn command(spec: &StdioSpec, env: &[(String, Secret)]) -> Result<Command, SandboxError> {
+/// environment. stdin, stdout and stderr are pipes. With `egress` (the
+/// child's end of the egress channel, needed when [`uses_egress`]), the
+/// sandbox starts the program through `toolgate sandbox-exec`, which hands
+/// toolgate the proxy's socket first.
+pub fn command(
+    spec: &StdioSpec,
+    env: &[(String, Secret)],
+    egress: Option<RawFd>,
+) -> Result<Command, SandboxError> {
     let s = &spec.sandbox;
+    let egress = if uses_egress(spec) {
+        Some(egress.ok_or(SandboxError::NoEgress)?)
+    } else {
+        None
+    };
     let mut cmd = if s.enabled {
         let mut c = Command::new(bwrap().ok_or(SandboxError::NoBwrap)?);
         c.args(namespace_args(s));
@@ -166,15 +194,23 @@ pub fn command(spec: &StdioSpec, env: &[(String, Secret)]) -> Result<Command, Sa
         for p in &s.read_write {
             c.args(["--bind", p.get_ref(), p.get_ref()]);
         }
+        if egress.is_some() {
+            let exe =
+                std::env::current_exe().map_err(|e| SandboxError::NoEgressHelper(e.to_string()))?;
+            c.arg("--ro-bind").arg(exe).arg(egress::EXEC_PATH);
+        }
         c.args(["--chdir", "/tmp", "--"]);
+        if egress.is_some() {
+            c.args([egress::EXEC_PATH, egress::EXEC_SUBCOMMAND]);
+        }
         c.arg(&spec.program);
         c.args(&spec.args);
-        child_setup(&mut c, Some(s));
+        child_setup(&mut c, Some(s), egress);
         c
     } else {
         let mut c = Command::new(&spec.program);
         c.args(&spec.args);
-        child_setup(&mut c, None);
+        child_setup(&mut c, None, None);
         c
     };
     cmd.env_clear();
@@ -192,9 +228,10 @@ pub fn command(spec: &StdioSpec, env: &[(String, Secret)]) -> Result<Command, Sa
 
 /// Between fork and exec: the process is killed when the thread that
 /// started it (its supervisor) goes, so toolgate leaves no orphan even
-/// when killed itself; and, sandboxed, the rlimits of `sandbox`.
+/// when killed itself; sandboxed, the rlimits of `sandbox`; and the egress
+/// channel put on [`egress::EGRESS_FD`].
 #[allow(unsafe_code)]
-fn child_setup(cmd: &mut Command, sandbox: Option<&SandboxConfig>) {
+fn child_setup(cmd: &mut Command, sandbox: Option<&SandboxConfig>, egress_fd: Option<RawFd>) {
     let limits = sandbox.map(|s| {
         [
             (libc::RLIMIT_AS, s.memory_mb.saturating_mul(1 << 20)),
@@ -211,12 +248,24 @@ fn child_setup(cmd: &mut Command, sandbox: Option<&SandboxConfig>) {
         ]
     });
     // SAFETY: the closure runs in the forked child before exec and makes
-    // only `prctl` and `setrlimit` calls, which are async-signal-safe; it
-    // touches no memory but the array moved into it.
+    // only `prctl`, `dup2`, `fcntl` and `setrlimit` calls, which are
+    // async-signal-safe; it touches no memory but what is moved into it.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = egress_fd {
+                // `dup2` leaves the copy without close-on-exec; a channel
+                // already on the descriptor only loses the flag.
+                let r = if fd == egress::EGRESS_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, egress::EGRESS_FD)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             for (resource, value) in limits.into_iter().flatten() {
                 let r = libc::rlimit {
@@ -263,9 +312,18 @@ pub fn explain(spec: &StdioSpec) -> Vec<String> {
         format!(
             "network: {}",
             if s.network {
-                "the host's (sandbox.network = true)"
+                "the host's (sandbox.network = true)".to_owned()
+            } else if spec.allow_hosts.is_empty() {
+                "none".to_owned()
             } else {
-                "none"
+                format!(
+                    "none but toolgate's egress proxy (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY), to: {}",
+                    spec.allow_hosts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }
         ),
         format!(
@@ -312,6 +370,7 @@ mod tests {
             args: vec![],
             env: vec![],
             sandbox,
+            allow_hosts: vec![],
             max_in_flight: 1,
             ping_interval: std::time::Duration::from_secs(1),
             instances: toolgate_core::config::Instances::Shared,
@@ -346,6 +405,43 @@ mod tests {
         }))
         .join("\n");
         assert!(off.contains("OFF"), "{off}");
+        let mut proxied = spec(SandboxConfig::default());
+        proxied.allow_hosts = vec![
+            toolgate_core::host_rule::HostRule::parse("api.github.com").unwrap(),
+            toolgate_core::host_rule::HostRule::parse("localhost:8080").unwrap(),
+        ];
+        let text = explain(&proxied).join("\n");
+        assert!(
+            text.contains("egress proxy (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY), to: api.github.com (ports 443, 80), localhost:8080"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn allowed_hosts_start_the_program_through_the_egress_helper() {
+        let mut proxied = spec(SandboxConfig::default());
+        proxied.allow_hosts =
+            vec![toolgate_core::host_rule::HostRule::parse("localhost:8080").unwrap()];
+        assert!(matches!(
+            command(&proxied, &[], None),
+            Err(SandboxError::NoEgress)
+        ));
+        if bwrap().is_none() {
+            return;
+        }
+        let cmd = command(&proxied, &[], Some(7)).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--").unwrap();
+        assert_eq!(
+            args[at + 1..],
+            [egress::EXEC_PATH, egress::EXEC_SUBCOMMAND, "/usr/bin/true"]
+        );
+        assert!(args.iter().any(|a| a == egress::EXEC_PATH));
+        assert!(args.iter().any(|a| a == "--unshare-all"));
+        assert!(!args.iter().any(|a| a == "--share-net"));
     }
 
     #[test]
@@ -356,6 +452,7 @@ mod tests {
                 ..SandboxConfig::default()
             }),
             &[("TOKEN".into(), Secret::new(b"s3".to_vec()))],
+            None,
         )
         .unwrap();
         let env: Vec<_> = cmd

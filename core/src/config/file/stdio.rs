@@ -51,6 +51,12 @@ pub struct SandboxConfig {
     /// loopback listeners.
     #[serde(default)]
     pub network: bool,
+    /// Hosts the process may reach although its network is its own:
+    /// `host`, `host:port`, `*.domain[:port]` or an IP address. Reached
+    /// only through toolgate's egress proxy (`HTTPS_PROXY` and friends in
+    /// the process's environment), which refuses every other host.
+    #[serde(default)]
+    pub allow_hosts: Vec<Spanned<String>>,
     /// Absolute paths the process sees read-only, at the same place (its
     /// code, data it serves). `/usr` and a few files of `/etc` are always
     /// visible read-only.
@@ -80,6 +86,7 @@ impl Default for SandboxConfig {
         Self {
             enabled: true,
             network: false,
+            allow_hosts: Vec::new(),
             read_only: Vec::new(),
             read_write: Vec::new(),
             memory_mb: default_memory_mb(),

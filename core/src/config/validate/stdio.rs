@@ -164,6 +164,32 @@ pub(crate) fn check(
             );
         }
     }
+    let mut allow_hosts = Vec::with_capacity(s.allow_hosts.len());
+    for entry in &s.allow_hosts {
+        match crate::host_rule::HostRule::parse(entry.get_ref()) {
+            Ok(rule) => allow_hosts.push(rule),
+            Err(e) => err(
+                at(&entry.span()),
+                format!("upstream `{name}`: `sandbox.allow_hosts`: {e}"),
+            ),
+        }
+    }
+    if !s.allow_hosts.is_empty() {
+        if !s.enabled || s.network {
+            err(
+                here,
+                format!("upstream `{name}`: `sandbox.allow_hosts` limits a confined network; with `sandbox.enabled = false` or `sandbox.network = true` the process already has the host's whole network"),
+            );
+        }
+        for (var, _) in &env {
+            if crate::host_rule::PROXY_VARS.contains(&var.as_str()) {
+                err(
+                    here,
+                    format!("upstream `{name}`: `env`: `{var}` is set by toolgate to its egress proxy when `sandbox.allow_hosts` is given"),
+                );
+            }
+        }
+    }
     if s.enabled && s.memory_mb < 64 {
         err(
             here,
@@ -181,6 +207,7 @@ pub(crate) fn check(
         args: args.to_vec(),
         env,
         sandbox: s.clone(),
+        allow_hosts,
         max_in_flight: u.max_in_flight,
         ping_interval: std::time::Duration::from_secs(u.ping_interval_s),
         instances: u.instances,
