@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +44,24 @@ pub enum ShardError {
     Executor(usize, String),
 }
 
-/// How often an idle shard looks for a new snapshot.
-const SNAPSHOT_POLL: Duration = Duration::from_millis(1);
+/// How often a shard looks for a new snapshot when no publication woke
+/// it: a backstop, since publishing wakes every shard.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(50);
+
+/// How long an executor (a shard, the admin API) may take to start and
+/// bind. Generous: creating io_uring rings waits on the kernel, which a
+/// host busy with disk writes can hold for seconds.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an executor's start-up report did not come.
+pub(crate) fn not_started(e: mpsc::RecvTimeoutError) -> String {
+    match e {
+        mpsc::RecvTimeoutError::Timeout => {
+            format!("did not start within {} s", START_TIMEOUT.as_secs())
+        }
+        mpsc::RecvTimeoutError::Disconnected => "its thread ended while starting".into(),
+    }
+}
 
 /// Running shards.
 pub struct Shards {
@@ -121,10 +138,10 @@ pub fn start(
             .map_err(|e| ShardError::Executor(i, e.to_string()))?;
         // Shard 0 binds first so that port 0 resolves once and every other
         // shard joins the same port.
-        match rx.recv_timeout(Duration::from_secs(10)) {
+        match rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(bound)) => addr = bound,
             Ok(Err(reason)) => return Err(ShardError::Bind { addr, reason }),
-            Err(_) => return Err(ShardError::Executor(i, "did not start".into())),
+            Err(e) => return Err(ShardError::Executor(i, not_started(e))),
         }
         handles.push(handle);
     }
@@ -160,13 +177,26 @@ async fn run(
         None => gateway,
     });
     // Picks up published snapshots even while no request arrives, so the
-    // admin API learns within a millisecond that this shard runs a change.
+    // admin API learns at once that this shard runs a change. Woken by the
+    // publisher (a cross-thread wake, which does not depend on this
+    // executor's timers firing on time), with a slow poll as a backstop.
     {
-        let gateway = Rc::clone(&gateway);
+        let (gateway, shared) = (Rc::clone(&gateway), Arc::clone(&shared));
         glommio::spawn_local(async move {
             loop {
                 gateway.refresh_snapshot();
-                glommio::timer::sleep(SNAPSHOT_POLL).await;
+                let ran = shared.seen.get(i).map_or(0, |s| s.load(Ordering::Relaxed));
+                let published = std::future::poll_fn(|cx| {
+                    if let Some(w) = shared.published.get(i) {
+                        w.register(cx.waker());
+                    }
+                    if shared.snapshot.generation() != ran {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                });
+                futures_lite::future::or(published, glommio::timer::sleep(SNAPSHOT_POLL)).await;
             }
         })
         .detach();

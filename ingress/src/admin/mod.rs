@@ -182,10 +182,10 @@ pub fn start(
             }
         })
         .map_err(|e| AdminError::Executor(e.to_string()))?;
-    match rx.recv_timeout(Duration::from_secs(10)) {
+    match rx.recv_timeout(crate::shard::START_TIMEOUT) {
         Ok(Ok(bound)) => Ok(bound),
         Ok(Err(reason)) => Err(AdminError::Bind { addr, reason }),
-        Err(_) => Err(AdminError::Executor("did not start".into())),
+        Err(e) => Err(AdminError::Executor(crate::shard::not_started(e))),
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Shared {
     /// Per shard: the snapshot generation it runs (written by the shard when
     /// it picks one up; read by the admin API).
     pub seen: Box<[AtomicU64]>,
+    /// Per shard: woken when a snapshot is published, so a shard picks it
+    /// up at once through its executor's cross-thread wake rather than
+    /// waiting on its own timer.
+    pub published: Box<[futures_util::task::AtomicWaker]>,
     /// The decision snapshot.
     pub snapshot: Arc<Published<Snapshot>>,
     /// Fetched catalogs by upstream name (written off the request path);
@@ -262,6 +266,9 @@ impl Shared {
         let shared = Arc::new(Self {
             current: Mutex::new(sources),
             seen: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            published: (0..shards)
+                .map(|_| futures_util::task::AtomicWaker::new())
+                .collect(),
             snapshot,
             catalogs: Mutex::new(CatalogSet::default()),
             stored_upstreams: Mutex::new(stored),

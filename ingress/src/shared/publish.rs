@@ -90,6 +90,9 @@ impl Shared {
             self.make_sessions();
         }
         let generation = self.snapshot.publish(snap);
+        for w in self.published.iter() {
+            w.wake();
+        }
         tracing::debug!(generation, "snapshot published");
         Some(generation)
     }

@@ -96,7 +96,7 @@ def admin_gate(make_gate, upstreams):
         port = free_port()
         agents = agents or [Agent("support-bot", ["crm__lookup_customer"])]
         gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, admin_extra) + extra_toml)
-        wait_for_port(port, 10, gate.proc)
+        wait_for_port(port, 30, gate.proc)
         admin = Admin(port, token)
         made.append(admin)
         gate.admin_port, gate.admin_token = port, token
@@ -246,7 +246,7 @@ def test_control_state_survives_a_restart(admin_gate):
     gate.stop()
     gate.start()
     # The admin listener opens just after the agents' one that start() waits for.
-    wait_for_port(gate.admin_port, 10, gate.proc)
+    wait_for_port(gate.admin_port, 30, gate.proc)
     assert admin.version("agents/support-bot") == version
     assert admin.get("agents/support-bot").json()["source"] == "store"
     assert call(gate, bot).status_code == 200, "the grant is still in force after the restart"
@@ -773,7 +773,7 @@ def test_subtoken_minted_listed_and_revoked_through_the_api(admin_gate):
     # The revocation survives a restart from the first request on.
     gate.stop()
     gate.start()
-    wait_for_port(gate.admin_port, 10, gate.proc)
+    wait_for_port(gate.admin_port, 30, gate.proc)
     assert_jsonrpc_error(lookup(gate, token), 401, UNAUTHORIZED)
 
 

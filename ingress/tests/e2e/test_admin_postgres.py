@@ -60,7 +60,7 @@ def replicas(make_gate, pg, tmp_path):
                      f'[admin.postgres_password]\nfile = "{pwfile}"\n')
             gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, extra) + extra_toml)
             gate.admin_port, gate.admin_token = port, token
-            wait_for_port(port, 10, gate.proc)
+            wait_for_port(port, 30, gate.proc)
             admin = Admin(port, token)
             made.append(admin)
             gates.append(gate)
@@ -181,7 +181,7 @@ def test_a_restarted_replica_keeps_the_state(replicas):
     r = admin_b.put("users/alice", {"groups": ["support"]})
     assert r.status_code == 200, r.text
     a.start()
-    wait_for_port(a.admin_port, 10, a.proc)
+    wait_for_port(a.admin_port, 30, a.proc)
     assert admin_a.version("agents/support-bot") == version
     assert admin_a.get("users/alice").json()["spec"] == {"groups": ["support"]}
     assert call(a, bot).status_code == 200, "the grant is still in force after the restart"
@@ -189,7 +189,7 @@ def test_a_restarted_replica_keeps_the_state(replicas):
     a.stop()
     b.stop()
     b.start()
-    wait_for_port(b.admin_port, 10, b.proc)
+    wait_for_port(b.admin_port, 30, b.proc)
     assert call(b, bot).status_code == 200
     assert admin_b.version("agents/support-bot") == version
 

@@ -40,7 +40,7 @@ class Redis:
              "--requirepass", PASSWORD, "--dir", str(self.workdir)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        wait_for_port(self.port, 10, self.proc)
+        wait_for_port(self.port, 30, self.proc)
         return self
 
     def stop(self) -> None:

@@ -40,7 +40,7 @@ def tls_redis(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
     try:
-        wait_for_port(port, 10, proc)
+        wait_for_port(port, 30, proc)
         yield port, ca_path
     finally:
         stop_process(proc)
