@@ -1,7 +1,8 @@
 //! The `[limits]` check on the hot path: 10 000 customers × 100 tools, three
 //! rules applying to every call (a per-customer day quota with tool costs,
 //! a per-customer-and-tool hour quota, a per-agent rate), the counters
-//! already placed — what a call pays once its customer has been seen.
+//! already placed — what a call pays once its customer has been seen; and
+//! the same rules with the quotas on a time zone's calendar.
 //!
 //! `cargo bench -p toolgate-bench --bench limits`
 #![expect(
@@ -18,9 +19,9 @@ use toolgate_limits::{Call, Limits};
 const CUSTOMERS: usize = 10_000;
 const TOOLS: usize = 100;
 
-fn limits() -> Limits {
-    let cfg: LimitsConfig = toml::from_str(
-        r#"
+fn limits(time_zone: Option<&str>) -> Limits {
+    let zone = time_zone.map_or(String::new(), |z| format!("time_zone = \"{z}\"\n"));
+    let rules = r#"
 max_counters = 400000
 
 [[rules]]
@@ -39,9 +40,9 @@ quota = { units = 1000000000, per = "hour" }
 id = "agent-rate"
 agent = "*"
 rate = { calls_per_s = 1000000000, burst = 1000000 }
-"#,
-    )
-    .unwrap_or_else(|e| panic!("limits: {e}"));
+"#;
+    let cfg: LimitsConfig =
+        toml::from_str(&format!("{zone}{rules}")).unwrap_or_else(|e| panic!("limits: {e}"));
     Limits::new(
         &cfg,
         Limits::table(&cfg),
@@ -58,7 +59,7 @@ fn now_ns() -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let l = limits();
+    let l = limits(None);
     let customers: Vec<String> = (0..CUSTOMERS).map(|i| format!("customer-{i:05}")).collect();
     let tools: Vec<String> = (0..TOOLS).map(|i| format!("crm__tool{i}")).collect();
     let now = now_ns();
@@ -103,6 +104,22 @@ fn bench(c: &mut Criterion) {
                 upstream: "crm",
             };
             black_box(l.take(black_box(&call), now).is_ok())
+        })
+    });
+    // The quotas on India's calendar (hours from :30 UTC): the window is
+    // the one cached for the rule, found again only when it ends.
+    let zoned = limits(Some("Asia/Kolkata"));
+    c.bench_function("limits_take_3_rules_one_hot_customer_time_zone", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            let call = Call {
+                customer: &customers[0],
+                agent: "agent-1",
+                user: None,
+                tool: &tools[7 * (n % 14)],
+                upstream: "crm",
+            };
+            black_box(zoned.take(black_box(&call), now).is_ok())
         })
     });
 }

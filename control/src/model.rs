@@ -379,7 +379,7 @@ impl LimitSpec {
         let quota = match &self.quota {
             None => None,
             Some(m) => {
-                only(m, &["units", "per"], "quota")?;
+                only(m, &["units", "per", "time_zone"], "quota")?;
                 let units = m
                     .get("units")
                     .and_then(serde_json::Value::as_u64)
@@ -393,7 +393,19 @@ impl LimitSpec {
                         return Err("`quota.per` must be `minute`, `hour`, `day` or `month`".into())
                     }
                 };
-                Some(QuotaConfig { units, per })
+                let time_zone = match m.get("time_zone") {
+                    None => None,
+                    Some(z) => Some(
+                        z.as_str()
+                            .ok_or("`quota.time_zone` must be a string (an IANA name)")?
+                            .to_owned(),
+                    ),
+                };
+                Some(QuotaConfig {
+                    units,
+                    per,
+                    time_zone,
+                })
             }
         };
         Ok(LimitRuleConfig {

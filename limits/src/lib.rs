@@ -105,6 +105,8 @@ enum Kind {
     Quota {
         units: u64,
         per: Window,
+        /// UTC, or the rule's time zone.
+        calendar: window::Calendar,
     },
 }
 
@@ -190,6 +192,9 @@ impl Limits {
                 (None, Some(q)) => Kind::Quota {
                     units: q.units.min(USED_MASK),
                     per: q.per,
+                    calendar: window::Calendar::new(zone(
+                        q.time_zone.as_deref().or(cfg.time_zone.as_deref()),
+                    )),
                 },
                 (None, None) => continue,
             };
@@ -399,14 +404,18 @@ impl At<'_> {
 fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, Refused> {
     let slot = at.slot;
     match rule.kind {
-        Kind::Quota { units, per } => {
+        Kind::Quota {
+            units,
+            per,
+            ref calendar,
+        } => {
             let cost = rule
                 .cost
                 .iter()
                 .find(|(t, _)| &**t == tool)
                 .map_or(1, |(_, c)| *c);
             let now_s = now_ns / 1_000_000_000;
-            let w = window::window_of(per, now_s);
+            let w = calendar.window(per, now_s);
             let (end, window_s) = (w.end, w.end - w.start);
             let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
             let reset_s = end.saturating_sub(now_s).max(1);
@@ -553,14 +562,30 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
     }
 }
 
+/// The time zone named `name` (checked by the configuration loader; UTC
+/// when absent, `UTC`, or — should the host's tz database have changed
+/// since — not found, which is logged).
+fn zone(name: Option<&str>) -> Option<jiff::tz::TimeZone> {
+    let name = name.filter(|n| *n != "UTC")?;
+    match jiff::tz::TimeZone::get(name) {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::error!(time_zone = name, error = %e, "quota time zone not found; counting its windows in UTC");
+            None
+        }
+    }
+}
+
 /// Gives back what a call took from a rule whose counter it passed, when
 /// a later rule refused it.
 fn give_back(rule: &Rule, slot: &table::Slot, amount: u64, now_ns: u64) {
     let mut v = slot.value.load(Ordering::Acquire);
     loop {
         let next = match rule.kind {
-            Kind::Quota { per, .. } => {
-                let w = window::window_of(per, now_ns / 1_000_000_000);
+            Kind::Quota {
+                per, ref calendar, ..
+            } => {
+                let w = calendar.window(per, now_ns / 1_000_000_000);
                 let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
                 if v >> USED_BITS != tag {
                     return;

@@ -752,7 +752,7 @@ fn limits_are_a_rate_or_a_quota_on_things_the_configuration_knows() {
         )
     };
     let ok = parse(
-        &cfg("[[limits.rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 10, per = \"day\" }\ncost = { \"crm__export\" = 5 }\n\
+        &cfg("time_zone = \"Europe/Paris\"\n[[limits.rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 10, per = \"day\", time_zone = \"UTC\" }\ncost = { \"crm__export\" = 5 }\n\
               [[limits.rules]]\nid = \"burst\"\nagent = \"a\"\nrate = { calls_per_s = 5 }\n"),
         "t",
         Path::new("/"),
@@ -768,6 +768,14 @@ fn limits_are_a_rate_or_a_quota_on_things_the_configuration_knows() {
         (
             "[[limits.rules]]\nid = \"x\"\nquota = { units = 0, per = \"day\" }\n",
             "must be above 0",
+        ),
+        (
+            "[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"day\", time_zone = \"Mars/Base\" }\n",
+            "`quota.time_zone`: `Mars/Base` is no time zone",
+        ),
+        (
+            "time_zone = \"Europe/Nowhere\"\n[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"day\" }\n",
+            "`limits.time_zone`: `Europe/Nowhere` is no time zone",
         ),
         (
             "[[limits.rules]]\nid = \"x\"\nquota = { units = 1, per = \"day\" }\ncost = { \"crm__x\" = 0 }\n",

@@ -180,10 +180,11 @@ pub(super) fn limit_document(r: &toolgate_core::config::LimitRuleConfig) -> Valu
         doc.insert("rate".into(), m);
     }
     if let Some(q) = &r.quota {
-        doc.insert(
-            "quota".into(),
-            json!({"units": q.units, "per": q.per.as_str()}),
-        );
+        let mut m = json!({"units": q.units, "per": q.per.as_str()});
+        if let Some(z) = &q.time_zone {
+            m["time_zone"] = json!(z);
+        }
+        doc.insert("quota".into(), m);
     }
     if !r.cost.is_empty() {
         doc.insert("cost".into(), json!(r.cost));

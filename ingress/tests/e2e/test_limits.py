@@ -147,9 +147,15 @@ quota = { units = 100, per = "day" }
         ({"tool": "nope__x", "rate": {"calls_per_s": 1}}, "no tool any upstream"),
         ({"customer": "acme"}, "exactly one of `rate` and `quota`"),
         ({"customer": "acme", "quota": {"units": 0, "per": "day"}}, "must be above 0"),
+        ({"customer": "acme", "quota": {"units": 2, "per": "day", "time_zone": "Mars/Base"}}, "is no time zone"),
     ]:
         r = admin.put("limits/bad", spec)
         assert r.status_code in (400, 422) and says in r.text, (spec, r.status_code, r.text)
+
+    # A quota on a time zone's calendar reads back as written.
+    tz = {"customer": "globex", "quota": {"units": 9, "per": "month", "time_zone": "America/New_York"}}
+    assert admin.put("limits/globex-plan", tz).status_code == 200
+    assert admin.get("limits/globex-plan").json()["spec"] == tz
 
     # Deleting the plan brings acme back under the default.
     version = admin.version("limits/acme-plan")
@@ -194,3 +200,65 @@ quota = { units = 3, per = "day" }
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert [(x["tool"], x["calls"], x["denied"]) for x in rows] == [("crm__delete_record", "1", "1"), (TOOL, "1", "0")]
     assert admin.get("usage?bogus=1").status_code == 400
+
+
+def _seconds_to_next_window(zone: str, per: str) -> float:
+    """Seconds from now to the start of the next local day or hour in ``zone``."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    now = dt.datetime.now(ZoneInfo(zone))
+    if per == "day":
+        nxt = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        nxt = (now + dt.timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    # Wall-clock arithmetic, then back to an instant (exact across DST in these zones today).
+    return (nxt.astimezone(dt.timezone.utc) - now.astimezone(dt.timezone.utc)).total_seconds()
+
+
+def test_quota_windows_follow_the_configured_time_zone(make_gate, upstreams):
+    crm = upstreams["crm"].url
+    agents = {c: Agent(f"{c}-bot", [TOOL], customer=c) for c in ("tokyo-co", "utc-co", "ist-co")}
+    extra = limits_toml(crm).split("[limits]")[0] + """
+[limits]
+max_counters = 1024
+time_zone = "Asia/Tokyo"
+
+[[limits.rules]]
+id = "tokyo-day"
+customer = "tokyo-co"
+quota = { units = 1, per = "day" }
+
+[[limits.rules]]
+id = "utc-day"
+customer = "utc-co"
+quota = { units = 1, per = "day", time_zone = "UTC" }
+
+[[limits.rules]]
+id = "ist-hour"
+customer = "ist-co"
+quota = { units = 1, per = "hour", time_zone = "Asia/Kolkata" }
+"""
+    gate = make_gate(upstream_list=[], agents=list(agents.values()), extra_toml=extra)
+    expected = {"tokyo-co": ("Asia/Tokyo", "day"), "utc-co": ("UTC", "day"), "ist-co": ("Asia/Kolkata", "hour")}
+    for customer, agent in agents.items():
+        assert mcp_call(gate, agent.key).status_code == 200
+        over = mcp_call(gate, agent.key)
+        zone, per = expected[customer]
+        want = _seconds_to_next_window(zone, per)
+        assert over.status_code in (200, 429), over.text
+        data = over.json()["error"]["data"]
+        assert data["remaining"] == 0, data
+        # The reset is the zone's next local midnight (or hour), not UTC's.
+        assert abs(data["reset_s"] - want) <= 5, (customer, data, want)
+
+    # A name the tz database does not have is refused before start.
+    import subprocess
+
+    from harness import TOOLGATE_BIN
+    bad = gate.config_path.read_text().replace('time_zone = "Asia/Kolkata"', 'time_zone = "Mars/Olympus_Mons"')
+    path = gate.config_path.with_name("bad.toml")
+    path.write_text(bad)
+    out = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "`quota.time_zone`: `Mars/Olympus_Mons` is no time zone" in out.stdout + out.stderr

@@ -23,6 +23,10 @@ pub struct LimitsConfig {
     /// (`limit_table_full`), never let through unlimited. Default 262144.
     #[serde(default = "default_max_counters")]
     pub max_counters: usize,
+    /// The time zone whose calendar quota windows follow (an IANA name
+    /// such as `Europe/Paris`), unless a quota names its own. Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<String>,
     /// The rules; every one that applies to a call must let it pass.
     #[serde(default)]
     pub rules: Vec<LimitRuleConfig>,
@@ -38,6 +42,7 @@ impl Default for LimitsConfig {
             backend: LimitsBackend::Local,
             redis: None,
             max_counters: default_max_counters(),
+            time_zone: None,
             rules: Vec::new(),
         }
     }
@@ -71,7 +76,7 @@ pub struct LimitRuleConfig {
     /// A rate: calls per second with a burst (GCRA).
     #[serde(default)]
     pub rate: Option<RateLimitConfig>,
-    /// A quota: units per calendar window (UTC).
+    /// A quota: units per calendar window (UTC, or a time zone).
     #[serde(default)]
     pub quota: Option<QuotaConfig>,
     /// Units a call of a tool costs (exposed name → units); other tools
@@ -81,16 +86,20 @@ pub struct LimitRuleConfig {
 }
 
 /// A quota: `units` per `per`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     /// Units allowed per window.
     pub units: u64,
     /// The calendar window.
     pub per: Window,
+    /// The time zone whose calendar the windows follow (an IANA name);
+    /// default `[limits] time_zone`, else UTC.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
-/// A calendar window, in UTC: it resets at the start of each minute, hour,
+/// A calendar window, in UTC or the quota's time zone: it resets at the start of each minute, hour,
 /// day or month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,9 +108,9 @@ pub enum Window {
     Minute,
     /// An hour.
     Hour,
-    /// A day (00:00 UTC).
+    /// A day (from 00:00, UTC or local).
     Day,
-    /// A calendar month (the 1st, 00:00 UTC).
+    /// A calendar month (from the 1st, 00:00).
     Month,
 }
 

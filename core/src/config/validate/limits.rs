@@ -27,6 +27,9 @@ pub(crate) fn validate_limits(
         .iter()
         .map(|a| a.id.get_ref().as_str())
         .collect();
+    if let Some(why) = limits.time_zone.as_deref().and_then(time_zone_problem) {
+        err(None, format!("`limits.time_zone`: {why}"));
+    }
     check_rules(&limits.rules, namer, &upstreams, &agents, err, at);
     let redis = match (limits.backend, &limits.redis) {
         (LimitsBackend::Local, None) => return None,
@@ -146,6 +149,9 @@ fn check_rules(
                 if q.units == 0 {
                     bad("`quota.units` must be above 0".into());
                 }
+                if let Some(why) = q.time_zone.as_deref().and_then(time_zone_problem) {
+                    bad(format!("`quota.time_zone`: {why}"));
+                }
             }
             _ => bad("give exactly one of `rate` and `quota`".into()),
         }
@@ -186,4 +192,15 @@ fn check_rules(
             }
         }
     }
+}
+
+/// Why `name` is not a time zone quota windows can follow: not an IANA
+/// name the host's tz database (`/usr/share/zoneinfo`) has.
+fn time_zone_problem(name: &str) -> Option<String> {
+    if name == "UTC" {
+        return None;
+    }
+    jiff::tz::TimeZone::get(name).err().map(|_| {
+        format!("`{name}` is no time zone of this host's tz database (an IANA name such as `Europe/Paris`; Debian: `apt-get install tzdata`)")
+    })
 }
