@@ -186,17 +186,15 @@ async fn run(
             loop {
                 gateway.refresh_snapshot();
                 let ran = shared.seen.get(i).map_or(0, |s| s.load(Ordering::Relaxed));
-                let published = std::future::poll_fn(|cx| {
-                    if let Some(w) = shared.published.get(i) {
-                        w.register(cx.waker());
-                    }
-                    if shared.snapshot.generation() != ran {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                });
-                futures_lite::future::or(published, glommio::timer::sleep(SNAPSHOT_POLL)).await;
+                let Some(waker) = shared.published.get(i) else {
+                    glommio::timer::sleep(SNAPSHOT_POLL).await;
+                    continue;
+                };
+                futures_lite::future::or(
+                    shared.published_since(waker, ran),
+                    glommio::timer::sleep(SNAPSHOT_POLL),
+                )
+                .await;
             }
         })
         .detach();

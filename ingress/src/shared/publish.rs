@@ -9,6 +9,24 @@ use super::upstreams::sync_stored;
 use super::Shared;
 
 impl Shared {
+    /// Resolves once the published generation differs from `seen`; woken
+    /// by [`Shared::publish`] through `waker` (one of [`Shared::published`]),
+    /// so no timer is needed to notice.
+    pub fn published_since<'a>(
+        &'a self,
+        waker: &'a futures_util::task::AtomicWaker,
+        seen: u64,
+    ) -> impl std::future::Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            waker.register(cx.waker());
+            if self.snapshot.generation() == seen {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+    }
+
     /// Builds and publishes a snapshot from the current sources and
     /// `catalogs` (callers hold the catalogs lock, which orders every
     /// publication): tool pins decide quarantines, the sub-token verifier
