@@ -68,6 +68,14 @@ pub trait Handler {
 /// Bytes requested per read.
 const READ_SIZE: usize = 16 * 1024;
 
+/// After a refusal that ends the connection, how long toolgate goes on
+/// reading (and dropping) what the client still sends, at most…
+const LINGER_TIME: Duration = Duration::from_secs(5);
+/// …waiting at most this for each read…
+const LINGER_READ: Duration = Duration::from_secs(1);
+/// …and dropping at most this many bytes.
+const LINGER_BYTES: usize = 16 << 20;
+
 enum ReadOutcome {
     Data,
     Eof,
@@ -297,6 +305,8 @@ async fn read_body<S: Conn, H: Handler>(
 }
 
 /// Answers a request refused before it could be served; the caller closes.
+/// Unless the client was only too slow, it may still be sending (a body
+/// over the limit): toolgate lingers so the answer reaches it.
 async fn refuse_and_close<S: Conn, H: Handler>(
     stream: &mut S,
     handler: &H,
@@ -307,7 +317,35 @@ async fn refuse_and_close<S: Conn, H: Handler>(
 ) {
     let mut out = Vec::with_capacity(256);
     handler.refuse(refusal, peer, started, &mut out);
-    let _ = send(stream, &out, cfg.idle_timeout).await;
+    if send(stream, &out, cfg.idle_timeout).await && refusal.kind != RefusalKind::RequestTimeout {
+        linger(stream).await;
+    }
+}
+
+/// A lingering close. Closing a socket with bytes of the client's still
+/// unread makes the kernel answer with a reset, which can destroy the
+/// answer in the client's receive buffer before it reads it. So: end the
+/// sending side, then read and drop what still comes until the client
+/// closes, or [`LINGER_TIME`] passes, a read waits [`LINGER_READ`], or
+/// [`LINGER_BYTES`] were dropped.
+async fn linger<S: Conn>(stream: &mut S) {
+    use futures_lite::AsyncWriteExt;
+    if stream.close().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER_TIME;
+    let mut scratch = vec![0u8; READ_SIZE];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        let left = remaining(until).min(LINGER_READ);
+        if left.is_zero() {
+            return;
+        }
+        match stream.read_within(&mut scratch, left).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dropped += n,
+        }
+    }
 }
 
 async fn send_continue<S: Conn>(stream: &mut S, cfg: ConnConfig) -> bool {

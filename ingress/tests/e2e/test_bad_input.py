@@ -185,6 +185,32 @@ def test_body_too_large_is_413(gate, support):
     assert_error_body(resp.body, "413")
 
 
+@pytest.mark.parametrize("client", ["httpx", "trickle"])
+def test_a_client_still_sending_2_mib_gets_the_413(gate, support, client):
+    """A 2 MiB body against the body limit: the client is still sending when
+    toolgate has answered. The answer must reach it (lingering close: the
+    rest of the body is read and dropped), not a reset before it can read."""
+    size = 2 * 1024 * 1024
+    headers = modern_headers("tools/call", "crm__lookup_customer", key=support.key)
+    if client == "httpx":
+        # An ordinary client: sends the whole body, then reads.
+        r = httpx.post(gate.url, content=b"{" + b" " * (size - 2) + b"}", headers=headers, timeout=30.0)
+        assert r.status_code == 413, r.text
+        assert_error_body(r.content, "413")
+        return
+    # A slow one: 64 KiB at a time with pauses, reading only at the end.
+    head = http_request("POST", "/mcp", gate.port, b"", {**headers, "Content-Length": str(size)})
+    with RawConn(gate.port, timeout=30.0) as conn:
+        conn.send(head)
+        piece = b" " * 65536
+        for _ in range(size // len(piece)):
+            conn.send(piece)
+            time.sleep(0.005)
+        resp = conn.read_response()
+    assert resp.status == 413, resp
+    assert_error_body(resp.body, "413")
+
+
 def test_chunked_body_too_large_is_413(gate, support):
     headers = modern_headers("tools/list", key=support.key)
     headers["Transfer-Encoding"] = "chunked"
