@@ -24,6 +24,7 @@ import re
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -227,6 +228,8 @@ class UpstreamCfg:
     credential: dict[str, Any] | None = None
     # PEM CA bundle for an https upstream (relative to the config file).
     ca_file: str | None = None
+    # Idle keep-alive connections kept per shard.
+    pool_size: int | None = None
 
 
 class Gate:
@@ -275,6 +278,8 @@ class Gate:
                 lines.append(f"timeout_ms = {up.timeout_ms}")
             if up.ca_file is not None:
                 lines.append(f"ca_file = {toml_value(up.ca_file)}")
+            if up.pool_size is not None:
+                lines.append(f"pool_size = {up.pool_size}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]
@@ -830,6 +835,13 @@ class FlakyUpstream(_TCPServer):
                     short inside the result (the id matches, the JSON does not parse);
       ``id_last``   relay to the real upstream and answer its reply as JSON with the
                     ``id`` member moved after ``result`` (valid JSON-RPC).
+      ``huge_length``   claim a 10 GB ``Content-Length``, send a little, then close;
+      ``reset_mid_body``  send headers and half a JSON-RPC body, then reset the
+                    connection (RST, ``SO_LINGER`` 0);
+      ``stall_body``    send headers and half a body, then send nothing more (the
+                    connection stays open for 60 s);
+      ``bad_sse``   answer ``text/event-stream`` whose frames carry no JSON-RPC message
+                    (an unterminated ``data:`` line of garbage), then close.
     ``go_down()`` closes the listener, so further connections are refused.
 
     Switching drops open connections so pooled keep-alive connections of the
@@ -845,7 +857,8 @@ class FlakyUpstream(_TCPServer):
 
     def set_mode(self, mode: str) -> None:
         assert mode in ("forward", "garbage", "not_json", "bad_json", "not_rpc",
-                        "wrong_id", "cut_after_id", "id_last"), mode
+                        "wrong_id", "cut_after_id", "id_last", "huge_length", "reset_mid_body",
+                        "stall_body", "bad_sse"), mode
         self.mode = mode
         self.drop_connections()
 
@@ -887,6 +900,24 @@ class FlakyUpstream(_TCPServer):
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                     + str(len(payload)).encode() + b"\r\nConnection: close\r\n\r\n" + payload
                 )
+                return
+            if mode in ("huge_length", "reset_mid_body", "stall_body") and method == "POST":
+                rid = json.loads(body).get("id", 0)
+                half = b'{"jsonrpc":"2.0","id":' + str(rid).encode() + b',"result":{"content":[{"type":"te'
+                length = 10 * 1000 ** 3 if mode == "huge_length" else len(half) * 2
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(length).encode() + b"\r\n\r\n" + half)
+                if mode == "reset_mid_body":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                elif mode == "stall_body":
+                    deadline = time.monotonic() + 60
+                    while not self.closed and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                return
+            if mode == "bad_sse" and method == "POST":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n"
+                             b"1e\r\nevent: message\ndata: {\"jsonrpc\r\n0\r\n\r\n")
                 return
             if method == "GET":
                 conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: POST, DELETE\r\nContent-Length: 0\r\n\r\n")

@@ -3,8 +3,12 @@
 * an upstream that stops accepting connections -> HTTP 502, JSON-RPC -32603,
   and the message must not reveal the upstream's URL;
 * an upstream slower than its ``timeout_ms``  -> HTTP 504, JSON-RPC -32603;
-* an upstream answering garbage (not HTTP, or HTTP without a JSON-RPC body)
-  -> HTTP 502, JSON-RPC -32603.
+* an upstream answering garbage (not HTTP, or HTTP without a JSON-RPC body,
+  an answer for another id, a 10 GB claimed Content-Length, a reset in the
+  middle of the body, malformed SSE) -> HTTP 502, JSON-RPC -32603; a body
+  that stalls halfway -> HTTP 504 at the call's deadline;
+* a slow upstream holding every pooled connection -> each call its 504, and
+  the other upstreams' calls answered as fast as before.
 
 Each failure must come back within a bounded time, be audited as an allowed
 call whose outcome is ``failure``, and leave the gate serving other traffic.
@@ -132,6 +136,46 @@ def test_upstream_timeout_is_504(make_gate, upstreams):
     assert line["request_id"] == "slow", line
 
 
+def test_a_slow_upstream_holding_every_connection_does_not_slow_the_others(make_gate, upstreams):
+    """40 calls at once to a tool slower than its upstream's deadline, through
+    a pool of 2 idle connections per shard: each gets its 504 within the
+    deadline and is audited, while calls to the other upstream, made during
+    the whole stall, keep answering fast."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ops = ops_agent()
+    gate = make_gate(
+        upstream_list=upstream_cfgs(upstreams, tickets={"timeout_ms": 1500, "pool_size": 2}),
+        agents=[ops],
+    )
+    stalled = 40
+
+    def slow(i: int) -> tuple[int, float]:
+        with httpx.Client(timeout=30) as http:
+            r, elapsed = call(http, gate, ops, "tickets__slow", {"seconds": 5}, id=f"slow-{i}")
+            return r.status_code, elapsed
+
+    with ThreadPoolExecutor(max_workers=stalled) as pool:
+        futures = [pool.submit(slow, i) for i in range(stalled)]
+        time.sleep(0.3)  # the stall is under way
+        others: list[float] = []
+        with httpx.Client(timeout=10) as http:
+            while not all(f.done() for f in futures):
+                r, elapsed = call(http, gate, ops, "crm__lookup_customer", {"customer_id": "C-1"}, id="other")
+                assert r.status_code == 200, r.text
+                others.append(elapsed)
+        results = [f.result() for f in futures]
+    assert [status for status, _ in results] == [504] * stalled, results
+    assert max(elapsed for _, elapsed in results) < 1.5 + FAILURE_DEADLINE_S, results
+    assert len(others) >= 5, others
+    others.sort()
+    # The other upstream's calls are not queued behind the stalled ones.
+    assert others[len(others) // 2] < 0.25 and others[-1] < 1.0, others
+    lines = gate.audit_lines(stalled, where=lambda l: l["tool"] == "tickets__slow" and l["status"] == 504)
+    assert len(lines) == stalled
+    assert {l["request_id"] for l in lines} == {f"slow-{i}" for i in range(stalled)}
+
+
 def test_upstream_timeout_with_sdk_client(make_gate, upstreams):
     ops = ops_agent()
     gate = make_gate(upstream_list=upstream_cfgs(upstreams, tickets={"timeout_ms": TIMEOUT_MS}), agents=[ops])
@@ -247,8 +291,13 @@ def test_unreachable_upstreams_at_startup_do_not_block_readiness(make_gate, upst
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["garbage", "not_json", "bad_json", "not_rpc", "wrong_id", "cut_after_id"])
-def test_upstream_answering_garbage_is_502(make_gate, upstreams, flaky, mode):
+@pytest.mark.parametrize("mode,status", [
+    ("garbage", 502), ("not_json", 502), ("bad_json", 502), ("not_rpc", 502), ("wrong_id", 502),
+    ("cut_after_id", 502), ("huge_length", 502), ("reset_mid_body", 502), ("bad_sse", 502),
+    # headers and half a body, then silence: the call's deadline (3 s) ends it
+    ("stall_body", 504),
+])
+def test_upstream_answering_garbage_fails_the_call_cleanly(make_gate, upstreams, flaky, mode, status):
     ops = ops_agent("flaky")
     gate = make_gate(
         upstream_list=upstream_cfgs(upstreams) + [UpstreamCfg("flaky", flaky.url, timeout_ms=3000)],
@@ -261,7 +310,7 @@ def test_upstream_answering_garbage_is_502(make_gate, upstreams, flaky, mode):
         flaky.set_mode(mode)
         seen = len(flaky.requests)
         r, elapsed = call(http, gate, ops, "flaky__lookup_customer", {"customer_id": "G-2"}, id="junk")
-        body = assert_gateway_error(r, 502, [flaky.url, f"127.0.0.1:{flaky.port}"])
+        body = assert_gateway_error(r, status, [flaky.url, f"127.0.0.1:{flaky.port}"])
         assert body["id"] == "junk"
         assert elapsed < FAILURE_DEADLINE_S, elapsed
         assert any(m == mode for m, _, _ in flaky.requests[seen:]), "the failing call never reached the upstream"
@@ -279,7 +328,7 @@ def test_upstream_answering_garbage_is_502(make_gate, upstreams, flaky, mode):
 
         assert_still_serving(http, gate, ops)
 
-    line = failure_line(gate, "flaky__lookup_customer", 502)
+    line = failure_line(gate, "flaky__lookup_customer", status)
     assert line["upstream"] == "flaky", line
     assert line["request_id"] == "junk", line
 
