@@ -28,6 +28,7 @@ mod control;
 mod error;
 mod load;
 mod logging;
+mod open_files;
 mod watch;
 
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub type Banner = Box<dyn FnOnce(SocketAddr)>;
 pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
     logging::init(&cfg);
     let shards = shard_count(&cfg);
+    open_files::raise(
+        (shards as u64).saturating_mul(cfg.config.server.max_connections_per_shard as u64),
+    );
     let admin_on = cfg.admin_listen.is_some();
     let audit::Audit {
         mut writers,
