@@ -615,3 +615,58 @@ def test_unwritable_log_refuses_calls_until_it_recovers(make_gate):
     assert [i for i in answered if i not in logged] == []
     res = toolgate("audit", "verify", str(gate.audit_dir))
     assert res.returncode == 0, res.stderr
+
+
+KILLS = 20
+
+
+def test_kill_9_twenty_times_under_load_loses_no_answered_call(make_gate):
+    """``kill -9`` under load, twenty times in a row on the same audit log:
+    every call that got its answer has its record, and ``audit verify``
+    accepts the whole log — no torn segment, no broken chain, whatever each
+    kill interrupted."""
+    gate = make_gate(audit={"segment_bytes": 16384})
+    answered: list[int] = []
+    lock = threading.Lock()
+    next_id = [0]
+
+    def client(stop: threading.Event) -> None:
+        with httpx.Client(timeout=5.0) as http:
+            while not stop.is_set():
+                with lock:
+                    next_id[0] += 1
+                    rid = next_id[0]
+                try:
+                    r = call(http, gate, "support-bot", "crm__lookup_customer", rid)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200 and "result" in r.json():
+                    with lock:
+                        answered.append(rid)
+
+    for round_ in range(KILLS):
+        if round_:
+            gate.start()  # same config, same audit dir
+        stop = threading.Event()
+        threads = [threading.Thread(target=client, args=(stop,), daemon=True) for _ in range(3)]
+        for t in threads:
+            t.start()
+        before = len(answered)
+        deadline = time.monotonic() + 10
+        while len(answered) < before + 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(answered) >= before + 20, f"round {round_}: only {len(answered) - before} calls answered"
+        assert gate.proc is not None
+        gate.proc.send_signal(signal.SIGKILL)  # mid-stream
+        gate.proc.wait(timeout=10)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+
+    res = toolgate("audit", "verify", str(gate.audit_dir))
+    assert res.returncode == 0, res.stdout + res.stderr
+    logged = {r["request_id"] for r in gate.read_audit()
+              if r.get("method") == "tools/call" and r.get("outcome") == "success"}
+    missing = [rid for rid in answered if rid not in logged]
+    assert missing == [], f"{len(missing)} of {len(answered)} answered calls have no record, e.g. {missing[:5]}"
+    assert len(audit_segments(gate.audit_dir)) >= KILLS  # each start opens a segment
