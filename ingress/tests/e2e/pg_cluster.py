@@ -75,7 +75,14 @@ class PgCluster:
             os.chown(pwfile, self.run_as.pw_uid, self.run_as.pw_gid)
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--pwfile", str(pwfile),
                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
-        logf = open(self.log, "wb")
+        self.launch()
+        self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
+        self.psql(f"CREATE DATABASE {self.db} OWNER {self.user}")
+        return self
+
+    def launch(self) -> None:
+        """Starts the server on the data directory initdb made (after `stop`)."""
+        logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sock),
              "-c", f"listen_addresses={HOST}", "-c", "max_connections=50"],
@@ -91,9 +98,6 @@ class PgCluster:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"postgres did not start:\n{self.log_text()}")
             time.sleep(0.1)
-        self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
-        self.psql(f"CREATE DATABASE {self.db} OWNER {self.user}")
-        return self
 
     def psql(self, sql: str, db: str = "postgres") -> str:
         return self._run([str(self.bin / "psql"), "-h", str(self.sock), "-p", str(self.port), "-U", "postgres",
@@ -105,7 +109,8 @@ class PgCluster:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stops the server and keeps its data (``launch`` starts it again)."""
         if self.proc is not None and self.proc.poll() is None:
             # SIGINT: fast shutdown (active sessions are ended).
             self.proc.send_signal(signal.SIGINT)
@@ -114,4 +119,8 @@ class PgCluster:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stops the server and removes its data."""
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)

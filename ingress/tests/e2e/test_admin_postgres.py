@@ -194,6 +194,119 @@ def test_a_restarted_replica_keeps_the_state(replicas):
     assert admin_b.version("agents/support-bot") == version
 
 
+class _Chain:
+    """Successive writes of one resource with If-Match, keeping what each
+    answer says. Versions are the control state's revisions, shared by
+    every resource: a 200 must name a newer one than the chain's last,
+    never one any write already took; after a failed write (its commit
+    unknown), the next one either succeeds from the same version (the
+    failed one did not commit) or gets 412 naming a newer version whose
+    content is the failed write's (it committed, once)."""
+
+    taken: set[int] = set()
+    lock = threading.Lock()
+
+    def __init__(self, admin: Admin, path: str, version: int) -> None:
+        self.admin, self.path, self.version = admin, path, version
+        self.pending: str | None = None  # the content of a write whose outcome is unknown
+        self.n = 0
+        self.ok = 0
+        self.failed = 0
+        self._take(version)
+
+    def _take(self, version: int) -> None:
+        with _Chain.lock:
+            assert version not in _Chain.taken, f"{self.path}: version {version} taken twice"
+            _Chain.taken.add(version)
+
+    def write(self) -> int:
+        self.n += 1
+        groups = [f"w{self.n}"]
+        r = self.admin.put(self.path, {"groups": groups}, self.version)
+        if r.status_code == 200:
+            new = int(r.headers["etag"].strip('"'))
+            assert new > self.version, f"{self.path}: version {self.version} -> {new}"
+            self._take(new)
+            self.version, self.pending = new, None
+            self.ok += 1
+        elif r.status_code == 412:
+            current = r.json()["error"]["current_version"]
+            assert self.pending is not None, f"{self.path}: 412 with no write in doubt: {r.text}"
+            assert current > self.version, f"{self.path}: in-doubt write left version {current}"
+            doc = self.admin.get(self.path).json()
+            assert doc["version"] == current and doc["spec"]["groups"] == [self.pending], doc
+            self._take(current)
+            self.version, self.pending = current, None
+        else:
+            assert r.status_code in (500, 502, 503, 504), r.text
+            self.failed += 1
+            self.pending = self.pending or groups[0]
+        return r.status_code
+
+
+def test_postgres_restarted_during_writes_loses_and_duplicates_nothing(replicas, pg):
+    """PostgreSQL stopped (fast shutdown, sessions cut) and started again
+    while both replicas write: writes fail cleanly while it is down, none is
+    half-applied, no version is lost or taken twice, writing resumes without
+    restarting toolgate, and both replicas converge on the database's state."""
+    (a, b), (admin_a, admin_b), _ = replicas()
+    for admin, path in ((admin_a, "users/front"), (admin_b, "users/back")):
+        assert admin.put(path, {"groups": ["w0"]}).status_code == 200
+    front = _Chain(admin_a, "users/front", admin_a.version("users/front"))
+    back = _Chain(Admin(b.admin_port, b.admin_token), "users/back", admin_b.version("users/back"))
+    stop = threading.Event()
+
+    def background() -> None:
+        while not stop.is_set():
+            if back.write() != 200:
+                time.sleep(0.05)
+
+    t = threading.Thread(target=background, daemon=True)
+    t.start()
+    try:
+        for _ in range(10):
+            assert front.write() == 200
+        pg.halt()
+        # Down: refused cleanly and soon, never answered as written.
+        for _ in range(3):
+            started = time.monotonic()
+            assert front.write() in (500, 502, 503, 504)
+            assert time.monotonic() - started < 12
+        pg.launch()
+        deadline = time.monotonic() + 30
+        while front.write() != 200:
+            assert time.monotonic() < deadline, "writes did not resume within 30 s of PostgreSQL's return"
+            time.sleep(0.2)
+        for _ in range(10):
+            assert front.write() == 200
+        resumed = back.ok
+        deadline = time.monotonic() + 30
+        while back.ok < resumed + 5:
+            assert time.monotonic() < deadline, "the other replica's writes did not resume"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        back.admin.close()
+    assert back.pending is None or back.write() in (200, 412)
+    assert front.failed >= 3
+    # The database holds each resource once, at the version the last answer named.
+    rows = dict(line.split("|") for line in pg.psql(
+        "SELECT kind || '/' || id, version FROM toolgate_control_resources ORDER BY 1", db="toolgate").split())
+    assert rows == {"users/back": str(back.version), "users/front": str(front.version)}, rows
+    # Every revision went to one write that someone was told of (or resolved).
+    revision = int(pg.psql("SELECT revision FROM toolgate_control_meta", db="toolgate").strip())
+    assert revision == max(_Chain.taken), (revision, max(_Chain.taken))
+    # Both replicas converge on it.
+    deadline = time.monotonic() + 10
+    while True:
+        seen = [(c.version("users/front"), c.version("users/back")) for c in (admin_a, admin_b)]
+        if seen == [(front.version, back.version)] * 2:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.1)
+
+
 def test_revoke_propagation_across_replicas(replicas):
     """Time from a revoke's answer on replica B until replica A refuses the
     tool (A polls with the agent's calls). PG_REVOKES sets the count (default
