@@ -71,6 +71,30 @@ pub struct Standing {
     pub reset_s: u64,
 }
 
+/// One quota counter as usage reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaCounter {
+    /// The rule's id.
+    pub rule: Arc<str>,
+    /// The selectors and values it counts (`customer` = `acme`…).
+    pub key: Vec<(&'static str, String)>,
+    /// The window.
+    pub per: Window,
+    /// Units per window.
+    pub units: u64,
+    /// Units taken in the current window.
+    pub used: u64,
+    /// Units left in it.
+    pub remaining: u64,
+    /// When the current window started (Unix seconds).
+    pub window_start_s: u64,
+    /// Seconds until it ends.
+    pub reset_s: u64,
+    /// Shared with other replicas on Redis (`used` and `remaining` are
+    /// this replica's).
+    pub shared: bool,
+}
+
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -120,7 +144,25 @@ struct Rule {
     cost: Vec<(Box<str>, u64)>,
 }
 
+/// The selectors' names, in the order of [`Rule::sel`] and of a call's
+/// values.
+const SELECTORS: [&str; 5] = ["customer", "agent", "user", "tool", "upstream"];
+
 impl Rule {
+    /// What this rule's counter for a call with `values` counts.
+    fn counter_name(&self, values: &[Option<&str>; 5]) -> table::CounterName {
+        table::CounterName {
+            rule: Arc::clone(&self.id),
+            key: self
+                .sel
+                .iter()
+                .zip(SELECTORS.iter().zip(values))
+                .filter(|(s, _)| !matches!(s, Sel::Absent))
+                .map(|(_, (name, v))| (*name, v.unwrap_or("").to_owned()))
+                .collect(),
+        }
+    }
+
     fn matches(&self, values: &[Option<&str>; 5]) -> bool {
         self.sel.iter().zip(values).all(|(s, v)| match s {
             Sel::Absent => true,
@@ -202,10 +244,7 @@ impl Limits {
                 Kind::Rate { .. } => String::from("rate"),
                 Kind::Quota { per, .. } => format!("quota/{}", per.as_str()),
             };
-            for (name, s) in ["customer", "agent", "user", "tool", "upstream"]
-                .iter()
-                .zip(&sel)
-            {
+            for (name, s) in SELECTORS.iter().zip(&sel) {
                 if !matches!(s, Sel::Absent) {
                     shape.push('/');
                     shape.push_str(name);
@@ -242,6 +281,63 @@ impl Limits {
     /// Whether there is any rule.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Every quota counter this process has placed, where it stands at
+    /// `now_ns` under its rule as configured now (counters of rules since
+    /// removed or turned into rates are left out), in rule then key order.
+    /// With quotas shared on Redis, `used` and `remaining` are this
+    /// replica's: the calls it let through and the units it holds.
+    pub fn quota_counters(&self, now_ns: u64) -> Vec<QuotaCounter> {
+        let now_s = now_ns / 1_000_000_000;
+        let mut out: Vec<QuotaCounter> = self
+            .table
+            .named()
+            .into_iter()
+            .filter_map(|(name, slot)| {
+                let rule = self.rules.iter().find(|r| r.id == name.rule)?;
+                let Kind::Quota {
+                    units,
+                    per,
+                    ref calendar,
+                } = rule.kind
+                else {
+                    return None;
+                };
+                let w = calendar.window(per, now_s);
+                let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
+                let v = slot.value.load(Ordering::Acquire);
+                let used = if v >> USED_BITS == tag {
+                    v & USED_MASK
+                } else {
+                    0
+                };
+                let limit = match &self.sharing {
+                    None => units,
+                    Some(_) => {
+                        let g = slot.granted.load(Ordering::Acquire);
+                        if g >> USED_BITS == tag {
+                            (g & USED_MASK).min(units)
+                        } else {
+                            0
+                        }
+                    }
+                };
+                Some(QuotaCounter {
+                    rule: name.rule,
+                    key: name.key,
+                    per,
+                    units,
+                    used,
+                    remaining: limit.saturating_sub(used),
+                    window_start_s: w.start,
+                    reset_s: w.end.saturating_sub(now_s).max(1),
+                    shared: self.sharing.is_some(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.rule, &a.key).cmp(&(&b.rule, &b.key)));
+        out
     }
 
     /// Takes `call` from every rule that applies to it at `now_ns` (Unix
@@ -289,7 +385,10 @@ impl Limits {
                 self.table
                     .slot(key)
                     .ok_or(Refused::TableFull)
-                    .and_then(|(index, slot)| {
+                    .and_then(|(index, slot, fresh)| {
+                        if fresh && matches!(rule.kind, Kind::Quota { .. }) {
+                            self.table.name(key, rule.counter_name(&values));
+                        }
                         let at = At {
                             index,
                             slot,

@@ -5,7 +5,9 @@
 //! grows: when `max_counters` are in use, a call that needs a new counter
 //! is refused rather than let through uncounted.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Slots probed before a key counts as not placeable.
 const MAX_PROBE: usize = 64;
@@ -24,12 +26,25 @@ pub struct Slot {
     pub flags: AtomicU64,
 }
 
+/// What a quota's counter counts: its rule and the values of the rule's
+/// selectors, kept when the counter is placed so usage can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterName {
+    /// The rule's id.
+    pub rule: Arc<str>,
+    /// The selectors' names and the call's values (`customer`, `tool`…).
+    pub key: Vec<(&'static str, String)>,
+}
+
 /// The table.
 pub struct Table {
     slots: Box<[Slot]>,
     mask: usize,
     used: AtomicUsize,
     max: usize,
+    /// Quota counters' names by key: written once per counter placed (never
+    /// on a call whose counters exist), read by usage reports.
+    names: Mutex<HashMap<u64, CounterName>>,
 }
 
 impl Table {
@@ -41,7 +56,40 @@ impl Table {
             mask: n - 1,
             used: AtomicUsize::new(0),
             max: max_counters.max(16),
+            names: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Names the counter of `key` (a quota's, when placed).
+    pub fn name(&self, key: u64, name: CounterName) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.len() < self.max {
+            names.entry(key.max(1)).or_insert(name);
+        }
+    }
+
+    /// Every named counter: its key, name and counter.
+    pub fn named(&self) -> Vec<(CounterName, &Slot)> {
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter()
+            .filter_map(|(&key, name)| Some((name.clone(), self.find(key)?)))
+            .collect()
+    }
+
+    /// The counter of `key`, if placed (never claims one).
+    pub fn find(&self, key: u64) -> Option<&Slot> {
+        let key = key.max(1);
+        let mut i = (key as usize) & self.mask;
+        for _ in 0..MAX_PROBE {
+            let s = &self.slots[i];
+            match s.key.load(Ordering::Acquire) {
+                k if k == key => return Some(s),
+                0 => return None,
+                _ => i = (i + 1) & self.mask,
+            }
+        }
+        None
     }
 
     /// The counter at `index` (as [`Table::slot`] gave it).
@@ -50,15 +98,15 @@ impl Table {
     }
 
     /// The counter of `key` (never 0) and its index, claimed if new;
-    /// `None` when the table is full.
-    pub fn slot(&self, key: u64) -> Option<(usize, &Slot)> {
+    /// `None` when the table is full. The flag says it was claimed now.
+    pub fn slot(&self, key: u64) -> Option<(usize, &Slot, bool)> {
         let key = key.max(1);
         let mut i = (key as usize) & self.mask;
         for _ in 0..MAX_PROBE {
             let s = &self.slots[i];
             let k = s.key.load(Ordering::Acquire);
             if k == key {
-                return Some((i, s));
+                return Some((i, s, false));
             }
             if k == 0 {
                 if self.used.fetch_add(1, Ordering::Relaxed) >= self.max {
@@ -69,11 +117,11 @@ impl Table {
                     .key
                     .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
                 {
-                    Ok(_) => return Some((i, s)),
+                    Ok(_) => return Some((i, s, true)),
                     Err(seen) => {
                         self.used.fetch_sub(1, Ordering::Relaxed);
                         if seen == key {
-                            return Some((i, s));
+                            return Some((i, s, false));
                         }
                     }
                 }
@@ -101,8 +149,11 @@ mod tests {
     #[test]
     fn a_key_keeps_its_counter_and_a_full_table_says_so() {
         let t = Table::new(16);
-        let (i, _) = t.slot(42).unwrap();
-        assert_eq!(t.slot(42).unwrap().0, i);
+        let (i, _, fresh) = t.slot(42).unwrap();
+        assert!(fresh);
+        let (again, _, fresh) = t.slot(42).unwrap();
+        assert_eq!((again, fresh), (i, false));
+        assert!(t.find(42).is_some() && t.find(43).is_none());
         assert!(t.at(i).is_some());
         for k in 100..115 {
             assert!(t.slot(k).is_some());

@@ -235,3 +235,36 @@ fn a_refusal_after_many_rules_gives_every_one_back() {
         NOW
     ));
 }
+
+#[test]
+fn quota_counters_name_what_they_count_and_roll_with_the_window() {
+    let l = limits(
+        "[[rules]]\nid = \"day\"\ncustomer = \"*\"\nquota = { units = 5, per = \"day\" }\ncost = { \"crm__export\" = 3 }\n\
+         [[rules]]\nid = \"rate\"\ncustomer = \"*\"\nrate = { calls_per_s = 100 }\n",
+        1024,
+    );
+    assert!(passes(&l, &call("acme", "crm__export"), NOW));
+    assert!(passes(&l, &call("acme", "crm__lookup"), NOW));
+    assert!(
+        !passes(&l, &call("acme", "crm__export"), NOW),
+        "3 + 1 + 3 > 5"
+    );
+    let counters = l.quota_counters(NOW);
+    assert_eq!(
+        counters.len(),
+        1,
+        "rates are not quota counters: {counters:?}"
+    );
+    let q = &counters[0];
+    assert_eq!(
+        (&*q.rule, q.key.clone(), q.used, q.remaining, q.units),
+        ("day", vec![("customer", "acme".to_owned())], 4, 1, 5)
+    );
+    assert_eq!(
+        (q.window_start_s, q.reset_s),
+        (1_796_515_200, 1_796_601_600 - 1_796_594_584)
+    );
+    // The next day the same counter reads empty.
+    let next = l.quota_counters(NOW + 86_400 * S);
+    assert_eq!((next[0].used, next[0].remaining), (0, 5));
+}

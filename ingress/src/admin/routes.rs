@@ -58,7 +58,8 @@ impl AdminApi {
         let method = req.head.method;
         match (method, segs.as_slice()) {
             (Method::Get, ["usage"]) => self.usage(req, out),
-            (_, ["usage"]) => Err(ApiError::new(
+            (Method::Get, ["usage", "quotas"]) => self.quota_usage(req, out),
+            (_, ["usage"] | ["usage", "quotas"]) => Err(ApiError::new(
                 405,
                 "method_not_allowed",
                 "usage is read with `GET`",

@@ -202,6 +202,62 @@ quota = { units = 3, per = "day" }
     assert admin.get("usage?bogus=1").status_code == 400
 
 
+def test_quota_usage_reports_units_used_and_remaining(admin_gate):  # noqa: F811
+    """``GET /v1/usage/quotas``: each quota counter in its window, with
+    tool costs counted, refused calls taking nothing, JSON and CSV."""
+    import csv
+    import io
+
+    acme = Agent("acme-bot", [TOOL, "crm__delete_record"], customer="acme")
+    globex = Agent("globex-bot", [TOOL], customer="globex")
+    extra = """
+[limits]
+
+[[limits.rules]]
+id = "day"
+customer = "*"
+quota = { units = 20, per = "day" }
+cost = { "crm__delete_record" = 10 }
+
+[[limits.rules]]
+id = "hour-per-tool"
+customer = "*"
+tool = "*"
+quota = { units = 100, per = "hour" }
+"""
+    gate, admin, _agents = admin_gate(agents=[acme, globex], extra_toml=extra)
+    assert [mcp_call(gate, acme.key).status_code for _ in range(3)] == [200] * 3
+    body = modern_request("tools/call", {"name": "crm__delete_record", "arguments": {"record_id": "R-1"}})
+    r = httpx.post(gate.url, json=body, headers=modern_headers("tools/call", "crm__delete_record", acme.key),
+                   timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 200, r.text  # 10 units
+    # 13 used of 20: a second delete (10 more) is refused and takes nothing.
+    r = httpx.post(gate.url, json=body, headers=modern_headers("tools/call", "crm__delete_record", acme.key),
+                   timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 429, r.text
+    assert mcp_call(gate, globex.key).status_code == 200
+
+    items = admin.get("usage/quotas?customer=acme").json()["items"]
+    by = {(i["limit"], i["key"].get("tool")): i for i in items}
+    assert set(by) == {("day", None), ("hour-per-tool", TOOL), ("hour-per-tool", "crm__delete_record")}, items
+    day = by[("day", None)]
+    assert (day["key"], day["per"], day["units"], day["used"], day["remaining"], day["shared"]) == (
+        {"customer": "acme"}, "day", 20, 13, 7, False), day
+    assert 0 < day["reset_s"] <= 86_400 and day["window_start_s"] % 3600 == 0, day
+    assert (by[("hour-per-tool", TOOL)]["used"], by[("hour-per-tool", "crm__delete_record")]["used"]) == (3, 1)
+
+    everyone = admin.get("usage/quotas").json()["items"]
+    assert {(i["limit"], i["key"]["customer"], i["used"]) for i in everyone if i["limit"] == "day"} == {
+        ("day", "acme", 13), ("day", "globex", 1)}
+    rows = list(csv.DictReader(io.StringIO(admin.get("usage/quotas?customer=acme&format=csv").text)))
+    assert [(x["limit"], x["customer"], x["tool"], x["used"], x["remaining"]) for x in rows] == [
+        ("day", "acme", "", "13", "7"),
+        ("hour-per-tool", "acme", "crm__delete_record", "1", "99"),
+        ("hour-per-tool", "acme", TOOL, "3", "97"),
+    ], rows
+    assert admin.get("usage/quotas?bogus=1").status_code == 400
+
+
 def _seconds_to_next_window(zone: str, per: str) -> float:
     """Seconds from now to the start of the next local day or hour in ``zone``."""
     import datetime as dt
