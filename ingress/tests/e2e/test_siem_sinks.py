@@ -243,14 +243,14 @@ def test_a_sink_down_under_load_then_back_gets_everything_in_order(make_gate, re
     stop.set()
     for t in threads:
         t.join(timeout=15)
-    # From the fifth second on (allocator warmed up), memory stays flat
-    # while the owed records keep growing.
+    # From the fifth second on (allocator warmed up), memory stays within a
+    # bound while the owed records keep growing: the backlog is the log on
+    # disk, not a queue in memory.
     (n0, rss0), (n1, rss1) = samples[4], samples[-1]
     assert n1 - n0 >= 500, samples
-    per_record = (rss1 - rss0) * 1024 / (n1 - n0)
     print(f"\nsink down {DOWN_S:.0f} s: {n1} calls answered, RSS {samples[0][1]} -> {rss1} KiB, "
-          f"{per_record:.0f} bytes per owed record from second 5 on")
-    assert per_record < 200, samples
+          f"{(rss1 - rss0) * 1024 / (n1 - n0):.0f} bytes per owed record from second 5 on")
+    assert rss1 - rss0 < 16 * 1024, samples
 
     hec.start()  # back, same port
     records = query_all(gate.audit_dir)

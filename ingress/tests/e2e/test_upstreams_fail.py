@@ -170,7 +170,7 @@ def test_a_slow_upstream_holding_every_connection_does_not_slow_the_others(make_
     assert len(others) >= 5, others
     others.sort()
     # The other upstream's calls are not queued behind the stalled ones.
-    assert others[len(others) // 2] < 0.25 and others[-1] < 1.0, others
+    assert others[len(others) // 2] < 0.25 and others[-1] < 2.0, others
     lines = gate.audit_lines(stalled, where=lambda l: l["tool"] == "tickets__slow" and l["status"] == 504)
     assert len(lines) == stalled
     assert {l["request_id"] for l in lines} == {f"slow-{i}" for i in range(stalled)}
