@@ -201,9 +201,11 @@ def _rss_kib(pid: int) -> int:
 
 def test_a_sink_down_under_load_then_back_gets_everything_in_order(make_gate, receivers, tmp_path):
     """The collector refuses connections for 20 s while four clients keep
-    calling. toolgate keeps serving; its memory does not grow with the
-    records the sink owes (the log on disk is the backlog); once the
-    collector is back, every record arrives exactly once, in log order."""
+    calling. toolgate keeps serving with its memory within a bound (the log
+    on disk is the backlog, the sink holds one batch); once the collector
+    is back, every record arrives exactly once, in log order. The bound is
+    loose: in this setup memory also creeps up by a few hundred bytes per
+    call with or without a sink (not yet explained; docs/performance.md)."""
     import threading
 
     hec = receivers().start()
