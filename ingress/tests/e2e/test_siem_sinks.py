@@ -204,8 +204,9 @@ def test_a_sink_down_under_load_then_back_gets_everything_in_order(make_gate, re
     calling. toolgate keeps serving with its memory within a bound (the log
     on disk is the backlog, the sink holds one batch); once the collector
     is back, every record arrives exactly once, in log order. The bound is
-    loose: in this setup memory also creeps up by a few hundred bytes per
-    call with or without a sink (not yet explained; docs/performance.md)."""
+    loose because memory also rises by about 500 bytes per call, sink or
+    not, until the shards' audit rings have been round once (their pages
+    are backed as first used; docs/performance.md)."""
     import threading
 
     hec = receivers().start()
