@@ -146,7 +146,7 @@ struct Rule {
 
 /// The selectors' names, in the order of [`Rule::sel`] and of a call's
 /// values.
-const SELECTORS: [&str; 5] = ["customer", "agent", "user", "tool", "upstream"];
+pub const SELECTORS: [&str; 5] = ["customer", "agent", "user", "tool", "upstream"];
 
 impl Rule {
     /// What this rule's counter for a call with `values` counts.

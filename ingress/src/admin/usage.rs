@@ -66,11 +66,12 @@ impl AdminApi {
                 .map(|(_, v)| v.clone())
         };
         if csv {
-            let mut body = String::from(
-                "limit,customer,agent,user,tool,upstream,per,units,used,remaining,window_start_s,reset_s,shared\n",
+            let mut body = format!(
+                "limit,{},per,units,used,remaining,window_start_s,reset_s,shared\n",
+                toolgate_limits::SELECTORS.join(",")
             );
             for q in &counters {
-                let sels: Vec<String> = ["customer", "agent", "user", "tool", "upstream"]
+                let sels: Vec<String> = toolgate_limits::SELECTORS
                     .iter()
                     .map(|s| csv_field(&value(q, s).unwrap_or_default()))
                     .collect();

@@ -103,6 +103,12 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def rss_kib(pid: int) -> int:
+    """The resident set of process ``pid``, KiB (``VmRSS``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def new_api_key() -> tuple[str, str]:
     """A fresh random API key and the SHA-256 hex digest stored in the config."""
     key = "tg_" + secrets.token_hex(24)

@@ -479,9 +479,11 @@ def test_kill_9_mid_stream_loses_nothing_and_both_sinks_get_every_record(make_ga
         hec.stop()
 
 
-def _kill_9_with_two_sinks(make_gate, rsyslog, hec, sinks) -> None:
-    gate = make_gate(audit={"segment_bytes": 8192}, sinks=sinks)
-    answered: list[int] = []
+def start_callers(gate: Gate, workers: int, answered: list[int], base: int = 0) -> tuple[threading.Event, list]:
+    """``workers`` threads calling ``crm__lookup_customer`` on ``gate`` until
+    the returned event is set, each with ids of its own (``base + worker *
+    10_000_000 + i``); the id of every call answered with a result is
+    appended to ``answered``. Connection errors (a killed gate) are skipped."""
     stop = threading.Event()
     lock = threading.Lock()
 
@@ -489,7 +491,7 @@ def _kill_9_with_two_sinks(make_gate, rsyslog, hec, sinks) -> None:
         with httpx.Client(timeout=5.0) as http:
             i = 0
             while not stop.is_set():
-                rid = worker * 1_000_000 + i
+                rid = base + worker * 10_000_000 + i
                 i += 1
                 try:
                     r = call(http, gate, "support-bot", "crm__lookup_customer", rid)
@@ -499,9 +501,16 @@ def _kill_9_with_two_sinks(make_gate, rsyslog, hec, sinks) -> None:
                     with lock:
                         answered.append(rid)
 
-    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(4)]
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(workers)]
     for t in threads:
         t.start()
+    return stop, threads
+
+
+def _kill_9_with_two_sinks(make_gate, rsyslog, hec, sinks) -> None:
+    gate = make_gate(audit={"segment_bytes": 8192}, sinks=sinks)
+    answered: list[int] = []
+    stop, threads = start_callers(gate, 4, answered)
     deadline = time.monotonic() + 20
     while len(answered) < 150 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -627,31 +636,11 @@ def test_kill_9_twenty_times_under_load_loses_no_answered_call(make_gate):
     kill interrupted."""
     gate = make_gate(audit={"segment_bytes": 16384})
     answered: list[int] = []
-    lock = threading.Lock()
-    next_id = [0]
-
-    def client(stop: threading.Event) -> None:
-        with httpx.Client(timeout=5.0) as http:
-            while not stop.is_set():
-                with lock:
-                    next_id[0] += 1
-                    rid = next_id[0]
-                try:
-                    r = call(http, gate, "support-bot", "crm__lookup_customer", rid)
-                except httpx.HTTPError:
-                    continue
-                if r.status_code == 200 and "result" in r.json():
-                    with lock:
-                        answered.append(rid)
-
     for round_ in range(KILLS):
         if round_:
             gate.start()  # same config, same audit dir
-        stop = threading.Event()
-        threads = [threading.Thread(target=client, args=(stop,), daemon=True) for _ in range(3)]
-        for t in threads:
-            t.start()
         before = len(answered)
+        stop, threads = start_callers(gate, 3, answered, base=round_ * 100_000)
         deadline = time.monotonic() + 10
         while len(answered) < before + 20 and time.monotonic() < deadline:
             time.sleep(0.01)

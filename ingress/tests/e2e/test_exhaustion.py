@@ -16,20 +16,12 @@ import time
 
 import httpx
 
-from harness import HOST, modern_headers, modern_request
+from harness import HOST, modern_headers, modern_request, rss_kib
 
 SLOW_SOCKETS = 2000
 HEADER_TIMEOUT_MS = 3000
 GOOD_CALLS = 100
 TOOL = "crm__lookup_customer"
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_slowloris_does_not_starve_well_behaved_clients(make_gate):
@@ -41,7 +33,7 @@ def test_slowloris_does_not_starve_well_behaved_clients(make_gate):
     with httpx.Client(timeout=10.0) as http:
         assert http.post(gate.url, json=modern_request("tools/call", {"name": TOOL, "arguments": {
             "customer_id": "C-0"}}), headers=headers).status_code == 200
-    rss_before = _rss_kib(gate.proc.pid)
+    rss_before = rss_kib(gate.proc.pid)
 
     slow: list[socket.socket] = []
     stop = threading.Event()
@@ -63,7 +55,7 @@ def test_slowloris_does_not_starve_well_behaved_clients(make_gate):
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
         time.sleep(0.5)
-        rss_held = _rss_kib(gate.proc.pid)
+        rss_held = rss_kib(gate.proc.pid)
 
         latencies = []
         with httpx.Client(timeout=10.0) as http:

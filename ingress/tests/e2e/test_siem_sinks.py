@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import TOOLGATE_BIN, free_port
+from harness import TOOLGATE_BIN, free_port, rss_kib
 from siem_receiver import Receiver
 from syslog_collector import make_pki
 from test_audit_trail import traffic
@@ -194,11 +194,6 @@ def test_hec_over_https_checks_the_collector_certificate(make_gate, receivers, t
 DOWN_S = 20.0
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
 def test_a_sink_down_under_load_then_back_gets_everything_in_order(make_gate, receivers, tmp_path):
     """The collector refuses connections for 20 s while four clients keep
     calling. toolgate keeps serving with its memory within a bound (the log
@@ -242,7 +237,7 @@ def test_a_sink_down_under_load_then_back_gets_everything_in_order(make_gate, re
     while time.monotonic() - started < DOWN_S:
         time.sleep(1.0)
         with lock:
-            samples.append((answered[0], _rss_kib(gate.proc.pid)))
+            samples.append((answered[0], rss_kib(gate.proc.pid)))
     stop.set()
     for t in threads:
         t.join(timeout=15)
