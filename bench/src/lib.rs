@@ -15,6 +15,7 @@ pub fn sample_record() -> AuditRecord {
         user: Some(Arc::from("alice@example.com")),
         method: Some("tools/call".into()),
         tool: Some("crm__lookup_customer".into()),
+        target: None,
         upstream: Some(Arc::from("crm")),
         latency_us: 1234,
         client: "127.0.0.1:40000".parse().ok(),

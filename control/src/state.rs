@@ -263,6 +263,8 @@ impl State {
                         client_cert_names: Vec::new(),
                         rate_limit: None,
                         tools,
+                        prompts: Vec::new(),
+                        resources: Vec::new(),
                         groups: a.groups.clone(),
                         act_for_users: a.act_for_users,
                         customer: a.customer.clone(),

@@ -176,6 +176,10 @@ pub struct AuditRecord {
     pub method: Option<String>,
     /// Tool as the agent named it.
     pub tool: Option<String>,
+    /// What a request other than `tools/call` acted on: the resource URI
+    /// of a `resources/read`, the prompt of a `prompts/get` (as the agent
+    /// named them).
+    pub target: Option<String>,
     /// Upstream the tool routes to.
     pub upstream: Option<Arc<str>>,
     /// Allow or deny.
@@ -459,6 +463,7 @@ impl AuditRecord {
             customer: None,
             method: None,
             tool: None,
+            target: None,
             upstream: None,
             decision: Decision::Allow,
             reason,
@@ -531,6 +536,10 @@ impl AuditRecord {
         opt("customer", self.customer.as_deref(), out);
         opt("method", self.method.as_deref(), out);
         opt("tool", self.tool.as_deref(), out);
+        if let Some(t) = &self.target {
+            out.extend_from_slice(b",\"target\":");
+            write_str(t, out);
+        }
         opt("upstream", self.upstream.as_deref(), out);
         opt("decision", Some(self.decision.as_str()), out);
         opt("reason", Some(self.reason.as_str()), out);
@@ -719,6 +728,7 @@ mod tests {
             customer: Some(Arc::from("acme")),
             method: Some("tools/call".into()),
             tool: Some("crm__lookup\"x".into()),
+            target: None,
             upstream: Some(Arc::from("crm")),
             decision: Decision::Deny,
             reason: Reason::Refused(RefusalKind::UnknownTool),
@@ -845,6 +855,7 @@ mod tests {
             agent: Some(Arc::from("a")),
             method: Some("tools/call".into()),
             tool: Some("crm__x".into()),
+            target: None,
             upstream: Some(Arc::from("crm")),
             latency_us: 1,
             args,

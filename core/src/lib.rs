@@ -3,7 +3,7 @@
 //! Every other crate speaks these types: the operator's configuration as
 //! written ([`config`]), the zero-copy view of one MCP JSON-RPC request
 //! ([`jsonrpc`]), the vocabulary of output rules ([`output`]), the MCP protocol constants ([`protocol`]), API-key identity
-//! ([`identity`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
+//! ([`identity`]), exposed resource URIs ([`resource_uri`]), the keyed MAC ([`mac`]), the single refusal type and its mapping to the wire
 //! ([`refusal`]), the audit record ([`audit`]) and the hosts a sandboxed
 //! server may reach ([`host_rule`]).
 //!
@@ -30,6 +30,7 @@ pub mod output;
 pub mod protocol;
 pub mod refusal;
 pub mod reply_id;
+pub mod resource_uri;
 pub mod secret;
 pub mod subtoken;
 pub mod toolname;

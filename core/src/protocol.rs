@@ -64,6 +64,8 @@ pub mod codes {
     pub const SERVER_ERROR: i64 = -32000;
     /// Caller not authenticated.
     pub const UNAUTHENTICATED: i64 = -32001;
+    /// A resource that is not attached or does not exist (MCP's code).
+    pub const RESOURCE_NOT_FOUND: i64 = -32002;
     /// Refused by policy, or by the judge of an escalated call.
     pub const FORBIDDEN: i64 = -32003;
     /// Routing headers disagree with the body (stateless era).

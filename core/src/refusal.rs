@@ -52,6 +52,10 @@ pub enum RefusalKind {
     InvalidParams,
     /// Tool not attached to the agent (or not existing: indistinguishable on purpose).
     UnknownTool,
+    /// Prompt not attached to the agent (or not existing, alike).
+    UnknownPrompt,
+    /// Resource not attached to the agent (or not existing, alike).
+    UnknownResource,
     /// Routing headers disagree with the body.
     HeaderMismatch,
     /// Protocol version not served.
@@ -180,6 +184,8 @@ impl RefusalKind {
             | MethodNotFound
             | InvalidParams
             | UnknownTool
+            | UnknownPrompt
+            | UnknownResource
             | HeaderMismatch
             | UnsupportedProtocolVersion
             | MissingSession
@@ -224,6 +230,8 @@ impl RefusalKind {
             MethodNotFound => "method_not_found",
             InvalidParams => "invalid_params",
             UnknownTool => "tool_not_attached",
+            UnknownPrompt => "prompt_not_attached",
+            UnknownResource => "resource_not_attached",
             HeaderMismatch => "header_mismatch",
             UnsupportedProtocolVersion => "unsupported_protocol_version",
             MissingSession => "missing_session",
@@ -331,6 +339,8 @@ impl Refusal {
             MethodNotFound => (404, codes::METHOD_NOT_FOUND, "Method not found", none),
             InvalidParams => (400, codes::INVALID_PARAMS, "Invalid params", none),
             UnknownTool => (400, codes::INVALID_PARAMS, "Unknown tool", none),
+            UnknownPrompt => (400, codes::INVALID_PARAMS, "Unknown prompt", none),
+            UnknownResource => (404, codes::RESOURCE_NOT_FOUND, "Resource not found", none),
             HeaderMismatch => (400, codes::HEADER_MISMATCH, "Header mismatch", none),
             UnsupportedProtocolVersion => (
                 400,

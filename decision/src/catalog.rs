@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use simd_json::prelude::*;
 use simd_json::tape::Value;
-use toolgate_core::jsonrpc::{write_str, write_value, JsonParser};
+use toolgate_core::jsonrpc::JsonParser;
 use toolgate_core::protocol::X_MCP_HEADER;
 use toolgate_core::toolname::ToolNamer;
 
@@ -73,6 +73,8 @@ pub struct Catalog {
     index: HashMap<String, usize>,
     /// Tool names the upstream listed more than once (first kept).
     pub duplicates: Vec<String>,
+    /// The upstream's prompts, resources and resource templates.
+    pub surface: crate::surface::Surface,
 }
 
 impl Catalog {
@@ -130,6 +132,20 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// Builds the catalog of upstream `idx`, named `upstream`, from all its
+    /// lists: the tools as [`Catalog::from_pages`], with its prompts,
+    /// resources and templates.
+    pub fn from_listing(
+        idx: usize,
+        upstream: &str,
+        namer: &ToolNamer,
+        listing: &crate::surface::Listing,
+    ) -> Result<Self, CatalogError> {
+        let mut cat = Self::from_pages(idx, namer, &listing.tools)?;
+        cat.surface = crate::surface::Surface::from_listing(idx, upstream, namer, listing);
+        Ok(cat)
+    }
+
     /// The tool named `name` on the upstream.
     pub fn get(&self, name: &str) -> Option<&ToolDef> {
         self.index.get(name).map(|&i| &self.tools[i])
@@ -137,24 +153,7 @@ impl Catalog {
 }
 
 fn render(tool: Value<'_, '_>, exposed: &str) -> String {
-    let mut out = Vec::with_capacity(256);
-    out.push(b'{');
-    write_str("name", &mut out);
-    out.push(b':');
-    write_str(exposed, &mut out);
-    if let Some(obj) = tool.as_object() {
-        for (k, v) in obj.iter() {
-            if k == "name" {
-                continue;
-            }
-            out.push(b',');
-            write_str(k, &mut out);
-            out.push(b':');
-            write_value(v, &mut out);
-        }
-    }
-    out.push(b'}');
-    String::from_utf8(out).unwrap_or_default()
+    crate::surface::render(tool, "name", exposed)
 }
 
 fn collect_header_params(

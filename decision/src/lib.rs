@@ -24,8 +24,10 @@ pub mod policy;
 pub mod published;
 pub mod session;
 pub mod snapshot;
+pub mod surface;
 
 pub use catalog::{Catalog, CatalogError, ToolDef};
 pub use filter::OutputFilter;
 pub use published::{Published, Reader};
 pub use snapshot::{Agent, Route, Snapshot, UpstreamInfo};
+pub use surface::Listing;

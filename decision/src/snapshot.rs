@@ -89,6 +89,27 @@ pub struct Agent {
     /// The customer its calls are attributed to when its token names none:
     /// the configured `customer`, else its id.
     pub customer: Arc<str>,
+    /// Attached prompts: exposed names, `*` globs.
+    pub prompts: Arc<[Box<str>]>,
+    /// Attached resources: exposed URIs, `*` globs.
+    pub resources: Arc<[Box<str>]>,
+    /// The agent's `prompts/list` `prompts` array, pre-rendered.
+    pub prompts_list: Arc<str>,
+    /// The agent's `resources/list` `resources` array, pre-rendered.
+    pub resources_list: Arc<str>,
+    /// The agent's `resources/templates/list` `resourceTemplates` array,
+    /// pre-rendered: templates whose exposed `uriTemplate` an attachment
+    /// pattern matches as text.
+    pub templates_list: Arc<str>,
+}
+
+/// Where an attached prompt or resource goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetRoute<'a> {
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    /// The prompt's name or the resource's URI on the upstream.
+    pub name: &'a str,
 }
 
 /// Everything a shard needs to decide a call, immutable once built.
@@ -125,6 +146,33 @@ pub struct Snapshot {
     /// The shadow policy engine (`@shadow` policies with the enforced ones
     /// they do not retire), when any policy is marked shadow.
     pub shadow: Option<Arc<Engine>>,
+    /// Exposed names to upstreams, for prompts (attached by pattern, so
+    /// routed per request).
+    namer: toolgate_core::toolname::ToolNamer,
+    /// `[[output_rules]]`, for prompts and resources (their filters are
+    /// compiled per shard when first needed).
+    pub output_rules: Arc<[OutputRule]>,
+    /// `[output] max_result_bytes`.
+    pub max_result_bytes: usize,
+}
+
+/// The JSON array of the `json` of `entries` whose `exposed` one of
+/// `patterns` matches.
+fn listed<'e>(
+    entries: impl Iterator<Item = &'e crate::surface::Entry>,
+    patterns: &[Box<str>],
+) -> Arc<str> {
+    let mut out = String::from("[");
+    for e in entries {
+        if patterns.iter().any(|p| glob_match(p, &e.exposed)) {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&e.json);
+        }
+    }
+    out.push(']');
+    Arc::from(out)
 }
 
 /// A tool definition (JSON) with description rules applied: detectors and
@@ -319,9 +367,25 @@ impl Snapshot {
                 Some(c) => Arc::from(c.as_str()),
                 None => Arc::clone(&id),
             };
+            let patterns = |list: &[toml::Spanned<String>]| -> Arc<[Box<str>]> {
+                list.iter()
+                    .map(|p| Box::from(p.get_ref().as_str()))
+                    .collect()
+            };
+            let prompts = patterns(&a.prompts);
+            let resources = patterns(&a.resources);
+            let surfaces = || catalogs.iter().flatten().map(|c| &c.surface);
+            let prompts_list = listed(surfaces().flat_map(|s| s.prompts.iter()), &prompts);
+            let resources_list = listed(surfaces().flat_map(|s| s.resources.iter()), &resources);
+            let templates_list = listed(surfaces().flat_map(|s| s.templates.iter()), &resources);
             agents.push(Agent {
                 customer,
                 id,
+                prompts,
+                resources,
+                prompts_list,
+                resources_list,
+                templates_list,
                 tools,
                 tools_list: Arc::from(list),
                 listed_order,
@@ -355,7 +419,72 @@ impl Snapshot {
                 .collect(),
             sessions_used: false,
             shadow: None,
+            namer: cfg.namer.clone(),
+            output_rules: Arc::from(cfg.output_rules.as_slice()),
+            max_result_bytes,
         }
+    }
+
+    /// The route of prompt `exposed` for `agent`: attached, and (when the
+    /// upstream's catalog is known) listed by its upstream.
+    pub fn prompt_route<'n>(&self, agent: &Agent, exposed: &'n str) -> Option<TargetRoute<'n>> {
+        if !agent.prompts.iter().any(|p| glob_match(p, exposed)) {
+            return None;
+        }
+        let (upstream, name) = self.namer.route(exposed)?;
+        match &self.catalogs[upstream] {
+            Some(cat) => cat
+                .surface
+                .prompt(name)
+                .filter(|p| p.exposed == exposed)
+                .map(|_| TargetRoute { upstream, name }),
+            None => Some(TargetRoute { upstream, name }),
+        }
+    }
+
+    /// The route of resource URI `exposed` for `agent`: a well-formed URI
+    /// ([`toolgate_core::resource_uri::route`]) of a configured upstream,
+    /// attached. `Ok(None)`: well-formed, but not attached or no such
+    /// upstream.
+    pub fn resource_route<'n>(
+        &self,
+        agent: &Agent,
+        exposed: &'n str,
+    ) -> Result<Option<TargetRoute<'n>>, toolgate_core::resource_uri::UriError> {
+        let (upstream, name) = toolgate_core::resource_uri::route(exposed)?;
+        if !agent.resources.iter().any(|p| glob_match(p, exposed)) {
+            return Ok(None);
+        }
+        Ok(self
+            .upstreams
+            .iter()
+            .position(|u| &*u.name == upstream)
+            .map(|upstream| TargetRoute { upstream, name }))
+    }
+
+    /// Which `[[output_rules]]` act on the results `agent` gets from
+    /// `exposed` (a prompt name or resource URI, matched against the rules'
+    /// `tools` globs), by index into [`Snapshot::output_rules`].
+    pub fn result_rules(&self, agent: &str, exposed: &str) -> Vec<usize> {
+        self.output_rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.results
+                    && (r.agents.is_empty() || r.agents.iter().any(|x| x == agent))
+                    && r.tools.iter().any(|g| glob_match(g, exposed))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The filter of the rules `picked` ([`Snapshot::result_rules`]).
+    pub fn compile_rules(&self, picked: &[usize]) -> OutputFilter {
+        let rules: Vec<&OutputRule> = picked
+            .iter()
+            .filter_map(|&i| self.output_rules.get(i))
+            .collect();
+        OutputFilter::compile(&rules, self.max_result_bytes)
     }
 
     /// Whether a call for `user` (with the token's `groups`, which replace
@@ -477,9 +606,26 @@ impl Snapshot {
                 (exposed, input)
             })
             .collect();
+        let mut prompt_args: Vec<String> = self
+            .catalogs
+            .iter()
+            .flatten()
+            .flat_map(|c| {
+                c.surface
+                    .prompts
+                    .iter()
+                    .filter_map(|p| c.surface.prompt_arguments(&p.name))
+                    .flatten()
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        prompt_args.sort();
+        prompt_args.dedup();
         let vocabulary = crate::policy::Vocabulary {
             labels: toolgate_core::config::validate::configured_labels(&cfg.config),
             distinct: cfg.config.sessions.distinct.clone(),
+            prompt_args,
         };
         crate::policy::schema_json(&tools, &vocabulary)
     }

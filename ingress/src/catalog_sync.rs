@@ -1,7 +1,8 @@
 //! Keeps upstream tool catalogs current, off the request path.
 //!
 //! Runs on shard 0 with that shard's upstream clients. Each upstream's
-//! `tools/list` is fetched when it appears — at start-up, or when the admin
+//! `tools/list` (with its prompts, resources and resource templates) is
+//! fetched when it appears — at start-up, or when the admin
 //! API adds it or changes it; a failed fetch is retried with backoff (the
 //! upstream's tools stay absent from `tools/list` until then, while calls to
 //! attached tools still route); a fetched catalog is refreshed every
@@ -59,9 +60,9 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInf
     };
     let mut backoff = Duration::from_millis(500);
     loop {
-        let fetched = upstream.list_tools().await;
+        let fetched = upstream.list_all().await;
         let wait = match fetched {
-            Ok(pages) => match shared.set_catalog(&info.name, &info.url, Some(pages)) {
+            Ok(listing) => match shared.set_catalog(&info.name, &info.url, Some(listing)) {
                 Ok(Some(cat)) => {
                     for d in &cat.duplicates {
                         tracing::warn!(upstream = upstream.name(), tool = %d, "upstream lists a tool twice; the first is kept");
@@ -72,6 +73,9 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInf
                     tracing::info!(
                         upstream = upstream.name(),
                         tools = cat.tools.len(),
+                        prompts = cat.surface.prompts.len(),
+                        resources = cat.surface.resources.len(),
+                        templates = cat.surface.templates.len(),
                         "tool catalog loaded"
                     );
                     backoff = Duration::from_millis(500);

@@ -115,7 +115,11 @@ fn refresh(shared: &Shared, upstream: &ResolvedUpstream, w: &mut Watched) {
         return;
     }
     let page = fresh.tools_page().to_string().into_bytes();
-    if let Err(e) = shared.set_catalog(name, &upstream.url, Some(vec![page])) {
+    if let Err(e) = shared.set_catalog(
+        name,
+        &upstream.url,
+        Some(toolgate_decision::Listing::of_tools(vec![page])),
+    ) {
         tracing::error!(upstream = name, error = %e, "changed OpenAPI document makes no catalog; keeping the last good tool surface");
         return;
     }

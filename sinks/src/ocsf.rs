@@ -53,6 +53,9 @@ pub struct Record<'a> {
     /// Tool.
     #[serde(borrow)]
     pub tool: Option<Cow<'a, str>>,
+    /// The prompt or resource URI of a `prompts/get` or `resources/read`.
+    #[serde(borrow)]
+    pub target: Option<Cow<'a, str>>,
     /// Upstream.
     #[serde(borrow)]
     pub upstream: Option<Cow<'a, str>>,
@@ -296,10 +299,17 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
             let _ = write!(out, ",\"http_response\":{{\"code\":{code}}}");
         }
     }
-    if let Some(t) = r.tool.as_deref() {
+    let resource = match (r.tool.as_deref(), r.target.as_deref()) {
+        (Some(t), _) => Some((t, "mcp_tool")),
+        (None, Some(t)) if r.method.as_deref() == Some("prompts/get") => Some((t, "mcp_prompt")),
+        (None, Some(t)) => Some((t, "mcp_resource")),
+        (None, None) => None,
+    };
+    if let Some((t, kind)) = resource {
         out.extend_from_slice(b",\"resources\":[{\"name\":");
         s(out, t);
-        out.extend_from_slice(b",\"type\":\"mcp_tool\"");
+        out.extend_from_slice(b",\"type\":");
+        s(out, kind);
         if let Some(u) = r.upstream.as_deref() {
             out.extend_from_slice(b",\"group\":{\"name\":");
             s(out, u);
@@ -479,6 +489,27 @@ mod tests {
         assert_eq!(e["status"], "Success");
         assert_eq!(e["api"]["operation"], "tools/call");
         assert!(e.get("resources").is_none() && e.get("src_endpoint").is_none());
+    }
+
+    #[test]
+    fn prompts_and_resources_are_resources_of_their_kind() {
+        for (method, target, kind) in [
+            ("prompts/get", "docs__summarize", "mcp_prompt"),
+            (
+                "resources/read",
+                "toolgate://docs/file:///a",
+                "mcp_resource",
+            ),
+        ] {
+            let e = map(&DENY.replace(
+                r#""method":"tools/call","tool":"crm__lookup_customer""#,
+                &format!(r#""method":"{method}","tool":null,"target":"{target}""#),
+            ));
+            assert_eq!(e["api"]["operation"], method);
+            assert_eq!(e["resources"][0]["name"], target);
+            assert_eq!(e["resources"][0]["type"], kind);
+            assert_eq!(e["resources"][0]["group"]["name"], "crm");
+        }
     }
 
     #[test]

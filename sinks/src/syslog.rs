@@ -32,6 +32,7 @@ const PARAMS: &[(&str, &str)] = &[
     ("/customer", "cu"),
     ("/method", "m"),
     ("/tool", "tool"),
+    ("/target", "tgt"),
     ("/upstream", "up"),
     ("/decision", "dec"),
     ("/reason", "reason"),

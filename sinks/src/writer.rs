@@ -549,6 +549,7 @@ pub(crate) mod tests_support {
             agent: Some(Arc::from("a")),
             method: Some("tools/call".into()),
             tool: Some(tool.into()),
+            target: None,
             latency_us: 3,
             ..AuditRecord::new(1, toolgate_core::audit::Reason::Attached)
         }

@@ -257,6 +257,54 @@ impl Upstream {
         }
     }
 
+    /// Sends request `method` (`prompts/get`, `resources/read`) with its
+    /// `params` members and `credential`; `headers` are routing headers
+    /// an upstream kind may use. A REST API has neither prompts nor
+    /// resources: its answer is a bad response.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: &[u8],
+        headers: &[(String, String)],
+        credential: &Credential,
+    ) -> Result<Reply, UpstreamError> {
+        match &self.kind {
+            Kind::Mcp(c) => c.call(method, params, headers, credential).await,
+            Kind::OpenApi(_) => Err(UpstreamError::BadResponse),
+            Kind::Stdio(c) => c.call(method, params, credential.user.as_deref()).await,
+        }
+    }
+
+    /// Every list of the upstream: its tools (which must be fetched), and
+    /// its prompts, resources and resource templates (each empty when the
+    /// upstream does not offer it or fails to list it: tools still route).
+    pub async fn list_all(&self) -> Result<toolgate_decision::Listing, UpstreamError> {
+        let tools = self.list_tools().await?;
+        let mut listing = toolgate_decision::Listing::of_tools(tools);
+        if matches!(self.kind, Kind::OpenApi(_)) {
+            return Ok(listing);
+        }
+        let credential = &self.credential()?;
+        for (method, out) in [
+            ("prompts/list", &mut listing.prompts),
+            ("resources/list", &mut listing.resources),
+            ("resources/templates/list", &mut listing.templates),
+        ] {
+            let pages =
+                list_pages(
+                    |params| async move { self.request(method, &params, &[], credential).await },
+                )
+                .await;
+            match pages {
+                Ok(p) => *out = p,
+                Err(e) => {
+                    tracing::debug!(upstream = self.name(), method, error = %e, "no list");
+                }
+            }
+        }
+        Ok(listing)
+    }
+
     /// The REST API client, for an upstream described by an OpenAPI
     /// document (the REST door routes through its operations).
     pub fn openapi(&self) -> Option<&openapi::OpenApiClient> {
@@ -284,8 +332,9 @@ impl Upstream {
     }
 }
 
-/// Every page of a `tools/list` catalog, following `nextCursor` (at most
-/// 100 pages); `call` sends one `tools/list` with the params given.
+/// Every page of a list (`tools/list` and the like), following
+/// `nextCursor` (at most 100 pages); `call` sends one list request with
+/// the params given.
 async fn list_pages<F, Fut>(call: F) -> Result<Vec<Vec<u8>>, UpstreamError>
 where
     F: Fn(Vec<u8>) -> Fut,

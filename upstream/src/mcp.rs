@@ -144,7 +144,7 @@ impl McpClient {
             let _ = write!(req, "{k}: {v}\r\n");
         }
         credential.write(&mut req);
-        if method == "tools/call" {
+        if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
             credential.write_identity(&mut req);
         }
         req.extend_from_slice(b"\r\n");

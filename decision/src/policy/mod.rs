@@ -170,6 +170,20 @@ pub struct CallFacts<'a, 't> {
     pub session: Option<crate::session::SessionView<'a>>,
 }
 
+/// What a request other than `tools/call` acts on, for policy: a prompt
+/// (`prompts/get`) or a resource (`resources/read`).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The action: `prompts/get` or `resources/read`.
+    pub action: &'a str,
+    /// The resource's entity type: `Prompt` or `Resource`.
+    pub kind: &'a str,
+    /// The context attribute naming it: `prompt` or `uri`.
+    pub attribute: &'a str,
+    /// The exposed prompt name or resource URI.
+    pub id: &'a str,
+}
+
 impl Engine {
     /// The policies the engine evaluates.
     pub fn bundle(&self) -> &PolicyBundle {
@@ -377,6 +391,71 @@ impl Engine {
         PairDecision::Evaluate(slice)
     }
 
+    /// Decides a request on `target` (a prompt or a resource) with the
+    /// whole policy set: such requests are rare beside tool calls, and
+    /// their resources (URIs) are not known before the request, so there
+    /// is nothing to precompile. `facts.tool` is not used; the context
+    /// carries the target under its attribute instead. The target is an
+    /// entity of `facts.upstream`, so `resource in Toolgate::Upstream::"…"`
+    /// works.
+    pub fn decide_target(&self, target: &Target<'_>, facts: &CallFacts<'_, '_>) -> Verdict {
+        let deny = |reason| Verdict::Deny {
+            policies: Arc::from([]),
+            reason,
+        };
+        let (Some(principal), Some(action), Some(resource), Some(upstream)) = (
+            uid("Agent", facts.agent),
+            uid("Action", target.action),
+            uid(target.kind, target.id),
+            uid("Upstream", facts.upstream),
+        ) else {
+            return deny(Reason::PolicyError);
+        };
+        let mut pairs = match base_context(facts) {
+            Ok(p) => p,
+            Err(reason) => return deny(reason),
+        };
+        pairs.push((
+            target.attribute.to_owned(),
+            RestrictedExpression::new_string(target.id.to_owned()),
+        ));
+        let Ok(context) = Context::from_pairs(pairs) else {
+            return deny(Reason::PolicyError);
+        };
+        let Ok(request) = Request::new(principal, action, resource.clone(), context, None) else {
+            return deny(Reason::PolicyError);
+        };
+        let mut added = vec![Entity::new_no_attrs(
+            resource,
+            [upstream].into_iter().collect(),
+        )];
+        if let (Some(u), Some(groups)) = (facts.user, facts.groups) {
+            let Some(user) = uid("User", u) else {
+                return deny(Reason::PolicyError);
+            };
+            let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
+            added.push(Entity::new_no_attrs(user, parents));
+        }
+        let Ok(entities) = self.entities.clone().upsert_entities(added, None) else {
+            return deny(Reason::PolicyError);
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.bundle.set, &entities);
+        let name = |id: &PolicyId| {
+            self.bundle
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(id.to_string()))
+        };
+        let judged = |id: &PolicyId| {
+            self.bundle
+                .set
+                .policy(id)
+                .is_some_and(|p| p.annotation("judge").is_some())
+        };
+        verdict_of(&response, name, judged)
+    }
+
     /// Evaluates one call against its pair's slice.
     pub fn evaluate(&self, slice: &Slice, facts: &CallFacts<'_, '_>) -> Verdict {
         let deny = |reason| Verdict::Deny {
@@ -390,36 +469,14 @@ impl Engine {
         ) else {
             return deny(Reason::PolicyError);
         };
-        let args = match facts.args {
-            Some(a) => match args::to_cedar(a, 0) {
-                Ok(Some(r)) => r,
-                Ok(None) => RestrictedExpression::new_record(std::iter::empty())
-                    .unwrap_or_else(|_| RestrictedExpression::new_bool(false)),
-                Err(reason) => return deny(reason),
-            },
-            None => match RestrictedExpression::new_record(std::iter::empty()) {
-                Ok(r) => r,
-                Err(_) => return deny(Reason::PolicyError),
-            },
+        let mut pairs = match base_context(facts) {
+            Ok(p) => p,
+            Err(reason) => return deny(reason),
         };
-        let mut pairs = vec![
-            ("args".to_owned(), args),
-            (
-                "tool".to_owned(),
-                RestrictedExpression::new_string(facts.tool.to_owned()),
-            ),
-            (
-                "upstream".to_owned(),
-                RestrictedExpression::new_string(facts.upstream.to_owned()),
-            ),
-            (
-                "customer".to_owned(),
-                RestrictedExpression::new_string(facts.customer.to_owned()),
-            ),
-        ];
-        if let Some(u) = facts.user.and_then(|u| uid("User", u)) {
-            pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
-        }
+        pairs.push((
+            "tool".to_owned(),
+            RestrictedExpression::new_string(facts.tool.to_owned()),
+        ));
         if let Some(view) = &facts.session {
             match view.to_cedar(slice.session, slice.labels) {
                 Ok(s) => pairs.push(("session".to_owned(), s)),
@@ -459,44 +516,76 @@ impl Engine {
             _ => &self.entities,
         };
         let response = Authorizer::new().is_authorized(&request, &slice.set, entities);
-        let named = |ids: &mut dyn Iterator<Item = &PolicyId>| -> Arc<[Arc<str>]> {
-            ids.map(|id| {
-                slice
-                    .names
-                    .get(id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(id.to_string()))
-            })
-            .collect()
+        let name = |id: &PolicyId| {
+            slice
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(id.to_string()))
         };
-        if response.diagnostics().errors().next().is_some() {
-            // A policy that could not be evaluated may have been a forbid.
-            return Verdict::Deny {
-                policies: named(&mut response.diagnostics().reason()),
-                reason: Reason::PolicyError,
-            };
+        verdict_of(&response, name, |id| slice.judged.contains(id))
+    }
+}
+
+/// The context every request has: `args`, `upstream`, `customer`, and
+/// `user` when known.
+fn base_context(facts: &CallFacts<'_, '_>) -> Result<Vec<(String, RestrictedExpression)>, Reason> {
+    let empty =
+        || RestrictedExpression::new_record(std::iter::empty()).map_err(|_| Reason::PolicyError);
+    let args = match facts.args {
+        Some(a) => match args::to_cedar(a, 0)? {
+            Some(r) => r,
+            None => empty()?,
+        },
+        None => empty()?,
+    };
+    let mut pairs = vec![
+        ("args".to_owned(), args),
+        (
+            "upstream".to_owned(),
+            RestrictedExpression::new_string(facts.upstream.to_owned()),
+        ),
+        (
+            "customer".to_owned(),
+            RestrictedExpression::new_string(facts.customer.to_owned()),
+        ),
+    ];
+    if let Some(u) = facts.user.and_then(|u| uid("User", u)) {
+        pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
+    }
+    Ok(pairs)
+}
+
+/// The verdict of an authorization `response`: any evaluation error is a
+/// deny (a policy that could not be evaluated may have been a forbid); an
+/// allow through a `judged` policy is escalated.
+fn verdict_of(
+    response: &cedar_policy::Response,
+    name: impl Fn(&PolicyId) -> Arc<str>,
+    judged: impl Fn(&PolicyId) -> bool,
+) -> Verdict {
+    let policies: Arc<[Arc<str>]> = response.diagnostics().reason().map(&name).collect();
+    if response.diagnostics().errors().next().is_some() {
+        return Verdict::Deny {
+            policies,
+            reason: Reason::PolicyError,
+        };
+    }
+    match response.decision() {
+        CedarDecision::Allow => {
+            if response.diagnostics().reason().any(judged) {
+                Verdict::Judge { policies }
+            } else {
+                Verdict::Allow { policies }
+            }
         }
-        let policies = named(&mut response.diagnostics().reason());
-        match response.decision() {
-            CedarDecision::Allow => {
-                if response
-                    .diagnostics()
-                    .reason()
-                    .any(|id| slice.judged.contains(id))
-                {
-                    Verdict::Judge { policies }
-                } else {
-                    Verdict::Allow { policies }
-                }
-            }
-            CedarDecision::Deny => {
-                let reason = if policies.is_empty() {
-                    Reason::NoPermit
-                } else {
-                    Reason::ForbiddenByPolicy
-                };
-                Verdict::Deny { policies, reason }
-            }
+        CedarDecision::Deny => {
+            let reason = if policies.is_empty() {
+                Reason::NoPermit
+            } else {
+                Reason::ForbiddenByPolicy
+            };
+            Verdict::Deny { policies, reason }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The Cedar schema toolgate validates policies against, generated from the
 //! configuration and the upstreams' tool catalogs.
 //!
-//! One action per exposed tool. Its `context.args` record is derived from
+//! One action per exposed tool, and one each for `prompts/get` (on a
+//! `Prompt`, `context.args` the union of the known prompts' arguments, as
+//! strings) and `resources/read` (on a `Resource`, `context.uri`). Its `context.args` record is derived from
 //! the tool's MCP `inputSchema`: `string` → `String`, `integer` → `Long`,
 //! `boolean` → `Bool`, `array` → `Set`, `object` with `properties` →
 //! `Record` (required as the schema says). Arguments with no Cedar type
@@ -60,6 +62,9 @@ pub struct Vocabulary {
     pub labels: Vec<String>,
     /// `[sessions] distinct`.
     pub distinct: Vec<String>,
+    /// Every argument name a known prompt declares (`context.args` of
+    /// `prompts/get`, all strings, none required).
+    pub prompt_args: Vec<String>,
 }
 
 /// `context.session`'s type: the facts of [`crate::session::SessionFacts`]
@@ -118,8 +123,46 @@ pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) ->
             }),
         );
     }
+    let prompt_args: Map<String, Json> = vocabulary
+        .prompt_args
+        .iter()
+        .map(|n| (n.clone(), json!({"type": "String", "required": false})))
+        .collect();
+    let target = |kind: &str, attribute: &str, args: Json| {
+        json!({
+            "appliesTo": {
+                "principalTypes": ["Agent"],
+                "resourceTypes": [kind],
+                "context": {"type": "Record", "attributes": {
+                    "args": args,
+                    attribute: {"type": "String"},
+                    "upstream": {"type": "String"},
+                    "customer": {"type": "String"},
+                    "user": {"type": "Entity", "name": "User", "required": false}
+                }}
+            }
+        })
+    };
+    actions.insert(
+        "prompts/get".into(),
+        target(
+            "Prompt",
+            "prompt",
+            json!({"type": "Record", "attributes": prompt_args}),
+        ),
+    );
+    actions.insert(
+        "resources/read".into(),
+        target(
+            "Resource",
+            "uri",
+            json!({"type": "Record", "attributes": {}}),
+        ),
+    );
     json!({ NAMESPACE: {
         "entityTypes": {
+            "Prompt": {"memberOfTypes": ["Upstream"]},
+            "Resource": {"memberOfTypes": ["Upstream"]},
             "Group": {},
             "User": {"memberOfTypes": ["Group"]},
             "Agent": {"memberOfTypes": ["Group"]},

@@ -119,6 +119,7 @@ impl AdminApi {
         })?;
         let record = AuditRecord {
             tool: Some(name.to_owned()),
+            target: None,
             upstream: tool["upstream"].as_str().map(Arc::from),
             ..AuditRecord::admin(
                 now_us(),

@@ -174,6 +174,7 @@ impl Gateway {
             Reason::Attached
         };
         Ok(Admitted {
+            method: "tools/call",
             upstream: route.upstream,
             tool: Arc::clone(&route.tool),
             params,

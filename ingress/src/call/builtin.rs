@@ -1,5 +1,8 @@
 //! Phase: the answers toolgate gives itself — `initialize`,
-//! `server/discover`, `ping` and `tools/list` — without asking an upstream.
+//! `server/discover`, `ping`, `tools/list`, `prompts/list`,
+//! `resources/list` and `resources/templates/list` — without asking an
+//! upstream (the lists are federated from the upstreams' catalogs when
+//! they are fetched, and hold only what is attached to the agent).
 //!
 //! `tools/list` shows only what the caller may call: the agent's attached
 //! tools, a sub-token's narrowing of them, and scoped tools only for end
@@ -24,9 +27,10 @@ const SERVER_INFO: &str = concat!(
     r#""}"#
 );
 
-/// What toolgate offers agents: tools, whose list does not change under a
-/// session (catalog changes are picked up by new sessions).
-const CAPABILITIES: &str = r#"{"tools":{"listChanged":false}}"#;
+/// What toolgate offers agents: tools, prompts and resources, whose lists
+/// do not change under a session (catalog changes are picked up by new
+/// sessions).
+const CAPABILITIES: &str = r#"{"tools":{"listChanged":false},"prompts":{"listChanged":false},"resources":{"subscribe":false,"listChanged":false}}"#;
 
 /// Members that make a stateless-era answer per caller: never cached
 /// across callers.
@@ -75,6 +79,16 @@ impl Gateway {
                     tools_list(&listed, stateless, &mut result);
                 }
             }
+            "prompts/list" | "resources/list" | "resources/templates/list" => {
+                let (key, listed) = match rpc.method {
+                    "prompts/list" => ("prompts", &agent.prompts_list),
+                    "resources/list" => ("resources", &agent.resources_list),
+                    _ => ("resourceTemplates", &agent.templates_list),
+                };
+                // A sub-token narrowed to some tools sees no prompt or resource.
+                let listed = if ctx.scope.is_some() { "[]" } else { &**listed };
+                list(key, listed.as_bytes(), stateless, &mut result);
+            }
             other => {
                 return Err(Refusal::with(
                     RefusalKind::MethodNotFound,
@@ -122,7 +136,14 @@ fn discover(out: &mut Vec<u8>) {
 
 /// The `tools/list` result around the `tools` array `listed`.
 fn tools_list(listed: &[u8], stateless: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(br#"{"tools":"#);
+    list("tools", listed, stateless, out);
+}
+
+/// A list result: the array `listed` under `key`.
+fn list(key: &str, listed: &[u8], stateless: bool, out: &mut Vec<u8>) {
+    out.push(b'{');
+    write_str(key, out);
+    out.push(b':');
     out.extend_from_slice(listed);
     if stateless {
         out.push(b',');

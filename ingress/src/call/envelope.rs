@@ -90,8 +90,14 @@ pub fn check_stateless(
             "Mcp-Method does not match the request body",
         ));
     }
-    if req.method == "tools/call" {
-        if let Some(name) = req.param_str("name") {
+    // The parameter a request names its target by, mirrored in `Mcp-Name`.
+    let named = match req.method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(key) = named {
+        if let Some(name) = req.param_str(key) {
             let header = header_str(head, buf, protocol::HEADER_NAME).and_then(decode_header_value);
             if header.as_deref() != Some(name) {
                 return Err(Refusal::with(

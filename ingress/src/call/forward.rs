@@ -18,13 +18,17 @@ use super::{judge, Gateway};
 use toolgate_upstream::openapi::{HttpAnswer, OpenApiClient};
 use toolgate_upstream::{Credential, Reply, Upstream};
 
-/// A `tools/call` that passed every check, ready for its upstream.
+/// A `tools/call` (or a `prompts/get`, a `resources/read`) that passed
+/// every check, ready for its upstream.
 pub(super) struct Admitted {
+    /// The method sent upstream.
+    pub(super) method: &'static str,
     /// Index of its upstream in the snapshot.
     pub(super) upstream: usize,
-    /// The tool's name on the upstream.
+    /// The tool's (prompt's) name or the resource's URI on the upstream.
     pub(super) tool: Arc<str>,
-    /// `params` members: `"name":…,"arguments":…`, the arguments last.
+    /// `params` members: `"name":…,"arguments":…`, the arguments last
+    /// (`"uri":…` for a resource).
     pub(super) params: Vec<u8>,
     /// Where the arguments start in `params` (they run to its end).
     pub(super) args_at: usize,
@@ -70,7 +74,7 @@ impl Gateway {
             request_id: ctx.request_id.as_deref(),
             agent: ctx.agent.as_deref().unwrap_or(""),
             user: ctx.user.as_deref(),
-            tool: ctx.tool.as_deref().unwrap_or(""),
+            tool: ctx.tool.as_deref().or(ctx.target.as_deref()).unwrap_or(""),
             upstream: upstream.name(),
             arguments: &esc.arguments,
             policies: &esc.policies,
@@ -143,13 +147,19 @@ pub(super) async fn forward(
     credential: &Credential,
     _audited: &Admission,
 ) -> Result<Reply, Refusal> {
-    upstream
-        .call_tool(&call.params, &call.headers, credential)
-        .await
-        .map_err(|e| {
-            tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
-            Refusal::new(e.refusal_kind())
-        })
+    let reply = if call.method == "tools/call" {
+        upstream
+            .call_tool(&call.params, &call.headers, credential)
+            .await
+    } else {
+        upstream
+            .request(call.method, &call.params, &call.headers, credential)
+            .await
+    };
+    reply.map_err(|e| {
+        tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
+        Refusal::new(e.refusal_kind())
+    })
 }
 
 /// Sends the admitted call to a REST API and returns its answer as it

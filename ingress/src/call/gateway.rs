@@ -48,6 +48,8 @@ pub struct Gateway {
     pub(super) assertions: Option<RefCell<Reader<toolgate_upstream::assertion::Signer>>>,
     /// What records keep of call arguments (`[audit] arguments`).
     pub(super) args_audit: args::ArgsAudit,
+    /// Output filters compiled for prompts and resources.
+    pub(super) target_filters: RefCell<super::target::TargetFilters>,
 }
 
 /// A shard's clients of the upstreams of one snapshot, in the order of
@@ -174,6 +176,7 @@ impl Gateway {
             inner_parser: RefCell::new(JsonParser::new()),
             upstreams: RefCell::new(upstreams),
             nonce_counter: Cell::new(0),
+            target_filters: RefCell::default(),
             shared,
         }
     }

@@ -10,8 +10,8 @@
 //! | 2 | HTTP method; identify the agent and end user | [`identify`] |
 //! | 3 | media types (`Content-Type`, `Content-Encoding`, `Accept`) | [`media`] |
 //! | 4 | the JSON-RPC view and the era's envelope (or session) | [`parse`], [`envelope`], [`sessions`] |
-//! | 5 | toolgate's own answers: `initialize`, `server/discover`, `ping`, `tools/list` | [`builtin`] |
-//! | 6 | admit a `tools/call`: attached, not quarantined, rate, scope, its session's facts, policy; the body rebuilt from the checked view | [`admit`], [`history`], [`decide`], [`params`] |
+//! | 5 | toolgate's own answers: `initialize`, `server/discover`, `ping`, `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list` | [`builtin`] |
+//! | 6 | admit a `tools/call`: attached, not quarantined, rate, scope, its session's facts, policy; the body rebuilt from the checked view (a `prompts/get` or `resources/read`: attached, well formed, policy) | [`admit`], [`history`], [`decide`], [`params`], [`target`] |
 //! | 7 | the judge of an escalated call; the quotas; the call recorded in its session; the upstream's credential; the upstream call | [`forward`], [`judge`], [`limit`], [`history`] |
 //! | 8 | the reply as the agent's answer, through the output rules | [`respond`], [`filter`] |
 //! | 9 | write the response, commit the record into the slot, await the log | [`finish`], [`ack`] |
@@ -42,6 +42,7 @@ mod respond;
 mod rest;
 mod routes;
 mod sessions;
+mod target;
 #[cfg(test)]
 mod testing;
 mod tokens;
@@ -132,7 +133,11 @@ impl Gateway {
         let credential = self.inject(upstream, &call, ctx)?;
         let reply = forward::forward(upstream, &call, &credential, slot).await?;
         ctx.http = reply.http;
-        self.respond(&reply.message, ctx, call.filter.as_deref())
+        let mut answer = self.respond(&reply.message, ctx, call.filter.as_deref())?;
+        if call.method == "resources/read" {
+            target::expose_contents(&mut answer, upstream.name());
+        }
+        Ok(answer)
     }
 
     /// Phases 4–6, on the body's one parse: the view, the envelope, then
@@ -154,6 +159,11 @@ impl Gateway {
         if rpc.method == "tools/call" {
             return self
                 .admit(snap, agent, req, &rpc, stateless, ctx)
+                .map(Plan::Forward);
+        }
+        if target::is_target(rpc.method) {
+            return self
+                .admit_target(snap, agent, req, &rpc, ctx)
                 .map(Plan::Forward);
         }
         self.builtin(snap, agent, req, &rpc, stateless, ctx)

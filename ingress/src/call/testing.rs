@@ -35,6 +35,12 @@ pub(super) fn bot_key() -> String {
 
 /// The configuration of [`snapshot`].
 fn config(extra: &str) -> toolgate_core::config::ValidConfig {
+    config_with("", extra)
+}
+
+/// The configuration of [`snapshot`], with `bot_keys` (TOML keys) in
+/// agent `bot`'s table.
+fn config_with(bot_keys: &str, extra: &str) -> toolgate_core::config::ValidConfig {
     let bot = toolgate_core::identity::format_key(&[1u8; 32]).1;
     let proxy = toolgate_core::identity::format_key(&[2u8; 32]).1;
     let text = format!(
@@ -46,6 +52,7 @@ url = "http://127.0.0.1:9101/mcp"
 id = "bot"
 api_key_sha256 = "{bot}"
 tools = ["crm__lookup"]
+{bot_keys}
 [[agents]]
 id = "proxy"
 api_key_sha256 = "{proxy}"
@@ -67,7 +74,12 @@ pub(super) fn snapshot(extra: &str) -> toolgate_decision::Snapshot {
 /// A shard's handler for [`snapshot`]'s configuration (plus `extra`)
 /// with the Cedar `policies`, its audit ring unconsumed.
 pub(super) fn gateway(extra: &str, policies: &[&str]) -> super::Gateway {
-    let cfg = config(extra);
+    gateway_with("", extra, policies)
+}
+
+/// [`gateway`], with `bot_keys` (TOML keys) in agent `bot`'s table.
+pub(super) fn gateway_with(bot_keys: &str, extra: &str, policies: &[&str]) -> super::Gateway {
+    let cfg = config_with(bot_keys, extra);
     let loaded = crate::shared::Loaded {
         credentials: toolgate_upstream::credential::load(&cfg).unwrap(),
         openapi: crate::process::openapi_surfaces(&cfg).unwrap(),

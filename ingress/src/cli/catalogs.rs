@@ -56,8 +56,10 @@ pub fn fetch_catalogs(cfg: &ValidConfig) -> Vec<Option<Arc<Catalog>>> {
                 }
                 let backend = toolgate_upstream::Backend::of(tls, surfaces.get(&*name), stdio);
                 let upstream = toolgate_upstream::Upstream::new(info, cred, backend);
-                let cat = match upstream.list_tools().await {
-                    Ok(pages) => Catalog::from_pages(idx, &namer, &pages).ok().map(Arc::new),
+                let cat = match upstream.list_all().await {
+                    Ok(listing) => Catalog::from_listing(idx, &name, &namer, &listing)
+                        .ok()
+                        .map(Arc::new),
                     Err(e) => {
                         eprintln!(
                             "warning: upstream `{name}`: {e}; its tools' arguments are untyped"

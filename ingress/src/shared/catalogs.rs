@@ -7,7 +7,7 @@ use std::sync::Arc;
 use toolgate_core::config::ValidConfig;
 use toolgate_core::upstream_url::UpstreamUrl;
 use toolgate_decision::catalog::CatalogError;
-use toolgate_decision::Catalog;
+use toolgate_decision::{Catalog, Listing};
 
 use super::Shared;
 
@@ -16,9 +16,9 @@ struct Fetched {
     /// The endpoint it was fetched from: a catalog of another URL is not
     /// this upstream's any more.
     url: UpstreamUrl,
-    /// The `tools/list` result pages, kept so the catalog can be rendered
-    /// again when the upstreams' names change.
-    pages: Arc<Vec<Vec<u8>>>,
+    /// The list results, kept so the catalog can be rendered again when
+    /// the upstreams' names change.
+    listing: Arc<Listing>,
     /// The catalog as last rendered: for upstream index, with prefixes.
     built: Option<(usize, Vec<String>, Arc<Catalog>)>,
 }
@@ -58,7 +58,7 @@ impl CatalogSet {
                         return Some(Arc::clone(c));
                     }
                 }
-                let c = Arc::new(Catalog::from_pages(i, &cfg.namer, &f.pages).ok()?);
+                let c = Arc::new(Catalog::from_listing(i, u.name(), &cfg.namer, &f.listing).ok()?);
                 f.built = Some((i, names.clone(), Arc::clone(&c)));
                 Some(c)
             })
@@ -83,8 +83,8 @@ impl CatalogSet {
 }
 
 impl Shared {
-    /// Stores the `tools/list` pages fetched from upstream `name` at `url`
-    /// (or, with `None`, that the fetch failed: a catalog fetched before
+    /// Stores the lists fetched from upstream `name` at `url` (or, with
+    /// `None`, that the fetch failed: a catalog fetched before
     /// stays) and publishes a new snapshot. A fetch from a URL the upstream
     /// no longer has is ignored. Returns the catalog built, or why the
     /// pages do not make one.
@@ -92,11 +92,11 @@ impl Shared {
         &self,
         name: &str,
         url: &UpstreamUrl,
-        pages: Option<Vec<Vec<u8>>>,
+        listing: Option<Listing>,
     ) -> Result<Option<Arc<Catalog>>, CatalogError> {
         let mut cats = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
         let first = cats.attempted.insert(name.to_owned());
-        let Some(pages) = pages else {
+        let Some(listing) = listing else {
             if first {
                 self.publish(&mut cats);
             }
@@ -110,7 +110,7 @@ impl Shared {
         else {
             return Ok(None);
         };
-        let built = Catalog::from_pages(i, &eff.namer, &pages);
+        let built = Catalog::from_listing(i, name, &eff.namer, &listing);
         let catalog = match built {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -125,7 +125,7 @@ impl Shared {
             name.to_owned(),
             Fetched {
                 url: url.clone(),
-                pages: Arc::new(pages),
+                listing: Arc::new(listing),
                 built: Some((i, prefixes(&eff), Arc::clone(&catalog))),
             },
         );

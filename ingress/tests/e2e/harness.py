@@ -214,6 +214,9 @@ class Agent:
     customer: str | None = None
     # May name its end user in `Toolgate-On-Behalf-Of`.
     act_for_users: bool = False
+    # Attached prompts (exposed names) and resources (exposed URIs), globs.
+    prompts: list[str] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -302,6 +305,10 @@ class Gate:
                 lines.append(f"customer = {toml_value(a.customer)}")
             if a.act_for_users:
                 lines.append("act_for_users = true")
+            if a.prompts:
+                lines.append(f"prompts = {toml_value(a.prompts)}")
+            if a.resources:
+                lines.append(f"resources = {toml_value(a.resources)}")
         lines += ["", "[audit]", 'dir = "audit"']
         for k, v in self.audit_opts.items():
             lines.append(f"{k} = {toml_value(v)}")

@@ -6,6 +6,9 @@ Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate,
   reject, slow)
 * ``ops``      -- operations (send_email, refund), for the policy tests
+* ``docs``     -- resources (a public readme with a card number and an
+  e-mail address, a draft, a secret key), a resource template, prompts
+  (``summarize``, ``internal``) and one tool (``search``)
 * ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header,
   ``headers`` every header it received
 
@@ -170,7 +173,51 @@ def build_vault() -> MCPServer:
     return server
 
 
-BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops, "vault": build_vault}
+# What the ``docs`` server's files hold: a public readme that leaks a card
+# number and an e-mail address (for masking), a draft, and a secret.
+DOCS = {
+    "readme.md": f"# Readme\nBilling contact ada@example.com, card {CARD_NUMBER}.",
+    "drafts/plan.md": "unreleased plan",
+    "guide.md": "How to use the docs server.",
+}
+
+
+def build_docs() -> MCPServer:
+    server = MCPServer("docs")
+
+    @server.resource("file:///public/readme.md", name="readme", mime_type="text/markdown")
+    def readme() -> str:
+        return DOCS["readme.md"]
+
+    @server.resource("file:///public/drafts/plan.md", name="plan", mime_type="text/markdown")
+    def plan() -> str:
+        return DOCS["drafts/plan.md"]
+
+    @server.resource("file:///secret/key", name="key")
+    def key() -> str:
+        return PRIVATE_KEY
+
+    @server.resource("file:///public/pages/{page}", name="page", mime_type="text/plain")
+    def page(page: str) -> str:
+        return f"page {page}: " + DOCS.get(f"{page}.md", "(none)")
+
+    @server.prompt(description="Summarize a topic for a customer.")
+    def summarize(topic: str, audience: str = "customer") -> str:
+        return f"Summarize {topic} for a {audience}. Escalations go to ada@example.com."
+
+    @server.prompt(description="Not attached to anyone.")
+    def internal(topic: str) -> str:
+        return f"internal notes on {topic}"
+
+    @server.tool()
+    def search(query: str) -> str:
+        return f"results for {query}"
+
+    return server
+
+
+BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops, "vault": build_vault,
+            "docs": build_docs}
 
 
 def main() -> None:

@@ -23,6 +23,15 @@ pub struct AgentConfig {
     /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
     #[serde(default)]
     pub tools: Vec<Spanned<String>>,
+    /// Prompts attached to the agent, by exposed name (`{prefix}__{prompt}`);
+    /// `*` matches any run of characters. Default none.
+    #[serde(default)]
+    pub prompts: Vec<Spanned<String>>,
+    /// Resources attached to the agent, by exposed URI
+    /// (`toolgate://{upstream}/{uri}`); `*` matches any run of characters,
+    /// `/` included. Default none.
+    #[serde(default)]
+    pub resources: Vec<Spanned<String>>,
     /// Groups the agent belongs to (`Toolgate::Group` in policies). Default none.
     #[serde(default)]
     pub groups: Vec<String>,

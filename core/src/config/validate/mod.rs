@@ -260,6 +260,34 @@ pub(crate) fn validate(
                 );
             }
         }
+        for p in &a.prompts {
+            if namer.route(p.get_ref()).is_none() {
+                err(
+                    at(&p.span()),
+                    format!(
+                        "agent `{id}`: prompt `{}` names no configured upstream (expected `{{prefix}}__{{prompt}}`)",
+                        p.get_ref()
+                    ),
+                );
+            }
+        }
+        for r in &a.resources {
+            let known = crate::resource_uri::split(r.get_ref()).is_ok_and(|(u, _)| {
+                config
+                    .upstream_entries
+                    .iter()
+                    .any(|x| x.name.get_ref() == u)
+            });
+            if !known {
+                err(
+                    at(&r.span()),
+                    format!(
+                        "agent `{id}`: resource `{}` names no configured upstream (expected `toolgate://{{upstream}}/{{uri}}`)",
+                        r.get_ref()
+                    ),
+                );
+            }
+        }
     }
 
     let mut policy_files = Vec::new();
