@@ -425,10 +425,22 @@ impl Engine {
         let Ok(request) = Request::new(principal, action, resource.clone(), context, None) else {
             return deny(Reason::PolicyError);
         };
-        let mut added = vec![Entity::new_no_attrs(
-            resource,
-            [upstream].into_iter().collect(),
+        // `labels` (empty) as tools have it, so a policy on every action
+        // that reads `resource.labels` evaluates rather than errs.
+        let labels = [(
+            "labels".to_owned(),
+            RestrictedExpression::new_set(std::iter::empty()),
         )];
+        let parents: std::collections::HashSet<EntityUid> = [upstream].into_iter().collect();
+        let entity = match Entity::new(
+            resource.clone(),
+            labels.into_iter().collect(),
+            parents.clone(),
+        ) {
+            Ok(e) => e,
+            Err(_) => Entity::new_no_attrs(resource, parents),
+        };
+        let mut added = vec![entity];
         if let (Some(u), Some(groups)) = (facts.user, facts.groups) {
             let Some(user) = uid("User", u) else {
                 return deny(Reason::PolicyError);

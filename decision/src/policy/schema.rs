@@ -161,8 +161,12 @@ pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) ->
     );
     json!({ NAMESPACE: {
         "entityTypes": {
-            "Prompt": {"memberOfTypes": ["Upstream"]},
-            "Resource": {"memberOfTypes": ["Upstream"]},
+            "Prompt": {"memberOfTypes": ["Upstream"], "shape": {"type": "Record", "attributes": {
+                "labels": {"type": "Set", "element": {"type": "String"}}
+            }}},
+            "Resource": {"memberOfTypes": ["Upstream"], "shape": {"type": "Record", "attributes": {
+                "labels": {"type": "Set", "element": {"type": "String"}}
+            }}},
             "Group": {},
             "User": {"memberOfTypes": ["Group"]},
             "Agent": {"memberOfTypes": ["Group"]},

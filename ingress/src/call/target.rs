@@ -445,4 +445,20 @@ resources = ["toolgate://crm/file:///public/*"]"#;
             (Some(RefusalKind::PolicyDenied), Reason::ForbiddenByPolicy)
         );
     }
+
+    #[test]
+    fn a_policy_on_every_action_reading_tool_labels_does_not_fail_reads() {
+        let gw = gateway_with(
+            ATTACHED,
+            "[policies]\nfiles = []",
+            &[r#"
+                permit(principal, action, resource);
+                @id("toxic")
+                forbid(principal, action, resource) when { resource.labels.contains("external_send") };
+            "#],
+        );
+        let (out, reason, _) = plan(&gw, &read("toolgate://crm/file:///public/a.md"));
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(reason, Reason::AllowedByPolicy);
+    }
 }

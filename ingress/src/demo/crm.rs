@@ -2,7 +2,9 @@
 //! card number and an e-mail address, for the output rules to mask),
 //! `delete_record` (annotated destructive), `send_email` (which sends
 //! nothing: it says what it would have sent) and `whoami` (the end user
-//! toolgate's signed assertion names), in the handshake era.
+//! toolgate's signed assertion names), in the handshake era; a resource
+//! per customer (`crm://customers/{id}`, the same record) and a prompt
+//! (`summarize_customer`).
 
 use std::sync::OnceLock;
 
@@ -84,18 +86,23 @@ fn tools() -> Value {
     ])
 }
 
+/// The demo's customer record `id`: a card number and an e-mail address
+/// for the output rules to mask.
+fn customer(id: &Value) -> Value {
+    json!({
+        "id": id,
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "card": "4111 1111 1111 1111",
+        "tier": "gold"
+    })
+}
+
 fn call(name: &str, args: &Value, assertion: Option<&str>) -> Value {
     let text = match name {
         "whoami" => whoami(assertion),
         "echo" => args["text"].as_str().unwrap_or("").to_owned(),
-        "lookup_customer" => json!({
-            "id": args["customer_id"],
-            "name": "Ada Lovelace",
-            "email": "ada@example.com",
-            "card": "4111 1111 1111 1111",
-            "tier": "gold"
-        })
-        .to_string(),
+        "lookup_customer" => customer(&args["customer_id"]).to_string(),
         "delete_record" => format!(
             "record {} deleted",
             args["record_id"].as_str().unwrap_or("?")
@@ -118,10 +125,41 @@ pub(super) fn answer(req: &Value, assertion: Option<&str>) -> Option<Value> {
     let id = req.get("id")?.clone();
     let method = req["method"].as_str().unwrap_or("");
     let result = match method {
-        "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+        "initialize" => json!({"protocolVersion": "2025-11-25",
+                               "capabilities": {"tools": {}, "prompts": {}, "resources": {}},
                                "serverInfo": {"name": "toolgate-demo-crm", "version": "1"}}),
         "ping" => json!({}),
         "tools/list" => json!({"tools": tools()}),
+        "prompts/list" => json!({"prompts": [{
+            "name": "summarize_customer",
+            "description": "Drafts a support reply about a customer.",
+            "arguments": [{"name": "customer_id", "required": true}]
+        }]}),
+        "prompts/get" => {
+            let id = req["params"]["arguments"]["customer_id"]
+                .as_str()
+                .unwrap_or("?");
+            let record = customer(&json!(id));
+            json!({"messages": [{"role": "user", "content": {"type": "text",
+                "text": format!("Draft a short support reply to this customer: {record}")}}]})
+        }
+        "resources/list" => json!({"resources": [{
+            "uri": "crm://customers/c-42", "name": "customer c-42", "mimeType": "application/json"
+        }]}),
+        "resources/templates/list" => json!({"resourceTemplates": [{
+            "uriTemplate": "crm://customers/{customer_id}", "name": "customer", "mimeType": "application/json"
+        }]}),
+        "resources/read" => {
+            let uri = req["params"]["uri"].as_str().unwrap_or("");
+            match uri.strip_prefix("crm://customers/") {
+                Some(id) => json!({"contents": [{"uri": uri, "mimeType": "application/json",
+                                                  "text": customer(&json!(id)).to_string()}]}),
+                None => {
+                    return Some(json!({"jsonrpc": "2.0", "id": id,
+                                       "error": {"code": -32002, "message": "Resource not found"}}))
+                }
+            }
+        }
         "tools/call" => call(
             req["params"]["name"].as_str().unwrap_or(""),
             &req["params"]["arguments"],

@@ -95,10 +95,17 @@ pub fn write_config(
         let hash = hex::encode(toolgate_core::identity::key_hash(key.as_bytes()));
         let tools: Vec<String> = tools.iter().map(|t| format!("\"{t}\"")).collect();
         s.push_str(&format!(
-            "[[agents]]\nid = \"{id}\"\napi_key_sha256 = \"{hash}\"\ntools = [{}]\nact_for_users = {}\n\n",
+            "[[agents]]\nid = \"{id}\"\napi_key_sha256 = \"{hash}\"\ntools = [{}]\nact_for_users = {}\n",
             tools.join(", "),
             id == "support-bot"
         ));
+        // support-bot reads customer records and drafts replies.
+        if id == "support-bot" {
+            s.push_str(
+                "prompts = [\"crm__summarize_customer\"]\nresources = [\"toolgate://crm/crm://customers/*\"]\n",
+            );
+        }
+        s.push('\n');
     }
     s.push_str(&format!("[audit]\ndir = \"{}\"\n\n", audit_dir.display()));
     s.push_str(LABELS);
@@ -109,11 +116,12 @@ pub fn write_config(
 }
 
 /// The demo's output rules: card numbers masked for every agent (from the
-/// MCP server and the REST API alike), e-mail addresses masked for
+/// MCP server's tools, prompt and resources and the REST API alike),
+/// e-mail addresses masked for
 /// billing-bot only.
 pub const OUTPUT_RULES: &str = r#"[[output_rules]]
 name = "cards"
-tools = ["crm__*", "billing__*"]
+tools = ["crm__*", "billing__*", "toolgate://crm/*"]
 detectors = ["card"]
 style = "last4"
 
@@ -257,6 +265,9 @@ pub fn instructions(gateway: SocketAddr, audit_dir: &std::path::Path) -> String 
     ));
     s.push_str(&format!(
         "\nAsk the CRM whom it was called for: support-bot acting for alice (the CRM verifies toolgate's signed assertion; keys at http://{gateway}/.well-known/jwks.json):\n  curl -s {url} -H 'Authorization: Bearer {support}' -H 'Toolgate-On-Behalf-Of: alice' {hdr} -H 'Mcp-Method: tools/call' -H 'Mcp-Name: crm__whoami' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"crm__whoami\",\"arguments\":{{}},{meta}}}}}'\n"
+    ));
+    s.push_str(&format!(
+        "\nRead a customer as an MCP resource, in toolgate's URI namespace (attached to support-bot only; the card masked as in tool results):\n  curl -s {url} -H 'Authorization: Bearer {support}' {hdr} -H 'Mcp-Method: resources/read' -H 'Mcp-Name: toolgate://crm/crm://customers/c-42' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":10,\"method\":\"resources/read\",\"params\":{{\"uri\":\"toolgate://crm/crm://customers/c-42\",{meta}}}}}'\n"
     ));
     let rest = format!("http://{gateway}/rest/billing");
     s.push_str(&format!(

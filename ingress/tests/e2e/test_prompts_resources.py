@@ -222,3 +222,34 @@ def test_policy_validate_knows_prompts_and_resources(make_gate, docs):
         'when { context.args.colour == "red" };\n')
     bad = validate()
     assert bad.returncode != 0 and "docs.cedar: line" in bad.stderr and "colour" in bad.stderr, bad.stderr
+
+
+def test_the_demo_serves_a_customer_resource_and_a_prompt(tmp_path):
+    from harness import Demo
+
+    uri = "toolgate://crm/crm://customers/c-42"
+    with Demo(tmp_path) as demo:
+        assert uri in demo.output(), "the demo prints how to read the resource"
+
+        async def support():
+            async with sdk_client_cm(f"{demo.url}/mcp", "tg_demo_support_key", "auto") as client:
+                listed = await client.list_resources()
+                assert [str(r.uri) for r in listed.resources] == [uri]
+                templates = await client.list_resource_templates()
+                assert [t.uri_template for t in templates.resource_templates] == [
+                    "toolgate://crm/crm://customers/{customer_id}"]
+                read = await client.read_resource("toolgate://crm/crm://customers/c-7")
+                record = read.contents[0].text
+                assert '"id":"c-7"' in record and "[REDACTED:card:****1111]" in record, record
+                assert str(read.contents[0].uri) == "toolgate://crm/crm://customers/c-7"
+                got = await client.get_prompt("crm__summarize_customer", {"customer_id": "c-42"})
+                text = got.messages[0].content.text
+                assert "c-42" in text and "4111 1111 1111 1111" not in text, text
+
+        async def billing():
+            async with sdk_client_cm(f"{demo.url}/mcp", "tg_demo_billing_key", "auto") as client:
+                assert (await client.list_resources()).resources == []
+                await refused(client.read_resource(uri), RESOURCE_NOT_FOUND)
+
+        anyio.run(support)
+        anyio.run(billing)
