@@ -462,6 +462,20 @@ impl Snapshot {
             .map(|upstream| TargetRoute { upstream, name }))
     }
 
+    /// The route of resource template `exposed` (a `uriTemplate` as
+    /// agents see it) for `agent`: attached when a pattern matches its
+    /// text, as `resources/templates/list` shows it.
+    pub fn template_route<'n>(&self, agent: &Agent, exposed: &'n str) -> Option<TargetRoute<'n>> {
+        let (upstream, name) = toolgate_core::resource_uri::split(exposed).ok()?;
+        if !agent.resources.iter().any(|p| glob_match(p, exposed)) {
+            return None;
+        }
+        self.upstreams
+            .iter()
+            .position(|u| &*u.name == upstream)
+            .map(|upstream| TargetRoute { upstream, name })
+    }
+
     /// Which `[[output_rules]]` act on the results `agent` gets from
     /// `exposed` (a prompt name or resource URI, matched against the rules'
     /// `tools` globs), by index into [`Snapshot::output_rules`].

@@ -30,7 +30,7 @@ const SERVER_INFO: &str = concat!(
 /// What toolgate offers agents: tools, prompts and resources, whose lists
 /// do not change under a session (catalog changes are picked up by new
 /// sessions).
-const CAPABILITIES: &str = r#"{"tools":{"listChanged":false},"prompts":{"listChanged":false},"resources":{"subscribe":false,"listChanged":false}}"#;
+const CAPABILITIES: &str = r#"{"tools":{"listChanged":false},"prompts":{"listChanged":false},"resources":{"subscribe":false,"listChanged":false},"completions":{}}"#;
 
 /// Members that make a stateless-era answer per caller: never cached
 /// across callers.

@@ -166,6 +166,11 @@ impl Gateway {
                 .admit_target(snap, agent, req, &rpc, ctx)
                 .map(Plan::Forward);
         }
+        if rpc.method == target::COMPLETE {
+            return self
+                .admit_completion(snap, agent, &rpc, ctx)
+                .map(Plan::Forward);
+        }
         self.builtin(snap, agent, req, &rpc, stateless, ctx)
             .map(Plan::Answer)
     }

@@ -10,6 +10,9 @@
 //! view, under the upstream's own name or URI; the answer goes through the
 //! output rules whose `tools` globs match the prompt's name or the
 //! resource's URI. Rate limits and quotas count tool calls only.
+//!
+//! A `completion/complete` is admitted here too: its `ref` must be a
+//! prompt or resource template the agent sees.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,10 +87,13 @@ impl Kind {
     }
 }
 
-/// Whether `method` is admitted here.
+/// Whether `method` is admitted here ([`Gateway::admit_target`]).
 pub(super) fn is_target(method: &str) -> bool {
     Kind::of(method).is_some()
 }
+
+/// The method [`Gateway::admit_completion`] admits.
+pub(super) const COMPLETE: &str = "completion/complete";
 
 impl Gateway {
     /// Admits the `prompts/get` or `resources/read` `rpc`.
@@ -207,6 +213,94 @@ impl Gateway {
                 protocol::encode_header_value(route.name).into_owned(),
             )],
             escalation,
+            filter: self.target_filter(snap, agent, exposed),
+        })
+    }
+
+    /// Admits a `completion/complete`: its `ref` must be a prompt or a
+    /// resource template the agent sees (attachment alone decides: a
+    /// completion offers argument values, not contents); it is forwarded
+    /// with the upstream's own name or template, `argument` and `context`
+    /// as sent, and its values go through the output rules of the prompt
+    /// or template.
+    pub(super) fn admit_completion(
+        &self,
+        snap: &Snapshot,
+        agent: &Agent,
+        rpc: &RpcRequest<'_>,
+        ctx: &mut CallCtx,
+    ) -> Result<Admitted, Refusal> {
+        let bad = |why: &'static str| Refusal::with(RefusalKind::InvalidParams, why);
+        let params = rpc.params.ok_or_else(|| bad("`params` is required"))?;
+        let reference = params
+            .get("ref")
+            .filter(|r| r.is_object())
+            .ok_or_else(|| bad("`params.ref` must be an object"))?;
+        let argument = params
+            .get("argument")
+            .filter(|a| a.get("name").and_then(|n| n.into_string()).is_some())
+            .ok_or_else(|| bad("`params.argument` must be an object with a `name`"))?;
+        let context = params.get("context");
+        if context.is_some_and(|c| !c.is_object()) {
+            return Err(bad("`params.context` must be an object"));
+        }
+        let (kind, key) = match reference.get("type").and_then(|t| t.into_string()) {
+            Some("ref/prompt") => (Kind::Prompt, "name"),
+            Some("ref/resource") => (Kind::Resource, "uri"),
+            _ => {
+                return Err(bad(
+                    "`params.ref.type` must be `ref/prompt` or `ref/resource`",
+                ))
+            }
+        };
+        let exposed = reference
+            .get(key)
+            .and_then(|n| n.into_string())
+            .ok_or_else(|| bad("`params.ref` names no prompt or template"))?;
+        ctx.target = Some(truncate(exposed, MAX_TOOL_LEN * 4).to_owned());
+        let route = if ctx.scope.is_some() {
+            None
+        } else {
+            match kind {
+                Kind::Prompt => snap.prompt_route(agent, exposed),
+                Kind::Resource => snap.template_route(agent, exposed),
+            }
+        };
+        let route = route.ok_or_else(|| match kind {
+            Kind::Prompt => Refusal::new(RefusalKind::UnknownPrompt),
+            Kind::Resource => Refusal::new(RefusalKind::UnknownResource),
+        })?;
+        ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(br#""ref":{"type":"#);
+        write_str(
+            if kind == Kind::Prompt {
+                "ref/prompt"
+            } else {
+                "ref/resource"
+            },
+            &mut out,
+        );
+        out.push(b',');
+        write_str(key, &mut out);
+        out.push(b':');
+        write_str(route.name, &mut out);
+        out.extend_from_slice(br#"},"argument":"#);
+        write_value(argument, &mut out);
+        if let Some(c) = context {
+            out.extend_from_slice(br#","context":"#);
+            write_value(c, &mut out);
+        }
+        let args_at = out.len();
+        ctx.reason = Reason::Attached;
+        Ok(Admitted {
+            method: "completion/complete",
+            upstream: route.upstream,
+            tool: Arc::from(route.name),
+            params: out,
+            args_at,
+            headers: Vec::new(),
+            escalation: None,
             filter: self.target_filter(snap, agent, exposed),
         })
     }
@@ -460,5 +554,45 @@ resources = ["toolgate://crm/file:///public/*"]"#;
         let (out, reason, _) = plan(&gw, &read("toolgate://crm/file:///public/a.md"));
         assert!(out.is_ok(), "{out:?}");
         assert_eq!(reason, Reason::AllowedByPolicy);
+    }
+
+    #[test]
+    fn completions_reach_only_attached_prompts_and_templates() {
+        let gw = gateway_with(ATTACHED, "", &[]);
+        let complete = |reference: &str| {
+            plan(
+                &gw,
+                &format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{{"ref":{reference},"argument":{{"name":"who","value":"a"}}}}}}"#
+                ),
+            )
+            .0
+        };
+        assert_eq!(
+            complete(r#"{"type":"ref/prompt","name":"crm__greeting"}"#),
+            Ok((
+                "completion/complete".into(),
+                r#""ref":{"type":"ref/prompt","name":"greeting"},"argument":{"name":"who","value":"a"}"#
+                    .into()
+            ))
+        );
+        assert_eq!(
+            complete(r#"{"type":"ref/resource","uri":"toolgate://crm/file:///public/{name}"}"#)
+                .map(|(_, p)| p),
+            Ok(r#""ref":{"type":"ref/resource","uri":"file:///public/{name}"},"argument":{"name":"who","value":"a"}"#.into())
+        );
+        assert_eq!(
+            complete(r#"{"type":"ref/resource","uri":"toolgate://crm/file:///secret/{name}"}"#)
+                .err(),
+            Some(RefusalKind::UnknownResource)
+        );
+        assert_eq!(
+            complete(r#"{"type":"ref/prompt","name":"crm__other"}"#).err(),
+            Some(RefusalKind::UnknownPrompt)
+        );
+        assert_eq!(
+            complete(r#"{"type":"ref/tool","name":"crm__lookup"}"#).err(),
+            Some(RefusalKind::InvalidParams)
+        );
     }
 }

@@ -476,6 +476,91 @@ def test_everything_server_lists_and_calls(stdio_gate):
     ]
 
 
+EVERYTHING_POLICY = """
+permit(principal, action, resource);
+
+@id("no-architecture")
+forbid(principal, action == Toolgate::Action::"resources/read", resource)
+when { context.uri like "*/architecture.md" };
+"""
+
+EVERYTHING_RULES = """
+[policies]
+files = ["everything.cedar"]
+
+[[output_rules]]
+name = "no-product-name"
+tools = ["toolgate://everything/*", "everything__*"]
+patterns = [{ name = "product", regex = "Everything" }]
+"""
+
+
+def test_everything_server_prompts_resources_and_completions(stdio_gate):
+    require_npm_servers()
+    static = "toolgate://everything/demo://resource/static/document/"
+    agent = Agent("everything-bot", ["everything__echo"],
+                  prompts=["everything__args-prompt", "everything__completable-prompt"],
+                  resources=[static + "*", "toolgate://everything/demo://resource/dynamic/text/*"])
+    upstream = stdio_upstream_toml("everything", [NODE, EVERYTHING_JS, "stdio"], timeout_ms=20000,
+                                   sandbox={"read_only": [NPM_DIR]})
+    gate = stdio_gate(upstream, [agent], extra_toml=EVERYTHING_RULES,
+                      files={"everything.cedar": EVERYTHING_POLICY})
+
+    async def scenario():
+        with anyio.fail_after(SCENARIO_TIMEOUT_S):
+            async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+                prompts = sorted(p.name for p in (await client.list_prompts()).prompts)
+                assert prompts == ["everything__args-prompt", "everything__completable-prompt"]
+                got = await client.get_prompt("everything__args-prompt", {"city": "Oslo"})
+                assert got.messages[0].content.text == "What's weather in Oslo?"
+
+                uris = [str(r.uri) for r in (await client.list_resources()).resources]
+                assert static + "features.md" in uris and static + "architecture.md" in uris, uris
+                assert all(u.startswith(static) or "/dynamic/text/" in u for u in uris), uris
+                templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+                assert templates == ["toolgate://everything/demo://resource/dynamic/text/{resourceId}"]
+
+                features = await client.read_resource(static + "features.md")
+                text = features.contents[0].text
+                assert text.startswith("# [REDACTED:product] Server - Features"), text[:80]
+                assert "Everything" not in text
+                assert str(features.contents[0].uri) == static + "features.md"
+                dynamic = await client.read_resource("toolgate://everything/demo://resource/dynamic/text/3")
+                assert "3" in dynamic.contents[0].text
+                with pytest.raises(MCPError) as denied:
+                    await client.read_resource(static + "architecture.md")
+                assert denied.value.code == -32003
+                with pytest.raises(MCPError) as blob:
+                    await client.read_resource("toolgate://everything/demo://resource/dynamic/blob/1")
+                assert blob.value.code == -32002
+
+                done = await client.complete({"type": "ref/prompt", "name": "everything__completable-prompt"},
+                                             {"name": "department", "value": "S"})
+                assert sorted(done.completion.values) == ["Sales", "Support"]
+                with pytest.raises(MCPError) as unseen:
+                    await client.complete({"type": "ref/prompt", "name": "everything__simple-prompt"},
+                                          {"name": "x", "value": ""})
+                assert unseen.value.code == -32602
+
+    anyio.run(scenario)
+    lines = gate.audit_lines(7, where=lambda l: l["method"] in ("prompts/get", "resources/read",
+                                                                "completion/complete"))
+    summary = [(l["method"], l["target"], l["decision"], l["reason"]) for l in lines]
+    assert sorted(summary) == sorted([
+        ("prompts/get", "everything__args-prompt", "allow", "allowed_by_policy"),
+        ("resources/read", static + "features.md", "allow", "allowed_by_policy"),
+        ("resources/read", "toolgate://everything/demo://resource/dynamic/text/3", "allow", "allowed_by_policy"),
+        ("resources/read", static + "architecture.md", "deny", "forbidden_by_policy"),
+        ("resources/read", "toolgate://everything/demo://resource/dynamic/blob/1", "deny",
+         "resource_not_attached"),
+        ("completion/complete", "everything__completable-prompt", "allow", "attached"),
+        ("completion/complete", "everything__simple-prompt", "deny", "prompt_not_attached"),
+    ])
+    features = next(l for l in lines if l["target"] == static + "features.md")
+    assert {"rule": "no-product-name", "pattern": "product"} == {
+        k: v for k, v in features["redactions"][0].items() if k != "count"}
+
+
 # --------------------------------------------------------------------------
 # c. the sandbox, seen from the inside
 # --------------------------------------------------------------------------
