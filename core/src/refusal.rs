@@ -56,6 +56,8 @@ pub enum RefusalKind {
     UnknownPrompt,
     /// Resource not attached to the agent (or not existing, alike).
     UnknownResource,
+    /// The prompt's definition is held back by pinning.
+    PromptQuarantined,
     /// Routing headers disagree with the body.
     HeaderMismatch,
     /// Protocol version not served.
@@ -206,6 +208,7 @@ impl RefusalKind {
             | UpstreamCredentialUnavailable
             | ArgumentsRefused
             | ToolQuarantined
+            | PromptQuarantined
             | RateLimited
             | QuotaExceeded
             | LimitTableFull => Origin::Gateway,
@@ -254,6 +257,7 @@ impl RefusalKind {
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
             ToolQuarantined => "tool_quarantined",
+            PromptQuarantined => "prompt_quarantined",
             RateLimited => "rate_limited",
             QuotaExceeded => "quota_exceeded",
             LimitTableFull => "limit_table_full",
@@ -431,6 +435,12 @@ impl Refusal {
                 403,
                 codes::FORBIDDEN,
                 "tool held back: its definition changed since it was approved",
+                none,
+            ),
+            PromptQuarantined => (
+                403,
+                codes::FORBIDDEN,
+                "prompt held back: its definition changed since it was approved",
                 none,
             ),
             RateLimited => (

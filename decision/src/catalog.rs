@@ -78,14 +78,35 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// This catalog with each exposed tool's quarantine decided by `hold`
-    /// (given the tool's exposed name and digest).
+    /// This catalog with each exposed tool's and prompt's quarantine
+    /// decided by `hold` (given its pins key and digest).
     pub fn with_quarantine(&self, hold: impl Fn(&str, &str) -> bool) -> Self {
         let mut c = self.clone();
         for t in &mut c.tools {
             t.quarantined = t.exposed.as_deref().is_some_and(|e| hold(e, &t.sha256));
         }
+        for p in &mut c.surface.prompts {
+            p.quarantined = hold(&crate::surface::prompt_pin_key(&p.exposed), &p.sha256);
+        }
         c
+    }
+
+    /// Every pinned definition: (pins key, digest, quarantined) of each
+    /// exposed tool (key: its name) and prompt (key:
+    /// [`crate::surface::prompt_pin_key`]).
+    pub fn pinned(&self) -> Vec<(String, &str, bool)> {
+        let tools = self
+            .tools
+            .iter()
+            .filter_map(|t| Some((t.exposed.clone()?, t.sha256.as_str(), t.quarantined)));
+        let prompts = self.surface.prompts.iter().map(|p| {
+            (
+                crate::surface::prompt_pin_key(&p.exposed),
+                p.sha256.as_str(),
+                p.quarantined,
+            )
+        });
+        tools.chain(prompts).collect()
     }
 
     /// Builds the catalog of upstream `idx` from the `result` objects of its

@@ -110,6 +110,8 @@ pub struct TargetRoute<'a> {
     pub upstream: usize,
     /// The prompt's name or the resource's URI on the upstream.
     pub name: &'a str,
+    /// The prompt's definition is held back by pinning: refused.
+    pub quarantined: bool,
 }
 
 /// Everything a shard needs to decide a call, immutable once built.
@@ -163,7 +165,7 @@ fn listed<'e>(
     patterns: &[Box<str>],
 ) -> Arc<str> {
     let mut out = String::from("[");
-    for e in entries {
+    for e in entries.filter(|e| !e.quarantined) {
         if patterns.iter().any(|p| glob_match(p, &e.exposed)) {
             if out.len() > 1 {
                 out.push(',');
@@ -437,8 +439,16 @@ impl Snapshot {
                 .surface
                 .prompt(name)
                 .filter(|p| p.exposed == exposed)
-                .map(|_| TargetRoute { upstream, name }),
-            None => Some(TargetRoute { upstream, name }),
+                .map(|p| TargetRoute {
+                    upstream,
+                    name,
+                    quarantined: p.quarantined,
+                }),
+            None => Some(TargetRoute {
+                upstream,
+                name,
+                quarantined: false,
+            }),
         }
     }
 
@@ -459,7 +469,11 @@ impl Snapshot {
             .upstreams
             .iter()
             .position(|u| &*u.name == upstream)
-            .map(|upstream| TargetRoute { upstream, name }))
+            .map(|upstream| TargetRoute {
+                upstream,
+                name,
+                quarantined: false,
+            }))
     }
 
     /// The route of resource template `exposed` (a `uriTemplate` as
@@ -473,7 +487,11 @@ impl Snapshot {
         self.upstreams
             .iter()
             .position(|u| &*u.name == upstream)
-            .map(|upstream| TargetRoute { upstream, name })
+            .map(|upstream| TargetRoute {
+                upstream,
+                name,
+                quarantined: false,
+            })
     }
 
     /// Which `[[output_rules]]` act on the results `agent` gets from

@@ -46,6 +46,17 @@ pub struct Entry {
     pub exposed: String,
     /// The definition as agents see it (compact JSON object).
     pub json: String,
+    /// SHA-256 (hex) of `json`: what pins compare (prompts).
+    pub sha256: String,
+    /// Held back by pinning (a prompt changed since approved, or new and
+    /// not yet approved): hidden from the list, refused on get.
+    pub quarantined: bool,
+}
+
+/// The pins key of prompt `exposed`: prompts and tools are pinned in one
+/// file, and a prompt may share its name with a tool.
+pub fn prompt_pin_key(exposed: &str) -> String {
+    format!("prompt:{exposed}")
 }
 
 /// The prompts, resources and templates of one upstream, in upstream order.
@@ -86,10 +97,13 @@ impl Surface {
                         continue;
                     }
                     let Some(exposed) = f(name) else { continue };
+                    let json = render(item, key, &exposed);
                     out.push(Entry {
                         name: name.to_owned(),
-                        json: render(item, key, &exposed),
+                        sha256: crate::pins::definition_hash(&json),
+                        json,
                         exposed,
+                        quarantined: false,
                     });
                 }
             }

@@ -36,6 +36,30 @@ impl AdminApi {
                 }
                 out.insert(exposed.clone(), v);
             }
+            // Prompts are pinned beside tools, under `prompt:{name}`.
+            for p in &cat.surface.prompts {
+                let key = toolgate_decision::surface::prompt_pin_key(&p.exposed);
+                let (pinned, status) = match self.shared.pin_status(&key, &p.sha256) {
+                    None => (None, "unpinned"),
+                    Some((p, PinStatus::Pinned)) => (p, "pinned"),
+                    Some((p, PinStatus::Changed)) => (p, "changed"),
+                    Some((p, PinStatus::New)) => (p, "new"),
+                };
+                let mut v = json!({
+                    "kind": "prompts",
+                    "id": key,
+                    "upstream": &*up.name,
+                    "prompt": p.name,
+                    "digest": p.sha256,
+                    "pinned_digest": pinned,
+                    "status": status,
+                    "quarantined": p.quarantined,
+                });
+                if definition {
+                    v["definition"] = serde_json::from_str(&p.json).unwrap_or(Value::Null);
+                }
+                out.insert(key, v);
+            }
         }
         out
     }

@@ -135,6 +135,9 @@ impl Gateway {
         .ok_or_else(unknown)?;
         let upstream_name = &snap.upstreams[route.upstream].name;
         ctx.upstream = Some(Arc::clone(upstream_name));
+        if route.quarantined {
+            return Err(Refusal::new(RefusalKind::PromptQuarantined));
+        }
         ctx.user = user_of(agent, req, ctx.user.take())?;
         let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
         let verdict = match &snap.engine {
@@ -271,6 +274,9 @@ impl Gateway {
             Kind::Resource => Refusal::new(RefusalKind::UnknownResource),
         })?;
         ctx.upstream = Some(Arc::clone(&snap.upstreams[route.upstream].name));
+        if route.quarantined {
+            return Err(Refusal::new(RefusalKind::PromptQuarantined));
+        }
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(br#""ref":{"type":"#);
         write_str(

@@ -1,7 +1,7 @@
-//! `toolgate tools …`: list every upstream's tools as agents would see
-//! them (with their pin state under `[tool_pins]`, and the HTTP operation
-//! each tool of an `openapi` upstream becomes); approve their current
-//! definitions (`[tool_pins]`).
+//! `toolgate tools …`: list every upstream's tools (and prompts, as
+//! `prompt:{name}`) as agents would see them (with their pin state under
+//! `[tool_pins]`, and the HTTP operation each tool of an `openapi`
+//! upstream becomes); approve their current definitions (`[tool_pins]`).
 
 use std::path::PathBuf;
 
@@ -28,7 +28,7 @@ pub enum ToolsCommand {
         /// Configuration file (TOML).
         #[arg(short, long, value_name = "FILE", default_value = "toolgate.toml")]
         config: PathBuf,
-        /// Exposed tool names to approve.
+        /// Exposed tool names to approve (a prompt as `prompt:{name}`).
         #[arg(value_name = "TOOL", required_unless_present = "all")]
         tools: Vec<String>,
         /// Approve every tool that is new or changed.
@@ -58,14 +58,23 @@ pub fn run(command: ToolsCommand) -> anyhow::Result<()> {
         .filter_map(|(c, u)| Some((c.as_ref()?, u)))
         .flat_map(|(c, u)| {
             let surface = surfaces.get(u.name()).map(|s| s.load());
-            c.tools.iter().filter_map(move |t| {
+            let tools = c.tools.iter().filter_map(move |t| {
                 let http = surface
                     .as_ref()
                     .and_then(|s| s.get(&t.name))
                     .map(|op| format!("  {} {}", op.method, op.path))
                     .unwrap_or_default();
                 Some((t.exposed.clone()?, t.sha256.clone(), http))
-            })
+            });
+            // Prompts are pinned beside tools, under `prompt:{name}`.
+            let prompts = c.surface.prompts.iter().map(|p| {
+                (
+                    toolgate_decision::surface::prompt_pin_key(&p.exposed),
+                    p.sha256.clone(),
+                    String::new(),
+                )
+            });
+            tools.chain(prompts)
         })
         .collect();
     let Some(path) = pins_file else {

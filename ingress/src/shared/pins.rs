@@ -33,21 +33,28 @@ impl Shared {
         let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         let Some(pins) = guard.as_mut() else { return };
         let mut added = 0;
-        for t in &cat.tools {
-            let Some(name) = t.exposed.as_deref() else {
-                continue;
+        for (name, sha256, _) in cat.pinned() {
+            let name = name.as_str();
+            let what = if name.starts_with("prompt:") {
+                "prompt"
+            } else {
+                "tool"
             };
-            match pins.status(name, &t.sha256) {
+            match pins.status(name, sha256) {
                 PinStatus::Pinned => {}
                 PinStatus::New if pin_new => {
-                    pins.pin(name, &t.sha256);
+                    pins.pin(name, sha256);
                     added += 1;
                 }
                 PinStatus::New => {
-                    tracing::warn!(tool = name, sha256 = %t.sha256, "new tool held back until approved (`toolgate tools approve`)");
+                    tracing::warn!(
+                        tool = name,
+                        sha256,
+                        "new {what} held back until approved (`toolgate tools approve`)"
+                    );
                 }
                 PinStatus::Changed => {
-                    tracing::error!(tool = name, pinned = pins.get(name).unwrap_or(""), now = %t.sha256, "tool definition changed since it was approved; review it and run `toolgate tools approve`");
+                    tracing::error!(tool = name, pinned = pins.get(name).unwrap_or(""), now = sha256, "{what} definition changed since it was approved; review it and run `toolgate tools approve`");
                 }
             }
         }

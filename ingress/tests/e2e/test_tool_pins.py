@@ -110,3 +110,56 @@ def test_new_tools_wait_for_approval_without_pin_new(tmp_path, upstreams):
         assert call(gate, "crm__lookup_customer", {"customer_id": "C-1"}).status_code == 200
     finally:
         release_gate(gate)
+
+
+def test_a_changed_prompt_is_quarantined_until_approved(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    docs = UpstreamProc("docs", "json").start(logs)
+    try:
+        agent = Agent("support-bot", ["docs__search"], prompts=["docs__*"])
+        gate = start_gate(tmp_path / "gate", [UpstreamCfg(name="docs", url=docs.url)], [agent],
+                          extra_toml="[tool_pins]\n", start=False)
+        text = gate.config_path.read_text().replace(f'url = "{docs.url}"', f'url = "{docs.url}"\ncatalog_refresh_s = 1')
+        gate.config_path.write_text(text)
+        gate.start()
+
+        def prompts() -> list[str]:
+            r = httpx.post(gate.url, json=modern_request("prompts/list"),
+                           headers=modern_headers("prompts/list", None, agent.key), timeout=HTTP_TIMEOUT_S)
+            return [p["name"] for p in r.json()["result"]["prompts"]]
+
+        def get() -> httpx.Response:
+            params = {"name": "docs__summarize", "arguments": {"topic": "x"}}
+            return httpx.post(gate.url, json=modern_request("prompts/get", params),
+                              headers=modern_headers("prompts/get", "docs__summarize", agent.key),
+                              timeout=HTTP_TIMEOUT_S)
+
+        try:
+            assert sorted(prompts()) == ["docs__internal", "docs__summarize"]
+            assert get().status_code == 200
+            pins = json.loads((gate.workdir / "tool-pins.json").read_text())["tools"]
+            assert {"docs__search", "prompt:docs__summarize", "prompt:docs__internal"} <= set(pins)
+
+            docs.stop()
+            docs = UpstreamProc("docs", "json", port=docs.port, env={"TOOL_DESCRIPTION_SUFFIX": POISON}).start(logs)
+            assert wait_for(lambda: prompts() == ["docs__internal"]), prompts()
+            before = gate.audit_len()
+            r = get()
+            assert r.status_code == 403 and r.json()["error"]["code"] == FORBIDDEN, r.text
+            [rec] = gate.audit_after(before)
+            assert (rec["method"], rec["target"], rec["reason"]) == (
+                "prompts/get", "docs__summarize", "prompt_quarantined")
+            assert "prompt definition changed" in gate.stderr_text()
+            shown = tools_cli(gate, "list")
+            assert any(l.startswith("CHANGED") and "prompt:docs__summarize" in l
+                       for l in shown.stdout.splitlines()), shown.stdout
+
+            ok = tools_cli(gate, "approve", "prompt:docs__summarize")
+            assert ok.returncode == 0, ok.stderr
+            assert wait_for(lambda: "docs__summarize" in prompts())
+            assert get().status_code == 200
+        finally:
+            release_gate(gate)
+    finally:
+        docs.stop()

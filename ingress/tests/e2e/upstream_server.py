@@ -201,7 +201,7 @@ def build_docs() -> MCPServer:
     def page(page: str) -> str:
         return f"page {page}: " + DOCS.get(f"{page}.md", "(none)")
 
-    @server.prompt(description="Summarize a topic for a customer.")
+    @server.prompt(description="Summarize a topic for a customer." + os.environ.get("TOOL_DESCRIPTION_SUFFIX", ""))
     def summarize(topic: str, audience: str = "customer") -> str:
         return f"Summarize {topic} for a {audience}. Escalations go to ada@example.com."
 
