@@ -8,7 +8,9 @@
 //! attached tools still route); a fetched catalog is refreshed every
 //! `catalog_refresh_s`. Every fetch publishes a new snapshot, with changed
 //! definitions quarantined when `[tool_pins]` is on. An upstream that goes
-//! (or changes) has its fetcher stopped.
+//! (or changes) has its fetcher stopped. A stdio server that announces a
+//! list change (`notifications/*/list_changed`) has its lists fetched again
+//! within [`LIST_CHANGE_POLL`], pins applying as at any fetch.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -24,6 +26,8 @@ use crate::shared::Shared;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the set of upstreams is compared with the running snapshot's.
 const WATCH: Duration = Duration::from_millis(20);
+/// How often a fetcher looks whether its upstream announced a list change.
+const LIST_CHANGE_POLL: Duration = Duration::from_millis(100);
 
 /// Runs one fetcher per upstream of the running snapshot, starting and
 /// stopping them as the upstreams change; never returns.
@@ -95,6 +99,12 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInf
             }
         };
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        glommio::timer::sleep(wait).await;
+        // Until the timer, or until the upstream says its lists changed.
+        let changes = upstream.list_changes();
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until && upstream.list_changes() == changes {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            glommio::timer::sleep(left.min(LIST_CHANGE_POLL)).await;
+        }
     }
 }

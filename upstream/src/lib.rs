@@ -305,6 +305,16 @@ impl Upstream {
         Ok(listing)
     }
 
+    /// How many times the upstream has announced that its lists changed
+    /// (`notifications/*/list_changed`): a stdio server's; 0 for the
+    /// other kinds, whose lists are fetched again on their timer.
+    pub fn list_changes(&self) -> u64 {
+        match &self.kind {
+            Kind::Stdio(c) => c.list_changes(),
+            Kind::Mcp(_) | Kind::OpenApi(_) => 0,
+        }
+    }
+
     /// The REST API client, for an upstream described by an OpenAPI
     /// document (the REST door routes through its operations).
     pub fn openapi(&self) -> Option<&openapi::OpenApiClient> {

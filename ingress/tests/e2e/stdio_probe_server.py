@@ -17,6 +17,7 @@ raise, so the agent sees what happened as the tool's text:
   process exits at once with status 70 (as a C or Node server aborts)
 * ``sleep(seconds)``       -- answers ``slept`` after that long
 * ``echo(text)``           -- ``text``
+* ``grow(name)``           -- adds a tool ``name`` and sends ``notifications/tools/list_changed``
 
 It writes ``stdio-probe started`` to stderr when it starts (the line must
 reach toolgate's log).
@@ -35,7 +36,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 CHUNK_MB = 16
 
@@ -142,6 +143,14 @@ async def sleep(seconds: float) -> str:
     """Answer after ``seconds``."""
     await asyncio.sleep(seconds)
     return "slept"
+
+
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Adds a tool ``name`` (answering ``grown``) and announces that the tool list changed."""
+    server.add_tool(lambda: "grown", name=name, description="Added at run time.")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
 
 
 @server.tool()

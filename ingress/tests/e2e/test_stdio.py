@@ -561,6 +561,30 @@ def test_everything_server_prompts_resources_and_completions(stdio_gate):
         k: v for k, v in features["redactions"][0].items() if k != "count"}
 
 
+def test_a_list_change_from_a_stdio_server_refreshes_its_catalog(stdio_gate):
+    """The probe adds a tool and announces it: toolgate fetches the lists
+    again long before ``catalog_refresh_s`` (an hour here), and the new
+    tool, attached beforehand, is listed and called."""
+    tag = new_tag("grow")
+    agent = Agent("probe-bot", ["probe__grow", "probe__echo", "probe__late"])
+    gate = stdio_gate(probe_upstream_toml("probe", tag, catalog_refresh_s=3600), [agent])
+
+    async def scenario():
+        with anyio.fail_after(SCENARIO_TIMEOUT_S):
+            async with sdk_client_cm(gate.url, agent.key, "auto") as client:
+                names = {t.name for t in (await client.list_tools()).tools}
+                assert "probe__late" not in names and "probe__grow" in names
+                assert await call_text(client, "probe__grow", {"name": "late"}) == "added late"
+                deadline = time.monotonic() + 10
+                while "probe__late" not in {t.name for t in (await client.list_tools()).tools}:
+                    assert time.monotonic() < deadline, "the list change was not picked up"
+                    await anyio.sleep(0.1)
+                assert await call_text(client, "probe__late") == "grown"
+
+    anyio.run(scenario)
+    assert "says its lists changed" in gate.stderr_text()
+
+
 # --------------------------------------------------------------------------
 # c. the sandbox, seen from the inside
 # --------------------------------------------------------------------------

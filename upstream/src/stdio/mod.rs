@@ -29,6 +29,11 @@ pub struct StdioClient {
 }
 
 impl StdioClient {
+    /// How many list changes its server has announced.
+    pub fn list_changes(&self) -> u64 {
+        self.pool.list_changes()
+    }
+
     /// A handle on `pool`, serving `info`.
     pub fn new(info: UpstreamInfo, pool: Arc<Pool>) -> Self {
         Self { info, pool }

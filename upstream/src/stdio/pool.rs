@@ -96,6 +96,11 @@ impl Pool {
         self.shared.name()
     }
 
+    /// How many list changes the shared process has announced.
+    pub fn list_changes(&self) -> u64 {
+        self.shared.list_changes()
+    }
+
     /// How the shared process stands (users' processes come and go).
     pub fn health(&self) -> Health {
         self.shared.health()

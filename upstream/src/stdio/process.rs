@@ -85,6 +85,8 @@ struct Inner {
     unhealthy: AtomicBool,
     restarts: AtomicU64,
     pid: AtomicU32,
+    /// How many `notifications/*/list_changed` the server has sent.
+    list_changes: AtomicU64,
 }
 
 /// Where one call's answer lands.
@@ -205,6 +207,7 @@ impl Process {
             unhealthy: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             pid: AtomicU32::new(0),
+            list_changes: AtomicU64::new(0),
         });
         let sup = Supervisor {
             inner: Arc::clone(&inner),
@@ -232,6 +235,12 @@ impl Process {
     /// Calls waiting on it now.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// How many list changes (`notifications/*/list_changed`) the server
+    /// has announced since toolgate started it.
+    pub fn list_changes(&self) -> u64 {
+        self.inner.list_changes.load(Ordering::Relaxed)
     }
 
     /// How it stands now.
@@ -487,8 +496,8 @@ impl Supervisor {
             }),
             spawn_named(&name, "out", {
                 let (tx, wtx, max) = (tx.clone(), wtx.clone(), self.max_response_bytes);
-                let name = Arc::clone(&name);
-                move || read_loop(&name, stdout, tx, wtx, generation, max)
+                let inner = Arc::clone(&self.inner);
+                move || read_loop(&inner, stdout, tx, wtx, generation, max)
             }),
             spawn_named(&name, "err", {
                 let name = Arc::clone(&name);
@@ -740,13 +749,14 @@ fn memchr_newline(b: &[u8]) -> Option<usize> {
 }
 
 fn read_loop(
-    name: &str,
+    inner: &Inner,
     stdout: ChildStdout,
     tx: SyncSender<Msg>,
     wtx: SyncSender<Vec<u8>>,
     generation: u64,
     max: usize,
 ) {
+    let name = &*inner.name;
     let mut r = BufReader::with_capacity(64 * 1024, stdout);
     let mut buf = Vec::new();
     let mut parser = JsonParser::new();
@@ -781,6 +791,13 @@ fn read_loop(
                 let _ = wtx.try_send(answer);
             }
             Incoming::Notification => {}
+            Incoming::ListChanged => {
+                tracing::info!(
+                    upstream = name,
+                    "stdio upstream says its lists changed: fetching them again"
+                );
+                inner.list_changes.fetch_add(1, Ordering::Relaxed);
+            }
             Incoming::Invalid => {
                 tracing::warn!(
                     upstream = name,
@@ -797,6 +814,8 @@ enum Incoming {
     Reply(Id, bool),
     /// A request of the server's: the answer to write back.
     Request(Vec<u8>),
+    /// `notifications/tools/list_changed` (or prompts, resources).
+    ListChanged,
     Notification,
     Invalid,
 }
@@ -815,7 +834,14 @@ fn classify(parser: &mut JsonParser, line: &[u8]) -> Incoming {
     let id = v.get("id");
     if let Some(method) = v.get("method") {
         let Some(id) = id else {
-            return Incoming::Notification;
+            return match method.as_str() {
+                Some(
+                    "notifications/tools/list_changed"
+                    | "notifications/prompts/list_changed"
+                    | "notifications/resources/list_changed",
+                ) => Incoming::ListChanged,
+                _ => Incoming::Notification,
+            };
         };
         let mut answer = Vec::with_capacity(160);
         answer.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
@@ -932,6 +958,14 @@ mod tests {
             ),
             Incoming::Notification
         ));
+        for list in ["tools", "prompts", "resources"] {
+            let line =
+                format!(r#"{{"jsonrpc":"2.0","method":"notifications/{list}/list_changed"}}"#);
+            assert!(matches!(
+                classify(&mut p, line.as_bytes()),
+                Incoming::ListChanged
+            ));
+        }
         let Incoming::Request(a) = classify(
             &mut p,
             br#"{"jsonrpc":"2.0","id":"r1","method":"roots/list"}"#,
