@@ -101,6 +101,13 @@ pub struct AgentSpec {
     /// Tools attached to the agent, by exposed name (`{prefix}__{tool}`).
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Prompts attached to the agent, by exposed name; `*` globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<String>,
+    /// Resources attached to the agent, by exposed URI
+    /// (`toolgate://{upstream}/{uri}`); `*` globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
     /// Groups of the agent (`Toolgate::Group` in policies).
     #[serde(default)]
     pub groups: Vec<String>,

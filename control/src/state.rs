@@ -232,6 +232,8 @@ impl State {
             let Spec::Agent(a) = &e.spec else { continue };
             let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
             let tools = a.tools.iter().map(|t| spanned(t)).collect();
+            let prompts: Vec<Spanned<String>> = a.prompts.iter().map(|t| spanned(t)).collect();
+            let resources: Vec<Spanned<String>> = a.resources.iter().map(|t| spanned(t)).collect();
             let scopes: Vec<(String, ToolScope)> = a
                 .scopes
                 .iter()
@@ -246,6 +248,8 @@ impl State {
             match cfg.config.agents.iter_mut().find(|x| x.id.get_ref() == id) {
                 Some(x) => {
                     x.tools = tools;
+                    x.prompts = prompts;
+                    x.resources = resources;
                     x.scopes = scopes;
                     x.groups = a.groups.clone();
                     x.act_for_users = a.act_for_users;
@@ -263,8 +267,8 @@ impl State {
                         client_cert_names: Vec::new(),
                         rate_limit: None,
                         tools,
-                        prompts: Vec::new(),
-                        resources: Vec::new(),
+                        prompts,
+                        resources,
                         groups: a.groups.clone(),
                         act_for_users: a.act_for_users,
                         customer: a.customer.clone(),
@@ -668,6 +672,8 @@ mod tests {
     fn agent(tools: &[&str]) -> Spec {
         Spec::Agent(AgentSpec {
             tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            prompts: vec![],
+            resources: vec![],
             groups: vec![],
             act_for_users: false,
             api_key_sha256: None,

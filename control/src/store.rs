@@ -219,6 +219,8 @@ mod tests {
                     pre: Precondition::IfNoneMatch,
                     spec: Some(Spec::Agent(AgentSpec {
                         tools: vec!["crm__a".into()],
+                        prompts: vec![],
+                        resources: vec![],
                         groups: vec!["g".into()],
                         act_for_users: true,
                         api_key_sha256: None,

@@ -123,6 +123,24 @@ impl AdminApi {
             let Some(Spec::Agent(a)) = c.new.as_ref().map(|e| &e.spec) else {
                 continue;
             };
+            for p in &a.prompts {
+                if eff.namer.route(p).is_none() {
+                    problems.push(format!(
+                        "agent `{}`: prompt `{p}` names no configured upstream (expected `{{prefix}}__{{prompt}}`)",
+                        c.id
+                    ));
+                }
+            }
+            for r in &a.resources {
+                let known = toolgate_core::resource_uri::split(r)
+                    .is_ok_and(|(u, _)| eff.upstream(u).is_some());
+                if !known {
+                    problems.push(format!(
+                        "agent `{}`: resource `{r}` names no configured upstream (expected `toolgate://{{upstream}}/{{uri}}`)",
+                        c.id
+                    ));
+                }
+            }
             for t in &a.tools {
                 let Some((up, tool)) = eff.namer.route(t) else {
                     continue;

@@ -253,3 +253,39 @@ def test_the_demo_serves_a_customer_resource_and_a_prompt(tmp_path):
 
         anyio.run(support)
         anyio.run(billing)
+
+
+def test_prompts_and_resources_are_attached_through_the_admin_api(make_gate, docs):
+    from harness import free_port, new_api_key, wait_for_port
+    from test_admin_api import Admin, admin_toml
+
+    token, sha = new_api_key()
+    port = free_port()
+    reader = Agent("reader", ["docs__search"])
+    gate = make_gate(upstream_list=[UpstreamCfg("docs", docs.url)], agents=[reader],
+                     extra_toml=admin_toml(port, sha))
+    wait_for_port(port, 30, gate.proc)
+    admin = Admin(port, token)
+    try:
+        async def visible() -> tuple[list[str], list[str]]:
+            async with sdk_client_cm(gate.url, reader.key, "legacy") as client:
+                prompts = [p.name for p in (await client.list_prompts()).prompts]
+                uris = sorted(str(r.uri) for r in (await client.list_resources()).resources)
+                return prompts, uris
+
+        assert anyio.run(visible) == ([], [])
+        doc = {"tools": ["docs__search"], "prompts": ["docs__summarize"],
+               "resources": ["toolgate://docs/file:///public/*"]}
+        r = admin.put("agents/reader", doc)
+        assert r.status_code in (200, 201), r.text
+        assert anyio.run(visible) == (["docs__summarize"], [PLAN, README])
+        assert admin.get("agents/reader").json()["spec"]["prompts"] == ["docs__summarize"]
+
+        version = admin.version("agents/reader")
+        bad = admin.put("agents/reader", {**doc, "resources": ["toolgate://nope/*"]}, version)
+        assert bad.status_code == 422 and "names no configured upstream" in bad.text, bad.text
+        r = admin.put("agents/reader", {"tools": ["docs__search"]}, version)
+        assert r.status_code == 200, r.text
+        assert anyio.run(visible) == ([], [])
+    finally:
+        admin.close()
