@@ -133,6 +133,9 @@ pub struct Engine {
     entities: Entities,
     agent_groups: HashMap<String, Vec<String>>,
     slices: std::sync::Mutex<HashMap<Vec<PolicyId>, Arc<Slice>>>,
+    /// The `context.session` attributes and labels any policy reads: what
+    /// a decision on the whole set ([`Engine::decide_target`]) needs.
+    session: (u16, u32),
 }
 
 impl std::fmt::Debug for Engine {
@@ -258,11 +261,19 @@ impl Engine {
         }
         let entities = Entities::from_entities(list, None).unwrap_or_else(|_| Entities::empty());
         let agent_groups = agents.iter().cloned().collect();
+        let session = bundle.set.policies().fold((0, 0), |(f, l), p| {
+            let text = p.to_string();
+            (
+                f | crate::session::fields_read(&text),
+                l | crate::session::labels_read(&text),
+            )
+        });
         Self {
             bundle,
             entities,
             agent_groups,
             slices: Default::default(),
+            session,
         }
     }
 
@@ -395,7 +406,8 @@ impl Engine {
     /// whole policy set: such requests are rare beside tool calls, and
     /// their resources (URIs) are not known before the request, so there
     /// is nothing to precompile. `facts.tool` is not used; the context
-    /// carries the target under its attribute instead. The target is an
+    /// carries the target under its attribute instead, and the session's
+    /// facts when `facts` has them. The target is an
     /// entity of `facts.upstream`, so `resource in Toolgate::Upstream::"…"`
     /// works.
     pub fn decide_target(&self, target: &Target<'_>, facts: &CallFacts<'_, '_>) -> Verdict {
@@ -419,6 +431,12 @@ impl Engine {
             target.attribute.to_owned(),
             RestrictedExpression::new_string(target.id.to_owned()),
         ));
+        if let Some(view) = &facts.session {
+            match view.to_cedar(self.session.0, self.session.1) {
+                Ok(s) => pairs.push(("session".to_owned(), s)),
+                Err(_) => return deny(Reason::PolicyError),
+            }
+        }
         let Ok(context) = Context::from_pairs(pairs) else {
             return deny(Reason::PolicyError);
         };

@@ -138,7 +138,8 @@ pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) ->
                     attribute: {"type": "String"},
                     "upstream": {"type": "String"},
                     "customer": {"type": "String"},
-                    "user": {"type": "Entity", "name": "User", "required": false}
+                    "user": {"type": "Entity", "name": "User", "required": false},
+                    "session": session
                 }}
             }
         })

@@ -116,7 +116,15 @@ impl Gateway {
                 return Err(unknown());
             }
         }
-        ctx.session = self.enter_session(snap, agent, req, route, call, ctx);
+        ctx.session = self.enter_session(
+            snap,
+            agent,
+            req,
+            route.labels,
+            &route.exposed,
+            call.arguments,
+            ctx,
+        );
         let who = OnBehalf {
             user: ctx.user.as_deref(),
             groups,

@@ -17,10 +17,9 @@
 
 use std::sync::Arc;
 
-use toolgate_core::jsonrpc::ToolCall;
 use toolgate_decision::session::shared::{record_args, shared_key};
 use toolgate_decision::session::{Entry, Recorded, SessionFacts, SessionView};
-use toolgate_decision::{Agent, Route, Snapshot};
+use toolgate_decision::{Agent, Snapshot};
 
 use super::ctx::{now_secs, CallCtx};
 use super::identify::user_of;
@@ -151,19 +150,27 @@ impl Gateway {
         }
     }
 
-    /// Enters the call in its session, when policies read sessions.
+    /// Enters the call in its session, when policies read sessions: a
+    /// call of `name` (an exposed tool, or a prompt or resource URI, which
+    /// have no labels) with label bits `labels` and `arguments`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the call's parts, as admission holds them"
+    )]
     pub(super) fn enter_session(
         &self,
         snap: &Snapshot,
         agent: &Agent,
         req: &Request<'_>,
-        route: &Route,
-        call: &ToolCall<'_>,
+        labels: u32,
+        name: &Arc<str>,
+        arguments: Option<simd_json::tape::Value<'_, '_>>,
         ctx: &CallCtx,
     ) -> Option<InSession> {
         if !snap.sessions_used {
             return None;
         }
+        let bits = labels;
         let labels = Arc::clone(&snap.label_names);
         let distinct = Arc::clone(&snap.distinct);
         let Some(table) = self.shared.sessions.get() else {
@@ -179,7 +186,7 @@ impl Gateway {
         };
         let parts = self.session_parts(agent, req, ctx, ctx.user.as_deref());
         let key = parts.with(|p| table.key(p));
-        let recorded = table.recorded(route.labels, &route.exposed, &snap.distinct, call.arguments);
+        let recorded = table.recorded(bits, name, &snap.distinct, arguments);
         let entry = table.enter(key, now_secs());
         let mut facts = entry.facts(recorded.tool);
         let shared = if table.is_shared() {
@@ -188,13 +195,7 @@ impl Gateway {
                 // Redis unreachable: what other replicas did is not known.
                 facts.known = false;
             }
-            sync.map(|s| {
-                (
-                    parts.with(shared_key),
-                    Arc::clone(&route.exposed),
-                    Arc::clone(s),
-                )
-            })
+            sync.map(|s| (parts.with(shared_key), Arc::clone(name), Arc::clone(s)))
         } else {
             None
         };

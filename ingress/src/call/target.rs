@@ -139,6 +139,10 @@ impl Gateway {
             return Err(Refusal::new(RefusalKind::PromptQuarantined));
         }
         ctx.user = user_of(agent, req, ctx.user.take())?;
+        // In its session like a tool call without labels: policies read
+        // the session's facts, and the request counts among its calls.
+        let name: Arc<str> = Arc::from(exposed);
+        ctx.session = self.enter_session(snap, agent, req, 0, &name, args, ctx);
         let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
         let verdict = match &snap.engine {
             None => Verdict::Allow {
@@ -153,7 +157,7 @@ impl Gateway {
                     upstream: upstream_name,
                     customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
                     args: args.filter(|_| kind == Kind::Prompt),
-                    session: None,
+                    session: ctx.session.as_ref().map(|s| s.view()),
                 };
                 engine.decide_target(
                     &Target {
@@ -600,5 +604,25 @@ resources = ["toolgate://crm/file:///public/*"]"#;
             complete(r#"{"type":"ref/tool","name":"crm__lookup"}"#).err(),
             Some(RefusalKind::InvalidParams)
         );
+    }
+
+    #[test]
+    fn session_policies_on_every_action_evaluate_for_reads() {
+        let gw = gateway_with(
+            ATTACHED,
+            "[policies]\nfiles = []",
+            &[r#"
+                permit(principal, action, resource);
+                @id("after-destructive") @judge("after-destructive")
+                permit(principal, action, resource)
+                when { context.session.last_labels.contains("destructive") };
+                @id("busy")
+                forbid(principal, action == Toolgate::Action::"resources/read", resource)
+                when { context.session.in_flight > 5 };
+            "#],
+        );
+        let (out, reason, _) = plan(&gw, &read("toolgate://crm/file:///public/a.md"));
+        assert!(out.is_ok(), "{out:?}");
+        assert_eq!(reason, Reason::AllowedByPolicy);
     }
 }
