@@ -537,6 +537,16 @@ impl Snapshot {
             })
     }
 
+    /// The template variables of resource `uri` (the upstream's own) of
+    /// upstream `upstream`, when one of its templates matches it.
+    pub fn template_args(&self, upstream: usize, uri: &str) -> Option<Vec<(String, String)>> {
+        self.catalogs
+            .get(upstream)?
+            .as_ref()?
+            .surface
+            .template_vars(uri)
+    }
+
     /// Which `[[output_rules]]` act on the results `agent` gets from
     /// `exposed` (a prompt name or resource URI, matched against the rules'
     /// `tools` globs), by index into [`Snapshot::output_rules`].
@@ -697,10 +707,19 @@ impl Snapshot {
             .collect();
         prompt_args.sort();
         prompt_args.dedup();
+        let mut template_vars: Vec<String> = self
+            .catalogs
+            .iter()
+            .flatten()
+            .flat_map(|c| c.surface.template_var_names())
+            .collect();
+        template_vars.sort();
+        template_vars.dedup();
         let vocabulary = crate::policy::Vocabulary {
             labels: toolgate_core::config::validate::configured_labels(&cfg.config),
             distinct: cfg.config.sessions.distinct.clone(),
             prompt_args,
+            template_vars,
         };
         crate::policy::schema_json(&tools, &vocabulary)
     }

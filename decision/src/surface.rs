@@ -133,6 +133,28 @@ impl Surface {
         self.prompts.iter().find(|p| p.name == name)
     }
 
+    /// The variables of the first template that `uri` (the upstream's
+    /// own) matches, with their values: what a read of a URI made from a
+    /// template gives policy as `context.args`. `None` when no template
+    /// matches.
+    pub fn template_vars(&self, uri: &str) -> Option<Vec<(String, String)>> {
+        self.templates
+            .iter()
+            .find_map(|t| match_template(&t.name, uri))
+    }
+
+    /// Every variable name of the templates.
+    pub fn template_var_names(&self) -> Vec<String> {
+        self.templates
+            .iter()
+            .flat_map(|t| parts(&t.name).into_iter())
+            .filter_map(|p| match p {
+                Part::Var(name, _) => Some(name.to_owned()),
+                Part::Literal(_) => None,
+            })
+            .collect()
+    }
+
     /// The declared `arguments` of prompt `name`: (name, required).
     pub fn prompt_arguments(&self, name: &str) -> Option<Vec<(String, bool)>> {
         let p = self.prompt(name)?;
@@ -151,6 +173,100 @@ impl Surface {
                 })
                 .unwrap_or_default(),
         )
+    }
+}
+
+/// A piece of a URI template (RFC 6570, the forms MCP servers use).
+#[derive(Debug, PartialEq, Eq)]
+enum Part<'t> {
+    Literal(&'t str),
+    /// A variable and whether it may hold `/` (`{+var}` and `{#var}`
+    /// expand reserved characters; `{var}` does not).
+    Var(&'t str, bool),
+}
+
+/// The literal and variable parts of `template`; an expression with
+/// several variables or a modifier (`{a,b}`, `{var*}`, `{?q}`) makes the
+/// template one that matches nothing.
+fn parts(template: &str) -> Vec<Part<'_>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            out.push(Part::Literal(&rest[..open]));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return Vec::new();
+        };
+        let expr = &rest[open + 1..open + close];
+        let (name, reserved) = match expr.as_bytes().first() {
+            Some(b'+' | b'#') => (&expr[1..], true),
+            _ => (expr, false),
+        };
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        if !plain {
+            return Vec::new();
+        }
+        out.push(Part::Var(name, reserved));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Part::Literal(rest));
+    }
+    out
+}
+
+/// The variables of `template` that make it `uri`, when it does: each
+/// variable takes at least one character, `{var}` never a `/`; the first
+/// way that fits wins.
+fn match_template(template: &str, uri: &str) -> Option<Vec<(String, String)>> {
+    let parts = parts(template);
+    if parts.is_empty() || !parts.iter().any(|p| matches!(p, Part::Var(..))) {
+        return None;
+    }
+    let mut vars = Vec::new();
+    let mut budget = MATCH_STEPS;
+    fits(&parts, uri, &mut vars, &mut budget).then_some(vars)
+}
+
+/// Most steps one match may take: an upstream's template is untrusted,
+/// and a template of several `{+var}` against a long URI would otherwise
+/// backtrack without bound. Past it, the template does not match.
+const MATCH_STEPS: u32 = 4096;
+
+fn fits(parts: &[Part<'_>], uri: &str, vars: &mut Vec<(String, String)>, budget: &mut u32) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return uri.is_empty();
+    };
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    match first {
+        Part::Literal(l) => uri
+            .strip_prefix(l)
+            .is_some_and(|after| fits(rest, after, vars, budget)),
+        Part::Var(name, reserved) => {
+            let limit = if *reserved {
+                uri.len()
+            } else {
+                uri.find('/').unwrap_or(uri.len())
+            };
+            for end in (1..=limit).rev().filter(|&e| uri.is_char_boundary(e)) {
+                if *budget == 0 {
+                    return false;
+                }
+                vars.push(((*name).to_owned(), uri[..end].to_owned()));
+                if fits(rest, &uri[end..], vars, budget) {
+                    return true;
+                }
+                vars.pop();
+            }
+            false
+        }
     }
 }
 
@@ -179,6 +295,50 @@ pub(crate) fn render(item: Value<'_, '_>, key: &str, exposed: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_variables_are_read_back_from_a_uri() {
+        let vars = |t: &str, u: &str| match_template(t, u);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            vars("file:///public/pages/{page}", "file:///public/pages/guide"),
+            Some(vec![pair("page", "guide")])
+        );
+        assert_eq!(
+            vars(
+                "crm://customers/{id}/orders/{order}",
+                "crm://customers/c-1/orders/o-9"
+            ),
+            Some(vec![pair("id", "c-1"), pair("order", "o-9")])
+        );
+        // A simple variable never takes a path segment separator.
+        assert_eq!(
+            vars("file:///public/pages/{page}", "file:///public/pages/a/b"),
+            None
+        );
+        assert_eq!(
+            vars("file:///{+path}", "file:///a/b/c"),
+            Some(vec![pair("path", "a/b/c")])
+        );
+        assert_eq!(
+            vars("file:///public/pages/{page}", "file:///public/pages/"),
+            None
+        );
+        assert_eq!(
+            vars("file:///x", "file:///x"),
+            None,
+            "no variables, nothing to read"
+        );
+        assert_eq!(
+            vars("file:///{a,b}", "file:///1,2"),
+            None,
+            "unsupported forms match nothing"
+        );
+        // Backtracking is bounded: many reserved variables against a long
+        // URI that cannot match end quickly, unmatched.
+        let long = format!("file:///{}", "a".repeat(2000));
+        assert_eq!(vars("file:///{+a}{+b}{+c}{+d}{+e}z", &long), None);
+    }
 
     #[test]
     fn prompts_resources_and_templates_are_renamed_into_the_upstreams_namespace() {

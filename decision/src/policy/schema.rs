@@ -3,8 +3,10 @@
 //!
 //! One action per exposed tool, and one each for `prompts/get` (on a
 //! `Prompt`, `context.args` the union of the known prompts' arguments, as
-//! strings) and `resources/read` (on a `Resource`, `context.uri`). Its `context.args` record is derived from
-//! the tool's MCP `inputSchema`: `string` → `String`, `integer` → `Long`,
+//! strings) and `resources/read` (on a `Resource`, `context.uri`,
+//! `context.args` the union of the known templates' variables, as
+//! strings). A tool's `context.args` record is derived from the tool's MCP
+//! `inputSchema`: `string` → `String`, `integer` → `Long`,
 //! `boolean` → `Bool`, `array` → `Set`, `object` with `properties` →
 //! `Record` (required as the schema says). Arguments with no Cedar type
 //! (`number`, untyped, unions) are left out of the record, so a policy that
@@ -65,6 +67,9 @@ pub struct Vocabulary {
     /// Every argument name a known prompt declares (`context.args` of
     /// `prompts/get`, all strings, none required).
     pub prompt_args: Vec<String>,
+    /// Every variable name of the known resource templates (`context.args`
+    /// of `resources/read`, all strings, none required).
+    pub template_vars: Vec<String>,
 }
 
 /// `context.session`'s type: the facts of [`crate::session::SessionFacts`]
@@ -123,11 +128,14 @@ pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) ->
             }),
         );
     }
-    let prompt_args: Map<String, Json> = vocabulary
-        .prompt_args
-        .iter()
-        .map(|n| (n.clone(), json!({"type": "String", "required": false})))
-        .collect();
+    let optional_strings = |names: &[String]| -> Map<String, Json> {
+        names
+            .iter()
+            .map(|n| (n.clone(), json!({"type": "String", "required": false})))
+            .collect()
+    };
+    let prompt_args = optional_strings(&vocabulary.prompt_args);
+    let template_vars = optional_strings(&vocabulary.template_vars);
     let target = |kind: &str, attribute: &str, args: Json| {
         json!({
             "appliesTo": {
@@ -157,7 +165,7 @@ pub fn schema_json(tools: &[(String, Option<Json>)], vocabulary: &Vocabulary) ->
         target(
             "Resource",
             "uri",
-            json!({"type": "Record", "attributes": {}}),
+            json!({"type": "Record", "attributes": template_vars}),
         ),
     );
     json!({ NAMESPACE: {

@@ -141,8 +141,29 @@ impl Gateway {
         ctx.user = user_of(agent, req, ctx.user.take())?;
         // In its session like a tool call without labels: policies read
         // the session's facts, and the request counts among its calls.
+        // What policy sees as `context.args`: a prompt's arguments, or the
+        // variables of the template a resource URI was made from.
+        let vars = match kind {
+            Kind::Prompt => None,
+            Kind::Resource => snap.template_args(route.upstream, route.name).map(|vars| {
+                let obj: serde_json::Map<String, serde_json::Value> = vars
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                serde_json::to_vec(&obj).unwrap_or_default()
+            }),
+        };
+        let mut inner = self.inner_parser.borrow_mut();
+        let vars_tape = match &vars {
+            Some(json) => inner.parse(json).ok(),
+            None => None,
+        };
+        let policy_args = match kind {
+            Kind::Prompt => args,
+            Kind::Resource => vars_tape.as_ref().map(|t| t.as_value()),
+        };
         let name: Arc<str> = Arc::from(exposed);
-        ctx.session = self.enter_session(snap, agent, req, 0, &name, args, ctx);
+        ctx.session = self.enter_session(snap, agent, req, 0, &name, policy_args, ctx);
         let groups = ctx.groups.as_deref().filter(|_| ctx.user.is_some());
         let verdict = match &snap.engine {
             None => Verdict::Allow {
@@ -156,7 +177,7 @@ impl Gateway {
                     tool: "",
                     upstream: upstream_name,
                     customer: ctx.customer.as_deref().unwrap_or(&agent.customer),
-                    args: args.filter(|_| kind == Kind::Prompt),
+                    args: policy_args,
                     session: ctx.session.as_ref().map(|s| s.view()),
                 };
                 engine.decide_target(
@@ -182,7 +203,7 @@ impl Gateway {
             Verdict::Judge { policies } => {
                 ctx.policies = Some(Arc::clone(&policies));
                 let mut arguments = Vec::new();
-                match args {
+                match policy_args {
                     Some(a) => write_value(a, &mut arguments),
                     None => arguments.extend_from_slice(b"{}"),
                 }

@@ -482,6 +482,10 @@ permit(principal, action, resource);
 @id("no-architecture")
 forbid(principal, action == Toolgate::Action::"resources/read", resource)
 when { context.uri like "*/architecture.md" };
+
+@id("not-thirteen")
+forbid(principal, action == Toolgate::Action::"resources/read", resource)
+when { context.args has resourceId && context.args.resourceId == "13" };
 """
 
 EVERYTHING_RULES = """
@@ -527,6 +531,10 @@ def test_everything_server_prompts_resources_and_completions(stdio_gate):
                 assert str(features.contents[0].uri) == static + "features.md"
                 dynamic = await client.read_resource("toolgate://everything/demo://resource/dynamic/text/3")
                 assert "3" in dynamic.contents[0].text
+                # The template's variable is policy's `context.args`.
+                with pytest.raises(MCPError) as thirteen:
+                    await client.read_resource("toolgate://everything/demo://resource/dynamic/text/13")
+                assert thirteen.value.code == -32003
                 with pytest.raises(MCPError) as denied:
                     await client.read_resource(static + "architecture.md")
                 assert denied.value.code == -32003
@@ -543,13 +551,15 @@ def test_everything_server_prompts_resources_and_completions(stdio_gate):
                 assert unseen.value.code == -32602
 
     anyio.run(scenario)
-    lines = gate.audit_lines(7, where=lambda l: l["method"] in ("prompts/get", "resources/read",
+    lines = gate.audit_lines(8, where=lambda l: l["method"] in ("prompts/get", "resources/read",
                                                                 "completion/complete"))
     summary = [(l["method"], l["target"], l["decision"], l["reason"]) for l in lines]
     assert sorted(summary) == sorted([
         ("prompts/get", "everything__args-prompt", "allow", "allowed_by_policy"),
         ("resources/read", static + "features.md", "allow", "allowed_by_policy"),
         ("resources/read", "toolgate://everything/demo://resource/dynamic/text/3", "allow", "allowed_by_policy"),
+        ("resources/read", "toolgate://everything/demo://resource/dynamic/text/13", "deny",
+         "forbidden_by_policy"),
         ("resources/read", static + "architecture.md", "deny", "forbidden_by_policy"),
         ("resources/read", "toolgate://everything/demo://resource/dynamic/blob/1", "deny",
          "resource_not_attached"),
