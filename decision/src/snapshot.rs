@@ -165,6 +165,11 @@ fn listed<'e>(
     patterns: &[Box<str>],
     mut shown: impl FnMut(&crate::surface::Entry) -> Option<String>,
 ) -> Arc<str> {
+    // Most agents attach no prompts or resources: no walk over every
+    // upstream's entries for them at each snapshot build.
+    if patterns.is_empty() {
+        return Arc::from("[]");
+    }
     let mut out = String::from("[");
     for e in entries.filter(|e| !e.quarantined) {
         if patterns.iter().any(|p| glob_match(p, &e.exposed)) {
