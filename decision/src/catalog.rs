@@ -65,6 +65,23 @@ pub struct ToolDef {
     pub quarantined: bool,
 }
 
+/// A definition under tool pinning: a tool's or a prompt's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned<'c> {
+    /// Its key in the pins file.
+    pub key: String,
+    /// A prompt (else a tool).
+    pub prompt: bool,
+    /// Its name on the upstream.
+    pub name: &'c str,
+    /// SHA-256 (hex) of its definition.
+    pub sha256: &'c str,
+    /// Held back by pinning.
+    pub quarantined: bool,
+    /// The definition as agents see it.
+    pub json: &'c str,
+}
+
 /// The tools of one upstream.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -91,20 +108,26 @@ impl Catalog {
         c
     }
 
-    /// Every pinned definition: (pins key, digest, quarantined) of each
-    /// exposed tool (key: its name) and prompt (key:
-    /// [`crate::surface::prompt_pin_key`]).
-    pub fn pinned(&self) -> Vec<(String, &str, bool)> {
-        let tools = self
-            .tools
-            .iter()
-            .filter_map(|t| Some((t.exposed.clone()?, t.sha256.as_str(), t.quarantined)));
-        let prompts = self.surface.prompts.iter().map(|p| {
-            (
-                crate::surface::prompt_pin_key(&p.exposed),
-                p.sha256.as_str(),
-                p.quarantined,
-            )
+    /// Every pinned definition: each exposed tool (key: its name), then
+    /// each prompt (key: [`crate::surface::prompt_pin_key`]).
+    pub fn pinned(&self) -> Vec<Pinned<'_>> {
+        let tools = self.tools.iter().filter_map(|t| {
+            Some(Pinned {
+                key: t.exposed.clone()?,
+                prompt: false,
+                name: &t.name,
+                sha256: &t.sha256,
+                quarantined: t.quarantined,
+                json: &t.json,
+            })
+        });
+        let prompts = self.surface.prompts.iter().map(|p| Pinned {
+            key: crate::surface::prompt_pin_key(&p.exposed),
+            prompt: true,
+            name: &p.name,
+            sha256: &p.sha256,
+            quarantined: p.quarantined,
+            json: &p.json,
         });
         tools.chain(prompts).collect()
     }

@@ -238,29 +238,12 @@ impl Upstream {
         })
     }
 
-    /// Calls tool by its `params` members (`"name":…,"arguments":…`) with
-    /// `credential`; `headers` are routing headers an upstream kind may
-    /// use. Returns the upstream's JSON-RPC reply.
-    pub async fn call_tool(
-        &self,
-        params: &[u8],
-        headers: &[(String, String)],
-        credential: &Credential,
-    ) -> Result<Reply, UpstreamError> {
-        match &self.kind {
-            Kind::Mcp(c) => c.call("tools/call", params, headers, credential).await,
-            Kind::OpenApi(c) => c.call(params, credential).await,
-            Kind::Stdio(c) => {
-                c.call("tools/call", params, credential.user.as_deref())
-                    .await
-            }
-        }
-    }
-
-    /// Sends request `method` (`prompts/get`, `resources/read`) with its
-    /// `params` members and `credential`; `headers` are routing headers
-    /// an upstream kind may use. A REST API has neither prompts nor
-    /// resources: its answer is a bad response.
+    /// Sends request `method` (`tools/call`, `prompts/get`,
+    /// `resources/read`, a list) with its `params` members (a tool call's
+    /// `"name":…,"arguments":…`) and `credential`; `headers` are routing
+    /// headers an upstream kind may use. Returns the upstream's JSON-RPC
+    /// reply. A REST API answers tool calls only: anything else is a bad
+    /// response.
     pub async fn request(
         &self,
         method: &str,
@@ -270,6 +253,7 @@ impl Upstream {
     ) -> Result<Reply, UpstreamError> {
         match &self.kind {
             Kind::Mcp(c) => c.call(method, params, headers, credential).await,
+            Kind::OpenApi(c) if method == "tools/call" => c.call(params, credential).await,
             Kind::OpenApi(_) => Err(UpstreamError::BadResponse),
             Kind::Stdio(c) => c.call(method, params, credential.user.as_deref()).await,
         }
@@ -284,17 +268,12 @@ impl Upstream {
         if matches!(self.kind, Kind::OpenApi(_)) {
             return Ok(listing);
         }
-        let credential = &self.credential()?;
         for (method, out) in [
             ("prompts/list", &mut listing.prompts),
             ("resources/list", &mut listing.resources),
             ("resources/templates/list", &mut listing.templates),
         ] {
-            let pages =
-                list_pages(
-                    |params| async move { self.request(method, &params, &[], credential).await },
-                )
-                .await;
+            let pages = self.list(method).await;
             match pages {
                 Ok(p) => *out = p,
                 Err(e) => {
@@ -327,18 +306,16 @@ impl Upstream {
     /// Every page of the upstream's tool catalog (`tools/list` results).
     pub async fn list_tools(&self) -> Result<Vec<Vec<u8>>, UpstreamError> {
         match &self.kind {
-            Kind::Mcp(c) => {
-                let credential = &self.credential()?;
-                list_pages(
-                    |params| async move { c.call("tools/list", &params, &[], credential).await },
-                )
-                .await
-            }
             Kind::OpenApi(c) => Ok(c.list_tools()),
-            Kind::Stdio(c) => {
-                list_pages(|params| async move { c.call("tools/list", &params, None).await }).await
-            }
+            Kind::Mcp(_) | Kind::Stdio(_) => self.list("tools/list").await,
         }
+    }
+
+    /// Every page of list `method`, with the upstream's credential.
+    async fn list(&self, method: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
+        let credential = &self.credential()?;
+        list_pages(|params| async move { self.request(method, &params, &[], credential).await })
+            .await
     }
 }
 

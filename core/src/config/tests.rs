@@ -66,6 +66,31 @@ fn tool_of_unknown_upstream_is_an_error_with_its_line() {
 }
 
 #[test]
+fn prompts_and_resources_of_unknown_upstreams_are_errors_with_their_lines() {
+    let text = GOOD.replace(
+        "tools = [\"crm__lookup_customer\"]",
+        "tools = [\"crm__lookup_customer\"]\nprompts = [\"crm__*\", \"mail__greet\"]\n\
+         resources = [\"toolgate://crm/file:///*\", \"toolgate://mail/x:/y\", \"file:///etc\"]",
+    );
+    let e = parse(&text, "t.toml", Path::new("."))
+        .err()
+        .map(|e| e.errors)
+        .unwrap_or_default();
+    let got: Vec<(Option<usize>, bool)> = e
+        .iter()
+        .map(|e| (e.line, e.message.contains("names no configured upstream")))
+        .collect();
+    assert_eq!(
+        got,
+        [(Some(14), true), (Some(15), true), (Some(15), true)],
+        "{e:?}"
+    );
+    assert!(e[0].message.contains("prompt `mail__greet`"));
+    assert!(e[1].message.contains("resource `toolgate://mail/x:/y`"));
+    assert!(e[2].message.contains("resource `file:///etc`"));
+}
+
+#[test]
 fn bad_hash_and_bad_url_are_both_reported() {
     let text = GOOD
         .replace("9f86d0", "zz")

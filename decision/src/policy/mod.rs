@@ -234,19 +234,7 @@ impl Engine {
         for (tool, upstream, labels) in tools {
             upstreams.insert(upstream.clone());
             if let (Some(t), Some(u)) = (uid("Tool", tool), uid("Upstream", upstream)) {
-                let attrs = [(
-                    "labels".to_owned(),
-                    RestrictedExpression::new_set(
-                        labels
-                            .iter()
-                            .map(|l| RestrictedExpression::new_string(l.clone())),
-                    ),
-                )];
-                let parents = [u].into_iter().collect();
-                match Entity::new(t.clone(), attrs.into_iter().collect(), parents) {
-                    Ok(e) => list.push(e),
-                    Err(_) => list.push(Entity::new_no_attrs(t, Default::default())),
-                }
+                list.push(labelled(t, labels, u));
             }
         }
         for g in &groups {
@@ -342,13 +330,7 @@ impl Engine {
                 Effect::Forbid => forbids.push((p.id().clone(), conditional)),
             }
         }
-        let name = |id: &PolicyId| {
-            self.bundle
-                .names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(id.to_string()))
-        };
+        let name = |id: &PolicyId| named(&self.bundle.names, id);
         if let Some((id, _)) = forbids.iter().find(|(_, c)| !c) {
             return PairDecision::Fixed(Verdict::Deny {
                 policies: Arc::from([name(id)]),
@@ -423,60 +405,26 @@ impl Engine {
         ) else {
             return deny(Reason::PolicyError);
         };
-        let mut pairs = match base_context(facts) {
-            Ok(p) => p,
+        let context = match context(facts, (target.attribute, target.id), self.session) {
+            Ok(c) => c,
             Err(reason) => return deny(reason),
-        };
-        pairs.push((
-            target.attribute.to_owned(),
-            RestrictedExpression::new_string(target.id.to_owned()),
-        ));
-        if let Some(view) = &facts.session {
-            match view.to_cedar(self.session.0, self.session.1) {
-                Ok(s) => pairs.push(("session".to_owned(), s)),
-                Err(_) => return deny(Reason::PolicyError),
-            }
-        }
-        let Ok(context) = Context::from_pairs(pairs) else {
-            return deny(Reason::PolicyError);
         };
         let Ok(request) = Request::new(principal, action, resource.clone(), context, None) else {
             return deny(Reason::PolicyError);
         };
         // `labels` (empty) as tools have it, so a policy on every action
         // that reads `resource.labels` evaluates rather than errs.
-        let labels = [(
-            "labels".to_owned(),
-            RestrictedExpression::new_set(std::iter::empty()),
-        )];
-        let parents: std::collections::HashSet<EntityUid> = [upstream].into_iter().collect();
-        let entity = match Entity::new(
-            resource.clone(),
-            labels.into_iter().collect(),
-            parents.clone(),
-        ) {
-            Ok(e) => e,
-            Err(_) => Entity::new_no_attrs(resource, parents),
-        };
-        let mut added = vec![entity];
-        if let (Some(u), Some(groups)) = (facts.user, facts.groups) {
-            let Some(user) = uid("User", u) else {
-                return deny(Reason::PolicyError);
-            };
-            let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
-            added.push(Entity::new_no_attrs(user, parents));
+        let mut added = vec![labelled(resource, &[], upstream)];
+        match token_user(facts) {
+            Ok(Some(user)) => added.push(user),
+            Ok(None) => {}
+            Err(reason) => return deny(reason),
         }
         let Ok(entities) = self.entities.clone().upsert_entities(added, None) else {
             return deny(Reason::PolicyError);
         };
         let response = Authorizer::new().is_authorized(&request, &self.bundle.set, &entities);
-        let name = |id: &PolicyId| {
-            self.bundle
-                .names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(id.to_string()))
-        };
+        let name = |id: &PolicyId| named(&self.bundle.names, id);
         let judged = |id: &PolicyId| {
             self.bundle
                 .set
@@ -499,22 +447,9 @@ impl Engine {
         ) else {
             return deny(Reason::PolicyError);
         };
-        let mut pairs = match base_context(facts) {
-            Ok(p) => p,
+        let context = match context(facts, ("tool", facts.tool), (slice.session, slice.labels)) {
+            Ok(c) => c,
             Err(reason) => return deny(reason),
-        };
-        pairs.push((
-            "tool".to_owned(),
-            RestrictedExpression::new_string(facts.tool.to_owned()),
-        ));
-        if let Some(view) = &facts.session {
-            match view.to_cedar(slice.session, slice.labels) {
-                Ok(s) => pairs.push(("session".to_owned(), s)),
-                Err(_) => return deny(Reason::PolicyError),
-            }
-        }
-        let Ok(context) = Context::from_pairs(pairs) else {
-            return deny(Reason::PolicyError);
         };
         let Ok(request) = Request::new(principal, action, resource, context, None) else {
             return deny(Reason::PolicyError);
@@ -525,34 +460,19 @@ impl Engine {
         // copied with the user re-parented (rare: only slices that depend on
         // the user reach here, and their verdicts are cached).
         let scoped;
-        let entities = match (facts.user, facts.groups) {
-            (Some(u), Some(groups)) => {
-                let Some(user) = uid("User", u) else {
-                    return deny(Reason::PolicyError);
-                };
-                let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
-                match self
-                    .entities
-                    .clone()
-                    .upsert_entities([Entity::new_no_attrs(user, parents)], None)
-                {
-                    Ok(e) => {
-                        scoped = e;
-                        &scoped
-                    }
-                    Err(_) => return deny(Reason::PolicyError),
+        let entities = match token_user(facts) {
+            Ok(None) => &self.entities,
+            Ok(Some(user)) => match self.entities.clone().upsert_entities([user], None) {
+                Ok(e) => {
+                    scoped = e;
+                    &scoped
                 }
-            }
-            _ => &self.entities,
+                Err(_) => return deny(Reason::PolicyError),
+            },
+            Err(reason) => return deny(reason),
         };
         let response = Authorizer::new().is_authorized(&request, &slice.set, entities);
-        let name = |id: &PolicyId| {
-            slice
-                .names
-                .get(id)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(id.to_string()))
-        };
+        let name = |id: &PolicyId| named(&slice.names, id);
         verdict_of(&response, name, |id| slice.judged.contains(id))
     }
 }
@@ -584,6 +504,65 @@ fn base_context(facts: &CallFacts<'_, '_>) -> Result<Vec<(String, RestrictedExpr
         pairs.push(("user".to_owned(), RestrictedExpression::new_entity_uid(u)));
     }
     Ok(pairs)
+}
+
+/// The request's context: [`base_context`], the attribute naming what is
+/// acted on (`tool`, `prompt` or `uri`), and the session's facts (the
+/// attributes and labels in the `session` bits) when `facts` has them.
+fn context(
+    facts: &CallFacts<'_, '_>,
+    (attribute, value): (&str, &str),
+    session: (u16, u32),
+) -> Result<Context, Reason> {
+    let mut pairs = base_context(facts)?;
+    pairs.push((
+        attribute.to_owned(),
+        RestrictedExpression::new_string(value.to_owned()),
+    ));
+    if let Some(view) = &facts.session {
+        let s = view
+            .to_cedar(session.0, session.1)
+            .map_err(|_| Reason::PolicyError)?;
+        pairs.push(("session".to_owned(), s));
+    }
+    Context::from_pairs(pairs).map_err(|_| Reason::PolicyError)
+}
+
+/// The end user in the groups the token gives (they replace the
+/// configured ones for this call), when the token gives groups.
+fn token_user(facts: &CallFacts<'_, '_>) -> Result<Option<Entity>, Reason> {
+    let (Some(u), Some(groups)) = (facts.user, facts.groups) else {
+        return Ok(None);
+    };
+    let user = uid("User", u).ok_or(Reason::PolicyError)?;
+    let parents = groups.iter().filter_map(|g| uid("Group", g)).collect();
+    Ok(Some(Entity::new_no_attrs(user, parents)))
+}
+
+/// Entity `id`, a member of `parent`, with the `labels` attribute.
+fn labelled(id: EntityUid, labels: &[String], parent: EntityUid) -> Entity {
+    let attrs = [(
+        "labels".to_owned(),
+        RestrictedExpression::new_set(
+            labels
+                .iter()
+                .map(|l| RestrictedExpression::new_string(l.clone())),
+        ),
+    )];
+    let parents: std::collections::HashSet<EntityUid> = [parent].into_iter().collect();
+    match Entity::new(id.clone(), attrs.into_iter().collect(), parents.clone()) {
+        Ok(e) => e,
+        Err(_) => Entity::new_no_attrs(id, parents),
+    }
+}
+
+/// A policy's name as records show it: the bundle's (`@id`, else
+/// `file.cedar#n`), else its Cedar id.
+fn named(names: &HashMap<PolicyId, Arc<str>>, id: &PolicyId) -> Arc<str> {
+    names
+        .get(id)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(id.to_string()))
 }
 
 /// The verdict of an authorization `response`: any evaluation error is a

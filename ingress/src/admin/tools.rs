@@ -3,9 +3,11 @@
 use super::*;
 
 impl AdminApi {
-    /// Every exposed tool of the fetched catalogs, by name: its upstream,
-    /// definition digest, pin and quarantine (as the running snapshot has
-    /// them), and, with `definition`, the definition agents see.
+    /// Every exposed tool (and prompt, as `prompt:{name}`: prompts are
+    /// pinned beside tools) of the fetched catalogs, by name: its
+    /// upstream, definition digest, pin and quarantine (as the running
+    /// snapshot has them), and, with `definition`, the definition agents
+    /// see.
     pub(super) fn tools(&self, definition: bool) -> std::collections::BTreeMap<String, Value> {
         let snap = self.shared.snapshot.load();
         let mut out = std::collections::BTreeMap::new();
@@ -13,52 +15,32 @@ impl AdminApi {
             let (Some(cat), Some(up)) = (cat, snap.upstreams.get(i)) else {
                 continue;
             };
-            for t in &cat.tools {
-                let Some(exposed) = &t.exposed else { continue };
-                let (pinned, status) = match self.shared.pin_status(exposed, &t.sha256) {
+            for def in cat.pinned() {
+                let (pinned, status) = match self.shared.pin_status(&def.key, def.sha256) {
                     None => (None, "unpinned"),
                     Some((p, PinStatus::Pinned)) => (p, "pinned"),
                     Some((p, PinStatus::Changed)) => (p, "changed"),
                     Some((p, PinStatus::New)) => (p, "new"),
                 };
-                let mut v = json!({
-                    "kind": "tools",
-                    "id": exposed,
-                    "upstream": &*up.name,
-                    "tool": t.name,
-                    "digest": t.sha256,
-                    "pinned_digest": pinned,
-                    "status": status,
-                    "quarantined": t.quarantined,
-                });
-                if definition {
-                    v["definition"] = serde_json::from_str(&t.json).unwrap_or(Value::Null);
-                }
-                out.insert(exposed.clone(), v);
-            }
-            // Prompts are pinned beside tools, under `prompt:{name}`.
-            for p in &cat.surface.prompts {
-                let key = toolgate_decision::surface::prompt_pin_key(&p.exposed);
-                let (pinned, status) = match self.shared.pin_status(&key, &p.sha256) {
-                    None => (None, "unpinned"),
-                    Some((p, PinStatus::Pinned)) => (p, "pinned"),
-                    Some((p, PinStatus::Changed)) => (p, "changed"),
-                    Some((p, PinStatus::New)) => (p, "new"),
+                let (kind, named) = if def.prompt {
+                    ("prompts", "prompt")
+                } else {
+                    ("tools", "tool")
                 };
                 let mut v = json!({
-                    "kind": "prompts",
-                    "id": key,
+                    "kind": kind,
+                    "id": def.key,
                     "upstream": &*up.name,
-                    "prompt": p.name,
-                    "digest": p.sha256,
+                    named: def.name,
+                    "digest": def.sha256,
                     "pinned_digest": pinned,
                     "status": status,
-                    "quarantined": p.quarantined,
+                    "quarantined": def.quarantined,
                 });
                 if definition {
-                    v["definition"] = serde_json::from_str(&p.json).unwrap_or(Value::Null);
+                    v["definition"] = serde_json::from_str(def.json).unwrap_or(Value::Null);
                 }
-                out.insert(key, v);
+                out.insert(def.key, v);
             }
         }
         out

@@ -123,22 +123,16 @@ impl AdminApi {
             let Some(Spec::Agent(a)) = c.new.as_ref().map(|e| &e.spec) else {
                 continue;
             };
-            for p in &a.prompts {
-                if eff.namer.route(p).is_none() {
-                    problems.push(format!(
-                        "agent `{}`: prompt `{p}` names no configured upstream (expected `{{prefix}}__{{prompt}}`)",
-                        c.id
-                    ));
-                }
-            }
-            for r in &a.resources {
-                let known = toolgate_core::resource_uri::split(r)
-                    .is_ok_and(|(u, _)| eff.upstream(u).is_some());
-                if !known {
-                    problems.push(format!(
-                        "agent `{}`: resource `{r}` names no configured upstream (expected `toolgate://{{upstream}}/{{uri}}`)",
-                        c.id
-                    ));
+            use toolgate_core::config::validate::Attachment;
+            for (kind, patterns) in [
+                (Attachment::Prompt, &a.prompts),
+                (Attachment::Resource, &a.resources),
+            ] {
+                for p in patterns {
+                    let why = kind.problem(p, &eff.namer, |u| eff.upstream(u).is_some());
+                    if let Some(why) = why {
+                        problems.push(format!("agent `{}`: {why}", c.id));
+                    }
                 }
             }
             for t in &a.tools {

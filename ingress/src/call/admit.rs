@@ -14,12 +14,11 @@ use toolgate_core::audit::{truncate, Reason, MAX_TOOL_LEN};
 use toolgate_core::jsonrpc::{write_str, write_value, RpcRequest, ToolCall};
 use toolgate_core::protocol;
 use toolgate_core::refusal::{Refusal, RefusalKind};
-use toolgate_decision::policy::Verdict;
 use toolgate_decision::{Agent, Route, Snapshot};
 
 use super::ctx::CallCtx;
-use super::decide::OnBehalf;
-use super::forward::{Admitted, Escalated};
+use super::decide::{self, OnBehalf};
+use super::forward::Admitted;
 use super::identify::user_of;
 use super::{filter, params, Gateway};
 use crate::http::server::Request;
@@ -132,7 +131,6 @@ impl Gateway {
             session: ctx.session.as_ref().map(|s| s.view()),
         };
         let (verdict, shadow) = self.decide(snap, agent, route, &who, call.arguments);
-        ctx.verdict = Some(verdict.as_str());
         if let Some(shadow) = shadow {
             if let Some(c) = self.shared.metrics.shards.get(usize::from(self.shard)) {
                 let counter = if shadow.as_str() == verdict.as_str() {
@@ -144,26 +142,7 @@ impl Gateway {
             }
             ctx.shadow = Some(shadow);
         }
-        let escalation = match verdict {
-            Verdict::Allow { policies } => {
-                ctx.policies = (!policies.is_empty()).then_some(policies);
-                None
-            }
-            Verdict::Deny { policies, reason } => {
-                ctx.policies = (!policies.is_empty()).then_some(policies);
-                ctx.reason = reason;
-                return Err(Refusal::new(RefusalKind::PolicyDenied));
-            }
-            Verdict::Judge { policies } => {
-                ctx.policies = Some(Arc::clone(&policies));
-                let mut arguments = Vec::new();
-                write_arguments(call, &mut arguments);
-                Some(Escalated {
-                    arguments,
-                    policies,
-                })
-            }
-        };
+        let escalation = decide::settle(verdict, call.arguments, ctx)?;
         let mut headers = Vec::new();
         if let Some(def) = snap.tool_def(route) {
             if stateless {

@@ -15,7 +15,11 @@ use toolgate_decision::policy::{CallFacts, PairDecision, Verdict};
 use toolgate_decision::session::SessionView;
 use toolgate_decision::{Agent, Route, Snapshot};
 
+use super::ctx::CallCtx;
+use super::forward::Escalated;
 use super::Gateway;
+use toolgate_core::jsonrpc::write_value;
+use toolgate_core::refusal::{Refusal, RefusalKind};
 
 /// Whom a call is for, beyond the agent: what policy may look at.
 #[derive(Clone, Copy)]
@@ -100,5 +104,40 @@ impl Gateway {
             reason: Reason::PolicyError,
         });
         (live, one(Set::Shadow))
+    }
+}
+
+/// Records the policy `verdict` in the call's context and turns it into
+/// what the forward needs: nothing more for an allow, the refusal for a
+/// deny, and for an escalation what the judge is shown (`args` as sent,
+/// `{}` when there are none).
+pub(super) fn settle(
+    verdict: Verdict,
+    args: Option<simd_json::tape::Value<'_, '_>>,
+    ctx: &mut CallCtx,
+) -> Result<Option<Escalated>, Refusal> {
+    ctx.verdict = Some(verdict.as_str());
+    match verdict {
+        Verdict::Allow { policies } => {
+            ctx.policies = (!policies.is_empty()).then_some(policies);
+            Ok(None)
+        }
+        Verdict::Deny { policies, reason } => {
+            ctx.policies = (!policies.is_empty()).then_some(policies);
+            ctx.reason = reason;
+            Err(Refusal::new(RefusalKind::PolicyDenied))
+        }
+        Verdict::Judge { policies } => {
+            ctx.policies = Some(Arc::clone(&policies));
+            let mut arguments = Vec::new();
+            match args {
+                Some(a) => write_value(a, &mut arguments),
+                None => arguments.extend_from_slice(b"{}"),
+            }
+            Ok(Some(Escalated {
+                arguments,
+                policies,
+            }))
+        }
     }
 }

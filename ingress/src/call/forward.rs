@@ -147,19 +147,13 @@ pub(super) async fn forward(
     credential: &Credential,
     _audited: &Admission,
 ) -> Result<Reply, Refusal> {
-    let reply = if call.method == "tools/call" {
-        upstream
-            .call_tool(&call.params, &call.headers, credential)
-            .await
-    } else {
-        upstream
-            .request(call.method, &call.params, &call.headers, credential)
-            .await
-    };
-    reply.map_err(|e| {
-        tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
-        Refusal::new(e.refusal_kind())
-    })
+    upstream
+        .request(call.method, &call.params, &call.headers, credential)
+        .await
+        .map_err(|e| {
+            tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");
+            Refusal::new(e.refusal_kind())
+        })
 }
 
 /// Sends the admitted call to a REST API and returns its answer as it

@@ -27,7 +27,8 @@ use toolgate_decision::policy::{CallFacts, Target, Verdict};
 use toolgate_decision::{Agent, OutputFilter, Snapshot};
 
 use super::ctx::{Answer, CallCtx};
-use super::forward::{Admitted, Escalated};
+use super::decide;
+use super::forward::Admitted;
 use super::identify::user_of;
 use super::Gateway;
 use crate::http::server::Request;
@@ -189,30 +190,7 @@ impl Gateway {
                 )
             }
         };
-        ctx.verdict = Some(verdict.as_str());
-        let escalation = match verdict {
-            Verdict::Allow { policies } => {
-                ctx.policies = (!policies.is_empty()).then_some(policies);
-                None
-            }
-            Verdict::Deny { policies, reason } => {
-                ctx.policies = (!policies.is_empty()).then_some(policies);
-                ctx.reason = reason;
-                return Err(Refusal::new(RefusalKind::PolicyDenied));
-            }
-            Verdict::Judge { policies } => {
-                ctx.policies = Some(Arc::clone(&policies));
-                let mut arguments = Vec::new();
-                match policy_args {
-                    Some(a) => write_value(a, &mut arguments),
-                    None => arguments.extend_from_slice(b"{}"),
-                }
-                Some(Escalated {
-                    arguments,
-                    policies,
-                })
-            }
-        };
+        let escalation = decide::settle(verdict, policy_args, ctx)?;
         let mut params = Vec::with_capacity(exposed.len() + 64);
         write_str(key, &mut params);
         params.push(b':');

@@ -58,23 +58,19 @@ pub fn run(command: ToolsCommand) -> anyhow::Result<()> {
         .filter_map(|(c, u)| Some((c.as_ref()?, u)))
         .flat_map(|(c, u)| {
             let surface = surfaces.get(u.name()).map(|s| s.load());
-            let tools = c.tools.iter().filter_map(move |t| {
-                let http = surface
-                    .as_ref()
-                    .and_then(|s| s.get(&t.name))
-                    .map(|op| format!("  {} {}", op.method, op.path))
-                    .unwrap_or_default();
-                Some((t.exposed.clone()?, t.sha256.clone(), http))
-            });
             // Prompts are pinned beside tools, under `prompt:{name}`.
-            let prompts = c.surface.prompts.iter().map(|p| {
-                (
-                    toolgate_decision::surface::prompt_pin_key(&p.exposed),
-                    p.sha256.clone(),
-                    String::new(),
-                )
-            });
-            tools.chain(prompts)
+            c.pinned()
+                .into_iter()
+                .map(|def| {
+                    let http = surface
+                        .as_ref()
+                        .filter(|_| !def.prompt)
+                        .and_then(|s| s.get(def.name))
+                        .map(|op| format!("  {} {}", op.method, op.path))
+                        .unwrap_or_default();
+                    (def.key, def.sha256.to_owned(), http)
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     let Some(path) = pins_file else {

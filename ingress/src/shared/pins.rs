@@ -33,13 +33,9 @@ impl Shared {
         let mut guard = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         let Some(pins) = guard.as_mut() else { return };
         let mut added = 0;
-        for (name, sha256, _) in cat.pinned() {
-            let name = name.as_str();
-            let what = if name.starts_with("prompt:") {
-                "prompt"
-            } else {
-                "tool"
-            };
+        for def in cat.pinned() {
+            let (name, sha256) = (def.key.as_str(), def.sha256);
+            let what = if def.prompt { "prompt" } else { "tool" };
             match pins.status(name, sha256) {
                 PinStatus::Pinned => {}
                 PinStatus::New if pin_new => {

@@ -82,6 +82,47 @@ pub fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// What an agent attaches: tools and prompts by exposed name, resources
+/// by exposed URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// `tools`.
+    Tool,
+    /// `prompts`.
+    Prompt,
+    /// `resources`.
+    Resource,
+}
+
+impl Attachment {
+    /// Why `pattern` names no configured upstream, or `None` when it
+    /// names one: tools and prompts by their prefix (`namer`), resources
+    /// by the upstream of their `toolgate://` URI (`has_upstream`).
+    pub fn problem(
+        self,
+        pattern: &str,
+        namer: &ToolNamer,
+        has_upstream: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let (what, known, expected) = match self {
+            Attachment::Tool => ("tool", namer.route(pattern).is_some(), "{prefix}__{tool}"),
+            Attachment::Prompt => (
+                "prompt",
+                namer.route(pattern).is_some(),
+                "{prefix}__{prompt}",
+            ),
+            Attachment::Resource => (
+                "resource",
+                crate::resource_uri::split(pattern).is_ok_and(|(u, _)| has_upstream(u)),
+                "toolgate://{upstream}/{uri}",
+            ),
+        };
+        (!known).then(|| {
+            format!("{what} `{pattern}` names no configured upstream (expected `{expected}`)")
+        })
+    }
+}
+
 pub(crate) fn validate(
     config: Config,
     text: &str,
@@ -249,43 +290,21 @@ pub(crate) fn validate(
                 );
             }
         }
-        for t in &a.tools {
-            if namer.route(t.get_ref()).is_none() {
-                err(
-                    at(&t.span()),
-                    format!(
-                        "agent `{id}`: tool `{}` names no configured upstream (expected `{{prefix}}__{{tool}}`)",
-                        t.get_ref()
-                    ),
-                );
-            }
-        }
-        for p in &a.prompts {
-            if namer.route(p.get_ref()).is_none() {
-                err(
-                    at(&p.span()),
-                    format!(
-                        "agent `{id}`: prompt `{}` names no configured upstream (expected `{{prefix}}__{{prompt}}`)",
-                        p.get_ref()
-                    ),
-                );
-            }
-        }
-        for r in &a.resources {
-            let known = crate::resource_uri::split(r.get_ref()).is_ok_and(|(u, _)| {
-                config
-                    .upstream_entries
-                    .iter()
-                    .any(|x| x.name.get_ref() == u)
-            });
-            if !known {
-                err(
-                    at(&r.span()),
-                    format!(
-                        "agent `{id}`: resource `{}` names no configured upstream (expected `toolgate://{{upstream}}/{{uri}}`)",
-                        r.get_ref()
-                    ),
-                );
+        let has_upstream = |u: &str| {
+            config
+                .upstream_entries
+                .iter()
+                .any(|x| x.name.get_ref() == u)
+        };
+        for (kind, patterns) in [
+            (Attachment::Tool, &a.tools),
+            (Attachment::Prompt, &a.prompts),
+            (Attachment::Resource, &a.resources),
+        ] {
+            for p in patterns {
+                if let Some(why) = kind.problem(p.get_ref(), &namer, has_upstream) {
+                    err(at(&p.span()), format!("agent `{id}`: {why}"));
+                }
             }
         }
     }
