@@ -95,6 +95,9 @@ pub enum RefusalKind {
     UpstreamTimeout,
     /// Upstream answered something that is not an MCP response.
     UpstreamBadResponse,
+    /// The agent cancelled the call (`notifications/cancelled`) while its
+    /// upstream worked on it.
+    Cancelled,
     /// The upstream's credential could not be obtained (an OAuth token
     /// endpoint failing past the token's expiry, a credential file rewritten
     /// without a usable value): nothing was sent.
@@ -197,7 +200,8 @@ impl RefusalKind {
             | InvalidToken(_)
             | SessionIdentityMismatch
             | CertificateMismatch
-            | UserAssertionRefused => Origin::Downstream,
+            | UserAssertionRefused
+            | Cancelled => Origin::Downstream,
             AuditUnavailable
             | Overloaded
             | PolicyDenied
@@ -253,6 +257,7 @@ impl RefusalKind {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             UpstreamBadResponse => "upstream_bad_response",
+            Cancelled => "cancelled",
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
@@ -265,9 +270,11 @@ impl RefusalKind {
         }
     }
 
-    /// The audit decision: upstream failures happened to allowed calls.
+    /// The audit decision: upstream failures, and calls the agent
+    /// cancelled while they ran, happened to allowed calls.
     pub fn decision(self) -> Decision {
         match self.origin() {
+            _ if self == RefusalKind::Cancelled => Decision::Allow,
             Origin::Upstream => Decision::Allow,
             Origin::Downstream | Origin::Gateway => Decision::Deny,
         }
@@ -407,6 +414,9 @@ impl Refusal {
             ),
             UpstreamUnavailable => (502, codes::INTERNAL_ERROR, "upstream unavailable", none),
             UpstreamTimeout => (504, codes::INTERNAL_ERROR, "upstream timed out", none),
+            // 200: the answer to a cancelled call may already be an event
+            // stream under way.
+            Cancelled => (200, codes::REQUEST_CANCELLED, "Request cancelled", none),
             UpstreamBadResponse => (
                 502,
                 codes::INTERNAL_ERROR,
@@ -513,6 +523,11 @@ mod tests {
     fn upstream_failures_are_allowed_calls_that_failed() {
         assert_eq!(RefusalKind::UpstreamTimeout.decision(), Decision::Allow);
         assert_eq!(RefusalKind::UnknownTool.decision(), Decision::Deny);
+        // A call the agent cancelled was allowed; its answer is a JSON-RPC
+        // error that fits an event stream already under way.
+        assert_eq!(RefusalKind::Cancelled.decision(), Decision::Allow);
+        let w = Refusal::new(RefusalKind::Cancelled).wire();
+        assert_eq!((w.status, w.code), (200, -32800));
         assert_eq!(
             Refusal::new(RefusalKind::UpstreamTimeout).wire().status,
             504

@@ -25,6 +25,7 @@ pub mod call;
 pub mod catalog_sync;
 pub mod demo;
 pub mod http;
+pub mod inflight;
 pub mod jwks_sync;
 pub mod metrics;
 pub mod openapi_refresh;

@@ -199,6 +199,17 @@ async fn run(
         })
         .detach();
     }
+    // Cancellations received by other shards for calls this one may run.
+    {
+        let (gateway, shared) = (Rc::clone(&gateway), Arc::clone(&shared));
+        glommio::spawn_local(async move {
+            loop {
+                let keys = shared.cancels.next(i).await;
+                gateway.cancel_posted(&keys);
+            }
+        })
+        .detach();
+    }
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();

@@ -56,6 +56,9 @@ pub enum MediaType {
     Other,
 }
 
+/// Sees a response's body as it arrives (see [`Pool::exchange_observed`]).
+pub type Observer<'a> = &'a mut dyn FnMut(MediaType, &[u8]) -> bool;
+
 /// A complete upstream response.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -177,7 +180,27 @@ impl Pool {
         max_body: usize,
         deadline: Duration,
     ) -> Result<Response, ClientError> {
-        let fut = async { Ok(self.exchange_inner(request, max_body, deadline).await) };
+        self.exchange_observed(request, max_body, deadline, &mut |_, _| false)
+            .await
+    }
+
+    /// [`Pool::exchange`], showing `observe` the body as it arrives: the
+    /// response's media type and each piece of the body (de-chunked), in
+    /// order. When `observe` returns true it has what it needs: reading
+    /// stops there, and the response holds the body read so far (its
+    /// connection is not reused unless the body was complete).
+    pub async fn exchange_observed(
+        &self,
+        request: &[u8],
+        max_body: usize,
+        deadline: Duration,
+        observe: Observer<'_>,
+    ) -> Result<Response, ClientError> {
+        let fut = async {
+            Ok(self
+                .exchange_inner(request, max_body, deadline, observe)
+                .await)
+        };
         match glommio::timer::timeout(deadline, fut).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout),
@@ -189,10 +212,11 @@ impl Pool {
         request: &[u8],
         max_body: usize,
         deadline: Duration,
+        observe: Observer<'_>,
     ) -> Result<Response, ClientError> {
         let pooled = self.idle.borrow_mut().pop();
         if let Some(mut conn) = pooled {
-            match round_trip(&mut conn, request, max_body).await {
+            match round_trip(&mut conn, request, max_body, observe).await {
                 Ok((resp, reusable)) => {
                     self.put_back(conn, reusable);
                     return Ok(resp);
@@ -228,7 +252,7 @@ impl Pool {
             stream,
             buf: Vec::with_capacity(16 * 1024),
         };
-        match round_trip(&mut conn, request, max_body).await {
+        match round_trip(&mut conn, request, max_body, observe).await {
             Ok((resp, reusable)) => {
                 self.put_back(conn, reusable);
                 Ok(resp)
@@ -278,6 +302,7 @@ async fn round_trip(
     conn: &mut Conn,
     request: &[u8],
     max_body: usize,
+    observe: Observer<'_>,
 ) -> Result<(Response, bool), Failure> {
     conn.buf.clear();
     if conn.stream.write_all(request).await.is_err() || conn.stream.flush().await.is_err() {
@@ -327,20 +352,31 @@ async fn round_trip(
             body.reserve_exact(n);
             body.extend_from_slice(&conn.buf[..have]);
             conn.buf.drain(..have);
-            if have < n {
+            // Once the observer has what it needs, the rest is not read.
+            let enough = have > 0 && observe(media, &body);
+            if have < n && !enough {
                 body.resize(n, 0);
                 let mut filled = have;
                 while filled < n {
                     match conn.stream.read(&mut body[filled..]).await {
                         Ok(0) | Err(_) => return Err(fail(ClientError::Io, false)),
-                        Ok(k) => filled += k,
+                        Ok(k) => {
+                            filled += k;
+                            if observe(media, &body[filled - k..filled]) {
+                                body.truncate(filled);
+                                break;
+                            }
+                        }
                     }
                 }
             }
+            // A body left unread leaves the connection mid-response.
+            reusable &= body.len() == n;
         }
         Framing::Chunked => {
             let mut dec = ChunkedDecoder::new(max_body);
             loop {
+                let before = body.len();
                 let used = dec.feed(&conn.buf, &mut body).map_err(|e| match e {
                     crate::chunked::ChunkError::TooLarge => fail(ClientError::TooLarge, false),
                     crate::chunked::ChunkError::Malformed => {
@@ -348,6 +384,10 @@ async fn round_trip(
                     }
                 })?;
                 conn.buf.drain(..used);
+                if body.len() > before && observe(media, &body[before..]) {
+                    reusable &= dec.is_done();
+                    break;
+                }
                 if dec.is_done() {
                     break;
                 }
@@ -360,9 +400,17 @@ async fn round_trip(
         }
         Framing::UntilClose => {
             reusable = false;
+            let mut seen = 0;
             loop {
                 if conn.buf.len() > max_body {
                     return Err(fail(ClientError::TooLarge, false));
+                }
+                if conn.buf.len() > seen {
+                    let fresh = &conn.buf[seen..];
+                    seen = conn.buf.len();
+                    if observe(media, fresh) {
+                        break;
+                    }
                 }
                 match read_some(conn).await {
                     Ok(0) => break,
@@ -374,7 +422,8 @@ async fn round_trip(
         }
     }
     if !conn.buf.is_empty() {
-        // Bytes past the response: the upstream is not speaking HTTP/1.1 correctly.
+        // Bytes past the response (the upstream is not speaking HTTP/1.1
+        // correctly), or a body left unread.
         reusable = false;
     }
     Ok((

@@ -29,6 +29,7 @@ pub mod path;
 pub mod routes;
 pub mod sse;
 pub mod stdio;
+pub mod watch;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -39,6 +40,7 @@ use toolgate_core::secret::Secret;
 use toolgate_decision::{Reader, UpstreamInfo};
 
 use toolgate_net::client::ClientError;
+pub use watch::{Cancel, Watch};
 
 /// One upstream as seen from one shard.
 pub struct Upstream {
@@ -105,6 +107,10 @@ pub enum UpstreamError {
     /// value): nothing was sent.
     #[error("no credential for the upstream")]
     NoCredential,
+    /// The agent cancelled the call while it ran (the upstream was told,
+    /// where its kind has a way to be).
+    #[error("cancelled by the client")]
+    Cancelled,
 }
 
 impl UpstreamError {
@@ -115,6 +121,7 @@ impl UpstreamError {
             UpstreamError::Timeout => RefusalKind::UpstreamTimeout,
             UpstreamError::BadResponse => RefusalKind::UpstreamBadResponse,
             UpstreamError::NoCredential => RefusalKind::UpstreamCredentialUnavailable,
+            UpstreamError::Cancelled => RefusalKind::Cancelled,
         }
     }
 }
@@ -243,19 +250,28 @@ impl Upstream {
     /// `"name":…,"arguments":…`) and `credential`; `headers` are routing
     /// headers an upstream kind may use. Returns the upstream's JSON-RPC
     /// reply. A REST API answers tool calls only: anything else is a bad
-    /// response.
+    /// response. While it runs, the upstream's progress goes to `watch`'s
+    /// taker, and a cancel of `watch` ends it ([`UpstreamError::Cancelled`]).
     pub async fn request(
         &self,
         method: &str,
         params: &[u8],
         headers: &[(String, String)],
         credential: &Credential,
+        watch: &Watch<'_>,
     ) -> Result<Reply, UpstreamError> {
         match &self.kind {
-            Kind::Mcp(c) => c.call(method, params, headers, credential).await,
-            Kind::OpenApi(c) if method == "tools/call" => c.call(params, credential).await,
+            Kind::Mcp(c) => c.call(method, params, headers, credential, watch).await,
+            Kind::OpenApi(c) if method == "tools/call" => {
+                watch::unless_cancelled(watch, c.call(params, credential))
+                    .await
+                    .unwrap_or(Err(UpstreamError::Cancelled))
+            }
             Kind::OpenApi(_) => Err(UpstreamError::BadResponse),
-            Kind::Stdio(c) => c.call(method, params, credential.user.as_deref()).await,
+            Kind::Stdio(c) => {
+                c.call(method, params, credential.user.as_deref(), watch)
+                    .await
+            }
         }
     }
 
@@ -314,8 +330,11 @@ impl Upstream {
     /// Every page of list `method`, with the upstream's credential.
     async fn list(&self, method: &str) -> Result<Vec<Vec<u8>>, UpstreamError> {
         let credential = &self.credential()?;
-        list_pages(|params| async move { self.request(method, &params, &[], credential).await })
-            .await
+        list_pages(|params| async move {
+            self.request(method, &params, &[], credential, &Watch::NONE)
+                .await
+        })
+        .await
     }
 }
 

@@ -21,6 +21,7 @@ use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_core::reply_id::reply_id;
 use toolgate_decision::UpstreamInfo;
 
+use crate::watch::{unless_cancelled, Watch};
 use crate::{sse, Credential, Reply, UpstreamError};
 use toolgate_net::client::{MediaType, Pool};
 
@@ -43,6 +44,9 @@ pub struct McpClient {
     next_id: Cell<u64>,
     handshake: Semaphore,
 }
+
+/// How long telling an upstream of a cancellation may take.
+const CANCEL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `clientInfo` toolgate presents to upstreams.
 const CLIENT_INFO: &str = concat!(
@@ -73,13 +77,20 @@ impl McpClient {
         id
     }
 
-    /// Builds one POST. `params` is the inside of the params object (may be empty).
+    /// Builds one POST. `params` is the inside of the params object (may
+    /// be empty); with `progress`, the request asks for progress under
+    /// that token.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one request's parts, each used once"
+    )]
     fn request(
         &self,
         era: &Era,
         id: Option<u64>,
         method: &str,
         params: &[u8],
+        progress: Option<u64>,
         headers: &[(String, String)],
         credential: &Credential,
     ) -> Vec<u8> {
@@ -91,22 +102,32 @@ impl McpClient {
         body.extend_from_slice(br#""method":"#);
         write_str(method, &mut body);
         let stateless = matches!(era, Era::Stateless);
-        if stateless || !params.is_empty() {
+        if stateless || progress.is_some() || !params.is_empty() {
             body.extend_from_slice(br#","params":{"#);
             body.extend_from_slice(params);
-            if stateless {
+            if stateless || progress.is_some() {
                 if !params.is_empty() {
                     body.push(b',');
                 }
-                let _ = write!(
-                    body,
-                    r#""_meta":{{"{}":"{}","{}":{},"{}":{{}}}}"#,
-                    protocol::META_PROTOCOL_VERSION,
-                    protocol::LATEST_MODERN_VERSION,
-                    protocol::META_CLIENT_INFO,
-                    CLIENT_INFO,
-                    protocol::META_CLIENT_CAPABILITIES
-                );
+                body.extend_from_slice(br#""_meta":{"#);
+                if let Some(token) = progress {
+                    let _ = write!(body, r#""progressToken":{token}"#);
+                    if stateless {
+                        body.push(b',');
+                    }
+                }
+                if stateless {
+                    let _ = write!(
+                        body,
+                        r#""{}":"{}","{}":{},"{}":{{}}"#,
+                        protocol::META_PROTOCOL_VERSION,
+                        protocol::LATEST_MODERN_VERSION,
+                        protocol::META_CLIENT_INFO,
+                        CLIENT_INFO,
+                        protocol::META_CLIENT_CAPABILITIES
+                    );
+                }
+                body.push(b'}');
             }
             body.push(b'}');
         }
@@ -152,33 +173,50 @@ impl McpClient {
         req
     }
 
-    /// One exchange; the reply matching `id` (or `None` for notifications).
+    /// One exchange; the reply matching `id` (or `None` for
+    /// notifications). An event stream is read as it arrives: the upstream's
+    /// progress under `watch` is handed on as it comes, and reading stops at
+    /// the reply.
     async fn exchange(
         &self,
         req: &[u8],
         id: Option<u64>,
+        watch: &Watch<'_>,
     ) -> Result<(u16, Option<String>, Option<Reply>), UpstreamError> {
+        let mut events = sse::Events::default();
+        let mut found: Option<Vec<u8>> = None;
+        let mut observe = |media: MediaType, bytes: &[u8]| {
+            if media != MediaType::EventStream || id.is_none() {
+                return false;
+            }
+            events.feed(bytes, |data| {
+                if reply_id(data) == id {
+                    found = Some(data.to_vec());
+                    return true;
+                }
+                if let (Some(progress), Some(id)) = (watch.progress, id) {
+                    if is_progress_for(data, id) {
+                        progress(data);
+                    }
+                }
+                false
+            })
+        };
         let resp = self
             .pool
-            .exchange(req, self.info.max_response_bytes, self.info.timeout)
+            .exchange_observed(
+                req,
+                self.info.max_response_bytes,
+                self.info.timeout,
+                &mut observe,
+            )
             .await?;
         let Some(id) = id else {
             return Ok((resp.status, resp.session_id, None));
         };
         let message = match resp.media {
             MediaType::Json => Some(resp.body),
-            MediaType::EventStream => {
-                let mut found = None;
-                sse::find_event(&resp.body, |data| {
-                    if reply_id(data) == Some(id) {
-                        found = Some(data.to_vec());
-                        true
-                    } else {
-                        false
-                    }
-                });
-                found
-            }
+            MediaType::EventStream => found,
             MediaType::Other => None,
         };
         match message {
@@ -194,6 +232,29 @@ impl McpClient {
             _ if resp.status == 404 => Ok((404, resp.session_id, None)),
             _ if resp.status >= 500 => Err(UpstreamError::Unavailable),
             _ => Err(UpstreamError::BadResponse),
+        }
+    }
+
+    /// Tells the upstream that the agent cancelled request `id` (best
+    /// effort, within a short deadline: the agent is answered either way).
+    async fn cancel(&self, era: &Era, id: u64, credential: &Credential) {
+        let params = format!(r#""requestId":{id},"reason":"cancelled by the client""#);
+        let note = self.request(
+            era,
+            None,
+            "notifications/cancelled",
+            params.as_bytes(),
+            None,
+            &[],
+            credential,
+        );
+        let deadline = self.info.timeout.min(CANCEL_DEADLINE);
+        let sent = self
+            .pool
+            .exchange(&note, self.info.max_response_bytes, deadline)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(upstream = %self.info.name, error = %e, "cancellation not delivered");
         }
     }
 
@@ -234,10 +295,11 @@ impl McpClient {
             Some(id),
             "server/discover",
             b"",
+            None,
             &[],
             credential,
         );
-        let reply = match self.exchange(&req, Some(id)).await {
+        let reply = match self.exchange(&req, Some(id), &Watch::NONE).await {
             Ok((_, _, Some(r))) => r,
             Ok((_, _, None)) | Err(UpstreamError::BadResponse) => return Ok(false),
             Err(e) => return Err(e),
@@ -273,10 +335,11 @@ impl McpClient {
             Some(id),
             "initialize",
             params.as_bytes(),
+            None,
             &[],
             credential,
         );
-        let (_, session, reply) = self.exchange(&req, Some(id)).await?;
+        let (_, session, reply) = self.exchange(&req, Some(id), &Watch::NONE).await?;
         let reply = reply.ok_or(UpstreamError::BadResponse)?;
         let mut parser = JsonParser::new();
         let tape = parser
@@ -301,10 +364,11 @@ impl McpClient {
             None,
             "notifications/initialized",
             b"",
+            None,
             &[],
             credential,
         );
-        self.exchange(&note, None).await?;
+        self.exchange(&note, None, &Watch::NONE).await?;
         tracing::debug!(upstream = %self.info.name, version, "upstream session established");
         Ok(era)
     }
@@ -312,13 +376,16 @@ impl McpClient {
     /// Sends a request carrying `credential` and returns the upstream's
     /// JSON-RPC reply. `params` is the inside of the params object;
     /// `headers` are extra routing headers for the stateless era
-    /// (`Mcp-Name`, `Mcp-Param-*`).
+    /// (`Mcp-Name`, `Mcp-Param-*`). With a progress taker in `watch` the
+    /// upstream is asked for progress; when `watch` is cancelled, the
+    /// exchange is dropped (its connection with it) and the upstream told.
     pub async fn call(
         &self,
         method: &str,
         params: &[u8],
         headers: &[(String, String)],
         credential: &Credential,
+        watch: &Watch<'_>,
     ) -> Result<Reply, UpstreamError> {
         for attempt in 0..2 {
             let era = self.ensure_ready(credential).await?;
@@ -328,8 +395,19 @@ impl McpClient {
             } else {
                 &[]
             };
-            let req = self.request(&era, Some(id), method, params, extra, credential);
-            match self.exchange(&req, Some(id)).await? {
+            let progress = watch.progress.map(|_| id);
+            let req = self.request(&era, Some(id), method, params, progress, extra, credential);
+            let Some(answer) = unless_cancelled(watch, self.exchange(&req, Some(id), watch)).await
+            else {
+                // The exchange is dropped and its connection closed: in the
+                // stateless era that is the cancellation; a session's
+                // server is told with a notification.
+                if matches!(era, Era::Handshake { .. }) {
+                    self.cancel(&era, id, credential).await;
+                }
+                return Err(UpstreamError::Cancelled);
+            };
+            match answer? {
                 (_, _, Some(reply)) => return Ok(reply),
                 (404, _, None)
                     if attempt == 0
@@ -350,4 +428,20 @@ impl McpClient {
         }
         Err(UpstreamError::BadResponse)
     }
+}
+
+/// Whether `message` is a `notifications/progress` under token `token`
+/// (the upstream request's id, which toolgate uses as its token).
+pub(crate) fn is_progress_for(message: &[u8], token: u64) -> bool {
+    let mut parser = JsonParser::new();
+    let Ok(tape) = parser.parse(message) else {
+        return false;
+    };
+    let v = tape.as_value();
+    v.get("method").and_then(|m| m.into_string()) == Some("notifications/progress")
+        && v.get("id").is_none()
+        && v.get("params")
+            .and_then(|p| p.get("progressToken"))
+            .and_then(|t| t.as_u64())
+            == Some(token)
 }

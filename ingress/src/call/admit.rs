@@ -169,6 +169,7 @@ impl Gateway {
             headers,
             escalation,
             filter: route.filter.clone(),
+            progress: None,
         })
     }
 

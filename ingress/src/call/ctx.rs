@@ -57,6 +57,8 @@ pub(super) struct CallCtx {
     pub(super) requested_version: Option<String>,
     /// The agent takes the answer as an SSE stream.
     pub(super) sse: bool,
+    /// The agent takes an SSE stream (among other answers).
+    pub(super) streams: bool,
     pub(super) reason: Reason,
     pub(super) user: Option<Arc<str>>,
     /// The customer the call is attributed to, once the agent is known.
@@ -112,6 +114,7 @@ impl CallCtx {
             version: None,
             requested_version: None,
             sse,
+            streams: sse,
             reason,
             user: None,
             customer: None,

@@ -18,6 +18,7 @@ use toolgate_sinks::Admission;
 use super::ctx::{Answer, CallCtx};
 use super::identify::challenge;
 use super::{limit, wire, Gateway};
+use crate::http::early;
 use crate::http::response::{self, Body};
 use crate::http::server::Request;
 
@@ -65,7 +66,19 @@ impl Gateway {
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
+        // Messages went ahead of the answer (progress): the answer is the
+        // last event of the stream under way, with its status.
+        let streamed = req.early.is_some_and(|e| e.close(out));
         let (decision, status, outcome, code) = match result {
+            Ok(Answer::Message {
+                body,
+                outcome,
+                error_code,
+                ..
+            }) if streamed => {
+                early::last_event(out, &body);
+                (Decision::Allow, 200, outcome, error_code)
+            }
             Ok(Answer::Message {
                 status,
                 body,
@@ -127,6 +140,16 @@ impl Gateway {
                         .to_string()
                 });
                 let (status, code) = match ctx.door {
+                    // A cancelled request gets no answer (MCP): its stream
+                    // ends without one, where the agent takes streams.
+                    Door::Mcp if r.kind == RefusalKind::Cancelled && (streamed || ctx.streams) => {
+                        if streamed {
+                            early::end(out);
+                        } else {
+                            response::write(out, 200, &headers, Body::NoEvents, true);
+                        }
+                        (200, None)
+                    }
                     Door::Mcp => {
                         let mut body = Vec::with_capacity(128);
                         wire::refusal_with_data(
@@ -136,13 +159,18 @@ impl Gateway {
                             data.as_deref(),
                             &mut body,
                         );
-                        let body = if ctx.sse && w.status == 200 {
-                            Body::Sse(&body)
+                        if streamed {
+                            early::last_event(out, &body);
+                            (200, Some(w.code))
                         } else {
-                            Body::Json(&body)
-                        };
-                        response::write(out, w.status, &headers, body, true);
-                        (w.status, Some(w.code))
+                            let body = if ctx.sse && w.status == 200 {
+                                Body::Sse(&body)
+                            } else {
+                                Body::Json(&body)
+                            };
+                            response::write(out, w.status, &headers, body, true);
+                            (w.status, Some(w.code))
+                        }
                     }
                     // HTTP semantics, no JSON-RPC code.
                     Door::Rest => (

@@ -16,7 +16,7 @@ use toolgate_upstream::assertion::Claims;
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
 use toolgate_upstream::openapi::{HttpAnswer, OpenApiClient};
-use toolgate_upstream::{Credential, Reply, Upstream};
+use toolgate_upstream::{Credential, Reply, Upstream, Watch};
 
 /// A `tools/call` (or a `prompts/get`, a `resources/read`) that passed
 /// every check, ready for its upstream.
@@ -38,6 +38,8 @@ pub(super) struct Admitted {
     pub(super) escalation: Option<Escalated>,
     /// Output rules for the result, when any apply.
     pub(super) filter: Option<Arc<OutputFilter>>,
+    /// The agent's progress token (JSON text), when it asked for progress.
+    pub(super) progress: Option<String>,
 }
 
 impl Admitted {
@@ -140,15 +142,19 @@ impl Gateway {
 }
 
 /// Sends the admitted call with its credential; the reserved audit slot
-/// is the proof that its record will be written.
+/// is the proof that its record will be written. `watch` takes the
+/// upstream's progress and carries the agent's cancellation.
 pub(super) async fn forward(
     upstream: &Upstream,
     call: &Admitted,
     credential: &Credential,
     _audited: &Admission,
+    watch: &Watch<'_>,
 ) -> Result<Reply, Refusal> {
-    upstream
-        .request(call.method, &call.params, &call.headers, credential)
+    // On the heap: the upstream exchange is a request's largest state,
+    // and every connection's task would otherwise be as large as it, idle
+    // or not.
+    Box::pin(upstream.request(call.method, &call.params, &call.headers, credential, watch))
         .await
         .map_err(|e| {
             tracing::debug!(upstream = upstream.name(), error = %e, "upstream call failed");

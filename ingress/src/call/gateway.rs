@@ -50,6 +50,8 @@ pub struct Gateway {
     pub(super) args_audit: args::ArgsAudit,
     /// Output filters compiled for prompts and resources.
     pub(super) target_filters: RefCell<super::target::TargetFilters>,
+    /// This shard's calls at their upstreams, for cancellations.
+    pub(super) in_flight: crate::inflight::InFlight,
 }
 
 /// A shard's clients of the upstreams of one snapshot, in the order of
@@ -177,6 +179,7 @@ impl Gateway {
             upstreams: RefCell::new(upstreams),
             nonce_counter: Cell::new(0),
             target_filters: RefCell::default(),
+            in_flight: crate::inflight::InFlight::default(),
             shared,
         }
     }
@@ -192,6 +195,14 @@ impl Gateway {
             if seen.load(Ordering::Relaxed) != generation {
                 seen.store(generation, Ordering::Release);
             }
+        }
+    }
+
+    /// Cancels the calls under `keys` that this shard runs (keys handed
+    /// on by the shard that received their cancellations).
+    pub fn cancel_posted(&self, keys: &[u64]) {
+        for &k in keys {
+            self.in_flight.cancel(k);
         }
     }
 

@@ -10,6 +10,9 @@ use crate::http::server::Request;
 pub(super) struct Media {
     /// The agent takes the answer only as an SSE stream.
     pub(super) sse: bool,
+    /// The agent takes an SSE stream (among other things, maybe): its
+    /// call's progress can go ahead of the answer.
+    pub(super) streams: bool,
     /// `Accept` allows JSON or SSE.
     acceptable: bool,
 }
@@ -22,6 +25,7 @@ impl Media {
         let sse = accepts(accept, b"text/event-stream");
         Self {
             sse: sse && !json,
+            streams: sse,
             acceptable: json || sse,
         }
     }
@@ -100,7 +104,11 @@ mod tests {
         );
         assert_eq!(m.map(|m| m.sse), Ok(true));
         let m = check("POST /mcp HTTP/1.1\r\nContent-Type: application/json; charset=utf-8\r\nAccept: application/json, text/event-stream");
-        assert_eq!(m.map(|m| m.sse), Ok(false));
+        assert_eq!(m.map(|m| (m.sse, m.streams)), Ok((false, true)));
+        let m = check(
+            "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json",
+        );
+        assert_eq!(m.map(|m| (m.sse, m.streams)), Ok((false, false)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod ack;
 mod admit;
 mod args;
 mod builtin;
+mod cancel;
 mod ctx;
 mod decide;
 pub mod envelope;
@@ -38,6 +39,7 @@ mod limit;
 mod media;
 pub mod params;
 mod parse;
+mod progress;
 mod respond;
 mod rest;
 mod routes;
@@ -84,6 +86,7 @@ impl Gateway {
         };
         let media = Media::of(req);
         let mut ctx = CallCtx::new(req.started, req.peer, media.sse, Reason::Answered);
+        ctx.streams = media.streams;
         let (snapshot, clients) = self.current();
         let result = self
             .serve(&snapshot, &clients, req, media, &slot, &mut ctx)
@@ -131,7 +134,17 @@ impl Gateway {
         self.take_limits(ctx)?;
         history::record(ctx);
         let credential = self.inject(upstream, &call, ctx)?;
-        let reply = forward::forward(upstream, &call, &credential, slot).await?;
+        let reply = self
+            .forward_watched(
+                upstream,
+                &call,
+                &credential,
+                slot,
+                ctx,
+                req.early,
+                media.streams,
+            )
+            .await?;
         ctx.http = reply.http;
         let mut answer = self.respond(&reply.message, ctx, call.filter.as_deref())?;
         if call.method == "resources/read" {
@@ -154,24 +167,24 @@ impl Gateway {
         let rpc = parse::request(&tape, ctx)?;
         let stateless = self.envelope(&rpc, agent, req, ctx)? == Era::Stateless;
         if rpc.is_notification() {
+            if rpc.method == cancel::CANCELLED {
+                self.cancel_call(agent, req, &rpc, ctx);
+            }
             return Ok(Plan::Answer(Answer::Accepted));
         }
-        if rpc.method == "tools/call" {
+        let admitted = if rpc.method == "tools/call" {
+            self.admit(snap, agent, req, &rpc, stateless, ctx)
+        } else if target::is_target(rpc.method) {
+            self.admit_target(snap, agent, req, &rpc, ctx)
+        } else if rpc.method == target::COMPLETE {
+            self.admit_completion(snap, agent, &rpc, ctx)
+        } else {
             return self
-                .admit(snap, agent, req, &rpc, stateless, ctx)
-                .map(Plan::Forward);
-        }
-        if target::is_target(rpc.method) {
-            return self
-                .admit_target(snap, agent, req, &rpc, ctx)
-                .map(Plan::Forward);
-        }
-        if rpc.method == target::COMPLETE {
-            return self
-                .admit_completion(snap, agent, &rpc, ctx)
-                .map(Plan::Forward);
-        }
-        self.builtin(snap, agent, req, &rpc, stateless, ctx)
-            .map(Plan::Answer)
+                .builtin(snap, agent, req, &rpc, stateless, ctx)
+                .map(Plan::Answer);
+        };
+        let mut call = admitted?;
+        call.progress = progress::token(&rpc);
+        Ok(Plan::Forward(call))
     }
 }

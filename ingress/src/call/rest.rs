@@ -169,7 +169,14 @@ impl Gateway {
                 self.respond_http(answer, ctx, admitted.filter.as_deref())
             }
             None => {
-                let reply = forward::forward(upstream, &admitted, &credential, slot).await?;
+                let reply = forward::forward(
+                    upstream,
+                    &admitted,
+                    &credential,
+                    slot,
+                    &toolgate_upstream::Watch::NONE,
+                )
+                .await?;
                 let answer = self.respond(&reply.message, ctx, admitted.filter.as_deref())?;
                 tool_result_as_http(answer)
             }

@@ -32,18 +32,23 @@ impl Gateway {
 
     /// The nonce of the request's live session of `agent`.
     pub(super) fn check_session(&self, agent: &Agent, req: &Request<'_>) -> Result<Nonce, Refusal> {
-        let Some(sid) = req.head.header(req.buf, protocol::HEADER_SESSION_ID) else {
-            return Err(Refusal::new(RefusalKind::MissingSession));
-        };
-        let nonce = self
-            .shared
-            .session_key
-            .verify(&agent.id, sid.trim_ascii(), now_secs(), SESSION_MAX_AGE)
-            .map_err(|_| Refusal::new(RefusalKind::SessionNotFound))?;
+        let nonce = self.session_of(agent, req)?;
         if self.terminated.borrow_mut().current().contains_key(&nonce) {
             return Err(Refusal::new(RefusalKind::SessionNotFound));
         }
         Ok(nonce)
+    }
+
+    /// The session the request names, issued to `agent` and not expired,
+    /// whether or not it has been ended since.
+    pub(super) fn session_of(&self, agent: &Agent, req: &Request<'_>) -> Result<Nonce, Refusal> {
+        let Some(sid) = req.head.header(req.buf, protocol::HEADER_SESSION_ID) else {
+            return Err(Refusal::new(RefusalKind::MissingSession));
+        };
+        self.shared
+            .session_key
+            .verify(&agent.id, sid.trim_ascii(), now_secs(), SESSION_MAX_AGE)
+            .map_err(|_| Refusal::new(RefusalKind::SessionNotFound))
     }
 
     /// Ends the request's session (`DELETE /mcp`) on every shard.

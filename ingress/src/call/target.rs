@@ -220,6 +220,7 @@ impl Gateway {
             )],
             escalation,
             filter: self.target_filter(snap, agent, exposed),
+            progress: None,
         })
     }
 
@@ -311,6 +312,7 @@ impl Gateway {
             headers: Vec::new(),
             escalation: None,
             filter: self.target_filter(snap, agent, exposed),
+            progress: None,
         })
     }
 

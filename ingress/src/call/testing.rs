@@ -24,6 +24,7 @@ pub(super) fn with_request<R>(head: &str, body: &str, f: impl FnOnce(&Request<'_
         secure: false,
         client_names: None,
         started: Instant::now(),
+        early: None,
     };
     f(&req)
 }

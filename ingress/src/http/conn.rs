@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,6 +48,23 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin {
         data: &[u8],
         limit: Duration,
     ) -> impl Future<Output = io::Result<()>>;
+
+    /// Whether the client has closed the connection (or it broke), seen
+    /// without reading anything: a peek at the socket that never waits.
+    fn peer_closed(&self) -> bool;
+}
+
+/// [`Conn::peer_closed`] of the socket `fd`: the end of its stream is next
+/// (the client sent its FIN), or the socket is in error.
+fn closed(fd: std::os::fd::RawFd) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
 }
 
 impl Conn for TcpStream {
@@ -59,6 +77,10 @@ impl Conn for TcpStream {
         self.set_write_timeout(Some(limit))?;
         self.write_all(data).await?;
         self.flush().await
+    }
+
+    fn peer_closed(&self) -> bool {
+        closed(self.as_raw_fd())
     }
 }
 
@@ -87,6 +109,10 @@ impl Conn for Queued<TcpStream> {
         self.write_all(data).await?;
         self.flush().await
     }
+
+    fn peer_closed(&self) -> bool {
+        closed(self.get_ref().as_raw_fd())
+    }
 }
 
 impl Conn for TlsStream<Queued<TcpStream>> {
@@ -98,5 +124,9 @@ impl Conn for TlsStream<Queued<TcpStream>> {
         self.get_ref().0.get_ref().set_write_timeout(Some(limit))?;
         self.write_all(data).await?;
         self.flush().await
+    }
+
+    fn peer_closed(&self) -> bool {
+        closed(self.get_ref().0.get_ref().as_raw_fd())
     }
 }

@@ -3,6 +3,7 @@
 //! are `toolgate-net`'s, shared with the upstream side.)
 
 pub mod conn;
+pub mod early;
 pub mod head;
 pub mod response;
 pub mod server;

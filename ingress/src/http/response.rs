@@ -39,6 +39,8 @@ pub enum Body<'a> {
     Json(&'a [u8]),
     /// One SSE `message` event carrying this JSON.
     Sse(&'a [u8]),
+    /// An event stream that ends without any event (no answer to give).
+    NoEvents,
     /// Prometheus text exposition.
     Text(&'a [u8]),
     /// Plain text (a REST API's non-JSON answer).
@@ -62,6 +64,9 @@ pub fn write(
     }
     match body {
         Body::Empty => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
+        Body::NoEvents => out.extend_from_slice(
+            b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\nContent-Length: 0\r\n\r\n",
+        ),
         Body::Json(b) => {
             let _ = write!(
                 out,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use toolgate_core::refusal::{Refusal, RefusalKind};
 
 use super::conn::{Conn, ConnInfo};
+use super::early::Early;
 use super::head::{parse_head, BodyKind, Head, Limits};
 use toolgate_net::chunked::{ChunkError, ChunkedDecoder};
 
@@ -44,6 +45,9 @@ pub struct Request<'a> {
     pub client_names: Option<&'a [Box<str>]>,
     /// When the head was complete.
     pub started: Instant,
+    /// Messages that may go ahead of the answer (progress on an event
+    /// stream), when the connection can send them.
+    pub early: Option<&'a Early>,
 }
 
 /// What serves requests on a connection.
@@ -130,6 +134,8 @@ pub async fn serve<S: Conn, H: Handler>(
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     let mut chunked_body: Vec<u8> = Vec::new();
+    let early = Early::default();
+    let mut ahead: Vec<u8> = Vec::new();
     loop {
         // The head.
         let mut head_deadline: Option<Instant> =
@@ -251,6 +257,7 @@ pub async fn serve<S: Conn, H: Handler>(
         };
 
         out.clear();
+        early.reset();
         let keep_alive = {
             let body: &[u8] = if head.body == BodyKind::Chunked {
                 &chunked_body
@@ -265,8 +272,15 @@ pub async fn serve<S: Conn, H: Handler>(
                 secure: info.secure,
                 client_names: info.client_names.as_deref(),
                 started,
+                early: Some(&early),
             };
-            handler.handle(&req, &mut out).await;
+            // Pinned here and lent, so the handler's future is held once
+            // in this connection's task (every connection's task is as
+            // large as its largest state).
+            let served = std::pin::pin!(handler.handle(&req, &mut out));
+            if !serve_with_early(&mut stream, served, &early, &mut ahead, cfg).await {
+                return;
+            }
             head.keep_alive
         };
         if !send(&mut stream, &out, cfg.idle_timeout).await || !keep_alive {
@@ -278,6 +292,69 @@ pub async fn serve<S: Conn, H: Handler>(
         }
         if chunked_body.capacity() > 4 * READ_SIZE {
             chunked_body = Vec::new();
+        }
+    }
+}
+
+/// How often the connection loop looks whether a client that takes early
+/// messages has left.
+const PEER_CHECK: Duration = Duration::from_millis(250);
+
+/// What the connection loop does next while a request is served.
+enum Step {
+    Done,
+    Write,
+    Check,
+}
+
+/// Runs the handler's `served` to its end, writing the messages it sends
+/// early as they come (see [`Early`]) and, while it may send them, looking
+/// out for the client leaving. False when the connection broke under an
+/// early write: the request still runs to its end (and is recorded), then
+/// the connection closes.
+async fn serve_with_early<S: Conn, F: std::future::Future<Output = ()>>(
+    stream: &mut S,
+    mut served: std::pin::Pin<&mut F>,
+    early: &Early,
+    ahead: &mut Vec<u8>,
+    cfg: ConnConfig,
+) -> bool {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut tick: Option<glommio::timer::Timer> = None;
+    let mut alive = true;
+    loop {
+        ahead.clear();
+        let step = std::future::poll_fn(|cx| {
+            if served.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Done);
+            }
+            if early.poll_next(cx, ahead).is_ready() {
+                return Poll::Ready(Step::Write);
+            }
+            if early.watching() {
+                let t = tick.get_or_insert_with(|| glommio::timer::Timer::new(PEER_CHECK));
+                if std::pin::Pin::new(t).poll(cx).is_ready() {
+                    tick = None;
+                    return Poll::Ready(Step::Check);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Step::Done => return alive,
+            Step::Write => {
+                if alive && !send(stream, ahead, cfg.idle_timeout).await {
+                    alive = false;
+                    early.mark_gone();
+                }
+            }
+            Step::Check => {
+                if stream.peer_closed() {
+                    early.mark_gone();
+                }
+            }
         }
     }
 }

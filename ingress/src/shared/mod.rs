@@ -69,6 +69,8 @@ pub struct Shared {
     stored_upstreams: Mutex<HashMap<String, Arc<StoredParts>>>,
     /// Sessions ended by DELETE.
     pub terminated: Arc<Published<Terminated>>,
+    /// Cancellations on their way to the shard running the call.
+    pub cancels: crate::inflight::Cancels,
     /// Key of session ids.
     pub session_key: SessionKey,
     /// Connection limits and timeouts.
@@ -273,6 +275,7 @@ impl Shared {
             catalogs: Mutex::new(CatalogSet::default()),
             stored_upstreams: Mutex::new(stored),
             terminated: Published::new(HashMap::new()),
+            cancels: crate::inflight::Cancels::new(shards),
             session_key: SessionKey::new(session_key),
             conn,
             audit_refusals: AtomicU64::new(0),

@@ -239,6 +239,8 @@ class UpstreamCfg:
     ca_file: str | None = None
     # Idle keep-alive connections kept per shard.
     pool_size: int | None = None
+    # The upstream's era: "auto" (toolgate's default), "handshake", "stateless".
+    protocol: str | None = None
 
 
 class Gate:
@@ -289,6 +291,8 @@ class Gate:
                 lines.append(f"ca_file = {toml_value(up.ca_file)}")
             if up.pool_size is not None:
                 lines.append(f"pool_size = {up.pool_size}")
+            if up.protocol is not None:
+                lines.append(f"protocol = {toml_value(up.protocol)}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]

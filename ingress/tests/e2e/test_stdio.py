@@ -282,8 +282,8 @@ def text_of(result: Any) -> str:
     return texts[0]
 
 
-async def call_text(client: Any, tool: str, args: dict[str, Any] | None = None) -> str:
-    result = await client.call_tool(tool, args or {})
+async def call_text(client: Any, tool: str, args: dict[str, Any] | None = None, **options: Any) -> str:
+    result = await client.call_tool(tool, args or {}, **options)
     assert not result.is_error, result
     return text_of(result)
 
@@ -474,6 +474,37 @@ def test_everything_server_lists_and_calls(stdio_gate):
         ("everything__echo", "everything", "allow", "success"),
         ("everything__get-sum", "everything", "allow", "success"),
     ]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_everything_server_progress_reaches_the_agent_and_an_abandoned_call_is_cancelled(stdio_gate, mode):
+    require_npm_servers()
+    tool = "everything__trigger-long-running-operation"
+    agent = Agent("everything-bot", [tool])
+    upstream = stdio_upstream_toml("everything", [NODE, EVERYTHING_JS, "stdio"], timeout_ms=30000,
+                                   sandbox={"read_only": [NPM_DIR]})
+    gate = stdio_gate(upstream, [agent])
+    seen: list[tuple] = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total))
+
+    async def scenario():
+        with anyio.fail_after(SCENARIO_TIMEOUT_S):
+            async with sdk_client_cm(gate.url, agent.key, mode) as client:
+                done = await call_text(client, tool, {"duration": 0.6, "steps": 3}, progress_callback=on_progress)
+                assert "Steps: 3" in done, done
+                # The server's progress, relayed from its stdout under the agent's token.
+                assert seen == [(1, 3), (2, 3), (3, 3)], seen
+                with anyio.move_on_after(1.0) as scope:
+                    await client.call_tool(tool, {"duration": 25, "steps": 5})
+                assert scope.cancelled_caught
+
+    started = time.monotonic()
+    anyio.run(scenario)
+    calls = gate.audit_lines(2, where=lambda l: l.get("tool") == tool, timeout=10)
+    assert [l["reason"] for l in calls] == ["attached", "cancelled"], calls
+    assert time.monotonic() - started < 20, "the abandoned call did not wait for its 25 s"
 
 
 EVERYTHING_POLICY = """

@@ -4,7 +4,8 @@ Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate,
-  reject, slow)
+  reject, slow), and long calls: steps (progress), wait_for_cancel and
+  cancelled_tags (cancellation)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 * ``docs``     -- resources (a public readme with a card number and an
   e-mail address, a draft, a secret key), a resource template, prompts
@@ -29,6 +30,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 
 CARD_NUMBER = "4111 1111 1111 1111"
+
+# Tags of ``wait_for_cancel`` calls that were cancelled (the tickets server).
+CANCELLED_TAGS: list[str] = []
 
 # An embedded private key (a made-up block: only its shape matters).
 PRIVATE_KEY = (
@@ -137,6 +141,30 @@ def build_tickets() -> MCPServer:
         started = time.monotonic()
         await anyio.sleep(seconds)
         return f"slept {time.monotonic() - started:.2f}s"
+
+    @server.tool()
+    async def steps(count: int, delay: float, ctx: Context, note: str = "") -> str:
+        """Work through ``count`` steps, reporting progress after each
+        (message ``step i of count``, with ``note`` appended)."""
+        for i in range(1, count + 1):
+            await anyio.sleep(delay)
+            await ctx.report_progress(i, count, f"step {i} of {count}{note}")
+        return f"done {count}"
+
+    @server.tool()
+    async def wait_for_cancel(tag: str, seconds: float) -> str:
+        """Sleep; if the call is cancelled meanwhile, remember ``tag``."""
+        try:
+            await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            CANCELLED_TAGS.append(tag)
+            raise
+        return f"not cancelled {tag}"
+
+    @server.tool()
+    def cancelled_tags() -> list[str]:
+        """The tags of the calls cancelled so far."""
+        return list(CANCELLED_TAGS)
 
     return server
 

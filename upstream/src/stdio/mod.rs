@@ -20,7 +20,7 @@ use toolgate_decision::UpstreamInfo;
 pub use pool::Pool;
 pub use process::{Health, Process, StartError};
 
-use crate::{Reply, UpstreamError};
+use crate::{Reply, UpstreamError, Watch};
 
 /// One stdio upstream as one shard calls it.
 pub struct StdioClient {
@@ -41,17 +41,19 @@ impl StdioClient {
 
     /// Sends `method` with `params` (the inside of the params object) to
     /// the process serving `user` and returns the server's answer, within
-    /// the upstream's timeout.
+    /// the upstream's timeout, relaying progress and cancellation through
+    /// `watch`.
     pub async fn call(
         &self,
         method: &str,
         params: &[u8],
         user: Option<&str>,
+        watch: &Watch<'_>,
     ) -> Result<Reply, UpstreamError> {
         let message = self
             .pool
             .process_for(user)?
-            .request(method, params, self.info.timeout)
+            .request(method, params, self.info.timeout, watch)
             .await?;
         Ok(Reply {
             message,

@@ -30,6 +30,7 @@ use toolgate_core::secret::Secret;
 
 use super::egress::{Channel, Egress, EgressCounts};
 use super::sandbox;
+use crate::watch::{unless_cancelled, Progress, Watch};
 use crate::UpstreamError;
 
 /// First wait before a restart; doubled per exit, up to [`MAX_BACKOFF`].
@@ -89,10 +90,17 @@ struct Inner {
     list_changes: AtomicU64,
 }
 
-/// Where one call's answer lands.
+/// Progress messages held for a call before its shard takes them; more
+/// are dropped (a later one says more than an earlier one).
+const MAX_HELD_PROGRESS: usize = 16;
+
+/// Where one call's answer lands, and its progress on the way.
 #[derive(Default)]
 struct Slot {
     reply: OnceLock<Result<Vec<u8>, UpstreamError>>,
+    /// The call's progress messages not yet taken (only for a call that
+    /// asked for progress).
+    progress: Option<Mutex<VecDeque<Vec<u8>>>>,
     waker: AtomicWaker,
 }
 
@@ -103,10 +111,37 @@ impl Slot {
         }
     }
 
-    /// Waits until the answer has landed.
-    async fn ready(&self) {
+    /// Holds a progress message for the call (dropped if it did not ask
+    /// for progress, or holds [`MAX_HELD_PROGRESS`] already).
+    fn progress(&self, message: Vec<u8>) {
+        let Some(held) = &self.progress else {
+            return;
+        };
+        {
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.len() >= MAX_HELD_PROGRESS {
+                return;
+            }
+            held.push_back(message);
+        }
+        self.waker.wake();
+    }
+
+    /// Waits until the answer has landed, handing each progress message
+    /// to `taker` as it comes.
+    async fn ready(&self, taker: Option<Progress<'_>>) {
         poll_fn(|cx| {
             self.waker.register(cx.waker());
+            if let (Some(held), Some(take)) = (&self.progress, taker) {
+                let taken: Vec<Vec<u8>> = held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain(..)
+                    .collect();
+                for m in taken {
+                    take(&m);
+                }
+            }
             match self.reply.get() {
                 Some(_) => Poll::Ready(()),
                 None => Poll::Pending,
@@ -141,8 +176,14 @@ enum Msg {
         line: Vec<u8>,
         slot: Arc<Slot>,
     },
-    /// A shard stopped waiting (its deadline passed).
-    Cancel(u64),
+    /// A shard stopped waiting: the reason the server is told.
+    Cancel(u64, &'static str),
+    /// A progress message read from process `generation` for call `id`.
+    Progress {
+        generation: u64,
+        id: u64,
+        message: Vec<u8>,
+    },
     /// An answer read from process `generation`.
     Reply {
         generation: u64,
@@ -256,12 +297,16 @@ impl Process {
 
     /// Sends request `method` with `params` (the inside of the params
     /// object, may be empty) and waits up to `timeout` for the answer (the
-    /// JSON-RPC response, with toolgate's id).
+    /// JSON-RPC response, with toolgate's id). With a progress taker in
+    /// `watch`, the server is asked for progress under the call's wire id
+    /// and its progress is handed on as it comes; a cancel of `watch`
+    /// stops the wait and tells the server.
     pub async fn request(
         &self,
         method: &str,
         params: &[u8],
         timeout: Duration,
+        watch: &Watch<'_>,
     ) -> Result<Vec<u8>, UpstreamError> {
         let i = &self.inner;
         let start = std::time::Instant::now();
@@ -283,8 +328,19 @@ impl Process {
         write_str(method, &mut line);
         line.extend_from_slice(br#","params":{"#);
         line.extend_from_slice(params);
+        if watch.progress.is_some() {
+            if !params.is_empty() {
+                line.push(b',');
+            }
+            let _ = write!(line, r#""_meta":{{"progressToken":{id}}}"#);
+        }
         line.extend_from_slice(b"}}\n");
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot {
+            progress: watch
+                .progress
+                .map(|_| Mutex::new(VecDeque::with_capacity(4))),
+            ..Slot::default()
+        });
         let msg = Msg::Call {
             id,
             line,
@@ -294,14 +350,17 @@ impl Process {
             return Err(UpstreamError::Unavailable);
         }
         let waited = glommio::timer::timeout(timeout, async {
-            slot.ready().await;
-            Ok(())
+            Ok(unless_cancelled(watch, slot.ready(watch.progress)).await)
         })
         .await;
         match waited {
-            Ok(()) => slot.take(),
+            Ok(Some(())) => slot.take(),
+            Ok(None) => {
+                let _ = i.tx.try_send(Msg::Cancel(id, "cancelled by the client"));
+                Err(UpstreamError::Cancelled)
+            }
             Err(_) => {
-                let _ = i.tx.try_send(Msg::Cancel(id));
+                let _ = i.tx.try_send(Msg::Cancel(id, "deadline passed"));
                 Err(UpstreamError::Timeout)
             }
         }
@@ -606,12 +665,21 @@ impl Supervisor {
                         pending.insert(id, slot);
                     }
                 }
-                Msg::Cancel(id) => {
+                Msg::Cancel(id, reason) => {
                     if pending.remove(&id).is_some() {
                         let note = format!(
-                            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"deadline passed"}}}}"#
+                            r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"{reason}"}}}}"#
                         );
                         let _ = wtx.try_send([note.as_bytes(), b"\n"].concat());
+                    }
+                }
+                Msg::Progress {
+                    generation: g,
+                    id,
+                    message,
+                } if g == generation => {
+                    if let Some(slot) = pending.get(&id) {
+                        slot.progress(message);
                     }
                 }
                 Msg::Reply {
@@ -651,7 +719,7 @@ impl Supervisor {
                     return End::Exited;
                 }
                 Msg::Stop => return End::Stop,
-                Msg::Reply { .. } | Msg::Gone { .. } => {}
+                Msg::Reply { .. } | Msg::Gone { .. } | Msg::Progress { .. } => {}
             }
         }
     }
@@ -791,6 +859,16 @@ fn read_loop(
                 let _ = wtx.try_send(answer);
             }
             Incoming::Notification => {}
+            Incoming::Progress(id) => {
+                let msg = Msg::Progress {
+                    generation,
+                    id,
+                    message: std::mem::take(&mut buf),
+                };
+                if tx.send(msg).is_err() {
+                    return;
+                }
+            }
             Incoming::ListChanged => {
                 tracing::info!(
                     upstream = name,
@@ -816,6 +894,8 @@ enum Incoming {
     Request(Vec<u8>),
     /// `notifications/tools/list_changed` (or prompts, resources).
     ListChanged,
+    /// `notifications/progress` under a call's wire id.
+    Progress(u64),
     Notification,
     Invalid,
 }
@@ -840,6 +920,14 @@ fn classify(parser: &mut JsonParser, line: &[u8]) -> Incoming {
                     | "notifications/prompts/list_changed"
                     | "notifications/resources/list_changed",
                 ) => Incoming::ListChanged,
+                Some("notifications/progress") => match v
+                    .get("params")
+                    .and_then(|p| p.get("progressToken"))
+                    .and_then(|t| t.as_u64())
+                {
+                    Some(id) => Incoming::Progress(id),
+                    None => Incoming::Notification,
+                },
                 _ => Incoming::Notification,
             };
         };

@@ -1,0 +1,121 @@
+//! What an agent's call hands its upstream request besides the request
+//! itself: where the upstream's progress goes while the call runs, and the
+//! signal that the agent cancelled it.
+//!
+//! Both are the shard's own (a call runs on one shard from start to
+//! finish): no lock, no atomic, nothing shared with another thread.
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+/// Takes each progress message of an upstream request, as the upstream
+/// wrote it.
+pub type Progress<'a> = &'a dyn Fn(&[u8]);
+
+/// What one upstream request reports to, and listens to, while it runs.
+#[derive(Clone, Copy, Default)]
+pub struct Watch<'a> {
+    /// Takes each `notifications/progress` the upstream sends for this
+    /// request (the message as the upstream wrote it). With none, toolgate
+    /// asks the upstream for no progress.
+    pub progress: Option<Progress<'a>>,
+    /// Fired when the agent cancels the call.
+    pub cancel: Option<&'a Cancel>,
+}
+
+impl Watch<'_> {
+    /// Nothing to report to, nothing to listen to (catalog fetches).
+    pub const NONE: Watch<'static> = Watch {
+        progress: None,
+        cancel: None,
+    };
+
+    /// Waits until the call is cancelled; never, without a [`Cancel`].
+    pub(crate) async fn cancelled(&self) {
+        match self.cancel {
+            Some(c) => c.fired().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A call's cancellation: fired once, by whoever holds it, and awaited by
+/// the call's upstream request.
+#[derive(Default)]
+pub struct Cancel {
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Cancel {
+    /// Cancels the call (again: nothing more happens).
+    pub fn fire(&self) {
+        if !self.fired.replace(true) {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether the call was cancelled.
+    pub fn is_fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Waits until the call is cancelled.
+    pub async fn fired(&self) {
+        poll_fn(|cx| {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Runs `work` unless the call is cancelled first (`None`).
+pub(crate) async fn unless_cancelled<T>(
+    watch: &Watch<'_>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        watch.cancelled().await;
+        None
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fired_cancel_ends_the_wait_and_the_work_is_dropped() {
+        let cancel = Cancel::default();
+        let watch = Watch {
+            progress: None,
+            cancel: Some(&cancel),
+        };
+        let done = futures_lite::future::block_on(async {
+            let work = unless_cancelled(&watch, std::future::pending::<()>());
+            futures_lite::future::or(work, async {
+                cancel.fire();
+                cancel.fire();
+                // The work above is polled first and waits; firing wakes it.
+                std::future::pending().await
+            })
+            .await
+        });
+        assert_eq!(done, None);
+        assert!(cancel.is_fired());
+    }
+
+    #[test]
+    fn without_a_cancel_the_work_finishes() {
+        let done = futures_lite::future::block_on(unless_cancelled(&Watch::NONE, async { 7 }));
+        assert_eq!(done, Some(7));
+    }
+}
