@@ -27,10 +27,10 @@ const SERVER_INFO: &str = concat!(
     r#""}"#
 );
 
-/// What toolgate offers agents: tools, prompts and resources, whose lists
-/// do not change under a session (catalog changes are picked up by new
-/// sessions).
-const CAPABILITIES: &str = r#"{"tools":{"listChanged":false},"prompts":{"listChanged":false},"resources":{"subscribe":false,"listChanged":false},"completions":{}}"#;
+/// What toolgate offers agents: tools, prompts and resources, whose list
+/// changes it announces (on `GET /mcp` in a session, on
+/// `subscriptions/listen` in the stateless era), and completions.
+const CAPABILITIES: &str = r#"{"tools":{"listChanged":true},"prompts":{"listChanged":true},"resources":{"subscribe":false,"listChanged":true},"completions":{}}"#;
 
 /// Members that make a stateless-era answer per caller: never cached
 /// across callers.
@@ -194,7 +194,7 @@ mod tests {
     fn initialize_names_the_version_and_offers_tools() {
         let v = json(|o| initialize("2025-06-18", o));
         assert_eq!(v["protocolVersion"], "2025-06-18");
-        assert_eq!(v["capabilities"]["tools"]["listChanged"], false);
+        assert_eq!(v["capabilities"]["tools"]["listChanged"], true);
         assert_eq!(v["serverInfo"]["name"], "toolgate");
     }
 

@@ -39,6 +39,8 @@ pub(super) enum Answer {
     Accepted,
     /// `200 OK`, no body (session terminated).
     Done,
+    /// A stream of list changes, opened once its record is written.
+    Listen(super::listen::Listen),
 }
 
 /// What the audit record needs from a request, gathered as it is served.

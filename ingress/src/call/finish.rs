@@ -68,7 +68,9 @@ impl Gateway {
             .collect();
         // Messages went ahead of the answer (progress): the answer is the
         // last event of the stream under way, with its status.
-        let streamed = req.early.is_some_and(|e| e.close(out));
+        // (A stream of list changes goes on after its record.)
+        let streamed =
+            !matches!(result, Ok(Answer::Listen(_))) && req.early.is_some_and(|e| e.close(out));
         let (decision, status, outcome, code) = match result {
             Ok(Answer::Message {
                 body,
@@ -116,6 +118,7 @@ impl Gateway {
                 response::write(out, 202, &[], Body::Empty, true);
                 (Decision::Allow, 202, Outcome::Success, None)
             }
+            Ok(Answer::Listen(_)) => (Decision::Allow, 200, Outcome::Success, None),
             Ok(Answer::Done) => {
                 response::write(out, 200, &[], Body::Empty, true);
                 (Decision::Allow, 200, Outcome::Success, None)

@@ -52,6 +52,8 @@ pub struct Gateway {
     pub(super) target_filters: RefCell<super::target::TargetFilters>,
     /// This shard's calls at their upstreams, for cancellations.
     pub(super) in_flight: crate::inflight::InFlight,
+    /// Snapshot changes, for the agents listening for list changes.
+    pub(super) changes: super::listen::Changes,
 }
 
 /// A shard's clients of the upstreams of one snapshot, in the order of
@@ -180,6 +182,7 @@ impl Gateway {
             nonce_counter: Cell::new(0),
             target_filters: RefCell::default(),
             in_flight: crate::inflight::InFlight::default(),
+            changes: super::listen::Changes::default(),
             shared,
         }
     }
@@ -232,6 +235,7 @@ impl Gateway {
                 let next = Clients::build(&self.shared, &snapshot, generation, Some(&*clients));
                 *clients = next;
             }
+            self.changes.changed();
         }
         let list = Rc::clone(&clients.list);
         (snapshot, list)

@@ -36,6 +36,7 @@ mod history;
 mod identify;
 pub mod judge;
 mod limit;
+mod listen;
 mod media;
 pub mod params;
 mod parse;
@@ -91,7 +92,15 @@ impl Gateway {
         let result = self
             .serve(&snapshot, &clients, req, media, &slot, &mut ctx)
             .await;
+        let listen = match &result {
+            Ok(Answer::Listen(l)) => Some(l.clone()),
+            _ => None,
+        };
         self.finish(&snapshot, req, ctx, result, slot, out).await;
+        drop((snapshot, clients));
+        if let (Some(listen), Some(early)) = (listen, req.early) {
+            self.stream_changes(listen, early, out).await;
+        }
     }
 
     /// Phases 2–8.
@@ -105,8 +114,8 @@ impl Gateway {
         ctx: &mut CallCtx,
     ) -> Result<Answer, Refusal> {
         match req.head.method {
-            Method::Post | Method::Delete => {}
-            Method::Get | Method::Put | Method::Patch | Method::Other => {
+            Method::Post | Method::Delete | Method::Get => {}
+            Method::Put | Method::Patch | Method::Other => {
                 return Err(Refusal::new(RefusalKind::MethodNotAllowed))
             }
         }
@@ -121,6 +130,9 @@ impl Gateway {
         if req.head.method == Method::Delete {
             ctx.reason = Reason::SessionTerminated;
             return self.end_session(agent, req);
+        }
+        if req.head.method == Method::Get {
+            return self.listen_get(agent, req, ctx);
         }
         media.check(req)?;
         let call = match self.plan(snap, agent, req, ctx)? {
@@ -178,6 +190,8 @@ impl Gateway {
             self.admit_target(snap, agent, req, &rpc, ctx)
         } else if rpc.method == target::COMPLETE {
             self.admit_completion(snap, agent, &rpc, ctx)
+        } else if rpc.method == listen::LISTEN && stateless {
+            return self.listen_request(agent, req, &rpc, ctx).map(Plan::Answer);
         } else {
             return self
                 .builtin(snap, agent, req, &rpc, stateless, ctx)

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// Messages queued and not yet written, at most; more are dropped (a
 /// progress message says no more than the one after it).
@@ -43,7 +44,16 @@ pub struct Early {
     /// The client closed the connection while the request ran.
     gone: Cell<bool>,
     gone_waker: Cell<Option<Waker>>,
+    /// The stream's head goes now, before any message (a long-lived
+    /// stream whose first message may be a while coming).
+    head_now: Cell<bool>,
+    /// How often the connection loop looks whether the client left.
+    check_every: Cell<Duration>,
 }
+
+/// How often the connection loop looks whether a watched request's client
+/// left, unless the request says otherwise.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 impl Default for Early {
     fn default() -> Self {
@@ -54,6 +64,8 @@ impl Default for Early {
             waker: Cell::new(None),
             gone: Cell::new(false),
             gone_waker: Cell::new(None),
+            head_now: Cell::new(false),
+            check_every: Cell::new(CHECK_EVERY),
         }
     }
 }
@@ -67,6 +79,31 @@ impl Early {
         self.waker.set(None);
         self.gone.set(false);
         self.gone_waker.set(None);
+        self.head_now.set(false);
+        self.check_every.set(CHECK_EVERY);
+    }
+
+    /// Opens the stream at once (its head goes before any message), and
+    /// looks whether the client left every `check_every`: for a long-lived
+    /// stream of notifications.
+    pub fn open_now(&self, check_every: Duration) {
+        self.allow();
+        self.head_now.set(true);
+        self.check_every.set(check_every);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Queues an SSE comment, which keeps an idle stream alive through
+    /// proxies and shows whether the client is still there.
+    pub fn heartbeat(&self) -> bool {
+        self.send(Vec::new())
+    }
+
+    /// How often the connection loop looks whether the client left.
+    pub(crate) fn check_every(&self) -> Duration {
+        self.check_every.get()
     }
 
     /// Whether the connection loop should look out for the client leaving:
@@ -167,15 +204,18 @@ impl Early {
             self.waker.set(Some(cx.waker().clone()));
             return Poll::Pending;
         }
-        let Some(message) = self.queue.borrow_mut().pop_front() else {
+        let next = self.queue.borrow_mut().pop_front();
+        if next.is_none() && !(self.head_now.get() && self.state.get() == State::Allowed) {
             self.waker.set(Some(cx.waker().clone()));
             return Poll::Pending;
-        };
+        }
         if self.state.get() == State::Allowed {
             head(out);
             self.state.set(State::Open);
         }
-        event(out, &message);
+        if let Some(message) = next {
+            event(out, &message);
+        }
         Poll::Ready(())
     }
 }
@@ -187,8 +227,13 @@ fn head(out: &mut Vec<u8>) {
     );
 }
 
-/// Appends one `message` event carrying `json`, as one chunk.
+/// Appends one `message` event carrying `json`, as one chunk (an empty
+/// `json` is a heartbeat: an SSE comment).
 fn event(out: &mut Vec<u8>, json: &[u8]) {
+    if json.is_empty() {
+        out.extend_from_slice(b"3\r\n:\n\n\r\n");
+        return;
+    }
     const PRE: &[u8] = b"event: message\ndata: ";
     const POST: &[u8] = b"\n\n";
     let _ = write!(out, "{:x}\r\n", PRE.len() + json.len() + POST.len());
@@ -298,6 +343,23 @@ mod tests {
         e.watch();
         e.allow();
         assert!(e.send(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn a_stream_opened_now_writes_its_head_before_any_message_and_heartbeats_are_comments() {
+        let e = Early::default();
+        e.open_now(Duration::from_secs(2));
+        assert_eq!(e.check_every(), Duration::from_secs(2));
+        let head = String::from_utf8(next(&e).unwrap()).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK\r\n") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        assert_eq!(next(&e), None, "nothing more until something is sent");
+        assert!(e.heartbeat());
+        assert_eq!(next(&e).unwrap(), b"3\r\n:\n\n\r\n");
+        e.reset();
+        assert_eq!(e.check_every(), CHECK_EVERY);
     }
 
     #[test]

@@ -296,10 +296,6 @@ pub async fn serve<S: Conn, H: Handler>(
     }
 }
 
-/// How often the connection loop looks whether a client that takes early
-/// messages has left.
-const PEER_CHECK: Duration = Duration::from_millis(250);
-
 /// What the connection loop does next while a request is served.
 enum Step {
     Done,
@@ -333,7 +329,7 @@ async fn serve_with_early<S: Conn, F: std::future::Future<Output = ()>>(
                 return Poll::Ready(Step::Write);
             }
             if early.watching() {
-                let t = tick.get_or_insert_with(|| glommio::timer::Timer::new(PEER_CHECK));
+                let t = tick.get_or_insert_with(|| glommio::timer::Timer::new(early.check_every()));
                 if std::pin::Pin::new(t).poll(cx).is_ready() {
                     tick = None;
                     return Poll::Ready(Step::Check);

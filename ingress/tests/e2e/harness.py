@@ -540,6 +540,20 @@ def initialize_request(id: Any = 1) -> dict[str, Any]:
     }
 
 
+def open_session(port: int, key: str) -> str:
+    """A handshake-era session of the agent with API key ``key``, opened
+    over raw HTTP (``initialize``, then ``notifications/initialized``)."""
+    with RawConn(port) as c:
+        c.send(http_request("POST", "/mcp", port, json.dumps(initialize_request()).encode(), legacy_headers(key)))
+        resp = c.read_response()
+        assert resp.status == 200, resp.body
+        session = resp.headers["mcp-session-id"]
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        c.send(http_request("POST", "/mcp", port, json.dumps(note).encode(), legacy_headers(key, session)))
+        assert c.read_response().status == 202
+    return session
+
+
 def parse_body(response: httpx.Response) -> dict[str, Any]:
     """The single JSON-RPC message in a response (JSON or one-event SSE)."""
     ctype = response.headers.get("content-type", "")

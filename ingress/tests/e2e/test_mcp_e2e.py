@@ -337,7 +337,13 @@ def test_raw_handshake_session_lifecycle(make_gate):
         )
         assert_jsonrpc_error(r, 400, INVALID_PARAMS, id=5, message_prefix="Unknown tool")
 
-        r = http.get(gate.url, headers={**hdrs, "Accept": "text/event-stream"})
+        # In the session, GET opens the stream of list changes; without
+        # the session it is refused.
+        with http.stream("GET", gate.url, headers={**hdrs, "Accept": "text/event-stream"}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+        no_session = {k: v for k, v in hdrs.items() if k.lower() != "mcp-session-id"}
+        r = http.get(gate.url, headers={**no_session, "Accept": "text/event-stream"})
         assert r.status_code == 405, r.text
 
         r = http.delete(gate.url, headers=hdrs)

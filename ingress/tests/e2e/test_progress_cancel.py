@@ -34,10 +34,10 @@ from harness import (
     RawConn,
     UpstreamCfg,
     http_request,
-    initialize_request,
     legacy_headers,
     modern_headers,
     modern_request,
+    open_session,
     result_json,
     sdk_client_cm,
 )
@@ -187,18 +187,6 @@ def start_waiting_call(gate, agent, tag, id, session, seconds=15.0, accept=None)
     return got
 
 
-def open_session(gate, key) -> str:
-    with RawConn(gate.port) as c:
-        c.send(http_request("POST", "/mcp", gate.port, json.dumps(initialize_request()).encode(),
-                            legacy_headers(key)))
-        resp = c.read_response()
-        session = resp.headers["mcp-session-id"]
-        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        c.send(http_request("POST", "/mcp", gate.port, json.dumps(note).encode(), legacy_headers(key, session)))
-        assert c.read_response().status == 202
-    return session
-
-
 def send_cancel(gate, key, session, request_id) -> int:
     note = {"jsonrpc": "2.0", "method": "notifications/cancelled",
             "params": {"requestId": request_id, "reason": "user pressed stop"}}
@@ -211,7 +199,7 @@ def send_cancel(gate, key, session, request_id) -> int:
 def test_a_handshake_agents_cancellation_ends_its_call_and_reaches_the_tool(make_gate, upstreams, protocol):
     agent, other = Agent("worker", TOOLS), Agent("other", TOOLS)
     gate = tickets_gate(make_gate, upstreams, [agent, other], protocol=protocol)
-    session, other_session = open_session(gate, agent.key), open_session(gate, other.key)
+    session, other_session = open_session(gate.port, agent.key), open_session(gate.port, other.key)
     run = f"{protocol or 'auto'}-{time.monotonic_ns()}"
 
     # Several calls, each on its own connection: gates run two shards, so

@@ -175,8 +175,8 @@ def test_routing_headers_and_argument_types_are_checked(make_gate, docs):
         init = http.post(gate.url, json=initialize_request(), headers=legacy_headers(reader.key))
         assert init.status_code == 200, init.text
         caps = parse_body(init)["result"]["capabilities"]
-        assert caps["prompts"] == {"listChanged": False}
-        assert caps["resources"] == {"subscribe": False, "listChanged": False}
+        assert caps["prompts"] == {"listChanged": True}
+        assert caps["resources"] == {"subscribe": False, "listChanged": True}
         session = init.headers["mcp-session-id"]
         headers = legacy_headers(reader.key, session=session)
 
