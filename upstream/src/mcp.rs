@@ -132,7 +132,20 @@ impl McpClient {
             body.push(b'}');
         }
         body.push(b'}');
+        self.post(era, Some(method), &body, headers, credential)
+    }
 
+    /// The POST carrying `body`: the era's headers (`method` names a
+    /// request's method; `None` for a response of toolgate's), `headers`,
+    /// and the credential.
+    fn post(
+        &self,
+        era: &Era,
+        method: Option<&str>,
+        body: &[u8],
+        headers: &[(String, String)],
+        credential: &Credential,
+    ) -> Vec<u8> {
         let url = &self.info.url;
         let mut req = Vec::with_capacity(body.len() + 512);
         let _ = write!(
@@ -146,13 +159,15 @@ impl McpClient {
             Era::Stateless => {
                 let _ = write!(
                     req,
-                    "MCP-Protocol-Version: {}\r\nMcp-Method: {}\r\n",
-                    protocol::LATEST_MODERN_VERSION,
-                    encode_header_value(method)
+                    "MCP-Protocol-Version: {}\r\n",
+                    protocol::LATEST_MODERN_VERSION
                 );
+                if let Some(m) = method {
+                    let _ = write!(req, "Mcp-Method: {}\r\n", encode_header_value(m));
+                }
             }
             Era::Handshake { session, version } => {
-                if method != "initialize" {
+                if method != Some("initialize") {
                     let _ = write!(req, "MCP-Protocol-Version: {version}\r\n");
                 }
                 if let Some(s) = session {
@@ -165,12 +180,48 @@ impl McpClient {
             let _ = write!(req, "{k}: {v}\r\n");
         }
         credential.write(&mut req);
-        if matches!(method, "tools/call" | "prompts/get" | "resources/read") {
+        if matches!(
+            method,
+            Some("tools/call" | "prompts/get" | "resources/read")
+        ) {
             credential.write_identity(&mut req);
         }
         req.extend_from_slice(b"\r\n");
-        req.extend_from_slice(&body);
+        req.extend_from_slice(body);
         req
+    }
+
+    /// Answers the requests the upstream sent toward the agent's client
+    /// during a call (sampling, elicitation, roots), as they come: toolgate
+    /// relays none, so each gets `-32601` at once and the upstream's tool
+    /// goes on without waiting for an answer that would never come.
+    /// Runs until dropped with its call.
+    async fn refuse_asks(&self, era: &Era, credential: &Credential, asks: &Asks) {
+        loop {
+            let asked = asks.next().await;
+            for (id, method) in asked {
+                tracing::info!(
+                    upstream = %self.info.name,
+                    method = %method,
+                    "upstream asked the agent's client during a call: refused (toolgate relays no server-to-client requests)"
+                );
+                let mut body = Vec::with_capacity(160 + id.len());
+                body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+                body.extend_from_slice(&id);
+                body.extend_from_slice(
+                    br#","error":{"code":-32601,"message":"toolgate does not relay requests to the agent's client"}}"#,
+                );
+                let req = self.post(era, None, &body, &[], credential);
+                let deadline = self.info.timeout.min(CANCEL_DEADLINE);
+                if let Err(e) = self
+                    .pool
+                    .exchange(&req, self.info.max_response_bytes, deadline)
+                    .await
+                {
+                    tracing::debug!(upstream = %self.info.name, error = %e, "refusal not delivered");
+                }
+            }
+        }
     }
 
     /// One exchange; the reply matching `id` (or `None` for
@@ -182,6 +233,7 @@ impl McpClient {
         req: &[u8],
         id: Option<u64>,
         watch: &Watch<'_>,
+        asks: Option<&Asks>,
     ) -> Result<(u16, Option<String>, Option<Reply>), UpstreamError> {
         let mut events = sse::Events::default();
         let mut found: Option<Vec<u8>> = None;
@@ -198,6 +250,9 @@ impl McpClient {
                     if is_progress_for(data, id) {
                         progress(data);
                     }
+                }
+                if let Some(asks) = asks {
+                    asks.take(data);
                 }
                 false
             })
@@ -299,7 +354,7 @@ impl McpClient {
             &[],
             credential,
         );
-        let reply = match self.exchange(&req, Some(id), &Watch::NONE).await {
+        let reply = match self.exchange(&req, Some(id), &Watch::NONE, None).await {
             Ok((_, _, Some(r))) => r,
             Ok((_, _, None)) | Err(UpstreamError::BadResponse) => return Ok(false),
             Err(e) => return Err(e),
@@ -339,7 +394,7 @@ impl McpClient {
             &[],
             credential,
         );
-        let (_, session, reply) = self.exchange(&req, Some(id), &Watch::NONE).await?;
+        let (_, session, reply) = self.exchange(&req, Some(id), &Watch::NONE, None).await?;
         let reply = reply.ok_or(UpstreamError::BadResponse)?;
         let mut parser = JsonParser::new();
         let tape = parser
@@ -368,7 +423,7 @@ impl McpClient {
             &[],
             credential,
         );
-        self.exchange(&note, None, &Watch::NONE).await?;
+        self.exchange(&note, None, &Watch::NONE, None).await?;
         tracing::debug!(upstream = %self.info.name, version, "upstream session established");
         Ok(era)
     }
@@ -397,8 +452,27 @@ impl McpClient {
             };
             let progress = watch.progress.map(|_| id);
             let req = self.request(&era, Some(id), method, params, progress, extra, credential);
-            let Some(answer) = unless_cancelled(watch, self.exchange(&req, Some(id), watch)).await
-            else {
+            // A session's server may ask the agent's client something on
+            // the call's stream; it is answered (refused) meanwhile.
+            let asks = Asks::default();
+            let exchange = async {
+                match era {
+                    Era::Handshake { .. } => {
+                        futures_lite::future::or(
+                            self.exchange(&req, Some(id), watch, Some(&asks)),
+                            async {
+                                self.refuse_asks(&era, credential, &asks).await;
+                                Err(UpstreamError::Unavailable)
+                            },
+                        )
+                        .await
+                    }
+                    Era::Stateless | Era::Unknown => {
+                        self.exchange(&req, Some(id), watch, None).await
+                    }
+                }
+            };
+            let Some(answer) = unless_cancelled(watch, exchange).await else {
                 // The exchange is dropped and its connection closed: in the
                 // stateless era that is the cancellation; a session's
                 // server is told with a notification.
@@ -427,6 +501,49 @@ impl McpClient {
             }
         }
         Err(UpstreamError::BadResponse)
+    }
+}
+
+/// The requests an upstream sent toward the agent's client during one
+/// call, waiting for their answer: each one's id (JSON text) and method.
+#[derive(Default)]
+struct Asks {
+    waiting: std::cell::RefCell<Vec<(Vec<u8>, String)>>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Asks {
+    /// Keeps `message` if it is a request (a `method` and an `id`).
+    fn take(&self, message: &[u8]) {
+        let mut parser = JsonParser::new();
+        let Ok(tape) = parser.parse(message) else {
+            return;
+        };
+        let v = tape.as_value();
+        let (Some(method), Some(id)) = (v.get("method").and_then(|m| m.into_string()), v.get("id"))
+        else {
+            return;
+        };
+        let mut raw = Vec::with_capacity(16);
+        toolgate_core::jsonrpc::write_value(id, &mut raw);
+        self.waiting.borrow_mut().push((raw, method.to_owned()));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits for requests, and takes them.
+    async fn next(&self) -> Vec<(Vec<u8>, String)> {
+        std::future::poll_fn(|cx| {
+            let mut waiting = self.waiting.borrow_mut();
+            if waiting.is_empty() {
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(std::mem::take(&mut *waiting))
+            }
+        })
+        .await
     }
 }
 

@@ -17,7 +17,10 @@ What is checked:
   tool is cancelled), and the call is recorded as ``cancelled``; another
   agent naming the same id cancels nothing;
 * a stateless-era agent cancels by closing its stream: the upstream's tool
-  is cancelled and the call recorded as ``cancelled``.
+  is cancelled and the call recorded as ``cancelled``;
+* a request a session's server sends toward the agent's client during a
+  call (an elicitation) is refused at once, so the call does not wait for
+  its deadline.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from harness import (
 from upstream_server import CARD_NUMBER
 
 REQUEST_CANCELLED = -32800
-TOOLS = ["tickets__steps", "tickets__annotate", "tickets__wait_for_cancel", "tickets__cancelled_tags"]
+TOOLS = ["tickets__steps", "tickets__annotate", "tickets__wait_for_cancel", "tickets__cancelled_tags",
+         "tickets__ask_user"]
 
 
 def sse_events(body: bytes) -> list[dict]:
@@ -300,3 +304,18 @@ def test_an_sdk_agent_that_abandons_a_call_cancels_it(make_gate, upstreams, mode
     while tag not in (tags := cancelled_tags(gate, agent.key)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert tag in tags, tags
+
+
+def test_a_request_an_upstream_sends_the_agents_client_is_refused_at_once(make_gate, upstreams):
+    """A session's server asking the agent's client (an elicitation) during
+    a call gets -32601 at once: its tool goes on, and the call is answered
+    well within its deadline instead of waiting for it."""
+    agent = Agent("worker", TOOLS)
+    gate = tickets_gate(make_gate, upstreams, [agent], protocol="handshake")
+    started = time.monotonic()
+    with RawConn(gate.port) as c:
+        c.send(call_tool(gate, agent.key, "tickets__ask_user", {"question": "proceed?"}, id=1))
+        msg = c.read_response().json()
+    assert time.monotonic() - started < 10, "waited for the call's deadline"
+    assert "refused -32601" in json.dumps(msg["result"]), msg
+    assert "upstream asked the agent's client during a call" in gate.stderr_text()

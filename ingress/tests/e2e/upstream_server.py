@@ -5,7 +5,7 @@ Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
 * ``crm``      -- customer records (lookup_customer, list_customers, delete_record)
 * ``tickets``  -- a ticket tracker (create_ticket, close_ticket, annotate,
   reject, slow), and long calls: steps (progress), wait_for_cancel and
-  cancelled_tags (cancellation)
+  cancelled_tags (cancellation), ask_user (an elicitation during the call)
 * ``ops``      -- operations (send_email, refund), for the policy tests
 * ``docs``     -- resources (a public readme with a card number and an
   e-mail address, a draft, a secret key), a resource template, prompts
@@ -160,6 +160,20 @@ def build_tickets() -> MCPServer:
             CANCELLED_TAGS.append(tag)
             raise
         return f"not cancelled {tag}"
+
+    @server.tool()
+    async def ask_user(question: str, ctx: Context) -> str:
+        """Ask the client's user (an elicitation) during the call; say how
+        that went."""
+        try:
+            result = await ctx.request_context.session.elicit_form(
+                question, {"type": "object", "properties": {"ok": {"type": "boolean"}}},
+                related_request_id=ctx.request_id)
+        except MCPError as e:
+            return f"refused {e.code}"
+        except Exception as e:  # no back-channel (the stateless era)
+            return f"could not ask: {type(e).__name__}"
+        return f"answered {result.action}"
 
     @server.tool()
     def cancelled_tags() -> list[str]:
