@@ -143,35 +143,57 @@ impl PgStore {
     /// when it is broken, so the next call makes a new one.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.with_retry(f, || false)
+    }
+
+    /// [`PgStore::with`], running `f` once more on a new connection when
+    /// the first one was lost under it (a restarted server cuts its
+    /// sessions) and `may_retry` says nothing can have taken effect.
+    fn with_retry<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+        may_retry: impl Fn() -> bool,
     ) -> Result<T, StoreError> {
         let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(self.connect()?);
-        }
-        let Some(client) = guard.as_mut() else {
-            return Err(self.db("no connection"));
-        };
-        match f(client) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if client.is_closed() || e.as_db_error().is_none() {
-                    *guard = None;
+        for attempt in 0..2 {
+            if guard.as_ref().is_none_or(Client::is_closed) {
+                *guard = Some(self.connect()?);
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(self.db("no connection"));
+            };
+            match f(client) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let lost = connection_lost(&e, client);
+                    if lost {
+                        *guard = None;
+                    }
+                    if lost && attempt == 0 && may_retry() {
+                        tracing::info!(url = %self.opts.describe(), error = %describe(&e), "control state connection lost: trying once more on a new one");
+                        continue;
+                    }
+                    return Err(self.db(describe(&e)));
                 }
-                Err(self.db(e))
             }
         }
+        Err(self.db("no connection"))
     }
 
     /// The revision of the last committed transaction.
     pub fn revision(&self) -> Result<u64, StoreError> {
-        let rev: i64 = self.with(|c| {
-            c.query_one(
-                "SELECT revision FROM toolgate_control_meta WHERE id = 1",
-                &[],
-            )
-            .map(|r| r.get(0))
-        })?;
+        let rev: i64 = self.with_retry(
+            |c| {
+                c.query_one(
+                    "SELECT revision FROM toolgate_control_meta WHERE id = 1",
+                    &[],
+                )
+                .map(|r| r.get(0))
+            },
+            || true,
+        )?;
         Ok(u64::try_from(rev).unwrap_or(0))
     }
 
@@ -196,36 +218,67 @@ impl PgStore {
     }
 }
 
+/// Whether `e` means the connection is gone or its server is going away
+/// (no SQLSTATE, class 08, or 57P01–57P03: shut down, crashed, starting):
+/// what was sent did not run to its end, and the connection is made again.
+fn connection_lost(e: &postgres::Error, client: &Client) -> bool {
+    if client.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+    }
+}
+
+/// `e` as an operator reads it: PostgreSQL's severity, SQLSTATE and
+/// message when the server sent them, else the client's error and cause.
+fn describe(e: &postgres::Error) -> String {
+    use std::error::Error;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Backend for PgStore {
     fn load(&self) -> Result<State, StoreError> {
-        let (revision, rows) = self.with(|c| {
-            // One snapshot for the revision and the rows.
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()?;
-            let rev: i64 = tx
-                .query_one(
-                    "SELECT revision FROM toolgate_control_meta WHERE id = 1",
-                    &[],
-                )?
-                .get(0);
-            let rows: Vec<(String, String, i64, String)> = tx
-                .query(
-                    "SELECT kind, id, version, spec FROM toolgate_control_resources",
-                    &[],
-                )?
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect();
-            tx.commit()?;
-            Ok((rev, rows))
-        })?;
+        // Read-only: safe to run again on a new connection.
+        let (revision, rows) = self.with_retry(
+            |c| {
+                // One snapshot for the revision and the rows.
+                let mut tx = c
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                let rev: i64 = tx
+                    .query_one(
+                        "SELECT revision FROM toolgate_control_meta WHERE id = 1",
+                        &[],
+                    )?
+                    .get(0);
+                let rows: Vec<(String, String, i64, String)> = tx
+                    .query(
+                        "SELECT kind, id, version, spec FROM toolgate_control_resources",
+                        &[],
+                    )?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect();
+                tx.commit()?;
+                Ok((rev, rows))
+            },
+            || true,
+        )?;
         let mut state = State {
             revision: u64::try_from(revision).unwrap_or(0),
             ..State::default()
@@ -265,36 +318,45 @@ impl Backend for PgStore {
         }
         let base = to_i64(revision.saturating_sub(1));
         let next = to_i64(revision);
-        let won = self.with(|c| {
-            let mut tx = c.transaction()?;
-            // The compare-and-set: waits for a concurrent writer's commit,
-            // then matches no row if that writer moved the revision on.
-            let n = tx.execute(
-                "UPDATE toolgate_control_meta SET revision = $1 WHERE id = 1 AND revision = $2",
-                &[&next, &base],
-            )?;
-            if n != 1 {
-                tx.rollback()?;
-                return Ok(false);
-            }
-            for (kind, id, spec) in &rows {
-                match spec {
-                    Some((version, text)) => tx.execute(
-                        "INSERT INTO toolgate_control_resources (kind, id, version, spec) \
+        // Until COMMIT is sent, a lost connection took the transaction with
+        // it and the commit runs again on a new one; a COMMIT whose answer
+        // was lost may have taken effect, and is reported as failed.
+        let committing = std::cell::Cell::new(false);
+        let won = self.with_retry(
+            |c| {
+                committing.set(false);
+                let mut tx = c.transaction()?;
+                // The compare-and-set: waits for a concurrent writer's commit,
+                // then matches no row if that writer moved the revision on.
+                let n = tx.execute(
+                    "UPDATE toolgate_control_meta SET revision = $1 WHERE id = 1 AND revision = $2",
+                    &[&next, &base],
+                )?;
+                if n != 1 {
+                    tx.rollback()?;
+                    return Ok(false);
+                }
+                for (kind, id, spec) in &rows {
+                    match spec {
+                        Some((version, text)) => tx.execute(
+                            "INSERT INTO toolgate_control_resources (kind, id, version, spec) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (kind, id) \
                          DO UPDATE SET version = EXCLUDED.version, spec = EXCLUDED.spec",
-                        &[kind, id, version, text],
-                    )?,
-                    None => tx.execute(
-                        "DELETE FROM toolgate_control_resources WHERE kind = $1 AND id = $2",
-                        &[kind, id],
-                    )?,
-                };
-            }
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])?;
-            tx.commit()?;
-            Ok(true)
-        })?;
+                            &[kind, id, version, text],
+                        )?,
+                        None => tx.execute(
+                            "DELETE FROM toolgate_control_resources WHERE kind = $1 AND id = $2",
+                            &[kind, id],
+                        )?,
+                    };
+                }
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])?;
+                committing.set(true);
+                tx.commit()?;
+                Ok(true)
+            },
+            || !committing.get(),
+        )?;
         if won {
             Ok(())
         } else {
