@@ -5,7 +5,22 @@ use super::*;
 
 /// Most times a write plans again after another replica's commit got in
 /// first (each time, a precondition that no longer holds ends it in 412).
-pub(super) const MAX_ATTEMPTS: u32 = 8;
+pub(super) const MAX_ATTEMPTS: u32 = 16;
+
+/// Before planning again, a write waits a random time up to this many
+/// milliseconds per attempt so far: replicas writing at once stop meeting
+/// in lockstep, and one of them gets in.
+const BACKOFF_STEP_MS: u64 = 2;
+
+/// A random wait before attempt `attempt + 1`, up to
+/// `attempt * BACKOFF_STEP_MS` milliseconds (microsecond resolution).
+fn backoff(attempt: u32) -> std::time::Duration {
+    let limit_us = u64::from(attempt) * BACKOFF_STEP_MS * 1000;
+    let seed = crate::random::bytes32().map_or(0, |b| {
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    });
+    std::time::Duration::from_micros(seed % limit_us.max(1))
+}
 
 impl AdminApi {
     /// Plans, validates, commits, publishes and audits `ops`; answers once
@@ -80,6 +95,10 @@ impl AdminApi {
                         attempt,
                         "control state moved meanwhile; planning again"
                     );
+                    // Nothing is held across the wait: the next attempt
+                    // plans from the store's state afresh.
+                    drop(admissions);
+                    glommio::timer::sleep(backoff(attempt)).await;
                 }
                 Err(toolgate_control::StoreError::Conflict { .. }) => {
                     return Err(ApiError::new(
