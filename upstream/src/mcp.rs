@@ -21,7 +21,7 @@ use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_core::reply_id::reply_id;
 use toolgate_decision::UpstreamInfo;
 
-use crate::watch::{unless_cancelled, Watch};
+use crate::watch::{progress_token, unless_cancelled, Watch};
 use crate::{sse, Credential, Reply, UpstreamError};
 use toolgate_net::client::{MediaType, Pool};
 
@@ -45,8 +45,9 @@ pub struct McpClient {
     handshake: Semaphore,
 }
 
-/// How long telling an upstream of a cancellation may take.
-const CANCEL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a message sent beside a call (a cancellation, a refusal of the
+/// server's request) may take.
+const ASIDE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `clientInfo` toolgate presents to upstreams.
 const CLIENT_INFO: &str = concat!(
@@ -212,14 +213,7 @@ impl McpClient {
                     br#","error":{"code":-32601,"message":"toolgate does not relay requests to the agent's client"}}"#,
                 );
                 let req = self.post(era, None, &body, &[], credential);
-                let deadline = self.info.timeout.min(CANCEL_DEADLINE);
-                if let Err(e) = self
-                    .pool
-                    .exchange(&req, self.info.max_response_bytes, deadline)
-                    .await
-                {
-                    tracing::debug!(upstream = %self.info.name, error = %e, "refusal not delivered");
-                }
+                self.send_aside(&req, "refusal").await;
             }
         }
     }
@@ -246,13 +240,23 @@ impl McpClient {
                     found = Some(data.to_vec());
                     return true;
                 }
-                if let (Some(progress), Some(id)) = (watch.progress, id) {
-                    if is_progress_for(data, id) {
-                        progress(data);
-                    }
+                if watch.progress.is_none() && asks.is_none() {
+                    return false;
                 }
-                if let Some(asks) = asks {
-                    asks.take(data);
+                // Anything else on the call's stream is parsed once, for
+                // what the call takes of it.
+                match aside(data) {
+                    Aside::Progress(token) if Some(token) == id => {
+                        if let Some(progress) = watch.progress {
+                            progress(data);
+                        }
+                    }
+                    Aside::Request { id, method } => {
+                        if let Some(asks) = asks {
+                            asks.push(id, method);
+                        }
+                    }
+                    Aside::Progress(_) | Aside::Other => {}
                 }
                 false
             })
@@ -303,13 +307,20 @@ impl McpClient {
             &[],
             credential,
         );
-        let deadline = self.info.timeout.min(CANCEL_DEADLINE);
+        self.send_aside(&note, "cancellation").await;
+    }
+
+    /// Sends `req` beside a call (a notification, toolgate's answer to the
+    /// server): best effort within a short deadline, as the call goes on
+    /// (or is answered) either way.
+    async fn send_aside(&self, req: &[u8], what: &str) {
+        let deadline = self.info.timeout.min(ASIDE_DEADLINE);
         let sent = self
             .pool
-            .exchange(&note, self.info.max_response_bytes, deadline)
+            .exchange(req, self.info.max_response_bytes, deadline)
             .await;
         if let Err(e) = sent {
-            tracing::debug!(upstream = %self.info.name, error = %e, "cancellation not delivered");
+            tracing::debug!(upstream = %self.info.name, error = %e, "{what} not delivered");
         }
     }
 
@@ -513,20 +524,9 @@ struct Asks {
 }
 
 impl Asks {
-    /// Keeps `message` if it is a request (a `method` and an `id`).
-    fn take(&self, message: &[u8]) {
-        let mut parser = JsonParser::new();
-        let Ok(tape) = parser.parse(message) else {
-            return;
-        };
-        let v = tape.as_value();
-        let (Some(method), Some(id)) = (v.get("method").and_then(|m| m.into_string()), v.get("id"))
-        else {
-            return;
-        };
-        let mut raw = Vec::with_capacity(16);
-        toolgate_core::jsonrpc::write_value(id, &mut raw);
-        self.waiting.borrow_mut().push((raw, method.to_owned()));
+    /// Keeps request `id` (JSON text) of `method` for its answer.
+    fn push(&self, id: Vec<u8>, method: String) {
+        self.waiting.borrow_mut().push((id, method));
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -547,18 +547,62 @@ impl Asks {
     }
 }
 
-/// Whether `message` is a `notifications/progress` under token `token`
-/// (the upstream request's id, which toolgate uses as its token).
-pub(crate) fn is_progress_for(message: &[u8], token: u64) -> bool {
+/// What a message on a call's stream other than its reply is.
+enum Aside {
+    /// Progress under this (integer) token.
+    Progress(u64),
+    /// A request of the server's toward the client: its id (JSON text) and
+    /// method.
+    Request {
+        id: Vec<u8>,
+        method: String,
+    },
+    Other,
+}
+
+/// Reads `message` once to tell what it is.
+fn aside(message: &[u8]) -> Aside {
     let mut parser = JsonParser::new();
     let Ok(tape) = parser.parse(message) else {
-        return false;
+        return Aside::Other;
     };
     let v = tape.as_value();
-    v.get("method").and_then(|m| m.into_string()) == Some("notifications/progress")
-        && v.get("id").is_none()
-        && v.get("params")
-            .and_then(|p| p.get("progressToken"))
-            .and_then(|t| t.as_u64())
-            == Some(token)
+    if let Some(token) = progress_token(v) {
+        return Aside::Progress(token);
+    }
+    match (v.get("method").and_then(|m| m.into_string()), v.get("id")) {
+        (Some(method), Some(id)) => {
+            let mut raw = Vec::with_capacity(16);
+            toolgate_core::jsonrpc::write_value(id, &mut raw);
+            Aside::Request {
+                id: raw,
+                method: method.to_owned(),
+            }
+        }
+        _ => Aside::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streams_other_messages_are_told_apart_in_one_read() {
+        let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":7,"progress":1}}"#;
+        assert!(matches!(aside(progress), Aside::Progress(7)));
+        let ask = br#"{"jsonrpc":"2.0","id":"s-1","method":"elicitation/create","params":{}}"#;
+        match aside(ask) {
+            Aside::Request { id, method } => {
+                assert_eq!(
+                    (id.as_slice(), method.as_str()),
+                    (&br#""s-1""#[..], "elicitation/create")
+                );
+            }
+            _ => panic!("not read as a request"),
+        }
+        let log = br#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#;
+        assert!(matches!(aside(log), Aside::Other));
+        assert!(matches!(aside(b"not json"), Aside::Other));
+    }
 }

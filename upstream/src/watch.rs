@@ -76,6 +76,20 @@ impl Cancel {
     }
 }
 
+/// The token of `message` (a parsed JSON-RPC message) when it is a
+/// `notifications/progress` under an integer token: toolgate asks every
+/// upstream for progress under its own request ids, so any other token is
+/// not one of toolgate's.
+pub(crate) fn progress_token(message: simd_json::tape::Value<'_, '_>) -> Option<u64> {
+    use simd_json::prelude::*;
+    if message.get("id").is_some()
+        || message.get("method").and_then(|m| m.into_string()) != Some("notifications/progress")
+    {
+        return None;
+    }
+    message.get("params")?.get("progressToken")?.as_u64()
+}
+
 /// Runs `work` unless the call is cancelled first (`None`).
 pub(crate) async fn unless_cancelled<T>(
     watch: &Watch<'_>,
@@ -111,6 +125,37 @@ mod tests {
         });
         assert_eq!(done, None);
         assert!(cancel.is_fired());
+    }
+
+    #[test]
+    fn only_a_progress_notification_under_an_integer_token_has_one() {
+        let token = |json: &str| {
+            let mut p = toolgate_core::jsonrpc::JsonParser::new();
+            let tape = p.parse(json.as_bytes()).unwrap();
+            progress_token(tape.as_value())
+        };
+        let note = |params: &str| {
+            format!(r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{params}}}"#)
+        };
+        assert_eq!(
+            token(&note(r#"{"progressToken":12,"progress":1}"#)),
+            Some(12)
+        );
+        assert_eq!(token(&note(r#"{"progressToken":"12","progress":1}"#)), None);
+        assert_eq!(token(&note(r#"{"progress":1}"#)), None);
+        assert_eq!(
+            token(
+                r#"{"jsonrpc":"2.0","id":1,"method":"notifications/progress","params":{"progressToken":12}}"#
+            ),
+            None,
+            "a request is not a notification"
+        );
+        assert_eq!(
+            token(
+                r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"progressToken":12}}"#
+            ),
+            None
+        );
     }
 
     #[test]

@@ -44,8 +44,8 @@ impl Gateway {
         // In the stateless era an agent cancels over HTTP by closing its
         // stream (no notification comes); a handshake-era agent that
         // leaves has not cancelled (it may resume), so its call runs on.
-        let stateless = ctx.mcp_session.is_none();
-        if let Some(early) = early.filter(|_| stateless) {
+        let watched = early.filter(|_| ctx.mcp_session.is_none());
+        if let Some(early) = watched {
             early.watch();
         }
         let relay = match (call.progress.as_deref(), early.filter(|_| streams)) {
@@ -69,7 +69,7 @@ impl Gateway {
             cancel: Some(entered.cancel()),
         };
         let left = async {
-            if let Some(early) = early.filter(|_| stateless) {
+            if let Some(early) = watched {
                 early.gone().await;
                 entered.cancel().fire();
             }

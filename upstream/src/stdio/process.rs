@@ -30,7 +30,7 @@ use toolgate_core::secret::Secret;
 
 use super::egress::{Channel, Egress, EgressCounts};
 use super::sandbox;
-use crate::watch::{unless_cancelled, Progress, Watch};
+use crate::watch::{progress_token, unless_cancelled, Progress, Watch};
 use crate::UpstreamError;
 
 /// First wait before a restart; doubled per exit, up to [`MAX_BACKOFF`].
@@ -920,11 +920,7 @@ fn classify(parser: &mut JsonParser, line: &[u8]) -> Incoming {
                     | "notifications/prompts/list_changed"
                     | "notifications/resources/list_changed",
                 ) => Incoming::ListChanged,
-                Some("notifications/progress") => match v
-                    .get("params")
-                    .and_then(|p| p.get("progressToken"))
-                    .and_then(|t| t.as_u64())
-                {
+                Some("notifications/progress") => match progress_token(v) {
                     Some(id) => Incoming::Progress(id),
                     None => Incoming::Notification,
                 },
