@@ -148,6 +148,51 @@ pub fn start(
     Ok(Shards { handles, addr })
 }
 
+/// Binds `addr` for a listener that must be this process's alone.
+///
+/// glommio's listeners set `SO_REUSEPORT` so that every shard joins one
+/// port; that would equally let a second gateway (a stale instance, a copy
+/// started with another config) bind the same port and silently take a
+/// share of the connections. A plain bind (`SO_REUSEADDR` only) fails
+/// against any listener already there, so trying one first keeps the port
+/// ours; port 0 resolves to a fresh port and needs no check.
+pub(crate) fn bind_alone(addr: SocketAddr) -> glommio::Result<TcpListener, ()> {
+    if addr.port() != 0 {
+        exclusive_bind(addr).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                std::io::Error::new(
+                    e.kind(),
+                    "address in use: another process already listens there",
+                )
+            } else {
+                e
+            }
+        })?;
+    }
+    TcpListener::bind(addr)
+}
+
+/// Binds (without listening) a socket that does not share its port, and
+/// closes it again.
+fn exclusive_bind(addr: SocketAddr) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt::ReuseAddr, AddressFamily, SockFlag, SockType,
+        SockaddrStorage,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // Lets the bind succeed over connections of a previous run still in
+    // TIME_WAIT, as the real listener's bind would.
+    setsockopt(&fd, ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(())
+}
+
 async fn run(
     i: usize,
     shared: Arc<Shared>,
@@ -157,7 +202,12 @@ async fn run(
     addr: SocketAddr,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
-    let listener = match TcpListener::bind(addr) {
+    // Shard 0 claims the port; the others join it.
+    let listener = match if i == 0 {
+        bind_alone(addr)
+    } else {
+        TcpListener::bind(addr)
+    } {
         Ok(l) => l,
         Err(e) => {
             let _ = bound.send(Err(e.to_string()));
@@ -358,7 +408,7 @@ pub(crate) async fn handshake(
 
 /// Serves `GET /metrics` on its own listener, from shard 0.
 fn serve_metrics(addr: SocketAddr, shared: Arc<Shared>) {
-    let listener = match TcpListener::bind(addr) {
+    let listener = match bind_alone(addr) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(%addr, error = %e, "cannot listen for metrics");

@@ -40,7 +40,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use glommio::net::TcpListener;
 use serde_json::{json, Value};
 use toolgate_control::model::{check_id, diff};
 use toolgate_control::state::{check_references, check_upstream_changes, dangling_tools};
@@ -109,7 +108,7 @@ pub fn start(
         .name("toolgate-admin")
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let listener = match TcpListener::bind(addr) {
+            let listener = match crate::shard::bind_alone(addr) {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));

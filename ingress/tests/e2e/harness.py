@@ -70,11 +70,65 @@ RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[
 # --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range. A port handed out from
+    inside that range can be taken, between the moment it is chosen and the
+    moment a server binds it, as the source port of any outgoing connection
+    (or a client connecting to itself while it polls the port); a port
+    below it is only ever taken by an explicit bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 12000)
+    return range(10000, low)
+
+
+_PORTS = _below_ephemeral()
+_next_port = [secrets.randbelow(len(_PORTS))]
+_port_lock = threading.Lock()
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 (TCP, or UDP with ``socket.SOCK_DGRAM``) that
+    nothing is bound to right now, outside the ephemeral range and not
+    handed out recently by this process."""
+    with _port_lock:
+        for _ in range(len(_PORTS)):
+            port = _PORTS[_next_port[0] % len(_PORTS)]
+            _next_port[0] += 1
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port in {_PORTS}")
+
+
+def process_report(pid: int, port: int) -> str:
+    """What a process that does not answer is doing: each thread's state and
+    the kernel function it waits in, and which sockets use ``port``."""
+    lines = [f"threads of {pid}:"]
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                comm = Path(f"{base}/comm").read_text().strip()
+                state = Path(f"{base}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = Path(f"{base}/wchan").read_text().strip()
+            except OSError:
+                continue
+            lines.append(f"  {tid} {comm} {state} {wchan}")
+    except OSError as e:
+        lines.append(f"  unreadable: {e}")
+    try:
+        ss = subprocess.run(["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], capture_output=True,
+                            text=True, timeout=5)
+        lines.append(f"sockets on port {port}:\n{ss.stdout}")
+    except (OSError, subprocess.SubprocessError) as e:
+        lines.append(f"ss failed: {e}")
+    return "\n".join(lines)
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -392,7 +446,9 @@ class Gate:
                 except httpx.HTTPError as e:
                     last = f"/readyz -> {type(e).__name__}"
                 time.sleep(0.05)
-        raise TimeoutError(f"toolgate not ready after {timeout}s ({last}):\n{self.stderr_text()}")
+        raise TimeoutError(
+            f"toolgate not ready after {timeout}s ({last}):\n{self.stderr_text()}\n{process_report(self.proc.pid, self.port)}"
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

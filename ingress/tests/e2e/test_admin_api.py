@@ -96,7 +96,10 @@ def admin_gate(make_gate, upstreams):
         port = free_port()
         agents = agents or [Agent("support-bot", ["crm__lookup_customer"])]
         gate = make_gate(agents=agents, extra_toml=admin_toml(port, sha, admin_extra) + extra_toml)
-        wait_for_port(port, 30, gate.proc)
+        try:
+            wait_for_port(port, 30, gate.proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}\n{gate.stderr_text()}") from e
         admin = Admin(port, token)
         made.append(admin)
         gate.admin_port, gate.admin_token = port, token

@@ -166,6 +166,26 @@ def test_run_refuses_invalid_config(tmp_path):
     assert re.search(rf"\bline\s+{lineno}\b", r.stderr, re.IGNORECASE), r.stderr
 
 
+def test_run_refuses_a_port_another_gateway_listens_on(make_gate, tmp_path):
+    """Shards share their port through SO_REUSEPORT; a second gateway started
+    on the same address must not join that group and take a share of the
+    first one's connections."""
+    first = make_gate(upstream_list=[], agents=[Agent("a", [])])
+    second = Gate(tmp_path / "second", [], [Agent("a", [])])
+    second.port = first.port
+    second.config_path.write_text(second.render_config())
+    second.spawn()
+    try:
+        assert second.proc.wait(timeout=CLI_TIMEOUT_S) != 0
+    finally:
+        second.stop()
+    err = second.stderr_text()
+    assert f"127.0.0.1:{first.port}" in err and "another process already listens there" in err, err
+    # The first gateway still answers every connection.
+    for _ in range(20):
+        assert httpx.get(f"{first.base}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200
+
+
 def parse_key_new(stdout: str) -> tuple[str, str]:
     lines = [l for l in stdout.splitlines() if l.strip()]
     assert len(lines) == 2, stdout
