@@ -29,6 +29,7 @@ pub mod inflight;
 pub mod jwks_sync;
 pub mod metrics;
 pub mod openapi_refresh;
+pub mod port_owner;
 pub mod process;
 pub mod random;
 pub mod ratelimit;

@@ -153,44 +153,18 @@ pub fn start(
 /// glommio's listeners set `SO_REUSEPORT` so that every shard joins one
 /// port; that would equally let a second gateway (a stale instance, a copy
 /// started with another config) bind the same port and silently take a
-/// share of the connections. A plain bind (`SO_REUSEADDR` only) fails
-/// against any listener already there, so trying one first keeps the port
-/// ours; port 0 resolves to a fresh port and needs no check.
+/// share of the connections. So a port someone already listens on is
+/// refused before binding; port 0 resolves to a fresh port and needs no
+/// check.
 pub(crate) fn bind_alone(addr: SocketAddr) -> glommio::Result<TcpListener, ()> {
-    if addr.port() != 0 {
-        exclusive_bind(addr).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                std::io::Error::new(
-                    e.kind(),
-                    "address in use: another process already listens there",
-                )
-            } else {
-                e
-            }
-        })?;
+    if addr.port() != 0 && crate::port_owner::listened_on(addr) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "address in use: another process already listens there",
+        )
+        .into());
     }
     TcpListener::bind(addr)
-}
-
-/// Binds (without listening) a socket that does not share its port, and
-/// closes it again.
-fn exclusive_bind(addr: SocketAddr) -> std::io::Result<()> {
-    use nix::sys::socket::{
-        bind, setsockopt, socket, sockopt::ReuseAddr, AddressFamily, SockFlag, SockType,
-        SockaddrStorage,
-    };
-    use std::os::fd::AsRawFd;
-    let family = if addr.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    // Lets the bind succeed over connections of a previous run still in
-    // TIME_WAIT, as the real listener's bind would.
-    setsockopt(&fd, ReuseAddr, &true)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    Ok(())
 }
 
 async fn run(

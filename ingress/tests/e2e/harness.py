@@ -688,6 +688,16 @@ class RawConn:
         self.buf = b""
         self.eof = False
 
+    @classmethod
+    def wrap(cls, sock: socket.socket, timeout: float = HTTP_TIMEOUT_S) -> "RawConn":
+        """A RawConn over a socket already connected."""
+        conn = cls.__new__(cls)
+        conn.sock = sock
+        sock.settimeout(timeout)
+        conn.buf = b""
+        conn.eof = False
+        return conn
+
     def close(self) -> None:
         try:
             self.sock.close()

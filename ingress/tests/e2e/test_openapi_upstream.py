@@ -106,12 +106,12 @@ def test_operations_are_tools_called_through_the_whole_boundary(make_gate, tmp_p
                 await client.call_tool("billing__createRefund", {"invoice_id": "inv-1", "amount": 5000})
             assert "policy" in str(denied.value).lower()
 
-            # A hostile path value stays inside its segment.
-            r = await client.call_tool("billing__getInvoice", {"invoice_id": "../refunds"})
-            assert r.is_error
-
-            # Arguments the operation does not take never become a request.
+            # Arguments the operation does not take, and a path value that
+            # would add a segment, never become a request.
             r_before = len(seen(billing_api))
+            with pytest.raises(MCPError) as bad:
+                await client.call_tool("billing__getInvoice", {"invoice_id": "../refunds"})
+            assert "may not hold `/`" in str(bad.value)
             with pytest.raises(MCPError) as bad:
                 await client.call_tool("billing__getInvoice", {"invoice_id": "inv-1", "admin": True})
             assert "unknown argument" in str(bad.value)
@@ -135,7 +135,7 @@ def test_operations_are_tools_called_through_the_whole_boundary(make_gate, tmp_p
     paths = [(r["method"], r["raw_path"]) for r in requests]
     assert ("GET", "/invoices") in paths
     assert ("POST", "/refunds") in paths
-    assert ("GET", "/invoices/..%2Frefunds") in paths
+    assert not [p for p in paths if "refunds" in p[1] and p[0] == "GET"], paths
     # The denied refund never reached the API: exactly one refund was posted.
     assert [p for p in paths if p == ("POST", "/refunds")] == [("POST", "/refunds")]
 

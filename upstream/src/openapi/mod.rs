@@ -148,7 +148,7 @@ impl OpenApiClient {
         let Some(op) = surface.get(name) else {
             return Ok(Err(format!("unknown tool `{name}`")));
         };
-        let req = match request::build(op, &self.info.url.path, args) {
+        let req = match request::build(&surface, op, &self.info.url.path, args) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.to_string())),
         };

@@ -5,8 +5,14 @@
 //! unknown arguments, missing required ones, and values that do not fit
 //! their schema (`type`, `enum`, `const`, `anyOf`/`oneOf`/`allOf`, array
 //! `items`, object `properties`, OpenAPI 3.0 `nullable`) are refused. A path
-//! parameter is percent-encoded into its segment and may not be `.` or
-//! `..`, so no value adds or climbs a segment, and `?` and `#` are encoded.
+//! parameter is percent-encoded into its segment and may not be empty, `.`,
+//! `..`, or hold `/` or a control character, so no value adds or climbs a
+//! segment (whether or not the API decodes `%2F` before it routes), and `?`
+//! and `#` are encoded. The path built must lead back to the operation
+//! itself: a value that spells a sibling's literal segment (`id = "export"`
+//! beside `/items/export`) would reach an operation the policy never judged.
+//! These are the REST door's path rules too, so both doors refuse the same
+//! values.
 //! Query parameters follow the `form` style (arrays repeated, or joined by
 //! commas with `explode: false`; objects as their members); header
 //! parameters the `simple` style, and a value with a control character is
@@ -18,7 +24,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::surface::{Body, Location, Operation};
+use super::surface::{Body, Location, Operation, Surface};
 
 /// Why a call was not turned into a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,8 +62,14 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
 }
 
-/// Builds the request of `op` for `arguments`, under the base path `base`.
-pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, ArgumentError> {
+/// Builds the request of `op` (an operation of `surface`) for `arguments`,
+/// under the base path `base`.
+pub fn build(
+    surface: &Surface,
+    op: &Operation,
+    base: &str,
+    arguments: &Value,
+) -> Result<Request, ArgumentError> {
     let empty = Map::new();
     let args = match arguments {
         Value::Object(m) => m,
@@ -105,6 +117,11 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
                 if s.is_empty() || s == "." || s == ".." {
                     return Err(bad("a path parameter may not be empty, `.` or `..`"));
                 }
+                if s.contains('/') || s.chars().any(char::is_control) {
+                    return Err(bad(
+                        "a path parameter may not hold `/` or a control character",
+                    ));
+                }
                 path = path.replace(&format!("{{{}}}", p.name), &encode(&s));
             }
             Location::Query => {
@@ -123,6 +140,17 @@ pub fn build(op: &Operation, base: &str, arguments: &Value) -> Result<Request, A
                 headers.push((p.name.clone(), s));
             }
         }
+    }
+    if !surface.leads_to(&op.method, &path, op) {
+        let name = op
+            .params
+            .iter()
+            .find(|p| p.location == Location::Path)
+            .map_or_else(String::new, |p| p.name.clone());
+        return Err(ArgumentError::Value {
+            name,
+            why: "the path it makes belongs to another operation",
+        });
     }
     let body = match &op.body {
         Body::None => None,
@@ -345,7 +373,8 @@ mod tests {
     }
 
     fn req(tool: &str, args: Value) -> Result<Request, ArgumentError> {
-        build(billing().get(tool).unwrap(), "/api/", &args)
+        let s = billing();
+        build(&s, s.get(tool).unwrap(), "/api/", &args)
     }
 
     #[test]
@@ -374,8 +403,6 @@ mod tests {
     #[test]
     fn hostile_path_values_never_add_or_climb_a_segment() {
         for (v, want) in [
-            ("../admin", "/api/invoices/..%2Fadmin"),
-            ("a/b", "/api/invoices/a%2Fb"),
             ("x?y=1#z", "/api/invoices/x%3Fy%3D1%23z"),
             ("%2e%2e", "/api/invoices/%252e%252e"),
             ("é", "/api/invoices/%C3%A9"),
@@ -386,7 +413,9 @@ mod tests {
                 "{v}"
             );
         }
-        for v in ["..", ".", ""] {
+        // `/` encoded as `%2F` is still a separator to an API that decodes
+        // before it routes; the REST door refuses it the same way.
+        for v in ["..", ".", "", "../admin", "a/b", "a\u{0}b", "a\nb"] {
             assert!(
                 matches!(
                     req("getInvoice", json!({ "id": v })),
@@ -399,6 +428,35 @@ mod tests {
             req("getInvoice", json!({"id": {"a": 1}})),
             Err(ArgumentError::Value { .. })
         ));
+    }
+
+    #[test]
+    fn a_value_that_spells_a_siblings_path_is_refused() {
+        let doc = r#"{"openapi":"3.1.0","paths":{
+            "/items/{id}":{"get":{"operationId":"getItem","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"string"}}]},
+                           "delete":{"operationId":"deleteItem","parameters":[{"name":"id","in":"path","required":true,"schema":{"type":"string"}}]}},
+            "/items/export":{"get":{"operationId":"exportItems"}}}}"#;
+        let s = Surface::parse(doc, &[], &[]).unwrap();
+        let get = s.get("getItem").unwrap();
+        // The API would serve `exportItems`, which the policy never judged.
+        assert_eq!(
+            build(&s, get, "/", &json!({"id": "export"})),
+            Err(ArgumentError::Value {
+                name: "id".into(),
+                why: "the path it makes belongs to another operation"
+            })
+        );
+        // Encoded, it is a different segment, and still this operation's.
+        let r = build(&s, get, "/", &json!({"id": "expor t"})).unwrap();
+        assert_eq!(r.target, "/items/expor%20t");
+        // No sibling has `export` under DELETE.
+        let del = s.get("deleteItem").unwrap();
+        assert_eq!(
+            build(&s, del, "/v1", &json!({"id": "export"}))
+                .unwrap()
+                .target,
+            "/v1/items/export"
+        );
     }
 
     #[test]
@@ -432,9 +490,9 @@ mod tests {
             {"name":"tag","in":"query","schema":{"type":"string","nullable":true}}]}}}}"#;
         let s = Surface::parse(doc, &[], &[]).unwrap();
         let a = s.get("a").unwrap();
-        assert!(build(a, "/", &json!({"mode": "fast", "n": 3, "tag": null})).is_ok());
-        assert!(build(a, "/", &json!({"mode": "turbo"})).is_err());
-        assert!(build(a, "/", &json!({"n": 1.5})).is_err());
+        assert!(build(&s, a, "/", &json!({"mode": "fast", "n": 3, "tag": null})).is_ok());
+        assert!(build(&s, a, "/", &json!({"mode": "turbo"})).is_err());
+        assert!(build(&s, a, "/", &json!({"n": 1.5})).is_err());
     }
 
     #[test]

@@ -33,6 +33,14 @@ fn find<'s>(
     matching(candidates, path)
 }
 
+impl Surface {
+    /// Whether a `method` request for `path` (no query) reaches `op`, as
+    /// the REST door would route it and as the API will.
+    pub fn leads_to(&self, method: &str, path: &str, op: &Operation) -> bool {
+        find(self, method, path).is_ok_and(|(found, _)| found.tool == op.tool)
+    }
+}
+
 /// A REST request resolved: the operation and its arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved<'s> {
@@ -159,7 +167,7 @@ mod tests {
         let r = s.resolve("POST", "/refunds", &none, body).unwrap();
         assert_eq!(r.op.tool, "createRefund");
         assert_eq!(r.arguments, json!({"invoice_id": "inv-1", "amount": 50}));
-        let req = request::build(r.op, "/", &r.arguments).unwrap();
+        let req = request::build(&s, r.op, "/", &r.arguments).unwrap();
         assert_eq!((&*req.method, req.target.as_str()), ("POST", "/refunds"));
         let sent: Value = serde_json::from_slice(req.body.as_deref().unwrap()).unwrap();
         assert_eq!(sent, json!({"invoice_id": "inv-1", "amount": 50}));
@@ -235,7 +243,7 @@ mod tests {
         );
         // Not a number: kept as text, and the schema check refuses it.
         let r = s.resolve("GET", "/items/4x", &none, b"").unwrap();
-        assert!(request::build(r.op, "/", &r.arguments).is_err());
+        assert!(request::build(&s, r.op, "/", &r.arguments).is_err());
         let r = s.resolve("GET", "/files/report.json", &none, b"").unwrap();
         assert_eq!(r.arguments, json!({"name": "report"}));
     }
@@ -279,6 +287,6 @@ mod tests {
             json!({"tag": [1, 2], "ids": ["a", "b"], "q": "x y", "X-Tenant": "acme"})
         );
         // `q` is no parameter of the operation: the check refuses it by name.
-        assert!(request::build(r.op, "/", &r.arguments).is_err());
+        assert!(request::build(&s, r.op, "/", &r.arguments).is_err());
     }
 }
