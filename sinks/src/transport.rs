@@ -4,11 +4,15 @@
 //!
 //! UDP is fire-and-forget: a datagram the network drops is lost, which the
 //! collector can see from gaps in `sequenceId`. TCP hands each batch to the
-//! kernel; plain syslog has no acknowledgements, so after a broken
-//! connection the batch is resent on a new one (duplicates carry the same
-//! `sequenceId`), and bytes a collector had not read when it went away are
-//! the one thing TCP syslog cannot vouch for.
+//! kernel; plain syslog has no acknowledgements, so a write that succeeded
+//! says nothing about whether the collector read it: bytes still in its
+//! socket buffer or its own queue when it went away are gone. So the sink
+//! keeps what it wrote last on the connection (up to [`RESEND_BYTES`]) and,
+//! after a broken connection, writes that again on the new one before the
+//! batch that failed. Duplicates carry the same `sequenceId`; only a
+//! collector that lost more than that window unread can still lose records.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -33,6 +37,12 @@ pub enum Transport {
     Tls(Arc<ClientConfig>, ServerName<'static>),
 }
 
+/// How much of what was last written on a TCP/TLS connection is written
+/// again after the connection breaks: more than a collector's socket
+/// buffer usually holds unread, so a collector that dies or restarts loses
+/// nothing it had been sent.
+pub const RESEND_BYTES: usize = 4 << 20;
+
 /// A syslog collector.
 pub struct SyslogSink {
     format: SyslogFormat,
@@ -43,6 +53,12 @@ pub struct SyslogSink {
     tcp: Option<Conn>,
     buf: Vec<u8>,
     msg: Vec<u8>,
+    /// Batches written on the current connection, newest last, at most
+    /// [`RESEND_BYTES`] in all beyond the newest.
+    recent: VecDeque<Vec<u8>>,
+    recent_bytes: usize,
+    /// The connection broke: `recent` goes out again first.
+    resend: bool,
 }
 
 impl SyslogSink {
@@ -62,6 +78,9 @@ impl SyslogSink {
             tcp: None,
             buf: Vec::new(),
             msg: Vec::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            resend: false,
         }
     }
 
@@ -115,14 +134,40 @@ impl SyslogSink {
             self.tcp = Some(s);
         }
         let res = match &mut self.tcp {
-            Some(s) => s.write_all(&self.buf).and_then(|()| s.flush()),
+            Some(s) => {
+                let again = if self.resend {
+                    self.recent.iter().try_for_each(|b| s.write_all(b))
+                } else {
+                    Ok(())
+                };
+                again
+                    .and_then(|()| s.write_all(&self.buf))
+                    .and_then(|()| s.flush())
+            }
             None => Ok(()),
         };
         if let Err(e) = res {
             self.tcp = None;
+            self.resend = !self.recent.is_empty();
             return Err(self.err("send to", &e));
         }
+        self.resend = false;
+        self.remember();
         Ok(())
+    }
+
+    /// Keeps the batch just written for a resend, dropping the oldest
+    /// beyond [`RESEND_BYTES`]; the emptied buffer is reused.
+    fn remember(&mut self) {
+        let kept = std::mem::take(&mut self.buf);
+        self.recent_bytes += kept.len();
+        self.recent.push_back(kept);
+        while self.recent_bytes > RESEND_BYTES && self.recent.len() > 1 {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= old.len();
+                self.buf = old;
+            }
+        }
     }
 }
 
@@ -185,6 +230,72 @@ mod tests {
             rest = &rest[sp + 1 + n..];
         }
         assert_eq!(seqs, vec![true, true]);
+    }
+
+    /// The message sequence ids in octet-counted `bytes`.
+    fn framed_seqs(bytes: &[u8]) -> Vec<u64> {
+        let mut rest = bytes;
+        let mut seqs = Vec::new();
+        while let Some(sp) = rest.iter().position(|&b| b == b' ') {
+            let n: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            let msg = String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string();
+            let id = msg.split("sequenceId=\"").nth(1).unwrap();
+            seqs.push(id[..id.find('"').unwrap()].parse().unwrap());
+            rest = &rest[sp + 1 + n..];
+        }
+        seqs
+    }
+
+    #[test]
+    fn after_a_broken_connection_what_was_sent_last_goes_again() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
+        assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
+        assert!(sink.deliver(&[entry(3)]).is_ok());
+        // The collector goes away without reading a byte.
+        let (c, _) = l.accept().unwrap();
+        drop(c);
+        let mut failed = false;
+        for _ in 0..50 {
+            if sink.deliver(&[entry(4)]).is_err() {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(failed, "a write to a closed collector never failed");
+        // Back: the new connection gets what the old one may have lost,
+        // then the batch that failed.
+        assert!(sink.deliver(&[entry(4)]).is_ok());
+        drop(sink);
+        let (mut c, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let seqs = framed_seqs(&got);
+        for seq in 1..=4 {
+            assert!(seqs.contains(&seq), "{seq} missing from {seqs:?}");
+        }
+        assert_eq!(seqs.last(), Some(&4));
+    }
+
+    #[test]
+    fn the_resend_window_is_bounded() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            std::io::copy(&mut c, &mut std::io::sink()).unwrap();
+        });
+        let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
+        let batch: Vec<Entry> = (1..=64).map(entry).collect();
+        for _ in 0..2_000 {
+            assert!(sink.deliver(&batch).is_ok());
+        }
+        assert!(sink.recent_bytes <= RESEND_BYTES + sink.recent.back().map_or(0, Vec::len));
+        assert!(sink.recent_bytes > RESEND_BYTES / 2);
+        drop(sink);
+        reader.join().unwrap();
     }
 
     #[test]
