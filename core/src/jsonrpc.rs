@@ -13,8 +13,11 @@ use simd_json::prelude::*;
 use simd_json::tape::{Tape, Value};
 use simd_json::Buffers;
 
-/// Deepest nesting accepted in a request body.
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting accepted in a request body: serde_json's limit, since
+/// later steps read parts of the same body with serde_json (an OpenAPI
+/// call's arguments, a forwarded call's re-encoding), and a body the view
+/// accepts must not fail there as something else.
+pub const MAX_DEPTH: usize = 127;
 
 /// Why a body is not an acceptable JSON-RPC request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -384,6 +387,22 @@ mod tests {
             "]".repeat(MAX_DEPTH + 10)
         );
         assert_eq!(view(&deep).err(), Some(ViewErrorKind::Parse));
+    }
+
+    #[test]
+    fn the_depth_limit_is_serde_jsons() {
+        // Found by the `jsonrpc_view` fuzz target: 128 levels passed the
+        // view and failed in serde_json.
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for (n, ok) in [(MAX_DEPTH, true), (MAX_DEPTH + 1, false)] {
+            let body = nested(n);
+            assert_eq!(JsonParser::new().parse(body.as_bytes()).is_ok(), ok, "{n}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&body).is_ok(),
+                ok,
+                "{n}"
+            );
+        }
     }
 
     #[test]
