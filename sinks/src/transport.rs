@@ -206,51 +206,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tcp_frames_are_octet_counted() {
+    /// A collector's listener and a TCP sink sending to it.
+    fn tcp_sink() -> (std::net::TcpListener, SyslogSink) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
-        assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
-        drop(sink);
+        let sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
+        (l, sink)
+    }
+
+    /// The messages in octet-counted `bytes`.
+    fn framed(bytes: &[u8]) -> Vec<String> {
+        let mut rest = bytes;
+        let mut msgs = Vec::new();
+        while let Some(sp) = rest.iter().position(|&b| b == b' ') {
+            let n: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            msgs.push(String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string());
+            rest = &rest[sp + 1 + n..];
+        }
+        assert!(rest.is_empty(), "a partial frame");
+        msgs
+    }
+
+    /// The `sequenceId` of each message in octet-counted `bytes`.
+    fn framed_seqs(bytes: &[u8]) -> Vec<u64> {
+        framed(bytes)
+            .iter()
+            .map(|msg| {
+                let id = msg.split("sequenceId=\"").nth(1).unwrap();
+                id[..id.find('"').unwrap()].parse().unwrap()
+            })
+            .collect()
+    }
+
+    /// Everything the collector's next connection receives.
+    fn read_next(l: &std::net::TcpListener) -> Vec<u8> {
         let (mut c, _) = l.accept().unwrap();
         let mut got = Vec::new();
         let _ = c.read_to_end(&mut got);
-        let mut rest = &got[..];
-        let mut seqs = Vec::new();
-        while !rest.is_empty() {
-            let sp = rest.iter().position(|&b| b == b' ').unwrap_or(0);
-            let n: usize = std::str::from_utf8(&rest[..sp])
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let msg = String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string();
-            assert!(msg.starts_with("<110>1 "), "{msg}");
-            seqs.push(msg.contains(&format!("sequenceId=\"{}\"", seqs.len() + 1)));
-            rest = &rest[sp + 1 + n..];
-        }
-        assert_eq!(seqs, vec![true, true]);
+        got
     }
 
-    /// The message sequence ids in octet-counted `bytes`.
-    fn framed_seqs(bytes: &[u8]) -> Vec<u64> {
-        let mut rest = bytes;
-        let mut seqs = Vec::new();
-        while let Some(sp) = rest.iter().position(|&b| b == b' ') {
-            let n: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
-            let msg = String::from_utf8_lossy(&rest[sp + 1..sp + 1 + n]).to_string();
-            let id = msg.split("sequenceId=\"").nth(1).unwrap();
-            seqs.push(id[..id.find('"').unwrap()].parse().unwrap());
-            rest = &rest[sp + 1 + n..];
+    #[test]
+    fn tcp_frames_are_octet_counted() {
+        let (l, mut sink) = tcp_sink();
+        assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
+        drop(sink);
+        let got = read_next(&l);
+        for msg in framed(&got) {
+            assert!(msg.starts_with("<110>1 "), "{msg}");
         }
-        seqs
+        assert_eq!(framed_seqs(&got), vec![1, 2]);
     }
 
     #[test]
     fn after_a_broken_connection_what_was_sent_last_goes_again() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
+        let (l, mut sink) = tcp_sink();
         assert!(sink.deliver(&[entry(1), entry(2)]).is_ok());
         assert!(sink.deliver(&[entry(3)]).is_ok());
         // The collector goes away without reading a byte.
@@ -269,10 +279,7 @@ mod tests {
         // then the batch that failed.
         assert!(sink.deliver(&[entry(4)]).is_ok());
         drop(sink);
-        let (mut c, _) = l.accept().unwrap();
-        let mut got = Vec::new();
-        let _ = c.read_to_end(&mut got);
-        let seqs = framed_seqs(&got);
+        let seqs = framed_seqs(&read_next(&l));
         for seq in 1..=4 {
             assert!(seqs.contains(&seq), "{seq} missing from {seqs:?}");
         }
@@ -281,13 +288,11 @@ mod tests {
 
     #[test]
     fn the_resend_window_is_bounded() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+        let (l, mut sink) = tcp_sink();
         let reader = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
             std::io::copy(&mut c, &mut std::io::sink()).unwrap();
         });
-        let mut sink = SyslogSink::new(format(), Transport::Tcp, addr, Duration::from_secs(2));
         let batch: Vec<Entry> = (1..=64).map(entry).collect();
         for _ in 0..2_000 {
             assert!(sink.deliver(&batch).is_ok());

@@ -33,6 +33,29 @@ GOOD_CALLS = 100
 TOOL = "crm__lookup_customer"
 
 
+def good_calls(gate, headers, n: int) -> list[float]:
+    """A well-behaved client's `n` calls, one after another: each must
+    succeed; their latencies, seconds, sorted."""
+    latencies = []
+    with httpx.Client(timeout=10.0) as http:
+        for i in range(n):
+            started = time.monotonic()
+            r = http.post(gate.url, json=modern_request("tools/call", {"name": TOOL, "arguments": {
+                "customer_id": f"C-{i}"}}), headers=headers)
+            latencies.append(time.monotonic() - started)
+            assert r.status_code == 200, r.text
+    return sorted(latencies)
+
+
+def p50_p99(latencies: list[float]) -> tuple[float, float]:
+    """The median and 99th percentile of sorted `latencies`."""
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def test_slowloris_does_not_starve_well_behaved_clients(make_gate):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, SLOW_SOCKETS + 1024)), hard))
@@ -66,17 +89,9 @@ def test_slowloris_does_not_starve_well_behaved_clients(make_gate):
         time.sleep(0.5)
         rss_held = rss_kib(gate.proc.pid)
 
-        latencies = []
-        with httpx.Client(timeout=10.0) as http:
-            for i in range(GOOD_CALLS):
-                started = time.monotonic()
-                r = http.post(gate.url, json=modern_request("tools/call", {"name": TOOL, "arguments": {
-                    "customer_id": f"C-{i}"}}), headers=headers)
-                latencies.append(time.monotonic() - started)
-                assert r.status_code == 200, r.text
-        latencies.sort()
-        p99 = latencies[int(len(latencies) * 0.99) - 1]
-        print(f"\nslowloris of {SLOW_SOCKETS}: well-behaved p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        latencies = good_calls(gate, headers, GOOD_CALLS)
+        p50, p99 = p50_p99(latencies)
+        print(f"\nslowloris of {SLOW_SOCKETS}: well-behaved p50 {p50 * 1000:.1f} ms, "
               f"p99 {p99 * 1000:.1f} ms; RSS {rss_before} -> {rss_held} KiB "
               f"({(rss_held - rss_before) * 1024 // SLOW_SOCKETS} bytes per slow socket)")
         assert p99 < 0.5, latencies[-5:]
@@ -123,18 +138,6 @@ def held_count() -> int:
     return min(HELD_MAX, hard - HELD_SPARE_FDS)
 
 
-def good_calls(gate, headers, n: int) -> list[float]:
-    latencies = []
-    with httpx.Client(timeout=10.0) as http:
-        for i in range(n):
-            started = time.monotonic()
-            r = http.post(gate.url, json=modern_request("tools/call", {"name": TOOL, "arguments": {
-                "customer_id": f"C-{i}"}}), headers=headers)
-            latencies.append(time.monotonic() - started)
-            assert r.status_code == 200, r.text
-    return sorted(latencies)
-
-
 def test_thousands_of_held_connections_leave_the_gateway_serving(make_gate):
     """Connections opened and left idle, as many as a process may hold here:
     each is accepted and served (a sample sends a call on its own held
@@ -160,7 +163,7 @@ def test_thousands_of_held_connections_leave_the_gateway_serving(make_gate):
         rss_held = rss_kib(gate.proc.pid)
 
         latencies = good_calls(gate, headers, GOOD_CALLS)
-        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+        p50, p99 = p50_p99(latencies)
 
         # Every 100th held connection makes a call of its own.
         body = json.dumps(modern_request("tools/call", {"name": TOOL, "arguments": {"customer_id": "C-held"}}))
@@ -189,10 +192,6 @@ def test_thousands_of_held_connections_leave_the_gateway_serving(make_gate):
     assert gate.alive()
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 # --------------------------------------------------------------------------
 # bodies at the limit from many clients
 # --------------------------------------------------------------------------
@@ -202,7 +201,7 @@ BODY_SECONDS = 6.0
 MAX_BODY = 1024 * 1024
 
 
-def sized_call(size: int, key: str) -> bytes:
+def sized_call(size: int) -> bytes:
     """A whole HTTP request whose JSON-RPC body is exactly ``size`` bytes: a
     call of a tool the agent does not have, so the gateway reads and parses
     all of it and refuses it without an upstream."""
@@ -219,8 +218,8 @@ def post_bodies(port: int, key: str, clients: int, seconds: float, results) -> N
     an interpreter lock with the well-behaved client being measured):
     `clients` threads posting bodies back to back for `seconds`; puts a
     count of (expected status, what came back) on `results`."""
-    at_limit = sized_call(MAX_BODY, key)
-    over = sized_call(MAX_BODY + 1, key)
+    at_limit = sized_call(MAX_BODY)
+    over = sized_call(MAX_BODY + 1)
     headers = modern_headers("tools/call", "crm__delete_record", key=key)
     deadline = time.monotonic() + seconds
     outcomes: dict[str, int] = {}
@@ -291,7 +290,7 @@ def test_many_clients_sending_bodies_at_the_limit(make_gate):
             attackers.kill()
         watcher.join(timeout=5)
     peak = peak[0]
-    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+    p50, p99 = p50_p99(latencies)
     print(f"\n{BODY_CLIENTS} clients posting 1 MiB bodies: {outcomes}; well-behaved p50 {p50 * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms; RSS {rss_before} -> peak {peak} KiB")
     assert set(outcomes) == {"400:400", "413:413"}, outcomes

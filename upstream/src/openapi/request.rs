@@ -98,6 +98,9 @@ pub fn build(
         }
     }
     let mut path = op.path.to_string();
+    // The first path parameter filled in: only a filled template can spell
+    // another operation's path.
+    let mut filled: Option<&str> = None;
     let mut query = String::new();
     let mut headers = Vec::new();
     for p in &op.params {
@@ -123,6 +126,7 @@ pub fn build(
                     ));
                 }
                 path = path.replace(&format!("{{{}}}", p.name), &encode(&s));
+                filled = filled.or(Some(&p.name));
             }
             Location::Query => {
                 for (k, v) in form(&p.name, v, p.explode).ok_or_else(|| bad("a query parameter must be a scalar, an array of scalars or an object of scalars"))? {
@@ -141,14 +145,9 @@ pub fn build(
             }
         }
     }
-    if !surface.leads_to(&op.method, &path, op) {
-        let name = op
-            .params
-            .iter()
-            .find(|p| p.location == Location::Path)
-            .map_or_else(String::new, |p| p.name.clone());
+    if let Some(name) = filled.filter(|_| !surface.leads_to(&op.method, &path, op)) {
         return Err(ArgumentError::Value {
-            name,
+            name: name.to_owned(),
             why: "the path it makes belongs to another operation",
         });
     }
