@@ -215,6 +215,9 @@ pub struct AuditRecord {
     pub door: Door,
     /// The `[[limits.rules]]` id that refused the call, when one did.
     pub limit: Option<Arc<str>>,
+    /// The quota units the call was charged (its tool's cost; 0, and not
+    /// written, when no quota applied or the call was refused).
+    pub units: u64,
     /// The call's session and the facts its decision saw (a JSON object),
     /// when policies read sessions.
     pub session: Option<Box<str>>,
@@ -481,6 +484,7 @@ impl AuditRecord {
             http: None,
             door: Door::Mcp,
             limit: None,
+            units: 0,
             session: None,
             identity: None,
             verdict: None,
@@ -575,6 +579,9 @@ impl AuditRecord {
         if let Some(l) = &self.limit {
             out.extend_from_slice(b",\"limit\":");
             write_str(l, out);
+        }
+        if self.units > 0 {
+            let _ = write!(out, ",\"units\":{}", self.units);
         }
         if let Some(s) = &self.session {
             out.extend_from_slice(b",\"session\":");
@@ -758,6 +765,7 @@ mod tests {
             }),
             door: Door::Rest,
             limit: Some(Arc::from("acme-day")),
+            units: 10,
             session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
             verdict: Some("judge"),
             groups: Some(Arc::from([Arc::from("admins")])),
@@ -785,6 +793,7 @@ mod tests {
         );
         assert_eq!(v["customer"], "acme");
         assert_eq!(v["limit"], "acme-day");
+        assert_eq!(v["units"], 10);
         assert_eq!(
             v["http"],
             serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})

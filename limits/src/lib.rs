@@ -17,7 +17,9 @@
 //! Counters live in one lock-free [`table::Table`] for the whole process:
 //! exact across shards, kept across reloads (a counter's key is the rule's
 //! id and the call's values, so a reload that keeps a rule keeps its
-//! counts), bounded in number.
+//! counts), bounded in number. With `backend = "redis"`, quotas and
+//! rates are shared with the other replicas ([`shared`]) without a network
+//! round trip on the request path.
 
 #![warn(missing_docs)]
 
@@ -27,7 +29,7 @@ pub mod table;
 pub mod window;
 
 use std::hash::BuildHasher;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use toolgate_core::config::{LimitsConfig, Window};
@@ -69,6 +71,17 @@ pub struct Standing {
     pub remaining: u64,
     /// Seconds until the window (or the bucket) is full again.
     pub reset_s: u64,
+}
+
+/// What a call that passed took.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Passed {
+    /// Where it stands under its tightest limit (`None`: no rule applies).
+    pub tightest: Option<Standing>,
+    /// The units its quotas charged it: the tool's cost (1 unless a rule
+    /// weighs it), the largest where its quotas weigh the tool differently;
+    /// 0 when no quota applies.
+    pub units: u64,
 }
 
 /// One quota counter as usage reports it.
@@ -181,7 +194,8 @@ pub struct Limits {
     /// Keys of the values' hash (from the process's random state), so a
     /// caller cannot choose values whose counters collide.
     seed: (u64, u64),
-    /// With `backend = "redis"`: quotas shared with the other replicas.
+    /// With `backend = "redis"`: quotas and rates shared with the other
+    /// replicas.
     sharing: Option<Arc<Sharing>>,
 }
 
@@ -196,7 +210,7 @@ impl Limits {
     }
 
     /// `cfg`'s rules over `table` (checked by the configuration loader),
-    /// quotas shared through `sharing` when given.
+    /// quotas and rates shared through `sharing` when given.
     pub fn new(
         cfg: &LimitsConfig,
         table: Arc<Table>,
@@ -341,12 +355,12 @@ impl Limits {
     }
 
     /// Takes `call` from every rule that applies to it at `now_ns` (Unix
-    /// nanoseconds): `Ok` with where it stands under the tightest one
-    /// (`None`: no rule applies), or why it is refused — and then it took
+    /// nanoseconds): `Ok` with where it stands under the tightest one and
+    /// the units it was charged, or why it is refused — and then it took
     /// nothing.
-    pub fn take(&self, call: &Call<'_>, now_ns: u64) -> Result<Option<Standing>, Refused> {
+    pub fn take(&self, call: &Call<'_>, now_ns: u64) -> Result<Passed, Refused> {
         if self.rules.is_empty() {
-            return Ok(None);
+            return Ok(Passed::default());
         }
         let values = [
             Some(call.customer),
@@ -362,6 +376,7 @@ impl Limits {
         let mut spilled: Vec<(usize, &table::Slot, u64)> = Vec::new();
         let mut n_taken = 0;
         let mut tightest: Option<(usize, Left)> = None;
+        let mut units = 0;
         for family in &self.families {
             let Some(&rule_i) = family
                 .iter()
@@ -399,6 +414,9 @@ impl Limits {
                     });
             match result {
                 Ok((slot, left)) => {
+                    if matches!(rule.kind, Kind::Quota { .. }) {
+                        units = units.max(left.amount);
+                    }
                     if n_taken < taken.len() {
                         taken[n_taken] = Some((rule_i, slot, left.amount));
                         n_taken += 1;
@@ -420,7 +438,10 @@ impl Limits {
                 }
             }
         }
-        Ok(tightest.map(|(i, left)| left.standing(&self.rules[i])))
+        Ok(Passed {
+            tightest: tightest.map(|(i, left)| left.standing(&self.rules[i])),
+            units,
+        })
     }
 }
 
@@ -485,9 +506,14 @@ struct At<'a> {
 }
 
 impl At<'_> {
-    /// The counter's Redis key for window `tag`: the same on every replica.
-    fn redis_key(&self, rule: &Rule, tag: u64) -> String {
-        let mut key = format!("toolgate:quota:{}:{tag}", rule.id);
+    /// The counter's Redis key (`kind` "quota" with its window's `tag`, or
+    /// "rate"): the same on every replica.
+    fn redis_key(&self, rule: &Rule, kind: &str, tag: Option<u64>) -> String {
+        let mut key = format!("toolgate:{kind}:{}", rule.id);
+        if let Some(tag) = tag {
+            key.push(':');
+            key.push_str(&tag.to_string());
+        }
         for (s, v) in rule.sel.iter().zip(self.values) {
             if !matches!(s, Sel::Absent) {
                 key.push(':');
@@ -540,12 +566,14 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
                             slot,
                             shared::Refill {
                                 slot: at.index,
-                                key: at.redis_key(rule, tag),
-                                units,
-                                amount: first,
-                                tag,
-                                window_end: end,
-                                pay: true,
+                                key: at.redis_key(rule, "quota", Some(tag)),
+                                ask: shared::Ask::Quota {
+                                    units,
+                                    amount: first,
+                                    tag,
+                                    window_end: end,
+                                    pay: true,
+                                },
                             },
                         );
                     }
@@ -558,12 +586,14 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
                     slot,
                     shared::Refill {
                         slot: at.index,
-                        key: at.redis_key(rule, tag),
-                        units,
-                        amount: sh.lease,
-                        tag,
-                        window_end: end,
-                        pay: false,
+                        key: at.redis_key(rule, "quota", Some(tag)),
+                        ask: shared::Ask::Quota {
+                            units,
+                            amount: sh.lease,
+                            tag,
+                            window_end: end,
+                            pay: false,
+                        },
                     },
                 )
             };
@@ -617,48 +647,132 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
             interval_ns,
             tolerance_ns,
             burst,
-        } => {
-            let window_s = (burst * interval_ns).div_ceil(1_000_000_000).max(1);
-            let mut tat = slot.value.load(Ordering::Acquire);
-            loop {
-                let base = tat.max(now_ns);
-                if base - now_ns > tolerance_ns {
-                    let wait = base - now_ns - tolerance_ns;
-                    return Err(Refused::Exceeded {
-                        standing: Standing {
-                            id: Arc::clone(&rule.id),
-                            limit: burst,
-                            window_s,
-                            remaining: 0,
-                            reset_s: (base - now_ns).div_ceil(1_000_000_000).max(1),
-                        },
-                        quota: false,
-                        retry_after_s: wait.div_ceil(1_000_000_000).max(1),
-                    });
-                }
-                let next = base + interval_ns;
-                match slot.value.compare_exchange_weak(
-                    tat,
-                    next,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        let level = next - now_ns;
-                        let room = (tolerance_ns + interval_ns).saturating_sub(level);
-                        return Ok(Left {
-                            limit: burst,
-                            window_s,
-                            remaining: room / interval_ns,
-                            reset_s: level.div_ceil(1_000_000_000),
-                            amount: interval_ns,
-                        });
-                    }
-                    Err(seen) => tat = seen,
-                }
+        } => match at.sharing {
+            None => gcra(rule, &slot.value, interval_ns, tolerance_ns, burst, now_ns),
+            Some(sh) => take_shared_rate(rule, at, sh, (interval_ns, tolerance_ns, burst), now_ns),
+        },
+    }
+}
+
+/// The window a rate's `RateLimit-Policy` names: the time its burst takes
+/// to build up, in whole seconds.
+fn rate_window_s(interval_ns: u64, burst: u64) -> u64 {
+    burst
+        .saturating_mul(interval_ns)
+        .div_ceil(1_000_000_000)
+        .max(1)
+}
+
+/// GCRA on one counter: `value` holds the theoretical arrival time.
+fn gcra(
+    rule: &Rule,
+    value: &AtomicU64,
+    interval_ns: u64,
+    tolerance_ns: u64,
+    burst: u64,
+    now_ns: u64,
+) -> Result<Left, Refused> {
+    let window_s = rate_window_s(interval_ns, burst);
+    let mut tat = value.load(Ordering::Acquire);
+    loop {
+        let base = tat.max(now_ns);
+        if base - now_ns > tolerance_ns {
+            let wait = base - now_ns - tolerance_ns;
+            return Err(Refused::Exceeded {
+                standing: Standing {
+                    id: Arc::clone(&rule.id),
+                    limit: burst,
+                    window_s,
+                    remaining: 0,
+                    reset_s: (base - now_ns).div_ceil(1_000_000_000).max(1),
+                },
+                quota: false,
+                retry_after_s: wait.div_ceil(1_000_000_000).max(1),
+            });
+        }
+        let next = base + interval_ns;
+        match value.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let level = next - now_ns;
+                let room = (tolerance_ns + interval_ns).saturating_sub(level);
+                return Ok(Left {
+                    limit: burst,
+                    window_s,
+                    remaining: room / interval_ns,
+                    reset_s: level.div_ceil(1_000_000_000),
+                    amount: interval_ns,
+                });
             }
+            Err(seen) => tat = seen,
         }
     }
+}
+
+/// A rate shared with the other replicas (see [`shared`]): a call spends
+/// one of the calls this replica reserved in Redis (`amount` 0: one
+/// reserved call taken); with none left, or without Redis, it passes if
+/// this replica's share of the rate lets it (and is paid for in Redis
+/// afterwards), while more calls are reserved.
+fn take_shared_rate(
+    rule: &Rule,
+    at: &At<'_>,
+    sh: &Sharing,
+    (interval_ns, tolerance_ns, burst): (u64, u64, u64),
+    now_ns: u64,
+) -> Result<Left, Refused> {
+    let slot = at.slot;
+    let up = sh.redis_up();
+    let now_s = now_ns / 1_000_000_000;
+    let lease = sh.rate_lease(burst);
+    let may_ask = up && now_ns >= slot.hold.load(Ordering::Acquire);
+    let refill = |pay| shared::Refill {
+        slot: at.index,
+        key: at.redis_key(rule, "rate", None),
+        ask: shared::Ask::Rate {
+            interval_us: (interval_ns / 1_000).max(1),
+            tolerance_us: tolerance_ns / 1_000,
+            amount: lease,
+            pay,
+        },
+    };
+    // A call this replica reserved, while Redis is reachable.
+    let mut g = slot.granted.load(Ordering::Acquire);
+    loop {
+        let held = g & USED_MASK;
+        if !up || held == 0 || !shared::calls_live(g >> USED_BITS, now_s) {
+            break;
+        }
+        match slot
+            .granted
+            .compare_exchange_weak(g, g - 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                if held - 1 < lease.div_ceil(2) && may_ask {
+                    sh.ask(slot, refill(false));
+                }
+                return Ok(Left {
+                    limit: burst,
+                    window_s: rate_window_s(interval_ns, burst),
+                    remaining: held - 1,
+                    reset_s: 1,
+                    amount: 0,
+                });
+            }
+            Err(seen) => g = seen,
+        }
+    }
+    // This replica's share of the rate.
+    let n = sh.replicas.max(1);
+    let (interval, share_burst) = (interval_ns.saturating_mul(n), (burst / n).max(1));
+    let tolerance = interval.saturating_mul(share_burst - 1);
+    let passed = gcra(rule, &slot.value, interval, tolerance, share_burst, now_ns);
+    if may_ask {
+        sh.ask(slot, refill(false));
+    }
+    if up && passed.is_ok() && slot.owed.fetch_add(1, Ordering::AcqRel) == 0 {
+        sh.pay(slot, refill(true));
+    }
+    passed
 }
 
 /// The time zone named `name` (checked by the configuration loader; UTC
@@ -690,6 +804,16 @@ fn give_back(rule: &Rule, slot: &table::Slot, amount: u64, now_ns: u64) {
                     return;
                 }
                 (tag << USED_BITS) | (v & USED_MASK).saturating_sub(amount)
+            }
+            // A reserved call of a shared rate goes back to this
+            // replica's reserve.
+            Kind::Rate { .. } if amount == 0 => {
+                let _ = slot
+                    .granted
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+                        (g & USED_MASK < USED_MASK).then_some(g + 1)
+                    });
+                return;
             }
             Kind::Rate { .. } => v.saturating_sub(amount),
         };

@@ -16,6 +16,23 @@
 //! share of each quota (`units / replicas`) — never unlimited — logs it,
 //! and remembers what it granted; when Redis is back, those units are
 //! added to the shared counts before anything else.
+//!
+//! Rates are shared the same way, in calls rather than units: one GCRA
+//! bucket per counter lives in Redis (`toolgate:rate:{rule}:{values}`,
+//! the theoretical arrival time in Redis's own clock, moved by a short Lua
+//! script). A replica reserves up to a lease of calls from it at a time (at
+//! most `burst / (2 × replicas)` calls), spends them within the next
+//! second, and reserves more when it holds under half a lease. With none
+//! reserved, a call passes if this replica's share of the rate lets it
+//! (`calls_per_s / replicas` with a burst of `burst / replicas`, a local
+//! GCRA) and is paid for in the shared bucket afterwards, whatever the
+//! bucket says: so a call never waits for Redis, and every call let
+//! through is counted where the other replicas see it. A bucket pushed
+//! into debt by such payments refuses everyone's reservations until it is
+//! paid off, which leaves each replica its share. That is the whole
+//! overshoot: the shares' bursts (about one `burst`) over `rate × t +
+//! burst` for any stretch of time `t`. Without Redis a replica holds each
+//! rate to its share.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use toolgate_core::config::RedisSetup;
 
-use crate::redis::Client;
+use crate::redis::{Client, Reply};
 use crate::table::{Slot, Table};
 use crate::USED_MASK;
 
@@ -37,29 +54,91 @@ pub(crate) const REQUESTED: u64 = 1;
 pub(crate) const EXHAUSTED: u64 = 2;
 
 /// A request to the sync thread: top up (or pay for) one counter's
-/// allowance for one window.
+/// allowance.
 #[derive(Debug)]
 pub(crate) struct Refill {
     /// The counter's index in the table.
     pub slot: usize,
     /// Its Redis key (the same on every replica).
     pub key: String,
-    /// The quota's units per window.
-    pub units: u64,
-    /// Units asked for.
-    pub amount: u64,
-    /// The window's tag, as in the counter.
-    pub tag: u64,
-    /// The window's end (Unix seconds).
-    pub window_end: u64,
-    /// The first lease of the window, already granted: pay for it.
-    pub pay: bool,
+    /// What is asked for.
+    pub ask: Ask,
 }
+
+/// What a [`Refill`] asks for.
+#[derive(Debug)]
+pub(crate) enum Ask {
+    /// Units of a quota, for one window.
+    Quota {
+        /// The quota's units per window.
+        units: u64,
+        /// Units asked for.
+        amount: u64,
+        /// The window's tag, as in the counter.
+        tag: u64,
+        /// The window's end (Unix seconds).
+        window_end: u64,
+        /// The first lease of the window, already granted: pay for it.
+        pay: bool,
+    },
+    /// Calls of a rate.
+    Rate {
+        /// Microseconds per call.
+        interval_us: u64,
+        /// How far ahead of now the bucket may run (µs): `(burst - 1) ×
+        /// interval`.
+        tolerance_us: u64,
+        /// Calls asked for (a payment: what the counter owes by then).
+        amount: u64,
+        /// Pay for the calls already let through, whatever the bucket says.
+        pay: bool,
+    },
+}
+
+impl Refill {
+    /// The tag its counter's flags carry: the quota's window, or 0.
+    fn tag(&self) -> u64 {
+        match self.ask {
+            Ask::Quota { tag, .. } => tag,
+            Ask::Rate { .. } => 0,
+        }
+    }
+}
+
+/// Reserves up to ARGV[3] calls from the GCRA bucket at KEYS[1] (its
+/// theoretical arrival time, µs of Redis's clock), each call ARGV[1] µs,
+/// the bucket allowed ARGV[2] µs ahead of now; ARGV[4] = "1" takes them
+/// all whatever the bucket says (calls already let through). Returns the
+/// calls reserved × 2^32 + the µs until the bucket has room for one more
+/// (0 when it has room now), capped at 2^32 - 1.
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local inc = tonumber(ARGV[1])
+local tol = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local k = n
+if ARGV[4] ~= '1' then
+  if tat > now + tol then k = 0 else k = math.min(n, math.floor((now + tol - tat) / inc) + 1) end
+end
+if k > 0 then
+  tat = tat + k * inc
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+end
+local wait = tat - now - tol
+if wait < 0 then wait = 0 end
+if wait > 4294967295 then wait = 4294967295 end
+return k * 4294967296 + wait
+";
 
 /// The link from the request path to the sync thread.
 pub struct Sharing {
     tx: SyncSender<Refill>,
     pub(crate) lease: u64,
+    /// Replicas sharing the limits.
+    pub(crate) replicas: u64,
     up: Arc<AtomicBool>,
 }
 
@@ -67,6 +146,7 @@ impl std::fmt::Debug for Sharing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sharing")
             .field("lease", &self.lease)
+            .field("replicas", &self.replicas)
             .field("redis_up", &self.redis_up())
             .finish()
     }
@@ -78,10 +158,16 @@ impl Sharing {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// Calls a rate with `burst` reserves at a time: at most half its
+    /// burst split among the replicas, at most `lease`, at least one.
+    pub(crate) fn rate_lease(&self, burst: u64) -> u64 {
+        (burst / (2 * self.replicas.max(1))).clamp(1, self.lease.max(1))
+    }
+
     /// Asks for `r` unless a request for this counter and window is in
     /// flight, or Redis said there is none left.
     pub(crate) fn ask(&self, slot: &Slot, r: Refill) {
-        let tag = r.tag;
+        let tag = r.tag();
         let mut f = slot.flags.load(Ordering::Acquire);
         loop {
             let current = if f >> 2 == tag { f & 3 } else { 0 };
@@ -100,8 +186,37 @@ impl Sharing {
         }
         if let Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) = self.tx.try_send(r) {
             // Not queued: let a later call ask again.
-            clear(slot, r.tag, REQUESTED);
+            clear(slot, r.tag(), REQUESTED);
         }
+    }
+
+    /// Sends the payment for the calls a shared rate's counter owes (the
+    /// sync thread pays what is owed when it gets to it, so payments for
+    /// many calls go in one exchange): never held back by a request in
+    /// flight.
+    pub(crate) fn pay(&self, slot: &Slot, r: Refill) {
+        if let Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) = self.tx.try_send(r) {
+            let unpaid = slot.owed.swap(0, Ordering::AcqRel);
+            tracing::warn!(key = %r.key, unpaid, "the Redis sync is behind; calls let through go unpaid");
+        }
+    }
+}
+
+#[cfg(test)]
+impl Sharing {
+    /// A link whose requests the test reads itself, Redis reachable or not.
+    pub(crate) fn detached(lease: u64, replicas: u64, up: bool) -> (Self, Receiver<Refill>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let up = Arc::new(AtomicBool::new(up));
+        (
+            Self {
+                tx,
+                lease,
+                replicas,
+                up,
+            },
+            rx,
+        )
     }
 }
 
@@ -148,6 +263,7 @@ pub fn start(setup: RedisSetup, table: Arc<Table>) -> std::io::Result<Sharing> {
     let sharing = Sharing {
         tx,
         lease: setup.lease,
+        replicas: setup.replicas,
         up: Arc::clone(&up),
     };
     std::thread::Builder::new()
@@ -264,11 +380,40 @@ impl Sync {
         let Some(slot) = table.at(r.slot) else {
             return;
         };
+        match r.ask {
+            Ask::Quota {
+                units,
+                amount,
+                tag,
+                window_end,
+                pay,
+            } => self.refill_quota(slot, &r.key, units, amount, tag, window_end, pay),
+            Ask::Rate {
+                interval_us,
+                tolerance_us,
+                amount,
+                pay,
+            } => self.refill_rate(slot, &r.key, interval_us, tolerance_us, amount, pay),
+        }
+        clear(slot, r.tag(), REQUESTED);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn refill_quota(
+        &mut self,
+        slot: &Slot,
+        key: &str,
+        units: u64,
+        amount: u64,
+        tag: u64,
+        window_end: u64,
+        pay: bool,
+    ) {
         let shared = match self.client.as_mut() {
-            Some(c) => match c.incr_by(&r.key, r.amount) {
+            Some(c) => match c.incr_by(key, amount) {
                 Ok(total) => {
-                    if r.pay {
-                        let _ = c.expire_at(&r.key, r.window_end + 3_600);
+                    if pay {
+                        let _ = c.expire_at(key, window_end + 3_600);
                     }
                     Some(u64::try_from(total).unwrap_or(0))
                 }
@@ -282,50 +427,145 @@ impl Sync {
         };
         match shared {
             Some(total) => {
-                let before = total.saturating_sub(r.amount);
-                let fit = r.units.saturating_sub(before).min(r.amount);
-                if r.pay {
-                    adjust(slot, r.tag, |g| g.saturating_sub(r.amount - fit));
+                let before = total.saturating_sub(amount);
+                let fit = units.saturating_sub(before).min(amount);
+                if pay {
+                    adjust(slot, tag, |g| g.saturating_sub(amount - fit));
                 } else {
-                    adjust(slot, r.tag, |g| g + fit);
+                    adjust(slot, tag, |g| g + fit);
                 }
-                if fit < r.amount {
-                    set(slot, r.tag, EXHAUSTED);
+                if fit < amount {
+                    set(slot, tag, EXHAUSTED);
                 }
             }
-            None => self.grant_offline(slot, &r),
+            None => self.grant_offline(slot, key, units, amount, tag, window_end, pay),
         }
-        clear(slot, r.tag, REQUESTED);
+    }
+
+    /// Reserves calls of a rate in its shared bucket. Without Redis there
+    /// is nothing to do: the replica holds the rate to its share until
+    /// Redis is back, and a rate's bucket drains within its burst anyway.
+    fn refill_rate(
+        &mut self,
+        slot: &Slot,
+        key: &str,
+        interval_us: u64,
+        tolerance_us: u64,
+        amount: u64,
+        pay: bool,
+    ) {
+        let amount = if pay {
+            slot.owed.swap(0, Ordering::AcqRel)
+        } else {
+            amount
+        };
+        let Some(c) = self.client.as_mut().filter(|_| amount > 0) else {
+            return;
+        };
+        let (interval, tolerance, n) = (
+            interval_us.to_string(),
+            tolerance_us.to_string(),
+            amount.to_string(),
+        );
+        let args: [&[u8]; 4] = [
+            interval.as_bytes(),
+            tolerance.as_bytes(),
+            n.as_bytes(),
+            if pay { b"1" } else { b"0" },
+        ];
+        match c.eval(RESERVE, &[key.as_bytes()], &args) {
+            Ok(Reply::Int(v)) => {
+                let v = u64::try_from(v).unwrap_or(0);
+                let (k, wait_us) = (v >> 32, v & 0xFFFF_FFFF);
+                let now = now_ns();
+                if !pay && k > 0 {
+                    grant_calls(slot, k, now / 1_000_000_000);
+                }
+                slot.hold.store(now + wait_us * 1_000, Ordering::Release);
+            }
+            Ok(other) => {
+                tracing::warn!(reply = ?other, "unexpected reply from Redis to a rate reservation");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis exchange failed");
+                self.mark_down();
+            }
+        }
     }
 
     /// Without Redis: at most this replica's share of the window.
-    fn grant_offline(&mut self, slot: &Slot, r: &Refill) {
-        let share = (r.units / self.setup.replicas.max(1)).max(1);
+    #[allow(clippy::too_many_arguments)]
+    fn grant_offline(
+        &mut self,
+        slot: &Slot,
+        key: &str,
+        units: u64,
+        amount: u64,
+        tag: u64,
+        window_end: u64,
+        pay: bool,
+    ) {
+        let share = (units / self.setup.replicas.max(1)).max(1);
         let g = slot.granted.load(Ordering::Acquire);
-        if g >> BITS != r.tag {
+        if g >> BITS != tag {
             return;
         }
         let granted = g & USED_MASK;
-        let extra = if r.pay {
+        let extra = if pay {
             // The optimistic first lease: keep what fits in the share.
-            let keep = r.amount.min(share);
-            adjust(slot, r.tag, |g| g.saturating_sub(r.amount - keep));
+            let keep = amount.min(share);
+            adjust(slot, tag, |g| g.saturating_sub(amount - keep));
             keep
         } else {
-            let extra = r.amount.min(share.saturating_sub(granted));
-            adjust(slot, r.tag, |g| g + extra);
+            let extra = amount.min(share.saturating_sub(granted));
+            adjust(slot, tag, |g| g + extra);
             extra
         };
         if extra > 0 {
-            let owed = self.owed.entry(r.key.clone()).or_insert((0, r.window_end));
+            let owed = self.owed.entry(key.to_owned()).or_insert((0, window_end));
             owed.0 += extra;
         }
     }
 }
 
-fn now_s() -> u64 {
+/// Bits of a shared rate's `granted` holding the calls; the rest hold the
+/// second until which they may be made (its low bits).
+const SECOND_MASK: u64 = (1 << (64 - BITS)) - 1;
+
+/// Whether calls granted until second `until` (as stored) may still be
+/// made in second `now_s`.
+pub(crate) fn calls_live(until: u64, now_s: u64) -> bool {
+    until.wrapping_sub(now_s) & SECOND_MASK <= 1
+}
+
+/// `granted` holding `calls` that may be made until the end of the second
+/// after `now_s`.
+pub(crate) fn calls_until_next_second(calls: u64, now_s: u64) -> u64 {
+    (((now_s + 1) & SECOND_MASK) << BITS) | (calls & USED_MASK)
+}
+
+/// Adds `k` reserved calls to a shared rate's counter, to be made within
+/// the next second (calls it still holds from before are kept if live).
+pub(crate) fn grant_calls(slot: &Slot, k: u64, now_s: u64) {
+    let _ = slot
+        .granted
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+            let held = if calls_live(g >> BITS, now_s) {
+                g & USED_MASK
+            } else {
+                0
+            };
+            Some(calls_until_next_second(held + k, now_s))
+        });
+}
+
+fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+fn now_s() -> u64 {
+    now_ns() / 1_000_000_000
 }

@@ -20,10 +20,19 @@ pub struct Slot {
     /// Its value (a quota's window and use, or a rate's arrival time).
     pub value: AtomicU64,
     /// Shared quotas: the window and the units this replica may use in it.
+    /// Shared rates: the calls Redis let this replica make, and the second
+    /// until which they may be made.
     pub granted: AtomicU64,
     /// Shared quotas: the window, and whether more units are asked for
-    /// (bit 0) or none are left in Redis (bit 1).
+    /// (bit 0) or none are left in Redis (bit 1). Shared rates: whether
+    /// more calls are asked for (bit 0).
     pub flags: AtomicU64,
+    /// Shared rates: Unix ns until which Redis has no room for another
+    /// call (nothing is asked for before then).
+    pub hold: AtomicU64,
+    /// Shared rates: calls let through on this replica's share and not yet
+    /// paid for in Redis.
+    pub owed: AtomicU64,
 }
 
 /// What a quota's counter counts: its rule and the values of the rule's

@@ -40,7 +40,7 @@ fn a_day_quota_per_customer_counts_each_customer_apart() {
     );
     let acme = call("acme", "crm__lookup");
     for left in [2, 1, 0] {
-        let s = l.take(&acme, NOW).unwrap().unwrap();
+        let s = l.take(&acme, NOW).unwrap().tightest.unwrap();
         assert_eq!((&*s.id, s.limit, s.remaining), ("day", 3, left));
         assert_eq!(s.window_s, 86_400);
     }
@@ -87,7 +87,9 @@ fn tools_cost_their_weight_and_every_rule_must_pass() {
     );
     let export = call("acme", "crm__export");
     let lookup = call("acme", "crm__lookup");
-    assert!(passes(&l, &export, NOW)); // units 2 of 6, exports 1 of 2
+    // units 2 of 6, exports 1 of 2: the call is charged its cost, 2 (the
+    // larger of what its two quotas weigh it).
+    assert_eq!(l.take(&export, NOW).unwrap().units, 2);
     assert!(passes(&l, &export, NOW)); // units 4 of 6, exports 2 of 2
                                        // The hour's exports are used up: refused, and the month's units it
                                        // would have cost are given back.
@@ -95,8 +97,9 @@ fn tools_cost_their_weight_and_every_rule_must_pass() {
         l.take(&export, NOW),
         Err(Refused::Exceeded { standing, .. }) if &*standing.id == "exports"
     ));
-    let s = l.take(&lookup, NOW).unwrap().unwrap();
-    assert_eq!((&*s.id, s.remaining), ("units", 1));
+    let passed = l.take(&lookup, NOW).unwrap();
+    let s = passed.tightest.unwrap();
+    assert_eq!((&*s.id, s.remaining, passed.units), ("units", 1, 1));
     assert!(passes(&l, &lookup, NOW));
     assert!(!passes(&l, &lookup, NOW));
 }
@@ -131,7 +134,7 @@ fn a_user_selector_leaves_calls_without_a_user_alone() {
         1024,
     );
     let anonymous = call("acme", "t");
-    assert_eq!(l.take(&anonymous, NOW), Ok(None));
+    assert_eq!(l.take(&anonymous, NOW), Ok(Passed::default()));
     let alice = Call {
         user: Some("alice"),
         ..anonymous
@@ -267,4 +270,121 @@ fn quota_counters_name_what_they_count_and_roll_with_the_window() {
     // The next day the same counter reads empty.
     let next = l.quota_counters(NOW + 86_400 * S);
     assert_eq!((next[0].used, next[0].remaining), (0, 5));
+}
+
+/// A shared rate of 10 calls/s with a burst of 8 over two replicas:
+/// this replica's share is 5 calls/s with a burst of 4, a lease 2 calls.
+fn shared_rate(up: bool) -> (Limits, std::sync::mpsc::Receiver<shared::Refill>) {
+    let cfg: LimitsConfig = toml::from_str(
+        "[[rules]]\nid = \"rate\"\ncustomer = \"*\"\nrate = { calls_per_s = 10, burst = 8 }\n\
+         [[rules]]\nid = \"once\"\ntool = \"once\"\nquota = { units = 1, per = \"day\" }\n",
+    )
+    .unwrap();
+    let (sharing, rx) = Sharing::detached(20, 2, up);
+    let l = Limits::new(
+        &cfg,
+        Limits::table(&cfg),
+        std::hash::RandomState::new(),
+        Some(Arc::new(sharing)),
+    );
+    (l, rx)
+}
+
+#[test]
+fn a_shared_rate_spends_reserved_calls_then_this_replicas_share() {
+    let (l, rx) = shared_rate(true);
+    let c = call("acme", "t");
+    // Nothing reserved yet: the share's burst passes, and is owed.
+    assert_eq!((0..6).filter(|_| passes(&l, &c, NOW)).count(), 4);
+    let asked: Vec<shared::Refill> = rx.try_iter().collect();
+    let (mut reserve, mut pay) = (None, None);
+    for r in &asked {
+        match r.ask {
+            shared::Ask::Rate {
+                pay: true, amount, ..
+            } => pay = Some(amount),
+            shared::Ask::Rate {
+                pay: false,
+                amount,
+                interval_us,
+                tolerance_us,
+            } => reserve = Some((r.slot, amount, interval_us, tolerance_us)),
+            shared::Ask::Quota { .. } => panic!("a quota asked for"),
+        }
+        assert_eq!(r.key, "toolgate:rate:rate:acme");
+    }
+    assert_eq!(
+        asked.len(),
+        2,
+        "one reservation in flight and one payment: {asked:?}"
+    );
+    let (slot, amount, interval_us, tolerance_us) = reserve.unwrap();
+    assert_eq!((amount, interval_us, tolerance_us), (2, 100_000, 700_000));
+    assert!(pay.is_some());
+    let slot = l.table.at(slot).unwrap();
+    assert_eq!(
+        slot.owed.load(Ordering::Acquire),
+        4,
+        "the four calls are owed"
+    );
+    // Redis reserves two calls: both pass, then the share is spent.
+    shared::grant_calls(slot, 2, NOW / S);
+    assert_eq!((0..4).filter(|_| passes(&l, &c, NOW)).count(), 2);
+    // Reserved calls are made within the next second or not at all.
+    shared::grant_calls(slot, 2, NOW / S);
+    assert!(passes(&l, &c, NOW + 2 * S - 1));
+    assert_eq!(slot.granted.load(Ordering::Acquire) & USED_MASK, 1);
+    let share_before = slot.value.load(Ordering::Acquire);
+    assert!(passes(&l, &c, NOW + 2 * S));
+    assert_eq!(
+        slot.granted.load(Ordering::Acquire) & USED_MASK,
+        1,
+        "not spent"
+    );
+    assert_ne!(
+        slot.value.load(Ordering::Acquire),
+        share_before,
+        "the call came from the share"
+    );
+}
+
+#[test]
+fn a_refused_call_gives_back_its_reserved_call() {
+    let (l, rx) = shared_rate(true);
+    let first = call("acme", "once");
+    assert!(
+        passes(&l, &first, NOW),
+        "the share lets the first call pass"
+    );
+    // The rate's counter is the one a reservation was asked for.
+    let index = rx
+        .try_iter()
+        .find(|r| matches!(r.ask, shared::Ask::Rate { pay: false, .. }))
+        .unwrap()
+        .slot;
+    let slot = l.table.at(index).unwrap();
+    shared::grant_calls(slot, 2, NOW / S);
+    // The rate passes it (a reserved call), the day quota refuses it: the
+    // reserved call goes back.
+    assert!(!passes(&l, &first, NOW));
+    assert_eq!(slot.granted.load(Ordering::Acquire) & USED_MASK, 2);
+}
+
+#[test]
+fn without_redis_a_shared_rate_is_held_to_this_replicas_share() {
+    let (l, rx) = shared_rate(false);
+    let c = call("acme", "t");
+    assert_eq!((0..6).filter(|_| passes(&l, &c, NOW)).count(), 4);
+    let Err(Refused::Exceeded { retry_after_s, .. }) = l.take(&c, NOW) else {
+        panic!("over the share");
+    };
+    assert_eq!(retry_after_s, 1);
+    // 5 calls/s: one more after 200 ms.
+    assert!(passes(&l, &c, NOW + S / 5));
+    assert!(!passes(&l, &c, NOW + S / 5));
+    assert_eq!(
+        rx.try_iter().count(),
+        0,
+        "nothing is asked of Redis, nothing owed"
+    );
 }

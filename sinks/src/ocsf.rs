@@ -102,6 +102,8 @@ pub struct Record<'a> {
     /// The `[[limits.rules]]` id that refused the call.
     #[serde(borrow)]
     pub limit: Option<Cow<'a, str>>,
+    /// The quota units the call was charged.
+    pub units: Option<u64>,
     /// The policy verdict of a call that reached policy.
     #[serde(borrow)]
     pub verdict: Option<Cow<'a, str>>,
@@ -358,6 +360,7 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
     num(out, "seq", r.seq);
     num(out, "latency_us", r.latency_us);
     num(out, "log_seq", r.log_seq);
+    num(out, "units", r.units);
     for (k, v) in [
         ("outcome", r.outcome.as_deref()),
         ("reason", r.reason.as_deref()),
@@ -464,9 +467,11 @@ mod tests {
         assert_eq!(e["unmapped"]["policies"], json!(["@forbid-1"]));
         let later = map(&DENY.replace(
             r#""log_seq":42"#,
-            r#""door":"rest","limit":"day","verdict":"deny","session":{"id":"ab","known":true},"shadow":{"verdict":"allow","agrees":false,"policies":[]},"groups":["admins"],"log_seq":42"#,
+            r#""door":"rest","limit":"day","units":10,"verdict":"deny","session":{"id":"ab","known":true},"shadow":{"verdict":"allow","agrees":false,"policies":[]},"groups":["admins"],"log_seq":42"#,
         ));
-        for k in ["door", "limit", "verdict", "session", "shadow", "groups"] {
+        for k in [
+            "door", "limit", "units", "verdict", "session", "shadow", "groups",
+        ] {
             assert!(!later["unmapped"][k].is_null(), "{k} is lost: {later}");
         }
         assert_eq!(later["unmapped"]["session"]["id"], "ab");

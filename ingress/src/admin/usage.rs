@@ -1,12 +1,12 @@
 //! `GET /v1/usage`: the live counters of calls per customer and tool since
 //! the process started — calls, allowed, denied, refused by a limit, tool
-//! errors — as JSON or CSV (`?format=csv`), one customer with
+//! errors, quota units charged — as JSON or CSV (`?format=csv`), one customer with
 //! `?customer=…`. The same counts `toolgate usage` reads from the audit
 //! log, counted the same way. `GET /v1/usage/quotas`: every quota counter
 //! in its current window — units used and remaining, when it resets.
 
 use super::*;
-use crate::metrics::usage::csv_field;
+use crate::metrics::usage::{self, csv_field};
 
 impl AdminApi {
     /// Answers `GET /v1/usage`.
@@ -19,24 +19,14 @@ impl AdminApi {
             .filter(|(c, _, _)| customer.as_deref().is_none_or(|want| want == c))
             .collect();
         if csv {
-            let mut body = String::from("customer,tool,calls,allowed,denied,limited,tool_errors\n");
-            for (c, t, [calls, allowed, denied, limited, errors]) in &rows {
-                body.push_str(&format!(
-                    "{},{},{calls},{allowed},{denied},{limited},{errors}\n",
-                    csv_field(c),
-                    csv_field(t)
-                ));
+            let mut body = String::from(usage::CSV_HEADER);
+            for (c, t, n) in &rows {
+                n.csv(c, t, &mut body);
             }
             response::write(out, 200, &[], Body::Plain(body.as_bytes()), true);
             return Ok(());
         }
-        let items: Vec<Value> = rows
-            .iter()
-            .map(|(c, t, [calls, allowed, denied, limited, errors])| {
-                json!({"customer": c, "tool": t, "calls": calls, "allowed": allowed,
-                       "denied": denied, "limited": limited, "tool_errors": errors})
-            })
-            .collect();
+        let items: Vec<Value> = rows.iter().map(|(c, t, n)| n.json(c, t)).collect();
         let body = json!({ "since_us": usage.since_us, "items": items }).to_string();
         response::write(out, 200, &[], Body::Json(body.as_bytes()), true);
         Ok(())

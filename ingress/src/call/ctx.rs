@@ -83,6 +83,8 @@ pub(super) struct CallCtx {
     /// Where the call stands under its tightest `[limits]` rule, and
     /// whether that rule refused it.
     pub(super) limit: Option<(toolgate_limits::Standing, bool)>,
+    /// The units its quotas charged it (0: none).
+    pub(super) units: u64,
     /// The handshake-era session the request belongs to.
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
@@ -130,6 +132,7 @@ impl CallCtx {
             http: None,
             door: Door::Mcp,
             limit: None,
+            units: 0,
             mcp_session: None,
             session: None,
             identity: None,
@@ -176,6 +179,7 @@ impl CallCtx {
             http: self.http,
             door: self.door,
             limit: self.limit.and_then(|(s, refused)| refused.then_some(s.id)),
+            units: self.units,
             session: self.session.as_ref().map(|s| {
                 let mut json = Vec::with_capacity(256);
                 s.view().write_json(&mut json);

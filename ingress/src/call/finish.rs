@@ -208,6 +208,7 @@ impl Gateway {
                         allowed: decision == Decision::Allow,
                         limited,
                         tool_error: outcome == Outcome::ToolError,
+                        units: ctx.units,
                     },
                 );
             }

@@ -33,8 +33,9 @@ impl Gateway {
             upstream,
         };
         match limits.take(&call, now_us().saturating_mul(1_000)) {
-            Ok(standing) => {
-                ctx.limit = standing.map(|s| (s, false));
+            Ok(passed) => {
+                ctx.limit = passed.tightest.map(|s| (s, false));
+                ctx.units = passed.units;
                 Ok(())
             }
             Err(Refused::Exceeded {

@@ -1,5 +1,5 @@
 //! `toolgate usage`: what each customer called, from the audit log — calls,
-//! allowed, denied, refused by a limit, tool errors — per customer and
+//! allowed, denied, refused by a limit, tool errors, quota units — per customer and
 //! tool, for a window, as JSON or CSV to feed billing. Reads the log files
 //! only; no gateway needs to run.
 
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use super::window::Window;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
-use toolgate_ingress::metrics::usage::csv_field;
+use serde_json::Value;
+use toolgate_ingress::metrics::usage::{Counted, Counts, CSV_HEADER};
 use toolgate_sinks::reader::{LogReader, Position};
 
 /// Output formats.
@@ -42,21 +42,6 @@ pub struct UsageArgs {
     pub format: Format,
 }
 
-/// Counts of one customer's calls of one tool.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    /// Calls of the tool (`tools/call` on `/mcp`, and REST door calls).
-    pub calls: u64,
-    /// Allowed (forwarded).
-    pub allowed: u64,
-    /// Denied, for any reason.
-    pub denied: u64,
-    /// Denied by a `[limits]` rate or quota.
-    pub limited: u64,
-    /// Allowed, and the tool reported an error.
-    pub tool_errors: u64,
-}
-
 /// Adds record `v` to `usage` when it is a call of a tool by a known
 /// customer within the window.
 pub fn count(
@@ -77,25 +62,19 @@ pub fn count(
     if !window.holds(v) {
         return;
     }
-    let e = usage.entry((c.to_owned(), tool.to_owned())).or_default();
-    e.calls += 1;
-    match v["decision"].as_str() {
-        Some("allow") => {
-            e.allowed += 1;
-            if v["outcome"].as_str() == Some("tool_error") {
-                e.tool_errors += 1;
-            }
-        }
-        _ => {
-            e.denied += 1;
-            if matches!(
+    let allowed = v["decision"].as_str() == Some("allow");
+    usage
+        .entry((c.to_owned(), tool.to_owned()))
+        .or_default()
+        .add(Counted {
+            allowed,
+            limited: matches!(
                 v["reason"].as_str(),
                 Some("rate_limited" | "quota_exceeded" | "limit_table_full")
-            ) {
-                e.limited += 1;
-            }
-        }
-    }
+            ),
+            tool_error: v["outcome"].as_str() == Some("tool_error"),
+            units: v["units"].as_u64().unwrap_or(0),
+        });
 }
 
 /// Runs `toolgate usage`.
@@ -109,34 +88,16 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.format {
         Format::Json => {
-            let rows: Vec<Value> = usage
-                .iter()
-                .map(|((c, t), n)| {
-                    json!({"customer": c, "tool": t, "calls": n.calls, "allowed": n.allowed,
-                           "denied": n.denied, "limited": n.limited, "tool_errors": n.tool_errors})
-                })
-                .collect();
+            let rows: Vec<Value> = usage.iter().map(|((c, t), n)| n.json(c, t)).collect();
             serde_json::to_writer_pretty(&mut out, &rows)?;
             writeln!(out)?;
         }
         Format::Csv => {
-            writeln!(
-                out,
-                "customer,tool,calls,allowed,denied,limited,tool_errors"
-            )?;
+            let mut text = String::from(CSV_HEADER);
             for ((c, t), n) in &usage {
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{}",
-                    csv_field(c),
-                    csv_field(t),
-                    n.calls,
-                    n.allowed,
-                    n.denied,
-                    n.limited,
-                    n.tool_errors
-                )?;
+                n.csv(c, t, &mut text);
             }
+            out.write_all(text.as_bytes())?;
         }
     }
     out.flush()?;
@@ -168,6 +129,9 @@ fn read(
 mod tests {
     use super::*;
 
+    use serde_json::json;
+    use toolgate_ingress::metrics::usage::csv_field;
+
     fn rec(customer: &str, tool: &str, decision: &str, reason: &str, outcome: &str) -> Value {
         json!({"time": "2026-12-06T10:00:00.000000Z", "method": "tools/call", "customer": customer,
                "tool": tool, "decision": decision, "reason": reason, "outcome": outcome})
@@ -179,6 +143,9 @@ mod tests {
         for v in [
             rec("acme", "crm__a", "allow", "attached", "success"),
             rec("acme", "crm__a", "allow", "attached", "tool_error"),
+            json!({"time": "2026-12-06T10:00:00.000000Z", "method": "tools/call", "customer": "acme",
+                   "tool": "crm__a", "decision": "allow", "reason": "attached", "outcome": "success",
+                   "units": 10}),
             rec("acme", "crm__a", "deny", "quota_exceeded", "failure"),
             rec("acme", "crm__a", "deny", "forbidden_by_policy", "failure"),
             rec("globex", "crm__a", "allow", "attached", "success"),
@@ -189,11 +156,12 @@ mod tests {
         assert_eq!(
             u[&("acme".to_owned(), "crm__a".to_owned())],
             Counts {
-                calls: 4,
-                allowed: 2,
+                calls: 5,
+                allowed: 3,
                 denied: 2,
                 limited: 1,
-                tool_errors: 1
+                tool_errors: 1,
+                units: 10,
             }
         );
         assert_eq!(u[&("globex".to_owned(), "crm__a".to_owned())].calls, 1);

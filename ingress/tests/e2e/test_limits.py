@@ -193,7 +193,7 @@ quota = { units = 3, per = "day" }
     assert live["items"] == json.loads(out.stdout)
     acme_row = [r for r in live["items"] if r["customer"] == "acme"]
     assert acme_row == [{"customer": "acme", "tool": TOOL, "calls": 4, "allowed": 3, "denied": 1,
-                         "limited": 1, "tool_errors": 0}]
+                         "limited": 1, "tool_errors": 0, "units": 3}]
     # One customer, as CSV.
     r = admin.get("usage?customer=plain-bot&format=csv")
     assert r.status_code == 200
@@ -204,9 +204,14 @@ quota = { units = 3, per = "day" }
 
 def test_quota_usage_reports_units_used_and_remaining(admin_gate):  # noqa: F811
     """``GET /v1/usage/quotas``: each quota counter in its window, with
-    tool costs counted, refused calls taking nothing, JSON and CSV."""
+    tool costs counted, refused calls taking nothing, JSON and CSV; the
+    units each call was charged in its record, summed by both usage
+    reports."""
     import csv
     import io
+    import subprocess
+
+    from harness import TOOLGATE_BIN, read_audit_dir
 
     acme = Agent("acme-bot", [TOOL, "crm__delete_record"], customer="acme")
     globex = Agent("globex-bot", [TOOL], customer="globex")
@@ -256,6 +261,22 @@ quota = { units = 100, per = "hour" }
         ("hour-per-tool", "acme", TOOL, "3", "97"),
     ], rows
     assert admin.get("usage/quotas?bogus=1").status_code == 400
+
+    # Each allowed call's record carries the units it was charged (the
+    # larger of what its two quotas weigh it), and both usage reports sum
+    # them per customer and tool: the units the day quota counted.
+    out = subprocess.run([str(TOOLGATE_BIN), "usage", str(gate.audit_dir), "--customer", "acme", "--format", "csv"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = {x["tool"]: (x["calls"], x["allowed"], x["limited"], x["units"])
+              for x in csv.DictReader(io.StringIO(out.stdout))}
+    assert report == {TOOL: ("3", "3", "0", "3"), "crm__delete_record": ("2", "1", "1", "10")}, out.stdout
+    live = {x["tool"]: (str(x["calls"]), str(x["allowed"]), str(x["limited"]), str(x["units"]))
+            for x in admin.get("usage?customer=acme").json()["items"]}
+    assert live == report
+    assert sum(int(u) for *_, u in report.values()) == day["used"]
+    deletes = [r for r in read_audit_dir(gate.audit_dir) if r.get("tool") == "crm__delete_record"]
+    assert [(r["decision"], r.get("units")) for r in deletes] == [("allow", 10), ("deny", None)], deletes
 
 
 def _seconds_to_next_window(zone: str, per: str) -> float:

@@ -3,7 +3,9 @@
 holds across both replicas within the documented bound (one lease per
 replica), another customer is unaffected; with Redis killed, each replica
 keeps limiting to its share and nothing crashes; when Redis is back, the
-units granted meanwhile are added to the shared count.
+units granted meanwhile are added to the shared count. A rate is shared the
+same way: two replicas hammered by one client allow, together, the rate
+plus the documented bound, and without Redis each holds to its share.
 """
 
 from __future__ import annotations
@@ -139,3 +141,102 @@ def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(mak
     assert redis.get(key_of("initech")) >= sum(during)
     # Reachable at start, and again after the outage.
     assert all(g.stderr_text().count("Redis reachable") >= 2 for g in gates)
+
+
+RATE, BURST = 10, 10
+
+
+def rate_toml(crm_url: str, redis_port: int) -> str:
+    return f"""
+[[upstreams]]
+name = "crm"
+url = "{crm_url}"
+
+[limits]
+backend = "redis"
+
+[limits.redis]
+url = "redis://{HOST}:{redis_port}/0"
+password = {{ file = "redis.password" }}
+lease = {LEASE}
+replicas = 2
+
+[[limits.rules]]
+id = "rps"
+customer = "*"
+rate = {{ calls_per_s = {RATE}, burst = {BURST} }}
+"""
+
+
+def hammer(gates, key: str, seconds: float) -> tuple[list[int], float, set]:
+    """Calls as fast as one client can, alternating between the replicas,
+    for ``seconds``: calls allowed per replica, the time taken, and the
+    statuses seen."""
+    allowed, statuses = [0] * len(gates), set()
+    body = modern_request("tools/call", {"name": TOOL, "arguments": {"customer_id": "C-1"}})
+    headers = modern_headers("tools/call", TOOL, key)
+    clients = [httpx.Client(timeout=HTTP_TIMEOUT_S) for _ in gates]
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        r = clients[i % len(gates)].post(gates[i % len(gates)].url, json=body, headers=headers)
+        statuses.add(r.status_code)
+        if r.status_code == 200:
+            allowed[i % len(gates)] += 1
+        else:
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, (r.status_code, r.text)
+        i += 1
+    took = time.monotonic() - start
+    for c in clients:
+        c.close()
+    return allowed, took, statuses
+
+
+def test_a_rate_is_shared_by_two_replicas_and_held_to_each_share_without_redis(make_gate, upstreams, redis):
+    agents = [Agent("acme-bot", [TOOL], customer="acme"), Agent("globex-bot", [TOOL], customer="globex")]
+    gates = []
+    for _ in range(2):
+        g = make_gate(upstream_list=[], agents=agents, extra_toml=rate_toml(upstreams["crm"].url, redis.port),
+                      start=False)
+        (g.workdir / "redis.password").write_text(PASSWORD + "\n")
+        g.start()
+        gates.append(g)
+    acme, globex = agents
+    # Each replica's share: RATE / 2 calls/s, a burst of BURST / 2. The
+    # documented bound over both: RATE × t + BURST, plus the shares' bursts.
+    share_burst = BURST // 2
+
+    # 1. Both replicas, one customer, far more calls than the rate: the sum
+    # stays within the bound, where two unshared replicas would allow twice
+    # RATE × t + BURST.
+    allowed, took, statuses = hammer(gates, acme.key, 4.0)
+    total = sum(allowed)
+    bound = RATE * took + BURST + 2 * share_burst
+    print(f"shared: allowed {allowed} in {took:.2f} s, bound {bound:.0f}")
+    assert statuses == {200, 429}
+    assert total <= bound, (allowed, took)
+    assert total >= 0.7 * RATE * took, ("the replicas let through far less than the rate", allowed, took)
+    assert all(n > 0 for n in allowed), allowed
+    # The bucket lives in Redis, in Redis's clock.
+    assert redis.get("toolgate:rate:rps:acme") > 0
+    # Another customer has its own bucket.
+    assert call(gates[0], globex.key) == 200 and call(gates[1], globex.key) == 200
+
+    # 2. Redis goes away: each replica holds the rate to its share, nothing
+    # crashes.
+    redis.stop()
+    time.sleep(1.1)
+    allowed, took, _ = hammer(gates, acme.key, 3.0)
+    print(f"without Redis: allowed {allowed} in {took:.2f} s")
+    for n in allowed:
+        assert n <= RATE / 2 * took + share_burst + LEASE, (allowed, took)
+    assert all(n >= 0.5 * RATE / 2 * took for n in allowed), (allowed, took)
+    assert all(g.alive() for g in gates)
+
+    # 3. Redis is back: the replicas share the bucket again.
+    redis.start()
+    time.sleep(2.5)
+    allowed, took, _ = hammer(gates, acme.key, 3.0)
+    print(f"Redis back: allowed {allowed} in {took:.2f} s")
+    assert sum(allowed) <= RATE * took + BURST + 2 * share_burst, (allowed, took)
+    assert redis.get("toolgate:rate:rps:acme") > 0

@@ -153,11 +153,15 @@ pub struct RedisConfig {
     pub password: Option<SecretSourceConfig>,
     /// Units a replica takes from Redis at a time. A replica may go over a
     /// quota by at most this much (its first lease of a window is taken
-    /// before Redis confirms it). Default 20.
+    /// before Redis confirms it). A rate reserves at most this many calls
+    /// at a time (and at most `burst / (2 × replicas)`). Default 20.
     #[serde(default = "default_lease")]
     pub lease: u64,
-    /// Replicas sharing the quotas: while Redis cannot be reached, each
-    /// replica allows at most `units / replicas` of a window. Default 2.
+    /// Replicas sharing the limits: while Redis cannot be reached, each
+    /// replica allows at most `units / replicas` of a quota's window, and
+    /// `calls_per_s / replicas` of a rate (with a burst of `burst /
+    /// replicas`); with Redis, a rate passes calls on that share while its
+    /// reservation is on the way. Default 2.
     #[serde(default = "default_replicas")]
     pub replicas: u64,
     /// Time allowed for one Redis exchange, ms. Default 500.
