@@ -2,7 +2,9 @@
 //! rules applying to every call (a per-customer day quota with tool costs,
 //! a per-customer-and-tool hour quota, a per-agent rate), the counters
 //! already placed — what a call pays once its customer has been seen; and
-//! the same rules with the quotas on a time zone's calendar.
+//! the same rules with the quotas on a time zone's calendar. Every call
+//! measured passes (checked after each run): a refused call would measure
+//! giving units back instead.
 //!
 //! `cargo bench -p toolgate-bench --bench limits`
 #![expect(
@@ -77,6 +79,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     let mut n = 0usize;
+    let mut refused = 0u64;
     c.bench_function("limits_take_3_rules_10k_customers_100_tools", |b| {
         b.iter(|| {
             n = n.wrapping_add(7919);
@@ -88,9 +91,14 @@ fn bench(c: &mut Criterion) {
                 tool: &tools[(i % 7) + 7 * (n % 14)],
                 upstream: "crm",
             };
-            black_box(l.take(black_box(&call), now).is_ok())
+            // Time moves on with every call, so the rate (one call a
+            // nanosecond) keeps passing.
+            let ok = l.take(black_box(&call), now + n as u64).is_ok();
+            refused += u64::from(!ok);
+            black_box(ok)
         })
     });
+    assert_eq!(refused, 0, "a measured call was refused");
     // The same three rules for one busy customer: its counters stay in
     // the cache, so this is the check's own work. Then the quotas on
     // India's calendar (hours from :30 UTC): the window is the one cached
@@ -110,9 +118,12 @@ fn bench(c: &mut Criterion) {
                     tool: &tools[7 * (n % 14)],
                     upstream: "crm",
                 };
-                black_box(l.take(black_box(&call), now).is_ok())
+                let ok = l.take(black_box(&call), now + n as u64).is_ok();
+                refused += u64::from(!ok);
+                black_box(ok)
             })
         });
+        assert_eq!(refused, 0, "{name}: a measured call was refused");
     }
 }
 

@@ -202,11 +202,14 @@ pub struct Limits {
 impl Limits {
     /// The counters for `cfg` (one table for the process's life).
     pub fn table(cfg: &LimitsConfig) -> Arc<Table> {
-        Arc::new(Table::new(if cfg.rules.is_empty() {
-            16
-        } else {
-            cfg.max_counters
-        }))
+        Arc::new(Table::new(
+            if cfg.rules.is_empty() {
+                16
+            } else {
+                cfg.max_counters
+            },
+            cfg.backend == toolgate_core::config::LimitsBackend::Redis,
+        ))
     }
 
     /// `cfg`'s rules over `table` (checked by the configuration loader),
@@ -405,6 +408,7 @@ impl Limits {
                             self.table.name(key, rule.counter_name(&values));
                         }
                         let at = At {
+                            table: &self.table,
                             index,
                             slot,
                             sharing: self.sharing.as_deref(),
@@ -481,11 +485,30 @@ fn keyed_hash((seed, secret): (u64, u64), s: &[u8]) -> u64 {
         b.copy_from_slice(w);
         h = fold(h ^ u64::from_le_bytes(b), secret);
     }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut b = [0u8; 8];
-        b[..rest.len()].copy_from_slice(rest);
-        h = fold(h ^ u64::from_le_bytes(b), secret ^ 0xA076_1D64_78BD_642F);
+    let rest = words.remainder().len();
+    if rest > 0 {
+        // The last bytes without a copy: the last eight (overlapping the
+        // words above; the length is in the seed), or two overlapping
+        // halves, or three bytes for the shortest.
+        let n = s.len();
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&s[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let half = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&s[at..at + 4]);
+            u64::from(u32::from_le_bytes(b))
+        };
+        let tail = if n >= 8 {
+            word(n - 8)
+        } else if n >= 4 {
+            (half(0) << 32) | half(n - 4)
+        } else {
+            (u64::from(s[0]) << 16) | (u64::from(s[n / 2]) << 8) | u64::from(s[n - 1])
+        };
+        h = fold(h ^ tail, secret ^ 0xA076_1D64_78BD_642F);
     }
     fold(h, secret)
 }
@@ -499,6 +522,7 @@ fn mix(a: u64, b: u64) -> u64 {
 /// One rule's counter for one call, and what a shared quota needs to
 /// name it in Redis.
 struct At<'a> {
+    table: &'a Table,
     index: usize,
     slot: &'a table::Slot,
     sharing: Option<&'a Sharing>,
@@ -649,7 +673,17 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
             burst,
         } => match at.sharing {
             None => gcra(rule, &slot.value, interval_ns, tolerance_ns, burst, now_ns),
-            Some(sh) => take_shared_rate(rule, at, sh, (interval_ns, tolerance_ns, burst), now_ns),
+            Some(sh) => match at.table.share(at.index) {
+                Some(share) => take_shared_rate(
+                    rule,
+                    at,
+                    (sh, share),
+                    (interval_ns, tolerance_ns, burst),
+                    now_ns,
+                ),
+                // A table made without room for shared rates: this process's.
+                None => gcra(rule, &slot.value, interval_ns, tolerance_ns, burst, now_ns),
+            },
         },
     }
 }
@@ -716,7 +750,7 @@ fn gcra(
 fn take_shared_rate(
     rule: &Rule,
     at: &At<'_>,
-    sh: &Sharing,
+    (sh, share): (&Sharing, &table::RateShare),
     (interval_ns, tolerance_ns, burst): (u64, u64, u64),
     now_ns: u64,
 ) -> Result<Left, Refused> {
@@ -724,7 +758,7 @@ fn take_shared_rate(
     let up = sh.redis_up();
     let now_s = now_ns / 1_000_000_000;
     let lease = sh.rate_lease(burst);
-    let may_ask = up && now_ns >= slot.hold.load(Ordering::Acquire);
+    let may_ask = up && now_ns >= share.hold.load(Ordering::Acquire);
     let refill = |pay| shared::Refill {
         slot: at.index,
         key: at.redis_key(rule, "rate", None),
@@ -769,8 +803,8 @@ fn take_shared_rate(
     if may_ask {
         sh.ask(slot, refill(false));
     }
-    if up && passed.is_ok() && slot.owed.fetch_add(1, Ordering::AcqRel) == 0 {
-        sh.pay(slot, refill(true));
+    if up && passed.is_ok() && share.owed.fetch_add(1, Ordering::AcqRel) == 0 {
+        sh.pay(share, refill(true));
     }
     passed
 }

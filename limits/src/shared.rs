@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use toolgate_core::config::RedisSetup;
 
 use crate::redis::{Client, Reply};
-use crate::table::{Slot, Table};
+use crate::table::{RateShare, Slot, Table};
 use crate::USED_MASK;
 
 /// Bits of `granted` holding units; the rest hold the window's tag.
@@ -194,9 +194,9 @@ impl Sharing {
     /// sync thread pays what is owed when it gets to it, so payments for
     /// many calls go in one exchange): never held back by a request in
     /// flight.
-    pub(crate) fn pay(&self, slot: &Slot, r: Refill) {
+    pub(crate) fn pay(&self, share: &RateShare, r: Refill) {
         if let Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) = self.tx.try_send(r) {
-            let unpaid = slot.owed.swap(0, Ordering::AcqRel);
+            let unpaid = share.owed.swap(0, Ordering::AcqRel);
             tracing::warn!(key = %r.key, unpaid, "the Redis sync is behind; calls let through go unpaid");
         }
     }
@@ -393,7 +393,12 @@ impl Sync {
                 tolerance_us,
                 amount,
                 pay,
-            } => self.refill_rate(slot, &r.key, interval_us, tolerance_us, amount, pay),
+            } => {
+                if let Some(share) = table.share(r.slot) {
+                    let ask = (interval_us, tolerance_us, amount, pay);
+                    self.refill_rate(slot, share, &r.key, ask);
+                }
+            }
         }
         clear(slot, r.tag(), REQUESTED);
     }
@@ -448,14 +453,12 @@ impl Sync {
     fn refill_rate(
         &mut self,
         slot: &Slot,
+        share: &RateShare,
         key: &str,
-        interval_us: u64,
-        tolerance_us: u64,
-        amount: u64,
-        pay: bool,
+        (interval_us, tolerance_us, amount, pay): (u64, u64, u64, bool),
     ) {
         let amount = if pay {
-            slot.owed.swap(0, Ordering::AcqRel)
+            share.owed.swap(0, Ordering::AcqRel)
         } else {
             amount
         };
@@ -481,7 +484,7 @@ impl Sync {
                 if !pay && k > 0 {
                     grant_calls(slot, k, now / 1_000_000_000);
                 }
-                slot.hold.store(now + wait_us * 1_000, Ordering::Release);
+                share.hold.store(now + wait_us * 1_000, Ordering::Release);
             }
             Ok(other) => {
                 tracing::warn!(reply = ?other, "unexpected reply from Redis to a rate reservation");

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 /// Slots probed before a key counts as not placeable.
 const MAX_PROBE: usize = 64;
 
-/// One counter.
+/// One counter: 32 bytes, two to a cache line, never straddling two.
 #[derive(Default)]
+#[repr(align(32))]
 pub struct Slot {
     /// Its key; 0: free.
     key: AtomicU64,
@@ -27,11 +28,17 @@ pub struct Slot {
     /// (bit 0) or none are left in Redis (bit 1). Shared rates: whether
     /// more calls are asked for (bit 0).
     pub flags: AtomicU64,
-    /// Shared rates: Unix ns until which Redis has no room for another
-    /// call (nothing is asked for before then).
+}
+
+/// What a counter of a rate shared on Redis keeps besides its [`Slot`]
+/// (kept apart so the slots of a table without Redis stay small).
+#[derive(Default)]
+pub struct RateShare {
+    /// Unix ns until which Redis has no room for another call (nothing is
+    /// asked for before then).
     pub hold: AtomicU64,
-    /// Shared rates: calls let through on this replica's share and not yet
-    /// paid for in Redis.
+    /// Calls let through on this replica's share and not yet paid for in
+    /// Redis.
     pub owed: AtomicU64,
 }
 
@@ -48,6 +55,8 @@ pub struct CounterName {
 /// The table.
 pub struct Table {
     slots: Box<[Slot]>,
+    /// With limits shared on Redis: one per slot, else none.
+    shares: Box<[RateShare]>,
     mask: usize,
     used: AtomicUsize,
     max: usize,
@@ -57,11 +66,15 @@ pub struct Table {
 }
 
 impl Table {
-    /// A table for at most `max_counters` counters (half full at most).
-    pub fn new(max_counters: usize) -> Self {
+    /// A table for at most `max_counters` counters (half full at most),
+    /// with room for shared rates when `shared`.
+    pub fn new(max_counters: usize, shared: bool) -> Self {
         let n = (max_counters.max(16) * 2).next_power_of_two();
         Self {
             slots: (0..n).map(|_| Slot::default()).collect(),
+            shares: (0..if shared { n } else { 0 })
+                .map(|_| RateShare::default())
+                .collect(),
             mask: n - 1,
             used: AtomicUsize::new(0),
             max: max_counters.max(16),
@@ -104,6 +117,12 @@ impl Table {
     /// The counter at `index` (as [`Table::slot`] gave it).
     pub fn at(&self, index: usize) -> Option<&Slot> {
         self.slots.get(index)
+    }
+
+    /// The shared-rate state of the counter at `index` (none unless the
+    /// table was made `shared`).
+    pub fn share(&self, index: usize) -> Option<&RateShare> {
+        self.shares.get(index)
     }
 
     /// The counter of `key` (never 0) and its index, claimed if new;
@@ -157,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_key_keeps_its_counter_and_a_full_table_says_so() {
-        let t = Table::new(16);
+        let t = Table::new(16, false);
         let (i, _, fresh) = t.slot(42).unwrap();
         assert!(fresh);
         let (again, _, fresh) = t.slot(42).unwrap();

@@ -283,7 +283,7 @@ fn shared_rate(up: bool) -> (Limits, std::sync::mpsc::Receiver<shared::Refill>) 
     let (sharing, rx) = Sharing::detached(20, 2, up);
     let l = Limits::new(
         &cfg,
-        Limits::table(&cfg),
+        Arc::new(Table::new(1024, true)),
         std::hash::RandomState::new(),
         Some(Arc::new(sharing)),
     );
@@ -318,12 +318,12 @@ fn a_shared_rate_spends_reserved_calls_then_this_replicas_share() {
         2,
         "one reservation in flight and one payment: {asked:?}"
     );
-    let (slot, amount, interval_us, tolerance_us) = reserve.unwrap();
+    let (index, amount, interval_us, tolerance_us) = reserve.unwrap();
     assert_eq!((amount, interval_us, tolerance_us), (2, 100_000, 700_000));
     assert!(pay.is_some());
-    let slot = l.table.at(slot).unwrap();
+    let slot = l.table.at(index).unwrap();
     assert_eq!(
-        slot.owed.load(Ordering::Acquire),
+        l.table.share(index).unwrap().owed.load(Ordering::Acquire),
         4,
         "the four calls are owed"
     );
@@ -387,4 +387,21 @@ fn without_redis_a_shared_rate_is_held_to_this_replicas_share() {
         0,
         "nothing is asked of Redis, nothing owed"
     );
+}
+
+#[test]
+fn the_keyed_hash_tells_apart_every_length_and_every_last_byte() {
+    let seed = (0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321 | 1);
+    let mut seen = std::collections::HashSet::new();
+    let text = b"customer-00042-with-a-long-name";
+    for n in 0..=text.len() {
+        assert!(seen.insert(keyed_hash(seed, &text[..n])), "length {n}");
+        // The same length, another last byte, or a zero where there was none.
+        let mut other = text[..n].to_vec();
+        if let Some(last) = other.last_mut() {
+            *last ^= 1;
+            assert!(seen.insert(keyed_hash(seed, &other)), "last byte at {n}");
+        }
+    }
+    assert_ne!(keyed_hash(seed, b"a"), keyed_hash(seed, b"a\0"));
 }
