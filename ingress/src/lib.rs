@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+#[cfg(test)]
+mod alloc_count;
 pub mod call;
 pub mod catalog_sync;
 pub mod demo;

@@ -305,4 +305,62 @@ mod tests {
         );
         assert_eq!(out, Err(RefusalKind::UserAssertionRefused));
     }
+
+    /// Allocations per `tools/call` in phases 2 and 4–6 once its decision
+    /// is cached (the default audit of arguments, a redacted copy,
+    /// included): a guard against the steady path growing more, counted on
+    /// this thread only. Where they are (2026-12-07): the arguments'
+    /// redacted copy for the record 10 (a parse, the detectors' walk), the
+    /// admission 6 (among them the forwarded params), the decision cache's
+    /// key 2, the JSON-RPC view and the request id 3.
+    #[test]
+    fn a_cached_decision_call_makes_a_bounded_number_of_allocations() {
+        let gw = gateway(
+            "[policies]\nfiles = []",
+            &["permit(principal, action, resource) when { context.args.id != \"c-big\" };"],
+        );
+        let body = body("crm__lookup", r#"{"id":"c-42"}"#);
+        let (snap, _) = gw.current();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             MCP-Protocol-Version: 2025-06-18",
+            bot_key()
+        );
+        let caller = with_request(&head, &body, |req| gw.identify(&snap, req).unwrap().agent);
+        let sid = gw.new_session(caller);
+        let head = format!("{head}\r\nMcp-Session-Id: {sid}");
+        let run = || {
+            with_request(&head, &body, |req| {
+                let (planned, n) = crate::alloc_count::allocations(|| {
+                    let mut ctx = CallCtx::new(Instant::now(), None, false, Reason::Answered);
+                    let caller = gw.identify(&snap, req).unwrap();
+                    ctx.user = caller.user;
+                    ctx.customer = Some(caller.customer);
+                    matches!(
+                        gw.plan(&snap, caller.agent, req, &mut ctx),
+                        Ok(Plan::Forward(_))
+                    )
+                });
+                assert!(planned);
+                n
+            })
+        };
+        // The first call is decided by Cedar; the next ones find the
+        // decision cached.
+        let deciding = run();
+        let steady = run();
+        assert_eq!(
+            run(),
+            steady,
+            "the steady path allocates the same every call"
+        );
+        assert!(
+            deciding > steady + 20,
+            "{deciding} then {steady}: the cache saves Cedar's allocations"
+        );
+        assert!(
+            steady <= 21,
+            "{steady} allocations per cached-decision call"
+        );
+    }
 }
