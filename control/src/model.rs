@@ -234,6 +234,10 @@ pub struct UpstreamSpec {
     /// How often its tool catalog is fetched again, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog_refresh_s: Option<u64>,
+    /// Requests toward agents' clients it may have relayed during a call
+    /// (`elicitation`, `sampling`, `roots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_requests: Option<Vec<toolgate_core::config::ClientRequest>>,
     /// The credential toolgate adds to every request to it: a
     /// `credentials/{name}` resource by name, or where the secret is read
     /// from given in place; never the secret.

@@ -863,6 +863,7 @@ mod tests {
             protocol: None,
             ca_file: None,
             catalog_refresh_s: None,
+            client_requests: None,
             credential: None,
         }))
     }
@@ -1000,6 +1001,31 @@ mod tests {
                 .is_err_and(|e| e.contains("configuration file")),
             "{stdio:?}"
         );
+        // What an upstream may ask agents' clients: the file's default
+        // unless the document says otherwise.
+        let spec = |json: &[u8]| match Spec::parse(Kind::Upstreams, json).unwrap() {
+            Spec::Upstream(u) => *u,
+            _ => unreachable!(),
+        };
+        let asks = |json: &[u8]| {
+            upstream_config("tools", &spec(json), &State::default())
+                .unwrap()
+                .client_requests
+        };
+        use toolgate_core::config::ClientRequest;
+        assert_eq!(
+            asks(br#"{"url":"http://127.0.0.1:2/mcp"}"#),
+            [ClientRequest::Elicitation]
+        );
+        assert_eq!(
+            asks(br#"{"url":"http://127.0.0.1:2/mcp","client_requests":["sampling","roots"]}"#),
+            [ClientRequest::Sampling, ClientRequest::Roots]
+        );
+        assert!(Spec::parse(
+            Kind::Upstreams,
+            br#"{"url":"http://127.0.0.1:2/mcp","client_requests":["email"]}"#
+        )
+        .is_err());
     }
 
     #[test]

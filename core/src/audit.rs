@@ -204,6 +204,9 @@ pub struct AuditRecord {
     pub judge: Option<JudgeRecord>,
     /// Output rules that fired on the result, with counts.
     pub redactions: Vec<Redaction>,
+    /// Requests the upstream sent toward the agent's client during the
+    /// call, in order: each one's method and what became of it.
+    pub client_requests: Vec<ClientAsk>,
     /// The call's arguments as `[audit] arguments` says: a digest, a
     /// redacted copy, or nothing (also for requests that are not calls).
     pub args: Option<AuditArgs>,
@@ -354,6 +357,9 @@ pub enum Reason {
     InvalidArguments,
     /// Refused for this reason (its [`RefusalKind::reason`]).
     Refused(RefusalKind),
+    /// The agent's answer to a request an upstream sent its client during
+    /// a call, passed on to the call.
+    ClientAnswer,
     /// A change made through the admin API.
     AdminChange,
     /// An admin API request refused with this error code.
@@ -377,6 +383,7 @@ impl Reason {
             Reason::ArgumentsTooDeep => "arguments_too_deep",
             Reason::InvalidArguments => "invalid_arguments",
             Reason::Refused(kind) => kind.reason(),
+            Reason::ClientAnswer => "client_answer",
             Reason::AdminChange => "admin_change",
             Reason::AdminRefused(code) => code,
         }
@@ -398,6 +405,45 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A request an upstream sent toward the agent's client during a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAsk {
+    /// Its method (`elicitation/create`, `sampling/createMessage`,
+    /// `roots/list`, or another the upstream sent).
+    pub method: &'static str,
+    /// What became of it.
+    pub outcome: AskOutcome,
+}
+
+/// What became of a request an upstream sent toward the agent's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskOutcome {
+    /// Relayed to the agent, and its answer to the upstream.
+    Answered,
+    /// Relayed; no answer came before the call ended.
+    Unanswered,
+    /// Not relayed: the upstream may not send this kind (`client_requests`).
+    NotAllowed,
+    /// Not relayed: the agent's client did not declare the capability, or
+    /// its answer does not stream.
+    NoCapability,
+    /// Not relayed: an output rule of the call would act on its text.
+    RefusedByOutputRules,
+}
+
+impl AskOutcome {
+    /// As written to the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AskOutcome::Answered => "answered",
+            AskOutcome::Unanswered => "unanswered",
+            AskOutcome::NotAllowed => "not_allowed",
+            AskOutcome::NoCapability => "no_capability",
+            AskOutcome::RefusedByOutputRules => "refused_by_output_rules",
+        }
     }
 }
 
@@ -479,6 +525,7 @@ impl AuditRecord {
             policies: None,
             judge: None,
             redactions: Vec::new(),
+            client_requests: Vec::new(),
             args: None,
             admin: None,
             http: None,
@@ -636,6 +683,20 @@ impl AuditRecord {
             let _ = write!(out, ",\"count\":{}}}", r.count);
         }
         out.push(b']');
+        if !self.client_requests.is_empty() {
+            out.extend_from_slice(b",\"client_requests\":[");
+            for (i, c) in self.client_requests.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"method\":");
+                write_str(c.method, out);
+                out.extend_from_slice(b",\"outcome\":");
+                write_str(c.outcome.as_str(), out);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
         if let Some(a) = &self.args {
             a.encode(out);
         }
@@ -766,6 +827,10 @@ mod tests {
             door: Door::Rest,
             limit: Some(Arc::from("acme-day")),
             units: 10,
+            client_requests: vec![ClientAsk {
+                method: "elicitation/create",
+                outcome: AskOutcome::Answered,
+            }],
             session: Some(Box::from(r#"{"id":"00ab","known":true}"#)),
             verdict: Some("judge"),
             groups: Some(Arc::from([Arc::from("admins")])),
@@ -794,6 +859,10 @@ mod tests {
         assert_eq!(v["customer"], "acme");
         assert_eq!(v["limit"], "acme-day");
         assert_eq!(v["units"], 10);
+        assert_eq!(
+            v["client_requests"],
+            serde_json::json!([{"method": "elicitation/create", "outcome": "answered"}])
+        );
         assert_eq!(
             v["http"],
             serde_json::json!({"method": "POST", "path": "/refunds/{id}", "status": 201})

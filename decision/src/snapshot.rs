@@ -34,6 +34,9 @@ pub struct UpstreamInfo {
     pub rest_routes: Arc<[toolgate_core::config::RestRouteConfig]>,
     /// Where each call's end-user assertion goes (`[upstreams.identity]`).
     pub identity: Option<Arc<toolgate_core::config::AssertionTarget>>,
+    /// The requests toward the agent's client it may send during a call
+    /// and have relayed ([`toolgate_core::config::ClientRequest`] bits).
+    pub client_requests: u8,
 }
 
 /// Where an attached tool goes.
@@ -313,6 +316,7 @@ impl Snapshot {
                 catalog_refresh: Duration::from_secs(u.catalog_refresh_s),
                 rest_routes: Arc::from(u.routes.as_slice()),
                 identity: identity.clone().map(Arc::new),
+                client_requests: toolgate_core::config::ClientRequest::set(&u.client_requests),
             })
             .collect();
         let catalogs: Vec<Option<Arc<Catalog>>> = (0..upstreams.len())

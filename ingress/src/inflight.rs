@@ -1,5 +1,7 @@
 //! Calls in flight, so an agent's `notifications/cancelled` reaches the
-//! call it names on whichever shard runs it.
+//! call it names on whichever shard runs it; and the requests toward the
+//! agent's client that calls are waiting on, so the agent's answer reaches
+//! the call that relayed the request (its id names the shard).
 //!
 //! A call forwarded to its upstream is entered in its shard's own table
 //! (no lock: the shard's thread alone touches it) under a key made of who
@@ -49,8 +51,24 @@ pub struct Cancels {
 
 #[derive(Default)]
 struct Inbox {
-    keys: Mutex<Vec<u64>>,
+    posted: Mutex<Posted>,
     waker: AtomicWaker,
+}
+
+/// What other shards handed one shard.
+#[derive(Default)]
+pub struct Posted {
+    /// Keys of calls to cancel.
+    pub cancels: Vec<u64>,
+    /// Answers to requests toward an agent's client: the key the request
+    /// waits under, and the answer's member.
+    pub answers: Vec<(u64, Vec<u8>)>,
+}
+
+impl Posted {
+    fn is_empty(&self) -> bool {
+        self.cancels.is_empty() && self.answers.is_empty()
+    }
 }
 
 impl Cancels {
@@ -60,6 +78,11 @@ impl Cancels {
             hasher: RandomState::new(),
             inboxes: (0..shards).map(|_| Inbox::default()).collect(),
         }
+    }
+
+    /// The shards there are.
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
     }
 
     /// The table key of a call.
@@ -74,38 +97,101 @@ impl Cancels {
                 continue;
             }
             {
-                let mut keys = inbox.keys.lock().unwrap_or_else(|p| p.into_inner());
-                if keys.len() >= MAX_INBOX {
+                let mut posted = inbox.posted.lock().unwrap_or_else(|p| p.into_inner());
+                if posted.cancels.len() >= MAX_INBOX {
                     continue;
                 }
-                keys.push(key);
+                posted.cancels.push(key);
             }
             inbox.waker.wake();
         }
     }
 
-    /// Waits until keys arrive for shard `shard`, and takes them.
-    pub async fn next(&self, shard: usize) -> Vec<u64> {
+    /// Hands the agent's `answer` to the request waiting under `key` on
+    /// shard `shard` (dropped when that shard's inbox is full, or there is
+    /// no such shard: the call then ends by its deadline).
+    pub fn post_answer(&self, shard: usize, key: u64, answer: Vec<u8>) {
+        let Some(inbox) = self.inboxes.get(shard) else {
+            return;
+        };
+        {
+            let mut posted = inbox.posted.lock().unwrap_or_else(|p| p.into_inner());
+            if posted.answers.len() >= MAX_INBOX {
+                return;
+            }
+            posted.answers.push((key, answer));
+        }
+        inbox.waker.wake();
+    }
+
+    /// Waits until something arrives for shard `shard`, and takes it.
+    pub async fn next(&self, shard: usize) -> Posted {
         let Some(inbox) = self.inboxes.get(shard) else {
             return std::future::pending().await;
         };
         poll_fn(|cx| {
             inbox.waker.register(cx.waker());
-            let mut keys = inbox.keys.lock().unwrap_or_else(|p| p.into_inner());
-            if keys.is_empty() {
+            let mut posted = inbox.posted.lock().unwrap_or_else(|p| p.into_inner());
+            if posted.is_empty() {
                 Poll::Pending
             } else {
-                Poll::Ready(std::mem::take(&mut *keys))
+                Poll::Ready(std::mem::take(&mut *posted))
             }
         })
         .await
     }
 }
 
-/// One shard's calls in flight.
+/// One shard's calls in flight, and the requests toward agents' clients
+/// they wait on.
 #[derive(Default)]
 pub struct InFlight {
     calls: RefCell<HashMap<u64, Rc<Cancel>>>,
+    asks: RefCell<HashMap<u64, Rc<Waiting>>>,
+}
+
+/// A request toward an agent's client, waiting for its answer.
+#[derive(Default)]
+pub struct Waiting {
+    answer: RefCell<Option<Vec<u8>>>,
+    waker: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+/// A request entered in its shard's table until its answer comes (or the
+/// guard drops with its call).
+pub struct Expecting<'a> {
+    table: &'a InFlight,
+    key: u64,
+    waiting: Rc<Waiting>,
+}
+
+impl Expecting<'_> {
+    /// Waits for the answer.
+    pub async fn answer(&self) -> Vec<u8> {
+        poll_fn(|cx| match self.waiting.answer.borrow_mut().take() {
+            Some(a) => Poll::Ready(a),
+            None => {
+                self.waiting.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Expecting<'_> {
+    fn drop(&mut self) {
+        leave(&self.table.asks, self.key, &self.waiting);
+    }
+}
+
+/// Takes `entry` out of `table` under `key`, unless a newer entry took the
+/// key since.
+fn leave<T>(table: &RefCell<HashMap<u64, Rc<T>>>, key: u64, entry: &Rc<T>) {
+    let mut table = table.borrow_mut();
+    if table.get(&key).is_some_and(|e| Rc::ptr_eq(e, entry)) {
+        table.remove(&key);
+    }
 }
 
 impl InFlight {
@@ -120,6 +206,31 @@ impl InFlight {
             key,
             cancel,
         }
+    }
+
+    /// Enters a request toward an agent's client under `key` until its
+    /// answer comes or the returned guard drops.
+    pub fn expect(&self, key: u64) -> Expecting<'_> {
+        let waiting = Rc::new(Waiting::default());
+        self.asks.borrow_mut().insert(key, Rc::clone(&waiting));
+        Expecting {
+            table: self,
+            key,
+            waiting,
+        }
+    }
+
+    /// Hands `answer` to the request waiting under `key`, if this shard has
+    /// it (the first answer only: the request then leaves the table).
+    pub fn answer(&self, key: u64, answer: Vec<u8>) -> bool {
+        let Some(waiting) = self.asks.borrow_mut().remove(&key) else {
+            return false;
+        };
+        *waiting.answer.borrow_mut() = Some(answer);
+        if let Some(w) = waiting.waker.take() {
+            w.wake();
+        }
+        true
     }
 
     /// Cancels the call under `key`, if this shard runs it.
@@ -150,13 +261,7 @@ impl Entered<'_> {
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        let mut calls = self.table.calls.borrow_mut();
-        if calls
-            .get(&self.key)
-            .is_some_and(|c| Rc::ptr_eq(c, &self.cancel))
-        {
-            calls.remove(&self.key);
-        }
+        leave(&self.table.calls, self.key, &self.cancel);
     }
 }
 
@@ -212,12 +317,35 @@ mod tests {
         cancels.post(1, 42);
         let got = |s| {
             futures_lite::future::block_on(futures_lite::future::or(cancels.next(s), async {
-                Vec::new()
+                Posted::default()
             }))
         };
+        let got = |s| got(s).cancels;
         assert_eq!(got(0), vec![42]);
         assert_eq!(got(2), vec![42]);
         assert_eq!(got(1), Vec::<u64>::new());
         assert_eq!(got(0), Vec::<u64>::new(), "taken once");
+    }
+
+    #[test]
+    fn an_answer_reaches_the_request_waiting_under_its_key_once() {
+        let cancels = Cancels::new(2);
+        let table = InFlight::default();
+        let k = cancels.key(&key("bot", None, "\"tg-0-1\""));
+        let expecting = table.expect(k);
+        assert!(!table.answer(
+            cancels.key(&key("other", None, "\"tg-0-1\"")),
+            b"x".to_vec()
+        ));
+        assert!(table.answer(k, br#""result":{}"#.to_vec()));
+        assert!(!table.answer(k, b"again".to_vec()), "answered once");
+        let got = futures_lite::future::block_on(expecting.answer());
+        assert_eq!(got, br#""result":{}"#);
+        drop(expecting);
+        assert!(table.asks.borrow().is_empty());
+        // Handed to another shard.
+        cancels.post_answer(1, k, b"y".to_vec());
+        let posted = futures_lite::future::block_on(cancels.next(1));
+        assert_eq!(posted.answers, vec![(k, b"y".to_vec())]);
     }
 }

@@ -223,13 +223,14 @@ async fn run(
         })
         .detach();
     }
-    // Cancellations received by other shards for calls this one may run.
+    // Cancellations received by other shards for calls this one may run,
+    // and agents' answers to requests its calls relayed.
     {
         let (gateway, shared) = (Rc::clone(&gateway), Arc::clone(&shared));
         glommio::spawn_local(async move {
             loop {
-                let keys = shared.cancels.next(i).await;
-                gateway.cancel_posted(&keys);
+                let posted = shared.cancels.next(i).await;
+                gateway.take_posted(posted);
             }
         })
         .detach();

@@ -115,6 +115,8 @@ pub struct Record<'a> {
     pub identity: Value,
     /// The end user's groups from the token.
     pub groups: Value,
+    /// Requests the upstream sent toward the agent's client.
+    pub client_requests: Value,
     /// Position in the log.
     pub log_seq: Option<u64>,
     /// Previous record's hash.
@@ -387,6 +389,7 @@ pub fn write_ocsf(r: &Record<'_>, timestamp: bool, out: &mut Vec<u8>) {
         ("shadow", &r.shadow),
         ("groups", &r.groups),
         ("identity", &r.identity),
+        ("client_requests", &r.client_requests),
     ] {
         if !v.is_null() {
             if out.len() > mark {
@@ -467,10 +470,17 @@ mod tests {
         assert_eq!(e["unmapped"]["policies"], json!(["@forbid-1"]));
         let later = map(&DENY.replace(
             r#""log_seq":42"#,
-            r#""door":"rest","limit":"day","units":10,"verdict":"deny","session":{"id":"ab","known":true},"shadow":{"verdict":"allow","agrees":false,"policies":[]},"groups":["admins"],"log_seq":42"#,
+            r#""door":"rest","limit":"day","units":10,"client_requests":[{"method":"roots/list","outcome":"not_allowed"}],"verdict":"deny","session":{"id":"ab","known":true},"shadow":{"verdict":"allow","agrees":false,"policies":[]},"groups":["admins"],"log_seq":42"#,
         ));
         for k in [
-            "door", "limit", "units", "verdict", "session", "shadow", "groups",
+            "door",
+            "limit",
+            "units",
+            "client_requests",
+            "verdict",
+            "session",
+            "shadow",
+            "groups",
         ] {
             assert!(!later["unmapped"][k].is_null(), "{k} is lost: {later}");
         }

@@ -40,7 +40,7 @@ use toolgate_core::secret::Secret;
 use toolgate_decision::{Reader, UpstreamInfo};
 
 use toolgate_net::client::ClientError;
-pub use watch::{Cancel, Watch};
+pub use watch::{Answered, Ask, Cancel, Watch};
 
 /// One upstream as seen from one shard.
 pub struct Upstream {

@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use glommio::sync::Semaphore;
 use simd_json::prelude::*;
-use toolgate_core::config::UpstreamProtocol;
+use toolgate_core::config::{ClientRequest, UpstreamProtocol};
 use toolgate_core::jsonrpc::{write_str, JsonParser};
 use toolgate_core::protocol::{self, encode_header_value};
 use toolgate_core::reply_id::reply_id;
@@ -192,28 +192,55 @@ impl McpClient {
         req
     }
 
-    /// Answers the requests the upstream sent toward the agent's client
-    /// during a call (sampling, elicitation, roots), as they come: toolgate
-    /// relays none, so each gets `-32601` at once and the upstream's tool
-    /// goes on without waiting for an answer that would never come.
-    /// Runs until dropped with its call.
-    async fn refuse_asks(&self, era: &Era, credential: &Credential, asks: &Asks) {
+    /// Answers the requests the upstream sends toward the agent's client
+    /// during a call (sampling, elicitation, roots), one at a time as they
+    /// come: relayed through `watch` when this upstream may send that kind
+    /// (`client_requests`) and the call has someone to relay it, else
+    /// refused with `-32601` at once, so the upstream's tool goes on without
+    /// waiting for an answer that would never come. Runs until dropped
+    /// with its call.
+    async fn answer_asks(
+        &self,
+        era: &Era,
+        credential: &Credential,
+        asks: &Asks,
+        watch: &Watch<'_>,
+    ) {
         loop {
             let asked = asks.next().await;
-            for (id, method) in asked {
-                tracing::info!(
-                    upstream = %self.info.name,
-                    method = %method,
-                    "upstream asked the agent's client during a call: refused (toolgate relays no server-to-client requests)"
-                );
+            for (id, method, message) in asked {
+                let kind = ClientRequest::of_method(&method)
+                    .filter(|k| self.info.client_requests & k.bit() != 0);
+                let answer = match watch.ask {
+                    Some(relay) => relay.ask(&method, kind, &message).await,
+                    None => {
+                        tracing::info!(
+                            upstream = %self.info.name,
+                            method = %method,
+                            "upstream asked the agent's client during a call: refused (not relayed for this upstream or call)"
+                        );
+                        Err(String::new())
+                    }
+                };
                 let mut body = Vec::with_capacity(160 + id.len());
                 body.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
                 body.extend_from_slice(&id);
-                body.extend_from_slice(
-                    br#","error":{"code":-32601,"message":"toolgate does not relay requests to the agent's client"}}"#,
-                );
+                body.push(b',');
+                match answer {
+                    Ok(member) => body.extend_from_slice(&member),
+                    Err(why) if why.is_empty() => body.extend_from_slice(
+                        br#""error":{"code":-32601,"message":"toolgate does not relay this request to the agent's client"}"#,
+                    ),
+                    Err(why) => {
+                        body.extend_from_slice(br#""error":{"code":-32603,"message":"#);
+                        write_str(&why, &mut body);
+                        body.push(b'}');
+                    }
+                }
+                body.push(b'}');
                 let req = self.post(era, None, &body, &[], credential);
-                self.send_aside(&req, "refusal").await;
+                self.send_aside(&req, "answer to the upstream's request")
+                    .await;
             }
         }
     }
@@ -253,7 +280,7 @@ impl McpClient {
                     }
                     Aside::Request { id, method } => {
                         if let Some(asks) = asks {
-                            asks.push(id, method);
+                            asks.push(id, method, data.to_vec());
                         }
                     }
                     Aside::Progress(_) | Aside::Other => {}
@@ -387,8 +414,21 @@ impl McpClient {
 
     async fn initialize(&self, credential: &Credential) -> Result<Era, UpstreamError> {
         let id = self.id();
+        // The kinds of request this upstream may have relayed to agents'
+        // clients are offered (an agent whose client lacks one is refused
+        // when asked).
+        let mut capabilities = String::from("{");
+        for kind in ClientRequest::ALL {
+            if self.info.client_requests & kind.bit() != 0 {
+                if capabilities.len() > 1 {
+                    capabilities.push(',');
+                }
+                capabilities.push_str(&format!(r#""{}":{{}}"#, kind.capability()));
+            }
+        }
+        capabilities.push('}');
         let params = format!(
-            r#""protocolVersion":"{}","capabilities":{{}},"clientInfo":{}"#,
+            r#""protocolVersion":"{}","capabilities":{capabilities},"clientInfo":{}"#,
             protocol::LATEST_HANDSHAKE_VERSION,
             CLIENT_INFO
         );
@@ -464,7 +504,7 @@ impl McpClient {
             let progress = watch.progress.map(|_| id);
             let req = self.request(&era, Some(id), method, params, progress, extra, credential);
             // A session's server may ask the agent's client something on
-            // the call's stream; it is answered (refused) meanwhile.
+            // the call's stream; it is relayed or refused meanwhile.
             let asks = Asks::default();
             let exchange = async {
                 match era {
@@ -472,7 +512,7 @@ impl McpClient {
                         futures_lite::future::or(
                             self.exchange(&req, Some(id), watch, Some(&asks)),
                             async {
-                                self.refuse_asks(&era, credential, &asks).await;
+                                self.answer_asks(&era, credential, &asks, watch).await;
                                 Err(UpstreamError::Unavailable)
                             },
                         )
@@ -515,25 +555,29 @@ impl McpClient {
     }
 }
 
+/// A request of the upstream's toward the agent's client: its id (JSON
+/// text), method, and the message as the upstream wrote it.
+type Asked = (Vec<u8>, String, Vec<u8>);
+
 /// The requests an upstream sent toward the agent's client during one
-/// call, waiting for their answer: each one's id (JSON text) and method.
+/// call, waiting for their answer.
 #[derive(Default)]
 struct Asks {
-    waiting: std::cell::RefCell<Vec<(Vec<u8>, String)>>,
+    waiting: std::cell::RefCell<Vec<Asked>>,
     waker: Cell<Option<std::task::Waker>>,
 }
 
 impl Asks {
     /// Keeps request `id` (JSON text) of `method` for its answer.
-    fn push(&self, id: Vec<u8>, method: String) {
-        self.waiting.borrow_mut().push((id, method));
+    fn push(&self, id: Vec<u8>, method: String, message: Vec<u8>) {
+        self.waiting.borrow_mut().push((id, method, message));
         if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
 
     /// Waits for requests, and takes them.
-    async fn next(&self) -> Vec<(Vec<u8>, String)> {
+    async fn next(&self) -> Vec<Asked> {
         std::future::poll_fn(|cx| {
             let mut waiting = self.waiting.borrow_mut();
             if waiting.is_empty() {

@@ -1,6 +1,7 @@
 //! What an agent's call hands its upstream request besides the request
-//! itself: where the upstream's progress goes while the call runs, and the
-//! signal that the agent cancelled it.
+//! itself: where the upstream's progress goes while the call runs, who
+//! relays the requests the upstream sends toward the agent's client, and
+//! the signal that the agent cancelled it.
 //!
 //! Both are the shard's own (a call runs on one shard from start to
 //! finish): no lock, no atomic, nothing shared with another thread.
@@ -13,6 +14,26 @@ use std::task::{Poll, Waker};
 /// wrote it.
 pub type Progress<'a> = &'a dyn Fn(&[u8]);
 
+/// The agent's answer to a request its upstream sent toward its client:
+/// the answer's `"result":…` or `"error":…` member, as JSON text.
+pub type Answered = Vec<u8>;
+
+/// Relays a request the upstream sends toward the agent's client during a
+/// call (elicitation, sampling, roots) and waits for the agent's answer.
+pub trait Ask {
+    /// Relays `message` (the upstream's request as it wrote it), of kind
+    /// `kind` when it is one the upstream may send (`None`: another
+    /// method, or a kind it may not send: only noted). The agent's answer,
+    /// or why there is none (empty: not relayed), sent to the upstream as
+    /// the request's error.
+    fn ask<'s>(
+        &'s self,
+        method: &'s str,
+        kind: Option<toolgate_core::config::ClientRequest>,
+        message: &'s [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answered, String>> + 's>>;
+}
+
 /// What one upstream request reports to, and listens to, while it runs.
 #[derive(Clone, Copy, Default)]
 pub struct Watch<'a> {
@@ -22,6 +43,9 @@ pub struct Watch<'a> {
     pub progress: Option<Progress<'a>>,
     /// Fired when the agent cancels the call.
     pub cancel: Option<&'a Cancel>,
+    /// Relays the upstream's requests toward the agent's client; with
+    /// none, each is refused.
+    pub ask: Option<&'a dyn Ask>,
 }
 
 impl Watch<'_> {
@@ -29,6 +53,7 @@ impl Watch<'_> {
     pub const NONE: Watch<'static> = Watch {
         progress: None,
         cancel: None,
+        ask: None,
     };
 
     /// Waits until the call is cancelled; never, without a [`Cancel`].
@@ -112,6 +137,7 @@ mod tests {
         let watch = Watch {
             progress: None,
             cancel: Some(&cancel),
+            ask: None,
         };
         let done = futures_lite::future::block_on(async {
             let work = unless_cancelled(&watch, std::future::pending::<()>());

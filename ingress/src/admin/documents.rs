@@ -89,6 +89,7 @@ pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Va
             UpstreamProtocol::Stateless => "stateless",
         },
         "catalog_refresh_s": u.catalog_refresh_s,
+        "client_requests": u.client_requests,
     });
     if u.kind == toolgate_core::config::UpstreamKind::Stdio {
         if let Some(d) = doc.as_object_mut() {

@@ -236,7 +236,7 @@ mod tests {
             ctx.user = caller.user;
             ctx.customer = Some(caller.customer);
             // Handshake era: a live session of the agent.
-            let sid = gw.new_session(caller.agent);
+            let sid = gw.new_session(caller.agent, 0);
             let head = format!("{head}\r\nMcp-Session-Id: {sid}");
             let planned = with_request(&head, body, |req| {
                 gw.plan(&snap, caller.agent, req, &mut ctx)
@@ -327,7 +327,7 @@ mod tests {
             bot_key()
         );
         let caller = with_request(&head, &body, |req| gw.identify(&snap, req).unwrap().agent);
-        let sid = gw.new_session(caller);
+        let sid = gw.new_session(caller, 0);
         let head = format!("{head}\r\nMcp-Session-Id: {sid}");
         let run = || {
             with_request(&head, &body, |req| {

@@ -62,7 +62,7 @@ impl Gateway {
                     .unwrap_or(protocol::LATEST_HANDSHAKE_VERSION);
                 ctx.version = Some(version);
                 initialize(version, &mut result);
-                session = Some(self.new_session(agent));
+                session = Some(self.new_session(agent, super::ask::client_offers(rpc)));
             }
             "server/discover" => discover(&mut result),
             "ping" => result.extend_from_slice(if stateless {

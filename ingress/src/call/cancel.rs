@@ -64,9 +64,12 @@ impl Gateway {
             }
             _ => None,
         };
+        let asks =
+            super::ask::Relay::new(self, ctx, early.filter(|_| streams), call.filter.as_deref());
         let watch = Watch {
             progress: relay.as_ref().map(|r| r as &dyn Fn(&[u8])),
             cancel: Some(entered.cancel()),
+            ask: asks.as_ref().map(|a| a as &dyn toolgate_upstream::Ask),
         };
         let left = async {
             if let Some(early) = watched {

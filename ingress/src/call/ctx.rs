@@ -85,6 +85,9 @@ pub(super) struct CallCtx {
     pub(super) limit: Option<(toolgate_limits::Standing, bool)>,
     /// The units its quotas charged it (0: none).
     pub(super) units: u64,
+    /// Requests its upstream sent toward the agent's client, and what
+    /// became of them (noted while the call runs).
+    pub(super) client_requests: std::cell::RefCell<Vec<toolgate_core::audit::ClientAsk>>,
     /// The handshake-era session the request belongs to.
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
@@ -133,6 +136,7 @@ impl CallCtx {
             door: Door::Mcp,
             limit: None,
             units: 0,
+            client_requests: std::cell::RefCell::default(),
             mcp_session: None,
             session: None,
             identity: None,
@@ -180,6 +184,7 @@ impl CallCtx {
             door: self.door,
             limit: self.limit.and_then(|(s, refused)| refused.then_some(s.id)),
             units: self.units,
+            client_requests: self.client_requests.into_inner(),
             session: self.session.as_ref().map(|s| {
                 let mut json = Vec::with_capacity(256);
                 s.view().write_json(&mut json);

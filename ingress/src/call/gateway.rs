@@ -36,6 +36,9 @@ pub struct Gateway {
     /// were last checked against.
     upstreams: RefCell<Clients>,
     pub(super) nonce_counter: Cell<u64>,
+    /// Requests relayed to agents' clients by this shard's calls so far
+    /// (the last one's number in its id).
+    pub(super) asked: Cell<u64>,
     pub(super) judge: Option<judge::Judge>,
     pub(super) decisions: RefCell<DecisionCache>,
     /// Verified bearer JWTs, so a token's signature is checked once.
@@ -180,6 +183,7 @@ impl Gateway {
             inner_parser: RefCell::new(JsonParser::new()),
             upstreams: RefCell::new(upstreams),
             nonce_counter: Cell::new(0),
+            asked: Cell::new(0),
             target_filters: RefCell::default(),
             in_flight: crate::inflight::InFlight::default(),
             changes: super::listen::Changes::default(),
@@ -201,11 +205,15 @@ impl Gateway {
         }
     }
 
-    /// Cancels the calls under `keys` that this shard runs (keys handed
-    /// on by the shard that received their cancellations).
-    pub fn cancel_posted(&self, keys: &[u64]) {
-        for &k in keys {
+    /// Cancels the calls under the keys other shards posted (the shard
+    /// that received their cancellations), and hands on the answers they
+    /// posted to this shard's requests toward agents' clients.
+    pub fn take_posted(&self, posted: crate::inflight::Posted) {
+        for k in posted.cancels {
             self.in_flight.cancel(k);
+        }
+        for (k, answer) in posted.answers {
+            self.in_flight.answer(k, answer);
         }
     }
 

@@ -23,6 +23,7 @@
 pub mod ack;
 mod admit;
 mod args;
+mod ask;
 mod builtin;
 mod cancel;
 mod ctx;
@@ -176,6 +177,9 @@ impl Gateway {
     ) -> Result<Plan, Refusal> {
         let mut parser = self.parser.borrow_mut();
         let tape = parse::tape(&mut parser, req.body)?;
+        if let Some(answered) = self.client_answer(agent, req, &tape, ctx) {
+            return answered.map(Plan::Answer);
+        }
         let rpc = parse::request(&tape, ctx)?;
         let stateless = self.envelope(&rpc, agent, req, ctx)? == Era::Stateless;
         if rpc.is_notification() {

@@ -16,8 +16,11 @@ use crate::session::Nonce;
 use crate::shared::SESSION_MAX_AGE;
 
 impl Gateway {
-    /// A new session id for `agent`.
-    pub(super) fn new_session(&self, agent: &Agent) -> String {
+    /// A new session id for `agent`, whose client offers the requests
+    /// toward it in `offers` ([`super::ask::client_offers`]): kept in the
+    /// nonce's first byte, under the tag like the rest, so every shard
+    /// reads them from the id alone.
+    pub(super) fn new_session(&self, agent: &Agent, offers: u8) -> String {
         let mut nonce = [0u8; 16];
         if getrandom::fill(&mut nonce).is_err() {
             // Unique even without the OS generator: the tag is what makes it unforgeable.
@@ -27,6 +30,7 @@ impl Gateway {
             nonce[8..10].copy_from_slice(&self.shard.to_be_bytes());
             nonce[10..].copy_from_slice(&now_us().to_be_bytes()[2..]);
         }
+        nonce[0] = offers;
         self.shared.session_key.issue(&agent.id, now_secs(), nonce)
     }
 
@@ -71,7 +75,7 @@ mod tests {
         let (snap, _) = gw.current();
         let bot = snap.agent_by_id("bot").unwrap();
         let proxy = snap.agent_by_id("proxy").unwrap();
-        let sid = gw.new_session(bot);
+        let sid = gw.new_session(bot, 0);
         let head = format!("POST /mcp HTTP/1.1\r\nMcp-Session-Id: {sid}");
         with_request(&head, "", |req| {
             assert!(gw.check_session(bot, req).is_ok());

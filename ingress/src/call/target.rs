@@ -421,7 +421,7 @@ mod tests {
             let mut ctx = CallCtx::new(Instant::now(), None, false, Reason::Answered);
             let caller = gw.identify(&snap, req).unwrap();
             ctx.customer = Some(caller.customer);
-            let sid = gw.new_session(caller.agent);
+            let sid = gw.new_session(caller.agent, 0);
             let head = format!("{head}\r\nMcp-Session-Id: {sid}");
             let planned = with_request(&head, body, |req| {
                 gw.plan(&snap, caller.agent, req, &mut ctx)

@@ -295,6 +295,8 @@ class UpstreamCfg:
     pool_size: int | None = None
     # The upstream's era: "auto" (toolgate's default), "handshake", "stateless".
     protocol: str | None = None
+    # Requests toward agents' clients it may have relayed (default: toolgate's).
+    client_requests: list[str] | None = None
 
 
 class Gate:
@@ -347,6 +349,8 @@ class Gate:
                 lines.append(f"pool_size = {up.pool_size}")
             if up.protocol is not None:
                 lines.append(f"protocol = {toml_value(up.protocol)}")
+            if up.client_requests is not None:
+                lines.append(f"client_requests = {toml_value(up.client_requests)}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]
@@ -1086,11 +1090,12 @@ SDK_MODES = ("legacy", MODERN_VERSION, "auto")
 
 
 def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None,
-                  headers: dict[str, str] | None = None):
+                  headers: dict[str, str] | None = None, **client_options: Any):
     """An async context manager yielding a connected ``mcp.Client`` that sends
     ``Authorization: Bearer <api_key>`` (and any extra ``headers``, e.g.
     ``Toolgate-On-Behalf-Of``) on every HTTP request; ``verify`` (an
-    ``ssl.SSLContext``) for an https URL."""
+    ``ssl.SSLContext``) for an https URL; ``client_options`` go to the
+    ``Client`` (e.g. ``elicitation_callback``)."""
     from contextlib import asynccontextmanager
 
     import httpx2
@@ -1109,7 +1114,7 @@ def sdk_client_cm(url: str, api_key: str | None, mode: str, verify: Any = None,
             http = httpx2.AsyncClient(headers=sent or None, timeout=timeout, verify=verify)
         async with http:
             transport = streamable_http_client(url, http_client=http)
-            async with Client(transport, mode=mode, read_timeout_seconds=20.0) as client:
+            async with Client(transport, mode=mode, read_timeout_seconds=20.0, **client_options) as client:
                 yield client
 
     return cm()

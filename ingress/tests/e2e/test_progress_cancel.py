@@ -319,3 +319,66 @@ def test_a_request_an_upstream_sends_the_agents_client_is_refused_at_once(make_g
     assert time.monotonic() - started < 10, "waited for the call's deadline"
     assert "refused -32601" in json.dumps(msg["result"]), msg
     assert "upstream asked the agent's client during a call" in gate.stderr_text()
+
+
+def test_an_elicitation_is_relayed_to_the_agent_and_its_answer_back(make_gate, upstreams):
+    """A session's server asking the agent's client (an elicitation) during a
+    call: relayed to an SDK agent whose client offers elicitation, under an
+    id of toolgate's, and the user's answer carried back to the upstream's
+    tool; the call's record lists the request, the answer has its own. An
+    upstream not allowed to elicit (``client_requests = []``), and an agent
+    whose client does not offer it, are refused as before."""
+    from mcp import types
+
+    agent = Agent("worker", TOOLS)
+    gate = tickets_gate(make_gate, upstreams, [agent], protocol="handshake")
+    asked: list = []
+
+    async def on_elicit(context, params):
+        asked.append(params)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async def scenario():
+        with anyio.fail_after(60):
+            async with sdk_client_cm(gate.url, agent.key, "legacy", elicitation_callback=on_elicit) as client:
+                # Several at once, so that answers arrive on connections the
+                # other shard serves, too.
+                async def one(n):
+                    result = await client.call_tool("tickets__ask_user", {"question": f"Refund order {n}?"})
+                    assert result_json(result) == "answered accept", result
+
+                async with anyio.create_task_group() as tg:
+                    for n in range(4):
+                        tg.start_soon(one, n)
+            # A client that offers no elicitation: the upstream is refused.
+            async with sdk_client_cm(gate.url, agent.key, "legacy") as client:
+                result = await client.call_tool("tickets__ask_user", {"question": "again?"})
+                assert result_json(result).startswith("refused"), result
+
+    anyio.run(scenario)
+    assert sorted(p.message for p in asked) == [f"Refund order {n}?" for n in range(4)], asked
+    records = gate.audit_lines(9, where=lambda l: l.get("tool") == "tickets__ask_user"
+                               or l.get("reason") == "client_answer", timeout=10)
+    calls = [r for r in records if r.get("tool") == "tickets__ask_user"]
+    assert [c["client_requests"] for c in calls] == 4 * [
+        [{"method": "elicitation/create", "outcome": "answered"}]] + [
+        [{"method": "elicitation/create", "outcome": "no_capability"}]], calls
+    answers = [r for r in records if r.get("reason") == "client_answer"]
+    assert len(answers) == 4 and {a["agent"] for a in answers} == {"worker"}, answers
+    assert all(a["request_id"].startswith("tg-") for a in answers), answers
+    print("call shards", [c["shard"] for c in calls], "answer shards", [(a["shard"], a["request_id"]) for a in answers])
+
+    # An upstream that may not elicit: refused, whatever the client offers.
+    up = UpstreamCfg("tickets", upstreams["tickets"].url, timeout_ms=20000, protocol="handshake",
+                     client_requests=[])
+    closed = make_gate(upstream_list=[up], agents=[agent])
+    asked.clear()
+
+    async def refused():
+        with anyio.fail_after(60):
+            async with sdk_client_cm(closed.url, agent.key, "legacy", elicitation_callback=on_elicit) as client:
+                result = await client.call_tool("tickets__ask_user", {"question": "Refund?"})
+                assert result_json(result) == "refused -32601", result
+
+    anyio.run(refused)
+    assert asked == []

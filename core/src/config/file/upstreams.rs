@@ -206,6 +206,71 @@ pub struct UpstreamConfig {
     /// `stdio`: what the process may reach (`[upstreams.sandbox]`).
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Requests this upstream may send toward the agent's client during a
+    /// call, relayed when the agent's client declared the capability:
+    /// `elicitation`, `sampling` (the agent's model answers), `roots` (the
+    /// client's roots are disclosed). Default `["elicitation"]`; `[]`
+    /// relays none.
+    #[serde(default = "default_client_requests")]
+    pub client_requests: Vec<ClientRequest>,
+}
+
+/// A request an upstream sends toward the agent's client during a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientRequest {
+    /// `elicitation/create`: the user is asked for input.
+    Elicitation,
+    /// `sampling/createMessage`: the agent's model is asked to answer.
+    Sampling,
+    /// `roots/list`: the client's roots are asked for.
+    Roots,
+}
+
+impl ClientRequest {
+    /// Every kind.
+    pub const ALL: [ClientRequest; 3] = [Self::Elicitation, Self::Sampling, Self::Roots];
+
+    /// The JSON-RPC method of such a request.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Elicitation => "elicitation/create",
+            Self::Sampling => "sampling/createMessage",
+            Self::Roots => "roots/list",
+        }
+    }
+
+    /// The kind of request `method` is.
+    pub fn of_method(method: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.method() == method)
+    }
+
+    /// The client capability that offers it (`capabilities.{name}`).
+    pub fn capability(self) -> &'static str {
+        match self {
+            Self::Elicitation => "elicitation",
+            Self::Sampling => "sampling",
+            Self::Roots => "roots",
+        }
+    }
+
+    /// Its bit in a set of kinds.
+    pub fn bit(self) -> u8 {
+        match self {
+            Self::Elicitation => 1,
+            Self::Sampling => 2,
+            Self::Roots => 4,
+        }
+    }
+
+    /// The set (bits) of `kinds`.
+    pub fn set(kinds: &[ClientRequest]) -> u8 {
+        kinds.iter().fold(0, |s, k| s | k.bit())
+    }
+}
+
+pub(crate) fn default_client_requests() -> Vec<ClientRequest> {
+    vec![ClientRequest::Elicitation]
 }
 
 /// `[[upstreams.routes]]`: one plain HTTP route of the REST door to one
