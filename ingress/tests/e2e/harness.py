@@ -591,24 +591,26 @@ def legacy_headers(key: str | None = None, session: str | None = None, version: 
     return h
 
 
-def initialize_request(id: Any = 1) -> dict[str, Any]:
+def initialize_request(id: Any = 1, capabilities: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": id,
         "method": "initialize",
         "params": {
             "protocolVersion": HANDSHAKE_VERSION,
-            "capabilities": {},
+            "capabilities": capabilities or {},
             "clientInfo": {"name": "toolgate-e2e", "version": "1.0"},
         },
     }
 
 
-def open_session(port: int, key: str) -> str:
+def open_session(port: int, key: str, capabilities: dict[str, Any] | None = None) -> str:
     """A handshake-era session of the agent with API key ``key``, opened
-    over raw HTTP (``initialize``, then ``notifications/initialized``)."""
+    over raw HTTP (``initialize`` with the client's ``capabilities``, then
+    ``notifications/initialized``)."""
     with RawConn(port) as c:
-        c.send(http_request("POST", "/mcp", port, json.dumps(initialize_request()).encode(), legacy_headers(key)))
+        c.send(http_request("POST", "/mcp", port, json.dumps(initialize_request(capabilities=capabilities)).encode(),
+                            legacy_headers(key)))
         resp = c.read_response()
         assert resp.status == 200, resp.body
         session = resp.headers["mcp-session-id"]

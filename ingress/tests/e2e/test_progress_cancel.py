@@ -428,3 +428,47 @@ def test_sampling_is_relayed_only_where_the_upstream_may_ask_it(make_gate, tmp_p
         assert line["client_requests"] == [{"method": "sampling/createMessage", "outcome": "not_allowed"}], line
     finally:
         lists.stop()
+
+
+def test_only_the_asking_calls_agent_and_session_can_answer_its_request(make_gate, upstreams):
+    """The relayed request's id is toolgate's: an answer under it from
+    another agent, or from the same agent's other session, is accepted
+    (``202``, recorded) and reaches nothing; the call waits on, and the
+    answer from its own session goes through, once."""
+    from test_list_changes import read_event
+
+    asker, other = Agent("asker", TOOLS), Agent("other", TOOLS)
+    gate = tickets_gate(make_gate, upstreams, [asker, other], protocol="handshake")
+    offers = {"elicitation": {}}
+    mine = open_session(gate.port, asker.key, offers)
+    second = open_session(gate.port, asker.key, offers)
+    theirs = open_session(gate.port, other.key, offers)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "tickets__ask_user", "arguments": {"question": "Refund?"}}}
+
+    def answer(key: str, session: str, id: str) -> int:
+        reply = {"jsonrpc": "2.0", "id": id, "result": {"action": "accept", "content": {"ok": True}}}
+        with RawConn(gate.port) as c:
+            c.send(http_request("POST", "/mcp", gate.port, json.dumps(reply).encode(), legacy_headers(key, session)))
+            return c.read_response().status
+
+    call = RawConn(gate.port, timeout=30)
+    try:
+        call.send(http_request("POST", "/mcp", gate.port, json.dumps(body).encode(), legacy_headers(asker.key, mine)))
+        head = call._read_until(b"\r\n\r\n").decode("latin-1")
+        assert head.startswith("HTTP/1.1 200") and "text/event-stream" in head, head
+        asked = read_event(call, 10)
+        assert asked["method"] == "elicitation/create" and asked["params"]["message"] == "Refund?", asked
+        id = asked["id"]
+        assert isinstance(id, str) and id.startswith("tg-"), asked
+        assert answer(other.key, theirs, id) == 202
+        assert answer(asker.key, second, id) == 202
+        assert read_event(call, 1.5) is None, "an answer from elsewhere reached the call"
+        assert answer(asker.key, mine, id) == 202
+        final = read_event(call, 10)
+        assert final["id"] == 1 and "answered accept" in json.dumps(final["result"]), final
+        assert answer(asker.key, mine, id) == 202, "a second answer is accepted and goes nowhere"
+    finally:
+        call.close()
+    answers = gate.audit_lines(4, where=lambda l: l.get("reason") == "client_answer", timeout=10)
+    assert sorted(a["agent"] for a in answers) == ["asker", "asker", "asker", "other"], answers
