@@ -99,8 +99,17 @@ pub(super) fn watch_files(shared: Arc<Shared>) {
                 let now = stamp(&files);
                 if now != last {
                     reload(&shared, "file change");
-                    files = shared.watched_files();
-                    last = stamp(&files);
+                    let watched = shared.watched_files();
+                    // The stamps the reload started from: a file replaced
+                    // while it ran (a certificate after its key, say, which
+                    // the reload may have refused as a mismatch) is seen
+                    // at the next poll, not taken as already read.
+                    last = if watched == files {
+                        now
+                    } else {
+                        stamp(&watched)
+                    };
+                    files = watched;
                 }
             }
         });
