@@ -30,8 +30,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const WATCH: Duration = Duration::from_millis(20);
 /// How often a fetcher looks whether its upstream announced a list change.
 const LIST_CHANGE_POLL: Duration = Duration::from_millis(100);
-/// A session stream that lasted this long is opened again at once.
-const LASTED: Duration = Duration::from_secs(10);
 
 /// Runs one fetcher per upstream of the running snapshot, starting and
 /// stopping them as the upstreams change; never returns.
@@ -145,24 +143,18 @@ pub async fn listen_all(shared: Arc<Shared>, gateway: Rc<Gateway>) {
 }
 
 /// Listens for the upstream's list changes on this shard's session
-/// stream, opened again as it ends (at once after a stream that lasted,
-/// with backoff after a failure or a stream the server closes at once);
-/// returns when the upstream has no such stream.
+/// stream, opened again as it ends (at once after a clean end, with
+/// backoff after a failure); returns when the upstream has no such stream.
 async fn listen(shared: Arc<Shared>, upstream: Rc<toolgate_upstream::Upstream>) {
     let name: Arc<str> = Arc::from(upstream.name());
     let changed = || shared.note_list_change(&name);
     let mut backoff = Duration::from_millis(500);
     loop {
-        let opened = std::time::Instant::now();
         match upstream.listen(&changed).await {
             Ok(false) => return,
-            Ok(true) if opened.elapsed() >= LASTED => {
+            Ok(true) => {
                 backoff = Duration::from_millis(500);
                 glommio::timer::sleep(LIST_CHANGE_POLL).await;
-            }
-            Ok(true) => {
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => {
                 tracing::debug!(upstream = upstream.name(), error = %e, "cannot listen for list changes; retrying");

@@ -135,12 +135,13 @@ impl McpClient {
         })
         .await;
         match answered {
-            // No such stream here: the lists' timer alone.
             Ok(resp) if resp.status == 405 => Ok(false),
-            Ok(resp) if resp.status == 200 && resp.media != MediaType::EventStream => Ok(false),
-            // A session the server forgot is found by the next call (which
-            // opens a new one); meanwhile this is retried with backoff.
-            Ok(resp) if resp.status >= 300 => Err(UpstreamError::BadResponse),
+            Ok(resp) if resp.status == 404 => {
+                // The server forgot the session: a new one next time.
+                *self.era.borrow_mut() = Era::Unknown;
+                Ok(true)
+            }
+            Ok(resp) if resp.status >= 400 => Err(UpstreamError::BadResponse),
             Ok(_) | Err(toolgate_net::client::ClientError::Timeout) => Ok(true),
             Err(e) => Err(e.into()),
         }
