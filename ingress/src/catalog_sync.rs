@@ -10,9 +10,7 @@
 //! definitions quarantined when `[tool_pins]` is on. An upstream that goes
 //! (or changes) has its fetcher stopped. A stdio server that announces a
 //! list change (`notifications/*/list_changed`) has its lists fetched again
-//! within [`LIST_CHANGE_POLL`], pins applying as at any fetch; so does an
-//! MCP server in a handshake-era session, whose stream of its own messages
-//! (`GET`) every shard listens to in its own session ([`listen_all`]).
+//! within [`LIST_CHANGE_POLL`], pins applying as at any fetch.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -65,11 +63,10 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInf
         return;
     };
     let mut backoff = Duration::from_millis(500);
-    let announced = || upstream.list_changes() + shared.announced_list_changes(&info.name);
     loop {
         // Counted before the fetch: a change announced while it runs is
         // fetched again after it.
-        let changes = announced();
+        let changes = upstream.list_changes();
         let fetched = upstream.list_all().await;
         let wait = match fetched {
             Ok(listing) => match shared.set_catalog(&info.name, &info.url, Some(listing)) {
@@ -107,60 +104,9 @@ async fn keep_fresh(shared: Arc<Shared>, gateway: Rc<Gateway>, info: UpstreamInf
         backoff = (backoff * 2).min(MAX_BACKOFF);
         // Until the timer, or until the upstream says its lists changed.
         let until = std::time::Instant::now() + wait;
-        while std::time::Instant::now() < until && announced() == changes {
+        while std::time::Instant::now() < until && upstream.list_changes() == changes {
             let left = until.saturating_duration_since(std::time::Instant::now());
             glommio::timer::sleep(left.min(LIST_CHANGE_POLL)).await;
-        }
-    }
-}
-
-/// Runs on every shard: listens on each MCP upstream's stream in this
-/// shard's session (a server announces a change in the sessions it
-/// changed for, so each is listened to), noting every announced list
-/// change for shard 0's fetchers; never returns.
-pub async fn listen_all(shared: Arc<Shared>, gateway: Rc<Gateway>) {
-    let mut running: HashMap<Arc<str>, (UpstreamInfo, glommio::Task<()>)> = HashMap::new();
-    let mut seen = 0;
-    loop {
-        let generation = shared.snapshot.generation();
-        if generation != seen {
-            seen = generation;
-            let snap = shared.snapshot.load();
-            running.retain(|_, (info, _)| snap.upstreams.contains(info));
-            for info in &snap.upstreams {
-                if running.contains_key(&info.name) {
-                    continue;
-                }
-                let Some(upstream) = gateway.upstream(info) else {
-                    continue;
-                };
-                let task = glommio::spawn_local(listen(Arc::clone(&shared), upstream));
-                running.insert(Arc::clone(&info.name), (info.clone(), task));
-            }
-        }
-        glommio::timer::sleep(WATCH).await;
-    }
-}
-
-/// Listens for the upstream's list changes on this shard's session
-/// stream, opened again as it ends (at once after a clean end, with
-/// backoff after a failure); returns when the upstream has no such stream.
-async fn listen(shared: Arc<Shared>, upstream: Rc<toolgate_upstream::Upstream>) {
-    let name: Arc<str> = Arc::from(upstream.name());
-    let changed = || shared.note_list_change(&name);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match upstream.listen(&changed).await {
-            Ok(false) => return,
-            Ok(true) => {
-                backoff = Duration::from_millis(500);
-                glommio::timer::sleep(LIST_CHANGE_POLL).await;
-            }
-            Err(e) => {
-                tracing::debug!(upstream = upstream.name(), error = %e, "cannot listen for list changes; retrying");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
         }
     }
 }

@@ -235,11 +235,6 @@ async fn run(
         })
         .detach();
     }
-    glommio::spawn_local(catalog_sync::listen_all(
-        Arc::clone(&shared),
-        Rc::clone(&gateway),
-    ))
-    .detach();
     if i == 0 {
         glommio::spawn_local(catalog_sync::run(Arc::clone(&shared), Rc::clone(&gateway))).detach();
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();

@@ -301,24 +301,12 @@ impl Upstream {
     }
 
     /// How many times the upstream has announced that its lists changed
-    /// (`notifications/*/list_changed`): a stdio server's; 0 for the other
-    /// kinds (an MCP server's announcements come through
-    /// [`Upstream::listen`]).
+    /// (`notifications/*/list_changed`): a stdio server's; 0 for the
+    /// other kinds, whose lists are fetched again on their timer.
     pub fn list_changes(&self) -> u64 {
         match &self.kind {
             Kind::Stdio(c) => c.list_changes(),
             Kind::Mcp(_) | Kind::OpenApi(_) => 0,
-        }
-    }
-
-    /// Listens once for an MCP server's list changes on this shard's
-    /// session's stream, calling `changed` at each (see
-    /// [`mcp::McpClient::listen`]); `Ok(false)` when the upstream has no
-    /// such stream (every other kind, the stateless era).
-    pub async fn listen(&self, changed: &dyn Fn()) -> Result<bool, UpstreamError> {
-        match &self.kind {
-            Kind::Mcp(c) => c.listen(&self.credential()?, changed).await,
-            Kind::Stdio(_) | Kind::OpenApi(_) => Ok(false),
         }
     }
 

@@ -45,12 +45,6 @@ pub struct McpClient {
     handshake: Semaphore,
 }
 
-/// How long one listen on a session's stream lasts before it is opened
-/// again (a stream a proxy cut silently is noticed within this).
-const LISTEN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
-/// Bytes read on one listen before it is opened again.
-const LISTEN_MAX_BYTES: usize = 1 << 20;
-
 /// How long a message sent beside a call (a cancellation, a refusal of the
 /// server's request) may take.
 const ASIDE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -75,75 +69,6 @@ impl McpClient {
             era: RefCell::new(Era::Unknown),
             next_id: Cell::new(1),
             handshake: Semaphore::new(1),
-        }
-    }
-
-    /// Listens on the server's stream of its own messages (`GET` in this
-    /// shard's handshake-era session) for list changes, calling `changed`
-    /// at each, until the stream ends, fails or [`LISTEN_FOR`] passes:
-    /// `Ok(true)` to listen again, `Ok(false)` when the server offers no
-    /// such stream (the stateless era, or `405`): its lists are then
-    /// fetched on their timer only.
-    pub async fn listen(
-        &self,
-        credential: &Credential,
-        changed: &dyn Fn(),
-    ) -> Result<bool, UpstreamError> {
-        let era = self.ensure_ready(credential).await?;
-        let Era::Handshake {
-            session: Some(session),
-            version,
-        } = &era
-        else {
-            return Ok(false);
-        };
-        let url = &self.info.url;
-        let mut req = Vec::with_capacity(512);
-        let _ = write!(
-            req,
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nMCP-Protocol-Version: {version}\r\nMcp-Session-Id: {session}\r\n",
-            url.path, url.authority
-        );
-        credential.write(&mut req);
-        req.extend_from_slice(b"\r\n");
-        let mut events = sse::Events::default();
-        // A request the server sends here belongs to no call: it is
-        // refused at once, as one no call can relay.
-        let asks = Asks::default();
-        let mut observe = |media: MediaType, bytes: &[u8]| {
-            if media != MediaType::EventStream {
-                return true;
-            }
-            events.feed(bytes, |data| {
-                if is_list_change(data) {
-                    tracing::info!(upstream = %self.info.name, "upstream says its lists changed: fetching them again");
-                    changed();
-                } else if let Aside::Request { id, method } = aside(data) {
-                    asks.push(id, method, data.to_vec());
-                }
-                false
-            });
-            false
-        };
-        let exchange =
-            self.pool
-                .exchange_observed(&req, LISTEN_MAX_BYTES, LISTEN_FOR, &mut observe);
-        let answered = futures_lite::future::or(exchange, async {
-            self.answer_asks(&era, credential, &asks, &Watch::NONE)
-                .await;
-            std::future::pending().await
-        })
-        .await;
-        match answered {
-            Ok(resp) if resp.status == 405 => Ok(false),
-            Ok(resp) if resp.status == 404 => {
-                // The server forgot the session: a new one next time.
-                *self.era.borrow_mut() = Era::Unknown;
-                Ok(true)
-            }
-            Ok(resp) if resp.status >= 400 => Err(UpstreamError::BadResponse),
-            Ok(_) | Err(toolgate_net::client::ClientError::Timeout) => Ok(true),
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -677,24 +602,6 @@ enum Aside {
         method: String,
     },
     Other,
-}
-
-/// Whether `message` is a `notifications/{tools,prompts,resources}/list_changed`.
-fn is_list_change(message: &[u8]) -> bool {
-    let mut parser = JsonParser::new();
-    let Ok(tape) = parser.parse(message) else {
-        return false;
-    };
-    let v = tape.as_value();
-    v.get("id").is_none()
-        && matches!(
-            v.get("method").and_then(|m| m.into_string()),
-            Some(
-                "notifications/tools/list_changed"
-                    | "notifications/prompts/list_changed"
-                    | "notifications/resources/list_changed"
-            )
-        )
 }
 
 /// Reads `message` once to tell what it is.

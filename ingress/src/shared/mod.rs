@@ -71,9 +71,6 @@ pub struct Shared {
     pub terminated: Arc<Published<Terminated>>,
     /// Cancellations on their way to the shard running the call.
     pub cancels: crate::inflight::Cancels,
-    /// List changes MCP servers announced on any shard's session stream,
-    /// per upstream name: shard 0's catalog fetchers watch them.
-    pub list_changes: std::sync::Mutex<HashMap<Arc<str>, u64>>,
     /// Key of session ids.
     pub session_key: SessionKey,
     /// Connection limits and timeouts.
@@ -205,18 +202,6 @@ pub fn shard_count(cfg: &ValidConfig) -> usize {
 }
 
 impl Shared {
-    /// Notes that upstream `name` announced a list change.
-    pub fn note_list_change(&self, name: &Arc<str>) {
-        let mut changes = self.list_changes.lock().unwrap_or_else(|p| p.into_inner());
-        *changes.entry(Arc::clone(name)).or_default() += 1;
-    }
-
-    /// The list changes upstream `name` announced on session streams.
-    pub fn announced_list_changes(&self, name: &str) -> u64 {
-        let changes = self.list_changes.lock().unwrap_or_else(|p| p.into_inner());
-        changes.get(name).copied().unwrap_or(0)
-    }
-
     /// Shared state for `config` (with its policy texts and the control
     /// state) and what it loaded, with session ids keyed by `session_key`.
     /// Errors: the policies do not compile.
@@ -291,7 +276,6 @@ impl Shared {
             stored_upstreams: Mutex::new(stored),
             terminated: Published::new(HashMap::new()),
             cancels: crate::inflight::Cancels::new(shards),
-            list_changes: std::sync::Mutex::default(),
             session_key: SessionKey::new(session_key),
             conn,
             audit_refusals: AtomicU64::new(0),

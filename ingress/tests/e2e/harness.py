@@ -297,8 +297,6 @@ class UpstreamCfg:
     protocol: str | None = None
     # Requests toward agents' clients it may have relayed (default: toolgate's).
     client_requests: list[str] | None = None
-    # Seconds between catalog fetches (default: toolgate's).
-    catalog_refresh_s: int | None = None
 
 
 class Gate:
@@ -353,8 +351,6 @@ class Gate:
                 lines.append(f"protocol = {toml_value(up.protocol)}")
             if up.client_requests is not None:
                 lines.append(f"client_requests = {toml_value(up.client_requests)}")
-            if up.catalog_refresh_s is not None:
-                lines.append(f"catalog_refresh_s = {up.catalog_refresh_s}")
             if up.credential is not None:
                 lines.append("[upstreams.credential]")
                 lines += [f"{k} = {toml_value(v)}" for k, v in up.credential.items() if not isinstance(v, dict)]

@@ -5,9 +5,7 @@ agent sends ``subscriptions/listen``. When the configuration is reloaded
 with a tool attached to one agent, that agent's stream carries
 ``notifications/tools/list_changed`` (with its subscription's id in the
 stateless era, after the acknowledgment), and another agent whose lists
-did not change hears nothing. The stream's opening is recorded. An HTTP
-upstream's own announcement of a list change, on its session's stream,
-has its lists fetched again at once, and the agent told.
+did not change hears nothing. The stream's opening is recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from harness import (
     Agent,
     RawConn,
     UpstreamCfg,
-    UpstreamProc,
     http_request,
     initialize_request,
     legacy_headers,
@@ -131,49 +128,3 @@ def test_a_stateless_subscription_is_acknowledged_and_announces_changes(make_gat
         c.close()
     [line] = gate.audit_lines(1, where=lambda l: l.get("method") == "subscriptions/listen")
     assert (line["decision"], line["status"], line["reason"]) == ("allow", 200, "answered"), line
-
-
-def test_an_http_upstreams_list_change_is_fetched_at_once_and_told(make_gate, tmp_path):
-    """The ``lists`` SDK server adds a tool and announces it on its
-    session's stream: toolgate, listening there, fetches its lists again
-    long before ``catalog_refresh_s`` (an hour here), the new tool
-    (attached beforehand) is listed and called, and the agent holding a
-    stream is told."""
-    lists = UpstreamProc("lists", "sse").start(tmp_path)
-    try:
-        agent = Agent("grower", ["lists__grow", "lists__late"])
-        up = UpstreamCfg("lists", lists.url, protocol="handshake", catalog_refresh_s=3600)
-        gate = make_gate(upstream_list=[up], agents=[agent])
-        session = open_session(gate.port, agent.key)
-
-        def tools() -> set[str]:
-            with RawConn(gate.port) as c:
-                c.send(http_request("POST", "/mcp", gate.port,
-                                    json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).encode(),
-                                    legacy_headers(agent.key, session)))
-                return {t["name"] for t in json.loads(c.read_response().body)["result"]["tools"]}
-
-        def call(name: str, arguments: dict) -> dict:
-            body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-            with RawConn(gate.port) as c:
-                c.send(http_request("POST", "/mcp", gate.port, json.dumps(body).encode(),
-                                    {**legacy_headers(agent.key, session), "Accept": "application/json"}))
-                return json.loads(c.read_response().body)
-
-        deadline = time.monotonic() + 10
-        while tools() != {"lists__grow"}:
-            assert time.monotonic() < deadline, tools()
-            time.sleep(0.1)
-        stream = open_get_stream(gate, agent.key, session)
-        try:
-            assert "added late" in json.dumps(call("lists__grow", {"name": "late"}))
-            event = read_event(stream, 10)
-            assert event == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}, event
-        finally:
-            stream.close()
-        assert tools() == {"lists__grow", "lists__late"}
-        assert "grown" in json.dumps(call("lists__late", {}))
-        assert "upstream says its lists changed" in gate.stderr_text()
-        assert gate.stderr_text().count("tool catalog loaded") == 2, "fetched at start, then on the change only"
-    finally:
-        lists.stop()

@@ -384,52 +384,6 @@ def test_an_elicitation_is_relayed_to_the_agent_and_its_answer_back(make_gate, u
     assert asked == []
 
 
-def test_sampling_is_relayed_only_where_the_upstream_may_ask_it(make_gate, tmp_path):
-    """Sampling needs ``client_requests`` to name it: with it, an SDK agent's
-    model answers the upstream's ``sampling/createMessage``; without it
-    (the default, elicitation only) the upstream is refused at once and the
-    agent never asked. A roots request the server sends outside any call
-    (on its session's own stream) is refused at once, not left waiting."""
-    from mcp import types
-
-    from harness import UpstreamProc
-
-    lists = UpstreamProc("lists", "sse").start(tmp_path)
-    try:
-        agent = Agent("sampler", ["lists__sample", "lists__roots"])
-        sampled: list = []
-
-        async def on_sample(context, params):
-            sampled.append(params.messages[0].content.text)
-            return types.CreateMessageResult(role="assistant", model="test-model",
-                                             content=types.TextContent(type="text", text="hello back"))
-
-        def run(gate, expect_sample: str, expect_roots: str | None = None):
-            async def scenario():
-                with anyio.fail_after(60):
-                    async with sdk_client_cm(gate.url, agent.key, "legacy", sampling_callback=on_sample) as client:
-                        assert result_json(await client.call_tool("lists__sample", {"prompt": "hi"})) == expect_sample
-                        if expect_roots is not None:
-                            assert result_json(await client.call_tool("lists__roots", {})) == expect_roots
-            anyio.run(scenario)
-
-        allowed = make_gate(upstream_list=[UpstreamCfg("lists", lists.url, protocol="handshake",
-                                                       client_requests=["elicitation", "sampling"])],
-                            agents=[agent])
-        run(allowed, "sampled hello back", "refused -32601")
-        assert sampled == ["hi"]
-        [line] = allowed.audit_lines(1, where=lambda l: l.get("tool") == "lists__sample", timeout=10)
-        assert line["client_requests"] == [{"method": "sampling/createMessage", "outcome": "answered"}], line
-
-        default = make_gate(upstream_list=[UpstreamCfg("lists", lists.url, protocol="handshake")], agents=[agent])
-        run(default, "refused -32601")
-        assert sampled == ["hi"], "the agent's model was not asked"
-        [line] = default.audit_lines(1, where=lambda l: l.get("tool") == "lists__sample", timeout=10)
-        assert line["client_requests"] == [{"method": "sampling/createMessage", "outcome": "not_allowed"}], line
-    finally:
-        lists.stop()
-
-
 def test_only_the_asking_calls_agent_and_session_can_answer_its_request(make_gate, upstreams):
     """The relayed request's id is toolgate's: an answer under it from
     another agent, or from the same agent's other session, is accepted

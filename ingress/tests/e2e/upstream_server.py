@@ -12,8 +12,6 @@ Usage: python upstream_server.py NAME PORT json|sse [CERT.pem KEY.pem]
   (``summarize``, ``internal``) and one tool (``search``)
 * ``vault``    -- ``whoami`` echoes the request's ``Authorization`` header,
   ``headers`` every header it received
-* ``lists``    -- ``grow(name)`` adds a tool and announces the list change;
-  ``sample(prompt)`` asks the agent's model, ``roots`` the client's roots
 
 ``json`` makes the server answer POSTs with ``application/json`` bodies,
 ``sse`` with ``text/event-stream`` bodies, so toolgate's upstream client is
@@ -260,48 +258,8 @@ def build_docs() -> MCPServer:
     return server
 
 
-def build_lists() -> MCPServer:
-    server = MCPServer("lists")
-
-    @server.tool()
-    async def grow(name: str, ctx: Context) -> str:
-        """Adds a tool ``name`` (answering ``grown``) and announces that the
-        tool list changed, on the session's own stream."""
-        server.add_tool(lambda: "grown", name=name, description="Added at run time.")
-        await ctx.session.send_tool_list_changed()
-        return f"added {name}"
-
-    @server.tool()
-    async def sample(prompt: str, ctx: Context) -> str:
-        """Ask the agent's model (sampling) during the call; say what it said."""
-        from mcp import types
-
-        try:
-            result = await ctx.request_context.session.create_message(
-                [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
-                max_tokens=16, related_request_id=ctx.request_id)
-        except MCPError as e:
-            return f"refused {e.code}"
-        return f"sampled {result.content.text}"
-
-    @server.tool()
-    async def roots(ctx: Context) -> str:
-        """Ask the client's roots (sent outside the call: the SDK relates no
-        request to it); say how that went."""
-        try:
-            with anyio.fail_after(10):
-                result = await ctx.request_context.session.list_roots()
-        except MCPError as e:
-            return f"refused {e.code}"
-        except TimeoutError:
-            return "no answer"
-        return f"roots {len(result.roots)}"
-
-    return server
-
-
 BUILDERS = {"crm": build_crm, "tickets": build_tickets, "ops": build_ops, "vault": build_vault,
-            "docs": build_docs, "lists": build_lists}
+            "docs": build_docs}
 
 
 def main() -> None:
