@@ -591,13 +591,13 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
                             shared::Refill {
                                 slot: at.index,
                                 key: at.redis_key(rule, "quota", Some(tag)),
-                                ask: shared::Ask::Quota {
+                                ask: shared::Ask::Quota(shared::QuotaAsk {
                                     units,
                                     amount: first,
                                     tag,
                                     window_end: end,
                                     pay: true,
-                                },
+                                }),
                             },
                         );
                     }
@@ -611,13 +611,13 @@ fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, R
                     shared::Refill {
                         slot: at.index,
                         key: at.redis_key(rule, "quota", Some(tag)),
-                        ask: shared::Ask::Quota {
+                        ask: shared::Ask::Quota(shared::QuotaAsk {
                             units,
                             amount: sh.lease,
                             tag,
                             window_end: end,
                             pay: false,
-                        },
+                        }),
                     },
                 )
             };
@@ -762,12 +762,12 @@ fn take_shared_rate(
     let refill = |pay| shared::Refill {
         slot: at.index,
         key: at.redis_key(rule, "rate", None),
-        ask: shared::Ask::Rate {
+        ask: shared::Ask::Rate(shared::RateAsk {
             interval_us: (interval_ns / 1_000).max(1),
             tolerance_us: tolerance_ns / 1_000,
             amount: lease,
             pay,
-        },
+        }),
     };
     // A call this replica reserved, while Redis is reachable.
     let mut g = slot.granted.load(Ordering::Acquire);

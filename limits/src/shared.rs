@@ -69,38 +69,46 @@ pub(crate) struct Refill {
 #[derive(Debug)]
 pub(crate) enum Ask {
     /// Units of a quota, for one window.
-    Quota {
-        /// The quota's units per window.
-        units: u64,
-        /// Units asked for.
-        amount: u64,
-        /// The window's tag, as in the counter.
-        tag: u64,
-        /// The window's end (Unix seconds).
-        window_end: u64,
-        /// The first lease of the window, already granted: pay for it.
-        pay: bool,
-    },
+    Quota(QuotaAsk),
     /// Calls of a rate.
-    Rate {
-        /// Microseconds per call.
-        interval_us: u64,
-        /// How far ahead of now the bucket may run (µs): `(burst - 1) ×
-        /// interval`.
-        tolerance_us: u64,
-        /// Calls asked for (a payment: what the counter owes by then).
-        amount: u64,
-        /// Pay for the calls already let through, whatever the bucket says.
-        pay: bool,
-    },
+    Rate(RateAsk),
+}
+
+/// Units of a quota, for one window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QuotaAsk {
+    /// The quota's units per window.
+    pub units: u64,
+    /// Units asked for.
+    pub amount: u64,
+    /// The window's tag, as in the counter.
+    pub tag: u64,
+    /// The window's end (Unix seconds).
+    pub window_end: u64,
+    /// The first lease of the window, already granted: pay for it.
+    pub pay: bool,
+}
+
+/// Calls of a rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RateAsk {
+    /// Microseconds per call.
+    pub interval_us: u64,
+    /// How far ahead of now the bucket may run (µs): `(burst - 1) ×
+    /// interval`.
+    pub tolerance_us: u64,
+    /// Calls asked for (a payment: what the counter owes by then).
+    pub amount: u64,
+    /// Pay for the calls already let through, whatever the bucket says.
+    pub pay: bool,
 }
 
 impl Refill {
     /// The tag its counter's flags carry: the quota's window, or 0.
     fn tag(&self) -> u64 {
         match self.ask {
-            Ask::Quota { tag, .. } => tag,
-            Ask::Rate { .. } => 0,
+            Ask::Quota(QuotaAsk { tag, .. }) => tag,
+            Ask::Rate(_) => 0,
         }
     }
 }
@@ -380,40 +388,25 @@ impl Sync {
         let Some(slot) = table.at(r.slot) else {
             return;
         };
-        match r.ask {
-            Ask::Quota {
-                units,
-                amount,
-                tag,
-                window_end,
-                pay,
-            } => self.refill_quota(slot, &r.key, units, amount, tag, window_end, pay),
-            Ask::Rate {
-                interval_us,
-                tolerance_us,
-                amount,
-                pay,
-            } => {
+        match &r.ask {
+            Ask::Quota(q) => self.refill_quota(slot, &r.key, q),
+            Ask::Rate(rate) => {
                 if let Some(share) = table.share(r.slot) {
-                    let ask = (interval_us, tolerance_us, amount, pay);
-                    self.refill_rate(slot, share, &r.key, ask);
+                    self.refill_rate(slot, share, &r.key, rate);
                 }
             }
         }
         clear(slot, r.tag(), REQUESTED);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn refill_quota(
-        &mut self,
-        slot: &Slot,
-        key: &str,
-        units: u64,
-        amount: u64,
-        tag: u64,
-        window_end: u64,
-        pay: bool,
-    ) {
+    fn refill_quota(&mut self, slot: &Slot, key: &str, q: &QuotaAsk) {
+        let QuotaAsk {
+            units,
+            amount,
+            tag,
+            window_end,
+            pay,
+        } = *q;
         let shared = match self.client.as_mut() {
             Some(c) => match c.incr_by(key, amount) {
                 Ok(total) => {
@@ -443,20 +436,20 @@ impl Sync {
                     set(slot, tag, EXHAUSTED);
                 }
             }
-            None => self.grant_offline(slot, key, units, amount, tag, window_end, pay),
+            None => self.grant_offline(slot, key, q),
         }
     }
 
     /// Reserves calls of a rate in its shared bucket. Without Redis there
     /// is nothing to do: the replica holds the rate to its share until
     /// Redis is back, and a rate's bucket drains within its burst anyway.
-    fn refill_rate(
-        &mut self,
-        slot: &Slot,
-        share: &RateShare,
-        key: &str,
-        (interval_us, tolerance_us, amount, pay): (u64, u64, u64, bool),
-    ) {
+    fn refill_rate(&mut self, slot: &Slot, share: &RateShare, key: &str, rate: &RateAsk) {
+        let RateAsk {
+            interval_us,
+            tolerance_us,
+            amount,
+            pay,
+        } = *rate;
         let amount = if pay {
             share.owed.swap(0, Ordering::AcqRel)
         } else {
@@ -497,35 +490,25 @@ impl Sync {
     }
 
     /// Without Redis: at most this replica's share of the window.
-    #[allow(clippy::too_many_arguments)]
-    fn grant_offline(
-        &mut self,
-        slot: &Slot,
-        key: &str,
-        units: u64,
-        amount: u64,
-        tag: u64,
-        window_end: u64,
-        pay: bool,
-    ) {
-        let share = (units / self.setup.replicas.max(1)).max(1);
+    fn grant_offline(&mut self, slot: &Slot, key: &str, q: &QuotaAsk) {
+        let share = (q.units / self.setup.replicas.max(1)).max(1);
         let g = slot.granted.load(Ordering::Acquire);
-        if g >> BITS != tag {
+        if g >> BITS != q.tag {
             return;
         }
         let granted = g & USED_MASK;
-        let extra = if pay {
+        let extra = if q.pay {
             // The optimistic first lease: keep what fits in the share.
-            let keep = amount.min(share);
-            adjust(slot, tag, |g| g.saturating_sub(amount - keep));
+            let keep = q.amount.min(share);
+            adjust(slot, q.tag, |g| g.saturating_sub(q.amount - keep));
             keep
         } else {
-            let extra = amount.min(share.saturating_sub(granted));
-            adjust(slot, tag, |g| g + extra);
+            let extra = q.amount.min(share.saturating_sub(granted));
+            adjust(slot, q.tag, |g| g + extra);
             extra
         };
         if extra > 0 {
-            let owed = self.owed.entry(key.to_owned()).or_insert((0, window_end));
+            let owed = self.owed.entry(key.to_owned()).or_insert((0, q.window_end));
             owed.0 += extra;
         }
     }

@@ -300,16 +300,16 @@ fn a_shared_rate_spends_reserved_calls_then_this_replicas_share() {
     let (mut reserve, mut pay) = (None, None);
     for r in &asked {
         match r.ask {
-            shared::Ask::Rate {
+            shared::Ask::Rate(shared::RateAsk {
                 pay: true, amount, ..
-            } => pay = Some(amount),
-            shared::Ask::Rate {
+            }) => pay = Some(amount),
+            shared::Ask::Rate(shared::RateAsk {
                 pay: false,
                 amount,
                 interval_us,
                 tolerance_us,
-            } => reserve = Some((r.slot, amount, interval_us, tolerance_us)),
-            shared::Ask::Quota { .. } => panic!("a quota asked for"),
+            }) => reserve = Some((r.slot, amount, interval_us, tolerance_us)),
+            shared::Ask::Quota(_) => panic!("a quota asked for"),
         }
         assert_eq!(r.key, "toolgate:rate:rate:acme");
     }
@@ -359,7 +359,7 @@ fn a_refused_call_gives_back_its_reserved_call() {
     // The rate's counter is the one a reservation was asked for.
     let index = rx
         .try_iter()
-        .find(|r| matches!(r.ask, shared::Ask::Rate { pay: false, .. }))
+        .find(|r| matches!(r.ask, shared::Ask::Rate(shared::RateAsk { pay: false, .. })))
         .unwrap()
         .slot;
     let slot = l.table.at(index).unwrap();

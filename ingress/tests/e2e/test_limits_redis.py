@@ -63,7 +63,12 @@ def redis(tmp_path):
     r.stop()
 
 
-def limits_toml(crm_url: str, redis_port: int) -> str:
+DAY_QUOTA = f'id = "day"\ncustomer = "*"\nquota = {{ units = {UNITS}, per = "day" }}\n'
+
+
+def limits_toml(crm_url: str, redis_port: int, rule: str = DAY_QUOTA) -> str:
+    """Two replicas' configuration: the crm upstream, limits shared through
+    the Redis on ``redis_port`` (its password from a file), and ``rule``."""
     return f"""
 [[upstreams]]
 name = "crm"
@@ -79,10 +84,19 @@ lease = {LEASE}
 replicas = 2
 
 [[limits.rules]]
-id = "day"
-customer = "*"
-quota = {{ units = {UNITS}, per = "day" }}
-"""
+{rule}"""
+
+
+def replicas(make_gate, agents, toml: str) -> list:
+    """Two gateways with configuration ``toml``, each with the Redis
+    password in its own file."""
+    gates = []
+    for _ in range(2):
+        g = make_gate(upstream_list=[], agents=agents, extra_toml=toml, start=False)
+        (g.workdir / "redis.password").write_text(PASSWORD + "\n")
+        g.start()
+        gates.append(g)
+    return gates
 
 
 def call(gate, key: str) -> int:
@@ -98,13 +112,7 @@ def key_of(customer: str) -> str:
 def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(make_gate, upstreams, redis):
     agents = [Agent("acme-bot", [TOOL], customer="acme"), Agent("globex-bot", [TOOL], customer="globex"),
               Agent("initech-bot", [TOOL], customer="initech")]
-    gates = []
-    for _ in range(2):
-        g = make_gate(upstream_list=[], agents=agents, extra_toml=limits_toml(upstreams["crm"].url, redis.port),
-                      start=False)
-        (g.workdir / "redis.password").write_text(PASSWORD + "\n")
-        g.start()
-        gates.append(g)
+    gates = replicas(make_gate, agents, limits_toml(upstreams["crm"].url, redis.port))
     acme, globex, initech = agents
 
     # 1. Both replicas, one customer: the sum of allowed calls stays within
@@ -146,26 +154,7 @@ def test_a_day_quota_is_shared_by_two_replicas_and_survives_redis_going_away(mak
 RATE, BURST = 10, 10
 
 
-def rate_toml(crm_url: str, redis_port: int) -> str:
-    return f"""
-[[upstreams]]
-name = "crm"
-url = "{crm_url}"
-
-[limits]
-backend = "redis"
-
-[limits.redis]
-url = "redis://{HOST}:{redis_port}/0"
-password = {{ file = "redis.password" }}
-lease = {LEASE}
-replicas = 2
-
-[[limits.rules]]
-id = "rps"
-customer = "*"
-rate = {{ calls_per_s = {RATE}, burst = {BURST} }}
-"""
+RATE_RULE = f'id = "rps"\ncustomer = "*"\nrate = {{ calls_per_s = {RATE}, burst = {BURST} }}\n'
 
 
 def hammer(gates, key: str, seconds: float) -> tuple[list[int], float, set]:
@@ -194,13 +183,7 @@ def hammer(gates, key: str, seconds: float) -> tuple[list[int], float, set]:
 
 def test_a_rate_is_shared_by_two_replicas_and_held_to_each_share_without_redis(make_gate, upstreams, redis):
     agents = [Agent("acme-bot", [TOOL], customer="acme"), Agent("globex-bot", [TOOL], customer="globex")]
-    gates = []
-    for _ in range(2):
-        g = make_gate(upstream_list=[], agents=agents, extra_toml=rate_toml(upstreams["crm"].url, redis.port),
-                      start=False)
-        (g.workdir / "redis.password").write_text(PASSWORD + "\n")
-        g.start()
-        gates.append(g)
+    gates = replicas(make_gate, agents, limits_toml(upstreams["crm"].url, redis.port, RATE_RULE))
     acme, globex = agents
     # Each replica's share: RATE / 2 calls/s, a burst of BURST / 2. The
     # documented bound over both: RATE × t + BURST, plus the shares' bursts.
