@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use toolgate_core::config::{AssertionKeys, AssertionTarget, IdentityMode};
+use toolgate_core::config::{AssertionKeys, IdentityMode, IdentityTarget};
 use toolgate_core::secret::SecretSource;
 use toolgate_upstream::assertion::{Claims, Signer};
 
@@ -32,10 +32,11 @@ fn mint(c: &mut Criterion) {
         panic!("the key does not load");
     };
     let _ = std::fs::remove_file(&file);
-    let target = AssertionTarget {
+    let target = IdentityTarget {
         mode: IdentityMode::Assertion,
         header: "Toolgate-User-Assertion".into(),
         audience: "https://crm.internal".into(),
+        exchange: None,
     };
     let claims = Claims {
         user: Some("alice@corp.example"),

@@ -241,10 +241,18 @@ pub struct AuditRecord {
 /// How the call's end user reached its upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityRecord {
-    /// `assertion`.
+    /// `assertion` or `token_exchange`.
     pub mode: &'static str,
-    /// The assertion's `jti`, which the upstream sees too.
-    pub jti: Box<str>,
+    /// The `jti` of the token toolgate signed for the call (the assertion,
+    /// or the actor token of an exchange), which its receiver sees too.
+    pub jti: Option<Box<str>>,
+    /// `token_exchange`: how the call got its token: `exchanged` (now),
+    /// `cached` (an earlier exchange for this user, agent and upstream),
+    /// `fallback` (the service credential instead), `failed`.
+    pub exchange: Option<&'static str>,
+    /// Why the exchange failed (the IdP's OAuth error code at most, never
+    /// a token).
+    pub error: Option<Box<str>>,
 }
 
 /// A JSON array of strings.
@@ -641,8 +649,18 @@ impl AuditRecord {
         if let Some(i) = &self.identity {
             out.extend_from_slice(b",\"identity\":{\"mode\":");
             write_str(i.mode, out);
-            out.extend_from_slice(b",\"jti\":");
-            write_str(&i.jti, out);
+            if let Some(jti) = &i.jti {
+                out.extend_from_slice(b",\"jti\":");
+                write_str(jti, out);
+            }
+            if let Some(e) = i.exchange {
+                out.extend_from_slice(b",\"exchange\":");
+                write_str(e, out);
+            }
+            if let Some(e) = &i.error {
+                out.extend_from_slice(b",\"error\":");
+                write_str(e, out);
+            }
             out.push(b'}');
         }
         if let Some(gs) = &self.groups {
@@ -840,7 +858,9 @@ mod tests {
             }),
             identity: Some(IdentityRecord {
                 mode: "assertion",
-                jti: Box::from("k3-1f"),
+                jti: Some(Box::from("k3-1f")),
+                exchange: None,
+                error: None,
             }),
         };
         let mut out = Vec::new();

@@ -102,6 +102,13 @@ pub enum RefusalKind {
     /// endpoint failing past the token's expiry, a credential file rewritten
     /// without a usable value): nothing was sent.
     UpstreamCredentialUnavailable,
+    /// The upstream takes the end user's own token (`token_exchange`) and
+    /// the call carries none: no user, or a user not named by the IdP's
+    /// token (an API key, a sub-token, `Toolgate-On-Behalf-Of`).
+    UserTokenRequired,
+    /// The IdP did not exchange the user's token for the upstream (down,
+    /// slow, refused, or answered garbage): nothing was sent.
+    TokenExchangeFailed,
     /// An output rule's `refuse_when` condition held for the tool's result.
     OutputRefused,
     /// A rule applying to arguments refused the call before it left.
@@ -201,6 +208,7 @@ impl RefusalKind {
             | SessionIdentityMismatch
             | CertificateMismatch
             | UserAssertionRefused
+            | UserTokenRequired
             | Cancelled => Origin::Downstream,
             AuditUnavailable
             | Overloaded
@@ -210,6 +218,7 @@ impl RefusalKind {
             | OutputRefused
             | OutputTooLarge
             | UpstreamCredentialUnavailable
+            | TokenExchangeFailed
             | ArgumentsRefused
             | ToolQuarantined
             | PromptQuarantined
@@ -259,6 +268,8 @@ impl RefusalKind {
             UpstreamBadResponse => "upstream_bad_response",
             Cancelled => "cancelled",
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
+            UserTokenRequired => "user_token_required",
+            TokenExchangeFailed => "token_exchange_failed",
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
             ToolQuarantined => "tool_quarantined",
@@ -427,6 +438,18 @@ impl Refusal {
                 503,
                 codes::SERVER_ERROR,
                 "upstream credential unavailable; retry later",
+                none,
+            ),
+            UserTokenRequired => (
+                403,
+                codes::FORBIDDEN,
+                "this tool acts as the end user: call it with the user's own token from the identity provider",
+                none,
+            ),
+            TokenExchangeFailed => (
+                502,
+                codes::SERVER_ERROR,
+                "the end user's token could not be exchanged for this tool; nothing was sent",
                 none,
             ),
             OutputRefused => (

@@ -33,7 +33,7 @@ pub struct UpstreamInfo {
     /// The REST door's declared routes to its tools (an MCP upstream's).
     pub rest_routes: Arc<[toolgate_core::config::RestRouteConfig]>,
     /// Where each call's end-user assertion goes (`[upstreams.identity]`).
-    pub identity: Option<Arc<toolgate_core::config::AssertionTarget>>,
+    pub identity: Option<Arc<toolgate_core::config::IdentityTarget>>,
     /// The requests toward the agent's client it may send during a call
     /// and have relayed ([`toolgate_core::config::ClientRequest`] bits).
     pub client_requests: u8,

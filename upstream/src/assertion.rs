@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use toolgate_core::config::{AssertionKeys, AssertionTarget};
+use toolgate_core::config::{AssertionKeys, IdentityTarget};
 use toolgate_core::jsonrpc::write_str;
 use toolgate_core::secret::{Secret, SecretSource};
 
@@ -42,6 +42,7 @@ pub struct Signer {
 }
 
 /// What one assertion says of its call.
+#[derive(Clone, Copy)]
 pub struct Claims<'a> {
     /// The end user, when the call has one.
     pub user: Option<&'a str>,
@@ -154,14 +155,45 @@ impl Signer {
     }
 
     /// A signed assertion of `claims` for `target`, issued at `now_s`.
-    pub fn mint(&self, target: &AssertionTarget, claims: &Claims<'_>, now_s: u64) -> Minted {
+    pub fn mint(&self, target: &IdentityTarget, claims: &Claims<'_>, now_s: u64) -> Minted {
+        let (token, jti) = self.token(&target.audience, claims, now_s);
+        let mut line = Vec::with_capacity(target.header.len() + token.len() + 4);
+        line.extend_from_slice(target.header.as_bytes());
+        line.extend_from_slice(b": ");
+        line.extend_from_slice(token.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        Minted {
+            line: Secret::new(line),
+            jti,
+        }
+    }
+
+    /// A signed token for `audience` naming the agent of `claims` as its
+    /// subject (`claims.user` is left out): the actor token of a token
+    /// exchange, which the IdP verifies against toolgate's JWKS. Returns
+    /// the token and its `jti`.
+    pub fn mint_actor(
+        &self,
+        audience: &str,
+        claims: &Claims<'_>,
+        now_s: u64,
+    ) -> (String, Box<str>) {
+        let agent_only = Claims {
+            user: None,
+            ..*claims
+        };
+        self.token(audience, &agent_only, now_s)
+    }
+
+    /// The compact JWS of `claims` for `audience`, and its `jti`.
+    fn token(&self, audience: &str, claims: &Claims<'_>, now_s: u64) -> (String, Box<str>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let jti = format!("{}-{n:x}", self.jti_prefix);
         let mut payload = Vec::with_capacity(256);
         payload.extend_from_slice(br#"{"iss":"#);
         write_str(&self.issuer, &mut payload);
         payload.extend_from_slice(br#","aud":"#);
-        write_str(&target.audience, &mut payload);
+        write_str(audience, &mut payload);
         payload.extend_from_slice(br#","sub":"#);
         write_str(claims.user.unwrap_or(claims.agent), &mut payload);
         if claims.user.is_some() {
@@ -188,15 +220,7 @@ impl Signer {
         let signature = self.key.sign(token.as_bytes());
         token.push('.');
         B64.encode_string(signature.as_ref(), &mut token);
-        let mut line = Vec::with_capacity(target.header.len() + token.len() + 4);
-        line.extend_from_slice(target.header.as_bytes());
-        line.extend_from_slice(b": ");
-        line.extend_from_slice(token.as_bytes());
-        line.extend_from_slice(b"\r\n");
-        Minted {
-            line: Secret::new(line),
-            jti: jti.into(),
-        }
+        (token, jti.into())
     }
 }
 
@@ -233,10 +257,11 @@ mod tests {
     #[test]
     fn an_assertion_verifies_against_the_published_key_and_says_who() {
         let s = signer();
-        let target = AssertionTarget {
+        let target = IdentityTarget {
             mode: toolgate_core::config::IdentityMode::Assertion,
             header: "Toolgate-User-Assertion".into(),
             audience: "https://crm".into(),
+            exchange: None,
         };
         let m = s.mint(
             &target,

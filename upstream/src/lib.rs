@@ -22,6 +22,7 @@
 
 pub mod assertion;
 pub mod credential;
+pub mod exchange;
 pub mod mcp;
 pub mod oauth;
 pub mod openapi;
@@ -47,6 +48,8 @@ pub struct Upstream {
     info: UpstreamInfo,
     /// The header line toolgate injects into every request, if configured.
     credential: Option<RefCell<Reader<Secret>>>,
+    /// Where its end users' tokens are exchanged (`token_exchange`).
+    exchange: Option<exchange::Exchanger>,
     kind: Kind,
 }
 
@@ -147,14 +150,31 @@ pub struct Credential {
     )]
     line: Option<Rc<Arc<Secret>>>,
     user: Option<Arc<str>>,
-    /// The call's end-user assertion header line (`[upstreams.identity]`).
-    identity: Option<Secret>,
+    /// The call's end-user header line (`[upstreams.identity]`): its
+    /// signed assertion or its exchanged token.
+    identity: Option<Rc<Secret>>,
+    /// Whether that line takes the service credential's place on the call
+    /// itself (both name the same header).
+    replaces: bool,
 }
 
 impl Credential {
-    /// Appends the header line (with its CRLF), if any.
+    /// Appends the service credential's header line (with its CRLF), if
+    /// any: every request that is not the call itself (a handshake, a
+    /// catalog fetch).
     fn write(&self, req: &mut Vec<u8>) {
         if let Some(line) = &self.line {
+            req.extend_from_slice(line.expose());
+        }
+    }
+
+    /// Appends what the call itself carries: the service credential, unless
+    /// the end-user line replaces it, then the end-user line.
+    fn write_call(&self, req: &mut Vec<u8>) {
+        if !self.replaces {
+            self.write(req);
+        }
+        if let Some(line) = &self.identity {
             req.extend_from_slice(line.expose());
         }
     }
@@ -165,21 +185,27 @@ impl Credential {
         Self { user, ..self }
     }
 
-    /// The same, carrying `line` (a complete header line: the call's
-    /// end-user assertion) on its `tools/call`.
-    pub fn with_identity(self, line: Secret) -> Self {
+    /// The same, carrying `line` (a complete `header: value` line: the
+    /// call's end-user assertion or exchanged token) on the call itself
+    /// (never on a handshake or a catalog fetch). A service credential in
+    /// the same header is left off the call, so it never carries two.
+    pub fn with_identity(self, line: Rc<Secret>, header: &str) -> Self {
+        let replaces = self.line.as_ref().is_some_and(|l| {
+            let l = l.expose();
+            l.len() > header.len()
+                && l[..header.len()].eq_ignore_ascii_case(header.as_bytes())
+                && l[header.len()] == b':'
+        });
         Self {
             identity: Some(line),
+            replaces,
             ..self
         }
     }
 
-    /// Appends the end-user assertion line, if any (on a tool call only,
-    /// never on a handshake or a catalog fetch).
-    fn write_identity(&self, req: &mut Vec<u8>) {
-        if let Some(line) = &self.identity {
-            req.extend_from_slice(line.expose());
-        }
+    /// Whether the upstream has a service credential to send.
+    pub fn has_service_credential(&self) -> bool {
+        self.line.is_some()
     }
 }
 
@@ -210,8 +236,23 @@ impl Upstream {
         Self {
             info,
             credential: credential.map(RefCell::new),
+            exchange: None,
             kind,
         }
+    }
+
+    /// The same, exchanging its end users' tokens at `endpoint`.
+    pub fn with_exchange(self, endpoint: Option<Arc<exchange::Endpoint>>) -> Self {
+        Self {
+            exchange: endpoint.map(exchange::Exchanger::new),
+            ..self
+        }
+    }
+
+    /// Where its end users' tokens are exchanged, for an upstream whose
+    /// identity mode is `token_exchange`.
+    pub fn exchanger(&self) -> Option<&exchange::Exchanger> {
+        self.exchange.as_ref()
     }
 
     /// The upstream's configured name.
@@ -232,6 +273,7 @@ impl Upstream {
                 line: None,
                 user: None,
                 identity: None,
+                replaces: false,
             });
         };
         let line = reader.borrow_mut().current();
@@ -242,6 +284,7 @@ impl Upstream {
             line: Some(line),
             user: None,
             identity: None,
+            replaces: false,
         })
     }
 

@@ -180,12 +180,13 @@ impl McpClient {
         for (k, v) in headers {
             let _ = write!(req, "{k}: {v}\r\n");
         }
-        credential.write(&mut req);
         if matches!(
             method,
             Some("tools/call" | "prompts/get" | "resources/read")
         ) {
-            credential.write_identity(&mut req);
+            credential.write_call(&mut req);
+        } else {
+            credential.write(&mut req);
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);

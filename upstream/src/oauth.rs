@@ -87,7 +87,7 @@ pub fn clients(
 }
 
 /// A value for `application/x-www-form-urlencoded` (RFC 6749 appendix B).
-fn form(v: &str) -> String {
+pub(crate) fn form(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -99,6 +99,62 @@ fn form(v: &str) -> String {
         }
     }
     out
+}
+
+/// The access token and its lifetime (`expires_in`, when sent) of a token
+/// endpoint's answer (RFC 6749 §5.1, and RFC 8693 §2.2, whose answers have
+/// the same members). Errors name what was wrong, never a token: a refusal
+/// by its OAuth `error` code (§5.2), and only when that code is a plain
+/// word.
+pub(crate) fn token_response(
+    status: u16,
+    body: &[u8],
+) -> Result<(String, Option<Duration>), String> {
+    if status != 200 {
+        let code = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .unwrap_or_default();
+        return Err(format!("token endpoint answered HTTP {status} {code}")
+            .trim_end()
+            .to_owned());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "token response is not JSON".to_owned())?;
+    let token = v
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .filter(|t| {
+            !t.is_empty() && t.len() <= 16 * 1024 && t.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or("token response has no usable `access_token`")?;
+    if let Some(tt) = v.get("token_type").and_then(|t| t.as_str()) {
+        if !tt.eq_ignore_ascii_case("bearer") {
+            return Err(format!(
+                "token type `{}` is not Bearer",
+                tt.chars().take(32).collect::<String>()
+            ));
+        }
+    }
+    let lifetime = v
+        .get("expires_in")
+        .and_then(serde_json::Value::as_u64)
+        .map(Duration::from_secs);
+    Ok((token.to_owned(), lifetime))
+}
+
+/// `Basic …` of a client id and secret (`client_secret_basic`, RFC 6749
+/// §2.3.1: each form-encoded first).
+pub(crate) fn basic_auth(client_id: &str, secret: &Secret) -> Secret {
+    let secret = String::from_utf8_lossy(secret.expose());
+    let mut pair = format!("{}:{}", form(client_id), form(&secret));
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&pair)
+    );
+    zeroize::Zeroize::zeroize(&mut pair);
+    Secret::new(value.into_bytes())
 }
 
 /// A fetched token.
@@ -136,12 +192,8 @@ impl OAuthClient {
     }
 
     fn request(&self, secret: &Secret) -> Secret {
-        let secret = String::from_utf8_lossy(secret.expose());
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            form(&self.cfg.client_id),
-            form(&secret)
-        ));
+        let basic = basic_auth(&self.cfg.client_id, secret);
+        let basic = String::from_utf8_lossy(basic.expose());
         let mut body = String::from("grant_type=client_credentials");
         if let Some(s) = &self.cfg.scope {
             body.push_str("&scope=");
@@ -153,7 +205,7 @@ impl OAuthClient {
         }
         Secret::new(
             format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 self.url.path,
                 self.url.authority,
                 body.len()
@@ -168,34 +220,8 @@ impl OAuthClient {
             .exchange(self.request(&secret).expose(), MAX_RESPONSE, FETCH_TIMEOUT)
             .await
             .map_err(|e| format!("token endpoint: {e}"))?;
-        if resp.status != 200 {
-            // The error body (RFC 6749 §5.2) names the problem, never a secret.
-            let code = serde_json::from_slice::<serde_json::Value>(&resp.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            return Err(format!(
-                "token endpoint answered HTTP {} {code}",
-                resp.status
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&resp.body)
-            .map_err(|_| "token response is not JSON".to_owned())?;
-        let token = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-            .ok_or("token response has no usable `access_token`")?;
-        if let Some(tt) = v.get("token_type").and_then(|t| t.as_str()) {
-            if !tt.eq_ignore_ascii_case("bearer") {
-                return Err(format!("token type `{tt}` is not Bearer"));
-            }
-        }
-        let lifetime = v
-            .get("expires_in")
-            .and_then(serde_json::Value::as_u64)
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_LIFETIME);
+        let (token, lifetime) = token_response(resp.status, &resp.body)?;
+        let lifetime = lifetime.unwrap_or(DEFAULT_LIFETIME);
         Ok(Token {
             header_line: Secret::new(format!("{}: Bearer {token}\r\n", self.header).into_bytes()),
             lifetime,

@@ -1069,3 +1069,69 @@ fn upstream_identity_needs_the_assertion_key_and_an_http_upstream() {
         .unwrap_or_default();
     assert!(e.contains("exactly one of `key_file` and `key_env`"), "{e}");
 }
+
+#[test]
+fn token_exchange_needs_an_endpoint_and_keys_only_for_an_actor() {
+    let exchange = GOOD.replace(
+        "url = \"http://127.0.0.1:9101/mcp\"",
+        "url = \"http://127.0.0.1:9101/mcp\"\n[upstreams.identity]\nmode = \"token_exchange\"\n[upstreams.identity.exchange]\ntoken_url = \"http://127.0.0.1:9500/token\"\nclient_id = \"toolgate\"\nclient_secret_env = \"IDP_SECRET\"",
+    );
+    let v = parse(&exchange, "t.toml", Path::new("/")).unwrap();
+    let target = v.upstreams[0].identity.as_ref().unwrap();
+    assert_eq!(
+        target.header, "Authorization",
+        "an exchanged token is a bearer token"
+    );
+    assert_eq!(
+        target.audience, "http://127.0.0.1:9101/mcp",
+        "default resource: the url"
+    );
+    let ex = target.exchange.as_ref().unwrap();
+    assert_eq!(ex.client_id, "toolgate");
+    assert!(!ex.actor);
+    assert_eq!(ex.fallback, crate::config::ExchangeFallback::Refuse);
+    let cases = [
+        (
+            exchange.replace("client_secret_env = \"IDP_SECRET\"", ""),
+            "exactly one of `client_secret_env` and `client_secret_file`",
+        ),
+        (
+            exchange.replace("http://127.0.0.1:9500/token", "http://idp.example/token"),
+            "`token_url` must be https://",
+        ),
+        (
+            exchange.replace("mode = \"token_exchange\"", "mode = \"token_exchange\"\nactor = true"),
+            "`actor = true` needs `[identity_assertions]`",
+        ),
+        (
+            exchange.replace(
+                "[upstreams.identity.exchange]\ntoken_url = \"http://127.0.0.1:9500/token\"\nclient_id = \"toolgate\"\nclient_secret_env = \"IDP_SECRET\"",
+                "",
+            ),
+            "needs `[upstreams.identity.exchange]`",
+        ),
+        (
+            exchange.replace("mode = \"token_exchange\"", "mode = \"assertion\"")
+                + "\n[identity_assertions]\nkey_env = \"K\"\n",
+            "are for `mode = \"token_exchange\"`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse(&text, "t.toml", Path::new("/"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    let resourced = exchange.replace(
+        "client_id = \"toolgate\"",
+        "client_id = \"toolgate\"\nresource = \"https://crm.example\"\nscope = \"crm.read\"",
+    );
+    let v = parse(&resourced, "t.toml", Path::new("/")).unwrap();
+    let target = v.upstreams[0].identity.as_ref().unwrap();
+    assert_eq!(target.audience, "https://crm.example");
+    assert_eq!(
+        target.exchange.as_ref().unwrap().scope.as_deref(),
+        Some("crm.read")
+    );
+}

@@ -170,15 +170,39 @@ pub struct AssertionKeys {
     pub lifetime_s: u64,
 }
 
-/// Where one upstream's identity assertions go.
+/// How one upstream learns the end user of each call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssertionTarget {
-    /// The mode (`assertion`).
+pub struct IdentityTarget {
+    /// The mode.
     pub mode: crate::config::IdentityMode,
-    /// The header carrying them.
+    /// The header carrying the assertion or the exchanged token.
     pub header: String,
-    /// Their `aud`.
+    /// Whom the identity is for: an assertion's `aud`; for an exchange,
+    /// the `resource` asked for (RFC 8707).
     pub audience: String,
+    /// `token_exchange`: where and how the user's token is exchanged.
+    pub exchange: Option<ExchangeTarget>,
+}
+
+/// Where one upstream's end-user tokens are exchanged (RFC 8693), resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeTarget {
+    /// The IdP's token endpoint.
+    pub token_url: UpstreamUrl,
+    /// PEM CA bundle for it, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// toolgate's client id there.
+    pub client_id: String,
+    /// Where its client secret is read (at start).
+    pub client_secret: crate::secret::SecretSource,
+    /// The `audience` parameter, if any.
+    pub audience: Option<String>,
+    /// The `scope` parameter, if any.
+    pub scope: Option<String>,
+    /// Whether the agent goes as the actor (`actor_token`).
+    pub actor: bool,
+    /// What a call gets when the exchange fails.
+    pub fallback: crate::config::ExchangeFallback,
 }
 
 impl ValidConfig {
@@ -215,7 +239,7 @@ pub struct ResolvedUpstream {
     /// A `stdio` upstream's process, resolved.
     pub stdio: Option<StdioSpec>,
     /// Where its end-user assertions go, with `[upstreams.identity]`.
-    pub identity: Option<AssertionTarget>,
+    pub identity: Option<IdentityTarget>,
 }
 
 /// A `stdio` upstream's process as toolgate starts it: the program found,

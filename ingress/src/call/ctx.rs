@@ -92,7 +92,10 @@ pub(super) struct CallCtx {
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
     pub(super) session: Option<super::history::InSession>,
-    /// The end-user assertion the call carried to its upstream.
+    /// Whether the end user was named by the IdP's JWT the request
+    /// carries (the token an exchange starts from).
+    pub(super) user_token: bool,
+    /// How the end user reached the call's upstream (`[upstreams.identity]`).
     pub(super) identity: Option<toolgate_core::audit::IdentityRecord>,
     /// The policy verdict of a call that reached policy.
     pub(super) verdict: Option<&'static str>,
@@ -101,6 +104,20 @@ pub(super) struct CallCtx {
 }
 
 impl CallCtx {
+    /// Takes what identification found of the caller; returns its agent.
+    pub(super) fn identified<'s>(
+        &mut self,
+        caller: super::identify::Caller<'s>,
+    ) -> &'s toolgate_decision::Agent {
+        self.agent = Some(Arc::clone(&caller.agent.id));
+        self.user = caller.user;
+        self.customer = Some(caller.customer);
+        self.groups = caller.groups;
+        self.scope = caller.scope;
+        self.user_token = caller.user_token;
+        caller.agent
+    }
+
     /// A context for a request that started at `started`, nothing known yet.
     pub(super) fn new(
         started: Instant,
@@ -138,6 +155,7 @@ impl CallCtx {
             units: 0,
             client_requests: std::cell::RefCell::default(),
             mcp_session: None,
+            user_token: false,
             session: None,
             identity: None,
             verdict: None,

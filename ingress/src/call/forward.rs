@@ -1,5 +1,6 @@
-//! Phases after admission, in order: the judge of an escalated call, the
-//! upstream's credential, and the call to the upstream.
+//! Phases after admission, in order: the judge of an escalated call, then
+//! (after the upstream's credential, [`super::credential`]) the call to the
+//! upstream.
 //!
 //! Forwarding takes the request's reserved audit slot ([`Admission`]):
 //! only a request whose record has a place in the audit ring reaches a
@@ -11,7 +12,6 @@ use toolgate_core::audit::{JudgeOutcome, Reason};
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_decision::OutputFilter;
 use toolgate_sinks::Admission;
-use toolgate_upstream::assertion::Claims;
 
 use super::ctx::CallCtx;
 use super::{judge, Gateway};
@@ -93,51 +93,6 @@ impl Gateway {
                 Err(Refusal::new(RefusalKind::JudgeUnavailable))
             }
         }
-    }
-}
-
-impl Gateway {
-    /// What this call carries to its upstream: the gateway's credential
-    /// for the tool (the agent's own token never goes on; none usable →
-    /// nothing is sent), the end user, and with `[upstreams.identity]` an
-    /// assertion of who the call is for, signed now (its `jti` goes into
-    /// the record).
-    pub(super) fn inject(
-        &self,
-        upstream: &Upstream,
-        call: &Admitted,
-        ctx: &mut CallCtx,
-    ) -> Result<Credential, Refusal> {
-        let credential = upstream
-            .credential()
-            .map(|c| c.for_user(ctx.user.clone()))
-            .map_err(|e| Refusal::new(e.refusal_kind()))?;
-        let Some(target) = &upstream.info().identity else {
-            return Ok(credential);
-        };
-        // `check` refuses `[upstreams.identity]` without a key, so this
-        // is never hit; nothing is sent rather than an unattributed call.
-        let signer = self
-            .assertions
-            .as_ref()
-            .ok_or(Refusal::new(RefusalKind::UpstreamCredentialUnavailable))?
-            .borrow_mut()
-            .current();
-        let minted = signer.mint(
-            target,
-            &Claims {
-                user: ctx.user.as_deref(),
-                agent: ctx.agent.as_deref().unwrap_or(""),
-                customer: ctx.customer.as_deref(),
-                tool: &call.tool,
-            },
-            super::ctx::now_secs(),
-        );
-        ctx.identity = Some(toolgate_core::audit::IdentityRecord {
-            mode: target.mode.as_str(),
-            jti: minted.jti,
-        });
-        Ok(credential.with_identity(minted.line))
     }
 }
 

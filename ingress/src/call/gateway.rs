@@ -84,6 +84,7 @@ impl Clients {
                 tls,
                 openapi,
                 stdio,
+                exchange,
                 stored: parts,
             } = shared.upstream_parts(&info.name);
             let kept = old.and_then(|o| {
@@ -94,11 +95,14 @@ impl Clients {
             });
             let client = match kept {
                 Some((c, _)) => Rc::clone(c),
-                None => Rc::new(Upstream::new(
-                    info.clone(),
-                    credential.map(|c| c.reader()),
-                    toolgate_upstream::Backend::of(tls, openapi.as_ref(), stdio),
-                )),
+                None => Rc::new(
+                    Upstream::new(
+                        info.clone(),
+                        credential.map(|c| c.reader()),
+                        toolgate_upstream::Backend::of(tls, openapi.as_ref(), stdio),
+                    )
+                    .with_exchange(exchange),
+                ),
             };
             list.push(client);
             stored.push(parts);

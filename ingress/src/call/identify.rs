@@ -39,6 +39,9 @@ pub(super) struct Caller<'s> {
     pub(super) groups: Option<Arc<[Arc<str>]>>,
     /// A sub-token's tool narrowing.
     pub(super) scope: Option<Vec<String>>,
+    /// Whether the user was named by the IdP's JWT in `Authorization`
+    /// (the token a `token_exchange` upstream's exchange starts from).
+    pub(super) user_token: bool,
 }
 
 impl<'s> Caller<'s> {
@@ -49,6 +52,7 @@ impl<'s> Caller<'s> {
             user: None,
             groups: None,
             scope: None,
+            user_token: false,
         }
     }
 }
@@ -134,6 +138,7 @@ fn identify_bearer<'s>(
             user: claims.user.map(Arc::from),
             groups: None,
             scope: claims.tools,
+            user_token: false,
         });
     }
     if let Some(verifier) = snap.jwt.as_deref().filter(|_| looks_like_jwt(token)) {
@@ -156,6 +161,7 @@ fn identify_bearer<'s>(
             // never attach to a user named by header instead.
             groups: id.groups.filter(|_| has_user),
             scope: None,
+            user_token: has_user,
         });
     }
     let agent = snap

@@ -26,6 +26,7 @@ mod args;
 mod ask;
 mod builtin;
 mod cancel;
+mod credential;
 mod ctx;
 mod decide;
 pub mod envelope;
@@ -120,13 +121,7 @@ impl Gateway {
                 return Err(Refusal::new(RefusalKind::MethodNotAllowed))
             }
         }
-        let caller = self.identify(snap, req)?;
-        let agent = caller.agent;
-        ctx.agent = Some(std::sync::Arc::clone(&agent.id));
-        ctx.user = caller.user;
-        ctx.customer = Some(caller.customer);
-        ctx.groups = caller.groups;
-        ctx.scope = caller.scope;
+        let agent = ctx.identified(self.identify(snap, req)?);
         self.prepare_session(snap, agent, req, ctx).await;
         if req.head.method == Method::Delete {
             ctx.reason = Reason::SessionTerminated;
@@ -146,7 +141,7 @@ impl Gateway {
         self.escalate(&call, upstream, ctx).await?;
         self.take_limits(ctx)?;
         history::record(ctx);
-        let credential = self.inject(upstream, &call, ctx)?;
+        let credential = self.inject(upstream, &call, req, ctx).await?;
         let reply = self
             .forward_watched(
                 upstream,

@@ -69,13 +69,7 @@ impl Gateway {
         slot: &Admission,
         ctx: &mut CallCtx,
     ) -> Result<Answer, Refusal> {
-        let caller = self.identify(snap, req)?;
-        let agent = caller.agent;
-        ctx.agent = Some(Arc::clone(&agent.id));
-        ctx.user = caller.user;
-        ctx.customer = Some(caller.customer);
-        ctx.groups = caller.groups;
-        ctx.scope = caller.scope;
+        let agent = ctx.identified(self.identify(snap, req)?);
         self.prepare_session(snap, agent, req, ctx).await;
         let method = req
             .head
@@ -156,7 +150,7 @@ impl Gateway {
         self.escalate(&admitted, upstream, ctx).await?;
         self.take_limits(ctx)?;
         super::history::record(ctx);
-        let credential = self.inject(upstream, &admitted, ctx)?;
+        let credential = self.inject(upstream, &admitted, req, ctx).await?;
         match api {
             Some(api) => {
                 // Unless a data-loss rule rewrote them, the arguments

@@ -86,6 +86,7 @@ pub(super) fn gateway_with(bot_keys: &str, extra: &str, policies: &[&str]) -> su
         openapi: crate::process::openapi_surfaces(&cfg).unwrap(),
         stdio: std::collections::HashMap::new(),
         assertions: None,
+        exchanges: std::collections::HashMap::new(),
         tls: toolgate_net::tls::TlsSetup::default(),
         subtokens: None,
         oauth: Vec::new(),

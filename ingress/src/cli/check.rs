@@ -20,6 +20,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     if let Some(keys) = &cfg.assertion_keys {
         toolgate_upstream::assertion::Signer::load(keys)?;
     }
+    process::exchange_endpoints(&cfg)?;
     // Sink tokens and TLS files are read as at start (nothing is sent).
     for (s, t) in cfg.config.audit.sinks.iter().zip(&cfg.sink_targets) {
         toolgate_sinks::build_sink(s, t, &cfg.audit_dir)?;

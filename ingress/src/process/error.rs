@@ -45,6 +45,9 @@ pub enum StartError {
     /// The end-user assertion keys cannot be read.
     #[error(transparent)]
     Assertions(#[from] toolgate_upstream::assertion::AssertionError),
+    /// A `token_exchange` upstream's client secret or CA bundle cannot be read.
+    #[error(transparent)]
+    Exchange(#[from] toolgate_upstream::exchange::SetupError),
     /// A `stdio` upstream's process cannot be started as configured (its
     /// sandbox unavailable here).
     #[error(transparent)]

@@ -73,6 +73,23 @@ pub fn stdio_processes(
     Ok(out)
 }
 
+/// The token endpoint of every `token_exchange` upstream, by name, its
+/// client secret read now (one that cannot be read stops the start).
+pub fn exchange_endpoints(
+    cfg: &ValidConfig,
+) -> Result<
+    std::collections::HashMap<String, std::sync::Arc<toolgate_upstream::exchange::Endpoint>>,
+    toolgate_upstream::exchange::SetupError,
+> {
+    let mut out = std::collections::HashMap::new();
+    for u in &cfg.upstreams {
+        if let Some(e) = toolgate_upstream::exchange::Endpoint::load(u)? {
+            out.insert(u.name().to_owned(), e);
+        }
+    }
+    Ok(out)
+}
+
 /// What the shared state is built with, read from the files, variables and
 /// commands the configuration names; starts the credential watchers.
 pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
@@ -99,6 +116,7 @@ pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
             .as_ref()
             .map(toolgate_upstream::assertion::Signer::load)
             .transpose()?,
+        exchanges: exchange_endpoints(cfg)?,
         credentials,
         tls,
         subtokens,

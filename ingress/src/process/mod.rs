@@ -39,7 +39,8 @@ use toolgate_core::config::{AuditWriterMode, ValidConfig};
 
 pub use error::StartError;
 pub use load::{
-    load_policies, load_tls, openapi_surfaces, stdio_processes, InvalidPolicies, TlsLoadError,
+    exchange_endpoints, load_policies, load_tls, openapi_surfaces, stdio_processes,
+    InvalidPolicies, TlsLoadError,
 };
 
 use crate::shared::{shard_count, Shared};

@@ -95,6 +95,10 @@ pub struct Shared {
     /// The admin listener's TLS configuration, when `[admin.tls]` is set;
     /// re-read on reload like the agent listener's.
     pub admin_tls: Option<Arc<Published<TlsAcceptor>>>,
+    /// Token endpoints of the configuration file's `token_exchange`
+    /// upstreams, by name (read at start; changes need a restart, like
+    /// every upstream setting).
+    pub exchanges: HashMap<String, Arc<toolgate_upstream::exchange::Endpoint>>,
     /// TLS toward each `https://` upstream of the configuration file, by name.
     pub upstream_tls: HashMap<String, toolgate_net::tls::ClientTls>,
     /// TLS toward an `https://` judge.
@@ -178,6 +182,8 @@ pub struct Loaded {
     pub stdio: HashMap<String, Arc<toolgate_upstream::stdio::Pool>>,
     /// The end-user assertion signer, with `[identity_assertions]`.
     pub assertions: Option<toolgate_upstream::assertion::Signer>,
+    /// Token endpoints of `token_exchange` upstreams, by upstream name.
+    pub exchanges: HashMap<String, Arc<toolgate_upstream::exchange::Endpoint>>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
@@ -217,6 +223,7 @@ impl Shared {
             openapi,
             stdio,
             assertions,
+            exchanges,
             tls,
             subtokens,
             oauth,
@@ -284,6 +291,7 @@ impl Shared {
             openapi,
             stdio,
             assertions: assertions.map(Published::new),
+            exchanges,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,

@@ -42,6 +42,8 @@ pub struct ClientParts {
     pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
     /// The process, for a `stdio` upstream.
     pub stdio: Option<Arc<toolgate_upstream::stdio::Pool>>,
+    /// The token endpoint, for a `token_exchange` upstream.
+    pub exchange: Option<Arc<toolgate_upstream::exchange::Endpoint>>,
     /// For an upstream written through the admin API, the parts these
     /// come from (a client built from other parts is out of date).
     pub stored: Option<Arc<StoredParts>>,
@@ -146,6 +148,7 @@ impl Shared {
                 tls: p.tls.clone(),
                 openapi: p.openapi.clone(),
                 stdio: None,
+                exchange: None,
                 stored: Some(p),
             };
         }
@@ -154,6 +157,7 @@ impl Shared {
             tls: self.upstream_tls.get(name).cloned(),
             openapi: self.openapi.get(name).cloned(),
             stdio: self.stdio.get(name).cloned(),
+            exchange: self.exchanges.get(name).cloned(),
             stored: None,
         }
     }

@@ -16,6 +16,11 @@ server is what such an upstream does with it:
   It never raises: whatever is wrong is the answer.
 * ``echo(text)``  -- ``text``.
 
+With ``--bearer`` it is an upstream behind token exchange instead: the
+header (``Authorization``) carries ``Bearer <token>``, an access token the
+IdP at ``--jwks-url`` issued for this upstream's ``--audience``, verified
+the same way (RS256, ``exp``, ``iat``, ``iss``, ``aud``).
+
 The JWKS is fetched when a call needs it, not at startup (toolgate may start
 after this server), kept for ``JWKS_TTL_S`` and fetched again at once when a
 token names a key id it does not hold (key rotation).
@@ -119,6 +124,23 @@ def verify_assertion(token: str, jwks: dict[str, Any], issuer: str, audience: st
     return header, claims
 
 
+def verify_bearer(token: str, jwks: dict[str, Any], issuer: str, audience: str,
+                  leeway: float = LEEWAY_S) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify an access token the IdP issued for this upstream (``--bearer``):
+    an RS256 JWT signed by a key of the IdP's ``jwks``, with ``exp``,
+    ``iat``, ``iss`` and ``aud`` (this upstream's resource). Returns
+    (header, claims); raises ``jwt.InvalidTokenError`` saying why not."""
+    header = jwt.get_unverified_header(token)
+    kid = header.get("kid")
+    matching = [k for k in jwks.get("keys", []) if isinstance(k, dict) and k.get("kid") == kid]
+    if len(matching) != 1:
+        raise jwt.InvalidKeyError(f"kid {kid!r} is in the JWKS {len(matching)} times")
+    key = jwt.PyJWK(matching[0], algorithm="RS256").key
+    claims = jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer, leeway=leeway,
+                        options={"require": ["iss", "aud", "sub", "exp", "iat", "jti"]})
+    return header, claims
+
+
 class JwksCache:
     """toolgate's JWKS, fetched on demand, kept briefly, fetched again for an unknown kid."""
 
@@ -153,7 +175,8 @@ class JwksCache:
 # --------------------------------------------------------------------------
 
 
-def build(header: str, cache: JwksCache, issuer: str, audience: str, seen: list[dict[str, Any]]) -> MCPServer:
+def build(header: str, cache: JwksCache, issuer: str, audience: str, seen: list[dict[str, Any]],
+          bearer: bool = False) -> MCPServer:
     server = MCPServer("whoami")
 
     @server.tool(description=f"Verify the {header} assertion this call carried and say whom it names.")
@@ -167,9 +190,14 @@ def build(header: str, cache: JwksCache, issuer: str, audience: str, seen: list[
             if len(values) > 1:
                 return json.dumps({"verified": False, "error": f"{header} header sent {len(values)} times"})
             token = values[0]
+            if bearer:
+                if not token.startswith("Bearer "):
+                    return json.dumps({"verified": False, "error": f"{header} is not a bearer token"})
+                token = token[len("Bearer "):]
             kid = jwt.get_unverified_header(token).get("kid")
             jwks = await cache.for_kid(kid)
-            head, claims = verify_assertion(token, jwks, issuer, audience)
+            verify = verify_bearer if bearer else verify_assertion
+            head, claims = verify(token, jwks, issuer, audience)
         except Exception as e:  # noqa: BLE001 - the verdict is the answer, never an exception
             return json.dumps({"verified": False, "error": f"{type(e).__name__}: {e}"})
         return json.dumps({
@@ -265,10 +293,12 @@ def main() -> None:
     parser.add_argument("--audience", required=True)
     parser.add_argument("--header", default=DEFAULT_HEADER)
     parser.add_argument("--encoding", choices=["json", "sse"], default="json")
+    parser.add_argument("--bearer", action="store_true",
+                        help="take `Bearer <access token>` issued by the IdP at --jwks-url (token exchange)")
     args = parser.parse_args()
     seen: list[dict[str, Any]] = []
     cache = JwksCache(args.jwks_url)
-    server = build(args.header, cache, args.issuer, args.audience, seen)
+    server = build(args.header, cache, args.issuer, args.audience, seen, bearer=args.bearer)
     app = Recorder(server.streamable_http_app(json_response=(args.encoding == "json")), args.header, seen)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -214,8 +214,7 @@ fn encode(url: &UpstreamUrl, req: &request::Request, credential: &Credential) ->
     for (k, v) in &req.headers {
         let _ = write!(out, "{k}: {v}\r\n");
     }
-    credential.write(&mut out);
-    credential.write_identity(&mut out);
+    credential.write_call(&mut out);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out

@@ -38,19 +38,38 @@ fn default_lifetime_s() -> u64 {
 
 /// `[upstreams.identity]`: how the end user of each call reaches the
 /// upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamIdentityConfig {
     /// `assertion`: a JWT toolgate signs per call (`sub` the end user,
     /// `act.sub` the agent), verifiable against toolgate's JWKS.
+    /// `token_exchange`: the user's own token exchanged at the IdP (RFC
+    /// 8693) for one scoped to this upstream.
     pub mode: IdentityMode,
-    /// The header carrying it. Default `Toolgate-User-Assertion`.
-    #[serde(default = "default_identity_header")]
-    pub header: String,
-    /// The assertion's `aud`. Default: the upstream's `url` (for an
+    /// The header carrying it. Default `Toolgate-User-Assertion` for an
+    /// assertion (the bare token), `Authorization` for an exchanged token
+    /// (`Bearer <token>`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `assertion`: its `aud`. Default: the upstream's `url` (for an
     /// `openapi` upstream, its `base_url` or `spec`) as written.
+    /// `token_exchange`: the `audience` asked for (RFC 8693), default none.
     #[serde(default)]
     pub audience: Option<String>,
+    /// `token_exchange`: the IdP's token endpoint and toolgate's client
+    /// there; its `resource` (RFC 8707) defaults to the upstream's URL.
+    #[serde(default)]
+    pub exchange: Option<super::upstreams::OAuthConfig>,
+    /// `token_exchange`: name the agent as the actor (an `actor_token`
+    /// toolgate signs with `[identity_assertions]`, `sub` the agent).
+    /// Default false.
+    #[serde(default)]
+    pub actor: bool,
+    /// `token_exchange`: what a call gets when the exchange fails:
+    /// `refuse` (default) or `credential` (the upstream's service
+    /// credential, as without `[upstreams.identity]`).
+    #[serde(default)]
+    pub fallback: ExchangeFallback,
 }
 
 /// How an upstream learns the end user.
@@ -59,6 +78,8 @@ pub struct UpstreamIdentityConfig {
 pub enum IdentityMode {
     /// A signed assertion per call.
     Assertion,
+    /// The user's token exchanged for one scoped to the upstream.
+    TokenExchange,
 }
 
 impl IdentityMode {
@@ -66,10 +87,18 @@ impl IdentityMode {
     pub fn as_str(self) -> &'static str {
         match self {
             IdentityMode::Assertion => "assertion",
+            IdentityMode::TokenExchange => "token_exchange",
         }
     }
 }
 
-fn default_identity_header() -> String {
-    "Toolgate-User-Assertion".into()
+/// What a call gets when its user's token cannot be exchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeFallback {
+    /// The call is refused (`token_exchange_failed`).
+    #[default]
+    Refuse,
+    /// The call goes with the upstream's service credential alone.
+    Credential,
 }

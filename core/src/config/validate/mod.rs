@@ -186,7 +186,7 @@ pub(crate) fn validate(
             );
         }
         let mut checked = check_upstream_entry(u, base, &mut err, &at);
-        checked.identity = assertions::check_identity(u, &config, &mut err, &at);
+        checked.identity = assertions::check_identity(u, &config, base, &mut err, &at);
         resolved.push(checked);
         let (prefix, pspan) = match &u.prefix {
             Some(p) => (p.get_ref().clone(), p.span()),

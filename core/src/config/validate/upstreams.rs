@@ -36,7 +36,7 @@ pub struct CheckedUpstream {
     /// A `stdio` upstream's process, resolved.
     pub stdio: Option<StdioSpec>,
     /// Where its end-user assertions go.
-    pub identity: Option<AssertionTarget>,
+    pub identity: Option<IdentityTarget>,
 }
 
 impl CheckedUpstream {
@@ -394,28 +394,7 @@ pub(crate) fn validate_credential(
                 format!("upstream `{name}`: an `oauth` credential is always sent as `Bearer <token>`; drop `value_prefix`"),
             );
         }
-        match UpstreamUrl::parse(o.token_url.get_ref()) {
-            Ok(url) if !url.tls && !is_loopback(url.server_name()) => err(
-                at(&o.token_url.span()),
-                format!("upstream `{name}`: `token_url` must be https:// (plain http only to a loopback address): the client secret would travel in the clear"),
-            ),
-            Ok(url) => {
-                ca_file(&o.ca_file, url.tls, base, err, at);
-            }
-            Err(e) => err(at(&o.token_url.span()), format!("upstream `{name}`: `token_url`: {e}")),
-        }
-        if o.client_id.is_empty() {
-            err(
-                line,
-                format!("upstream `{name}`: `oauth.client_id` must not be empty"),
-            );
-        }
-        if o.client_secret_env.is_some() == o.client_secret_file.is_some() {
-            err(
-                at(&o.token_url.span()),
-                format!("upstream `{name}`: `oauth` needs exactly one of `client_secret_env` and `client_secret_file`"),
-            );
-        }
+        check_token_endpoint(o, &format!("upstream `{name}`"), "oauth", base, err, at);
     }
     if let Some(cmd) = &c.command {
         if cmd.get_ref().first().is_none_or(|p| p.is_empty()) {
@@ -426,4 +405,49 @@ pub(crate) fn validate_credential(
         }
     }
     c.file.as_ref().map(|f| base.join(f.get_ref()))
+}
+
+/// Checks a token endpoint toolgate authenticates to with a client secret
+/// (`[upstreams.credential.oauth]`, `[upstreams.identity.exchange]`):
+/// `https://` (plain http to loopback only), a client id, exactly one
+/// secret source. `table` names the table in messages. Returns the URL and
+/// its CA bundle, resolved, when they are usable.
+pub(crate) fn check_token_endpoint(
+    o: &OAuthConfig,
+    whose: &str,
+    table: &str,
+    base: &Path,
+    err: &mut dyn FnMut(Option<usize>, String),
+    at: &dyn Fn(&std::ops::Range<usize>) -> Option<usize>,
+) -> Option<(UpstreamUrl, Option<PathBuf>)> {
+    let span = at(&o.token_url.span());
+    if o.client_id.is_empty() {
+        err(
+            span,
+            format!("{whose}: `{table}.client_id` must not be empty"),
+        );
+    }
+    if o.client_secret_env.is_some() == o.client_secret_file.is_some() {
+        err(
+            span,
+            format!("{whose}: `{table}` needs exactly one of `client_secret_env` and `client_secret_file`"),
+        );
+    }
+    match UpstreamUrl::parse(o.token_url.get_ref()) {
+        Ok(url) if !url.tls && !is_loopback(url.server_name()) => {
+            err(
+                span,
+                format!("{whose}: `token_url` must be https:// (plain http only to a loopback address): the client secret would travel in the clear"),
+            );
+            None
+        }
+        Ok(url) => {
+            let ca = ca_file(&o.ca_file, url.tls, base, err, at);
+            Some((url, ca))
+        }
+        Err(e) => {
+            err(span, format!("{whose}: `token_url`: {e}"));
+            None
+        }
+    }
 }
