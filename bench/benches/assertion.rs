@@ -37,6 +37,7 @@ fn mint(c: &mut Criterion) {
         header: "Toolgate-User-Assertion".into(),
         audience: "https://crm.internal".into(),
         exchange: None,
+        connect: None,
     };
     let claims = Claims {
         user: Some("alice@corp.example"),

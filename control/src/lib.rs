@@ -22,11 +22,13 @@
 
 #![warn(missing_docs)]
 
+pub mod connections;
 pub mod model;
 pub mod postgres;
 pub mod state;
 pub mod store;
 
+pub use connections::{Connection, ConnectionStore};
 pub use model::{
     AgentSpec, CredentialRef, Kind, PolicySpec, ScopeSpec, Spec, SpecError, SubtokenSpec,
     UpstreamCredentialSpec, UpstreamSpec, UserSpec,

@@ -93,6 +93,7 @@ impl PgStore {
             let mut tx = c.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
             tx.batch_execute(SCHEMA)?;
+            tx.batch_execute(crate::connections::PG_SCHEMA)?;
             tx.commit()
         })?;
         Ok(store)
@@ -180,6 +181,27 @@ impl PgStore {
             }
         }
         Err(self.db("no connection"))
+    }
+
+    /// Runs `f`, which must be safe to run twice, once more on a new
+    /// connection when the first was lost under it.
+    pub(crate) fn run<T>(
+        &self,
+        f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.with_retry(f, || true)
+    }
+
+    /// A second connection, for the users' connected accounts (written
+    /// off the admin API's connection).
+    pub fn connections(&self) -> Result<Self, StoreError> {
+        let store = Self {
+            opts: self.opts.clone(),
+            client: Mutex::new(None),
+            listen: false,
+        };
+        store.with(|_| Ok(()))?;
+        Ok(store)
     }
 
     /// The revision of the last committed transaction.

@@ -77,7 +77,7 @@ pub trait Backend: Send {
 
 /// The embedded store: one redb file.
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     path: PathBuf,
 }
 
@@ -103,9 +103,17 @@ impl Store {
         }
         let db = Database::create(path).map_err(|e| io(&e))?;
         Ok(Self {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The users' connected accounts kept in the same file.
+    pub fn connections(&self) -> crate::connections::EmbeddedConnections {
+        crate::connections::EmbeddedConnections {
+            db: std::sync::Arc::clone(&self.db),
+            path: self.path.clone(),
+        }
     }
 
     fn io(&self, e: impl Into<redb::Error>) -> StoreError {

@@ -246,10 +246,12 @@ pub struct IdentityRecord {
     /// The `jti` of the token toolgate signed for the call (the assertion,
     /// or the actor token of an exchange), which its receiver sees too.
     pub jti: Option<Box<str>>,
-    /// `token_exchange`: how the call got its token: `exchanged` (now),
-    /// `cached` (an earlier exchange for this user, agent and upstream),
-    /// `fallback` (the service credential instead), `failed`.
-    pub exchange: Option<&'static str>,
+    /// How the call got the token it carried: for `token_exchange`,
+    /// `exchanged` (now), `cached` (an earlier exchange for this user,
+    /// agent and upstream), `fallback` (the service credential instead),
+    /// `failed`; for `connected_account`, `connected`, `not_connected`,
+    /// `reconnect` (the grant expired or was revoked).
+    pub token: Option<&'static str>,
     /// Why the exchange failed (the IdP's OAuth error code at most, never
     /// a token).
     pub error: Option<Box<str>>,
@@ -372,6 +374,12 @@ pub enum Reason {
     AdminChange,
     /// An admin API request refused with this error code.
     AdminRefused(&'static str),
+    /// A user was sent to a provider to connect their account.
+    ConnectStarted,
+    /// A user connected their account for an upstream.
+    AccountConnected,
+    /// A connected account was removed (by its user or an operator).
+    AccountDisconnected,
 }
 
 impl Reason {
@@ -394,6 +402,9 @@ impl Reason {
             Reason::ClientAnswer => "client_answer",
             Reason::AdminChange => "admin_change",
             Reason::AdminRefused(code) => code,
+            Reason::ConnectStarted => "connect_started",
+            Reason::AccountConnected => "account_connected",
+            Reason::AccountDisconnected => "account_disconnected",
         }
     }
 
@@ -653,8 +664,8 @@ impl AuditRecord {
                 out.extend_from_slice(b",\"jti\":");
                 write_str(jti, out);
             }
-            if let Some(e) = i.exchange {
-                out.extend_from_slice(b",\"exchange\":");
+            if let Some(e) = i.token {
+                out.extend_from_slice(b",\"token\":");
                 write_str(e, out);
             }
             if let Some(e) = &i.error {
@@ -859,7 +870,7 @@ mod tests {
             identity: Some(IdentityRecord {
                 mode: "assertion",
                 jti: Some(Box::from("k3-1f")),
-                exchange: None,
+                token: None,
                 error: None,
             }),
         };

@@ -75,6 +75,9 @@ pub mod codes {
     /// A tool's result was refused by an output rule (toolgate-defined, in
     /// the implementation-defined server-error range).
     pub const OUTPUT_REFUSED: i64 = -32040;
+    /// The user must complete a URL-mode elicitation first (MCP's
+    /// `URLElicitationRequiredError`): connect their account.
+    pub const URL_ELICITATION_REQUIRED: i64 = -32042;
     /// The agent cancelled the call (`notifications/cancelled`) while it
     /// ran; the code JSON-RPC peers use for a cancelled request.
     pub const REQUEST_CANCELLED: i64 = -32800;

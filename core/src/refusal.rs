@@ -106,6 +106,24 @@ pub enum RefusalKind {
     /// the call carries none: no user, or a user not named by the IdP's
     /// token (an API key, a sub-token, `Toolgate-On-Behalf-Of`).
     UserTokenRequired,
+    /// The upstream acts on the end user's own account and the user has
+    /// not connected it (or must connect it again): the answer carries the
+    /// link, as a URL-mode elicitation where the agent's client takes one.
+    UserNotConnected {
+        /// The agent's client declared URL-mode elicitation.
+        url_elicitation: bool,
+    },
+    /// A connect link that is not toolgate's, expired, or for another
+    /// upstream.
+    ConnectLinkInvalid,
+    /// An OAuth callback whose `state` is not toolgate's, expired, taken
+    /// before (a replay), or arrived in another browser than the one that
+    /// started the consent.
+    ConnectStateInvalid,
+    /// The provider answered the consent with an error (the user declined).
+    ConnectRefused,
+    /// The consent's code could not be redeemed or the grant kept.
+    ConnectFailed,
     /// The IdP did not exchange the user's token for the upstream (down,
     /// slow, refused, or answered garbage): nothing was sent.
     TokenExchangeFailed,
@@ -209,6 +227,10 @@ impl RefusalKind {
             | CertificateMismatch
             | UserAssertionRefused
             | UserTokenRequired
+            | UserNotConnected { .. }
+            | ConnectLinkInvalid
+            | ConnectStateInvalid
+            | ConnectRefused
             | Cancelled => Origin::Downstream,
             AuditUnavailable
             | Overloaded
@@ -219,6 +241,7 @@ impl RefusalKind {
             | OutputTooLarge
             | UpstreamCredentialUnavailable
             | TokenExchangeFailed
+            | ConnectFailed
             | ArgumentsRefused
             | ToolQuarantined
             | PromptQuarantined
@@ -269,6 +292,11 @@ impl RefusalKind {
             Cancelled => "cancelled",
             UpstreamCredentialUnavailable => "upstream_credential_unavailable",
             UserTokenRequired => "user_token_required",
+            UserNotConnected { .. } => "user_not_connected",
+            ConnectLinkInvalid => "connect_link_invalid",
+            ConnectStateInvalid => "connect_state_invalid",
+            ConnectRefused => "connect_refused",
+            ConnectFailed => "connect_failed",
             TokenExchangeFailed => "token_exchange_failed",
             OutputRefused => "output_refused",
             ArgumentsRefused => "arguments_refused",
@@ -438,6 +466,40 @@ impl Refusal {
                 503,
                 codes::SERVER_ERROR,
                 "upstream credential unavailable; retry later",
+                none,
+            ),
+            UserNotConnected { url_elicitation } => (
+                if url_elicitation { 200 } else { 403 },
+                if url_elicitation {
+                    codes::URL_ELICITATION_REQUIRED
+                } else {
+                    codes::FORBIDDEN
+                },
+                "this tool acts on the end user's own account, which is not connected",
+                none,
+            ),
+            ConnectLinkInvalid => (
+                400,
+                codes::INVALID_REQUEST,
+                "this connect link is invalid or has expired: ask the agent for a new one",
+                none,
+            ),
+            ConnectStateInvalid => (
+                400,
+                codes::INVALID_REQUEST,
+                "this consent is invalid, has expired, was used already, or was started in another browser: start again from a new link",
+                none,
+            ),
+            ConnectRefused => (
+                403,
+                codes::FORBIDDEN,
+                "the account was not connected: the provider refused or the user declined",
+                none,
+            ),
+            ConnectFailed => (
+                502,
+                codes::SERVER_ERROR,
+                "the account could not be connected: the provider's answer could not be used; try again",
                 none,
             ),
             UserTokenRequired => (

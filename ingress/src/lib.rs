@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod admin;
 #[cfg(test)]
 mod alloc_count;

@@ -240,6 +240,9 @@ async fn run(
         glommio::spawn_local(crate::jwks_sync::run(Arc::clone(&shared))).detach();
         let grants = std::mem::take(&mut *shared.oauth.lock().unwrap_or_else(|p| p.into_inner()));
         toolgate_upstream::oauth::spawn_all(grants, Arc::clone(&shared.oauth_pending));
+        if let Some(accounts) = &shared.accounts {
+            crate::accounts::spawn_refresher(Arc::clone(accounts));
+        }
         if let Some(addr) = shared.config.metrics_listen {
             serve_metrics(addr, Arc::clone(&shared));
         }

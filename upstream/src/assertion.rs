@@ -262,6 +262,7 @@ mod tests {
             header: "Toolgate-User-Assertion".into(),
             audience: "https://crm".into(),
             exchange: None,
+            connect: None,
         };
         let m = s.mint(
             &target,

@@ -14,7 +14,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,7 +195,7 @@ impl Endpoint {
 
 /// An exchanged token kept for later calls.
 struct Cached {
-    line: Rc<Secret>,
+    line: Arc<Secret>,
     /// When it is no longer used (shortly before it expires).
     until: Instant,
 }
@@ -204,9 +203,9 @@ struct Cached {
 /// How a call got its token.
 pub enum Exchanged {
     /// Exchanged for this call.
-    Fresh(Rc<Secret>),
+    Fresh(Arc<Secret>),
     /// An earlier exchange's, still fresh.
-    Cached(Rc<Secret>),
+    Cached(Arc<Secret>),
 }
 
 /// Who a cached token is for: the agent (the actor) and the end user.
@@ -254,7 +253,7 @@ impl Exchanger {
         let now = Instant::now();
         let key = (Arc::clone(agent), Arc::clone(user));
         if let Some(c) = self.cache.borrow().get(&key).filter(|c| c.until > now) {
-            return Ok(Exchanged::Cached(Rc::clone(&c.line)));
+            return Ok(Exchanged::Cached(Arc::clone(&c.line)));
         }
         let actor = if self.endpoint.wants_actor() {
             actor()
@@ -270,7 +269,7 @@ impl Exchanger {
             .map_err(|e| ExchangeFailed(format!("token endpoint: {e}")))?;
         let (token, lifetime) = token_response(resp.status, &resp.body).map_err(ExchangeFailed)?;
         let lifetime = lifetime.unwrap_or(DEFAULT_LIFETIME);
-        let line = Rc::new(Secret::new(
+        let line = Arc::new(Secret::new(
             format!("{}: Bearer {token}\r\n", self.endpoint.header).into_bytes(),
         ));
         drop(token);
@@ -286,7 +285,7 @@ impl Exchanger {
             cache.insert(
                 key,
                 Cached {
-                    line: Rc::clone(&line),
+                    line: Arc::clone(&line),
                     until: started + keep,
                 },
             );

@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod assertion;
+pub mod connect;
 pub mod credential;
 pub mod exchange;
 pub mod mcp;
@@ -152,7 +153,7 @@ pub struct Credential {
     user: Option<Arc<str>>,
     /// The call's end-user header line (`[upstreams.identity]`): its
     /// signed assertion or its exchanged token.
-    identity: Option<Rc<Secret>>,
+    identity: Option<Arc<Secret>>,
     /// Whether that line takes the service credential's place on the call
     /// itself (both name the same header).
     replaces: bool,
@@ -189,7 +190,7 @@ impl Credential {
     /// call's end-user assertion or exchanged token) on the call itself
     /// (never on a handshake or a catalog fetch). A service credential in
     /// the same header is left off the call, so it never carries two.
-    pub fn with_identity(self, line: Rc<Secret>, header: &str) -> Self {
+    pub fn with_identity(self, line: Arc<Secret>, header: &str) -> Self {
         let replaces = self.line.as_ref().is_some_and(|l| {
             let l = l.expose();
             l.len() > header.len()

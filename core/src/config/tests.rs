@@ -1113,7 +1113,7 @@ fn token_exchange_needs_an_endpoint_and_keys_only_for_an_actor() {
         (
             exchange.replace("mode = \"token_exchange\"", "mode = \"assertion\"")
                 + "\n[identity_assertions]\nkey_env = \"K\"\n",
-            "are for `mode = \"token_exchange\"`",
+            "`exchange` is for `mode = \"token_exchange\"`",
         ),
     ];
     for (text, want) in cases {
@@ -1134,4 +1134,66 @@ fn token_exchange_needs_an_endpoint_and_keys_only_for_an_actor() {
         target.exchange.as_ref().unwrap().scope.as_deref(),
         Some("crm.read")
     );
+}
+
+#[test]
+fn connected_accounts_need_their_section_a_provider_and_a_public_url() {
+    let connect = GOOD.replace(
+        "url = \"http://127.0.0.1:9101/mcp\"",
+        "url = \"http://127.0.0.1:9101/mcp\"\n[upstreams.identity]\nmode = \"connected_account\"\n[upstreams.identity.connect]\nauthorize_url = \"http://127.0.0.1:9500/auth\"\ntoken_url = \"http://127.0.0.1:9500/token\"\nclient_id = \"toolgate\"\nclient_secret_env = \"GH_SECRET\"\nscope = \"repo offline_access\"",
+    );
+    let section = "\n[connected_accounts]\nkey_env = \"CONN_KEY\"\npublic_url = \"https://toolgate.example/\"\n";
+    let v = parse(&format!("{connect}{section}"), "t.toml", Path::new("/")).unwrap();
+    let target = v.upstreams[0].identity.as_ref().unwrap();
+    assert_eq!(target.header, "Authorization");
+    let c = target.connect.as_ref().unwrap();
+    assert_eq!(c.authorize_url, "http://127.0.0.1:9500/auth");
+    assert_eq!(c.scope.as_deref(), Some("repo offline_access"));
+    let accounts = v.connected_accounts.as_ref().unwrap();
+    assert_eq!(
+        accounts.public_url, "https://toolgate.example",
+        "no trailing slash"
+    );
+    assert_eq!(accounts.link_lifetime_s, 600);
+    let cases = [
+        (connect.clone(), "needs `[connected_accounts]`"),
+        (
+            format!(
+                "{connect}{}",
+                section.replace("https://toolgate.example/", "http://toolgate.example")
+            ),
+            "`public_url` must be https://",
+        ),
+        (
+            format!(
+                "{connect}{}",
+                section.replace("key_env = \"CONN_KEY\"\n", "")
+            ),
+            "exactly one of `key_file` and `key_env`",
+        ),
+        (
+            format!(
+                "{}{section}",
+                connect.replace("http://127.0.0.1:9500/auth", "http://idp.example/auth")
+            ),
+            "`authorize_url` must be https://",
+        ),
+        (
+            format!(
+                "{}{section}",
+                connect.replace(
+                    "mode = \"connected_account\"",
+                    "mode = \"connected_account\"\nactor = true"
+                )
+            ),
+            "`actor` is for `mode = \"token_exchange\"`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = parse(&text, "t.toml", Path::new("/"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(want), "{want}: {e}");
+    }
 }

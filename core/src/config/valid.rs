@@ -155,6 +155,38 @@ pub struct ValidConfig {
     pub pins_file: Option<PathBuf>,
     /// `[identity_assertions]`, resolved.
     pub assertion_keys: Option<AssertionKeys>,
+    /// `[connected_accounts]`, resolved.
+    pub connected_accounts: Option<ConnectedAccounts>,
+}
+
+/// `[connected_accounts]` as toolgate loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectedAccounts {
+    /// Where the sealing key is read.
+    pub key: crate::secret::SecretSource,
+    /// The agent listener's public URL, without a trailing `/`.
+    pub public_url: String,
+    /// Seconds a connect link stays usable.
+    pub link_lifetime_s: u64,
+}
+
+/// The provider of one upstream's connected accounts, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    /// Where the user's browser goes to consent.
+    pub authorize_url: String,
+    /// The token endpoint.
+    pub token_url: UpstreamUrl,
+    /// PEM CA bundle for it, resolved.
+    pub ca_file: Option<PathBuf>,
+    /// toolgate's client id there.
+    pub client_id: String,
+    /// Where its client secret is read (at start).
+    pub client_secret: crate::secret::SecretSource,
+    /// The `scope` asked for, if any.
+    pub scope: Option<String>,
+    /// The `resource` asked for, if any.
+    pub resource: Option<String>,
 }
 
 /// `[identity_assertions]` as toolgate loads it.
@@ -182,6 +214,8 @@ pub struct IdentityTarget {
     pub audience: String,
     /// `token_exchange`: where and how the user's token is exchanged.
     pub exchange: Option<ExchangeTarget>,
+    /// `connected_account`: where users connect their accounts.
+    pub connect: Option<ConnectTarget>,
 }
 
 /// Where one upstream's end-user tokens are exchanged (RFC 8693), resolved.

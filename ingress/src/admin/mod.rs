@@ -22,6 +22,7 @@
 //! travels in the snapshot like every other change.
 
 pub mod client;
+mod connections;
 mod documents;
 mod error;
 mod request;

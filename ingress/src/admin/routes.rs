@@ -96,6 +96,15 @@ impl AdminApi {
                 "method_not_allowed",
                 "tools are read-only: they come from the upstreams' catalogs; approve one with `POST /v1/tools/{name}/approve`",
             )),
+            (Method::Get, ["connections"]) => self.list_connections(out),
+            (Method::Delete, ["connections", upstream, user]) => {
+                self.remove_connection(actor, upstream, user, req, out)
+            }
+            (_, ["connections", ..]) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                "connections are listed with `GET /v1/connections` and removed with `DELETE /v1/connections/{upstream}/{user}`; users connect their own",
+            )),
             (Method::Post, ["subtokens"]) => self.mint(actor, req, out).await,
             (Method::Post, ["subtokens", id, "revoke"]) => {
                 self.revoke_subtoken(actor, id, req, out).await
@@ -191,7 +200,13 @@ impl AdminApi {
         let path = String::from_utf8_lossy(req.head.path(req.buf));
         let path = path.split('?').next().unwrap_or("");
         let mut segs = path.strip_prefix("/v1/").unwrap_or("").split('/');
-        let (kind, id) = (segs.next().unwrap_or(""), segs.next().unwrap_or(""));
+        let (kind, first) = (segs.next().unwrap_or(""), segs.next().unwrap_or(""));
+        // A connection is named by its upstream and its user.
+        let id = match (kind, segs.next()) {
+            ("connections", Some(user)) => format!("{first}/{user}"),
+            _ => first.to_owned(),
+        };
+        let id = id.as_str();
         let op = match req.head.method {
             Method::Put => "put",
             Method::Delete => "delete",

@@ -35,16 +35,34 @@ use crate::session::Nonce;
 /// The prefix of toolgate's ids for requests relayed to agents.
 const ID_PREFIX: &str = "tg-";
 
+/// The session bit of a client that takes URL-mode elicitation (beside
+/// the [`ClientRequest`] bits).
+pub(super) const URL_ELICITATION: u8 = 0x80;
+
 /// The kinds of request toward it an agent's client offers, from its
-/// `initialize` (`params.capabilities`): [`ClientRequest`] bits.
+/// `initialize` (`params.capabilities`): [`ClientRequest`] bits, and
+/// [`URL_ELICITATION`].
 pub(super) fn client_offers(rpc: &RpcRequest<'_>) -> u8 {
     let Some(caps) = rpc.params.and_then(|p| p.get("capabilities")) else {
         return 0;
     };
-    ClientRequest::ALL
+    let offers = ClientRequest::ALL
         .into_iter()
         .filter(|k| caps.get(k.capability()).is_some_and(|c| c.is_object()))
-        .fold(0, |set, k| set | k.bit())
+        .fold(0, |set, k| set | k.bit());
+    if takes_url_elicitation(caps) {
+        offers | URL_ELICITATION
+    } else {
+        offers
+    }
+}
+
+/// Whether client capabilities `caps` declare URL-mode elicitation
+/// (`"elicitation": {"url": {}}`).
+pub(super) fn takes_url_elicitation(caps: simd_json::tape::Value<'_, '_>) -> bool {
+    caps.get("elicitation")
+        .and_then(|e| e.get("url"))
+        .is_some_and(|u| u.is_object())
 }
 
 /// What a session's client offers ([`client_offers`], kept in its nonce).

@@ -5,11 +5,10 @@
 //! IdP for one scoped to this upstream (RFC 8693).
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use toolgate_core::audit::IdentityRecord;
-use toolgate_core::config::IdentityTarget;
+use toolgate_core::config::{IdentityMode, IdentityTarget};
 use toolgate_core::identity::bearer;
 use toolgate_core::refusal::{Refusal, RefusalKind};
 use toolgate_upstream::assertion::Claims;
@@ -19,6 +18,7 @@ use toolgate_upstream::{Credential, Upstream};
 use super::ctx::{now_secs, CallCtx};
 use super::forward::Admitted;
 use super::Gateway;
+use crate::accounts::{Account, Accounts};
 use crate::http::server::Request;
 
 impl Gateway {
@@ -45,15 +45,18 @@ impl Gateway {
                 .exchange(exchanger, target, credential, call, req, ctx)
                 .await;
         }
+        if target.mode == IdentityMode::ConnectedAccount {
+            return self.account(upstream, target, credential, ctx);
+        }
         let signer = self.signer()?;
         let minted = signer.mint(target, &claims(call, ctx), now_secs());
         ctx.identity = Some(IdentityRecord {
             mode: target.mode.as_str(),
             jti: Some(minted.jti),
-            exchange: None,
+            token: None,
             error: None,
         });
-        Ok(credential.with_identity(Rc::new(minted.line), &target.header))
+        Ok(credential.with_identity(Arc::new(minted.line), &target.header))
     }
 
     /// The assertion signer. `check` refuses a configuration that needs
@@ -110,7 +113,7 @@ impl Gateway {
         let record = |exchange, error| IdentityRecord {
             mode: target.mode.as_str(),
             jti: jti.take(),
-            exchange: Some(exchange),
+            token: Some(exchange),
             error,
         };
         match got {
@@ -138,6 +141,95 @@ impl Gateway {
                 Err(refusal)
             }
         }
+    }
+}
+
+impl Gateway {
+    /// The call's credential for a `connected_account` upstream: its
+    /// user's own access token, as the refresher keeps it. A user who has
+    /// not connected (or must connect again) is refused with the link that
+    /// connects them; nothing is sent.
+    fn account(
+        &self,
+        upstream: &Upstream,
+        target: &IdentityTarget,
+        credential: Credential,
+        ctx: &mut CallCtx,
+    ) -> Result<Credential, Refusal> {
+        let record = |token| IdentityRecord {
+            mode: target.mode.as_str(),
+            jti: None,
+            token: Some(token),
+            error: None,
+        };
+        let (Some(accounts), Some(reader)) = (&self.shared.accounts, &self.accounts) else {
+            return Err(Refusal::new(RefusalKind::UpstreamCredentialUnavailable));
+        };
+        let refuse = |ctx: &mut CallCtx, why: &'static str, detail: String| {
+            ctx.identity = Some(record(why));
+            Refusal::with(
+                RefusalKind::UserNotConnected {
+                    url_elicitation: ctx.url_elicitation,
+                },
+                detail,
+            )
+        };
+        let Some(user) = ctx.user.clone() else {
+            return Err(refuse(
+                ctx,
+                "not_connected",
+                "the call names no end user".to_owned(),
+            ));
+        };
+        let live = reader.borrow_mut().current();
+        let again = match Accounts::lookup(&live, upstream.name(), &user, now_secs()) {
+            Account::Ready(line) => {
+                ctx.identity = Some(record("connected"));
+                return Ok(credential.with_identity(line, &target.header));
+            }
+            Account::Refreshing => {
+                ctx.identity = Some(record("refreshing"));
+                return Err(Refusal::new(RefusalKind::UpstreamCredentialUnavailable));
+            }
+            Account::NotConnected => false,
+            Account::Reconnect => true,
+        };
+        let link = accounts.link(upstream.name(), &user);
+        let message = if again {
+            format!(
+                "the connection of `{}` expired or was revoked: connect it again",
+                upstream.name()
+            )
+        } else {
+            format!("connect your account for `{}`", upstream.name())
+        };
+        ctx.refusal_data = Some(connect_data(&link, &message, ctx.url_elicitation));
+        let detail = if again {
+            format!("its connection expired or was revoked; the user connects it again at {link}")
+        } else {
+            format!("the user connects it at {link}")
+        };
+        Err(refuse(
+            ctx,
+            if again { "reconnect" } else { "not_connected" },
+            detail,
+        ))
+    }
+}
+
+/// The `data` of a not-connected refusal: the link, and for a client
+/// that takes them, the URL-mode elicitation (MCP's
+/// `URLElicitationRequiredError`) that opens it.
+fn connect_data(link: &str, message: &str, url_elicitation: bool) -> String {
+    if url_elicitation {
+        let id = toolgate_upstream::connect::random_b64(12);
+        serde_json::json!({
+            "elicitations": [{"mode": "url", "elicitationId": id, "url": link, "message": message}],
+            "connect_url": link,
+        })
+        .to_string()
+    } else {
+        serde_json::json!({"connect_url": link, "message": message}).to_string()
     }
 }
 

@@ -92,6 +92,10 @@ pub(super) struct CallCtx {
     pub(super) mcp_session: Option<crate::session::Nonce>,
     /// The call's session as policy sees it, when policies read sessions.
     pub(super) session: Option<super::history::InSession>,
+    /// The agent's client takes URL-mode elicitation.
+    pub(super) url_elicitation: bool,
+    /// The `data` of the call's refusal, when it has some (JSON text).
+    pub(super) refusal_data: Option<String>,
     /// Whether the end user was named by the IdP's JWT the request
     /// carries (the token an exchange starts from).
     pub(super) user_token: bool,
@@ -156,6 +160,8 @@ impl CallCtx {
             client_requests: std::cell::RefCell::default(),
             mcp_session: None,
             user_token: false,
+            url_elicitation: false,
+            refusal_data: None,
             session: None,
             identity: None,
             verdict: None,

@@ -138,10 +138,15 @@ impl Gateway {
                     headers.push((n, v));
                 }
                 // A limit that refused the call says which, and when it resets.
-                let data = ctx.limit.as_ref().filter(|(_, refused)| *refused).map(|(s, _)| {
-                    serde_json::json!({"limit": &*s.id, "remaining": s.remaining, "reset_s": s.reset_s})
-                        .to_string()
-                });
+                let data = ctx
+                    .limit
+                    .as_ref()
+                    .filter(|(_, refused)| *refused)
+                    .map(|(s, _)| {
+                        serde_json::json!({"limit": &*s.id, "remaining": s.remaining, "reset_s": s.reset_s})
+                            .to_string()
+                    })
+                    .or(ctx.refusal_data.take());
                 let (status, code) = match ctx.door {
                     // A cancelled request gets no answer (MCP): its stream
                     // ends without one, where the agent takes streams.
@@ -238,7 +243,7 @@ impl Gateway {
     /// with `durability = "record"`), so an answered call's record survives
     /// a crash of toolgate. Bounded by `audit.ack_timeout_ms`: a stuck disk
     /// delays answers, it does not hang them (and refuses new calls).
-    async fn await_recorded(&self, seq: u64) {
+    pub(super) async fn await_recorded(&self, seq: u64) {
         let limit = Duration::from_millis(self.shared.config.config.audit.ack_timeout_ms);
         if self.acks.recorded(seq) {
             return;

@@ -47,6 +47,8 @@ pub struct Gateway {
     pub(super) rate_limits: RefCell<Reader<crate::ratelimit::Limits>>,
     /// `[limits]` rules and counters.
     pub(super) limits: RefCell<Reader<toolgate_limits::Limits>>,
+    /// Users' connected accounts as this shard reads them.
+    pub(super) accounts: Option<RefCell<Reader<crate::accounts::Live>>>,
     /// The end-user assertion signer, with `[identity_assertions]`.
     pub(super) assertions: Option<RefCell<Reader<toolgate_upstream::assertion::Signer>>>,
     /// What records keep of call arguments (`[audit] arguments`).
@@ -177,6 +179,10 @@ impl Gateway {
             rate_limits: RefCell::new(shared.rate_limits.reader()),
             limits: RefCell::new(shared.limits.reader()),
             assertions: shared.assertions.as_ref().map(|a| RefCell::new(a.reader())),
+            accounts: shared
+                .accounts
+                .as_ref()
+                .map(|a| RefCell::new(a.live().reader())),
             acks: Rc::new(ack::Acks::new(shard, audit.health())),
             inline: None,
             shard,

@@ -26,6 +26,7 @@ mod args;
 mod ask;
 mod builtin;
 mod cancel;
+mod connect;
 mod credential;
 mod ctx;
 mod decide;
@@ -68,6 +69,7 @@ use forward::Admitted;
 use media::Media;
 use toolgate_upstream::Upstream;
 
+pub use connect::CONNECT_PREFIX;
 pub use gateway::Gateway;
 pub use history::CONVERSATION;
 pub use identify::{ON_BEHALF_OF, RESOURCE_METADATA_PATH};

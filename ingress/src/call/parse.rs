@@ -52,6 +52,10 @@ impl Gateway {
             Era::Stateless => {
                 ctx.requested_version = rpc.envelope_version().map(|v| truncate(v, 64).to_owned());
                 ctx.version = Some(envelope::check_stateless(rpc, req.head, req.buf)?);
+                ctx.url_elicitation = rpc
+                    .meta()
+                    .and_then(|m| m.get(toolgate_core::protocol::META_CLIENT_CAPABILITIES))
+                    .is_some_and(super::ask::takes_url_elicitation);
             }
             Era::Handshake => {
                 ctx.version = envelope::check_handshake_version(req.head, req.buf)?;
@@ -59,7 +63,9 @@ impl Gateway {
                     && !rpc.is_notification()
                     && rpc.method != "server/discover"
                 {
-                    ctx.mcp_session = Some(self.check_session(agent, req)?);
+                    let session = self.check_session(agent, req)?;
+                    ctx.url_elicitation = session[0] & super::ask::URL_ELICITATION != 0;
+                    ctx.mcp_session = Some(session);
                 }
             }
         }

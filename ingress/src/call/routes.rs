@@ -24,6 +24,7 @@ impl Handler for Gateway {
         match path {
             b"/mcp" => self.mcp(req, out).await,
             p if p.starts_with(super::REST_PREFIX) => self.rest(req, out).await,
+            p if p.starts_with(super::CONNECT_PREFIX.as_bytes()) => self.connect(req, out).await,
             p if p == RESOURCE_METADATA_PATH.as_bytes() => self.resource_metadata(req, out),
             b"/.well-known/jwks.json" => self.jwks(out),
             b"/healthz" => health(out, true),

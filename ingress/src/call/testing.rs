@@ -87,6 +87,7 @@ pub(super) fn gateway_with(bot_keys: &str, extra: &str, policies: &[&str]) -> su
         stdio: std::collections::HashMap::new(),
         assertions: None,
         exchanges: std::collections::HashMap::new(),
+        accounts: None,
         tls: toolgate_net::tls::TlsSetup::default(),
         subtokens: None,
         oauth: Vec::new(),

@@ -8,6 +8,8 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         202 => "Accepted",
+        204 => "No Content",
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -45,6 +47,8 @@ pub enum Body<'a> {
     Text(&'a [u8]),
     /// Plain text (a REST API's non-JSON answer).
     Plain(&'a [u8]),
+    /// A page for a browser (the connect flow's).
+    Html(&'a [u8]),
 }
 
 /// Appends a complete response to `out`.
@@ -87,6 +91,14 @@ pub fn write(
             let _ = write!(
                 out,
                 "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
+            out.extend_from_slice(b);
+        }
+        Body::Html(b) => {
+            let _ = write!(
+                out,
+                "Content-Type: text/html; charset=utf-8\r\nCache-Control: no-store\r\nContent-Security-Policy: default-src 'none'\r\nX-Frame-Options: DENY\r\nContent-Length: {}\r\n\r\n",
                 b.len()
             );
             out.extend_from_slice(b);

@@ -45,6 +45,10 @@ pub enum StartError {
     /// The end-user assertion keys cannot be read.
     #[error(transparent)]
     Assertions(#[from] toolgate_upstream::assertion::AssertionError),
+    /// Connected accounts cannot start (their key, a provider's secret,
+    /// the store).
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::AccountsError),
     /// A `token_exchange` upstream's client secret or CA bundle cannot be read.
     #[error(transparent)]
     Exchange(#[from] toolgate_upstream::exchange::SetupError),

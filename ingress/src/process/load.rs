@@ -117,6 +117,7 @@ pub(super) fn loaded(cfg: &ValidConfig) -> Result<Loaded, StartError> {
             .map(toolgate_upstream::assertion::Signer::load)
             .transpose()?,
         exchanges: exchange_endpoints(cfg)?,
+        accounts: None,
         credentials,
         tls,
         subtokens,

@@ -80,8 +80,9 @@ pub fn run(cfg: ValidConfig, banner: Option<Banner>) -> Result<(), StartError> {
     load_policies(&cfg)?;
     let (policies, _) = toolgate_decision::policy::read_sources(&cfg.policy_files);
     let watch = cfg.config.policies.watch;
-    let loaded = load::loaded(&cfg)?;
+    let mut loaded = load::loaded(&cfg)?;
     let control = control::open(&cfg, admin_on)?;
+    loaded.accounts = crate::accounts::Accounts::load(&cfg, control.connections.clone())?;
     let admin_writer = if admin_on { writers.pop() } else { None };
     let session_key = random::bytes32()?;
     let shared = Shared::new(cfg, policies, control.state, session_key, loaded)

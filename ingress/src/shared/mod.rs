@@ -99,6 +99,9 @@ pub struct Shared {
     /// upstreams, by name (read at start; changes need a restart, like
     /// every upstream setting).
     pub exchanges: HashMap<String, Arc<toolgate_upstream::exchange::Endpoint>>,
+    /// Users' connected accounts (`[connected_accounts]`): read at start,
+    /// refreshed on shard 0.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// TLS toward each `https://` upstream of the configuration file, by name.
     pub upstream_tls: HashMap<String, toolgate_net::tls::ClientTls>,
     /// TLS toward an `https://` judge.
@@ -184,6 +187,8 @@ pub struct Loaded {
     pub assertions: Option<toolgate_upstream::assertion::Signer>,
     /// Token endpoints of `token_exchange` upstreams, by upstream name.
     pub exchanges: HashMap<String, Arc<toolgate_upstream::exchange::Endpoint>>,
+    /// Users' connected accounts, with `[connected_accounts]`.
+    pub accounts: Option<Arc<crate::accounts::Accounts>>,
     /// Certificates, keys and CA bundles.
     pub tls: toolgate_net::tls::TlsSetup,
     /// The sub-token verifier, with `[auth.subtokens]`.
@@ -224,6 +229,7 @@ impl Shared {
             stdio,
             assertions,
             exchanges,
+            accounts,
             tls,
             subtokens,
             oauth,
@@ -292,6 +298,7 @@ impl Shared {
             stdio,
             assertions: assertions.map(Published::new),
             exchanges,
+            accounts,
             tls: tls.server.map(|t| Published::new(TlsAcceptor::from(t))),
             admin_tls: tls.admin.map(|t| Published::new(TlsAcceptor::from(t))),
             upstream_tls: tls.upstreams,

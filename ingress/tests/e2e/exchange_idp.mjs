@@ -22,10 +22,17 @@
 // with `iss` = `actor_issuer` and `aud` = this token endpoint; its `sub`
 // becomes the issued token's `act.sub`.
 //
+// With "connect": {"client_id", "client_secret", "redirect_uris", "resources", "ttl_s"}
+// it also serves that client the authorization code flow with PKCE and
+// refresh tokens (for connected accounts), with the package's development
+// login and consent pages (any user name signs in); its access tokens are
+// JWTs for the `resource` asked for; those for its `resources` live `ttl_s`.
+//
 // Out of band, for the tests: `GET /_stats` counts exchanges (and what each
 // asked for, never a token); `POST /_mode?m=ok|refuse|garbage|slow` makes
 // the next exchanges succeed, refuse (invalid_grant), answer HTML, or take
-// 8 s.
+// 8 s; `POST /_revoke?user=U` revokes every grant of user U (its refresh
+// tokens stop working); `GET /_stats` also counts refreshes.
 
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -53,7 +60,9 @@ const actorKeys = config.actor_jwks_url
   : null;
 
 let mode = 'ok';
-const stats = { exchanges: 0, issued: 0, refused: 0, asked: [] };
+const stats = { exchanges: 0, issued: 0, refused: 0, asked: [], refreshes: 0, codes: 0 };
+const connect = config.connect ?? null;
+const grantsOf = new Map();
 
 const provider = new Provider(config.issuer, {
   clients: [{
@@ -63,27 +72,40 @@ const provider = new Provider(config.issuer, {
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: 'client_secret_basic',
-  }],
+  }, ...(connect ? [{
+    client_id: connect.client_id,
+    client_secret: connect.client_secret,
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: connect.redirect_uris,
+    token_endpoint_auth_method: 'client_secret_basic',
+  }] : [])],
+  issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  pkce: { required: () => true },
   jwks: { keys: [config.jwk] },
-  ttl: { AccessToken: config.ttl_s },
+  ttl: {
+    AccessToken: (ctx, token, client) => (
+      connect && client?.clientId === connect.client_id ? connect.ttl_s : config.ttl_s),
+  },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: Boolean(connect) },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,
-      useGrantedResource: () => false,
-      getResourceServerInfo: (ctx, resource) => {
+      getResourceServerInfo: (ctx, resource, client) => {
         if (!config.resources.includes(resource)) {
           throw new errors.InvalidTarget();
         }
+        const forConnect = connect && (connect.resources ?? []).includes(resource);
         return {
           scope: 'tools',
           audience: resource,
           accessTokenFormat: 'jwt',
-          accessTokenTTL: config.ttl_s,
+          accessTokenTTL: forConnect ? connect.ttl_s : config.ttl_s,
           jwt: { sign: { alg: 'RS256' } },
         };
       },
+      useGrantedResource: () => true,
     },
   },
   // The actor of an exchange goes into the token it issues (RFC 8693 §4.1).
@@ -169,7 +191,27 @@ provider.registerGrantType(GRANT, tokenExchange, [
   'audience', 'scope', 'actor_token', 'actor_token_type',
 ], ['resource', 'audience']);
 
+provider.on('refresh_token.saved', (token) => {
+  if (!grantsOf.has(token.accountId)) grantsOf.set(token.accountId, new Set());
+  grantsOf.get(token.accountId).add(token.grantId);
+});
+provider.on('grant.success', (ctx) => {
+  const gty = ctx.oidc.params?.grant_type;
+  if (gty === 'refresh_token') stats.refreshes += 1;
+  if (gty === 'authorization_code') stats.codes += 1;
+});
+
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/_revoke' && ctx.method === 'POST') {
+    const user = String(ctx.query.user ?? '');
+    const grants = [...(grantsOf.get(user) ?? [])];
+    for (const g of grants) {
+      await provider.RefreshToken.revokeByGrantId(g);
+      await provider.AccessToken.revokeByGrantId(g);
+    }
+    ctx.body = { user, revoked: grants.length };
+    return;
+  }
   if (ctx.path === '/_stats' && ctx.method === 'GET') {
     ctx.body = { ...stats, mode };
     return;

@@ -78,9 +78,11 @@ class ExchangeIdP:
         self.log_path = work / "idp.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, resources: list[str], gate_port: int) -> None:
+    def start(self, resources: list[str], gate_port: int, connect: dict[str, Any] | None = None) -> None:
         """Starts it issuing tokens for ``resources``, taking actor tokens
-        signed with the keys of the gate at ``gate_port``."""
+        signed with the keys of the gate at ``gate_port``; with ``connect``
+        (``client_id``, ``client_secret``, ``redirect_uris``, ``ttl_s``) it
+        also serves that client the authorization code flow."""
         jwk = RSAAlgorithm.to_jwk(self.key, as_dict=True)
         jwk.pop("key_ops", None)
         jwk.update({"kid": "idp-1", "alg": "RS256", "use": "sig"})
@@ -90,6 +92,7 @@ class ExchangeIdP:
             "resources": resources, "ttl_s": TTL_S,
             "actor_issuer": ASSERTION_ISSUER,
             "actor_jwks_url": f"http://{HOST}:{gate_port}/.well-known/jwks.json",
+            "connect": connect,
         }
         self.config_path.write_text(json.dumps(config))
         self.proc = spawn_server([NODE, str(IDP_SCRIPT), str(self.config_path)], self.log_path, self.port)
@@ -226,8 +229,8 @@ def test_each_user_gets_their_own_token_for_the_upstream_with_the_agent_as_actor
     assert {r["user"] for r in recs} == {"alice", "bob"}, recs
     for r in recs:
         assert r["identity"]["mode"] == "token_exchange", r
-        assert r["identity"]["exchange"] in ("exchanged", "cached"), r
-        if r["identity"]["exchange"] == "exchanged":
+        assert r["identity"]["token"] in ("exchanged", "cached"), r
+        if r["identity"]["token"] == "exchanged":
             assert r["identity"]["jti"], r
 
 
@@ -241,7 +244,7 @@ def test_an_exchanged_token_is_kept_for_later_calls_of_the_same_user(setup):
     assert all(v["verified"] and v["sub"] == "carol" for v in verdicts), verdicts
     assert idp.stats()["issued"] - before == 1
     recs = records(gate, "crm__whoami", 4)
-    assert [r["identity"]["exchange"] for r in recs] == ["exchanged", "cached", "cached", "cached"], recs
+    assert [r["identity"]["token"] for r in recs] == ["exchanged", "cached", "cached", "cached"], recs
     assert len({c["assertion"] for c in crm.calls()[-4:]}) == 1
 
 
@@ -268,13 +271,13 @@ def test_a_call_without_the_users_own_token_is_refused_or_given_the_fallback(set
     assert r.status_code == 403, r.text
     assert "user's own token" in r.json()["error"]["message"], r.text
     rec = records(gate, "crm__whoami", 1)[0]
-    assert (rec["reason"], rec["user"], rec["identity"]["exchange"]) == ("user_token_required", "erin", "failed"), rec
+    assert (rec["reason"], rec["user"], rec["identity"]["token"]) == ("user_token_required", "erin", "failed"), rec
     # files falls back to its service credential.
     v = answer(call(gate, bot.key, "files__whoami", headers={ON_BEHALF_OF: "erin"}))
     assert v["verified"] is False, v
     assert files.calls()[-1]["assertion"] == f"Bearer {SERVICE_TOKEN}"
     rec = records(gate, "files__whoami", 1)[0]
-    assert rec["identity"]["exchange"] == "fallback" and rec["reason"] != "token_exchange_failed", rec
+    assert rec["identity"]["token"] == "fallback" and rec["reason"] != "token_exchange_failed", rec
 
 
 @pytest.mark.parametrize("mode, why", [("refuse", "invalid_grant"), ("garbage", "not JSON"),
@@ -297,7 +300,7 @@ def test_an_idp_that_refuses_answers_garbage_or_is_slow_refuses_the_call(setup, 
     assert len(crm.calls()) == sent_before, "nothing is sent when the exchange fails"
     rec = records(gate, "crm__whoami", 1)[0]
     assert (rec["reason"], rec["user"], rec["status"]) == ("token_exchange_failed", user, 502), rec
-    assert rec["identity"]["exchange"] == "failed" and why in rec["identity"]["error"], rec
+    assert rec["identity"]["token"] == "failed" and why in rec["identity"]["error"], rec
     # The IdP is back: the same user's next call is exchanged.
     assert answer(call(gate, idp.user_token(user), "crm__whoami"))["sub"] == user
 

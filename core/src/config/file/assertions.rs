@@ -70,6 +70,83 @@ pub struct UpstreamIdentityConfig {
     /// credential, as without `[upstreams.identity]`).
     #[serde(default)]
     pub fallback: ExchangeFallback,
+    /// `connected_account`: the provider where each user connects their
+    /// own account (authorization code with PKCE).
+    #[serde(default)]
+    pub connect: Option<ConnectConfig>,
+}
+
+/// `[upstreams.identity.connect]`: the OAuth provider of a connected
+/// account (RFC 6749 §4.1 with PKCE, RFC 7636) and toolgate's client there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// Where the user's browser is sent to consent (`https://`, or
+    /// `http://` on loopback only).
+    pub authorize_url: Spanned<String>,
+    /// The token endpoint (`https://`, or `http://` on loopback only).
+    pub token_url: Spanned<String>,
+    /// toolgate's client id there.
+    pub client_id: String,
+    /// Environment variable holding the client secret. Exactly one of this
+    /// and `client_secret_file`.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// File holding the client secret, relative to the config file.
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// `scope` to ask the user for (ask for `offline_access` too where the
+    /// provider needs it for a refresh token). Default none.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// `resource` indicator (RFC 8707). Default none.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// PEM CA bundle for the token endpoint. Default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+impl ConnectConfig {
+    /// The token endpoint part, checked like any other.
+    pub fn token_endpoint(&self) -> super::upstreams::OAuthConfig {
+        super::upstreams::OAuthConfig {
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            client_secret_env: self.client_secret_env.clone(),
+            client_secret_file: self.client_secret_file.clone(),
+            scope: self.scope.clone(),
+            resource: self.resource.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+/// `[connected_accounts]`: where users' connected accounts are sealed and
+/// where their browsers reach toolgate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectedAccountsConfig {
+    /// The key refresh tokens are sealed with at rest: 32 random bytes,
+    /// base64 (`openssl rand -base64 32`), in this environment variable.
+    /// Exactly one of this and `key_file`.
+    #[serde(default)]
+    pub key_env: Option<Spanned<String>>,
+    /// The same, in a file relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+    /// The agent listener's URL as users' browsers reach it, e.g.
+    /// `https://toolgate.corp.example`: connect links and the OAuth
+    /// callback (`{public_url}/connect/{upstream}/callback`) are built on it.
+    pub public_url: Spanned<String>,
+    /// Seconds a connect link (and the consent it starts) stays usable,
+    /// 60–3600. Default 600.
+    #[serde(default = "default_link_lifetime_s")]
+    pub link_lifetime_s: u64,
+}
+
+fn default_link_lifetime_s() -> u64 {
+    600
 }
 
 /// How an upstream learns the end user.
@@ -80,6 +157,8 @@ pub enum IdentityMode {
     Assertion,
     /// The user's token exchanged for one scoped to the upstream.
     TokenExchange,
+    /// The user's own account, connected through toolgate's OAuth flow.
+    ConnectedAccount,
 }
 
 impl IdentityMode {
@@ -88,6 +167,7 @@ impl IdentityMode {
         match self {
             IdentityMode::Assertion => "assertion",
             IdentityMode::TokenExchange => "token_exchange",
+            IdentityMode::ConnectedAccount => "connected_account",
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct Config {
     /// (`[upstreams.identity] mode = "assertion"`). Default none.
     #[serde(default)]
     pub identity_assertions: Option<IdentityAssertionsConfig>,
+    /// Users' own accounts connected to upstreams
+    /// (`[upstreams.identity] mode = "connected_account"`). Default none.
+    #[serde(default)]
+    pub connected_accounts: Option<ConnectedAccountsConfig>,
     /// Pinning of tool definitions against silent changes (rug pulls).
     #[serde(default)]
     pub tool_pins: Option<ToolPinsConfig>,

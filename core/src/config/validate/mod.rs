@@ -492,6 +492,7 @@ pub(crate) fn validate(
         None => None,
     };
     let assertion_keys = assertions::check_assertions(&config, base, &mut err, &at);
+    let connected_accounts = assertions::check_connected_accounts(&config, base, &mut err, &at);
     let admin_listen = validate_admin(&config.admin, base, &mut err, &at);
     let admin_postgres_password = validate_admin_backend(&config.admin, base, &mut err, &at);
     errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -555,6 +556,7 @@ pub(crate) fn validate(
                 admin_postgres_password,
                 limits_redis,
                 assertion_keys,
+                connected_accounts,
             })
         }
         _ => Err(errors),
