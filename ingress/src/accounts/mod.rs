@@ -33,6 +33,9 @@ pub struct Token {
     pub obtained: u64,
     /// The refresh token (the store keeps it sealed).
     pub refresh: Option<Arc<Secret>>,
+    /// The refresh token as the store holds it, sealed: another replica's
+    /// rotation shows as a different value.
+    pub sealed: Arc<str>,
     /// The provider refused the grant: the user must connect again.
     pub revoked: bool,
     /// Unix second before which a failed refresh is not tried again.
@@ -128,7 +131,7 @@ impl Accounts {
         let stored = accounts.store.list()?;
         accounts
             .live
-            .publish(accounts.read_back(stored, &Live::new()));
+            .publish(accounts.read_back(&stored, &Live::new()));
         Ok(Some(accounts))
     }
 
@@ -209,7 +212,7 @@ impl Accounts {
         self.store.put(&Connection {
             upstream: upstream.to_owned(),
             user: user.to_owned(),
-            sealed,
+            sealed: sealed.clone(),
             scope: scope.clone(),
             connected_at: now,
         })?;
@@ -218,6 +221,7 @@ impl Accounts {
             expires: now + granted.lifetime.as_secs(),
             obtained: now,
             refresh: granted.refresh.map(Arc::new),
+            sealed: Arc::from(sealed),
             revoked: false,
             retry_at: 0,
             scope,
@@ -280,9 +284,10 @@ impl Accounts {
     }
 
     /// The map for `stored` (the store's connections), keeping what
-    /// `current` already holds of each (its access token), dropping what
-    /// the store no longer has (disconnected on another replica).
-    fn read_back(&self, stored: Vec<Connection>, current: &Live) -> Live {
+    /// `current` already holds of each (its access token), taking a refresh
+    /// token another replica rotated, dropping what the store no longer has
+    /// (disconnected on another replica).
+    fn read_back(&self, stored: &[Connection], current: &Live) -> Live {
         let mut next = Live::new();
         for c in stored {
             if !self.providers.contains_key(&c.upstream) {
@@ -290,7 +295,8 @@ impl Accounts {
             }
             let held = current.get(&c.upstream).and_then(|m| m.get(&c.user));
             let token = match held {
-                Some(t) if t.connected_at >= c.connected_at => t.clone(),
+                Some(t) if t.connected_at > c.connected_at => t.clone(),
+                Some(t) if t.connected_at == c.connected_at && *t.sealed == *c.sealed => t.clone(),
                 _ => {
                     let refresh = (!c.sealed.is_empty())
                         .then(|| {
@@ -301,19 +307,25 @@ impl Accounts {
                     if refresh.is_none() && !c.sealed.is_empty() {
                         tracing::warn!(upstream = %c.upstream, user = %c.user, "a stored grant does not open with the configured key; the user must connect again");
                     }
+                    // The same grant, rotated elsewhere: its access token
+                    // still serves until the refresher renews it.
+                    let same = held.filter(|t| t.connected_at == c.connected_at);
                     Token {
-                        line: None,
-                        expires: 0,
-                        obtained: 0,
+                        line: same.and_then(|t| t.line.clone()),
+                        expires: same.map_or(0, |t| t.expires),
+                        obtained: same.map_or(0, |t| t.obtained),
                         revoked: refresh.is_none(),
                         refresh: refresh.map(Arc::new),
+                        sealed: Arc::from(c.sealed.as_str()),
                         retry_at: 0,
-                        scope: c.scope,
+                        scope: c.scope.clone(),
                         connected_at: c.connected_at,
                     }
                 }
             };
-            next.entry(c.upstream).or_default().insert(c.user, token);
+            next.entry(c.upstream.clone())
+                .or_default()
+                .insert(c.user.clone(), token);
         }
         next
     }
@@ -322,9 +334,7 @@ impl Accounts {
     /// connections made or removed by other replicas.
     pub fn sync(&self) -> Result<(), StoreError> {
         let stored = self.store.list()?;
-        let current = self.live.load();
-        let next = self.read_back(stored, &current);
-        self.live.publish(next);
+        self.live.update(|current| self.read_back(&stored, current));
         Ok(())
     }
 
@@ -345,23 +355,25 @@ impl Accounts {
     }
 
     /// Replaces the sealed grant of `user` of `upstream` with `refresh`
-    /// (the provider rotated it): blocking I/O.
+    /// (the provider rotated it): blocking I/O. Returns it as stored.
     fn reseal(
         &self,
         upstream: &str,
         user: &str,
         t: &Token,
         refresh: &Secret,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Arc<str>, StoreError> {
+        let sealed = self
+            .sealer
+            .seal(&purpose::refresh(upstream, user), refresh.expose());
         self.store.put(&Connection {
             upstream: upstream.to_owned(),
             user: user.to_owned(),
-            sealed: self
-                .sealer
-                .seal(&purpose::refresh(upstream, user), refresh.expose()),
+            sealed: sealed.clone(),
             scope: t.scope.clone(),
             connected_at: t.connected_at,
-        })
+        })?;
+        Ok(Arc::from(sealed))
     }
 }
 
@@ -375,11 +387,102 @@ mod tests {
             expires,
             obtained: 0,
             refresh: refresh.then(|| Arc::new(Secret::new(b"rt".to_vec()))),
+            sealed: Arc::from(""),
             revoked,
             retry_at: 0,
             scope: String::new(),
             connected_at: 1,
         }
+    }
+
+    fn accounts(dir: &std::path::Path) -> Accounts {
+        use base64::Engine as _;
+        std::env::set_var(
+            "TG_TEST_ACCOUNTS_KEY",
+            base64::engine::general_purpose::STANDARD.encode([3u8; 32]),
+        );
+        std::env::set_var("TG_TEST_ACCOUNTS_SECRET", "s");
+        let key = toolgate_core::secret::SecretSource::Env("TG_TEST_ACCOUNTS_KEY".into());
+        let target = toolgate_core::config::ConnectTarget {
+            authorize_url: "http://127.0.0.1:9/auth".into(),
+            token_url: toolgate_core::upstream_url::UpstreamUrl::parse("http://127.0.0.1:9/token")
+                .unwrap(),
+            ca_file: None,
+            client_id: "tg".into(),
+            client_secret: toolgate_core::secret::SecretSource::Env(
+                "TG_TEST_ACCOUNTS_SECRET".into(),
+            ),
+            scope: None,
+            resource: None,
+        };
+        let provider = Provider::load("mail", &target, "Authorization", "http://tg").unwrap();
+        let store = toolgate_control::Store::open(&dir.join("control.redb")).unwrap();
+        Accounts {
+            sealer: Sealer::load(&key).unwrap(),
+            public_url: "http://tg".into(),
+            link_lifetime_s: 60,
+            providers: HashMap::from([("mail".to_owned(), Arc::new(provider))]),
+            store: Arc::new(store.connections()),
+            live: Published::new(Live::new()),
+            taken: Mutex::default(),
+        }
+    }
+
+    fn stored(a: &Accounts, user: &str, refresh: &[u8], connected_at: u64) -> Connection {
+        Connection {
+            upstream: "mail".into(),
+            user: user.into(),
+            sealed: a.sealer.seal(&purpose::refresh("mail", user), refresh),
+            scope: String::new(),
+            connected_at,
+        }
+    }
+
+    #[test]
+    fn reading_the_store_again_takes_other_replicas_changes_and_keeps_live_tokens() {
+        let dir = std::env::temp_dir().join(format!("toolgate-accounts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = accounts(&dir);
+        let first = [
+            stored(&a, "alice", b"rt-1", 10),
+            stored(&a, "bob", b"rt-b", 10),
+        ];
+        let mut live = a.read_back(&first, &Live::new());
+        {
+            let t = live
+                .get_mut("mail")
+                .and_then(|m| m.get_mut("alice"))
+                .unwrap();
+            assert_eq!(t.refresh.as_ref().unwrap().expose(), b"rt-1");
+            assert!(
+                t.line.is_none() && !t.revoked,
+                "renewed by the refresher first"
+            );
+            t.line = Some(Arc::new(Secret::new(b"L".to_vec())));
+            t.expires = 99;
+        }
+        // Unchanged: what is held stays, access token included.
+        let same = a.read_back(&first, &live);
+        assert!(same["mail"]["alice"].line.is_some());
+        // Another replica rotated alice's refresh token and removed bob.
+        let rotated = [stored(&a, "alice", b"rt-2", 10)];
+        let next = a.read_back(&rotated, &live);
+        let t = &next["mail"]["alice"];
+        assert_eq!(t.refresh.as_ref().unwrap().expose(), b"rt-2");
+        assert!(
+            t.line.is_some() && t.expires == 99,
+            "the access token still serves"
+        );
+        assert!(!next["mail"].contains_key("bob"));
+        // Alice connected again elsewhere: a new grant, no access token yet.
+        let again = [stored(&a, "alice", b"rt-3", 20)];
+        let t = &a.read_back(&again, &next)["mail"]["alice"];
+        assert!(t.line.is_none() && t.connected_at == 20);
+        // A row sealed for someone else does not open as alice's.
+        let mut moved = stored(&a, "bob", b"rt-x", 30);
+        moved.user = "alice".into();
+        assert!(a.read_back(&[moved], &Live::new())["mail"]["alice"].revoked);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -84,15 +84,19 @@ async fn run(accounts: Arc<Accounts>) {
                 Ok(granted) => {
                     let now = now_s();
                     let rotated = granted.refresh.map(Arc::new);
+                    let mut resealed = None;
                     if let Some(r) = &rotated {
                         let a = Arc::clone(&accounts);
                         let (u, s, t, r) =
                             (upstream.clone(), user.clone(), token.clone(), Arc::clone(r));
-                        let kept = glommio::executor()
+                        match glommio::executor()
                             .spawn_blocking(move || a.reseal(&u, &s, &t, &r))
-                            .await;
-                        if let Err(e) = kept {
-                            tracing::warn!(upstream = %upstream, user = %user, error = %e, "connected accounts: a rotated refresh token could not be stored; the one in memory is used");
+                            .await
+                        {
+                            Ok(sealed) => resealed = Some(sealed),
+                            Err(e) => {
+                                tracing::warn!(upstream = %upstream, user = %user, error = %e, "connected accounts: a rotated refresh token could not be stored; the one in memory is used")
+                            }
                         }
                     }
                     let granted_lifetime = granted.lifetime.as_secs();
@@ -105,6 +109,9 @@ async fn run(accounts: Arc<Accounts>) {
                         t.retry_at = 0;
                         if let Some(r) = rotated {
                             t.refresh = Some(r);
+                        }
+                        if let Some(sealed) = resealed {
+                            t.sealed = sealed;
                         }
                     });
                     tracing::info!(upstream = %upstream, user = %user, lifetime_s = granted_lifetime, "connected account token renewed");
@@ -137,6 +144,7 @@ mod tests {
             expires,
             obtained,
             refresh: Some(Arc::new(Secret::new(b"r".to_vec()))),
+            sealed: Arc::from(""),
             revoked: false,
             retry_at: 0,
             scope: String::new(),

@@ -219,7 +219,8 @@ impl Gateway {
 
 /// The `data` of a not-connected refusal: the link, and for a client
 /// that takes them, the URL-mode elicitation (MCP's
-/// `URLElicitationRequiredError`) that opens it.
+/// `URLElicitationRequiredError`) that opens it, with `message` for the
+/// user (the refusal's own message carries the link too).
 fn connect_data(link: &str, message: &str, url_elicitation: bool) -> String {
     if url_elicitation {
         let id = toolgate_upstream::connect::random_b64(12);
@@ -229,7 +230,7 @@ fn connect_data(link: &str, message: &str, url_elicitation: bool) -> String {
         })
         .to_string()
     } else {
-        serde_json::json!({"connect_url": link, "message": message}).to_string()
+        serde_json::json!({ "connect_url": link }).to_string()
     }
 }
 

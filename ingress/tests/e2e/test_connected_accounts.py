@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -45,8 +46,10 @@ from harness import (
     modern_request,
     sdk_client_cm,
     spawn_server,
+    stop_process,
     toml_value,
 )
+from pg_cluster import PgCluster, pg_bin
 from test_identity_assertions import WhoamiProc
 from test_token_exchange import AUDIENCE, ExchangeIdP
 
@@ -58,18 +61,10 @@ ADMIN_TOKEN = "admin-token-connected-accounts"
 ON_BEHALF_OF = "Toolgate-On-Behalf-Of"
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    work = tmp_path_factory.mktemp("connected")
-    logs = tmp_path_factory.mktemp("connected-logs")
-    mail = WhoamiProc("mail", audience="", header="Authorization")
-    mail.audience = mail.url
-    idp = ExchangeIdP(work)
-    (work / "connect.secret").write_text(CONNECT_SECRET + "\n")
-    (work / "connections.key").write_text(SEALING_KEY + "\n")
-    admin_port = free_port()
-    gate_port_holder: dict[str, int] = {}
-    extra = f"""
+def accounts_toml(idp: ExchangeIdP, mail_url: str) -> str:
+    """The front door's IdP, `[connected_accounts]` (its `public_url` the
+    gate's own, filled in by `at_own_port`) and the `mail` upstream."""
+    return f"""
 [auth.jwt]
 issuer = {toml_value(idp.issuer)}
 audience = {toml_value(AUDIENCE)}
@@ -81,15 +76,9 @@ key_file = "connections.key"
 public_url = "http://{HOST}:GATE_PORT"
 link_lifetime_s = 120
 
-[admin]
-listen = "{HOST}:{admin_port}"
-[[admin.tokens]]
-name = "ops"
-token_sha256 = "{hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}"
-
 [[upstreams]]
 name = "mail"
-url = {toml_value(mail.url)}
+url = {toml_value(mail_url)}
 timeout_ms = 10000
 [upstreams.identity]
 mode = "connected_account"
@@ -99,32 +88,98 @@ token_url = {toml_value(idp.issuer + '/token')}
 client_id = {toml_value(CONNECT_CLIENT)}
 client_secret_file = "connect.secret"
 scope = "tools"
-resource = {toml_value(mail.url)}
+resource = {toml_value(mail_url)}
 """
-    agents = [Agent("support-bot", ["mail__whoami"]), Agent("batch-bot", ["mail__whoami"], act_for_users=True)]
-    gate = start_gate(work, [], agents, extra_toml=extra, start=False)
-    gate.extra_toml = extra.replace("GATE_PORT", str(gate.port))
+
+
+def at_own_port(gate: Gate) -> None:
+    """Writes the gate's config again with its own port as `public_url`, and
+    the files the config names."""
+    gate.extra_toml = gate.extra_toml.replace("GATE_PORT", str(gate.port))
     gate.config_path.write_text(gate.render_config())
-    gate_port_holder["port"] = gate.port
+    (gate.workdir / "connect.secret").write_text(CONNECT_SECRET + "\n")
+    (gate.workdir / "connections.key").write_text(SEALING_KEY + "\n")
+
+
+def new_mail() -> WhoamiProc:
+    """The `mail` upstream (not started): takes only a token the provider
+    issued for it."""
+    mail = WhoamiProc("mail", audience="", header="Authorization")
+    mail.audience = mail.url
+    return mail
+
+
+def start_mail(mail: WhoamiProc, idp: ExchangeIdP, logs) -> WhoamiProc:
+    mail.log_path = logs / "whoami-mail.log"
+    mail.proc = spawn_server(
+        [sys.executable, str(E2E_DIR / "whoami_server.py"), str(mail.port), "--jwks-url", f"{idp.issuer}/jwks",
+         "--issuer", idp.issuer, "--audience", mail.audience, "--header", "Authorization", "--bearer"],
+        mail.log_path, mail.port)
+    return mail
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("connected")
+    logs = tmp_path_factory.mktemp("connected-logs")
+    mail = new_mail()
+    idp = ExchangeIdP(work)
+    admin_port = free_port()
+    admin = f"""
+[admin]
+listen = "{HOST}:{admin_port}"
+[[admin.tokens]]
+name = "ops"
+token_sha256 = "{hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}"
+"""
+    billing_port = free_port()
+    billing_api = f"http://{HOST}:{billing_port}"
+    billing = f"""
+[[upstreams]]
+name = "billing"
+kind = "openapi"
+spec = {toml_value(billing_api + '/openapi.json')}
+[upstreams.identity]
+mode = "connected_account"
+[upstreams.identity.connect]
+authorize_url = {toml_value(idp.issuer + '/auth')}
+token_url = {toml_value(idp.issuer + '/token')}
+client_id = {toml_value(CONNECT_CLIENT)}
+client_secret_file = "connect.secret"
+scope = "tools"
+"""
+    extra = accounts_toml(idp, mail.url) + billing + admin
+    tools = ["mail__whoami", "billing__listInvoices"]
+    agents = [Agent("support-bot", tools), Agent("batch-bot", tools, act_for_users=True)]
+    gate = start_gate(work, [], agents, extra_toml=extra, start=False)
+    at_own_port(gate)
+    gate.billing_api = billing_api
     started: list[Any] = []
     try:
+        started.append(SpawnedProc(spawn_server([sys.executable, str(E2E_DIR / "billing_api.py"), str(billing_port)],
+                                                logs / "billing.log", billing_port)))
         callback = f"http://{HOST}:{gate.port}/connect/mail/callback"
         idp.start([mail.url], gate.port, connect={"client_id": CONNECT_CLIENT, "client_secret": CONNECT_SECRET,
                                                   "redirect_uris": [callback], "resources": [mail.url],
                                                   "ttl_s": ACCESS_TTL_S})
         started.append(idp)
-        mail.log_path = logs / "whoami-mail.log"
-        mail.proc = spawn_server(
-            [sys.executable, str(E2E_DIR / "whoami_server.py"), str(mail.port), "--jwks-url", f"{idp.issuer}/jwks",
-             "--issuer", idp.issuer, "--audience", mail.audience, "--header", "Authorization", "--bearer"],
-            mail.log_path, mail.port)
-        started.append(mail)
+        started.append(start_mail(mail, idp, logs))
         gate.start()
         yield gate, idp, mail, f"http://{HOST}:{admin_port}"
     finally:
         release_gate(gate)
         for p in reversed(started):
             p.stop()
+
+
+class SpawnedProc:
+    """A helper server started here, stopped by its pid."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 def call(gate: Gate, token: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -232,6 +287,21 @@ def test_a_client_taking_url_elicitation_gets_one(setup):
     (e,) = err["data"]["elicitations"]
     assert e["mode"] == "url" and e["url"] == err["data"]["connect_url"] and e["elicitationId"], e
     assert "/connect/mail?link=" in e["url"]
+
+
+def test_a_rest_caller_gets_a_json_error_with_the_link_and_nothing_is_sent(setup):
+    gate, idp, _, _ = setup
+    h = {"Authorization": f"Bearer {idp.user_token('alice')}"}
+    r = httpx.get(f"{gate.base}/rest/billing/invoices", headers=h, timeout=HTTP_TIMEOUT_S)
+    assert r.status_code == 403, r.text
+    body = r.json()
+    assert body["error"] == "user_not_connected", body
+    assert body["connect_url"].startswith(f"http://{HOST}:{gate.port}/connect/billing?link="), body
+    assert body["connect_url"] in body["message"], body
+    seen = httpx.get(f"{gate.billing_api}/_seen", timeout=HTTP_TIMEOUT_S).json()
+    assert not [s for s in seen if s["raw_path"].startswith("/invoices")], seen
+    rec = records(gate, lambda x: x.get("door") == "rest" and x.get("reason") == "user_not_connected")[0]
+    assert (rec["user"], rec["upstream"]) == ("alice", "billing"), rec
 
 
 def test_links_and_states_cannot_be_forged_replayed_or_moved_between_browsers(setup):
@@ -367,3 +437,62 @@ def test_connections_survive_a_restart_and_no_token_leaks(setup, tmp_path):
             assert t.split(".")[-1] not in text, where
     for t in tokens:
         assert t.split(".")[-1].encode() not in stored, "an access token at rest"
+
+
+@pytest.mark.skipif(pg_bin() is None and os.environ.get("CI") != "true",
+                    reason="PostgreSQL not installed (scripts/test installs it)")
+def test_on_postgresql_a_connection_made_through_one_replica_serves_the_other(tmp_path):
+    """Two replicas share `[admin] backend = "postgres"`: the grant sealed by
+    the replica that took the callback is read by the other, which renews
+    its own access token from it; a removal through one reaches the other."""
+    pg = PgCluster().start()
+    idp = ExchangeIdP(tmp_path)
+    mail = new_mail()
+    gates: list[Gate] = []
+    try:
+        pwfile = tmp_path / "pg.password"
+        pwfile.write_text(pg.password + "\n")
+        os.chmod(pwfile, 0o600)
+        agents = [Agent("support-bot", ["mail__whoami"])]
+        for i in range(2):
+            admin = (f'[admin]\nlisten = "{HOST}:{free_port()}"\nbackend = "postgres"\n'
+                     f'postgres_url = "{pg.url()}"\npoll_interval_ms = 100\n'
+                     f'[admin.postgres_password]\nfile = "{pwfile}"\n'
+                     f'[[admin.tokens]]\nname = "ops"\n'
+                     f'token_sha256 = "{hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}"\n')
+            gate = start_gate(tmp_path / f"replica{i}", [], agents, extra_toml=accounts_toml(idp, mail.url) + admin,
+                              start=False)
+            at_own_port(gate)
+            gates.append(gate)
+        a, b = gates
+        callbacks = [f"http://{HOST}:{g.port}/connect/mail/callback" for g in gates]
+        idp.start([mail.url], a.port, connect={"client_id": CONNECT_CLIENT, "client_secret": CONNECT_SECRET,
+                                               "redirect_uris": callbacks, "resources": [mail.url],
+                                               "ttl_s": ACCESS_TTL_S})
+        start_mail(mail, idp, tmp_path)
+        for g in gates:
+            g.start()
+        ivy = idp.user_token("ivy")
+        assert browser_connects(connect_link(a, ivy), "ivy").status_code == 200
+        assert call(a, ivy).status_code == 200
+        # B reads the store every 10 s and renews from the stored grant.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and call(b, ivy).status_code != 200:
+            time.sleep(0.5)
+        r = call(b, ivy)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["result"]["content"][0]["text"])["sub"] == "ivy"
+        # Removed through A: B stops using it once it reads the store again.
+        r = httpx.delete(f"http://{HOST}:{a.port}/connect/mail", headers={"Authorization": f"Bearer {ivy}"},
+                         timeout=HTTP_TIMEOUT_S)
+        assert r.status_code == 200 and r.json()["disconnected"] is True, r.text
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and call(b, ivy).status_code != 403:
+            time.sleep(0.5)
+        assert call(b, ivy).status_code == 403
+    finally:
+        for g in gates:
+            release_gate(g)
+        mail.stop()
+        idp.stop()
+        pg.stop()
