@@ -243,6 +243,12 @@ pub struct UpstreamSpec {
     /// from given in place; never the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialRef>,
+    /// How each call's end user reaches it: the keys of
+    /// `[upstreams.identity]` (`mode` `assertion` or `token_exchange`, with
+    /// `exchange` naming where its client secret is read, never the
+    /// secret). Connected accounts are declared in the configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<serde_json::Value>,
 }
 
 /// An upstream's credential.

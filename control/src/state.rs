@@ -327,7 +327,7 @@ impl State {
                 continue;
             };
             let checked = upstream_config(id, spec, self).and_then(|u| {
-                let c = check_upstream(&u, &cfg.base).map_err(|e| e.join("; "))?;
+                let c = check_upstream(&u, &cfg.config, &cfg.base).map_err(|e| e.join("; "))?;
                 Ok((u, c))
             });
             let upstream = match checked {
@@ -465,6 +465,15 @@ pub fn upstream_config(
     if spec.kind.as_deref() == Some("stdio") {
         return Err("a `stdio` upstream runs a command on the gateway's host: it can only be declared in the configuration file, not through the admin API".into());
     }
+    if spec
+        .identity
+        .as_ref()
+        .and_then(|i| i.get("mode"))
+        .and_then(|m| m.as_str())
+        == Some("connected_account")
+    {
+        return Err("a `connected_account` upstream's provider and consent flow are declared in the configuration file, not through the admin API".into());
+    }
     let resolved;
     let spec = match &spec.credential {
         Some(CredentialRef::Named(n)) => {
@@ -531,7 +540,7 @@ pub fn check_upstream_changes(
         match upstream_config(&c.id, spec, next) {
             Err(why) => problems.push(format!("upstream `{}`: {why}", c.id)),
             Ok(u) => {
-                if let Err(errs) = check_upstream(&u, &effective.base) {
+                if let Err(errs) = check_upstream(&u, &effective.config, &effective.base) {
                     problems.extend(errs);
                 }
                 let prefix = prefix_of(&u);
@@ -864,6 +873,7 @@ mod tests {
             ca_file: None,
             catalog_refresh_s: None,
             client_requests: None,
+            identity: None,
             credential: None,
         }))
     }

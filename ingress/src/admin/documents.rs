@@ -76,6 +76,61 @@ pub(super) fn file_resources(src: &Sources, kind: Kind) -> Vec<(String, Value)> 
 /// A `[[upstreams]]` entry as an `upstreams/{name}` document. A credential
 /// shows where it is read from (never a value); a `command` or `oauth` one
 /// only its kind, as `source` (the API does not write those).
+/// `[upstreams.identity]` as a document: the mode and where things go
+/// and are read from (a client secret's variable or file, never a value).
+fn identity_document(i: &toolgate_core::config::UpstreamIdentityConfig) -> Value {
+    let endpoint = |o: &toolgate_core::config::OAuthConfig| {
+        let mut e = json!({"token_url": o.token_url.get_ref(), "client_id": o.client_id});
+        if let Some(m) = e.as_object_mut() {
+            let opt = |v: Option<&String>| v.map(|s| json!(s));
+            for (k, v) in [
+                (
+                    "client_secret_env",
+                    opt(o.client_secret_env.as_ref().map(|v| v.get_ref())),
+                ),
+                (
+                    "client_secret_file",
+                    opt(o.client_secret_file.as_ref().map(|v| v.get_ref())),
+                ),
+                ("scope", opt(o.scope.as_ref())),
+                ("resource", opt(o.resource.as_ref())),
+                ("ca_file", opt(o.ca_file.as_ref().map(|v| v.get_ref()))),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), v);
+                }
+            }
+        }
+        e
+    };
+    let mut doc = json!({ "mode": i.mode.as_str() });
+    if let Some(d) = doc.as_object_mut() {
+        if let Some(h) = &i.header {
+            d.insert("header".into(), json!(h));
+        }
+        if let Some(a) = &i.audience {
+            d.insert("audience".into(), json!(a));
+        }
+        if i.actor {
+            d.insert("actor".into(), json!(true));
+        }
+        if i.fallback == toolgate_core::config::ExchangeFallback::Credential {
+            d.insert("fallback".into(), json!("credential"));
+        }
+        if let Some(o) = &i.exchange {
+            d.insert("exchange".into(), endpoint(o));
+        }
+        if let Some(c) = &i.connect {
+            let mut e = endpoint(&c.token_endpoint());
+            if let Some(m) = e.as_object_mut() {
+                m.insert("authorize_url".into(), json!(c.authorize_url.get_ref()));
+            }
+            d.insert("connect".into(), e);
+        }
+    }
+    doc
+}
+
 pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Value {
     use toolgate_core::config::UpstreamProtocol;
     let mut doc = json!({
@@ -91,6 +146,9 @@ pub(super) fn upstream_document(u: &toolgate_core::config::UpstreamConfig) -> Va
         "catalog_refresh_s": u.catalog_refresh_s,
         "client_requests": u.client_requests,
     });
+    if let (Some(i), Some(d)) = (&u.identity, doc.as_object_mut()) {
+        d.insert("identity".into(), identity_document(i));
+    }
     if u.kind == toolgate_core::config::UpstreamKind::Stdio {
         if let Some(d) = doc.as_object_mut() {
             d.remove("url");

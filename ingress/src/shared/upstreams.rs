@@ -30,6 +30,8 @@ pub struct StoredParts {
     pub tls: Option<toolgate_net::tls::ClientTls>,
     /// The tool surface, for an `openapi` upstream.
     pub openapi: Option<toolgate_upstream::openapi::LiveSurface>,
+    /// The token endpoint, for a `token_exchange` upstream.
+    pub exchange: Option<Arc<toolgate_upstream::exchange::Endpoint>>,
 }
 
 /// What a shard builds its client of an upstream from.
@@ -72,6 +74,8 @@ pub fn stored_parts(
     let openapi = toolgate_upstream::openapi::load(upstream)
         .map_err(|e| e.to_string())?
         .map(Published::new);
+    let exchange =
+        toolgate_upstream::exchange::Endpoint::load(upstream).map_err(|e| e.to_string())?;
     Ok(StoredParts {
         spec: spec.clone(),
         source,
@@ -79,6 +83,7 @@ pub fn stored_parts(
         credential,
         tls,
         openapi,
+        exchange,
     })
 }
 
@@ -124,6 +129,7 @@ pub(super) fn sync_stored(
                         credential: Some(Published::new(Secret::new(Vec::new()))),
                         tls: None,
                         openapi: None,
+                        exchange: None,
                     }),
                 );
             }
@@ -148,7 +154,7 @@ impl Shared {
                 tls: p.tls.clone(),
                 openapi: p.openapi.clone(),
                 stdio: None,
-                exchange: None,
+                exchange: p.exchange.clone(),
                 stored: Some(p),
             };
         }

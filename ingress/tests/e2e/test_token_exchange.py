@@ -348,3 +348,60 @@ mode = "token_exchange"
     r = subprocess.run([str(TOOLGATE_BIN), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "needs `[upstreams.identity.exchange]`" in r.stderr, r.stderr
+
+
+def test_an_upstream_written_through_the_admin_api_exchanges_the_users_token_too(setup, tmp_path):
+    """`identity` in an `upstreams/{name}` document: the same exchange as a
+    configured upstream's, its client secret read from where the document
+    says (never shown); a connected account is refused there."""
+    from harness import new_api_key, wait_for_port
+    from test_admin_api import Admin
+
+    _, idp, _, files = setup
+    admin_port = free_port()
+    token, sha = new_api_key()
+    (tmp_path / "idp.secret").write_text(CLIENT_SECRET + "\n")
+    extra = f"""
+[auth.jwt]
+issuer = {toml_value(idp.issuer)}
+audience = {toml_value(AUDIENCE)}
+jwks_url = {toml_value(idp.issuer + '/jwks')}
+agent_claim = "azp"
+
+[admin]
+listen = "{HOST}:{admin_port}"
+[[admin.tokens]]
+name = "ops"
+token_sha256 = "{sha}"
+"""
+    gate = start_gate(tmp_path, [], [Agent("support-bot", [])], extra_toml=extra)
+    wait_for_port(admin_port, 30, gate.proc)
+    admin = Admin(admin_port, token)
+    try:
+        doc = {"url": files.url, "prefix": "stored", "identity": {
+            "mode": "token_exchange",
+            "exchange": {"token_url": idp.issuer + "/token", "client_id": CLIENT_ID,
+                         "client_secret_file": "idp.secret"}}}
+        r = admin.put("upstreams/stored", doc)
+        assert r.status_code == 200, r.text
+        shown = admin.get("upstreams/stored").json()["spec"]["identity"]
+        assert shown["exchange"]["client_secret_file"] == "idp.secret" and CLIENT_SECRET not in json.dumps(shown)
+        r = admin.put("agents/support-bot", {"tools": ["stored__whoami"]}, admin.version("agents/support-bot"))
+        assert r.status_code == 200, r.text
+        user = idp.user_token("judy")
+        deadline = time.monotonic() + 15
+        while True:
+            r = call(gate, user, "stored__whoami")
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        v = answer(r)
+        assert v["verified"] and v["sub"] == "judy" and v["claims"]["aud"] == files.url, v
+        rec = records(gate, "stored__whoami", 1)[0]
+        assert rec["identity"]["mode"] == "token_exchange" and rec["identity"]["token"] == "exchanged", rec
+        refused = admin.put("upstreams/accounts", {"url": files.url, "identity": {"mode": "connected_account"}})
+        assert refused.status_code in (400, 422), refused.text
+        assert "configuration file" in refused.text, refused.text
+    finally:
+        admin.close()
+        release_gate(gate)

@@ -242,10 +242,21 @@ pub fn is_upstream_name(name: &str) -> bool {
 /// API's), exactly as the configuration loader checks a `[[upstreams]]`
 /// entry, relative paths resolving against `base`. Errors: one message per
 /// problem.
-pub fn check_upstream(u: &UpstreamConfig, base: &Path) -> Result<CheckedUpstream, Vec<String>> {
+pub fn check_upstream(
+    u: &UpstreamConfig,
+    config: &Config,
+    base: &Path,
+) -> Result<CheckedUpstream, Vec<String>> {
     let mut errors = Vec::new();
-    let checked = check_upstream_entry(
+    let mut checked = check_upstream_entry(
         u,
+        base,
+        &mut |_, m| errors.push(m),
+        &|_: &std::ops::Range<usize>| None,
+    );
+    checked.identity = super::assertions::check_identity(
+        u,
+        config,
         base,
         &mut |_, m| errors.push(m),
         &|_: &std::ops::Range<usize>| None,
