@@ -171,6 +171,35 @@ impl Endpoint {
         Secret::new(req)
     }
 
+    /// Whether `token`, when it is a JWT whose claims name an audience,
+    /// names this upstream's (the `resource`, or the `audience` asked for):
+    /// a token the IdP scoped to something else is not sent here. An opaque
+    /// token cannot be read, and is the upstream's to judge.
+    fn for_this_upstream(&self, token: &str) -> bool {
+        use base64::Engine as _;
+        let mut parts = token.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return true;
+        };
+        let Some(claims) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            return true;
+        };
+        let wanted = |a: &str| a == self.resource || self.target.audience.as_deref() == Some(a);
+        match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => wanted(a),
+            Some(serde_json::Value::Array(list)) => {
+                list.iter().filter_map(|a| a.as_str()).any(wanted)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether the agent goes to the IdP as the actor.
     pub fn wants_actor(&self) -> bool {
         self.target.actor
@@ -268,6 +297,11 @@ impl Exchanger {
             .await
             .map_err(|e| ExchangeFailed(format!("token endpoint: {e}")))?;
         let (token, lifetime) = token_response(resp.status, &resp.body).map_err(ExchangeFailed)?;
+        if !self.endpoint.for_this_upstream(&token) {
+            return Err(ExchangeFailed(
+                "the IdP issued a token for another audience".into(),
+            ));
+        }
         let lifetime = lifetime.unwrap_or(DEFAULT_LIFETIME);
         let line = Arc::new(Secret::new(
             format!("{}: Bearer {token}\r\n", self.endpoint.header).into_bytes(),
@@ -354,6 +388,31 @@ mod tests {
         }
         let without = endpoint(false).request("t", None);
         assert!(!String::from_utf8_lossy(without.expose()).contains("actor_token"));
+    }
+
+    #[test]
+    fn a_jwt_scoped_to_another_audience_is_not_sent() {
+        use base64::Engine as _;
+        let jwt = |claims: &str| {
+            let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            format!("{}.{}.sig", b(r#"{"alg":"RS256"}"#), b(claims))
+        };
+        let e = endpoint(false);
+        assert!(e.for_this_upstream(&jwt(r#"{"aud":"https://crm.example/mcp"}"#)));
+        assert!(
+            e.for_this_upstream(&jwt(r#"{"aud":["x","crm api"]}"#)),
+            "the audience asked for"
+        );
+        assert!(!e.for_this_upstream(&jwt(r#"{"aud":"https://files.example/mcp"}"#)));
+        assert!(!e.for_this_upstream(&jwt(r#"{"aud":["x","y"]}"#)));
+        assert!(
+            e.for_this_upstream(&jwt(r#"{"sub":"alice"}"#)),
+            "no audience to check"
+        );
+        assert!(
+            e.for_this_upstream("opaque-token"),
+            "opaque: the upstream's to judge"
+        );
     }
 
     #[test]

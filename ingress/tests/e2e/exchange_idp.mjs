@@ -29,9 +29,9 @@
 // JWTs for the `resource` asked for; those for its `resources` live `ttl_s`.
 //
 // Out of band, for the tests: `GET /_stats` counts exchanges (and what each
-// asked for, never a token); `POST /_mode?m=ok|refuse|garbage|slow` makes
-// the next exchanges succeed, refuse (invalid_grant), answer HTML, or take
-// 8 s; `POST /_revoke?user=U` revokes every grant of user U (its refresh
+// asked for, never a token); `POST /_mode?m=ok|refuse|garbage|slow|wrong_audience`
+// makes the next exchanges succeed, refuse (invalid_grant), answer HTML,
+// take 8 s, or issue a token for another of its resources; `POST /_revoke?user=U` revokes every grant of user U (its refresh
 // tokens stop working); `GET /_stats` also counts refreshes.
 
 import { existsSync, readFileSync } from 'node:fs';
@@ -161,9 +161,12 @@ async function tokenExchange(ctx) {
   if (!p.resource || !config.resources.includes(p.resource)) {
     throw new errors.InvalidTarget();
   }
-  const resourceServer = new provider.ResourceServer(p.resource, {
+  // `wrong_audience`: a token scoped to another of its resources.
+  const resource = mode === 'wrong_audience'
+    ? config.resources.find((r) => r !== p.resource) : p.resource;
+  const resourceServer = new provider.ResourceServer(resource, {
     scope: 'tools',
-    audience: p.resource,
+    audience: resource,
     accessTokenFormat: 'jwt',
     accessTokenTTL: config.ttl_s,
     jwt: { sign: { alg: 'RS256' } },

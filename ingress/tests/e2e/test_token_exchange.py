@@ -281,8 +281,8 @@ def test_a_call_without_the_users_own_token_is_refused_or_given_the_fallback(set
 
 
 @pytest.mark.parametrize("mode, why", [("refuse", "invalid_grant"), ("garbage", "not JSON"),
-                                       ("slow", "timed out")])
-def test_an_idp_that_refuses_answers_garbage_or_is_slow_refuses_the_call(setup, mode, why):
+                                       ("slow", "timed out"), ("wrong_audience", "another audience")])
+def test_an_idp_that_refuses_answers_garbage_is_slow_or_scopes_elsewhere_refuses_the_call(setup, mode, why):
     gate, idp, crm, _ = setup
     user = f"frank-{mode}"
     sent_before = len(crm.calls())
