@@ -23,7 +23,7 @@ use toolgate_core::secret::{Secret, SecretSource};
 use toolgate_net::client::Pool;
 use toolgate_net::tls::{client_tls, ClientTls};
 
-use crate::oauth::{basic_auth, form, token_response};
+use crate::oauth::{basic_auth, form, token_request, token_response};
 
 /// Time allowed for one token request.
 const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -312,25 +312,6 @@ impl Provider {
         url
     }
 
-    fn request(&self, body: &str) -> Secret {
-        let url = &self.target.token_url;
-        let mut req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: ",
-            url.path, url.authority
-        )
-        .into_bytes();
-        req.extend_from_slice(self.basic.expose());
-        req.extend_from_slice(
-            format!(
-                "\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        req.extend_from_slice(body.as_bytes());
-        Secret::new(req)
-    }
-
     /// The body redeeming authorization `code` with its PKCE `verifier`.
     fn code_body(&self, code: &str, verifier: &str) -> String {
         let mut body = format!(
@@ -366,17 +347,18 @@ impl Provider {
         code: &str,
         verifier: &str,
     ) -> Result<Granted, GrantError> {
-        let mut body = self.code_body(code, verifier);
-        let req = self.request(&body);
-        zeroize::Zeroize::zeroize(&mut body);
+        let req = token_request(
+            &self.target.token_url,
+            &self.basic,
+            self.code_body(code, verifier),
+        );
         self.grant(pool, &req).await
     }
 
     /// A new access token from refresh token `refresh`.
     pub async fn refresh(&self, pool: &Pool, refresh: &Secret) -> Result<Granted, GrantError> {
-        let mut body = self.refresh_body(refresh.expose());
-        let req = self.request(&body);
-        zeroize::Zeroize::zeroize(&mut body);
+        let body = self.refresh_body(refresh.expose());
+        let req = token_request(&self.target.token_url, &self.basic, body);
         self.grant(pool, &req).await
     }
 

@@ -22,7 +22,7 @@ use toolgate_core::secret::Secret;
 use toolgate_net::client::Pool;
 use toolgate_net::tls::{client_tls, ClientTls};
 
-use crate::oauth::{basic_auth, form, token_response};
+use crate::oauth::{basic_auth, form, token_request, token_response};
 
 /// `grant_type` of a token exchange.
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -152,23 +152,7 @@ impl Endpoint {
             body.push_str("&actor_token_type=");
             body.push_str(&form(JWT));
         }
-        let url = &self.target.token_url;
-        let mut req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: ",
-            url.path, url.authority
-        )
-        .into_bytes();
-        req.extend_from_slice(self.basic.expose());
-        req.extend_from_slice(
-            format!(
-                "\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        req.extend_from_slice(body.as_bytes());
-        zeroize::Zeroize::zeroize(&mut body);
-        Secret::new(req)
+        token_request(&self.target.token_url, &self.basic, body)
     }
 
     /// Whether `token`, when it is a JWT whose claims name an audience,

@@ -144,6 +144,29 @@ pub(crate) fn token_response(
     Ok((token.to_owned(), lifetime))
 }
 
+/// A form `POST` of `body` to token endpoint `url`, authenticated with
+/// `basic` (`Basic …`): the one shape every token request toolgate makes
+/// has (client credentials, token exchange, a code, a refresh). `body` is
+/// zeroed once copied, since it may hold a token.
+pub(crate) fn token_request(url: &UpstreamUrl, basic: &Secret, mut body: String) -> Secret {
+    let mut req = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: ",
+        url.path, url.authority
+    )
+    .into_bytes();
+    req.extend_from_slice(basic.expose());
+    req.extend_from_slice(
+        format!(
+            "\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(body.as_bytes());
+    zeroize::Zeroize::zeroize(&mut body);
+    Secret::new(req)
+}
+
 /// `Basic …` of a client id and secret (`client_secret_basic`, RFC 6749
 /// §2.3.1: each form-encoded first).
 pub(crate) fn basic_auth(client_id: &str, secret: &Secret) -> Secret {
@@ -192,8 +215,6 @@ impl OAuthClient {
     }
 
     fn request(&self, secret: &Secret) -> Secret {
-        let basic = basic_auth(&self.cfg.client_id, secret);
-        let basic = String::from_utf8_lossy(basic.expose());
         let mut body = String::from("grant_type=client_credentials");
         if let Some(s) = &self.cfg.scope {
             body.push_str("&scope=");
@@ -203,15 +224,7 @@ impl OAuthClient {
             body.push_str("&resource=");
             body.push_str(&form(r));
         }
-        Secret::new(
-            format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                self.url.path,
-                self.url.authority,
-                body.len()
-            )
-            .into_bytes(),
-        )
+        token_request(&self.url, &basic_auth(&self.cfg.client_id, secret), body)
     }
 
     async fn fetch(&self, pool: &Pool) -> Result<Token, String> {

@@ -51,7 +51,7 @@ from harness import (
 )
 from pg_cluster import PgCluster, pg_bin
 from test_identity_assertions import WhoamiProc
-from test_token_exchange import AUDIENCE, ExchangeIdP
+from test_token_exchange import ExchangeIdP, front_door_toml
 
 CONNECT_CLIENT = "toolgate-connect"
 CONNECT_SECRET = "connect-client-secret-canary-5d21"
@@ -64,13 +64,7 @@ ON_BEHALF_OF = "Toolgate-On-Behalf-Of"
 def accounts_toml(idp: ExchangeIdP, mail_url: str) -> str:
     """The front door's IdP, `[connected_accounts]` (its `public_url` the
     gate's own, filled in by `at_own_port`) and the `mail` upstream."""
-    return f"""
-[auth.jwt]
-issuer = {toml_value(idp.issuer)}
-audience = {toml_value(AUDIENCE)}
-jwks_url = {toml_value(idp.issuer + '/jwks')}
-agent_claim = "azp"
-
+    return front_door_toml(idp) + f"""
 [connected_accounts]
 key_file = "connections.key"
 public_url = "http://{HOST}:GATE_PORT"

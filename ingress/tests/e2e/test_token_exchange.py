@@ -115,6 +115,17 @@ class ExchangeIdP:
         assert r.status_code == 200, r.text
 
 
+def front_door_toml(idp: ExchangeIdP) -> str:
+    """`[auth.jwt]` trusting `idp`: users' tokens from it identify calls."""
+    return f"""
+[auth.jwt]
+issuer = {toml_value(idp.issuer)}
+audience = {toml_value(AUDIENCE)}
+jwks_url = {toml_value(idp.issuer + '/jwks')}
+agent_claim = "azp"
+"""
+
+
 def exchange_toml(name: str, url: str, idp: ExchangeIdP, *, token_url: str | None = None,
                   extra: str = "", credential: bool = False) -> str:
     lines = ["[[upstreams]]", f"name = {toml_value(name)}", f"url = {toml_value(url)}", "timeout_ms = 10000"]
@@ -141,13 +152,7 @@ def setup(tmp_path_factory):
     (work / "idp.secret").write_text(CLIENT_SECRET + "\n")
     (work / "files.token").write_text(SERVICE_TOKEN + "\n")
     write_ed25519_key(work / "assertion.pem")
-    extra = f"""
-[auth.jwt]
-issuer = {toml_value(idp.issuer)}
-audience = {toml_value(AUDIENCE)}
-jwks_url = {toml_value(idp.issuer + '/jwks')}
-agent_claim = "azp"
-
+    extra = front_door_toml(idp) + f"""
 [identity_assertions]
 key_file = "assertion.pem"
 issuer = {toml_value(ASSERTION_ISSUER)}
@@ -361,13 +366,7 @@ def test_an_upstream_written_through_the_admin_api_exchanges_the_users_token_too
     admin_port = free_port()
     token, sha = new_api_key()
     (tmp_path / "idp.secret").write_text(CLIENT_SECRET + "\n")
-    extra = f"""
-[auth.jwt]
-issuer = {toml_value(idp.issuer)}
-audience = {toml_value(AUDIENCE)}
-jwks_url = {toml_value(idp.issuer + '/jwks')}
-agent_claim = "azp"
-
+    extra = front_door_toml(idp) + f"""
 [admin]
 listen = "{HOST}:{admin_port}"
 [[admin.tokens]]
