@@ -122,6 +122,9 @@ pub enum RefusalKind {
     ConnectStateInvalid,
     /// The provider answered the consent with an error (the user declined).
     ConnectRefused,
+    /// The browser's signed-in user (`[connected_accounts] user_header`)
+    /// is not the one the link or consent is for.
+    ConnectUserMismatch,
     /// The consent's code could not be redeemed or the grant kept.
     ConnectFailed,
     /// The IdP did not exchange the user's token for the upstream (down,
@@ -231,6 +234,7 @@ impl RefusalKind {
             | ConnectLinkInvalid
             | ConnectStateInvalid
             | ConnectRefused
+            | ConnectUserMismatch
             | Cancelled => Origin::Downstream,
             AuditUnavailable
             | Overloaded
@@ -296,6 +300,7 @@ impl RefusalKind {
             ConnectLinkInvalid => "connect_link_invalid",
             ConnectStateInvalid => "connect_state_invalid",
             ConnectRefused => "connect_refused",
+            ConnectUserMismatch => "connect_user_mismatch",
             ConnectFailed => "connect_failed",
             TokenExchangeFailed => "token_exchange_failed",
             OutputRefused => "output_refused",
@@ -494,6 +499,12 @@ impl Refusal {
                 403,
                 codes::FORBIDDEN,
                 "the account was not connected: the provider refused or the user declined",
+                none,
+            ),
+            ConnectUserMismatch => (
+                403,
+                codes::FORBIDDEN,
+                "this link is for another user than the one signed in",
                 none,
             ),
             ConnectFailed => (

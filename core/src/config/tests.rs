@@ -1172,6 +1172,10 @@ fn connected_accounts_need_their_section_a_provider_and_a_public_url() {
             "exactly one of `key_file` and `key_env`",
         ),
         (
+            format!("{connect}{section}user_header = \"Signed In\"\n"),
+            "`user_header` `Signed In` is not a header name",
+        ),
+        (
             format!(
                 "{}{section}",
                 connect.replace("http://127.0.0.1:9500/auth", "http://idp.example/auth")

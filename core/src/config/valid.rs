@@ -168,6 +168,9 @@ pub struct ConnectedAccounts {
     pub public_url: String,
     /// Seconds a connect link stays usable.
     pub link_lifetime_s: u64,
+    /// The header an authenticating proxy names the browser's user in,
+    /// lower-cased.
+    pub user_header: Option<String>,
 }
 
 /// The provider of one upstream's connected accounts, resolved.

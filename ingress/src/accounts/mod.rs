@@ -78,6 +78,7 @@ pub struct Accounts {
     sealer: Sealer,
     public_url: String,
     link_lifetime_s: u64,
+    user_header: Option<String>,
     providers: HashMap<String, Arc<Provider>>,
     store: Arc<dyn ConnectionStore>,
     live: Arc<Published<Live>>,
@@ -123,6 +124,7 @@ impl Accounts {
             sealer,
             public_url: c.public_url.clone(),
             link_lifetime_s: c.link_lifetime_s,
+            user_header: c.user_header.clone(),
             providers,
             store,
             live: Published::new(Live::new()),
@@ -153,6 +155,11 @@ impl Accounts {
     /// Seconds a link and a consent stay usable.
     pub fn link_lifetime_s(&self) -> u64 {
         self.link_lifetime_s
+    }
+
+    /// The header naming the browser's signed-in user, when a proxy sets one.
+    pub fn user_header(&self) -> Option<&str> {
+        self.user_header.as_deref()
     }
 
     /// Whether connect links and the callback are `https://`.
@@ -421,6 +428,7 @@ mod tests {
             sealer: Sealer::load(&key).unwrap(),
             public_url: "http://tg".into(),
             link_lifetime_s: 60,
+            user_header: None,
             providers: HashMap::from([("mail".to_owned(), Arc::new(provider))]),
             store: Arc::new(store.connections()),
             live: Published::new(Live::new()),

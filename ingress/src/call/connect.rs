@@ -159,12 +159,12 @@ impl Gateway {
         match (req.head.method, callback) {
             (Method::Get, false) => {
                 ctx.method = Some("connect".into());
-                start(accounts, provider.upstream(), param("link"), ctx)
+                start(accounts, provider.upstream(), param("link"), req, ctx)
             }
             (Method::Get, true) => {
                 ctx.method = Some("connect/callback".into());
                 let cookie = cookie_value(req, &cookie_name(provider.upstream()));
-                self.callback(accounts, provider.upstream(), &param, cookie, ctx)
+                self.callback(accounts, req, provider.upstream(), &param, cookie, ctx)
                     .await
             }
             (Method::Delete, false) => {
@@ -181,6 +181,7 @@ impl Gateway {
     async fn callback<'q>(
         &self,
         accounts: &Arc<Accounts>,
+        req: &Request<'_>,
         upstream: &str,
         param: &dyn Fn(&str) -> Option<&'q str>,
         cookie: Option<String>,
@@ -190,6 +191,7 @@ impl Gateway {
             .and_then(|s| accounts.sealer().open_json(purpose::STATE, s))
             .ok_or(Refusal::new(RefusalKind::ConnectStateInvalid))?;
         ctx.user = Some(Arc::from(state.user.as_str()));
+        signed_in_as(accounts, req, &state.user)?;
         let browser = cookie.as_deref() == Some(state.nonce.as_str());
         if state.upstream != upstream || state.expires < now_secs() || !browser {
             return Err(Refusal::new(RefusalKind::ConnectStateInvalid));
@@ -273,6 +275,7 @@ fn start(
     accounts: &Accounts,
     upstream: &str,
     link: Option<&str>,
+    req: &Request<'_>,
     ctx: &mut CallCtx,
 ) -> Result<Page, Refusal> {
     let link: Link = link
@@ -282,6 +285,7 @@ fn start(
     if link.upstream != upstream || link.expires < now_secs() {
         return Err(Refusal::new(RefusalKind::ConnectLinkInvalid));
     }
+    signed_in_as(accounts, req, &link.user)?;
     let lifetime = accounts.link_lifetime_s();
     let state = State {
         upstream: upstream.to_owned(),
@@ -304,6 +308,22 @@ fn start(
         location: provider.authorize_url(&sealed, &state.verifier),
         cookie,
     })
+}
+
+/// With `[connected_accounts] user_header`, that the browser's signed-in
+/// user (as the proxy in front says) is `user`: a link or consent serves
+/// only the user it names.
+fn signed_in_as(accounts: &Accounts, req: &Request<'_>, user: &str) -> Result<(), Refusal> {
+    let Some(name) = accounts.user_header() else {
+        return Ok(());
+    };
+    if req.head.count(req.buf, name) == 1
+        && req.head.header(req.buf, name).map(<[u8]>::trim_ascii) == Some(user.as_bytes())
+    {
+        Ok(())
+    } else {
+        Err(Refusal::new(RefusalKind::ConnectUserMismatch))
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.

@@ -324,6 +324,33 @@ def test_links_and_states_cannot_be_forged_replayed_or_moved_between_browsers(se
     assert len(recs) >= 3 and all(r["method"] == "connect/callback" for r in recs), recs
 
 
+def test_behind_a_signing_in_proxy_a_link_serves_only_the_user_it_names(setup, tmp_path):
+    """`user_header`: the proxy in front of `/connect/` names the browser's
+    user; a link (and the consent it starts) serves only that user."""
+    _, idp, mail, _ = setup
+    extra = accounts_toml(idp, mail.url).replace(
+        "link_lifetime_s = 120", 'link_lifetime_s = 120\nuser_header = "X-Signed-In-User"')
+    gate = start_gate(tmp_path, [], [Agent("support-bot", ["mail__whoami"])], extra_toml=extra, start=False)
+    at_own_port(gate)
+    gate.start()
+    try:
+        link = connect_link(gate, idp.user_token("kim"))
+        for headers, want in (({}, 403), ({"X-Signed-In-User": "lee"}, 403), ({"X-Signed-In-User": "kim"}, 302)):
+            r = httpx.get(link, headers=headers, timeout=HTTP_TIMEOUT_S)
+            assert r.status_code == want, (headers, r.status_code, r.text)
+        mismatch = records(gate, lambda x: x.get("reason") == "connect_user_mismatch", 2)
+        assert all(m["user"] == "kim" and m["method"] == "connect" for m in mismatch), mismatch
+        # A consent kim started, finished in a browser signed in as lee.
+        browser = httpx.Client(timeout=HTTP_TIMEOUT_S, headers={"X-Signed-In-User": "kim"})
+        start = browser.get(link)
+        state = parse_qs(urlparse(start.headers["location"]).query)["state"][0]
+        r = browser.get(f"http://{HOST}:{gate.port}/connect/mail/callback?state={state}&code=x",
+                        headers={"X-Signed-In-User": "lee"})
+        assert r.status_code == 403 and "another user" in r.text, r.text
+    finally:
+        release_gate(gate)
+
+
 def test_a_declined_consent_is_refused_and_audited(setup):
     gate, idp, _, _ = setup
     link = connect_link(gate, idp.user_token("erin"))

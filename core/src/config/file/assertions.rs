@@ -143,6 +143,12 @@ pub struct ConnectedAccountsConfig {
     /// 60–3600. Default 600.
     #[serde(default = "default_link_lifetime_s")]
     pub link_lifetime_s: u64,
+    /// A header naming the user the browser signed in as, set by an
+    /// authenticating proxy in front of `/connect/` (and stripped by it from
+    /// what clients send): when set, a link and its consent serve only the
+    /// user they name. Default none: whoever holds a link uses it.
+    #[serde(default)]
+    pub user_header: Option<String>,
 }
 
 fn default_link_lifetime_s() -> u64 {

@@ -96,10 +96,23 @@ pub(crate) fn check_connected_accounts(
             "[connected_accounts]: `public_url` must not have a query or fragment".into(),
         );
     }
+    let user_header = c.user_header.as_deref().map(str::trim);
+    if let Some(h) = user_header {
+        let token = !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            err(
+                here,
+                format!("[connected_accounts]: `user_header` `{h}` is not a header name"),
+            );
+        }
+    }
     Some(ConnectedAccounts {
         key,
         public_url: public_url.to_owned(),
         link_lifetime_s: c.link_lifetime_s,
+        user_header: user_header.map(str::to_ascii_lowercase),
     })
 }
 
