@@ -20,22 +20,32 @@
 //! counts), bounded in number. With `backend = "redis"`, quotas and
 //! rates are shared with the other replicas ([`shared`]) without a network
 //! round trip on the request path.
+//!
+//! Here: the rules and [`Limits::take`]; one rule's counter taken and given
+//! back is `take.rs`, the rates' arithmetic (GCRA, a shared rate) `rate.rs`,
+//! the keyed hash that places a counter `hash.rs`.
 
 #![warn(missing_docs)]
 
+mod hash;
+mod rate;
 pub mod redis;
 pub mod shared;
 pub mod table;
+mod take;
 pub mod window;
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use toolgate_core::config::{LimitsConfig, Window};
 
+use hash::{keyed_hash, mix};
+use rate::{gcra, take_shared_rate};
 pub use shared::Sharing;
 pub use table::Table;
+use take::{give_back, take_one, At};
 
 /// Bits of a quota counter's value holding the units used; the rest hold
 /// the window's number.
@@ -472,343 +482,6 @@ impl Left {
     }
 }
 
-/// A keyed 64-bit hash of `s` (multiply-fold rounds over 8-byte words).
-fn keyed_hash((seed, secret): (u64, u64), s: &[u8]) -> u64 {
-    fn fold(a: u64, b: u64) -> u64 {
-        let r = u128::from(a) * u128::from(b);
-        (r as u64) ^ ((r >> 64) as u64)
-    }
-    let mut h = seed ^ (s.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        h = fold(h ^ u64::from_le_bytes(b), secret);
-    }
-    let rest = words.remainder().len();
-    if rest > 0 {
-        // The last bytes without a copy: the last eight (overlapping the
-        // words above; the length is in the seed), or two overlapping
-        // halves, or three bytes for the shortest.
-        let n = s.len();
-        let word = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&s[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let half = |at: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&s[at..at + 4]);
-            u64::from(u32::from_le_bytes(b))
-        };
-        let tail = if n >= 8 {
-            word(n - 8)
-        } else if n >= 4 {
-            (half(0) << 32) | half(n - 4)
-        } else {
-            (u64::from(s[0]) << 16) | (u64::from(s[n / 2]) << 8) | u64::from(s[n - 1])
-        };
-        h = fold(h ^ tail, secret ^ 0xA076_1D64_78BD_642F);
-    }
-    fold(h, secret)
-}
-
-/// Combines two 64-bit hashes (order matters).
-fn mix(a: u64, b: u64) -> u64 {
-    let x = (a ^ b.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x ^ (x >> 32)).wrapping_add(b)
-}
-
-/// One rule's counter for one call, and what a shared quota needs to
-/// name it in Redis.
-struct At<'a> {
-    table: &'a Table,
-    index: usize,
-    slot: &'a table::Slot,
-    sharing: Option<&'a Sharing>,
-    values: &'a [Option<&'a str>; 5],
-}
-
-impl At<'_> {
-    /// The counter's Redis key (`kind` "quota" with its window's `tag`, or
-    /// "rate"): the same on every replica.
-    fn redis_key(&self, rule: &Rule, kind: &str, tag: Option<u64>) -> String {
-        let mut key = format!("toolgate:{kind}:{}", rule.id);
-        if let Some(tag) = tag {
-            key.push(':');
-            key.push_str(&tag.to_string());
-        }
-        for (s, v) in rule.sel.iter().zip(self.values) {
-            if !matches!(s, Sel::Absent) {
-                key.push(':');
-                key.push_str(v.unwrap_or(""));
-            }
-        }
-        key
-    }
-}
-
-/// Takes `tool`'s cost from one rule's counter: where the call stands and
-/// what was taken (units, or the arrival time advance).
-fn take_one(rule: &Rule, at: &At<'_>, tool: &str, now_ns: u64) -> Result<Left, Refused> {
-    let slot = at.slot;
-    match rule.kind {
-        Kind::Quota {
-            units,
-            per,
-            ref calendar,
-        } => {
-            let cost = rule
-                .cost
-                .iter()
-                .find(|(t, _)| &**t == tool)
-                .map_or(1, |(_, c)| *c);
-            let now_s = now_ns / 1_000_000_000;
-            let w = calendar.window(per, now_s);
-            let (end, window_s) = (w.end, w.end - w.start);
-            let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
-            let reset_s = end.saturating_sub(now_s).max(1);
-            // Shared: what this replica may use of the window, its first
-            // lease granted now and paid for by the sync thread.
-            let (limit, sharing) = match at.sharing {
-                None => (units, None),
-                Some(sh) => {
-                    let first = sh.lease.min(units);
-                    let g = slot.granted.load(Ordering::Acquire);
-                    if g >> USED_BITS != tag
-                        && slot
-                            .granted
-                            .compare_exchange(
-                                g,
-                                (tag << USED_BITS) | first,
-                                Ordering::AcqRel,
-                                Ordering::Acquire,
-                            )
-                            .is_ok()
-                    {
-                        sh.ask(
-                            slot,
-                            shared::Refill {
-                                slot: at.index,
-                                key: at.redis_key(rule, "quota", Some(tag)),
-                                ask: shared::Ask::Quota(shared::QuotaAsk {
-                                    units,
-                                    amount: first,
-                                    tag,
-                                    window_end: end,
-                                    pay: true,
-                                }),
-                            },
-                        );
-                    }
-                    let granted = slot.granted.load(Ordering::Acquire) & USED_MASK;
-                    (granted.min(units), Some(sh))
-                }
-            };
-            let top_up = |sh: &Sharing| {
-                sh.ask(
-                    slot,
-                    shared::Refill {
-                        slot: at.index,
-                        key: at.redis_key(rule, "quota", Some(tag)),
-                        ask: shared::Ask::Quota(shared::QuotaAsk {
-                            units,
-                            amount: sh.lease,
-                            tag,
-                            window_end: end,
-                            pay: false,
-                        }),
-                    },
-                )
-            };
-            let mut v = slot.value.load(Ordering::Acquire);
-            loop {
-                let used = if v >> USED_BITS == tag {
-                    v & USED_MASK
-                } else {
-                    0
-                };
-                let left = |remaining| Left {
-                    limit: units,
-                    window_s,
-                    remaining,
-                    reset_s,
-                    amount: cost,
-                };
-                if used.saturating_add(cost) > limit {
-                    // Under a shared quota that Redis may still have units
-                    // of: ask for them, and refuse this call for a second.
-                    let more = sharing
-                        .filter(|_| limit < units && !shared::has(slot, tag, shared::EXHAUSTED));
-                    if let Some(sh) = more {
-                        top_up(sh);
-                    }
-                    return Err(Refused::Exceeded {
-                        standing: left(limit.saturating_sub(used)).standing(rule),
-                        quota: true,
-                        retry_after_s: if more.is_some() { 1 } else { reset_s },
-                    });
-                }
-                let next = (tag << USED_BITS) | (used + cost);
-                match slot
-                    .value
-                    .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => {
-                        let remaining = limit - used - cost;
-                        if let Some(sh) = sharing {
-                            if limit < units && remaining < sh.lease.div_ceil(2) + cost {
-                                top_up(sh);
-                            }
-                        }
-                        return Ok(left(remaining));
-                    }
-                    Err(seen) => v = seen,
-                }
-            }
-        }
-        Kind::Rate {
-            interval_ns,
-            tolerance_ns,
-            burst,
-        } => match at.sharing {
-            None => gcra(rule, &slot.value, interval_ns, tolerance_ns, burst, now_ns),
-            Some(sh) => match at.table.share(at.index) {
-                Some(share) => take_shared_rate(
-                    rule,
-                    at,
-                    (sh, share),
-                    (interval_ns, tolerance_ns, burst),
-                    now_ns,
-                ),
-                // A table made without room for shared rates: this process's.
-                None => gcra(rule, &slot.value, interval_ns, tolerance_ns, burst, now_ns),
-            },
-        },
-    }
-}
-
-/// The window a rate's `RateLimit-Policy` names: the time its burst takes
-/// to build up, in whole seconds.
-fn rate_window_s(interval_ns: u64, burst: u64) -> u64 {
-    burst
-        .saturating_mul(interval_ns)
-        .div_ceil(1_000_000_000)
-        .max(1)
-}
-
-/// GCRA on one counter: `value` holds the theoretical arrival time.
-fn gcra(
-    rule: &Rule,
-    value: &AtomicU64,
-    interval_ns: u64,
-    tolerance_ns: u64,
-    burst: u64,
-    now_ns: u64,
-) -> Result<Left, Refused> {
-    let window_s = rate_window_s(interval_ns, burst);
-    let mut tat = value.load(Ordering::Acquire);
-    loop {
-        let base = tat.max(now_ns);
-        if base - now_ns > tolerance_ns {
-            let wait = base - now_ns - tolerance_ns;
-            return Err(Refused::Exceeded {
-                standing: Standing {
-                    id: Arc::clone(&rule.id),
-                    limit: burst,
-                    window_s,
-                    remaining: 0,
-                    reset_s: (base - now_ns).div_ceil(1_000_000_000).max(1),
-                },
-                quota: false,
-                retry_after_s: wait.div_ceil(1_000_000_000).max(1),
-            });
-        }
-        let next = base + interval_ns;
-        match value.compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                let level = next - now_ns;
-                let room = (tolerance_ns + interval_ns).saturating_sub(level);
-                return Ok(Left {
-                    limit: burst,
-                    window_s,
-                    remaining: room / interval_ns,
-                    reset_s: level.div_ceil(1_000_000_000),
-                    amount: interval_ns,
-                });
-            }
-            Err(seen) => tat = seen,
-        }
-    }
-}
-
-/// A rate shared with the other replicas (see [`shared`]): a call spends
-/// one of the calls this replica reserved in Redis (`amount` 0: one
-/// reserved call taken); with none left, or without Redis, it passes if
-/// this replica's share of the rate lets it (and is paid for in Redis
-/// afterwards), while more calls are reserved.
-fn take_shared_rate(
-    rule: &Rule,
-    at: &At<'_>,
-    (sh, share): (&Sharing, &table::RateShare),
-    (interval_ns, tolerance_ns, burst): (u64, u64, u64),
-    now_ns: u64,
-) -> Result<Left, Refused> {
-    let slot = at.slot;
-    let up = sh.redis_up();
-    let now_s = now_ns / 1_000_000_000;
-    let lease = sh.rate_lease(burst);
-    let may_ask = up && now_ns >= share.hold.load(Ordering::Acquire);
-    let refill = |pay| shared::Refill {
-        slot: at.index,
-        key: at.redis_key(rule, "rate", None),
-        ask: shared::Ask::Rate(shared::RateAsk {
-            interval_us: (interval_ns / 1_000).max(1),
-            tolerance_us: tolerance_ns / 1_000,
-            amount: lease,
-            pay,
-        }),
-    };
-    // A call this replica reserved, while Redis is reachable.
-    let mut g = slot.granted.load(Ordering::Acquire);
-    loop {
-        let held = g & USED_MASK;
-        if !up || held == 0 || !shared::calls_live(g >> USED_BITS, now_s) {
-            break;
-        }
-        match slot
-            .granted
-            .compare_exchange_weak(g, g - 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {
-                if held - 1 < lease.div_ceil(2) && may_ask {
-                    sh.ask(slot, refill(false));
-                }
-                return Ok(Left {
-                    limit: burst,
-                    window_s: rate_window_s(interval_ns, burst),
-                    remaining: held - 1,
-                    reset_s: 1,
-                    amount: 0,
-                });
-            }
-            Err(seen) => g = seen,
-        }
-    }
-    // This replica's share of the rate.
-    let n = sh.replicas.max(1);
-    let (interval, share_burst) = (interval_ns.saturating_mul(n), (burst / n).max(1));
-    let tolerance = interval.saturating_mul(share_burst - 1);
-    let passed = gcra(rule, &slot.value, interval, tolerance, share_burst, now_ns);
-    if may_ask {
-        sh.ask(slot, refill(false));
-    }
-    if up && passed.is_ok() && share.owed.fetch_add(1, Ordering::AcqRel) == 0 {
-        sh.pay(share, refill(true));
-    }
-    passed
-}
-
 /// The time zone named `name` (checked by the configuration loader; UTC
 /// when absent, `UTC`, or — should the host's tz database have changed
 /// since — not found, which is logged).
@@ -819,44 +492,6 @@ fn zone(name: Option<&str>) -> Option<jiff::tz::TimeZone> {
         Err(e) => {
             tracing::error!(time_zone = name, error = %e, "quota time zone not found; counting its windows in UTC");
             None
-        }
-    }
-}
-
-/// Gives back what a call took from a rule whose counter it passed, when
-/// a later rule refused it.
-fn give_back(rule: &Rule, slot: &table::Slot, amount: u64, now_ns: u64) {
-    let mut v = slot.value.load(Ordering::Acquire);
-    loop {
-        let next = match rule.kind {
-            Kind::Quota {
-                per, ref calendar, ..
-            } => {
-                let w = calendar.window(per, now_ns / 1_000_000_000);
-                let tag = w.id & ((1 << (64 - USED_BITS)) - 1);
-                if v >> USED_BITS != tag {
-                    return;
-                }
-                (tag << USED_BITS) | (v & USED_MASK).saturating_sub(amount)
-            }
-            // A reserved call of a shared rate goes back to this
-            // replica's reserve.
-            Kind::Rate { .. } if amount == 0 => {
-                let _ = slot
-                    .granted
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
-                        (g & USED_MASK < USED_MASK).then_some(g + 1)
-                    });
-                return;
-            }
-            Kind::Rate { .. } => v.saturating_sub(amount),
-        };
-        match slot
-            .value
-            .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return,
-            Err(seen) => v = seen,
         }
     }
 }
