@@ -16,6 +16,7 @@
 //! `connect/callback`, `disconnect`); no token is ever in a record, a page
 //! or a log.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use toolgate_core::audit::{Decision, IdentityRecord, Outcome, Reason};
@@ -217,7 +218,12 @@ impl Gateway {
         let provider = accounts
             .provider(upstream)
             .ok_or(Refusal::new(RefusalKind::PathNotFound))?;
-        let pool = provider.pool();
+        let pool = Rc::clone(
+            self.connect_pools
+                .borrow_mut()
+                .entry(upstream.to_owned())
+                .or_insert_with(|| Rc::new(provider.pool())),
+        );
         let granted = provider
             .redeem(&pool, code, &state.verifier)
             .await

@@ -59,6 +59,10 @@ pub struct Gateway {
     pub(super) in_flight: crate::inflight::InFlight,
     /// Snapshot changes, for the agents listening for list changes.
     pub(super) changes: super::listen::Changes,
+    /// Connections to connected-account providers' token endpoints, by
+    /// upstream (made at a callback's first need, kept for the next).
+    pub(super) connect_pools:
+        RefCell<std::collections::HashMap<String, Rc<toolgate_net::client::Pool>>>,
 }
 
 /// A shard's clients of the upstreams of one snapshot, in the order of
@@ -197,6 +201,7 @@ impl Gateway {
             target_filters: RefCell::default(),
             in_flight: crate::inflight::InFlight::default(),
             changes: super::listen::Changes::default(),
+            connect_pools: RefCell::default(),
             shared,
         }
     }
