@@ -7,9 +7,9 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_rustls::server::TlsStream;
@@ -52,6 +52,12 @@ const SNAPSHOT_POLL: Duration = Duration::from_millis(50);
 /// bind. Generous: creating io_uring rings waits on the kernel, which a
 /// host busy with disk writes can hold for seconds.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a shard's executor may take to run its first task before it
+/// is given up on and made again; at most [`START_ATTEMPTS`] times. A rare
+/// executor thread never gets past setting up its rings; a new one does.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+const START_ATTEMPTS: u32 = 3;
 
 /// Why an executor's start-up report did not come.
 pub(crate) fn not_started(e: mpsc::RecvTimeoutError) -> String {
@@ -116,33 +122,72 @@ pub fn start(
     let mut addr = shared.config.listen;
     let mut handles = Vec::with_capacity(writers.len());
     for (i, writer) in writers.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
         let placement = if pin {
             Placement::Fixed(cpus[i % cpus.len()])
         } else {
             Placement::Unbound
         };
-        let shared = Arc::clone(&shared);
-        let health = Arc::clone(&health);
-        let inline = inline.clone();
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("toolgate-shard-{i}"))
-            .io_memory(2 << 20)
-            // Under load a shard can go on finding its sockets' bytes
-            // already queued and never idle; glommio polls its rings (and
-            // takes wakes from other threads: the audit thread's, timers)
-            // only between task-queue runs, which this bounds. Its default,
-            // 100 ms, would hold an answer that long.
-            .preempt_timer(PREEMPT_AFTER)
-            .spawn(move || async move { run(i, shared, writer, health, inline, addr, tx).await })
-            .map_err(|e| ShardError::Executor(i, e.to_string()))?;
-        // Shard 0 binds first so that port 0 resolves once and every other
-        // shard joins the same port.
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(bound)) => addr = bound,
-            Ok(Err(reason)) => return Err(ShardError::Bind { addr, reason }),
-            Err(e) => return Err(ShardError::Executor(i, not_started(e))),
-        }
+        // Taken by the attempt that runs; an abandoned one finds it gone.
+        let writer = Arc::new(Mutex::new(Some(writer)));
+        let mut attempt = 0;
+        let (bound, handle) = loop {
+            attempt += 1;
+            let (tx, rx) = mpsc::channel::<Result<SocketAddr, String>>();
+            let claim = Arc::new(AtomicBool::new(false));
+            let (shared, health, inline) =
+                (Arc::clone(&shared), Arc::clone(&health), inline.clone());
+            let (writer, ours) = (Arc::clone(&writer), Arc::clone(&claim));
+            let handle = LocalExecutorBuilder::new(placement.clone())
+                .name(&format!("toolgate-shard-{i}"))
+                .io_memory(2 << 20)
+                // Under load a shard can go on finding its sockets' bytes
+                // already queued and never idle; glommio polls its rings (and
+                // takes wakes from other threads: the audit thread's, timers)
+                // only between task-queue runs, which this bounds. Its default,
+                // 100 ms, would hold an answer that long.
+                .preempt_timer(PREEMPT_AFTER)
+                .spawn(move || async move {
+                    // An attempt given up on before it ran does nothing.
+                    if ours.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                    let Some(writer) = writer.lock().unwrap_or_else(|p| p.into_inner()).take()
+                    else {
+                        return;
+                    };
+                    run(i, shared, writer, health, inline, addr, tx).await
+                })
+                .map_err(|e| ShardError::Executor(i, e.to_string()))?;
+            // Shard 0 binds first so that port 0 resolves once and every
+            // other shard joins the same port.
+            let reported = match rx.recv_timeout(ATTEMPT_TIMEOUT) {
+                Err(mpsc::RecvTimeoutError::Timeout) if !claim.swap(true, Ordering::AcqRel) => {
+                    // Its executor never ran a task: a thread stuck setting
+                    // up its rings. Leave it (it will do nothing if it ever
+                    // wakes) and make another.
+                    tracing::warn!(
+                        shard = i,
+                        attempt,
+                        "shard executor did not come up in {} s; starting it again",
+                        ATTEMPT_TIMEOUT.as_secs()
+                    );
+                    if attempt < START_ATTEMPTS {
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    rx.recv_timeout(START_TIMEOUT.saturating_sub(ATTEMPT_TIMEOUT))
+                }
+                other => other,
+            };
+            match reported {
+                Ok(Ok(bound)) => break (bound, handle),
+                Ok(Err(reason)) => return Err(ShardError::Bind { addr, reason }),
+                Err(e) => return Err(ShardError::Executor(i, not_started(e))),
+            }
+        };
+        addr = bound;
         handles.push(handle);
     }
     Ok(Shards { handles, addr })
